@@ -1,0 +1,231 @@
+"""The checkup: prepare the model, compute shared evidence once, run the checks, assemble the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlclinic.core.case import Case
+from dlclinic.core.errors import ConfigError, DlclinicError
+from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir
+from dlclinic.core.fingerprint import fingerprint_array, fingerprint_params
+from dlclinic.core.progress import NullProgress, Progress
+from dlclinic.core.registry import build_options
+from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results
+from dlclinic.taxonomy import CHALLENGES, resolve_ids
+
+__all__ = ["checkup", "environment_info", "prepare_model", "retrainer"]
+
+
+def _version() -> str:
+    from dlclinic import __version__
+
+    return __version__
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and hardware that a result depends on."""
+    import os
+
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "cuda_available": bool(torch.cuda.is_available()),
+    }
+    for mod in ("sklearn", "scipy", "cleanlab"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional
+            info[mod] = None
+    return info
+
+
+def _factory_for(case: Case) -> Callable[[], Any] | None:
+    if case.model_factory is not None:
+        return case.model_factory
+    if case.model is None:
+        from dlclinic.remedies.baselines import baseline_for
+
+        return lambda: baseline_for(case.input_shape, case.n_classes, case.modality)
+    return None
+
+
+def retrainer(case: Case, fit_config: Any = None) -> Callable[[np.ndarray, np.ndarray, int], Any] | None:
+    """``retrain(x, y, seed) -> model`` with the case's recipe, or ``None`` without a factory."""
+    from dlclinic.remedies.fit import FitConfig, fit
+
+    factory = _factory_for(case)
+    if factory is None:
+        return None
+    cfg = fit_config or FitConfig()
+
+    def retrain(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+        return fit(factory(), x, y, dataclasses.replace(cfg, seed=seed)).model
+
+    return retrain
+
+
+def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None = None, progress: Progress | None = None, use_cache: bool = True) -> Case:
+    """Return the case with a model: the user's, or a baseline trained (and cached) by dlclinic."""
+    if case.model is not None:
+        return case
+    import torch
+
+    from dlclinic.remedies.baselines import baseline_for
+    from dlclinic.remedies.fit import FitConfig, fit
+
+    cfg = fit_config or FitConfig()
+    progress = progress or NullProgress()
+    factory = _factory_for(case)
+    assert factory is not None
+    model = factory()
+    key = fingerprint_params({"data": fingerprint_array(case.train.x, case.train.y), "arch": repr(model), "fit": cfg.to_dict(), "v": 1})
+    path = (cache_dir or default_cache_dir()) / "models" / f"{key}.safetensors"
+    source = f"baseline trained by dlclinic ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)"
+    if use_cache and path.exists():
+        try:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(path)))
+            model.eval()
+            return dataclasses.replace(case, model=model, model_source=source + ", from cache", model_factory=factory)
+        except Exception:
+            path.unlink(missing_ok=True)
+    with progress.step("training the baseline model", total=cfg.epochs) as advance:
+        result = fit(model, case.train.x, case.train.y, cfg, progress=lambda e, n: advance(1))
+    trained = result.model
+    if use_cache:
+        try:
+            import os
+            import tempfile
+
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    del torch, baseline_for
+    return dataclasses.replace(case, model=trained, model_source=source, model_factory=factory)
+
+
+def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResult:
+    start = time.perf_counter()
+    try:
+        result = spec.run(case, evidence, opts)
+    except DlclinicError as exc:
+        result = CheckResult(id=spec.id, status="error", summary=f"The check could not run: {exc}")
+    except Exception as exc:  # a bug in one check must not lose the other 30
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        result = CheckResult(id=spec.id, status="error", summary=f"The check failed with {type(exc).__name__}: {first}")
+    return result.with_seconds(time.perf_counter() - start)
+
+
+def checkup(
+    case: Case,
+    *,
+    only: Sequence[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    evidence_config: EvidenceConfig | None = None,
+    fit_config: Any = None,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Examine a case for all 31 challenges and return the report.
+
+    Args:
+        case: the model and data (:meth:`Case.from_arrays`, ``dlclinic.io.load_case`` or the demo).
+        only: challenge ids or category names to examine; the others are ``not_examined``.
+        options: per-check options, e.g. ``{"data.quality": {"warn_label_issue_fraction": 0.05}}``.
+        evidence_config: batch size, embedding layer, out-of-fold method, caching.
+        fit_config: the training recipe for the baseline and for K-fold retraining.
+        cache_dir: where evidence and baseline weights are cached (default ``~/.cache/dlclinic``).
+        progress: a :class:`~dlclinic.core.progress.Progress` (the CLI passes a rich one).
+
+    Example:
+        >>> from dlclinic.demo import build_demo       # doctest: +SKIP
+        >>> report = checkup(build_demo()[0])          # doctest: +SKIP
+        >>> report["data.quality"].status              # doctest: +SKIP
+        'fail'
+    """
+    from dlclinic.checks import CHECKS, PENDING
+
+    t0 = time.perf_counter()
+    selected = resolve_ids(list(only) if only else None)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(CHECKS))
+    if unknown:
+        raise ConfigError(f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}")
+    built = {cid: build_options(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    ev_cfg = evidence_config or EvidenceConfig()
+    progress = progress or NullProgress()
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    baseline = case.model is None
+    case = prepare_model(case, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
+    timings["model"] = time.perf_counter() - t
+    evidence = Evidence(case, ev_cfg, retrain=retrainer(case, fit_config), cheap_retrain=baseline, cache_dir=cache, progress=progress)
+
+    t = time.perf_counter()
+    needs = [need for cid in built for need in CHECKS[cid].requires]
+    evidence.ensure(needs)
+    timings["evidence"] = time.perf_counter() - t
+
+    results: list[CheckResult] = []
+    t = time.perf_counter()
+    with progress.step("running checks", total=len(CHALLENGES)) as advance:
+        for challenge in CHALLENGES:
+            cid = challenge.id
+            if cid not in selected:
+                results.append(not_examined(cid, "Not selected for this checkup (--only)."))
+            elif cid in CHECKS:
+                results.append(_run_one(CHECKS[cid], case, evidence, built[cid]))
+            else:
+                results.append(not_examined(cid, PENDING[cid]))
+            advance(1)
+    timings["checks"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    summary = case.summary()
+    summary["model"] = {"source": case.model_source, **_model_facts(case.model)}
+    summary["fingerprints"] = evidence.fingerprints()
+    summary["evidence"] = evidence.describe()
+    if case.metadata:
+        summary["metadata"] = {k: v for k, v in case.metadata.items() if isinstance(v, (str, int, float, bool))}
+    return Report(
+        dlclinic_version=_version(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        case=summary,
+        challenges=sequence_of_results(results),
+        environment=environment_info(),
+        timings=timings,
+    )
+
+
+def _model_facts(model: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {}
+    if hasattr(model, "parameters"):
+        facts["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    from dlclinic.core.fingerprint import fingerprint_model
+
+    facts["sha256"] = fingerprint_model(model)
+    return facts

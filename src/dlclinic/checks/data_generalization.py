@@ -1,0 +1,169 @@
+"""data.generalization — distribution shift between train, test and deploy, and OOD samples.
+
+Two complementary measurements:
+
+* MMD permutation tests. train ↔ test is compared on a PCA of the raw inputs fitted on
+  train: the model's embeddings of its own training rows are pulled towards their class
+  centres, so an embedding-space comparison would confuse overfitting with shift. The
+  reference ↔ deploy comparison is made in the model's embedding space, with the held-out
+  test split as reference when there is one (both unseen by the model), else train.
+* Per-sample kNN OOD scores (distance to the k-th nearest train embedding) with a
+  threshold at the ``ood_quantile`` of the held-out reference's scores: an in-distribution
+  split has ``1 − ood_quantile`` of its rows above it by construction, so the excess is
+  tested with a one-sided binomial test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlclinic.checks._common import worst
+from dlclinic.core.case import Case
+from dlclinic.core.evidence import Evidence
+from dlclinic.core.registry import CheckSpec
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.functional.drift import mmd_test
+from dlclinic.functional.ood import score_knn
+
+__all__ = ["CHECK", "GeneralizationOptions", "run"]
+
+
+@dataclass(frozen=True)
+class GeneralizationOptions:
+    """Significance level, permutation budget and OOD settings of data.generalization."""
+
+    alpha: float = 0.01
+    permutations: int = 300
+    max_rows: int = 600
+    ood_quantile: float = 0.95
+    knn_k: int = 10
+    fail_ood_excess: float = 0.25
+    pca_dims: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"`0 < alpha < 1` must hold, but got alpha={self.alpha}")
+        if not 0.5 <= self.ood_quantile < 1:
+            raise ValueError(f"`0.5 <= ood_quantile < 1` must hold, but got ood_quantile={self.ood_quantile}")
+        if self.permutations < 50:
+            raise ValueError(f"`permutations >= 50` must hold, but got permutations={self.permutations}")
+
+
+def _input_pca(case: Case, dims: int, seed: int) -> dict[str, np.ndarray]:
+    from sklearn.decomposition import PCA
+
+    flat = {k: np.nan_to_num(s.x.reshape(len(s), -1)) for k, s in case.splits.items()}
+    k = int(min(dims, flat["train"].shape[1], len(flat["train"]) - 1))
+    pca = PCA(n_components=k, random_state=seed).fit(flat["train"])
+    return {name: pca.transform(v) for name, v in flat.items()}
+
+
+def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> CheckResult:
+    """MMD tests between splits and kNN OOD scores of the deploy (or test) split."""
+    if case.get("test") is None and case.get("deploy") is None:
+        return CheckResult(id="data.generalization", status="not_examined", summary="Needs a test or deploy split to compare with train (pass --test and/or --deploy).")
+    metrics: dict[str, float | int | bool | None] = {}
+    findings: list[Finding] = []
+    statuses: list[Status] = []
+    plots: list[dict[str, object]] = []
+    tables_rows: list[list[object]] = []
+
+    comparisons: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
+    if case.get("test") is not None:
+        pcs = _input_pca(case, options.pca_dims, options.seed)
+        comparisons.append(("train", "test", "inputs (PCA)", pcs["train"], pcs["test"]))
+    if case.get("deploy") is not None:
+        ref = "test" if case.get("test") is not None else "train"
+        comparisons.append((ref, "deploy", "embeddings", evidence.get("embeddings", ref), evidence.get("embeddings", "deploy")))
+    for a, b, space, xa, xb in comparisons:
+        res = mmd_test(xa, xb, permutations=options.permutations, max_rows=options.max_rows, seed=options.seed)
+        key = f"{a}_vs_{b}"
+        metrics[f"mmd2_{key}"] = res.mmd2
+        metrics[f"p_value_{key}"] = res.p_value
+        shifted = res.p_value < options.alpha
+        metrics[f"shift_{key}"] = shifted
+        tables_rows.append([f"{a} ↔ {b}", space, f"{res.mmd2:.4g}", f"{res.p_value:.4g}", "yes" if shifted else "no"])
+        if shifted:
+            statuses.append("warn")
+            findings.append(Finding("shift", f"{b} differs from {a} in {space}: MMD²={res.mmd2:.3g}, p={res.p_value:.3g} < α={options.alpha}", split=b))
+
+    # kNN OOD scores against train embeddings, threshold from the held-out reference
+    target = "deploy" if case.get("deploy") is not None else "test"
+    reference = "test" if target == "deploy" and case.get("test") is not None else None
+    train_emb = evidence.get("embeddings", "train")
+    scores_t = score_knn(train_emb, evidence.get("embeddings", target), k=options.knn_k)
+    if reference is not None:
+        scores_r = score_knn(train_emb, evidence.get("embeddings", reference), k=options.knn_k)
+        threshold = float(np.quantile(scores_r, options.ood_quantile))
+        flagged = np.flatnonzero(scores_t > threshold)
+        frac = len(flagged) / len(scores_t)
+        expected = 1.0 - options.ood_quantile
+        from scipy.stats import binomtest
+
+        p = float(binomtest(len(flagged), len(scores_t), expected, alternative="greater").pvalue)
+        metrics[f"ood_fraction_{target}"] = frac
+        metrics["ood_expected_fraction"] = expected
+        metrics[f"ood_p_value_{target}"] = p
+        excess = frac - expected
+        if p < options.alpha:
+            statuses.append("fail" if excess > options.fail_ood_excess else "warn")
+        order = flagged[np.argsort(-scores_t[flagged])]
+        if len(order) and p < options.alpha:
+            findings.append(Finding("ood", f"{len(flagged)} {target} rows ({frac:.1%}, expected {expected:.0%}) lie farther from train than the {options.ood_quantile:.0%} quantile of held-out {reference} rows", split=target, indices=tuple(int(i) for i in order), scores=tuple(float(scores_t[i]) for i in order)))
+        plots.append({"kind": "hist", "title": f"kNN OOD score: {reference} vs {target}", "xlabel": "distance to k-th nearest train embedding", "ylabel": "density", "series": [{"label": reference, "values": scores_r.tolist()}, {"label": target, "values": scores_t.tolist()}]})
+        if case.modality == "image" and len(order):
+            top = order[:16]
+            imgs = {"title": f"Most unusual {target} inputs", "split": target, "indices": [int(i) for i in top], "captions": [f"#{i} score {scores_t[i]:.2f}" for i in top]}
+        else:
+            imgs = None
+    else:
+        imgs = None
+    # accuracy on each labelled split, to show what a shift costs
+    for name in ("test", "deploy"):
+        s = case.get(name)
+        if s is not None and s.labelled:
+            metrics[f"accuracy_{name}"] = float((evidence.get("probs", name).argmax(1) == s.y).mean())
+    if "accuracy_test" in metrics and "accuracy_deploy" in metrics:
+        metrics["accuracy_drop_deploy"] = float(metrics["accuracy_test"] - metrics["accuracy_deploy"])  # type: ignore[operator]
+
+    status = worst(statuses)
+    shifted_pairs = [f"{a}→{b}" for a, b, *_ in comparisons if metrics.get(f"shift_{a}_vs_{b}")]
+    if status == "ok":
+        summary = "No significant shift between splits (MMD tests) and no excess of out-of-distribution samples."
+    else:
+        summary = f"Distribution shift detected ({', '.join(shifted_pairs) or 'OOD excess'})"
+        if f"ood_fraction_{target}" in metrics:
+            summary += f"; {metrics[f'ood_fraction_{target}']:.0%} of {target} rows are out-of-distribution"
+        if "accuracy_drop_deploy" in metrics:
+            summary += f"; accuracy {metrics['accuracy_deploy']:.1%} on deploy vs {metrics['accuracy_test']:.1%} on test"
+        summary += "."
+    remedy = None
+    if status in ("warn", "fail"):
+        remedy = Remedy(command=f"dlclinic treat data.generalization {case.metadata.get('cli_args', '<data options>')}".strip(), description="retrain with augmentation for the shifted conditions, or calibrate an OOD rejection threshold on validation data (arrives with the data-challenges issue)")
+    details: dict[str, object] = {
+        "plots": plots,
+        "tables": [{"title": "MMD two-sample tests", "columns": ["splits", "space", "MMD²", "p-value", "shift"], "rows": tables_rows}],
+        "images": [imgs] if imgs else [],
+    }
+    return CheckResult(
+        id="data.generalization",
+        status=status,
+        summary=summary,
+        metrics=metrics,
+        thresholds={"alpha": options.alpha, "ood_quantile": options.ood_quantile, "ood_excess.fail": options.fail_ood_excess},
+        findings=tuple(findings),
+        remedy=remedy,
+        details=details,
+    )
+
+
+CHECK = CheckSpec(
+    id="data.generalization",
+    requires=(("embeddings", "train"), ("embeddings", "test"), ("embeddings", "deploy"), ("probs", "test"), ("probs", "deploy")),
+    options=GeneralizationOptions,
+    run=run,
+    description="MMD permutation tests between splits, kNN OOD scores",
+)

@@ -1,0 +1,208 @@
+"""data.quality — label issues, duplicates, train/test leakage, class imbalance, NaN/Inf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlclinic.checks._common import grade, worst
+from dlclinic.core.case import Case
+from dlclinic.core.evidence import Evidence
+from dlclinic.core.registry import CheckSpec
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.functional.duplicates import find_cross_duplicates, find_exact_duplicates, find_near_duplicates, nn_distance_scale
+from dlclinic.functional.labels import class_counts, find_label_issues, imbalance_ratio
+
+__all__ = ["CHECK", "QualityOptions", "run"]
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """Thresholds of data.quality (fractions are of the train split)."""
+
+    warn_label_issue_fraction: float = 0.03
+    fail_label_issue_fraction: float = 0.10
+    warn_duplicate_fraction: float = 0.01
+    fail_duplicate_fraction: float = 0.10
+    warn_leak_fraction: float = 0.0
+    fail_leak_fraction: float = 0.01
+    warn_imbalance_ratio: float = 5.0
+    fail_imbalance_ratio: float = 50.0
+    near_duplicate_rel_distance: float = 0.1
+    max_examples: int = 24
+
+    def __post_init__(self) -> None:
+        for name in ("warn_label_issue_fraction", "fail_label_issue_fraction", "warn_duplicate_fraction", "fail_duplicate_fraction", "warn_leak_fraction", "fail_leak_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"`0 <= {name} <= 1` must hold, but got {name}={v}")
+        if self.near_duplicate_rel_distance < 0:
+            raise ValueError(f"`near_duplicate_rel_distance >= 0` must hold, but got {self.near_duplicate_rel_distance}")
+
+
+def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
+    counts: dict[str, int] = {}
+    findings: list[Finding] = []
+    for name, s in case.splits.items():
+        bad = ~np.isfinite(s.x.reshape(len(s), -1)).all(axis=1)
+        counts[name] = int(bad.sum())
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            findings.append(Finding("nonfinite", f"{len(rows)} row(s) of {name} contain NaN or Inf values", split=name, indices=tuple(int(i) for i in rows[:1000])))
+    return counts, findings
+
+
+def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
+    """Measure label issues, duplicates, leakage, imbalance and non-finite values."""
+    train = case.train
+    y = train.y
+    assert y is not None
+    statuses: list[Status] = []
+    findings: list[Finding] = []
+    metrics: dict[str, float | int | bool | None] = {}
+    details: dict[str, object] = {"plots": [], "images": [], "tables": []}
+
+    # non-finite values
+    nonfinite, nf_findings = _nonfinite(case)
+    metrics["nonfinite_rows"] = sum(nonfinite.values())
+    findings += nf_findings
+    statuses.append("fail" if metrics["nonfinite_rows"] else "ok")
+
+    # label issues on out-of-fold probabilities
+    issues = find_label_issues(y, evidence.get("oof_probs", "train"))
+    metrics["label_issues"] = len(issues.indices)
+    metrics["label_issue_fraction"] = issues.fraction
+    metrics["estimated_noise_rate"] = issues.noise_rate
+    statuses.append(grade(issues.fraction, options.warn_label_issue_fraction, options.fail_label_issue_fraction))
+    if len(issues.indices):
+        names = case.class_names
+        findings.append(
+            Finding(
+                "label_issue",
+                f"{len(issues.indices)} train label(s) ({issues.fraction:.1%}) disagree with out-of-fold predictions ({evidence.oof_method})",
+                split="train",
+                indices=tuple(int(i) for i in issues.indices),
+                scores=tuple(float(s) for s in issues.scores),
+                extra={"given": [int(y[i]) for i in issues.indices], "suggested": [int(s) for s in issues.suggested]},
+            )
+        )
+        top = issues.indices[: options.max_examples]
+        details["images"].append(  # type: ignore[union-attr]
+            {"title": "Likely label errors (worst first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {names[y[i]]} → {names[s]}" for i, s in zip(top, issues.suggested[: len(top)], strict=True)]}
+        )
+        details["tables"].append(  # type: ignore[union-attr]
+            {"title": "Label issues by class pair (given → likely)", "columns": ["given", "likely", "count"], "rows": [[names[g], names[s], c] for g, s, c in issues.confusion(y)[:15]]}
+        )
+
+    # duplicates within train, leakage into test/deploy
+    scale = nn_distance_scale(train.x)
+    exact_groups = find_exact_duplicates(train.x)
+    near = find_near_duplicates(train.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale)
+    redundant = set()
+    for pair in near.pairs:
+        redundant.add(int(pair[1]))
+    for g in exact_groups:
+        redundant.update(int(i) for i in g[1:])
+    metrics["exact_duplicate_groups"] = len(exact_groups)
+    metrics["near_duplicate_pairs"] = len(near)
+    metrics["duplicate_fraction"] = len(redundant) / len(train)
+    statuses.append(grade(metrics["duplicate_fraction"], options.warn_duplicate_fraction, options.fail_duplicate_fraction))
+    if len(near):
+        findings.append(
+            Finding(
+                "duplicate",
+                f"{len(near)} pair(s) of (near-)identical train rows; {len(redundant)} redundant copies",
+                split="train",
+                indices=tuple(int(j) for j in near.pairs[:, 1]),
+                scores=tuple(float(d / scale) if scale else 0.0 for d in near.distances),
+                extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale},
+            )
+        )
+    leak_statuses: list[Status] = []
+    for split in ("test", "deploy"):
+        other = case.get(split)
+        if other is None:
+            continue
+        leaks = find_cross_duplicates(train.x, other.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale)
+        frac = len(leaks) / len(other)
+        metrics[f"{split}_leaks"] = len(leaks)
+        metrics[f"{split}_leak_fraction"] = frac
+        if split == "test":
+            leak_statuses.append("fail" if frac > options.fail_leak_fraction else "warn" if frac > options.warn_leak_fraction else "ok")
+        if len(leaks):
+            findings.append(
+                Finding(
+                    "leak",
+                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train" + (": test metrics are inflated" if split == "test" else ""),
+                    split=split,
+                    indices=tuple(int(j) for j in leaks.pairs[:, 1]),
+                    scores=tuple(float(d / scale) if scale else 0.0 for d in leaks.distances),
+                    extra={"train_rows": [int(i) for i in leaks.pairs[:, 0]]},
+                )
+            )
+    statuses.append(worst(leak_statuses))
+
+    # class imbalance
+    counts = class_counts(y, case.n_classes)
+    ratio = imbalance_ratio(counts)
+    metrics["imbalance_ratio"] = ratio
+    metrics["smallest_class_count"] = int(counts.min())
+    statuses.append(grade(ratio, options.warn_imbalance_ratio, options.fail_imbalance_ratio))
+    if ratio > options.warn_imbalance_ratio:
+        rare = int(np.argmin(counts))
+        findings.append(Finding("imbalance", f"class {case.class_names[rare]!r} has {int(counts[rare])} train samples vs {int(counts.max())} for the largest (ratio {ratio:.1f})", split="train", extra={"class_counts": counts.tolist()}))
+    details["plots"].append(  # type: ignore[union-attr]
+        {"kind": "bar", "title": "Train samples per class", "xlabel": "class", "ylabel": "samples", "series": [{"label": "train", "x": list(case.class_names), "y": counts.tolist()}]}
+    )
+
+    status = worst(statuses)
+    parts = []
+    if metrics["label_issues"]:
+        parts.append(f"{metrics['label_issues']} likely label errors ({issues.fraction:.1%})")
+    if metrics.get("test_leaks"):
+        parts.append(f"{metrics['test_leaks']} test rows leaked from train")
+    if redundant:
+        parts.append(f"{len(redundant)} duplicate train rows")
+    if ratio > options.warn_imbalance_ratio:
+        parts.append(f"class imbalance {ratio:.1f}:1")
+    if metrics["nonfinite_rows"]:
+        parts.append(f"{metrics['nonfinite_rows']} rows with NaN/Inf")
+    summary = ("Found " + ", ".join(parts) + ".") if parts else "No label issues, duplicates, leaks, NaN/Inf or strong imbalance above the thresholds."
+    if status == "ok" and parts:
+        summary = summary[:-1] + ", all below the warning thresholds."
+    remedy = None
+    if status in ("warn", "fail"):
+        remedy = Remedy(
+            command=f"dlclinic treat data.quality {case.metadata.get('cli_args', '<data options>')}".strip(),
+            description="drop (or relabel) the flagged label errors, remove duplicates and test leaks, retrain with the same recipe and re-measure",
+        )
+    return CheckResult(
+        id="data.quality",
+        status=status,
+        summary=summary,
+        metrics=metrics,
+        thresholds={
+            "label_issue_fraction.warn": options.warn_label_issue_fraction,
+            "label_issue_fraction.fail": options.fail_label_issue_fraction,
+            "duplicate_fraction.warn": options.warn_duplicate_fraction,
+            "duplicate_fraction.fail": options.fail_duplicate_fraction,
+            "test_leak_fraction.warn": options.warn_leak_fraction,
+            "test_leak_fraction.fail": options.fail_leak_fraction,
+            "imbalance_ratio.warn": options.warn_imbalance_ratio,
+            "imbalance_ratio.fail": options.fail_imbalance_ratio,
+            "nonfinite_rows.fail": 0,
+        },
+        findings=tuple(findings),
+        remedy=remedy,
+        details=details,
+    )
+
+
+CHECK = CheckSpec(
+    id="data.quality",
+    requires=(("oof_probs", "train"),),
+    options=QualityOptions,
+    run=run,
+    description="label issues (confident learning on out-of-fold probabilities), duplicates, leakage, imbalance, NaN/Inf",
+)

@@ -1,0 +1,292 @@
+"""What a checkup examines: a classification model and its data splits.
+
+A :class:`Case` holds validated, in-memory numpy arrays per split (``train`` is
+required; ``test`` and ``deploy`` are optional; ``deploy`` may be unlabelled), the
+optional per-sample ``groups`` (a sensitive attribute) and ``ids``, class names and the
+model (an ``nn.Module``, an ONNX session wrapper, or ``None`` for "train a baseline").
+
+Inputs may be numpy arrays, torch tensors or ``torch.utils.data.Dataset`` objects
+yielding ``(x, y)`` or ``(x, y, group)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dlclinic.core.errors import InputError
+
+__all__ = ["SPLIT_NAMES", "Case", "Split", "as_array"]
+
+SPLIT_NAMES = ("train", "test", "deploy")
+
+
+def _to_numpy(value: Any, what: str) -> np.ndarray:
+    if value is None:
+        raise InputError(f"{what}: expected an array, found None")
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"{what}: expected an array-like of equal-sized rows, found {type(value).__name__} ({exc})") from None
+
+
+def _from_dataset(dataset: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Materialise a map-style ``torch.utils.data.Dataset`` of ``x`` / ``(x, y)`` / ``(x, y, group)``."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise InputError(f"{what}: expected a map-style Dataset with __len__, found {type(dataset).__name__}") from None
+    xs, ys, gs = [], [], []
+    for i in range(n):
+        item = dataset[i]
+        if isinstance(item, (tuple, list)):
+            xs.append(_to_numpy(item[0], f"{what}[{i}] x"))
+            if len(item) > 1:
+                ys.append(_to_numpy(item[1], f"{what}[{i}] y"))
+            if len(item) > 2:
+                gs.append(_to_numpy(item[2], f"{what}[{i}] group"))
+        else:
+            xs.append(_to_numpy(item, f"{what}[{i}] x"))
+    if not xs:
+        raise InputError(f"{what}: expected at least one sample, found an empty Dataset")
+    shapes = {x.shape for x in xs}
+    if len(shapes) > 1:
+        raise InputError(f"{what}: expected samples of one shape, found {len(shapes)} shapes, e.g. {sorted(shapes)[:2]}")
+    x = np.stack(xs)
+    y = np.stack(ys).reshape(-1) if ys else None
+    g = np.stack(gs).reshape(-1) if gs else None
+    return x, y, g
+
+
+def as_array(value: Any, what: str) -> np.ndarray:
+    """Turn numpy / torch / lists into a numpy array, with a clear error otherwise."""
+    return _to_numpy(value, what)
+
+
+def _validate_labels(y: np.ndarray, what: str) -> np.ndarray:
+    if y.ndim != 1:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        else:
+            raise InputError(f"{what}: expected a 1-D vector of integer class labels, found shape {y.shape}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y)
+        if bad.any():
+            raise InputError(f"{what}: expected integer class labels, found {int(bad.sum())} NaN/Inf value(s) (first at row {int(np.flatnonzero(bad)[0])})")
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise InputError(f"{what}: expected integer class labels, found non-integer values such as {y[np.mod(y, 1) != 0][0]!r}")
+    elif y.dtype.kind not in "iub":
+        raise InputError(f"{what}: expected integer class labels, found dtype {y.dtype} (map strings to 0..K-1 first, or pass class_names)")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise InputError(f"{what}: expected labels in 0..K-1, found {int(y.min())} at row {int(np.argmin(y))}")
+    return y
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One named split: inputs ``x`` (N×…), labels ``y`` (N, or None), optional groups and ids."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    ids: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def labelled(self) -> bool:
+        return self.y is not None
+
+    @classmethod
+    def build(cls, name: str, x: Any, y: Any = None, groups: Any = None, ids: Any = None) -> Split:
+        """Validate and convert one split. Raises :class:`InputError` with a one-line reason."""
+        if x is not None and hasattr(x, "__getitem__") and hasattr(x, "__len__") and not hasattr(x, "shape") and not isinstance(x, (list, tuple)):
+            dx, dy, dg = _from_dataset(x, f"split {name!r}")
+            x, y = dx, y if y is not None else dy
+            groups = groups if groups is not None else dg
+        xa = _to_numpy(x, f"split {name!r} x")
+        if xa.ndim < 2:
+            raise InputError(f"split {name!r} x: expected N×features or N×C×H×W samples, found shape {xa.shape}")
+        if xa.shape[0] == 0:
+            raise InputError(f"split {name!r}: expected at least one sample, found 0")
+        if xa.dtype.kind not in "fiub":
+            raise InputError(f"split {name!r} x: expected numeric inputs, found dtype {xa.dtype}")
+        xa = np.ascontiguousarray(xa, dtype=np.float32)
+        n = xa.shape[0]
+        ya = None
+        if y is not None:
+            ya = _validate_labels(_to_numpy(y, f"split {name!r} y"), f"split {name!r} labels")
+            if ya.shape[0] != n:
+                raise InputError(f"split {name!r}: x has {n} rows but y has {ya.shape[0]}; expected equal lengths")
+        ga = None
+        if groups is not None:
+            ga = _to_numpy(groups, f"split {name!r} groups").reshape(-1)
+            if ga.shape[0] != n:
+                raise InputError(f"split {name!r}: x has {n} rows but groups has {ga.shape[0]}; expected equal lengths")
+            ga = ga.astype(str) if ga.dtype.kind in "OUS" else ga
+        ia = None
+        if ids is not None:
+            ia = _to_numpy(ids, f"split {name!r} ids").reshape(-1)
+            if ia.shape[0] != n:
+                raise InputError(f"split {name!r}: x has {n} rows but ids has {ia.shape[0]}; expected equal lengths")
+        return cls(name=name, x=xa, y=ya, groups=ga, ids=ia)
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """A model and its data, validated. Build it with :meth:`Case.from_arrays` or the loaders in ``dlclinic.io``."""
+
+    splits: Mapping[str, Split]
+    n_classes: int
+    class_names: tuple[str, ...]
+    model: Any = None
+    model_source: str = "baseline trained by dlclinic"
+    model_factory: Any = None  # () -> fresh nn.Module: the architecture remedies retrain
+    name: str = "case"
+    modality: str = "vector"  # "image" | "vector" | "table"
+    feature_names: tuple[str, ...] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "train" not in self.splits:
+            raise InputError(f"case {self.name!r}: expected a 'train' split, found only {sorted(self.splits)}")
+        if not self.splits["train"].labelled:
+            raise InputError("split 'train': expected labels (y), found none")
+        shapes = {name: s.x.shape[1:] for name, s in self.splits.items()}
+        ref = shapes["train"]
+        for name, shape in shapes.items():
+            if shape != ref:
+                raise InputError(f"split {name!r}: expected samples of shape {ref} like 'train', found {shape}")
+        for s in self.splits.values():
+            if s.y is not None and s.y.size and int(s.y.max()) >= self.n_classes:
+                row = int(np.argmax(s.y))
+                raise InputError(f"split {s.name!r} labels: expected values in 0..{self.n_classes - 1} ({self.n_classes} classes), found {int(s.y.max())} at row {row}")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        train: tuple[Any, ...] | Any,
+        test: tuple[Any, ...] | Any | None = None,
+        deploy: tuple[Any, ...] | Any | None = None,
+        *,
+        model: Any = None,
+        groups: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        n_classes: int | None = None,
+        name: str = "case",
+        modality: str | None = None,
+        feature_names: Sequence[str] | None = None,
+        model_source: str | None = None,
+        model_factory: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Case:
+        """Build a case from ``(x, y)`` tuples, bare ``x`` (unlabelled) or Datasets per split.
+
+        Example:
+            >>> import numpy as np
+            >>> x = np.random.rand(20, 4).astype("float32"); y = np.arange(20) % 2
+            >>> Case.from_arrays((x, y), (x, y)).n_classes
+            2
+        """
+        splits: dict[str, Split] = {}
+        for split_name, value in (("train", train), ("test", test), ("deploy", deploy)):
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                if not 1 <= len(value) <= 3:
+                    raise InputError(f"split {split_name!r}: expected (x,), (x, y) or (x, y, groups), found a tuple of {len(value)}")
+                x = value[0]
+                y = value[1] if len(value) > 1 else None
+                g = value[2] if len(value) > 2 else None
+            else:
+                x, y, g = value, None, None
+            if groups is not None and split_name in groups:
+                g = groups[split_name]
+            splits[split_name] = Split.build(split_name, x, y, g)
+        labels = [s.y for s in splits.values() if s.y is not None]
+        if n_classes is None:
+            if class_names is not None:
+                n_classes = len(class_names)
+            else:
+                n_classes = int(max(int(y.max()) for y in labels if y.size)) + 1
+        if n_classes < 2:
+            raise InputError(f"labels: expected at least 2 classes, found {n_classes}")
+        names = tuple(str(c) for c in class_names) if class_names is not None else tuple(str(i) for i in range(n_classes))
+        if len(names) != n_classes:
+            raise InputError(f"class_names: expected {n_classes} names, found {len(names)}")
+        x0 = splits["train"].x if "train" in splits else None
+        if modality is None:
+            modality = "image" if x0 is not None and x0.ndim in (3, 4) else "vector"
+        if model_source is None:
+            model_source = "baseline trained by dlclinic" if model is None else f"nn.Module {type(model).__name__}"
+        return cls(
+            splits=splits,
+            n_classes=n_classes,
+            class_names=names,
+            model=model,
+            model_source=model_source,
+            model_factory=model_factory,
+            name=name,
+            modality=modality,
+            feature_names=tuple(feature_names) if feature_names is not None else None,
+            metadata=dict(metadata or {}),
+        )
+
+    @property
+    def train(self) -> Split:
+        return self.splits["train"]
+
+    def get(self, name: str) -> Split | None:
+        return self.splits.get(name)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def with_model(self, model: Any, source: str) -> Case:
+        """A copy of this case with another model (remedies never mutate the user's case)."""
+        from dataclasses import replace
+
+        return replace(self, model=model, model_source=source)
+
+    def with_train(self, keep: np.ndarray, relabel: Mapping[int, int] | None = None) -> Case:
+        """A copy whose train split keeps rows ``keep`` (and optionally relabels some of them)."""
+        from dataclasses import replace
+
+        t = self.train
+        y = t.y.copy() if t.y is not None else None
+        if relabel and y is not None:
+            for i, label in relabel.items():
+                y[i] = label
+        keep = np.asarray(keep, dtype=np.int64)
+        new = Split(
+            name="train",
+            x=t.x[keep],
+            y=None if y is None else y[keep],
+            groups=None if t.groups is None else t.groups[keep],
+            ids=None if t.ids is None else t.ids[keep],
+        )
+        splits = dict(self.splits)
+        splits["train"] = new
+        return replace(self, splits=splits)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": "classification",
+            "n_classes": self.n_classes,
+            "class_names": list(self.class_names),
+            "modality": self.modality,
+            "input_shape": list(self.input_shape),
+            "splits": {k: len(v) for k, v in self.splits.items()},
+            "labelled": {k: v.labelled for k, v in self.splits.items()},
+            "has_groups": any(s.groups is not None for s in self.splits.values()),
+        }

@@ -1,0 +1,368 @@
+"""Per-sample evidence, computed once per split in one batched pass, shared and cached.
+
+Kinds of evidence (``KINDS``):
+
+* ``logits``, ``probs`` — model outputs (N×K);
+* ``embeddings`` — penultimate-layer activations (N×D), taken with a forward hook on a
+  configurable layer (default: the input of the last ``nn.Linear``). For models without
+  accessible layers (ONNX) the embedding is a PCA of the raw inputs fitted on ``train``,
+  and ``embedding_source`` says so;
+* ``losses`` — per-sample cross-entropy (labelled splits only);
+* ``oof_probs`` — out-of-fold predicted probabilities for ``train``: cross-validated
+  logistic regression on the embeddings (cheap, the default for user models) or full
+  K-fold retraining with the recipe (the default for the baseline dlclinic trains,
+  and an option otherwise), so label-issue detection never scores a sample with a model
+  that was fitted on its own label.
+
+Everything is keyed by fingerprints of the model, the split's data and the parameters,
+and stored as ``.npz`` under the cache directory, so a second checkup of the same case
+recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlclinic.core.case import Case
+from dlclinic.core.errors import ConfigError, InputError, ModelError
+from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
+from dlclinic.core.progress import NullProgress, Progress
+
+__all__ = ["KINDS", "Evidence", "EvidenceConfig", "default_cache_dir"]
+
+KINDS = ("logits", "probs", "embeddings", "losses", "oof_probs")
+
+Retrain = Callable[[np.ndarray, np.ndarray, int], Any]
+"""``retrain(x, y, seed) -> trained nn.Module``: the recipe, for K-fold out-of-fold probabilities."""
+
+
+def default_cache_dir() -> Path:
+    """``$DLCLINIC_CACHE`` or ``$XDG_CACHE_HOME/dlclinic`` (``~/.cache/dlclinic``)."""
+    env = os.environ.get("DLCLINIC_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlclinic"
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """How evidence is computed.
+
+    Attributes:
+        batch_size: rows per forward pass.
+        embedding_layer: dotted module name whose output is the embedding; ``None``
+            takes the input of the last ``nn.Linear``.
+        oof: ``"auto"`` (K-fold retraining when a cheap recipe is available, else
+            embeddings), ``"embeddings"`` or ``"kfold"``.
+        folds: folds for out-of-fold probabilities.
+        seed: seed of fold assignment and retraining.
+        cache: read and write the on-disk cache.
+    """
+
+    batch_size: int = 256
+    embedding_layer: str | None = None
+    oof: str = "auto"
+    folds: int = 4
+    seed: int = 0
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.oof not in ("auto", "embeddings", "kfold"):
+            raise ConfigError(f"oof must be 'auto', 'embeddings' or 'kfold', but got {self.oof!r}")
+        if self.folds < 2:
+            raise ConfigError(f"`folds >= 2` must hold, but got folds={self.folds}")
+        if self.batch_size < 1:
+            raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}")
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _find_module(model: Any, name: str) -> Any:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        names = [n for n in modules if n][:12]
+        raise ConfigError(f"embedding layer {name!r} not found in the model; expected one of: {', '.join(names)}{' …' if len(modules) > 13 else ''}")
+    return modules[name]
+
+
+def _last_linear(model: Any) -> Any:
+    from torch import nn
+
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last
+
+
+@dataclass
+class _Stats:
+    computed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Evidence:
+    """Lazily computed, cached per-sample arrays for one case.
+
+    Example:
+        >>> ev = Evidence(case)                       # doctest: +SKIP
+        >>> ev.get("probs", "test").shape             # doctest: +SKIP
+        (1000, 10)
+    """
+
+    def __init__(
+        self,
+        case: Case,
+        config: EvidenceConfig | None = None,
+        *,
+        retrain: Retrain | None = None,
+        cheap_retrain: bool = False,
+        cache_dir: Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if case.model is None:
+            raise ModelError("evidence needs a model: pass one, or let dlclinic.checkup() train the baseline")
+        self.case = case
+        self.config = config or EvidenceConfig()
+        self.retrain = retrain
+        self.cheap_retrain = cheap_retrain
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.progress = progress or NullProgress()
+        self._mem: dict[tuple[str, str], np.ndarray] = {}
+        self.stats = _Stats()
+        self.model_fingerprint = fingerprint_model(case.model)
+        self._split_fp = {name: fingerprint_array(s.x, s.y) for name, s in case.splits.items()}
+        self.embedding_source = "input-pca" if not self._is_torch else (self.config.embedding_layer or "input of last nn.Linear")
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def _is_torch(self) -> bool:
+        return hasattr(self.case.model, "state_dict") and callable(self.case.model)
+
+    @property
+    def oof_method(self) -> str:
+        if self.config.oof != "auto":
+            return self.config.oof
+        return "kfold" if (self.retrain is not None and self.cheap_retrain) else "embeddings"
+
+    def fingerprints(self) -> dict[str, str]:
+        out = {"model": self.model_fingerprint}
+        out.update({f"data.{k}": v for k, v in self._split_fp.items()})
+        return out
+
+    def available(self, kind: str, split: str) -> bool:
+        """Whether this evidence can exist for this case (split present, labels when needed)."""
+        s = self.case.get(split)
+        if s is None:
+            return False
+        if kind in ("losses", "oof_probs") and not s.labelled:
+            return False
+        if kind == "oof_probs" and split != "train":
+            return False
+        return True
+
+    def ensure(self, needs: Iterable[tuple[str, str]]) -> None:
+        """Compute every (kind, split) in ``needs`` that is available, one pass per split."""
+        needs = sorted({n for n in needs if self.available(*n)}, key=lambda n: (n[1] != "train", n[1], KINDS.index(n[0])))
+        for kind, split in needs:
+            self.get(kind, split)
+
+    def get(self, kind: str, split: str) -> np.ndarray:
+        """The (kind, split) array, from memory, the disk cache, or computed now."""
+        if kind not in KINDS:
+            raise ConfigError(f"unknown evidence kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if not self.available(kind, split):
+            raise InputError(f"evidence {kind!r} is not available for split {split!r} (missing split or labels)")
+        key = (kind, split)
+        if key in self._mem:
+            return self._mem[key]
+        path = self._path(kind, split)
+        if self.config.cache and path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    self._mem[key] = data["value"]
+                self.stats.cached.append(f"{kind}:{split}")
+                return self._mem[key]
+            except Exception:  # a corrupt cache entry is recomputed, never trusted
+                path.unlink(missing_ok=True)
+        start = time.perf_counter()
+        if kind in ("logits", "probs", "embeddings", "losses"):
+            self._forward(split)
+        else:
+            self._mem[key] = self._oof()
+            self._store(kind, split)
+        self.stats.seconds += time.perf_counter() - start
+        return self._mem[key]
+
+    # -- internals ----------------------------------------------------------------------
+    def _params(self, kind: str) -> dict[str, Any]:
+        p: dict[str, Any] = {"kind": kind, "embedding_layer": self.config.embedding_layer, "version": 1}
+        if kind == "oof_probs":
+            p.update(method=self.oof_method, folds=self.config.folds, seed=self.config.seed)
+        return p
+
+    def _path(self, kind: str, split: str) -> Path:
+        key = fingerprint_params({"model": self.model_fingerprint, "data": self._split_fp[split], **self._params(kind)})
+        return self.cache_dir / "evidence" / key[:2] / f"{key}.npz"
+
+    def _store(self, kind: str, split: str) -> None:
+        self.stats.computed.append(f"{kind}:{split}")
+        if self.config.cache:
+            try:
+                _atomic_savez(self._path(kind, split), value=self._mem[(kind, split)])
+            except OSError:  # a read-only cache only costs speed
+                pass
+
+    def _forward(self, split: str) -> None:
+        """One batched pass over ``split``: logits, probabilities, embeddings and losses."""
+        s = self.case.splits[split]
+        n, bs = len(s), self.config.batch_size
+        logits_parts: list[np.ndarray] = []
+        emb_parts: list[np.ndarray] = []
+        with self.progress.step(f"forward pass on {split}", total=n) as advance:
+            if self._is_torch:
+                import torch
+
+                model = self.case.model
+                was_training = model.training
+                model.eval()
+                captured: list[Any] = []
+                if self.config.embedding_layer:
+                    target = _find_module(model, self.config.embedding_layer)
+                    handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out))
+                else:
+                    target = _last_linear(model)
+                    handle = target.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0])) if target is not None else None
+                try:
+                    with torch.inference_mode():
+                        for i in range(0, n, bs):
+                            xb = torch.from_numpy(s.x[i : i + bs])
+                            captured.clear()
+                            try:
+                                out = model(xb)
+                            except Exception as exc:
+                                raise ModelError(f"the model failed on a batch of split {split!r} with input shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                            if isinstance(out, (tuple, list)):
+                                out = out[0]
+                            if out.dim() != 2 or out.shape[1] != self.case.n_classes:
+                                raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {tuple(out.shape)}")
+                            logits_parts.append(out.float().cpu().numpy())
+                            emb = captured[-1] if captured else out
+                            if isinstance(emb, (tuple, list)):
+                                emb = emb[0]
+                            emb_parts.append(emb.float().flatten(1).cpu().numpy())
+                            advance(len(xb))
+                finally:
+                    if handle is not None:
+                        handle.remove()
+                    model.train(was_training)
+                embeddings = np.concatenate(emb_parts)
+            else:
+                predict = getattr(self.case.model, "predict_logits", None)
+                if predict is None:
+                    raise ModelError(f"cannot run a model of type {type(self.case.model).__name__}: expected an nn.Module or an ONNX model")
+                for i in range(0, n, bs):
+                    out = np.asarray(predict(s.x[i : i + bs]), dtype=np.float32)
+                    if out.ndim != 2 or out.shape[1] != self.case.n_classes:
+                        raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {out.shape}")
+                    logits_parts.append(out)
+                    advance(min(bs, n - i))
+                embeddings = self._input_pca(split)
+        logits = np.concatenate(logits_parts)
+        if not np.isfinite(logits).all():
+            bad = int((~np.isfinite(logits)).any(axis=1).sum())
+            raise ModelError(f"the model produced NaN/Inf logits for {bad} of {n} rows of split {split!r}; expected finite outputs (check the inputs for NaN/Inf and the weights)")
+        self._mem[("logits", split)] = logits
+        self._mem[("probs", split)] = _softmax(logits.astype(np.float64)).astype(np.float32)
+        self._mem[("embeddings", split)] = embeddings
+        for kind in ("logits", "probs", "embeddings"):
+            self._store(kind, split)
+        if s.labelled:
+            p = self._mem[("probs", split)].astype(np.float64)
+            self._mem[("losses", split)] = (-np.log(np.clip(p[np.arange(n), s.y], 1e-12, None))).astype(np.float32)
+            self._store("losses", split)
+
+    def _input_pca(self, split: str) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        train = np.nan_to_num(self.case.train.x.reshape(len(self.case.train), -1))
+        k = int(min(64, train.shape[1], max(2, len(train) - 1)))
+        pca = PCA(n_components=k, random_state=0).fit(train)
+        return pca.transform(np.nan_to_num(self.case.splits[split].x.reshape(len(self.case.splits[split]), -1))).astype(np.float32)
+
+    def _oof(self) -> np.ndarray:
+        from sklearn.model_selection import StratifiedKFold
+
+        s = self.case.train
+        y = s.y
+        assert y is not None
+        k = self.case.n_classes
+        counts = np.bincount(y, minlength=k)
+        folds = int(min(self.config.folds, max(2, counts[counts > 0].min())))
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.config.seed)
+        oof = np.zeros((len(s), k), dtype=np.float32)
+        method = self.oof_method
+        if method == "kfold" and self.retrain is None:
+            raise ConfigError("oof='kfold' needs a training recipe (a model factory or the baseline); use oof='embeddings'")
+        import warnings
+
+        with self.progress.step(f"out-of-fold probabilities ({method}, {folds} folds)", total=folds) as advance, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
+            if method == "kfold":
+                import torch
+
+                for fold, (fit_idx, held_idx) in enumerate(splitter.split(s.x, y)):
+                    model = self.retrain(s.x[fit_idx], y[fit_idx], self.config.seed + fold)  # type: ignore[misc]
+                    model.eval()
+                    with torch.inference_mode():
+                        parts = [model(torch.from_numpy(s.x[held_idx[i : i + 512]])).float().numpy() for i in range(0, len(held_idx), 512)]
+                    oof[held_idx] = _softmax(np.concatenate(parts).astype(np.float64))
+                    advance(1)
+            else:
+                from sklearn.linear_model import LogisticRegression
+                from sklearn.pipeline import make_pipeline
+                from sklearn.preprocessing import StandardScaler
+
+                emb = self.get("embeddings", "train")
+                for fit_idx, held_idx in splitter.split(emb, y):
+                    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+                    clf.fit(emb[fit_idx], y[fit_idx])
+                    proba = np.full((len(held_idx), k), 1e-6)
+                    proba[:, clf.classes_] = clf.predict_proba(emb[held_idx])
+                    oof[held_idx] = proba / proba.sum(1, keepdims=True)
+                    advance(1)
+        return oof
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "embedding_source": self.embedding_source,
+            "oof_method": self.oof_method,
+            "computed": list(self.stats.computed),
+            "from_cache": list(self.stats.cached),
+            "config": asdict(self.config),
+        }

@@ -1,0 +1,226 @@
+"""Frozen result objects of a checkup: one ``CheckResult`` per challenge, one ``Report``.
+
+Results hold numbers and plain data only; rendering lives in ``dlclinic.report``.
+``Report.to_dict()`` produces the ``dlclinic.report/1`` JSON contract
+(``shared/report.schema.json``); fields beyond the schema are additions that
+consumers may ignore.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+__all__ = ["SCHEMA", "CheckResult", "Finding", "Remedy", "Report", "Status", "Treatment"]
+
+SCHEMA = "dlclinic.report/1"
+
+Status = Literal["ok", "warn", "fail", "not_examined", "error"]
+STATUS_ORDER: dict[str, int] = {"ok": 0, "not_examined": 1, "warn": 2, "error": 3, "fail": 4}
+
+
+def _clean_number(value: Any) -> float | int | bool | None:
+    """JSON has no NaN/Inf: map them to ``None``; numpy scalars to Python ones."""
+    if value is None or isinstance(value, bool):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(obj: Any) -> Any:
+    """Recursively turn numpy arrays/scalars and tuples into JSON-ready values."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (float, int, bool)) or obj is None or hasattr(obj, "item"):
+        return _clean_number(obj)
+    return obj
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a check found, e.g. the samples flagged as label issues.
+
+    ``indices`` are row positions in ``split``, most severe first; ``scores`` align with
+    them (for label issues: the label-quality score, lower = worse).
+    ``extra`` holds per-finding data for the report (e.g. given and suggested labels).
+    """
+
+    code: str
+    message: str
+    split: str | None = None
+    indices: tuple[int, ...] = ()
+    scores: tuple[float, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.split is not None:
+            out["split"] = self.split
+        if self.indices:
+            out["indices"] = [int(i) for i in self.indices]
+        if self.scores:
+            out["scores"] = [_clean_number(s) for s in self.scores]
+        if self.extra:
+            out["extra"] = _jsonable(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """How to treat a challenge: the CLI command and what it does."""
+
+    command: str
+    description: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"command": self.command, "description": self.description}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict on one challenge.
+
+    ``metrics`` are the numbers that decided ``status``; ``thresholds`` the limits they
+    were compared with. ``details`` holds plain data for plots (histograms, reliability
+    bins, per-class tables); it is not part of the schema's required fields.
+    """
+
+    id: str
+    status: Status
+    summary: str
+    metrics: Mapping[str, float | int | bool | None] = field(default_factory=dict)
+    thresholds: Mapping[str, float | int | None] = field(default_factory=dict)
+    findings: tuple[Finding, ...] = ()
+    remedy: Remedy | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def category(self) -> str:
+        return self.id.split(".")[0]
+
+    @property
+    def title(self) -> str:
+        from dlclinic.taxonomy import get_challenge
+
+        return get_challenge(self.id).title
+
+    def with_seconds(self, seconds: float) -> CheckResult:
+        return replace(self, seconds=float(seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "category": self.category,
+            "title": self.title,
+            "status": self.status,
+            "summary": self.summary,
+            "metrics": {k: _clean_number(v) for k, v in self.metrics.items()},
+            "thresholds": {k: _clean_number(v) for k, v in self.thresholds.items()},
+            "findings": [f.to_dict() for f in self.findings],
+            "seconds": round(max(self.seconds, 0.0), 4),
+        }
+        if self.remedy is not None:
+            out["remedy"] = self.remedy.to_dict()
+        if self.details:
+            out["details"] = _jsonable(self.details)
+        return out
+
+
+def not_examined(challenge_id: str, reason: str) -> CheckResult:
+    """A challenge that was not measured in this checkup, with the reason why."""
+    return CheckResult(id=challenge_id, status="not_examined", summary=reason)
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """A remedy applied, and the same check measured again afterwards."""
+
+    challenge_id: str
+    action: str
+    before: Mapping[str, float | int | None]
+    after: Mapping[str, float | int | None]
+    before_status: Status
+    after_status: Status
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "challenge_id": self.challenge_id,
+            "action": self.action,
+            "before": {k: _clean_number(v) for k, v in self.before.items()},
+            "after": {k: _clean_number(v) for k, v in self.after.items()},
+            "before_status": self.before_status,
+            "after_status": self.after_status,
+            "artifacts": dict(self.artifacts),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """The result of one checkup: all 31 challenges, in taxonomy order."""
+
+    dlclinic_version: str
+    created: str
+    case: Mapping[str, Any]
+    challenges: tuple[CheckResult, ...]
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    treatments: tuple[Treatment, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, challenge_id: str) -> CheckResult:
+        for result in self.challenges:
+            if result.id == challenge_id:
+                return result
+        from dlclinic.taxonomy import get_challenge
+
+        get_challenge(challenge_id)  # raises UnknownChallengeError for a bad id
+        raise KeyError(challenge_id)
+
+    @property
+    def worst_status(self) -> Status:
+        examined = [r.status for r in self.challenges]
+        return max(examined, key=lambda s: STATUS_ORDER[s]) if examined else "ok"
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("ok", "warn", "fail", "error", "not_examined")}
+        for r in self.challenges:
+            out[r.status] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "dlclinic_version": self.dlclinic_version,
+            "created": self.created,
+            "case": _jsonable(self.case),
+            "challenges": [r.to_dict() for r in self.challenges],
+            "environment": _jsonable(self.environment),
+        }
+        if self.treatments:
+            out["treatments"] = [t.to_dict() for t in self.treatments]
+        if self.timings:
+            out["timings"] = {k: round(float(v), 4) for k, v in self.timings.items()}
+        return out
+
+
+def sequence_of_results(results: Sequence[CheckResult]) -> tuple[CheckResult, ...]:
+    """Order results by the taxonomy and fill every missing id with ``not_examined``."""
+    from dlclinic.taxonomy import CHALLENGES
+
+    by_id = {r.id: r for r in results}
+    return tuple(by_id.get(c.id) or not_examined(c.id, "not selected for this checkup (--only)") for c in CHALLENGES)

