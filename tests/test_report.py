@@ -273,3 +273,14 @@ def test_terminal_stays_short_when_everything_needs_treatment():
 def test_long_line_plots_are_thinned():
     svg = plot_to_svg({"kind": "line", "series": [{"x": list(range(50_000)), "y": [float(i % 7) for i in range(50_000)]}]})
     assert len(svg) < 200_000
+
+
+def test_terminal_keeps_ids_and_statuses_on_a_narrow_console(report):
+    from rich.console import Console
+
+    console = Console(record=True, width=80, file=io.StringIO())
+    render_terminal(report, console)
+    rows = {line.split()[0]: line.split()[1] for line in console.export_text().splitlines() if line.startswith(("data.", "ethics.", "deployment."))}
+    assert rows["data.quality"] == "fail"
+    assert rows["data.generalization"] == "ok"
+    assert rows["deployment.drift"] == "warn"

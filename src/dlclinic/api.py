@@ -102,7 +102,7 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
 
             model.load_state_dict(load_file(str(path)))
             model.eval()
-            return dataclasses.replace(case, model=model, model_source=source + ", from cache", model_factory=factory)
+            return dataclasses.replace(case, model=model, model_source=source + ", from cache", model_factory=factory, metadata={**case.metadata, "dlclinic_baseline": True})
         except Exception:
             path.unlink(missing_ok=True)
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
@@ -123,7 +123,7 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
         except OSError:
             pass
     del torch, baseline_for
-    return dataclasses.replace(case, model=trained, model_source=source, model_factory=factory)
+    return dataclasses.replace(case, model=trained, model_source=source, model_factory=factory, metadata={**case.metadata, "dlclinic_baseline": True})
 
 
 def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResult:
@@ -180,7 +180,8 @@ def checkup(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    baseline = case.model is None
+    # K-fold retraining is cheap (and the default) only for the small baseline dlclinic trains itself
+    baseline = case.model is None or bool(case.metadata.get("dlclinic_baseline"))
     case = prepare_model(case, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
     timings["model"] = time.perf_counter() - t
     evidence = Evidence(case, ev_cfg, retrain=retrainer(case, fit_config), cheap_retrain=baseline, cache_dir=cache, progress=progress)

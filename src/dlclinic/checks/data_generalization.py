@@ -142,7 +142,7 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         summary += "."
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command=f"dlclinic treat data.generalization {case.metadata.get('cli_args', '<data options>')}".strip(), description="retrain with augmentation for the shifted conditions, or calibrate an OOD rejection threshold on validation data (arrives with the data-challenges issue)")
+        remedy = Remedy(command=None, description="not built yet — retrain with augmentation for the shifted conditions, or calibrate an OOD rejection threshold on validation data (arrives with the data-challenges issue)")
     details: dict[str, object] = {
         "plots": plots,
         "tables": [{"title": "MMD two-sample tests", "columns": ["splits", "space", "MMD²", "p-value", "shift"], "rows": tables_rows}],

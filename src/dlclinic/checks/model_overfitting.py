@@ -74,7 +74,7 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
         summary = "Overfitting signs: " + "; ".join(bits) + "."
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command=f"dlclinic treat model.overfitting {case.metadata.get('cli_args', '<data options>')}".strip(), description="early stopping with best-checkpoint restore, weight decay / dropout / label smoothing, temperature scaling for calibration (arrives with the training-diagnostics issue)")
+        remedy = Remedy(command=None, description="not built yet — early stopping with best-checkpoint restore, weight decay / dropout / label smoothing, temperature scaling for calibration (arrives with the training-diagnostics issue)")
     return CheckResult(
         id="model.overfitting",
         status=status,

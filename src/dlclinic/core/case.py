@@ -179,6 +179,7 @@ class Case:
         *,
         model: Any = None,
         groups: Mapping[str, Any] | None = None,
+        ids: Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         n_classes: int | None = None,
         name: str = "case",
@@ -210,7 +211,7 @@ class Case:
                 x, y, g = value, None, None
             if groups is not None and split_name in groups:
                 g = groups[split_name]
-            splits[split_name] = Split.build(split_name, x, y, g)
+            splits[split_name] = Split.build(split_name, x, y, g, None if ids is None else ids.get(split_name))
         labels = [s.y for s in splits.values() if s.y is not None]
         if n_classes is None:
             if class_names is not None:
@@ -276,6 +277,17 @@ class Case:
         )
         splits = dict(self.splits)
         splits["train"] = new
+        return replace(self, splits=splits)
+
+    def with_split_rows(self, name: str, rows: np.ndarray) -> Case:
+        """A copy whose split ``name`` keeps only ``rows``."""
+        from dataclasses import replace
+
+        s = self.splits[name]
+        rows = np.asarray(rows, dtype=np.int64)
+        pick = (lambda a: None if a is None else a[rows])  # noqa: E731
+        splits = dict(self.splits)
+        splits[name] = Split(name=name, x=s.x[rows], y=pick(s.y), groups=pick(s.groups), ids=pick(s.ids))
         return replace(self, splits=splits)
 
     def summary(self) -> dict[str, Any]:

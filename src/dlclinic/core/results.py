@@ -79,13 +79,16 @@ class Finding:
 
 @dataclass(frozen=True)
 class Remedy:
-    """How to treat a challenge: the CLI command and what it does."""
+    """How to treat a challenge: the CLI command (``None`` while no remedy is built) and what it does."""
 
-    command: str
+    command: str | None
     description: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"command": self.command, "description": self.description}
+        out = {"description": self.description}
+        if self.command:
+            out["command"] = self.command
+        return out
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,29 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
     raise ModelError(f"model {spec!r}: expected {ACCEPTED_MODELS}, found suffix {suffix or 'none'!r}")
 
 
+def load_factory(spec: str) -> Any:
+    """The ``factory`` callable of a ``file.py:factory`` spec (fresh, untrained modules), or ``None``.
+
+    Remedies use it to retrain the same architecture; ``.pt2`` and ``.onnx`` models
+    carry no factory and cannot be retrained.
+    """
+    parts = _split_factory_spec(str(spec).strip())
+    if parts is None:
+        return None
+    target, function = parts
+    module = _import_target(target)
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise ModelError(f"{Path(target).name} has no function {function!r}; expected a factory returning a torch.nn.Module")
+    folder = Path(target).resolve().parent if target.lower().endswith(".py") else None
+
+    def fresh() -> Any:
+        with _sys_path(folder):
+            return factory()
+
+    return fresh
+
+
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """The hex SHA-256 of a file, read in chunks.
 

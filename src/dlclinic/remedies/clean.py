@@ -105,6 +105,8 @@ def treat_quality(
     x_eval, y_eval = test.x[eval_rows], test.y[eval_rows]  # type: ignore[index]
     acc_before = _accuracy(case.model, x_eval, y_eval)
     cleaned = case.with_train(plan.keep, plan.relabel)
+    if len(plan.test_leaks):
+        cleaned = cleaned.with_split_rows("test", eval_rows)
     if progress is not None:
         with progress.step("retraining on the cleaned data", total=1) as advance:
             model = retrain(cleaned.train.x, cleaned.train.y, int(getattr(fit_config, "seed", 0) or 0))  # type: ignore[arg-type]
@@ -131,12 +133,17 @@ def treat_quality(
             for new_i, old_i in enumerate(plan.keep):
                 fh.write(f"{int(old_i)},{int(y_clean[new_i])}\n")  # type: ignore[index]
         os.replace(tmp, rows_path)
+        test_rows_path = out_dir / "cleaned_test_rows.csv"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write("row\n" + "".join(f"{int(i)}\n" for i in eval_rows))
+        os.replace(tmp, test_rows_path)
         weights = out_dir / "model_treated.safetensors"
         fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
         os.close(fd)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
         os.replace(tmp, weights)
-        artifacts = {"cleaned_train_rows": str(rows_path), "model": str(weights)}
+        artifacts = {"cleaned_train_rows": str(rows_path), "cleaned_test_rows": str(test_rows_path), "model": str(weights)}
     after_res = after["data.quality"]
     treatment = Treatment(
         challenge_id="data.quality",
@@ -158,7 +165,7 @@ def treat_quality(
         artifacts=artifacts,
         notes=(
             f"test accuracy measured on the {len(eval_rows)} test rows that did not leak from train ({len(plan.test_leaks)} leaked rows excluded from both numbers)",
-            "test leaks are a property of the test set: remove those rows from your test data (their indices are in the report's 'leak' finding)",
+            "leaked test rows are removed from the test split of the treated case (listed in cleaned_test_rows.csv); remove them from your test data too",
         ),
     )
     return treatment, before, after

@@ -116,6 +116,7 @@ def _threshold_rows(result: CheckResult) -> tuple[list[dict[str, str]], list[dic
 
 
 def _finding_view(finding: Finding) -> dict[str, Any]:
+    """One finding for the template: counts, the first rows with scores, its ``extra`` data."""
     n = len(finding.indices)
     shown = finding.indices[:MAX_INDICES]
     scores = list(finding.scores[: len(shown)])
@@ -138,6 +139,7 @@ def _finding_view(finding: Finding) -> dict[str, Any]:
 
 
 def _as_list(value: Any) -> list[Any]:
+    """``details`` entries as a list (a lone dict becomes a one-item list)."""
     if value is None:
         return []
     if isinstance(value, Mapping) or isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -146,6 +148,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _plots(details: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Inline SVG for each plot spec, or an ``error`` note for a spec that cannot be drawn."""
     from markupsafe import Markup
 
     from dlclinic.report.plots import plot_to_svg
@@ -161,6 +164,7 @@ def _plots(details: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any]]:
+    """Thumbnails for each image spec, or an ``error`` note."""
     from dlclinic.report.thumbnails import thumbnails
 
     out = []
@@ -180,6 +184,7 @@ def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any
 
 
 def _tables(details: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Formatted cells for each table spec, at most :data:`MAX_TABLE_ROWS` rows each."""
     out = []
     for spec in _as_list(details.get("tables")):
         if not isinstance(spec, Mapping):
@@ -196,7 +201,15 @@ def _tables(details: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _seconds(seconds: float) -> str:
+    """Seconds taken, for people; empty when nothing was timed."""
+    if not seconds > 0:
+        return ""
+    return "<0.01 s" if seconds < 0.01 else f"{seconds:.2f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
 def _challenge_view(result: CheckResult, description: str, case: Case | None) -> dict[str, Any]:
+    """Everything the template shows about one challenge."""
     metrics, other_thresholds = _threshold_rows(result)
     details = result.details if isinstance(result.details, Mapping) else {}
     examined = result.status != "not_examined"
@@ -207,7 +220,7 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
         "status": result.status,
         "status_label": STATUS_LABELS.get(result.status, result.status),
         "summary": result.summary,
-        "seconds": f"{result.seconds:.2f} s" if result.seconds > 0 else "",
+        "seconds": _seconds(result.seconds),
         "metrics": metrics,
         "other_thresholds": other_thresholds,
         "findings": [_finding_view(f) for f in result.findings],
@@ -219,6 +232,7 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
 
 
 def _treatment_view(t: Treatment) -> dict[str, Any]:
+    """A treatment with one row per metric: before, after and the change."""
     rows = []
     for key in list(dict.fromkeys([*t.before, *t.after])):
         b, a = t.before.get(key), t.after.get(key)
@@ -239,14 +253,17 @@ def _treatment_view(t: Treatment) -> dict[str, Any]:
 
 
 def _header(report: Report) -> dict[str, Any]:
+    """The case facts for the page header, tolerant of missing keys."""
     case = report.case if isinstance(report.case, Mapping) else {}
     model = case.get("model")
     model = model if isinstance(model, Mapping) else {"source": str(model)} if model else {}
     splits = case.get("splits") if isinstance(case.get("splits"), Mapping) else {}
+    source = str(model.get("source", ""))
+    params = fmt(model.get("parameters")) if model.get("parameters") is not None else ""
     return {
         "name": str(case.get("name") or "case"),
-        "model_source": str(model.get("source", "")),
-        "model_parameters": fmt(model.get("parameters")) if model.get("parameters") is not None else "",
+        "model_source": source,
+        "model_parameters": params if params not in source else "",
         "model_sha256": str(model.get("sha256", ""))[:16],
         "splits": [{"name": str(k), "n": fmt(v)} for k, v in splits.items()],
         "n_classes": fmt(case.get("n_classes")) if case.get("n_classes") is not None else "",
@@ -256,6 +273,7 @@ def _header(report: Report) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
+    """The Jinja2 environment (autoescape on, undefined names are errors), built once."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True,

@@ -224,7 +224,7 @@ def _draw(kind: str, spec: Mapping[str, Any], series: list[Mapping[str, Any]]) -
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    if any(ax.get_legend_handles_labels()[1]):
+    if len(ax.get_legend_handles_labels()[1]) > 1:  # one series needs no legend: the title names it
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.StringIO()

@@ -51,18 +51,20 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
     name = str(report.case.get("name", "case")) if hasattr(report.case, "get") else "case"
     table = Table(title=Text(f"dlclinic checkup: {name}", style="bold"), title_justify="left",
                   show_edge=False, box=None, pad_edge=False, header_style="bold")
-    table.add_column("challenge", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("summary", overflow="ellipsis", no_wrap=True)
     examined = [r for r in report.challenges if r.status != "not_examined"]
+    id_width = max((len(r.id) for r in examined), default=9)
+    table.add_column("challenge", no_wrap=True, min_width=id_width)
+    table.add_column("status", no_wrap=True, min_width=6)
+    summary_width = max(console.width - id_width - 6 - 4, 16)  # 4: padding between columns
+    table.add_column("summary", overflow="ellipsis", no_wrap=True, max_width=summary_width)
     for r in examined:
-        table.add_row(Text(r.id), Text(r.status, style=STYLES.get(r.status, "")), Text(_shorten(r.summary)))
+        table.add_row(Text(r.id), Text(r.status, style=STYLES.get(r.status, "")), Text(_shorten(r.summary), overflow="ellipsis", no_wrap=True))
     if examined:
         console.print(table)
     counts = report.counts()
     parts = [f"[{STYLES[s]}]{counts[s]} {s}[/]" for s in ("ok", "warn", "fail", "error")]
     console.print(", ".join(parts) + f", [dim]{counts['not_examined']} not examined[/]")
-    todo = [r for r in report.challenges if r.status in ("warn", "fail") and r.remedy is not None]
+    todo = [r for r in report.challenges if r.status in ("warn", "fail") and r.remedy is not None and r.remedy.command]
     for r in todo[:MAX_REMEDIES]:
         command = r.remedy.command if r.remedy is not None else ""
         console.print(f"  [{STYLES[r.status]}]{escape(r.id)}[/]: {escape(command)}", soft_wrap=True, highlight=False)

@@ -1,0 +1,347 @@
+"""The ``dlclinic`` command line: parse, call the library, render — nothing more.
+
+Exit codes: 0 success; 1 the report crossed ``--fail-on``; 2 bad input or options
+(one line on stderr, no traceback, no partial files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dlclinic.core.errors import ConfigError, DlclinicError, InputError
+
+app = typer.Typer(
+    name="dlclinic",
+    help="Measure, treat and verify the 31 classic challenges of deep learning on your own model and data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+demo_app = typer.Typer(help="The embedded demo case (5,000 MNIST digits with planted defects).", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+class FailOn(str, Enum):
+    warn = "warn"
+    fail = "fail"
+    never = "never"
+
+
+class OofMethod(str, Enum):
+    auto = "auto"
+    embeddings = "embeddings"
+    kfold = "kfold"
+
+
+class CleanMode(str, Enum):
+    drop = "drop"
+    relabel = "relabel"
+
+
+# -- progress and output ---------------------------------------------------------------------
+class RichProgress:
+    """Rich progress bars on stderr for every long step (the library's Progress protocol)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+
+    @contextmanager
+    def step(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        if not self.enabled:
+            self.console.print(f"[dim]… {description}[/dim]") if self.console.is_terminal else None
+            yield lambda n=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail early (before any long work) when the output folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".dlclinic-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: expected a writable folder, found {exc.strerror or exc}") from None
+
+
+# -- case from options -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    demo: bool
+    clean_demo: bool
+    train: Optional[Path]
+    test: Optional[Path]
+    deploy: Optional[Path]
+    label_col: Optional[str]
+    group_col: Optional[str]
+    id_col: Optional[str]
+    model: Optional[str]
+    weights: Optional[Path]
+
+    def cli_args(self) -> str:
+        if self.demo or self.clean_demo:
+            return "--demo" if self.demo else "--clean-demo"
+        parts = []
+        for flag, value in (("--train", self.train), ("--test", self.test), ("--deploy", self.deploy), ("--label-col", self.label_col), ("--group-col", self.group_col), ("--id-col", self.id_col), ("--model", self.model), ("--weights", self.weights)):
+            if value is not None:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+def _load_case(opts: DataOptions) -> Any:
+    if (opts.demo or opts.clean_demo) and opts.train is not None:
+        raise ConfigError("--demo and --train are exclusive: expected the demo case or your own data, found both")
+    if opts.demo or opts.clean_demo:
+        if any(v is not None for v in (opts.test, opts.deploy, opts.label_col, opts.group_col, opts.id_col)):
+            raise ConfigError("--demo brings its own splits: expected no --test/--deploy/--*-col with it")
+        from dlclinic.demo import build_demo
+
+        case, _ = build_demo(clean=opts.clean_demo)
+    else:
+        if opts.train is None:
+            raise ConfigError("no data given: expected --train FILE (and usually --test FILE), or --demo")
+        from dlclinic.io import load_case
+
+        case = load_case(opts.train, opts.test, opts.deploy, label_col=opts.label_col, group_col=opts.group_col, id_col=opts.id_col)
+    if opts.weights is not None and opts.model is None:
+        raise ConfigError("--weights needs --model file.py:factory to load them into")
+    if opts.model is not None:
+        from dlclinic.io import load_factory, load_model
+
+        model, source = load_model(opts.model, weights=opts.weights)
+        case = dataclasses.replace(case, model=model, model_source=source, model_factory=load_factory(opts.model))
+    meta = dict(case.metadata)
+    meta["cli_args"] = opts.cli_args()
+    return dataclasses.replace(case, metadata=meta)
+
+
+DemoOpt = Annotated[bool, typer.Option("--demo", help="Use the embedded demo case (MNIST digits with planted defects).")]
+CleanDemoOpt = Annotated[bool, typer.Option("--clean-demo", help="The demo images with no planted defects (a control case).")]
+TrainOpt = Annotated[Optional[Path], typer.Option("--train", help="Training data: .npz, .csv, .parquet or an image folder root/<class>/*.png.")]
+TestOpt = Annotated[Optional[Path], typer.Option("--test", help="Held-out labelled data, same format as --train.")]
+DeployOpt = Annotated[Optional[Path], typer.Option("--deploy", help="Data seen after deployment (labels optional).")]
+LabelOpt = Annotated[Optional[str], typer.Option("--label-col", help="Label column (CSV/Parquet) or npz key.")]
+GroupOpt = Annotated[Optional[str], typer.Option("--group-col", help="Sensitive-attribute column.")]
+IdOpt = Annotated[Optional[str], typer.Option("--id-col", help="Sample-id column.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="file.py:factory, model.pt2 or model.onnx. Without it dlclinic trains a baseline.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Weights for --model file.py:factory: .safetensors or a state_dict .pt (loaded with weights_only=True).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for report.html and report.json.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Evidence cache (default ~/.cache/dlclinic or $DLCLINIC_CACHE).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute everything; read and write no cache.")]
+OofOpt = Annotated[OofMethod, typer.Option("--oof", help="Out-of-fold probabilities: auto, embeddings (cross-validated head on cached embeddings) or kfold (full retraining).")]
+LayerOpt = Annotated[Optional[str], typer.Option("--embedding-layer", help="Module name whose output is the embedding (default: input of the last Linear).")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of the training recipe (baseline and retraining).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of training and sampling.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal summary, no progress bars.")]
+
+
+def _configs(epochs: int, seed: int, oof: OofMethod, layer: Optional[str], no_cache: bool) -> tuple[Any, Any]:
+    from dlclinic.core.evidence import EvidenceConfig
+    from dlclinic.remedies.fit import FitConfig
+
+    return FitConfig(epochs=epochs, seed=seed), EvidenceConfig(oof=oof.value, embedding_layer=layer, seed=seed, cache=not no_cache)
+
+
+# -- commands ---------------------------------------------------------------------------------
+@app.command()
+def checkup(
+    demo: DemoOpt = False,
+    clean_demo: CleanDemoOpt = False,
+    train: TrainOpt = None,
+    test: TestOpt = None,
+    deploy: DeployOpt = None,
+    label_col: LabelOpt = None,
+    group_col: GroupOpt = None,
+    id_col: IdOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate).")] = None,
+    out: OutOpt = Path("dlclinic-report"),
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    oof: OofOpt = OofMethod.auto,
+    embedding_layer: LayerOpt = None,
+    epochs: EpochsOpt = 15,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Examine a model and its data for all 31 challenges; write report.html and report.json."""
+    from dlclinic.api import checkup as run_checkup
+    from dlclinic.report import render_terminal, write_report
+    from dlclinic.taxonomy import resolve_ids
+
+    selected = resolve_ids(only) if only else None  # unknown ids fail before any work
+    _check_writable(out)
+    fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
+    progress = RichProgress(enabled=not quiet)
+    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights))
+    report = run_checkup(case, only=selected, evidence_config=ev_cfg, fit_config=fit_cfg, cache_dir=cache_dir, progress=progress)
+    paths = write_report(report, out, case=case)
+    if not quiet:
+        render_terminal(report)
+        typer.echo(f"report: {paths['html']}  json: {paths['json']}", err=True)
+    worst = report.worst_status
+    if (fail_on is FailOn.warn and worst in ("warn", "fail", "error")) or (fail_on is FailOn.fail and worst in ("fail", "error")):
+        raise typer.Exit(1)
+
+
+@app.command()
+def treat(
+    challenge: Annotated[str, typer.Argument(help="The challenge to treat, e.g. data.quality.")],
+    demo: DemoOpt = False,
+    clean_demo: CleanDemoOpt = False,
+    train: TrainOpt = None,
+    test: TestOpt = None,
+    deploy: DeployOpt = None,
+    label_col: LabelOpt = None,
+    group_col: GroupOpt = None,
+    id_col: IdOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    mode: Annotated[CleanMode, typer.Option("--mode", help="data.quality: drop flagged label issues or relabel them with the likely label.")] = CleanMode.drop,
+    out: OutOpt = Path("dlclinic-treatment"),
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    oof: OofOpt = OofMethod.auto,
+    embedding_layer: LayerOpt = None,
+    epochs: EpochsOpt = 15,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
+    from dlclinic.remedies import REMEDIES
+    from dlclinic.remedies import treat as run_treat
+    from dlclinic.report import write_report
+    from dlclinic.taxonomy import get_challenge
+
+    get_challenge(challenge)
+    if challenge not in REMEDIES:
+        raise ConfigError(f"no remedy for {challenge!r} in this version; expected one of: {', '.join(REMEDIES)}")
+    _check_writable(out)
+    fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
+    progress = RichProgress(enabled=not quiet)
+    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights))
+    treatment, before, after = run_treat(case, challenge, out_dir=out, mode=mode.value, fit_config=fit_cfg, evidence_config=ev_cfg, cache_dir=cache_dir, progress=progress)
+    report = dataclasses.replace(after, treatments=(treatment,))
+    paths = write_report(report, out, case=None)
+    if not quiet:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"treat {challenge}: {treatment.action}")
+        table.add_column("metric")
+        table.add_column("before", justify="right")
+        table.add_column("after", justify="right")
+        for key in treatment.before:
+            b, a = treatment.before[key], treatment.after.get(key)
+            table.add_row(key, f"{b:.4g}" if isinstance(b, float) else str(b), f"{a:.4g}" if isinstance(a, float) else str(a))
+        table.add_row("status", treatment.before_status, treatment.after_status)
+        console = Console()
+        console.print(table)
+        for note in treatment.notes:
+            console.print(f"[dim]{note}[/dim]")
+        typer.echo(f"report: {paths['html']}  json: {paths['json']}", err=True)
+
+
+@app.command()
+def challenges() -> None:
+    """List the 31 challenges and which of them this version examines."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dlclinic.checks import CHECKS
+    from dlclinic.remedies import REMEDIES
+    from dlclinic.taxonomy import CHALLENGES
+
+    table = Table(title="dlclinic: the 31 challenges")
+    for col in ("id", "title", "check", "remedy"):
+        table.add_column(col)
+    for c in CHALLENGES:
+        table.add_row(c.id, c.title, "yes" if c.id in CHECKS else "—", "yes" if c.id in REMEDIES else "—")
+    Console().print(table)
+
+
+@demo_app.command("export")
+def demo_export(
+    directory: Annotated[Path, typer.Argument(help="Folder to write train.npz, test.npz, deploy.npz and truth.npz into.")],
+    clean: Annotated[bool, typer.Option("--clean", help="Export the control copy without planted defects.")] = False,
+) -> None:
+    """Write the demo case as npz files, with its ground truth (planted defects)."""
+    import numpy as np
+
+    from dlclinic.demo import build_demo
+
+    _check_writable(directory)
+    case, truth = build_demo(clean=clean)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, split in case.splits.items():
+            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                np.savez_compressed(fh, x=split.x, y=split.y, group=split.groups.astype(str), class_names=np.array(case.class_names))
+            staged.append((f"{name}.npz", Path(tmp)))
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, flipped=truth.flipped, original_labels=truth.original_labels, duplicate_pairs=truth.duplicate_pairs, leak_pairs=truth.leak_pairs, rare_class=np.array(truth.rare_class))
+        staged.append(("truth.npz", Path(tmp)))
+        for name, tmp_path in staged:
+            os.replace(tmp_path, directory / name)
+    except BaseException:
+        for _, tmp_path in staged:
+            tmp_path.unlink(missing_ok=True)
+        raise
+    typer.echo(f"wrote {', '.join(n for n, _ in staged)} to {directory}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning every expected error into one line and exit code 2."""
+    try:  # typer >= 0.20 vendors click; older versions use the click package
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc  # type: ignore[no-redef]
+
+    try:
+        app(args=argv, standalone_mode=False, prog_name="dlclinic")
+    except DlclinicError as exc:
+        typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+        return 2
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        return 130
+    except click_exc.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        typer.echo(f"error: {exc.format_message().splitlines()[0]}{hint}", err=True)
+        return 2
+    except click_exc.ClickException as exc:
+        typer.echo(f"error: {exc.format_message().splitlines()[0]}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
