@@ -72,15 +72,17 @@ class RichProgress:
             yield lambda n=1: bar.advance(task, n)
 
 
-def _check_writable(out: Path) -> None:
-    """Fail early (before any long work) when the output folder cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".dlclinic-write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: expected a writable folder, found {exc.strerror or exc}") from None
+def _check_writable(out: Path, option: str = "--out") -> None:
+    """Fail early (before any long work, creating nothing) when ``out`` cannot become a writable folder."""
+    probe = out.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: expected a folder, found a file")
+    if not probe.is_dir():
+        raise ConfigError(f"{option} {out}: expected a writable folder, found that {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {out}: expected a writable folder, found {probe} not writable")
 
 
 # -- case from options -------------------------------------------------------------------------
@@ -291,8 +293,9 @@ def demo_export(
 
     from dlclinic.demo import build_demo
 
-    _check_writable(directory)
+    _check_writable(directory, "DIRECTORY")
     case, truth = build_demo(clean=clean)
+    directory.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[str, Path]] = []
     try:
         for name, split in case.splits.items():

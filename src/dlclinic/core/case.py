@@ -79,7 +79,7 @@ def _validate_labels(y: np.ndarray, what: str) -> np.ndarray:
         if bad.any():
             raise InputError(f"{what}: expected integer class labels, found {int(bad.sum())} NaN/Inf value(s) (first at row {int(np.flatnonzero(bad)[0])})")
         if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise InputError(f"{what}: expected integer class labels, found non-integer values such as {y[np.mod(y, 1) != 0][0]!r}")
+            raise InputError(f"{what}: expected integer class labels, found non-integer values such as {float(y[np.mod(y, 1) != 0][0])!r}")
     elif y.dtype.kind not in "iub":
         raise InputError(f"{what}: expected integer class labels, found dtype {y.dtype} (map strings to 0..K-1 first, or pass class_names)")
     y = y.astype(np.int64)
@@ -168,7 +168,7 @@ class Case:
         for s in self.splits.values():
             if s.y is not None and s.y.size and int(s.y.max()) >= self.n_classes:
                 row = int(np.argmax(s.y))
-                raise InputError(f"split {s.name!r} labels: expected values in 0..{self.n_classes - 1} ({self.n_classes} classes), found {int(s.y.max())} at row {row}")
+                raise InputError(f"split {s.name!r} labels: expected values in 0..{self.n_classes - 1} ({self.n_classes} classes, as in train), found {int(s.y.max())} at row {row} (pass class_names or n_classes if train lacks a class)")
 
     @classmethod
     def from_arrays(
@@ -212,12 +212,14 @@ class Case:
             if groups is not None and split_name in groups:
                 g = groups[split_name]
             splits[split_name] = Split.build(split_name, x, y, g, None if ids is None else ids.get(split_name))
-        labels = [s.y for s in splits.values() if s.y is not None]
         if n_classes is None:
             if class_names is not None:
                 n_classes = len(class_names)
+            elif "train" in splits and splits["train"].y is not None and splits["train"].y.size:
+                # K comes from train alone: a test/deploy label train never saw is an error, not a new class
+                n_classes = int(splits["train"].y.max()) + 1
             else:
-                n_classes = int(max(int(y.max()) for y in labels if y.size)) + 1
+                raise InputError("split 'train': expected labels to infer the number of classes, found none (pass class_names or n_classes)")
         if n_classes < 2:
             raise InputError(f"labels: expected at least 2 classes, found {n_classes}")
         names = tuple(str(c) for c in class_names) if class_names is not None else tuple(str(i) for i in range(n_classes))

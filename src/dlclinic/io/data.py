@@ -221,7 +221,7 @@ def _int_labels(values: np.ndarray, what: str) -> np.ndarray:
             raise InputError(f"{what}: expected a label on every row, found {int(bad.sum())} row(s) with a missing (NaN/Inf) label, first at row {int(np.flatnonzero(bad)[0])}")
         frac = np.mod(values, 1) != 0
         if frac.any():
-            raise InputError(f"{what}: expected integer class labels, found {int(frac.sum())} non-integer value(s) such as {values[frac][0]!r} at row {int(np.flatnonzero(frac)[0])}")
+            raise InputError(f"{what}: expected integer class labels, found {int(frac.sum())} non-integer value(s) such as {float(values[frac][0])!r} at row {int(np.flatnonzero(frac)[0])}")
     labels = values.astype(np.int64)
     if labels.size and labels.min() < 0:
         raise InputError(f"{what}: expected labels in 0..K-1, found {int(labels.min())} at row {int(np.argmin(labels))}")
@@ -257,7 +257,7 @@ def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | Non
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"split {name!r}: expected a NumPy .npz archive, found an unreadable file {path} ({brief(exc)})") from None
+        raise InputError(f"split {name!r}: expected a NumPy .npz archive, found an unreadable or corrupt file {path}") from None
     if "x" not in arrays:
         raise InputError(f"split {name!r}: expected an array 'x' in {path.name}, found keys {keys}; save with np.savez(path, x=..., y=...)")
     x = _npz_features(arrays["x"], name)

@@ -237,7 +237,7 @@ def _load_factory(target: str, function: str, *, weights: str | Path | None) -> 
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
         raise ModelError(f"{where} has no function {function!r}; expected a factory returning a torch.nn.Module, found {found[:10] or 'no public functions'}")
     if not callable(factory):
-        raise ModelError(f"{function!r} in {where} is a {type(factory).__name__}; expected a function returning a torch.nn.Module")
+        raise ModelError(f"{function!r} in {where} is of type {type(factory).__name__}; expected a function returning a torch.nn.Module")
     with _sys_path(Path(target).resolve().parent if target.lower().endswith(".py") else None):
         try:
             model = factory()

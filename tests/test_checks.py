@@ -1,0 +1,166 @@
+"""Every check finds a planted defect and stays quiet on clean data (small synthetic cases)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import blobs
+
+import dlclinic
+from dlclinic import Case, EvidenceConfig, FitConfig
+from dlclinic.checks import CHECKS, PENDING
+from dlclinic.remedies.baselines import MLP
+from dlclinic.remedies.fit import fit
+from dlclinic.taxonomy import CHALLENGES
+
+FAST = FitConfig(epochs=8, batch_size=64)
+
+
+def _case(train: tuple, test: tuple | None = None, deploy: tuple | None = None, **kw) -> Case:  # type: ignore[type-arg]
+    return Case.from_arrays(train, test, deploy, **kw)
+
+
+def test_every_challenge_has_a_check_or_a_reason() -> None:
+    assert set(CHECKS) | set(PENDING) == {c.id for c in CHALLENGES}
+    assert not set(CHECKS) & set(PENDING)
+
+
+def test_quality_finds_planted_flips_duplicates_and_leaks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(900, d=10, sep=3.0, seed=0)
+    xt, yt = blobs(300, d=10, sep=3.0, seed=1)
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(900, 60, replace=False)
+    y_noisy = y.copy()
+    y_noisy[flipped] = (y[flipped] + 1) % 3
+    x_dup = np.concatenate([x, x[:10]])  # 10 exact copies appended
+    y_dup = np.concatenate([y_noisy, y_noisy[:10]])
+    xt[:5] = x[100:105]
+    yt[:5] = y[100:105]
+    report = dlclinic.checkup(_case((x_dup, y_dup), (xt, yt)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)
+    res = report["data.quality"]
+    assert res.status == "fail"  # leaks above 1 % of test
+    found = set(next(f for f in res.findings if f.code == "label_issue").indices)
+    truth = set(flipped.tolist())
+    assert len(found & truth) / len(found) >= 0.8 and len(found & truth) / len(truth) >= 0.8
+    assert res.metrics["exact_duplicate_groups"] == 10
+    leak = next(f for f in res.findings if f.code == "leak")
+    assert sorted(leak.indices) == [0, 1, 2, 3, 4]
+
+
+def test_quality_stays_quiet_on_clean_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(900, d=10, sep=3.0, seed=0)
+    xt, yt = blobs(300, d=10, sep=3.0, seed=1)
+    res = dlclinic.checkup(_case((x, y), (xt, yt)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    assert res.status == "ok", res.summary
+    assert res.metrics["label_issue_fraction"] < 0.03
+
+
+def test_quality_reports_nan_rows_and_imbalance(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(600, d=6, seed=2)
+    keep = np.concatenate([np.flatnonzero(y != 2), np.flatnonzero(y == 2)[:15]])
+    x, y = x[keep], y[keep]
+    x[3, 1] = np.nan
+    res = dlclinic.checkup(_case((x, y)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    assert res.metrics["nonfinite_rows"] == 1
+    assert res.metrics["imbalance_ratio"] > 5
+    assert res.status == "fail"
+    assert {f.code for f in res.findings} >= {"nonfinite", "imbalance"}
+
+
+@pytest.mark.parametrize("shift, expect", [(0.0, "ok"), (1.0, "warn_or_fail")])
+def test_generalization_detects_a_known_shift_only(tmp_path, shift: float, expect: str) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(600, d=8, seed=3)
+    xt, yt = blobs(300, d=8, seed=4)
+    xd, yd = blobs(300, d=8, seed=5, shift=shift)
+    res = dlclinic.checkup(_case((x, y), (xt, yt), (xd, yd)), only=["data.generalization"], fit_config=FAST, cache_dir=tmp_path)["data.generalization"]
+    if expect == "ok":
+        assert res.status == "ok", res.summary
+    else:
+        assert res.status in ("warn", "fail")
+        assert res.metrics["shift_test_vs_deploy"] is True
+        assert res.metrics["ood_fraction_deploy"] > 0.2
+
+
+def test_generalization_false_positive_rate_over_seeds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Unshifted copies: the MMD p-values must not reject more often than α allows."""
+    model = fit(MLP(8, 3), *blobs(600, d=8, seed=3), FAST).model
+    alarms = 0
+    for seed in range(8):
+        case = _case(blobs(600, d=8, seed=3), blobs(200, d=8, seed=100 + seed), blobs(200, d=8, seed=200 + seed), model=model)
+        res = dlclinic.checkup(case, only=["data.generalization"], cache_dir=tmp_path)["data.generalization"]
+        alarms += res.status != "ok"
+    assert alarms <= 1  # α = 0.01 per test, two tests + OOD binomial per case
+
+
+def test_overfitting_detects_memorisation_and_not_a_healthy_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 200)  # pure noise labels: nothing to learn, everything to memorise
+    xt = rng.normal(size=(300, 20)).astype(np.float32)
+    yt = rng.integers(0, 3, 300)
+    memoriser = fit(MLP(20, 3, hidden=(512, 256), dropout=0.0), x, y, FitConfig(epochs=150, lr=3e-3, val_fraction=0.0, weight_decay=0.0)).model
+    res = dlclinic.checkup(_case((x, y), (xt, yt), model=memoriser), only=["model.overfitting"], cache_dir=tmp_path)["model.overfitting"]
+    assert res.status == "fail"
+    assert res.metrics["accuracy_gap"] > 0.4
+
+    xh, yh = blobs(600, d=8, seed=7)
+    healthy = fit(MLP(8, 3), xh, yh, FAST).model
+    res = dlclinic.checkup(_case((xh, yh), blobs(400, d=8, seed=8), model=healthy), only=["model.overfitting"], cache_dir=tmp_path)["model.overfitting"]
+    assert res.status == "ok", res.summary
+
+
+def test_unselected_and_unbuilt_challenges_are_not_examined(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    report = dlclinic.checkup(_case(blobs(200, seed=1), blobs(100, seed=2)), only=["model.overfitting"], fit_config=FAST, cache_dir=tmp_path)
+    assert [r.id for r in report.challenges] == [c.id for c in CHALLENGES]
+    statuses = {r.id: r.status for r in report.challenges}
+    assert statuses["model.overfitting"] != "not_examined"
+    assert all(s == "not_examined" for cid, s in statuses.items() if cid != "model.overfitting")
+    assert all(r.summary for r in report.challenges)
+
+
+def test_user_module_gets_no_hooks_left_and_is_not_mutated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(300, d=8, seed=9)
+    model = fit(MLP(8, 3), x, y, FAST).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dlclinic.checkup(_case((x, y), blobs(100, d=8, seed=10), model=model), cache_dir=tmp_path)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_check_that_crashes_is_an_error_row_not_a_lost_report(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from dlclinic import checks
+
+    def boom(case, evidence, options):  # type: ignore[no-untyped-def]
+        raise RuntimeError("planted bug\nsecond line")
+
+    monkeypatch.setitem(checks.CHECKS, "model.overfitting", dataclasses.replace(checks.CHECKS["model.overfitting"], run=boom))
+    report = dlclinic.checkup(_case(blobs(200, seed=1), blobs(100, seed=2)), fit_config=FAST, cache_dir=tmp_path)
+    assert report["model.overfitting"].status == "error"
+    assert "planted bug" in report["model.overfitting"].summary and "\n" not in report["model.overfitting"].summary
+    assert report["data.quality"].status != "error"
+
+
+def test_unknown_check_option_names_the_valid_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(dlclinic.ConfigError, match="unknown option.*'warn_gapp'.*warn_gap"):
+        dlclinic.checkup(_case(blobs(100), blobs(60, seed=3)), options={"model.overfitting": {"warn_gapp": 0.1}}, cache_dir=tmp_path)
+
+
+def test_onnx_like_model_without_layers_uses_input_pca(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(300, d=8, seed=11)
+    torch_model = fit(MLP(8, 3), x, y, FAST).model
+
+    class Opaque:
+        sha256 = "0" * 64
+
+        def predict_logits(self, arr: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return torch_model(torch.from_numpy(arr)).numpy()
+
+    report = dlclinic.checkup(_case((x, y), blobs(100, d=8, seed=12), blobs(100, d=8, seed=13), model=Opaque()), evidence_config=EvidenceConfig(oof="embeddings"), cache_dir=tmp_path)
+    assert report.case["evidence"]["embedding_source"] == "input-pca"
+    assert report["data.generalization"].status == "ok"
+    assert report["model.overfitting"].status in ("ok", "warn")

@@ -1,0 +1,265 @@
+"""The CLI's contract for bad input: one clear line on stderr, exit code 2, no traceback, no partial files.
+
+Every case runs the real command line in a subprocess (``python -m dlclinic.cli``) in its own
+temporary folder, on small files written there: npz splits of 60 rows × 4 features and
+3 classes, a ``model.py`` with good and bad factories, corrupt weights and model files.
+Each subprocess imports torch (~2 s), so the selected cases are started concurrently by a
+module fixture and each test waits for its own result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+N_ROWS, N_FEATURES, N_CLASSES = 60, 4, 3
+
+MODEL_PY = """\
+import torch
+
+
+def factory():
+    return torch.nn.Linear(4, 3)
+
+
+def wide_factory():
+    return torch.nn.Linear(4, 5)
+
+
+def narrow_input_factory():
+    return torch.nn.Linear(5, 3)
+
+
+def bad_factory():
+    return {"not": "a module"}
+
+
+def raising_factory():
+    raise RuntimeError("boom while building")
+
+
+not_callable = 42
+"""
+
+
+def _write_inputs(root: Path) -> None:
+    """Every input file the cases refer to, by relative path."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N_ROWS, N_FEATURES)).astype(np.float32)
+    y = np.arange(N_ROWS) % N_CLASSES
+    names = np.array(["a", "b", "c"])
+
+    np.savez(root / "train.npz", x=x, y=y)
+    np.savez(root / "test.npz", x=x + 0.1, y=y)
+    np.savez(root / "train_named.npz", x=x, y=y, class_names=names)  # 3 classes fixed by name
+
+    # wrong shapes, labels and lengths
+    np.savez(root / "test_5feat.npz", x=rng.normal(size=(N_ROWS, 5)).astype(np.float32), y=y)
+    np.savez(root / "test_1d.npz", x=rng.normal(size=N_ROWS), y=y)
+    y_nan = y.astype(np.float64)
+    y_nan[5] = np.nan
+    np.savez(root / "train_nan.npz", x=x, y=y_nan)
+    np.savez(root / "test_nan.npz", x=x, y=y_nan)
+    y_frac = y.astype(np.float64)
+    y_frac[3] = 1.5
+    np.savez(root / "train_frac.npz", x=x, y=y_frac)
+    y_neg = y.copy()
+    y_neg[2] = -1
+    np.savez(root / "train_neg.npz", x=x, y=y_neg)
+    y_7 = y.copy()
+    y_7[4] = 7
+    np.savez(root / "test_label7.npz", x=x, y=y_7)
+    np.savez(root / "train_one_class.npz", x=x, y=np.zeros(N_ROWS, dtype=np.int64))
+    np.savez(root / "train_short_y.npz", x=x, y=y[:-1])
+    np.savez(root / "test_short_y.npz", x=x, y=y[:-3])
+    np.savez(root / "train_no_x.npz", features=x, y=y)
+    np.savez(root / "train_no_y.npz", x=x)
+    np.savez(root / "train_empty.npz", x=np.zeros((0, N_FEATURES), np.float32), y=np.zeros(0, np.int64))
+    np.savez(root / "train_object.npz", x=np.array([[1, "a"], [2, None]], dtype=object), y=np.array([0, 1]))
+
+    # unreadable data files
+    (root / "garbage.npz").write_bytes(rng.bytes(512))
+    (root / "train.txt").write_text("1,2,3\n")
+
+    # models
+    (root / "model.py").write_text(MODEL_PY)
+    (root / "broken_model.py").write_text("import torch\ndef factory(:\n    pass\n")
+    (root / "corrupt.safetensors").write_bytes(rng.bytes(256))
+    (root / "corrupt.pt").write_bytes(rng.bytes(256))
+    (root / "corrupt.onnx").write_bytes(rng.bytes(256))
+    (root / "corrupt.pt2").write_bytes(rng.bytes(256))
+    (root / "model.bin").write_bytes(rng.bytes(16))
+    torch.save(torch.nn.Linear(4, 3), root / "whole_model.pt")  # a pickled module: must be refused
+    torch.save(torch.nn.Linear(4, 5).state_dict(), root / "wrong_arch.pt")
+    torch.save([1, 2, 3], root / "list.pt")
+
+    # something that is a regular file, so nothing can be created "under" it
+    (root / "afile").write_text("I am a file, not a folder\n")
+
+
+# Common tails of the argument lists: fast, quiet, one check, no cache.
+FAST = ["--quiet", "--no-cache", "--epochs", "1"]
+CHECK = ["--only", "data.quality", "--out", "out", *FAST]
+DATA = ["--train", "train.npz", "--test", "test.npz"]
+MODEL = ["--model", "model.py:factory"]
+
+
+def _checkup(*args: str) -> list[str]:
+    return ["checkup", *args, *CHECK]
+
+
+# (id, argv, fragments the error line must contain, out folder to inspect)
+CASES: list[tuple[str, list[str], tuple[str, ...], str]] = [
+    # ----- options
+    ("unknown-option", _checkup(*DATA, "--frobnicate"), ("No such option", "--frobnicate"), "out"),
+    ("unknown-only-id", _checkup(*DATA, *MODEL, "--only", "data.nope"), ("unknown challenge id", "data.nope", "expected"), "out"),
+    ("bad-fail-on-value", _checkup(*DATA, *MODEL, "--fail-on", "sometimes"), ("sometimes",), "out"),
+    ("epochs-zero", ["checkup", *DATA, *MODEL, "--out", "out", "--quiet", "--no-cache", "--epochs", "0"], ("--epochs",), "out"),
+    ("no-data", _checkup(*MODEL), ("no data given", "expected --train"), "out"),
+    ("demo-and-train", _checkup("--demo", *DATA), ("exclusive", "expected"), "out"),
+    ("weights-without-model", _checkup(*DATA, "--weights", "corrupt.safetensors"), ("--weights needs --model",), "out"),
+    ("out-under-a-file", ["checkup", *DATA, *MODEL, "--only", "data.quality", "--out", "afile/sub", *FAST], ("--out", "expected a writable folder"), "afile/sub"),
+    # ----- data files
+    ("train-missing", _checkup("--train", "nope.npz", *MODEL), ("not found", "nope.npz"), "out"),
+    ("test-missing", _checkup("--train", "train.npz", "--test", "nope.npz", *MODEL), ("not found", "nope.npz"), "out"),
+    ("train-corrupt-npz", _checkup("--train", "garbage.npz", *MODEL), ("expected a NumPy .npz archive", "garbage.npz"), "out"),
+    ("train-unknown-format", _checkup("--train", "train.txt", *MODEL), ("expected .npz", "train.txt"), "out"),
+    ("train-no-x", _checkup("--train", "train_no_x.npz", *MODEL), ("expected an array 'x'", "features"), "out"),
+    ("train-no-labels", _checkup("--train", "train_no_y.npz", *MODEL), ("expected labels",), "out"),
+    ("train-empty", _checkup("--train", "train_empty.npz", *MODEL), ("expected at least one sample", "found 0"), "out"),
+    ("train-object-array", _checkup("--train", "train_object.npz", *MODEL), ("pickled", "never unpickled"), "out"),
+    ("test-wrong-feature-count", _checkup("--train", "train.npz", "--test", "test_5feat.npz", *MODEL), ("expected", "(4,)", "(5,)"), "out"),
+    ("test-1d-x", _checkup("--train", "train.npz", "--test", "test_1d.npz", *MODEL), ("expected N×features", "(60,)"), "out"),
+    ("train-nan-label", _checkup("--train", "train_nan.npz", "--test", "test.npz", *MODEL), ("expected a label on every row", "NaN", "row 5"), "out"),
+    ("test-nan-label", _checkup("--train", "train.npz", "--test", "test_nan.npz", *MODEL), ("split 'test'", "NaN"), "out"),
+    ("train-fractional-label", _checkup("--train", "train_frac.npz", *MODEL), ("expected integer class labels", "1.5"), "out"),
+    ("train-negative-label", _checkup("--train", "train_neg.npz", *MODEL), ("expected labels in 0..K-1", "-1"), "out"),
+    ("train-one-class", _checkup("--train", "train_one_class.npz", *MODEL), ("expected at least 2 classes", "found 1"), "out"),
+    ("test-label-beyond-named-classes", _checkup("--train", "train_named.npz", "--test", "test_label7.npz", *MODEL), ("expected values in 0..2", "found 7"), "out"),
+    ("train-y-shorter-than-x", _checkup("--train", "train_short_y.npz", *MODEL), ("expected 'y' with one value per row", "(60)", "(59,)"), "out"),
+    ("test-y-shorter-than-x", _checkup("--train", "train.npz", "--test", "test_short_y.npz", *MODEL), ("split 'test'", "(57,)"), "out"),
+    # ----- models
+    ("model-file-missing", _checkup(*DATA, "--model", "nonexistent.py:factory"), ("not found", "nonexistent.py"), "out"),
+    ("model-py-without-factory", _checkup(*DATA, "--model", "model.py"), ("expected path/to/file.py:factory",), "out"),
+    ("model-no-such-function", _checkup(*DATA, "--model", "model.py:nope"), ("has no function 'nope'", "factory"), "out"),
+    ("model-not-callable", _checkup(*DATA, "--model", "model.py:not_callable"), ("'not_callable'", "expected a function"), "out"),
+    ("model-file-does-not-import", _checkup(*DATA, "--model", "broken_model.py:factory"), ("importing broken_model.py failed", "SyntaxError"), "out"),
+    ("factory-returns-dict", _checkup(*DATA, "--model", "model.py:bad_factory"), ("returned dict", "expected a torch.nn.Module"), "out"),
+    ("factory-raises", _checkup(*DATA, "--model", "model.py:raising_factory"), ("raised", "boom while building"), "out"),
+    ("model-whole-pickled-pt", _checkup(*DATA, "--model", "whole_model.pt"), ("pickled model", "whole_model.pt"), "out"),
+    ("model-safetensors-alone", _checkup(*DATA, "--model", "corrupt.safetensors"), ("holds weights only",), "out"),
+    ("model-unknown-suffix", _checkup(*DATA, "--model", "model.bin"), ("expected", "'.bin'"), "out"),
+    ("model-corrupt-onnx", _checkup(*DATA, "--model", "corrupt.onnx"), ("expected a valid ONNX model", "corrupt"), "out"),
+    ("model-corrupt-pt2", _checkup(*DATA, "--model", "corrupt.pt2"), ("expected a torch.export program", "corrupt"), "out"),
+    ("weights-corrupt-safetensors", _checkup(*DATA, *MODEL, "--weights", "corrupt.safetensors"), ("expected a valid .safetensors file", "corrupt"), "out"),
+    ("weights-corrupt-pt", _checkup(*DATA, *MODEL, "--weights", "corrupt.pt"), ("corrupt.pt", "expected a state_dict"), "out"),
+    ("weights-pickled-module", _checkup(*DATA, *MODEL, "--weights", "whole_model.pt"), ("refused", "never unpickles"), "out"),
+    ("weights-not-a-state-dict", _checkup(*DATA, *MODEL, "--weights", "list.pt"), ("expected a state_dict", "list"), "out"),
+    ("weights-wrong-architecture", _checkup(*DATA, *MODEL, "--weights", "wrong_arch.pt"), ("do not fit the model", "shape mismatches"), "out"),
+    ("weights-missing-file", _checkup(*DATA, *MODEL, "--weights", "nope.safetensors"), ("weights file not found",), "out"),
+    ("weights-with-onnx-model", _checkup(*DATA, "--model", "corrupt.onnx", "--weights", "corrupt.safetensors"), ("drop --weights",), "out"),
+    # detected only while computing evidence, inside the checkup
+    ("model-output-width-mismatch", _checkup(*DATA, "--model", "model.py:wide_factory"), ("N×3 logits", "(60, 5)"), "out"),
+    ("model-input-width-mismatch", _checkup(*DATA, "--model", "model.py:narrow_input_factory"), ("the model failed on a batch", "(60, 4)"), "out"),
+    # ----- other commands
+    ("treat-unknown-challenge", ["treat", "data.nope", *DATA, *MODEL, "--out", "out", *FAST], ("unknown challenge id", "data.nope"), "out"),
+    ("treat-no-remedy", ["treat", "ethics.fairness", *DATA, *MODEL, "--out", "out", *FAST], ("no remedy for 'ethics.fairness'", "expected one of"), "out"),
+    ("treat-missing-train", ["treat", "data.quality", "--train", "nope.npz", *MODEL, "--out", "out", *FAST], ("not found", "nope.npz"), "out"),
+    ("treat-out-under-a-file", ["treat", "data.quality", *DATA, *MODEL, "--out", "afile/sub", *FAST], ("expected a writable folder",), "afile/sub"),
+    ("demo-export-under-a-file", ["demo", "export", "afile/sub"], ("expected a writable folder",), "afile/sub"),
+]
+
+
+CONTROL_ARGV = ["checkup", "--train", "train.npz", "--test", "test.npz", "--model", "model.py:factory", "--only", "data.quality", "--out", "out", "--quiet", "--no-cache"]
+
+CASES.append(("test-label-beyond-train-classes", _checkup("--train", "train.npz", "--test", "test_label7.npz"), ("expected values in 0..2", "found 7"), "out"))
+
+
+def _run(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DLCLINIC_CACHE": str(cwd / "cache"), "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dlclinic.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+class Runs:
+    """Runs the selected cases concurrently (each imports torch: ~2 s of CPU), each in its own folder."""
+
+    def __init__(self, factory: pytest.TempPathFactory, wanted: dict[str, list[str]]) -> None:
+        self.folders: dict[str, Path] = {}
+        for case_id in wanted:
+            folder = factory.mktemp(case_id)
+            _write_inputs(folder)
+            self.folders[case_id] = folder
+        self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)))
+        self._futures: dict[str, Future[subprocess.CompletedProcess[str]]] = {cid: self._pool.submit(_run, self.folders[cid], argv) for cid, argv in wanted.items()}
+
+    def get(self, case_id: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        return self._futures[case_id].result(), self.folders[case_id]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+ALL_ARGV: dict[str, list[str]] = {case_id: argv for case_id, argv, *_ in CASES}
+ALL_ARGV["valid-control"] = CONTROL_ARGV
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    """Start every case selected in this session at once; each test then waits for its own."""
+    selected: dict[str, list[str]] = {}
+    for item in request.session.items:
+        if "runs" not in getattr(item, "fixturenames", ()):
+            continue
+        callspec = getattr(item, "callspec", None)
+        case_id = callspec.id if callspec is not None else "valid-control"
+        if case_id in ALL_ARGV:
+            selected[case_id] = ALL_ARGV[case_id]
+    batch = Runs(tmp_path_factory, selected)
+    yield batch
+    batch.close()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Report files and temporary files under ``folder`` (which need not exist)."""
+    if not folder.is_dir():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name in ("report.json", "report.html") or p.name.endswith(".tmp") or p.name.startswith(".dlclinic-write-test-"))
+
+
+def _check_one_line_exit_2(proc: subprocess.CompletedProcess[str], folder: Path, argv: list[str], fragments: tuple[str, ...], out: str) -> None:
+    detail = f"argv: {argv}\nexit: {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 2, detail
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, detail
+    line = lines[0]
+    assert line.startswith("error: "), detail
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, detail
+    for fragment in fragments:
+        assert fragment in line, f"missing {fragment!r} in {line!r}\n{detail}"
+    assert _leftovers(folder / out) == [], detail
+    assert _leftovers(folder) == [], detail  # nothing half-written anywhere in the working folder
+
+
+@pytest.mark.parametrize(("argv", "fragments", "out"), [pytest.param(argv, fragments, out, id=case_id) for case_id, argv, fragments, out in CASES])
+def test_bad_input_is_one_line_exit_2_no_files(runs: Runs, request: pytest.FixtureRequest, argv: list[str], fragments: tuple[str, ...], out: str) -> None:
+    proc, folder = runs.get(request.node.callspec.id)
+    _check_one_line_exit_2(proc, folder, argv, fragments, out)
+
+
+def test_valid_tiny_case_exits_0_and_writes_both_reports(runs: Runs) -> None:
+    proc, folder = runs.get("valid-control")
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    out = folder / "out"
+    assert (out / "report.json").is_file() and (out / "report.json").stat().st_size > 0
+    assert (out / "report.html").is_file() and (out / "report.html").stat().st_size > 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".dlclinic-write-test-")]
