@@ -94,6 +94,8 @@ def test_shift_and_rare_class_found(demo_report: dict, truth: dict) -> None:  # 
     quality = _challenge(demo_report, "data.quality")
     counts = np.array(quality["details"]["plots"][0]["series"][0]["y"])
     assert int(np.argmin(counts)) == int(truth["rare_class"])
+    imbalance = next(f for f in quality["findings"] if f["code"] == "imbalance")
+    assert f"class '{int(truth['rare_class'])}'" in imbalance["message"]
 
 
 def test_second_run_reuses_cached_evidence(demo_report: dict, workdir: Path, cache: Path) -> None:  # type: ignore[type-arg]

@@ -52,7 +52,7 @@ def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def build_demo(*, clean: bool = False, seed: int = 0, n_train: int = 3400, n_test: int = 1000, n_deploy: int = 600, flip_rate: float = 0.08, rare_fraction: float = 0.15) -> tuple[Case, DemoTruth]:
+def build_demo(*, clean: bool = False, seed: int = 0, n_train: int = 3400, n_test: int = 1000, n_deploy: int = 600, flip_rate: float = 0.08, rare_fraction: float = 0.08) -> tuple[Case, DemoTruth]:
     """Build the demo case (and its ground truth).
 
     Args:

@@ -26,7 +26,7 @@ from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.functional.drift import mmd_test
-from dlclinic.functional.ood import score_knn
+from dlclinic.functional.ood import score_knn, score_max_softmax
 
 __all__ = ["CHECK", "GeneralizationOptions", "run"]
 
@@ -124,11 +124,15 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
             imgs = None
     else:
         imgs = None
-    # accuracy on each labelled split, to show what a shift costs
+    # what a shift costs: accuracy where labels exist, confidence (label-free) everywhere
     for name in ("test", "deploy"):
         s = case.get(name)
-        if s is not None and s.labelled:
-            metrics[f"accuracy_{name}"] = float((evidence.get("probs", name).argmax(1) == s.y).mean())
+        if s is None:
+            continue
+        probs = evidence.get("probs", name)
+        metrics[f"mean_confidence_{name}"] = float(1.0 - score_max_softmax(probs).mean())
+        if s.labelled:
+            metrics[f"accuracy_{name}"] = float((probs.argmax(1) == s.y).mean())
     if "accuracy_test" in metrics and "accuracy_deploy" in metrics:
         metrics["accuracy_drop_deploy"] = float(metrics["accuracy_test"] - metrics["accuracy_deploy"])  # type: ignore[operator]
 
