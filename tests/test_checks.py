@@ -164,3 +164,27 @@ def test_onnx_like_model_without_layers_uses_input_pca(tmp_path) -> None:  # typ
     assert report.case["evidence"]["embedding_source"] == "input-pca"
     assert report["data.generalization"].status == "ok"
     assert report["model.overfitting"].status in ("ok", "warn")
+
+
+def test_quantity_says_steep_when_data_is_scarce_and_flat_when_saturated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # scarce: 40-dimensional, weakly separated classes and only 150 rows -> error still falls with n
+    scarce = dlclinic.checkup(_case(blobs(150, d=40, sep=0.6, seed=1), blobs(600, d=40, sep=0.6, seed=2)), only=["data.quantity"], fit_config=FAST, cache_dir=tmp_path)["data.quantity"]
+    assert scarce.status == "warn", scarce.summary
+    assert "steep" in scarce.summary
+    # saturated: well separated classes, plenty of rows -> the curve is flat
+    flat = dlclinic.checkup(_case(blobs(1500, d=4, sep=6.0, seed=3), blobs(600, d=4, sep=6.0, seed=4)), only=["data.quantity"], fit_config=FAST, cache_dir=tmp_path)["data.quantity"]
+    assert flat.status == "ok", flat.summary
+    assert flat.metrics["gain_from_doubling"] < 0.01
+
+
+def test_power_law_recovers_known_parameters() -> None:
+    from dlclinic.functional.learning_curve import fit_power_law, samples_for_error
+
+    n = np.repeat([100, 200, 400, 700, 1000.0], 3)
+    rng = np.random.default_rng(0)
+    err = 3.0 * n**-0.6 + 0.04 + rng.normal(0, 1e-4, n.shape)
+    law = fit_power_law(n, err)
+    assert law.b == pytest.approx(0.6, abs=0.05) and law.c == pytest.approx(0.04, abs=0.005)
+    assert law.r2 > 0.99
+    assert samples_for_error(law, 0.05) == pytest.approx((3.0 / 0.01) ** (1 / 0.6), rel=0.15)
+    assert samples_for_error(law, 0.03) == float("inf")
