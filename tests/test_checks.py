@@ -188,3 +188,34 @@ def test_power_law_recovers_known_parameters() -> None:
     assert law.r2 > 0.99
     assert samples_for_error(law, 0.05) == pytest.approx((3.0 / 0.01) ** (1 / 0.6), rel=0.15)
     assert samples_for_error(law, 0.03) == float("inf")
+
+
+def test_quality_profiles_columns_and_images(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(400, d=6, seed=21)
+    x = np.c_[x, np.ones(400, np.float32)]  # a constant column
+    x[7, 2] = 1e5  # an extreme value
+    res = dlclinic.checkup(_case((x, y), feature_names=[f"f{i}" for i in range(7)]), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    codes = {f.code for f in res.findings}
+    assert {"constant_column", "extreme_value"} <= codes
+    assert next(f for f in res.findings if f.code == "extreme_value").indices == (7,)
+    assert "f6" in next(f for f in res.findings if f.code == "constant_column").message
+
+    rng = np.random.default_rng(0)
+    imgs = (rng.random((300, 1, 8, 8)) * np.linspace(0.2, 1, 8)).astype(np.float32)
+    labels = (imgs[:, 0, :4, :].mean((1, 2)) > imgs[:, 0, 4:, :].mean((1, 2))).astype(int)
+    imgs[[5, 9]] = 0.5  # blank
+    res = dlclinic.checkup(_case((imgs, labels), modality="image"), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    blank = next(f for f in res.findings if f.code == "blank_image")
+    assert set(blank.indices) == {5, 9}
+    clean = dlclinic.checkup(_case((imgs[10:], labels[10:]), modality="image"), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    assert not {"blank_image", "dark_image", "bright_image"} & {f.code for f in clean.findings}
+
+
+def test_knn_outliers_find_planted_points() -> None:
+    from dlclinic.functional.profile import find_knn_outliers
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(500, 16)) + 4
+    emb[[10, 20]] = -emb[[10, 20]]  # opposite direction after L2 normalisation
+    rows, _ = find_knn_outliers(emb)
+    assert set(rows.tolist()) == {10, 20}

@@ -1,4 +1,5 @@
-"""data.quality — label issues, duplicates, train/test leakage, class imbalance, NaN/Inf."""
+"""data.quality — label issues, duplicates, train/test leakage, class imbalance, NaN/Inf,
+column profile (tables) or image profile (images), unreadable files, embedding outliers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.functional.duplicates import find_cross_duplicates, find_exact_duplicates, find_near_duplicates, nn_distance_scale
 from dlclinic.functional.labels import class_counts, find_label_issues, imbalance_ratio
+from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
 
 __all__ = ["CHECK", "QualityOptions", "run"]
 
@@ -51,6 +53,56 @@ def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
             rows = np.flatnonzero(bad)
             findings.append(Finding("nonfinite", f"{len(rows)} row(s) of {name} contain NaN or Inf values", split=name, indices=tuple(int(i) for i in rows[:1000])))
     return counts, findings
+
+
+def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings: list[Finding], details: dict[str, object]) -> Status:
+    """Image or column profile of train, plus files the loader skipped; returns the status it implies."""
+    status: Status = "ok"
+    io_meta = case.metadata.get("io", {}) if isinstance(case.metadata.get("io"), dict) else {}
+    train_meta = io_meta.get("splits", {}).get("train", {}) if isinstance(io_meta, dict) else {}
+    skipped = list(train_meta.get("skipped", ()) or ())
+    if skipped:
+        status = "warn"
+        metrics["unreadable_files"] = len(skipped)
+        findings.append(Finding("unreadable_file", f"{len(skipped)} train file(s) could not be read and were skipped, e.g. {skipped[0]}", split="train", extra={"paths": skipped[:100]}))
+    if train_meta.get("n_resized"):
+        metrics["resized_images"] = int(train_meta["n_resized"])
+        findings.append(Finding("odd_size", f"{int(train_meta['n_resized'])} train image(s) had an unusual size and were resized to the most common one", split="train"))
+    x = case.train.x
+    if case.modality == "image":
+        img = find_image_issues(x)
+        metrics["blank_images"] = len(img.blank)
+        metrics["dark_images"] = len(img.dark)
+        metrics["bright_images"] = len(img.bright)
+        for code, rows, what in (("blank_image", img.blank, "blank or near-constant"), ("dark_image", img.dark, "much darker than the rest"), ("bright_image", img.bright, "much brighter than the rest")):
+            if len(rows):
+                findings.append(Finding(code, f"{len(rows)} train image(s) are {what}", split="train", indices=tuple(int(i) for i in rows), scores=tuple(float(img.brightness[i]) for i in rows)))
+        if len(img.blank):
+            status = "warn"
+            details["images"].append({"title": "Blank or near-constant images", "split": "train", "indices": [int(i) for i in img.blank[:12]], "captions": [f"#{i}" for i in img.blank[:12]]})  # type: ignore[union-attr]
+    else:
+        cols = find_column_issues(x.reshape(len(x), -1))
+        names = list(case.feature_names or [f"x{j}" for j in range(cols.missing_fraction.size)])
+        missing_cols = np.flatnonzero(cols.missing_fraction > 0)
+        metrics["columns_with_missing"] = len(missing_cols)
+        metrics["max_missing_fraction"] = float(cols.missing_fraction.max()) if cols.missing_fraction.size else 0.0
+        metrics["constant_columns"] = len(cols.constant)
+        metrics["near_constant_columns"] = len(cols.near_constant)
+        metrics["extreme_value_rows"] = len(cols.extreme_rows)
+        if len(missing_cols):
+            findings.append(Finding("missing_values", "missing values in " + ", ".join(f"{names[j]} ({cols.missing_fraction[j]:.1%})" for j in missing_cols[:10]) + (" …" if len(missing_cols) > 10 else ""), split="train"))
+        if cols.constant:
+            findings.append(Finding("constant_column", "constant column(s) carry no information: " + ", ".join(names[j] for j in cols.constant[:10]), split="train"))
+        if cols.near_constant:
+            findings.append(Finding("near_constant_column", "near-constant column(s) (one value in ≥ 99 % of rows): " + ", ".join(names[j] for j in cols.near_constant[:10]), split="train"))
+        if len(cols.extreme_rows):
+            worst_cols = np.argsort(-cols.extreme_counts)[:5]
+            findings.append(Finding("extreme_value", f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (mostly in " + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j]) + ")", split="train", indices=tuple(int(i) for i in cols.extreme_rows)))
+            status = "warn" if len(cols.extreme_rows) / len(x) > 0.01 else status
+        rows = [[names[j], f"{cols.missing_fraction[j]:.1%}", int(cols.extreme_counts[j]), "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else ""] for j in range(len(names)) if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant]
+        if rows:
+            details["tables"].append({"title": "Column profile (problem columns only)", "columns": ["column", "missing", "extreme values", "note"], "rows": rows[:50]})  # type: ignore[union-attr]
+    return status
 
 
 def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
@@ -156,6 +208,16 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         {"kind": "bar", "title": "Train samples per class", "xlabel": "class", "ylabel": "samples", "series": [{"label": "train", "x": list(case.class_names), "y": counts.tolist()}]}
     )
 
+    # profile: images or columns, files the loader could not read, embedding outliers
+    statuses.append(_profile(case, metrics, findings, details))
+    outliers, out_scores = find_knn_outliers(evidence.get("embeddings", "train"))
+    metrics["outlier_fraction"] = len(outliers) / len(train)
+    if len(outliers):
+        findings.append(Finding("outlier", f"{len(outliers)} train row(s) lie far from all others in embedding space (kNN distance beyond the far-out fence)", split="train", indices=tuple(int(i) for i in outliers), scores=tuple(float(v) for v in out_scores)))
+        if case.modality == "image":
+            top = outliers[: min(12, options.max_examples)]
+            details["images"].append({"title": "Embedding outliers (most isolated first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {case.class_names[y[i]]}" for i in top]})  # type: ignore[union-attr]
+
     status = worst(statuses)
     parts = []
     if metrics["label_issues"]:
@@ -201,8 +263,8 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
 
 CHECK = CheckSpec(
     id="data.quality",
-    requires=(("oof_probs", "train"),),
+    requires=(("oof_probs", "train"), ("embeddings", "train")),
     options=QualityOptions,
     run=run,
-    description="label issues (confident learning on out-of-fold probabilities), duplicates, leakage, imbalance, NaN/Inf",
+    description="label issues (confident learning on out-of-fold probabilities), duplicates, leakage, imbalance, NaN/Inf, column/image profile, embedding outliers",
 )

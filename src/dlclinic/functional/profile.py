@@ -1,0 +1,125 @@
+"""Per-column and per-image data profiling, and kNN outliers in embedding space.
+
+Fences are Tukey's "far out" fences (Q1 − k·IQR, Q3 + k·IQR with ``k = 3``) or robust
+z-scores (median / MAD): both are scale-free, so the same defaults apply to pixels,
+standardised features and raw measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ColumnIssues", "ImageIssues", "find_column_issues", "find_image_issues", "find_knn_outliers", "tukey_upper"]
+
+
+def tukey_upper(values: np.ndarray, k: float = 3.0) -> float:
+    """Upper far-out fence ``Q3 + k·IQR``."""
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q3 + k * (q3 - q1))
+
+
+@dataclass(frozen=True)
+class ColumnIssues:
+    """Column-level problems of a table (indices are column positions)."""
+
+    missing_fraction: np.ndarray  # per column
+    constant: tuple[int, ...]
+    near_constant: tuple[int, ...]
+    extreme_rows: np.ndarray  # rows with a value beyond the robust-z limit in any column
+    extreme_counts: np.ndarray  # per column
+
+
+def find_column_issues(x: np.ndarray, *, near_constant_share: float = 0.99, robust_z: float = 10.0) -> ColumnIssues:
+    """Missing values, constant and near-constant columns, and extreme values of a 2-D table.
+
+    A value is extreme when ``|x − median| / (1.4826·MAD) > robust_z`` in its column
+    (columns with zero MAD use the standard deviation instead).
+
+    Example:
+        >>> x = np.c_[np.arange(100.0), np.ones(100), np.r_[np.zeros(99), 1e6]]
+        >>> r = find_column_issues(x); r.constant, r.extreme_rows.tolist()
+        ((1,), [99])
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    finite = np.isfinite(x)
+    missing = 1.0 - finite.mean(axis=0)
+    constant, near = [], []
+    extreme = np.zeros(x.shape, dtype=bool)
+    for j in range(x.shape[1]):
+        col = x[finite[:, j], j]
+        if col.size == 0:
+            continue
+        values, counts = np.unique(col, return_counts=True)
+        if len(values) == 1:
+            constant.append(j)
+            continue
+        if counts.max() / col.size >= near_constant_share:
+            near.append(j)
+        med = np.median(col)
+        mad = 1.4826 * np.median(np.abs(col - med))
+        scale = mad if mad > 0 else col.std()
+        if scale > 0:
+            z = np.abs(x[:, j] - med) / scale
+            extreme[:, j] = finite[:, j] & (z > robust_z)
+    return ColumnIssues(
+        missing_fraction=missing,
+        constant=tuple(constant),
+        near_constant=tuple(near),
+        extreme_rows=np.flatnonzero(extreme.any(axis=1)),
+        extreme_counts=extreme.sum(axis=0),
+    )
+
+
+@dataclass(frozen=True)
+class ImageIssues:
+    """Row indices of images that are blank, too dark or too bright, with their statistics."""
+
+    blank: np.ndarray
+    dark: np.ndarray
+    bright: np.ndarray
+    brightness: np.ndarray
+    contrast: np.ndarray
+
+
+def find_image_issues(x: np.ndarray, *, k: float = 3.0) -> ImageIssues:
+    """Blank / near-constant images and exposure outliers, relative to the dataset itself.
+
+    Brightness is the mean pixel value, contrast the pixel standard deviation, both after
+    scaling the dataset to [0, 1]. An image is blank when its contrast is below 2 % of the
+    dataset's median contrast; dark or bright when its brightness is beyond the far-out
+    fences of the dataset's brightness distribution.
+    """
+    flat = np.nan_to_num(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    lo, hi = float(flat.min()), float(flat.max())
+    flat = (flat - lo) / (hi - lo) if hi > lo else np.zeros_like(flat)
+    brightness = flat.mean(axis=1)
+    contrast = flat.std(axis=1)
+    blank = np.flatnonzero(contrast < 0.02 * max(float(np.median(contrast)), 1e-12))
+    q1, q3 = np.percentile(brightness, [25, 75])
+    iqr = max(q3 - q1, 1e-6)
+    dark = np.setdiff1d(np.flatnonzero(brightness < q1 - k * iqr), blank)
+    bright = np.setdiff1d(np.flatnonzero(brightness > q3 + k * iqr), blank)
+    return ImageIssues(blank=blank, dark=dark, bright=bright, brightness=brightness, contrast=contrast)
+
+
+def find_knn_outliers(embeddings: np.ndarray, *, k: int = 10, fence: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose distance to their k-th nearest *other* row is beyond the far-out fence.
+
+    Returns ``(indices, scores)`` sorted worst first; scores are the kNN distances on
+    L2-normalised embeddings.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    emb = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    k = int(min(k, len(emb) - 1))
+    if k < 1:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb)
+    score = dist[:, -1]
+    limit = tukey_upper(score, fence)
+    rows = np.flatnonzero(score > limit)
+    order = rows[np.argsort(-score[rows])]
+    return order.astype(np.int64), score[order]
