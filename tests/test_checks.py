@@ -168,7 +168,7 @@ def test_onnx_like_model_without_layers_uses_input_pca(tmp_path) -> None:  # typ
 
 def test_quantity_says_steep_when_data_is_scarce_and_flat_when_saturated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # scarce: 40-dimensional, weakly separated classes and only 150 rows -> error still falls with n
-    scarce = dlclinic.checkup(_case(blobs(150, d=40, sep=0.6, seed=1), blobs(600, d=40, sep=0.6, seed=2)), only=["data.quantity"], fit_config=FAST, cache_dir=tmp_path)["data.quantity"]
+    scarce = dlclinic.checkup(_case(blobs(150, d=40, sep=0.25, seed=1), blobs(600, d=40, sep=0.25, seed=2)), only=["data.quantity"], fit_config=FAST, cache_dir=tmp_path)["data.quantity"]
     assert scarce.status == "warn", scarce.summary
     assert "steep" in scarce.summary
     # saturated: well separated classes, plenty of rows -> the curve is flat
@@ -219,3 +219,57 @@ def test_knn_outliers_find_planted_points() -> None:
     emb[[10, 20]] = -emb[[10, 20]]  # opposite direction after L2 normalisation
     rows, _ = find_knn_outliers(emb)
     assert set(rows.tolist()) == {10, 20}
+
+
+def test_every_copy_in_a_large_duplicate_group_is_flagged_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dlclinic.checks.data_quality import redundant_copies
+
+    assert redundant_copies(6, np.array([[0, 3], [3, 5]]), [np.array([1, 4])]).tolist() == [3, 4, 5]
+    x, y = blobs(400, d=6, seed=31)
+    x = np.concatenate([x, np.repeat(x[:1], 30, axis=0)])
+    y = np.concatenate([y, np.repeat(y[:1], 30)])
+    res = dlclinic.checkup(_case((x, y)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    dup = next(f for f in res.findings if f.code == "duplicate")
+    assert sorted(dup.indices) == list(range(400, 430))
+
+
+def test_all_categorical_tables_are_not_graded_for_duplicates_or_leaks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    cats = rng.integers(0, 3, size=(1200, 4))
+    x = np.eye(3, dtype=np.float32)[cats].reshape(1200, 12)  # 81 distinct rows
+    y = (cats[:, 0] + cats[:, 1] > 2).astype(int)
+    res = dlclinic.checkup(_case((x[:800], y[:800]), (x[800:], y[800:])), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    assert "discrete_inputs" in {f.code for f in res.findings}
+    assert res.status == "ok", res.summary
+
+
+def test_embedding_oof_on_a_memorising_model_is_inconclusive_not_ok(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(600, d=8, sep=1.0, seed=41)
+    y_noisy = y.copy()
+    y_noisy[:60] = (y[:60] + 1) % 3
+    memoriser = fit(MLP(8, 3, hidden=(256, 256), dropout=0.0), x, y_noisy, FitConfig(epochs=300, lr=3e-3, val_fraction=0.0, weight_decay=0.0, batch_size=128)).model
+    res = dlclinic.checkup(_case((x, y_noisy), blobs(200, d=8, sep=1.0, seed=42), model=memoriser), only=["data.quality"], cache_dir=tmp_path)["data.quality"]
+    assert res.status != "ok"
+    assert res.metrics["train_label_agreement"] >= 0.995 or any(f.code == "label_issue" for f in res.findings)
+
+
+def test_nan_rows_do_not_abort_the_checkup_for_a_user_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(300, d=6, seed=51)
+    model = fit(MLP(6, 3), x, y, FAST).model
+    x = x.copy()
+    x[[4, 8]] = np.nan
+    report = dlclinic.checkup(_case((x, y), blobs(100, d=6, seed=52), model=model), cache_dir=tmp_path)
+    res = report["data.quality"]
+    assert res.metrics["nonfinite_rows"] == 2 and res.status == "fail"
+    assert report.case["evidence"]["nonfinite_input_rows"] == {"train": 2}
+    assert report["model.overfitting"].status != "error"
+
+
+def test_fingerprint_sees_the_architecture_not_only_the_weights() -> None:
+    from dlclinic.core.fingerprint import fingerprint_model
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    b.load_state_dict(a.state_dict())
+    assert fingerprint_model(a) != fingerprint_model(b)

@@ -130,3 +130,21 @@ def test_ood_scores_rank_unusual_inputs_higher() -> None:
     logits = np.array([[10.0, 0, 0], [0.1, 0, 0]])
     assert score_max_softmax(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[1] > 0.5
     assert score_energy(logits)[1] > score_energy(logits)[0]
+
+
+def test_ece_null_keeps_calibrated_small_samples_quiet() -> None:
+    from dlclinic.functional.calibration import ece_calibrated_null
+
+    rng = np.random.default_rng(9)
+    alarms = 0
+    for seed in range(40):
+        conf = rng.uniform(0.5, 1.0, 100)
+        probs = np.c_[conf, 1 - conf]
+        labels = np.where(rng.random(100) < conf, 0, 1)  # calibrated by construction
+        null = ece_calibrated_null(probs, resamples=200, seed=seed)
+        alarms += float((1 + np.sum(null >= estimate_ece(probs, labels))) / 201) < 0.05
+    assert alarms <= 6  # about 5 % expected
+    over = np.c_[np.full(300, 0.95), np.full(300, 0.05)]
+    wrong = np.where(rng.random(300) < 0.7, 0, 1)  # 70 % accurate at 95 % confidence
+    null = ece_calibrated_null(over, resamples=200)
+    assert estimate_ece(over, wrong) > null.max()

@@ -115,6 +115,26 @@ def test_npz_corrupt_and_non_numeric(tmp_path: Path) -> None:
     check_message(excinfo, "numeric")
 
 
+def test_npz_corrupt_message_never_suggests_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    pickled = tmp_path / "data.npz"
+    pickled.write_bytes(pickle.dumps(_Malicious(marker)))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04" + os.urandom(60))  # a zip header, then junk
+    for path in (pickled, garbage):
+        with pytest.raises(InputError) as excinfo:
+            load_split(path, name="train")
+        message = check_message(excinfo, ".npz", path.name)
+        assert "pickle" not in message.lower(), message
+    assert not marker.exists()
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, x=np.zeros((2, 2)), y=np.array([0, None], dtype=object))
+    with pytest.raises(InputError) as excinfo:
+        load_split(obj, name="train")
+    message = check_message(excinfo, "'y'", "never unpickled")
+    assert "allow_pickle" not in message, message
+
+
 def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(InputError) as excinfo:
         load_split(tmp_path / "nope.npz", name="train")
@@ -207,6 +227,56 @@ def test_csv_empty_file(tmp_path: Path) -> None:
     with pytest.raises(InputError) as excinfo:
         load_split(path, name="train")
     check_message(excinfo, "empty")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_table_mostly_numeric_text_column_is_parsed(tmp_path: Path, suffix: str) -> None:
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    values = [str(v) for v in range(19)] + ["?"]  # 19 of 20 parse: exactly 95 %
+    frame = pd.DataFrame({"bp": values, "label": [0, 1] * 10})
+    with pytest.warns(UserWarning, match=r"'bp': 1 of 20 value\(s\) are not numbers \(e.g. '\?'\)"):
+        split = load_split(_write_table(tmp_path / f"train{suffix}", frame), name="train", label_col="label")
+    assert split.feature_names == ("bp",) and split.encoding == {}
+    np.testing.assert_array_equal(split.x[:19, 0], np.arange(19, dtype=np.float32))
+    assert np.isnan(split.x[19, 0])  # left for the data-quality check to report
+
+    # test / deploy follow train: a small split with more '?' is still numeric …
+    test = pd.DataFrame({"bp": ["?", "7.5", "8"], "label": [0, 1, 0]})  # 67 % parse
+    with pytest.warns(UserWarning, match="1 of 3 value"):
+        pass_through = load_split(_write_table(tmp_path / f"test{suffix}", test), name="test", label_col="label", categorical_mapping=split.encoding)
+    assert np.isnan(pass_through.x[0, 0]) and pass_through.x[1:, 0].tolist() == [7.5, 8.0]
+
+    # … unless most of its values are not numbers
+    with pytest.raises(InputError) as excinfo:
+        load_split(_write_table(tmp_path / f"bad{suffix}", test.assign(bp=["?", "-", "8"])), name="test", label_col="label", categorical_mapping=split.encoding)
+    check_message(excinfo, "'test'", "'bp'", "numeric values as in train", "'?'")
+
+    # below 95 % in train the column stays categorical
+    frame.loc[18, "bp"] = "unknown"
+    split = load_split(_write_table(tmp_path / f"cat{suffix}", frame), name="train", label_col="label")
+    assert "bp" in split.encoding and len(split.feature_names or ()) == 20
+
+
+def test_table_all_missing_text_column_is_numeric_nan(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "empty": pd.Series([None, None, None], dtype=object), "label": [0, 1, 0]})
+    split = load_split(_write_table(tmp_path / "t.csv", frame), name="train", label_col="label")
+    assert split.feature_names == ("a", "empty") and np.isnan(split.x[:, 1]).all()
+
+
+def test_table_high_cardinality_text_column_is_refused(tmp_path: Path) -> None:
+    dates = pd.date_range("2020-01-01", periods=200, freq="D").strftime("%Y-%m-%d")
+    frame = pd.DataFrame({"age": np.arange(200.0), "visit": dates, "label": [0, 1] * 100})
+    path = _write_table(tmp_path / "train.csv", frame)
+    with pytest.raises(InputError) as excinfo:
+        load_split(path, name="train", label_col="label")
+    check_message(excinfo, "'train'", "'visit'", "at most 50", "200 distinct", "'2020-01-01'", "--id-col")
+    split = load_split(path, name="train", label_col="label", id_col="visit")  # as an identifier it is fine
+    assert split.feature_names == ("age",) and split.ids is not None and split.ids[0] == "2020-01-01"
+
+    frame["visit"] = [f"site{i % 50}" for i in range(200)]  # exactly 50 levels: still one-hot
+    split = load_split(_write_table(tmp_path / "ok.csv", frame), name="train", label_col="label")
+    assert len(split.encoding["visit"]) == 50 and split.x.shape == (200, 51)
 
 
 def test_parquet_roundtrip(tmp_path: Path) -> None:
@@ -340,6 +410,29 @@ def test_load_case_image_folders_map_classes_by_name(tmp_path: Path) -> None:
     assert test_split is not None and test_split.y is not None and test_split.y.tolist() == [2, 2]
     assert test_split.ids is not None and test_split.ids.tolist() == ["dog/0.png", "dog/1.png"]
     assert case.metadata["io"]["splits"]["train"]["skipped"] == []
+
+
+@pytest.mark.parametrize(("train_mode", "other_mode", "channels"), [("RGB", "L", 3), ("L", "RGB", 1)])
+def test_load_case_image_folders_follow_train_mode_and_size(tmp_path: Path, train_mode: str, other_mode: str, channels: int) -> None:
+    from PIL import Image
+
+    _write_images(tmp_path / "train", {"a": 2, "b": 2}, size=(16, 16), mode=train_mode)
+    _write_images(tmp_path / "test", {"a": 2, "b": 1}, size=(32, 32), mode=other_mode)
+    Image.new(other_mode, (16, 16)).save(tmp_path / "test" / "b" / "small.png")  # already train's size
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    for i in range(2):
+        Image.new(other_mode, (8, 12), 200 if other_mode == "L" else (200, 200, 200)).save(deploy / f"{i}.png")
+    case = load_case(tmp_path / "train", tmp_path / "test", deploy)
+    test_split, deploy_split = case.get("test"), case.get("deploy")
+    assert test_split is not None and deploy_split is not None
+    assert case.train.x.shape == (4, channels, 16, 16)
+    assert test_split.x.shape == (4, channels, 16, 16) and deploy_split.x.shape == (2, channels, 16, 16)
+    assert test_split.y is not None and test_split.y.tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(deploy_split.x, 200 / 255, atol=1e-6)  # gray 200 stays 200 in every channel
+    splits = case.metadata["io"]["splits"]
+    assert (splits["train"]["n_resized"], splits["test"]["n_resized"], splits["deploy"]["n_resized"]) == (0, 3, 2)
+    assert (splits["train"]["n_converted"], splits["test"]["n_converted"], splits["deploy"]["n_converted"]) == (0, 4, 2)
 
 
 def test_load_case_shape_mismatch(tmp_path: Path) -> None:

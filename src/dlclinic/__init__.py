@@ -48,17 +48,16 @@ _LAZY = {
     "fit": "dlclinic.remedies.fit",
     "build_demo": "dlclinic.demo",
     "checkup": "dlclinic.api",
-    "treat": "dlclinic.remedies",
+    "treat": "dlclinic.api",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dlclinic.api import checkup
+    from dlclinic.api import checkup, treat
     from dlclinic.core.case import Case, Split
     from dlclinic.core.errors import ConfigError, DlclinicError, InputError, ModelError
     from dlclinic.core.evidence import EvidenceConfig
     from dlclinic.core.results import CheckResult, Report, Treatment
     from dlclinic.demo import build_demo
-    from dlclinic.remedies import treat
     from dlclinic.remedies.fit import FitConfig, fit
     from dlclinic.taxonomy import CHALLENGES
 

@@ -231,8 +231,8 @@ def treat(
     quiet: QuietOpt = False,
 ) -> None:
     """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
+    from dlclinic.api import treat as run_treat
     from dlclinic.remedies import REMEDIES
-    from dlclinic.remedies import treat as run_treat
     from dlclinic.report import write_report
     from dlclinic.taxonomy import get_challenge
 

@@ -56,7 +56,11 @@ class GeneralizationOptions:
 def _input_pca(case: Case, dims: int, seed: int) -> dict[str, np.ndarray]:
     from sklearn.decomposition import PCA
 
-    flat = {k: np.nan_to_num(s.x.reshape(len(s), -1)) for k, s in case.splits.items()}
+    flat = {k: np.nan_to_num(s.x.reshape(len(s), -1)).astype(np.float64) for k, s in case.splits.items()}
+    if case.modality != "image":  # tables: standardise with train statistics so no column dominates the kernel
+        mean, std = flat["train"].mean(axis=0), flat["train"].std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        flat = {k: (v - mean) / std for k, v in flat.items()}
     k = int(min(dims, flat["train"].shape[1], len(flat["train"]) - 1))
     pca = PCA(n_components=k, random_state=seed).fit(flat["train"])
     return {name: pca.transform(v) for name, v in flat.items()}

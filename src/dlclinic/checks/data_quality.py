@@ -32,6 +32,7 @@ class QualityOptions:
     warn_imbalance_ratio: float = 5.0
     fail_imbalance_ratio: float = 50.0
     near_duplicate_rel_distance: float = 0.1
+    memorisation_agreement: float = 0.995
     max_examples: int = 24
 
     def __post_init__(self) -> None:
@@ -41,6 +42,25 @@ class QualityOptions:
                 raise ValueError(f"`0 <= {name} <= 1` must hold, but got {name}={v}")
         if self.near_duplicate_rel_distance < 0:
             raise ValueError(f"`near_duplicate_rel_distance >= 0` must hold, but got {self.near_duplicate_rel_distance}")
+
+
+def redundant_copies(n: int, pairs: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Every row of a duplicate group except its first: groups are the connected components of the pairs."""
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    edges = [tuple(map(int, p)) for p in pairs] + [(int(g[0]), int(j)) for g in groups for j in g[1:]]
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members = sorted({i for edge in edges for i in edge})
+    return np.array([i for i in members if find(i) != i], dtype=np.int64)
 
 
 def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
@@ -126,7 +146,14 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     metrics["label_issues"] = len(issues.indices)
     metrics["label_issue_fraction"] = issues.fraction
     metrics["estimated_noise_rate"] = issues.noise_rate
-    statuses.append(grade(issues.fraction, options.warn_label_issue_fraction, options.fail_label_issue_fraction))
+    label_status = grade(issues.fraction, options.warn_label_issue_fraction, options.fail_label_issue_fraction)
+    train_fit = float((evidence.get("probs", "train").argmax(1) == y).mean())
+    metrics["train_label_agreement"] = train_fit
+    if evidence.oof_method == "embeddings" and train_fit >= options.memorisation_agreement and label_status == "ok":
+        # the embeddings come from a network that fits every given label: wrong labels look right to them
+        label_status = "warn"
+        findings.append(Finding("label_check_inconclusive", f"the model agrees with {train_fit:.1%} of the train labels, so its embeddings encode the labels themselves and out-of-fold heads on them cannot expose wrong labels; rerun with --oof kfold (retrains with your factory) to measure label quality"))
+    statuses.append(label_status)
     if len(issues.indices):
         names = case.class_names
         findings.append(
@@ -151,23 +178,24 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     scale = nn_distance_scale(train.x)
     exact_groups = find_exact_duplicates(train.x)
     near = find_near_duplicates(train.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale)
-    redundant = set()
-    for pair in near.pairs:
-        redundant.add(int(pair[1]))
-    for g in exact_groups:
-        redundant.update(int(i) for i in g[1:])
+    redundant = redundant_copies(len(train), near.pairs, exact_groups)
+    distinct_fraction = 1.0 - sum(len(g) - 1 for g in exact_groups) / len(train)
+    discrete = distinct_fraction < 0.5  # few distinct rows (e.g. all-categorical tables): repeats are by design
     metrics["exact_duplicate_groups"] = len(exact_groups)
     metrics["near_duplicate_pairs"] = len(near)
     metrics["duplicate_fraction"] = len(redundant) / len(train)
-    statuses.append(grade(metrics["duplicate_fraction"], options.warn_duplicate_fraction, options.fail_duplicate_fraction))
-    if len(near):
+    metrics["distinct_row_fraction"] = distinct_fraction
+    if discrete:
+        findings.append(Finding("discrete_inputs", f"only {distinct_fraction:.0%} of train rows are distinct: identical rows are expected for inputs like these, so duplicates and train/test overlap are reported but not graded", split="train"))
+    else:
+        statuses.append(grade(metrics["duplicate_fraction"], options.warn_duplicate_fraction, options.fail_duplicate_fraction))
+    if len(redundant):
         findings.append(
             Finding(
                 "duplicate",
-                f"{len(near)} pair(s) of (near-)identical train rows; {len(redundant)} redundant copies",
+                f"{len(redundant)} train row(s) are (near-)copies of another train row ({len(exact_groups)} exact group(s), {len(near)} near pair(s))",
                 split="train",
-                indices=tuple(int(j) for j in near.pairs[:, 1]),
-                scores=tuple(float(d / scale) if scale else 0.0 for d in near.distances),
+                indices=tuple(int(j) for j in redundant),
                 extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale},
             )
         )
@@ -180,13 +208,13 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         frac = len(leaks) / len(other)
         metrics[f"{split}_leaks"] = len(leaks)
         metrics[f"{split}_leak_fraction"] = frac
-        if split == "test":
+        if split == "test" and not discrete:
             leak_statuses.append("fail" if frac > options.fail_leak_fraction else "warn" if frac > options.warn_leak_fraction else "ok")
         if len(leaks):
             findings.append(
                 Finding(
                     "leak",
-                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train" + (": test metrics are inflated" if split == "test" else ""),
+                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train" + (": test metrics are inflated" if split == "test" and not discrete else ""),
                     split=split,
                     indices=tuple(int(j) for j in leaks.pairs[:, 1]),
                     scores=tuple(float(d / scale) if scale else 0.0 for d in leaks.distances),
@@ -222,9 +250,9 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     parts = []
     if metrics["label_issues"]:
         parts.append(f"{metrics['label_issues']} likely label errors ({issues.fraction:.1%})")
-    if metrics.get("test_leaks"):
+    if metrics.get("test_leaks") and not discrete:
         parts.append(f"{metrics['test_leaks']} test rows leaked from train")
-    if redundant:
+    if len(redundant) and not discrete:
         parts.append(f"{len(redundant)} duplicate train rows")
     if ratio > options.warn_imbalance_ratio:
         parts.append(f"class imbalance {ratio:.1f}:1")
@@ -263,7 +291,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
 
 CHECK = CheckSpec(
     id="data.quality",
-    requires=(("oof_probs", "train"), ("embeddings", "train")),
+    requires=(("oof_probs", "train"), ("embeddings", "train"), ("probs", "train")),
     options=QualityOptions,
     run=run,
     description="label issues (confident learning on out-of-fold probabilities), duplicates, leakage, imbalance, NaN/Inf, column/image profile, embedding outliers",

@@ -12,20 +12,26 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
-from dlclinic.functional.calibration import reliability_bins
+from dlclinic.functional.calibration import ece_calibrated_null, reliability_bins
 
 __all__ = ["CHECK", "OverfittingOptions", "run"]
 
 
 @dataclass(frozen=True)
 class OverfittingOptions:
-    """Gap and calibration thresholds. A gap only counts when it is also significant (z > ``z``)."""
+    """Gap and calibration thresholds.
+
+    A gap only counts when it is also significant (z > ``z``); an ECE only counts when a
+    perfectly calibrated model would show a smaller one with probability ≥ 1 − ``alpha``
+    (consistency resampling), so small test sets do not raise false alarms.
+    """
 
     warn_gap: float = 0.05
     fail_gap: float = 0.15
     warn_ece: float = 0.05
     fail_ece: float = 0.15
     z: float = 2.0
+    alpha: float = 0.05
     bins: int = 15
 
 
@@ -53,7 +59,10 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
     statuses: list[Status] = []
     gap_status = grade(gap, options.warn_gap, options.fail_gap) if z > options.z else "ok"
     statuses.append(gap_status)
-    ece_status = grade(ece, options.warn_ece, options.fail_ece)
+    null = ece_calibrated_null(p_te, options.bins)
+    ece_p = float((1 + np.sum(null >= ece)) / (1 + len(null)))
+    # grade only what sampling noise cannot explain: a calibrated model shows ECE ≈ null on small test sets
+    ece_status = grade(ece, options.warn_ece, options.fail_ece) if ece_p < options.alpha else "ok"
     statuses.append(ece_status)
     findings: list[Finding] = []
     if gap_status != "ok":
@@ -88,8 +97,10 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
             "test_loss": loss_te,
             "loss_gap": loss_te - loss_tr,
             "ece": ece,
+            "ece_if_calibrated_median": float(np.median(null)),
+            "ece_p_value": ece_p,
         },
-        thresholds={"accuracy_gap.warn": options.warn_gap, "accuracy_gap.fail": options.fail_gap, "gap_z.min": options.z, "ece.warn": options.warn_ece, "ece.fail": options.fail_ece},
+        thresholds={"accuracy_gap.warn": options.warn_gap, "accuracy_gap.fail": options.fail_gap, "gap_z.min": options.z, "ece_p_value.max": options.alpha, "ece.warn": options.warn_ece, "ece.fail": options.fail_ece},
         findings=tuple(findings),
         remedy=remedy,
         details={

@@ -8,11 +8,13 @@ Kinds of evidence (``KINDS``):
   accessible layers (ONNX) the embedding is a PCA of the raw inputs fitted on ``train``,
   and ``embedding_source`` says so;
 * ``losses`` — per-sample cross-entropy (labelled splits only);
-* ``oof_probs`` — out-of-fold predicted probabilities for ``train``: cross-validated
-  logistic regression on the embeddings (cheap, the default for user models) or full
-  K-fold retraining with the recipe (the default for the baseline dlclinic trains,
-  and an option otherwise), so label-issue detection never scores a sample with a model
-  that was fitted on its own label.
+* ``oof_probs`` — out-of-fold predicted probabilities for ``train``: full K-fold
+  retraining with the recipe (the default for the baseline dlclinic trains, an option
+  otherwise: no row is ever scored by a model fitted on its own label), or a
+  cross-validated logistic head on the embeddings (cheap, the default for user models).
+  The head is out-of-fold, but the network that produced the embeddings saw every label:
+  a network that memorised its training labels carries them into its embeddings, so
+  data.quality reports that case as inconclusive rather than clean.
 
 Everything is keyed by fingerprints of the model, the split's data and the parameters,
 and stored as ``.npz`` under the cache directory, so a second checkup of the same case
@@ -141,6 +143,7 @@ class Evidence:
         config: EvidenceConfig | None = None,
         *,
         retrain: Retrain | None = None,
+        recipe: str = "",
         cheap_retrain: bool = False,
         cache_dir: Path | None = None,
         progress: Progress | None = None,
@@ -150,10 +153,12 @@ class Evidence:
         self.case = case
         self.config = config or EvidenceConfig()
         self.retrain = retrain
+        self.recipe = recipe  # identifies the retraining recipe (factory + fit config) in cache keys
         self.cheap_retrain = cheap_retrain
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.progress = progress or NullProgress()
         self._mem: dict[tuple[str, str], np.ndarray] = {}
+        self.nonfinite_rows: dict[str, int] = {}
         self.stats = _Stats()
         self.model_fingerprint = fingerprint_model(case.model)
         self._split_fp = {name: fingerprint_array(s.x, s.y) for name, s in case.splits.items()}
@@ -221,9 +226,15 @@ class Evidence:
 
     # -- internals ----------------------------------------------------------------------
     def _params(self, kind: str) -> dict[str, Any]:
-        p: dict[str, Any] = {"kind": kind, "embedding_layer": self.config.embedding_layer, "version": 1}
+        from dlclinic import __version__
+
+        p: dict[str, Any] = {"kind": kind, "embedding_layer": self.config.embedding_layer, "dlclinic": __version__}
+        if kind == "embeddings" and not self._is_torch:
+            p["pca_fitted_on"] = self._split_fp["train"]  # input-PCA embeddings depend on train
         if kind == "oof_probs":
             p.update(method=self.oof_method, folds=self.config.folds, seed=self.config.seed)
+            if self.oof_method == "kfold":
+                p["recipe"] = self.recipe
         return p
 
     def _path(self, kind: str, split: str) -> Path:
@@ -242,15 +253,23 @@ class Evidence:
         """One batched pass over ``split``: logits, probabilities, embeddings and losses."""
         s = self.case.splits[split]
         n, bs = len(s), self.config.batch_size
+        x = s.x
+        bad_rows = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+        if bad_rows.any():
+            # rows with NaN/Inf are scored with those values set to 0 so the checkup goes on;
+            # data.quality reports them (their evidence is unreliable by construction)
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            self.nonfinite_rows[split] = int(bad_rows.sum())
         logits_parts: list[np.ndarray] = []
         emb_parts: list[np.ndarray] = []
         with self.progress.step(f"forward pass on {split}", total=n) as advance:
             if self._is_torch:
                 import torch
 
+                from dlclinic.core.inference import eval_mode, first_output, model_input_spec
+
                 model = self.case.model
-                was_training = model.training
-                model.eval()
+                dtype, device = model_input_spec(model)
                 captured: list[Any] = []
                 if self.config.embedding_layer:
                     target = _find_module(model, self.config.embedding_layer)
@@ -259,35 +278,30 @@ class Evidence:
                     target = _last_linear(model)
                     handle = target.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0])) if target is not None else None
                 try:
-                    with torch.inference_mode():
+                    with eval_mode(model), torch.inference_mode():
                         for i in range(0, n, bs):
-                            xb = torch.from_numpy(s.x[i : i + bs])
+                            xb = torch.from_numpy(x[i : i + bs]).to(device=device, dtype=dtype)
                             captured.clear()
                             try:
-                                out = model(xb)
+                                out = first_output(model(xb))
                             except Exception as exc:
                                 raise ModelError(f"the model failed on a batch of split {split!r} with input shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-                            if isinstance(out, (tuple, list)):
-                                out = out[0]
                             if out.dim() != 2 or out.shape[1] != self.case.n_classes:
                                 raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {tuple(out.shape)}")
                             logits_parts.append(out.float().cpu().numpy())
-                            emb = captured[-1] if captured else out
-                            if isinstance(emb, (tuple, list)):
-                                emb = emb[0]
+                            emb = first_output(captured[-1]) if captured else out
                             emb_parts.append(emb.float().flatten(1).cpu().numpy())
                             advance(len(xb))
                 finally:
                     if handle is not None:
                         handle.remove()
-                    model.train(was_training)
                 embeddings = np.concatenate(emb_parts)
             else:
                 predict = getattr(self.case.model, "predict_logits", None)
                 if predict is None:
                     raise ModelError(f"cannot run a model of type {type(self.case.model).__name__}: expected an nn.Module or an ONNX model")
                 for i in range(0, n, bs):
-                    out = np.asarray(predict(s.x[i : i + bs]), dtype=np.float32)
+                    out = np.asarray(predict(x[i : i + bs]), dtype=np.float32)
                     if out.ndim != 2 or out.shape[1] != self.case.n_classes:
                         raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {out.shape}")
                     logits_parts.append(out)
@@ -320,7 +334,8 @@ class Evidence:
 
         s = self.case.train
         y = s.y
-        assert y is not None
+        if y is None:
+            raise InputError("split 'train': expected labels for out-of-fold probabilities, found none")
         k = self.case.n_classes
         counts = np.bincount(y, minlength=k)
         folds = int(min(self.config.folds, max(2, counts[counts > 0].min())))
@@ -334,14 +349,11 @@ class Evidence:
         with self.progress.step(f"out-of-fold probabilities ({method}, {folds} folds)", total=folds) as advance, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
             if method == "kfold":
-                import torch
+                from dlclinic.core.inference import predict_logits
 
                 for fold, (fit_idx, held_idx) in enumerate(splitter.split(s.x, y)):
                     model = self.retrain(s.x[fit_idx], y[fit_idx], self.config.seed + fold)  # type: ignore[misc]
-                    model.eval()
-                    with torch.inference_mode():
-                        parts = [model(torch.from_numpy(s.x[held_idx[i : i + 512]])).float().numpy() for i in range(0, len(held_idx), 512)]
-                    oof[held_idx] = _softmax(np.concatenate(parts).astype(np.float64))
+                    oof[held_idx] = _softmax(predict_logits(model, s.x[held_idx]).astype(np.float64))
                     advance(1)
             else:
                 from sklearn.linear_model import LogisticRegression

@@ -29,11 +29,13 @@ def fingerprint_array(*arrays: np.ndarray | None) -> str:
 
 
 def fingerprint_model(model: Any) -> str:
-    """SHA-256 of a model: class name plus every parameter and buffer (or an ONNX file's hash)."""
+    """SHA-256 of a model: class name, ``repr`` (its modules) and every parameter and buffer; an ONNX file's hash."""
     sha = getattr(model, "sha256", None)
     if isinstance(sha, str):
         return sha
+    # the architecture (repr lists every submodule, activations included) and every tensor
     h = hashlib.sha256(type(model).__qualname__.encode())
+    h.update(repr(model).encode())
     state = model.state_dict()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()

@@ -93,11 +93,12 @@ def find_near_duplicates(x: np.ndarray, *, rel_threshold: float = 0.1, scale: fl
     (proj,) = _project(flat)
     k = min(neighbours + 1, len(flat))
     dist, nbr = NearestNeighbors(n_neighbors=k).fit(proj).kneighbors(proj)
-    ii = np.repeat(np.arange(len(flat)), k)
-    jj = nbr.reshape(-1)
-    mask = ii < jj
+    qi = np.repeat(np.arange(len(flat)), k)
+    ni = nbr.reshape(-1)
+    # a pair may be found from either end (large groups overflow a row's neighbour list): keep both, normalised
+    ii, jj = np.minimum(qi, ni), np.maximum(qi, ni)
     # the projection shrinks distances, so its candidates are a superset; verify in full space
-    cand = mask & (dist.reshape(-1) <= limit)
+    cand = (ii != jj) & (dist.reshape(-1) <= limit)
     pairs, d = _verified(flat, flat, ii[cand], jj[cand], limit)
     if len(pairs):
         pairs, uniq = np.unique(pairs, axis=0, return_index=True)

@@ -34,8 +34,8 @@ class ColumnIssues:
 def find_column_issues(x: np.ndarray, *, near_constant_share: float = 0.99, robust_z: float = 10.0) -> ColumnIssues:
     """Missing values, constant and near-constant columns, and extreme values of a 2-D table.
 
-    A value is extreme when ``|x − median| / (1.4826·MAD) > robust_z`` in its column
-    (columns with zero MAD use the standard deviation instead).
+    A value is extreme when ``|x − median| / (1.4826·MAD) > robust_z`` in its column;
+    columns with zero MAD (sparse or mostly-constant) are not graded for extremes.
 
     Example:
         >>> x = np.c_[np.arange(100.0), np.ones(100), np.r_[np.zeros(99), 1e6]]
@@ -59,9 +59,8 @@ def find_column_issues(x: np.ndarray, *, near_constant_share: float = 0.99, robu
             near.append(j)
         med = np.median(col)
         mad = 1.4826 * np.median(np.abs(col - med))
-        scale = mad if mad > 0 else col.std()
-        if scale > 0:
-            z = np.abs(x[:, j] - med) / scale
+        if mad > 0:  # MAD = 0 (sparse, binary, mostly-constant columns): every non-mode value would look extreme
+            z = np.abs(x[:, j] - med) / mad
             extreme[:, j] = finite[:, j] & (z > robust_z)
     return ColumnIssues(
         missing_fraction=missing,

@@ -9,9 +9,15 @@ Formats:
     * ``.npz`` — arrays ``x`` (N×…), optional ``y`` (N integer labels, or strings),
       ``group``, ``id`` and ``class_names``; other keys are ignored. Never unpickled.
     * ``.csv`` / ``.parquet`` — one row per sample; ``label_col`` names the labels,
-      numeric columns become float features, string columns are one-hot encoded.
+      numeric columns become float features. A string column whose present values are
+      mostly numbers (at least 95 %) is parsed as numbers, the rest becoming NaN; any
+      other string column is one-hot encoded, and one with more than
+      :data:`MAX_CATEGORIES` distinct values is refused (an identifier or free text
+      would explode into thousands of features).
     * a directory — ``root/<class>/*.png|jpg|jpeg|bmp`` (or images directly in ``root``
-      for an unlabelled split), loaded as float32 in [0, 1], N×C×H×W.
+      for an unlabelled split), loaded as float32 in [0, 1], N×C×H×W. In
+      :func:`load_case` test / deploy folders are converted to train's colour mode and
+      size.
 
 Example:
     >>> from dlclinic.io.data import load_case
@@ -38,12 +44,20 @@ from dlclinic.io._common import brief
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["IMAGE_SUFFIXES", "SUPPORTED_FORMATS", "LoadedSplit", "load_case", "load_split"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_CATEGORIES", "NUMERIC_FRACTION", "NUMERIC_FRACTION_LATER", "SUPPORTED_FORMATS", "LoadedSplit", "load_case", "load_split"]
 
 Modality = Literal["image", "vector", "table"]
+ImageMode = Literal["L", "RGB"]
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png")
 SUPPORTED_FORMATS = ".npz, .csv, .parquet or a folder of images (root/<class>/*.png|jpg|jpeg|bmp)"
+#: The most distinct values a string feature column may have to be one-hot encoded.
+MAX_CATEGORIES = 50
+#: A string column of the train split is parsed as numbers when at least this share of its
+#: present values parse (``pd.to_numeric``); the others become NaN. Test / deploy follow
+#: train's decision and only need :data:`NUMERIC_FRACTION_LATER` of their values to parse.
+NUMERIC_FRACTION = 0.95
+NUMERIC_FRACTION_LATER = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +75,10 @@ class LoadedSplit:
         encoding: The one-hot mapping ``{column: [category, ...]}`` used for string columns;
             pass it as ``categorical_mapping`` when loading later splits.
         skipped: Paths of images that could not be read (a data-quality check reports them).
-        n_resized: How many images were resized to the most common size.
+        n_resized: How many images were resized (to the most common size, or to the
+            ``image_size`` asked for, e.g. train's).
+        n_converted: How many images had another colour mode than the one used
+            (grayscale ↔ RGB), and were converted.
         source: The path this split was read from.
     """
 
@@ -75,6 +92,7 @@ class LoadedSplit:
     encoding: dict[str, list[str]] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()
     n_resized: int = 0
+    n_converted: int = 0
     source: str = ""
 
     def __len__(self) -> int:
@@ -93,6 +111,8 @@ def load_split(
     id_col: str | None = None,
     labels_required: bool = False,
     categorical_mapping: Mapping[str, Sequence[str]] | None = None,
+    image_mode: ImageMode | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> LoadedSplit:
     """Read one split from an ``.npz``, ``.csv``, ``.parquet`` file or an image folder.
 
@@ -107,6 +127,10 @@ def load_split(
         categorical_mapping: The ``encoding`` of the train split; string columns are
             one-hot encoded with it (unseen categories become all-zero rows) and any other
             column must be numeric. ``None`` learns a new mapping.
+        image_mode: For image folders, the colour mode to convert every image to
+            (``"L"`` or ``"RGB"``); ``None`` picks ``"L"`` when all images are grayscale.
+        image_size: For image folders, the ``(width, height)`` to resize every image to;
+            ``None`` uses the most common size.
 
     Returns:
         The split's arrays and what was learned while reading them.
@@ -126,7 +150,7 @@ def load_split(
     if p.is_dir():
         if group_col is not None:
             raise InputError(f"split {name!r}: expected a table or .npz for group_col={group_col!r}, found an image folder {p}; put the images and groups in an .npz (x, y, group) instead")
-        loaded = _load_image_folder(p, name)
+        loaded = _load_image_folder(p, name, image_mode, image_size)
     elif p.suffix.lower() == ".npz":
         loaded = _load_npz(p, name, label_col, group_col, id_col)
     elif p.suffix.lower() in (".csv", ".parquet", ".pq"):
@@ -154,9 +178,10 @@ def load_case(
     """Read train (labelled), test (labelled) and deploy (labels optional) into a :class:`Case`.
 
     Test and deploy are encoded with the train one-hot mapping; their table columns are
-    reordered to train's order; their class names are mapped onto train's by name.
-    What was learned while loading (sources, skipped images, resized counts, the
-    encoding) is stored in ``case.metadata["io"]``.
+    reordered to train's order; their class names are mapped onto train's by name. When
+    train is an image folder, test / deploy folders are converted to train's colour mode
+    and resized to train's size. What was learned while loading (sources, skipped images,
+    resized / converted counts, the encoding) is stored in ``case.metadata["io"]``.
 
     Args:
         train: The training split (labels required).
@@ -183,10 +208,21 @@ def load_case(
     """
     tr = load_split(train, name="train", label_col=label_col, group_col=group_col, id_col=id_col, labels_required=True)
     loaded: dict[str, LoadedSplit] = {"train": tr}
+    image_mode, image_size = _image_format(tr) if Path(train).is_dir() else (None, None)
     for split_name, path, required in (("test", test, True), ("deploy", deploy, False)):
         if path is None:
             continue
-        other = load_split(path, name=split_name, label_col=label_col, group_col=group_col, id_col=id_col, labels_required=required, categorical_mapping=tr.encoding)
+        other = load_split(
+            path,
+            name=split_name,
+            label_col=label_col,
+            group_col=group_col,
+            id_col=id_col,
+            labels_required=required,
+            categorical_mapping=tr.encoding,
+            image_mode=image_mode,
+            image_size=image_size,
+        )
         other = _align_features(tr, other, split_name)
         loaded[split_name] = _align_labels(tr, other, split_name)
     arrays = {k: (s.x, s.y, s.groups) for k, s in loaded.items()}
@@ -420,16 +456,22 @@ def _encode_features(df: pd.DataFrame, name: str, mapping: Mapping[str, Sequence
     encoding: dict[str, list[str]] = {}
     for col in df.columns:
         series = df[col]
+        numbers = None
         if mapping is not None and col in mapping:
             categories = [str(c) for c in mapping[col]]
         elif _is_numeric(series):
-            blocks.append(series.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1))
+            numbers = series
+        else:
+            _reject_datetime(series, name, col)
+            numbers = _parse_numeric(series, name, col, NUMERIC_FRACTION if mapping is None else NUMERIC_FRACTION_LATER)
+            if numbers is None and mapping is not None:
+                raise InputError(f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}")
+            if numbers is None:
+                categories = _categories(series, name, col)
+        if numbers is not None:
+            blocks.append(numbers.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1))
             names.append(col)
             continue
-        elif mapping is not None:
-            raise InputError(f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}")
-        else:
-            categories = _categories(series, name, col)
         blocks.append(_one_hot(series, categories, name, col))
         names.extend(f"{col}={c}" for c in categories)
         encoding[col] = categories
@@ -443,12 +485,47 @@ def _is_numeric(series: pd.Series) -> bool:
     return bool(pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series))
 
 
-def _categories(series: pd.Series, name: str, col: str) -> list[str]:
+def _reject_datetime(series: pd.Series, name: str, col: str) -> None:
     import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
         raise InputError(f"split {name!r} column {col!r}: expected numeric or string features, found {series.dtype}; convert it to numbers or drop it")
-    return sorted({str(v) for v in series[series.notna()]})
+
+
+def _parse_numeric(series: pd.Series, name: str, col: str, min_fraction: float) -> pd.Series | None:
+    """The column as numbers when at least ``min_fraction`` of its present values parse, else ``None``.
+
+    Values that do not parse (``"?"``, ``"n/a"``) become NaN, with a warning; the
+    data-quality check reports the NaN later. A column with no present value is all NaN.
+    """
+    import pandas as pd
+
+    present = series.notna().to_numpy()
+    try:
+        numbers = pd.to_numeric(series, errors="coerce")
+    except (TypeError, ValueError):  # unhashable / nested values (lists in Parquet)
+        return None
+    parsed = numbers.notna().to_numpy() & present
+    n_present = int(present.sum())
+    if n_present and parsed.sum() < min_fraction * n_present:
+        return None
+    bad = present & ~parsed
+    if bad.any():
+        example = series[bad].iloc[0]
+        warnings.warn(f"split {name!r} column {col!r}: {int(bad.sum())} of {n_present} value(s) are not numbers (e.g. {example!r}); read as NaN", stacklevel=5)
+    return numbers
+
+
+def _categories(series: pd.Series, name: str, col: str) -> list[str]:
+    """Sorted distinct values of a string column; too many of them is an error."""
+    categories = sorted({str(v) for v in series[series.notna()]})
+    if len(categories) > MAX_CATEGORIES:
+        examples = ", ".join(repr(c) for c in categories[:3])
+        raise InputError(
+            f"split {name!r} column {col!r}: expected a numeric column or a categorical one with at most {MAX_CATEGORIES} distinct values to one-hot encode, "
+            f"found {len(categories)} distinct text values ({examples}, …) in {len(series)} rows; if it identifies samples pass it as --id-col (id_col), otherwise drop it or convert it to numbers first"
+        )
+    return categories
 
 
 def _one_hot(series: pd.Series, categories: list[str], name: str, col: str) -> np.ndarray:
@@ -480,16 +557,23 @@ def _object_to_str(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- helpers: images
 
 
-def _load_image_folder(root: Path, name: str) -> LoadedSplit:
+def _load_image_folder(root: Path, name: str, mode: ImageMode | None = None, size: tuple[int, int] | None = None) -> LoadedSplit:
     """Read ``root/<class>/*`` (labelled) or ``root/*`` (unlabelled) images."""
     files, labels, class_names = _list_images(root, name)
     images, kept, skipped = _read_images(files)
     if not images:
         raise InputError(f"split {name!r}: expected readable images in {root}, found {len(files)} file(s) and none could be read (e.g. {skipped[0]})")
-    x, n_resized = _stack_images(images)
+    x, n_resized, n_converted = _stack_images(images, mode, size)
     y = None if labels is None else np.asarray([labels[i] for i in kept], dtype=np.int64)
     ids = np.asarray([files[i].relative_to(root).as_posix() for i in kept])
-    return LoadedSplit(x=x, y=y, ids=ids, class_names=class_names, modality="image", skipped=tuple(skipped), n_resized=n_resized)
+    return LoadedSplit(x=x, y=y, ids=ids, class_names=class_names, modality="image", skipped=tuple(skipped), n_resized=n_resized, n_converted=n_converted)
+
+
+def _image_format(split: LoadedSplit) -> tuple[ImageMode | None, tuple[int, int] | None]:
+    """The colour mode and ``(width, height)`` of an image split read from a folder."""
+    if split.modality != "image" or split.x.ndim != 4 or split.x.shape[1] not in (1, 3):
+        return None, None
+    return ("L" if split.x.shape[1] == 1 else "RGB"), (int(split.x.shape[3]), int(split.x.shape[2]))
 
 
 def _is_image(path: Path) -> bool:
@@ -533,13 +617,20 @@ def _read_images(files: list[Path]) -> tuple[list[Any], list[int], list[str]]:
     return images, kept, skipped
 
 
-def _stack_images(images: list[Any]) -> tuple[np.ndarray, int]:
-    """Convert to one mode, resize to the most common size, stack as N×C×H×W in [0, 1]."""
+def _stack_images(images: list[Any], mode: ImageMode | None = None, size: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int]:
+    """Convert to one mode, resize to one size, stack as N×C×H×W in [0, 1].
+
+    ``mode`` defaults to ``"L"`` when every image is grayscale (else ``"RGB"``), ``size``
+    (width, height) to the most common size. Returns the array and how many images were
+    resized and converted to another colour mode.
+    """
     from PIL import Image
 
-    gray = all(len(img.getbands()) == 1 and img.mode != "P" for img in images)
-    mode = "L" if gray else "RGB"
-    size = Counter(img.size for img in images).most_common(1)[0][0]
+    natural = ["L" if len(img.getbands()) == 1 and img.mode != "P" else "RGB" for img in images]
+    if mode is None:
+        mode = "L" if all(m == "L" for m in natural) else "RGB"
+    if size is None:
+        size = Counter(img.size for img in images).most_common(1)[0][0]
     n_resized = 0
     arrays = []
     for img in images:
@@ -548,8 +639,9 @@ def _stack_images(images: list[Any]) -> tuple[np.ndarray, int]:
             img = img.resize(size, Image.Resampling.BILINEAR)
             n_resized += 1
         arr = np.asarray(img, dtype=np.float32) / 255.0
-        arrays.append(arr[None] if gray else arr.transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(arrays)), n_resized
+        arrays.append(arr[None] if mode == "L" else arr.transpose(2, 0, 1))
+    n_converted = sum(m != mode for m in natural)
+    return np.ascontiguousarray(np.stack(arrays)), n_resized, n_converted
 
 
 # --------------------------------------------------------------------------- helpers: case
@@ -584,7 +676,7 @@ def _align_labels(train: LoadedSplit, other: LoadedSplit, name: str) -> LoadedSp
 
 def _io_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
     return {
-        "splits": {k: {"source": s.source, "skipped": list(s.skipped), "n_resized": s.n_resized, "modality": s.modality} for k, s in loaded.items()},
+        "splits": {k: {"source": s.source, "skipped": list(s.skipped), "n_resized": s.n_resized, "n_converted": s.n_converted, "modality": s.modality} for k, s in loaded.items()},
         "encoding": {k: list(v) for k, v in loaded["train"].encoding.items()},
     }
 

@@ -1,0 +1,77 @@
+"""Running a user's model safely: one place that knows the quirks.
+
+``predict_logits`` evaluates any classifier dlclinic accepts in batches, under
+``inference_mode``, in eval mode (restored afterwards; ``torch.export`` modules that refuse
+``.eval()`` are left as they are), with inputs cast to the model's dtype and device, and
+tuple/list outputs unwrapped to their first element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from dlclinic.core.errors import ModelError
+
+__all__ = ["eval_mode", "first_output", "model_input_spec", "predict_logits"]
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore its previous mode after."""
+    was_training = getattr(model, "training", False)
+    try:
+        model.eval()
+        switched = True
+    except (NotImplementedError, AttributeError, RuntimeError):  # torch.export modules refuse .eval()
+        switched = False
+    try:
+        yield
+    finally:
+        if switched and was_training:
+            model.train(True)
+
+
+def model_input_spec(model: Any) -> tuple[Any, Any]:
+    """``(dtype, device)`` of the model's first floating parameter (float32/CPU when it has none)."""
+    import torch
+
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    return torch.float32, torch.device("cpu")
+
+
+def first_output(out: Any) -> Any:
+    """The logits of a model that returns a tuple/list/dict (first element / ``'logits'``)."""
+    if isinstance(out, dict):
+        out = out.get("logits", next(iter(out.values())))
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Logits (N×K, float32 numpy) of ``model`` on ``x``, batch by batch.
+
+    Accepts an ``nn.Module`` / exported module, or an object with ``predict_logits`` (ONNX).
+    """
+    predict = getattr(model, "predict_logits", None)
+    if predict is not None and not hasattr(model, "state_dict"):
+        return np.concatenate([np.asarray(predict(x[i : i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)])
+    import torch
+
+    dtype, device = model_input_spec(model)
+    parts = []
+    with eval_mode(model), torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device=device, dtype=dtype)
+            try:
+                out = first_output(model(xb))
+            except Exception as exc:
+                raise ModelError(f"the model failed on inputs of shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            parts.append(out.detach().float().cpu().numpy())
+    return np.concatenate(parts)
