@@ -108,7 +108,8 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     if test is None or not test.labelled:
         return CheckResult(id="data.quantity", status="not_examined", summary="Needs a labelled test split to measure the learning curve (pass --test).")
     mode = resolve_mode(options, evidence)
-    curve = learning_curve(case, evidence, mode, options)
+    params = {"mode": mode, "fractions": list(options.fractions), "seeds": options.seeds, "max_iter": options.max_iter}
+    curve = evidence.cached("learning_curve", params, lambda: learning_curve(case, evidence, mode, options))
     n, err = curve["n"], curve["error"]
     law = fit_power_law(n, err)
     n_full = float(len(case.train))
@@ -128,11 +129,11 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     # uncertainty: refit on bootstrap resamples of the measured points
     rng = np.random.default_rng(0)
     boot_gain, boot_need = [], []
-    for _ in range(200):
+    for _ in range(100):
         idx = rng.integers(0, len(n), len(n))
         if len(np.unique(n[idx])) < 3:
             continue
-        b = fit_power_law(n[idx], err[idx])
+        b = fit_power_law(n[idx], err[idx], start=law)
         boot_gain.append(b.gain_from_doubling(n_full))
         if options.target_accuracy is not None:
             boot_need.append(samples_for_error(b, 1 - options.target_accuracy))
@@ -161,9 +162,9 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     if hungry:
         findings.append(Finding("data_hungry_classes", "classes whose error still falls steeply with more data and is above average: " + ", ".join(f"{case.class_names[k]} ({int(counts[k])} samples, error {per_class_full[k]:.1%})" for k in hungry)))
     if status == "ok":
-        summary = f"The learning curve is flat: doubling the {int(n_full):,} training samples is predicted to lower the error by only {gain:.1%} (now {full_err:.1%})."
+        summary = f"The learning curve is flat: doubling the {int(n_full):,} training samples is predicted to lower the error by only {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
     else:
-        summary = f"The learning curve is still steep: doubling the {int(n_full):,} training samples is predicted to lower the error from {full_err:.1%} by {gain:.1%}."
+        summary = f"The learning curve is still steep: doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
     if mode == "proxy":
         summary += " (Proxy: a head on the cached embeddings, a lower bound on the steepness; mode='model' retrains the model.)"
     metrics["retrained_model"] = mode == "model"

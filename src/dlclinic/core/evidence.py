@@ -224,6 +224,34 @@ class Evidence:
         self.stats.seconds += time.perf_counter() - start
         return self._mem[key]
 
+    def cached(self, name: str, params: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Derived arrays (e.g. a learning curve) cached like evidence, keyed by the model, every split and ``params``.
+
+        ``compute`` returns a dict of arrays; it runs only when no valid cache entry exists.
+        """
+        from dlclinic import __version__
+
+        key = fingerprint_params({"derived": name, "model": self.model_fingerprint, "data": self._split_fp, "recipe": self.recipe, "params": params, "dlclinic": __version__})
+        path = self.cache_dir / "derived" / key[:2] / f"{key}.npz"
+        if self.config.cache and path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    out = {k: data[k] for k in data.files}
+                self.stats.cached.append(name)
+                return out
+            except Exception:
+                path.unlink(missing_ok=True)
+        start = time.perf_counter()
+        out = compute()
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.computed.append(name)
+        if self.config.cache:
+            try:
+                _atomic_savez(path, **out)
+            except OSError:
+                pass
+        return out
+
     # -- internals ----------------------------------------------------------------------
     def _params(self, kind: str) -> dict[str, Any]:
         from dlclinic import __version__

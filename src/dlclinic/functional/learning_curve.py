@@ -33,10 +33,12 @@ class PowerLaw:
         return float(self(n) - self(2 * n))
 
 
-def fit_power_law(n: np.ndarray, err: np.ndarray) -> PowerLaw:
+def fit_power_law(n: np.ndarray, err: np.ndarray, *, start: PowerLaw | None = None) -> PowerLaw:
     """Least-squares fit of ``a · n^(−b) + c`` with ``a ≥ 0``, ``0 ≤ b ≤ 2``, ``0 ≤ c ≤ 1``.
 
-    Several points per ``n`` (seeds) are fine and make the fit more stable.
+    Several points per ``n`` (seeds) are fine and make the fit more stable. ``start``
+    (e.g. the fit on all points, when refitting bootstrap resamples) replaces the
+    multi-start search with a single start.
 
     Example:
         >>> n = np.array([100, 200, 400, 800, 1600.])
@@ -57,9 +59,10 @@ def fit_power_law(n: np.ndarray, err: np.ndarray) -> PowerLaw:
     a0 = max(1e-6, float(err.max() - c0) * float(n.min()) ** b0)
     best: tuple[float, float, float] | None = None
     best_sse = math.inf
-    for b_start in (0.2, 0.5, 1.0):
+    starts = [(start.a, min(max(start.b, 1e-3), 2.0), min(max(start.c, 0.0), 1.0))] if start is not None else [(a0, b, c0) for b in (0.2, 0.5, 1.0)]
+    for p0 in starts:
         try:
-            params, _ = curve_fit(model, n, err, p0=(a0, b_start, c0), bounds=([0.0, 0.0, 0.0], [np.inf, 2.0, 1.0]), maxfev=20000)
+            params, _ = curve_fit(model, n, err, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, 2.0, 1.0]), maxfev=20000)
         except (RuntimeError, ValueError):
             continue
         sse = float(np.sum((model(n, *params) - err) ** 2))
