@@ -114,7 +114,7 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
         except Exception:
             path.unlink(missing_ok=True)
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
-        result = fit(model, np.nan_to_num(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))
+        result = fit(model, np.nan_to_num(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
     trained = result.model
     if use_cache:
         try:

@@ -50,6 +50,9 @@ class CleanMode(str, Enum):
 
 
 # -- progress and output ---------------------------------------------------------------------
+def _no_advance(n: int = 1) -> None:
+    """Progress sink that ignores its input."""
+
 class RichProgress:
     """Rich progress bars on stderr for every long step (the library's Progress protocol)."""
 
@@ -62,14 +65,17 @@ class RichProgress:
     @contextmanager
     def step(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
         if not self.enabled:
-            self.console.print(f"[dim]… {description}[/dim]") if self.console.is_terminal else None
-            yield lambda n=1: None
+            yield _no_advance
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+
+            def advance(n: int = 1) -> None:
+                bar.advance(task, n)
+
+            yield advance
 
 
 def _check_writable(out: Path, option: str = "--out") -> None:
@@ -301,7 +307,12 @@ def demo_export(
         for name, split in case.splits.items():
             fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, x=split.x, y=split.y, group=split.groups.astype(str), class_names=np.array(case.class_names))
+                arrays = {"x": split.x, "class_names": np.array(case.class_names)}
+                if split.y is not None:
+                    arrays["y"] = split.y
+                if split.groups is not None:
+                    arrays["group"] = split.groups.astype(str)
+                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
             staged.append((f"{name}.npz", Path(tmp)))
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:

@@ -45,7 +45,7 @@ def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = np.empty_like(images)
     for i, img in enumerate(images):
         pil = Image.fromarray((img * 255).astype(np.uint8))
-        pil = pil.rotate(float(rng.uniform(12, 25) * rng.choice([-1, 1])), resample=Image.BILINEAR)
+        pil = pil.rotate(float(rng.uniform(12, 25) * rng.choice([-1, 1])), resample=Image.Resampling.BILINEAR)
         pil = pil.filter(ImageFilter.GaussianBlur(radius=1.0))
         arr = np.asarray(pil, dtype=np.float32) / 255.0
         out[i] = 0.25 + 0.5 * arr  # contrast down, background grey

@@ -7,15 +7,14 @@ in ``PENDING``.
 
 from __future__ import annotations
 
-from dlclinic.checks import data_generalization, data_quality, data_quantity, model_overfitting
+from dlclinic.checks import data_generalization, data_labeling_cost, data_quality, data_quantity, model_overfitting
 from dlclinic.core.registry import CheckSpec
 
 __all__ = ["CHECKS", "PENDING"]
 
-CHECKS: dict[str, CheckSpec] = {spec.id: spec for spec in (data_quantity.CHECK, data_quality.CHECK, data_generalization.CHECK, model_overfitting.CHECK)}
+CHECKS: dict[str, CheckSpec] = {spec.id: spec for spec in (data_quantity.CHECK, data_quality.CHECK, data_labeling_cost.CHECK, data_generalization.CHECK, model_overfitting.CHECK)}
 
 _ISSUES = {
-    "data.labeling_cost": "data challenges",
     "data.privacy": "ethics, security and privacy",
     "compute.training_cost": "training & optimization diagnostics",
     "compute.energy": "training & optimization diagnostics",

@@ -4,6 +4,7 @@ column profile (tables) or image profile (images), unreadable files, embedding o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
     return counts, findings
 
 
-def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings: list[Finding], details: dict[str, object]) -> Status:
+def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings: list[Finding], details: dict[str, list[dict[str, Any]]]) -> Status:
     """Image or column profile of train, plus files the loader skipped; returns the status it implies."""
     status: Status = "ok"
     io_meta = case.metadata.get("io", {}) if isinstance(case.metadata.get("io"), dict) else {}
@@ -99,7 +100,7 @@ def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings
                 findings.append(Finding(code, f"{len(rows)} train image(s) are {what}", split="train", indices=tuple(int(i) for i in rows), scores=tuple(float(img.brightness[i]) for i in rows)))
         if len(img.blank):
             status = "warn"
-            details["images"].append({"title": "Blank or near-constant images", "split": "train", "indices": [int(i) for i in img.blank[:12]], "captions": [f"#{i}" for i in img.blank[:12]]})  # type: ignore[union-attr]
+            details["images"].append({"title": "Blank or near-constant images", "split": "train", "indices": [int(i) for i in img.blank[:12]], "captions": [f"#{i}" for i in img.blank[:12]]})
     else:
         cols = find_column_issues(x.reshape(len(x), -1))
         names = list(case.feature_names or [f"x{j}" for j in range(cols.missing_fraction.size)])
@@ -119,9 +120,9 @@ def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings
             worst_cols = np.argsort(-cols.extreme_counts)[:5]
             findings.append(Finding("extreme_value", f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (mostly in " + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j]) + ")", split="train", indices=tuple(int(i) for i in cols.extreme_rows)))
             status = "warn" if len(cols.extreme_rows) / len(x) > 0.01 else status
-        rows = [[names[j], f"{cols.missing_fraction[j]:.1%}", int(cols.extreme_counts[j]), "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else ""] for j in range(len(names)) if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant]
-        if rows:
-            details["tables"].append({"title": "Column profile (problem columns only)", "columns": ["column", "missing", "extreme values", "note"], "rows": rows[:50]})  # type: ignore[union-attr]
+        profile_rows = [[names[j], f"{cols.missing_fraction[j]:.1%}", int(cols.extreme_counts[j]), "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else ""] for j in range(len(names)) if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant]
+        if profile_rows:
+            details["tables"].append({"title": "Column profile (problem columns only)", "columns": ["column", "missing", "extreme values", "note"], "rows": profile_rows[:50]})
     return status
 
 
@@ -133,7 +134,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     statuses: list[Status] = []
     findings: list[Finding] = []
     metrics: dict[str, float | int | bool | None] = {}
-    details: dict[str, object] = {"plots": [], "images": [], "tables": []}
+    details: dict[str, list[dict[str, Any]]] = {"plots": [], "images": [], "tables": []}
 
     # non-finite values
     nonfinite, nf_findings = _nonfinite(case)
@@ -167,10 +168,10 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
             )
         )
         top = issues.indices[: options.max_examples]
-        details["images"].append(  # type: ignore[union-attr]
+        details["images"].append(
             {"title": "Likely label errors (worst first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {names[y[i]]} → {names[s]}" for i, s in zip(top, issues.suggested[: len(top)], strict=True)]}
         )
-        details["tables"].append(  # type: ignore[union-attr]
+        details["tables"].append(
             {"title": "Label issues by class pair (given → likely)", "columns": ["given", "likely", "count"], "rows": [[names[g], names[s], c] for g, s, c in issues.confusion(y)[:15]]}
         )
 
@@ -232,7 +233,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     if ratio > options.warn_imbalance_ratio:
         rare = int(np.argmin(counts))
         findings.append(Finding("imbalance", f"class {case.class_names[rare]!r} has {int(counts[rare])} train samples vs {int(counts.max())} for the largest (ratio {ratio:.1f})", split="train", extra={"class_counts": counts.tolist()}))
-    details["plots"].append(  # type: ignore[union-attr]
+    details["plots"].append(
         {"kind": "bar", "title": "Train samples per class", "xlabel": "class", "ylabel": "samples", "series": [{"label": "train", "x": list(case.class_names), "y": counts.tolist()}]}
     )
 
@@ -244,7 +245,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         findings.append(Finding("outlier", f"{len(outliers)} train row(s) lie far from all others in embedding space (kNN distance beyond the far-out fence)", split="train", indices=tuple(int(i) for i in outliers), scores=tuple(float(v) for v in out_scores)))
         if case.modality == "image":
             top = outliers[: min(12, options.max_examples)]
-            details["images"].append({"title": "Embedding outliers (most isolated first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {case.class_names[y[i]]}" for i in top]})  # type: ignore[union-attr]
+            details["images"].append({"title": "Embedding outliers (most isolated first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {case.class_names[y[i]]}" for i in top]})
 
     status = worst(statuses)
     parts = []

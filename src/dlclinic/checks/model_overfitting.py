@@ -9,6 +9,7 @@ import numpy as np
 
 from dlclinic.checks._common import grade, worst
 from dlclinic.core.case import Case
+from dlclinic.core.errors import InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
@@ -47,6 +48,8 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
     if held is None:
         return CheckResult(id="model.overfitting", status="not_examined", summary="Needs a labelled test split to measure the generalization gap (pass --test).")
     train, test = case.train, case.splits[held]
+    if train.y is None or test.y is None:  # pragma: no cover - guaranteed by Case and the check above
+        raise InputError("model.overfitting needs labelled train and test splits")
     p_tr, p_te = evidence.get("probs", "train"), evidence.get("probs", held)
     acc_tr = float((p_tr.argmax(1) == train.y).mean())
     acc_te = float((p_te.argmax(1) == test.y).mean())

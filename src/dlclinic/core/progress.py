@@ -27,4 +27,7 @@ class NullProgress:
 
     @contextmanager
     def step(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-        yield lambda n=1: None
+        def advance(n: int = 1) -> None:
+            return None
+
+        yield advance

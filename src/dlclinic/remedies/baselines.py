@@ -36,9 +36,13 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden[-1], n_classes)
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean.copy_(mean)
-        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.nan_to_num(x.flatten(1))

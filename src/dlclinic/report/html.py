@@ -167,7 +167,7 @@ def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any
     """Thumbnails for each image spec, or an ``error`` note."""
     from dlclinic.report.thumbnails import thumbnails
 
-    out = []
+    out: list[dict[str, Any]] = []
     for spec in _as_list(details.get("images")):
         if not isinstance(spec, Mapping):
             out.append({"title": "", "thumbs": [], "error": "image spec skipped: expected a dict"})
@@ -185,7 +185,7 @@ def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any
 
 def _tables(details: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Formatted cells for each table spec, at most :data:`MAX_TABLE_ROWS` rows each."""
-    out = []
+    out: list[dict[str, Any]] = []
     for spec in _as_list(details.get("tables")):
         if not isinstance(spec, Mapping):
             out.append({"error": "table skipped: expected a dict"})
@@ -257,7 +257,8 @@ def _header(report: Report) -> dict[str, Any]:
     case = report.case if isinstance(report.case, Mapping) else {}
     model = case.get("model")
     model = model if isinstance(model, Mapping) else {"source": str(model)} if model else {}
-    splits = case.get("splits") if isinstance(case.get("splits"), Mapping) else {}
+    raw_splits = case.get("splits")
+    splits: Mapping[str, Any] = raw_splits if isinstance(raw_splits, Mapping) else {}
     source = str(model.get("source", ""))
     params = fmt(model.get("parameters")) if model.get("parameters") is not None else ""
     return {

@@ -145,7 +145,7 @@ def _draw_hist(ax: Axes, series: list[Mapping[str, Any]]) -> None:
         edges = np.histogram_bin_edges(pooled, bins=60)
     for i, (s, a) in enumerate(zip(series, arrays)):
         if a.size:
-            ax.hist(a, bins=edges, density=True, alpha=0.45, histtype="stepfilled",
+            ax.hist(a, bins=edges.tolist(), density=True, alpha=0.45, histtype="stepfilled",
                     color=_COLORS[i % len(_COLORS)], edgecolor=_COLORS[i % len(_COLORS)], label=_text(s.get("label")))
     if not ax.get_ylabel():
         ax.set_ylabel("density")
@@ -197,7 +197,7 @@ def plot_to_svg(spec: Mapping[str, Any]) -> str:
 
     import matplotlib
 
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(_RC):  # type: ignore[arg-type]
         svg = _draw(kind, spec, series)
     svg = _METADATA.sub("", _PROLOG.sub("", svg, count=1), count=1)
     return _drop_unused_ids(svg).strip()

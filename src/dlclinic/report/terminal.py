@@ -66,7 +66,7 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
     console.print(", ".join(parts) + f", [dim]{counts['not_examined']} not examined[/]")
     todo = [r for r in report.challenges if r.status in ("warn", "fail") and r.remedy is not None and r.remedy.command]
     for r in todo[:MAX_REMEDIES]:
-        command = r.remedy.command if r.remedy is not None else ""
+        command = (r.remedy.command if r.remedy is not None else None) or ""
         console.print(f"  [{STYLES[r.status]}]{escape(r.id)}[/]: {escape(command)}", soft_wrap=True, highlight=False)
     if len(todo) > MAX_REMEDIES:
         console.print(f"  … {len(todo) - MAX_REMEDIES} more remedies in report.html", style="dim")
