@@ -54,6 +54,9 @@ class LabelingCostOptions:
         warn_saved_fraction: active learning "pays off" (status ``ok``) when the best
             strategy's labels saved, mean − std over seeds, exceeds this fraction of the
             labels random needed; otherwise ``warn``.
+        min_accuracy_gain: active learning also "pays off" when the best strategy's final
+            accuracy, paired by seed, exceeds random's by more than this (mean − std);
+            ``None`` = one test sample.
         max_iter: L-BFGS iterations of each head fit.
         mc_samples: MC-dropout passes for ``"bald"``.
         mc_dropout: dropout rate for ``"bald"``.
@@ -67,6 +70,7 @@ class LabelingCostOptions:
     rounds: int = 8
     tolerance: float | None = None
     warn_saved_fraction: float = 0.0
+    min_accuracy_gain: float | None = None
     max_iter: int = 200
     mc_samples: int = 20
     mc_dropout: float = 0.5
@@ -199,6 +203,13 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     best_mean, best_std = stats[best]
     ref = float(need_random.mean())
     pays_off = never[best] == 0 and best_mean - best_std > options.warn_saved_fraction * ref
+    # the other reading of the same curves: accuracy at equal budget, paired by seed. When random's
+    # curve is flat, "labels to reach it" is noisy while the accuracy gap is not.
+    acc_gain = {s: _mean_std(acc[s][:, -1] - rand[:, -1]) for s in stats}
+    best_acc = max(acc_gain, key=lambda s: acc_gain[s][0] - acc_gain[s][1])
+    gain_mean, gain_std = acc_gain[best_acc]
+    min_gain = options.min_accuracy_gain if options.min_accuracy_gain is not None else tol
+    pays_by_accuracy = gain_mean - gain_std > min_gain
     random_curve = rand.mean(axis=0)
     slope = _end_slope(n, random_curve)
 
@@ -214,7 +225,9 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         "best_labels_saved_mean": best_mean,
         "best_labels_saved_std": best_std,
         "best_labels_saved_fraction": best_mean / ref if ref > 0 else None,
-        "active_learning_pays_off": bool(pays_off),
+        "best_accuracy_gain_at_budget_mean": gain_mean,
+        "best_accuracy_gain_at_budget_std": gain_std,
+        "active_learning_pays_off": bool(pays_off or pays_by_accuracy),
     }
     for s in options.strategies:
         fm, fs = _mean_std(acc[s][:, -1])
@@ -233,6 +246,15 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         summary = f"Active learning pays off here: {best} reaches {reached} with {best_mean:.0f} ± {best_std:.0f} fewer labels ({pct:.0f} %, {seeds} seeds).{at_budget}{gain}"
         findings = (Finding("active_learning_saves", message, split="train", extra=extra),)
         remedy = Remedy(command=None, description="rank unlabelled samples with the best strategy (a `treat data.labeling_cost --pool FILE --budget N` command arrives with the data-challenges work)")
+    elif pays_by_accuracy:
+        status = "ok"
+        message = f"{best_acc} ends {100 * gain_mean:+.1f} ± {100 * gain_std:.1f} accuracy points above random at the same {int(n[-1])} labels"
+        summary = (
+            f"Active learning pays off here in accuracy: with the same {int(n[-1])} labels, {best_acc} ends {100 * gain_mean:+.1f} ± {100 * gain_std:.1f} points above random sampling ({seeds} seeds, paired);"
+            f" in labels to reach random's final accuracy the best, {best}, saves {best_mean:+.0f} ± {best_std:.0f}.{gain}"
+        )
+        findings = (Finding("active_learning_saves", message, split="train", extra={**extra, "best_accuracy_strategy": best_acc}),)
+        remedy = Remedy(command=None, description=f"rank unlabelled samples with {best_acc} (a `treat data.labeling_cost --pool FILE --budget N` command arrives with the data-challenges work)")
     else:
         status = "warn"
         message = f"no strategy saves labels reliably over random sampling (best: {best}, {best_mean:+.0f} ± {best_std:.0f} labels)"
@@ -256,7 +278,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         status=status,  # type: ignore[arg-type]
         summary=summary,
         metrics=metrics,
-        thresholds={"best_labels_saved_lower_bound_fraction.warn": options.warn_saved_fraction},
+        thresholds={"best_labels_saved_lower_bound_fraction.warn": options.warn_saved_fraction, "best_accuracy_gain_at_budget.min": min_gain},
         findings=findings,
         remedy=remedy,
         details={
