@@ -2,6 +2,8 @@
 
 Two complementary measurements:
 
+* per-feature KS / χ² tests with Benjamini–Hochberg control (tables), and a classifier
+  two-sample test on the embeddings (reported with its AUC and CI, not graded);
 * MMD permutation tests. train ↔ test is compared on a PCA of the raw inputs fitted on
   train: the model's embeddings of its own training rows are pulled towards their class
   centres, so an embedding-space comparison would confuse overfitting with shift. The
@@ -25,7 +27,7 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
-from dlclinic.functional.drift import mmd_test
+from dlclinic.functional.drift import classifier_two_sample_test, feature_shift_tests, mmd_test
 from dlclinic.functional.ood import score_knn, score_max_softmax
 
 __all__ = ["CHECK", "GeneralizationOptions", "run"]
@@ -95,6 +97,29 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
             statuses.append("warn")
             findings.append(Finding("shift", f"{b} differs from {a} in {space}: MMD²={res.mmd2:.3g}, p={res.p_value:.3g} < α={options.alpha}", split=b))
 
+    # tables: which features moved (KS / χ² per column, Benjamini–Hochberg over columns)
+    if case.modality != "image":
+        names = list(case.feature_names or [f"x{j}" for j in range(int(np.prod(case.input_shape)))])
+        for target_name in ("test", "deploy"):
+            if case.get(target_name) is None:
+                continue
+            fs = feature_shift_tests(case.train.x, case.splits[target_name].x)
+            moved = fs.shifted(options.alpha)
+            metrics[f"shifted_features_{target_name}"] = len(moved)
+            if len(moved):
+                statuses.append("warn")
+                findings.append(Finding("feature_shift", f"{len(moved)} feature(s) of {target_name} differ from train (BH q < {options.alpha}): " + ", ".join(f"{names[j]} ({fs.test[j]} {fs.statistic[j]:.2f})" for j in moved[:8]) + (" …" if len(moved) > 8 else ""), split=target_name, extra={"features": [names[j] for j in moved], "q_values": [float(fs.q_value[j]) for j in moved]}))
+                tables_rows.extend([[f"train ↔ {target_name}", f"feature {names[j]} ({fs.test[j]})", f"{fs.statistic[j]:.3g}", f"{fs.q_value[j]:.3g} (q)", "yes"] for j in moved[:10]])
+
+    # classifier two-sample test on the model's view (reported, not graded: MMD decides)
+    if case.get("deploy") is not None:
+        ref_name = "test" if case.get("test") is not None else "train"
+        c2 = classifier_two_sample_test(evidence.get("embeddings", ref_name), evidence.get("embeddings", "deploy"), seed=options.seed)
+        metrics["c2st_auc_deploy"] = c2.auc
+        metrics["c2st_auc_deploy_ci_low"] = c2.ci_low
+        metrics["c2st_auc_deploy_ci_high"] = c2.ci_high
+        tables_rows.append([f"{ref_name} ↔ deploy", "embeddings (classifier AUC)", f"{c2.auc:.3f} [{c2.ci_low:.3f}, {c2.ci_high:.3f}]", f"{c2.p_value:.3g}", "yes" if c2.p_value < options.alpha else "no"])
+
     # kNN OOD scores against train embeddings, threshold from the held-out reference
     target = "deploy" if case.get("deploy") is not None else "test"
     reference = "test" if target == "deploy" and case.get("test") is not None else None
@@ -156,7 +181,7 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         remedy = Remedy(command=None, description="not built yet — retrain with augmentation for the shifted conditions, or calibrate an OOD rejection threshold on validation data (arrives with the data-challenges issue)")
     details: dict[str, object] = {
         "plots": plots,
-        "tables": [{"title": "MMD two-sample tests", "columns": ["splits", "space", "MMD²", "p-value", "shift"], "rows": tables_rows}],
+        "tables": [{"title": "Two-sample tests", "columns": ["splits", "space / test", "statistic", "p-value", "shift"], "rows": tables_rows}],
         "images": [imgs] if imgs else [],
     }
     return CheckResult(
