@@ -80,8 +80,13 @@ def retrainer(case: Case, fit_config: Any = None) -> tuple[Callable[[np.ndarray,
         seed_everything(seed)  # the initial weights are part of the recipe
         return fit(factory(), x, y, dataclasses.replace(cfg, seed=seed)).model
 
-    seed_everything(cfg.seed)
-    recipe = fingerprint_params({"arch": repr(factory()), "fit": cfg.to_dict()})
+    # the case's model is an instance of the factory's architecture: no need to build another one
+    if hasattr(case.model, "state_dict"):
+        arch = repr(case.model)
+    else:
+        seed_everything(cfg.seed)
+        arch = repr(factory())
+    recipe = fingerprint_params({"arch": arch, "fit": cfg.to_dict()})
     return retrain, recipe
 
 
@@ -117,18 +122,14 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
         result = fit(model, np.nan_to_num(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
     trained = result.model
     if use_cache:
+        from safetensors.torch import save_file
+
+        from dlclinic.core.atomic import atomic_path
+
         try:
-            import os
-            import tempfile
-
-            from safetensors.torch import save_file
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp)
-            os.replace(tmp, path)
-        except OSError:
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp))
+        except OSError:  # a read-only cache only costs speed
             pass
     del torch, baseline_for
     return dataclasses.replace(case, model=trained, model_source=source, model_factory=factory, metadata={**case.metadata, "dlclinic_baseline": True})

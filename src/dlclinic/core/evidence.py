@@ -24,7 +24,6 @@ recomputes nothing.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dlclinic.core.atomic import atomic_path
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError, InputError, ModelError
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
@@ -86,15 +86,20 @@ class EvidenceConfig:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache entry, or ``None`` when absent; a corrupt entry is deleted, never trusted."""
+    if not path.exists():
+        return None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception:
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -206,15 +211,11 @@ class Evidence:
         key = (kind, split)
         if key in self._mem:
             return self._mem[key]
-        path = self._path(kind, split)
-        if self.config.cache and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    self._mem[key] = data["value"]
-                self.stats.cached.append(f"{kind}:{split}")
-                return self._mem[key]
-            except Exception:  # a corrupt cache entry is recomputed, never trusted
-                path.unlink(missing_ok=True)
+        stored = _read_npz(self._path(kind, split)) if self.config.cache else None
+        if stored is not None and "value" in stored:
+            self._mem[key] = stored["value"]
+            self.stats.cached.append(f"{kind}:{split}")
+            return self._mem[key]
         start = time.perf_counter()
         if kind in ("logits", "probs", "embeddings", "losses"):
             self._forward(split)
@@ -233,14 +234,10 @@ class Evidence:
 
         key = fingerprint_params({"derived": name, "model": self.model_fingerprint, "data": self._split_fp, "recipe": self.recipe, "params": params, "dlclinic": __version__})
         path = self.cache_dir / "derived" / key[:2] / f"{key}.npz"
-        if self.config.cache and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    out = {k: data[k] for k in data.files}
-                self.stats.cached.append(name)
-                return out
-            except Exception:
-                path.unlink(missing_ok=True)
+        stored = _read_npz(path) if self.config.cache else None
+        if stored is not None:
+            self.stats.cached.append(name)
+            return stored
         start = time.perf_counter()
         out = compute()
         self.stats.seconds += time.perf_counter() - start

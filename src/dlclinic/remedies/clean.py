@@ -6,8 +6,6 @@ The orchestration (retrain with the same recipe and seed, measure again) lives i
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dlclinic.core.atomic import atomic_path
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.results import CheckResult
 
@@ -90,14 +89,8 @@ def paired_accuracy_ci(correct_before: np.ndarray, correct_after: np.ndarray, *,
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_cleaning_artifacts(out_dir: Path, plan: CleaningPlan, cleaned_labels: np.ndarray, eval_rows: np.ndarray, model: Any) -> dict[str, str]:
@@ -110,12 +103,6 @@ def write_cleaning_artifacts(out_dir: Path, plan: CleaningPlan, cleaned_labels: 
     test_rows = out_dir / "cleaned_test_rows.csv"
     _atomic_text(test_rows, "row\n" + "".join(f"{int(i)}\n" for i in eval_rows))
     weights = out_dir / "model_treated.safetensors"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, weights)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return {"cleaned_train_rows": str(rows), "cleaned_test_rows": str(test_rows), "model": str(weights)}
