@@ -249,81 +249,56 @@ def treat(
     challenge_id: str,
     *,
     out_dir: str | Path | None = None,
-    mode: str = "drop",
+    params: Mapping[str, Any] | None = None,
+    mode: str | None = None,
     evidence_config: EvidenceConfig | None = None,
     fit_config: Any = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
 ) -> tuple[Any, Report, Report]:
-    """Apply the remedy of ``challenge_id``, retrain, and measure again.
+    """Apply the remedy of ``challenge_id``, then measure the same check again.
 
     Returns ``(treatment, report_before, report_after)``; the user's case and model are
-    never modified, new artifacts (cleaned row lists, retrained weights) go to ``out_dir``.
+    never modified, new artifacts (cleaned row lists, retrained weights, model files) go
+    to ``out_dir``. ``params`` are the remedy's parameters (see ``dlclinic challenges``
+    and the remedy's ``params`` dataclass); strings are converted to the declared types.
+    ``mode`` is the older spelling of ``params={"mode": ...}`` for data.quality.
 
     Example:
         >>> treatment, before, after = treat(case, "data.quality", out_dir="treated/")  # doctest: +SKIP
         >>> treatment.before["test_accuracy"] < treatment.after["test_accuracy"]          # doctest: +SKIP
         True
     """
-    from dlclinic.remedies import REMEDIES
-    from dlclinic.remedies.clean import paired_accuracy_ci, plan_cleaning, write_cleaning_artifacts
-    from dlclinic.taxonomy import get_challenge
-
-    get_challenge(challenge_id)
-    if challenge_id not in REMEDIES:
-        raise ConfigError(f"no remedy for {challenge_id!r} in this version; expected one of: {', '.join(REMEDIES)}")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    progress = progress or NullProgress()
-    test = case.get("test")
-    if test is None or not test.labelled:
-        raise ConfigError("treat data.quality needs a labelled test split to verify the treatment (pass --test)")
-    from dlclinic.core.inference import predict_logits
-    from dlclinic.core.results import Treatment
+    from dlclinic.core.registry import TreatContext
+    from dlclinic.remedies import get_remedy
     from dlclinic.remedies.fit import FitConfig
 
+    spec = get_remedy(challenge_id)
+    given = dict(params or {})
+    if mode is not None:
+        given.setdefault("mode", mode)
+    built = build_options(spec, given)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    progress = progress or NullProgress()
+    ev_cfg = evidence_config or EvidenceConfig()
     cfg = fit_config or FitConfig()
-    case = prepare_model(case, fit_config=cfg, cache_dir=cache, progress=progress, use_cache=(evidence_config or EvidenceConfig()).cache)
-    retrain, _ = retrainer(case, cfg)
-    if retrain is None:
-        raise ConfigError("treat data.quality retrains the model, so it needs the architecture: pass --model file.py:factory (a .pt2/.onnx file or a bare module cannot be retrained)")
-    before = checkup(case, only=[challenge_id], evidence_config=evidence_config, fit_config=cfg, cache_dir=cache, progress=progress)
-    res = before[challenge_id]
-    plan = plan_cleaning(len(case.train), res, mode=mode, n_test=len(test))
-    eval_rows = np.setdiff1d(np.arange(len(test)), plan.test_leaks)
-    if len(eval_rows) < 30:
-        raise ConfigError(f"treat data.quality: expected at least 30 test rows that did not leak from train to verify the treatment, found {len(eval_rows)} (of {len(test)}); use a test set collected separately from train")
-    if len(plan.keep) < max(2 * case.n_classes, 10):
-        raise ConfigError(f"treat data.quality: cleaning would leave {len(plan.keep)} train rows, expected at least {max(2 * case.n_classes, 10)}; inspect the findings before treating")
-    x_eval, y_eval = test.x[eval_rows], test.y[eval_rows]  # type: ignore[index]
-    cleaned = case.with_train(plan.keep, plan.relabel)
-    if len(plan.test_leaks):
-        cleaned = cleaned.with_split_rows("test", eval_rows)
-    with progress.step("retraining on the cleaned data", total=2) as advance:
-        # a controlled comparison: the same recipe and seed on the full and on the cleaned train split
-        reference = case.model if case.metadata.get("dlclinic_baseline") else retrain(np.nan_to_num(case.train.x), case.train.y, cfg.seed)  # type: ignore[arg-type]
-        advance(1)
-        model = retrain(np.nan_to_num(cleaned.train.x), cleaned.train.y, cfg.seed)  # type: ignore[arg-type]
-        advance(1)
-    pred_before = predict_logits(reference, x_eval).argmax(1)
-    pred_after = predict_logits(model, x_eval).argmax(1)
-    acc_before, acc_after = float((pred_before == y_eval).mean()), float((pred_after == y_eval).mean())
-    low, high = paired_accuracy_ci(pred_before == y_eval, pred_after == y_eval)
-    treated = dataclasses.replace(cleaned, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained on cleaned data")
-    after = checkup(treated, only=[challenge_id], evidence_config=evidence_config, fit_config=cfg, cache_dir=cache, progress=progress)
-    artifacts = write_cleaning_artifacts(Path(out_dir), plan, cleaned.train.y, eval_rows, model) if out_dir is not None else {}  # type: ignore[arg-type]
-    after_res = after[challenge_id]
-    treatment = Treatment(
+    case = prepare_model(case, fit_config=cfg, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
+    retrain, recipe = retrainer(case, cfg)
+
+    def measure(c: Case) -> Report:
+        return checkup(c, only=[challenge_id], evidence_config=ev_cfg, fit_config=cfg, cache_dir=cache, progress=progress)
+
+    ctx = TreatContext(
         challenge_id=challenge_id,
-        action=f"{mode} {len(plan.relabel) or plan.dropped_label_issues} flagged label issue(s), drop {plan.dropped_duplicates} duplicate(s) and {plan.dropped_nonfinite} NaN/Inf row(s), retrain with the same recipe and seed",
-        before={"test_accuracy": acc_before, "train_rows": len(case.train), "label_issue_fraction": res.metrics.get("label_issue_fraction"), "duplicate_fraction": res.metrics.get("duplicate_fraction")},
-        after={"test_accuracy": acc_after, "train_rows": len(cleaned.train), "label_issue_fraction": after_res.metrics.get("label_issue_fraction"), "duplicate_fraction": after_res.metrics.get("duplicate_fraction"), "accuracy_gain_ci_low": low, "accuracy_gain_ci_high": high},
-        before_status=res.status,
-        after_status=after_res.status,
-        artifacts=artifacts,
-        notes=(
-            f"both accuracies are measured on the {len(eval_rows)} test rows that did not leak from train ({len(plan.test_leaks)} leaked rows excluded), with models trained by the same recipe and seed",
-            f"95 % paired-bootstrap interval of the accuracy gain over test rows: [{low:+.3f}, {high:+.3f}] (test-set sampling only, one training seed)",
-            "leaked test rows are removed from the test split of the treated case (cleaned_test_rows.csv); remove them from your test data too",
-        ),
+        case=case,
+        fit_config=cfg,
+        evidence_config=ev_cfg,
+        cache_dir=cache,
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        progress=progress,
+        retrain=retrain,
+        recipe=recipe,
+        measure=measure,
     )
-    return treatment, before, after
+    outcome = spec.run(ctx, built)
+    return outcome.treatment, outcome.before, outcome.after

@@ -183,6 +183,7 @@ def checkup(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05.")] = None,
     out: OutOpt = Path("dlclinic-report"),
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
     cache_dir: CacheOpt = None,
@@ -198,12 +199,20 @@ def checkup(
     from dlclinic.report import render_terminal, write_report
     from dlclinic.taxonomy import resolve_ids
 
+    from dlclinic.checks import CHECKS
+    from dlclinic.core.registry import build_options, parse_assignments
+
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
+    options = parse_assignments(option or [], scoped=True)
+    for cid, given in options.items():
+        if cid not in CHECKS:
+            raise ConfigError(f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}")
+        build_options(CHECKS[cid], given)  # bad options fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
     progress = RichProgress(enabled=not quiet)
     case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights))
-    report = run_checkup(case, only=selected, evidence_config=ev_cfg, fit_config=fit_cfg, cache_dir=cache_dir, progress=progress)
+    report = run_checkup(case, only=selected, options=options, evidence_config=ev_cfg, fit_config=fit_cfg, cache_dir=cache_dir, progress=progress)
     paths = write_report(report, out, case=case)
     if not quiet:
         render_terminal(report)
@@ -226,7 +235,8 @@ def treat(
     id_col: IdOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    mode: Annotated[CleanMode, typer.Option("--mode", help="data.quality: drop flagged label issues or relabel them with the likely label.")] = CleanMode.drop,
+    mode: Annotated[Optional[CleanMode], typer.Option("--mode", help="data.quality: drop flagged label issues (default) or relabel them with the likely label.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.")] = None,
     out: OutOpt = Path("dlclinic-treatment"),
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -238,18 +248,22 @@ def treat(
 ) -> None:
     """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
     from dlclinic.api import treat as run_treat
-    from dlclinic.remedies import REMEDIES
+    from dlclinic.core.registry import build_options, parse_assignments
+    from dlclinic.remedies import get_remedy
     from dlclinic.report import write_report
-    from dlclinic.taxonomy import get_challenge
 
-    get_challenge(challenge)
-    if challenge not in REMEDIES:
-        raise ConfigError(f"no remedy for {challenge!r} in this version; expected one of: {', '.join(REMEDIES)}")
+    spec = get_remedy(challenge)
+    params = parse_assignments(option or [], scoped=False)
+    if mode is not None:
+        if challenge != "data.quality":
+            raise ConfigError(f"--mode applies to data.quality only, found it with {challenge}")
+        params["mode"] = mode.value
+    build_options(spec, params)  # bad parameters fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
     progress = RichProgress(enabled=not quiet)
     case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights))
-    treatment, before, after = run_treat(case, challenge, out_dir=out, mode=mode.value, fit_config=fit_cfg, evidence_config=ev_cfg, cache_dir=cache_dir, progress=progress)
+    treatment, before, after = run_treat(case, challenge, out_dir=out, params=params, fit_config=fit_cfg, evidence_config=ev_cfg, cache_dir=cache_dir, progress=progress)
     report = dataclasses.replace(after, treatments=(treatment,))
     paths = write_report(report, out, case=None)
     if not quiet:
@@ -272,21 +286,44 @@ def treat(
 
 
 @app.command()
-def challenges() -> None:
-    """List the 31 challenges and which of them this version examines."""
+def challenges(
+    check: Annotated[Optional[str], typer.Option("--check", help="List the options of this challenge's check (for --option).")] = None,
+    remedy: Annotated[Optional[str], typer.Option("--remedy", help="List the parameters of this challenge's remedy (for treat --option).")] = None,
+) -> None:
+    """List the 31 challenges and which of them this version examines and treats."""
     from rich.console import Console
     from rich.table import Table
 
     from dlclinic.checks import CHECKS
-    from dlclinic.remedies import REMEDIES
-    from dlclinic.taxonomy import CHALLENGES
+    from dlclinic.remedies import REMEDIES, get_remedy
+    from dlclinic.taxonomy import CHALLENGES, get_challenge
 
+    console = Console()
+    if check is not None or remedy is not None:
+        for cid, kind in ((check, "check"), (remedy, "remedy")):
+            if cid is None:
+                continue
+            get_challenge(cid)
+            if kind == "check":
+                if cid not in CHECKS:
+                    raise ConfigError(f"no check for {cid!r} in this version; expected one of: {', '.join(CHECKS)}")
+                cls = CHECKS[cid].options
+            else:
+                cls = get_remedy(cid).params
+            table = Table(title=f"{kind} options of {cid}" + (" (--option ID.NAME=VALUE)" if kind == "check" else " (treat --option NAME=VALUE)"))
+            for col in ("name", "type", "default"):
+                table.add_column(col)
+            for f in dataclasses.fields(cls):
+                default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+                table.add_row(f.name, str(f.type), repr(default))
+            console.print(table)
+        return
     table = Table(title="dlclinic: the 31 challenges")
     for col in ("id", "title", "check", "remedy"):
         table.add_column(col)
     for c in CHALLENGES:
         table.add_row(c.id, c.title, "yes" if c.id in CHECKS else "—", "yes" if c.id in REMEDIES else "—")
-    Console().print(table)
+    console.print(table)
 
 
 @demo_app.command("export")
@@ -325,6 +362,22 @@ def demo_export(
             tmp_path.unlink(missing_ok=True)
         raise
     typer.echo(f"wrote {', '.join(n for n, _ in staged)} to {directory}")
+
+
+# Commands that live next to their feature (serve, monitor, replay, ...): each module
+# defines ``register(app: typer.Typer) -> None`` and imports its heavy libraries inside
+# the command bodies only.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

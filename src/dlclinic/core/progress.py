@@ -8,7 +8,7 @@ default does nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 __all__ = ["NullProgress", "Progress"]
@@ -17,7 +17,7 @@ __all__ = ["NullProgress", "Progress"]
 class Progress(Protocol):
     """Reports the progress of long steps."""
 
-    def step(self, description: str, total: int | None = None) -> contextmanager[Callable[[int], None]]:  # type: ignore[valid-type]
+    def step(self, description: str, total: int | None = None) -> AbstractContextManager[Callable[..., None]]:
         """A context manager yielding ``advance(n)``; closes the bar on exit."""
         ...
 
@@ -26,7 +26,7 @@ class NullProgress:
     """Progress that reports nothing (the library default)."""
 
     @contextmanager
-    def step(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    def step(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
         def advance(n: int = 1) -> None:
             return None
 

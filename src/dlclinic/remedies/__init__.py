@@ -1,12 +1,38 @@
-"""Treatments, as building blocks: training recipe, baselines, cleaning plans.
+"""Treatments: remedies that change the data, the training or the model, then re-measure.
 
-Remedies return new artifacts (row selections, weights); they never modify the user's
-model or data. :func:`dlclinic.api.treat` (``dlclinic.treat``) runs a remedy end to end
-and measures again. Remedies that exist in this version: ``data.quality``.
+Remedies return new artifacts (row selections, weights, model files); they never modify
+the user's model or data. :func:`dlclinic.api.treat` (``dlclinic.treat``) builds the
+:class:`~dlclinic.core.registry.TreatContext` and runs one.
+
+``REMEDIES`` maps a challenge id to ``"module:ATTRIBUTE"`` of its
+:class:`~dlclinic.core.registry.RemedySpec`; modules are imported only when that remedy
+is asked for (:func:`get_remedy`), so heavy optional libraries stay unloaded otherwise.
 """
 
 from __future__ import annotations
 
-__all__ = ["REMEDIES"]
+import importlib
+from typing import TYPE_CHECKING
 
-REMEDIES = ("data.quality",)
+if TYPE_CHECKING:
+    from dlclinic.core.registry import RemedySpec
+
+__all__ = ["REMEDIES", "get_remedy"]
+
+REMEDIES: dict[str, str] = {
+    "data.quality": "dlclinic.remedies.quality:REMEDY",
+}
+
+
+def get_remedy(challenge_id: str) -> RemedySpec:
+    """The remedy of ``challenge_id`` (a one-line ConfigError naming the ones that exist)."""
+    from dlclinic.core.errors import ConfigError
+    from dlclinic.taxonomy import get_challenge
+
+    get_challenge(challenge_id)  # unknown ids: UnknownChallengeError
+    target = REMEDIES.get(challenge_id)
+    if target is None:
+        raise ConfigError(f"no remedy for {challenge_id!r} in this version; expected one of: {', '.join(REMEDIES)}")
+    module, _, attr = target.partition(":")
+    spec: RemedySpec = getattr(importlib.import_module(module), attr)
+    return spec

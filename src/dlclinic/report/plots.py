@@ -2,13 +2,18 @@
 
 A spec is a dict::
 
-    {"kind": "line" | "bar" | "hist" | "reliability",
+    {"kind": "line" | "bar" | "hist" | "reliability" | "scatter" | "heatmap",
      "title": str, "xlabel": str, "ylabel": str,
+     "xscale": "linear" | "log", "yscale": "linear" | "log",   # optional
      "series": [{"label": str, "x": [...], "y": [...]}, ...]}
 
 ``"hist"`` series carry ``"values"`` instead of ``x``/``y`` (overlaid, density-normalised
 histograms on shared bins); ``"reliability"`` takes one series with ``x`` = mean confidence
 per bin, ``y`` = accuracy per bin and an optional ``"count"``, and draws the diagonal.
+``"scatter"`` series are points (``x``, ``y``, optional per-point ``"text"`` labels and
+``"line": true`` to join them, e.g. a Pareto front). ``"heatmap"`` takes one series with
+``"z"`` (a 2-D list of numbers, rows × columns) and optional ``"x"`` / ``"y"`` tick labels
+(columns / rows) and ``"annotate": true`` to print the values in the cells.
 
 Figures are built with the object API (``matplotlib.figure.Figure``), never ``pyplot``, so
 no global figure state exists; the only rcParams touched are set inside an
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "PlotSpecError", "plot_to_svg"]
 
-KINDS = ("line", "bar", "hist", "reliability")
+KINDS = ("line", "bar", "hist", "reliability", "scatter", "heatmap")
 _SIZE = (4.5, 3.0)
 _COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563")
 _PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.IGNORECASE)
@@ -173,7 +178,49 @@ def _draw_reliability(ax: Axes, series: list[Mapping[str, Any]]) -> None:
         ax.set_ylabel("accuracy")
 
 
-_DRAW = {"line": _draw_line, "bar": _draw_bar, "hist": _draw_hist, "reliability": _draw_reliability}
+def _draw_scatter(ax: Axes, series: list[Mapping[str, Any]]) -> None:
+    for i, s in enumerate(series):
+        x, y = _xy(s, i)
+        color = _COLORS[i % len(_COLORS)]
+        ax.scatter(x, y, s=18, color=color, label=_text(s.get("label")), zorder=3)
+        if s.get("line"):
+            order = sorted(range(len(x)), key=lambda k: x[k])
+            ax.plot([x[k] for k in order], [y[k] for k in order], color=color, lw=1.2, zorder=2)
+        texts = s.get("text")
+        if isinstance(texts, Sequence) and not isinstance(texts, (str, bytes)) and len(texts) == len(x) and len(x) <= 40:
+            for xi, yi, t in zip(x, y, texts):
+                ax.annotate(_text(t)[:24], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+
+def _draw_heatmap(ax: Axes, series: list[Mapping[str, Any]]) -> None:
+    import numpy as np
+
+    s = series[0]
+    z: Any = s.get("z")
+    if hasattr(z, "tolist"):
+        z = z.tolist()
+    if not isinstance(z, Sequence) or not z or not all(isinstance(r, Sequence) and not isinstance(r, (str, bytes)) for r in z):
+        raise PlotSpecError("heatmap: expected 'z' as a non-empty 2-D list of numbers")
+    rows = [_floats(r, f"heatmap row {i}") for i, r in enumerate(z)]
+    if len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise PlotSpecError("heatmap: expected every row of 'z' to have the same, non-zero length")
+    arr = np.asarray(rows)
+    im = ax.imshow(arr, aspect="auto", cmap="viridis", origin="upper")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    for axis, key, n in ((ax.set_xticks, "x", arr.shape[1]), (ax.set_yticks, "y", arr.shape[0])):
+        labels = s.get(key)
+        if isinstance(labels, Sequence) and not isinstance(labels, (str, bytes)) and len(labels) == n and n <= 40:
+            axis(range(n), [_text(str(v))[:12] for v in labels], fontsize=7)
+    if s.get("annotate") and arr.size <= 144:
+        finite = arr[np.isfinite(arr)]
+        mid = float(finite.mean()) if finite.size else 0.0
+        for (r, c), v in np.ndenumerate(arr):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
+    ax.grid(False)
+
+
+_DRAW = {"line": _draw_line, "bar": _draw_bar, "hist": _draw_hist, "reliability": _draw_reliability, "scatter": _draw_scatter, "heatmap": _draw_heatmap}
 
 
 def plot_to_svg(spec: Mapping[str, Any]) -> str:
@@ -218,9 +265,12 @@ def _draw(kind: str, spec: Mapping[str, Any], series: list[Mapping[str, Any]]) -
     ax.set_title(_text(spec.get("title")), fontsize=10, loc="left")
     ax.set_xlabel(_text(spec.get("xlabel")), fontsize=9)
     ax.set_ylabel(_text(spec.get("ylabel")), fontsize=9)
-    _DRAW[kind](ax, series)
-    ax.tick_params(labelsize=8)
     ax.grid(True, color="#e5e7eb", lw=0.6)
+    _DRAW[kind](ax, series)
+    for setter, key in ((ax.set_xscale, "xscale"), (ax.set_yscale, "yscale")):
+        if spec.get(key) in ("log", "symlog"):
+            setter(spec[key])
+    ax.tick_params(labelsize=8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
