@@ -14,6 +14,14 @@ Two complementary measurements:
   split has about ``1 − ood_quantile`` of its rows above it). Whether the target's scores
   are larger than the reference's is tested with a one-sided Mann–Whitney U test; the
   excess fraction above the threshold is the effect size that decides ``fail``.
+* With an OOD set (``ood``: a file of inputs the model should not be trusted on), the
+  AUROC of each OOD score (kNN in embedding space, max-softmax, energy) for held-out test
+  rows vs OOD rows, with bootstrap intervals, and the FPR at 95 % TPR.
+* Accuracy under common corruptions at three severities (images: noise, blur, contrast,
+  brightness, occlusion, rotation; tables: feature noise, missingness) on a test sample,
+  paired with the clean accuracy on the same rows: a drop at the mildest severity that is
+  significant (one-sided exact McNemar, Bonferroni over the families) and larger than
+  ``warn_corruption_drop`` warns; larger than ``fail_corruption_drop`` fails.
 """
 
 from __future__ import annotations
@@ -44,6 +52,12 @@ class GeneralizationOptions:
     knn_k: int = 10
     fail_ood_excess: float = 0.25
     pca_dims: int = 32
+    ood: str | None = None
+    warn_ood_auroc: float = 0.8
+    corruptions: bool = True
+    corruption_rows: int = 500
+    warn_corruption_drop: float = 0.05
+    fail_corruption_drop: float = 0.25
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,6 +65,8 @@ class GeneralizationOptions:
             raise ValueError(f"`0 < alpha < 1` must hold, but got alpha={self.alpha}")
         if not 0.5 <= self.ood_quantile < 1:
             raise ValueError(f"`0.5 <= ood_quantile < 1` must hold, but got ood_quantile={self.ood_quantile}")
+        if self.corruption_rows < 30:
+            raise ValueError(f"`corruption_rows >= 30` must hold, but got corruption_rows={self.corruption_rows}")
         if self.permutations < 50:
             raise ValueError(f"`permutations >= 50` must hold, but got permutations={self.permutations}")
 
@@ -165,6 +181,13 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
     if "accuracy_test" in metrics and "accuracy_deploy" in metrics:
         metrics["accuracy_drop_deploy"] = float(metrics["accuracy_test"] - metrics["accuracy_deploy"])  # type: ignore[operator]
 
+    failing: list[str] = []
+    details_tables: list[dict[str, object]] = []
+    if options.corruptions and case.get("test") is not None and case.splits["test"].labelled:
+        failing = _corruption_robustness(case, evidence, options, metrics, statuses, findings, plots, details_tables)
+    if options.ood is not None:
+        _ood_auroc(case, evidence, options, metrics, statuses, findings, plots, details_tables)
+
     status = worst(statuses)
     shifted_pairs = [f"{a}→{b}" for a, b, *_ in comparisons if metrics.get(f"shift_{a}_vs_{b}")]
     if status == "ok":
@@ -176,12 +199,20 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         if "accuracy_drop_deploy" in metrics:
             summary += f"; accuracy {metrics['accuracy_deploy']:.1%} on deploy vs {metrics['accuracy_test']:.1%} on test"
         summary += "."
+    if failing:
+        shift_found = bool(shifted_pairs) or any(f.code in ("ood", "feature_shift") for f in findings)
+        summary = (summary + " " if shift_found else "") + f"Accuracy drops under mild {', '.join(failing)} corruption."
+    if "ood_auroc_best" in metrics and metrics["ood_auroc_best"] is not None and metrics["ood_auroc_best"] < options.warn_ood_auroc:  # type: ignore[operator]
+        summary += f" The given OOD set is poorly separated from test (best AUROC {metrics['ood_auroc_best']:.2f})."
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command=None, description="not built yet — retrain with augmentation for the shifted conditions, or calibrate an OOD rejection threshold on validation data (arrives with the data-challenges issue)")
+        remedy = Remedy(
+            command="dlclinic treat data.generalization" + (f" --option corruptions={','.join(failing)}" if failing else ""),
+            description="Retrain with augmentation for the corruptions that hurt (verified by the same corruption table), and calibrate an OOD rejection threshold on held-out data (written as ood_threshold.json).",
+        )
     details: dict[str, object] = {
         "plots": plots,
-        "tables": [{"title": "Two-sample tests", "columns": ["splits", "space / test", "statistic", "p-value", "shift"], "rows": tables_rows}],
+        "tables": [{"title": "Two-sample tests", "columns": ["splits", "space / test", "statistic", "p-value", "shift"], "rows": tables_rows}, *details_tables],
         "images": [imgs] if imgs else [],
     }
     return CheckResult(
@@ -189,17 +220,112 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"alpha": options.alpha, "ood_quantile": options.ood_quantile, "ood_excess.fail": options.fail_ood_excess},
+        thresholds={"alpha": options.alpha, "ood_quantile": options.ood_quantile, "ood_excess.fail": options.fail_ood_excess, "corruption_drop.warn": options.warn_corruption_drop, "corruption_drop.fail": options.fail_corruption_drop, "ood_auroc.warn": options.warn_ood_auroc},
         findings=tuple(findings),
         remedy=remedy,
         details=details,
     )
 
 
+def corruption_table(case: Case, model: object, names: tuple[str, ...], rows: int, seed: int) -> dict[str, np.ndarray]:
+    """Per-row correctness on a test sample: clean, and for each corruption × severity.
+
+    Returns ``{"rows": sampled test rows, "clean": (n,) bool, "corrupt": (F, 3, n) bool}``.
+    """
+    from dlclinic.core.inference import predict_logits
+    from dlclinic.functional.corruptions import SEVERITIES, corrupt, data_stats
+
+    test = case.splits["test"]
+    assert test.y is not None
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(test), size=min(rows, len(test)), replace=False))
+    x, y = np.nan_to_num(test.x[idx]), test.y[idx]
+    stats = data_stats(np.nan_to_num(case.train.x))
+    clean = predict_logits(model, x).argmax(1) == y
+    out = np.zeros((len(names), len(SEVERITIES), len(idx)), dtype=bool)
+    for i, name in enumerate(names):
+        for j, sev in enumerate(SEVERITIES):
+            out[i, j] = predict_logits(model, corrupt(x, name, sev, stats, seed=seed)).argmax(1) == y
+    return {"rows": idx, "clean": clean, "corrupt": out}
+
+
+def _corruption_robustness(case: Case, evidence: Evidence, options: GeneralizationOptions, metrics: dict[str, float | int | bool | None], statuses: list[Status], findings: list[Finding], plots: list[dict[str, object]], tables: list[dict[str, object]]) -> list[str]:
+    """Fill the corruption table; return the families whose mildest severity hurts."""
+    from dlclinic.functional.corruptions import SEVERITIES, corruption_names, paired_drop
+
+    names = corruption_names(case.modality)
+    params = {"names": list(names), "rows": options.corruption_rows, "seed": options.seed}
+    with evidence.progress.step("accuracy under corruptions", total=None):
+        table = evidence.cached("corruptions", params, lambda: corruption_table(case, case.model, names, options.corruption_rows, options.seed))
+    clean, corr = table["clean"].astype(bool), table["corrupt"].astype(bool)
+    acc_clean = float(clean.mean())
+    metrics["corruption_clean_accuracy"] = acc_clean
+    alpha = options.alpha / len(names)  # Bonferroni over the families
+    failing: list[str] = []
+    rows: list[list[object]] = []
+    worst_drop = 0.0
+    for i, name in enumerate(names):
+        drops = [paired_drop(clean, corr[i, j]) for j in range(len(SEVERITIES))]
+        accs = [float(corr[i, j].mean()) for j in range(len(SEVERITIES))]
+        for j, sev in enumerate(SEVERITIES):
+            metrics[f"corruption_{name}_s{sev}_accuracy"] = accs[j]
+        mild = drops[0]
+        worst_drop = max(worst_drop, mild.drop)
+        hurts = mild.p_value < alpha and mild.drop > options.warn_corruption_drop
+        if hurts:
+            failing.append(name)
+            statuses.append("fail" if mild.drop > options.fail_corruption_drop else "warn")
+            findings.append(Finding("corruption", f"mild {name} costs {mild.drop:.1%} accuracy (95 % CI {mild.ci_low:.1%}–{mild.ci_high:.1%}, McNemar p={mild.p_value:.2g}) on {len(clean)} test rows", split="test", extra={"corruption": name, "accuracy_by_severity": accs, "drop_severity_1": mild.drop}))
+        rows.append([name, *(f"{a:.1%}" for a in accs), f"{mild.drop:+.1%} [{mild.ci_low:+.1%}, {mild.ci_high:+.1%}]", f"{mild.p_value:.2g}", "yes" if hurts else "no"])
+    metrics["corruption_worst_mild_drop"] = worst_drop
+    tables.append({"title": f"Accuracy under corruptions ({len(clean)} test rows; clean {acc_clean:.1%})", "columns": ["corruption", "severity 1", "severity 2", "severity 3", "drop at severity 1 [95 % CI]", "McNemar p", "hurts"], "rows": rows})
+    plots.append({"kind": "line", "title": "Accuracy vs corruption severity", "xlabel": "severity (0 = clean)", "ylabel": "accuracy", "series": [{"label": n, "x": [0, *SEVERITIES], "y": [acc_clean, *(float(corr[i, j].mean()) for j in range(len(SEVERITIES)))]} for i, n in enumerate(names)]})
+    return failing
+
+
+def _ood_auroc(case: Case, evidence: Evidence, options: GeneralizationOptions, metrics: dict[str, float | int | bool | None], statuses: list[Status], findings: list[Finding], plots: list[dict[str, object]], tables: list[dict[str, object]]) -> None:
+    """AUROC of the OOD scores for test (in-distribution) vs the given OOD set."""
+    from dlclinic.core.errors import ConfigError
+    from dlclinic.functional.ood import auroc_ci, fpr_at_tpr, score_energy
+    from dlclinic.io import load_like
+
+    if case.get("test") is None:
+        raise ConfigError("option ood needs a test split as the in-distribution reference (pass --test)")
+    assert options.ood is not None
+    loaded = load_like(options.ood, case, name="ood")
+    extra = evidence.on_extra(loaded.x, name="deploy")
+    emb_tr = evidence.get("embeddings", "train")
+    scores = {
+        "knn": (score_knn(emb_tr, evidence.get("embeddings", "test"), k=options.knn_k), score_knn(emb_tr, extra.get("embeddings", "deploy"), k=options.knn_k)),
+        "max_softmax": (score_max_softmax(evidence.get("probs", "test")), score_max_softmax(extra.get("probs", "deploy"))),
+        "energy": (score_energy(evidence.get("logits", "test")), score_energy(extra.get("logits", "deploy"))),
+    }
+    rows: list[list[object]] = []
+    best_name, best = "", -1.0
+    for name, (s_in, s_out) in scores.items():
+        a, lo, hi = auroc_ci(s_in, s_out, seed=options.seed)
+        _, fpr = fpr_at_tpr(s_in, s_out, 0.95)
+        metrics[f"ood_auroc_{name}"] = a
+        metrics[f"ood_auroc_{name}_ci_low"] = lo
+        metrics[f"ood_auroc_{name}_ci_high"] = hi
+        metrics[f"ood_fpr95_{name}"] = fpr
+        rows.append([name, f"{a:.3f} [{lo:.3f}, {hi:.3f}]", f"{fpr:.1%}"])
+        if a > best:
+            best_name, best = name, a
+    metrics["ood_auroc_best"] = best
+    metrics["ood_rows"] = len(loaded.x)
+    tables.append({"title": f"OOD detection: test ({len(case.splits['test'])} rows) vs {options.ood} ({len(loaded.x)} rows)", "columns": ["score", "AUROC [95 % CI]", "FPR at 95 % TPR"], "rows": rows})
+    s_in, s_out = scores[best_name]
+    plots.append({"kind": "hist", "title": f"OOD score ({best_name}): test vs OOD set", "xlabel": "score", "series": [{"label": "test", "values": s_in.tolist()}, {"label": "OOD set", "values": s_out.tolist()}]})
+    if best < options.warn_ood_auroc:
+        statuses.append("warn")
+        findings.append(Finding("ood_detection", f"the OOD set is hard to tell from test: best AUROC {best:.3f} ({best_name}) < {options.warn_ood_auroc}", split=None))
+
+
 CHECK = CheckSpec(
     id="data.generalization",
-    requires=(("embeddings", "train"), ("embeddings", "test"), ("embeddings", "deploy"), ("probs", "test"), ("probs", "deploy")),
+    requires=(("embeddings", "train"), ("embeddings", "test"), ("embeddings", "deploy"), ("probs", "test"), ("probs", "deploy"), ("logits", "test")),
     options=GeneralizationOptions,
     run=run,
-    description="MMD permutation tests between splits, kNN OOD scores",
+    description="MMD permutation tests between splits, kNN OOD scores, OOD AUROC, accuracy under corruptions",
 )

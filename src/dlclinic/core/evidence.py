@@ -249,6 +249,23 @@ class Evidence:
                 pass
         return out
 
+    def on_extra(self, x: np.ndarray, y: np.ndarray | None = None, *, name: str = "deploy") -> Evidence:
+        """Evidence for inputs outside the case (an OOD set, an unlabelled pool).
+
+        The new object shares the model, the train split (input-PCA embeddings of non-torch
+        models are fitted on it), the configuration and the disk cache, so the extra
+        inputs get the same kinds of evidence, computed once and cached by content.
+        """
+        import dataclasses
+
+        from dlclinic.core.case import Split
+
+        extra = Split.build(name, x, y)
+        if extra.x.shape[1:] != self.case.train.x.shape[1:]:
+            raise InputError(f"extra data {name!r}: expected samples of shape {self.case.train.x.shape[1:]} like train, found {extra.x.shape[1:]}")
+        case = dataclasses.replace(self.case, splits={"train": self.case.train, name: extra})
+        return Evidence(case, self.config, recipe=self.recipe, cache_dir=self.cache_dir, progress=self.progress)
+
     # -- internals ----------------------------------------------------------------------
     def _params(self, kind: str) -> dict[str, Any]:
         from dlclinic import __version__

@@ -44,7 +44,7 @@ from dlclinic.io._common import brief
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_CATEGORIES", "NUMERIC_FRACTION", "NUMERIC_FRACTION_LATER", "SUPPORTED_FORMATS", "LoadedSplit", "load_case", "load_split"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_CATEGORIES", "NUMERIC_FRACTION", "NUMERIC_FRACTION_LATER", "SUPPORTED_FORMATS", "LoadedSplit", "load_case", "load_like", "load_split"]
 
 Modality = Literal["image", "vector", "table"]
 ImageMode = Literal["L", "RGB"]
@@ -240,6 +240,30 @@ def load_case(
         metadata={"io": _io_metadata(loaded)},
     )
     return _with_ids(case, loaded)
+
+
+def load_like(path: str | Path, case: Case, *, name: str, label_col: str | None = None, id_col: str | None = None, labels_required: bool = False) -> LoadedSplit:
+    """Read an extra split (an OOD set, an unlabelled pool) encoded like the case's train split.
+
+    Tables reuse train's one-hot mapping and column order; image folders are converted to
+    train's colour mode and size. The result must have train's per-sample shape.
+
+    Raises:
+        InputError: The file is missing or malformed, or its samples' shape differs from train's.
+    """
+    encoding = (case.metadata.get("io") or {}).get("encoding") if isinstance(case.metadata.get("io"), Mapping) else None
+    image_mode: ImageMode | None = None
+    image_size: tuple[int, int] | None = None
+    if case.modality == "image" and len(case.input_shape) == 3:
+        image_mode = "L" if case.input_shape[0] == 1 else "RGB"
+        image_size = (int(case.input_shape[2]), int(case.input_shape[1]))
+    loaded = load_split(path, name=name, label_col=label_col, id_col=id_col, labels_required=labels_required, categorical_mapping=encoding, image_mode=image_mode, image_size=image_size)
+    if case.feature_names is not None and loaded.feature_names is not None:
+        ref = replace(loaded, feature_names=tuple(case.feature_names))
+        loaded = _align_features(ref, loaded, name)
+    if tuple(loaded.x.shape[1:]) != tuple(case.input_shape):
+        raise InputError(f"split {name!r} ({path}): expected samples of shape {tuple(case.input_shape)} like train, found {tuple(loaded.x.shape[1:])}")
+    return loaded
 
 
 # --------------------------------------------------------------------------- helpers: labels

@@ -21,6 +21,7 @@ __all__ = ["REMEDIES", "get_remedy"]
 
 REMEDIES: dict[str, str] = {
     "data.quality": "dlclinic.remedies.quality:REMEDY",
+    "data.generalization": "dlclinic.remedies.generalization:REMEDY",
 }
 
 

@@ -1,0 +1,197 @@
+"""Common corruptions at three severities, for images and tables, in numpy/scipy.
+
+Images follow the spirit of ImageNet-C (Hendrycks & Dietterich, ICLR 2019): Gaussian
+noise, Gaussian blur, contrast, brightness, occlusion and rotation. Written here because
+torchvision is not available everywhere dlclinic runs and ``imagecorruptions`` needs
+specific image sizes; these six families need only ``scipy.ndimage``. Severities are
+expressed relative to the data's own value range (taken from train), so the same
+severity means the same thing for [0, 1] pixels and for standardised inputs.
+
+Tables get Gaussian feature noise (in units of each feature's train standard deviation)
+and missingness (a share of entries replaced by the train mean, i.e. what mean
+imputation would feed the model).
+
+All functions are pure: ``(x, severity, rng, stats) -> corrupted copy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["IMAGE_CORRUPTIONS", "SEVERITIES", "TABLE_CORRUPTIONS", "DataStats", "PairedDrop", "corrupt", "corruption_names", "data_stats", "paired_drop"]
+
+SEVERITIES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What a corruption needs to know about clean data: value range, per-feature mean and std."""
+
+    low: float
+    high: float
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def span(self) -> float:
+        return max(self.high - self.low, 1e-12)
+
+
+def data_stats(x: np.ndarray) -> DataStats:
+    """Range and per-feature moments of (finite) training data."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = x[np.isfinite(x)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    mean = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
+    std = np.nanstd(np.where(np.isfinite(x), x, np.nan), axis=0)
+    return DataStats(low, high, np.nan_to_num(mean), np.nan_to_num(std))
+
+
+def _spatial_axes(x: np.ndarray) -> tuple[int, int]:
+    """The last two axes of a batch of images (N, [C,] H, W)."""
+    if x.ndim < 3:
+        raise ValueError(f"image corruptions expect a batch (N, [C,] H, W), found shape {x.shape}")
+    return x.ndim - 2, x.ndim - 1
+
+
+def _noise(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    sigma = (0.04, 0.08, 0.16)[s - 1] * st.span
+    return np.clip(x + rng.normal(0, sigma, size=x.shape), st.low, st.high)
+
+
+def _blur(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    h = x.shape[-1]
+    sigma_px = (0.6, 1.0, 1.6)[s - 1] * max(h / 28.0, 0.5)
+    sigma = [0.0] * x.ndim
+    for a in _spatial_axes(x):
+        sigma[a] = sigma_px
+    return gaussian_filter(x, sigma=sigma, mode="nearest")
+
+
+def _contrast(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    c = (0.6, 0.4, 0.25)[s - 1]
+    axes = _spatial_axes(x)
+    m = x.mean(axis=axes, keepdims=True)
+    return np.clip(m + (x - m) * c, st.low, st.high)
+
+
+def _brightness(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    return np.clip(x + (0.1, 0.2, 0.35)[s - 1] * st.span, st.low, st.high)
+
+
+def _occlusion(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    """A square patch (side 20/30/40 % of the image) at a random place, set to the data's low value."""
+    out = x.copy()
+    ah, aw = _spatial_axes(x)
+    h, w = x.shape[ah], x.shape[aw]
+    side = max(1, int(round((0.2, 0.3, 0.4)[s - 1] * min(h, w))))
+    for i in range(len(x)):
+        r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        out[i, ..., r : r + side, c : c + side] = st.low
+    return out
+
+
+def _rotation(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    from scipy.ndimage import rotate
+
+    deg = (10.0, 20.0, 35.0)[s - 1]
+    out = np.empty_like(x)
+    ah, aw = _spatial_axes(x)
+    for i in range(len(x)):
+        angle = deg * (1 if rng.random() < 0.5 else -1)
+        out[i] = rotate(x[i], angle, axes=(ah - 1, aw - 1), reshape=False, order=1, mode="constant", cval=st.low)
+    return out
+
+
+def _feature_noise(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    scale = (0.1, 0.25, 0.5)[s - 1]
+    std = np.broadcast_to(st.std, x.shape[1:])
+    return x + rng.normal(size=x.shape) * scale * std
+
+
+def _missingness(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    share = (0.05, 0.15, 0.3)[s - 1]
+    mask = rng.random(x.shape) < share
+    return np.where(mask, np.broadcast_to(st.mean, x.shape[1:]), x)
+
+
+Corruption = Callable[[np.ndarray, int, np.random.Generator, DataStats], np.ndarray]
+
+IMAGE_CORRUPTIONS: Mapping[str, Corruption] = {
+    "gaussian_noise": _noise,
+    "blur": _blur,
+    "contrast": _contrast,
+    "brightness": _brightness,
+    "occlusion": _occlusion,
+    "rotation": _rotation,
+}
+TABLE_CORRUPTIONS: Mapping[str, Corruption] = {"feature_noise": _feature_noise, "missingness": _missingness}
+
+
+def corruption_names(modality: str) -> tuple[str, ...]:
+    """The corruption families that apply to ``"image"`` or ``"table"`` data."""
+    return tuple(IMAGE_CORRUPTIONS if modality == "image" else TABLE_CORRUPTIONS)
+
+
+def corrupt(x: np.ndarray, name: str, severity: int, stats: DataStats, *, seed: int = 0) -> np.ndarray:
+    """A corrupted copy of ``x`` (same shape and dtype).
+
+    Example:
+        >>> x = np.zeros((2, 1, 8, 8), dtype=np.float32); x[:, :, 2:6, 2:6] = 1
+        >>> st = data_stats(x)
+        >>> bool(corrupt(x, "brightness", 3, st).min() > 0), corrupt(x, "occlusion", 1, st).shape
+        (True, (2, 1, 8, 8))
+    """
+    table = {**IMAGE_CORRUPTIONS, **TABLE_CORRUPTIONS}
+    if name not in table:
+        raise ValueError(f"unknown corruption {name!r}; expected one of {', '.join(table)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be 1, 2 or 3, but got {severity}")
+    rng = np.random.default_rng([seed, severity, sorted(table).index(name)])
+    out = table[name](np.asarray(x, dtype=np.float64), severity, rng, stats)
+    return np.asarray(out, dtype=x.dtype)
+
+
+@dataclass(frozen=True)
+class PairedDrop:
+    """Accuracy lost under a corruption, paired on the same rows.
+
+    ``lost`` = rows right when clean and wrong when corrupted; ``gained`` the reverse.
+    ``p_value`` is the one-sided exact McNemar test of "the corruption hurts" (binomial on
+    the discordant rows); ``ci_low``/``ci_high`` a normal-approximation interval of the
+    paired difference.
+    """
+
+    drop: float
+    ci_low: float
+    ci_high: float
+    lost: int
+    gained: int
+    p_value: float
+
+
+def paired_drop(correct_clean: np.ndarray, correct_corrupt: np.ndarray, *, level: float = 0.95) -> PairedDrop:
+    """Paired accuracy drop with its one-sided McNemar p-value and interval.
+
+    Example:
+        >>> clean = np.ones(100, bool); corr = clean.copy(); corr[:20] = False
+        >>> r = paired_drop(clean, corr); round(r.drop, 2), r.lost, r.p_value < 1e-5
+        (0.2, 20, True)
+    """
+    from scipy.stats import binomtest, norm
+
+    a = np.asarray(correct_clean, dtype=bool)
+    b = np.asarray(correct_corrupt, dtype=bool)
+    n = len(a)
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    drop = (lost - gained) / n
+    p = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
+    var = max((lost + gained) / n - drop**2, 0.0) / n
+    z = float(norm.ppf(0.5 + level / 2))
+    half = z * var**0.5
+    return PairedDrop(float(drop), float(drop - half), float(drop + half), lost, gained, p)
