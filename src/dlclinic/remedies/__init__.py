@@ -22,6 +22,7 @@ __all__ = ["REMEDIES", "get_remedy"]
 REMEDIES: dict[str, str] = {
     "data.quality": "dlclinic.remedies.quality:REMEDY",
     "data.generalization": "dlclinic.remedies.generalization:REMEDY",
+    "data.labeling_cost": "dlclinic.remedies.labeling:REMEDY",
 }
 
 
