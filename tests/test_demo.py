@@ -145,3 +145,22 @@ def test_demo_report_opens_in_chromium(demo_report: dict, workdir: Path, repo_ro
         assert cid in page.dom
     shot = screenshot(workdir / "out" / "report.html", workdir / "shot.png", workdir / "profile")
     assert shot.stat().st_size > 10_000
+
+
+def test_learning_curve_extrapolates_to_the_full_data(demo_report: dict) -> None:  # type: ignore[type-arg]
+    """Fitted on the 10–70 % points, the power law predicts the full-data error within its stated 95 % interval."""
+    m = _challenge(demo_report, "data.quantity")["metrics"]
+    assert m["backtest_predicted_error"] is not None
+    assert m["backtest_abs_error"] <= m["backtest_tolerance"], m
+    assert m["backtest_tolerance"] < 0.06  # the interval is informative, not a blanket pass
+    assert m["backtest_ok"] is True
+
+
+def test_corruption_table_and_active_learning_spread(demo_report: dict) -> None:  # type: ignore[type-arg]
+    gen = _challenge(demo_report, "data.generalization")
+    for name in ("gaussian_noise", "blur", "contrast", "brightness", "occlusion", "rotation"):
+        accs = [gen["metrics"][f"corruption_{name}_s{s}_accuracy"] for s in (1, 2, 3)]
+        assert accs[2] <= accs[0] + 0.02, (name, accs)  # harsher corruption never helps much
+    lab = _challenge(demo_report, "data.labeling_cost")
+    assert lab["metrics"]["best_labels_saved_std"] is not None and lab["metrics"]["best_labels_saved_std"] >= 0
+    assert "seeds" in lab["summary"]

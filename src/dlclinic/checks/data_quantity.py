@@ -102,6 +102,41 @@ def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityO
     return {"n": np.array(ns, dtype=np.float64), "error": np.array(errs), "per_class": np.array(per_class)}
 
 
+def backtest(n: np.ndarray, err: np.ndarray, n_full: float, full_err: float, n_test: int, *, upto: float = 0.7, boots: int = 100) -> dict[str, float | bool | None]:
+    """Does the curve extrapolate? Fit on the points up to ``upto`` of the data, predict the full-size error.
+
+    The tolerance is a 95 % prediction interval for one new measurement at full size:
+    ``1.96·sqrt(se_fit² + se_test² + sd_seed²)`` — the spread of the extrapolation over
+    bootstrap refits, the binomial standard error of the measured test error, and the
+    seed-to-seed standard deviation measured at the largest repeated size. A measured
+    error inside it means the fitted law is trustworthy at this scale.
+    """
+    small = n <= upto * n_full + 0.5
+    if len(np.unique(n[small])) < 3:
+        return {"backtest_predicted_error": None}
+    law = fit_power_law(n[small], err[small])
+    pred = float(law(n_full))
+    rng = np.random.default_rng(1)
+    xs, es = n[small], err[small]
+    preds = []
+    for _ in range(boots):
+        idx = rng.integers(0, len(xs), len(xs))
+        if len(np.unique(xs[idx])) >= 3:
+            preds.append(float(fit_power_law(xs[idx], es[idx], start=law)(n_full)))
+    se_fit = float(np.std(preds)) if len(preds) > 1 else 0.0
+    se_test = math.sqrt(max(full_err * (1 - full_err), 1e-12) / max(n_test, 1))
+    top = xs.max()
+    reps = es[xs == top]
+    sd_seed = float(np.std(reps, ddof=1)) if len(reps) > 1 else 0.0
+    tol = 1.96 * math.sqrt(se_fit**2 + se_test**2 + sd_seed**2)
+    return {
+        "backtest_predicted_error": pred,
+        "backtest_abs_error": abs(pred - full_err),
+        "backtest_tolerance": tol,
+        "backtest_ok": abs(pred - full_err) <= tol,
+    }
+
+
 def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult:
     """Measure the learning curve, fit the power law, and say whether more data would help."""
     test = case.get("test")
@@ -139,6 +174,7 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
             boot_need.append(samples_for_error(b, 1 - options.target_accuracy))
     if boot_gain:
         metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (float(v) for v in np.percentile(boot_gain, [5, 95]))
+    metrics.update(backtest(n, err, n_full, full_err, len(test)))
     findings: list[Finding] = []
     status = "warn" if gain > options.warn_gain_from_doubling else "ok"
     if options.target_accuracy is not None:
@@ -165,6 +201,9 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
         summary = f"The learning curve is flat: doubling the {int(n_full):,} training samples is predicted to lower the error by only {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
     else:
         summary = f"The learning curve is still steep: doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
+    if metrics.get("backtest_predicted_error") is not None:
+        verdict = "within" if metrics["backtest_ok"] else "outside"
+        summary += f" Backtest: fitted on ≤70 % of the data, the curve predicts {metrics['backtest_predicted_error']:.1%} error at full size vs {full_err:.1%} measured ({verdict} its 95 % interval ±{metrics['backtest_tolerance']:.1%})."
     if mode == "proxy":
         summary += " (Proxy: a head on the cached embeddings, a lower bound on the steepness; mode='model' retrains the model.)"
     metrics["retrained_model"] = mode == "model"
