@@ -33,6 +33,7 @@ class QualityOptions:
     warn_imbalance_ratio: float = 5.0
     fail_imbalance_ratio: float = 50.0
     near_duplicate_rel_distance: float = 0.1
+    embedding_duplicate_rel_distance: float = 0.05
     memorisation_agreement: float = 0.995
     max_examples: int = 24
 
@@ -200,6 +201,27 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
                 extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale},
             )
         )
+    # near-duplicates the inputs hide (shifted, re-encoded, resized copies) but the model's view shows;
+    # reported for review, not graded: a strong model legitimately maps some distinct inputs close together
+    emb = evidence.get("embeddings", "train").astype(np.float32)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sem = find_near_duplicates(emb, rel_threshold=options.embedding_duplicate_rel_distance)
+    known = {tuple(p) for p in near.pairs.tolist()} | {(int(g[a]), int(g[b])) for g in exact_groups for a in range(len(g)) for b in range(a + 1, len(g))}
+    sem_pairs = [(int(i), int(j)) for i, j in sem.pairs.tolist() if (int(i), int(j)) not in known]
+    metrics["embedding_near_duplicate_pairs"] = len(sem_pairs)
+    if sem_pairs and not discrete:
+        findings.append(
+            Finding(
+                "embedding_near_duplicate",
+                f"{len(sem_pairs)} pair(s) of train rows differ in the inputs but are nearly identical to the model (embedding distance ≤ {options.embedding_duplicate_rel_distance} × the median neighbour distance): review them as possible transformed copies",
+                split="train",
+                indices=tuple(sorted({j for _, j in sem_pairs})),
+                extra={"pairs": sem_pairs[:1000]},
+            )
+        )
+        if case.modality == "image":
+            flat = [i for pair in sem_pairs[: options.max_examples // 2] for i in pair]
+            details["images"].append({"title": "Near-duplicates in the model's view (pairs)", "split": "train", "indices": flat, "captions": [f"#{i}" for i in flat]})
     leak_statuses: list[Status] = []
     for split in ("test", "deploy"):
         other = case.get(split)
