@@ -23,6 +23,11 @@ torch = pytest.importorskip("torch")
 
 N_ROWS, N_FEATURES, N_CLASSES = 60, 4, 3
 
+from dlclinic.remedies import REMEDIES  # noqa: E402
+from dlclinic.taxonomy import CHALLENGES  # noqa: E402
+
+NO_REMEDY = next((c.id for c in CHALLENGES if c.id not in REMEDIES), None)
+
 MODEL_PY = """\
 import torch
 
@@ -172,7 +177,15 @@ CASES: list[tuple[str, list[str], tuple[str, ...], str]] = [
     ("model-input-width-mismatch", _checkup(*DATA, "--model", "model.py:narrow_input_factory"), ("the model failed on a batch", "(60, 4)"), "out"),
     # ----- other commands
     ("treat-unknown-challenge", ["treat", "data.nope", *DATA, *MODEL, "--out", "out", *FAST], ("unknown challenge id", "data.nope"), "out"),
-    ("treat-no-remedy", ["treat", "ethics.fairness", *DATA, *MODEL, "--out", "out", *FAST], ("no remedy for 'ethics.fairness'", "expected one of"), "out"),
+    ("treat-option-without-equals", ["treat", "data.quality", *DATA, *MODEL, "--option", "mode", "--out", "out", *FAST], ("expected KEY=VALUE",), "out"),
+    ("treat-unknown-param", ["treat", "data.quality", *DATA, *MODEL, "--option", "colour=red", "--out", "out", *FAST], ("unknown option(s) 'colour'", "mode"), "out"),
+    ("treat-bad-param-value", ["treat", "data.labeling_cost", *DATA, *MODEL, "--option", "budget=many", "--out", "out", *FAST], ("budget='many'", "invalid literal"), "out"),
+    ("treat-pool-with-wrong-challenge", ["treat", "data.quality", *DATA, *MODEL, "--pool", "train.npz", "--out", "out", *FAST], ("--pool applies to data.labeling_cost",), "out"),
+    ("treat-pool-missing", ["treat", "data.labeling_cost", *DATA, *MODEL, "--pool", "nope.npz", "--out", "out", *FAST], ("--pool nope.npz: file not found",), "out"),
+    ("checkup-option-unscoped", _checkup(*DATA, *MODEL, "--option", "alpha=0.1"), ("expected CHALLENGE.ID.OPTION=VALUE",), "out"),
+    ("checkup-option-for-unknown-id", _checkup(*DATA, *MODEL, "--option", "data.nope.x=1"), ("--option for data.nope, which has no check",), "out"),
+    ("checkup-option-bad-float", _checkup(*DATA, *MODEL, "--option", "data.generalization.alpha=small"), ("alpha='small'",), "out"),
+    ("checkup-ood-missing", _checkup(*DATA, *MODEL, "--ood", "nope.npz"), ("--ood nope.npz: file not found",), "out"),
     ("treat-missing-train", ["treat", "data.quality", "--train", "nope.npz", *MODEL, "--out", "out", *FAST], ("not found", "nope.npz"), "out"),
     ("treat-out-under-a-file", ["treat", "data.quality", *DATA, *MODEL, "--out", "afile/sub", *FAST], ("expected a writable folder",), "afile/sub"),
     ("demo-export-under-a-file", ["demo", "export", "afile/sub"], ("expected a writable folder",), "afile/sub"),
@@ -181,6 +194,8 @@ CASES: list[tuple[str, list[str], tuple[str, ...], str]] = [
 
 CONTROL_ARGV = ["checkup", "--train", "train.npz", "--test", "test.npz", "--model", "model.py:factory", "--only", "data.quality", "--out", "out", "--quiet", "--no-cache"]
 
+if NO_REMEDY is not None:
+    CASES.append(("treat-no-remedy", ["treat", NO_REMEDY, *DATA, *MODEL, "--out", "out", *FAST], (f"no remedy for {NO_REMEDY!r}", "expected one of"), "out"))
 CASES.append(("test-label-beyond-train-classes", _checkup("--train", "train.npz", "--test", "test_label7.npz"), ("expected values in 0..2", "found 7"), "out"))
 
 

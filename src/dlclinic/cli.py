@@ -162,6 +162,17 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of training and sampl
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal summary, no progress bars.")]
 
 
+# named flags that are shorthands for --option CHALLENGE.ID.OPTION=VALUE
+_CHECK_FLAGS: dict[str, tuple[str, str, str]] = {
+    "ood": ("--ood", "data.generalization", "ood"),
+    "target_accuracy": ("--target-accuracy", "data.quantity", "target_accuracy"),
+}
+
+
+def _named_check_options(**values: Any) -> list[tuple[str, str, str, Any]]:
+    return [(_CHECK_FLAGS[k][0], _CHECK_FLAGS[k][1], _CHECK_FLAGS[k][2], v) for k, v in values.items()]
+
+
 def _configs(epochs: int, seed: int, oof: OofMethod, layer: Optional[str], no_cache: bool) -> tuple[Any, Any]:
     from dlclinic.core.evidence import EvidenceConfig
     from dlclinic.remedies.fit import FitConfig
@@ -183,7 +194,9 @@ def checkup(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate).")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05; `dlclinic challenges --check ID` lists them.")] = None,
+    ood: Annotated[Optional[Path], typer.Option("--ood", help="data.generalization: inputs the model should flag as out-of-distribution (same format as --train); reports OOD AUROC.")] = None,
+    target_accuracy: Annotated[Optional[float], typer.Option("--target-accuracy", help="data.quantity: accuracy to reach; reports the training samples predicted for it.")] = None,
     out: OutOpt = Path("dlclinic-report"),
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
     cache_dir: CacheOpt = None,
@@ -204,6 +217,11 @@ def checkup(
 
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
     options = parse_assignments(option or [], scoped=True)
+    for flag, cid, name, value in _named_check_options(ood=ood, target_accuracy=target_accuracy):
+        if isinstance(value, Path) and not value.exists():
+            raise InputError(f"{flag} {value}: file not found")
+        if value is not None:
+            options.setdefault(cid, {})[name] = str(value)
     for cid, given in options.items():
         if cid not in CHECKS:
             raise ConfigError(f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}")
@@ -237,6 +255,8 @@ def treat(
     weights: WeightsOpt = None,
     mode: Annotated[Optional[CleanMode], typer.Option("--mode", help="data.quality: drop flagged label issues (default) or relabel them with the likely label.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.")] = None,
+    pool: Annotated[Optional[Path], typer.Option("--pool", help="data.labeling_cost: unlabelled inputs to rank (same format as --train).")] = None,
+    budget: Annotated[Optional[int], typer.Option("--budget", min=1, help="data.labeling_cost: how many samples to pick for labelling.")] = None,
     out: OutOpt = Path("dlclinic-treatment"),
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -258,6 +278,14 @@ def treat(
         if challenge != "data.quality":
             raise ConfigError(f"--mode applies to data.quality only, found it with {challenge}")
         params["mode"] = mode.value
+    for flag, value, cids, name in (("--pool", pool, ("data.labeling_cost",), "pool"), ("--budget", budget, ("data.labeling_cost",), "budget")):
+        if value is None:
+            continue
+        if challenge not in cids:
+            raise ConfigError(f"{flag} applies to {', '.join(cids)}, found it with {challenge}")
+        if isinstance(value, Path) and not value.exists():
+            raise InputError(f"{flag} {value}: file not found")
+        params[name] = str(value)
     build_options(spec, params)  # bad parameters fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
@@ -367,7 +395,7 @@ def demo_export(
 # Commands that live next to their feature (serve, monitor, replay, ...): each module
 # defines ``register(app: typer.Typer) -> None`` and imports its heavy libraries inside
 # the command bodies only.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("dlclinic.commands.deploy", "dlclinic.commands.governance", "dlclinic.commands.research", "dlclinic.commands.model")
 
 
 def _register_commands() -> None:
