@@ -416,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         from click import exceptions as click_exc  # type: ignore[no-redef]
 
     try:
-        app(args=argv, standalone_mode=False, prog_name="dlclinic")
+        # without standalone mode, click returns the code of a typer.Exit instead of raising it
+        rc = app(args=argv, standalone_mode=False, prog_name="dlclinic")
+        if isinstance(rc, int) and rc:
+            return rc
     except DlclinicError as exc:
         typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return 2
