@@ -20,7 +20,25 @@ if TYPE_CHECKING:
 __all__ = ["REMEDIES", "get_remedy"]
 
 REMEDIES: dict[str, str] = {
+    "model.compression": "dlclinic.remedies.compress:REMEDY",
+    "model.hyperparameters": "dlclinic.remedies.tune:HYPERPARAMETERS",
+    "model.architecture": "dlclinic.remedies.tune:ARCHITECTURE",
+    "model.interpretability": "dlclinic.remedies.deshortcut:REMEDY",
     "data.quality": "dlclinic.remedies.quality:REMEDY",
+    "optimization.forgetting": "dlclinic.remedies.continual:REMEDY",
+    "research.reproducibility": "dlclinic.remedies.research:REPRODUCIBILITY_REMEDY",
+    "research.benchmark_saturation": "dlclinic.remedies.research:BENCHMARK_REMEDY",
+    "research.open_ended": "dlclinic.remedies.research:OPEN_ENDED_REMEDY",
+    "model.gradients": "dlclinic.remedies.training:GRADIENTS",
+    "model.overfitting": "dlclinic.remedies.training:OVERFITTING",
+    "optimization.convergence": "dlclinic.remedies.training:CONVERGENCE",
+    "optimization.batchnorm": "dlclinic.remedies.training:BATCHNORM",
+    "optimization.nonconvex": "dlclinic.remedies.training:NONCONVEX",
+    "ethics.fairness": "dlclinic.remedies.fairness:REMEDY",
+    "ethics.security": "dlclinic.remedies.adversarial:REMEDY",
+    "data.privacy": "dlclinic.remedies.privacy:REMEDY",
+    "ethics.misuse": "dlclinic.remedies.governance:MISUSE_REMEDY",
+    "ethics.compliance": "dlclinic.remedies.governance:COMPLIANCE_REMEDY",
     "data.generalization": "dlclinic.remedies.generalization:REMEDY",
     "data.labeling_cost": "dlclinic.remedies.labeling:REMEDY",
 }

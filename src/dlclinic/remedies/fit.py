@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from dlclinic.core.errors import ConfigError
 
-__all__ = ["FitConfig", "FitResult", "fit", "seed_everything"]
+__all__ = ["FitConfig", "FitMonitor", "FitResult", "fit", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -61,6 +62,18 @@ class FitConfig:
         return asdict(self)
 
 
+class FitMonitor(Protocol):
+    """What :func:`fit` calls on an optional monitor (``dlclinic.training.TrainingMonitor`` is one)."""
+
+    def on_fit_start(self, model: nn.Module) -> None: ...
+
+    def on_step(self, loss: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
+
+    def on_fit_end(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class FitResult:
     """A trained copy of the model and what happened during training."""
@@ -98,6 +111,7 @@ def fit(
     *,
     sample_weight: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    monitor: FitMonitor | None = None,
 ) -> FitResult:
     """Train a deep copy of ``model`` on ``(x, y)`` and return it with its history.
 
@@ -108,6 +122,10 @@ def fit(
         config: the recipe; defaults to :class:`FitConfig()`.
         sample_weight: optional per-sample loss weights (class weighting, reweighting).
         progress: called as ``progress(epoch, epochs)`` after each epoch.
+        monitor: optional :class:`FitMonitor` (e.g. ``dlclinic.training.TrainingMonitor``):
+            ``on_fit_start(net)`` with the copy being trained, ``on_step(loss)`` after each
+            optimizer step, ``on_epoch_end(epoch, metrics)``, and ``on_fit_end()`` always,
+            also when training raises.
 
     Example:
         >>> from dlclinic.remedies.baselines import MLP
@@ -136,8 +154,41 @@ def fit(
         opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if cfg.schedule == "cosine" else (lambda s: 1.0)
     )
     history: dict[str, list[float]] = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [], "lr": []}
-    best_state, best_val, best_epoch, bad_epochs, stopped = None, math.inf, 0, 0, False
     torch_gen = torch.Generator().manual_seed(cfg.seed)
+    if monitor is not None:
+        monitor.on_fit_start(net)
+    try:
+        best_state, best_epoch, stopped = _train_epochs(net, cfg, opt, sched, xt, yt, wt, tr_idx, val_idx, n_val, history, torch_gen, progress, monitor)
+    finally:
+        if monitor is not None:
+            monitor.on_fit_end()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        best_epoch = len(history["train_loss"]) - 1
+    net.eval()
+    return FitResult(model=net, history=history, best_epoch=best_epoch, stopped_early=stopped)
+
+
+def _train_epochs(
+    net: nn.Module,
+    cfg: FitConfig,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    wt: torch.Tensor | None,
+    tr_idx: np.ndarray,
+    val_idx: np.ndarray,
+    n_val: int,
+    history: dict[str, list[float]],
+    torch_gen: torch.Generator,
+    progress: Callable[[int, int], None] | None,
+    monitor: FitMonitor | None,
+) -> tuple[dict[str, torch.Tensor] | None, int, bool]:
+    """The epoch loop of :func:`fit`: returns ``(best_state, best_epoch, stopped_early)``."""
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
     for epoch in range(cfg.epochs):
         net.train()
         perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=torch_gen)]
@@ -153,6 +204,8 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            if monitor is not None:
+                monitor.on_step(loss)
             loss_sum += float(losses.detach().sum())
             correct += int((logits.detach().argmax(1) == yt[idx]).sum())
             seen += len(idx)
@@ -168,14 +221,11 @@ def fit(
                 best_state = copy.deepcopy(net.state_dict())
             else:
                 bad_epochs += 1
+        if monitor is not None:
+            monitor.on_epoch_end(epoch, {k: v[-1] for k, v in history.items() if v})
         if progress is not None:
             progress(epoch + 1, cfg.epochs)
         if n_val and bad_epochs >= cfg.patience:
             stopped = True
             break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    else:
-        best_epoch = len(history["train_loss"]) - 1
-    net.eval()
-    return FitResult(model=net, history=history, best_epoch=best_epoch, stopped_early=stopped)
+    return best_state, best_epoch, stopped

@@ -1,6 +1,8 @@
 """Small inline PNG thumbnails of image rows, for ``CheckResult.details["images"]``.
 
-A spec is a dict ``{"title": str, "split": str, "indices": [int, ...], "captions": [str, ...]}``;
+A spec is a dict ``{"title": str, "split": str, "indices": [int, ...], "captions": [str, ...]}``
+with an optional ``"heatmaps": [[[float, ...], ...], ...]`` (one ``H×W`` map in 0..1 per
+index, e.g. an attribution map) drawn over the image in red, opacity proportional to the value;
 each index is a row of ``case.splits[split].x`` shaped ``H×W``, ``1×H×W``, ``3×H×W`` (or
 channels-last ``H×W×1``/``H×W×3``). Each image is min-max scaled to 0..255 on its own,
 resized with nearest-neighbour so its longer side is about :data:`TARGET` pixels, and
@@ -46,12 +48,26 @@ def _to_hwc(x: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an image shaped H×W, 1×H×W or 3×H×W, found {tuple(x.shape)}")
 
 
-def png_data_uri(x: Any, target: int = TARGET) -> str:
+def _overlay(scaled: Any, heatmap: Any) -> Any:
+    """Blend a red heat map (values 0..1, opacity up to 70 %) over a 0..255 grey or RGB image."""
+    import numpy as np
+
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)), 0.0, 1.0)
+    rgb = scaled if scaled.ndim == 3 else np.repeat(scaled[..., None], 3, axis=-1)
+    if heat.shape != rgb.shape[:2]:
+        raise ValueError(f"heatmap: expected shape {rgb.shape[:2]} like the image, found {heat.shape}")
+    alpha = 0.7 * heat[..., None]
+    red = np.array([255.0, 0.0, 0.0])
+    return rgb * (1 - alpha) + red * alpha
+
+
+def png_data_uri(x: Any, target: int = TARGET, heatmap: Any = None) -> str:
     """Encode one image sample as a base64 PNG data URI.
 
     Args:
         x: One sample, ``H×W``, ``1×H×W``, ``3×H×W`` or channels-last, any numeric dtype.
         target: Approximate length in pixels of the longer side of the thumbnail.
+        heatmap: Optional ``H×W`` map in 0..1 drawn over the image in red.
 
     Returns:
         A ``data:image/png;base64,...`` string.
@@ -66,6 +82,8 @@ def png_data_uri(x: Any, target: int = TARGET) -> str:
     img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(img.min()), float(img.max())
     scaled = (img - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(img)
+    if heatmap is not None:
+        scaled = _overlay(scaled, heatmap)
     pil = Image.fromarray(np.ascontiguousarray(scaled.round().astype(np.uint8)))
     h, w = img.shape[:2]
     scale = target / max(h, w)
@@ -103,6 +121,7 @@ def thumbnails(spec: Mapping[str, Any], case: Case | None) -> list[dict[str, str
     if not isinstance(indices, Sequence) and not hasattr(indices, "tolist"):
         raise ValueError(f"indices: expected a list of row numbers, found {type(indices).__name__}")
     captions = spec.get("captions") or []
+    heatmaps = spec.get("heatmaps") or []
     out: list[dict[str, str]] = []
     n = len(split)
     for k, raw in enumerate(list(indices)[:MAX_IMAGES]):
@@ -110,5 +129,6 @@ def thumbnails(spec: Mapping[str, Any], case: Case | None) -> list[dict[str, str
         if not 0 <= i < n:
             raise ValueError(f"index {i}: expected a row in 0..{n - 1} of split {split_name!r}")
         caption = str(captions[k]) if k < len(captions) else f"{split_name}[{i}]"
-        out.append({"uri": png_data_uri(split.x[i]), "caption": caption})
+        heat = heatmaps[k] if k < len(heatmaps) else None
+        out.append({"uri": png_data_uri(split.x[i], heatmap=heat), "caption": caption})
     return out

@@ -1,0 +1,369 @@
+"""Inference latency, throughput and peak memory of a model on one backend.
+
+Method (stated in every :class:`LatencyStats`): ``warmup`` untimed calls, then ``repeats``
+timed calls of ``time.perf_counter`` around one forward pass of a fixed batch (of real
+inputs), stopping early at ``max_seconds``. Percentiles are numpy's default linear
+interpolation between order statistics (Hyndman–Fan type 7) of the per-call times; with
+``n`` calls the p99 rests on the slowest ``n/100`` calls, so it is reported only with the
+number of calls behind it. Thread settings (torch intra-op threads, onnxruntime
+intra-op threads) are recorded because they change latency more than most optimisations.
+
+Backends are plain callables ``f(batch: np.ndarray) -> anything`` built by
+:func:`torch_runner`, :func:`compiled_runner` and :func:`onnx_runner`, so any runtime can be
+measured the same way. Timing is hand-written (no library measures ONNX Runtime and torch
+with one protocol); ``torch.utils.benchmark`` is torch-only.
+
+Example:
+    >>> stats = measure_latency(torch_runner(model), x[:1])  # doctest: +SKIP
+    >>> stats.p50_ms, stats.p99_ms  # doctest: +SKIP
+    (0.41, 0.73)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LatencyStats",
+    "PERCENTILE_METHOD",
+    "ThroughputResult",
+    "compiled_runner",
+    "measure_interleaved",
+    "measure_latency",
+    "measure_throughput",
+    "onnx_runner",
+    "peak_inference_memory",
+    "thread_settings",
+    "torch_runner",
+    "torch_threads",
+]
+
+PERCENTILE_METHOD = "numpy linear interpolation of per-call wall times (Hyndman-Fan type 7), after warm-up"
+
+Runner = Callable[[np.ndarray], Any]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency of one backend at one batch size (milliseconds)."""
+
+    backend: str
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    n_calls: int
+    warmup: int
+    threads: int
+    cold_ms: float
+    method: str = PERCENTILE_METHOD
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the median latency."""
+        return self.batch_size / (self.p50_ms / 1e3) if self.p50_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["throughput"] = self.throughput
+        return out
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    """Samples per second at each batch size tried, and the best one."""
+
+    backend: str
+    batch_sizes: tuple[int, ...]
+    throughput: tuple[float, ...]
+    best_batch_size: int
+    best_throughput: float
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op thread count for the block and restore it after (``None``: unchanged).
+
+    Small models gain little from intra-op parallelism, and on a CPU shared with other
+    processes OpenMP threads that wait for each other can be ten times slower than one
+    thread; the checks therefore run their short training and scoring on one thread.
+    """
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def thread_settings() -> dict[str, int]:
+    """The thread counts in force: torch intra/inter-op threads and the CPU count."""
+    out = {"cpu_count": int(os.cpu_count() or 1)}
+    try:
+        import torch
+
+        out["torch_intra_op_threads"] = int(torch.get_num_threads())
+        out["torch_interop_threads"] = int(torch.get_num_interop_threads())
+    except Exception:  # pragma: no cover - torch is a core dependency
+        pass
+    return out
+
+
+def measure_latency(run: Runner, batch: np.ndarray, *, backend: str = "", warmup: int = 10, repeats: int = 100, max_seconds: float = 2.0, threads: int | None = None) -> LatencyStats:
+    """Time ``repeats`` calls of ``run(batch)`` after ``warmup`` untimed ones.
+
+    The first (cold) call is timed separately (``cold_ms``): it includes lazy
+    initialisation, which a real-time service pays once per process or worker.
+
+    Args:
+        run: A backend callable (see :func:`torch_runner`, :func:`onnx_runner`).
+        batch: One batch of real inputs.
+        warmup: Untimed calls before measuring (the cold call counts as one).
+        repeats: Timed calls (fewer if ``max_seconds`` runs out, at least 5).
+        max_seconds: Time budget of the timed calls.
+        threads: Threads used by the backend, for the record (default: torch's).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"`repeats >= 1 and warmup >= 0` must hold, but got ({repeats=}, {warmup=})")
+    t0 = time.perf_counter()
+    run(batch)
+    cold = (time.perf_counter() - t0) * 1e3
+    for _ in range(max(warmup - 1, 0)):
+        run(batch)
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    for i in range(repeats):
+        t = time.perf_counter()
+        run(batch)
+        times.append((time.perf_counter() - t) * 1e3)
+        if i >= 2 and time.perf_counter() > deadline:
+            break
+    arr = np.asarray(times)
+    p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
+    return LatencyStats(
+        backend=backend,
+        batch_size=int(len(batch)),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        mean_ms=float(arr.mean()),
+        min_ms=float(arr.min()),
+        n_calls=int(len(arr)),
+        warmup=int(warmup),
+        threads=int(threads if threads is not None else thread_settings().get("torch_intra_op_threads", 1)),
+        cold_ms=float(cold),
+    )
+
+
+def measure_interleaved(runners: dict[str, Runner], batch: np.ndarray, *, warmup: int = 5, rounds: int = 10, calls_per_round: int = 5, max_seconds: float = 3.0, threads: int | None = None) -> dict[str, LatencyStats]:
+    """Latency of several backends measured in interleaved rounds (round-robin).
+
+    Background load on a shared machine drifts over seconds; timing backends one after
+    the other would charge that drift to whichever ran during it. Interleaving spreads it
+    evenly, so the comparison between backends stays fair. Each round runs
+    ``calls_per_round`` timed calls of every backend; rounds stop at ``max_seconds``
+    (at least 2 rounds).
+    """
+    names = list(runners)
+    cold: dict[str, float] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        runners[name](batch)
+        cold[name] = (time.perf_counter() - t0) * 1e3
+        for _ in range(max(warmup - 1, 0)):
+            runners[name](batch)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    deadline = time.perf_counter() + max_seconds
+    for r in range(rounds):
+        for name in names:
+            run = runners[name]
+            for _ in range(calls_per_round):
+                t = time.perf_counter()
+                run(batch)
+                times[name].append((time.perf_counter() - t) * 1e3)
+        if r >= 1 and time.perf_counter() > deadline:
+            break
+    n_threads = int(threads if threads is not None else thread_settings().get("torch_intra_op_threads", 1))
+    out = {}
+    for name in names:
+        arr = np.asarray(times[name])
+        p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
+        out[name] = LatencyStats(name, int(len(batch)), p50, p95, p99, float(arr.mean()), float(arr.min()), int(len(arr)), int(warmup), n_threads, cold[name], PERCENTILE_METHOD + "; backends interleaved round-robin")
+    return out
+
+
+def measure_throughput(run: Runner, x: np.ndarray, *, backend: str = "", batch_sizes: Sequence[int] = (1, 8, 32, 128), warmup: int = 3, repeats: int = 20, max_seconds: float = 0.5, threads: int | None = None) -> tuple[ThroughputResult, list[LatencyStats]]:
+    """Throughput (samples/s at the median latency) at each batch size; the best one.
+
+    Batch sizes larger than ``len(x)`` are skipped, and so are the remaining ones once
+    ``max_seconds`` × (number of sizes) is spent (the result lists only those measured).
+    """
+    sizes = [int(b) for b in batch_sizes if 1 <= int(b) <= len(x)] or [len(x)]
+    end = time.perf_counter() + max_seconds * len(sizes)
+    stats: list[LatencyStats] = []
+    for b in sizes:  # later (larger) batch sizes are skipped once the whole budget is spent
+        if stats and time.perf_counter() > end:
+            break
+        stats.append(measure_latency(run, x[:b], backend=backend, warmup=warmup, repeats=repeats, max_seconds=max_seconds, threads=threads))
+    sizes = sizes[: len(stats)]
+    tput = [s.throughput for s in stats]
+    best = int(np.argmax(tput))
+    return ThroughputResult(backend, tuple(sizes), tuple(float(t) for t in tput), sizes[best], float(tput[best])), stats
+
+
+def torch_runner(model: Any, *, dtype: Any = None) -> Runner:
+    """A callable running ``model`` in eval mode under ``inference_mode`` on CPU numpy batches.
+
+    Args:
+        model: A ``torch.nn.Module``; its first floating parameter's dtype is used for the
+            inputs unless ``dtype`` is given.
+    """
+    import torch
+
+    from dlclinic.core.inference import model_input_spec
+
+    in_dtype = dtype or model_input_spec(model)[0]
+    try:
+        model.eval()
+    except (NotImplementedError, AttributeError, RuntimeError):
+        pass
+
+    def run(batch: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(batch)).to(in_dtype))
+
+    return run
+
+
+def compiled_runner(model: Any, sample: np.ndarray, *, mode: str | None = None) -> tuple[Runner | None, str]:
+    """``(runner, note)`` for ``torch.compile(model)``, or ``(None, reason)`` when unavailable.
+
+    Compilation happens on the first call, here, on ``sample`` (a dynamic batch is not
+    requested, so each new batch size recompiles: time the sizes you will serve).
+    The note gives the compile time.
+    """
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return None, "torch.compile is not available in this torch build"
+    if shutil.which("cc") is None and shutil.which("gcc") is None and shutil.which("clang") is None:
+        return None, "torch.compile needs a C/C++ compiler (inductor) and none was found on PATH"
+    import copy
+    import logging
+
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+    try:
+        compiled = torch.compile(copy.deepcopy(model).eval(), mode=mode)
+        run = torch_runner(compiled, dtype=_dtype_of(model))
+        t0 = time.perf_counter()
+        run(sample)
+        seconds = time.perf_counter() - t0
+    except Exception as exc:
+        from dlclinic.io._common import brief
+
+        return None, f"torch.compile failed ({brief(exc)})"
+    return run, f"compiled in {seconds:.1f} s (inductor, mode={mode or 'default'})"
+
+
+def _dtype_of(model: Any) -> Any:
+    from dlclinic.core.inference import model_input_spec
+
+    return model_input_spec(model)[0]
+
+
+def onnx_runner(path: Any, *, threads: int | None = None) -> tuple[Runner, int]:
+    """``(runner, threads)``: an onnxruntime CPU session on the file, with its intra-op threads set.
+
+    Graph optimisations are at ``ORT_ENABLE_ALL`` (the default); ``threads`` defaults to
+    torch's intra-op thread count so backends are compared on equal terms.
+    """
+    import onnxruntime as ort
+
+    n_threads = int(threads or thread_settings().get("torch_intra_op_threads", 1))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = n_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    name = inp.name
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    def run(batch: np.ndarray) -> Any:
+        return session.run(None, {name: np.ascontiguousarray(batch, dtype=dtype)})[0]
+
+    return run, n_threads
+
+
+def peak_inference_memory(model: Any, batch: np.ndarray) -> dict[str, float]:
+    """Peak memory of one forward pass on ``batch`` (bytes): weights + peak live activations.
+
+    Activations are measured with the PyTorch profiler (``profile_memory=True``): every
+    allocation and free of the forward pass in time order; their running sum's maximum is
+    the peak of live activation memory. Weights are the parameter and buffer bytes.
+    Returns ``{"weights_bytes", "activations_peak_bytes", "peak_bytes", "method"}`` (the
+    method as a code: 1 = profiler, 0 = fallback from layer output sizes, when the
+    profiler records nothing).
+    """
+    import torch
+
+    weights = float(sum(p.numel() * p.element_size() for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers()))
+    run = torch_runner(model)
+    peak = 0.0
+    method = 1.0
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run(batch)
+        steps = []
+        for event in prof.events():
+            if event.name == "[memory]":
+                steps.append((event.time_range.start, float(event.cpu_memory_usage)))
+            elif event.self_cpu_memory_usage > 0:
+                steps.append((event.time_range.start, float(event.self_cpu_memory_usage)))
+        if steps:
+            steps.sort(key=lambda s: s[0])
+            peak = float(max(0.0, np.max(np.cumsum([s[1] for s in steps]))))
+    except Exception:
+        peak = 0.0
+    if peak <= 0:
+        method = 0.0
+        peak = _activation_bytes_by_hooks(model, batch)
+    return {"weights_bytes": weights, "activations_peak_bytes": peak, "peak_bytes": weights + peak, "method": method}
+
+
+def _activation_bytes_by_hooks(model: Any, batch: np.ndarray) -> float:
+    """Fallback: the two largest consecutive layer outputs (input + output alive at once)."""
+    import torch
+
+    sizes: list[int] = []
+    handles = []
+    for module in model.modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0)))
+    try:
+        torch_runner(model)(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if not sizes:
+        return 0.0
+    pairs = [sizes[i] + sizes[i + 1] for i in range(len(sizes) - 1)] or sizes
+    return float(max(pairs))

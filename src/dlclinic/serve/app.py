@@ -1,0 +1,549 @@
+"""The FastAPI application that serves a classifier: :func:`create_app`.
+
+Endpoints (JSON unless stated):
+
+* ``POST /predict`` — ``{"inputs": [...N samples...], "request_id": "optional"}`` →
+  classes, predicted class per row, probabilities, model version, latency. Samples have
+  the model's input shape (or are flat rows of the same size). Wrong shape, dtype or
+  non-finite values → 422 with the expected shape; bodies over ``max_body_bytes`` or more
+  than ``max_rows`` rows → 413; a full queue → 503 with ``Retry-After``; a shutting-down
+  server → 503. The request id (body, or the ``X-Request-ID`` header) is the log's key:
+  a retried request never duplicates log rows.
+* ``POST /feedback`` — ``{"items": [{"request_id": ..., "row": 0, "label": 3}]}``: true
+  labels fed back, for observed accuracy in ``dlclinic monitor``.
+* ``GET /health`` (liveness, always 200), ``GET /ready`` (200 once warmed up, 503 while
+  starting or draining), ``GET /metrics`` (Prometheus text: requests, latency histogram,
+  batch sizes, queue, drift and estimated-accuracy gauges; one registry per app),
+  ``GET /monitor`` (live windows as JSON), ``GET /dashboard`` (one self-contained HTML page,
+  inline SVG, no external assets), ``/openapi.json`` and ``/docs``.
+
+With ``token`` set every endpoint except ``/health``, ``/ready``, ``/openapi.json`` and
+``/docs`` needs ``Authorization: Bearer <token>`` (401 otherwise). Shutdown (the ASGI
+lifespan, e.g. uvicorn on SIGTERM): ``/ready`` turns 503 and new predictions are refused,
+queued ones finish, the prediction log is flushed and closed.
+"""
+
+
+import asyncio
+import contextlib
+import hmac
+import html
+import json
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dlclinic.core.errors import ConfigError
+from dlclinic.monitoring.reference import Reference
+from dlclinic.monitoring.windows import MonitorConfig, evaluate_window
+from dlclinic.serve.backends import Backend
+from dlclinic.serve.batching import Draining, DynamicBatcher, QueueFull
+from dlclinic.serve.store import PredictionRecord, PredictionStore, hash_input
+
+__all__ = ["ServeConfig", "ServeState", "create_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_OPEN_PATHS = ("/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Serving limits and behaviour (the ``dlclinic serve`` options).
+
+    Attributes:
+        max_batch: most rows per model call (1 disables dynamic batching).
+        max_wait_ms: how long the oldest request waits for a batch to fill.
+        max_queue: most rows waiting for the model; more → 503 with ``Retry-After``.
+        max_rows: most rows in one request (413 beyond).
+        max_body_bytes: largest request body (413 beyond).
+        token: bearer token required on data endpoints (``None`` = no authentication).
+        model_version: recorded with every logged prediction.
+        store_inputs: log the inputs themselves, not only their SHA-256.
+        sync_log: answer only after the log row is committed (no acknowledged-but-lost rows).
+        window: predictions per live drift window (``/metrics`` gauges, ``/dashboard``).
+        retry_after_s: the ``Retry-After`` of a 503.
+        drain_timeout_s: how long shutdown waits for queued requests.
+    """
+
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048
+    max_rows: int = 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    token: str | None = None
+    model_version: str = "unversioned"
+    store_inputs: bool = False
+    sync_log: bool = False
+    window: int = 200
+    retry_after_s: int = 1
+    drain_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_rows", "max_body_bytes", "window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name} >= 1` must hold, but got {name}={getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"`max_wait_ms >= 0` must hold, but got max_wait_ms={self.max_wait_ms}")
+
+
+class _Metrics:
+    """Prometheus series in a registry of their own (several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("dlclinic_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r)
+        self.latency = Histogram("dlclinic_request_latency_seconds", "Request latency by endpoint", ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r)
+        self.batch_rows = Histogram("dlclinic_batch_rows", "Rows per model call (dynamic batching)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.model_seconds = Histogram("dlclinic_model_seconds", "Seconds per model call", registry=r)
+        self.predictions = Counter("dlclinic_predictions", "Rows predicted", registry=r)
+        self.queue_rows = Gauge("dlclinic_queue_rows", "Rows waiting for the model", registry=r)
+        self.rejected = Counter("dlclinic_rejected", "Requests refused, by reason", ["reason"], registry=r)
+        self.log_errors = Counter("dlclinic_log_errors", "Prediction-log rows that could not be written", registry=r)
+        self.drift_mmd2 = Gauge("dlclinic_drift_mmd2", "Embedding MMD² of the last complete window vs the reference", registry=r)
+        self.drift_mmd_p = Gauge("dlclinic_drift_mmd_p_value", "MMD permutation p-value of the last window", registry=r)
+        self.drift_psi = Gauge("dlclinic_drift_psi", "PSI of predicted classes, last window vs the reference", registry=r)
+        self.confidence = Gauge("dlclinic_confidence_mean", "Mean top-1 confidence of the last window", registry=r)
+        self.est_accuracy = Gauge("dlclinic_estimated_accuracy", "Accuracy estimated without labels (CBPE) on the last window", registry=r)
+        self.alert = Gauge("dlclinic_drift_alert", "Alert level of the last window: 0 ok, 1 warn, 2 fail", registry=r)
+        self.windows = Counter("dlclinic_windows", "Monitoring windows evaluated, by status", ["status"], registry=r)
+
+
+class _LiveMonitor:
+    """Accumulates served rows; each full window is compared with the reference in a background thread."""
+
+    def __init__(self, reference: Reference | None, window: int, metrics: _Metrics) -> None:
+        self.reference = reference
+        self.window = window
+        self.metrics = metrics
+        self.config = MonitorConfig(window=window, permutations=500)
+        self._probs: list[np.ndarray] = []
+        self._emb: list[np.ndarray | None] = []
+        self._lat: list[np.ndarray] = []
+        self._rows = 0
+        self.history: deque[dict[str, Any]] = deque(maxlen=500)
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlclinic-monitor")
+        self._index = 0
+        self._jobs: list[Any] = []
+
+    def add(self, probs: np.ndarray, emb: np.ndarray | None, latency_ms: float) -> None:
+        self._probs.append(probs)
+        self._emb.append(emb)
+        self._lat.append(np.full(len(probs), latency_ms))
+        self._rows += len(probs)
+        while self._rows >= self.window:
+            p = np.concatenate(self._probs)
+            lat = np.concatenate(self._lat)
+            e = None if any(v is None for v in self._emb) else np.concatenate([v for v in self._emb if v is not None])
+            head_p, self._probs = p[: self.window], [p[self.window :]]
+            head_l, self._lat = lat[: self.window], [lat[self.window :]]
+            head_e = None if e is None else e[: self.window]
+            self._emb = [None if e is None else e[self.window :]]
+            self._rows -= self.window
+            index = self._index
+            self._index += 1
+            self._jobs = [j for j in self._jobs if not j.done()]
+            self._jobs.append(self._executor.submit(self._evaluate, index, head_p, head_e, head_l, time.time()))
+
+    def _evaluate(self, index: int, probs: np.ndarray, emb: np.ndarray | None, latency_ms: np.ndarray, now: float) -> None:
+        entry: dict[str, Any] = {"index": index, "time": now, "n": len(probs), "p50_ms": float(np.percentile(latency_ms, 50)), "p99_ms": float(np.percentile(latency_ms, 99)), "confidence_mean": float(probs.max(1).mean())}
+        if self.reference is not None:
+            ref_emb = self.reference.embeddings
+            use_emb = emb if (ref_emb is not None and emb is not None and ref_emb.shape[1] == emb.shape[1]) else None
+            w = evaluate_window(self.reference, probs, embeddings=use_emb, config=self.config)
+            entry.update({"status": w.status, "mmd2": w.mmd2, "mmd_p": w.mmd_p, "psi": w.psi, "chi2_p": w.chi2_p, "confidence_p": w.confidence_p, "estimated_accuracy": w.estimated_accuracy, "estimated_drop": w.estimated_drop, "reasons": list(w.reasons)})
+            m = self.metrics
+            if w.mmd2 is not None:
+                m.drift_mmd2.set(w.mmd2)
+                m.drift_mmd_p.set(w.mmd_p if w.mmd_p is not None else float("nan"))
+            m.drift_psi.set(w.psi)
+            m.est_accuracy.set(w.estimated_accuracy)
+            m.alert.set({"ok": 0, "warn": 1, "fail": 2}[w.status])
+            m.windows.labels(status=w.status).inc()
+        else:
+            entry["status"] = "no reference"
+        self.metrics.confidence.set(entry["confidence_mean"])
+        with self._lock:
+            self.history.append(entry)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.history)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Wait for the windows already handed to the background thread (tests, shutdown)."""
+        for job in list(self._jobs):
+            with contextlib.suppress(Exception):
+                job.result(timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class ServeState:
+    """Everything one app holds: backend, batcher, log, metrics, live monitor, readiness."""
+
+    def __init__(self, backend: Backend, *, reference: Reference | None, store: PredictionStore | None, config: ServeConfig, class_names: tuple[str, ...]) -> None:
+        self.backend = backend
+        self.reference = reference
+        self.store = store
+        self.config = config
+        self.class_names = class_names
+        self.metrics = _Metrics()
+        self.batcher = DynamicBatcher(backend.predict, max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000.0, max_queue=config.max_queue, on_batch=self._on_batch)
+        self.monitor = _LiveMonitor(reference, config.window, self.metrics)
+        self.ready = False
+        self.draining = False
+        self.started = time.time()
+
+    def _on_batch(self, rows: int, seconds: float) -> None:
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.model_seconds.observe(seconds)
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        warm = np.zeros((1, *self.backend.input_shape), dtype=np.float32)
+        await loop.run_in_executor(None, self.backend.predict, warm)  # first call pays lazy init, not a client
+        await self.batcher.start()
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        self.draining = True
+        await self.batcher.drain(self.config.drain_timeout_s)
+        self.monitor.wait()
+        self.monitor.close()
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+
+class _Guard:
+    """Pure ASGI middleware: body-size limit (413), bearer token (401), request metrics."""
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in ("/predict", "/feedback", "/health", "/ready", "/metrics", "/dashboard", "/monitor", "/openapi.json", "/docs") else "other"
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        try:
+            cfg = self.state.config
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            if cfg.token is not None and path not in _OPEN_PATHS:
+                given = headers.get("authorization", "")
+                scheme, _, value = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.token.encode()):
+                    await _send_json(send_wrapper, 401, {"detail": "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'"}, {"www-authenticate": "Bearer"})
+                    return
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+                self.state.metrics.rejected.labels(reason="body_too_large").inc()
+                await _send_json(send_wrapper, 413, {"detail": f"request body of {int(length)} bytes: expected at most {cfg.max_body_bytes} bytes (send fewer rows per request)"})
+                return
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                # buffer the body up to the limit (chunked bodies have no content-length), then replay it
+                chunks: list[bytes] = []
+                size = 0
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > cfg.max_body_bytes:
+                        self.state.metrics.rejected.labels(reason="body_too_large").inc()
+                        await _send_json(send_wrapper, 413, {"detail": f"request body over {cfg.max_body_bytes} bytes: expected at most that (send fewer rows per request)"})
+                        return
+                    chunks.append(chunk)
+                    more = bool(message.get("more_body", False))
+                body = b"".join(chunks)
+                replayed = {"done": False}
+
+                async def replay() -> Message:
+                    if not replayed["done"]:
+                        replayed["done"] = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            m = self.state.metrics
+            m.requests.labels(endpoint=endpoint, code=str(status["code"])).inc()
+            m.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _expected_shape(shape: tuple[int, ...]) -> list[Any]:
+    return ["N", *shape]
+
+
+def create_app(
+    backend: Backend,
+    *,
+    reference: Reference | None = None,
+    store: PredictionStore | None = None,
+    config: ServeConfig | None = None,
+    class_names: tuple[str, ...] | None = None,
+    title: str = "dlclinic model server",
+) -> Any:
+    """Build the FastAPI app serving ``backend`` (see the module docstring for the endpoints).
+
+    Args:
+        backend: a :class:`~dlclinic.serve.backends.Backend` (``make_backend(model, ...)``).
+        reference: held-out reference for the live drift windows (``None``: no drift gauges).
+        store: the prediction log (``None``: predictions are not logged).
+        config: limits, token, model version, window size.
+        class_names: K names (default ``"0"``…).
+
+    Example:
+        >>> backend, _ = make_backend(model, (1, 28, 28), 10)                # doctest: +SKIP
+        >>> app = create_app(backend, store=PredictionStore("log.db"))        # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)                     # doctest: +SKIP
+    """
+    from fastapi import FastAPI, Header
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from pydantic import BaseModel, Field
+
+    cfg = config or ServeConfig()
+    names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(backend.n_classes))
+    if len(names) != backend.n_classes:
+        raise ConfigError(f"class_names: expected {backend.n_classes} names, found {len(names)}")
+    state = ServeState(backend, reference=reference, store=store, config=cfg, class_names=names)
+    shape = tuple(backend.input_shape)
+    flat = int(np.prod(shape)) if shape else 1
+
+    class PredictRequest(BaseModel):
+        inputs: list[Any] = Field(..., description=f"A batch of samples, each shaped {list(shape)} (or a flat row of {flat} numbers).", examples=[[np.zeros(shape).tolist()]])
+        request_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description="Idempotency key: a retried request with the same id is logged once.")
+
+    class PredictResponse(BaseModel):
+        request_id: str
+        model_version: str
+        classes: list[str]
+        predictions: list[int]
+        labels: list[str]
+        probabilities: list[list[float]]
+        latency_ms: float
+
+    class FeedbackItem(BaseModel):
+        request_id: str = Field(..., max_length=64)
+        row: int = Field(0, ge=0)
+        label: int = Field(..., ge=0, lt=backend.n_classes)
+
+    class FeedbackRequest(BaseModel):
+        items: list[FeedbackItem] = Field(..., min_length=1, max_length=100_000)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        await state.startup()
+        try:
+            yield
+        finally:
+            await state.shutdown()
+
+    app = FastAPI(title=title, version=cfg.model_version, description="Predictions from a model examined by dlclinic, with a prediction log and drift monitoring.", lifespan=lifespan)
+    app.state.dlclinic = state
+
+    def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"detail": detail, **extra})
+
+    @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "Body or batch too large"}, 422: {"description": "Wrong shape, dtype or non-finite values; the body says the expected shape"}, 503: {"description": "Queue full (Retry-After) or shutting down"}})
+    async def predict(body: PredictRequest, x_request_id: str | None = Header(None)) -> Any:
+        started = time.perf_counter()
+        if state.draining:
+            state.metrics.rejected.labels(reason="draining").inc()
+            return _error(503, "the server is shutting down; retry on another instance", retry_after=cfg.retry_after_s)
+        rid = body.request_id or x_request_id or uuid.uuid4().hex
+        if len(rid) > 64:
+            return _error(422, "request_id: expected at most 64 characters")
+        n = len(body.inputs)
+        if n == 0:
+            return _error(422, "inputs: expected at least one sample, found an empty list", expected_shape=_expected_shape(shape))
+        if n > cfg.max_rows:
+            state.metrics.rejected.labels(reason="too_many_rows").inc()
+            return _error(413, f"inputs: expected at most {cfg.max_rows} samples per request, found {n}", max_rows=cfg.max_rows)
+        try:
+            x = np.asarray(body.inputs, dtype=np.float32)
+        except (ValueError, TypeError):
+            return _error(422, f"inputs: expected a rectangular array of numbers shaped {_expected_shape(shape)}, found ragged lists or non-numbers", expected_shape=_expected_shape(shape))
+        if x.shape[1:] != shape:
+            if x.ndim == 2 and x.shape[1] == flat:
+                x = x.reshape((n, *shape))
+            else:
+                return _error(422, f"inputs: expected shape {_expected_shape(shape)} (or N×{flat}), found {list(x.shape)}", expected_shape=_expected_shape(shape), found_shape=list(x.shape))
+        if not np.all(np.isfinite(x)):
+            bad = int(np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(1))[0])
+            return _error(422, f"inputs: expected finite numbers, found NaN or infinity in sample {bad}", expected_shape=_expected_shape(shape))
+        try:
+            result = await state.batcher.submit(x)
+        except QueueFull:
+            state.metrics.rejected.labels(reason="queue_full").inc()
+            return JSONResponse(status_code=503, content={"detail": f"the queue is full ({cfg.max_queue} rows); retry after {cfg.retry_after_s} s"}, headers={"Retry-After": str(cfg.retry_after_s)})
+        except Draining:
+            state.metrics.rejected.labels(reason="draining").inc()
+            return JSONResponse(status_code=503, content={"detail": "the server is shutting down"}, headers={"Retry-After": str(cfg.retry_after_s)})
+        state.metrics.queue_rows.set(state.batcher.pending_rows)
+        probs = result.probs
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        state.metrics.predictions.inc(n)
+        if store is not None:
+            now = time.time()
+            records = [PredictionRecord(request_id=rid, row=i, created=now, model_version=cfg.model_version, latency_ms=latency_ms, probs=probs[i], input_hash=hash_input(x[i]), inputs=x[i] if cfg.store_inputs else None, embedding=None if result.embeddings is None else result.embeddings[i]) for i in range(n)]
+            fut = store.submit(records)
+            if cfg.sync_log:
+                try:
+                    await asyncio.wrap_future(fut)
+                except Exception as exc:
+                    state.metrics.log_errors.inc(n)
+                    return _error(503, f"the prediction could not be logged ({type(exc).__name__}); retry with the same request_id")
+            else:
+                fut.add_done_callback(lambda f: state.metrics.log_errors.inc(n) if f.exception() is not None else None)
+        state.monitor.add(probs, result.embeddings, latency_ms)
+        pred = probs.argmax(1)
+        return {"request_id": rid, "model_version": cfg.model_version, "classes": list(names), "predictions": pred.tolist(), "labels": [names[i] for i in pred], "probabilities": probs.astype(float).tolist(), "latency_ms": latency_ms}
+
+    @app.post("/feedback", responses={503: {"description": "No prediction log configured"}})
+    async def feedback(body: FeedbackRequest) -> Any:
+        if store is None:
+            return _error(503, "this server keeps no prediction log (start it with --store) so labels cannot be recorded")
+        fut = store.submit_feedback([(it.request_id, it.row, it.label) for it in body.items])
+        await asyncio.wrap_future(fut)
+        return {"recorded": len(body.items)}
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok", "uptime_s": time.time() - state.started}
+
+    @app.get("/ready")
+    async def ready() -> Any:
+        if state.ready and not state.draining:
+            return {"ready": True, "backend": backend.name, "model_version": cfg.model_version}
+        return _error(503, "starting up" if not state.draining else "shutting down", ready=False)
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        state.metrics.queue_rows.set(state.batcher.pending_rows)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/monitor")
+    async def monitor() -> Any:
+        return {"window": cfg.window, "reference": reference is not None, "windows": _jsonable(state.monitor.snapshot()), "config": asdict(cfg) | {"token": None}}
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard() -> Any:
+        return HTMLResponse(render_dashboard(state.monitor.snapshot(), title=title, model_version=cfg.model_version, backend=backend.name, reference=reference))
+
+    app.add_middleware(_Guard, state=state)
+    return app
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item"):
+        return _jsonable(obj.item())
+    return obj
+
+
+def _svg_line(values: list[float | None], *, title: str, ymin: float | None = None, ymax: float | None = None, marks: list[str] | None = None, threshold: float | None = None, empty: str = "no complete window yet") -> str:
+    """A small inline SVG line chart (no scripts, no external assets)."""
+    w, h, pad = 560, 160, 34
+    pts = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if not pts:
+        return f"<figure><figcaption>{html.escape(title)}</figcaption><p class='empty'>{html.escape(empty)}</p></figure>"
+    ys = [v for _, v in pts] + ([threshold] if threshold is not None else [])
+    lo = min(ys) if ymin is None else ymin
+    hi = max(ys) if ymax is None else ymax
+    if hi - lo < 1e-9:
+        hi = lo + 1.0
+    n = max(len(values) - 1, 1)
+
+    def sx(i: float) -> float:
+        return pad + (w - 2 * pad) * (i / n)
+
+    def sy(v: float) -> float:
+        return h - pad + (pad * 2 - h) * ((v - lo) / (hi - lo))
+
+    path = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in pts)
+    dots = "".join(f"<circle cx='{sx(i):.1f}' cy='{sy(v):.1f}' r='3' class='{(marks or ['ok'] * len(values))[i]}'><title>window {i}: {v:.4g}</title></circle>" for i, v in pts)
+    thr = f"<line x1='{pad}' x2='{w - pad}' y1='{sy(threshold):.1f}' y2='{sy(threshold):.1f}' class='thr'/>" if threshold is not None else ""
+    axes = f"<text x='4' y='{sy(hi) + 4:.1f}'>{hi:.3g}</text><text x='4' y='{sy(lo) + 4:.1f}'>{lo:.3g}</text><text x='{w / 2:.0f}' y='{h - 6}'>window</text>"
+    return f"<figure><figcaption>{html.escape(title)}</figcaption><svg viewBox='0 0 {w} {h}' width='{w}' height='{h}' role='img' aria-label='{html.escape(title)}'>{axes}{thr}<polyline points='{path}' class='line'/>{dots}</svg></figure>"
+
+
+def render_dashboard(windows: list[dict[str, Any]], *, title: str, model_version: str, backend: str, reference: Reference | None) -> str:
+    """The ``/dashboard`` page: drift and estimated accuracy per window, latency; one HTML string."""
+    marks = [str(w.get("status", "ok")).replace(" ", "-") for w in windows]
+    est = [w.get("estimated_accuracy") for w in windows]
+    psi_v = [w.get("psi") for w in windows]
+    mmd = [w.get("mmd2") for w in windows]
+    p99 = [w.get("p99_ms") for w in windows]
+    ref_est = None
+    if reference is not None:
+        from dlclinic.monitoring.stats import estimate_accuracy_cbpe
+
+        ref_est = estimate_accuracy_cbpe(reference.probs).accuracy
+    rows = "".join(
+        "<tr class='{cls}'><td>{i}</td><td>{t}</td><td>{n}</td><td>{st}</td><td>{est}</td><td>{mmd}</td><td>{psi}</td><td>{p99}</td><td>{why}</td></tr>".format(
+            cls=html.escape(m), i=w.get("index"), t=time.strftime("%H:%M:%S", time.localtime(w.get("time", 0))), n=w.get("n"), st=html.escape(str(w.get("status"))),
+            est="" if w.get("estimated_accuracy") is None else f"{w['estimated_accuracy']:.3f}", mmd="" if w.get("mmd2") is None else f"{w['mmd2']:.3g} (p {w.get('mmd_p', float('nan')):.2g})",
+            psi="" if w.get("psi") is None else f"{w['psi']:.3f}", p99=f"{w.get('p99_ms', float('nan')):.1f}", why=html.escape("; ".join(w.get("reasons", []))),
+        )
+        for w, m in zip(windows, marks, strict=True)
+    )
+    alerts = sum(1 for m in marks if m in ("warn", "fail"))
+    charts = _svg_line(est, title="estimated accuracy (CBPE) per window; line = reference", ymin=0.0, ymax=1.0, marks=marks, threshold=ref_est) + _svg_line(mmd, title="embedding MMD² vs reference", marks=marks, empty="not measured: this backend gives no embeddings" if windows else "no complete window yet") + _svg_line(psi_v, title="PSI of predicted classes", marks=marks) + _svg_line(p99, title="p99 latency per window (ms)", marks=marks)
+    style = "body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}tr.warn{background:#fff4d6}tr.fail{background:#fde0dc}figure{display:inline-block;margin:8px}svg text{font-size:11px;fill:#555}.line{fill:none;stroke:#2a6fdb;stroke-width:2}.thr{stroke:#999;stroke-dasharray:4 3}circle.ok{fill:#2a6fdb}circle.warn{fill:#e0a100}circle.fail{fill:#d0342c}.empty{color:#777}"
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><meta http-equiv='refresh' content='15'>"
+        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>model version <b>{html.escape(model_version)}</b>, backend {html.escape(backend)}; {len(windows)} window(s), {alerts} with an alert."
+        f" {'No reference: drift is not measured.' if reference is None else ''} CBPE needs calibrated confidences and misses concept shift; feed labels back (POST /feedback) and run <code>dlclinic monitor</code> for observed accuracy.</p>"
+        f"<div id='charts'>{charts}</div>"
+        "<table id='windows'><thead><tr><th>window</th><th>end</th><th>rows</th><th>status</th><th>est. accuracy</th><th>MMD²</th><th>PSI</th><th>p99 ms</th><th>why</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></body></html>"
+    )

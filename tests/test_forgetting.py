@@ -1,0 +1,99 @@
+"""optimization.forgetting: the continual-learning harness, the check and the remedy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import blobs
+from dlclinic.checks.optimization_forgetting import ForgettingOptions, run
+from dlclinic.core.case import Case
+from dlclinic.core.evidence import Evidence
+from dlclinic.functional.continual import ContinualConfig, continual_metrics, run_task_sequence, split_classes, tasks_from_classes, tasks_from_ids
+from dlclinic.remedies.baselines import MLP
+
+K, D = 6, 16
+
+
+def _factory() -> MLP:
+    return MLP(D, K, hidden=(64, 32))
+
+
+def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x, y = blobs(900, k=K, d=D, sep=3.0)
+    xt, yt = blobs(450, k=K, d=D, sep=3.0, seed=1)
+    return x, y, xt, yt
+
+
+def test_metrics_of_a_known_matrix() -> None:
+    r = np.array([[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.3, 0.6, 0.95]])
+    avg, bwt, forgetting = continual_metrics(r)
+    assert avg == pytest.approx((0.3 + 0.6 + 0.95) / 3)
+    assert bwt == pytest.approx(((0.3 - 0.9) + (0.6 - 0.8)) / 2)
+    assert forgetting == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6)) / 2)
+
+
+def test_task_sequences() -> None:
+    y = np.arange(12) % 4
+    seq = tasks_from_classes(y, y, split_classes(range(4), 2))
+    assert len(seq) == 2 and set(y[seq.train_rows[1]]) == {2, 3}
+    ids = np.array(["a", "b"] * 6)
+    assert len(tasks_from_ids(ids, ids, y)) == 2
+
+
+def test_replay_forgets_less_than_naive_fine_tuning_over_seeds() -> None:
+    x, y, xt, yt = _data()
+    seq = tasks_from_classes(y, yt, split_classes(range(K), 3))
+    bwt: dict[str, list[float]] = {"naive": [], "replay": []}
+    for strategy in bwt:
+        for seed in range(3):
+            res = run_task_sequence(_factory, x, y, xt, yt, seq, ContinualConfig(strategy=strategy, seed=seed, memory=100))
+            assert res.matrix.shape == (3, 3)
+            bwt[strategy].append(res.bwt)
+    naive, replay = np.array(bwt["naive"]), np.array(bwt["replay"])
+    assert naive.mean() < -0.5  # catastrophic forgetting, planted by naive sequential training
+    assert np.all(replay > naive) and replay.mean() - naive.mean() > 0.2
+
+
+@pytest.mark.parametrize("strategy", ["ewc", "lwf"])
+def test_regularisation_strategies_run(strategy: str) -> None:
+    x, y, xt, yt = _data()
+    seq = tasks_from_classes(y, yt, split_classes(range(K), 2))
+    res = run_task_sequence(_factory, x, y, xt, yt, seq, ContinualConfig(strategy=strategy, epochs=2, fisher_samples=30))
+    assert np.isfinite(res.bwt) and 0 <= res.average_accuracy <= 1
+
+
+def _case() -> Case:
+    x, y, xt, yt = _data()
+    return Case.from_arrays((x, y), (xt, yt), model=_factory(), model_factory=_factory)
+
+
+def test_check_warns_on_naive_and_is_quiet_without_forgetting(tmp_path: Path) -> None:
+    case = _case()
+    ev = Evidence(case, cache_dir=tmp_path)
+    res = run(case, ev, ForgettingOptions(n_tasks=3))
+    assert res.status == "warn" and res.metrics["bwt_high"] < 0
+    assert res.remedy is not None and res.remedy.command == "dlclinic treat optimization.forgetting"
+    assert res.details["plots"][0]["kind"] == "heatmap"
+    quiet = run(case, ev, ForgettingOptions(n_tasks=3, scenario="task"))  # task-incremental: well-separated tasks do not interfere
+    assert quiet.status == "ok", quiet.summary
+
+
+def test_check_without_factory_is_not_examined(tmp_path: Path) -> None:
+    x, y, xt, yt = _data()
+    case = Case.from_arrays((x, y), (xt, yt), model=_factory())
+    assert run(case, Evidence(case, cache_dir=tmp_path), ForgettingOptions()).status == "not_examined"
+
+
+@pytest.mark.slow
+def test_treat_picks_a_strategy_that_forgets_less(tmp_path: Path) -> None:
+    import dlclinic
+
+    case = _case()
+    treatment, before, after = dlclinic.treat(case, "optimization.forgetting", out_dir=tmp_path, params={"seeds": "1", "strategies": "replay,lwf"}, cache_dir=tmp_path / "cache")
+    assert treatment.after["bwt"] > treatment.before["bwt"]
+    assert treatment.after["average_accuracy"] > treatment.before["average_accuracy"]
+    assert (tmp_path / "continual_comparison.json").is_file()
+    assert after["optimization.forgetting"].metrics["bwt"] > before["optimization.forgetting"].metrics["bwt"]
