@@ -194,7 +194,9 @@ def checkup(
     case = prepare_model(case, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
     timings["model"] = time.perf_counter() - t
     retrain, recipe = retrainer(case, fit_config)
-    evidence = Evidence(case, ev_cfg, retrain=retrain, recipe=recipe, cheap_retrain=baseline, cache_dir=cache, progress=progress)
+    from dlclinic.remedies.fit import FitConfig
+
+    evidence = Evidence(case, ev_cfg, retrain=retrain, recipe=recipe, cheap_retrain=baseline, cache_dir=cache, progress=progress, fit_config=fit_config or FitConfig())
 
     t = time.perf_counter()
     needs = [need for cid in built for need in CHECKS[cid].requires]

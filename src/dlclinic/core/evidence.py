@@ -152,6 +152,7 @@ class Evidence:
         cheap_retrain: bool = False,
         cache_dir: Path | None = None,
         progress: Progress | None = None,
+        fit_config: Any = None,
     ) -> None:
         if case.model is None:
             raise ModelError("evidence needs a model: pass one, or let dlclinic.checkup() train the baseline")
@@ -160,6 +161,7 @@ class Evidence:
         self.retrain = retrain
         self.recipe = recipe  # identifies the retraining recipe (factory + fit config) in cache keys
         self.cheap_retrain = cheap_retrain
+        self.fit_config = fit_config  # the case's training recipe (checks that train a fresh copy read it)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.progress = progress or NullProgress()
         self._mem: dict[tuple[str, str], np.ndarray] = {}
@@ -264,7 +266,7 @@ class Evidence:
         if extra.x.shape[1:] != self.case.train.x.shape[1:]:
             raise InputError(f"extra data {name!r}: expected samples of shape {self.case.train.x.shape[1:]} like train, found {extra.x.shape[1:]}")
         case = dataclasses.replace(self.case, splits={"train": self.case.train, name: extra})
-        return Evidence(case, self.config, recipe=self.recipe, cache_dir=self.cache_dir, progress=self.progress)
+        return Evidence(case, self.config, recipe=self.recipe, cache_dir=self.cache_dir, progress=self.progress, fit_config=self.fit_config)
 
     # -- internals ----------------------------------------------------------------------
     def _params(self, kind: str) -> dict[str, Any]:
