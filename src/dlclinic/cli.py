@@ -162,15 +162,60 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of training and sampl
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal summary, no progress bars.")]
 
 
-# named flags that are shorthands for --option CHALLENGE.ID.OPTION=VALUE
-_CHECK_FLAGS: dict[str, tuple[str, str, str]] = {
-    "ood": ("--ood", "data.generalization", "ood"),
-    "target_accuracy": ("--target-accuracy", "data.quantity", "target_accuracy"),
+# named flags that are shorthands for --option CHALLENGE.ID.OPTION=VALUE (one flag may set several checks)
+_TRAINING_RUN = ("model.gradients", "optimization.convergence", "model.overfitting", "compute.training_cost", "compute.energy")
+_CHECK_FLAGS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "ood": ("--ood", (("data.generalization", "ood"),)),
+    "target_accuracy": ("--target-accuracy", (("data.quantity", "target_accuracy"),)),
+    "suspect_region": ("--suspect-region", (("model.interpretability", "suspect_region"),)),
+    "suspect_feature": ("--suspect-feature", (("model.interpretability", "suspect_feature"),)),
+    "max_size_mb": ("--max-size-mb", (("compute.edge", "max_size_mb"),)),
+    "max_memory_mb": ("--max-memory-mb", (("compute.edge", "max_memory_mb"),)),
+    "latency_budget_ms": ("--latency-budget-ms", (("compute.realtime", "latency_budget_ms"), ("deployment.scalability", "warn_p99_ms"))),
+    "compile_model": ("--compile", (("compute.realtime", "compile"),)),
+    "train_steps": ("--train-steps", tuple((cid, "steps") for cid in _TRAINING_RUN)),
+    "tdp_watts": ("--tdp-watts", (("compute.energy", "tdp_watts"),)),
+    "carbon_intensity": ("--carbon-intensity", (("compute.energy", "carbon_intensity"),)),
+    "budget_hours": ("--budget-hours", (("compute.training_cost", "budget_hours"),)),
+    "deploy_window": ("--deploy-window", (("deployment.drift", "window"),)),
+}
+
+# named flags of `treat`: parameter name and the remedies that take it
+_TREAT_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pool": ("--pool", ("data.labeling_cost",)),
+    "budget": ("--budget", ("data.labeling_cost",)),
+    "max_accuracy_drop": ("--max-accuracy-drop", ("model.compression",)),
+    "objective": ("--objective", ("model.compression",)),
+    "storage": ("--storage", ("model.hyperparameters", "model.architecture")),
+    "n_trials": ("--n-trials", ("model.hyperparameters", "model.architecture")),
+    "suspect_region": ("--suspect-region", ("model.interpretability",)),
+    "suspect_feature": ("--suspect-feature", ("model.interpretability",)),
 }
 
 
-def _named_check_options(**values: Any) -> list[tuple[str, str, str, Any]]:
-    return [(_CHECK_FLAGS[k][0], _CHECK_FLAGS[k][1], _CHECK_FLAGS[k][2], v) for k, v in values.items()]
+def _merge_check_flags(options: dict[str, Any], values: dict[str, Any]) -> None:
+    """Add the named checkup flags that were given to the ``--option`` mapping."""
+    for key, value in values.items():
+        if value is None or value is False:
+            continue
+        flag, targets = _CHECK_FLAGS[key]
+        if isinstance(value, Path) and not value.exists():
+            raise InputError(f"{flag} {value}: file not found")
+        for cid, name in targets:
+            options.setdefault(cid, {})[name] = str(value)
+
+
+def _merge_treat_flags(params: dict[str, Any], challenge: str, values: dict[str, Any]) -> None:
+    """Add the named treat flags that were given to the remedy parameters."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag, cids = _TREAT_FLAGS[key]
+        if challenge not in cids:
+            raise ConfigError(f"{flag} applies to {', '.join(cids)}, found it with {challenge}")
+        if isinstance(value, Path) and not value.exists():
+            raise InputError(f"{flag} {value}: file not found")
+        params[key] = str(value)
 
 
 def _configs(epochs: int, seed: int, oof: OofMethod, layer: Optional[str], no_cache: bool) -> tuple[Any, Any]:
@@ -197,6 +242,17 @@ def checkup(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05; `dlclinic challenges --check ID` lists them.")] = None,
     ood: Annotated[Optional[Path], typer.Option("--ood", help="data.generalization: inputs the model should flag as out-of-distribution (same format as --train); reports OOD AUROC.")] = None,
     target_accuracy: Annotated[Optional[float], typer.Option("--target-accuracy", help="data.quantity: accuracy to reach; reports the training samples predicted for it.")] = None,
+    suspect_region: Annotated[Optional[str], typer.Option("--suspect-region", help="model.interpretability: image region suspected of being a shortcut, rows r0:r1,cols c0:c1 (e.g. 0:4,0:4).")] = None,
+    suspect_feature: Annotated[Optional[str], typer.Option("--suspect-feature", help="model.interpretability: table column suspected of being a shortcut.")] = None,
+    max_size_mb: Annotated[Optional[float], typer.Option("--max-size-mb", help="compute.edge: model size budget on disk.")] = None,
+    max_memory_mb: Annotated[Optional[float], typer.Option("--max-memory-mb", help="compute.edge: peak inference memory budget.")] = None,
+    latency_budget_ms: Annotated[Optional[float], typer.Option("--latency-budget-ms", help="compute.realtime and deployment.scalability: latency budget (p99 under load for the server).")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="compute.realtime: also time torch.compile (slow to compile on CPU).")] = False,
+    train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=10, help="Steps of the short monitored training run shared by the training checks.")] = None,
+    tdp_watts: Annotated[Optional[float], typer.Option("--tdp-watts", help="compute.energy: CPU package TDP used when no energy counter exists.")] = None,
+    carbon_intensity: Annotated[Optional[float], typer.Option("--carbon-intensity", help="compute.energy: grid carbon intensity in gCO2e/kWh.")] = None,
+    budget_hours: Annotated[Optional[float], typer.Option("--budget-hours", help="compute.training_cost: warn when a full training run is projected above this.")] = None,
+    deploy_window: Annotated[Optional[int], typer.Option("--deploy-window", min=10, help="deployment.drift: rows per window of the deploy split.")] = None,
     out: OutOpt = Path("dlclinic-report"),
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
     cache_dir: CacheOpt = None,
@@ -217,11 +273,7 @@ def checkup(
 
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
     options = parse_assignments(option or [], scoped=True)
-    for flag, cid, name, value in _named_check_options(ood=ood, target_accuracy=target_accuracy):
-        if isinstance(value, Path) and not value.exists():
-            raise InputError(f"{flag} {value}: file not found")
-        if value is not None:
-            options.setdefault(cid, {})[name] = str(value)
+    _merge_check_flags(options, {"ood": ood, "target_accuracy": target_accuracy, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb, "latency_budget_ms": latency_budget_ms, "compile_model": compile_model, "train_steps": train_steps, "tdp_watts": tdp_watts, "carbon_intensity": carbon_intensity, "budget_hours": budget_hours, "deploy_window": deploy_window})
     for cid, given in options.items():
         if cid not in CHECKS:
             raise ConfigError(f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}")
@@ -257,6 +309,12 @@ def treat(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.")] = None,
     pool: Annotated[Optional[Path], typer.Option("--pool", help="data.labeling_cost: unlabelled inputs to rank (same format as --train).")] = None,
     budget: Annotated[Optional[int], typer.Option("--budget", min=1, help="data.labeling_cost: how many samples to pick for labelling.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="model.compression: largest accuracy loss accepted for the smaller/faster model.")] = None,
+    objective: Annotated[Optional[str], typer.Option("--objective", help="model.compression: size or latency.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="model.hyperparameters / model.architecture: Optuna storage URL (SQLite file by default; postgresql://... for many workers).")] = None,
+    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="model.hyperparameters / model.architecture: Optuna trials.")] = None,
+    suspect_region: Annotated[Optional[str], typer.Option("--suspect-region", help="model.interpretability: the shortcut region to remove (r0:r1,c0:c1).")] = None,
+    suspect_feature: Annotated[Optional[str], typer.Option("--suspect-feature", help="model.interpretability: the shortcut column to remove.")] = None,
     out: OutOpt = Path("dlclinic-treatment"),
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -278,14 +336,7 @@ def treat(
         if challenge != "data.quality":
             raise ConfigError(f"--mode applies to data.quality only, found it with {challenge}")
         params["mode"] = mode.value
-    for flag, value, cids, name in (("--pool", pool, ("data.labeling_cost",), "pool"), ("--budget", budget, ("data.labeling_cost",), "budget")):
-        if value is None:
-            continue
-        if challenge not in cids:
-            raise ConfigError(f"{flag} applies to {', '.join(cids)}, found it with {challenge}")
-        if isinstance(value, Path) and not value.exists():
-            raise InputError(f"{flag} {value}: file not found")
-        params[name] = str(value)
+    _merge_treat_flags(params, challenge, {"pool": pool, "budget": budget, "max_accuracy_drop": max_accuracy_drop, "objective": objective, "storage": storage, "n_trials": n_trials, "suspect_region": suspect_region, "suspect_feature": suspect_feature})
     build_options(spec, params)  # bad parameters fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
