@@ -68,11 +68,11 @@ def test_pii_counts_per_column_without_values(tmp_path) -> None:  # type: ignore
     n = 60
     emails = [f"user{i}@example.org" if i % 3 == 0 else "no contact" for i in range(n)]  # 20 emails
     cards = ["4111 1111 1111 1111" if i < 7 else "1234 5678 9012 3456" for i in range(n)]  # 7 valid (Luhn), 53 invalid
-    df = pd.DataFrame({"note": emails, "payment": cards, "amount": rng.random(n).round(2), "order_id": np.arange(100000, 100000 + n), "comment": ["great product, arrived 2024-01-15" for _ in range(n)]})
+    df = pd.DataFrame({"note": emails, "payment": cards, "amount": rng.random(n).round(2), "score": rng.normal(size=n) * 1e3, "order_id": np.arange(100000, 100000 + n), "comment": ["great product, arrived 2024-01-15" for _ in range(n)]})
     rep = scan_table(df)
     assert rep.columns["note"]["email"] == 20 and rep.rows_with_pii["note"] == 20
     assert rep.columns["payment"]["payment_card"] == 7
-    assert sum(rep.columns["amount"].values()) == 0 and sum(rep.columns["order_id"].values()) == 0 and sum(rep.columns["comment"].values()) == 0
+    assert sum(rep.columns["score"].values()) == 0 and sum(rep.columns["amount"].values()) == 0 and sum(rep.columns["order_id"].values()) == 0 and sum(rep.columns["comment"].values()) == 0
     assert set(rep.flagged_columns()) == {"note", "payment"}
     path = tmp_path / "customers.csv"
     df.to_csv(path, index=False)

@@ -141,10 +141,12 @@ def test_html_of_a_bare_report():
 
 def test_write_report(tmp_path, report, case):
     paths = write_report(report, tmp_path / "out", case=case)
-    assert set(paths) == {"json", "html"}
+    assert set(paths) == {"json", "html", "manifest"}
     assert json.loads(paths["json"].read_text())["schema"] == "dlclinic.report/1"
     assert paths["html"].read_text().startswith("<!DOCTYPE html>")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report.json"]
+    manifest = json.loads(paths["manifest"].read_text())
+    assert {"command", "packages", "hardware", "hashes"} <= set(manifest)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "report.html", "report.json"]
 
 
 def _boom(*args, **kwargs):

@@ -165,7 +165,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal summa
 # named flags that are shorthands for --option CHALLENGE.ID.OPTION=VALUE (one flag may set several checks)
 _TRAINING_RUN = ("model.gradients", "optimization.convergence", "model.overfitting", "compute.training_cost", "compute.energy")
 _CHECK_FLAGS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "ood": ("--ood", (("data.generalization", "ood"),)),
+    "ood": ("--ood", (("data.generalization", "ood"), ("research.open_ended", "ood"))),
     "target_accuracy": ("--target-accuracy", (("data.quantity", "target_accuracy"),)),
     "suspect_region": ("--suspect-region", (("model.interpretability", "suspect_region"),)),
     "suspect_feature": ("--suspect-feature", (("model.interpretability", "suspect_feature"),)),
@@ -178,6 +178,14 @@ _CHECK_FLAGS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "carbon_intensity": ("--carbon-intensity", (("compute.energy", "carbon_intensity"),)),
     "budget_hours": ("--budget-hours", (("compute.training_cost", "budget_hours"),)),
     "deploy_window": ("--deploy-window", (("deployment.drift", "window"),)),
+    "compare": ("--compare", (("research.benchmark_saturation", "compare"),)),
+    "compare_weights": ("--compare-weights", (("research.benchmark_saturation", "compare_weights"),)),
+    "unknown_classes": ("--unknown-classes", (("research.open_ended", "unknown_classes"),)),
+    "repro_seeds": ("--repro-seeds", (("research.reproducibility", "seeds"),)),
+    "tasks": ("--tasks", (("optimization.forgetting", "tasks"),)),
+    "positive_class": ("--positive-class", (("ethics.fairness", "positive_class"),)),
+    "epsilon": ("--epsilon", (("ethics.security", "epsilon"),)),
+    "card": ("--card", (("ethics.misuse", "card_config"), ("ethics.compliance", "card_config"))),
 }
 
 # named flags of `treat`: parameter name and the remedies that take it
@@ -253,6 +261,14 @@ def checkup(
     carbon_intensity: Annotated[Optional[float], typer.Option("--carbon-intensity", help="compute.energy: grid carbon intensity in gCO2e/kWh.")] = None,
     budget_hours: Annotated[Optional[float], typer.Option("--budget-hours", help="compute.training_cost: warn when a full training run is projected above this.")] = None,
     deploy_window: Annotated[Optional[int], typer.Option("--deploy-window", min=10, help="deployment.drift: rows per window of the deploy split.")] = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="research.benchmark_saturation: another model (file.py:factory, .pt2, .onnx, or saved test predictions .npy/.npz) to test against (McNemar, paired bootstrap).")] = None,
+    compare_weights: Annotated[Optional[Path], typer.Option("--compare-weights", help="Weights for --compare file.py:factory.")] = None,
+    unknown_classes: Annotated[Optional[str], typer.Option("--unknown-classes", help="research.open_ended: class indices to hold out as unknown, e.g. 8,9.")] = None,
+    repro_seeds: Annotated[Optional[int], typer.Option("--repro-seeds", min=1, help="research.reproducibility: training seeds for the metric spread.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="optimization.forgetting: task sequence from 'classes' (split classes) or 'groups'.")] = None,
+    positive_class: Annotated[Optional[int], typer.Option("--positive-class", help="ethics.fairness: the favourable class for selection rate, TPR and FPR (default: one-vs-rest over classes).")] = None,
+    epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="ethics.security: the attack budget of interest (L-inf, in input units).")] = None,
+    card: Annotated[Optional[Path], typer.Option("--card", help="ethics.misuse / ethics.compliance: model-card facts (intended use, out-of-scope uses, data provenance, ...) as JSON/TOML/YAML.")] = None,
     out: OutOpt = Path("dlclinic-report"),
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
     cache_dir: CacheOpt = None,
@@ -273,7 +289,7 @@ def checkup(
 
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
     options = parse_assignments(option or [], scoped=True)
-    _merge_check_flags(options, {"ood": ood, "target_accuracy": target_accuracy, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb, "latency_budget_ms": latency_budget_ms, "compile_model": compile_model, "train_steps": train_steps, "tdp_watts": tdp_watts, "carbon_intensity": carbon_intensity, "budget_hours": budget_hours, "deploy_window": deploy_window})
+    _merge_check_flags(options, {"ood": ood, "target_accuracy": target_accuracy, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb, "latency_budget_ms": latency_budget_ms, "compile_model": compile_model, "train_steps": train_steps, "tdp_watts": tdp_watts, "carbon_intensity": carbon_intensity, "budget_hours": budget_hours, "deploy_window": deploy_window, "compare": compare, "compare_weights": compare_weights, "unknown_classes": unknown_classes, "repro_seeds": repro_seeds, "tasks": tasks, "positive_class": positive_class, "epsilon": epsilon, "card": card})
     for cid, given in options.items():
         if cid not in CHECKS:
             raise ConfigError(f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}")

@@ -90,7 +90,8 @@ def _reference_losses(case: Case, evidence: Evidence, kind: str, ref_rows: np.nd
         from dlclinic.remedies.fit import FitConfig, fit, seed_everything
 
         seed_everything(options.seed)
-        cfg = replace(FitConfig(), epochs=options.reference_epochs, seed=options.seed)
+        base = getattr(evidence, "fit_config", None) or FitConfig()  # the case's recipe, shortened
+        cfg = replace(base, epochs=options.reference_epochs, seed=options.seed)
         ref = fit(case.model_factory(), np.nan_to_num(test.x[ref_rows]), test.y[ref_rows], cfg).model
         lm = _per_sample_ce(predict_logits(ref, np.nan_to_num(train.x[member_rows])).astype(np.float64), train.y[member_rows])
         ln = _per_sample_ce(predict_logits(ref, np.nan_to_num(test.x[non_rows])).astype(np.float64), test.y[non_rows])

@@ -191,7 +191,8 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
         if maps.ndim == 4:
             maps = maps.mean(1)
         shown = min(len(rows), 16)
-        heat = [np.round(mp / mp.max(), 2).tolist() if mp.max() > 0 else np.zeros_like(mp).tolist() for mp in maps[:shown]]
+        # scaled by each map's 99th percentile so one extreme pixel does not wash the rest out
+        heat = [np.round(np.clip(mp / q, 0, 1), 2).tolist() if (q := float(np.percentile(mp, 99))) > 0 else np.zeros_like(mp).tolist() for mp in maps[:shown]]
         captions = [f"y={int(s.y[r]) if s.y is not None else '?'} pred={int(pred[r])}" + (" ✗" if s.y is not None and pred[r] != s.y[r] else "") for r in rows[:shown]]
         details["images"] = [{"title": f"{primary.replace('_', ' ')} overlays (red = attribution)", "split": split, "indices": rows[:shown].tolist(), "captions": captions, "heatmaps": heat}]
     else:

@@ -14,7 +14,9 @@ fit a checkup budget. They indicate; the remedies (``dlclinic treat model.hyperp
 * ``model.architecture`` — model summary (layers, parameters, FLOPs) and the same
   architecture at fewer channels (``width_ratios``, built by channel pruning a fresh
   model) trained with the same short budget. Warns when a model with at most half the
-  parameters is within ``tolerance`` of full width.
+  parameters is within ``tolerance`` of full width, when a ReLU layer has ≥ ``dead_warn``
+  of its channels never active on 256 train inputs, or when a layer's weights have an
+  effective rank below ``rank_ratio_warn`` of full (Roy & Vetterli, 2007).
 """
 
 from __future__ import annotations
@@ -159,6 +161,8 @@ class ArchitectureOptions:
 
     width_ratios: tuple[float, ...] = (0.5, 0.25)
     tolerance: float = 0.01
+    dead_warn: float = 0.5
+    rank_ratio_warn: float = 0.1
     epochs: int = 2
     n_train: int = 800
     n_val: int = 500
@@ -180,7 +184,7 @@ def run_architecture(case: Case, evidence: Evidence, options: ArchitectureOption
 def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckResult:
     """Model summary and a short width comparison of the same architecture."""
     from dlclinic.functional.compression import parameter_count
-    from dlclinic.functional.search import model_summary, narrower, train_eval
+    from dlclinic.functional.search import model_summary, narrower, redundancy, train_eval
 
     cid = "model.architecture"
     model = case.model
@@ -194,6 +198,7 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
     assert factory is not None
     if summary_info is None:
         summary_info = model_summary(factory(), case.train.x[:1])
+    red = redundancy(model, case.train.x[:256]) if hasattr(model, "state_dict") else []
     x_tr, y_tr, x_va, y_va = _subset(case, options.n_train, options.n_val, options.seed)
     rows = []
     outcomes: dict[float, Any] = {}
@@ -225,15 +230,23 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
         rows.append([f"{r:.0%}", n_params, round(flops / 1e6, 3), round(out.accuracy, 4), round(full_acc - out.accuracy, 4)])
     smaller = [c for c in candidates if c[1] <= 0.5 * full_params and c[4] <= options.tolerance]
     smallest = min(smaller, key=lambda c: c[1]) if smaller else None
-    status: Status = "warn" if smallest is not None else "ok"
     findings: list[Finding] = []
     head = f"{summary_info['n_params']:,} parameters in {summary_info['n_layers_with_params']} layers, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample"
+    dead = [r_ for r_ in red if r_["kind"] == "activations" and r_["dead_fraction"] >= options.dead_warn]
+    low_rank = [r_ for r_ in red if r_["kind"] == "weights" and r_["rank_ratio"] < options.rank_ratio_warn]
+    for r_ in dead:
+        findings.append(Finding("dead_channels", f"{r_['layer']}: {r_['dead_fraction']:.0%} of {r_['channels']} channels never activate on 256 train inputs"))
+    for r_ in low_rank:
+        findings.append(Finding("low_rank", f"{r_['layer']}: effective rank {r_['effective_rank']:.1f} ({r_['rank_ratio']:.0%} of full): the layer could be factorised or narrowed"))
     if smallest is not None:
         r, n_params, _, acc, drop, lo, hi = smallest
         findings.append(Finding("oversized", f"at {r:.0%} width ({n_params:,} parameters, {n_params / full_params:.0%}) validation accuracy is {acc:.1%} vs {full_acc:.1%} at full width (drop {drop:+.1%}, 95% CI {lo:+.1%}..{hi:+.1%}) under the same short budget"))
         summary = f"{head}; the same architecture at {r:.0%} width ({n_params / full_params:.0%} of the parameters) matches full width within {options.tolerance:.0%} in a short run: the model is likely larger than the data needs."
     else:
         summary = f"{head}; narrower versions ({', '.join(f'{r:.0%}' for r in ratios[1:])} width) lose more than {options.tolerance:.0%} validation accuracy in a short run."
+    status: Status = "warn" if (smallest is not None or dead or low_rank) else "ok"
+    if smallest is None and (dead or low_rank):
+        summary += f" Redundancy: {len(dead)} layer(s) with ≥ {options.dead_warn:.0%} dead channels, {len(low_rank)} with effective rank < {options.rank_ratio_warn:.0%} of full."
     remedy = Remedy(command="dlclinic treat model.architecture", description="Optuna multi-objective search over width (and depth for dlclinic's baseline family) with full training: Pareto front of accuracy vs parameters and the smallest model within 1 point of the best, retrained and verified on test")
     return CheckResult(
         id=cid,
@@ -245,6 +258,8 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
             "full_width_val_accuracy": full_acc,
             **{f"width_{int(c[0] * 100)}_drop": c[4] for c in candidates},
             **{f"width_{int(c[0] * 100)}_params": c[1] for c in candidates},
+            "max_dead_fraction": max((r_["dead_fraction"] for r_ in red if r_["kind"] == "activations"), default=None),
+            "min_rank_ratio": min((r_["rank_ratio"] for r_ in red if r_["kind"] == "weights"), default=None),
         },
         thresholds={"tolerance": options.tolerance},
         findings=tuple(findings),
@@ -254,6 +269,7 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
             "plots": [{"kind": "scatter", "title": "Validation accuracy vs parameters (short runs)", "xlabel": "parameters", "ylabel": "validation accuracy", "xscale": "log", "series": [{"label": "width", "x": [outcomes[r][1] for r in ratios], "y": [outcomes[r][0].accuracy for r in ratios], "text": [f"{r:.0%}" for r in ratios], "line": True}]}],
             "tables": [
                 {"title": "Width comparison", "columns": ["width", "params", "MFLOPs", "val accuracy", "drop vs full"], "rows": rows},
+                {"title": "Redundancy (effective rank of weights, dead activation channels)", "columns": ["layer", "kind", "effective rank", "rank ratio", "dead fraction"], "rows": [[r_["layer"], r_["kind"], r_.get("effective_rank"), r_.get("rank_ratio"), r_.get("dead_fraction")] for r_ in red]},
                 {"title": "Model summary", "columns": ["layer", "type", "params", "output"], "rows": [[layer["name"], layer["type"], layer["params"], "×".join(str(s) for s in layer["output"])] for layer in summary_info["layers"]]},
             ],
         },

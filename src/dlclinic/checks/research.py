@@ -356,9 +356,41 @@ def _other_predictions(spec: Any, weights: str | None, x: np.ndarray, n: int) ->
     return arr.astype(np.int64), label
 
 
+def _find_slices(case: Case, evidence: Evidence, correct: np.ndarray, table: bool, options: BenchmarkOptions) -> tuple[list[Any], int]:
+    from dlclinic.functional.slices import find_weak_slices
+
+    test = case.splits["test"]
+    if table:
+        return find_weak_slices(correct, features=test.x.reshape(len(test), -1), feature_names=case.feature_names, min_size=options.min_slice_size, min_gap=options.min_slice_gap, fdr=options.fdr)
+    return find_weak_slices(correct, embeddings=evidence.get("embeddings", "test"), cluster_sizes=options.cluster_sizes, min_size=options.min_slice_size, min_gap=options.min_slice_gap, fdr=options.fdr)
+
+
+def _slices_to_arrays(slices: list[Any], tested: int) -> dict[str, np.ndarray]:
+    """Weak slices as flat arrays, for the evidence cache."""
+    sizes = np.array([s.size for s in slices], dtype=np.int64)
+    return {
+        "tested": np.array(tested),
+        "description": np.array([s.description for s in slices] or [""]),
+        "sizes": sizes,
+        "rows": np.concatenate([s.rows for s in slices]).astype(np.int64) if slices else np.zeros(0, np.int64),
+        "numbers": np.array([[s.accuracy, s.rest_accuracy, s.low, s.high, s.p_value, s.q_value] for s in slices], dtype=np.float64).reshape(-1, 6),
+    }
+
+
+def _slices_from_arrays(a: dict[str, np.ndarray]) -> tuple[list[Any], int]:
+    from dlclinic.functional.slices import Slice
+
+    out = []
+    start = 0
+    for i, size in enumerate(a["sizes"]):
+        acc, rest, low, high, p, q = (float(v) for v in a["numbers"][i])
+        out.append(Slice(str(a["description"][i]), a["rows"][start : start + int(size)], acc, rest, low, high, p, q))
+        start += int(size)
+    return out, int(a["tested"])
+
+
 def run_benchmark(case: Case, evidence: Evidence, options: BenchmarkOptions) -> CheckResult:
     """Bootstrap intervals of the headline metrics, an optional significance test against another model, weak slices."""
-    from dlclinic.functional.slices import find_weak_slices
     from dlclinic.functional.stats import bootstrap_metrics, compare_predictions
 
     cid = "research.benchmark_saturation"
@@ -384,12 +416,11 @@ def run_benchmark(case: Case, evidence: Evidence, options: BenchmarkOptions) -> 
         metrics.update(compare_accuracy=comp.accuracy_b, accuracy_difference=comp.difference, difference_low=comp.difference_low, difference_high=comp.difference_high, mcnemar_p_exact=comp.mcnemar.p_exact, mcnemar_p_mid=comp.mcnemar.p_mid, significant=comp.significant)
         comparison_text = f" Against {label}: {comp.verdict}."
         findings.append(Finding("comparison", f"this model vs {label}: {comp.verdict}", extra={"significant": comp.significant, "discordant_only_this": comp.mcnemar.b, "discordant_only_other": comp.mcnemar.c}))
-    if case.modality == "table" or (evidence.available("embeddings", "test") is False):
-        slices, tested = find_weak_slices(correct, features=test.x.reshape(len(y), -1), feature_names=case.feature_names, min_size=options.min_slice_size, min_gap=options.min_slice_gap, fdr=options.fdr)
-        source = "feature-value slices"
-    else:
-        slices, tested = find_weak_slices(correct, embeddings=evidence.get("embeddings", "test"), cluster_sizes=options.cluster_sizes, min_size=options.min_slice_size, min_gap=options.min_slice_gap, fdr=options.fdr)
-        source = "k-means clusters of test embeddings"
+    table = case.modality == "table" or not evidence.available("embeddings", "test")
+    source = "feature-value slices" if table else "k-means clusters of test embeddings"
+    slice_params = {"table": table, "sizes": list(options.cluster_sizes), "min_size": options.min_slice_size, "gap": options.min_slice_gap, "fdr": options.fdr}
+    stored = evidence.cached("weak_slices", slice_params, lambda: _slices_to_arrays(*_find_slices(case, evidence, correct, table, options)))
+    slices, tested = _slices_from_arrays(stored)
     metrics["slices_tested"] = tested
     metrics["weak_slices"] = len(slices)
     if slices:
@@ -548,8 +579,9 @@ THEORY_CHECK = CheckSpec(
 class OpenEndedOptions:
     """Open-set recognition settings.
 
-    ``ood``: an ``.npz`` file (``x``, optional ``y`` = true class ids of the new classes)
-    of inputs from classes the model never saw; scored with the case's model against
+    ``ood``: a file of inputs from classes the model never saw, in the format of
+    ``--train`` (``.npz`` with ``x`` and optional ``y`` = class ids of the new classes,
+    CSV/Parquet or an image folder); scored with the case's model against
     half of the test split (the other half calibrates the threshold). Otherwise the check
     *simulates* an open world: ``unknown_classes`` (default: the last ``n_unknown``
     classes) are held out, the recipe retrains on the others (``max_train_rows``; 20 %
@@ -595,16 +627,11 @@ def open_set_experiment(case: Case, evidence: Evidence, options: OpenEndedOption
     test = _labelled_test(case)
     assert test is not None and case.train.y is not None
     if options.ood:
-        path = Path(options.ood)
-        if not path.is_file():
-            raise InputError(f"ood {options.ood!r}: expected an .npz file with x (and optional y), found no such file")
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data.files:
-                raise InputError(f"ood {options.ood!r}: expected an array named x, found {', '.join(data.files)}")
-            x_unk = data["x"].astype(np.float32)
-            y_unk = data["y"].astype(np.int64) if "y" in data.files else None
-        if x_unk.shape[1:] != case.input_shape:
-            raise InputError(f"ood {options.ood!r}: expected inputs of shape {case.input_shape}, found {x_unk.shape[1:]}")
+        from dlclinic.io.data import load_like
+
+        loaded = load_like(options.ood, case, name="ood")  # same formats as --train: npz, CSV/Parquet, image folder
+        x_unk = np.asarray(loaded.x, dtype=np.float32)
+        y_unk = np.asarray(loaded.y, dtype=np.int64) if loaded.y is not None else None
         model = case.model
         order = np.random.default_rng(options.seed).permutation(len(test))
         val_rows, known_rows = order[: len(order) // 2], order[len(order) // 2 :]

@@ -68,7 +68,7 @@ def register(app: Any) -> None:
         if problems:
             for p in problems:
                 typer.echo(f"FAILED: {p}", err=True)
-            raise SystemExit(1)  # cli.main ignores the return code of typer.Exit in standalone_mode=False
+            raise typer.Exit(1)
         typer.echo(f"OK: every file in {manifest} matches its SHA-256" + (" and the signature is valid" if key_file else ""))
 
     @audit_app.command("verify")
@@ -82,7 +82,7 @@ def register(app: Any) -> None:
         if problems:
             for p in problems:
                 typer.echo(f"FAILED: {p}", err=True)
-            raise SystemExit(1)  # cli.main ignores the return code of typer.Exit in standalone_mode=False
+            raise typer.Exit(1)
         typer.echo(f"OK: {n} records, hash chain intact")
 
     @app.command("scan-model")
@@ -97,4 +97,4 @@ def register(app: Any) -> None:
             typer.echo(f"{scan.verdict:16s} {f} ({scan.format}{'; ' + ', '.join(refs[:6]) if refs else ''}{'; ' + scan.error if scan.error else ''})")
             bad += scan.verdict in ("dangerous", "unknown_imports", "error")
         if bad:
-            raise SystemExit(1)  # cli.main ignores the return code of typer.Exit in standalone_mode=False
+            raise typer.Exit(1)

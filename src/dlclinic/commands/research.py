@@ -93,7 +93,5 @@ def register(app: Any) -> None:
                 typer.echo(f"{section}: {line}")
         if blocking:
             typer.echo(f"not reproduced: {len(diff['results'])} result difference(s), {len(diff['hashes'])} hash difference(s); details in {target / 'replay_comparison.json'}", err=True)
-            # SystemExit, not typer.Exit: cli.main runs the app with standalone_mode=False, where click
-            # turns typer.Exit into a return value that main() does not pass on
-            raise SystemExit(1)
+            raise typer.Exit(1)
         typer.echo(f"reproduced: every status and metric within {tolerance:g}, same data/model hashes" + (f" ({len(diff['packages']) + len(diff['hardware'])} environment difference(s))" if diff["packages"] or diff["hardware"] else ""), err=True)

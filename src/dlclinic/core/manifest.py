@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dlclinic.core.case import Case
     from dlclinic.core.results import Report
 
-__all__ = ["MANIFEST_SCHEMA", "build_manifest", "compare_manifests", "package_versions", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST_SCHEMA", "build_manifest", "compare_manifests", "manifest_json", "package_versions", "read_manifest", "write_manifest"]
 
 MANIFEST_SCHEMA = "dlclinic.manifest/1"
 
@@ -167,10 +167,15 @@ def build_manifest(
     return manifest
 
 
+def manifest_json(manifest: Mapping[str, Any]) -> str:
+    """The manifest as indented JSON text (NaN/Inf and numpy values cleaned)."""
+    return json.dumps(_clean(dict(manifest)), indent=2, sort_keys=False) + "\n"
+
+
 def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
     """Write ``manifest`` as indented JSON, atomically (complete or absent, never partial)."""
     target = Path(path)
-    text = json.dumps(_clean(dict(manifest)), indent=2, sort_keys=False) + "\n"
+    text = manifest_json(manifest)
     try:
         with atomic_path(target) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -29,7 +29,8 @@ __all__ = ["KINDS", "PiiReport", "iban_valid", "luhn_valid", "scan_table", "scan
 KINDS = ("email", "phone", "payment_card", "iban", "national_id", "ipv4")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}(?![\w-])")
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+_CARD = re.compile(r"(?<![\d.,-])(?:\d[ -]?){12,18}\d(?![\d-]|[.,]\d)")
+_DECIMAL = re.compile(r"^\s*[-+]?(?:\d+\.\d*|\.\d+|\d+(?:\.\d*)?[eE][-+]?\d+)\s*$")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 _SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
 _NINO = re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
@@ -172,8 +173,9 @@ def _name_hint(column: str) -> str | None:
 def scan_table(table: Any, *, max_rows: int | None = None) -> PiiReport:
     """Scan every column of a pandas DataFrame or a ``{column: values}`` mapping.
 
-    Float columns are skipped (identifiers stored as floats lose digits); integer columns
-    are scanned as text (a card number stored as an int is still a card number).
+    Float columns are skipped (identifiers stored as floats lose digits), also when read as
+    text from a CSV (≥ 95 % of values are decimals); integer columns are scanned as text (a
+    card number stored as an int is still a card number).
 
     Example:
         >>> rep = scan_table({"contact": ["a@b.io", "x"], "age": [31, 40]})
@@ -197,6 +199,10 @@ def scan_table(table: Any, *, max_rows: int | None = None) -> PiiReport:
         if dtype is not None and getattr(dtype, "kind", "O") == "f":
             out[name], rows[name] = dict.fromkeys(KINDS, 0), 0
             continue
-        seq = list(values)[:max_rows] if max_rows is not None else values
+        seq = list(values)[:max_rows] if max_rows is not None else list(values)
+        texts = [v for v in seq if isinstance(v, str) and v.strip()]
+        if texts and sum(bool(_DECIMAL.match(v)) for v in texts) >= 0.95 * len(texts):
+            out[name], rows[name] = dict.fromkeys(KINDS, 0), 0  # a float column read as text (CSV)
+            continue
         out[name], rows[name] = scan_values(seq)
     return PiiReport(n_rows=n_rows, columns=out, rows_with_pii=rows, name_hints=hints)

@@ -33,6 +33,7 @@ __all__ = [
     "make_study",
     "model_summary",
     "narrower",
+    "redundancy",
     "train_eval",
 ]
 
@@ -303,3 +304,49 @@ def model_summary(model: Any, sample_x: np.ndarray) -> dict[str, Any]:
             layers.append({"name": name, "type": type(module).__name__, "params": int(n), "output": list(shapes.get(name, ()))})
     total = int(sum(p.numel() for p in model.parameters()))
     return {"layers": layers, "n_params": total, "flops": flops, "n_layers_with_params": sum(1 for layer in layers if layer["params"] > 0)}
+
+
+def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
+    """Per layer: effective rank of the weights and the share of dead activation channels.
+
+    * Effective rank (Roy & Vetterli, 2007): ``exp(entropy(σ / Σσ))`` of the singular
+      values of the weight matrix (``out × in·k·k``), relative to ``min(out, in·k·k)``; a
+      low ratio means the layer could be factorised or narrowed.
+    * Dead channels: output channels of each ReLU-family activation that are zero for
+      every one of the inputs ``x`` (channels = dim 1).
+    """
+    import torch
+
+    from dlclinic.core.inference import eval_mode, model_input_spec
+
+    rows: list[dict[str, Any]] = []
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) and w is not None:
+            mat = w.detach().float().reshape(w.shape[0], -1)
+            sv = torch.linalg.svdvals(mat)
+            p = sv / sv.sum() if float(sv.sum()) > 0 else sv
+            p = p[p > 0]
+            erank = float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0
+            rows.append({"layer": name, "kind": "weights", "effective_rank": erank, "rank_ratio": erank / min(mat.shape)})
+    dead: dict[str, Any] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh)):
+
+            def hook(_m: Any, _i: Any, out: Any, name: str = name) -> None:
+                if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                    alive = (out.detach().reshape(out.shape[0], out.shape[1], -1) > 0).any(2).any(0)
+                    dead[name] = alive if name not in dead else (dead[name] | alive)
+
+            handles.append(module.register_forward_hook(hook))
+    dtype, _ = model_input_spec(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.from_numpy(np.ascontiguousarray(x)).to(dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, alive in dead.items():
+        rows.append({"layer": name, "kind": "activations", "dead_fraction": float(1 - alive.float().mean()), "channels": int(alive.numel())})
+    return rows

@@ -5,8 +5,10 @@
   slice of train; the study is stored in ``<out>/optuna.db`` (SQLite) by default and
   resumed when run again with the same ``study_name``; ``--option
   storage=postgresql://user@host/db`` lets many workers share one study. The best values
-  are then used to retrain on all of train with the full recipe, and the retrained model
-  is compared with the current one on test (paired 95 % CI).
+  are re-run against the current recipe with fresh seeds (does the winner stay ahead, or
+  was it the luckiest of many trials?), then used to retrain on all of train with the
+  full recipe, and the retrained model is compared with the current one on test
+  (paired 95 % CI).
 * ``treat model.architecture`` — multi-objective TPE (maximize validation accuracy,
   minimize parameters): depth and width for dlclinic's baseline MLP, channels and hidden
   width for its CNN, and a width ratio of the user's own architecture otherwise (built by
@@ -33,7 +35,13 @@ __all__ = ["ARCHITECTURE", "ArchitectureParams", "HYPERPARAMETERS", "TuneParams"
 
 @dataclass(frozen=True)
 class TuneParams:
-    """Study budget, pruner and storage (``None`` = SQLite file in the output folder)."""
+    """Study budget, pruner and storage (``None`` = SQLite file in the output folder).
+
+    ``space`` replaces the default search space: JSON (inline or a path to a ``.json``
+    file) mapping a name to ``["float_log", low, high]``, ``["float", low, high]``,
+    ``["int", low, high]`` or ``["categorical", [choices...]]``; the names ``lr``,
+    ``weight_decay``, ``batch_size`` and ``epochs`` are used by the training loop.
+    """
 
     n_trials: int = 30
     timeout_s: float = 1800.0
@@ -43,6 +51,8 @@ class TuneParams:
     study_name: str = "dlclinic-hyperparameters"
     val_fraction: float = 0.2
     seed: int = 0
+    seeds: int = 2
+    space: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -86,6 +96,38 @@ def _reference(ctx: TreatContext) -> Any:
     return ctx.retrain(case.train.x, case.train.y, ctx.fit_config.seed)
 
 
+def _seed_check(factory: Callable[[], Any], x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, base: dict[str, Any], best: dict[str, Any], epochs: int, seeds: int, seed: int) -> list[float]:
+    """Validation gain of the best recipe over the current one, re-run with ``seeds`` new seeds.
+
+    The study picks the best of many noisy trials (a winner's curse); re-running both
+    recipes with fresh seeds says whether the winner stays ahead.
+    """
+    from dlclinic.functional.search import train_eval
+
+    def run(p: dict[str, Any], s: int) -> float:
+        return train_eval(factory(), x_tr, y_tr, x_va, y_va, lr=float(p.get("lr", 2e-3)), weight_decay=float(p.get("weight_decay", 1e-4)), batch_size=int(p.get("batch_size", 64)), epochs=epochs, seed=s).accuracy
+
+    return [run(best, seed + 1000 + k) - run(base, seed + 1000 + k) for k in range(seeds)]
+
+
+def parse_space(text: str) -> dict[str, tuple[Any, ...]]:
+    """A search space from JSON text or a ``.json`` file (see :class:`TuneParams`)."""
+    from pathlib import Path
+
+    raw = Path(text).read_text() if text.strip().endswith(".json") and Path(text).is_file() else text
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"space: expected JSON like {{\"lr\": [\"float_log\", 1e-4, 1e-1]}}, found {text[:60]!r} ({exc.msg})") from None
+    kinds = ("float_log", "float", "int", "categorical")
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, spec in dict(data).items():
+        if not isinstance(spec, list) or not spec or spec[0] not in kinds or (spec[0] == "categorical" and (len(spec) != 2 or not isinstance(spec[1], list))) or (spec[0] != "categorical" and (len(spec) != 3 or not spec[1] < spec[2])):
+            raise ConfigError(f"space[{name!r}]: expected [kind, low, high] with low < high (kind one of {kinds[:3]}) or [\"categorical\", [choices]], found {spec!r}")
+        out[str(name)] = (spec[0], tuple(spec[1])) if spec[0] == "categorical" else (spec[0], spec[1], spec[2])
+    return out
+
+
 def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome:
     """Optuna study over the recipe, retrain with the best values, verify on test."""
     from dlclinic.core.results import Treatment
@@ -109,6 +151,7 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
             x[va],
             y[va],
             baseline={"lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size},
+            space=parse_space(params.space) if params.space else None,
             n_trials=params.n_trials,
             timeout=params.timeout_s,
             epochs=params.trial_epochs,
@@ -118,6 +161,7 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
             seed=params.seed,
             progress=lambda _n: advance(1),
         )
+    seed_gains = _seed_check(case.model_factory, x[tr], y[tr], x[va], y[va], result.baseline_params, result.best_params, params.trial_epochs, params.seeds, params.seed)
     best_cfg = dataclasses.replace(cfg, lr=float(result.best_params.get("lr", cfg.lr)), weight_decay=float(result.best_params.get("weight_decay", cfg.weight_decay)), batch_size=int(result.best_params.get("batch_size", cfg.batch_size)))
     with ctx.progress.step("retraining with the best recipe", total=1) as advance:
         reference = _reference(ctx)
@@ -141,7 +185,7 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
         challenge_id=ctx.challenge_id,
         action=f"Optuna TPE ({params.pruner} pruning), {result.n_trials} trials ({result.n_pruned} pruned); best {result.best_params}; retrained on all of train with the full recipe",
         before={"test_accuracy": acc_old, "val_accuracy": result.baseline_accuracy, **{k: float(v) for k, v in result.baseline_params.items()}},
-        after={"test_accuracy": acc_new, "val_accuracy": result.best_accuracy, "gain_ci_low": ci[0], "gain_ci_high": ci[1], **{k: float(v) for k, v in result.best_params.items()}},
+        after={"test_accuracy": acc_new, "val_accuracy": result.best_accuracy, "gain_ci_low": ci[0], "gain_ci_high": ci[1], "seed_gain_min": min(seed_gains) if seed_gains else None, **{k: float(v) for k, v in result.best_params.items()}},
         before_status=before[ctx.challenge_id].status,
         after_status=after[ctx.challenge_id].status,
         artifacts=artifacts,
@@ -149,6 +193,7 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
             f"study {params.study_name!r} stored in {storage or 'memory'}; run the same command again to resume it (more trials accumulate)",
             "test accuracy: the current model vs the model retrained with the best values, same test rows (paired 95% CI of the gain)",
             f"parameter importances (fANOVA): {result.importances}",
+            f"re-run with {len(seed_gains)} fresh seed(s): validation gain of the best recipe {[round(g, 4) for g in seed_gains]} ({'stays ahead' if seed_gains and min(seed_gains) > 0 else 'does not stay ahead on every seed: part of its lead was luck'})",
         ),
     )
     return TreatOutcome(treatment, before, after)

@@ -7,7 +7,7 @@ Example:
     >>> from dlclinic.report import write_report
     >>> paths = write_report(report, "out/")  # doctest: +SKIP
     >>> sorted(paths)  # doctest: +SKIP
-    ['html', 'json']
+    ['html', 'json', 'manifest']
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["render_html", "render_json", "render_terminal", "write_report"]
 
-_FILES = {"json": "report.json", "html": "report.html"}
+_FILES = {"json": "report.json", "html": "report.html", "manifest": "manifest.json"}
 
 
 def _stage(directory: Path, name: str, text: str) -> Path:
@@ -48,7 +48,10 @@ def _stage(directory: Path, name: str, text: str) -> Path:
 
 
 def write_report(report: Report, out_dir: str | os.PathLike[str], case: Case | None = None) -> dict[str, Path]:
-    """Write ``report.json`` and ``report.html`` into ``out_dir``, atomically.
+    """Write ``report.json``, ``report.html`` and the run's ``manifest.json`` into ``out_dir``, atomically.
+
+    The manifest (:mod:`dlclinic.core.manifest`: command, seeds, package versions,
+    hardware, data/model/config hashes, every status) is what ``dlclinic replay`` re-runs.
 
     Both documents are rendered in memory first, then written to temporary files in
     ``out_dir`` and moved into place with :func:`os.replace`. If rendering or writing
@@ -60,14 +63,16 @@ def write_report(report: Report, out_dir: str | os.PathLike[str], case: Case | N
         case: The case the report was made from, for image thumbnails in the HTML.
 
     Returns:
-        ``{"json": path, "html": path}``.
+        ``{"json": path, "html": path, "manifest": path}``.
 
     Raises:
         ConfigError: If ``out_dir`` cannot be created or written to.
     """
     from dlclinic.core.errors import ConfigError
 
-    texts = {"json": render_json(report), "html": render_html(report, case=case)}
+    from dlclinic.core.manifest import build_manifest, manifest_json
+
+    texts = {"json": render_json(report), "html": render_html(report, case=case), "manifest": manifest_json(build_manifest(report=report, case=case))}
     directory = Path(out_dir)
     staged: dict[str, Path] = {}
     try:

@@ -197,7 +197,9 @@ def render_model_card(report: Any, config: Mapping[str, Any] | None, *, fingerpr
     for key in ("version", "owner", "contact", "license"):
         out.append(f"- **{CARD_FIELDS[key]}**: {_md(cfg.get(key))}")
     if model:
-        out.append(f"- **Model**: {model.get('source', '?')}, {model.get('parameters', '?'):,} parameters" if isinstance(model.get("parameters"), int) else f"- **Model**: {model.get('source', '?')}")
+        source = str(model.get("source", "?"))
+        params = model.get("parameters")
+        out.append(f"- **Model**: {source}" + (f", {params:,} parameters" if isinstance(params, int) and f"{params:,}" not in source else ""))
     if case:
         out.append(f"- **Task**: {case.get('task', 'classification')}, {case.get('n_classes', '?')} classes, {case.get('modality', '?')} inputs of shape {case.get('input_shape', '?')}")
     out.append("")

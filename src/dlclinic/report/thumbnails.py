@@ -49,16 +49,16 @@ def _to_hwc(x: np.ndarray) -> np.ndarray:
 
 
 def _overlay(scaled: Any, heatmap: Any) -> Any:
-    """Blend a red heat map (values 0..1, opacity up to 70 %) over a 0..255 grey or RGB image."""
+    """Blend a red heat map (values 0..1, opacity up to 85 %) over a 0..255 grey or RGB image dimmed to half."""
     import numpy as np
 
     heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)), 0.0, 1.0)
     rgb = scaled if scaled.ndim == 3 else np.repeat(scaled[..., None], 3, axis=-1)
     if heat.shape != rgb.shape[:2]:
         raise ValueError(f"heatmap: expected shape {rgb.shape[:2]} like the image, found {heat.shape}")
-    alpha = 0.7 * heat[..., None]
+    alpha = 0.85 * heat[..., None]
     red = np.array([255.0, 0.0, 0.0])
-    return rgb * (1 - alpha) + red * alpha
+    return 0.5 * rgb * (1 - alpha) + red * alpha  # the image is dimmed so the map stands out
 
 
 def png_data_uri(x: Any, target: int = TARGET, heatmap: Any = None) -> str:

@@ -1,0 +1,90 @@
+"""The validation suite's machinery: interval maths, per-sample scores, one real trial end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from validation.stats import clopper_pearson, detection_scores, exceeds_level, wilson  # noqa: E402
+
+
+def test_clopper_pearson_matches_closed_forms() -> None:
+    # k = 0 and k = n have closed forms: (1 - a/2)^(1/n) bounds
+    lo, hi = clopper_pearson(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 20), rel=1e-9)
+    lo, hi = clopper_pearson(20, 20)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 20), rel=1e-9)
+    # symmetry k <-> n-k, and containment of the estimate
+    a, b = clopper_pearson(3, 40)
+    c, d = clopper_pearson(37, 40)
+    assert a == pytest.approx(1 - d) and b == pytest.approx(1 - c)
+    assert a < 3 / 40 < b
+    assert clopper_pearson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="k <= n"):
+        clopper_pearson(5, 4)
+
+
+def test_wilson_matches_its_formula_and_is_inside_the_exact_interval() -> None:
+    k, n, z = 12, 50, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert wilson(k, n) == pytest.approx((centre - half, centre + half))
+    lo, hi = clopper_pearson(k, n)
+    assert lo <= wilson(k, n)[0] and wilson(k, n)[1] <= hi
+
+
+def test_exceeds_level_distinguishes_noise_from_a_real_excess() -> None:
+    assert exceeds_level(1, 40, 0.05) == "no"  # 2.5 %
+    assert exceeds_level(3, 40, 0.05) == "point"  # 7.5 %, CI reaches below 5 %
+    assert exceeds_level(12, 40, 0.05) == "significant"
+
+
+def test_detection_scores_on_a_hand_made_ranking() -> None:
+    s = detection_scores(10, truth=[1, 2, 3], flagged=[2, 7, 1])
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 1, 1)
+    assert s["precision"] == pytest.approx(2 / 3) and s["recall"] == pytest.approx(2 / 3)
+    # ranking: 2 (hit), 7 (miss), 1 (hit), then 7 rows tied: AP = (1/1 + 2/3)/3 + tie share
+    assert 0.5 < s["auprc"] < 0.8
+    assert detection_scores(5, truth=[], flagged=[1])["recall"] is None
+    assert detection_scores(5, truth=[0], flagged=[])["precision"] is None
+
+
+def test_one_real_trial_through_the_runner_and_the_report(tmp_path: Path) -> None:
+    from validation import report
+    from validation.run import Job, aggregate, run_job
+
+    rec = run_job(Job("deployment.drift", "table", "concept_drift", 0.2, 0), str(tmp_path / "cache"))
+    assert rec["status"] in ("ok", "warn", "fail"), rec["summary"]
+    clean = dict(rec, defect="clean", strength=0.0, status="ok")
+    records = [rec, clean, dict(clean, seed=1, status="warn"), dict(clean, seed=2, status="exception", summary="boom")]
+    agg = aggregate(records)["deployment.drift"]
+    fa = agg["false_alarm"]
+    assert (fa["flagged"], fa["n"], fa["not_graded"]) == (1, 2, {"exception": 1})  # an exception is never a silent ok
+    assert fa["ci95"] == pytest.approx(list(clopper_pearson(1, 2)))
+    assert agg["defects"]["concept_drift"]["rows"][0]["strength"] == 0.2
+    doc = report.document({"deployment.drift": agg}, settings={"mode": "quick", "seeds_clean": 1, "seeds_defect": 1, "all_strengths": False}, wall_seconds=1.0, workers=1, trials=4)
+    report.write_all(doc, records, tmp_path / "docs", packaged=tmp_path / "pkg.json")
+    md = (tmp_path / "docs" / "validation.md").read_text()
+    assert "deployment.drift" in md and "1/2 = 50 %" in md
+    packed = json.loads((tmp_path / "pkg.json").read_text())["checks"]["deployment.drift"]
+    assert (packed["flagged"], packed["n"], packed["exceeds_level"]) == (1, 2, "significant")  # 50 %, CI [1.3 %, 99 %] > 1 %
+
+
+def test_report_trust_reads_the_packaged_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlclinic.report import trust
+
+    table = trust.validation_table()
+    assert isinstance(table, dict)  # the packaged file, or {} when absent: never an error
+    monkeypatch.setattr(trust, "validation_table", lambda: {"x.y": {"false_alarm_rate": 0.025, "ci95": [0.001, 0.13], "flagged": 1, "n": 40, "level": 0.05, "exceeds_level": "no"}})
+    assert trust.false_alarm_for("x.y")["n"] == 40  # type: ignore[index]
+    assert trust.false_alarm_for("nope") is None
+    assert trust.false_alarm_note("x.y") == "This check's false-alarm rate on clean data: 2% [0%, 13%] (1 of 40 clean cases)."

@@ -1,0 +1,5 @@
+"""``python -m validation [--quick] [--only ID ...]``."""
+
+from validation.run import main
+
+raise SystemExit(main())

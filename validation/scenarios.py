@@ -1,0 +1,621 @@
+"""What the suite runs: per check, a clean-case generator and defects planted at several strengths.
+
+A :class:`Plan` names a check, the false-alarm level the check states (5 % unless its
+docstring says otherwise), the modalities it is validated on, a ``clean(modality, seed)``
+builder and its :class:`Defect` s. A builder returns a :class:`Trial`: the case, the
+check's options (defaults unless a scenario must set a budget) and, for defects with
+per-sample findings, the planted rows per split (the ground truth for precision/recall).
+
+Strength 0 is never built by a defect: clean cases come from ``clean`` only, once per
+(check, modality, seed), and are shared by every defect of the check.
+
+Adding a check: write ``clean`` and one ``Defect`` per failure mode it claims to catch,
+with strengths that span "barely there" to "obvious", and append a :class:`Plan` to
+``PLANS``. Use real data from :mod:`validation.data` where the ground truth allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from validation.data import Splits, blobs, split
+
+__all__ = ["PLANS", "Defect", "Plan", "Trial", "plan_for"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One case to examine, the check options, and the planted rows (``{split: indices}``) if any."""
+
+    case: Any
+    options: Mapping[str, Any] = field(default_factory=dict)
+    truth: Mapping[str, Sequence[int]] | None = None
+    fit: Any = None  # FitConfig; None = the suite's fast default
+    evidence: Any = None  # EvidenceConfig; None = dlclinic's default
+
+
+@dataclass(frozen=True)
+class Defect:
+    """A planted defect: ``build(modality, strength, seed) -> Trial`` at each of ``strengths``."""
+
+    name: str
+    unit: str
+    strengths: tuple[float, ...]
+    build: Callable[[str, float, int], Trial]
+    codes: tuple[str, ...] = ()  # finding codes whose indices are scored against the truth
+    quick_strengths: tuple[float, ...] | None = None
+    modalities: tuple[str, ...] | None = None  # None = the plan's
+    expect: tuple[str, ...] = ()  # finding codes that name this defect: "right diagnosis" = flagged with one of them
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Validation plan of one check."""
+
+    check: str
+    level: float
+    level_source: str
+    modalities: tuple[str, ...]
+    clean: Callable[[str, int], Trial]
+    defects: tuple[Defect, ...]
+    clean_description: str
+    cost: float = 1.0  # relative cost of one trial (scheduling only)
+
+
+def _fast_fit() -> Any:
+    from dlclinic.remedies.fit import FitConfig
+
+    return FitConfig(epochs=8, batch_size=64)
+
+
+def _case(s: Splits, modality: str, *, deploy: bool = True, test: bool = True, **kw: Any) -> Any:
+    from dlclinic import Case
+
+    mod = "image" if modality in ("image", "mnist") else "table"
+    return Case.from_arrays(
+        (s.x_train, s.y_train),
+        (s.x_test, s.y_test) if test and len(s.x_test) else None,
+        (s.x_deploy, s.y_deploy) if deploy and len(s.x_deploy) else None,
+        modality=mod,
+        **kw,
+    )
+
+
+def _rng(*parts: float) -> np.random.Generator:
+    return np.random.default_rng([int(abs(p) * 1000) for p in parts])
+
+
+def flip_labels(y: np.ndarray, fraction: float, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Give ``round(fraction × n)`` rows a different label drawn uniformly among the other classes."""
+    y = y.copy()
+    rows = np.sort(rng.choice(len(y), size=int(round(fraction * len(y))), replace=False))
+    y[rows] = (y[rows] + rng.integers(1, n_classes, size=len(rows))) % n_classes
+    return y, rows
+
+
+def mean_shift(x: np.ndarray, reference: np.ndarray, sigma: float, modality: str) -> np.ndarray:
+    """Move every feature by ``sigma`` of its train standard deviation (images: of the pixel values)."""
+    if modality in ("image", "mnist"):
+        return (x + sigma * float(reference.std())).astype(np.float32)
+    return (x + sigma * reference.std(axis=0, keepdims=True)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- data.quality
+
+
+def _quality_splits(modality: str, seed: int) -> Splits:
+    return split(modality, seed, (0.6, 0.4, 0.0))
+
+
+def quality_clean(modality: str, seed: int) -> Trial:
+    return Trial(_case(_quality_splits(modality, seed), modality))
+
+
+def quality_label_noise(modality: str, p: float, seed: int) -> Trial:
+    s = _quality_splits(modality, seed)
+    k = int(max(s.y_train.max(), s.y_test.max())) + 1
+    y, rows = flip_labels(s.y_train, p, k, _rng(seed, p, 1))
+    return Trial(_case(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": rows.tolist()})
+
+
+def quality_test_leak(modality: str, p: float, seed: int) -> Trial:
+    s = _quality_splits(modality, seed)
+    rng = _rng(seed, p, 2)
+    rows = np.sort(rng.choice(len(s.x_test), size=max(1, int(round(p * len(s.x_test)))), replace=False))
+    src = rng.choice(len(s.x_train), size=len(rows), replace=False)
+    xt, yt = s.x_test.copy(), s.y_test.copy()
+    xt[rows], yt[rows] = s.x_train[src], s.y_train[src]
+    return Trial(_case(Splits(s.x_train, s.y_train, xt, yt, s.x_deploy, s.y_deploy), modality), truth={"test": rows.tolist()})
+
+
+def quality_duplicates(modality: str, p: float, seed: int) -> Trial:
+    s = _quality_splits(modality, seed)
+    rng = _rng(seed, p, 3)
+    n = len(s.x_train)
+    rows = np.sort(rng.choice(n, size=int(round(p * n)), replace=False))
+    pool = np.setdiff1d(np.arange(n), rows)
+    src = rng.choice(pool, size=len(rows), replace=True)
+    x, y = s.x_train.copy(), s.y_train.copy()
+    x[rows], y[rows] = x[src], y[src]
+    # the check lists every copy but the first of each group: the planted rows or their sources
+    return Trial(_case(Splits(x, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": sorted(set(rows.tolist()) | set(src.tolist()))})
+
+
+# ----------------------------------------------------------------------------- data.generalization
+
+
+# The corruption-robustness part of data.generalization measures a property of the model
+# (a small CNN on 8×8 digits really does lose accuracy under occlusion), not a shift between
+# splits, so it has no "clean" case here: the shift and OOD scenarios run with it off.
+_SHIFT_ONLY = {"corruptions": False}
+
+
+def generalization_clean(modality: str, seed: int) -> Trial:
+    return Trial(_case(split(modality, seed), modality), options=_SHIFT_ONLY)
+
+
+def generalization_shift(modality: str, sigma: float, seed: int) -> Trial:
+    s = split(modality, seed)
+    xd = mean_shift(s.x_deploy, s.x_train, sigma, modality)
+    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY)
+
+
+def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
+    """A fraction of deploy rows replaced by rows of another data set (OOD), scored per row."""
+    s = split(modality, seed)
+    rng = _rng(seed, p, 4)
+    rows = np.sort(rng.choice(len(s.x_deploy), size=int(round(p * len(s.x_deploy))), replace=False))
+    xd = s.x_deploy.copy()
+    if modality == "image":  # inverted, transposed digits: same pixels statistics range, other shapes
+        xd[rows] = 1.0 - np.swapaxes(xd[rows], 2, 3)
+    else:  # rows whose features are permuted: every marginal in range, the joint broken
+        for r in rows:
+            xd[r] = xd[r][rng.permutation(xd.shape[1])]
+    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY, truth={"deploy": rows.tolist()})
+
+
+# ----------------------------------------------------------------------------- deployment.drift
+
+
+def _drift_splits(modality: str, seed: int) -> Splits:
+    return split(modality, seed, (0.4, 0.2, 0.4))
+
+
+def drift_clean(modality: str, seed: int) -> Trial:
+    return Trial(_case(_drift_splits(modality, seed), modality))
+
+
+def drift_shift(modality: str, sigma: float, seed: int) -> Trial:
+    s = _drift_splits(modality, seed)
+    h = len(s.x_deploy) // 2
+    xd = s.x_deploy.copy()
+    xd[h:] = mean_shift(xd[h:], s.x_train, sigma, modality)
+    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality))
+
+
+def drift_concept(modality: str, p: float, seed: int) -> Trial:
+    """Concept drift: from the middle of the stream, a fraction ``p`` of the labels change meaning."""
+    s = _drift_splits(modality, seed)
+    h = len(s.x_deploy) // 2
+    k = int(s.y_train.max()) + 1
+    yd = s.y_deploy.copy()
+    yd[h:], _ = flip_labels(yd[h:], p, k, _rng(seed, p, 5))
+    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_deploy, yd), modality))
+
+
+# ----------------------------------------------------------------------------- data.quantity
+
+
+def quantity_clean(modality: str, seed: int) -> Trial:
+    """A saturated task: more data cannot help (digits 0 vs 1; well-separated blobs)."""
+    if modality == "image":
+        s = split("image", seed, (0.6, 0.4, 0.0))
+        keep_tr, keep_te = s.y_train < 2, s.y_test < 2
+        s = Splits(s.x_train[keep_tr], s.y_train[keep_tr], s.x_test[keep_te], s.y_test[keep_te], s.x_deploy, s.y_deploy)
+    else:
+        x, y = blobs(1500, d=4, sep=6.0, seed=3 + 100 * seed)
+        xt, yt = blobs(600, d=4, sep=6.0, seed=4 + 100 * seed)
+        s = Splits(x, y, xt, yt, x[:0], y[:0])
+    return Trial(_case(s, modality, deploy=False))
+
+
+def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
+    """A task far from saturation with only ``rows`` train rows: doubling them helps."""
+    if modality == "image":
+        s = split("image", seed, (0.6, 0.4, 0.0))
+        s = Splits(s.x_train[: int(rows)], s.y_train[: int(rows)], s.x_test, s.y_test, s.x_deploy, s.y_deploy)
+    else:
+        x, y = blobs(int(rows), d=40, sep=0.25, seed=1 + 100 * seed)
+        xt, yt = blobs(600, d=40, sep=0.25, seed=2 + 100 * seed)
+        s = Splits(x, y, xt, yt, x[:0], y[:0])
+    return Trial(_case(s, modality, deploy=False))
+
+
+# ----------------------------------------------------------------------------- data.labeling_cost
+
+
+def _redundant_pool(n: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """80 % of rows in one far easy cluster, the rest split by an oblique boundary (tests/test_labeling_cost.py)."""
+    rng = np.random.default_rng(seed)
+    n_easy = int(0.8 * n)
+    x_easy = rng.normal(size=(n_easy, d)) * 0.5 + 8.0
+    x_hard = rng.normal(size=(n - n_easy, d))
+    y_hard = np.where(x_hard[:, 0] + 0.5 * x_hard[:, 1] > 0, 1, 2)
+    order = rng.permutation(n)
+    x = np.concatenate([x_easy, x_hard]).astype(np.float32)[order]
+    y = np.concatenate([np.zeros(n_easy, dtype=np.int64), y_hard])[order]
+    return x, y
+
+
+def labeling_clean(modality: str, seed: int) -> Trial:
+    """A pool where active learning pays off (redundant easy cluster, informative boundary)."""
+    x, y = _redundant_pool(1500, seed=2 * seed)
+    xt, yt = _redundant_pool(600, seed=2 * seed + 1)
+    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
+
+
+def labeling_uninformative(modality: str, p: float, seed: int) -> Trial:
+    """The same pool with a fraction ``p`` of pool and test labels replaced by coin flips: nothing left to choose well."""
+    x, y = _redundant_pool(1500, seed=2 * seed)
+    xt, yt = _redundant_pool(600, seed=2 * seed + 1)
+    rng = _rng(seed, p, 6)
+    for arr in (y, yt):
+        rows = rng.random(len(arr)) < p
+        arr[rows] = rng.integers(0, 3, size=int(rows.sum()))
+    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
+
+
+# ----------------------------------------------------------------------------- deployment.monitoring
+
+
+def monitoring_clean(modality: str, seed: int) -> Trial:
+    """Windows of 400 predictions on a 1,000-row reference: a 10-point drop is visible."""
+    x, y = blobs(600, d=8, sep=3.0, seed=10 + 100 * seed)
+    xt, yt = blobs(1000, d=8, sep=3.0, seed=11 + 100 * seed)
+    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": 400})
+
+
+def monitoring_blind(modality: str, window: float, seed: int) -> Trial:
+    """A hard task (accuracy far from 1) watched through windows of ``window`` predictions."""
+    x, y = blobs(600, d=8, sep=1.0, seed=10 + 100 * seed)
+    xt, yt = blobs(1000, d=8, sep=1.0, seed=11 + 100 * seed)
+    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": int(window), "rows": max(40, int(window))})
+
+
+# ----------------------------------------------------------------------------- model.overfitting
+
+
+def _memorise_fit() -> Any:
+    """A recipe that memorises: many epochs, no validation slice, no weight decay."""
+    from dlclinic.remedies.fit import FitConfig
+
+    return FitConfig(epochs=40, batch_size=32, weight_decay=0.0, val_fraction=0.0, schedule="constant")
+
+
+def overfitting_clean(modality: str, seed: int) -> Trial:
+    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
+
+
+def overfitting_memorised_noise(modality: str, p: float, seed: int) -> Trial:
+    """Train labels flipped at rate ``p`` and a recipe that fits every one: a train/test gap of about ``p``."""
+    s = split(modality, seed, (0.5, 0.5, 0.0))
+    k = int(s.y_train.max()) + 1
+    y, _ = flip_labels(s.y_train, p, k, _rng(seed, p, 7))
+    return Trial(_case(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality, deploy=False), fit=_memorise_fit())
+
+
+# ----------------------------------------------------------------------------- ethics.fairness
+
+
+def _groups(n: int, seed: int) -> np.ndarray:
+    return np.where(np.random.default_rng(seed).random(n) < 0.5, "A", "B")
+
+
+def fairness_clean(modality: str, seed: int) -> Trial:
+    """Groups drawn at random: no group can be treated worse."""
+    s = split(modality, seed, (0.5, 0.5, 0.0))
+    return Trial(_case(s, modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": _groups(len(s.y_test), seed + 7919)}))
+
+
+def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
+    """Group B's test labels flipped at rate ``p``: its error rises by about ``p`` (× accuracy) points."""
+    s = split(modality, seed, (0.5, 0.5, 0.0))
+    g_test = _groups(len(s.y_test), seed + 7919)
+    k = int(s.y_train.max()) + 1
+    yt = s.y_test.copy()
+    b = np.flatnonzero(g_test == "B")
+    yb, _ = flip_labels(yt[b], p, k, _rng(seed, p, 8))
+    yt[b] = yb
+    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, yt, s.x_deploy, s.y_deploy), modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": g_test}))
+
+
+# ----------------------------------------------------------------------------- data.privacy
+
+
+def privacy_clean(modality: str, seed: int) -> Trial:
+    """The model never saw the train split (trained on disjoint rows): members and non-members are exchangeable."""
+    from dlclinic.remedies.baselines import baseline_for
+    from dlclinic.remedies.fit import fit, seed_everything
+
+    s = split(modality, seed, (0.35, 0.3, 0.35))
+    shape = tuple(s.x_train.shape[1:])
+    k = int(s.y_train.max()) + 1
+    mod = "image" if modality in ("image", "mnist") else "table"
+    seed_everything(seed)
+    model = fit(baseline_for(shape, k, mod), s.x_deploy, s.y_deploy, _memorise_fit()).model
+    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False, model=model))
+
+
+def privacy_membership(modality: str, rows: float, seed: int) -> Trial:
+    """A model that memorises ``rows`` train rows (fewer rows, more leakage)."""
+    s = split(modality, seed, (0.35, 0.3, 0.35))
+    n = int(rows)
+    return Trial(_case(Splits(s.x_train[:n], s.y_train[:n], s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False), fit=_memorise_fit())
+
+
+# ----------------------------------------------------------------------------- model.gradients
+
+
+def _deep_sigmoid(in_shape: tuple[int, ...], k: int, depth: int) -> Any:
+    """A plain deep sigmoid MLP (no normalisation, no skips): the textbook vanishing-gradient net."""
+    import torch
+    from torch import nn
+
+    d = int(np.prod(in_shape))
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = d
+    for _ in range(depth):
+        layers += [nn.Linear(width, 64), nn.Sigmoid()]
+        width = 64
+    layers.append(nn.Linear(width, k))
+    torch.manual_seed(0)
+    return nn.Sequential(*layers)
+
+
+def gradients_clean(modality: str, seed: int) -> Trial:
+    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
+
+
+def gradients_vanishing(modality: str, depth: float, seed: int) -> Trial:
+    import functools
+
+    s = split(modality, seed, (0.5, 0.5, 0.0))
+    factory = functools.partial(_deep_sigmoid, tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, int(depth))
+    return Trial(_case(s, modality, deploy=False, model=factory(), model_factory=factory))
+
+
+# ----------------------------------------------------------------------------- optimization.batchnorm
+
+
+def _bn_mlp(d: int, k: int) -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, k))
+
+
+def _bn_model(s: Splits, modality: str, seed: int) -> Any:
+    """A batch-norm network trained on the train split: the baseline CNN for images, a BN-MLP for tables."""
+    from dlclinic.remedies.baselines import baseline_for
+    from dlclinic.remedies.fit import fit, seed_everything
+
+    k = int(s.y_train.max()) + 1
+    seed_everything(seed)
+    if modality in ("image", "mnist"):
+        net = baseline_for(tuple(s.x_train.shape[1:]), k, "image")
+        x = s.x_train
+    else:  # standardise outside the model: BN-MLP inputs
+        net = _bn_mlp(s.x_train.shape[1], k)
+        x = s.x_train
+    return fit(net, x, s.y_train, _fast_fit()).model
+
+
+def _standardised(s: Splits, modality: str) -> Splits:
+    if modality in ("image", "mnist"):
+        return s
+    mu, sd = s.x_train.mean(0), s.x_train.std(0) + 1e-6
+    f = lambda a: ((a - mu) / sd).astype(np.float32)  # noqa: E731
+    return Splits(f(s.x_train), s.y_train, f(s.x_test), s.y_test, f(s.x_deploy), s.y_deploy)
+
+
+def batchnorm_clean(modality: str, seed: int) -> Trial:
+    s = _standardised(split(modality, seed, (0.5, 0.5, 0.0)), modality)
+    return Trial(_case(s, modality, deploy=False, model=_bn_model(s, modality, seed)))
+
+
+def batchnorm_stale(modality: str, sigma: float, seed: int) -> Trial:
+    """Running means moved by ``sigma`` running standard deviations: statistics of other data (stale)."""
+    import torch
+
+    s = _standardised(split(modality, seed, (0.5, 0.5, 0.0)), modality)
+    model = _bn_model(s, modality, seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None:
+                m.running_mean += sigma * m.running_var.sqrt()
+    return Trial(_case(s, modality, deploy=False, model=model))
+
+
+# ----------------------------------------------------------------------------- model.interpretability
+
+
+def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Splits, dict[str, Any]]:
+    """Add a marker (images: the 2×2 top-left corner; tables: an extra column ``tag``) that equals the
+    label on a ``share`` of the rows of every split and is noise elsewhere (``share = 0``: pure noise)."""
+    rng = _rng(seed, share, 9)
+    k = int(s.y_train.max()) + 1
+
+    def mark(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        informative = rng.random(len(y)) < share
+        value = np.where(informative, y / max(1, k - 1), rng.random(len(y))).astype(np.float32)
+        if modality in ("image", "mnist"):
+            x = x.copy()
+            x[:, :, :2, :2] = value[:, None, None, None]
+            return x
+        scale = float(np.median(x.std(0)))
+        return np.concatenate([x, (value * scale * 4)[:, None]], axis=1).astype(np.float32)
+
+    out = Splits(mark(s.x_train, s.y_train), s.y_train, mark(s.x_test, s.y_test), s.y_test, s.x_deploy, s.y_deploy)
+    opts = {"suspect_region": "0:2,0:2"} if modality in ("image", "mnist") else {"suspect_feature": str(s.x_train.shape[1])}
+    return out, opts
+
+
+def interpretability_clean(modality: str, seed: int) -> Trial:
+    s, opts = _with_marker(split(modality, seed, (0.5, 0.5, 0.0)), modality, 0.0, seed)
+    return Trial(_case(s, modality, deploy=False), options=opts)
+
+
+def interpretability_shortcut(modality: str, share: float, seed: int) -> Trial:
+    s, opts = _with_marker(split(modality, seed, (0.5, 0.5, 0.0)), modality, share, seed)
+    return Trial(_case(s, modality, deploy=False), options=opts)
+
+
+PLANS: tuple[Plan, ...] = (
+    Plan(
+        "data.quality",
+        0.05,
+        "default (the check states no level)",
+        ("image", "table"),
+        quality_clean,
+        (
+            Defect("label_noise", "fraction of train labels flipped", (0.02, 0.05, 0.10, 0.20), quality_label_noise, ("label_issue",), quick_strengths=(0.05, 0.20), expect=("label_issue",)),
+            Defect("test_leak", "fraction of test rows copied from train", (0.01, 0.03, 0.10), quality_test_leak, ("leak",), quick_strengths=(0.03,), expect=("leak",)),
+            Defect("duplicates", "fraction of train rows that are copies", (0.02, 0.05, 0.10), quality_duplicates, ("duplicate",), quick_strengths=(0.05,), expect=("duplicate",)),
+        ),
+        "random train/test split (60/40) of the unmodified data",
+        cost=4.0,
+    ),
+    Plan(
+        "data.generalization",
+        0.05,
+        "default; each test runs at α = 0.01",
+        ("image", "table"),
+        generalization_clean,
+        (
+            Defect("mean_shift", "deploy mean shift (σ of each train feature)", (0.1, 0.25, 0.5, 1.0), generalization_shift, quick_strengths=(0.25, 1.0), expect=("shift", "feature_shift", "ood")),
+            Defect("ood_rows", "fraction of deploy rows out of distribution", (0.05, 0.10, 0.25), generalization_ood_rows, ("ood",), quick_strengths=(0.10,), expect=("ood", "shift")),
+        ),
+        "random train/test/deploy split (50/25/25)",
+        cost=2.0,
+    ),
+    Plan(
+        "deployment.drift",
+        0.01,
+        "DriftOptions.alpha = 0.01, family-wise over windows × tests",
+        ("image", "table"),
+        drift_clean,
+        (
+            Defect("mean_shift", "mean shift of the second half of the stream (σ)", (0.1, 0.25, 0.5, 1.0), drift_shift, quick_strengths=(0.25, 1.0), expect=("drift_window",)),
+            Defect("concept_drift", "fraction of labels changed in the second half", (0.05, 0.10, 0.20), drift_concept, quick_strengths=(0.20,), expect=("drift_window",)),
+        ),
+        "random train/test/deploy split (40/20/40), deploy in random order",
+    ),
+    Plan(
+        "data.quantity",
+        0.05,
+        "default (warns when doubling the data is projected to gain > 1 point)",
+        ("image", "table"),
+        quantity_clean,
+        (Defect("scarce_data", "train rows on a task far from saturation", (400.0, 200.0, 100.0), quantity_scarce, quick_strengths=(200.0,)),),
+        "saturated tasks: digits 0 vs 1; three Gaussian classes 6σ apart (1,500 rows)",
+        cost=2.0,
+    ),
+    Plan(
+        "data.labeling_cost",
+        0.05,
+        "default (warns when active learning saves no labels, mean − std over seeds)",
+        ("table",),
+        labeling_clean,
+        (Defect("uninformative_labels", "fraction of labels replaced by coin flips", (0.5, 0.8, 1.0), labeling_uninformative, quick_strengths=(1.0,), expect=("active_learning_no_gain",)),),
+        "a redundant pool where uncertainty sampling provably saves labels (tests/test_labeling_cost.py)",
+        cost=2.0,
+    ),
+    Plan(
+        "deployment.monitoring",
+        0.05,
+        "default (warns when a window cannot see a 10-point accuracy drop)",
+        ("table",),
+        monitoring_clean,
+        (Defect("blind_windows", "window size (predictions) on a hard task", (50.0, 20.0, 10.0), monitoring_blind, quick_strengths=(10.0,), expect=("blind_windows",)),),
+        "easy task, windows of 400 predictions, 1,000-row reference",
+    ),
+    Plan(
+        "model.overfitting",
+        0.05,
+        "OverfittingOptions.alpha = 0.05 (gap must be significant and above 5 points)",
+        ("image", "table"),
+        overfitting_clean,
+        (Defect("memorised_noise", "train labels flipped, then memorised (40 epochs, no early stopping)", (0.05, 0.10, 0.20, 0.40), overfitting_memorised_noise, quick_strengths=(0.20,), expect=("generalization_gap", "gap_opens")),),
+        "random 50/50 train/test split, dlclinic's baseline with early stopping",
+        cost=3.0,
+    ),
+    Plan(
+        "ethics.fairness",
+        0.05,
+        "FairnessOptions.alpha = 0.05, Holm over the graded disparities",
+        ("image", "table"),
+        fairness_clean,
+        (Defect("group_error", "share of group B's test labels flipped (≈ error points added)", (0.02, 0.05, 0.10, 0.20), fairness_group_error, quick_strengths=(0.10, 0.20), expect=("accuracy_gap", "equalized_odds_difference")),),
+        "two groups assigned at random (independent of inputs and labels)",
+    ),
+    Plan(
+        "data.privacy",
+        0.05,
+        "PrivacyOptions.alpha = 0.05, Bonferroni over the two attacks",
+        ("image", "table"),
+        privacy_clean,
+        (Defect("membership_leak", "train rows memorised by the model (fewer = more leakage)", (400.0, 200.0, 100.0), privacy_membership, quick_strengths=(100.0,), expect=("membership",)),),
+        "a model trained on rows disjoint from train and test: members and non-members are exchangeable",
+        cost=2.0,
+    ),
+    Plan(
+        "model.gradients",
+        0.05,
+        "default (vanishing when a layer's gradient is ≤ 1e-3 of the output layer's)",
+        ("image", "table"),
+        gradients_clean,
+        (Defect("vanishing_depth", "depth of a plain sigmoid MLP", (8.0, 16.0, 32.0), gradients_vanishing, quick_strengths=(8.0, 32.0), expect=("vanishing",)),),
+        "dlclinic's baselines (ReLU MLP; conv-BN-ReLU CNN)",
+        cost=2.0,
+    ),
+    Plan(
+        "optimization.batchnorm",
+        0.01,
+        "BatchNormOptions.alpha = 0.01 (McNemar test of the recalibration gain)",
+        ("image", "table"),
+        batchnorm_clean,
+        (Defect("stale_statistics", "running means moved by this many running σ", (0.25, 0.5, 1.0), batchnorm_stale, quick_strengths=(0.5, 1.0), expect=("stale_statistics",)),),
+        "batch-norm networks trained normally (baseline CNN; BN-MLP on standardised tables)",
+        cost=2.0,
+    ),
+    Plan(
+        "model.interpretability",
+        0.05,
+        "default (shortcut: attribution enrichment ≥ 3× or flip-rate lower bound ≥ 10 %)",
+        ("image", "table"),
+        interpretability_clean,
+        (Defect("shortcut", "share of rows whose marker equals the label", (0.25, 0.5, 0.9), interpretability_shortcut, quick_strengths=(0.9,), expect=("shortcut",)),),
+        "the named region/feature (2×2 image corner; an extra column) holds pure noise",
+        cost=2.0,
+    ),
+)
+
+
+def plan_for(check: str) -> Plan:
+    """The plan of ``check``."""
+    for p in PLANS:
+        if p.check == check:
+            return p
+    raise KeyError(f"no validation plan for {check!r}; expected one of {', '.join(p.check for p in PLANS)}")
+
+
+def fast_fit() -> Any:
+    """The training recipe of every baseline in the suite (as the check tests use)."""
+    return _fast_fit()
+
+
+NOT_VALIDATED: dict[str, str] = {}
+"""Registered checks without a plan here, and why (filled as plans arrive)."""
