@@ -745,3 +745,13 @@ def test_import_is_light() -> None:
     code = "import sys, dlclinic.io; print(sorted(m for m in ('torch', 'pandas', 'PIL', 'onnxruntime', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "[]"
+
+
+def test_allow_pickle_loads_a_plain_module_after_the_scan(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), path)
+    with pytest.raises(ModelError):
+        load_model(str(path))
+    model, source = load_model(str(path), allow_pickle=True)
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert "--allow-pickle" in source and "static scan" in source

@@ -20,9 +20,14 @@ def document(checks: Mapping[str, Any], *, settings: Mapping[str, Any], wall_sec
     """The full JSON document of one run."""
     import dlclinic
 
+    generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    for entry in checks.values():  # merged entries keep the settings of the run that measured them
+        if isinstance(entry, dict):
+            entry.setdefault("settings", dict(settings))
+            entry.setdefault("generated", generated)
     return {
         "schema_version": SCHEMA_VERSION,
-        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "generated": generated,
         "dlclinic_version": dlclinic.__version__,
         "settings": dict(settings),
         "trials": trials,
@@ -122,7 +127,9 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         lines += ["", "Checks without a validation plan yet (they are not covered by these numbers):", ""]
         lines += [f"* `{cid}` — {why}" for cid, why in sorted(uncovered.items())]
     for cid, e in sorted(doc["checks"].items()):
+        es = e.get("settings") or st
         lines += ["", f"## {cid}", "", f"Stated level: {_pct(e['level'], 0)} ({e['level_source']}). Clean cases: {e['clean_description']}.", ""]
+        lines += [f"Measured {e.get('generated', doc['generated'])} in {es['mode']} mode: {es['seeds_clean']} clean seeds per modality, {es['seeds_defect']} per defect strength.", ""]
         lines.append("| modality | false alarms [95 % CI] |")
         lines.append("|---|---|")
         for m, r in e["false_alarm_by_modality"].items():
@@ -223,6 +230,18 @@ def write_all(doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Pa
                     codes[c] = codes.get(c, 0) + 1
         if codes:
             e["clean_codes"] = dict(sorted(codes.items(), key=lambda kv: -kv[1]))
+    rerun = {r["check"] for r in records}
+    old_path = out / "validation" / "trials.jsonl"
+    if old_path.exists():  # keep the trials of merged checks that were not rerun
+        kept = []
+        for line in old_path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("check") in doc["checks"] and r.get("check") not in rerun:
+                kept.append(r)
+        records = [*kept, *records]
     figures: dict[str, str] = {}
     for cid, e in doc["checks"].items():
         name = cid.replace(".", "_") + ".png"

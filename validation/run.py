@@ -116,6 +116,7 @@ def run_job(job: Job, cache_dir: str) -> dict[str, Any]:
         rec["status"] = res.status
         rec["summary"] = res.summary[:300]
         rec["codes"] = sorted({f.code for f in res.findings})
+        rec["metrics"] = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float, bool)) or v is None}
         if rec.get("expect"):
             rec["right_diagnosis"] = res.status in ("warn", "fail") and bool(set(rec["codes"]) & set(rec["expect"]))
         if trial.truth is not None and codes:

@@ -104,6 +104,7 @@ class DataOptions:
     id_col: Optional[str]
     model: Optional[str]
     weights: Optional[Path]
+    allow_pickle: bool = False
 
     def cli_args(self) -> str:
         if self.demo or self.clean_demo:
@@ -135,10 +136,12 @@ def _load_case(opts: DataOptions) -> Any:
     if opts.model is not None:
         from dlclinic.io import load_factory, load_model
 
-        model, source = load_model(opts.model, weights=opts.weights)
+        model, source = load_model(opts.model, weights=opts.weights, allow_pickle=opts.allow_pickle)
         case = dataclasses.replace(case, model=model, model_source=source, model_factory=load_factory(opts.model))
     meta = dict(case.metadata)
     meta["cli_args"] = opts.cli_args()
+    if opts.weights is not None or (opts.model is not None and ":" not in opts.model):
+        meta["model_path"] = str(opts.weights or opts.model)  # ethics.security scans the file (never loads pickles)
     return dataclasses.replace(case, metadata=meta)
 
 
@@ -151,6 +154,7 @@ LabelOpt = Annotated[Optional[str], typer.Option("--label-col", help="Label colu
 GroupOpt = Annotated[Optional[str], typer.Option("--group-col", help="Sensitive-attribute column.")]
 IdOpt = Annotated[Optional[str], typer.Option("--id-col", help="Sample-id column.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="file.py:factory, model.pt2 or model.onnx. Without it dlclinic trains a baseline.")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load a whole pickled --model file you trust (scanned first; files that would run OS/network/interpreter code are refused anyway).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Weights for --model file.py:factory: .safetensors or a state_dict .pt (loaded with weights_only=True).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for report.html and report.json.")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Evidence cache (default ~/.cache/dlclinic or $DLCLINIC_CACHE).")]
@@ -186,6 +190,9 @@ _CHECK_FLAGS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "positive_class": ("--positive-class", (("ethics.fairness", "positive_class"),)),
     "epsilon": ("--epsilon", (("ethics.security", "epsilon"),)),
     "card": ("--card", (("ethics.misuse", "card_config"), ("ethics.compliance", "card_config"))),
+    "audit_log": ("--audit-log", (("ethics.compliance", "audit_log"),)),
+    "scan_model": ("--scan-model", (("ethics.security", "model_files"),)),
+    "pii": ("--pii", (("data.privacy", "pii_files"), ("ethics.compliance", "pii_files"))),
 }
 
 # named flags of `treat`: parameter name and the remedies that take it
@@ -198,6 +205,9 @@ _TREAT_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "n_trials": ("--n-trials", ("model.hyperparameters", "model.architecture")),
     "suspect_region": ("--suspect-region", ("model.interpretability",)),
     "suspect_feature": ("--suspect-feature", ("model.interpretability",)),
+    "forget": ("--forget", ("ethics.compliance",)),
+    "target_epsilon": ("--target-epsilon", ("data.privacy",)),
+    "key_file": ("--key-file", ("ethics.misuse", "ethics.compliance")),
 }
 
 
@@ -246,6 +256,7 @@ def checkup(
     id_col: IdOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05; `dlclinic challenges --check ID` lists them.")] = None,
     ood: Annotated[Optional[Path], typer.Option("--ood", help="data.generalization: inputs the model should flag as out-of-distribution (same format as --train); reports OOD AUROC.")] = None,
@@ -269,6 +280,9 @@ def checkup(
     positive_class: Annotated[Optional[int], typer.Option("--positive-class", help="ethics.fairness: the favourable class for selection rate, TPR and FPR (default: one-vs-rest over classes).")] = None,
     epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="ethics.security: the attack budget of interest (L-inf, in input units).")] = None,
     card: Annotated[Optional[Path], typer.Option("--card", help="ethics.misuse / ethics.compliance: model-card facts (intended use, out-of-scope uses, data provenance, ...) as JSON/TOML/YAML.")] = None,
+    audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="ethics.compliance: the hash-chained audit trail to append to (default under the cache folder).")] = None,
+    scan_model: Annotated[Optional[Path], typer.Option("--scan-model", help="ethics.security: a pickle-based model file to scan for code it would run (never loaded).")] = None,
+    pii: Annotated[Optional[Path], typer.Option("--pii", help="data.privacy / ethics.compliance: a CSV/Parquet file (e.g. the raw table) to scan for personal data; counts only.")] = None,
     out: OutOpt = Path("dlclinic-report"),
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
     cache_dir: CacheOpt = None,
@@ -289,7 +303,7 @@ def checkup(
 
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
     options = parse_assignments(option or [], scoped=True)
-    _merge_check_flags(options, {"ood": ood, "target_accuracy": target_accuracy, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb, "latency_budget_ms": latency_budget_ms, "compile_model": compile_model, "train_steps": train_steps, "tdp_watts": tdp_watts, "carbon_intensity": carbon_intensity, "budget_hours": budget_hours, "deploy_window": deploy_window, "compare": compare, "compare_weights": compare_weights, "unknown_classes": unknown_classes, "repro_seeds": repro_seeds, "tasks": tasks, "positive_class": positive_class, "epsilon": epsilon, "card": card})
+    _merge_check_flags(options, {"ood": ood, "target_accuracy": target_accuracy, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb, "latency_budget_ms": latency_budget_ms, "compile_model": compile_model, "train_steps": train_steps, "tdp_watts": tdp_watts, "carbon_intensity": carbon_intensity, "budget_hours": budget_hours, "deploy_window": deploy_window, "compare": compare, "compare_weights": compare_weights, "unknown_classes": unknown_classes, "repro_seeds": repro_seeds, "tasks": tasks, "positive_class": positive_class, "epsilon": epsilon, "card": card, "audit_log": audit_log, "scan_model": scan_model, "pii": pii})
     for cid, given in options.items():
         if cid not in CHECKS:
             raise ConfigError(f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}")
@@ -297,7 +311,7 @@ def checkup(
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
     progress = RichProgress(enabled=not quiet)
-    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights))
+    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle))
     report = run_checkup(case, only=selected, options=options, evidence_config=ev_cfg, fit_config=fit_cfg, cache_dir=cache_dir, progress=progress)
     paths = write_report(report, out, case=case)
     if not quiet:
@@ -321,6 +335,7 @@ def treat(
     id_col: IdOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
     mode: Annotated[Optional[CleanMode], typer.Option("--mode", help="data.quality: drop flagged label issues (default) or relabel them with the likely label.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.")] = None,
     pool: Annotated[Optional[Path], typer.Option("--pool", help="data.labeling_cost: unlabelled inputs to rank (same format as --train).")] = None,
@@ -331,6 +346,9 @@ def treat(
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="model.hyperparameters / model.architecture: Optuna trials.")] = None,
     suspect_region: Annotated[Optional[str], typer.Option("--suspect-region", help="model.interpretability: the shortcut region to remove (r0:r1,c0:c1).")] = None,
     suspect_feature: Annotated[Optional[str], typer.Option("--suspect-feature", help="model.interpretability: the shortcut column to remove.")] = None,
+    forget: Annotated[Optional[Path], typer.Option("--forget", help="ethics.compliance: file of sample ids (or row numbers) to erase; retrains without them and audits them.")] = None,
+    target_epsilon: Annotated[Optional[float], typer.Option("--target-epsilon", help="data.privacy: DP-SGD privacy budget epsilon (delta stated in the report).")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="ethics.misuse / ethics.compliance: HMAC key to sign the hash bundle.")] = None,
     out: OutOpt = Path("dlclinic-treatment"),
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -352,12 +370,12 @@ def treat(
         if challenge != "data.quality":
             raise ConfigError(f"--mode applies to data.quality only, found it with {challenge}")
         params["mode"] = mode.value
-    _merge_treat_flags(params, challenge, {"pool": pool, "budget": budget, "max_accuracy_drop": max_accuracy_drop, "objective": objective, "storage": storage, "n_trials": n_trials, "suspect_region": suspect_region, "suspect_feature": suspect_feature})
+    _merge_treat_flags(params, challenge, {"pool": pool, "budget": budget, "max_accuracy_drop": max_accuracy_drop, "objective": objective, "storage": storage, "n_trials": n_trials, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "forget": forget, "target_epsilon": target_epsilon, "key_file": key_file})
     build_options(spec, params)  # bad parameters fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
     progress = RichProgress(enabled=not quiet)
-    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights))
+    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle))
     treatment, before, after = run_treat(case, challenge, out_dir=out, params=params, fit_config=fit_cfg, evidence_config=ev_cfg, cache_dir=cache_dir, progress=progress)
     report = dataclasses.replace(after, treatments=(treatment,))
     paths = write_report(report, out, case=None)

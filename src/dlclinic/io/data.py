@@ -544,10 +544,10 @@ def _categories(series: pd.Series, name: str, col: str) -> list[str]:
     """Sorted distinct values of a string column; too many of them is an error."""
     categories = sorted({str(v) for v in series[series.notna()]})
     if len(categories) > MAX_CATEGORIES:
-        examples = ", ".join(repr(c) for c in categories[:3])
+        # values are never echoed: a free-text column may hold personal data (emails, names)
         raise InputError(
             f"split {name!r} column {col!r}: expected a numeric column or a categorical one with at most {MAX_CATEGORIES} distinct values to one-hot encode, "
-            f"found {len(categories)} distinct text values ({examples}, …) in {len(series)} rows; if it identifies samples pass it as --id-col (id_col), otherwise drop it or convert it to numbers first"
+            f"found {len(categories)} distinct text values in {len(series)} rows; if it identifies samples pass it as --id-col (id_col), otherwise drop it or convert it to numbers first"
         )
     return categories
 

@@ -67,8 +67,10 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
         spec: ``file.py:factory``, ``package.module:factory``, ``model.pt2`` or ``model.onnx``.
         weights: A weights file for a factory model: ``.safetensors`` or a ``state_dict``
             saved with ``torch.save`` (``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``).
-        allow_pickle: Accepted for interface stability only. dlclinic never unpickles
-            untrusted files, so whole pickled models are refused either way.
+        allow_pickle: Load a whole pickled model (``torch.save(model)``) that you trust.
+            The file is first scanned without loading (:mod:`dlclinic.io.pickle_scan`);
+            files that import OS, process, network or interpreter functions, or that
+            cannot be parsed, are refused even then. Off by default: unpickling runs code.
 
     Returns:
         ``(model, source)``: an ``nn.Module`` in eval mode (or an :class:`OnnxModel`) and
@@ -92,10 +94,11 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
     if weights is not None:
         raise ModelError(f"weights {Path(weights).name!r}: expected a file.py:factory model to load them into, found model {path.name!r}, which carries its own weights; drop --weights")
     if suffix in PICKLED_SUFFIXES:
-        extra = " (allow_pickle does not change this)" if allow_pickle else ""
+        if allow_pickle:
+            return _load_pickled_model(path)
         raise ModelError(
-            f"model {path.name!r} looks like a whole pickled model, which dlclinic does not load because unpickling runs arbitrary code{extra};"
-            f" expected file.py:factory with --weights {path.name} (a state_dict), a .safetensors file, or a torch.export .pt2"
+            f"model {path.name!r} looks like a whole pickled model, which dlclinic does not load because unpickling runs arbitrary code;"
+            f" expected file.py:factory with --weights {path.name} (a state_dict), a .safetensors file, or a torch.export .pt2 (or --allow-pickle for a file you trust)"
         )
     if suffix == ".safetensors":
         raise ModelError(f"model {path.name!r} holds weights only; expected file.py:factory with --weights {path.name}")
@@ -320,6 +323,35 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     else:
         raise ModelError(f"weights {path.name!r}: expected a .safetensors file or a state_dict in .pt/.pth/.bin/.ckpt, found suffix {suffix or 'none'!r}")
     return _as_state_dict(state, path)
+
+
+def _load_pickled_model(path: Path) -> tuple[Any, str]:
+    """A whole pickled module, loaded only after a static scan finds nothing dangerous (opt-in)."""
+    import torch
+
+    from dlclinic.io.pickle_scan import scan_file
+
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    scan = scan_file(path)
+    # besides the dangerous modules, refuse any unknown *function* outside torch: a class
+    # (CamelCase) is the model's own architecture, a function is what a payload calls
+    calls = sorted({r.target for r in scan.imports if r.category == "unknown" and not r.target.startswith("torch.") and not r.target.rpartition(".")[2][:1].isupper()})
+    if scan.verdict in ("dangerous", "error") or calls:
+        what = ", ".join((scan.dangerous or tuple(calls))[:5]) if scan.verdict != "error" else (scan.error or "unreadable")
+        raise ModelError(f"model {path.name!r}: refused even with --allow-pickle, the file would call {what} when unpickled; expected a plain torch.save(model) file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), weights_only=False, map_location="cpu")  # opt-in, after the scan
+    except Exception as exc:
+        raise ModelError(f"model {path.name!r}: expected a model saved with torch.save(model), found an unreadable file ({brief(exc)})") from None
+    if not isinstance(obj, torch.nn.Module):
+        raise ModelError(f"model {path.name!r}: expected a pickled nn.Module, found {type(obj).__name__}; for a state_dict use file.py:factory --weights {path.name}")
+    obj.eval()
+    unknown = [r.target for r in scan.imports if r.category == "unknown"]
+    note = f", references {', '.join(sorted(set(unknown))[:4])}" if unknown else ""
+    return obj, f"pickled model {path.name} loaded with --allow-pickle after a static scan ({scan.verdict}{note}; sha256 {_short_sha(path)})"
 
 
 def _read_safetensors(path: Path) -> Any:

@@ -74,7 +74,7 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset(
 _ALLOWED_TORCH_SUFFIXES = ("Storage", "Tensor")
 
 DANGEROUS_MODULES: frozenset[str] = frozenset(
-    {"os", "posix", "nt", "subprocess", "sys", "socket", "shutil", "runpy", "importlib", "pickle", "_pickle", "marshal", "pty", "webbrowser", "commands", "ctypes", "multiprocessing", "code", "codeop", "pdb", "platform", "requests", "urllib", "http", "ftplib", "telnetlib", "tempfile", "signal", "asyncio", "threading"}
+    {"os", "posix", "nt", "subprocess", "sys", "socket", "shutil", "runpy", "importlib", "pickle", "_pickle", "marshal", "pty", "webbrowser", "commands", "ctypes", "multiprocessing", "code", "codeop", "pdb", "platform", "requests", "urllib", "http", "ftplib", "telnetlib", "tempfile", "signal", "asyncio", "threading", "io", "_io", "codecs", "glob", "pathlib"}
 )
 DANGEROUS_BUILTINS: frozenset[str] = frozenset({"eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__", "globals", "locals", "vars", "input", "breakpoint", "memoryview"})
 
