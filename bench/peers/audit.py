@@ -14,7 +14,7 @@ from bench.peers.common import case_entry, case_of, demo_paths, f1, load_demo, r
 
 NUMBER = 2
 TITLE = "Data audit (labels, outliers, near-duplicates) vs cleanlab Datalab"
-SIDES = {"ours": "project", "datalab": "project"}
+SIDES = {"ours": "project", "datalab": "datalab"}
 
 
 def _dup_recall(flagged: Any, pairs: Any) -> float:
