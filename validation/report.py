@@ -165,6 +165,21 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         if cid in figures:
             lines += ["", f"![power curves of {cid}]({figures[cid]})"]
         lines.append(f"\nMean seconds per trial: {e['seconds_per_trial']}.")
+    lines += [
+        "",
+        "## How to read these numbers, and their limits",
+        "",
+        "* A clean case is clean only of the planted defect: real data carry their own quirks (skewed columns,",
+        "  genuinely hard classes). Where a check fired on clean cases, the section lists which finding fired.",
+        "* Power depends on the data size as much as on the check: the same defect is easier to see in 700 test",
+        "  rows than in 140. The strengths are chosen to span \"barely there\" to \"obvious\" on these sizes.",
+        "* Precision and recall pool the flagged rows of all trials; their Wilson intervals treat rows as",
+        "  independent, which understates the uncertainty when one trial dominates. Trials are independent.",
+        "* \"Right diagnosis\" counts flagged cases whose findings name the planted defect (a check that fires",
+        "  for another reason caught something, but not this).",
+        "* The HTML report shows each check's false-alarm rate from this table next to its status",
+        "  (`dlclinic.report.trust.false_alarm_for`).",
+    ]
     return "\n".join(lines) + "\n"
 
 

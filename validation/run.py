@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no validation plan for {', '.join(unknown)}; expected among: {', '.join(known)}", file=sys.stderr)
         return 2
     publish = args.publish or not args.quick
-    out = args.out or (ROOT / "docs" if publish else ROOT / "out" / "validation")
+    out = args.out or (ROOT / "docs" if publish else ROOT / "out" / "validation")  # the packaged table follows docs/ only
     jobs = jobs_for(checks, settings)
     print(f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)", file=sys.stderr)
     t0 = time.perf_counter()
@@ -283,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.merge and published is not None:
         checks_agg = {**published.get("checks", {}), **checks_agg}
     doc = report.document(checks_agg, settings=asdict(settings), wall_seconds=wall, workers=args.workers, trials=len(records))
-    report.write_all(doc, records, out, packaged=(ROOT / "src" / "dlclinic" / "report" / "validation.json") if publish else None)
+    packaged = ROOT / "src" / "dlclinic" / "report" / "validation.json"
+    report.write_all(doc, records, out, packaged=packaged if publish and out.resolve() == (ROOT / "docs").resolve() else None)
     print(f"wrote {out} in {wall:.0f} s", file=sys.stderr)
     for cid, entry in checks_agg.items():
         fa = entry["false_alarm"]

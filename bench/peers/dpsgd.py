@@ -42,6 +42,7 @@ def _setup(cfg: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
     for m in model.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
+    model.train()  # opacus refuses a module in eval mode (dp_fit does not switch it itself)
     return model, x, y, arrays["test_x"], arrays["test_y"]
 
 

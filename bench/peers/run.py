@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--md", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
+    parser.add_argument("--reuse-fixture", action="store_true", help="reuse the demo fixture already in --workdir (debugging)")
     parser.add_argument("--no-write", action="store_true", help="print the table instead of writing the docs")
     args = parser.parse_args(argv)
 
@@ -233,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
 
     doc["environment"] = env_info()
     versions = version_of("torch", "numpy", "scipy", "scikit-learn", "cleanlab", "captum", "opacus", "fairlearn", "onnxruntime")
-    if any(getattr(mod, "NEEDS_FIXTURE", True) for mod in modules.values()):
+    if args.reuse_fixture and (work / "demo.json").exists():
+        cfg["fixture"] = json.loads((work / "demo.json").read_text())
+        cfg["epochs"] = cfg["fixture"]["epochs"]
+    elif any(getattr(mod, "NEEDS_FIXTURE", True) for mod in modules.values()):
         print(f"==> fixture: demo case + baseline ({cfg['epochs']} epochs) + out-of-fold evidence", flush=True)
         fixture = run_side("fixture", "ours", sys.executable, cfg, work, 3 * timeout)
         if "error" in fixture:

@@ -136,9 +136,14 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
 
 
 def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResult:
+    import warnings
+
     start = time.perf_counter()
     try:
-        result = spec.run(case, evidence, opts)
+        with warnings.catch_warnings():  # library chatter (captum, sklearn, torch) is not the report's voice
+            for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
+                warnings.simplefilter("ignore", category)
+            result = spec.run(case, evidence, opts)
     except DlclinicError as exc:
         result = CheckResult(id=spec.id, status="error", summary=f"The check could not run: {exc}")
     except Exception as exc:  # a bug in one check must not lose the other 30

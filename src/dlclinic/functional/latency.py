@@ -330,8 +330,8 @@ def peak_inference_memory(model: Any, batch: np.ndarray) -> dict[str, float]:
     try:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run(batch)
+        with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run(batch)  # kineto prints profiler_start/stop lines on fd 2 from C++
         steps = []
         for event in prof.events():
             if event.name == "[memory]":
@@ -367,3 +367,25 @@ def _activation_bytes_by_hooks(model: Any, batch: np.ndarray) -> float:
         return 0.0
     pairs = [sizes[i] + sizes[i + 1] for i in range(len(sizes) - 1)] or sizes
     return float(max(pairs))
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the block (C++ libraries print there directly)."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. some notebook kernels): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
