@@ -270,7 +270,8 @@ def test_table_high_cardinality_text_column_is_refused(tmp_path: Path) -> None:
     path = _write_table(tmp_path / "train.csv", frame)
     with pytest.raises(InputError) as excinfo:
         load_split(path, name="train", label_col="label")
-    check_message(excinfo, "'train'", "'visit'", "at most 50", "200 distinct", "'2020-01-01'", "--id-col")
+    message = check_message(excinfo, "'train'", "'visit'", "at most 50", "200 distinct", "--id-col")
+    assert "2020-01-01" not in message  # values are never echoed (a text column may hold personal data)
     split = load_split(path, name="train", label_col="label", id_col="visit")  # as an identifier it is fine
     assert split.feature_names == ("age",) and split.ids is not None and split.ids[0] == "2020-01-01"
 

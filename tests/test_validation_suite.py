@@ -88,3 +88,53 @@ def test_report_trust_reads_the_packaged_table(monkeypatch: pytest.MonkeyPatch) 
     assert trust.false_alarm_for("x.y")["n"] == 40  # type: ignore[index]
     assert trust.false_alarm_for("nope") is None
     assert trust.false_alarm_note("x.y") == "This check's false-alarm rate on clean data: 2% [0%, 13%] (1 of 40 clean cases)."
+
+
+# -- fixes made from the suite's findings (data.quality column profile, data.quantity verdict) --------
+
+
+def test_column_profile_judges_skewed_columns_on_a_log_scale() -> None:
+    """Log-normal tails are not extreme values; gross errors in normal and skewed columns still are."""
+    import numpy as np
+
+    from dlclinic.functional.profile import find_column_issues
+
+    rng = np.random.default_rng(0)
+    skewed = rng.lognormal(3.0, 1.0, 2000)  # sizes/areas: heavy right tail
+    normal = rng.normal(0.0, 1.0, 2000)
+    clean = find_column_issues(np.c_[skewed, normal])
+    raw_z = np.abs(skewed - np.median(skewed)) / (1.4826 * np.median(np.abs(skewed - np.median(skewed))))
+    assert (raw_z > 10).any()  # the raw-scale rule would have flagged the natural tail
+    assert clean.extreme_rows.tolist() == []
+    bad = np.c_[skewed, normal]
+    bad[5, 0] = 1e9  # a sentinel / unit error in the skewed column
+    bad[7, 1] = 50.0  # a gross error in the normal column
+    assert find_column_issues(bad).extreme_rows.tolist() == [5, 7]
+
+
+def test_quantity_does_not_warn_on_an_ill_fitting_flat_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saturated task with erratic small runs: the point estimate of the gain exceeds 1 point, but its
+    bootstrap 5 % bound does not, and no test set can gain more than its measured error (1 %)."""
+    import numpy as np
+
+    from dlclinic import Case
+    from dlclinic.checks import data_quantity
+    from dlclinic.core.evidence import Evidence
+    from dlclinic.functional.learning_curve import fit_power_law
+    from dlclinic.remedies.baselines import MLP
+
+    n = np.repeat([21.0, 42.0, 85.0, 148.0, 212.0], 2)
+    flat = np.array([0.5, 0.05, 0.0, 0.3, 0.1, 0.0, 0.0, 0.08, 0.02, 0.0])  # erratic small runs, 1 % error at full size
+    steep = 1.5 * n**-0.5 + 0.02
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(212, 4)).astype("float32")
+    y = np.arange(212) % 2
+    case = Case.from_arrays((x, y), (x[:100], y[:100]), model=MLP(4, 2))
+    results = {}
+    for name, err in (("flat", flat), ("steep", steep)):
+        monkeypatch.setattr(data_quantity, "learning_curve", lambda *a, err=err, **k: {"n": n, "error": err, "per_class": np.c_[err, err]})
+        res = data_quantity.run(case, Evidence(case, cache_dir=tmp_path / name), data_quantity.QuantityOptions())
+        results[name] = res
+    assert fit_power_law(n, flat).gain_from_doubling(212.0) > 0.01  # the old point-estimate rule warned
+    assert results["flat"].status == "ok", results["flat"].summary
+    assert results["steep"].status == "warn", results["steep"].summary

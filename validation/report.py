@@ -105,11 +105,14 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "Rates carry exact (Clopper–Pearson) 95 % intervals. With *n* clean cases and no alarm the upper bound",
         "is about 3.7/*n*, so small runs cannot prove a low rate — they can only show a high one.",
         "",
-        f"This run: **{st['mode']} mode**, {doc['trials']} trials ({st['seeds_clean']} clean seeds per modality, {st['seeds_defect']} per defect strength),",
-        f"{doc['wall_seconds']:.0f} s on {doc['workers']} worker(s), dlclinic {doc['dlclinic_version']}, {doc['generated']}.",
-        "Reproduce with `python -m validation` (full) or `python -m validation --quick` (< 10 min on 2 cores; compares",
-        "its rates with this table). Base data: scikit-learn's digits (1×8×8 images) and breast-cancer table,",
+        f"Each check's section says when and with how many seeds it was measured (the table merges runs; the last one:",
+        f"{st['mode']} mode, {doc['trials']} trials, {doc['wall_seconds']:.0f} s on {doc['workers']} worker(s), dlclinic {doc['dlclinic_version']}, {doc['generated']}).",
+        "Reproduce with `python -m validation` (release settings: 30 clean seeds per modality, 8 per defect strength,",
+        "every strength; `--only ID ... --merge` reruns some checks) or `python -m validation --quick` (6 and 2 seeds,",
+        "two strengths at most; < 10 min on 2 cores; prints whether its rates agree with this table).",
+        "Base data: scikit-learn's digits (1×8×8 images) and breast-cancer table,",
         "and the Gaussian-class generator of `tests/conftest.py` where the ground truth must be controlled.",
+        "Every trial (status, finding codes, metrics, seconds) is in `docs/validation/trials.jsonl.gz`.",
         "",
         "## Summary",
         "",
@@ -200,7 +203,7 @@ def _figure(cid: str, e: Mapping[str, Any], path: Path) -> bool:
         rates = [fa["rate"] or 0.0] + [r["power"]["rate"] or 0.0 for r in d["rows"]]
         los = [fa["ci95"][0]] + [r["power"]["ci95"][0] for r in d["rows"]]
         his = [fa["ci95"][1]] + [r["power"]["ci95"][1] for r in d["rows"]]
-        order = sorted(range(len(xs)), key=lambda i: xs[i]) if name != "scarce_data" and name != "blind_windows" else list(range(len(xs)))
+        order = list(range(len(xs)))  # clean, then the rows weakest to strongest
         pos = list(range(len(xs)))
         ax.errorbar(pos, [rates[i] for i in order], yerr=[[rates[i] - los[i] for i in order], [his[i] - rates[i] for i in order]], marker="o", capsize=3)
         ax.axhline(e["level"], ls="--", color="grey", lw=1)
@@ -245,11 +248,13 @@ def write_all(doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Pa
                     codes[c] = codes.get(c, 0) + 1
         if codes:
             e["clean_codes"] = dict(sorted(codes.items(), key=lambda kv: -kv[1]))
+    import gzip
+
     rerun = {r["check"] for r in records}
-    old_path = out / "validation" / "trials.jsonl"
+    old_path = out / "validation" / "trials.jsonl.gz"
     if old_path.exists():  # keep the trials of merged checks that were not rerun
         kept = []
-        for line in old_path.read_text(encoding="utf-8").splitlines():
+        for line in gzip.decompress(old_path.read_bytes()).decode("utf-8").splitlines():
             try:
                 r = json.loads(line)
             except ValueError:
@@ -263,7 +268,10 @@ def write_all(doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Pa
         if _figure(cid, e, out / "validation" / name):
             figures[cid] = f"validation/{name}"
     _atomic_write(out / "validation.json", json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    _atomic_write(out / "validation" / "trials.jsonl", "".join(json.dumps(dict(r)) + "\n" for r in records))
+    trials = "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in sorted(records, key=lambda r: (r["check"], r["defect"], r["modality"], r["strength"], r["seed"])))
+    tmp = out / "validation" / "trials.jsonl.gz.tmp"
+    tmp.write_bytes(gzip.compress(trials.encode("utf-8"), mtime=0))
+    os.replace(tmp, out / "validation" / "trials.jsonl.gz")
     _atomic_write(out / "validation.md", markdown(doc, figures, uncovered_checks(list(doc["checks"]))))
     if packaged is not None:
         _atomic_write(packaged, json.dumps(compact(doc), indent=1) + "\n")

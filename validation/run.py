@@ -46,7 +46,7 @@ class Settings:
     all_strengths: bool
 
 
-QUICK = Settings("quick", seeds_clean=8, seeds_defect=3, all_strengths=False)
+QUICK = Settings("quick", seeds_clean=6, seeds_defect=2, all_strengths=False)
 FULL = Settings("full", seeds_clean=30, seeds_defect=8, all_strengths=True)
 
 
@@ -209,7 +209,9 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         for d in plan.defects:
             rows = []
-            for s in sorted({r["strength"] for r in recs if r["defect"] == d.name}):
+            present = {r["strength"] for r in recs if r["defect"] == d.name}
+            # weakest to strongest, as the plan lists them ("fewer rows" defects run downwards)
+            for s in [float(v) for v in d.strengths if float(v) in present] + sorted(present - {float(v) for v in d.strengths}):
                 sel = [r for r in recs if r["defect"] == d.name and r["strength"] == s]
                 row: dict[str, Any] = {"strength": s, "power": rate(sel), "by_modality": {m: rate([r for r in sel if r["modality"] == m]) for m in sorted({r["modality"] for r in sel})}}
                 diag = [r for r in sel if "right_diagnosis" in r]

@@ -232,7 +232,7 @@ def quantity_clean(modality: str, seed: int) -> Trial:
         x, y = blobs(1500, d=4, sep=6.0, seed=3 + 100 * seed)
         xt, yt = blobs(600, d=4, sep=6.0, seed=4 + 100 * seed)
         s = Splits(x, y, xt, yt, x[:0], y[:0])
-    return Trial(_case(s, modality, deploy=False))
+    return Trial(_case(s, modality, deploy=False), fit=_default_fit())
 
 
 def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
@@ -244,7 +244,7 @@ def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
         x, y = blobs(int(rows), d=40, sep=0.25, seed=1 + 100 * seed)
         xt, yt = blobs(600, d=40, sep=0.25, seed=2 + 100 * seed)
         s = Splits(x, y, xt, yt, x[:0], y[:0])
-    return Trial(_case(s, modality, deploy=False))
+    return Trial(_case(s, modality, deploy=False), fit=_default_fit())
 
 
 # ----------------------------------------------------------------------------- data.labeling_cost
@@ -463,22 +463,30 @@ def batchnorm_stale(modality: str, sigma: float, seed: int) -> Trial:
 
 
 def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Splits, dict[str, Any]]:
-    """Add a marker (images: the 2×2 top-left corner; tables: an extra column ``tag``) that equals the
-    label on a ``share`` of the rows of every split and is noise elsewhere (``share = 0``: pure noise)."""
+    """A binary task whose real signal is degraded by noise, plus a marker (images: the 2×2 top-left
+    corner; tables: an extra column) that equals the label on a ``share`` of the rows of every split and
+    is a coin flip elsewhere (``share = 0``: pure noise, the clean case). A model takes the marker when
+    it is the easiest cue, which is what a shortcut is; the check must see that it leans on it."""
     rng = _rng(seed, share, 9)
-    k = int(s.y_train.max()) + 1
 
-    def mark(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def mark(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if modality in ("image", "mnist"):
+            y = (y >= 5).astype(np.int64)
+            x = np.clip(x + rng.normal(0, 0.35, x.shape), 0, 1).astype(np.float32)
+        else:
+            x = (x + rng.normal(0, 4.0, x.shape) * s.x_train.std(0, keepdims=True)).astype(np.float32)
         informative = rng.random(len(y)) < share
-        value = np.where(informative, y / max(1, k - 1), rng.random(len(y))).astype(np.float32)
+        value = np.where(informative, y, rng.integers(0, 2, len(y))).astype(np.float32)
         if modality in ("image", "mnist"):
             x = x.copy()
             x[:, :, :2, :2] = value[:, None, None, None]
-            return x
-        scale = float(np.median(x.std(0)))
-        return np.concatenate([x, (value * scale * 4)[:, None]], axis=1).astype(np.float32)
+            return x, y
+        scale = float(np.median(s.x_train.std(0)))
+        return np.concatenate([x, (value * scale * 4)[:, None]], axis=1).astype(np.float32), y
 
-    out = Splits(mark(s.x_train, s.y_train), s.y_train, mark(s.x_test, s.y_test), s.y_test, s.x_deploy, s.y_deploy)
+    xtr, ytr = mark(s.x_train, s.y_train)
+    xte, yte = mark(s.x_test, s.y_test)
+    out = Splits(xtr, ytr, xte, yte, s.x_deploy, s.y_deploy)
     opts = {"suspect_region": "0:2,0:2"} if modality in ("image", "mnist") else {"suspect_feature": str(s.x_train.shape[1])}
     return out, opts
 
@@ -491,6 +499,18 @@ def interpretability_clean(modality: str, seed: int) -> Trial:
 def interpretability_shortcut(modality: str, share: float, seed: int) -> Trial:
     s, opts = _with_marker(split(modality, seed, (0.5, 0.5, 0.0)), modality, share, seed)
     return Trial(_case(s, modality, deploy=False), options=opts)
+
+
+# ----------------------------------------------------------------------------- optimization.convergence
+
+
+def convergence_clean(modality: str, seed: int) -> Trial:
+    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
+
+
+def convergence_lr_high(modality: str, lr: float, seed: int) -> Trial:
+    """The monitored run uses a learning rate ``lr`` (the recipe's is 2e-3)."""
+    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), options={"lr": float(lr)})
 
 
 PLANS: tuple[Plan, ...] = (
@@ -540,7 +560,7 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         quantity_clean,
         (Defect("scarce_data", "train rows on a task far from saturation", (400.0, 200.0, 100.0), quantity_scarce, quick_strengths=(200.0,)),),
-        "saturated tasks: digits 0 vs 1; three Gaussian classes 6σ apart (1,500 rows)",
+        "saturated tasks: digits 0 vs 1; three Gaussian classes 6σ apart (1,500 rows); dlclinic's default 15-epoch recipe",
         cost=2.0,
     ),
     Plan(
@@ -618,8 +638,20 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         interpretability_clean,
         (Defect("shortcut", "share of rows whose marker equals the label", (0.25, 0.5, 0.9), interpretability_shortcut, quick_strengths=(0.9,), expect=("shortcut",)),),
-        "the named region/feature (2×2 image corner; an extra column) holds pure noise",
+        "binary tasks (digit ≥ 5; malignant) with noise-degraded inputs; the named region/feature (2×2 image corner; an extra column) holds a coin flip",
         cost=2.0,
+    ),
+    Plan(
+        "optimization.convergence",
+        0.05,
+        "default (plateau < 5 % progress, blow-up > 10× the start, LR beyond the range test's divergence)",
+        ("image", "table"),
+        convergence_clean,
+        (
+            Defect("lr_too_high", "learning rate of the monitored run (recipe: 0.002)", (0.1, 1.0, 10.0), convergence_lr_high, quick_strengths=(1.0,), expect=("diverging", "unstable", "lr_too_high")),
+            Defect("lr_too_low", "learning rate of the monitored run (recipe: 0.002)", (1e-4, 1e-5, 1e-6), convergence_lr_high, quick_strengths=(1e-6,), expect=("plateau", "lr_too_low")),
+        ),
+        "dlclinic's baselines with their default recipe",
     ),
 )
 
@@ -637,7 +669,7 @@ def fast_fit() -> Any:
     return _fast_fit()
 
 
-_BUDGET = "compares a measurement (size, latency, throughput, FLOPs, energy) with a budget; not a statistical test on data, so there is no clean-case false-alarm rate to measure (bench/ measures its accuracy)"
+_BUDGET = "compares a measurement (size, latency, throughput, FLOPs, energy) with a budget; not a statistical test on data, so there is no clean-case false-alarm rate to measure"
 NOT_VALIDATED: dict[str, str] = {
     "model.compression": _BUDGET,
     "compute.edge": _BUDGET,
@@ -651,7 +683,6 @@ NOT_VALIDATED: dict[str, str] = {
     "ethics.security": "warns when robust accuracy under attack is low, which is true of every undefended model; a clean (robust) reference needs adversarially trained models — planned",
     "model.hyperparameters": "its verdict is a search outcome; validating it needs cases with a known best recipe — planned",
     "model.architecture": "its verdict is a search outcome; validating it needs cases with a known right-sized network — planned",
-    "optimization.convergence": "planned (bad learning rate, bad initial scale at several strengths)",
     "optimization.nonconvex": "planned (sharp vs flat minima at several batch sizes)",
     "optimization.forgetting": "planned (task sequences with known interference)",
     "research.reproducibility": "planned (planted non-determinism)",

@@ -45,7 +45,11 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
     out = []
     for name in order[1:]:
         v = cases[name]
-        out.append(row(f"batch-1 p50 latency, {name}", name, v, f"torch eager fp32 ({base_name})", base, verdict=None))
+        r = row(f"batch-1 p50 latency, {name}", name, v, f"torch eager fp32 ({base_name})", base)
+        ratio = r["ratio"]
+        if ratio is not None:
+            r["verdict"] = f"{ratio:.1f}× faster than eager" if ratio >= 1.1 else (f"**{1 / ratio:.1f}× slower than eager**" if ratio <= 0.9 else "as fast as eager (±10 %)")
+        out.append(r)
     notes = ["Latency is the median of interleaved batch-1 calls (p99 in the quality column); accuracy on all test rows with a paired 95 % CI of the drop. Ratio above 1: the variant is faster than eager fp32.",
              "Pruned torch variants keep dense tensors (zeros are not skipped by the CPU kernels), so magnitude pruning alone does not speed anything up; only channel pruning (smaller layers) and int8 kernels can."]
     notes += [f"sweep: {n}" for n in r.get("notes", [])]

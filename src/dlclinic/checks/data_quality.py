@@ -119,7 +119,7 @@ def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings
             findings.append(Finding("near_constant_column", "near-constant column(s) (one value in ≥ 99 % of rows): " + ", ".join(names[j] for j in cols.near_constant[:10]), split="train"))
         if len(cols.extreme_rows):
             worst_cols = np.argsort(-cols.extreme_counts)[:5]
-            findings.append(Finding("extreme_value", f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (mostly in " + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j]) + ")", split="train", indices=tuple(int(i) for i in cols.extreme_rows)))
+            findings.append(Finding("extreme_value", f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (on a log scale for skewed non-negative columns; mostly in " + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j]) + ")", split="train", indices=tuple(int(i) for i in cols.extreme_rows)))
             status = "warn" if len(cols.extreme_rows) / len(x) > 0.01 else status
         profile_rows = [[names[j], f"{cols.missing_fraction[j]:.1%}", int(cols.extreme_counts[j]), "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else ""] for j in range(len(names)) if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant]
         if profile_rows:

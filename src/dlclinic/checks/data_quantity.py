@@ -10,7 +10,10 @@ Two ways to measure the curve on stratified subsets (``fractions`` × ``seeds``)
   "flat" one only says that a head on today's representation is saturated.
 
 The fitted law ``err(n) = a·n^-b + c`` gives the error expected from doubling
-the data and the number of samples needed for ``target_accuracy``.
+the data and the number of samples needed for ``target_accuracy``. The check warns when
+the gain from doubling is clearly above ``warn_gain_from_doubling``: its lower 5 %
+bootstrap bound (refits on resampled curve points), capped by the measured error, must
+exceed it — a one-sided 95 % rule, so a saturated task warns in at most about 5 % of cases.
 """
 
 from __future__ import annotations
@@ -176,7 +179,12 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
         metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (float(v) for v in np.percentile(boot_gain, [5, 95]))
     metrics.update(backtest(n, err, n_full, full_err, len(test)))
     findings: list[Finding] = []
-    status = "warn" if gain > options.warn_gain_from_doubling else "ok"
+    # the verdict uses the gain's lower 5 % bootstrap bound, capped by the measured error (no test set can
+    # gain more than its error): the point estimate of an ill-fitting law on a flat, noisy curve exceeds 1
+    # point on saturated tasks (validation suite: 8 of 8 digits-0-vs-1 cases at 0-5 % error warned)
+    decisive = min(gain, float(metrics.get("gain_from_doubling_low", gain)), full_err)  # type: ignore[arg-type]
+    metrics["gain_from_doubling_decisive"] = decisive
+    status = "warn" if decisive > options.warn_gain_from_doubling else "ok"
     if options.target_accuracy is not None:
         need = samples_for_error(law, 1 - options.target_accuracy)
         metrics["target_accuracy"] = options.target_accuracy
@@ -197,7 +205,9 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     hungry = [k for k in range(case.n_classes) if np.isfinite(per_class_full[k]) and per_class_small[k] - per_class_full[k] > 2 * max(gain, 0.005) and per_class_full[k] > full_err]
     if hungry:
         findings.append(Finding("data_hungry_classes", "classes whose error still falls steeply with more data and is above average: " + ", ".join(f"{case.class_names[k]} ({int(counts[k])} samples, error {per_class_full[k]:.1%})" for k in hungry)))
-    if status == "ok":
+    if status == "ok" and gain > options.warn_gain_from_doubling:
+        summary = f"No clear gain from more data: doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%}, but that is not clearly above {options.warn_gain_from_doubling:.0%} (bootstrap 5 % bound {float(metrics.get('gain_from_doubling_low', gain)):.1%}, measured error now {full_err:.1%}, fit R² {law.r2:.2f})."  # type: ignore[arg-type]
+    elif status == "ok":
         summary = f"The learning curve is flat: doubling the {int(n_full):,} training samples is predicted to lower the error by only {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
     else:
         summary = f"The learning curve is still steep: doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
