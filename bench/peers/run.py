@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "schema": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bash scripts/bench.sh" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else ""),
+        "command": "bash scripts/bench.sh" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") + (f" --threads {args.threads}" if args.threads != min(2, os.cpu_count() or 1) else ""),
         "config": {k: v for k, v in cfg.items() if k != "workdir"},
         "load_start": load_start,
         "benchmarks": [],

@@ -11,9 +11,9 @@ Two ways to measure the curve on stratified subsets (``fractions`` × ``seeds``)
 
 The fitted law ``err(n) = a·n^-b + c`` gives the error expected from doubling
 the data and the number of samples needed for ``target_accuracy``. The check warns when
-the gain from doubling is clearly above ``warn_gain_from_doubling``: its lower 5 %
-bootstrap bound (refits on resampled curve points), capped by the measured error, must
-exceed it — a one-sided 95 % rule, so a saturated task warns in at most about 5 % of cases.
+the gain from doubling, capped by the error measured at full size (no test set can gain
+more than its error), exceeds ``warn_gain_from_doubling``; the bootstrap interval of the
+gain is reported, not graded (with 5 sizes × 2 seeds its 5 % bound is too wide to decide).
 """
 
 from __future__ import annotations
@@ -179,10 +179,9 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
         metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (float(v) for v in np.percentile(boot_gain, [5, 95]))
     metrics.update(backtest(n, err, n_full, full_err, len(test)))
     findings: list[Finding] = []
-    # the verdict uses the gain's lower 5 % bootstrap bound, capped by the measured error (no test set can
-    # gain more than its error): the point estimate of an ill-fitting law on a flat, noisy curve exceeds 1
-    # point on saturated tasks (validation suite: 8 of 8 digits-0-vs-1 cases at 0-5 % error warned)
-    decisive = min(gain, float(metrics.get("gain_from_doubling_low", gain)), full_err)  # type: ignore[arg-type]
+    # no test set can gain more than its measured error: an ill-fitting law on a flat, noisy curve
+    # extrapolates gains above 1 point on saturated tasks at 0 % error (validation suite, docs/validation.md)
+    decisive = min(gain, full_err)
     metrics["gain_from_doubling_decisive"] = decisive
     status = "warn" if decisive > options.warn_gain_from_doubling else "ok"
     if options.target_accuracy is not None:
@@ -206,7 +205,7 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     if hungry:
         findings.append(Finding("data_hungry_classes", "classes whose error still falls steeply with more data and is above average: " + ", ".join(f"{case.class_names[k]} ({int(counts[k])} samples, error {per_class_full[k]:.1%})" for k in hungry)))
     if status == "ok" and gain > options.warn_gain_from_doubling:
-        summary = f"No clear gain from more data: doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%}, but that is not clearly above {options.warn_gain_from_doubling:.0%} (bootstrap 5 % bound {float(metrics.get('gain_from_doubling_low', gain)):.1%}, measured error now {full_err:.1%}, fit R² {law.r2:.2f})."  # type: ignore[arg-type]
+        summary = f"No gain from more data: the fitted curve predicts {gain:.1%} less error from doubling the {int(n_full):,} training samples, but the measured error is already {full_err:.1%} (fit R² {law.r2:.2f}: the curve does not describe this flat learning curve)."
     elif status == "ok":
         summary = f"The learning curve is flat: doubling the {int(n_full):,} training samples is predicted to lower the error by only {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
     else:

@@ -122,7 +122,11 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
             advance(1)
     primary = "integrated_gradients" if "integrated_gradients" in attrs else next(iter(attrs))
     sanity_method = "saliency" if "saliency" in attrs else primary
-    sanity = randomization_sanity(model, x, target, attrs[sanity_method], sanity_method, seed=options.seed) if sanity_method != "occlusion" else None
+    scale = None
+    if case.modality != "image":  # compare gradients per standard deviation of each feature, not per raw unit
+        std = np.nanstd(np.where(np.isfinite(case.train.x), case.train.x, np.nan), axis=0).reshape(-1)
+        scale = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    sanity = randomization_sanity(model, x, target, attrs[sanity_method], sanity_method, seed=options.seed, feature_scale=scale) if sanity_method != "occlusion" else None
 
     statuses: list[Status] = []
     findings: list[Finding] = []

@@ -255,8 +255,13 @@ def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), 0.0))
 
 
-def randomization_sanity(model: Any, x: np.ndarray, target: np.ndarray, attributions: np.ndarray, method: str, *, seed: int = 0) -> float:
+def randomization_sanity(model: Any, x: np.ndarray, target: np.ndarray, attributions: np.ndarray, method: str, *, seed: int = 0, feature_scale: np.ndarray | None = None) -> float:
     """Mean Spearman correlation of |attributions| between the model and a re-initialised copy.
+
+    ``feature_scale`` (tables: each feature's train standard deviation) puts gradients in
+    units of one standard deviation before comparing. Without it a model that standardises
+    its inputs internally gives every copy, trained or random, gradients ∝ 1/σ per raw
+    feature, and the shared factor alone makes the maps correlate.
 
     Every parameter is re-drawn (``reset_parameters`` where a layer has it, Gaussian
     otherwise); BatchNorm statistics are reset. Low = the attributions depend on the
@@ -275,7 +280,11 @@ def randomization_sanity(model: Any, x: np.ndarray, target: np.ndarray, attribut
             running()
     other = attribute(rand, x, target, method)
     n = len(x)
-    return float(_spearman_rows(np.abs(attributions.reshape(n, -1)), np.abs(other.reshape(n, -1))).mean())
+    a, b = np.abs(attributions.reshape(n, -1)), np.abs(other.reshape(n, -1))
+    if feature_scale is not None:
+        scale = np.asarray(feature_scale, dtype=np.float64).reshape(1, -1)
+        a, b = a * scale, b * scale
+    return float(_spearman_rows(a, b).mean())
 
 
 def parse_region(text: str, shape: Sequence[int]) -> np.ndarray:

@@ -208,6 +208,13 @@ def _seconds(seconds: float) -> str:
     return "<0.01 s" if seconds < 0.01 else f"{seconds:.2f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
 
 
+def false_alarm_note(challenge_id: str) -> str | None:
+    """The validation suite's measured false-alarm rate of this check, as one sentence (or ``None``)."""
+    from dlclinic.report.trust import false_alarm_note as note
+
+    return note(challenge_id)
+
+
 def _challenge_view(result: CheckResult, description: str, case: Case | None) -> dict[str, Any]:
     """Everything the template shows about one challenge."""
     metrics, other_thresholds = _threshold_rows(result)
@@ -220,6 +227,7 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
         "status": result.status,
         "status_label": STATUS_LABELS.get(result.status, result.status),
         "summary": result.summary,
+        "trust": false_alarm_note(result.id) if result.status in ("ok", "warn", "fail") else None,
         "seconds": _seconds(result.seconds),
         "metrics": metrics,
         "other_thresholds": other_thresholds,
