@@ -51,6 +51,7 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
             r["verdict"] = f"{ratio:.1f}× faster than eager" if ratio >= 1.1 else (f"**{1 / ratio:.1f}× slower than eager**" if ratio <= 0.9 else "as fast as eager (±10 %)")
         out.append(r)
     notes = ["Latency is the median of interleaved batch-1 calls (p99 in the quality column); accuracy on all test rows with a paired 95 % CI of the drop. Ratio above 1: the variant is faster than eager fp32.",
+             "Slower than eager: bf16 on this CPU (no native bf16 matrix units, so PyTorch converts on the fly) and magnitude pruning (dense kernels); the sweep reports them so the user sees it, and the model.compression remedy picks by measured latency, so it never recommends them for speed here.",
              "Pruned torch variants keep dense tensors (zeros are not skipped by the CPU kernels), so magnitude pruning alone does not speed anything up; only channel pruning (smaller layers) and int8 kernels can."]
     notes += [f"sweep: {n}" for n in r.get("notes", [])]
     return out, notes

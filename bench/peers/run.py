@@ -137,6 +137,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"timings are the median of {doc['config']['repeats']} repeats unless the row says otherwise (first call of a process excluded where a row says *warm*).",
         f"Machine: {env['cpu']}, {env['cores']} cores, {env['os']}, Python {env['python']}; load average at start {doc['load_start']}, at end {doc['load_end']}. "
         f"Whole run {doc['seconds']:.0f} s.",
+        *([f"**The machine was shared with other jobs during this run** (load average {doc['load_start'].split(' / ')[0]} at start on {env['cores']} cores): absolute times are inflated and sides that ran minutes apart saw different load, so ratios near 1 are within noise. Re-run on an idle machine for clean numbers."] if _busy(doc) else []),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(doc["versions"].items())) + ".",
         "",
@@ -163,6 +164,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
             lines.append("")
     lines.append(MARK_END)
     return "\n".join(lines) + "\n"
+
+
+def _busy(doc: dict[str, Any]) -> bool:
+    try:
+        return float(str(doc["load_start"]).split(" / ")[0]) > 0.5 * float(doc["environment"]["cores"] or 1)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def write_markdown(path: Path, section: str) -> None:
@@ -200,7 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
     parser.add_argument("--reuse-fixture", action="store_true", help="reuse the demo fixture already in --workdir (debugging)")
     parser.add_argument("--no-write", action="store_true", help="print the table instead of writing the docs")
+    parser.add_argument("--from-json", default=None, help="re-render the Markdown from a JSON written by an earlier run (no benchmark runs)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        for bench in doc["benchmarks"]:
+            mod = importlib.import_module(f"bench.peers.{bench['module']}")
+            results = bench["sides"]
+            all_json = {b["module"]: b["sides"] for b in doc["benchmarks"]}
+            rows, notes = mod.rows(results, {**doc["config"], "_all": all_json})
+            errors = "; ".join(f"{side}: {r['error']}" for side, r in results.items() if "error" in r)
+            bench["rows"], bench["notes"] = rows, ([f"Error — {errors}"] if errors else []) + list(notes)
+        write_markdown(Path(args.md), render_markdown(doc))
+        tmp = Path(args.json).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, default=str))
+        tmp.replace(Path(args.json))
+        print(f"==> re-rendered {args.md} and {args.json} from {args.from_json}")
+        return 0
 
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))

@@ -79,6 +79,7 @@ def dp_fit(model: Any, x: np.ndarray, y: np.ndarray, *, target_epsilon: float, d
     data = TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()  # opacus refuses a model in eval mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # opacus warns about secure_mode=False and Poisson-sampling details
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
