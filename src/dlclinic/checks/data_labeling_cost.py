@@ -245,7 +245,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         message = f"active learning saves {best_mean:.0f} ± {best_std:.0f} labels ({pct:.0f} %) with {best}"
         summary = f"Active learning pays off here: {best} reaches {reached} with {best_mean:.0f} ± {best_std:.0f} fewer labels ({pct:.0f} %, {seeds} seeds).{at_budget}{gain}"
         findings = (Finding("active_learning_saves", message, split="train", extra=extra),)
-        remedy = Remedy(command="dlclinic treat data.labeling_cost --option pool=UNLABELLED_FILE --option budget=N", description=f"rank unlabelled samples with {best} and write the next N to label (next_to_label.csv)")
+        remedy = Remedy(command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N", description=f"rank unlabelled samples with {best} and write the next N to label (next_to_label.csv)")
     elif pays_by_accuracy:
         status = "ok"
         message = f"{best_acc} ends {100 * gain_mean:+.1f} ± {100 * gain_std:.1f} accuracy points above random at the same {int(n[-1])} labels"
@@ -254,7 +254,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
             f" in labels to reach random's final accuracy the best, {best}, saves {best_mean:+.0f} ± {best_std:.0f}.{gain}"
         )
         findings = (Finding("active_learning_saves", message, split="train", extra={**extra, "best_accuracy_strategy": best_acc}),)
-        remedy = Remedy(command="dlclinic treat data.labeling_cost --option pool=UNLABELLED_FILE --option budget=N", description=f"rank unlabelled samples with {best_acc} and write the next N to label (next_to_label.csv)")
+        remedy = Remedy(command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N", description=f"rank unlabelled samples with {best_acc} and write the next N to label (next_to_label.csv)")
     else:
         status = "warn"
         message = f"no strategy saves labels reliably over random sampling (best: {best}, {best_mean:+.0f} ± {best_std:.0f} labels)"
@@ -263,7 +263,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
             f"the best, {best}, saves {best_mean:+.0f} ± {best_std:.0f} labels over {seeds} seeds.{at_budget}{gain}"
         )
         findings = (Finding("active_learning_no_gain", message, split="train", extra=extra),)
-        remedy = Remedy(command="dlclinic treat data.labeling_cost --option pool=UNLABELLED_FILE --option budget=N --option strategy=random", description="label new samples at random (stratified by class where known): choosing them with an active-learning strategy did not save labels here")
+        remedy = Remedy(command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N --option strategy=random", description="label new samples at random (stratified by class where known): choosing them with an active-learning strategy did not save labels here")
     summary += " (Simulated with a logistic head on the model's embeddings, which learned from every train label: compare the strategies, not the absolute accuracies.)"
 
     def fmt(s: str) -> str:
