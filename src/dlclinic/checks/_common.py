@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from dlclinic.core.results import STATUS_ORDER, Status
+from dlclinic.core.results import STATUS_ORDER, CheckResult, Status
 
-__all__ = ["grade", "worst"]
+__all__ = ["grade", "on_threads", "worst"]
+
+_O = TypeVar("_O")
+
+
+def on_threads(run: Callable[[Any, Any, _O], CheckResult], case: Any, evidence: Any, options: _O) -> CheckResult:
+    """``run(case, evidence, options)`` with torch on ``options.threads`` threads, restored afterwards.
+
+    See :func:`~dlclinic.functional.latency.torch_threads`: timing and short training
+    runs are both steadier and faster on one thread when the CPU is shared.
+    """
+    from dlclinic.functional.latency import torch_threads
+
+    with torch_threads(getattr(options, "threads")):
+        return run(case, evidence, options)
 
 
 def worst(statuses: Iterable[Status]) -> Status:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dlclinic.checks._common import on_threads
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
@@ -151,11 +152,8 @@ def _sweep(case: Case, evidence: Evidence, o: CompressionOptions) -> Any:
 
 
 def run_compression(case: Case, evidence: Evidence, options: CompressionOptions) -> CheckResult:
-    """Run the check with torch on ``options.threads`` threads (see :func:`~dlclinic.functional.latency.torch_threads`)."""
-    from dlclinic.functional.latency import torch_threads
-
-    with torch_threads(options.threads):
-        return _run_compression(case, evidence, options)
+    """Run the check with torch on ``options.threads`` threads."""
+    return on_threads(_run_compression, case, evidence, options)
 
 
 def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions) -> CheckResult:
@@ -270,11 +268,8 @@ def _onnx_ops(path: Path) -> tuple[list[str], list[str]]:
 
 
 def run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResult:
-    """Run the check with torch on ``options.threads`` threads (see :func:`~dlclinic.functional.latency.torch_threads`)."""
-    from dlclinic.functional.latency import torch_threads
-
-    with torch_threads(options.threads):
-        return _run_edge(case, evidence, options)
+    """Run the check with torch on ``options.threads`` threads."""
+    return on_threads(_run_edge, case, evidence, options)
 
 
 def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResult:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import worst
+from dlclinic.checks._common import on_threads, worst
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
@@ -81,11 +81,8 @@ def _feature_mask(text: str, case: Case) -> np.ndarray:
 
 
 def run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> CheckResult:
-    """Run the check with torch on ``options.threads`` threads (see :func:`~dlclinic.functional.latency.torch_threads`)."""
-    from dlclinic.functional.latency import torch_threads
-
-    with torch_threads(options.threads):
-        return _run(case, evidence, options)
+    """Run the check with torch on ``options.threads`` threads."""
+    return on_threads(_run, case, evidence, options)
 
 
 def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> CheckResult:

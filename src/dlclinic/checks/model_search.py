@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dlclinic.checks._common import on_threads
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
@@ -79,11 +80,8 @@ class HyperparameterOptions:
 
 
 def run_hyperparameters(case: Case, evidence: Evidence, options: HyperparameterOptions) -> CheckResult:
-    """Run the check with torch on ``options.threads`` threads (see :func:`~dlclinic.functional.latency.torch_threads`)."""
-    from dlclinic.functional.latency import torch_threads
-
-    with torch_threads(options.threads):
-        return _run_hyperparameters(case, evidence, options)
+    """Run the check with torch on ``options.threads`` threads."""
+    return on_threads(_run_hyperparameters, case, evidence, options)
 
 
 def _run_hyperparameters(case: Case, evidence: Evidence, options: HyperparameterOptions) -> CheckResult:
@@ -174,11 +172,8 @@ class ArchitectureOptions:
 
 
 def run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckResult:
-    """Run the check with torch on ``options.threads`` threads (see :func:`~dlclinic.functional.latency.torch_threads`)."""
-    from dlclinic.functional.latency import torch_threads
-
-    with torch_threads(options.threads):
-        return _run_architecture(case, evidence, options)
+    """Run the check with torch on ``options.threads`` threads."""
+    return on_threads(_run_architecture, case, evidence, options)
 
 
 def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckResult:
