@@ -26,8 +26,9 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.functional.stats import wilson_interval
 
-__all__ = ["CHECK", "SecurityOptions", "input_bounds", "run", "scan_model_files", "wilson"]
+__all__ = ["CHECK", "SecurityOptions", "input_bounds", "run", "scan_model_files"]
 
 ID = "ethics.security"
 
@@ -57,17 +58,6 @@ class SecurityOptions:
     model_files: tuple[str, ...] = ()
     robustness: bool = True
     seed: int = 0
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def input_bounds(case: Case) -> tuple[Any, Any, Any]:
@@ -168,7 +158,7 @@ def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult
         rob = float(data["robust_pgd_linf"][i])
         rob_fgsm = float(data["robust_fgsm"][i])
         rob_l2 = float(data["robust_pgd_l2"][i])
-        low, high = wilson(round(rob * n), n)
+        low, high = wilson_interval(round(rob * n), n)
         retention = rob / clean if clean > 0 else float("nan")
         retention_high = high / clean if clean > 0 else float("nan")
         st_rob: Status = "ok"

@@ -28,6 +28,7 @@ from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.functional.calibration import ece_calibrated_null, reliability_bins
+from dlclinic.functional.stats import wilson_interval
 
 __all__ = ["CHECK", "OverfittingOptions", "gap_open_epoch", "run"]
 
@@ -68,15 +69,6 @@ def gap_open_epoch(train_acc: np.ndarray, val_acc: np.ndarray, gap: float) -> in
         return None
     below = np.flatnonzero(~(d > gap))
     return int(below[-1] + 1) if len(below) else 0
-
-
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def _memorization(case: Case, evidence: Evidence, options: OverfittingOptions) -> dict[str, np.ndarray] | None:
@@ -162,7 +154,7 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
             mem = _memorization(case, evidence, options)
             if mem is not None:
                 hits, n = int(mem["hits"]), int(mem["n"])
-                lo, hi = _wilson(hits, n)
+                lo, hi = wilson_interval(hits, n)
                 chance = 1.0 / case.n_classes
                 metrics_extra.update({"memorization_accuracy": hits / n, "memorization_ci_low": lo, "memorization_ci_high": hi, "memorization_chance": chance})
                 if lo > chance:

@@ -3,7 +3,7 @@
 * :func:`split_known_unknown` — hold classes out of a labelled set (the simulation of
   an open world on data whose classes are all known to us).
 * :func:`novelty_auroc` — AUROC of a novelty score for unknown vs known rows, with a
-  bootstrap interval (``sklearn.metrics.roc_auc_score``).
+  bootstrap interval (vectorised rank AUROC, :func:`dlclinic.functional.ood.auroc_ci`).
 * :func:`calibrate_rejection` — the threshold that accepts ``1 − reject_rate`` of known
   *validation* rows (so the rejection rate on known classes is controlled on data not
   used to judge it), and its detection/false-rejection rates on test.
@@ -47,20 +47,17 @@ def novelty_auroc(scores_known: np.ndarray, scores_unknown: np.ndarray, *, n_boo
         >>> novelty_auroc(np.array([0.1, 0.2, 0.3]), np.array([0.25, 0.9]))[0]
         0.8333333333333334
     """
-    from sklearn.metrics import roc_auc_score
+    from dlclinic.functional.ood import auroc_ci
 
     k = np.asarray(scores_known, dtype=np.float64).ravel()
     u = np.asarray(scores_unknown, dtype=np.float64).ravel()
     if len(k) == 0 or len(u) == 0:
         raise InputError(f"novelty AUROC needs known and unknown rows, found {len(k)} known and {len(u)} unknown")
-    y = np.r_[np.zeros(len(k)), np.ones(len(u))]
-    auc = float(roc_auc_score(y, np.r_[k, u]))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        boots.append(roc_auc_score(y, np.r_[k[rng.integers(0, len(k), len(k))], u[rng.integers(0, len(u), len(u))]]))
-    low, high = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)]) if boots else (math.nan, math.nan)
-    return auc, float(low), float(high)
+    if n_boot < 1:
+        from dlclinic.functional.ood import auroc
+
+        return auroc(k, u), math.nan, math.nan
+    return auroc_ci(k, u, resamples=n_boot, level=1 - alpha, seed=seed)
 
 
 @dataclass(frozen=True)
