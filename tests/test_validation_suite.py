@@ -138,3 +138,47 @@ def test_quantity_does_not_warn_on_an_ill_fitting_flat_curve(tmp_path: Path, mon
     assert fit_power_law(n, flat).gain_from_doubling(212.0) > 0.01  # the old point-estimate rule warned
     assert results["flat"].status == "ok", results["flat"].summary
     assert results["steep"].status == "warn", results["steep"].summary
+
+
+def test_every_check_has_a_validation_plan_or_a_stated_reason() -> None:
+    """Coverage of the suite: each registered check is planned (with well-formed defects) or says why not."""
+    from dlclinic.checks import CHECKS
+    from validation.scenarios import NOT_VALIDATED, PLANS
+
+    planned = [p.check for p in PLANS]
+    assert len(planned) == len(set(planned)), "a check planned twice"
+    assert set(planned) <= set(CHECKS), sorted(set(planned) - set(CHECKS))
+    missing = sorted(set(CHECKS) - set(planned) - set(NOT_VALIDATED))
+    assert not missing, f"checks with neither a plan nor a reason: {missing}"
+    for plan in PLANS:
+        assert 0 < plan.level < 0.5 and plan.level_source and plan.clean_description
+        assert plan.defects, plan.check
+        for d in plan.defects:
+            assert len(d.strengths) >= 2 or plan.check in ("ethics.misuse", "ethics.compliance"), (plan.check, d.name)
+            assert set(d.quick_strengths or ()) <= set(d.strengths), (plan.check, d.name)
+            assert set(d.modalities or plan.modalities) <= {"image", "table", "mnist"}
+
+
+def test_labels_saved_on_a_common_target_ignores_a_lucky_last_round() -> None:
+    """Active learning that plateaus two rounds in saves labels even when random's last round is one sample luckier."""
+    import numpy as np
+
+    from dlclinic.functional.active_learning import labels_saved
+
+    n = np.array([30, 90, 150, 210, 270, 330])
+    random = np.array([0.93, 0.96, 0.975, 0.98, 0.985, 0.995])
+    active = np.array([0.93, 0.99, 0.993, 0.993, 0.993, 0.993])
+    assert math.isnan(labels_saved(n, random, n, active, monotone=True))  # random's final: never reached
+    saved = labels_saved(n, random, n, active, monotone=True, common=True)
+    assert saved == pytest.approx(318 - 150)  # both reach 99.3 %: active at 150 labels, random at 270 + 0.8 × 60
+    assert labels_saved(n, random, n, random, monotone=True, common=True) == 0.0
+
+
+def test_generalization_grades_its_tests_as_one_holm_family() -> None:
+    """Five tests at α each would add up to ~5α false alarms; the check adjusts them together."""
+    import numpy as np
+
+    from dlclinic.functional.stats import holm
+
+    assert holm([0.005, 0.3, 0.9, 0.02, 0.5]).round(3).tolist() == [0.025, 0.9, 1.0, 0.08, 1.0]
+    assert np.isnan(holm([np.nan, 0.01])[0]) and holm([np.nan, 0.01])[1] == 0.01

@@ -16,92 +16,21 @@ with strengths that span "barely there" to "obvious", and append a :class:`Plan`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from validation.data import Splits, blobs, split
+from validation.plan import Defect, Plan, Trial, case_from, default_fit, fast_fit, flip_labels, mean_shift, memorise_fit, rng_for
 
-__all__ = ["PLANS", "Defect", "Plan", "Trial", "plan_for"]
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One case to examine, the check options, and the planted rows (``{split: indices}``) if any."""
-
-    case: Any
-    options: Mapping[str, Any] = field(default_factory=dict)
-    truth: Mapping[str, Sequence[int]] | None = None
-    fit: Any = None  # FitConfig; None = the suite's fast default
-    evidence: Any = None  # EvidenceConfig; None = dlclinic's default
+__all__ = ["NOT_VALIDATED", "PLANS", "Defect", "Plan", "Trial", "fast_fit", "plan_for"]
 
 
-@dataclass(frozen=True)
-class Defect:
-    """A planted defect: ``build(modality, strength, seed) -> Trial`` at each of ``strengths``."""
-
-    name: str
-    unit: str
-    strengths: tuple[float, ...]
-    build: Callable[[str, float, int], Trial]
-    codes: tuple[str, ...] = ()  # finding codes whose indices are scored against the truth
-    quick_strengths: tuple[float, ...] | None = None
-    modalities: tuple[str, ...] | None = None  # None = the plan's
-    expect: tuple[str, ...] = ()  # finding codes that name this defect: "right diagnosis" = flagged with one of them
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Validation plan of one check."""
-
-    check: str
-    level: float
-    level_source: str
-    modalities: tuple[str, ...]
-    clean: Callable[[str, int], Trial]
-    defects: tuple[Defect, ...]
-    clean_description: str
-    cost: float = 1.0  # relative cost of one trial (scheduling only)
-
-
-def _fast_fit() -> Any:
-    from dlclinic.remedies.fit import FitConfig
-
-    return FitConfig(epochs=8, batch_size=64)
-
-
-def _case(s: Splits, modality: str, *, deploy: bool = True, test: bool = True, **kw: Any) -> Any:
-    from dlclinic import Case
-
-    mod = "image" if modality in ("image", "mnist") else "table"
-    return Case.from_arrays(
-        (s.x_train, s.y_train),
-        (s.x_test, s.y_test) if test and len(s.x_test) else None,
-        (s.x_deploy, s.y_deploy) if deploy and len(s.x_deploy) else None,
-        modality=mod,
-        **kw,
-    )
-
-
-def _rng(*parts: float) -> np.random.Generator:
-    return np.random.default_rng([int(abs(p) * 1000) for p in parts])
-
-
-def flip_labels(y: np.ndarray, fraction: float, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Give ``round(fraction × n)`` rows a different label drawn uniformly among the other classes."""
-    y = y.copy()
-    rows = np.sort(rng.choice(len(y), size=int(round(fraction * len(y))), replace=False))
-    y[rows] = (y[rows] + rng.integers(1, n_classes, size=len(rows))) % n_classes
-    return y, rows
-
-
-def mean_shift(x: np.ndarray, reference: np.ndarray, sigma: float, modality: str) -> np.ndarray:
-    """Move every feature by ``sigma`` of its train standard deviation (images: of the pixel values)."""
-    if modality in ("image", "mnist"):
-        return (x + sigma * float(reference.std())).astype(np.float32)
-    return (x + sigma * reference.std(axis=0, keepdims=True)).astype(np.float32)
+_fast_fit = fast_fit
+_case = case_from
+_rng = rng_for
+_memorise_fit = memorise_fit
+_default_fit = default_fit
 
 
 # ----------------------------------------------------------------------------- data.quality
@@ -301,21 +230,6 @@ def monitoring_blind(modality: str, window: float, seed: int) -> Trial:
 # ----------------------------------------------------------------------------- model.overfitting
 
 
-def _memorise_fit() -> Any:
-    """A recipe that memorises: many epochs, no validation slice, no weight decay."""
-    from dlclinic.remedies.fit import FitConfig
-
-    return FitConfig(epochs=40, batch_size=32, weight_decay=0.0, val_fraction=0.0, schedule="constant")
-
-
-def _default_fit() -> Any:
-    """dlclinic's default recipe (15 epochs): the suite's 8-epoch recipe leaves the digits CNN
-    underconfident (ECE ≈ 0.13), which the check rightly reports as miscalibration."""
-    from dlclinic.remedies.fit import FitConfig
-
-    return FitConfig()
-
-
 def overfitting_clean(modality: str, seed: int) -> Trial:
     return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), fit=_default_fit())
 
@@ -513,7 +427,7 @@ def convergence_lr_high(modality: str, lr: float, seed: int) -> Trial:
     return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), options={"lr": float(lr)})
 
 
-PLANS: tuple[Plan, ...] = (
+_OWN_PLANS: tuple[Plan, ...] = (
     Plan(
         "data.quality",
         0.05,
@@ -656,17 +570,29 @@ PLANS: tuple[Plan, ...] = (
 )
 
 
+def _gather() -> tuple[Plan, ...]:
+    """This module's plans, then those of every ``validation/plans_*.py`` module (its ``PLANS``)."""
+    import importlib
+    import pkgutil
+
+    import validation
+
+    plans = list(_OWN_PLANS)
+    for info in sorted(pkgutil.iter_modules(validation.__path__), key=lambda m: m.name):
+        if info.name.startswith("plans_"):
+            plans.extend(importlib.import_module(f"validation.{info.name}").PLANS)
+    return tuple(plans)
+
+
+PLANS: tuple[Plan, ...] = _gather()
+
+
 def plan_for(check: str) -> Plan:
     """The plan of ``check``."""
     for p in PLANS:
         if p.check == check:
             return p
     raise KeyError(f"no validation plan for {check!r}; expected one of {', '.join(p.check for p in PLANS)}")
-
-
-def fast_fit() -> Any:
-    """The training recipe of every baseline in the suite (as the check tests use)."""
-    return _fast_fit()
 
 
 _BUDGET = "compares a measurement (size, latency, throughput, FLOPs, energy) with a budget; not a statistical test on data, so there is no clean-case false-alarm rate to measure"

@@ -21,6 +21,7 @@ from dlclinic.core.errors import InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.functional.stats import holm as _holm
 
 __all__ = ["CHECK", "FairnessOptions", "assess_fairness", "holm", "run"]
 
@@ -60,16 +61,8 @@ class FairnessOptions:
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (NaN stays NaN)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    order = ok[np.argsort(p[ok])]
-    m, running = len(order), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
+    """Holm–Bonferroni adjusted p-values (NaN stays NaN); see :func:`dlclinic.functional.stats.holm`."""
+    return _holm(pvalues).tolist()
 
 
 def _fmt_ci(ci: Any) -> str:

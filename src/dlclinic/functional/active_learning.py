@@ -450,6 +450,7 @@ def labels_saved(
     *,
     monotone: bool = False,
     tolerance: float = 0.0,
+    common: bool = False,
 ) -> float:
     """Labels saved by a strategy versus random sampling, at equal accuracy.
 
@@ -470,6 +471,12 @@ def labels_saved(
         tolerance: how far below random's final accuracy still counts as reaching it,
             e.g. one evaluation sample (``1 / M``), so that a strategy whose plateau is a
             single test sample short is not counted as never getting there.
+        common: take as target the lower of the two final accuracies (minus
+            ``tolerance``), the accuracy both curves reach. On a plateau, "random's final
+            accuracy" is set by evaluation noise: a strategy that plateaus at 99.3 % after
+            two rounds would otherwise "never reach" random's lucky 99.5 % of the last
+            round. Whether the strategy ends reliably lower is a separate question (its
+            accuracy at the budget), which the caller must ask.
 
     Example:
         >>> n = np.array([100, 200, 300, 400])
@@ -479,7 +486,11 @@ def labels_saved(
     if not tolerance >= 0:
         raise ValueError(f"`tolerance >= 0` must hold, but got tolerance={tolerance}")
     acc_random = np.asarray(acc_random, dtype=np.float64)
-    target = float((_isotonic(acc_random) if monotone else acc_random)[-1]) - tolerance
+    final = float((_isotonic(acc_random) if monotone else acc_random)[-1])
+    if common:
+        acc_s = np.asarray(acc_strategy, dtype=np.float64)
+        final = min(final, float((_isotonic(acc_s) if monotone else acc_s)[-1]))
+    target = final - tolerance
     need_random = labels_to_reach(n_random, acc_random, target, monotone=monotone)
     need_strategy = labels_to_reach(n_strategy, acc_strategy, target, monotone=monotone)
     return need_random - need_strategy

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from dlclinic.core.errors import InputError
 
 __all__ = [
+    "holm",
     "Comparison",
     "McNemarResult",
     "MetricCI",
@@ -237,4 +239,25 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     q = np.minimum.accumulate(ranked[::-1])[::-1]
     out = np.empty(m)
     out[order] = np.clip(q, 0, 1)
+    return out
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (monotone, capped at 1; NaN stays NaN).
+
+    Rejecting where the adjusted p-value is below ``alpha`` controls the family-wise error
+    rate at ``alpha`` under any dependence between the tests.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
+        [0.04, 0.09, 0.09, 0.5]
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p[i])))
+        out[i] = running
     return out
