@@ -303,3 +303,34 @@ def test_kill_9_under_load_leaves_an_intact_log(tmp_path: Path, sync_log: bool) 
     print(f"sync_log={sync_log}: {len(acknowledged)} acknowledged, {len(lost)} acknowledged-but-lost after kill -9")
     if sync_log:
         assert not lost
+
+
+def _factory() -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(D, 16), torch.nn.ReLU(), torch.nn.Linear(16, K))
+
+
+def test_treat_drift_retrains_on_half_the_drifted_rows_and_verifies_on_the_other_half(tmp_path: Path) -> None:
+    train, test, deploy = _splits(shift_from=200)
+    case = Case.from_arrays(train, test, deploy, model=_net(), model_factory=_factory)
+    treatment, before, _ = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FitConfig(epochs=40, batch_size=64), cache_dir=tmp_path / "c")
+    assert before["deployment.drift"].status == "fail"
+    assert treatment.before["drifted_rows"] == 200 and treatment.after["eval_rows"] == 100
+    # rows neither model trained on: the retrained model is better there, and significantly so
+    assert treatment.after["eval_accuracy"] > treatment.before["eval_accuracy"] + 0.1, (treatment.before, treatment.after)
+    assert treatment.after["accuracy_gain_ci_low"] > 0 and treatment.after["mcnemar_p"] < 0.01
+    trigger = json.loads((tmp_path / "t" / "drift_trigger.json").read_text())
+    assert trigger["rows"] == list(range(200, 400)) and [w["window"] for w in trigger["drifted_windows"]] == [2, 3]
+    assert (tmp_path / "t" / "model_treated.safetensors").exists()
+
+
+def test_treat_drift_without_labels_writes_the_rows_to_label_and_changes_nothing(tmp_path: Path) -> None:
+    train, test, (xd, _) = _splits(shift_from=200)
+    case = Case.from_arrays(train, test, (xd, None), model=_net())
+    treatment, before, after = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FAST, cache_dir=tmp_path / "c")
+    assert before["deployment.drift"].status != "ok" and treatment.after_status == treatment.before_status
+    assert "label" in " ".join(treatment.notes) and json.loads((tmp_path / "t" / "drift_trigger.json").read_text())["rows_to_label"] > 0
+    with pytest.raises(dlclinic.ConfigError, match="needs labels"):
+        dlclinic.treat(case, "deployment.drift", fit_config=FAST, cache_dir=tmp_path / "c", params={"mode": "retrain"})

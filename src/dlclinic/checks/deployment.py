@@ -135,7 +135,7 @@ def drift_result(result: Any, *, source: str, labels_known: bool, seconds_window
     if status != "ok":
         acc_fell = any("accuracy" in r for w in alerts for r in w.reasons)
         what = "Accuracy fell: retrain (or fine-tune) on labelled data from the drifted windows, starting at window " + str(result.first_alert) if acc_fell else "Inputs moved but accuracy held: recalibrate (temperature on recent labelled rows) and keep watching; retrain if the observed accuracy falls"
-        remedy = Remedy(command=None, description=what + ". Label-free estimates (CBPE) assume calibration carries over; confirm with fed-back labels (POST /feedback, `dlclinic monitor`).")
+        remedy = Remedy(command="dlclinic treat deployment.drift", description=what + " (the remedy writes the rows to label as drift_trigger.json, and with labels recalibrates and retrains on half of the drifted rows, verified on the other half). Label-free estimates (CBPE) assume calibration carries over; confirm with fed-back labels (POST /feedback, `dlclinic monitor`).")
     labels = [str(w.index) for w in ws]
     series_acc: list[dict[str, Any]] = [{"label": "estimated (CBPE)", "x": list(range(len(ws))), "y": est.tolist()}]
     if labels_known and any(a is not None for a in obs):

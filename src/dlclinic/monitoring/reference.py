@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dlclinic.core.errors import InputError
+from dlclinic.functional.calibration import fit_temperature
 
 __all__ = ["Reference", "fit_temperature", "softmax"]
 
@@ -26,33 +27,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)``.
-
-    One scalar fitted by bounded scalar minimisation over ``log T`` in [-3, 3]; it changes
-    confidences, never the predicted class.
-
-    Example:
-        >>> rng = np.random.default_rng(0); y = rng.integers(0, 3, 500)
-        >>> logits = 10.0 * np.eye(3)[y] + rng.normal(0, 6, (500, 3))  # over-confident
-        >>> fit_temperature(logits, y) > 1
-        True
-    """
-    from scipy.optimize import minimize_scalar
-
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if len(z) == 0:
-        return 1.0
-
-    def nll(log_t: float) -> float:
-        p = softmax(z, float(np.exp(log_t)))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-
-    res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(res.x))
 
 
 @dataclass(frozen=True, eq=False)

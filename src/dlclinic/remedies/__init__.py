@@ -41,6 +41,7 @@ REMEDIES: dict[str, str] = {
     "research.reproducibility": "dlclinic.remedies.research:REPRODUCIBILITY_REMEDY",
     "research.benchmark_saturation": "dlclinic.remedies.research:BENCHMARK_REMEDY",
     "research.open_ended": "dlclinic.remedies.research:OPEN_ENDED_REMEDY",
+    "deployment.drift": "dlclinic.remedies.drift:REMEDY",
 }
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.registry import RemedySpec, TreatContext, TreatOutcome
+from dlclinic.functional.calibration import fit_temperature
 
 __all__ = ["BATCHNORM", "CONVERGENCE", "GRADIENTS", "NONCONVEX", "OVERFITTING", "TemperatureScaled", "fit_temperature", "reinitialise", "train_one_cycle", "train_sam"]
 
@@ -200,20 +201,6 @@ def _temperature_module() -> type:
 def TemperatureScaled(model: Any, temperature: float) -> Any:  # noqa: N802 - a class factory (torch is imported lazily)
     """Wrap ``model`` so its logits are divided by ``temperature``."""
     return _temperature_module()(model, temperature)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood of ``logits`` (bounded scalar search on log T)."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
-
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels)
-
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(z / math.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
-
-    return float(math.exp(minimize_scalar(nll, bounds=(-5.0, 8.0), method="bounded").x))
 
 
 @dataclass(frozen=True)
