@@ -357,7 +357,7 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
     )
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command="dlclinic treat model.compression --option max_accuracy_drop=0.01", description="write the smallest verified variant (int8 ONNX, pruned or distilled) within the accuracy tolerance")
+        remedy = Remedy(command="dlclinic treat compute.edge --option max_accuracy_drop=0.01", description="write the smallest verified variant (int8 ONNX, pruned or distilled) within the accuracy tolerance")
     rows = [["weights fp32 (safetensors)", round(fp32_bytes / 1e6, 4), ""], ["weights fp16 (safetensors)", round(fp16_bytes / 1e6, 4), ""]]
     rows += [[name, round(sizes[name] / 1e6, 4), note] for name, _, _, note in files]
     if not isinstance(pt2, str):
@@ -481,7 +481,7 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
         summary = base + f" Budget {budget:g} ms at p99: {'met by eager' if status == 'ok' else ('met only by ' + best_name if status == 'warn' else 'missed by every backend')}."
     remedy = None
     if status == "warn":
-        remedy = Remedy(command="dlclinic treat model.compression --option objective=latency", description=f"ship the fastest verified variant ({best_name}) within the accuracy tolerance")
+        remedy = Remedy(command="dlclinic treat compute.realtime", description=f"ship the fastest verified variant ({best_name}) within the accuracy tolerance")
     elif status == "fail":
         remedy = Remedy(command="dlclinic treat model.architecture", description="search a smaller architecture (depth/width) at equal accuracy; compression alone does not reach the budget")
     metrics: dict[str, float | int | bool | None] = {}

@@ -24,6 +24,8 @@ REMEDIES: dict[str, str] = {
     "data.labeling_cost": "dlclinic.remedies.labeling:REMEDY",
     "data.privacy": "dlclinic.remedies.privacy:REMEDY",
     "data.generalization": "dlclinic.remedies.generalization:REMEDY",
+    "compute.edge": "dlclinic.remedies.compress:EDGE_REMEDY",
+    "compute.realtime": "dlclinic.remedies.compress:REALTIME_REMEDY",
     "model.overfitting": "dlclinic.remedies.training:OVERFITTING",
     "model.gradients": "dlclinic.remedies.training:GRADIENTS",
     "model.architecture": "dlclinic.remedies.tune:ARCHITECTURE",

@@ -26,7 +26,7 @@ import numpy as np
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.registry import RemedySpec, TreatContext, TreatOutcome
 
-__all__ = ["CompressParams", "REMEDY", "treat_compression"]
+__all__ = ["EDGE_REMEDY", "REALTIME_REMEDY", "REMEDY", "CompressParams", "LatencyParams", "treat_compression"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,13 @@ class CompressParams:
             raise ConfigError(f"`0 <= max_accuracy_drop < 1` must hold, but got max_accuracy_drop={self.max_accuracy_drop}")
 
 
+@dataclass(frozen=True)
+class LatencyParams(CompressParams):
+    """:class:`CompressParams` choosing the fastest variant (compute.realtime's remedy)."""
+
+    objective: Literal["size", "latency"] = "latency"
+
+
 def treat_compression(ctx: TreatContext, params: CompressParams) -> TreatOutcome:
     """Sweep, choose on half of test, verify on the other half, write the model."""
     from dlclinic.core.inference import predict_logits
@@ -58,10 +65,10 @@ def treat_compression(ctx: TreatContext, params: CompressParams) -> TreatOutcome
     case = ctx.case
     model = case.model
     if not (hasattr(model, "state_dict") and callable(model)):
-        raise ConfigError("treat model.compression needs a PyTorch model (file.py:factory or .pt2); an ONNX model cannot be pruned or re-quantized here")
+        raise ConfigError(f"treat {ctx.challenge_id} needs a PyTorch model (file.py:factory or .pt2); an ONNX model cannot be pruned or re-quantized here")
     test = case.get("test")
     if test is None or not test.labelled or len(test) < 60:
-        raise ConfigError("treat model.compression needs a labelled test split of at least 60 rows to choose and verify a variant (pass --test)")
+        raise ConfigError(f"treat {ctx.challenge_id} needs a labelled test split of at least 60 rows to choose and verify a variant (pass --test)")
     before = ctx.measure(case)
     rng = np.random.default_rng(params.seed)
     order = rng.permutation(len(test))
@@ -143,3 +150,5 @@ def treat_compression(ctx: TreatContext, params: CompressParams) -> TreatOutcome
 
 
 REMEDY = RemedySpec(id="model.compression", params=CompressParams, run=treat_compression, description="Write the smallest (or fastest) compressed variant within the accuracy tolerance, chosen and verified on disjoint test rows.")
+EDGE_REMEDY = RemedySpec(id="compute.edge", params=CompressParams, run=treat_compression, description="Fit the device: the smallest compressed variant (int8, fp16, pruning, distillation) within the accuracy tolerance, exported as .onnx/.pt2, chosen and verified on disjoint test rows; compute.edge is measured again on it.")
+REALTIME_REMEDY = RemedySpec(id="compute.realtime", params=LatencyParams, run=treat_compression, description="Meet the latency budget: the fastest variant and backend (eager, ONNX Runtime fp32/int8, pruned, distilled) within the accuracy tolerance, chosen and verified on disjoint test rows; compute.realtime is measured again on it.")
