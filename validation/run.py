@@ -242,6 +242,19 @@ def compare(current: dict[str, Any], published: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _read_trials(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Trial records of earlier runs (``trials.jsonl.gz`` files), de-duplicated by job (the last file wins)."""
+    import gzip
+
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for path in paths:
+        for line in gzip.decompress(Path(path).read_bytes()).decode("utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                seen[(r["check"], r["modality"], r["defect"], float(r["strength"]), int(r["seed"]))] = r
+    return list(seen.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from validation.scenarios import PLANS
 
@@ -254,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: docs/ in full mode, out/validation/ in quick mode)")
     ap.add_argument("--publish", action="store_true", help="write to docs/ and the packaged report JSON even in quick mode")
     ap.add_argument("--merge", action="store_true", help="keep published checks not rerun (with --only)")
+    ap.add_argument("--from-trials", nargs="+", type=Path, metavar="FILE", help="aggregate these trials.jsonl.gz files (from earlier runs) instead of running trials; the settings recorded are --seeds-clean/--seeds-defect and the mode")
     args = ap.parse_args(argv)
 
     settings = QUICK if args.quick else FULL
@@ -267,13 +281,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     publish = args.publish or not args.quick
     out = args.out or (ROOT / "docs" if publish else ROOT / "out" / "validation")  # the packaged table follows docs/ only
-    jobs = jobs_for(checks, settings)
-    print(f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)", file=sys.stderr)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dlclinic-validation-") as cache:
-        records = run_jobs(jobs, args.workers, cache, log=sys.stderr)
-    wall = time.perf_counter() - t0
+    if args.from_trials:
+        records = [r for r in _read_trials(args.from_trials) if r["check"] in checks]
+        wall = sum(float(r.get("seconds", 0.0)) for r in records) / max(1, args.workers)
+        print(f"{len(records)} recorded trials of {len({r['check'] for r in records})} check(s) from {len(args.from_trials)} file(s)", file=sys.stderr)
+    else:
+        jobs = jobs_for(checks, settings)
+        print(f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="dlclinic-validation-") as cache:
+            records = run_jobs(jobs, args.workers, cache, log=sys.stderr)
+        wall = time.perf_counter() - t0
     checks_agg = aggregate(records)
+    if args.from_trials:  # each check keeps the seed counts its trials really had
+        for cid, entry in checks_agg.items():
+            recs = [r for r in records if r["check"] == cid]
+            clean = [r for r in recs if r["defect"] == "clean"]
+            n_clean = max((sum(r["modality"] == m for r in clean) for m in {r["modality"] for r in clean}), default=0)
+            per = [sum(1 for r in recs if (r["defect"], r["strength"], r["modality"]) == key) for key in {(r["defect"], r["strength"], r["modality"]) for r in recs if r["defect"] != "clean"}]
+            n_defect = min(per, default=0)
+            mode = "full" if n_clean >= FULL.seeds_clean and n_defect >= FULL.seeds_defect else "reduced"
+            entry["settings"] = {"mode": mode, "seeds_clean": n_clean, "seeds_defect": n_defect, "all_strengths": True}
 
     from validation import report
 

@@ -466,11 +466,22 @@ class TheoryOptions:
     Only layers with at least ``min_evals`` eigenvalues are judged. A layer is flagged for
     α only when its whole ``α ± z·σ`` interval lies outside ``[alpha_low, alpha_high]``
     (σ: standard error of the MLE). A layer is flagged as *untrained-like* when its
-    largest eigenvalue is less than ``min_spike_ratio`` times that of the same weights
-    randomly permuted (mean over ``shuffles``): permuting keeps the entries' distribution
-    and destroys learned correlations, so a layer whose spectrum survives permutation has
-    learned no structure. α alone is a heuristic (a fresh initialisation can land inside
-    the range); the randomisation flag is the robust signal for untrained layers.
+    spectrum survives permutation: permuting the entries keeps their distribution and
+    destroys learned correlations, so a layer whose largest eigenvalues are no larger than
+    those of ``shuffles`` permuted copies has learned no structure. The test statistic sums
+    λ_max over permuted-mean λ_max across the tensor's unfoldings (a Linear: its matrix; a
+    conv: output channels × rest, input channels × rest and kernel positions × rest, since
+    a conv layer followed by batch norm keeps its learned structure across input channels
+    and positions rather than in one output spike). The layer is untrained-like when that
+    mean ratio is below ``min_spike_ratio`` *and* the statistic is less than
+    ``structure_z`` standard deviations above its permutation distribution. (A fixed ratio
+    alone, 1.2, was tuned on the demo CNN: on 8×8 digits the trained second conv layer of
+    the baseline CNN has an output-channel ratio of 0.98–1.12 yet sits 3–12 permutation σ
+    above chance in 39 of 40 trainings, so the ratio alone called a trained layer
+    untrained on every image case; fresh initialisations score below 3 σ in 97–100 % of
+    draws, so the flag still catches untrained layers.) α alone is a heuristic (a fresh
+    initialisation can land inside the range); the randomisation flag is the robust
+    signal for untrained layers.
     """
 
     alpha_low: float = 2.0
@@ -478,8 +489,13 @@ class TheoryOptions:
     z: float = 2.0
     min_evals: int = 50
     min_spike_ratio: float = 1.2
-    shuffles: int = 3
+    structure_z: float = 3.0
+    shuffles: int = 20
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shuffles < 3:
+            raise ValueError(f"expected shuffles >= 3 (the permutation standard deviation needs them), but got {self.shuffles}")
 
 
 def _weights(model: Any) -> list[tuple[str, np.ndarray]]:
@@ -492,21 +508,51 @@ def _weights(model: Any) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def spike_ratio(weight: np.ndarray, shuffles: int = 3, seed: int = 0) -> float:
-    """λ_max of ``W`` (flattened to ``out × rest``) over the mean λ_max of randomly permuted copies.
+def _unfoldings(w: np.ndarray) -> list[np.ndarray]:
+    """A Linear's matrix; a conv kernel's output-channel, input-channel and (when > 1) kernel-position unfoldings."""
+    if w.ndim <= 2:
+        return [w.reshape(w.shape[0], -1)]
+    out, inp = w.shape[:2]
+    mats = [w.reshape(out, -1), np.swapaxes(w, 0, 1).reshape(inp, -1)]
+    if int(np.prod(w.shape[2:])) > 1:
+        mats.append(w.reshape(out * inp, -1).T)
+    return mats
 
-    Permuting the entries keeps their distribution and destroys learned correlations:
-    an untrained i.i.d. layer scores ≈ 1, a layer with learned low-rank structure well
-    above (1.4–2.5 on the demo CNN's two large layers, 0.99–1.02 on fresh initialisations).
-    """
+
+def _lambda_max(m: np.ndarray) -> float:
+    """Largest squared singular value: exact (Gram eigenvalues) for small matrices, ARPACK for large ones."""
     from dlclinic.functional.spectral import squared_singular_values
 
+    if min(m.shape) <= 512:
+        return float(squared_singular_values(m).max())
+    from scipy.sparse.linalg import svds
+
+    s = svds(m, k=1, return_singular_vectors=False, v0=np.ones(min(m.shape)), random_state=0)
+    return float(s.max()) ** 2
+
+
+def structure_test(weight: np.ndarray, shuffles: int = 20, seed: int = 0) -> tuple[float, float]:
+    """``(ratio, z)``: learned structure of a weight tensor against random permutations of its entries.
+
+    ``ratio`` is λ_max over the mean λ_max of permuted copies, averaged over the tensor's
+    unfoldings (a Linear: its matrix); ``z`` how many permutation standard deviations the
+    sum of those ratios lies above its permutation distribution. An untrained i.i.d. layer
+    scores ratio ≈ 1 and z ≈ N(0, 1); learned low-rank structure raises both.
+    """
     w = np.asarray(weight, dtype=np.float64)
-    flat = w.reshape(w.shape[0], -1)
-    top = float(squared_singular_values(flat).max())
+    obs = np.array([_lambda_max(m) for m in _unfoldings(w)])
     rng = np.random.default_rng(seed)
-    tops = [float(squared_singular_values(rng.permutation(flat.ravel()).reshape(flat.shape)).max()) for _ in range(max(shuffles, 1))]
-    return top / max(float(np.mean(tops)), 1e-300)
+    null = np.array([[_lambda_max(m) for m in _unfoldings(rng.permutation(w.ravel()).reshape(w.shape))] for _ in range(max(shuffles, 3))])
+    mean = np.maximum(null.mean(0), 1e-300)
+    stat, stats = float((obs / mean).sum()), (null / mean).sum(1)
+    sd = float(stats.std(ddof=1))
+    z = (stat - float(stats.mean())) / sd if sd > 0 else (0.0 if stat <= float(stats.mean()) else math.inf)
+    return stat / len(obs), z
+
+
+def spike_ratio(weight: np.ndarray, shuffles: int = 20, seed: int = 0) -> float:
+    """λ_max over the permuted mean, averaged over unfoldings (``structure_test``'s ratio)."""
+    return structure_test(weight, shuffles, seed)[0]
 
 
 def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckResult:
@@ -523,7 +569,9 @@ def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckR
     layers = analyze_matrices(weights, min_evals=options.min_evals)
     big = {layer.name for layer in layers if layer.n_evals >= options.min_evals}
     # the randomisation test has power only on layers large enough for the α fit, too
-    ratios = {name: (spike_ratio(w, options.shuffles, options.seed) if name in big else math.nan) for name, w in weights}
+    tests = {name: (structure_test(w, options.shuffles, options.seed) if name in big else (math.nan, math.nan)) for name, w in weights}
+    ratios = {name: t[0] for name, t in tests.items()}
+    zs = {name: t[1] for name, t in tests.items()}
     proxies = generalization_proxies(layers)
     flagged: list[Finding] = []
     rows = []
@@ -539,12 +587,12 @@ def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckR
                 verdict = "over-trained / very heavy-tailed (α low)"
             else:
                 verdict = "within range"
-        untrained = math.isfinite(ratios[layer.name]) and ratios[layer.name] < options.min_spike_ratio
+        untrained = math.isfinite(ratios[layer.name]) and ratios[layer.name] < options.min_spike_ratio and zs[layer.name] < options.structure_z
         if untrained:
             verdict = ("untrained-like (spectrum survives permutation); " + verdict) if verdict != "within range" else "untrained-like (spectrum survives permutation)"
         if verdict not in ("within range", "not fitted (too few eigenvalues)"):
-            flagged.append(Finding("layer_flagged", f"layer {layer.name} {layer.shape}: α = {layer.alpha:.2f} ± {layer.alpha_sigma:.2f}, λmax/λmax(permuted) = {ratios[layer.name]:.2f} — {verdict}", extra={"layer": layer.name, "alpha": layer.alpha, "alpha_sigma": layer.alpha_sigma, "spike_ratio": ratios[layer.name]}))
-        rows.append([layer.name, "×".join(map(str, layer.shape)), layer.n_evals, f"{layer.alpha:.2f} ± {layer.alpha_sigma:.2f}" if math.isfinite(layer.alpha) else "—", f"{ratios[layer.name]:.2f}" if math.isfinite(ratios[layer.name]) else "—", f"{layer.stable_rank:.1f}", f"{layer.spectral_norm:.3g}", verdict])
+            flagged.append(Finding("layer_flagged", f"layer {layer.name} {layer.shape}: α = {layer.alpha:.2f} ± {layer.alpha_sigma:.2f}, λmax/λmax(permuted) = {ratios[layer.name]:.2f} (z = {zs[layer.name]:.1f}) — {verdict}", extra={"layer": layer.name, "alpha": layer.alpha, "alpha_sigma": layer.alpha_sigma, "spike_ratio": ratios[layer.name], "structure_z": zs[layer.name]}))
+        rows.append([layer.name, "×".join(map(str, layer.shape)), layer.n_evals, f"{layer.alpha:.2f} ± {layer.alpha_sigma:.2f}" if math.isfinite(layer.alpha) else "—", f"{ratios[layer.name]:.2f}" if math.isfinite(ratios[layer.name]) else "—", f"{zs[layer.name]:.1f}" if math.isfinite(zs[layer.name]) else "—", f"{layer.stable_rank:.1f}", f"{layer.spectral_norm:.3g}", verdict])
     metrics: dict[str, float | int | bool | None] = {"layers": len(layers), "layers_fitted": n_fitted, "layers_flagged": len(flagged), **{k: (v if math.isfinite(v) else None) for k, v in proxies.items()}}
     gap_text = ""
     test = _labelled_test(case)
@@ -562,7 +610,7 @@ def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckR
         summary = f"All {n_fitted} fitted layers have α within [{options.alpha_low:g}, {options.alpha_high:g}] (mean {mean_alpha:.2f}) and learned spectral structure.{gap_text}" if n_fitted else f"No layer has enough eigenvalues (≥ {options.min_evals}) for a power-law fit; none looks untrained.{gap_text}"
     plots = [{"kind": "bar", "title": "Power-law exponent α per layer (well-trained: 2–6)", "xlabel": "layer", "ylabel": "α", "series": [{"label": "α", "x": [l.name for l in layers if math.isfinite(l.alpha)], "y": [l.alpha for l in layers if math.isfinite(l.alpha)]}]}]
     remedy = Remedy(command=None, description="under-trained layers: train longer or with a larger learning rate; very heavy-tailed layers: more regularisation (weight decay, dropout) or early stopping; untrained-like layers: check that they receive gradients (model.gradients)") if flagged else None
-    return CheckResult(id=cid, status=status, summary=summary, metrics=metrics, thresholds={"alpha_low": options.alpha_low, "alpha_high": options.alpha_high, "z": options.z, "min_spike_ratio": options.min_spike_ratio}, findings=tuple(flagged), remedy=remedy, details={"plots": plots, "tables": [{"title": "Spectral analysis per layer", "columns": ["layer", "shape", "eigenvalues", "α ± σ", "λmax / permuted", "stable rank", "spectral norm", "verdict"], "rows": rows}]})  # type: ignore[arg-type]
+    return CheckResult(id=cid, status=status, summary=summary, metrics=metrics, thresholds={"alpha_low": options.alpha_low, "alpha_high": options.alpha_high, "z": options.z, "min_spike_ratio": options.min_spike_ratio, "structure_z": options.structure_z}, findings=tuple(flagged), remedy=remedy, details={"plots": plots, "tables": [{"title": "Spectral analysis per layer", "columns": ["layer", "shape", "eigenvalues", "α ± σ", "λmax / permuted", "structure z", "stable rank", "spectral norm", "verdict"], "rows": rows}]})  # type: ignore[arg-type]
 
 
 THEORY_CHECK = CheckSpec(
