@@ -137,3 +137,36 @@ def test_treat_misuse_bundle_and_forget_ids(tmp_path) -> None:  # type: ignore[n
     assert t2.before["forgotten_mia_auc"] > 0.6
     assert t2.after["forgotten_mia_auc_ci_low"] < 0.5 < t2.after["forgotten_mia_auc_ci_high"] or abs(t2.after["forgotten_mia_auc"] - 0.5) < 0.07
     assert (tmp_path / "erase" / "technical_documentation.md").exists() and main(["bundle", "verify", str(tmp_path / "erase" / "manifest.json")]) == 0
+
+
+def test_placeholder_answers_count_as_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dlclinic.report.model_card import missing_fields
+
+    cfg = {"intended_use": "TODO", "out_of_scope": ["TBD"], "data_provenance": "todo: ask the lab", "owner": "…", "license": "n/a", "limitations": "none known"}
+    assert missing_fields(cfg, ["intended_use", "out_of_scope", "data_provenance", "owner"]) == ["intended_use", "out_of_scope", "data_provenance", "owner"]
+    assert missing_fields(cfg, ["license", "limitations"]) == []  # "does not apply" is an answer
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({**FULL_CARD, "intended_use": "TBD"}))
+    res = dlclinic.checkup(_case(), only=["ethics.misuse"], options={"ethics.misuse": {"card_config": str(card)}}, fit_config=FAST, cache_dir=tmp_path)["ethics.misuse"]
+    assert res.status == "warn" and "intended_use" in res.summary
+
+
+@pytest.mark.parametrize("how", ["edit", "delete", "append"])
+def test_audit_head_anchor_catches_changes_to_the_newest_record(tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "audit.jsonl"
+    for i in range(4):
+        append_audit(log, {"event": "checkup", "run": i})
+    assert verify_audit(log) == (4, [])
+    lines = log.read_text().splitlines()
+    if how == "edit":
+        lines[-1] = lines[-1].replace('"run": 3', '"run": 30')
+    elif how == "delete":
+        lines = lines[:-1]
+    else:  # a forged record, correctly chained by hand
+        import hashlib
+
+        lines.append(json.dumps({"event": "checkup", "run": 99, "prev_sha256": hashlib.sha256(lines[-1].encode()).hexdigest()}, sort_keys=True))
+    log.write_text("\n".join(lines) + "\n")
+    assert verify_audit(log)[1]
+    append_audit(log, {"event": "checkup", "run": 4})  # the next run chains onto the changed line...
+    assert verify_audit(log)[1]  # ...and still sees the change

@@ -171,3 +171,34 @@ def test_demo_model_robust_accuracy_agrees_with_captum() -> None:
         with torch.no_grad():
             ref = float(((net(PGD(net, loss_func=ce, lower_bound=0.0, upper_bound=1.0).perturb(xt, eps, 2.5 * eps / 10, 10, yt, norm="Linf")).argmax(1) == yt).numpy() & mine.clean_correct).mean())
         assert abs(mine.robust_accuracy - ref) <= 0.01
+
+
+def test_multi_targeted_pgd_reaches_the_exact_worst_case_of_a_linear_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """For an affine 10-class model the best L∞ attack is closed-form; untargeted PGD misses some of it, the check's targeted passes do not."""
+    rng = np.random.default_rng(0)
+    k, d, n, eps = 10, 20, 400, 0.15
+    w, b = rng.normal(size=(k, d)).astype(np.float32), rng.normal(size=k).astype(np.float32)
+    net = torch.nn.Linear(d, k)
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(w))
+        net.bias.copy_(torch.from_numpy(b))
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    z = x @ w.T + b
+    y = z.argmax(1)
+    gap = (z - z[np.arange(n), y][:, None]) + eps * np.abs(w[None] - w[y][:, None]).sum(2)  # best logit gain per class
+    gap[np.arange(n), y] = -np.inf
+    exact = float((gap.max(1) < 0).mean())
+    untargeted = attack(net, x, y, method="pgd_linf", epsilon=eps, steps=5).robust_accuracy
+    assert untargeted > exact + 0.01
+    fooled = np.zeros(n, dtype=bool)
+    for j in range(k - 1):
+        live = np.flatnonzero(~fooled)
+        others = np.argsort(-np.where(np.arange(k)[None] == y[:, None], -np.inf, z), axis=1)
+        fooled[live] |= attack(net, x[live], y[live], method="pgd_linf", epsilon=eps, steps=5, targets=others[live, j]).fooled
+    assert float((~fooled).mean()) == pytest.approx(exact)
+    # the check (scale = 1 per feature: x is standard normal) measures on a sample; targeted ≤ untargeted
+    case = Case.from_arrays((x, y), (x, y), model=net)
+    res = dlclinic.checkup(case, only=["ethics.security"], options={"ethics.security": {"epsilon": eps, "epsilons": str(eps), "n_samples": n}}, cache_dir=tmp_path)["ethics.security"]
+    assert res.metrics["robust_accuracy"] <= res.metrics["robust_accuracy_untargeted"]
+    off = dlclinic.checkup(case, only=["ethics.security"], options={"ethics.security": {"epsilon": eps, "epsilons": str(eps), "n_samples": n, "targets": 0}}, cache_dir=tmp_path)["ethics.security"]
+    assert off.metrics["robust_accuracy"] == off.metrics["robust_accuracy_untargeted"]

@@ -11,8 +11,9 @@ answer is a warning that names the field, never a guess.
 
 The audit trail: each run of ethics.compliance appends one record (when, who, which
 inputs by SHA-256, tool versions) to ``audit_log`` (default
-``<cache dir>/audit/audit.jsonl``), a hash-chained append-only file, then verifies the
-chain.
+``<cache dir>/audit/audit.jsonl``), a hash-chained append-only file with a head anchor
+beside it (so an edit to the newest record is caught too), then verifies the chain.
+A card answer that is a placeholder (``TODO``, ``TBD``, ``…``) counts as missing.
 """
 
 from __future__ import annotations

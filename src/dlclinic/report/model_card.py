@@ -12,7 +12,11 @@
   (optionally HMAC-SHA256 signed with a key file); any changed byte fails verification.
 * :func:`append_audit` / :func:`verify_audit`: an append-only JSON-lines audit trail in
   which every record carries the hash of the previous one (a hash chain), so editing or
-  deleting a past record is detected.
+  deleting a past record is detected. A chain alone cannot see a change to its *newest*
+  record (nothing after it holds its hash; the next append would even chain onto the edited
+  line), so each append also writes a head anchor next to the log (``<log>.head``: record
+  count and hash of the newest line) and copies the anchor it found into the new record:
+  an edited, removed or hand-appended newest record no longer matches it.
 
 Pure functions on plain data; no rendering library needed (Markdown is text).
 """
@@ -34,6 +38,7 @@ from dlclinic.core.errors import ConfigError, InputError
 __all__ = [
     "CARD_FIELDS",
     "COMPLIANCE_FIELDS",
+    "PLACEHOLDERS",
     "REQUIRED_CARD_FIELDS",
     "append_audit",
     "load_card_config",
@@ -106,18 +111,33 @@ def load_card_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {str(k): v for k, v in data.items()}
 
 
+#: Answers that say "not written yet" (compared lower-case, surrounding punctuation stripped):
+#: a card whose ``intended_use`` is ``TODO`` documents nothing. ``n/a`` / ``none`` are *not*
+#: placeholders: they state that a field does not apply.
+PLACEHOLDERS: frozenset[str] = frozenset({"", "todo", "tbd", "tba", "tbc", "fixme", "xxx", "placeholder", "to do", "to be written", "to be determined", "to be defined", "to be decided", "to be completed", "lorem ipsum", "not provided", "not provided — to be written by the provider"})
+_PLACEHOLDER_PREFIXES = ("todo", "tbd", "fixme")
+
+
+def _placeholder(text: str) -> bool:
+    t = text.strip().lower().strip(" \t\r\n_*.:;,!?…-–—()[]<>\"'`")
+    return t in PLACEHOLDERS or any(t.startswith(p) and not t[len(p)].isalnum() for p in _PLACEHOLDER_PREFIXES if len(t) > len(p))
+
+
 def _filled(value: Any) -> bool:
+    """Whether a card answer says something: not missing, empty, or a placeholder (:data:`PLACEHOLDERS`, ``TODO: …``)."""
     if value is None:
         return False
     if isinstance(value, str):
-        return bool(value.strip())
-    if isinstance(value, (list, tuple, dict)):
-        return len(value) > 0
+        return not _placeholder(value)
+    if isinstance(value, (list, tuple)):
+        return any(_filled(v) for v in value)
+    if isinstance(value, dict):
+        return any(_filled(v) for v in value.values())
     return True
 
 
 def missing_fields(config: Mapping[str, Any], fields: Sequence[str]) -> list[str]:
-    """Fields of ``fields`` that are absent or empty in ``config``."""
+    """Fields of ``fields`` that are absent, empty or placeholders (``TODO``, ``TBD``, ``…``) in ``config``."""
     return [f for f in fields if not _filled(config.get(f))]
 
 
@@ -315,27 +335,55 @@ def verify_manifest(manifest: str | os.PathLike[str], *, key: bytes | None = Non
 
 
 # -- audit trail ---------------------------------------------------------------------------------
+def _head_path(log: Path) -> Path:
+    return log.with_name(log.name + ".head")
+
+
+def _read_head(log: Path) -> dict[str, Any] | None:
+    """The head anchor ``{"records": n, "sha256": hash of line n}`` written by the last append, if any."""
+    try:
+        head = json.loads(_head_path(log).read_text(encoding="utf-8"))
+        return {"records": int(head["records"]), "sha256": str(head["sha256"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def append_audit(path: str | os.PathLike[str], record: Mapping[str, Any]) -> dict[str, Any]:
-    """Append ``record`` to the JSON-lines audit trail at ``path``, chained to the previous record's hash."""
+    """Append ``record`` to the JSON-lines audit trail at ``path``, chained to the previous record's hash.
+
+    The new record also carries the head anchor the previous append left (``head``), and the
+    anchor is then moved to the new record, so a change to the newest record is detectable.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     prev = "0" * 64
+    lines: list[bytes] = []
     if p.exists():
         with open(p, "rb") as fh:
             lines = [line for line in fh.read().splitlines() if line.strip()]
         if lines:
             prev = hashlib.sha256(lines[-1]).hexdigest()
     entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **dict(record), "prev_sha256": prev}
+    head = _read_head(p)
+    if head is not None:
+        entry["head"] = head
     line = json.dumps(entry, sort_keys=True, default=str)
     with open(p, "a", encoding="utf-8") as fh:  # append-only: never rewritten
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    with atomic_path(_head_path(p)) as tmp:
+        tmp.write_text(json.dumps({"records": len(lines) + 1, "sha256": hashlib.sha256(line.encode("utf-8")).hexdigest()}) + "\n", encoding="utf-8")
     return entry
 
 
 def verify_audit(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
-    """``(records, problems)``: a broken hash chain means a past record was edited or removed."""
+    """``(records, problems)``: a broken hash chain means a past record was edited or removed.
+
+    Records that carry a ``head`` anchor must follow exactly the record it names, and the
+    head file (when present) must name the newest record: otherwise the newest record of
+    that time was edited, removed or appended by hand.
+    """
     p = Path(path)
     if not p.exists():
         return 0, [f"no audit trail at {p}"]
@@ -352,5 +400,11 @@ def verify_audit(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
             continue
         if entry.get("prev_sha256") != prev:
             problems.append(f"record {i}: hash chain broken (a record before it was edited, inserted or removed)")
+        head = entry.get("head") if isinstance(entry, dict) else None
+        if isinstance(head, dict) and (head.get("records") != i - 1 or head.get("sha256") != prev):
+            problems.append(f"record {i}: the trail's head before it was record {head.get('records')} with another hash (the newest record was edited, removed or appended by hand before this run)")
         prev = hashlib.sha256(line).hexdigest()
+    head = _read_head(p)
+    if head is not None and (head["records"] != len(lines) or (lines and head["sha256"] != prev)):
+        problems.append(f"head anchor names record {head['records']}, the trail has {len(lines)} (the newest record was edited, removed or appended by hand)")
     return len(lines), problems
