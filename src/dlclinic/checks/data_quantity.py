@@ -184,6 +184,8 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     decisive = min(gain, full_err)
     metrics["gain_from_doubling_decisive"] = decisive
     status = "warn" if decisive > options.warn_gain_from_doubling else "ok"
+    if status == "warn":
+        findings.append(Finding("steep_learning_curve", f"doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (measured error now {full_err:.1%}, threshold {options.warn_gain_from_doubling:.1%})"))
     if options.target_accuracy is not None:
         need = samples_for_error(law, 1 - options.target_accuracy)
         metrics["target_accuracy"] = options.target_accuracy
