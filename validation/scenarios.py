@@ -597,12 +597,6 @@ def plan_for(check: str) -> Plan:
 
 _BUDGET = "compares a measurement (size, latency, throughput, FLOPs, energy) with a budget; not a statistical test on data, so there is no clean-case false-alarm rate to measure"
 NOT_VALIDATED: dict[str, str] = {
-    "model.compression": _BUDGET,
-    "compute.edge": _BUDGET,
-    "compute.realtime": _BUDGET,
-    "compute.training_cost": _BUDGET,
-    "compute.energy": _BUDGET,
-    "deployment.scalability": _BUDGET,
     "model.hyperparameters": "its verdict is a search outcome; validating it needs cases with a known best recipe — planned",
     "model.architecture": "its verdict is a search outcome; validating it needs cases with a known right-sized network — planned",
     "optimization.nonconvex": "planned (sharp vs flat minima at several batch sizes)",

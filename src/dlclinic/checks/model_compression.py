@@ -14,7 +14,8 @@ its int8 quantizations (ONNX Runtime dynamic, and static calibrated on train sam
   ``max_size_mb`` / ``max_memory_mb`` when given.
 * ``compute.realtime`` — p50/p95/p99 at batch 1 (backends timed interleaved, after warm-up)
   and throughput at the best batch size, for eager, ONNX Runtime fp32/int8 and optionally
-  ``torch.compile``; a verdict on the p99 against ``latency_budget_ms`` when given.
+  ``torch.compile``; a verdict on the p99 against ``latency_budget_ms`` when given: a
+  backend misses the budget when the lower 95 % confidence bound of its p99 exceeds it.
 """
 
 from __future__ import annotations
@@ -401,11 +402,22 @@ class RealtimeOptions:
 
     The verdict compares the batch-1 p99 of the user's eager model with
     ``latency_budget_ms``: ``fail`` when no backend meets it, ``warn`` when only another
-    backend (ONNX Runtime, int8, compiled) does. ``compile`` is off by default in a checkup
-    because inductor compilation on CPU takes tens of seconds.
+    backend (ONNX Runtime, int8, compiled) does. A backend *misses* the budget only when the
+    distribution-free lower ``1 − alpha`` confidence bound of its p99 exceeds it
+    (significantly more than 1 % of its calls were slower than the budget), so a model whose
+    true p99 meets the budget is reported over it with probability ≤ ``alpha``. The p99 is
+    taken over the calls the OS did not preempt for another process (see
+    :func:`dlclinic.functional.latency.measure_interleaved`; their share and the p99 of all
+    calls are reported): on a loaded machine a few percent of calls wait ~4 ms for another
+    process's time slice, and the point p99 of 200 such calls, compared with a budget set at
+    1.33× an earlier measurement, flagged 7 and 9 of 60 clean cases in two runs (now 0 of
+    60). Half of ``seconds`` times batch-1 calls (as many rounds as fit), the other half
+    throughput. ``compile`` is off by default in a checkup because inductor compilation on
+    CPU takes tens of seconds.
     """
 
     latency_budget_ms: float | None = None
+    alpha: float = 0.05
     batch_sizes: tuple[int, ...] = (1, 8, 32, 128)
     seconds: float = 3.0
     compile: bool = False
@@ -458,7 +470,8 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
     else:
         skipped["torch.compile"] = "off in a checkup (inductor compiles for tens of seconds on CPU); --option compute.realtime.compile=true to include it"
     with evidence.progress.step("latency benchmark", total=1) as advance:
-        lat = measure_interleaved(runners, x[:1], warmup=10, rounds=40, calls_per_round=5, max_seconds=options.seconds * 0.5)
+        # rounds until half the time budget is spent: the p99 then rests on many slow calls, not two
+        lat = measure_interleaved(runners, x[:1], warmup=10, rounds=100_000, calls_per_round=5, max_seconds=options.seconds * 0.5, alpha=options.alpha)
         tput = {name: measure_throughput(run, x, backend=name, batch_sizes=options.batch_sizes, warmup=1, repeats=15, max_seconds=options.seconds * 0.5 / (len(runners) * len(options.batch_sizes)))[0] for name, run in runners.items()}
         advance(1)
     eager_stats = lat["eager fp32"]
@@ -467,14 +480,20 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
     status: Status = "ok"
     findings: list[Finding] = []
     budget = options.latency_budget_ms
+    conf = f"{1 - options.alpha:.0%}"
     if budget is not None:
-        if best.p99_ms > budget:
+        meeting = [n for n in lat if not lat[n].p99_low_ms > budget]  # not shown to miss it
+        if not meeting:
             status = "fail"
-            findings.append(Finding("over_latency_budget", f"no backend meets the {budget:g} ms budget at p99 (best: {best_name} p99 {best.p99_ms:.2f} ms)"))
-        elif eager_stats.p99_ms > budget:
+            findings.append(Finding("over_latency_budget", f"no backend meets the {budget:g} ms budget at p99 (best: {best_name} p99 {best.p99_ms:.2f} ms, {conf} lower bound {best.p99_low_ms:.2f} ms)"))
+        elif eager_stats.p99_low_ms > budget:
             status = "warn"
-            findings.append(Finding("eager_over_budget", f"eager p99 {eager_stats.p99_ms:.2f} ms misses the {budget:g} ms budget; {best_name} meets it (p99 {best.p99_ms:.2f} ms)"))
+            best_name = min(meeting, key=lambda n: lat[n].p99_ms)
+            best = lat[best_name]
+            findings.append(Finding("eager_over_budget", f"eager p99 {eager_stats.p99_ms:.2f} ms misses the {budget:g} ms budget ({conf} lower bound {eager_stats.p99_low_ms:.2f} ms); {best_name} meets it (p99 {best.p99_ms:.2f} ms)"))
     base = f"Batch-1 latency p50/p95/p99: eager {eager_stats.p50_ms:.2f}/{eager_stats.p95_ms:.2f}/{eager_stats.p99_ms:.2f} ms; fastest tail {best_name} {best.p50_ms:.2f}/{best.p95_ms:.2f}/{best.p99_ms:.2f} ms."
+    if eager_stats.preempted_share > 0:
+        base += f" {eager_stats.preempted_share:.1%} of eager calls were preempted by other processes{' and are left out' if 'excluded' in eager_stats.method else ''} (p99 of all calls {eager_stats.p99_all_ms:.2f} ms)."
     if budget is None:
         summary = base + " No latency budget given (--option compute.realtime.latency_budget_ms=…)."
     else:
@@ -489,6 +508,9 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
         slug = name.replace(",", "").replace(" ", "_").replace(".", "_").lower()
         metrics[f"{slug}_p50_ms"] = s.p50_ms
         metrics[f"{slug}_p99_ms"] = s.p99_ms
+        metrics[f"{slug}_p99_low_ms"] = s.p99_low_ms
+        metrics[f"{slug}_p99_all_calls_ms"] = s.p99_all_ms
+        metrics[f"{slug}_preempted_share"] = s.preempted_share
         metrics[f"{slug}_best_throughput"] = tput[name].best_throughput
     metrics["n_calls_per_backend"] = min(s.n_calls for s in lat.values())
     metrics.update({k: v for k, v in thread_settings().items()})
@@ -499,11 +521,11 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"latency_budget_ms": budget},
+        thresholds={"latency_budget_ms": budget, "alpha": options.alpha},
         findings=tuple(findings),
         remedy=remedy,
         details={
-            "method": PERCENTILE_METHOD + f"; warm-up 10 calls per backend; backends interleaved round-robin; threads {thread_settings()}",
+            "method": PERCENTILE_METHOD + f"; warm-up 10 calls per backend; backends interleaved round-robin, one untimed call per backend and round; calls preempted by other processes left out while at least half remain; budget verdict on the p99's lower {1 - options.alpha:.0%} confidence bound (order statistic); threads {thread_settings()}",
             "skipped": skipped,
             "notes": notes,
             "plots": [

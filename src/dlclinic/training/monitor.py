@@ -21,8 +21,9 @@ recorded on every step because they cost one float):
   derivative is below 0.01). Activations called as functions (``F.relu``) are invisible
   to module hooks and are not counted;
 * NaN/Inf in the loss (every step) and in the gradients (sampled steps);
-* the time from the end of one ``step`` to the start of the next forward pass (waiting
-  for data) and the whole step time, so the data-loader stall share can be computed.
+* the time from the end of one ``step`` (or of the epoch, :meth:`TrainingMonitor.log_epoch`)
+  to the start of the next forward pass (waiting for data) and the whole step time, so the
+  data-loader stall share can be computed.
 
 Why hand-written hooks rather than a library: the statistics need the parameters' owners
 in execution order, a weight snapshot exactly at the start of a sampled step and hooks
@@ -68,8 +69,8 @@ class MonitorRecord:
         dead_share: sampled × activations share of dead units (NaN for non-ReLU modules).
         saturated_share: sampled × activations share of saturated entries (NaN for ReLU).
         loss: loss of every step (NaN/Inf kept as they were).
-        step_seconds: wall time of every step (end of previous ``step`` → end of this one).
-        wait_seconds: time from the end of the previous ``step`` to the start of the forward.
+        step_seconds: wall time of every step (end of previous ``step`` or ``log_epoch`` → end of this one).
+        wait_seconds: time from the end of the previous ``step`` or ``log_epoch`` to the start of the forward.
         nonfinite_grad_steps: sampled steps whose gradients had NaN/Inf.
         epochs: per-epoch metrics given to :meth:`TrainingMonitor.log_epoch`.
     """
@@ -309,9 +310,17 @@ class TrainingMonitor:
         self._last_end = time.perf_counter()
 
     def log_epoch(self, **metrics: float) -> None:
-        """Per-epoch numbers (e.g. ``train_loss``, ``val_loss``) kept alongside the step record."""
+        """Per-epoch numbers (e.g. ``train_loss``, ``val_loss``) kept alongside the step record.
+
+        The call also marks the end of an epoch: the next step's wait and step time are
+        counted from here, so the evaluation and checkpointing that ran between the last
+        step and this call are not charged to "waiting for data" (they made the in-memory
+        loop of :func:`dlclinic.remedies.fit.fit` look 10–20 % input-bound on small splits).
+        """
         for key, value in metrics.items():
             self._epochs.setdefault(key, []).append(float(value))
+        if self._last_end is not None:
+            self._last_end = time.perf_counter()
 
     def _sample(self) -> None:
         import torch
