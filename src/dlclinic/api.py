@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,29 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
     return dataclasses.replace(case, model=trained, model_source=source, model_factory=factory, metadata={**case.metadata, "dlclinic_baseline": True})
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Raise torch's loggers to ERROR for the duration (a failed ``torch.export`` of the user's
+    model logs its whole traced graph as a warning; the check reports the failure itself)."""
+    import logging
+
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "torch" or n.startswith("torch.")]
+    saved = {n: logging.getLogger(n).level for n in names}
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+
+
 def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResult:
     import warnings
 
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():  # library chatter (captum, sklearn, torch) is not the report's voice
+        with warnings.catch_warnings(), _quiet_torch_logs():  # library chatter (captum, sklearn, torch) is not the report's voice
             for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
                 warnings.simplefilter("ignore", category)
             result = spec.run(case, evidence, opts)

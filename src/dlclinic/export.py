@@ -290,8 +290,13 @@ def _onnx_logits(path: Path, x: np.ndarray) -> tuple[np.ndarray, int | None]:
 
 def _torch_export(torch: Any, module: Any, xb: Any, dynamic_batch: bool) -> tuple[Any, bool, str]:
     """``(program, dynamic, note)``: ``torch.export.export`` with a dynamic batch if possible."""
+    import contextlib
+    import io
+
     note = ""
-    with _eval(module), torch.no_grad():
+    # a failed trace prints the partial graph of the user's model to stdout/stderr; the error below says what failed
+    quiet = io.StringIO()
+    with _eval(module), torch.no_grad(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         if dynamic_batch:
             try:
                 batch = torch.export.Dim("batch", min=1, max=1 << 16)
