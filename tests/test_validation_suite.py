@@ -182,3 +182,21 @@ def test_generalization_grades_its_tests_as_one_holm_family() -> None:
 
     assert holm([0.005, 0.3, 0.9, 0.02, 0.5]).round(3).tolist() == [0.025, 0.9, 1.0, 0.08, 1.0]
     assert np.isnan(holm([np.nan, 0.01])[0]) and holm([np.nan, 0.01])[1] == 0.01
+
+
+def test_report_shows_each_status_with_its_validation_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlclinic.report import trust
+
+    row = {"false_alarm_rate": 0.0, "ci95": [0.0, 0.06], "flagged": 0, "n": 60, "level": 0.05, "exceeds_level": "no", "power": {"label_noise": {"unit": "fraction of train labels flipped", "rows": [[0.02, 1, 16], [0.2, 16, 16]]}}}
+    monkeypatch.setattr(trust, "validation_table", lambda: {"data.quality": row})
+    assert trust.power_rows("data.quality") == [{"defect": "label_noise", "unit": "fraction of train labels flipped", "power": "0.02: 1/16 · 0.2: 16/16"}]
+    assert trust.power_rows("data.privacy") == []
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers_report import synthetic_case, synthetic_report
+
+    from dlclinic.report import render_html
+
+    case = synthetic_case()
+    page = render_html(synthetic_report(case), case=case)
+    assert "false-alarm rate on clean data: 0% [0%, 6%] (0 of 60 clean cases)" in page
+    assert "0.02: 1/16 · 0.2: 16/16" in page and "docs/validation.md#dataquality" in page

@@ -53,6 +53,12 @@ def compact(doc: Mapping[str, Any]) -> dict[str, Any]:
                 "n": e["false_alarm"]["n"],
                 "level": e["level"],
                 "exceeds_level": e["exceeds_level"],
+                "anchor": "#" + cid.replace(".", ""),
+                "measured": e.get("generated", doc["generated"]),
+                "power": {
+                    name: {"unit": d["unit"], "rows": [[r["strength"], r["power"]["flagged"], r["power"]["n"]] for r in d["rows"]]}
+                    for name, d in e.get("defects", {}).items()
+                },
             }
             for cid, e in sorted(doc["checks"].items())
         },

@@ -215,6 +215,12 @@ def false_alarm_note(challenge_id: str) -> str | None:
     return note(challenge_id)
 
 
+def _power_rows(challenge_id: str) -> list[dict[str, str]]:
+    from dlclinic.report.trust import power_rows
+
+    return power_rows(challenge_id)
+
+
 def _challenge_view(result: CheckResult, description: str, case: Case | None) -> dict[str, Any]:
     """Everything the template shows about one challenge."""
     metrics, other_thresholds = _threshold_rows(result)
@@ -228,6 +234,8 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
         "status_label": STATUS_LABELS.get(result.status, result.status),
         "summary": result.summary,
         "trust": false_alarm_note(result.id) if result.status in ("ok", "warn", "fail") else None,
+        "trust_power": _power_rows(result.id) if result.status in ("ok", "warn", "fail") else [],
+        "trust_anchor": "docs/validation.md#" + result.id.replace(".", ""),
         "seconds": _seconds(result.seconds),
         "metrics": metrics,
         "other_thresholds": other_thresholds,

@@ -21,7 +21,7 @@ import functools
 import json
 from typing import Any
 
-__all__ = ["false_alarm_for", "false_alarm_note", "validation_table"]
+__all__ = ["false_alarm_for", "false_alarm_note", "power_rows", "validation_table"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,3 +63,23 @@ def false_alarm_note(check_id: str) -> str | None:
     except (KeyError, TypeError, ValueError):
         return None
     return f"This check's false-alarm rate on clean data: {rate:.0%} [{lo:.0%}, {hi:.0%}] ({k} of {n} clean cases)."
+
+
+def power_rows(check_id: str) -> list[dict[str, str]]:
+    """The check's validation row for the report: one line per planted defect, its power at each strength.
+
+    Example: ``[{"defect": "label_noise", "unit": "fraction of train labels flipped",
+    "power": "0.02: 1/8 · 0.05: 6/8 · 0.2: 8/8"}]``; ``[]`` when not validated.
+    """
+    entry = false_alarm_for(check_id)
+    power = entry.get("power") if entry is not None else None
+    if not isinstance(power, dict):
+        return []
+    out = []
+    for name, d in power.items():
+        try:
+            cells = " · ".join(f"{float(s):g}: {int(k)}/{int(n)}" for s, k, n in d["rows"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.append({"defect": str(name), "unit": str(d.get("unit", "")), "power": cells})
+    return out
