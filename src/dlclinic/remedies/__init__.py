@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["REMEDIES", "get_remedy"]
 
 REMEDIES: dict[str, str] = {
+    "data.quantity": "dlclinic.remedies.quantity:REMEDY",
     "data.quality": "dlclinic.remedies.quality:REMEDY",
     "data.labeling_cost": "dlclinic.remedies.labeling:REMEDY",
     "data.privacy": "dlclinic.remedies.privacy:REMEDY",
