@@ -162,12 +162,9 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
             tmp.write_text(json.dumps({**trigger, "rows": [int(i) for i in rows]}, indent=2))
         artifacts["trigger"] = str(path)
         if model is not case.model:
-            from safetensors.torch import save_file
+            from dlclinic.functional.compression import save_torch_model
 
-            mpath = ctx.out_dir / "model_treated.safetensors"
-            with atomic_path(mpath) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            artifacts["model"] = str(mpath)
+            artifacts["model"] = str(save_torch_model(model, ctx.out_dir / "model_treated.safetensors"))
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=action,

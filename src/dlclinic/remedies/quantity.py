@@ -167,12 +167,9 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
             tmp.write_text(json.dumps({"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error")}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}}, indent=2))
         artifacts["labels_to_buy"] = str(path)
         if model is not case.model:
-            from safetensors.torch import save_file
+            from dlclinic.functional.compression import save_torch_model
 
-            mpath = ctx.out_dir / "model_treated.safetensors"
-            with atomic_path(mpath) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            artifacts["model"] = str(mpath)
+            artifacts["model"] = str(save_torch_model(model, ctx.out_dir / "model_treated.safetensors"))
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=action,
