@@ -174,6 +174,7 @@ class StudyResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     study_name: str = ""
     storage: str | None = None
+    discordant: tuple[int, int] | None = None  # validation rows only the best / only the current recipe gets right; None when resumed
 
 
 def _paired_gain(best: np.ndarray, base: np.ndarray) -> tuple[float, tuple[float, float]]:
@@ -231,8 +232,11 @@ def hyperparameter_study(
         raise RuntimeError("no trial completed within the budget; raise n_trials/timeout")
     best = max(done, key=lambda t: t.value)
     base_trial = next((t for t in done if t.params == base_params), done[0])
+    discordant: tuple[int, int] | None = None
     if best.number in outcomes and base_trial.number in outcomes:
         gain, ci = _paired_gain(outcomes[best.number], outcomes[base_trial.number])
+        b, a = outcomes[best.number].astype(bool), outcomes[base_trial.number].astype(bool)
+        discordant = (int(np.sum(b & ~a)), int(np.sum(a & ~b)))
     else:  # resumed: per-row outcomes of old trials are not stored
         gain, ci = float(best.value - base_trial.value), (float("nan"), float("nan"))
     try:
@@ -254,6 +258,7 @@ def hyperparameter_study(
         trials=trials,
         study_name=study_name,
         storage=storage,
+        discordant=discordant,
     )
 
 
