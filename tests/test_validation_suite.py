@@ -200,3 +200,20 @@ def test_report_shows_each_status_with_its_validation_row(monkeypatch: pytest.Mo
     page = render_html(synthetic_report(case), case=case)
     assert "false-alarm rate on clean data: 0% [0%, 6%] (0 of 60 clean cases)" in page
     assert "0.02: 1/16 · 0.2: 16/16" in page and "docs/validation.md#dataquality" in page
+
+
+def test_quick_mode_agreement_is_recorded_in_the_published_table(tmp_path: Path) -> None:
+    from validation import report
+    from validation.run import compare
+
+    entry = {"level": 0.05, "level_source": "x", "clean_description": "y", "false_alarm": {"n": 60, "flagged": 1, "rate": 1 / 60, "ci95": list(clopper_pearson(1, 60)), "fail": 0}, "false_alarm_by_modality": {}, "exceeds_level": "no", "defects": {}, "seconds_per_trial": 1.0}
+    published = report.document({"data.quality": entry}, settings={"mode": "full", "seeds_clean": 30, "seeds_defect": 8, "all_strengths": True}, wall_seconds=1.0, workers=1, trials=60)
+    quick = {"data.quality": dict(entry, false_alarm={"n": 12, "flagged": 6, "rate": 0.5, "ci95": list(clopper_pearson(6, 12))})}
+    lines = compare(quick, published)
+    assert lines == ["data.quality: false alarms 6/12 now vs 1/60 published: DISAGREE (95 % intervals do not overlap)"]
+    published["quick_check"] = {"generated": "t", "wall_seconds": 300.0, "workers": 2, "trials": 12, "checks": 1, "agree": 0, "lines": lines}
+    (tmp_path / "validation").mkdir()
+    report.rewrite_published(published, tmp_path)
+    md = (tmp_path / "validation.md").read_text()
+    assert "Quick mode against this table" in md and "overlap the published ones for 0 of 1 checks" in md
+    assert json.loads((tmp_path / "validation.json").read_text())["quick_check"]["agree"] == 0
