@@ -88,7 +88,7 @@ def test_architecture_summary_and_oversized_model(tmp_path: Path) -> None:
     assert info["n_params"] == 105962 and info["flops"] > 2e6
     small = narrower(lambda: MLP(12, 3), 0.25, np.zeros((2, 12), np.float32))
     assert sum(p.numel() for p in small.parameters()) < 0.15 * sum(p.numel() for p in MLP(12, 3).parameters())
-    res = dlclinic.checkup(_blob_case(), only=["model.architecture"], options={"model.architecture": {"n_train": 400, "n_val": 200, "epochs": 3}}, fit_config=FAST, cache_dir=tmp_path)["model.architecture"]
+    res = dlclinic.checkup(_blob_case(), only=["model.architecture"], options={"model.architecture": {"n_train": 400, "n_val": 200, "epochs": 3, "tolerance": 0.04}}, fit_config=FAST, cache_dir=tmp_path)["model.architecture"]  # 200 validation rows: an exact bound cannot certify a drop under 2 %
     assert res.status == "warn" and any(f.code == "oversized" for f in res.findings), res.summary
     assert any(t["title"].startswith("Redundancy") for t in res.details["tables"])
     assert res.metrics["width_25_params"] < 0.15 * res.metrics["n_params"]

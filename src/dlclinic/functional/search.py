@@ -195,6 +195,7 @@ def hyperparameter_study(
     space: Mapping[str, tuple[Any, ...]] | None = None,
     n_trials: int = 20,
     timeout: float | None = None,
+    trial_seconds: float | None = None,
     epochs: int = 3,
     storage: str | None = None,
     study_name: str = "dlclinic-hyperparameters",
@@ -206,7 +207,8 @@ def hyperparameter_study(
 
     The first trial is the current recipe (``baseline``: lr, weight_decay, batch_size), so
     the gain is measured against it on the same validation rows (paired 95 % CI). The
-    study resumes when ``storage`` already holds ``study_name``.
+    study resumes when ``storage`` already holds ``study_name``. ``timeout`` bounds the
+    study (checked between trials), ``trial_seconds`` each trial's training.
     """
     import optuna
 
@@ -220,7 +222,7 @@ def hyperparameter_study(
 
     def objective(trial: Any) -> float:
         params = {**base, **_suggest(trial, space)}
-        out = train_eval(factory(), x_tr, y_tr, x_val, y_val, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), batch_size=int(params["batch_size"]), epochs=int(params.get("epochs", epochs)), seed=seed, trial=trial)
+        out = train_eval(factory(), x_tr, y_tr, x_val, y_val, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), batch_size=int(params["batch_size"]), epochs=int(params.get("epochs", epochs)), seed=seed, trial=trial, max_seconds=trial_seconds)
         outcomes[trial.number] = out.correct
         if progress is not None:
             progress(trial.number)

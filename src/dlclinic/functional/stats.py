@@ -28,6 +28,7 @@ from dlclinic.core.errors import InputError
 
 __all__ = [
     "holm",
+    "paired_difference_bounds",
     "Comparison",
     "McNemarResult",
     "MetricCI",
@@ -261,3 +262,39 @@ def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
         running = max(running, min(1.0, (m - rank) * float(p[i])))
         out[i] = running
     return out
+
+
+def paired_difference_bounds(correct_a: np.ndarray, correct_b: np.ndarray, *, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact, conservative ``1 − alpha`` interval for ``accuracy(a) − accuracy(b)`` on the same rows.
+
+    The difference is ``p_b − p_c`` (``p_b``: rows only ``a`` gets right, ``p_c``: only ``b``);
+    each one-sided end combines Clopper–Pearson bounds of the two shares at ``alpha / 4``
+    (Bonferroni), so each end holds with probability ``≥ 1 − alpha / 2`` at any sample size.
+    Unlike a Wald interval it does not collapse to a point when no row is discordant: 2 rows
+    against 0 out of 500 give an upper end of 1.6 %, not 0.4 %.
+
+    Example:
+        >>> a = np.r_[np.ones(450), np.ones(2), np.zeros(48)].astype(bool)
+        >>> b = np.r_[np.ones(450), np.zeros(2), np.zeros(48)].astype(bool)
+        >>> low, high = paired_difference_bounds(a, b)
+        >>> round(low, 4), round(high, 4)
+        (-0.0084, 0.0161)
+    """
+    from scipy.stats import beta
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise InputError(f"expected two 1-D boolean arrays of equal length, but got shapes {a.shape} and {b.shape}")
+    n = len(a)
+    if n == 0:
+        return -1.0, 1.0
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    q = alpha / 4
+
+    def upper(k: int) -> float:
+        return 1.0 if k >= n else float(beta.ppf(1 - q, k + 1, n - k))
+
+    def lower(k: int) -> float:
+        return 0.0 if k <= 0 else float(beta.ppf(q, k, n - k + 1))
+
+    return lower(only_a) - upper(only_b), upper(only_a) - lower(only_b)
