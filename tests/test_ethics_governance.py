@@ -170,3 +170,31 @@ def test_audit_head_anchor_catches_changes_to_the_newest_record(tmp_path, how: s
     assert verify_audit(log)[1]
     append_audit(log, {"event": "checkup", "run": 4})  # the next run chains onto the changed line...
     assert verify_audit(log)[1]  # ...and still sees the change
+
+
+def test_audit_trail_survives_concurrent_appends_and_an_interrupted_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing as mp
+
+    from dlclinic.report.model_card import _head_path
+
+    log = tmp_path / "audit.jsonl"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(log), k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert verify_audit(log) == (30, [])  # three processes, one lock: one clean chain
+    head = _head_path(log).read_text()
+    append_audit(log, {"event": "checkup", "run": "crash"})
+    _head_path(log).write_text(head)  # the process died after writing the record, before the head
+    assert verify_audit(log) == (31, [])  # an interrupted append is not tampering...
+    append_audit(log, {"event": "checkup", "run": "next"})
+    assert verify_audit(log) == (32, [])  # ...and the next append completes it
+    _head_path(log).unlink()
+    assert any("head file" in p for p in verify_audit(log)[1])  # deleting the anchor is itself a finding
+
+
+def _append_many(log: str, k: int) -> None:
+    for i in range(10):
+        append_audit(log, {"event": "checkup", "worker": k, "run": i})

@@ -23,12 +23,13 @@ Pure functions on plain data; no rendering library needed (Markdown is text).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import hmac
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -348,32 +349,68 @@ def _read_head(log: Path) -> dict[str, Any] | None:
         return None
 
 
+@contextlib.contextmanager
+def _locked(log: Path, *, exclusive: bool) -> Iterator[None]:
+    """An advisory ``flock`` on ``<log>.lock`` (no-op where ``fcntl`` does not exist): two checkups
+    sharing a cache directory must not chain onto the same record or race on the head file."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: best effort
+        yield
+        return
+    lock = log.with_name(log.name + ".lock")
+    with open(lock, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _interrupted(lines: list[bytes], head: dict[str, Any] | None) -> bool:
+    """The last append wrote its record but not the head file (a crash in between): the head lags by
+    exactly one record, and that record carries the head it found — which is the head file's."""
+    if head is None or head["records"] != len(lines) - 1 or not lines:
+        return False
+    try:
+        embedded = json.loads(lines[-1]).get("head")
+    except (ValueError, AttributeError):
+        return False
+    prev = hashlib.sha256(lines[-2]).hexdigest() if len(lines) > 1 else None
+    return embedded == head and head["sha256"] == prev
+
+
 def append_audit(path: str | os.PathLike[str], record: Mapping[str, Any]) -> dict[str, Any]:
     """Append ``record`` to the JSON-lines audit trail at ``path``, chained to the previous record's hash.
 
     The new record also carries the head anchor the previous append left (``head``), and the
     anchor is then moved to the new record, so a change to the newest record is detectable.
+    Appends hold an exclusive lock on ``<path>.lock``; an append interrupted between the
+    record and the head file is completed by the next one.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    prev = "0" * 64
-    lines: list[bytes] = []
-    if p.exists():
-        with open(p, "rb") as fh:
-            lines = [line for line in fh.read().splitlines() if line.strip()]
-        if lines:
-            prev = hashlib.sha256(lines[-1]).hexdigest()
-    entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **dict(record), "prev_sha256": prev}
-    head = _read_head(p)
-    if head is not None:
-        entry["head"] = head
-    line = json.dumps(entry, sort_keys=True, default=str)
-    with open(p, "a", encoding="utf-8") as fh:  # append-only: never rewritten
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    with atomic_path(_head_path(p)) as tmp:
-        tmp.write_text(json.dumps({"records": len(lines) + 1, "sha256": hashlib.sha256(line.encode("utf-8")).hexdigest()}) + "\n", encoding="utf-8")
+    with _locked(p, exclusive=True):
+        prev = "0" * 64
+        lines: list[bytes] = []
+        if p.exists():
+            with open(p, "rb") as fh:
+                lines = [line for line in fh.read().splitlines() if line.strip()]
+            if lines:
+                prev = hashlib.sha256(lines[-1]).hexdigest()
+        head = _read_head(p)
+        if _interrupted(lines, head):
+            head = {"records": len(lines), "sha256": prev}
+        entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **dict(record), "prev_sha256": prev}
+        if head is not None:
+            entry["head"] = head
+        line = json.dumps(entry, sort_keys=True, default=str)
+        with open(p, "a", encoding="utf-8") as fh:  # append-only: never rewritten
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with atomic_path(_head_path(p)) as tmp:
+            tmp.write_text(json.dumps({"records": len(lines) + 1, "sha256": hashlib.sha256(line.encode("utf-8")).hexdigest()}) + "\n", encoding="utf-8")
     return entry
 
 
@@ -387,9 +424,11 @@ def verify_audit(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
     p = Path(path)
     if not p.exists():
         return 0, [f"no audit trail at {p}"]
-    with open(p, "rb") as fh:
+    with _locked(p, exclusive=False), open(p, "rb") as fh:
         lines = [line for line in fh.read().splitlines() if line.strip()]
+        head_file = _read_head(p)
     prev = "0" * 64
+    anchored = False
     problems = []
     for i, line in enumerate(lines, 1):
         try:
@@ -401,10 +440,12 @@ def verify_audit(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
         if entry.get("prev_sha256") != prev:
             problems.append(f"record {i}: hash chain broken (a record before it was edited, inserted or removed)")
         head = entry.get("head") if isinstance(entry, dict) else None
+        anchored = anchored or isinstance(head, dict)
         if isinstance(head, dict) and (head.get("records") != i - 1 or head.get("sha256") != prev):
             problems.append(f"record {i}: the trail's head before it was record {head.get('records')} with another hash (the newest record was edited, removed or appended by hand before this run)")
         prev = hashlib.sha256(line).hexdigest()
-    head = _read_head(p)
-    if head is not None and (head["records"] != len(lines) or (lines and head["sha256"] != prev)):
-        problems.append(f"head anchor names record {head['records']}, the trail has {len(lines)} (the newest record was edited, removed or appended by hand)")
+    if head_file is None and anchored:
+        problems.append(f"head file {_head_path(p).name} is missing or unreadable although the trail's records are anchored to it (the newest record cannot be verified)")
+    elif head_file is not None and not _interrupted(lines, head_file) and (head_file["records"] != len(lines) or (lines and head_file["sha256"] != prev)):
+        problems.append(f"head anchor names record {head_file['records']}, the trail has {len(lines)} (the newest record was edited, removed or appended by hand)")
     return len(lines), problems
