@@ -317,7 +317,7 @@ def test_treat_drift_retrains_on_half_the_drifted_rows_and_verifies_on_the_other
     case = Case.from_arrays(train, test, deploy, model=_net(), model_factory=_factory)
     treatment, before, _ = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FitConfig(epochs=40, batch_size=64), cache_dir=tmp_path / "c")
     assert before["deployment.drift"].status == "fail"
-    assert treatment.before["drifted_rows"] == 200 and treatment.after["eval_rows"] == 100
+    assert treatment.before["drifted_rows"] == 200 and 70 <= treatment.after["eval_rows"] <= 130  # the evaluation half of the drifted span
     # rows neither model trained on: the retrained model is better there, and significantly so
     assert treatment.after["eval_accuracy"] > treatment.before["eval_accuracy"] + 0.1, (treatment.before, treatment.after)
     assert treatment.after["accuracy_gain_ci_low"] > 0 and treatment.after["mcnemar_p"] < 0.01

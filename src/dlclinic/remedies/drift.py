@@ -5,18 +5,24 @@ the reference. This remedy takes the rows of those windows and:
 
 * without deploy labels, writes the **retraining trigger** (``drift_trigger.json``: the
   drifted windows, their rows, the reasons): label these rows, then run it again;
-* with labels, splits the drifted rows at random into an *adapt* half and an *evaluation*
-  half (``adapt_fraction``), then
-  - **recalibrates**: the temperature that fits the adapt rows (the model's confidences
-    on the new data), verified by negative log-likelihood and ECE on the evaluation rows;
+* with labels, splits the deploy rows at random into an *adapt* part (``adapt_fraction``)
+  and an *evaluation* part **before** choosing windows: the windows are chosen by running
+  the check on the adapt rows alone (in time order), and each drifted window's time span
+  selects the evaluation rows that verify the treatment. Had the windows been chosen on all
+  rows, the evaluation rows would have been picked partly *because* the current model
+  erred on them, and any retrained model would look better there (regression to the mean).
+  Then it
+  - **recalibrates**: the temperature that fits the drifted adapt rows (the model's
+    confidences on the new data), verified by negative log-likelihood and ECE on the
+    drifted evaluation rows;
   - **retrains** (when the architecture is known): the case's recipe and seed on train plus
-    the adapt rows, verified against the current model on the evaluation rows, paired
-    (bootstrap interval and exact McNemar test).
+    the drifted adapt rows, verified against the current model on the drifted evaluation
+    rows, paired (bootstrap interval and exact McNemar test).
 
-Nothing is trained on the evaluation rows, so the verification is on rows neither model
-saw. The check is then measured again with the treated model; input drift of the stream
-is a property of the data and may persist after a successful treatment — the accuracy
-on the drifted rows is what the treatment is for.
+Neither the choice of windows nor any training sees the evaluation rows. The check is then
+measured again with the treated model; input drift of the stream is a property of the data
+and may persist after a successful treatment — the accuracy on the drifted rows is what
+the treatment is for.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ _MODES = ("auto", "retrain", "recalibrate", "trigger")
 class DriftParams:
     """``mode``: ``auto`` (retrain when the architecture is known and labels exist, else
     recalibrate; only the trigger without labels), ``retrain``, ``recalibrate`` or
-    ``trigger``; ``adapt_fraction``: share of the drifted labelled rows used to adapt
-    (the rest verifies); ``seed``: the adapt/evaluation split."""
+    ``trigger``; ``adapt_fraction``: share of the deploy rows that choose the windows and
+    adapt the model (the rest verifies); ``seed``: the adapt/evaluation split."""
 
     mode: str = "auto"
     adapt_fraction: float = 0.5
@@ -54,10 +60,20 @@ class DriftParams:
             raise ValueError(f"`0.1 <= adapt_fraction <= 0.9` must hold, but got adapt_fraction={self.adapt_fraction}")
 
 
-def drifted_rows(windows: list[dict[str, Any]]) -> np.ndarray:
-    """Row indices (sorted, unique) of every window whose status is not ``ok``."""
+def drifted_rows(windows: list[dict[str, Any]], positions: np.ndarray | None = None) -> np.ndarray:
+    """Row indices (sorted, unique) of every window whose status is not ``ok``.
+
+    ``positions``: the stream rows the windowed rows stand for (the check ran on a subset of
+    the deploy split); the result is then in those positions.
+    """
     rows = [np.arange(int(w["start"]), int(w["stop"])) for w in windows if w.get("status") != "ok"]
-    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+    out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+    return out if positions is None else np.asarray(positions)[out]
+
+
+def _spans(windows: list[dict[str, Any]], positions: np.ndarray) -> list[tuple[int, int]]:
+    """The stream positions ``[first, last]`` each drifted window covers."""
+    return [(int(positions[int(w["start"])]), int(positions[int(w["stop"]) - 1])) for w in windows if w.get("status") != "ok"]
 
 
 def _nll(probs: np.ndarray, y: np.ndarray) -> float:
@@ -111,11 +127,19 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     elif mode in ("retrain", "recalibrate"):
         y = np.asarray(deploy.y)
         rng = np.random.default_rng(params.seed)
-        shuffled = rng.permutation(rows)
-        cut = int(round(params.adapt_fraction * len(rows)))
-        adapt, held = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+        n = len(deploy)
+        in_adapt = np.zeros(n, dtype=bool)
+        in_adapt[rng.permutation(n)[: int(round(params.adapt_fraction * n))]] = True
+        adapt_pos, eval_pos = np.flatnonzero(in_adapt), np.flatnonzero(~in_adapt)
+        # choose the windows on the adapt rows only, so the evaluation rows play no part in the choice
+        chosen = ctx.measure(case.with_split_rows("deploy", adapt_pos))[ctx.challenge_id]
+        chosen_windows = list(chosen.details.get("windows", [])) if isinstance(chosen.details, dict) else []
+        adapt = drifted_rows(chosen_windows, adapt_pos)
+        spans = _spans(chosen_windows, adapt_pos)
+        held = np.array([i for i in eval_pos if any(a <= i <= b for a, b in spans)], dtype=np.int64)
+        notes.append(f"windows chosen on {len(adapt_pos)} of the {n} deploy rows ({chosen.status}: {len(spans)} drifted); the other {len(eval_pos)} rows only verify")
         if min(len(adapt), len(held)) < 10:
-            raise ConfigError(f"treat deployment.drift: {len(rows)} drifted rows leave {len(adapt)} to adapt and {len(held)} to verify; expected at least 10 of each (more deploy rows, or a smaller --option window=)")
+            raise ConfigError(f"treat deployment.drift: the windows chosen on the adapt rows leave {len(adapt)} drifted rows to adapt and {len(held)} to verify; expected at least 10 of each (more deploy rows, or a smaller --option window=)")
         x = np.nan_to_num(deploy.x)
         logits_old = predict_logits(case.model, x[np.concatenate([adapt, held])])
         la, lh = logits_old[: len(adapt)], logits_old[len(adapt) :]
@@ -125,7 +149,7 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
         before_m.update(eval_rows=len(held), eval_accuracy=float((p_old.argmax(1) == y_h).mean()), eval_nll=_nll(p_old, y_h), eval_ece=estimate_ece(p_old, y_h))
         after_m.update(eval_rows=len(held), temperature=t, eval_nll=_nll(p_cal, y_h), eval_ece=estimate_ece(p_cal, y_h))
         model = TemperatureScaled(case.model, t)
-        action = f"recalibrate: temperature {t:.3g} fitted on {len(adapt)} of the {len(rows)} drifted rows, verified on the other {len(held)}"
+        action = f"recalibrate: temperature {t:.3g} fitted on {len(adapt)} drifted adapt rows, verified on {len(held)} drifted evaluation rows"
         after_m["eval_accuracy"] = before_m["eval_accuracy"]
         if mode == "retrain":
             assert ctx.retrain is not None and case.train.y is not None
@@ -145,11 +169,11 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
             after_m.update(eval_accuracy=float(ok_new.mean()), eval_nll=_nll(p_new, y_h), eval_ece=estimate_ece(p_new, y_h), temperature=t_new, accuracy_gain_ci_low=low, accuracy_gain_ci_high=high, mcnemar_p=mc.p_exact, train_rows=len(y_fit))
             before_m["train_rows"] = len(case.train)
             model = TemperatureScaled(retrained, t_new)
-            action = f"retrain on train + {len(adapt)} of the {len(rows)} drifted rows (same recipe and seed), temperature refitted on test; verified on the other {len(held)} drifted rows"
-            notes.append(f"on the {len(held)} held-out drifted rows, accuracy {before_m['eval_accuracy']:.1%} → {after_m['eval_accuracy']:.1%} (paired 95 % CI of the gain [{low:+.3f}, {high:+.3f}], exact McNemar p={mc.p_exact:.2g})")
+            action = f"retrain on train + {len(adapt)} drifted adapt rows (same recipe and seed), temperature refitted on test; verified on {len(held)} drifted evaluation rows"
+            notes.append(f"on the {len(held)} drifted evaluation rows, accuracy {before_m['eval_accuracy']:.1%} → {after_m['eval_accuracy']:.1%} (paired 95 % CI of the gain [{low:+.3f}, {high:+.3f}], exact McNemar p={mc.p_exact:.2g})")
         else:
-            notes.append(f"on the {len(held)} held-out drifted rows, NLL {before_m['eval_nll']:.3f} → {after_m['eval_nll']:.3f} and ECE {before_m['eval_ece']:.3f} → {after_m['eval_ece']:.3f}; the predicted classes are unchanged (temperature only rescales confidences)")
-        notes.append("the re-measured drift check sees the treated model on the whole deploy stream, adapt rows included; the held-out rows above are the unbiased verification. Input drift is a property of the data and can persist after a successful treatment")
+            notes.append(f"on the {len(held)} drifted evaluation rows, NLL {before_m['eval_nll']:.3f} → {after_m['eval_nll']:.3f} and ECE {before_m['eval_ece']:.3f} → {after_m['eval_ece']:.3f}; the predicted classes are unchanged (temperature only rescales confidences)")
+        notes.append("the re-measured drift check sees the treated model on the whole deploy stream, adapt rows included; the evaluation rows above (never used to choose windows or to train) are the verification. Input drift is a property of the data and can persist after a successful treatment")
     else:
         notes.append("no labels for the deploy rows: label the rows listed in drift_trigger.json, then run `dlclinic treat deployment.drift` again to retrain on them")
 
