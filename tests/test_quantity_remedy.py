@@ -27,6 +27,12 @@ def test_augmentations_preserve_shape_labels_and_class_membership() -> None:
     blended = augment_copy(table, y, "blend", modality="table", seed=0)
     assert (blended[:10] < 5).all() and (blended[10:] > 5).all()  # never mixes two classes
     assert policies_for("image") == ("shift", "noise", "blend") and "shift" not in policies_for("table")
+    mixed = np.c_[rng.normal(size=40), rng.integers(0, 2, 40)].astype(np.float32)  # continuous + binary
+    for policy in ("noise", "blend"):
+        aug = augment_copy(mixed, np.repeat([0, 1], 20), policy, modality="table", seed=2)
+        assert not np.allclose(aug[:, 0], mixed[:, 0]) and np.array_equal(aug[:, 1], mixed[:, 1])
+    nhwc = rng.random((6, 8, 8, 3)).astype(np.float32)
+    assert augment_copy(nhwc, np.zeros(6), "shift", modality="image", seed=3).shape == nhwc.shape
     with pytest.raises(ValueError, match="unknown augmentation policy 'shift' for table data"):
         augment_copy(table, y, "shift", modality="table")
 

@@ -5,20 +5,24 @@ tuned for natural RGB photos; what a small data set needs first is a few cheap,
 label-preserving perturbations whose benefit is then *measured*, which is what
 ``treat data.quantity`` does with these:
 
-* ``shift`` (images): translate by up to ``max(1, H // 14)`` pixels in each direction,
-  zero fill — small translations do not change a class;
+* ``shift`` (images, channels first or last): translate by up to ``max(1, H // 14)``
+  pixels in each direction, zero fill — small translations do not change a class;
 * ``noise`` (images and tables): Gaussian noise of ``scale`` × each feature's standard
   deviation (images: of the pixel values);
 * ``blend`` (images and tables): a convex combination ``λ·x_i + (1 − λ)·x_j`` of two rows
   of the *same class*, ``λ ~ U(0.6, 1)`` — SMOTE-style interpolation inside a class, so
   the label stays exact (unlike mixup's soft labels, which need a custom loss).
+
+On tables, ``noise`` and ``blend`` touch only continuous columns (more than
+``max_levels`` distinct values): integer codes, one-hot and binary columns keep their
+values, since a blended or noisy category is not a category.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["POLICIES", "augment_copy", "policies_for"]
+__all__ = ["POLICIES", "augment_copy", "continuous_columns", "policies_for"]
 
 POLICIES: dict[str, tuple[str, ...]] = {"image": ("shift", "noise", "blend"), "table": ("noise", "blend")}
 
@@ -29,6 +33,8 @@ def policies_for(modality: str) -> tuple[str, ...]:
 
 
 def _shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if x.ndim == 4 and x.shape[1] > 4 and x.shape[-1] <= 4:  # channels last (N, H, W, C)
+        return np.moveaxis(_shift(np.moveaxis(x, -1, 1), rng), 1, -1)
     h, w = x.shape[-2], x.shape[-1]
     m = max(1, h // 14)
     out = np.zeros_like(x)
@@ -52,7 +58,13 @@ def _blend(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return out
 
 
-def augment_copy(x: np.ndarray, y: np.ndarray, policy: str, *, modality: str, scale: float = 0.1, seed: int = 0) -> np.ndarray:
+def continuous_columns(x: np.ndarray, max_levels: int = 10) -> np.ndarray:
+    """Boolean mask of the columns of a 2-D table with more than ``max_levels`` distinct values."""
+    flat = x.reshape(len(x), -1)
+    return np.array([len(np.unique(flat[:, j])) > max_levels for j in range(flat.shape[1])], dtype=bool)
+
+
+def augment_copy(x: np.ndarray, y: np.ndarray, policy: str, *, modality: str, scale: float = 0.1, seed: int = 0, max_levels: int = 10) -> np.ndarray:
     """One augmented copy of ``x`` (same labels ``y``) under ``policy``.
 
     Example:
@@ -73,5 +85,10 @@ def augment_copy(x: np.ndarray, y: np.ndarray, policy: str, *, modality: str, sc
         return _shift(x, rng)
     if policy == "noise":
         sd = x.std(axis=0, keepdims=True) if modality != "image" else np.full((1,) * x.ndim, x.std(), dtype=np.float32)
-        return (x + rng.normal(0.0, 1.0, x.shape).astype(np.float32) * scale * sd).astype(np.float32)
-    return _blend(x, np.asarray(y), rng)
+        out = (x + rng.normal(0.0, 1.0, x.shape).astype(np.float32) * scale * sd).astype(np.float32)
+    else:
+        out = _blend(x, np.asarray(y), rng)
+    if modality != "image" and x.ndim == 2:  # categorical / binary columns keep their values
+        keep = ~continuous_columns(x, max_levels)
+        out[:, keep] = x[:, keep]
+    return out

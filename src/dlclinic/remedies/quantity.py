@@ -10,8 +10,10 @@
    augmented copy of a ``1 − val_fraction`` part of train and scoring on the held-out rest;
    the best policy (if it beats no augmentation there) is then retrained on all of train
    and compared with the un-augmented model on the test split, paired (bootstrap interval
-   and exact McNemar test). The choice is made on train rows only, so the test comparison
-   is not inflated by it.
+   and exact McNemar test). The control without augmentation trains on the rows repeated
+   as many times, so both see the same number of optimiser steps: a gain is the
+   augmentation's, not extra training. The choice is made on train rows only, so the test
+   comparison is not inflated by it.
 
 The check is measured again with the treated model; its learning curve describes the
 data, so expect it to move little — the paired test accuracy is the verification.
@@ -76,8 +78,8 @@ def labels_to_buy(a: float, b: float, c: float, n_train: int, targets: list[floa
 def _augmented(x: np.ndarray, y: np.ndarray, policy: str, copies: int, modality: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from dlclinic.functional.augment import augment_copy
 
-    if policy == "none":
-        return x, y
+    if policy == "none":  # the control sees the same number of rows (and optimiser steps) as the augmented runs
+        return np.concatenate([x] * (copies + 1)), np.concatenate([y] * (copies + 1))
     xs = [x] + [augment_copy(x, y, policy, modality=modality, seed=seed * 100 + i) for i in range(copies)]
     return np.concatenate(xs), np.concatenate([y] * (copies + 1))
 
@@ -139,7 +141,8 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     else:
         xa, ya = _augmented(x, y, chosen, params.copies, case.modality, params.seed)
         with ctx.progress.step(f"retraining with {chosen} augmentation", total=2) as advance:
-            reference = case.model if case.metadata.get("dlclinic_baseline") else ctx.retrain(x, y, cfg.seed)
+            xr, yr = _augmented(x, y, "none", params.copies, case.modality, params.seed)
+            reference = ctx.retrain(xr, yr, cfg.seed)  # same rows and steps, no augmentation
             advance(1)
             model = ctx.retrain(xa, ya, cfg.seed)
             advance(1)
@@ -154,6 +157,8 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
         treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained with {chosen} augmentation")
         after = ctx.measure(treated)
         notes.append("data.quantity describes the data (its learning curve), so its status moves little after augmentation: the paired test accuracy above is the verification")
+    if buy and not m.get("curve_from_retrained_model", False):
+        notes.append("the labels-to-buy figures invert the proxy learning curve (a head on the model's embeddings, which learned from every train row): it is flatter than the model's own curve, so read them as a lower bound on what more data gives; run the check with --option data.quantity.mode=model for the retrained-model curve")
     for row in buy:
         if row["reachable"]:
             notes.append(f"{row['target_accuracy']:.1%} accuracy: about {row['samples_needed']:,} training samples by the fitted curve ({row['labels_to_add']:,} more labels)")
@@ -164,7 +169,7 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         path = ctx.out_dir / "labels_to_buy.json"
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error")}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}}, indent=2))
+            tmp.write_text(json.dumps({"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error"), "curve": "retrained model" if m.get("curve_from_retrained_model") else "proxy (head on embeddings)"}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}}, indent=2))
         artifacts["labels_to_buy"] = str(path)
         if model is not case.model:
             from dlclinic.functional.compression import save_torch_model
