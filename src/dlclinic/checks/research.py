@@ -531,18 +531,29 @@ def _lambda_max(m: np.ndarray) -> float:
     return float(s.max()) ** 2
 
 
-def structure_test(weight: np.ndarray, shuffles: int = 20, seed: int = 0) -> tuple[float, float]:
+def structure_test(weight: np.ndarray, shuffles: int = 20, seed: int = 0, *, decided_above: float | None = None) -> tuple[float, float]:
     """``(ratio, z)``: learned structure of a weight tensor against random permutations of its entries.
 
     ``ratio`` is λ_max over the mean λ_max of permuted copies, averaged over the tensor's
     unfoldings (a Linear: its matrix); ``z`` how many permutation standard deviations the
     sum of those ratios lies above its permutation distribution. An untrained i.i.d. layer
     scores ratio ≈ 1 and z ≈ N(0, 1); learned low-rank structure raises both.
+
+    ``decided_above``: stop after 3 permutations when the ratio is already above this value
+    (the caller flags only low ratios, so the other permutations cannot change its verdict;
+    a large trained layer then costs 3 permutations instead of ``shuffles``).
     """
     w = np.asarray(weight, dtype=np.float64)
     obs = np.array([_lambda_max(m) for m in _unfoldings(w)])
     rng = np.random.default_rng(seed)
-    null = np.array([[_lambda_max(m) for m in _unfoldings(rng.permutation(w.ravel()).reshape(w.shape))] for _ in range(max(shuffles, 3))])
+
+    def permuted() -> list[float]:
+        return [_lambda_max(m) for m in _unfoldings(rng.permutation(w.ravel()).reshape(w.shape))]
+
+    rows = [permuted() for _ in range(3)]
+    if decided_above is None or float((obs / np.maximum(np.mean(rows, axis=0), 1e-300)).mean()) <= decided_above:
+        rows += [permuted() for _ in range(max(shuffles, 3) - 3)]
+    null = np.array(rows)
     mean = np.maximum(null.mean(0), 1e-300)
     stat, stats = float((obs / mean).sum()), (null / mean).sum(1)
     sd = float(stats.std(ddof=1))
@@ -569,7 +580,7 @@ def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckR
     layers = analyze_matrices(weights, min_evals=options.min_evals)
     big = {layer.name for layer in layers if layer.n_evals >= options.min_evals}
     # the randomisation test has power only on layers large enough for the α fit, too
-    tests = {name: (structure_test(w, options.shuffles, options.seed) if name in big else (math.nan, math.nan)) for name, w in weights}
+    tests = {name: (structure_test(w, options.shuffles, options.seed, decided_above=options.min_spike_ratio + 0.1) if name in big else (math.nan, math.nan)) for name, w in weights}
     ratios = {name: t[0] for name, t in tests.items()}
     zs = {name: t[1] for name, t in tests.items()}
     proxies = generalization_proxies(layers)
