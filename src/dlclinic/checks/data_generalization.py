@@ -16,8 +16,10 @@ Two complementary measurements:
   excess fraction above the threshold is the effect size that decides ``fail``.
 * The graded tests (the MMD tests, each split's feature family, the OOD excess) form one
   family: their p-values are Holm-adjusted and compared with ``alpha`` (0.02), so the
-  check's false-alarm rate on unshifted data stays below ``alpha`` whatever the number of
-  splits and features (the check states a 5 % level; measured in docs/validation.md).
+  shift tests' false-alarm rate on unshifted data stays below ``alpha`` whatever the number
+  of splits and features (the check states a 5 % level; measured in docs/validation.md
+  with the corruption part off — corruption robustness is a property of the model, graded
+  on its own, and so is the AUROC on a given OOD set).
 * With an OOD set (``ood``: a file of inputs the model should not be trusted on), the
   AUROC of each OOD score (kNN in embedding space, max-softmax, energy) for held-out test
   rows vs OOD rows, with bootstrap intervals, and the FPR at 95 % TPR.
@@ -39,9 +41,9 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
-from dlclinic.functional.stats import holm
 from dlclinic.functional.drift import FeatureShift, classifier_two_sample_test, feature_shift_tests, mmd_test
 from dlclinic.functional.ood import score_knn, score_max_softmax
+from dlclinic.functional.stats import holm
 
 __all__ = ["CHECK", "GeneralizationOptions", "run"]
 
@@ -178,7 +180,7 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         metrics["c2st_auc_deploy"] = c2.auc
         metrics["c2st_auc_deploy_ci_low"] = c2.ci_low
         metrics["c2st_auc_deploy_ci_high"] = c2.ci_high
-        tables_rows.append([f"{ref_name} ↔ deploy", "embeddings (classifier AUC)", f"{c2.auc:.3f} [{c2.ci_low:.3f}, {c2.ci_high:.3f}]", f"{c2.p_value:.3g}", "yes" if c2.p_value < options.alpha else "no"])
+        tables_rows.append([f"{ref_name} ↔ deploy", "embeddings (classifier AUC)", f"{c2.auc:.3f} [{c2.ci_low:.3f}, {c2.ci_high:.3f}]", f"{c2.p_value:.3g}", "reported, not graded"])
 
     if reference is not None:
         threshold = float(np.quantile(scores_r, options.ood_quantile))

@@ -27,16 +27,16 @@ import numpy as np
 from dlclinic.core.errors import InputError
 
 __all__ = [
-    "holm",
-    "paired_difference_bounds",
     "Comparison",
     "McNemarResult",
     "MetricCI",
     "benjamini_hochberg",
     "bootstrap_metrics",
     "compare_predictions",
+    "holm",
     "mcnemar_test",
     "paired_bootstrap_difference",
+    "paired_difference_bounds",
     "wilson_interval",
 ]
 

@@ -21,7 +21,6 @@ accuracy drop alerts only when it is significant *and* larger than ``warn_accura
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
