@@ -299,8 +299,9 @@ class BenchmarkOptions:
     ``file.py:factory`` (with ``compare_weights``), or (Python API) a model object or
     prediction array. Slices: candidates from k-means on test embeddings (or feature
     values for tables), Fisher's exact test per candidate, Benjamini–Hochberg at ``fdr``;
-    reported when also ``min_slice_gap`` below the rest. A warning's false-alarm level is
-    therefore the FDR (5 %) among reported slices. ``saturated_accuracy``: a lower
+    reported when also ``min_slice_gap`` below the rest. With no truly weaker slice, BH at
+    ``fdr`` is a family-wise test, so a warning's false-alarm level is ``fdr`` (2 %, inside
+    the check's stated 5 %: at BH 5 % a 150-seed table run measured 8/150 = 5.3 %). ``saturated_accuracy``: a lower
     confidence bound of accuracy above it means the test set has too few errors left to
     separate models.
     """
@@ -311,7 +312,7 @@ class BenchmarkOptions:
     compare_weights: str | None = None
     min_slice_size: int = 30
     min_slice_gap: float = 0.10
-    fdr: float = 0.05
+    fdr: float = 0.02
     cluster_sizes: tuple[int, ...] = (4, 8, 16)
     saturated_accuracy: float = 0.99
 
