@@ -509,67 +509,9 @@ def _weights(model: Any) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _unfoldings(w: np.ndarray) -> list[np.ndarray]:
-    """A Linear's matrix; a conv kernel's output-channel, input-channel and (when > 1) kernel-position unfoldings."""
-    if w.ndim <= 2:
-        return [w.reshape(w.shape[0], -1)]
-    out, inp = w.shape[:2]
-    mats = [w.reshape(out, -1), np.swapaxes(w, 0, 1).reshape(inp, -1)]
-    if int(np.prod(w.shape[2:])) > 1:
-        mats.append(w.reshape(out * inp, -1).T)
-    return mats
-
-
-def _lambda_max(m: np.ndarray) -> float:
-    """Largest squared singular value: exact (Gram eigenvalues) for small matrices, ARPACK for large ones."""
-    from dlclinic.functional.spectral import squared_singular_values
-
-    if min(m.shape) <= 512:
-        return float(squared_singular_values(m).max())
-    from scipy.sparse.linalg import svds
-
-    s = svds(m, k=1, return_singular_vectors=False, v0=np.ones(min(m.shape)), random_state=0)
-    return float(s.max()) ** 2
-
-
-def structure_test(weight: np.ndarray, shuffles: int = 20, seed: int = 0, *, decided_above: float | None = None) -> tuple[float, float]:
-    """``(ratio, z)``: learned structure of a weight tensor against random permutations of its entries.
-
-    ``ratio`` is λ_max over the mean λ_max of permuted copies, averaged over the tensor's
-    unfoldings (a Linear: its matrix); ``z`` how many permutation standard deviations the
-    sum of those ratios lies above its permutation distribution. An untrained i.i.d. layer
-    scores ratio ≈ 1 and z ≈ N(0, 1); learned low-rank structure raises both.
-
-    ``decided_above``: stop after 3 permutations when the ratio is already above this value
-    (the caller flags only low ratios, so the other permutations cannot change its verdict;
-    a large trained layer then costs 3 permutations instead of ``shuffles``).
-    """
-    w = np.asarray(weight, dtype=np.float64)
-    obs = np.array([_lambda_max(m) for m in _unfoldings(w)])
-    rng = np.random.default_rng(seed)
-
-    def permuted() -> list[float]:
-        return [_lambda_max(m) for m in _unfoldings(rng.permutation(w.ravel()).reshape(w.shape))]
-
-    rows = [permuted() for _ in range(3)]
-    if decided_above is None or float((obs / np.maximum(np.mean(rows, axis=0), 1e-300)).mean()) <= decided_above:
-        rows += [permuted() for _ in range(max(shuffles, 3) - 3)]
-    null = np.array(rows)
-    mean = np.maximum(null.mean(0), 1e-300)
-    stat, stats = float((obs / mean).sum()), (null / mean).sum(1)
-    sd = float(stats.std(ddof=1))
-    z = (stat - float(stats.mean())) / sd if sd > 0 else (0.0 if stat <= float(stats.mean()) else math.inf)
-    return stat / len(obs), z
-
-
-def spike_ratio(weight: np.ndarray, shuffles: int = 20, seed: int = 0) -> float:
-    """λ_max over the permuted mean, averaged over unfoldings (``structure_test``'s ratio)."""
-    return structure_test(weight, shuffles, seed)[0]
-
-
 def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckResult:
     """Per-layer ESD power-law α, stable rank, spectral norm; flags; next to the measured generalization gap."""
-    from dlclinic.functional.spectral import analyze_matrices, generalization_proxies
+    from dlclinic.functional.spectral import analyze_matrices, generalization_proxies, structure_test
 
     cid = "research.theory"
     model = case.model
