@@ -132,27 +132,13 @@ def _curve(case: Case, options: SecurityOptions, epsilons: tuple[float, ...]) ->
 
 
 def _targeted(case: Case, options: SecurityOptions, x: np.ndarray, y: np.ndarray, lo: Any, hi: Any, scale: Any) -> float:
-    """Robust accuracy at the ε of interest under untargeted PGD-L∞, then targeted PGD-L∞ towards
-    each of the ``targets`` most likely other classes on the samples still correct (NaN when off)."""
-    from dlclinic.core.inference import predict_logits
-    from dlclinic.functional.attacks import attack
+    """Multi-targeted robust accuracy at the ε of interest (NaN when off); see :func:`~dlclinic.functional.attacks.multi_targeted_accuracy`."""
+    from dlclinic.functional.attacks import multi_targeted_accuracy
 
     k = min(int(options.targets), case.n_classes - 1)
     if k <= 0 or options.epsilon <= 0:
         return float("nan")
-    kw = {"method": "pgd_linf", "epsilon": options.epsilon, "lower": lo, "upper": hi, "scale": scale, "steps": options.steps, "seed": options.seed}
-    base = attack(case.model, x, y, **kw)  # type: ignore[arg-type]
-    fooled = base.fooled.copy()
-    logits = predict_logits(case.model, x).astype(np.float64)
-    logits[np.arange(len(y)), y] = -np.inf
-    order = np.argsort(-logits, axis=1, kind="stable")
-    for j in range(k):
-        live = np.flatnonzero(base.clean_correct & ~fooled)
-        if not len(live):
-            break
-        res = attack(case.model, x[live], y[live], targets=order[live, j], **kw)  # type: ignore[arg-type]
-        fooled[live] |= res.fooled
-    return float((base.clean_correct & ~fooled).mean())
+    return multi_targeted_accuracy(case.model, x, y, epsilon=options.epsilon, targets=k, lower=lo, upper=hi, scale=scale, steps=options.steps, seed=options.seed)
 
 
 def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult:

