@@ -146,6 +146,8 @@ def _run_hyperparameters(case: Case, evidence: Evidence, options: Hyperparameter
             timeout=options.timeout_s,
             trial_seconds=options.timeout_s / 2,
             epochs=epochs,
+            schedule=cfg.schedule,
+            label_smoothing=cfg.label_smoothing,
             seed=options.seed,
             progress=lambda _n: advance(1),
         )
@@ -273,7 +275,7 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
                 return CheckResult(id=cid, status="not_examined", summary=f"Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample; narrower versions could not be built ({brief(exc)}).", metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]})
             n_params = parameter_count(net)
             info = model_summary(net, case.train.x[:1])
-            out = train_eval(net, x_tr, y_tr, x_va, y_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, seed=options.seed, max_seconds=options.max_seconds)
+            out = train_eval(net, x_tr, y_tr, x_va, y_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, seed=options.seed, max_seconds=options.max_seconds, schedule=cfg.schedule, label_smoothing=cfg.label_smoothing)
             outcomes[r] = (out, n_params, info["flops"])
             advance(1)
     full_acc = outcomes[1.0][0].accuracy

@@ -55,8 +55,9 @@ class TrialOutcome:
     seconds: float
 
 
-def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, lr: float = 2e-3, weight_decay: float = 1e-4, batch_size: int = 64, epochs: int = 3, seed: int = 0, trial: Any = None, max_seconds: float | None = None) -> TrialOutcome:
-    """Train ``model`` in place (AdamW, cosine schedule) and return its validation accuracy.
+def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, lr: float = 2e-3, weight_decay: float = 1e-4, batch_size: int = 64, epochs: int = 3, seed: int = 0, trial: Any = None, max_seconds: float | None = None, schedule: str = "cosine", label_smoothing: float = 0.0) -> TrialOutcome:
+    """Train ``model`` in place (AdamW, ``schedule`` "cosine" or "constant", cross-entropy with
+    ``label_smoothing``, as :func:`dlclinic.remedies.fit.fit`) and return its validation accuracy.
 
     With an Optuna ``trial``, the validation accuracy is reported after every epoch and
     ``optuna.TrialPruned`` is raised when the pruner says so.
@@ -75,7 +76,9 @@ def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray
     yt = torch.from_numpy(np.asarray(y_tr, dtype=np.int64))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, epochs * math.ceil(len(x_tr) / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', but got {schedule!r}")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
     gen = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     correct = np.zeros(len(y_val), dtype=bool)
@@ -87,7 +90,7 @@ def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            loss = F.cross_entropy(model(xt[idx]), yt[idx], label_smoothing=label_smoothing)
             if not torch.isfinite(loss):
                 break
             opt.zero_grad()
@@ -197,6 +200,8 @@ def hyperparameter_study(
     timeout: float | None = None,
     trial_seconds: float | None = None,
     epochs: int = 3,
+    schedule: str = "cosine",
+    label_smoothing: float = 0.0,
     storage: str | None = None,
     study_name: str = "dlclinic-hyperparameters",
     pruner: str = "median",
@@ -222,7 +227,7 @@ def hyperparameter_study(
 
     def objective(trial: Any) -> float:
         params = {**base, **_suggest(trial, space)}
-        out = train_eval(factory(), x_tr, y_tr, x_val, y_val, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), batch_size=int(params["batch_size"]), epochs=int(params.get("epochs", epochs)), seed=seed, trial=trial, max_seconds=trial_seconds)
+        out = train_eval(factory(), x_tr, y_tr, x_val, y_val, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), batch_size=int(params["batch_size"]), epochs=int(params.get("epochs", epochs)), seed=seed, trial=trial, max_seconds=trial_seconds, schedule=schedule, label_smoothing=label_smoothing)
         outcomes[trial.number] = out.correct
         if progress is not None:
             progress(trial.number)
