@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "STRATEGIES",
+    "common_target",
     "labels_saved",
     "labels_to_reach",
     "mc_dropout_probs",
@@ -442,6 +443,18 @@ def labels_to_reach(n_labels: np.ndarray, accuracy: np.ndarray, target: float | 
     return float(n[i - 1] + (target - a0) / (a1 - a0) * (n[i] - n[i - 1]))
 
 
+def common_target(acc_random: np.ndarray, acc_strategy: np.ndarray, *, monotone: bool = False, tolerance: float = 0.0) -> float:
+    """The accuracy both curves reach: the lower of the two final accuracies (each after the
+    monotone fit when ``monotone``), minus ``tolerance`` — the target of ``labels_saved(common=True)``.
+
+    Example:
+        >>> round(common_target(np.array([0.5, 0.9, 0.8]), np.array([0.5, 0.85, 0.95]), monotone=True), 3)
+        0.85
+    """
+    fit = _isotonic if monotone else (lambda a: np.asarray(a, dtype=np.float64))
+    return min(float(fit(acc_random)[-1]), float(fit(acc_strategy)[-1])) - tolerance
+
+
 def labels_saved(
     n_random: np.ndarray,
     acc_random: np.ndarray,
@@ -486,11 +499,10 @@ def labels_saved(
     if not tolerance >= 0:
         raise ValueError(f"`tolerance >= 0` must hold, but got tolerance={tolerance}")
     acc_random = np.asarray(acc_random, dtype=np.float64)
-    final = float((_isotonic(acc_random) if monotone else acc_random)[-1])
     if common:
-        acc_s = np.asarray(acc_strategy, dtype=np.float64)
-        final = min(final, float((_isotonic(acc_s) if monotone else acc_s)[-1]))
-    target = final - tolerance
+        target = common_target(acc_random, acc_strategy, monotone=monotone, tolerance=tolerance)
+    else:
+        target = float((_isotonic(acc_random) if monotone else acc_random)[-1]) - tolerance
     need_random = labels_to_reach(n_random, acc_random, target, monotone=monotone)
     need_strategy = labels_to_reach(n_strategy, acc_strategy, target, monotone=monotone)
     return need_random - need_strategy
