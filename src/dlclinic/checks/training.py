@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlclinic.checks._common import worst
-from dlclinic.checks.training_run import RunSettings, fresh_model, history_of, monitored_run, recipe, record_of, subsample
+from dlclinic.checks.training_run import RunSettings, fresh_model, monitored_run, recipe, record_of, subsample
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec

@@ -7,8 +7,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "write_json", "write_weights"]
 
 
 @contextmanager
@@ -30,3 +31,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2, default: Any = None) -> Path:
+    """Write ``payload`` as JSON to ``path`` atomically; returns the path."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=indent, default=default))
+    return Path(path)
+
+
+def write_weights(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s state_dict as safetensors atomically (weights only, never a pickle); returns the path.
+
+    Tensors are copied to CPU, made contiguous and cloned, so tied weights (one storage under
+    two names, which safetensors refuses) are written as two tensors.
+    """
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+    return Path(path)

@@ -55,7 +55,6 @@ __all__ = [
     "quantize_onnx_dynamic",
     "quantize_onnx_static",
     "remove_masks",
-    "save_torch_model",
     "state_dict_bytes",
 ]
 
@@ -453,15 +452,6 @@ def distill(teacher: Any, student: Any, x: np.ndarray, y: np.ndarray | None = No
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 return net.eval()
     return net.eval()
-
-
-def save_torch_model(model: Any, path: str | Path) -> Path:
-    """Write ``model``'s state_dict as safetensors atomically (weights only; see export for programs)."""
-    from dlclinic.core.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(state_dict_bytes(model))
-    return Path(path)
 
 
 

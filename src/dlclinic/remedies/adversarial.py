@@ -126,14 +126,9 @@ def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome
     after = ctx.measure(treated)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        from safetensors.torch import save_file
+        from dlclinic.core.atomic import write_weights
 
-        from dlclinic.core.atomic import atomic_path
-
-        path = ctx.out_dir / "robust_model.safetensors"
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        artifacts["model"] = str(path)
+        artifacts["model"] = str(write_weights(model, ctx.out_dir / "robust_model.safetensors"))
     rb, ra = before[ctx.challenge_id], after[ctx.challenge_id]
     keys = ("clean_accuracy", "robust_accuracy", "robust_accuracy_fgsm", "robust_accuracy_pgd_l2", "attack_success_rate")
     # the check measures at its own ε of interest; also measure both models at the training ε

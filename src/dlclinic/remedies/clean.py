@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.core.atomic import atomic_path
+from dlclinic.core.atomic import atomic_path, write_weights
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.results import CheckResult
 
@@ -95,14 +95,9 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def write_cleaning_artifacts(out_dir: Path, plan: CleaningPlan, cleaned_labels: np.ndarray, eval_rows: np.ndarray, model: Any) -> dict[str, str]:
     """Write the kept train rows (with labels), the kept test rows and the retrained weights."""
-    from safetensors.torch import save_file
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = out_dir / "cleaned_train_rows.csv"
     _atomic_text(rows, "row,label\n" + "".join(f"{int(o)},{int(cleaned_labels[n])}\n" for n, o in enumerate(plan.keep)))
     test_rows = out_dir / "cleaned_test_rows.csv"
     _atomic_text(test_rows, "row\n" + "".join(f"{int(i)}\n" for i in eval_rows))
-    weights = out_dir / "model_treated.safetensors"
-    with atomic_path(weights) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    weights = write_weights(model, out_dir / "model_treated.safetensors")
     return {"cleaned_train_rows": str(rows), "cleaned_test_rows": str(test_rows), "model": str(weights)}

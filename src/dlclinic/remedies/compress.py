@@ -113,11 +113,11 @@ def treat_compression(ctx: TreatContext, params: CompressParams) -> TreatOutcome
             after_model = net
             if ctx.out_dir is not None:
                 from dlclinic.export import export_pt2
-                from dlclinic.functional.compression import save_torch_model
+                from dlclinic.core.atomic import write_weights
 
                 exported = export_pt2(net, test.x[ver][:256], ctx.out_dir / "model_compressed.pt2")
                 artifacts["model"] = str(exported.path)
-                artifacts["weights"] = str(save_torch_model(net, ctx.out_dir / "model_compressed.safetensors"))
+                artifacts["weights"] = str(write_weights(net, ctx.out_dir / "model_compressed.safetensors"))
                 notes.append(f".pt2 verified against the compressed eager model: max |logit diff| {exported.max_abs_logit_diff:.1e}, argmax agreement {exported.argmax_agreement:.1%}")
         correct = logits.argmax(1) == y_test[ver]
         drop, low, high = paired_accuracy_drop(base_correct, correct)

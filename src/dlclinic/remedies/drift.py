@@ -28,7 +28,6 @@ the treatment is for.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +81,7 @@ def _nll(probs: np.ndarray, y: np.ndarray) -> float:
 
 def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     """Trigger file always; recalibration and/or retraining on half of the drifted labelled rows, verified on the other half."""
-    from dlclinic.core.atomic import atomic_path
+    from dlclinic.core.atomic import write_json, write_weights
     from dlclinic.core.inference import predict_logits
     from dlclinic.core.results import Treatment
     from dlclinic.functional.calibration import estimate_ece, fit_temperature
@@ -180,15 +179,9 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     treated = case if model is case.model else dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, {mode} on drifted windows")
     after = before if treated is case else ctx.measure(treated)
     if ctx.out_dir is not None:
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        path = ctx.out_dir / "drift_trigger.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({**trigger, "rows": [int(i) for i in rows]}, indent=2))
-        artifacts["trigger"] = str(path)
+        artifacts["trigger"] = str(write_json(ctx.out_dir / "drift_trigger.json", {**trigger, "rows": [int(i) for i in rows]}))
         if model is not case.model:
-            from dlclinic.functional.compression import save_torch_model
-
-            artifacts["model"] = str(save_torch_model(model, ctx.out_dir / "model_treated.safetensors"))
+            artifacts["model"] = str(write_weights(model, ctx.out_dir / "model_treated.safetensors"))
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=action,

@@ -153,14 +153,9 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
         action = f"retrain with group-balanced sample weights 1/n(group, class) (weights {weights.min():.2f}–{weights.max():.2f}), same recipe and seed"
         notes.append(f"before and after are models trained with the same recipe and seed, compared on the same {len(eval_idx)} held-out test rows")
         if ctx.out_dir is not None:
-            from safetensors.torch import save_file
+            from dlclinic.core.atomic import write_weights
 
-            from dlclinic.core.atomic import atomic_path
-
-            path = ctx.out_dir / "fair_model.safetensors"
-            with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in treated_model.state_dict().items()}, str(tmp))
-            artifacts["model"] = str(path)
+            artifacts["model"] = str(write_weights(treated_model, ctx.out_dir / "fair_model.safetensors"))
     res_before = assess_fairness(case, y_eval, pred_before[eval_idx], g_eval, opts, split="test (held-out half)")
     res_after = assess_fairness(case, y_eval, pred_after, g_eval, opts, split="test (held-out half)", what="treated model")
     acc_b, acc_a = float((pred_before[eval_idx] == y_eval).mean()), float((pred_after == y_eval).mean())

@@ -10,7 +10,6 @@ It also calibrates an OOD rejection threshold (energy score) on held-out test ro
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +76,7 @@ def _chosen(params: GeneralizationParams, result: object, names: tuple[str, ...]
 def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> TreatOutcome:
     """Augmentation retraining verified on the corruption table; OOD threshold calibrated on test."""
     from dlclinic.checks.data_generalization import corruption_table
-    from dlclinic.core.atomic import atomic_path
+    from dlclinic.core.atomic import atomic_path, write_json, write_weights
     from dlclinic.core.inference import predict_logits
     from dlclinic.core.results import Treatment
     from dlclinic.functional.corruptions import SEVERITIES, corruption_names, data_stats
@@ -130,14 +129,7 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     after = ctx.measure(treated)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        from safetensors.torch import save_file
-
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"model": ctx.out_dir / "model_treated.safetensors", "ood_threshold": ctx.out_dir / "ood_threshold.json", "corruption_table": ctx.out_dir / "corruption_before_after.csv"}
-        with atomic_path(paths["model"]) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        with atomic_path(paths["ood_threshold"]) as tmp:
-            tmp.write_text(json.dumps({"score": "energy = -logsumexp(logits)", "reject_if_score_above": threshold, "keeps_in_distribution": params.keep, "calibrated_on": f"{len(test)} test rows, treated model"}, indent=2))
+        paths = {"model": write_weights(model, ctx.out_dir / "model_treated.safetensors"), "ood_threshold": write_json(ctx.out_dir / "ood_threshold.json", {"score": "energy = -logsumexp(logits)", "reject_if_score_above": threshold, "keeps_in_distribution": params.keep, "calibrated_on": f"{len(test)} test rows, treated model"}), "corruption_table": ctx.out_dir / "corruption_before_after.csv"}
         with atomic_path(paths["corruption_table"]) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
         artifacts = {k: str(v) for k, v in paths.items()}

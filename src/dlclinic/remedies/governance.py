@@ -79,13 +79,9 @@ def _write_text(path: Path, text: str) -> str:
 def _save_model(model: Any, path: Path) -> str | None:
     if not hasattr(model, "state_dict"):
         return None
-    from safetensors.torch import save_file
+    from dlclinic.core.atomic import write_weights
 
-    from dlclinic.core.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    return str(path)
+    return str(write_weights(model, path))
 
 
 def _evaluation_report(ctx: TreatContext, case: Any, evaluate: tuple[str, ...], after: Any) -> Any:

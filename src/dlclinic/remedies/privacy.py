@@ -142,18 +142,10 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
     if ctx.out_dir is not None:
         import json
 
-        from safetensors.torch import save_file
+        from dlclinic.core.atomic import write_json, write_weights
 
-        from dlclinic.core.atomic import atomic_path
-
-        path = ctx.out_dir / "dp_model.safetensors"
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        artifacts["model"] = str(path)
-        meta = ctx.out_dir / "dp_budget.json"
-        with atomic_path(meta) as tmp:
-            tmp.write_text(json.dumps({"epsilon_target": params.target_epsilon, "epsilon_spent": spent, "delta": delta, "max_grad_norm": params.max_grad_norm, "epochs": epochs, "notes": notes}, indent=1))
-        artifacts["budget"] = str(meta)
+        artifacts["model"] = str(write_weights(model, ctx.out_dir / "dp_model.safetensors"))
+        artifacts["budget"] = str(write_json(ctx.out_dir / "dp_budget.json", {"epsilon_target": params.target_epsilon, "epsilon_spent": spent, "delta": delta, "max_grad_norm": params.max_grad_norm, "epochs": epochs, "notes": notes}, indent=1))
     rb, ra = before[ctx.challenge_id], after[ctx.challenge_id]
     keys = ("mia_auc", "mia_auc_loss", "mia_auc_calibrated", "mia_tpr_at_low_fpr", "mia_advantage")
     treatment = Treatment(

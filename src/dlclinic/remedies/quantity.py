@@ -22,7 +22,6 @@ data, so expect it to move little — the paired test accuracy is the verificati
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +85,7 @@ def _augmented(x: np.ndarray, y: np.ndarray, policy: str, copies: int, modality:
 
 def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     """Labels-to-buy table from the fitted curve; augmentation chosen on held-out train rows, verified on test."""
-    from dlclinic.core.atomic import atomic_path
+    from dlclinic.core.atomic import write_json, write_weights
     from dlclinic.core.inference import predict_logits
     from dlclinic.core.results import Treatment
     from dlclinic.functional.augment import policies_for
@@ -166,15 +165,10 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
             notes.append(f"{row['target_accuracy']:.1%} accuracy: beyond the curve's floor — not reachable with more data of this kind alone")
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        path = ctx.out_dir / "labels_to_buy.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error"), "curve": "retrained model" if m.get("curve_from_retrained_model") else "proxy (head on embeddings)"}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}}, indent=2))
+        path = write_json(ctx.out_dir / "labels_to_buy.json", {"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error"), "curve": "retrained model" if m.get("curve_from_retrained_model") else "proxy (head on embeddings)"}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}})
         artifacts["labels_to_buy"] = str(path)
         if model is not case.model:
-            from dlclinic.functional.compression import save_torch_model
-
-            artifacts["model"] = str(save_torch_model(model, ctx.out_dir / "model_treated.safetensors"))
+            artifacts["model"] = str(write_weights(model, ctx.out_dir / "model_treated.safetensors"))
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=action,

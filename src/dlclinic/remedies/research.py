@@ -78,7 +78,7 @@ class ReproducibilityParams:
 
 def treat_reproducibility(ctx: TreatContext, params: ReproducibilityParams) -> TreatOutcome:
     """Retrain twice in deterministic mode with one seed; check bit-identity; save weights and manifest."""
-    from dlclinic.core.atomic import atomic_path
+    from dlclinic.core.atomic import write_weights
     from dlclinic.core.determinism import compare_state_dicts, deterministic_mode
     from dlclinic.core.manifest import build_manifest, write_manifest
     from dlclinic.core.results import Treatment
@@ -100,12 +100,7 @@ def treat_reproducibility(ctx: TreatContext, params: ReproducibilityParams) -> T
     artifacts: dict[str, str] = {}
     config = ctx.fit_config.to_dict() if hasattr(ctx.fit_config, "to_dict") else {}
     if ctx.out_dir is not None:
-        from safetensors.torch import save_file
-
-        wpath = ctx.out_dir / "model.safetensors"
-        with atomic_path(wpath) as tmp:
-            save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(tmp))
-        artifacts["weights"] = str(wpath)
+        artifacts["weights"] = str(write_weights(a, ctx.out_dir / "model.safetensors"))
         manifest = build_manifest(case=case, model=a, seeds={"fit": seed}, config={"fit": config, "recipe": ctx.recipe, "deterministic_mode": True}, extra={"bit_identical_rerun": diff.identical})
         artifacts["manifest"] = str(write_manifest(ctx.out_dir / "manifest.json", manifest))
     after = ctx.measure(case.with_model(a, f"{case.model_source.replace(', from cache', '')}, retrained in deterministic mode (seed {seed})"))

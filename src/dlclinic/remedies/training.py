@@ -23,7 +23,6 @@ safetensors, written atomically.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,27 +40,17 @@ __all__ = ["BATCHNORM", "CONVERGENCE", "GRADIENTS", "NONCONVEX", "OVERFITTING", 
 def _save_model(out_dir: Path | None, model: Any, name: str = "model.safetensors") -> dict[str, str]:
     if out_dir is None:
         return {}
-    from safetensors.torch import save_file
+    from dlclinic.core.atomic import write_weights
 
-    from dlclinic.core.atomic import atomic_path
-
-    path = Path(out_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
-    return {"model": str(path)}
+    return {"model": str(write_weights(model, Path(out_dir) / name))}
 
 
 def _save_json(out_dir: Path | None, name: str, payload: Any) -> dict[str, str]:
     if out_dir is None:
         return {}
-    from dlclinic.core.atomic import atomic_path
+    from dlclinic.core.atomic import write_json
 
-    path = Path(out_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(payload, indent=1))
-    return {name.rsplit(".", 1)[0]: str(path)}
+    return {name.rsplit(".", 1)[0]: str(write_json(Path(out_dir) / name, payload, indent=1))}
 
 
 def _factory(ctx: TreatContext, what: str) -> Any:

@@ -171,12 +171,12 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
         from dlclinic.core.atomic import atomic_path
-        from dlclinic.functional.compression import save_torch_model
+        from dlclinic.core.atomic import write_weights
 
         with atomic_path(ctx.out_dir / "best_hyperparameters.json") as tmp:
             tmp.write_text(json.dumps({"best": result.best_params, "current": result.baseline_params, "val_accuracy": {"best": result.best_accuracy, "current": result.baseline_accuracy}, "importances": result.importances, "fit_config": best_cfg.to_dict(), "trials": result.trials}, indent=2, default=str))
         artifacts["hyperparameters"] = str(ctx.out_dir / "best_hyperparameters.json")
-        artifacts["weights"] = str(save_torch_model(model, ctx.out_dir / "model_tuned.safetensors"))
+        artifacts["weights"] = str(write_weights(model, ctx.out_dir / "model_tuned.safetensors"))
         if storage and storage.startswith("sqlite:///"):
             artifacts["study"] = storage
     treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}, retrained with tuned hyperparameters")
@@ -255,7 +255,8 @@ def _space(case: Any) -> tuple[str, Callable[[Any], Callable[[], Any]]]:
 def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOutcome:
     """Multi-objective search, then retrain the smallest model within tolerance and verify."""
     from dlclinic.core.results import Treatment
-    from dlclinic.functional.compression import parameter_count, save_torch_model
+    from dlclinic.core.atomic import write_weights
+    from dlclinic.functional.compression import parameter_count
     from dlclinic.functional.search import make_study, train_eval
     from dlclinic.remedies.fit import fit
 
@@ -298,7 +299,7 @@ def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOu
         with atomic_path(ctx.out_dir / "architecture.json") as tmp:
             tmp.write_text(json.dumps({"family": family, "chosen": chosen.params, "pareto_front": [{"trial": n, "val_accuracy": a, "params": p, **ps} for n, a, p, ps in front]}, indent=2, default=str))
         artifacts["architecture"] = str(ctx.out_dir / "architecture.json")
-        artifacts["weights"] = str(save_torch_model(model, ctx.out_dir / "model_searched.safetensors"))
+        artifacts["weights"] = str(write_weights(model, ctx.out_dir / "model_searched.safetensors"))
         try:
             from dlclinic.export import export_pt2
 
