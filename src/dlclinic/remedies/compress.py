@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,12 +126,10 @@ def treat_compression(ctx: TreatContext, params: CompressParams) -> TreatOutcome
         if high > params.max_accuracy_drop:
             notes.append(f"on the verification rows the drop's upper CI end ({high:+.2%}) exceeds the tolerance; treat the choice as provisional and verify on more data")
     if ctx.out_dir is not None:
-        from dlclinic.core.atomic import atomic_path
+        from dlclinic.core.atomic import write_json
 
         table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(v).items()} for v in sweep.variants]
-        with atomic_path(ctx.out_dir / "compression.json") as tmp:
-            tmp.write_text(json.dumps({"chosen": chosen.name if chosen else None, "verified": verified, "variants": table, "notes": notes}, indent=2, default=float))
-        artifacts["table"] = str(ctx.out_dir / "compression.json")
+        artifacts["table"] = str(write_json(ctx.out_dir / "compression.json", {"chosen": chosen.name if chosen else None, "verified": verified, "variants": table, "notes": notes}, default=float))
         shutil.rmtree(work, ignore_errors=True)
     treated = dataclasses.replace(case, model=after_model, model_source=f"{case.model_source}, compressed ({chosen.name if chosen else 'unchanged'})")
     after = ctx.measure(treated)

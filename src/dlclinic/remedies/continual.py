@@ -11,7 +11,6 @@ result for the winning strategy, so before/after are read off the same accuracy 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +44,7 @@ class ForgettingParams:
 def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcome:
     """Run naive and each strategy over seeds; report the best one's accuracy matrix as the after-state."""
     from dlclinic.checks.optimization_forgetting import ForgettingOptions, result_from_arrays, run_sequence
-    from dlclinic.core.atomic import atomic_path
+    from dlclinic.core.atomic import write_json
     from dlclinic.core.results import Treatment
 
     case = ctx.case
@@ -68,11 +67,8 @@ def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcom
     after = dataclasses.replace(before, challenges=tuple(after_res if r.id == ctx.challenge_id else r for r in before.challenges))
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        path = ctx.out_dir / "continual_comparison.json"
         payload = {s: {"seeds": [{"matrix": r["matrix"].tolist(), "average_accuracy": float(r["summary"][0]), "bwt": float(r["summary"][1]), "forgetting": float(r["summary"][2])} for r in rs]} for s, rs in runs.items()}
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"best": best, "memory": params.memory, "strategies": payload}, indent=2))
-        artifacts["comparison"] = str(path)
+        artifacts["comparison"] = str(write_json(ctx.out_dir / "continual_comparison.json", {"best": best, "memory": params.memory, "strategies": payload}))
     n = params.seeds
     table = "; ".join(f"{s}: avg acc {summary[s][0]:.1%}, BWT {summary[s][1]:+.1%}" for s in strategies)
     treatment = Treatment(

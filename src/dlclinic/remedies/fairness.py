@@ -162,14 +162,9 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
     after_case = dataclasses.replace(case, model=treated_model, model_source=f"{case.model_source}, {method}") if method == "reweight" else case
     after = ctx.measure(after_case) if method == "reweight" else dataclasses.replace(before, challenges=tuple(res_after if r.id == ctx.challenge_id else r for r in before.challenges))
     if ctx.out_dir is not None:
-        import json
+        from dlclinic.core.atomic import write_json
 
-        from dlclinic.core.atomic import atomic_path
-
-        path = ctx.out_dir / "fairness_before_after.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"method": method, "eval_rows": eval_idx.tolist(), "before": res_before.to_dict(), "after": res_after.to_dict()}, indent=1))
-        artifacts["before_after"] = str(path)
+        artifacts["before_after"] = str(write_json(ctx.out_dir / "fairness_before_after.json", {"method": method, "eval_rows": eval_idx.tolist(), "before": res_before.to_dict(), "after": res_after.to_dict()}, indent=1))
     keys = ("accuracy_gap", "equalized_odds_difference", "demographic_parity_difference", "worst_group_accuracy")
     treatment = Treatment(
         challenge_id=ctx.challenge_id,

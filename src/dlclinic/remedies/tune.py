@@ -170,12 +170,9 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
     acc_old, acc_new, ci = _verify(ctx, reference, model)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        from dlclinic.core.atomic import atomic_path
-        from dlclinic.core.atomic import write_weights
+        from dlclinic.core.atomic import write_json, write_weights
 
-        with atomic_path(ctx.out_dir / "best_hyperparameters.json") as tmp:
-            tmp.write_text(json.dumps({"best": result.best_params, "current": result.baseline_params, "val_accuracy": {"best": result.best_accuracy, "current": result.baseline_accuracy}, "importances": result.importances, "fit_config": best_cfg.to_dict(), "trials": result.trials}, indent=2, default=str))
-        artifacts["hyperparameters"] = str(ctx.out_dir / "best_hyperparameters.json")
+        artifacts["hyperparameters"] = str(write_json(ctx.out_dir / "best_hyperparameters.json", {"best": result.best_params, "current": result.baseline_params, "val_accuracy": {"best": result.best_accuracy, "current": result.baseline_accuracy}, "importances": result.importances, "fit_config": best_cfg.to_dict(), "trials": result.trials}, default=str))
         artifacts["weights"] = str(write_weights(model, ctx.out_dir / "model_tuned.safetensors"))
         if storage and storage.startswith("sqlite:///"):
             artifacts["study"] = storage
@@ -294,11 +291,9 @@ def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOu
     acc_old, acc_new, ci = _verify(ctx, reference, model)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        from dlclinic.core.atomic import atomic_path
+        from dlclinic.core.atomic import write_json
 
-        with atomic_path(ctx.out_dir / "architecture.json") as tmp:
-            tmp.write_text(json.dumps({"family": family, "chosen": chosen.params, "pareto_front": [{"trial": n, "val_accuracy": a, "params": p, **ps} for n, a, p, ps in front]}, indent=2, default=str))
-        artifacts["architecture"] = str(ctx.out_dir / "architecture.json")
+        artifacts["architecture"] = str(write_json(ctx.out_dir / "architecture.json", {"family": family, "chosen": chosen.params, "pareto_front": [{"trial": n, "val_accuracy": a, "params": p, **ps} for n, a, p, ps in front]}, default=str))
         artifacts["weights"] = str(write_weights(model, ctx.out_dir / "model_searched.safetensors"))
         try:
             from dlclinic.export import export_pt2
