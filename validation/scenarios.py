@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from validation.data import Splits, blobs, split
+from validation.data import Splits, blobs, redundant_pool, split
 from validation.plan import Defect, Plan, Trial, case_from, default_fit, fast_fit, flip_labels, mean_shift, memorise_fit, rng_for
 
 __all__ = ["NOT_VALIDATED", "PLANS", "Defect", "Plan", "Trial", "fast_fit", "plan_for"]
@@ -179,30 +179,17 @@ def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
 # ----------------------------------------------------------------------------- data.labeling_cost
 
 
-def _redundant_pool(n: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """80 % of rows in one far easy cluster, the rest split by an oblique boundary (tests/test_labeling_cost.py)."""
-    rng = np.random.default_rng(seed)
-    n_easy = int(0.8 * n)
-    x_easy = rng.normal(size=(n_easy, d)) * 0.5 + 8.0
-    x_hard = rng.normal(size=(n - n_easy, d))
-    y_hard = np.where(x_hard[:, 0] + 0.5 * x_hard[:, 1] > 0, 1, 2)
-    order = rng.permutation(n)
-    x = np.concatenate([x_easy, x_hard]).astype(np.float32)[order]
-    y = np.concatenate([np.zeros(n_easy, dtype=np.int64), y_hard])[order]
-    return x, y
-
-
 def labeling_clean(modality: str, seed: int) -> Trial:
     """A pool where active learning pays off (redundant easy cluster, informative boundary)."""
-    x, y = _redundant_pool(1500, seed=2 * seed)
-    xt, yt = _redundant_pool(600, seed=2 * seed + 1)
+    x, y = redundant_pool(1500, seed=2 * seed)
+    xt, yt = redundant_pool(600, seed=2 * seed + 1)
     return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
 
 
 def labeling_uninformative(modality: str, p: float, seed: int) -> Trial:
     """The same pool with a fraction ``p`` of pool and test labels replaced by coin flips: nothing left to choose well."""
-    x, y = _redundant_pool(1500, seed=2 * seed)
-    xt, yt = _redundant_pool(600, seed=2 * seed + 1)
+    x, y = redundant_pool(1500, seed=2 * seed)
+    xt, yt = redundant_pool(600, seed=2 * seed + 1)
     rng = _rng(seed, p, 6)
     for arr in (y, yt):
         rows = rng.random(len(arr)) < p
