@@ -161,8 +161,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     Per seed, each strategy's labels saved against random come from
     :func:`~dlclinic.functional.active_learning.labels_saved` on the monotone (isotonic)
     fits of the curves, read at the accuracy both curves reach (the lower of the two final
-    accuracies, minus one test sample); a strategy that never reaches it within the budget
-    counts as saving ``random's count − budget`` (an upper bound, ≤ 0). A strategy whose
+    accuracies, minus one test sample, so both curves always reach it). A strategy whose
     final accuracy is reliably below random's (paired mean + std < −one test sample) does
     not pay off however early it plateaus. The best strategy is the one with the highest
     ``mean − std`` over seeds; active learning pays off when that lower bound is above
@@ -189,20 +188,10 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     rand = acc["random"]
     seeds = rand.shape[0]
     tol = options.tolerance if options.tolerance is not None else 1.0 / len(test)
-    need_random = np.array([labels_to_reach(n, rand[i], monotone=True, tolerance=tol) for i in range(seeds)])
-
-    saved: dict[str, np.ndarray] = {}
-    never: dict[str, int] = {}
-    for s in options.strategies:
-        if s == "random":
-            continue
-        # target: the accuracy both curves reach (the lower final, minus one test sample). On a
-        # plateau random's last-round accuracy is evaluation noise, and a strategy that got to the
-        # plateau in two rounds must not count as "never reaching" a lucky last round.
-        vals = np.array([labels_saved(n, rand[i], n, acc[s][i], monotone=True, tolerance=tol, common=True) for i in range(seeds)])
-        never[s] = int(np.isnan(vals).sum())
-        # never reached the target within the budget: it needed more than all of it
-        saved[s] = np.where(np.isnan(vals), need_random - float(n[-1]), vals)
+    # target: the accuracy both curves reach (the lower final, minus one test sample). On a
+    # plateau random's last-round accuracy is evaluation noise, and a strategy that got to the
+    # plateau in two rounds must not count as "never reaching" a lucky last round.
+    saved = {s: np.array([labels_saved(n, rand[i], n, acc[s][i], monotone=True, tolerance=tol, common=True) for i in range(seeds)]) for s in options.strategies if s != "random"}
 
     # the other reading of the same curves: accuracy at equal budget, paired by seed. When random's
     # curve is flat, "labels to reach it" is noisy while the accuracy gap is not.
@@ -215,7 +204,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     best_mean, best_std = stats[best]
     # the denominator at the same target as the savings: random's labels to the accuracy both curves reach
     ref = float(np.mean([labels_to_reach(n, rand[i], common_target(rand[i], acc[best][i], monotone=True, tolerance=tol), monotone=True) for i in range(seeds)]))
-    pays_off = never[best] == 0 and not_worse[best] and best_mean - best_std > options.warn_saved_fraction * ref
+    pays_off = not_worse[best] and best_mean - best_std > options.warn_saved_fraction * ref
     best_acc = max(acc_gain, key=lambda s: acc_gain[s][0] - acc_gain[s][1])
     gain_mean, gain_std = acc_gain[best_acc]
     pays_by_accuracy = gain_mean - gain_std > min_gain
@@ -244,7 +233,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         if s in stats:
             metrics[f"labels_saved_{s}_mean"], metrics[f"labels_saved_{s}_std"] = stats[s]
     pct = 100 * best_mean / ref if ref > 0 else math.nan
-    per_strategy = {s: {"labels_saved_mean": stats[s][0], "labels_saved_std": stats[s][1], "seeds_never_reached": never[s]} for s in stats}
+    per_strategy = {s: {"labels_saved_mean": stats[s][0], "labels_saved_std": stats[s][1]} for s in stats}
     gain = f" At the end of the budget, random labelling gains {1e4 * slope:+.2f} accuracy points per 100 extra labels." if math.isfinite(slope) else ""
     reached = f"the accuracy both it and random labelling reach (at most random's final {random_curve[-1]:.1%} with {int(n[-1])} labels; random needed {ref:.0f} labels for it on average)"
     extra = {"best_strategy": best, "strategies": per_strategy}
@@ -279,8 +268,7 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         if s not in stats:
             return "reference"
         m, sd = stats[s]
-        note = f" (never reached in {never[s]}/{seeds} seeds)" if never[s] else ""
-        return f"{m:+.0f} ± {sd:.0f}{note}"
+        return f"{m:+.0f} ± {sd:.0f}"
 
     return CheckResult(
         id=_ID,
