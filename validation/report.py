@@ -16,11 +16,16 @@ __all__ = ["compact", "document", "markdown", "write_all"]
 SCHEMA_VERSION = 1
 
 
+def utc_now() -> str:
+    """The current UTC time as an ISO-8601 string with a ``Z`` (the stamp every table entry carries)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def document(checks: Mapping[str, Any], *, settings: Mapping[str, Any], wall_seconds: float, workers: int, trials: int) -> dict[str, Any]:
     """The full JSON document of one run."""
     import dlclinic
 
-    generated = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    generated = utc_now()
     for entry in checks.values():  # merged entries keep the settings of the run that measured them
         if isinstance(entry, dict):
             entry.setdefault("settings", dict(settings))
