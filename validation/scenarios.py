@@ -26,13 +26,6 @@ from validation.plan import Defect, Plan, Trial, case_from, default_fit, fast_fi
 __all__ = ["NOT_VALIDATED", "PLANS", "Defect", "Plan", "Trial", "fast_fit", "plan_for"]
 
 
-_fast_fit = fast_fit
-_case = case_from
-_rng = rng_for
-_memorise_fit = memorise_fit
-_default_fit = default_fit
-
-
 # ----------------------------------------------------------------------------- data.quality
 
 
@@ -41,29 +34,29 @@ def _quality_splits(modality: str, seed: int) -> Splits:
 
 
 def quality_clean(modality: str, seed: int) -> Trial:
-    return Trial(_case(_quality_splits(modality, seed), modality))
+    return Trial(case_from(_quality_splits(modality, seed), modality))
 
 
 def quality_label_noise(modality: str, p: float, seed: int) -> Trial:
     s = _quality_splits(modality, seed)
     k = int(max(s.y_train.max(), s.y_test.max())) + 1
-    y, rows = flip_labels(s.y_train, p, k, _rng(seed, p, 1))
-    return Trial(_case(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": rows.tolist()})
+    y, rows = flip_labels(s.y_train, p, k, rng_for(seed, p, 1))
+    return Trial(case_from(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": rows.tolist()})
 
 
 def quality_test_leak(modality: str, p: float, seed: int) -> Trial:
     s = _quality_splits(modality, seed)
-    rng = _rng(seed, p, 2)
+    rng = rng_for(seed, p, 2)
     rows = np.sort(rng.choice(len(s.x_test), size=max(1, int(round(p * len(s.x_test)))), replace=False))
     src = rng.choice(len(s.x_train), size=len(rows), replace=False)
     xt, yt = s.x_test.copy(), s.y_test.copy()
     xt[rows], yt[rows] = s.x_train[src], s.y_train[src]
-    return Trial(_case(Splits(s.x_train, s.y_train, xt, yt, s.x_deploy, s.y_deploy), modality), truth={"test": rows.tolist()})
+    return Trial(case_from(Splits(s.x_train, s.y_train, xt, yt, s.x_deploy, s.y_deploy), modality), truth={"test": rows.tolist()})
 
 
 def quality_duplicates(modality: str, p: float, seed: int) -> Trial:
     s = _quality_splits(modality, seed)
-    rng = _rng(seed, p, 3)
+    rng = rng_for(seed, p, 3)
     n = len(s.x_train)
     rows = np.sort(rng.choice(n, size=int(round(p * n)), replace=False))
     pool = np.setdiff1d(np.arange(n), rows)
@@ -83,7 +76,7 @@ def quality_duplicates(modality: str, p: float, seed: int) -> Trial:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     redundant = sorted(i for i in parent if find(i) != i)
-    return Trial(_case(Splits(x, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": redundant})
+    return Trial(case_from(Splits(x, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": redundant})
 
 
 # ----------------------------------------------------------------------------- data.generalization
@@ -96,19 +89,19 @@ _SHIFT_ONLY = {"corruptions": False}
 
 
 def generalization_clean(modality: str, seed: int) -> Trial:
-    return Trial(_case(split(modality, seed), modality), options=_SHIFT_ONLY)
+    return Trial(case_from(split(modality, seed), modality), options=_SHIFT_ONLY)
 
 
 def generalization_shift(modality: str, sigma: float, seed: int) -> Trial:
     s = split(modality, seed)
     xd = mean_shift(s.x_deploy, s.x_train, sigma, modality)
-    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY)
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY)
 
 
 def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
     """A fraction of deploy rows replaced by rows of another data set (OOD), scored per row."""
     s = split(modality, seed)
-    rng = _rng(seed, p, 4)
+    rng = rng_for(seed, p, 4)
     rows = np.sort(rng.choice(len(s.x_deploy), size=int(round(p * len(s.x_deploy))), replace=False))
     xd = s.x_deploy.copy()
     if modality == "image":  # inverted, transposed digits: same pixels statistics range, other shapes
@@ -116,7 +109,7 @@ def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
     else:  # rows whose features are permuted: every marginal in range, the joint broken
         for r in rows:
             xd[r] = xd[r][rng.permutation(xd.shape[1])]
-    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY, truth={"deploy": rows.tolist()})
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY, truth={"deploy": rows.tolist()})
 
 
 # ----------------------------------------------------------------------------- deployment.drift
@@ -127,7 +120,7 @@ def _drift_splits(modality: str, seed: int) -> Splits:
 
 
 def drift_clean(modality: str, seed: int) -> Trial:
-    return Trial(_case(_drift_splits(modality, seed), modality))
+    return Trial(case_from(_drift_splits(modality, seed), modality))
 
 
 def drift_shift(modality: str, sigma: float, seed: int) -> Trial:
@@ -135,7 +128,7 @@ def drift_shift(modality: str, sigma: float, seed: int) -> Trial:
     h = len(s.x_deploy) // 2
     xd = s.x_deploy.copy()
     xd[h:] = mean_shift(xd[h:], s.x_train, sigma, modality)
-    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality))
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality))
 
 
 def drift_concept(modality: str, p: float, seed: int) -> Trial:
@@ -144,8 +137,8 @@ def drift_concept(modality: str, p: float, seed: int) -> Trial:
     h = len(s.x_deploy) // 2
     k = int(s.y_train.max()) + 1
     yd = s.y_deploy.copy()
-    yd[h:], _ = flip_labels(yd[h:], p, k, _rng(seed, p, 5))
-    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_deploy, yd), modality))
+    yd[h:], _ = flip_labels(yd[h:], p, k, rng_for(seed, p, 5))
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_deploy, yd), modality))
 
 
 # ----------------------------------------------------------------------------- data.quantity
@@ -161,7 +154,7 @@ def quantity_clean(modality: str, seed: int) -> Trial:
         x, y = blobs(1500, d=4, sep=6.0, seed=3 + 100 * seed)
         xt, yt = blobs(600, d=4, sep=6.0, seed=4 + 100 * seed)
         s = Splits(x, y, xt, yt, x[:0], y[:0])
-    return Trial(_case(s, modality, deploy=False), fit=_default_fit())
+    return Trial(case_from(s, modality, deploy=False), fit=default_fit())
 
 
 def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
@@ -173,7 +166,7 @@ def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
         x, y = blobs(int(rows), d=40, sep=0.25, seed=1 + 100 * seed)
         xt, yt = blobs(600, d=40, sep=0.25, seed=2 + 100 * seed)
         s = Splits(x, y, xt, yt, x[:0], y[:0])
-    return Trial(_case(s, modality, deploy=False), fit=_default_fit())
+    return Trial(case_from(s, modality, deploy=False), fit=default_fit())
 
 
 # ----------------------------------------------------------------------------- data.labeling_cost
@@ -183,18 +176,18 @@ def labeling_clean(modality: str, seed: int) -> Trial:
     """A pool where active learning pays off (redundant easy cluster, informative boundary)."""
     x, y = redundant_pool(1500, seed=2 * seed)
     xt, yt = redundant_pool(600, seed=2 * seed + 1)
-    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
+    return Trial(case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
 
 
 def labeling_uninformative(modality: str, p: float, seed: int) -> Trial:
     """The same pool with a fraction ``p`` of pool and test labels replaced by coin flips: nothing left to choose well."""
     x, y = redundant_pool(1500, seed=2 * seed)
     xt, yt = redundant_pool(600, seed=2 * seed + 1)
-    rng = _rng(seed, p, 6)
+    rng = rng_for(seed, p, 6)
     for arr in (y, yt):
         rows = rng.random(len(arr)) < p
         arr[rows] = rng.integers(0, 3, size=int(rows.sum()))
-    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
+    return Trial(case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False))
 
 
 # ----------------------------------------------------------------------------- deployment.monitoring
@@ -204,29 +197,29 @@ def monitoring_clean(modality: str, seed: int) -> Trial:
     """Windows of 400 predictions on a 1,000-row reference: a 10-point drop is visible."""
     x, y = blobs(600, d=8, sep=3.0, seed=10 + 100 * seed)
     xt, yt = blobs(1000, d=8, sep=3.0, seed=11 + 100 * seed)
-    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": 400})
+    return Trial(case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": 400})
 
 
 def monitoring_blind(modality: str, window: float, seed: int) -> Trial:
     """A hard task (accuracy far from 1) watched through windows of ``window`` predictions."""
     x, y = blobs(600, d=8, sep=1.0, seed=10 + 100 * seed)
     xt, yt = blobs(1000, d=8, sep=1.0, seed=11 + 100 * seed)
-    return Trial(_case(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": int(window), "rows": max(40, int(window))})
+    return Trial(case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": int(window), "rows": max(40, int(window))})
 
 
 # ----------------------------------------------------------------------------- model.overfitting
 
 
 def overfitting_clean(modality: str, seed: int) -> Trial:
-    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), fit=_default_fit())
+    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), fit=default_fit())
 
 
 def overfitting_memorised_noise(modality: str, p: float, seed: int) -> Trial:
     """Train labels flipped at rate ``p`` and a recipe that fits every one: a train/test gap of about ``p``."""
     s = split(modality, seed, (0.5, 0.5, 0.0))
     k = int(s.y_train.max()) + 1
-    y, _ = flip_labels(s.y_train, p, k, _rng(seed, p, 7))
-    return Trial(_case(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality, deploy=False), fit=_memorise_fit())
+    y, _ = flip_labels(s.y_train, p, k, rng_for(seed, p, 7))
+    return Trial(case_from(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality, deploy=False), fit=memorise_fit())
 
 
 # ----------------------------------------------------------------------------- ethics.fairness
@@ -239,7 +232,7 @@ def _groups(n: int, seed: int) -> np.ndarray:
 def fairness_clean(modality: str, seed: int) -> Trial:
     """Groups drawn at random: no group can be treated worse."""
     s = split(modality, seed, (0.5, 0.5, 0.0))
-    return Trial(_case(s, modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": _groups(len(s.y_test), seed + 7919)}))
+    return Trial(case_from(s, modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": _groups(len(s.y_test), seed + 7919)}))
 
 
 def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
@@ -249,9 +242,9 @@ def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
     k = int(s.y_train.max()) + 1
     yt = s.y_test.copy()
     b = np.flatnonzero(g_test == "B")
-    yb, _ = flip_labels(yt[b], p, k, _rng(seed, p, 8))
+    yb, _ = flip_labels(yt[b], p, k, rng_for(seed, p, 8))
     yt[b] = yb
-    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, yt, s.x_deploy, s.y_deploy), modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": g_test}))
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, yt, s.x_deploy, s.y_deploy), modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": g_test}))
 
 
 # ----------------------------------------------------------------------------- data.privacy
@@ -267,15 +260,15 @@ def privacy_clean(modality: str, seed: int) -> Trial:
     k = int(s.y_train.max()) + 1
     mod = "image" if modality in ("image", "mnist") else "table"
     seed_everything(seed)
-    model = fit(baseline_for(shape, k, mod), s.x_deploy, s.y_deploy, _memorise_fit()).model
-    return Trial(_case(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False, model=model))
+    model = fit(baseline_for(shape, k, mod), s.x_deploy, s.y_deploy, memorise_fit()).model
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False, model=model))
 
 
 def privacy_membership(modality: str, rows: float, seed: int) -> Trial:
     """A model that memorises ``rows`` train rows (fewer rows, more leakage)."""
     s = split(modality, seed, (0.35, 0.3, 0.35))
     n = int(rows)
-    return Trial(_case(Splits(s.x_train[:n], s.y_train[:n], s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False), fit=_memorise_fit())
+    return Trial(case_from(Splits(s.x_train[:n], s.y_train[:n], s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False), fit=memorise_fit())
 
 
 # ----------------------------------------------------------------------------- model.gradients
@@ -298,7 +291,7 @@ def _deep_sigmoid(in_shape: tuple[int, ...], k: int, depth: int) -> Any:
 
 
 def gradients_clean(modality: str, seed: int) -> Trial:
-    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
+    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
 
 
 def gradients_vanishing(modality: str, depth: float, seed: int) -> Trial:
@@ -306,7 +299,7 @@ def gradients_vanishing(modality: str, depth: float, seed: int) -> Trial:
 
     s = split(modality, seed, (0.5, 0.5, 0.0))
     factory = functools.partial(_deep_sigmoid, tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, int(depth))
-    return Trial(_case(s, modality, deploy=False, model=factory(), model_factory=factory))
+    return Trial(case_from(s, modality, deploy=False, model=factory(), model_factory=factory))
 
 
 # ----------------------------------------------------------------------------- optimization.batchnorm
@@ -331,7 +324,7 @@ def _bn_model(s: Splits, modality: str, seed: int) -> Any:
     else:  # standardise outside the model: BN-MLP inputs
         net = _bn_mlp(s.x_train.shape[1], k)
         x = s.x_train
-    return fit(net, x, s.y_train, _fast_fit()).model
+    return fit(net, x, s.y_train, fast_fit()).model
 
 
 def _standardised(s: Splits, modality: str) -> Splits:
@@ -344,7 +337,7 @@ def _standardised(s: Splits, modality: str) -> Splits:
 
 def batchnorm_clean(modality: str, seed: int) -> Trial:
     s = _standardised(split(modality, seed, (0.5, 0.5, 0.0)), modality)
-    return Trial(_case(s, modality, deploy=False, model=_bn_model(s, modality, seed)))
+    return Trial(case_from(s, modality, deploy=False, model=_bn_model(s, modality, seed)))
 
 
 def batchnorm_stale(modality: str, sigma: float, seed: int) -> Trial:
@@ -357,7 +350,7 @@ def batchnorm_stale(modality: str, sigma: float, seed: int) -> Trial:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean += sigma * m.running_var.sqrt()
-    return Trial(_case(s, modality, deploy=False, model=model))
+    return Trial(case_from(s, modality, deploy=False, model=model))
 
 
 # ----------------------------------------------------------------------------- model.interpretability
@@ -368,7 +361,7 @@ def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Spl
     corner; tables: an extra column) that equals the label on a ``share`` of the rows of every split and
     is a coin flip elsewhere (``share = 0``: pure noise, the clean case). A model takes the marker when
     it is the easiest cue, which is what a shortcut is; the check must see that it leans on it."""
-    rng = _rng(seed, share, 9)
+    rng = rng_for(seed, share, 9)
 
     def mark(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if modality in ("image", "mnist"):
@@ -394,24 +387,24 @@ def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Spl
 
 def interpretability_clean(modality: str, seed: int) -> Trial:
     s, opts = _with_marker(split(modality, seed, (0.5, 0.5, 0.0)), modality, 0.0, seed)
-    return Trial(_case(s, modality, deploy=False), options=opts)
+    return Trial(case_from(s, modality, deploy=False), options=opts)
 
 
 def interpretability_shortcut(modality: str, share: float, seed: int) -> Trial:
     s, opts = _with_marker(split(modality, seed, (0.5, 0.5, 0.0)), modality, share, seed)
-    return Trial(_case(s, modality, deploy=False), options=opts)
+    return Trial(case_from(s, modality, deploy=False), options=opts)
 
 
 # ----------------------------------------------------------------------------- optimization.convergence
 
 
 def convergence_clean(modality: str, seed: int) -> Trial:
-    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
+    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
 
 
 def convergence_lr_high(modality: str, lr: float, seed: int) -> Trial:
     """The monitored run uses a learning rate ``lr`` (the recipe's is 2e-3)."""
-    return Trial(_case(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), options={"lr": float(lr)})
+    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), options={"lr": float(lr)})
 
 
 _OWN_PLANS: tuple[Plan, ...] = (
