@@ -154,7 +154,6 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     full_err = float(err[n == n.max()].mean())
     gain = law.gain_from_doubling(n_full)
     metrics: dict[str, float | int | bool | None] = {
-        "curve_from_retrained_model": mode == "model",
         "train_size": int(n_full),
         "error_at_full_size": full_err,
         "power_law_a": law.a,

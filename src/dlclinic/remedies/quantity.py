@@ -156,7 +156,7 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
         treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained with {chosen} augmentation")
         after = ctx.measure(treated)
         notes.append("data.quantity describes the data (its learning curve), so its status moves little after augmentation: the paired test accuracy above is the verification")
-    if buy and not m.get("curve_from_retrained_model", False):
+    if buy and not m.get("retrained_model", False):
         notes.append("the labels-to-buy figures invert the proxy learning curve (a head on the model's embeddings, which learned from every train row): it is flatter than the model's own curve, so read them as a lower bound on what more data gives; run the check with --option data.quantity.mode=model for the retrained-model curve")
     for row in buy:
         if row["reachable"]:
@@ -165,7 +165,7 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
             notes.append(f"{row['target_accuracy']:.1%} accuracy: beyond the curve's floor — not reachable with more data of this kind alone")
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        path = write_json(ctx.out_dir / "labels_to_buy.json", {"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error"), "curve": "retrained model" if m.get("curve_from_retrained_model") else "proxy (head on embeddings)"}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}})
+        path = write_json(ctx.out_dir / "labels_to_buy.json", {"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error"), "curve": "retrained model" if m.get("retrained_model") else "proxy (head on embeddings)"}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}})
         artifacts["labels_to_buy"] = str(path)
         if model is not case.model:
             artifacts["model"] = str(write_weights(model, ctx.out_dir / "model_treated.safetensors"))
