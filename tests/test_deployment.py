@@ -334,3 +334,12 @@ def test_treat_drift_without_labels_writes_the_rows_to_label_and_changes_nothing
     assert "label" in " ".join(treatment.notes) and json.loads((tmp_path / "t" / "drift_trigger.json").read_text())["rows_to_label"] > 0
     with pytest.raises(dlclinic.ConfigError, match="needs labels"):
         dlclinic.treat(case, "deployment.drift", fit_config=FAST, cache_dir=tmp_path / "c", params={"mode": "retrain"})
+
+
+def test_treat_drift_on_a_stationary_stream_changes_nothing(tmp_path: Path) -> None:
+    train, test, deploy = _splits(shift_from=None)
+    case = Case.from_arrays(train, test, deploy, model=_net(), model_factory=_factory)
+    treatment, before, after = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FAST, cache_dir=tmp_path / "c")
+    assert before["deployment.drift"].status == "ok" and after is before
+    assert treatment.before["drifted_rows"] == 0 and "model" not in treatment.artifacts
+    assert json.loads((tmp_path / "t" / "drift_trigger.json").read_text())["rows"] == []
