@@ -22,7 +22,21 @@ from pathlib import Path
 
 def _run(cache: Path, out: Path) -> tuple[float, dict]:  # type: ignore[type-arg]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dlclinic.cli", "checkup", "--demo", "--quiet", "--cache-dir", str(cache), "--out", str(out)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dlclinic.cli",
+            "checkup",
+            "--demo",
+            "--quiet",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
     wall = time.perf_counter() - start
     return wall, json.loads((out / "report.json").read_text())
 
@@ -40,9 +54,15 @@ def main() -> None:
             colds.append(cold)
             warms.append(warm)
     cold, warm = statistics.median(colds), statistics.median(warms)
-    print(f"demo checkup, cold cache : {cold:6.1f} s  (model {rep_cold['timings']['model']:.1f} s, evidence {rep_cold['timings']['evidence']:.1f} s, checks {rep_cold['timings']['checks']:.1f} s)")
-    print(f"demo checkup, warm cache : {warm:6.1f} s  (model {rep_warm['timings']['model']:.1f} s, evidence {rep_warm['timings']['evidence']:.1f} s, checks {rep_warm['timings']['checks']:.1f} s)")
-    print(f"speed-up cold/warm       : {cold / warm:6.2f}x  (median of {args.repeats} repeat(s); process start and imports included)")
+    print(
+        f"demo checkup, cold cache : {cold:6.1f} s  (model {rep_cold['timings']['model']:.1f} s, evidence {rep_cold['timings']['evidence']:.1f} s, checks {rep_cold['timings']['checks']:.1f} s)"
+    )
+    print(
+        f"demo checkup, warm cache : {warm:6.1f} s  (model {rep_warm['timings']['model']:.1f} s, evidence {rep_warm['timings']['evidence']:.1f} s, checks {rep_warm['timings']['checks']:.1f} s)"
+    )
+    print(
+        f"speed-up cold/warm       : {cold / warm:6.2f}x  (median of {args.repeats} repeat(s); process start and imports included)"
+    )
 
 
 if __name__ == "__main__":

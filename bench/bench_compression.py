@@ -34,7 +34,15 @@ def main() -> None:
     case = prepare_model(case)
     test = case.splits["test"]
     start = time.perf_counter()
-    cfg = SweepConfig(exporter="dynamo", sparsities=(0.5, 0.8, 0.9), keep_ratios=(0.75, 0.5), latency_rounds=60, latency_seconds=6.0, distill_epochs=3, distill_seconds=60.0)
+    cfg = SweepConfig(
+        exporter="dynamo",
+        sparsities=(0.5, 0.8, 0.9),
+        keep_ratios=(0.75, 0.5),
+        latency_rounds=60,
+        latency_seconds=6.0,
+        distill_epochs=3,
+        distill_seconds=60.0,
+    )
     sweep = compression_sweep(case.model, case.train.x, case.train.y, test.x, test.y, tempfile.mkdtemp(), cfg)
     seconds = time.perf_counter() - start
     base = sweep.variants[0]
@@ -43,8 +51,22 @@ def main() -> None:
     print(f"{'variant':24s} {'acc':>6s} {'drop':>7s} {'size MB':>8s} {'size x':>7s} {'p50 ms':>8s} {'speed-up':>8s}")
     for v in sweep.variants:
         speedup = base.p50_ms / v.p50_ms if v.p50_ms > 0 else float("nan")
-        rows.append({"variant": v.name, "accuracy": v.accuracy, "drop": v.drop, "drop_ci": [v.drop_low, v.drop_high], "size_mb": v.size_bytes / 1e6, "size_ratio": v.size_bytes / base.size_bytes, "p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "speedup_vs_eager": speedup})
-        print(f"{v.name:24s} {v.accuracy:6.3f} {v.drop:+7.3f} {v.size_bytes / 1e6:8.3f} {v.size_bytes / base.size_bytes:7.2f} {v.p50_ms:8.3f} {speedup:8.2f}")
+        rows.append(
+            {
+                "variant": v.name,
+                "accuracy": v.accuracy,
+                "drop": v.drop,
+                "drop_ci": [v.drop_low, v.drop_high],
+                "size_mb": v.size_bytes / 1e6,
+                "size_ratio": v.size_bytes / base.size_bytes,
+                "p50_ms": v.p50_ms,
+                "p99_ms": v.p99_ms,
+                "speedup_vs_eager": speedup,
+            }
+        )
+        print(
+            f"{v.name:24s} {v.accuracy:6.3f} {v.drop:+7.3f} {v.size_bytes / 1e6:8.3f} {v.size_bytes / base.size_bytes:7.2f} {v.p50_ms:8.3f} {speedup:8.2f}"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"threads": args.threads, "rows": rows, "notes": list(sweep.notes)}, handle, indent=2)

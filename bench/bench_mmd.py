@@ -49,7 +49,9 @@ def main() -> None:
     print(f"n={args.n} per side, {args.permutations} permutations, 32 dims")
     print(f"statistic: vectorised {fast.mmd2:.8f}  naive {stat:.8f}  |diff| {abs(fast.mmd2 - stat):.1e}")
     print(f"p-value:   vectorised {fast.p_value:.3f}  naive {p:.3f}  (different permutation draws)")
-    print(f"time:      vectorised {t_fast:.2f} s  naive {t_naive:.2f} s  ratio naive/vectorised {t_naive / t_fast:.1f}x")
+    print(
+        f"time:      vectorised {t_fast:.2f} s  naive {t_naive:.2f} s  ratio naive/vectorised {t_naive / t_fast:.1f}x"
+    )
 
 
 if __name__ == "__main__":

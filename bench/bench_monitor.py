@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.core.baselines import baseline_for
 from dlclinic.demo import build_demo
-from dlclinic.remedies.baselines import baseline_for
 from dlclinic.training import TrainingMonitor
 
 
@@ -62,7 +62,9 @@ def main() -> None:
         with TrainingMonitor(model, every=args.every) as mon:
             monitored.append(block(mon))
     p, m = statistics.median(plain), statistics.median(monitored)
-    print(f"demo model {type(model).__name__}, batch {args.batch_size}, {args.steps} steps x {args.blocks} blocks, sampling every {args.every}, {torch.get_num_threads()} thread(s)")
+    print(
+        f"demo model {type(model).__name__}, batch {args.batch_size}, {args.steps} steps x {args.blocks} blocks, sampling every {args.every}, {torch.get_num_threads()} thread(s)"
+    )
     print(f"plain step {p / args.steps * 1e3:.2f} ms, monitored step {m / args.steps * 1e3:.2f} ms, ratio {m / p:.3f}")
 
 

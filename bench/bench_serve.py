@@ -36,9 +36,28 @@ def _start(max_batch: int, workers: int, out: Path) -> tuple[subprocess.Popen[by
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "dlclinic.cli", "serve", "--demo", "--no-store", "--port", str(port), "--workers", str(workers), "--max-batch", str(max_batch), "--max-wait-ms", "2", "--max-queue", "100000", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dlclinic.cli",
+        "serve",
+        "--demo",
+        "--no-store",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        "2",
+        "--max-queue",
+        "100000",
+        "--out",
+        str(out),
+    ]
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "serve.log", "wb")  # noqa: SIM115 - kept open for the server's lifetime
+    log = open(out / "serve.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     with httpx.Client(timeout=2) as client:
@@ -83,7 +102,14 @@ async def _load(port: int, x: np.ndarray, concurrency: int, requests: int, time_
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     lat = np.array(latencies) * 1000
-    return {"requests": len(lat), "errors": errors, "rps": len(lat) / elapsed, "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99))}
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "rps": len(lat) / elapsed,
+        "p50": float(np.percentile(lat, 50)),
+        "p95": float(np.percentile(lat, 95)),
+        "p99": float(np.percentile(lat, 99)),
+    }
 
 
 def main() -> None:
@@ -100,7 +126,9 @@ def main() -> None:
 
     case, _ = build_demo()
     x = case.splits["test"].x[:256]
-    print(f"{'workers':>7} {'max_batch':>9} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(
+        f"{'workers':>7} {'max_batch':>9} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    )
     results: dict[tuple[int, int, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in worker_counts:
@@ -110,17 +138,24 @@ def main() -> None:
                     for c in levels:
                         r = asyncio.run(_load(port, x, c, args.requests, args.time_limit))
                         results[(workers, max_batch, c)] = r
-                        print(f"{workers:>7} {max_batch:>9} {c:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {r['errors']:>6.0f}", flush=True)
+                        print(
+                            f"{workers:>7} {max_batch:>9} {c:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {r['errors']:>6.0f}",
+                            flush=True,
+                        )
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(60)
     top = max(levels)
     for workers in worker_counts:
         a, b = results[(workers, args.max_batch, top)], results[(workers, 1, top)]
-        print(f"workers={workers}: dynamic batching (max {args.max_batch}) vs batch-size-1 at {top} clients: {a['rps'] / b['rps']:.2f}x throughput, p99 {a['p99']:.1f} vs {b['p99']:.1f} ms")
+        print(
+            f"workers={workers}: dynamic batching (max {args.max_batch}) vs batch-size-1 at {top} clients: {a['rps'] / b['rps']:.2f}x throughput, p99 {a['p99']:.1f} vs {b['p99']:.1f} ms"
+        )
     if len(worker_counts) > 1:
         w0, w1 = worker_counts[0], worker_counts[-1]
-        print(f"batched, {top} clients: {w1} workers vs {w0}: {results[(w1, args.max_batch, top)]['rps'] / results[(w0, args.max_batch, top)]['rps']:.2f}x throughput")
+        print(
+            f"batched, {top} clients: {w1} workers vs {w0}: {results[(w1, args.max_batch, top)]['rps'] / results[(w0, args.max_batch, top)]['rps']:.2f}x throughput"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ __all__ = ["blobs", "redundant_pool"]
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's ~/.cache from tests."""
-    if "DLCLINIC_CACHE" not in os.environ or not os.environ["DLCLINIC_CACHE"].startswith(str(tmp_path_factory.getbasetemp())):
+    if "DLCLINIC_CACHE" not in os.environ or not os.environ["DLCLINIC_CACHE"].startswith(
+        str(tmp_path_factory.getbasetemp())
+    ):
         monkeypatch.setenv("DLCLINIC_CACHE", str(tmp_path_factory.getbasetemp() / "dlclinic-cache"))
 
 

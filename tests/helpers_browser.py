@@ -45,7 +45,10 @@ def load_page(html_path: Path, profile: Path) -> PageLoad:
 
 def screenshot(html_path: Path, png_path: Path, profile: Path, size: tuple[int, int] = (1280, 2000)) -> Path:
     """Save a PNG screenshot of ``html_path`` (window ``size``) to ``png_path``."""
-    _run([f"--screenshot={png_path.resolve()}", f"--window-size={size[0]},{size[1]}", html_path.resolve().as_uri()], profile)
+    _run(
+        [f"--screenshot={png_path.resolve()}", f"--window-size={size[0]},{size[1]}", html_path.resolve().as_uri()],
+        profile,
+    )
     if not png_path.exists():
         raise RuntimeError(f"chromium: expected a screenshot at {png_path}, found none")
     return png_path

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dlclinic import Case, FitConfig, InputError, fit
+from dlclinic.core.baselines import MLP, SmallCNN, baseline_for
 from dlclinic.core.errors import ConfigError
-from dlclinic.remedies.baselines import MLP, SmallCNN, baseline_for
 
 
 def test_numpy_tensor_and_dataset_inputs_agree() -> None:

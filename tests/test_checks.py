@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, EvidenceConfig, FitConfig
-from dlclinic.checks import CHECKS, PENDING
-from dlclinic.remedies.baselines import MLP
-from dlclinic.remedies.fit import fit
+from dlclinic.challenges import CHECKS, PENDING
+from dlclinic.core.baselines import MLP
+from dlclinic.core.recipe import fit
 from dlclinic.taxonomy import CHALLENGES
 
 FAST = FitConfig(epochs=8, batch_size=64)
@@ -37,7 +37,9 @@ def test_quality_finds_planted_flips_duplicates_and_leaks(tmp_path) -> None:  # 
     y_dup = np.concatenate([y_noisy, y_noisy[:10]])
     xt[:5] = x[100:105]
     yt[:5] = y[100:105]
-    report = dlclinic.checkup(_case((x_dup, y_dup), (xt, yt)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)
+    report = dlclinic.checkup(
+        _case((x_dup, y_dup), (xt, yt)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path
+    )
     res = report["data.quality"]
     assert res.status == "fail"  # leaks above 1 % of test
     found = set(next(f for f in res.findings if f.code == "label_issue").indices)
@@ -51,7 +53,9 @@ def test_quality_finds_planted_flips_duplicates_and_leaks(tmp_path) -> None:  # 
 def test_quality_stays_quiet_on_clean_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
     x, y = blobs(900, d=10, sep=3.0, seed=0)
     xt, yt = blobs(300, d=10, sep=3.0, seed=1)
-    res = dlclinic.checkup(_case((x, y), (xt, yt)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    res = dlclinic.checkup(_case((x, y), (xt, yt)), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)[
+        "data.quality"
+    ]
     assert res.status == "ok", res.summary
     assert res.metrics["label_issue_fraction"] < 0.03
 
@@ -73,7 +77,9 @@ def test_generalization_detects_a_known_shift_only(tmp_path, shift: float, expec
     x, y = blobs(600, d=8, seed=3)
     xt, yt = blobs(300, d=8, seed=4)
     xd, yd = blobs(300, d=8, seed=5, shift=shift)
-    res = dlclinic.checkup(_case((x, y), (xt, yt), (xd, yd)), only=["data.generalization"], fit_config=FAST, cache_dir=tmp_path)["data.generalization"]
+    res = dlclinic.checkup(
+        _case((x, y), (xt, yt), (xd, yd)), only=["data.generalization"], fit_config=FAST, cache_dir=tmp_path
+    )["data.generalization"]
     if expect == "ok":
         assert res.status == "ok", res.summary
     else:
@@ -87,7 +93,9 @@ def test_generalization_false_positive_rate_over_seeds(tmp_path) -> None:  # typ
     model = fit(MLP(8, 3), *blobs(600, d=8, seed=3), FAST).model
     alarms = 0
     for seed in range(8):
-        case = _case(blobs(600, d=8, seed=3), blobs(200, d=8, seed=100 + seed), blobs(200, d=8, seed=200 + seed), model=model)
+        case = _case(
+            blobs(600, d=8, seed=3), blobs(200, d=8, seed=100 + seed), blobs(200, d=8, seed=200 + seed), model=model
+        )
         res = dlclinic.checkup(case, only=["data.generalization"], cache_dir=tmp_path)["data.generalization"]
         alarms += res.status != "ok"
     assert alarms <= 1  # α = 0.01 per test, two tests + OOD binomial per case
@@ -99,19 +107,30 @@ def test_overfitting_detects_memorisation_and_not_a_healthy_model(tmp_path) -> N
     y = rng.integers(0, 3, 200)  # pure noise labels: nothing to learn, everything to memorise
     xt = rng.normal(size=(300, 20)).astype(np.float32)
     yt = rng.integers(0, 3, 300)
-    memoriser = fit(MLP(20, 3, hidden=(512, 256), dropout=0.0), x, y, FitConfig(epochs=150, lr=3e-3, val_fraction=0.0, weight_decay=0.0)).model
-    res = dlclinic.checkup(_case((x, y), (xt, yt), model=memoriser), only=["model.overfitting"], cache_dir=tmp_path)["model.overfitting"]
+    memoriser = fit(
+        MLP(20, 3, hidden=(512, 256), dropout=0.0),
+        x,
+        y,
+        FitConfig(epochs=150, lr=3e-3, val_fraction=0.0, weight_decay=0.0),
+    ).model
+    res = dlclinic.checkup(_case((x, y), (xt, yt), model=memoriser), only=["model.overfitting"], cache_dir=tmp_path)[
+        "model.overfitting"
+    ]
     assert res.status == "fail"
     assert res.metrics["accuracy_gap"] > 0.4
 
     xh, yh = blobs(600, d=8, seed=7)
     healthy = fit(MLP(8, 3), xh, yh, FAST).model
-    res = dlclinic.checkup(_case((xh, yh), blobs(400, d=8, seed=8), model=healthy), only=["model.overfitting"], cache_dir=tmp_path)["model.overfitting"]
+    res = dlclinic.checkup(
+        _case((xh, yh), blobs(400, d=8, seed=8), model=healthy), only=["model.overfitting"], cache_dir=tmp_path
+    )["model.overfitting"]
     assert res.status == "ok", res.summary
 
 
 def test_unselected_and_unbuilt_challenges_are_not_examined(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    report = dlclinic.checkup(_case(blobs(200, seed=1), blobs(100, seed=2)), only=["model.overfitting"], fit_config=FAST, cache_dir=tmp_path)
+    report = dlclinic.checkup(
+        _case(blobs(200, seed=1), blobs(100, seed=2)), only=["model.overfitting"], fit_config=FAST, cache_dir=tmp_path
+    )
     assert [r.id for r in report.challenges] == [c.id for c in CHALLENGES]
     statuses = {r.id: r.status for r in report.challenges}
     assert statuses["model.overfitting"] != "not_examined"
@@ -132,13 +151,20 @@ def test_user_module_gets_no_hooks_left_and_is_not_mutated(tmp_path) -> None:  #
 def test_check_that_crashes_is_an_error_row_not_a_lost_report(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from dlclinic import checks
+    from dlclinic import challenges as checks
 
     def boom(case, evidence, options):  # type: ignore[no-untyped-def]
         raise RuntimeError("planted bug\nsecond line")
 
-    monkeypatch.setitem(checks.CHECKS, "model.overfitting", dataclasses.replace(checks.CHECKS["model.overfitting"], run=boom))
-    report = dlclinic.checkup(_case(blobs(200, seed=1), blobs(100, seed=2)), only=["data.quality", "model.overfitting"], fit_config=FAST, cache_dir=tmp_path)
+    monkeypatch.setitem(
+        checks.CHECKS, "model.overfitting", dataclasses.replace(checks.CHECKS["model.overfitting"], run=boom)
+    )
+    report = dlclinic.checkup(
+        _case(blobs(200, seed=1), blobs(100, seed=2)),
+        only=["data.quality", "model.overfitting"],
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )
     assert report["model.overfitting"].status == "error"
     assert "planted bug" in report["model.overfitting"].summary and "\n" not in report["model.overfitting"].summary
     assert report["data.quality"].status != "error"
@@ -146,7 +172,9 @@ def test_check_that_crashes_is_an_error_row_not_a_lost_report(tmp_path, monkeypa
 
 def test_unknown_check_option_names_the_valid_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(dlclinic.ConfigError, match="unknown option.*'warn_gapp'.*warn_gap"):
-        dlclinic.checkup(_case(blobs(100), blobs(60, seed=3)), options={"model.overfitting": {"warn_gapp": 0.1}}, cache_dir=tmp_path)
+        dlclinic.checkup(
+            _case(blobs(100), blobs(60, seed=3)), options={"model.overfitting": {"warn_gapp": 0.1}}, cache_dir=tmp_path
+        )
 
 
 def test_onnx_like_model_without_layers_uses_input_pca(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -160,7 +188,11 @@ def test_onnx_like_model_without_layers_uses_input_pca(tmp_path) -> None:  # typ
             with torch.no_grad():
                 return torch_model(torch.from_numpy(arr)).numpy()
 
-    report = dlclinic.checkup(_case((x, y), blobs(100, d=8, seed=12), blobs(100, d=8, seed=13), model=Opaque()), evidence_config=EvidenceConfig(oof="embeddings"), cache_dir=tmp_path)
+    report = dlclinic.checkup(
+        _case((x, y), blobs(100, d=8, seed=12), blobs(100, d=8, seed=13), model=Opaque()),
+        evidence_config=EvidenceConfig(oof="embeddings"),
+        cache_dir=tmp_path,
+    )
     assert report.case["evidence"]["embedding_source"] == "input-pca"
     assert report["data.generalization"].status == "ok"
     assert report["model.overfitting"].status in ("ok", "warn")
@@ -168,11 +200,21 @@ def test_onnx_like_model_without_layers_uses_input_pca(tmp_path) -> None:  # typ
 
 def test_quantity_says_steep_when_data_is_scarce_and_flat_when_saturated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # scarce: 40-dimensional, weakly separated classes and only 150 rows -> error still falls with n
-    scarce = dlclinic.checkup(_case(blobs(150, d=40, sep=0.25, seed=1), blobs(600, d=40, sep=0.25, seed=2)), only=["data.quantity"], fit_config=FAST, cache_dir=tmp_path)["data.quantity"]
+    scarce = dlclinic.checkup(
+        _case(blobs(150, d=40, sep=0.25, seed=1), blobs(600, d=40, sep=0.25, seed=2)),
+        only=["data.quantity"],
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["data.quantity"]
     assert scarce.status == "warn", scarce.summary
     assert "steep" in scarce.summary
     # saturated: well separated classes, plenty of rows -> the curve is flat
-    flat = dlclinic.checkup(_case(blobs(1500, d=4, sep=6.0, seed=3), blobs(600, d=4, sep=6.0, seed=4)), only=["data.quantity"], fit_config=FAST, cache_dir=tmp_path)["data.quantity"]
+    flat = dlclinic.checkup(
+        _case(blobs(1500, d=4, sep=6.0, seed=3), blobs(600, d=4, sep=6.0, seed=4)),
+        only=["data.quantity"],
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["data.quantity"]
     assert flat.status == "ok", flat.summary
     assert flat.metrics["gain_from_doubling"] < 0.01
 
@@ -194,7 +236,12 @@ def test_quality_profiles_columns_and_images(tmp_path) -> None:  # type: ignore[
     x, y = blobs(400, d=6, seed=21)
     x = np.c_[x, np.ones(400, np.float32)]  # a constant column
     x[7, 2] = 1e5  # an extreme value
-    res = dlclinic.checkup(_case((x, y), feature_names=[f"f{i}" for i in range(7)]), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    res = dlclinic.checkup(
+        _case((x, y), feature_names=[f"f{i}" for i in range(7)]),
+        only=["data.quality"],
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["data.quality"]
     codes = {f.code for f in res.findings}
     assert {"constant_column", "extreme_value"} <= codes
     assert next(f for f in res.findings if f.code == "extreme_value").indices == (7,)
@@ -204,10 +251,14 @@ def test_quality_profiles_columns_and_images(tmp_path) -> None:  # type: ignore[
     imgs = (rng.random((300, 1, 8, 8)) * np.linspace(0.2, 1, 8)).astype(np.float32)
     labels = (imgs[:, 0, :4, :].mean((1, 2)) > imgs[:, 0, 4:, :].mean((1, 2))).astype(int)
     imgs[[5, 9]] = 0.5  # blank
-    res = dlclinic.checkup(_case((imgs, labels), modality="image"), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    res = dlclinic.checkup(
+        _case((imgs, labels), modality="image"), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path
+    )["data.quality"]
     blank = next(f for f in res.findings if f.code == "blank_image")
     assert set(blank.indices) == {5, 9}
-    clean = dlclinic.checkup(_case((imgs[10:], labels[10:]), modality="image"), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    clean = dlclinic.checkup(
+        _case((imgs[10:], labels[10:]), modality="image"), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path
+    )["data.quality"]
     assert not {"blank_image", "dark_image", "bright_image"} & {f.code for f in clean.findings}
 
 
@@ -238,7 +289,9 @@ def test_all_categorical_tables_are_not_graded_for_duplicates_or_leaks(tmp_path)
     cats = rng.integers(0, 3, size=(1200, 4))
     x = np.eye(3, dtype=np.float32)[cats].reshape(1200, 12)  # 81 distinct rows
     y = (cats[:, 0] + cats[:, 1] > 2).astype(int)
-    res = dlclinic.checkup(_case((x[:800], y[:800]), (x[800:], y[800:])), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path)["data.quality"]
+    res = dlclinic.checkup(
+        _case((x[:800], y[:800]), (x[800:], y[800:])), only=["data.quality"], fit_config=FAST, cache_dir=tmp_path
+    )["data.quality"]
     assert "discrete_inputs" in {f.code for f in res.findings}
     assert res.status == "ok", res.summary
 
@@ -247,8 +300,17 @@ def test_embedding_oof_on_a_memorising_model_is_inconclusive_not_ok(tmp_path) ->
     x, y = blobs(600, d=8, sep=1.0, seed=41)
     y_noisy = y.copy()
     y_noisy[:60] = (y[:60] + 1) % 3
-    memoriser = fit(MLP(8, 3, hidden=(256, 256), dropout=0.0), x, y_noisy, FitConfig(epochs=300, lr=3e-3, val_fraction=0.0, weight_decay=0.0, batch_size=128)).model
-    res = dlclinic.checkup(_case((x, y_noisy), blobs(200, d=8, sep=1.0, seed=42), model=memoriser), only=["data.quality"], cache_dir=tmp_path)["data.quality"]
+    memoriser = fit(
+        MLP(8, 3, hidden=(256, 256), dropout=0.0),
+        x,
+        y_noisy,
+        FitConfig(epochs=300, lr=3e-3, val_fraction=0.0, weight_decay=0.0, batch_size=128),
+    ).model
+    res = dlclinic.checkup(
+        _case((x, y_noisy), blobs(200, d=8, sep=1.0, seed=42), model=memoriser),
+        only=["data.quality"],
+        cache_dir=tmp_path,
+    )["data.quality"]
     assert res.status != "ok"
     assert res.metrics["train_label_agreement"] >= 0.995 or any(f.code == "label_issue" for f in res.findings)
 
@@ -281,7 +343,12 @@ def test_feature_shift_names_the_moved_column_only(tmp_path) -> None:  # type: i
     xd, yd = blobs(300, d=6, seed=63)
     xd[:, 4] += 1.0  # one feature moves by about one within-class σ
     names = [f"f{i}" for i in range(6)]
-    res = dlclinic.checkup(_case((x, y), (xt, yt), (xd, yd), feature_names=names), only=["data.generalization"], fit_config=FAST, cache_dir=tmp_path)["data.generalization"]
+    res = dlclinic.checkup(
+        _case((x, y), (xt, yt), (xd, yd), feature_names=names),
+        only=["data.generalization"],
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["data.generalization"]
     assert res.metrics["shifted_features_test"] == 0
     moved = next(f for f in res.findings if f.code == "feature_shift" and f.split == "deploy")
     assert moved.extra["features"] == ["f4"]

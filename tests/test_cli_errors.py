@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 N_ROWS, N_FEATURES, N_CLASSES = 60, 4, 3
 
-from dlclinic.remedies import REMEDIES  # noqa: E402
+from dlclinic.challenges import REMEDIES  # noqa: E402
 from dlclinic.taxonomy import CHALLENGES  # noqa: E402
 
 NO_REMEDY = next((c.id for c in CHALLENGES if c.id not in REMEDIES), None)
@@ -126,82 +126,328 @@ def _checkup(*args: str) -> list[str]:
 CASES: list[tuple[str, list[str], tuple[str, ...], str]] = [
     # ----- options
     ("unknown-option", _checkup(*DATA, "--frobnicate"), ("No such option", "--frobnicate"), "out"),
-    ("unknown-only-id", _checkup(*DATA, *MODEL, "--only", "data.nope"), ("unknown challenge id", "data.nope", "expected"), "out"),
+    (
+        "unknown-only-id",
+        _checkup(*DATA, *MODEL, "--only", "data.nope"),
+        ("unknown challenge id", "data.nope", "expected"),
+        "out",
+    ),
     ("bad-fail-on-value", _checkup(*DATA, *MODEL, "--fail-on", "sometimes"), ("sometimes",), "out"),
-    ("epochs-zero", ["checkup", *DATA, *MODEL, "--out", "out", "--quiet", "--no-cache", "--epochs", "0"], ("--epochs",), "out"),
+    (
+        "epochs-zero",
+        ["checkup", *DATA, *MODEL, "--out", "out", "--quiet", "--no-cache", "--epochs", "0"],
+        ("--epochs",),
+        "out",
+    ),
     ("no-data", _checkup(*MODEL), ("no data given", "expected --train"), "out"),
     ("demo-and-train", _checkup("--demo", *DATA), ("exclusive", "expected"), "out"),
     ("weights-without-model", _checkup(*DATA, "--weights", "corrupt.safetensors"), ("--weights needs --model",), "out"),
-    ("out-under-a-file", ["checkup", *DATA, *MODEL, "--only", "data.quality", "--out", "afile/sub", *FAST], ("--out", "expected a writable folder"), "afile/sub"),
+    (
+        "out-under-a-file",
+        ["checkup", *DATA, *MODEL, "--only", "data.quality", "--out", "afile/sub", *FAST],
+        ("--out", "expected a writable folder"),
+        "afile/sub",
+    ),
     # ----- data files
     ("train-missing", _checkup("--train", "nope.npz", *MODEL), ("not found", "nope.npz"), "out"),
     ("test-missing", _checkup("--train", "train.npz", "--test", "nope.npz", *MODEL), ("not found", "nope.npz"), "out"),
-    ("train-corrupt-npz", _checkup("--train", "garbage.npz", *MODEL), ("expected a NumPy .npz archive", "garbage.npz"), "out"),
+    (
+        "train-corrupt-npz",
+        _checkup("--train", "garbage.npz", *MODEL),
+        ("expected a NumPy .npz archive", "garbage.npz"),
+        "out",
+    ),
     ("train-unknown-format", _checkup("--train", "train.txt", *MODEL), ("expected .npz", "train.txt"), "out"),
     ("train-no-x", _checkup("--train", "train_no_x.npz", *MODEL), ("expected an array 'x'", "features"), "out"),
     ("train-no-labels", _checkup("--train", "train_no_y.npz", *MODEL), ("expected labels",), "out"),
     ("train-empty", _checkup("--train", "train_empty.npz", *MODEL), ("expected at least one sample", "found 0"), "out"),
     ("train-object-array", _checkup("--train", "train_object.npz", *MODEL), ("pickled", "never unpickled"), "out"),
-    ("test-wrong-feature-count", _checkup("--train", "train.npz", "--test", "test_5feat.npz", *MODEL), ("expected", "(4,)", "(5,)"), "out"),
-    ("test-1d-x", _checkup("--train", "train.npz", "--test", "test_1d.npz", *MODEL), ("expected N×features", "(60,)"), "out"),
-    ("train-nan-label", _checkup("--train", "train_nan.npz", "--test", "test.npz", *MODEL), ("expected a label on every row", "NaN", "row 5"), "out"),
-    ("test-nan-label", _checkup("--train", "train.npz", "--test", "test_nan.npz", *MODEL), ("split 'test'", "NaN"), "out"),
-    ("train-fractional-label", _checkup("--train", "train_frac.npz", *MODEL), ("expected integer class labels", "1.5"), "out"),
+    (
+        "test-wrong-feature-count",
+        _checkup("--train", "train.npz", "--test", "test_5feat.npz", *MODEL),
+        ("expected", "(4,)", "(5,)"),
+        "out",
+    ),
+    (
+        "test-1d-x",
+        _checkup("--train", "train.npz", "--test", "test_1d.npz", *MODEL),
+        ("expected N×features", "(60,)"),
+        "out",
+    ),
+    (
+        "train-nan-label",
+        _checkup("--train", "train_nan.npz", "--test", "test.npz", *MODEL),
+        ("expected a label on every row", "NaN", "row 5"),
+        "out",
+    ),
+    (
+        "test-nan-label",
+        _checkup("--train", "train.npz", "--test", "test_nan.npz", *MODEL),
+        ("split 'test'", "NaN"),
+        "out",
+    ),
+    (
+        "train-fractional-label",
+        _checkup("--train", "train_frac.npz", *MODEL),
+        ("expected integer class labels", "1.5"),
+        "out",
+    ),
     ("train-negative-label", _checkup("--train", "train_neg.npz", *MODEL), ("expected labels in 0..K-1", "-1"), "out"),
-    ("train-one-class", _checkup("--train", "train_one_class.npz", *MODEL), ("expected at least 2 classes", "found 1"), "out"),
-    ("test-label-beyond-named-classes", _checkup("--train", "train_named.npz", "--test", "test_label7.npz", *MODEL), ("expected values in 0..2", "found 7"), "out"),
-    ("train-y-shorter-than-x", _checkup("--train", "train_short_y.npz", *MODEL), ("expected 'y' with one value per row", "(60)", "(59,)"), "out"),
-    ("test-y-shorter-than-x", _checkup("--train", "train.npz", "--test", "test_short_y.npz", *MODEL), ("split 'test'", "(57,)"), "out"),
+    (
+        "train-one-class",
+        _checkup("--train", "train_one_class.npz", *MODEL),
+        ("expected at least 2 classes", "found 1"),
+        "out",
+    ),
+    (
+        "test-label-beyond-named-classes",
+        _checkup("--train", "train_named.npz", "--test", "test_label7.npz", *MODEL),
+        ("expected values in 0..2", "found 7"),
+        "out",
+    ),
+    (
+        "train-y-shorter-than-x",
+        _checkup("--train", "train_short_y.npz", *MODEL),
+        ("expected 'y' with one value per row", "(60)", "(59,)"),
+        "out",
+    ),
+    (
+        "test-y-shorter-than-x",
+        _checkup("--train", "train.npz", "--test", "test_short_y.npz", *MODEL),
+        ("split 'test'", "(57,)"),
+        "out",
+    ),
     # ----- models
-    ("model-file-missing", _checkup(*DATA, "--model", "nonexistent.py:factory"), ("not found", "nonexistent.py"), "out"),
+    (
+        "model-file-missing",
+        _checkup(*DATA, "--model", "nonexistent.py:factory"),
+        ("not found", "nonexistent.py"),
+        "out",
+    ),
     ("model-py-without-factory", _checkup(*DATA, "--model", "model.py"), ("expected path/to/file.py:factory",), "out"),
-    ("model-no-such-function", _checkup(*DATA, "--model", "model.py:nope"), ("has no function 'nope'", "factory"), "out"),
-    ("model-not-callable", _checkup(*DATA, "--model", "model.py:not_callable"), ("'not_callable'", "expected a function"), "out"),
-    ("model-file-does-not-import", _checkup(*DATA, "--model", "broken_model.py:factory"), ("importing broken_model.py failed", "SyntaxError"), "out"),
-    ("factory-returns-dict", _checkup(*DATA, "--model", "model.py:bad_factory"), ("returned dict", "expected a torch.nn.Module"), "out"),
-    ("factory-raises", _checkup(*DATA, "--model", "model.py:raising_factory"), ("raised", "boom while building"), "out"),
-    ("model-whole-pickled-pt", _checkup(*DATA, "--model", "whole_model.pt"), ("pickled model", "whole_model.pt"), "out"),
+    (
+        "model-no-such-function",
+        _checkup(*DATA, "--model", "model.py:nope"),
+        ("has no function 'nope'", "factory"),
+        "out",
+    ),
+    (
+        "model-not-callable",
+        _checkup(*DATA, "--model", "model.py:not_callable"),
+        ("'not_callable'", "expected a function"),
+        "out",
+    ),
+    (
+        "model-file-does-not-import",
+        _checkup(*DATA, "--model", "broken_model.py:factory"),
+        ("importing broken_model.py failed", "SyntaxError"),
+        "out",
+    ),
+    (
+        "factory-returns-dict",
+        _checkup(*DATA, "--model", "model.py:bad_factory"),
+        ("returned dict", "expected a torch.nn.Module"),
+        "out",
+    ),
+    (
+        "factory-raises",
+        _checkup(*DATA, "--model", "model.py:raising_factory"),
+        ("raised", "boom while building"),
+        "out",
+    ),
+    (
+        "model-whole-pickled-pt",
+        _checkup(*DATA, "--model", "whole_model.pt"),
+        ("pickled model", "whole_model.pt"),
+        "out",
+    ),
     ("model-safetensors-alone", _checkup(*DATA, "--model", "corrupt.safetensors"), ("holds weights only",), "out"),
     ("model-unknown-suffix", _checkup(*DATA, "--model", "model.bin"), ("expected", "'.bin'"), "out"),
-    ("model-corrupt-onnx", _checkup(*DATA, "--model", "corrupt.onnx"), ("expected a valid ONNX model", "corrupt"), "out"),
-    ("model-corrupt-pt2", _checkup(*DATA, "--model", "corrupt.pt2"), ("expected a torch.export program", "corrupt"), "out"),
-    ("weights-corrupt-safetensors", _checkup(*DATA, *MODEL, "--weights", "corrupt.safetensors"), ("expected a valid .safetensors file", "corrupt"), "out"),
-    ("weights-corrupt-pt", _checkup(*DATA, *MODEL, "--weights", "corrupt.pt"), ("corrupt.pt", "expected a state_dict"), "out"),
-    ("weights-pickled-module", _checkup(*DATA, *MODEL, "--weights", "whole_model.pt"), ("refused", "never unpickles"), "out"),
-    ("weights-not-a-state-dict", _checkup(*DATA, *MODEL, "--weights", "list.pt"), ("expected a state_dict", "list"), "out"),
-    ("weights-wrong-architecture", _checkup(*DATA, *MODEL, "--weights", "wrong_arch.pt"), ("do not fit the model", "shape mismatches"), "out"),
-    ("weights-missing-file", _checkup(*DATA, *MODEL, "--weights", "nope.safetensors"), ("weights file not found",), "out"),
-    ("weights-with-onnx-model", _checkup(*DATA, "--model", "corrupt.onnx", "--weights", "corrupt.safetensors"), ("drop --weights",), "out"),
+    (
+        "model-corrupt-onnx",
+        _checkup(*DATA, "--model", "corrupt.onnx"),
+        ("expected a valid ONNX model", "corrupt"),
+        "out",
+    ),
+    (
+        "model-corrupt-pt2",
+        _checkup(*DATA, "--model", "corrupt.pt2"),
+        ("expected a torch.export program", "corrupt"),
+        "out",
+    ),
+    (
+        "weights-corrupt-safetensors",
+        _checkup(*DATA, *MODEL, "--weights", "corrupt.safetensors"),
+        ("expected a valid .safetensors file", "corrupt"),
+        "out",
+    ),
+    (
+        "weights-corrupt-pt",
+        _checkup(*DATA, *MODEL, "--weights", "corrupt.pt"),
+        ("corrupt.pt", "expected a state_dict"),
+        "out",
+    ),
+    (
+        "weights-pickled-module",
+        _checkup(*DATA, *MODEL, "--weights", "whole_model.pt"),
+        ("refused", "never unpickles"),
+        "out",
+    ),
+    (
+        "weights-not-a-state-dict",
+        _checkup(*DATA, *MODEL, "--weights", "list.pt"),
+        ("expected a state_dict", "list"),
+        "out",
+    ),
+    (
+        "weights-wrong-architecture",
+        _checkup(*DATA, *MODEL, "--weights", "wrong_arch.pt"),
+        ("do not fit the model", "shape mismatches"),
+        "out",
+    ),
+    (
+        "weights-missing-file",
+        _checkup(*DATA, *MODEL, "--weights", "nope.safetensors"),
+        ("weights file not found",),
+        "out",
+    ),
+    (
+        "weights-with-onnx-model",
+        _checkup(*DATA, "--model", "corrupt.onnx", "--weights", "corrupt.safetensors"),
+        ("drop --weights",),
+        "out",
+    ),
     # detected only while computing evidence, inside the checkup
-    ("model-output-width-mismatch", _checkup(*DATA, "--model", "model.py:wide_factory"), ("N×3 logits", "(60, 5)"), "out"),
-    ("model-input-width-mismatch", _checkup(*DATA, "--model", "model.py:narrow_input_factory"), ("the model failed on a batch", "(60, 4)"), "out"),
+    (
+        "model-output-width-mismatch",
+        _checkup(*DATA, "--model", "model.py:wide_factory"),
+        ("N×3 logits", "(60, 5)"),
+        "out",
+    ),
+    (
+        "model-input-width-mismatch",
+        _checkup(*DATA, "--model", "model.py:narrow_input_factory"),
+        ("the model failed on a batch", "(60, 4)"),
+        "out",
+    ),
     # ----- other commands
-    ("treat-unknown-challenge", ["treat", "data.nope", *DATA, *MODEL, "--out", "out", *FAST], ("unknown challenge id", "data.nope"), "out"),
-    ("treat-option-without-equals", ["treat", "data.quality", *DATA, *MODEL, "--option", "mode", "--out", "out", *FAST], ("expected KEY=VALUE",), "out"),
-    ("treat-unknown-param", ["treat", "data.quality", *DATA, *MODEL, "--option", "colour=red", "--out", "out", *FAST], ("unknown option(s) 'colour'", "mode"), "out"),
-    ("treat-bad-param-value", ["treat", "data.labeling_cost", *DATA, *MODEL, "--option", "budget=many", "--out", "out", *FAST], ("budget='many'", "invalid literal"), "out"),
-    ("treat-pool-with-wrong-challenge", ["treat", "data.quality", *DATA, *MODEL, "--pool", "train.npz", "--out", "out", *FAST], ("--pool applies to data.labeling_cost",), "out"),
-    ("treat-pool-missing", ["treat", "data.labeling_cost", *DATA, *MODEL, "--pool", "nope.npz", "--out", "out", *FAST], ("--pool nope.npz: file not found",), "out"),
-    ("checkup-option-unscoped", _checkup(*DATA, *MODEL, "--option", "alpha=0.1"), ("expected CHALLENGE.ID.OPTION=VALUE",), "out"),
-    ("checkup-option-for-unknown-id", _checkup(*DATA, *MODEL, "--option", "data.nope.x=1"), ("--option for data.nope, which has no check",), "out"),
-    ("checkup-option-bad-float", _checkup(*DATA, *MODEL, "--option", "data.generalization.alpha=small"), ("alpha='small'",), "out"),
+    (
+        "treat-unknown-challenge",
+        ["treat", "data.nope", *DATA, *MODEL, "--out", "out", *FAST],
+        ("unknown challenge id", "data.nope"),
+        "out",
+    ),
+    (
+        "treat-option-without-equals",
+        ["treat", "data.quality", *DATA, *MODEL, "--option", "mode", "--out", "out", *FAST],
+        ("expected KEY=VALUE",),
+        "out",
+    ),
+    (
+        "treat-unknown-param",
+        ["treat", "data.quality", *DATA, *MODEL, "--option", "colour=red", "--out", "out", *FAST],
+        ("unknown option(s) 'colour'", "mode"),
+        "out",
+    ),
+    (
+        "treat-bad-param-value",
+        ["treat", "data.labeling_cost", *DATA, *MODEL, "--option", "budget=many", "--out", "out", *FAST],
+        ("budget='many'", "invalid literal"),
+        "out",
+    ),
+    (
+        "treat-pool-with-wrong-challenge",
+        ["treat", "data.quality", *DATA, *MODEL, "--pool", "train.npz", "--out", "out", *FAST],
+        ("--pool applies to data.labeling_cost",),
+        "out",
+    ),
+    (
+        "treat-pool-missing",
+        ["treat", "data.labeling_cost", *DATA, *MODEL, "--pool", "nope.npz", "--out", "out", *FAST],
+        ("--pool nope.npz: file not found",),
+        "out",
+    ),
+    (
+        "checkup-option-unscoped",
+        _checkup(*DATA, *MODEL, "--option", "alpha=0.1"),
+        ("expected CHALLENGE.ID.OPTION=VALUE",),
+        "out",
+    ),
+    (
+        "checkup-option-for-unknown-id",
+        _checkup(*DATA, *MODEL, "--option", "data.nope.x=1"),
+        ("--option for data.nope, which has no check",),
+        "out",
+    ),
+    (
+        "checkup-option-bad-float",
+        _checkup(*DATA, *MODEL, "--option", "data.generalization.alpha=small"),
+        ("alpha='small'",),
+        "out",
+    ),
     ("checkup-ood-missing", _checkup(*DATA, *MODEL, "--ood", "nope.npz"), ("--ood nope.npz: file not found",), "out"),
-    ("treat-missing-train", ["treat", "data.quality", "--train", "nope.npz", *MODEL, "--out", "out", *FAST], ("not found", "nope.npz"), "out"),
-    ("treat-out-under-a-file", ["treat", "data.quality", *DATA, *MODEL, "--out", "afile/sub", *FAST], ("expected a writable folder",), "afile/sub"),
+    (
+        "treat-missing-train",
+        ["treat", "data.quality", "--train", "nope.npz", *MODEL, "--out", "out", *FAST],
+        ("not found", "nope.npz"),
+        "out",
+    ),
+    (
+        "treat-out-under-a-file",
+        ["treat", "data.quality", *DATA, *MODEL, "--out", "afile/sub", *FAST],
+        ("expected a writable folder",),
+        "afile/sub",
+    ),
     ("demo-export-under-a-file", ["demo", "export", "afile/sub"], ("expected a writable folder",), "afile/sub"),
 ]
 
 
-CONTROL_ARGV = ["checkup", "--train", "train.npz", "--test", "test.npz", "--model", "model.py:factory", "--only", "data.quality", "--out", "out", "--quiet", "--no-cache"]
+CONTROL_ARGV = [
+    "checkup",
+    "--train",
+    "train.npz",
+    "--test",
+    "test.npz",
+    "--model",
+    "model.py:factory",
+    "--only",
+    "data.quality",
+    "--out",
+    "out",
+    "--quiet",
+    "--no-cache",
+]
 
 if NO_REMEDY is not None:
-    CASES.append(("treat-no-remedy", ["treat", NO_REMEDY, *DATA, *MODEL, "--out", "out", *FAST], (f"no remedy for {NO_REMEDY!r}", "expected one of"), "out"))
-CASES.append(("test-label-beyond-train-classes", _checkup("--train", "train.npz", "--test", "test_label7.npz"), ("expected values in 0..2", "found 7"), "out"))
+    CASES.append(
+        (
+            "treat-no-remedy",
+            ["treat", NO_REMEDY, *DATA, *MODEL, "--out", "out", *FAST],
+            (f"no remedy for {NO_REMEDY!r}", "expected one of"),
+            "out",
+        )
+    )
+CASES.append(
+    (
+        "test-label-beyond-train-classes",
+        _checkup("--train", "train.npz", "--test", "test_label7.npz"),
+        ("expected values in 0..2", "found 7"),
+        "out",
+    )
+)
 
 
 def _run(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DLCLINIC_CACHE": str(cwd / "cache"), "COLUMNS": "200", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dlclinic.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DLCLINIC_CACHE": str(cwd / "cache"),
+        "COLUMNS": "200",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dlclinic.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 class Runs:
@@ -214,7 +460,9 @@ class Runs:
             _write_inputs(folder)
             self.folders[case_id] = folder
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)))
-        self._futures: dict[str, Future[subprocess.CompletedProcess[str]]] = {cid: self._pool.submit(_run, self.folders[cid], argv) for cid, argv in wanted.items()}
+        self._futures: dict[str, Future[subprocess.CompletedProcess[str]]] = {
+            cid: self._pool.submit(_run, self.folders[cid], argv) for cid, argv in wanted.items()
+        }
 
     def get(self, case_id: str) -> tuple[subprocess.CompletedProcess[str], Path]:
         return self._futures[case_id].result(), self.folders[case_id]
@@ -247,10 +495,18 @@ def _leftovers(folder: Path) -> list[str]:
     """Report files and temporary files under ``folder`` (which need not exist)."""
     if not folder.is_dir():
         return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name in ("report.json", "report.html") or p.name.endswith(".tmp") or p.name.startswith(".dlclinic-write-test-"))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.name in ("report.json", "report.html")
+        or p.name.endswith(".tmp")
+        or p.name.startswith(".dlclinic-write-test-")
+    )
 
 
-def _check_one_line_exit_2(proc: subprocess.CompletedProcess[str], folder: Path, argv: list[str], fragments: tuple[str, ...], out: str) -> None:
+def _check_one_line_exit_2(
+    proc: subprocess.CompletedProcess[str], folder: Path, argv: list[str], fragments: tuple[str, ...], out: str
+) -> None:
     detail = f"argv: {argv}\nexit: {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 2, detail
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -264,8 +520,13 @@ def _check_one_line_exit_2(proc: subprocess.CompletedProcess[str], folder: Path,
     assert _leftovers(folder) == [], detail  # nothing half-written anywhere in the working folder
 
 
-@pytest.mark.parametrize(("argv", "fragments", "out"), [pytest.param(argv, fragments, out, id=case_id) for case_id, argv, fragments, out in CASES])
-def test_bad_input_is_one_line_exit_2_no_files(runs: Runs, request: pytest.FixtureRequest, argv: list[str], fragments: tuple[str, ...], out: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "fragments", "out"),
+    [pytest.param(argv, fragments, out, id=case_id) for case_id, argv, fragments, out in CASES],
+)
+def test_bad_input_is_one_line_exit_2_no_files(
+    runs: Runs, request: pytest.FixtureRequest, argv: list[str], fragments: tuple[str, ...], out: str
+) -> None:
     proc, folder = runs.get(request.node.callspec.id)
     _check_one_line_exit_2(proc, folder, argv, fragments, out)
 

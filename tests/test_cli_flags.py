@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from dlclinic.checks import CHECKS
+from dlclinic.challenges import CHECKS, get_remedy
 from dlclinic.cli import _CHECK_FLAGS, _TREAT_FLAGS
-from dlclinic.remedies import get_remedy
 
 
 def test_checkup_flags_target_existing_check_options() -> None:
-    for key, (flag, targets) in _CHECK_FLAGS.items():
+    for flag, targets in _CHECK_FLAGS.values():
         assert targets, flag
         for cid, name in targets:
             assert cid in CHECKS, (flag, cid)

@@ -6,15 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
 
 pytest.importorskip("onnxruntime")
 
 FAST = FitConfig(epochs=6, batch_size=64)
-SWEEP = {"max_accuracy_drop": 0.02, "sparsities": "0.5", "keep_ratios": "0.5", "finetune_epochs": 1, "distill_epochs": 2, "distill_seconds": 5.0}
+SWEEP = {
+    "max_accuracy_drop": 0.02,
+    "sparsities": "0.5",
+    "keep_ratios": "0.5",
+    "finetune_epochs": 1,
+    "distill_epochs": 2,
+    "distill_seconds": 5.0,
+}
 
 
 def _case() -> Case:
@@ -25,9 +32,17 @@ def _case() -> Case:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("challenge", "objective"), [("compute.edge", "size"), ("compute.realtime", "latency")])
-def test_compute_remedies_choose_by_their_objective_and_re_measure_their_check(tmp_path: Path, challenge: str, objective: str) -> None:
-    treatment, before, after = dlclinic.treat(_case(), challenge, out_dir=tmp_path / "out", params=SWEEP, fit_config=FAST, cache_dir=tmp_path / "cache")
-    assert treatment.challenge_id == challenge and before[challenge].status == treatment.before_status and after[challenge].status == treatment.after_status
+def test_compute_remedies_choose_by_their_objective_and_re_measure_their_check(
+    tmp_path: Path, challenge: str, objective: str
+) -> None:
+    treatment, before, after = dlclinic.treat(
+        _case(), challenge, out_dir=tmp_path / "out", params=SWEEP, fit_config=FAST, cache_dir=tmp_path / "cache"
+    )
+    assert (
+        treatment.challenge_id == challenge
+        and before[challenge].status == treatment.before_status
+        and after[challenge].status == treatment.after_status
+    )
     assert f"by {objective}" in treatment.action
     assert treatment.after["accuracy_drop"] <= 0.02 and Path(treatment.artifacts["model"]).exists()
     table = json.loads((tmp_path / "out" / "compression.json").read_text())

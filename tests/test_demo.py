@@ -111,7 +111,22 @@ def test_second_run_reuses_cached_evidence(demo_report: dict, workdir: Path, cac
 
 
 def test_clean_copy_raises_no_label_issue_warning(workdir: Path, cache: Path) -> None:
-    assert main(["checkup", "--clean-demo", "--only", "data.quality", "--out", str(workdir / "clean"), "--cache-dir", str(cache), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "checkup",
+                "--clean-demo",
+                "--only",
+                "data.quality",
+                "--out",
+                str(workdir / "clean"),
+                "--cache-dir",
+                str(cache),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     clean = json.loads((workdir / "clean" / "report.json").read_text())
     quality = _challenge(clean, "data.quality")
     assert quality["metrics"]["label_issue_fraction"] <= quality["thresholds"]["label_issue_fraction.warn"]

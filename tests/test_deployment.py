@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
 
 pytest.importorskip("fastapi")
@@ -26,7 +26,9 @@ def _splits(shift_from: int | None) -> tuple[tuple[np.ndarray, np.ndarray], ...]
     xd, yd = blobs(400, d=D, k=K, sep=3.0, seed=2)
     if shift_from is not None:
         rng = np.random.default_rng(3)
-        xd[shift_from:] = 0.1 * xd[shift_from:] + rng.normal(0, 0.5, xd[shift_from:].shape).astype(np.float32)  # washed-out, noisy inputs
+        xd[shift_from:] = 0.1 * xd[shift_from:] + rng.normal(0, 0.5, xd[shift_from:].shape).astype(
+            np.float32
+        )  # washed-out, noisy inputs
     return (x, y), (xt, yt), (xd, yd)
 
 
@@ -38,7 +40,7 @@ def _net() -> Any:
     if not _NET:
         import torch
 
-        from dlclinic.remedies.fit import fit
+        from dlclinic.core.recipe import fit
 
         (x, y), _, _ = _splits(None)
         torch.manual_seed(0)
@@ -62,7 +64,9 @@ def _run(case: Case, cache: Path, only: list[str], **options: Any) -> Any:
 
 
 def test_drift_alerts_in_the_window_where_the_shift_starts(cache: Path) -> None:
-    res = _run(_case(shift_from=200), cache, ["deployment.drift"], **{"deployment.drift": {"window": 100}})["deployment.drift"]
+    res = _run(_case(shift_from=200), cache, ["deployment.drift"], **{"deployment.drift": {"window": 100}})[
+        "deployment.drift"
+    ]
     assert res.status == "fail", res.summary
     assert res.metrics["first_alert_window"] == 2 and res.metrics["windows"] == 4
     windows = res.details["windows"]
@@ -73,7 +77,9 @@ def test_drift_alerts_in_the_window_where_the_shift_starts(cache: Path) -> None:
 
 
 def test_drift_stays_quiet_on_a_stationary_deploy_stream(cache: Path) -> None:
-    res = _run(_case(shift_from=None), cache, ["deployment.drift"], **{"deployment.drift": {"window": 100}})["deployment.drift"]
+    res = _run(_case(shift_from=None), cache, ["deployment.drift"], **{"deployment.drift": {"window": 100}})[
+        "deployment.drift"
+    ]
     assert res.status == "ok", res.summary
     assert res.metrics["alert_windows"] == 0
 
@@ -86,7 +92,12 @@ def test_drift_needs_a_deploy_split(cache: Path) -> None:
 
 def test_integration_monitoring_and_scalability_on_a_small_case(cache: Path) -> None:
     pytest.importorskip("onnxruntime")
-    rep = _run(_case(shift_from=None), cache, ["deployment.integration", "deployment.monitoring", "deployment.scalability"], **{"deployment.scalability": {"requests": 40, "time_limit": 0.5, "batch_sizes": "1,16"}})
+    rep = _run(
+        _case(shift_from=None),
+        cache,
+        ["deployment.integration", "deployment.monitoring", "deployment.scalability"],
+        **{"deployment.scalability": {"requests": 40, "time_limit": 0.5, "batch_sizes": "1,16"}},
+    )
     integ = rep["deployment.integration"]
     assert integ.status == "ok", integ.summary
     assert integ.metrics["served_max_abs_prob_diff"] < 1e-5 and integ.metrics["openapi_problems"] == 0
@@ -106,7 +117,9 @@ def test_monitoring_warns_when_windows_are_too_small_to_see_a_drop(cache: Path) 
     x, y = blobs(300, d=D, k=K, sep=1.0, seed=0)  # a hard task: accuracy far from 1, so small windows are noisy
     xt, yt = blobs(200, d=D, k=K, sep=1.0, seed=1)
     hard = Case.from_arrays((x, y), (xt, yt))
-    res = _run(hard, cache, ["deployment.monitoring"], **{"deployment.monitoring": {"window": 10, "rows": 40}})["deployment.monitoring"]
+    res = _run(hard, cache, ["deployment.monitoring"], **{"deployment.monitoring": {"window": 10, "rows": 40}})[
+        "deployment.monitoring"
+    ]
     assert res.status == "warn" and any(f.code == "blind_windows" for f in res.findings)
 
 
@@ -121,7 +134,9 @@ def _serve_files(tmp_path: Path, shift_from: int | None) -> dict[str, Any]:
     from dlclinic.serve.backends import TorchBackend
     from dlclinic.serve.store import PredictionStore
 
-    (tmp_path / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n")
+    (tmp_path / "net.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n"
+    )
     case = _case(shift_from)
     model = case.model
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "net.safetensors"))
@@ -133,7 +148,12 @@ def _serve_files(tmp_path: Path, shift_from: int | None) -> dict[str, Any]:
     store = PredictionStore(tmp_path / "log.db")
     with TestClient(create_app(backend, reference=ref, store=store, config=ServeConfig())) as client:
         for i in range(0, len(deploy.x), 25):
-            assert client.post("/predict", json={"inputs": deploy.x[i : i + 25].tolist(), "request_id": f"d{i}"}).status_code == 200
+            assert (
+                client.post(
+                    "/predict", json={"inputs": deploy.x[i : i + 25].tolist(), "request_id": f"d{i}"}
+                ).status_code
+                == 200
+            )
     return {"model": model, "deploy": deploy.x}
 
 
@@ -142,7 +162,9 @@ def test_monitor_command_exits_nonzero_on_an_alert(tmp_path: Path, shift_from: i
     from dlclinic.commands.deploy import run_monitor
 
     _serve_files(tmp_path, shift_from)
-    rc = run_monitor(store=str(tmp_path / "log.db"), reference=tmp_path / "reference.npz", out=tmp_path / "mon", window=100)
+    rc = run_monitor(
+        store=str(tmp_path / "log.db"), reference=tmp_path / "reference.npz", out=tmp_path / "mon", window=100
+    )
     assert rc == code
     report = json.loads((tmp_path / "mon" / "report.json").read_text())
     rows = {c["id"]: c for c in report["challenges"]}
@@ -160,15 +182,59 @@ def test_cli_predict_and_monitor(tmp_path: Path) -> None:
     from dlclinic.serve.backends import TorchBackend
 
     files = _serve_files(tmp_path, 200)
-    rc = main(["predict", str(tmp_path / "deploy.npz"), "--model", f"{tmp_path / 'net.py'}:build", "--weights", str(tmp_path / "net.safetensors"), "--out", str(tmp_path / "scored.csv"), "--batch-size", "64"])
+    rc = main(
+        [
+            "predict",
+            str(tmp_path / "deploy.npz"),
+            "--model",
+            f"{tmp_path / 'net.py'}:build",
+            "--weights",
+            str(tmp_path / "net.safetensors"),
+            "--out",
+            str(tmp_path / "scored.csv"),
+            "--batch-size",
+            "64",
+        ]
+    )
     assert rc == 0
     scored = pd.read_csv(tmp_path / "scored.csv")
     expected = TorchBackend(files["model"], (D,), K).predict(files["deploy"])[0]
     np.testing.assert_allclose(scored[["p_0", "p_1", "p_2"]].to_numpy(), expected, atol=1e-5)
     with pytest.raises(SystemExit) as exc:
-        main(["monitor", "--store", str(tmp_path / "log.db"), "--reference", str(tmp_path / "reference.npz"), "--out", str(tmp_path / "m"), "--window", "100", "-q"])
+        main(
+            [
+                "monitor",
+                "--store",
+                str(tmp_path / "log.db"),
+                "--reference",
+                str(tmp_path / "reference.npz"),
+                "--out",
+                str(tmp_path / "m"),
+                "--window",
+                "100",
+                "-q",
+            ]
+        )
     assert exc.value.code == 1
-    assert main(["monitor", "--store", str(tmp_path / "log.db"), "--reference", str(tmp_path / "reference.npz"), "--out", str(tmp_path / "m2"), "--window", "100", "-q", "--fail-on", "never"]) == 0
+    assert (
+        main(
+            [
+                "monitor",
+                "--store",
+                str(tmp_path / "log.db"),
+                "--reference",
+                str(tmp_path / "reference.npz"),
+                "--out",
+                str(tmp_path / "m2"),
+                "--window",
+                "100",
+                "-q",
+                "--fail-on",
+                "never",
+            ]
+        )
+        == 0
+    )
     assert main(["predict", str(tmp_path / "missing.npz"), "--model", f"{tmp_path / 'net.py'}:build"]) == 2
     assert main(["monitor", "--store", str(tmp_path / "log.db"), "--reference", str(tmp_path / "nope.npz")]) == 2
 
@@ -194,7 +260,28 @@ def test_serve_command_with_two_workers_and_sigterm(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "dlclinic.cli", "serve", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--model", f"{tmp_path / 'net.py'}:build", "--weights", str(tmp_path / "net.safetensors"), "--out", str(tmp_path / "srv"), "--port", str(port), "--workers", "2", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dlclinic.cli",
+        "serve",
+        "--train",
+        str(tmp_path / "train.npz"),
+        "--test",
+        str(tmp_path / "test.npz"),
+        "--model",
+        f"{tmp_path / 'net.py'}:build",
+        "--weights",
+        str(tmp_path / "net.safetensors"),
+        "--out",
+        str(tmp_path / "srv"),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     env = {**os.environ, "DLCLINIC_SERVE_TOKEN": "tok"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -211,7 +298,11 @@ def test_serve_command_with_two_workers_and_sigterm(tmp_path: Path) -> None:
                 time.sleep(0.5)
             x = case.splits["test"].x
             for i in range(40):
-                r = client.post("/predict", json={"inputs": x[i : i + 1].tolist(), "request_id": f"w{i}"}, headers={"Authorization": "Bearer tok"})
+                r = client.post(
+                    "/predict",
+                    json={"inputs": x[i : i + 1].tolist(), "request_id": f"w{i}"},
+                    headers={"Authorization": "Bearer tok"},
+                )
                 assert r.status_code == 200
             assert client.post("/predict", json={"inputs": x[:1].tolist()}).status_code == 401
     finally:
@@ -248,8 +339,30 @@ def test_kill_9_under_load_leaves_an_intact_log(tmp_path: Path, sync_log: bool) 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "dlclinic.cli", "serve", "--train", str(tmp_path / "train.npz"), "--model", f"{tmp_path / 'net.py'}:build", "--weights", str(tmp_path / "net.safetensors"), "--out", str(tmp_path / "srv"), "--port", str(port), "--cache-dir", str(tmp_path / "cache")]
-    proc = subprocess.Popen(cmd + (["--sync-log"] if sync_log else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dlclinic.cli",
+        "serve",
+        "--train",
+        str(tmp_path / "train.npz"),
+        "--model",
+        f"{tmp_path / 'net.py'}:build",
+        "--weights",
+        str(tmp_path / "net.safetensors"),
+        "--out",
+        str(tmp_path / "srv"),
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    proc = subprocess.Popen(
+        cmd + (["--sync-log"] if sync_log else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     acknowledged: list[str] = []
     stop = threading.Event()
     x = case.splits["test"].x
@@ -315,11 +428,22 @@ def _factory() -> Any:
 def test_treat_drift_retrains_on_half_the_drifted_rows_and_verifies_on_the_other_half(tmp_path: Path) -> None:
     train, test, deploy = _splits(shift_from=200)
     case = Case.from_arrays(train, test, deploy, model=_net(), model_factory=_factory)
-    treatment, before, _ = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FitConfig(epochs=40, batch_size=64), cache_dir=tmp_path / "c")
+    treatment, before, _ = dlclinic.treat(
+        case,
+        "deployment.drift",
+        out_dir=tmp_path / "t",
+        fit_config=FitConfig(epochs=40, batch_size=64),
+        cache_dir=tmp_path / "c",
+    )
     assert before["deployment.drift"].status == "fail"
-    assert treatment.before["drifted_rows"] == 200 and 70 <= treatment.after["eval_rows"] <= 130  # the evaluation half of the drifted span
+    assert (
+        treatment.before["drifted_rows"] == 200 and 70 <= treatment.after["eval_rows"] <= 130
+    )  # the evaluation half of the drifted span
     # rows neither model trained on: the retrained model is better there, and significantly so
-    assert treatment.after["eval_accuracy"] > treatment.before["eval_accuracy"] + 0.1, (treatment.before, treatment.after)
+    assert treatment.after["eval_accuracy"] > treatment.before["eval_accuracy"] + 0.1, (
+        treatment.before,
+        treatment.after,
+    )
     assert treatment.after["accuracy_gain_ci_low"] > 0 and treatment.after["mcnemar_p"] < 0.01
     trigger = json.loads((tmp_path / "t" / "drift_trigger.json").read_text())
     assert trigger["rows"] == list(range(200, 400)) and [w["window"] for w in trigger["drifted_windows"]] == [2, 3]
@@ -329,9 +453,14 @@ def test_treat_drift_retrains_on_half_the_drifted_rows_and_verifies_on_the_other
 def test_treat_drift_without_labels_writes_the_rows_to_label_and_changes_nothing(tmp_path: Path) -> None:
     train, test, (xd, _) = _splits(shift_from=200)
     case = Case.from_arrays(train, test, (xd, None), model=_net())
-    treatment, before, after = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FAST, cache_dir=tmp_path / "c")
+    treatment, before, after = dlclinic.treat(
+        case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FAST, cache_dir=tmp_path / "c"
+    )
     assert before["deployment.drift"].status != "ok" and treatment.after_status == treatment.before_status
-    assert "label" in " ".join(treatment.notes) and json.loads((tmp_path / "t" / "drift_trigger.json").read_text())["rows_to_label"] > 0
+    assert (
+        "label" in " ".join(treatment.notes)
+        and json.loads((tmp_path / "t" / "drift_trigger.json").read_text())["rows_to_label"] > 0
+    )
     with pytest.raises(dlclinic.ConfigError, match="needs labels"):
         dlclinic.treat(case, "deployment.drift", fit_config=FAST, cache_dir=tmp_path / "c", params={"mode": "retrain"})
 
@@ -339,7 +468,9 @@ def test_treat_drift_without_labels_writes_the_rows_to_label_and_changes_nothing
 def test_treat_drift_on_a_stationary_stream_changes_nothing(tmp_path: Path) -> None:
     train, test, deploy = _splits(shift_from=None)
     case = Case.from_arrays(train, test, deploy, model=_net(), model_factory=_factory)
-    treatment, before, after = dlclinic.treat(case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FAST, cache_dir=tmp_path / "c")
+    treatment, before, after = dlclinic.treat(
+        case, "deployment.drift", out_dir=tmp_path / "t", fit_config=FAST, cache_dir=tmp_path / "c"
+    )
     assert before["deployment.drift"].status == "ok" and after is before
     assert treatment.before["drifted_rows"] == 0 and "model" not in treatment.artifacts
     assert json.loads((tmp_path / "t" / "drift_trigger.json").read_text())["rows"] == []

@@ -57,9 +57,14 @@ def test_point_estimates_match_fairlearn() -> None:
     p3 = np.where(rng.random(n) < np.where(g == "a", 0.3, 0.1), rng.integers(0, 4, n), y3)
     rep3 = estimate_fairness(y3, p3, g, n_boot=50, n_perm=50)
     c = rep3.eo_class
-    assert rep3.eo_difference == pytest.approx(equalized_odds_difference((y3 == c).astype(int), (p3 == c).astype(int), sensitive_features=g))
+    assert rep3.eo_difference == pytest.approx(
+        equalized_odds_difference((y3 == c).astype(int), (p3 == c).astype(int), sensitive_features=g)
+    )
     for other in range(4):
-        assert equalized_odds_difference((y3 == other).astype(int), (p3 == other).astype(int), sensitive_features=g) <= rep3.eo_difference + 1e-12
+        assert (
+            equalized_odds_difference((y3 == other).astype(int), (p3 == other).astype(int), sensitive_features=g)
+            <= rep3.eo_difference + 1e-12
+        )
 
 
 def test_planted_bias_is_found_with_intervals_excluding_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -75,7 +80,10 @@ def test_planted_bias_is_found_with_intervals_excluding_zero(tmp_path) -> None: 
 def test_fair_case_stays_ok(tmp_path) -> None:  # type: ignore[no-untyped-def]
     res = dlclinic.checkup(_case(biased=False), only=["ethics.fairness"], cache_dir=tmp_path)["ethics.fairness"]
     assert res.status == "ok", res.summary
-    assert res.metrics["accuracy_gap_ci_low"] <= 0.0 <= res.metrics["accuracy_gap_ci_high"] or res.metrics["accuracy_gap"] < 0.1
+    assert (
+        res.metrics["accuracy_gap_ci_low"] <= 0.0 <= res.metrics["accuracy_gap_ci_high"]
+        or res.metrics["accuracy_gap"] < 0.1
+    )
 
 
 def test_without_groups_not_examined_with_how_to(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -6,11 +6,18 @@ import json
 
 import numpy as np
 import pytest
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
-from dlclinic.report.model_card import append_audit, render_model_card, render_technical_documentation, verify_audit, verify_manifest, write_manifest
+from dlclinic.report.model_card import (
+    append_audit,
+    render_model_card,
+    render_technical_documentation,
+    verify_audit,
+    verify_manifest,
+    write_manifest,
+)
 
 FAST = FitConfig(epochs=6, batch_size=64)
 FULL_CARD = {
@@ -43,22 +50,40 @@ def test_misuse_warns_without_card_and_is_ok_with_a_complete_one(tmp_path) -> No
     assert res.status == "warn" and "undocumented" in res.summary
     card = tmp_path / "card.json"
     card.write_text(json.dumps(FULL_CARD))
-    ok = dlclinic.checkup(case, only=["ethics.misuse"], options={"ethics.misuse": {"card_config": str(card)}}, fit_config=FAST, cache_dir=tmp_path)["ethics.misuse"]
+    ok = dlclinic.checkup(
+        case,
+        only=["ethics.misuse"],
+        options={"ethics.misuse": {"card_config": str(card)}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["ethics.misuse"]
     assert ok.status == "ok", ok.summary
     partial = tmp_path / "card.yaml"
     partial.write_text("intended_use: sorting blobs\nowner: me\n")
-    part = dlclinic.checkup(case, only=["ethics.misuse"], options={"ethics.misuse": {"card_config": str(partial)}}, fit_config=FAST, cache_dir=tmp_path)["ethics.misuse"]
+    part = dlclinic.checkup(
+        case,
+        only=["ethics.misuse"],
+        options={"ethics.misuse": {"card_config": str(partial)}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["ethics.misuse"]
     assert part.status == "warn" and "out_of_scope" in part.summary and "data_provenance" in part.summary
 
 
 def test_audit_trail_is_hash_chained_and_tampering_fails(tmp_path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "audit.jsonl"
     card = tmp_path / "card.toml"
-    card.write_text("\n".join(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {json.dumps(v)}" for k, v in FULL_CARD.items()))
+    card.write_text(
+        "\n".join(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {json.dumps(v)}" for k, v in FULL_CARD.items())
+    )
     case = _case(with_ids=True)
     opts = {"ethics.compliance": {"audit_log": str(log), "card_config": str(card)}}
-    first = dlclinic.checkup(case, only=["ethics.compliance"], options=opts, fit_config=FAST, cache_dir=tmp_path)["ethics.compliance"]
-    second = dlclinic.checkup(case, only=["ethics.compliance"], options=opts, fit_config=FAST, cache_dir=tmp_path)["ethics.compliance"]
+    first = dlclinic.checkup(case, only=["ethics.compliance"], options=opts, fit_config=FAST, cache_dir=tmp_path)[
+        "ethics.compliance"
+    ]
+    second = dlclinic.checkup(case, only=["ethics.compliance"], options=opts, fit_config=FAST, cache_dir=tmp_path)[
+        "ethics.compliance"
+    ]
     assert first.metrics["audit_records"] == 1 and second.metrics["audit_records"] == 2
     assert second.status == "ok", second.summary
     assert second.metrics["erasure_ready"] is True
@@ -67,15 +92,28 @@ def test_audit_trail_is_hash_chained_and_tampering_fails(tmp_path) -> None:  # t
     assert record["inputs_sha256"]["model"] and record["who"]
     log.write_text(lines[0].replace('"checkup"', '"edited"') + "\n" + lines[1] + "\n")
     assert verify_audit(log)[1]
-    tampered = dlclinic.checkup(case, only=["ethics.compliance"], options=opts, fit_config=FAST, cache_dir=tmp_path)["ethics.compliance"]
+    tampered = dlclinic.checkup(case, only=["ethics.compliance"], options=opts, fit_config=FAST, cache_dir=tmp_path)[
+        "ethics.compliance"
+    ]
     assert tampered.status == "fail" and any(f.code == "audit_tampered" for f in tampered.findings)
-    bare = dlclinic.checkup(_case(), only=["ethics.compliance"], options={"ethics.compliance": {"audit_log": str(tmp_path / "a2.jsonl")}}, fit_config=FAST, cache_dir=tmp_path)["ethics.compliance"]
+    bare = dlclinic.checkup(
+        _case(),
+        only=["ethics.compliance"],
+        options={"ethics.compliance": {"audit_log": str(tmp_path / "a2.jsonl")}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["ethics.compliance"]
     assert bare.status == "warn" and "retention" in bare.summary and "right to erasure" in bare.summary
 
 
 def test_manifest_detects_any_one_byte_change(tmp_path) -> None:  # type: ignore[no-untyped-def]
     files = {}
-    for name, content in (("model", b"\x00weights" * 100), ("data", b"x,y\n1,2\n"), ("config", b"intended_use: x\n"), ("report", b"{}")):
+    for name, content in (
+        ("model", b"\x00weights" * 100),
+        ("data", b"x,y\n1,2\n"),
+        ("config", b"intended_use: x\n"),
+        ("report", b"{}"),
+    ):
         p = tmp_path / f"{name}.bin"
         p.write_bytes(content)
         files[name] = str(p)
@@ -97,13 +135,34 @@ def test_manifest_detects_any_one_byte_change(tmp_path) -> None:  # type: ignore
 def test_card_and_documentation_render_measured_numbers() -> None:
     from dlclinic.core.results import CheckResult, Report, sequence_of_results
 
-    measured = CheckResult(id="model.overfitting", status="warn", summary="gap", metrics={"train_accuracy": 0.99, "test_accuracy": 0.81, "ece": 0.05})
-    report = Report("0", "2026-01-01T00:00:00Z", {"name": "blobs", "fingerprints": {"model": "ab" * 32, "data.train": "cd" * 32}}, sequence_of_results([measured]))
+    measured = CheckResult(
+        id="model.overfitting",
+        status="warn",
+        summary="gap",
+        metrics={"train_accuracy": 0.99, "test_accuracy": 0.81, "ece": 0.05},
+    )
+    report = Report(
+        "0",
+        "2026-01-01T00:00:00Z",
+        {"name": "blobs", "fingerprints": {"model": "ab" * 32, "data.train": "cd" * 32}},
+        sequence_of_results([measured]),
+    )
     card = render_model_card(report, {"intended_use": "sorting blobs"})
     assert "## Intended use" in card and "sorting blobs" in card and "not provided" in card
-    assert "Accuracy: train 99.0%, test 81.0%" in card and "model.overfitting** (warn)" in card and "## Fingerprints (SHA-256)" in card and report.case["fingerprints"]["model"] in card
+    assert (
+        "Accuracy: train 99.0%, test 81.0%" in card
+        and "model.overfitting** (warn)" in card
+        and "## Fingerprints (SHA-256)" in card
+        and report.case["fingerprints"]["model"] in card
+    )
     doc = render_technical_documentation(report, None)
-    for heading in ("General description", "Data and data governance", "Human oversight", "Risk management", "right to erasure"):
+    for heading in (
+        "General description",
+        "Data and data governance",
+        "Human oversight",
+        "Risk management",
+        "right to erasure",
+    ):
         assert heading.lower() in doc.lower()
 
 
@@ -120,7 +179,14 @@ def test_treat_misuse_bundle_and_forget_ids(tmp_path) -> None:  # type: ignore[n
     yt = np.where(np.random.default_rng(1).random(len(yt)) < 0.2, (yt + 1) % 3, yt)  # the same label noise as train
     case = Case.from_arrays((x, y), (xt, yt), ids={"train": np.array([f"p{i}" for i in range(len(y))])})
     fit = FitConfig(epochs=60, batch_size=32, val_fraction=0.0, weight_decay=0.0, lr=3e-3)
-    t, before, after = dlclinic.treat(case, "ethics.misuse", params={"card_config": str(card), "evaluate": ()}, fit_config=fit, cache_dir=tmp_path, out_dir=tmp_path / "card")
+    t, before, after = dlclinic.treat(
+        case,
+        "ethics.misuse",
+        params={"card_config": str(card), "evaluate": ()},
+        fit_config=fit,
+        cache_dir=tmp_path,
+        out_dir=tmp_path / "card",
+    )
     assert t.before_status == "warn" and t.after_status == "ok"
     manifest = tmp_path / "card" / "manifest.json"
     assert (tmp_path / "card" / "model_card.md").exists() and main(["bundle", "verify", str(manifest)]) == 0
@@ -132,22 +198,52 @@ def test_treat_misuse_bundle_and_forget_ids(tmp_path) -> None:  # type: ignore[n
     assert main(["bundle", "verify", str(manifest)]) == 1
     forget = tmp_path / "forget.txt"
     forget.write_text("\n".join(f"p{i}" for i in range(0, 200, 2)))
-    t2, _, _ = dlclinic.treat(case, "ethics.compliance", params={"forget": str(forget), "card_config": str(card), "evaluate": ()}, fit_config=fit, cache_dir=tmp_path, out_dir=tmp_path / "erase")
+    t2, _, _ = dlclinic.treat(
+        case,
+        "ethics.compliance",
+        params={"forget": str(forget), "card_config": str(card), "evaluate": ()},
+        fit_config=fit,
+        cache_dir=tmp_path,
+        out_dir=tmp_path / "erase",
+    )
     assert t2.after["train_rows"] == 100
     assert t2.before["forgotten_mia_auc"] > 0.6
-    assert t2.after["forgotten_mia_auc_ci_low"] < 0.5 < t2.after["forgotten_mia_auc_ci_high"] or abs(t2.after["forgotten_mia_auc"] - 0.5) < 0.07
-    assert (tmp_path / "erase" / "technical_documentation.md").exists() and main(["bundle", "verify", str(tmp_path / "erase" / "manifest.json")]) == 0
+    assert (
+        t2.after["forgotten_mia_auc_ci_low"] < 0.5 < t2.after["forgotten_mia_auc_ci_high"]
+        or abs(t2.after["forgotten_mia_auc"] - 0.5) < 0.07
+    )
+    assert (tmp_path / "erase" / "technical_documentation.md").exists() and main(
+        ["bundle", "verify", str(tmp_path / "erase" / "manifest.json")]
+    ) == 0
 
 
 def test_placeholder_answers_count_as_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from dlclinic.report.model_card import missing_fields
 
-    cfg = {"intended_use": "TODO", "out_of_scope": ["TBD"], "data_provenance": "todo: ask the lab", "owner": "…", "license": "n/a", "limitations": "none known"}
-    assert missing_fields(cfg, ["intended_use", "out_of_scope", "data_provenance", "owner"]) == ["intended_use", "out_of_scope", "data_provenance", "owner"]
+    cfg = {
+        "intended_use": "TODO",
+        "out_of_scope": ["TBD"],
+        "data_provenance": "todo: ask the lab",
+        "owner": "…",
+        "license": "n/a",
+        "limitations": "none known",
+    }
+    assert missing_fields(cfg, ["intended_use", "out_of_scope", "data_provenance", "owner"]) == [
+        "intended_use",
+        "out_of_scope",
+        "data_provenance",
+        "owner",
+    ]
     assert missing_fields(cfg, ["license", "limitations"]) == []  # "does not apply" is an answer
     card = tmp_path / "card.json"
     card.write_text(json.dumps({**FULL_CARD, "intended_use": "TBD"}))
-    res = dlclinic.checkup(_case(), only=["ethics.misuse"], options={"ethics.misuse": {"card_config": str(card)}}, fit_config=FAST, cache_dir=tmp_path)["ethics.misuse"]
+    res = dlclinic.checkup(
+        _case(),
+        only=["ethics.misuse"],
+        options={"ethics.misuse": {"card_config": str(card)}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["ethics.misuse"]
     assert res.status == "warn" and "intended_use" in res.summary
 
 
@@ -165,7 +261,12 @@ def test_audit_head_anchor_catches_changes_to_the_newest_record(tmp_path, how: s
     else:  # a forged record, correctly chained by hand
         import hashlib
 
-        lines.append(json.dumps({"event": "checkup", "run": 99, "prev_sha256": hashlib.sha256(lines[-1].encode()).hexdigest()}, sort_keys=True))
+        lines.append(
+            json.dumps(
+                {"event": "checkup", "run": 99, "prev_sha256": hashlib.sha256(lines[-1].encode()).hexdigest()},
+                sort_keys=True,
+            )
+        )
     log.write_text("\n".join(lines) + "\n")
     assert verify_audit(log)[1]
     append_audit(log, {"event": "checkup", "run": 4})  # the next run chains onto the changed line...

@@ -18,7 +18,9 @@ from dlclinic.io.pickle_scan import scan_file, scan_pickle_bytes
 
 def _small_cnn() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 3)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 3)
+    ).eval()
 
 
 def _image_data(n: int = 300) -> tuple[np.ndarray, np.ndarray, torch.nn.Module]:
@@ -52,7 +54,9 @@ def test_fgsm_and_pgd_agree_with_captum(eps: float) -> None:
 
 def test_pgd_l2_respects_ball_and_range() -> None:
     x, y, net = _image_data(120)
-    res = attack(net, x, y, method="pgd_l2", epsilon=0.05, lower=0.0, upper=1.0, steps=10, keep_inputs=True, random_start=True)
+    res = attack(
+        net, x, y, method="pgd_l2", epsilon=0.05, lower=0.0, upper=1.0, steps=10, keep_inputs=True, random_start=True
+    )
     assert res.x_adv is not None
     delta = (res.x_adv - x).reshape(len(x), -1)
     assert np.all(np.linalg.norm(delta, axis=1) <= 0.05 * np.sqrt(100) + 1e-4)
@@ -86,14 +90,23 @@ def test_undefended_model_warns_and_robust_model_is_ok(tmp_path) -> None:  # typ
     fragile = _linear(np.r_[0.0, np.ones(40)])  # relies on many weak features: small L∞ steps add up
     robust = _linear(np.r_[1.0, np.zeros(40)])  # relies on the one strong feature only
     opts = {"ethics.security": {"epsilon": 0.5, "epsilons": "0.5", "n_samples": 120}}
-    bad = dlclinic.checkup(Case.from_arrays((x, y), (xt, yt), model=fragile), only=["ethics.security"], options=opts, cache_dir=tmp_path)["ethics.security"]
-    good = dlclinic.checkup(Case.from_arrays((x, y), (xt, yt), model=robust), only=["ethics.security"], options=opts, cache_dir=tmp_path)["ethics.security"]
+    bad = dlclinic.checkup(
+        Case.from_arrays((x, y), (xt, yt), model=fragile), only=["ethics.security"], options=opts, cache_dir=tmp_path
+    )["ethics.security"]
+    good = dlclinic.checkup(
+        Case.from_arrays((x, y), (xt, yt), model=robust), only=["ethics.security"], options=opts, cache_dir=tmp_path
+    )["ethics.security"]
     assert bad.status in ("warn", "fail"), bad.summary
     assert good.status == "ok", good.summary
     assert good.metrics["robust_accuracy"] > bad.metrics["robust_accuracy"] + 0.3
     assert bad.remedy is not None and "treat ethics.security" in (bad.remedy.command or "")
     # the verdict follows the user's ε of interest: at a tiny ε the fragile model is fine
-    small = dlclinic.checkup(Case.from_arrays((x, y), (xt, yt), model=fragile), only=["ethics.security"], options={"ethics.security": {"epsilon": 0.01, "epsilons": "0.01", "n_samples": 120}}, cache_dir=tmp_path)["ethics.security"]
+    small = dlclinic.checkup(
+        Case.from_arrays((x, y), (xt, yt), model=fragile),
+        only=["ethics.security"],
+        options={"ethics.security": {"epsilon": 0.01, "epsilons": "0.01", "n_samples": 120}},
+        cache_dir=tmp_path,
+    )["ethics.security"]
     assert small.status == "ok", small.summary
 
 
@@ -127,9 +140,19 @@ def test_malicious_pickle_flagged_and_never_run(tmp_path) -> None:  # type: igno
     assert not marker.exists()
     x, y = _weak_and_strong(100, 0)
     case = Case.from_arrays((x, y), (x, y), model=_linear(np.r_[1.0, np.zeros(40)]))
-    res = dlclinic.checkup(case, only=["ethics.security"], options={"ethics.security": {"model_files": f"{evil},{plain}", "robustness": "false"}}, cache_dir=tmp_path)["ethics.security"]
+    res = dlclinic.checkup(
+        case,
+        only=["ethics.security"],
+        options={"ethics.security": {"model_files": f"{evil},{plain}", "robustness": "false"}},
+        cache_dir=tmp_path,
+    )["ethics.security"]
     assert res.status == "fail" and any(f.code == "pickle_dangerous" for f in res.findings)
-    ok = dlclinic.checkup(case, only=["ethics.security"], options={"ethics.security": {"model_files": str(plain), "robustness": "false"}}, cache_dir=tmp_path)["ethics.security"]
+    ok = dlclinic.checkup(
+        case,
+        only=["ethics.security"],
+        options={"ethics.security": {"model_files": str(plain), "robustness": "false"}},
+        cache_dir=tmp_path,
+    )["ethics.security"]
     assert ok.status == "ok", ok.summary
     assert not marker.exists()
     from dlclinic.cli import main
@@ -144,8 +167,17 @@ def test_adversarial_training_raises_robust_accuracy(tmp_path) -> None:  # type:
     x, y = _weak_and_strong(800, 0)
     xt, yt = _weak_and_strong(300, 1)
     case = Case.from_arrays((x, y), (xt, yt))
-    treatment, before, after = dlclinic.treat(case, "ethics.security", params={"epsilon": 0.5, "epochs": 10}, fit_config=FitConfig(epochs=6), cache_dir=tmp_path, out_dir=tmp_path / "out")
-    assert treatment.after["robust_accuracy_at_training_eps"] > treatment.before["robust_accuracy_at_training_eps"] + 0.3, (treatment.before, treatment.after)
+    treatment, before, after = dlclinic.treat(
+        case,
+        "ethics.security",
+        params={"epsilon": 0.5, "epochs": 10},
+        fit_config=FitConfig(epochs=6),
+        cache_dir=tmp_path,
+        out_dir=tmp_path / "out",
+    )
+    assert (
+        treatment.after["robust_accuracy_at_training_eps"] > treatment.before["robust_accuracy_at_training_eps"] + 0.3
+    ), (treatment.before, treatment.after)
     assert (tmp_path / "out" / "robust_model.safetensors").exists()
 
 
@@ -165,11 +197,31 @@ def test_demo_model_robust_accuracy_agrees_with_captum() -> None:
     for eps in (0.05, 0.1):
         mine = attack(net, x, y, method="fgsm", epsilon=eps, lower=0.0, upper=1.0)
         with torch.no_grad():
-            ref = float(((net(FGSM(net, loss_func=ce, lower_bound=0.0, upper_bound=1.0).perturb(xt, eps, yt)).argmax(1) == yt).numpy() & mine.clean_correct).mean())
+            ref = float(
+                (
+                    (
+                        net(FGSM(net, loss_func=ce, lower_bound=0.0, upper_bound=1.0).perturb(xt, eps, yt)).argmax(1)
+                        == yt
+                    ).numpy()
+                    & mine.clean_correct
+                ).mean()
+            )
         assert abs(mine.robust_accuracy - ref) <= 0.01
         mine = attack(net, x, y, method="pgd_linf", epsilon=eps, lower=0.0, upper=1.0, steps=10)
         with torch.no_grad():
-            ref = float(((net(PGD(net, loss_func=ce, lower_bound=0.0, upper_bound=1.0).perturb(xt, eps, 2.5 * eps / 10, 10, yt, norm="Linf")).argmax(1) == yt).numpy() & mine.clean_correct).mean())
+            ref = float(
+                (
+                    (
+                        net(
+                            PGD(net, loss_func=ce, lower_bound=0.0, upper_bound=1.0).perturb(
+                                xt, eps, 2.5 * eps / 10, 10, yt, norm="Linf"
+                            )
+                        ).argmax(1)
+                        == yt
+                    ).numpy()
+                    & mine.clean_correct
+                ).mean()
+            )
         assert abs(mine.robust_accuracy - ref) <= 0.01
 
 
@@ -194,11 +246,23 @@ def test_multi_targeted_pgd_reaches_the_exact_worst_case_of_a_linear_model(tmp_p
     for j in range(k - 1):
         live = np.flatnonzero(~fooled)
         others = np.argsort(-np.where(np.arange(k)[None] == y[:, None], -np.inf, z), axis=1)
-        fooled[live] |= attack(net, x[live], y[live], method="pgd_linf", epsilon=eps, steps=5, targets=others[live, j]).fooled
+        fooled[live] |= attack(
+            net, x[live], y[live], method="pgd_linf", epsilon=eps, steps=5, targets=others[live, j]
+        ).fooled
     assert float((~fooled).mean()) == pytest.approx(exact)
     # the check (scale = 1 per feature: x is standard normal) measures on a sample; targeted ≤ untargeted
     case = Case.from_arrays((x, y), (x, y), model=net)
-    res = dlclinic.checkup(case, only=["ethics.security"], options={"ethics.security": {"epsilon": eps, "epsilons": str(eps), "n_samples": n}}, cache_dir=tmp_path)["ethics.security"]
+    res = dlclinic.checkup(
+        case,
+        only=["ethics.security"],
+        options={"ethics.security": {"epsilon": eps, "epsilons": str(eps), "n_samples": n}},
+        cache_dir=tmp_path,
+    )["ethics.security"]
     assert res.metrics["robust_accuracy"] <= res.metrics["robust_accuracy_untargeted"]
-    off = dlclinic.checkup(case, only=["ethics.security"], options={"ethics.security": {"epsilon": eps, "epsilons": str(eps), "n_samples": n, "targets": 0}}, cache_dir=tmp_path)["ethics.security"]
+    off = dlclinic.checkup(
+        case,
+        only=["ethics.security"],
+        options={"ethics.security": {"epsilon": eps, "epsilons": str(eps), "n_samples": n, "targets": 0}},
+        cache_dir=tmp_path,
+    )["ethics.security"]
     assert off.metrics["robust_accuracy"] == off.metrics["robust_accuracy_untargeted"]

@@ -9,10 +9,17 @@ import pytest
 
 from conftest import blobs
 from dlclinic.checks.optimization_forgetting import ForgettingOptions, run
+from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
-from dlclinic.functional.continual import ContinualConfig, continual_metrics, run_task_sequence, split_classes, tasks_from_classes, tasks_from_ids
-from dlclinic.remedies.baselines import MLP
+from dlclinic.functional.continual import (
+    ContinualConfig,
+    continual_metrics,
+    run_task_sequence,
+    split_classes,
+    tasks_from_classes,
+    tasks_from_ids,
+)
 
 K, D = 6, 16
 
@@ -49,7 +56,9 @@ def test_replay_forgets_less_than_naive_fine_tuning_over_seeds() -> None:
     bwt: dict[str, list[float]] = {"naive": [], "replay": []}
     for strategy in bwt:
         for seed in range(3):
-            res = run_task_sequence(_factory, x, y, xt, yt, seq, ContinualConfig(strategy=strategy, seed=seed, memory=100))
+            res = run_task_sequence(
+                _factory, x, y, xt, yt, seq, ContinualConfig(strategy=strategy, seed=seed, memory=100)
+            )
             assert res.matrix.shape == (3, 3)
             bwt[strategy].append(res.bwt)
     naive, replay = np.array(bwt["naive"]), np.array(bwt["replay"])
@@ -61,7 +70,9 @@ def test_replay_forgets_less_than_naive_fine_tuning_over_seeds() -> None:
 def test_regularisation_strategies_run(strategy: str) -> None:
     x, y, xt, yt = _data()
     seq = tasks_from_classes(y, yt, split_classes(range(K), 2))
-    res = run_task_sequence(_factory, x, y, xt, yt, seq, ContinualConfig(strategy=strategy, epochs=2, fisher_samples=30))
+    res = run_task_sequence(
+        _factory, x, y, xt, yt, seq, ContinualConfig(strategy=strategy, epochs=2, fisher_samples=30)
+    )
     assert np.isfinite(res.bwt) and 0 <= res.average_accuracy <= 1
 
 
@@ -77,7 +88,9 @@ def test_check_warns_on_naive_and_is_quiet_without_forgetting(tmp_path: Path) ->
     assert res.status == "warn" and res.metrics["bwt_high"] < 0
     assert res.remedy is not None and res.remedy.command == "dlclinic treat optimization.forgetting"
     assert res.details["plots"][0]["kind"] == "heatmap"
-    quiet = run(case, ev, ForgettingOptions(n_tasks=3, scenario="task"))  # task-incremental: well-separated tasks do not interfere
+    quiet = run(
+        case, ev, ForgettingOptions(n_tasks=3, scenario="task")
+    )  # task-incremental: well-separated tasks do not interfere
     assert quiet.status == "ok", quiet.summary
 
 
@@ -92,7 +105,13 @@ def test_treat_picks_a_strategy_that_forgets_less(tmp_path: Path) -> None:
     import dlclinic
 
     case = _case()
-    treatment, before, after = dlclinic.treat(case, "optimization.forgetting", out_dir=tmp_path, params={"seeds": "1", "strategies": "replay,lwf"}, cache_dir=tmp_path / "cache")
+    treatment, before, after = dlclinic.treat(
+        case,
+        "optimization.forgetting",
+        out_dir=tmp_path,
+        params={"seeds": "1", "strategies": "replay,lwf"},
+        cache_dir=tmp_path / "cache",
+    )
     assert treatment.after["bwt"] > treatment.before["bwt"]
     assert treatment.after["average_accuracy"] > treatment.before["average_accuracy"]
     assert (tmp_path / "continual_comparison.json").is_file()
@@ -105,11 +124,13 @@ def test_replay_reduces_forgetting_on_the_demo_split_class_sequence() -> None:
     import dataclasses
 
     from dlclinic.checks.optimization_forgetting import run_sequence
+    from dlclinic.core.baselines import baseline_for
     from dlclinic.demo import build_demo
-    from dlclinic.remedies.baselines import baseline_for
 
     case, _ = build_demo()
-    case = dataclasses.replace(case, model_factory=lambda: baseline_for(case.input_shape, case.n_classes, case.modality))
+    case = dataclasses.replace(
+        case, model_factory=lambda: baseline_for(case.input_shape, case.n_classes, case.modality)
+    )
     for seed in (0, 1):
         naive = run_sequence(case, ForgettingOptions(), strategy="naive", seed=seed)["summary"]
         replay = run_sequence(case, ForgettingOptions(), strategy="replay", seed=seed)["summary"]

@@ -7,7 +7,12 @@ import pytest
 
 from dlclinic.functional.calibration import estimate_ece, reliability_bins
 from dlclinic.functional.drift import gaussian_kernel, median_bandwidth, mmd2_biased, mmd_test
-from dlclinic.functional.duplicates import find_cross_duplicates, find_exact_duplicates, find_near_duplicates, nn_distance_scale
+from dlclinic.functional.duplicates import (
+    find_cross_duplicates,
+    find_exact_duplicates,
+    find_near_duplicates,
+    nn_distance_scale,
+)
 from dlclinic.functional.labels import find_label_issues, imbalance_ratio
 from dlclinic.functional.ood import score_energy, score_knn, score_max_softmax
 
@@ -33,9 +38,15 @@ def test_mmd_statistic_matches_direct_computation() -> None:
 
 def test_mmd_detects_shift_and_controls_false_positives() -> None:
     rng = np.random.default_rng(1)
-    shifted = [mmd_test(rng.normal(size=(150, 4)), rng.normal(0.5, 1, size=(150, 4)), permutations=200, seed=s).p_value for s in range(5)]
+    shifted = [
+        mmd_test(rng.normal(size=(150, 4)), rng.normal(0.5, 1, size=(150, 4)), permutations=200, seed=s).p_value
+        for s in range(5)
+    ]
     assert max(shifted) < 0.01
-    null = [mmd_test(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)), permutations=100, seed=s).p_value for s in range(40)]
+    null = [
+        mmd_test(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)), permutations=100, seed=s).p_value
+        for s in range(40)
+    ]
     # p-values are valid: the rejection rate at 5 % stays near 5 % (binomial 99.9 % bound for 40 trials)
     assert np.mean(np.array(null) < 0.05) <= 0.2
     assert 0.2 < np.mean(null) < 0.8

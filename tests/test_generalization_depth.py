@@ -83,12 +83,16 @@ def test_paired_drop_is_significant_only_for_a_real_drop() -> None:
 
 
 def test_fragile_model_fails_brightness_and_robust_model_stays_ok(tmp_path: Path) -> None:
-    fragile = dlclinic.checkup(halves_case("fragile"), only=["data.generalization"], cache_dir=tmp_path)["data.generalization"]
+    fragile = dlclinic.checkup(halves_case("fragile"), only=["data.generalization"], cache_dir=tmp_path)[
+        "data.generalization"
+    ]
     assert fragile.status in ("warn", "fail")
     hit = {f.extra["corruption"] for f in fragile.findings if f.code == "corruption"}
     assert "brightness" in hit
     assert fragile.remedy is not None and "treat data.generalization" in (fragile.remedy.command or "")
-    robust = dlclinic.checkup(halves_case("robust"), only=["data.generalization"], cache_dir=tmp_path)["data.generalization"]
+    robust = dlclinic.checkup(halves_case("robust"), only=["data.generalization"], cache_dir=tmp_path)[
+        "data.generalization"
+    ]
     assert not [f for f in robust.findings if f.code == "corruption"], robust.summary
     assert robust.metrics["corruption_worst_mild_drop"] < 0.05
 
@@ -98,18 +102,33 @@ def test_ood_auroc_separates_noise_and_not_more_of_the_same(tmp_path: Path) -> N
     noise = np.random.default_rng(5).uniform(0, 1, size=(200, 1, H, W)).astype(np.float32)
     np.savez(tmp_path / "noise.npz", x=noise)
     np.savez(tmp_path / "same.npz", x=halves(200, seed=9)[0])
-    res = dlclinic.checkup(case, only=["data.generalization"], options={"data.generalization": {"ood": str(tmp_path / "noise.npz")}}, cache_dir=tmp_path)["data.generalization"]
+    res = dlclinic.checkup(
+        case,
+        only=["data.generalization"],
+        options={"data.generalization": {"ood": str(tmp_path / "noise.npz")}},
+        cache_dir=tmp_path,
+    )["data.generalization"]
     assert res.metrics["ood_auroc_best"] > 0.95
     assert res.metrics["ood_auroc_knn_ci_low"] <= res.metrics["ood_auroc_knn"] <= res.metrics["ood_auroc_knn_ci_high"]
     assert not [f for f in res.findings if f.code == "ood_detection"]
-    same = dlclinic.checkup(case, only=["data.generalization"], options={"data.generalization": {"ood": str(tmp_path / "same.npz")}}, cache_dir=tmp_path)["data.generalization"]
+    same = dlclinic.checkup(
+        case,
+        only=["data.generalization"],
+        options={"data.generalization": {"ood": str(tmp_path / "same.npz")}},
+        cache_dir=tmp_path,
+    )["data.generalization"]
     assert same.metrics["ood_auroc_knn"] < 0.65
     assert [f for f in same.findings if f.code == "ood_detection"]
 
 
 def test_ood_file_with_the_wrong_shape_is_one_clear_error(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((10, 1, 5, 5), dtype=np.float32))
-    res = dlclinic.checkup(halves_case("robust"), only=["data.generalization"], options={"data.generalization": {"ood": str(tmp_path / "bad.npz")}}, cache_dir=tmp_path)["data.generalization"]
+    res = dlclinic.checkup(
+        halves_case("robust"),
+        only=["data.generalization"],
+        options={"data.generalization": {"ood": str(tmp_path / "bad.npz")}},
+        cache_dir=tmp_path,
+    )["data.generalization"]
     assert res.status == "error" and "expected samples of shape (1, 12, 12)" in res.summary
 
 
@@ -132,7 +151,13 @@ def test_treat_labeling_cost_ranks_ambiguous_pool_rows_first(tmp_path: Path) -> 
     pool = np.concatenate([clear, ambiguous])
     ids = np.array([f"img{i:03d}" for i in range(len(pool))])
     np.savez(tmp_path / "pool.npz", x=pool, id=ids)
-    treatment, _, _ = dlclinic.treat(case, "data.labeling_cost", params={"pool": str(tmp_path / "pool.npz"), "budget": "15", "strategy": "entropy"}, out_dir=tmp_path / "out", cache_dir=tmp_path)
+    treatment, _, _ = dlclinic.treat(
+        case,
+        "data.labeling_cost",
+        params={"pool": str(tmp_path / "pool.npz"), "budget": "15", "strategy": "entropy"},
+        out_dir=tmp_path / "out",
+        cache_dir=tmp_path,
+    )
     with open(treatment.artifacts["next_to_label"]) as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 15
@@ -154,13 +179,19 @@ def test_treat_labeling_cost_without_a_pool_says_what_to_pass(tmp_path: Path) ->
 def test_treat_generalization_augmentation_recovers_noise_robustness(tmp_path: Path) -> None:
     """A baseline MLP trained on clean blobs loses accuracy under strong feature noise; augmentation recovers some."""
     from conftest import blobs
-
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     x, y = blobs(900, d=8, sep=1.6, seed=0)
     xt, yt = blobs(600, d=8, sep=1.6, seed=1)
     case = Case.from_arrays((x, y), (xt, yt))
-    treatment, _, after = dlclinic.treat(case, "data.generalization", params={"corruptions": "feature_noise", "copies": "2"}, out_dir=tmp_path / "out", cache_dir=tmp_path, fit_config=FitConfig(epochs=8, seed=0))
+    treatment, _, after = dlclinic.treat(
+        case,
+        "data.generalization",
+        params={"corruptions": "feature_noise", "copies": "2"},
+        out_dir=tmp_path / "out",
+        cache_dir=tmp_path,
+        fit_config=FitConfig(epochs=8, seed=0),
+    )
     assert treatment.after["feature_noise_mean_accuracy"] >= treatment.before["feature_noise_mean_accuracy"] - 0.01
     assert treatment.after["train_rows"] == 3 * len(x)
     for key in ("model", "ood_threshold", "corruption_table"):

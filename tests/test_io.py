@@ -168,7 +168,13 @@ TRAIN = pd.DataFrame(
 
 
 def test_csv_string_label_and_one_hot_feature(tmp_path: Path) -> None:
-    split = load_split(_write_table(tmp_path / "train.csv", TRAIN), name="train", label_col="label", group_col="sex", labels_required=True)
+    split = load_split(
+        _write_table(tmp_path / "train.csv", TRAIN),
+        name="train",
+        label_col="label",
+        group_col="sex",
+        labels_required=True,
+    )
     assert split.modality == "table"
     assert split.class_names == ("maybe", "no", "yes")
     assert split.y is not None and split.y.tolist() == [2, 1, 2, 0, 1, 2]
@@ -180,7 +186,13 @@ def test_csv_string_label_and_one_hot_feature(tmp_path: Path) -> None:
 
     test = pd.DataFrame({"age": [20, 60], "color": ["green", "purple"], "sex": ["f", "f"], "label": ["no", "yes"]})
     with pytest.warns(UserWarning, match="not seen in train"):
-        encoded = load_split(_write_table(tmp_path / "test.csv", test), name="test", label_col="label", group_col="sex", categorical_mapping=split.encoding)
+        encoded = load_split(
+            _write_table(tmp_path / "test.csv", test),
+            name="test",
+            label_col="label",
+            group_col="sex",
+            categorical_mapping=split.encoding,
+        )
     assert encoded.feature_names == split.feature_names
     np.testing.assert_array_equal(encoded.x[:, 1:], [[0, 1, 0], [0, 0, 0]])  # unseen 'purple' → all zeros
 
@@ -244,12 +256,22 @@ def test_table_mostly_numeric_text_column_is_parsed(tmp_path: Path, suffix: str)
     # test / deploy follow train: a small split with more '?' is still numeric …
     test = pd.DataFrame({"bp": ["?", "7.5", "8"], "label": [0, 1, 0]})  # 67 % parse
     with pytest.warns(UserWarning, match="1 of 3 value"):
-        pass_through = load_split(_write_table(tmp_path / f"test{suffix}", test), name="test", label_col="label", categorical_mapping=split.encoding)
+        pass_through = load_split(
+            _write_table(tmp_path / f"test{suffix}", test),
+            name="test",
+            label_col="label",
+            categorical_mapping=split.encoding,
+        )
     assert np.isnan(pass_through.x[0, 0]) and pass_through.x[1:, 0].tolist() == [7.5, 8.0]
 
     # … unless most of its values are not numbers
     with pytest.raises(InputError) as excinfo:
-        load_split(_write_table(tmp_path / f"bad{suffix}", test.assign(bp=["?", "-", "8"])), name="test", label_col="label", categorical_mapping=split.encoding)
+        load_split(
+            _write_table(tmp_path / f"bad{suffix}", test.assign(bp=["?", "-", "8"])),
+            name="test",
+            label_col="label",
+            categorical_mapping=split.encoding,
+        )
     check_message(excinfo, "'test'", "'bp'", "numeric values as in train", "'?'")
 
     # below 95 % in train the column stays categorical
@@ -259,7 +281,9 @@ def test_table_mostly_numeric_text_column_is_parsed(tmp_path: Path, suffix: str)
 
 
 def test_table_all_missing_text_column_is_numeric_nan(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "empty": pd.Series([None, None, None], dtype=object), "label": [0, 1, 0]})
+    frame = pd.DataFrame(
+        {"a": [1.0, 2.0, 3.0], "empty": pd.Series([None, None, None], dtype=object), "label": [0, 1, 0]}
+    )
     split = load_split(_write_table(tmp_path / "t.csv", frame), name="train", label_col="label")
     assert split.feature_names == ("a", "empty") and np.isnan(split.x[:, 1]).all()
 
@@ -370,7 +394,9 @@ def test_image_folder_rejects_group_col(tmp_path: Path) -> None:
 
 def test_load_case_tables(tmp_path: Path) -> None:
     train = _write_table(tmp_path / "train.csv", TRAIN)
-    test = _write_table(tmp_path / "test.csv", TRAIN[["label", "sex", "color", "age"]].iloc[:3])  # other order, subset of classes
+    test = _write_table(
+        tmp_path / "test.csv", TRAIN[["label", "sex", "color", "age"]].iloc[:3]
+    )  # other order, subset of classes
     deploy = _write_table(tmp_path / "deploy.csv", TRAIN.drop(columns="label"))
     case = load_case(train, test, deploy, label_col="label", group_col="sex")
     assert isinstance(case, Case)
@@ -414,7 +440,9 @@ def test_load_case_image_folders_map_classes_by_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("train_mode", "other_mode", "channels"), [("RGB", "L", 3), ("L", "RGB", 1)])
-def test_load_case_image_folders_follow_train_mode_and_size(tmp_path: Path, train_mode: str, other_mode: str, channels: int) -> None:
+def test_load_case_image_folders_follow_train_mode_and_size(
+    tmp_path: Path, train_mode: str, other_mode: str, channels: int
+) -> None:
     from PIL import Image
 
     _write_images(tmp_path / "train", {"a": 2, "b": 2}, size=(16, 16), mode=train_mode)
@@ -450,7 +478,9 @@ def test_load_case_test_needs_labels(tmp_path: Path) -> None:
     with pytest.raises(InputError) as excinfo:
         load_case(tmp_path / "train.npz", tmp_path / "test.npz")
     check_message(excinfo, "'test'", "labels")
-    case = load_case(tmp_path / "train.npz", deploy=tmp_path / "test.npz", model=torch.nn.Identity(), model_source="identity")
+    case = load_case(
+        tmp_path / "train.npz", deploy=tmp_path / "test.npz", model=torch.nn.Identity(), model_source="identity"
+    )
     assert case.n_classes == 2 and case.model_source == "identity" and case.get("deploy") is not None
 
 
@@ -686,7 +716,15 @@ def test_pt2_corrupt_and_missing(tmp_path: Path) -> None:
 def _export_onnx(model: torch.nn.Module, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(2, 4),), str(path), dynamo=False, input_names=["features"], output_names=["logits"], dynamic_axes={"features": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 4),),
+            str(path),
+            dynamo=False,
+            input_names=["features"],
+            output_names=["logits"],
+            dynamic_axes={"features": {0: "batch"}},
+        )
 
 
 def test_onnx_roundtrip(tmp_path: Path) -> None:
@@ -744,7 +782,13 @@ def test_import_is_light() -> None:
     import subprocess
 
     code = "import sys, dlclinic.io; print(sorted(m for m in ('torch', 'pandas', 'PIL', 'onnxruntime', 'pyarrow') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 import pytest
-from conftest import blobs, redundant_pool
 
+from conftest import blobs, redundant_pool
 from dlclinic import Case, FitConfig
 from dlclinic.checks.data_labeling_cost import CHECK, LabelingCostOptions, run, simulation_plan
+from dlclinic.core.baselines import MLP
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
+from dlclinic.core.recipe import fit, seed_everything
 from dlclinic.core.registry import build_options
 from dlclinic.functional.active_learning import (
     labels_saved,
@@ -23,8 +25,6 @@ from dlclinic.functional.active_learning import (
     select_kcenter,
     simulate,
 )
-from dlclinic.remedies.baselines import MLP
-from dlclinic.remedies.fit import fit, seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,9 @@ def test_bald_is_zero_when_samples_agree_and_positive_when_they_disagree() -> No
 def test_uncertainty_scores() -> None:
     probs = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.6, 0.3, 0.1]])
     assert score_margin(probs) == pytest.approx([0.0, 1.0, 0.7])
-    assert score_entropy(probs) == pytest.approx([0.0, math.log(2), -(0.6 * math.log(0.6) + 0.3 * math.log(0.3) + 0.1 * math.log(0.1))])
+    assert score_entropy(probs) == pytest.approx(
+        [0.0, math.log(2), -(0.6 * math.log(0.6) + 0.3 * math.log(0.3) + 0.1 * math.log(0.1))]
+    )
 
 
 # -- the check -------------------------------------------------------------------------
@@ -125,10 +127,15 @@ def test_check_finds_that_active_learning_pays_off(planted: tuple[Case, Case], t
     evidence = Evidence(case, cache_dir=tmp_path)
     res = run(case, evidence, LabelingCostOptions())
     assert res.status == "ok", res.summary
-    saved_mean, saved_std = float(res.metrics["best_labels_saved_mean"] or 0), float(res.metrics["best_labels_saved_std"] or 0)
+    saved_mean, saved_std = (
+        float(res.metrics["best_labels_saved_mean"] or 0),
+        float(res.metrics["best_labels_saved_std"] or 0),
+    )
     assert saved_mean > saved_std > 0
     assert res.metrics["seeds"] == 3 and res.metrics["budget"] == 450
-    assert res.findings[0].code == "active_learning_saves" and res.findings[0].message.startswith("active learning saves")
+    assert res.findings[0].code == "active_learning_saves" and res.findings[0].message.startswith(
+        "active learning saves"
+    )
     assert res.remedy is not None and (res.remedy.command or "").startswith("dlclinic treat data.labeling_cost --pool")
     plot = res.details["plots"][0]
     assert plot["kind"] == "line" and [s["label"] for s in plot["series"]] == ["random", "entropy", "margin", "kcenter"]

@@ -7,13 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import blobs
-from test_model_export import ResCNN
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
-from dlclinic.functional.compression import channel_prune, magnitude_prune, paired_accuracy_drop, pareto_front, parameter_count, prune_plans, state_dict_bytes
-from dlclinic.remedies.baselines import SmallCNN
+from dlclinic.core.baselines import SmallCNN
+from dlclinic.functional.compression import (
+    channel_prune,
+    magnitude_prune,
+    paired_accuracy_drop,
+    parameter_count,
+    pareto_front,
+    prune_plans,
+    state_dict_bytes,
+)
+from test_model_export import ResCNN
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():  # type: ignore[no-untyped-def]
@@ -74,7 +83,10 @@ def test_compression_finds_free_int8_and_flags_over_pruning(blob_case) -> None: 
     codes = {f.code: f for f in res.findings}
     assert res.status == "warn", res.summary
     assert "free_compression" in codes
-    assert res.metrics["onnx_int8_dynamic_drop"] <= 0.01 and res.metrics["onnx_int8_dynamic_size_mb"] < 0.5 * res.metrics["original_size_mb"]
+    assert (
+        res.metrics["onnx_int8_dynamic_drop"] <= 0.01
+        and res.metrics["onnx_int8_dynamic_size_mb"] < 0.5 * res.metrics["original_size_mb"]
+    )
     lossy = {f.extra["variant"] for f in res.findings if f.code == "lossy_variant"}
     assert "magnitude 98%" in lossy  # the over-pruned model is flagged
     assert "magnitude 50%" not in lossy  # the mild one is not

@@ -112,12 +112,23 @@ def test_verify_export_counts_disagreement() -> None:
 
 def test_cli_export_writes_a_verified_file(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from conftest import blobs
-
     from dlclinic.cli import main
 
     x, y = blobs(200, k=3, d=6, seed=0)
     np.savez(tmp_path / "train.npz", x=x, y=y)
-    code = main(["export", "--train", str(tmp_path / "train.npz"), "--out", str(tmp_path / "m.onnx"), "--exporter", "torchscript", "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "export",
+            "--train",
+            str(tmp_path / "train.npz"),
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--exporter",
+            "torchscript",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     assert "argmax agreement 100.00%" in capsys.readouterr().out
     assert OnnxModel(tmp_path / "m.onnx").predict_logits(x[:3]).shape == (3, 3)

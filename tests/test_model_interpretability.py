@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
 from dlclinic.functional.attribution import class_importance, parse_region
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():  # type: ignore[no-untyped-def]
@@ -91,7 +92,9 @@ def test_region_parsing_and_class_importance() -> None:
 @pytest.mark.slow
 def test_deshortcut_remedy_removes_the_planted_patch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     case = Case.from_arrays(_bars(600, 0, patch=True), _bars(300, 1, patch=True))
-    treatment, before, after = dlclinic.treat(case, CID, params={"suspect_region": "0:3,0:3"}, fit_config=FAST, cache_dir=tmp_path)
+    treatment, before, after = dlclinic.treat(
+        case, CID, params={"suspect_region": "0:3,0:3"}, fit_config=FAST, cache_dir=tmp_path
+    )
     assert before[CID].status in ("warn", "fail")
     assert not any(f.code == "shortcut" for f in after[CID].findings), after[CID].summary
     assert treatment.after["shortcut_flip_rate"] < treatment.before["shortcut_flip_rate"]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
+from dlclinic.core.baselines import MLP, SmallCNN
 from dlclinic.functional.search import hyperparameter_study, model_summary, narrower
-from dlclinic.remedies.baselines import MLP, SmallCNN
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():  # type: ignore[no-untyped-def]
@@ -37,20 +38,56 @@ def test_study_beats_a_bad_recipe_and_resumes_from_sqlite(tmp_path: Path) -> Non
     factory = lambda: MLP(12, 3, hidden=(32,))  # noqa: E731
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     bad = {"lr": 1e-5, "weight_decay": 1e-4, "batch_size": 256}
-    first = hyperparameter_study(factory, x[:350], y[:350], x[350:], y[350:], baseline=bad, n_trials=6, epochs=2, storage=storage, study_name="s", seed=0)
+    first = hyperparameter_study(
+        factory,
+        x[:350],
+        y[:350],
+        x[350:],
+        y[350:],
+        baseline=bad,
+        n_trials=6,
+        epochs=2,
+        storage=storage,
+        study_name="s",
+        seed=0,
+    )
     assert first.baseline_params == bad
     assert first.best_accuracy >= first.baseline_accuracy + 0.2
     assert first.gain_ci[0] > 0
-    again = hyperparameter_study(factory, x[:350], y[:350], x[350:], y[350:], baseline=bad, n_trials=2, epochs=2, storage=storage, study_name="s", seed=1)
+    again = hyperparameter_study(
+        factory,
+        x[:350],
+        y[:350],
+        x[350:],
+        y[350:],
+        baseline=bad,
+        n_trials=2,
+        epochs=2,
+        storage=storage,
+        study_name="s",
+        seed=1,
+    )
     assert again.n_trials == first.n_trials + 2  # resumed, not restarted
 
 
 def test_hyperparameter_check_flags_bad_recipe_only(tmp_path: Path) -> None:
     case = _blob_case(sep=2.0)
     opts = {"n_trials": 5, "timeout_s": 30.0, "n_train": 400, "n_val": 200}
-    bad = dlclinic.checkup(case, only=["model.hyperparameters"], options={"model.hyperparameters": {**opts, "lr": 1e-5, "batch_size": 256}}, fit_config=FAST, cache_dir=tmp_path)["model.hyperparameters"]
+    bad = dlclinic.checkup(
+        case,
+        only=["model.hyperparameters"],
+        options={"model.hyperparameters": {**opts, "lr": 1e-5, "batch_size": 256}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["model.hyperparameters"]
     assert bad.status == "warn" and bad.findings[0].code == "better_recipe", bad.summary
-    good = dlclinic.checkup(case, only=["model.hyperparameters"], options={"model.hyperparameters": opts}, fit_config=FAST, cache_dir=tmp_path)["model.hyperparameters"]
+    good = dlclinic.checkup(
+        case,
+        only=["model.hyperparameters"],
+        options={"model.hyperparameters": opts},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["model.hyperparameters"]
     assert good.status == "ok", good.summary
     assert good.remedy is not None and "treat model.hyperparameters" in str(good.remedy.command)
 
@@ -65,7 +102,10 @@ def test_redundancy_finds_dead_channels_and_low_rank() -> None:
         net.body[0].bias[:16] = -100.0  # half of the first hidden layer can never fire
         w = net.embedding[0].weight
         w.copy_(torch.outer(torch.randn(w.shape[0]), torch.randn(w.shape[1])))  # rank 1
-    rows = {(r["layer"], r["kind"]): r for r in redundancy(net, np.random.default_rng(0).normal(size=(64, 12)).astype(np.float32))}
+    rows = {
+        (r["layer"], r["kind"]): r
+        for r in redundancy(net, np.random.default_rng(0).normal(size=(64, 12)).astype(np.float32))
+    }
     assert rows[("body.1", "activations")]["dead_fraction"] == pytest.approx(0.5)
     assert rows[("embedding.0", "weights")]["rank_ratio"] < 0.2
     assert rows[("body.0", "weights")]["rank_ratio"] > 0.5
@@ -75,7 +115,9 @@ def test_user_search_space_is_parsed_and_checked() -> None:
     from dlclinic.core.errors import ConfigError
     from dlclinic.remedies.tune import parse_space
 
-    space = parse_space('{"lr": ["float_log", 1e-4, 1e-1], "batch_size": ["categorical", [16, 32]], "epochs": ["int", 2, 4]}')
+    space = parse_space(
+        '{"lr": ["float_log", 1e-4, 1e-1], "batch_size": ["categorical", [16, 32]], "epochs": ["int", 2, 4]}'
+    )
     assert space == {"lr": ("float_log", 1e-4, 1e-1), "batch_size": ("categorical", (16, 32)), "epochs": ("int", 2, 4)}
     with pytest.raises(ConfigError):
         parse_space('{"lr": ["float_log", 1e-1, 1e-4]}')
@@ -88,7 +130,13 @@ def test_architecture_summary_and_oversized_model(tmp_path: Path) -> None:
     assert info["n_params"] == 105962 and info["flops"] > 2e6
     small = narrower(lambda: MLP(12, 3), 0.25, np.zeros((2, 12), np.float32))
     assert sum(p.numel() for p in small.parameters()) < 0.15 * sum(p.numel() for p in MLP(12, 3).parameters())
-    res = dlclinic.checkup(_blob_case(), only=["model.architecture"], options={"model.architecture": {"n_train": 400, "n_val": 200, "epochs": 3, "tolerance": 0.04}}, fit_config=FAST, cache_dir=tmp_path)["model.architecture"]  # 200 validation rows: an exact bound cannot certify a drop under 2 %
+    res = dlclinic.checkup(
+        _blob_case(),
+        only=["model.architecture"],
+        options={"model.architecture": {"n_train": 400, "n_val": 200, "epochs": 3, "tolerance": 0.04}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )["model.architecture"]  # 200 validation rows: an exact bound cannot certify a drop under 2 %
     assert res.status == "warn" and any(f.code == "oversized" for f in res.findings), res.summary
     assert any(t["title"].startswith("Redundancy") for t in res.details["tables"])
     assert res.metrics["width_25_params"] < 0.15 * res.metrics["n_params"]
@@ -99,7 +147,14 @@ def test_tune_remedy_improves_a_bad_recipe_and_writes_a_resumable_study(tmp_path
     case = _blob_case(sep=2.0)
     bad = FitConfig(epochs=3, batch_size=256, lr=1e-5)
     params = {"n_trials": 6, "trial_epochs": 2}
-    treatment, before, after = dlclinic.treat(case, "model.hyperparameters", out_dir=tmp_path / "out", params=params, fit_config=bad, cache_dir=tmp_path / "cache")
+    treatment, before, after = dlclinic.treat(
+        case,
+        "model.hyperparameters",
+        out_dir=tmp_path / "out",
+        params=params,
+        fit_config=bad,
+        cache_dir=tmp_path / "cache",
+    )
     assert treatment.after["test_accuracy"] >= treatment.before["test_accuracy"] + 0.1
     assert treatment.after["gain_ci_low"] > 0
     assert treatment.after["seed_gain_min"] > 0  # the winner stays ahead with fresh seeds
@@ -111,8 +166,22 @@ def test_tune_remedy_improves_a_bad_recipe_and_writes_a_resumable_study(tmp_path
 @pytest.mark.slow
 def test_compress_remedy_writes_a_verified_model_within_tolerance(tmp_path: Path) -> None:
     case = _blob_case()
-    params = {"max_accuracy_drop": 0.02, "sparsities": "0.5", "keep_ratios": "0.5", "finetune_epochs": 1, "distill_epochs": 2, "distill_seconds": 5.0}
-    treatment, before, after = dlclinic.treat(case, "model.compression", out_dir=tmp_path / "out", params=params, fit_config=FAST, cache_dir=tmp_path / "cache")
+    params = {
+        "max_accuracy_drop": 0.02,
+        "sparsities": "0.5",
+        "keep_ratios": "0.5",
+        "finetune_epochs": 1,
+        "distill_epochs": 2,
+        "distill_seconds": 5.0,
+    }
+    treatment, before, after = dlclinic.treat(
+        case,
+        "model.compression",
+        out_dir=tmp_path / "out",
+        params=params,
+        fit_config=FAST,
+        cache_dir=tmp_path / "cache",
+    )
     assert Path(treatment.artifacts["model"]).exists()
     assert treatment.after["size_mb"] < 0.5 * treatment.before["size_mb"]
     assert treatment.after["accuracy_drop"] <= 0.02

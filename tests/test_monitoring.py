@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 
 from dlclinic.core.errors import ConfigError, InputError
-from dlclinic.monitoring import MonitorConfig, Reference, alert_thresholds, chi2_shift, estimate_accuracy_cbpe, evaluate_stream, fit_temperature, psi, softmax, windows_by_count, windows_by_time
+from dlclinic.monitoring import (
+    MonitorConfig,
+    Reference,
+    alert_thresholds,
+    chi2_shift,
+    estimate_accuracy_cbpe,
+    evaluate_stream,
+    fit_temperature,
+    psi,
+    softmax,
+    windows_by_count,
+    windows_by_time,
+)
 from dlclinic.monitoring.windows import _holm
 
 K, D = 4, 6
@@ -51,7 +63,9 @@ def test_temperature_fixes_overconfidence() -> None:
     t = fit_temperature(logits, y)
     assert t > 1.2
     acc = float((logits.argmax(1) == y).mean())
-    assert abs(estimate_accuracy_cbpe(softmax(logits, t)).accuracy - acc) < abs(estimate_accuracy_cbpe(softmax(logits)).accuracy - acc)
+    assert abs(estimate_accuracy_cbpe(softmax(logits, t)).accuracy - acc) < abs(
+        estimate_accuracy_cbpe(softmax(logits)).accuracy - acc
+    )
 
 
 def test_windows_by_count_and_time() -> None:
@@ -85,7 +99,9 @@ def test_stationary_streams_raise_no_alert(reference: Reference) -> None:
     alarms = 0
     for seed in range(12):
         logits, emb, y = _gen(600, seed=100 + seed)
-        res = evaluate_stream(reference, softmax(logits), embeddings=emb if seed < 1 else None, labels=y, config=MonitorConfig(window=100))
+        res = evaluate_stream(
+            reference, softmax(logits), embeddings=emb if seed < 1 else None, labels=y, config=MonitorConfig(window=100)
+        )
         alarms += res.status != "ok"
     assert alarms <= 1
 
@@ -94,7 +110,9 @@ def test_time_windows_need_times(reference: Reference) -> None:
     logits, _, _ = _gen(200, seed=5)
     with pytest.raises(InputError, match="times"):
         evaluate_stream(reference, softmax(logits), config=MonitorConfig(window_seconds=60))
-    res = evaluate_stream(reference, softmax(logits), times=np.arange(200.0), config=MonitorConfig(window_seconds=50, min_window=10))
+    res = evaluate_stream(
+        reference, softmax(logits), times=np.arange(200.0), config=MonitorConfig(window_seconds=50, min_window=10)
+    )
     assert len(res.windows) == 4 and res.windows[1].t_start == 50.0
 
 

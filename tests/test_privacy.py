@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import blobs
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
 from dlclinic.functional.membership import audit_scores
 from dlclinic.functional.pii import iban_valid, luhn_valid, scan_table
@@ -47,7 +47,9 @@ def test_audit_statistics_are_honest_about_small_samples() -> None:
 
 
 def test_overfit_model_leaks_membership_and_general_model_does_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    leaky = dlclinic.checkup(_overfit_case(), only=["data.privacy"], fit_config=OVERFIT, cache_dir=tmp_path)["data.privacy"]
+    leaky = dlclinic.checkup(_overfit_case(), only=["data.privacy"], fit_config=OVERFIT, cache_dir=tmp_path)[
+        "data.privacy"
+    ]
     assert leaky.status in ("warn", "fail"), leaky.summary
     assert leaky.metrics["mia_auc"] > 0.6 and leaky.metrics["mia_auc_calibrated"] is not None
     assert leaky.remedy is not None and "treat data.privacy" in (leaky.remedy.command or "")
@@ -68,27 +70,58 @@ def test_pii_counts_per_column_without_values(tmp_path) -> None:  # type: ignore
     n = 60
     emails = [f"user{i}@example.org" if i % 3 == 0 else "no contact" for i in range(n)]  # 20 emails
     cards = ["4111 1111 1111 1111" if i < 7 else "1234 5678 9012 3456" for i in range(n)]  # 7 valid (Luhn), 53 invalid
-    df = pd.DataFrame({"note": emails, "payment": cards, "amount": rng.random(n).round(2), "score": rng.normal(size=n) * 1e3, "order_id": np.arange(100000, 100000 + n), "comment": ["great product, arrived 2024-01-15" for _ in range(n)]})
+    df = pd.DataFrame(
+        {
+            "note": emails,
+            "payment": cards,
+            "amount": rng.random(n).round(2),
+            "score": rng.normal(size=n) * 1e3,
+            "order_id": np.arange(100000, 100000 + n),
+            "comment": ["great product, arrived 2024-01-15" for _ in range(n)],
+        }
+    )
     rep = scan_table(df)
     assert rep.columns["note"]["email"] == 20 and rep.rows_with_pii["note"] == 20
     assert rep.columns["payment"]["payment_card"] == 7
-    assert sum(rep.columns["score"].values()) == 0 and sum(rep.columns["amount"].values()) == 0 and sum(rep.columns["order_id"].values()) == 0 and sum(rep.columns["comment"].values()) == 0
+    assert (
+        sum(rep.columns["score"].values()) == 0
+        and sum(rep.columns["amount"].values()) == 0
+        and sum(rep.columns["order_id"].values()) == 0
+        and sum(rep.columns["comment"].values()) == 0
+    )
     assert set(rep.flagged_columns()) == {"note", "payment"}
     path = tmp_path / "customers.csv"
     df.to_csv(path, index=False)
     x, y = blobs(300, d=4, seed=0)
     case = Case.from_arrays((x, y), (x, y))
-    report = dlclinic.checkup(case, only=["data.privacy"], options={"data.privacy": {"pii_files": str(path)}}, fit_config=FAST, cache_dir=tmp_path)
+    report = dlclinic.checkup(
+        case,
+        only=["data.privacy"],
+        options={"data.privacy": {"pii_files": str(path)}},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )
     res = report["data.privacy"]
     assert res.status == "fail"  # payment cards are sensitive
-    assert res.metrics["pii_email"] == 20 and res.metrics["pii_payment_card"] == 7 and res.metrics["pii_columns_flagged"] == 2
+    assert (
+        res.metrics["pii_email"] == 20
+        and res.metrics["pii_payment_card"] == 7
+        and res.metrics["pii_columns_flagged"] == 2
+    )
     text = json.dumps(report.to_dict())
     assert "@example.org" not in text and "4111" not in text and "user0" not in text
 
 
 @pytest.mark.slow
 def test_dp_sgd_lowers_membership_auc(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    treatment, before, after = dlclinic.treat(_overfit_case(), "data.privacy", params={"target_epsilon": 1.0, "epochs": 15, "batch_size": 64}, fit_config=OVERFIT, cache_dir=tmp_path, out_dir=tmp_path / "out")
+    treatment, before, after = dlclinic.treat(
+        _overfit_case(),
+        "data.privacy",
+        params={"target_epsilon": 1.0, "epochs": 15, "batch_size": 64},
+        fit_config=OVERFIT,
+        cache_dir=tmp_path,
+        out_dir=tmp_path / "out",
+    )
     assert treatment.after["epsilon"] <= 1.0 + 1e-6 and treatment.after["delta"] == pytest.approx(1 / 2000)
     assert treatment.after["mia_auc_loss"] < treatment.before["mia_auc_loss"] - 0.1
     assert abs(treatment.after["mia_auc_loss"] - 0.5) < 0.08

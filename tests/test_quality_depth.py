@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import blobs
 from torch import nn
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
-from dlclinic.remedies.baselines import MLP
-from dlclinic.remedies.fit import fit
+from dlclinic.core.baselines import MLP
+from dlclinic.core.recipe import fit
 
 
 class DropLast(nn.Module):
@@ -51,6 +51,8 @@ def test_embedding_near_duplicates_found_where_inputs_differ(tmp_path: Path) -> 
 
 def test_no_embedding_near_duplicates_on_clean_data(tmp_path: Path) -> None:
     x, y, _ = _data(plant=0)
-    res = dlclinic.checkup(Case.from_arrays((x, y), model=_model(x, y)), only=["data.quality"], cache_dir=tmp_path)["data.quality"]
+    res = dlclinic.checkup(Case.from_arrays((x, y), model=_model(x, y)), only=["data.quality"], cache_dir=tmp_path)[
+        "data.quality"
+    ]
     assert res.metrics["embedding_near_duplicate_pairs"] <= 1
     assert not [f for f in res.findings if f.code == "embedding_near_duplicate" and len(f.extra["pairs"]) > 1]

@@ -45,14 +45,24 @@ def test_treat_quantity_chooses_on_train_rows_and_verifies_on_test(tmp_path: Pat
     x = (d.images[:, None] / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
     case = Case.from_arrays((x[:200], y[:200]), (x[1000:1600], y[1000:1600]), modality="image")
-    treatment, before, after = dlclinic.treat(case, "data.quantity", out_dir=tmp_path / "out", fit_config=FAST, cache_dir=tmp_path / "cache")
+    treatment, before, after = dlclinic.treat(
+        case, "data.quantity", out_dir=tmp_path / "out", fit_config=FAST, cache_dir=tmp_path / "cache"
+    )
     assert before["data.quantity"].status == "warn"  # 200 digits: far from saturation
     scores = {k: v for k, v in treatment.after.items() if k.startswith("val_accuracy_")}
     assert set(scores) == {"val_accuracy_shift", "val_accuracy_noise", "val_accuracy_blend"}
     buy = json.loads((tmp_path / "out" / "labels_to_buy.json").read_text())
-    assert buy["train_size"] == 200 and buy["targets"] and all(t["labels_to_add"] is None or t["labels_to_add"] >= 0 for t in buy["targets"])
+    assert (
+        buy["train_size"] == 200
+        and buy["targets"]
+        and all(t["labels_to_add"] is None or t["labels_to_add"] >= 0 for t in buy["targets"])
+    )
     if "test_accuracy" in treatment.after:  # a policy beat no augmentation on held-out train rows
-        assert treatment.after["gain_ci_low"] <= treatment.after["test_accuracy"] - treatment.before["test_accuracy"] <= treatment.after["gain_ci_high"]
+        assert (
+            treatment.after["gain_ci_low"]
+            <= treatment.after["test_accuracy"] - treatment.before["test_accuracy"]
+            <= treatment.after["gain_ci_high"]
+        )
         assert Path(treatment.artifacts["model"]).exists()
     else:
         assert after is before and "unchanged" in treatment.action

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_report import HOSTILE, synthetic_case, synthetic_report
 
 import dlclinic.report as report_pkg
 from dlclinic.core.errors import ConfigError
@@ -21,6 +20,7 @@ from dlclinic.report import render_html, render_json, render_terminal, write_rep
 from dlclinic.report.plots import PlotSpecError, plot_to_svg
 from dlclinic.report.thumbnails import png_data_uri, thumbnails
 from dlclinic.taxonomy import CHALLENGES
+from helpers_report import HOSTILE, synthetic_case, synthetic_report
 
 IDS = [c.id for c in CHALLENGES]
 
@@ -29,8 +29,10 @@ def schema_path() -> Path:
     """The shared JSON schema: ``shared/`` next to the repository (``<repo>/../shared``) or inside it."""
     here = Path(__file__).resolve()
     candidates = [here.parents[2] / "shared", here.parents[2].parent / "shared", here.parents[1] / "shared"]
-    return next((c / "report.schema.json" for c in candidates if (c / "report.schema.json").exists()),
-                candidates[0] / "report.schema.json")
+    return next(
+        (c / "report.schema.json" for c in candidates if (c / "report.schema.json").exists()),
+        candidates[0] / "report.schema.json",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +56,18 @@ def test_public_api_is_pinned():
 
 
 def test_import_is_light():
-    code = ("import sys, dlclinic; before = set(sys.modules); import dlclinic.report; "
-            "print(sorted(m.split('.')[0] for m in set(sys.modules) - before "
-            "if m.split('.')[0] in ('matplotlib', 'jinja2', 'rich', 'PIL', 'numpy', 'torch')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "import sys, dlclinic; before = set(sys.modules); import dlclinic.report; "
+        "print(sorted(m.split('.')[0] for m in set(sys.modules) - before "
+        "if m.split('.')[0] in ('matplotlib', 'jinja2', 'rich', 'PIL', 'numpy', 'torch')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -203,32 +212,48 @@ def test_terminal_treats_summaries_as_text():
 
     from dlclinic.core.results import CheckResult
 
-    bare = Report("0.1.0", "now", {"name": "x"}, sequence_of_results([CheckResult("data.quality", "ok", "[bold]fine[/bold]")]))
+    bare = Report(
+        "0.1.0", "now", {"name": "x"}, sequence_of_results([CheckResult("data.quality", "ok", "[bold]fine[/bold]")])
+    )
     console = Console(record=True, width=100, file=io.StringIO())
     render_terminal(bare, console)
     assert "[bold]fine[/bold]" in console.export_text()
 
 
-@pytest.mark.parametrize("spec", [
-    {"kind": "line", "series": [{"label": "a", "y": [1, 2, None, 3]}]},
-    {"kind": "bar", "series": [{"label": "a", "x": ["cat", "dog"], "y": [1, 2]}, {"label": "b", "x": ["dog"], "y": [3]}]},
-    {"kind": "hist", "series": [{"label": "a", "values": [1.0] * 5}]},
-    {"kind": "hist", "series": [{"label": "a", "values": np.random.default_rng(0).normal(size=500)}]},
-    {"kind": "reliability", "series": [{"x": [0.5], "y": [0.4]}]},
-    {"kind": "reliability", "series": [{"x": [None, 0.3, 0.9], "y": [None, 0.2, 0.95], "count": [0, 4, 9]}]},
-    {"kind": "line", "title": "price in $ and $x^2$", "series": [{"x": [0, 1], "y": [0, 1]}]},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "line", "series": [{"label": "a", "y": [1, 2, None, 3]}]},
+        {
+            "kind": "bar",
+            "series": [{"label": "a", "x": ["cat", "dog"], "y": [1, 2]}, {"label": "b", "x": ["dog"], "y": [3]}],
+        },
+        {"kind": "hist", "series": [{"label": "a", "values": [1.0] * 5}]},
+        {"kind": "hist", "series": [{"label": "a", "values": np.random.default_rng(0).normal(size=500)}]},
+        {"kind": "reliability", "series": [{"x": [0.5], "y": [0.4]}]},
+        {"kind": "reliability", "series": [{"x": [None, 0.3, 0.9], "y": [None, 0.2, 0.95], "count": [0, 4, 9]}]},
+        {"kind": "line", "title": "price in $ and $x^2$", "series": [{"x": [0, 1], "y": [0, 1]}]},
+    ],
+)
 def test_plot_kinds(spec):
     svg = plot_to_svg(spec)
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert 'id="figure_1"' not in svg
 
 
-@pytest.mark.parametrize("spec", [
-    None, {}, {"kind": "pie", "series": [{"x": [1], "y": [1]}]}, {"kind": "line", "series": []},
-    {"kind": "line", "series": [{"x": [1, 2], "y": [1]}]}, {"kind": "line", "series": [{"y": ["a"]}]},
-    {"kind": "hist", "series": [{"values": []}]}, {"kind": "hist", "series": [{"values": [float("nan")]}]},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        None,
+        {},
+        {"kind": "pie", "series": [{"x": [1], "y": [1]}]},
+        {"kind": "line", "series": []},
+        {"kind": "line", "series": [{"x": [1, 2], "y": [1]}]},
+        {"kind": "line", "series": [{"y": ["a"]}]},
+        {"kind": "hist", "series": [{"values": []}]},
+        {"kind": "hist", "series": [{"values": [float("nan")]}]},
+    ],
+)
 def test_bad_plot_specs_raise(spec):
     with pytest.raises(PlotSpecError):
         plot_to_svg(spec)
@@ -264,7 +289,10 @@ def test_terminal_stays_short_when_everything_needs_treatment():
 
     from dlclinic.core.results import CheckResult, Remedy
 
-    results = [CheckResult(c.id, "warn", "something to fix " * 10, remedy=Remedy(f"dlclinic treat {c.id}", "fix")) for c in CHALLENGES]
+    results = [
+        CheckResult(c.id, "warn", "something to fix " * 10, remedy=Remedy(f"dlclinic treat {c.id}", "fix"))
+        for c in CHALLENGES
+    ]
     console = Console(record=True, width=100, file=io.StringIO())
     render_terminal(Report("0.1.0", "now", {"name": "x"}, tuple(results)), console)
     lines = console.export_text().splitlines()
@@ -273,7 +301,9 @@ def test_terminal_stays_short_when_everything_needs_treatment():
 
 
 def test_long_line_plots_are_thinned():
-    svg = plot_to_svg({"kind": "line", "series": [{"x": list(range(50_000)), "y": [float(i % 7) for i in range(50_000)]}]})
+    svg = plot_to_svg(
+        {"kind": "line", "series": [{"x": list(range(50_000)), "y": [float(i % 7) for i in range(50_000)]}]}
+    )
     assert len(svg) < 200_000
 
 
@@ -282,7 +312,11 @@ def test_terminal_keeps_ids_and_statuses_on_a_narrow_console(report):
 
     console = Console(record=True, width=80, file=io.StringIO())
     render_terminal(report, console)
-    rows = {line.split()[0]: line.split()[1] for line in console.export_text().splitlines() if line.startswith(("data.", "ethics.", "deployment."))}
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in console.export_text().splitlines()
+        if line.startswith(("data.", "ethics.", "deployment."))
+    }
     assert rows["data.quality"] == "fail"
     assert rows["data.generalization"] == "ok"
     assert rows["deployment.drift"] == "warn"

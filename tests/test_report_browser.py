@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers_browser import chromium_binary, load_page, screenshot
-from helpers_report import synthetic_case, synthetic_report
 
 from dlclinic.report import write_report
 from dlclinic.taxonomy import CHALLENGES
+from helpers_browser import chromium_binary, load_page, screenshot
+from helpers_report import synthetic_case, synthetic_report
 
 pytestmark = [
     pytest.mark.browser,

@@ -20,10 +20,10 @@ from dlclinic.checks.research import (
     run_reproducibility,
     run_theory,
 )
+from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
-from dlclinic.remedies.baselines import MLP
-from dlclinic.remedies.fit import FitConfig, fit, seed_everything
+from dlclinic.core.recipe import FitConfig, fit, seed_everything
 
 D, K = 8, 3
 
@@ -32,7 +32,15 @@ def _factory() -> MLP:
     return MLP(D, K, hidden=(32, 16))
 
 
-def _case(*, model: Any = None, test: tuple[np.ndarray, np.ndarray] | None = None, factory: Any = _factory, k: int = K, d: int = D, sep: float = 4.0) -> Case:
+def _case(
+    *,
+    model: Any = None,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    factory: Any = _factory,
+    k: int = K,
+    d: int = D,
+    sep: float = 4.0,
+) -> Case:
     x, y = blobs(300, k=k, d=d, sep=sep)
     xt, yt = test if test is not None else blobs(240, k=k, d=d, sep=sep, seed=1)
     if model is None:
@@ -71,7 +79,11 @@ def _evidence(case: Case, tmp_path: Path, retrain: Any = None) -> Evidence:
 # -- reproducibility -----------------------------------------------------------------------------
 def test_reproducibility_deterministic_recipe_is_bit_identical(tmp_path: Path) -> None:
     case = _case()
-    res = run_reproducibility(case, _evidence(case, tmp_path, _recipe(_factory)), ReproducibilityOptions(max_train_rows=200, seeds=3, budget_seconds=60))
+    res = run_reproducibility(
+        case,
+        _evidence(case, tmp_path, _recipe(_factory)),
+        ReproducibilityOptions(max_train_rows=200, seeds=3, budget_seconds=60),
+    )
     assert res.status == "ok", res.summary
     assert res.metrics["bit_identical"] is True and res.metrics["seeds_run"] == 3
     assert res.metrics["accuracy_min"] <= res.metrics["accuracy_mean"] <= res.metrics["accuracy_max"]
@@ -79,7 +91,11 @@ def test_reproducibility_deterministic_recipe_is_bit_identical(tmp_path: Path) -
 
 def test_reproducibility_names_an_unseeded_shuffle(tmp_path: Path) -> None:
     case = _case()
-    res = run_reproducibility(case, _evidence(case, tmp_path, _recipe(_factory, unseeded_shuffle=True)), ReproducibilityOptions(max_train_rows=200, seeds=1))
+    res = run_reproducibility(
+        case,
+        _evidence(case, tmp_path, _recipe(_factory, unseeded_shuffle=True)),
+        ReproducibilityOptions(max_train_rows=200, seeds=1),
+    )
     assert res.status == "fail"
     assert res.metrics["bit_identical"] is False and res.metrics["tensors_differing"] > 0
     [finding] = res.findings
@@ -104,7 +120,9 @@ class NoisyMLP(MLP):
 
 def test_reproducibility_blames_a_random_forward_pass(tmp_path: Path) -> None:
     case = _case(factory=NoisyMLP)
-    res = run_reproducibility(case, _evidence(case, tmp_path, _recipe(NoisyMLP)), ReproducibilityOptions(max_train_rows=200, seeds=1))
+    res = run_reproducibility(
+        case, _evidence(case, tmp_path, _recipe(NoisyMLP)), ReproducibilityOptions(max_train_rows=200, seeds=1)
+    )
     assert res.status == "fail"
     assert "forward pass" in res.findings[0].message
 
@@ -201,7 +219,9 @@ def _open_case(overlap: bool) -> tuple[Case, Any]:
         rng = np.random.default_rng(2)
         for arr, lab in ((x, y), (xt, yt)):
             new = np.isin(lab, [3, 4])
-            arr[new] = arr[lab == 0][rng.integers(0, (lab == 0).sum(), new.sum())] + rng.normal(0, 0.05, (new.sum(), d)).astype(np.float32)
+            arr[new] = arr[lab == 0][rng.integers(0, (lab == 0).sum(), new.sum())] + rng.normal(
+                0, 0.05, (new.sum(), d)
+            ).astype(np.float32)
 
     def factory() -> MLP:
         return MLP(d, k, hidden=(32, 16))
@@ -243,7 +263,8 @@ def test_open_ended_with_ood_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec_name", ["REPRODUCIBILITY_CHECK", "BENCHMARK_CHECK", "THEORY_CHECK", "OPEN_ENDED_CHECK"])
 def test_specs_are_registered(spec_name: str) -> None:
-    from dlclinic.checks import CHECKS, research
+    from dlclinic.challenges import CHECKS
+    from dlclinic.checks import research
 
     spec = getattr(research, spec_name)
     assert CHECKS[spec.id] is spec
@@ -255,7 +276,9 @@ def test_treat_benchmark_exports_the_hard_slice(tmp_path: Path) -> None:
     import dlclinic
 
     case = _case(test=_planted_slice_test(True), sep=8.0)
-    treatment, before, after = dlclinic.treat(case, "research.benchmark_saturation", out_dir=tmp_path, cache_dir=tmp_path / "cache")
+    treatment, before, after = dlclinic.treat(
+        case, "research.benchmark_saturation", out_dir=tmp_path, cache_dir=tmp_path / "cache"
+    )
     with np.load(tmp_path / "hard_slice.npz") as data:
         rows = data["rows"]
         assert len(data["x"]) == len(rows) == treatment.after["test_rows"]
@@ -267,11 +290,15 @@ def test_treat_benchmark_exports_the_hard_slice(tmp_path: Path) -> None:
 def test_treat_reproducibility_writes_weights_and_manifest(tmp_path: Path) -> None:
     import dlclinic
     from dlclinic.core.manifest import read_manifest
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     case = _case()
-    treatment, _, after = dlclinic.treat(case, "research.reproducibility", out_dir=tmp_path, cache_dir=tmp_path / "cache", fit_config=FitConfig(epochs=2))
+    treatment, _, after = dlclinic.treat(
+        case, "research.reproducibility", out_dir=tmp_path, cache_dir=tmp_path / "cache", fit_config=FitConfig(epochs=2)
+    )
     assert treatment.after["bit_identical"] is True and treatment.after_status == "ok"
     manifest = read_manifest(tmp_path / "manifest.json")
-    assert manifest["seeds"] == {"fit": 0} and "model" in manifest["hashes"] and (tmp_path / "model.safetensors").is_file()
+    assert (
+        manifest["seeds"] == {"fit": 0} and "model" in manifest["hashes"] and (tmp_path / "model.safetensors").is_file()
+    )
     assert after["research.reproducibility"].status == "ok"

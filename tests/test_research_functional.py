@@ -9,8 +9,22 @@ import pytest
 
 from dlclinic.functional.openset import calibrate_rejection, cluster_rejected, novelty_auroc
 from dlclinic.functional.slices import find_weak_slices
-from dlclinic.functional.spectral import analyze_matrices, esd, fit_power_law, generalization_proxies, layer_matrices, stable_rank
-from dlclinic.functional.stats import benjamini_hochberg, bootstrap_metrics, compare_predictions, mcnemar_test, paired_bootstrap_difference, wilson_interval
+from dlclinic.functional.spectral import (
+    analyze_matrices,
+    esd,
+    fit_power_law,
+    generalization_proxies,
+    layer_matrices,
+    stable_rank,
+)
+from dlclinic.functional.stats import (
+    benjamini_hochberg,
+    bootstrap_metrics,
+    compare_predictions,
+    mcnemar_test,
+    paired_bootstrap_difference,
+    wilson_interval,
+)
 
 
 def _noisy(y: np.ndarray, rate: float, k: int, seed: int) -> np.ndarray:

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from conftest import blobs
-from dlclinic.core.determinism import compare_state_dicts, determinism_state, deterministic_mode, loader_kwargs, trace_unseeded_generators
+from dlclinic.core.determinism import (
+    compare_state_dicts,
+    determinism_state,
+    deterministic_mode,
+    loader_kwargs,
+    trace_unseeded_generators,
+)
 from dlclinic.core.errors import InputError
 from dlclinic.core.manifest import MANIFEST_SCHEMA, build_manifest, compare_manifests, read_manifest, write_manifest
 
@@ -56,7 +62,9 @@ def test_compare_state_dicts_reports_first_difference() -> None:
     a = {"w": torch.ones(3), "b": torch.zeros(2)}
     assert compare_state_dicts(a, {k: v.clone() for k, v in a.items()}).identical
     diff = compare_state_dicts(a, {"w": torch.ones(3), "b": torch.tensor([0.0, 1e-7])})
-    assert not diff.identical and diff.first == "b" and diff.n_differing == 1 and diff.max_abs_diff == pytest.approx(1e-7)
+    assert (
+        not diff.identical and diff.first == "b" and diff.n_differing == 1 and diff.max_abs_diff == pytest.approx(1e-7)
+    )
     assert compare_state_dicts(a, {"w": torch.ones(3)}).missing == ("b",)
 
 
@@ -103,7 +111,9 @@ def test_read_manifest_rejects_foreign_files(tmp_path: Path) -> None:
 def test_replay_argv_replaces_out_and_disables_cache() -> None:
     from dlclinic.commands.research import replay_argv
 
-    args = replay_argv(["dlclinic", "checkup", "--demo", "--out", "old", "--only", "data"], Path("new"), use_cache=False)
+    args = replay_argv(
+        ["dlclinic", "checkup", "--demo", "--out", "old", "--only", "data"], Path("new"), use_cache=False
+    )
     assert args == ["checkup", "--demo", "--only", "data", "--out", "new", "--quiet", "--no-cache"]
 
 
@@ -112,7 +122,7 @@ def test_replay_reproduces_a_recorded_checkup(tmp_path: Path) -> None:
     import dlclinic
     from dlclinic.cli import main
     from dlclinic.core.evidence import EvidenceConfig
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
     from dlclinic.report import write_report
 
     x, y = blobs(200, k=3, d=8)
@@ -120,11 +130,30 @@ def test_replay_reproduces_a_recorded_checkup(tmp_path: Path) -> None:
     np.savez(tmp_path / "train.npz", x=x, y=y)
     np.savez(tmp_path / "test.npz", x=xt, y=yt)
     out = tmp_path / "run"
-    argv = ["dlclinic", "checkup", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--only", "research.theory,research.benchmark_saturation", "--epochs", "3", "--out", str(out)]
+    argv = [
+        "dlclinic",
+        "checkup",
+        "--train",
+        str(tmp_path / "train.npz"),
+        "--test",
+        str(tmp_path / "test.npz"),
+        "--only",
+        "research.theory,research.benchmark_saturation",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+    ]
     from dlclinic.io import load_case
 
     case = load_case(tmp_path / "train.npz", tmp_path / "test.npz")
-    report = dlclinic.checkup(case, only=["research.theory", "research.benchmark_saturation"], fit_config=FitConfig(epochs=3), evidence_config=EvidenceConfig(cache=False), cache_dir=tmp_path / "cache")
+    report = dlclinic.checkup(
+        case,
+        only=["research.theory", "research.benchmark_saturation"],
+        fit_config=FitConfig(epochs=3),
+        evidence_config=EvidenceConfig(cache=False),
+        cache_dir=tmp_path / "cache",
+    )
     write_report(report, out)
     manifest = write_manifest(out / "manifest.json", build_manifest(report=report, command=argv))
     assert main(["replay", str(manifest)]) == 0

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from conftest import blobs
 
 pytest.importorskip("fastapi")
@@ -33,8 +34,8 @@ D, K = 8, 3
 
 @pytest.fixture(scope="module")
 def trained() -> dict[str, Any]:
-    from dlclinic.remedies.baselines import MLP
-    from dlclinic.remedies.fit import FitConfig, fit
+    from dlclinic.core.baselines import MLP
+    from dlclinic.core.recipe import FitConfig, fit
 
     x, y = blobs(450, d=D, k=K, seed=0)
     xt, yt = blobs(240, d=D, k=K, seed=1)
@@ -47,7 +48,9 @@ def trained() -> dict[str, Any]:
 
 def _client(trained: dict[str, Any], **kw: Any) -> tuple[Any, TestClient]:
     store = kw.pop("store", None)
-    app = create_app(trained["backend"], reference=kw.pop("reference", trained["reference"]), store=store, config=ServeConfig(**kw))
+    app = create_app(
+        trained["backend"], reference=kw.pop("reference", trained["reference"]), store=store, config=ServeConfig(**kw)
+    )
     return app, TestClient(app)
 
 
@@ -74,7 +77,11 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(trained: dict[s
         ({"json": {"inputs": [[1.0] * D, [1.0] * 3]}}, 422, "rectangular"),
         ({"json": {"inputs": [["a"] * D]}}, 422, "rectangular"),
         ({"json": {"inputs": []}}, 422, "at least one"),
-        ({"content": b'{"inputs": [[NaN, 1, 1, 1, 1, 1, 1, 1]]}', "headers": {"content-type": "application/json"}}, 422, "finite"),
+        (
+            {"content": b'{"inputs": [[NaN, 1, 1, 1, 1, 1, 1, 1]]}', "headers": {"content-type": "application/json"}},
+            422,
+            "finite",
+        ),
         ({"content": b'{"inputs": [[1, 2', "headers": {"content-type": "application/json"}}, 422, ""),
         ({"json": {"nope": 1}}, 422, ""),
         ({"json": {"inputs": np.zeros((60, D)).tolist()}}, 413, "at most 50"),
@@ -90,7 +97,9 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(trained: dict[s
                 assert r.json()["expected_shape"] == ["N", D]
             assert client.post("/predict", json=good).status_code == 200  # still serving
         # a chunked body (no content-length) over the limit is refused too
-        chunked = client.post("/predict", content=(b"0" * 5000 for _ in range(10)), headers={"content-type": "application/json"})
+        chunked = client.post(
+            "/predict", content=(b"0" * 5000 for _ in range(10)), headers={"content-type": "application/json"}
+        )
         assert chunked.status_code == 413
         metrics = client.get("/metrics").text
     assert 'dlclinic_rejected_total{reason="body_too_large"} 2.0' in metrics
@@ -165,7 +174,15 @@ def test_batcher_groups_concurrent_requests_and_bounds_its_queue() -> None:
 
 
 def _record(rid: str, row: int, p: np.ndarray, t: float = 0.0) -> PredictionRecord:
-    return PredictionRecord(request_id=rid, row=row, created=t, model_version="v1", latency_ms=1.0, probs=p, input_hash=hash_input(np.zeros(3)))
+    return PredictionRecord(
+        request_id=rid,
+        row=row,
+        created=t,
+        model_version="v1",
+        latency_ms=1.0,
+        probs=p,
+        input_hash=hash_input(np.zeros(3)),
+    )
 
 
 def test_store_is_idempotent_on_request_ids_and_joins_feedback(tmp_path: Path) -> None:
@@ -206,11 +223,19 @@ def test_app_logs_each_request_once_and_exposes_drift_metrics(tmp_path: Path, tr
     x = trained["x"]
     with client:
         for i in range(0, 120, 20):
-            assert client.post("/predict", json={"inputs": x[i : i + 20].tolist(), "request_id": f"req-{i}"}).status_code == 200
+            assert (
+                client.post("/predict", json={"inputs": x[i : i + 20].tolist(), "request_id": f"req-{i}"}).status_code
+                == 200
+            )
         retry = client.post("/predict", json={"inputs": x[:20].tolist()}, headers={"X-Request-ID": "req-0"})
         assert retry.json()["request_id"] == "req-0"
-        assert client.post("/feedback", json={"items": [{"request_id": "req-0", "row": 3, "label": int(trained["y"][3])}]}).json() == {"recorded": 1}
-        assert client.post("/feedback", json={"items": [{"request_id": "req-0", "row": 3, "label": 99}]}).status_code == 422
+        assert client.post(
+            "/feedback", json={"items": [{"request_id": "req-0", "row": 3, "label": int(trained["y"][3])}]}
+        ).json() == {"recorded": 1}
+        assert (
+            client.post("/feedback", json={"items": [{"request_id": "req-0", "row": 3, "label": 99}]}).status_code
+            == 422
+        )
         app.state.dlclinic.monitor.wait()
         metrics = client.get("/metrics").text
         windows = client.get("/monitor").json()["windows"]
@@ -220,7 +245,15 @@ def test_app_logs_each_request_once_and_exposes_drift_metrics(tmp_path: Path, tr
     assert len(data) == 120 and set(data.model_version) == {"m-7"} and int((data.labels >= 0).sum()) == 1
     assert data.embeddings is not None and data.embeddings.shape == (120, 16)
     reader.close()
-    for series in ("dlclinic_requests_total", "dlclinic_request_latency_seconds_bucket", "dlclinic_batch_rows_bucket", "dlclinic_drift_psi", "dlclinic_estimated_accuracy", "dlclinic_drift_alert", "dlclinic_queue_rows"):
+    for series in (
+        "dlclinic_requests_total",
+        "dlclinic_request_latency_seconds_bucket",
+        "dlclinic_batch_rows_bucket",
+        "dlclinic_drift_psi",
+        "dlclinic_estimated_accuracy",
+        "dlclinic_drift_alert",
+        "dlclinic_queue_rows",
+    ):
         assert series in metrics
     assert len(windows) == 3 and all(w["status"] == "ok" for w in windows)
     assert "<svg" in page and page.count("<tr class='ok'>") == 3
@@ -232,8 +265,8 @@ def test_two_apps_in_one_process_keep_separate_metrics(trained: dict[str, Any]) 
     _, b = _client(trained)
     with a, b:
         a.post("/predict", json={"inputs": trained["x"][:1].tolist()})
-        assert 'dlclinic_predictions_total 1.0' in a.get("/metrics").text
-        assert 'dlclinic_predictions_total 0.0' in b.get("/metrics").text
+        assert "dlclinic_predictions_total 1.0" in a.get("/metrics").text
+        assert "dlclinic_predictions_total 0.0" in b.get("/metrics").text
 
 
 def test_openapi_describes_predict(trained: dict[str, Any]) -> None:
@@ -249,7 +282,9 @@ def test_openapi_describes_predict(trained: dict[str, Any]) -> None:
 def test_onnx_backend_agrees_with_torch(tmp_path: Path, trained: dict[str, Any]) -> None:
     pytest.importorskip("onnxruntime")
     x = trained["x"][:32]
-    backend, desc = make_backend(trained["model"], (D,), K, kind="onnx", sample_x=x, export_path=tmp_path / "m.onnx", exporter="torchscript")
+    backend, desc = make_backend(
+        trained["model"], (D,), K, kind="onnx", sample_x=x, export_path=tmp_path / "m.onnx", exporter="torchscript"
+    )
     assert backend.name == "onnx" and "onnxruntime" in desc
     probs, emb = backend.predict(x)
     assert emb is None
@@ -273,7 +308,14 @@ def test_score_file_streams_csv_parquet_and_npz(tmp_path: Path, trained: dict[st
     assert out.columns[:3].tolist() == ["row", "predicted", "confidence"]
     pytest.importorskip("pyarrow")
     df.to_parquet(tmp_path / "in.parquet")
-    score_file(trained["backend"], tmp_path / "in.parquet", tmp_path / "out.parquet", class_names=["a", "b", "c"], batch_size=16, id_col="key")
+    score_file(
+        trained["backend"],
+        tmp_path / "in.parquet",
+        tmp_path / "out.parquet",
+        class_names=["a", "b", "c"],
+        batch_size=16,
+        id_col="key",
+    )
     assert pd.read_parquet(tmp_path / "out.parquet")["id"].tolist()[:2] == ["k0", "k1"]
     bad = df.copy()
     bad.loc[30, "f1"] = np.nan
@@ -281,7 +323,14 @@ def test_score_file_streams_csv_parquet_and_npz(tmp_path: Path, trained: dict[st
     from dlclinic.core.errors import InputError
 
     with pytest.raises(InputError, match="row 30"):
-        score_file(trained["backend"], tmp_path / "bad.csv", tmp_path / "never.csv", class_names=["a", "b", "c"], batch_size=16, id_col="key")
+        score_file(
+            trained["backend"],
+            tmp_path / "bad.csv",
+            tmp_path / "never.csv",
+            class_names=["a", "b", "c"],
+            batch_size=16,
+            id_col="key",
+        )
     assert not (tmp_path / "never.csv").exists()
 
 
@@ -308,7 +357,9 @@ def test_real_http_server_round_trip_and_graceful_shutdown(tmp_path: Path, train
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             assert client.get("/ready").json()["ready"] is True
             for i in range(5):
-                r = client.post("/predict", json={"inputs": trained["x"][i * 10 : (i + 1) * 10].tolist(), "request_id": f"h{i}"})
+                r = client.post(
+                    "/predict", json={"inputs": trained["x"][i * 10 : (i + 1) * 10].tolist(), "request_id": f"h{i}"}
+                )
                 assert r.status_code == 200
             assert client.post("/predict", json={"inputs": [[0.0]]}).status_code == 422
     finally:

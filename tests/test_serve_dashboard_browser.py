@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers_browser import chromium_binary, load_page, screenshot
 
 pytest.importorskip("fastapi")
@@ -40,7 +41,9 @@ def test_dashboard_renders_windows_without_console_errors(tmp_path: Path) -> Non
     sharp = np.eye(3)[y] * 4 + rng.normal(0, 1, (300, 3))
     reference = Reference.build(sharp, y)
     app = create_app(_Backend(), reference=reference, config=ServeConfig(window=50))
-    stream = np.concatenate([np.eye(3)[rng.integers(0, 3, 300)] * 4 + rng.normal(0, 1, (300, 3)), np.ones((300, 1))], axis=1)
+    stream = np.concatenate(
+        [np.eye(3)[rng.integers(0, 3, 300)] * 4 + rng.normal(0, 1, (300, 3)), np.ones((300, 1))], axis=1
+    )
     stream[150:, 3] = 0.2  # washed-out logits: confidence and estimated accuracy fall
     with TestClient(app) as client:
         for i in range(0, 300, 25):
@@ -51,7 +54,9 @@ def test_dashboard_renders_windows_without_console_errors(tmp_path: Path) -> Non
     html.write_text(page)
     loaded = load_page(html, tmp_path / "profile")
     assert not loaded.console, loaded.console
-    assert loaded.dom.count("<tr class=\"ok\">") == 3
-    assert loaded.dom.count("<tr class=\"warn\">") + loaded.dom.count("<tr class=\"fail\">") == 3
-    assert loaded.dom.count("<svg") == 3 and "not measured: this backend gives no embeddings" in loaded.dom  # no MMD without embeddings
+    assert loaded.dom.count('<tr class="ok">') == 3
+    assert loaded.dom.count('<tr class="warn">') + loaded.dom.count('<tr class="fail">') == 3
+    assert (
+        loaded.dom.count("<svg") == 3 and "not measured: this backend gives no embeddings" in loaded.dom
+    )  # no MMD without embeddings
     assert screenshot(html, tmp_path / "dashboard.png", tmp_path / "profile2", size=(1200, 900)).stat().st_size > 10_000

@@ -20,12 +20,20 @@ def test_ids_match_challenges_md() -> None:
     doc = Path(__file__).resolve().parents[1].parent / "shared" / "CHALLENGES.md"
     if not doc.exists():
         pytest.skip("shared/CHALLENGES.md not beside the checkout")
-    ids = re.findall(r"^\| ((?:data|compute|model|optimization|ethics|research|deployment)\.[a-z_]+) \|", doc.read_text(), flags=re.M)
+    ids = re.findall(
+        r"^\| ((?:data|compute|model|optimization|ethics|research|deployment)\.[a-z_]+) \|", doc.read_text(), flags=re.M
+    )
     assert ids == [c.id for c in CHALLENGES]
 
 
 def test_resolve_ids_expands_categories_and_keeps_order() -> None:
-    assert resolve_ids(["model.overfitting", "data"])[:5] == ["data.quantity", "data.quality", "data.labeling_cost", "data.privacy", "data.generalization"]
+    assert resolve_ids(["model.overfitting", "data"])[:5] == [
+        "data.quantity",
+        "data.quality",
+        "data.labeling_cost",
+        "data.privacy",
+        "data.generalization",
+    ]
     assert resolve_ids(["model.overfitting,data.quality"]) == ["data.quality", "model.overfitting"]
     assert resolve_ids(None) == [c.id for c in CHALLENGES]
 

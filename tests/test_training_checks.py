@@ -7,16 +7,17 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import blobs
 from torch import nn
 
 import dlclinic
+from conftest import blobs
 from dlclinic import Case, FitConfig
-from dlclinic.remedies.baselines import MLP
-from dlclinic.remedies.fit import fit
+from dlclinic.core.baselines import MLP
+from dlclinic.core.recipe import fit
 
 FAST = FitConfig(epochs=6, batch_size=64)
 RUN = {"steps": 120, "rows": 512, "every": 5}
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> object:
@@ -25,7 +26,6 @@ def _one_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
 
 
 def _deep_sigmoid() -> nn.Module:
@@ -61,7 +61,9 @@ def test_a_huge_learning_rate_diverges_and_the_recipe_lr_converges(tmp_path) -> 
     data = blobs(600, d=10, sep=1.0, seed=2), blobs(200, d=10, sep=1.0, seed=3)
     case = Case.from_arrays(*data, model_factory=lambda: MLP(10, 3))
     bad = _check(case, "optimization.convergence", tmp_path, lr=50.0, lr_steps=60, **RUN)
-    assert bad.status in ("warn", "fail") and bad.details["verdict"] in ("diverging", "unstable", "plateau"), bad.summary
+    assert bad.status in ("warn", "fail") and bad.details["verdict"] in ("diverging", "unstable", "plateau"), (
+        bad.summary
+    )
     assert bad.metrics["suggested_lr"] < 1.0
     grads = _check(case, "model.gradients", tmp_path, lr=50.0, **RUN)
     assert grads.status in ("warn", "fail"), grads.summary
@@ -103,14 +105,21 @@ def test_overfitting_curves_name_the_epoch_and_memorisation_is_measured(tmp_path
     factory = lambda: MLP(20, 3, hidden=(256, 256), dropout=0.0)  # noqa: E731
     memoriser = fit(factory(), x, y, FitConfig(epochs=60, val_fraction=0.0, weight_decay=0.0)).model
     opts = {**RUN, "steps": 200, "memorization_rows": 64, "memorization_steps": 60}
-    res = _check(Case.from_arrays((x, y), (xt, yt), model=memoriser, model_factory=factory), "model.overfitting", tmp_path, **opts)
+    res = _check(
+        Case.from_arrays((x, y), (xt, yt), model=memoriser, model_factory=factory),
+        "model.overfitting",
+        tmp_path,
+        **opts,
+    )
     assert res.status == "fail"
     opened = res.metrics["curve_gap_open_epoch"]
     assert opened is not None and 1 <= opened <= res.metrics["curve_epochs"]
     assert any(f.code == "gap_opens" and f.extra["epoch"] == opened for f in res.findings)
     assert res.metrics["memorization_accuracy"] > res.metrics["memorization_chance"]
     (xh, yh), test = blobs(600, d=8, seed=7), blobs(300, d=8, seed=8)
-    healthy = _check(Case.from_arrays((xh, yh), test, model_factory=lambda: MLP(8, 3)), "model.overfitting", tmp_path, **opts)
+    healthy = _check(
+        Case.from_arrays((xh, yh), test, model_factory=lambda: MLP(8, 3)), "model.overfitting", tmp_path, **opts
+    )
     assert healthy.status == "ok", healthy.summary
     assert healthy.metrics["curve_gap_open_epoch"] is None
 
@@ -120,7 +129,11 @@ def test_landscape_cost_and_energy_on_a_small_model(tmp_path) -> None:  # type: 
     report = dlclinic.checkup(
         case,
         only=["optimization.nonconvex", "compute.training_cost", "compute.energy"],
-        options={"optimization.nonconvex": {"rows": 128, "grid": 5, "points_1d": 7, "barrier_steps": 30}, "compute.training_cost": RUN, "compute.energy": RUN},
+        options={
+            "optimization.nonconvex": {"rows": 128, "grid": 5, "points_1d": 7, "barrier_steps": 30},
+            "compute.training_cost": RUN,
+            "compute.energy": RUN,
+        },
         fit_config=FAST,
         cache_dir=tmp_path,
     )
@@ -129,7 +142,9 @@ def test_landscape_cost_and_energy_on_a_small_model(tmp_path) -> None:  # type: 
     assert land.metrics["hessian_top_eigenvalue"] > 0 and land.metrics["seed_barrier"] is not None
     assert land.metrics["slice_max_loss"] >= land.metrics["loss_at_weights"]
     cost = report["compute.training_cost"]
-    assert cost.status == "ok" and cost.metrics["samples_per_second"] > 0 and cost.metrics["forward_flops_per_sample"] > 0
+    assert (
+        cost.status == "ok" and cost.metrics["samples_per_second"] > 0 and cost.metrics["forward_flops_per_sample"] > 0
+    )
     energy = report["compute.energy"]
     assert energy.metrics["training_joules_per_sample"] > 0
     assert ("estimated from TDP" in energy.summary) == bool(energy.metrics["estimated"])
@@ -137,9 +152,20 @@ def test_landscape_cost_and_energy_on_a_small_model(tmp_path) -> None:  # type: 
 
 def test_sharp_solution_warns_at_the_edge_of_stability(tmp_path) -> None:  # type: ignore[no-untyped-def]
     x, y = blobs(300, d=8, sep=1.0, seed=11)
-    case = Case.from_arrays((x, y), blobs(100, d=8, sep=1.0, seed=12), model=fit(MLP(8, 3), x, y, FAST).model, model_factory=lambda: MLP(8, 3))
+    case = Case.from_arrays(
+        (x, y),
+        blobs(100, d=8, sep=1.0, seed=12),
+        model=fit(MLP(8, 3), x, y, FAST).model,
+        model_factory=lambda: MLP(8, 3),
+    )
     fit_cfg = FitConfig(epochs=6, lr=1e4)  # the recipe's LR: λ_max × lr far above 2
-    res = dlclinic.checkup(case, only=["optimization.nonconvex"], options={"optimization.nonconvex": {"rows": 128, "grid": 3, "points_1d": 5, "barrier": False}}, fit_config=fit_cfg, cache_dir=tmp_path)["optimization.nonconvex"]
+    res = dlclinic.checkup(
+        case,
+        only=["optimization.nonconvex"],
+        options={"optimization.nonconvex": {"rows": 128, "grid": 3, "points_1d": 5, "barrier": False}},
+        fit_config=fit_cfg,
+        cache_dir=tmp_path,
+    )["optimization.nonconvex"]
     assert res.metrics["sharpness_x_lr"] > 2 and res.status == "warn"
 
 
@@ -159,7 +185,14 @@ class _NoLayers:
 def test_without_an_architecture_training_parts_are_not_examined(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (x, y), test = blobs(300, d=8, seed=13), blobs(100, d=8, seed=14)
     case = Case.from_arrays((x, y), test, model=_NoLayers(fit(MLP(8, 3), x, y, FAST).model))
-    ids = ["model.gradients", "optimization.convergence", "optimization.batchnorm", "optimization.nonconvex", "compute.training_cost", "compute.energy"]
+    ids = [
+        "model.gradients",
+        "optimization.convergence",
+        "optimization.batchnorm",
+        "optimization.nonconvex",
+        "compute.training_cost",
+        "compute.energy",
+    ]
     report = dlclinic.checkup(case, only=ids, fit_config=FAST, cache_dir=tmp_path)
     for cid in ids:
         assert report[cid].status == "not_examined", (cid, report[cid].summary)
@@ -186,8 +219,22 @@ def test_no_hook_remains_on_the_model_after_any_check_even_when_it_raises(tmp_pa
     (x, y), test = blobs(300, d=8, seed=15), blobs(100, d=8, seed=16)
     model = _Fragile()
     model.eval()
-    ids = ["model.gradients", "model.overfitting", "optimization.convergence", "optimization.batchnorm", "optimization.nonconvex", "compute.training_cost", "compute.energy"]
-    report = dlclinic.checkup(Case.from_arrays((x, y), test, model=model), only=ids, options={"model.gradients": RUN}, fit_config=FAST, cache_dir=tmp_path)
+    ids = [
+        "model.gradients",
+        "model.overfitting",
+        "optimization.convergence",
+        "optimization.batchnorm",
+        "optimization.nonconvex",
+        "compute.training_cost",
+        "compute.energy",
+    ]
+    report = dlclinic.checkup(
+        Case.from_arrays((x, y), test, model=model),
+        only=ids,
+        options={"model.gradients": RUN},
+        fit_config=FAST,
+        cache_dir=tmp_path,
+    )
     assert report["model.gradients"].status == "error" and "planted failure" in report["model.gradients"].summary
     assert _hooks(model) == 0
     with pytest.raises(RuntimeError):

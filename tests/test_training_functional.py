@@ -8,15 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import blobs
 from torch import nn
 
+from conftest import blobs
+from dlclinic.core.recipe import FitConfig, fit
 from dlclinic.functional.batchnorm import accuracy_in_train_mode, recalibrate_bn, running_stat_shift
 from dlclinic.functional.cost import EnergyMeter, co2e_grams, count_flops
 from dlclinic.functional.gradients import find_loss_spikes
-from dlclinic.functional.landscape import filter_normalized_direction, hessian_top_eigenvalue, interpolation_barrier, loss_slice_1d, loss_slice_2d, make_loss
+from dlclinic.functional.landscape import (
+    filter_normalized_direction,
+    hessian_top_eigenvalue,
+    interpolation_barrier,
+    loss_slice_1d,
+    loss_slice_2d,
+    make_loss,
+)
 from dlclinic.functional.lr_range import analyse_loss_curve, lr_range_test
-from dlclinic.remedies.fit import FitConfig, fit
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> object:
@@ -25,7 +33,6 @@ def _one_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
 
 
 def test_hessian_top_eigenvalue_matches_the_dense_hessian() -> None:
@@ -77,7 +84,11 @@ def test_barrier_is_zero_between_identical_models_and_positive_between_seeds() -
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        models.append(fit(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)), x, y, FitConfig(epochs=5, seed=seed)).model)
+        models.append(
+            fit(
+                nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)), x, y, FitConfig(epochs=5, seed=seed)
+            ).model
+        )
     assert interpolation_barrier(models[0], models[0], loss).barrier == pytest.approx(0.0, abs=1e-6)
     assert interpolation_barrier(models[0], models[1], loss).barrier >= 0.0
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from dlclinic.core.errors import ConfigError
+from dlclinic.core.recipe import FitConfig, fit
 from dlclinic.functional.gradients import diagnose_gradients
-from dlclinic.remedies.fit import FitConfig, fit
 from dlclinic.training import MonitorRecord, TrainingMonitor
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> object:
@@ -21,7 +22,6 @@ def _one_thread() -> object:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
 
 
 def _hooks(model: nn.Module) -> int:
@@ -153,7 +153,10 @@ def test_saturation_and_dead_units_are_seen() -> None:
     assert rec.dead_share[0, 1] == 1.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lightning") is None and importlib.util.find_spec("pytorch_lightning") is None, reason="Lightning not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("lightning") is None and importlib.util.find_spec("pytorch_lightning") is None,
+    reason="Lightning not installed",
+)
 def test_lightning_callback_is_a_thin_adapter() -> None:  # pragma: no cover - needs the optional extra
     from dlclinic.training.lightning import monitor_callback
 

@@ -71,12 +71,22 @@ def test_one_real_trial_through_the_runner_and_the_report(tmp_path: Path) -> Non
     assert (fa["flagged"], fa["n"], fa["not_graded"]) == (1, 2, {"exception": 1})  # an exception is never a silent ok
     assert fa["ci95"] == pytest.approx(list(clopper_pearson(1, 2)))
     assert agg["defects"]["concept_drift"]["rows"][0]["strength"] == 0.2
-    doc = report.document({"deployment.drift": agg}, settings={"mode": "quick", "seeds_clean": 1, "seeds_defect": 1, "all_strengths": False}, wall_seconds=1.0, workers=1, trials=4)
+    doc = report.document(
+        {"deployment.drift": agg},
+        settings={"mode": "quick", "seeds_clean": 1, "seeds_defect": 1, "all_strengths": False},
+        wall_seconds=1.0,
+        workers=1,
+        trials=4,
+    )
     report.write_all(doc, records, tmp_path / "docs", packaged=tmp_path / "pkg.json")
     md = (tmp_path / "docs" / "validation.md").read_text()
     assert "deployment.drift" in md and "1/2 = 50 %" in md
     packed = json.loads((tmp_path / "pkg.json").read_text())["checks"]["deployment.drift"]
-    assert (packed["flagged"], packed["n"], packed["exceeds_level"]) == (1, 2, "significant")  # 50 %, CI [1.3 %, 99 %] > 1 %
+    assert (packed["flagged"], packed["n"], packed["exceeds_level"]) == (
+        1,
+        2,
+        "significant",
+    )  # 50 %, CI [1.3 %, 99 %] > 1 %
 
 
 def test_report_trust_reads_the_packaged_table(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,10 +94,26 @@ def test_report_trust_reads_the_packaged_table(monkeypatch: pytest.MonkeyPatch) 
 
     table = trust.validation_table()
     assert isinstance(table, dict)  # the packaged file, or {} when absent: never an error
-    monkeypatch.setattr(trust, "validation_table", lambda: {"x.y": {"false_alarm_rate": 0.025, "ci95": [0.001, 0.13], "flagged": 1, "n": 40, "level": 0.05, "exceeds_level": "no"}})
+    monkeypatch.setattr(
+        trust,
+        "validation_table",
+        lambda: {
+            "x.y": {
+                "false_alarm_rate": 0.025,
+                "ci95": [0.001, 0.13],
+                "flagged": 1,
+                "n": 40,
+                "level": 0.05,
+                "exceeds_level": "no",
+            }
+        },
+    )
     assert trust.false_alarm_for("x.y")["n"] == 40  # type: ignore[index]
     assert trust.false_alarm_for("nope") is None
-    assert trust.false_alarm_note("x.y") == "This check's false-alarm rate on clean data: 2% [0%, 13%] (1 of 40 clean cases)."
+    assert (
+        trust.false_alarm_note("x.y")
+        == "This check's false-alarm rate on clean data: 2% [0%, 13%] (1 of 40 clean cases)."
+    )
 
 
 # -- fixes made from the suite's findings (data.quality column profile, data.quantity verdict) --------
@@ -119,9 +145,9 @@ def test_quantity_does_not_warn_on_an_ill_fitting_flat_curve(tmp_path: Path, mon
 
     from dlclinic import Case
     from dlclinic.checks import data_quantity
+    from dlclinic.core.baselines import MLP
     from dlclinic.core.evidence import Evidence
     from dlclinic.functional.learning_curve import fit_power_law
-    from dlclinic.remedies.baselines import MLP
 
     n = np.repeat([21.0, 42.0, 85.0, 148.0, 212.0], 2)
     flat = np.array([0.5, 0.05, 0.0, 0.3, 0.1, 0.0, 0.0, 0.08, 0.0, 0.0])  # erratic small runs, 0 % error at full size
@@ -132,7 +158,11 @@ def test_quantity_does_not_warn_on_an_ill_fitting_flat_curve(tmp_path: Path, mon
     case = Case.from_arrays((x, y), (x[:100], y[:100]), model=MLP(4, 2))
     results = {}
     for name, err in (("flat", flat), ("steep", steep)):
-        monkeypatch.setattr(data_quantity, "learning_curve", lambda *a, err=err, **k: {"n": n, "error": err, "per_class": np.c_[err, err]})
+        monkeypatch.setattr(
+            data_quantity,
+            "learning_curve",
+            lambda *a, err=err, **k: {"n": n, "error": err, "per_class": np.c_[err, err]},
+        )
         res = data_quantity.run(case, Evidence(case, cache_dir=tmp_path / name), data_quantity.QuantityOptions())
         results[name] = res
     assert fit_power_law(n, flat).gain_from_doubling(212.0) > 0.01  # the old point-estimate rule warned
@@ -142,7 +172,7 @@ def test_quantity_does_not_warn_on_an_ill_fitting_flat_curve(tmp_path: Path, mon
 
 def test_every_check_has_a_validation_plan_or_a_stated_reason() -> None:
     """Coverage of the suite: each registered check is planned (with well-formed defects) or says why not."""
-    from dlclinic.checks import CHECKS
+    from dlclinic.challenges import CHECKS
     from validation.scenarios import NOT_VALIDATED, PLANS
 
     planned = [p.check for p in PLANS]
@@ -154,7 +184,10 @@ def test_every_check_has_a_validation_plan_or_a_stated_reason() -> None:
         assert 0 < plan.level < 0.5 and plan.level_source and plan.clean_description
         assert plan.defects, plan.check
         for d in plan.defects:
-            assert d.strengths and d.unit and d.expect, (plan.check, d.name)  # one strength: a yes/no defect (e.g. not exportable)
+            assert d.strengths and d.unit and d.expect, (
+                plan.check,
+                d.name,
+            )  # one strength: a yes/no defect (e.g. not exportable)
             assert set(d.quick_strengths or ()) <= set(d.strengths), (plan.check, d.name)
             assert set(d.modalities or plan.modalities) <= {"image", "table", "mnist"}
 
@@ -187,14 +220,23 @@ def test_generalization_grades_its_tests_as_one_holm_family() -> None:
 def test_report_shows_each_status_with_its_validation_row(monkeypatch: pytest.MonkeyPatch) -> None:
     from dlclinic.report import trust
 
-    row = {"false_alarm_rate": 0.0, "ci95": [0.0, 0.06], "flagged": 0, "n": 60, "level": 0.05, "exceeds_level": "no", "power": {"label_noise": {"unit": "fraction of train labels flipped", "rows": [[0.02, 1, 16], [0.2, 16, 16]]}}}
+    row = {
+        "false_alarm_rate": 0.0,
+        "ci95": [0.0, 0.06],
+        "flagged": 0,
+        "n": 60,
+        "level": 0.05,
+        "exceeds_level": "no",
+        "power": {"label_noise": {"unit": "fraction of train labels flipped", "rows": [[0.02, 1, 16], [0.2, 16, 16]]}},
+    }
     monkeypatch.setattr(trust, "validation_table", lambda: {"data.quality": row})
-    assert trust.power_rows("data.quality") == [{"defect": "label_noise", "unit": "fraction of train labels flipped", "power": "0.02: 1/16 · 0.2: 16/16"}]
+    assert trust.power_rows("data.quality") == [
+        {"defect": "label_noise", "unit": "fraction of train labels flipped", "power": "0.02: 1/16 · 0.2: 16/16"}
+    ]
     assert trust.power_rows("data.privacy") == []
     sys.path.insert(0, str(ROOT / "tests"))
-    from helpers_report import synthetic_case, synthetic_report
-
     from dlclinic.report import render_html
+    from helpers_report import synthetic_case, synthetic_report
 
     case = synthetic_case()
     page = render_html(synthetic_report(case), case=case)
@@ -206,12 +248,39 @@ def test_quick_mode_agreement_is_recorded_in_the_published_table(tmp_path: Path)
     from validation import report
     from validation.run import compare
 
-    entry = {"level": 0.05, "level_source": "x", "clean_description": "y", "false_alarm": {"n": 60, "flagged": 1, "rate": 1 / 60, "ci95": list(clopper_pearson(1, 60)), "fail": 0}, "false_alarm_by_modality": {}, "exceeds_level": "no", "defects": {}, "seconds_per_trial": 1.0}
-    published = report.document({"data.quality": entry}, settings={"mode": "full", "seeds_clean": 30, "seeds_defect": 8, "all_strengths": True}, wall_seconds=1.0, workers=1, trials=60)
-    quick = {"data.quality": dict(entry, false_alarm={"n": 12, "flagged": 6, "rate": 0.5, "ci95": list(clopper_pearson(6, 12))})}
+    entry = {
+        "level": 0.05,
+        "level_source": "x",
+        "clean_description": "y",
+        "false_alarm": {"n": 60, "flagged": 1, "rate": 1 / 60, "ci95": list(clopper_pearson(1, 60)), "fail": 0},
+        "false_alarm_by_modality": {},
+        "exceeds_level": "no",
+        "defects": {},
+        "seconds_per_trial": 1.0,
+    }
+    published = report.document(
+        {"data.quality": entry},
+        settings={"mode": "full", "seeds_clean": 30, "seeds_defect": 8, "all_strengths": True},
+        wall_seconds=1.0,
+        workers=1,
+        trials=60,
+    )
+    quick = {
+        "data.quality": dict(
+            entry, false_alarm={"n": 12, "flagged": 6, "rate": 0.5, "ci95": list(clopper_pearson(6, 12))}
+        )
+    }
     lines = compare(quick, published)
     assert lines == ["data.quality: false alarms 6/12 now vs 1/60 published: DISAGREE (95 % intervals do not overlap)"]
-    published["quick_check"] = {"generated": "t", "wall_seconds": 300.0, "workers": 2, "trials": 12, "checks": 1, "agree": 0, "lines": lines}
+    published["quick_check"] = {
+        "generated": "t",
+        "wall_seconds": 300.0,
+        "workers": 2,
+        "trials": 12,
+        "checks": 1,
+        "agree": 0,
+        "lines": lines,
+    }
     (tmp_path / "validation").mkdir()
     report.rewrite_published(published, tmp_path)
     md = (tmp_path / "validation.md").read_text()

@@ -23,7 +23,7 @@ import numpy as np
 __all__ = ["Splits", "blobs", "load", "redundant_pool", "split"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "image":
         from sklearn.datasets import load_digits
@@ -54,7 +54,9 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     return x.copy(), y.copy()
 
 
-def blobs(n: int, *, k: int = 3, d: int = 8, sep: float = 4.0, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blobs(
+    n: int, *, k: int = 3, d: int = 8, sep: float = 4.0, shift: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``k`` well-separated Gaussian classes in ``d`` dims; ``shift`` moves every feature by that many σ."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(1234).normal(0, sep, size=(k, d))
@@ -92,7 +94,9 @@ class Splits:
     y_deploy: np.ndarray
 
 
-def split(name: str, seed: int, fractions: tuple[float, float, float] = (0.5, 0.25, 0.25), limit: int | None = None) -> Splits:
+def split(
+    name: str, seed: int, fractions: tuple[float, float, float] = (0.5, 0.25, 0.25), limit: int | None = None
+) -> Splits:
     """Shuffle base data ``name`` with ``seed`` and cut it into train/test/deploy by ``fractions``."""
     x, y = load(name)
     order = np.random.default_rng(10_000 + seed).permutation(len(x))

@@ -15,7 +15,18 @@ import numpy as np
 
 from validation.data import Splits
 
-__all__ = ["Defect", "Plan", "Trial", "case_from", "default_fit", "fast_fit", "flip_labels", "mean_shift", "memorise_fit", "rng_for"]
+__all__ = [
+    "Defect",
+    "Plan",
+    "Trial",
+    "case_from",
+    "default_fit",
+    "fast_fit",
+    "flip_labels",
+    "mean_shift",
+    "memorise_fit",
+    "rng_for",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ class Plan:
 
 def fast_fit() -> Any:
     """The suite's fast recipe (8 epochs): what the check tests use for baselines."""
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     return FitConfig(epochs=8, batch_size=64)
 
@@ -81,7 +92,9 @@ def rng_for(*parts: float) -> np.random.Generator:
     return np.random.default_rng([int(abs(p) * 1000) for p in parts])
 
 
-def flip_labels(y: np.ndarray, fraction: float, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def flip_labels(
+    y: np.ndarray, fraction: float, n_classes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Give ``round(fraction × n)`` rows a different label drawn uniformly among the other classes."""
     y = y.copy()
     rows = np.sort(rng.choice(len(y), size=int(round(fraction * len(y))), replace=False))
@@ -98,7 +111,7 @@ def mean_shift(x: np.ndarray, reference: np.ndarray, sigma: float, modality: str
 
 def memorise_fit() -> Any:
     """A recipe that memorises: many epochs, no validation slice, no weight decay."""
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     return FitConfig(epochs=40, batch_size=32, weight_decay=0.0, val_fraction=0.0, schedule="constant")
 
@@ -106,6 +119,6 @@ def memorise_fit() -> Any:
 def default_fit() -> Any:
     """dlclinic's default recipe (15 epochs): the suite's 8-epoch recipe leaves the digits CNN
     underconfident (ECE ≈ 0.13), which model.overfitting rightly reports as miscalibration."""
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     return FitConfig()

@@ -48,8 +48,8 @@ def _splits(modality: str, seed: int) -> Splits:
 
 def _model(s: Splits, modality: str, seed: int, *, train: bool = True) -> Any:
     """dlclinic's baseline for the modality, seeded, trained with the suite's fast recipe (or freshly initialised)."""
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.baselines import baseline_for
+    from dlclinic.core.recipe import fit, seed_everything
 
     seed_everything(seed)
     net = baseline_for(tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, modality)
@@ -70,7 +70,14 @@ def _reference(case: Any, check: str, options: dict[str, Any], metric: str) -> f
     import dlclinic
 
     with tempfile.TemporaryDirectory(prefix="dlclinic-ref-") as cache:
-        res = dlclinic.checkup(case, only=[check], options={check: options}, fit_config=fast_fit(), cache_dir=cache, evidence_config=_no_cache())[check]
+        res = dlclinic.checkup(
+            case,
+            only=[check],
+            options={check: options},
+            fit_config=fast_fit(),
+            cache_dir=cache,
+            evidence_config=_no_cache(),
+        )[check]
     value = res.metrics.get(metric)
     if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
         raise RuntimeError(f"reference run of {check} gave no {metric}: {res.status} {res.summary[:200]}")
@@ -125,14 +132,19 @@ def _edge_truth(model: Any, x: np.ndarray) -> tuple[float, float]:
     from dlclinic.functional.compression import state_dict_bytes
     from dlclinic.functional.latency import peak_inference_memory
 
-    return len(state_dict_bytes(model)) / 1e6, peak_inference_memory(model, np.ascontiguousarray(x[:1]))["peak_bytes"] / 1e6
+    return len(state_dict_bytes(model)) / 1e6, peak_inference_memory(model, np.ascontiguousarray(x[:1]))[
+        "peak_bytes"
+    ] / 1e6
 
 
 def edge_clean(modality: str, seed: int) -> Trial:
     s = _splits(modality, seed)
     model = _model(s, modality, seed)
     size, mem = _edge_truth(model, s.x_test)
-    return Trial(case_from(s, modality, deploy=False, model=model), options={"max_size_mb": size / 0.75, "max_memory_mb": mem / 0.75})
+    return Trial(
+        case_from(s, modality, deploy=False, model=model),
+        options={"max_size_mb": size / 0.75, "max_memory_mb": mem / 0.75},
+    )
 
 
 def edge_size(modality: str, ratio: float, seed: int) -> Trial:
@@ -140,14 +152,20 @@ def edge_size(modality: str, ratio: float, seed: int) -> Trial:
     s = _splits(modality, seed)
     model = _model(s, modality, seed)
     size, mem = _edge_truth(model, s.x_test)
-    return Trial(case_from(s, modality, deploy=False, model=model), options={"max_size_mb": size / ratio, "max_memory_mb": mem / 0.75})
+    return Trial(
+        case_from(s, modality, deploy=False, model=model),
+        options={"max_size_mb": size / ratio, "max_memory_mb": mem / 0.75},
+    )
 
 
 def edge_memory(modality: str, ratio: float, seed: int) -> Trial:
     s = _splits(modality, seed)
     model = _model(s, modality, seed)
     size, mem = _edge_truth(model, s.x_test)
-    return Trial(case_from(s, modality, deploy=False, model=model), options={"max_size_mb": size / 0.75, "max_memory_mb": mem / ratio})
+    return Trial(
+        case_from(s, modality, deploy=False, model=model),
+        options={"max_size_mb": size / 0.75, "max_memory_mb": mem / ratio},
+    )
 
 
 def _branchy(net: Any) -> Any:
@@ -172,7 +190,10 @@ def edge_unexportable(modality: str, strength: float, seed: int) -> Trial:
     s = _splits(modality, seed)
     model = _branchy(_model(s, modality, seed))
     size, mem = _edge_truth(model, s.x_test)
-    return Trial(case_from(s, modality, deploy=False, model=model), options={"max_size_mb": size / 0.75, "max_memory_mb": mem / 0.75})
+    return Trial(
+        case_from(s, modality, deploy=False, model=model),
+        options={"max_size_mb": size / 0.75, "max_memory_mb": mem / 0.75},
+    )
 
 
 # ----------------------------------------------------------------------------- compute.realtime
@@ -227,7 +248,14 @@ def _with_outliers(model: Any, c: float, modality: str, x: np.ndarray) -> Any:
         f = net.features
         pairs = [(f[1], f[4]), (f[5], net.embedding[1]), (net.embedding[1], net.head)]
     means: dict[int, torch.Tensor] = {}
-    hooks = [prod.register_forward_hook(lambda _m, _i, out, i=i: means.__setitem__(i, out.detach().clamp(min=0).transpose(0, 1).reshape(out.shape[1], -1).mean(1))) for i, (prod, _) in enumerate(pairs)]
+    hooks = [
+        prod.register_forward_hook(
+            lambda _m, _i, out, i=i: means.__setitem__(
+                i, out.detach().clamp(min=0).transpose(0, 1).reshape(out.shape[1], -1).mean(1)
+            )
+        )
+        for i, (prod, _) in enumerate(pairs)
+    ]
     with torch.no_grad():
         net(torch.from_numpy(np.ascontiguousarray(x[:512], dtype=np.float32)))
     for h in hooks:
@@ -245,7 +273,9 @@ def _with_outliers(model: Any, c: float, modality: str, x: np.ndarray) -> Any:
 def _compression_trial(modality: str, c: float, seed: int) -> Trial:
     s = _splits(modality, seed)
     model = _with_outliers(_model(s, modality, seed), c, modality, s.x_train)
-    return Trial(case_from(s, modality, deploy=False, model=model), options=_SWEEP_IMAGE if modality == "image" else _SWEEP_TABLE)
+    return Trial(
+        case_from(s, modality, deploy=False, model=model), options=_SWEEP_IMAGE if modality == "image" else _SWEEP_TABLE
+    )
 
 
 def compression_clean(modality: str, seed: int) -> Trial:
@@ -307,7 +337,16 @@ PLANS: tuple[Plan, ...] = (
         "default (input-bound when > 20 % of step time waits for data; over budget when the projected run exceeds budget_hours)",
         ("image", "table"),
         training_cost_clean,
-        (Defect("over_budget", _BUDGET_UNIT + " (projected full-run time)", _RATIOS, training_cost_over_budget, quick_strengths=(1.5,), expect=("over_budget",)),),
+        (
+            Defect(
+                "over_budget",
+                _BUDGET_UNIT + " (projected full-run time)",
+                _RATIOS,
+                training_cost_over_budget,
+                quick_strengths=(1.5,),
+                expect=("over_budget",),
+            ),
+        ),
         "dlclinic's baselines trained in memory (no data stall possible); budget_hours = 1/0.75 × the projection of an independent monitored run of the same model just before",
         cost=2.0,
     ),
@@ -317,7 +356,16 @@ PLANS: tuple[Plan, ...] = (
         "default (warns when the projected full run exceeds warn_kwh)",
         ("image", "table"),
         energy_clean,
-        (Defect("over_budget", _BUDGET_UNIT + " (projected full-run kWh)", _RATIOS, energy_over_budget, quick_strengths=(1.5,), expect=("energy_budget",)),),
+        (
+            Defect(
+                "over_budget",
+                _BUDGET_UNIT + " (projected full-run kWh)",
+                _RATIOS,
+                energy_over_budget,
+                quick_strengths=(1.5,),
+                expect=("energy_budget",),
+            ),
+        ),
         "dlclinic's baselines; warn_kwh = 1/0.75 × the projection of an independent monitored run of the same model just before (TDP estimate where no RAPL counter exists)",
         cost=2.0,
     ),
@@ -328,9 +376,29 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         edge_clean,
         (
-            Defect("size_over_budget", _BUDGET_UNIT + " (fp32 weights MB)", _RATIOS, edge_size, quick_strengths=(1.5, 3.0), expect=("fp32_over_size_budget", "over_size_budget")),
-            Defect("memory_over_budget", _BUDGET_UNIT + " (peak batch-1 memory MB)", _RATIOS, edge_memory, quick_strengths=(1.5,), expect=("over_memory_budget",)),
-            Defect("not_exportable", "data-dependent branch in forward (1 = present)", (1.0,), edge_unexportable, expect=("pt2_export_failed", "onnx_export_failed")),
+            Defect(
+                "size_over_budget",
+                _BUDGET_UNIT + " (fp32 weights MB)",
+                _RATIOS,
+                edge_size,
+                quick_strengths=(1.5, 3.0),
+                expect=("fp32_over_size_budget", "over_size_budget"),
+            ),
+            Defect(
+                "memory_over_budget",
+                _BUDGET_UNIT + " (peak batch-1 memory MB)",
+                _RATIOS,
+                edge_memory,
+                quick_strengths=(1.5,),
+                expect=("over_memory_budget",),
+            ),
+            Defect(
+                "not_exportable",
+                "data-dependent branch in forward (1 = present)",
+                (1.0,),
+                edge_unexportable,
+                expect=("pt2_export_failed", "onnx_export_failed"),
+            ),
         ),
         "dlclinic's baselines (exportable); size and memory budgets = 1/0.75 × the fp32 weights and the peak batch-1 memory",
     ),
@@ -340,7 +408,16 @@ PLANS: tuple[Plan, ...] = (
         "default (verdict on the batch-1 p99 against latency_budget_ms)",
         ("image", "table"),
         realtime_clean,
-        (Defect("over_budget", _BUDGET_UNIT + " (eager batch-1 p99)", _RATIOS, realtime_over_budget, quick_strengths=(1.5,), expect=("eager_over_budget", "over_latency_budget")),),
+        (
+            Defect(
+                "over_budget",
+                _BUDGET_UNIT + " (eager batch-1 p99)",
+                _RATIOS,
+                realtime_over_budget,
+                quick_strengths=(1.5,),
+                expect=("eager_over_budget", "over_latency_budget"),
+            ),
+        ),
         "dlclinic's baselines; latency_budget_ms = 1/0.75 × the eager batch-1 p99 of an independent run of the benchmark just before (same process, same load)",
     ),
     Plan(
@@ -349,7 +426,16 @@ PLANS: tuple[Plan, ...] = (
         "CompressionOptions: a variant ≤ 1/2 the size within 1 point at the upper 95 % CI end (≤ 2.5 % per variant)",
         ("image", "table"),
         compression_clean,
-        (Defect("free_int8", "activation-outlier scale c (clean: 100 image, 300 table; 1 = plain baseline)", (30.0, 10.0, 1.0), compression_free, quick_strengths=(10.0, 1.0), expect=("free_compression",)),),
+        (
+            Defect(
+                "free_int8",
+                "activation-outlier scale c (clean: 100 image, 300 table; 1 = plain baseline)",
+                (30.0, 10.0, 1.0),
+                compression_free,
+                quick_strengths=(10.0, 1.0),
+                expect=("free_compression",),
+            ),
+        ),
         "trained baselines with activation outliers (function-preserving rescaling of one unit per hidden layer) that cost int8 2–50 points; tables: int8 variants only (a half-width MLP is truly free on breast cancer)",
         cost=2.0,
     ),
@@ -359,7 +445,16 @@ PLANS: tuple[Plan, ...] = (
         "ScalabilityOptions.warn_p99_ms = 250 (default budget on the batched p99)",
         ("image", "table"),
         scalability_clean,
-        (Defect("slow_model", "service time per call ÷ a 25 ms p99 budget", _RATIOS, scalability_slow, quick_strengths=(1.5,), expect=("latency",)),),
+        (
+            Defect(
+                "slow_model",
+                "service time per call ÷ a 25 ms p99 budget",
+                _RATIOS,
+                scalability_slow,
+                quick_strengths=(1.5,),
+                expect=("latency",),
+            ),
+        ),
         "dlclinic's baselines under the default load test and the default 250 ms budget",
     ),
 )

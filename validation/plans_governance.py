@@ -57,7 +57,12 @@ def _trial_dir(tag: str) -> Path:
 
 def _affine_module(mean: np.ndarray, std: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> Any:
     """``logits = ((x.flatten(1) − mean) / std) Wᵀ + b`` as an ``nn.Module`` (a logistic regression)."""
-    return _Affine(torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32), torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32))
+    return _Affine(
+        torch.as_tensor(mean, dtype=torch.float32),
+        torch.as_tensor(std, dtype=torch.float32),
+        torch.as_tensor(weight, dtype=torch.float32),
+        torch.as_tensor(bias, dtype=torch.float32),
+    )
 
 
 class _Affine(nn.Module):
@@ -97,7 +102,9 @@ def _logistic(s: Splits, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- ethics.security
 
 
-def _exact_robust(a: np.ndarray, c: np.ndarray, x: np.ndarray, y: np.ndarray, eps: float, lo: Any, hi: Any, scale: Any) -> tuple[np.ndarray, np.ndarray]:
+def _exact_robust(
+    a: np.ndarray, c: np.ndarray, x: np.ndarray, y: np.ndarray, eps: float, lo: Any, hi: Any, scale: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """``(clean_correct, robust_correct)`` of the affine model ``x Aᵀ + c`` against the best L∞
     attack the check can mount: ``x' = clamp(x + δ, lo, hi)``, ``|δ| ≤ ε · scale`` (exact: the
     feasible set is a box, and the logit gap towards every class is linear on it)."""
@@ -265,7 +272,13 @@ def _governance_case(seed: int, *, ids: bool = True, factory: bool = True) -> An
     model, _, _ = _logistic(s, seed)
     kw: dict[str, Any] = {"model": model}
     if factory:
-        kw["model_factory"] = functools.partial(_affine_module, model.mean.numpy(), model.std.numpy(), np.zeros_like(model.linear.weight.detach().numpy()), np.zeros(model.linear.bias.shape, dtype=np.float32))
+        kw["model_factory"] = functools.partial(
+            _affine_module,
+            model.mean.numpy(),
+            model.std.numpy(),
+            np.zeros_like(model.linear.weight.detach().numpy()),
+            np.zeros(model.linear.bias.shape, dtype=np.float32),
+        )
     if ids:
         kw["ids"] = {"train": np.array([f"patient-{seed}-{i:04d}" for i in range(len(s.y_train))])}
     return case_from(s, "table", deploy=False, **kw), s
@@ -338,11 +351,25 @@ def _audit_log(folder: Path, seed: int, case: Any) -> tuple[Path, int]:
     log = folder / "audit.jsonl"
     n = 5 + seed % 4
     for i in range(n):
-        append_audit(log, {"event": "checkup", "who": ["ana", "ben", "chen"][i % 3], "host": "ci-runner", "case": case.name, "cli_args": f"--test test.csv --run {i}", "model_source": case.model_source, "inputs_sha256": {"model": f"{seed:02d}{i:02d}" * 16}, "versions": {"dlclinic": "0"}})
+        append_audit(
+            log,
+            {
+                "event": "checkup",
+                "who": ["ana", "ben", "chen"][i % 3],
+                "host": "ci-runner",
+                "case": case.name,
+                "cli_args": f"--test test.csv --run {i}",
+                "model_source": case.model_source,
+                "inputs_sha256": {"model": f"{seed:02d}{i:02d}" * 16},
+                "versions": {"dlclinic": "0"},
+            },
+        )
     return log, n
 
 
-def _compliance_trial(seed: int, *, drop: tuple[str, ...] = (), emails: int = 0, ids: bool = True, factory: bool = True) -> tuple[Trial, Path, int]:
+def _compliance_trial(
+    seed: int, *, drop: tuple[str, ...] = (), emails: int = 0, ids: bool = True, factory: bool = True
+) -> tuple[Trial, Path, int]:
     case, s = _governance_case(seed, ids=ids, factory=factory)
     folder = _trial_dir("compliance")
     cfg = {k: v for k, v in {**_CARD_TEXT, **_COMPLIANCE_TEXT}.items() if k not in drop}
@@ -403,7 +430,16 @@ class _Served(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, net: nn.Module, mean: Any, std: Any, per_feature: bool, batch_weight: float = 0.0, noise: float = 0.0, export_scale: float = 0.0) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Any,
+        std: Any,
+        per_feature: bool,
+        batch_weight: float = 0.0,
+        noise: float = 0.0,
+        export_scale: float = 0.0,
+    ) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
@@ -434,8 +470,8 @@ class _Served(nn.Module):
 
 
 def _integration_trial(modality: str, seed: int, **fault: float) -> Trial:
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.baselines import baseline_for
+    from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.5, 0.5, 0.0))
     per_feature = modality not in ("image", "mnist")
@@ -445,7 +481,9 @@ def _integration_trial(modality: str, seed: int, **fault: float) -> Trial:
         mean, std = np.float32(s.x_train.mean()), np.float32(s.x_train.std())
     z = ((s.x_train - mean) / std).astype(np.float32)
     seed_everything(seed)
-    net = fit(baseline_for(tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, modality), z, s.y_train, fast_fit()).model
+    net = fit(
+        baseline_for(tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, modality), z, s.y_train, fast_fit()
+    ).model
     model = _Served(net, mean, std, per_feature, **fault)
     model.eval()
     return Trial(case_from(s, modality, deploy=False, model=model))
@@ -475,9 +513,30 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         security_clean,
         (
-            Defect("not_robust", "true PGD-L∞ attack success rate at the ε of interest (fooled / correct; warn level 50 %)", (0.55, 0.75, 0.95), security_not_robust, quick_strengths=(0.75, 0.95), expect=("not_robust",)),
-            Defect("pickled_code", "a pickled nn.Module next to the weights; " + _CONTAINERS, (1.0, 2.0, 3.0), _security_file_defect(False), quick_strengths=(2.0,), expect=("pickle_code",)),
-            Defect("malicious_pickle", "an os call planted in a model file; " + _CONTAINERS, (1.0, 2.0, 3.0), _security_file_defect(True), quick_strengths=(3.0,), expect=("pickle_dangerous",)),
+            Defect(
+                "not_robust",
+                "true PGD-L∞ attack success rate at the ε of interest (fooled / correct; warn level 50 %)",
+                (0.55, 0.75, 0.95),
+                security_not_robust,
+                quick_strengths=(0.75, 0.95),
+                expect=("not_robust",),
+            ),
+            Defect(
+                "pickled_code",
+                "a pickled nn.Module next to the weights; " + _CONTAINERS,
+                (1.0, 2.0, 3.0),
+                _security_file_defect(False),
+                quick_strengths=(2.0,),
+                expect=("pickle_code",),
+            ),
+            Defect(
+                "malicious_pickle",
+                "an os call planted in a model file; " + _CONTAINERS,
+                (1.0, 2.0, 3.0),
+                _security_file_defect(True),
+                quick_strengths=(3.0,),
+                expect=("pickle_dangerous",),
+            ),
         ),
         "logistic regressions on the real digits / breast-cancer data, whose exact worst case is closed-form: ε chosen so that the true retention on the whole test split is 0.65 (attack success 35 %, 0.7× the 50 % warn level); a state_dict checkpoint to scan",
     ),
@@ -488,9 +547,30 @@ PLANS: tuple[Plan, ...] = (
         ("table",),
         misuse_clean,
         (
-            Defect("missing_fields", "required card fields absent (of 4)", (1.0, 2.0, 4.0), _misuse_defect("missing"), quick_strengths=(1.0,), expect=("card_field_missing",)),
-            Defect("blank_fields", "required card fields present but empty (\"\", spaces, [], null)", (1.0, 2.0, 4.0), _misuse_defect("blank"), quick_strengths=(1.0,), expect=("card_field_missing",)),
-            Defect("placeholder_fields", "required card fields holding a placeholder (TODO, TBD, …)", (1.0, 2.0, 4.0), _misuse_defect("stub"), quick_strengths=(1.0,), expect=("card_field_missing",)),
+            Defect(
+                "missing_fields",
+                "required card fields absent (of 4)",
+                (1.0, 2.0, 4.0),
+                _misuse_defect("missing"),
+                quick_strengths=(1.0,),
+                expect=("card_field_missing",),
+            ),
+            Defect(
+                "blank_fields",
+                'required card fields present but empty ("", spaces, [], null)',
+                (1.0, 2.0, 4.0),
+                _misuse_defect("blank"),
+                quick_strengths=(1.0,),
+                expect=("card_field_missing",),
+            ),
+            Defect(
+                "placeholder_fields",
+                "required card fields holding a placeholder (TODO, TBD, …)",
+                (1.0, 2.0, 4.0),
+                _misuse_defect("stub"),
+                quick_strengths=(1.0,),
+                expect=("card_field_missing",),
+            ),
             Defect("no_card", "no card file at all", (1.0,), misuse_no_card, expect=("undocumented_use",)),
         ),
         "a card file (JSON / YAML / TOML by seed) with the four required fields written out and a random half of the optional ones; documentation only, so one modality",
@@ -503,11 +583,46 @@ PLANS: tuple[Plan, ...] = (
         ("table",),
         compliance_clean,
         (
-            Defect("missing_documentation", "compliance fields absent from the card (of 7)", (1.0, 3.0, 7.0), compliance_missing_docs, quick_strengths=(1.0,), expect=("documentation_missing", "retention_missing", "pii_without_basis")),
-            Defect("pii_without_basis", "rows of the scanned table holding an e-mail address, no lawful basis documented", (1.0, 5.0, 50.0), compliance_pii_no_basis, quick_strengths=(1.0,), expect=("pii_without_basis",)),
-            Defect("edited_record", "position of the edited audit record, counted from the newest (1 = newest)", (1.0, 2.0, 4.0), _tamper("edit"), quick_strengths=(1.0, 2.0), expect=("audit_tampered",)),
-            Defect("deleted_record", "position of the deleted audit record, counted from the newest (1 = newest)", (1.0, 2.0, 4.0), _tamper("delete"), quick_strengths=(1.0, 2.0), expect=("audit_tampered",)),
-            Defect("erasure_not_ready", "1 = no per-sample ids on train; 2 = no ids and no retraining recipe", (1.0, 2.0), compliance_no_erasure, quick_strengths=(2.0,), expect=("erasure_not_ready",)),
+            Defect(
+                "missing_documentation",
+                "compliance fields absent from the card (of 7)",
+                (1.0, 3.0, 7.0),
+                compliance_missing_docs,
+                quick_strengths=(1.0,),
+                expect=("documentation_missing", "retention_missing", "pii_without_basis"),
+            ),
+            Defect(
+                "pii_without_basis",
+                "rows of the scanned table holding an e-mail address, no lawful basis documented",
+                (1.0, 5.0, 50.0),
+                compliance_pii_no_basis,
+                quick_strengths=(1.0,),
+                expect=("pii_without_basis",),
+            ),
+            Defect(
+                "edited_record",
+                "position of the edited audit record, counted from the newest (1 = newest)",
+                (1.0, 2.0, 4.0),
+                _tamper("edit"),
+                quick_strengths=(1.0, 2.0),
+                expect=("audit_tampered",),
+            ),
+            Defect(
+                "deleted_record",
+                "position of the deleted audit record, counted from the newest (1 = newest)",
+                (1.0, 2.0, 4.0),
+                _tamper("delete"),
+                quick_strengths=(1.0, 2.0),
+                expect=("audit_tampered",),
+            ),
+            Defect(
+                "erasure_not_ready",
+                "1 = no per-sample ids on train; 2 = no ids and no retraining recipe",
+                (1.0, 2.0),
+                compliance_no_erasure,
+                quick_strengths=(2.0,),
+                expect=("erasure_not_ready",),
+            ),
         ),
         "a complete card (JSON / YAML / TOML by seed), an intact audit trail of 5–8 runs written by dlclinic, the train table scanned for PII with a lawful basis documented, per-sample ids and a retraining recipe; documentation only, so one modality",
         cost=0.5,
@@ -519,9 +634,30 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         integration_clean,
         (
-            Defect("batch_statistics", "weight of the request batch's own mean/std in the input standardisation", (0.001, 0.01, 0.1, 1.0), _integration_defect("batch_weight"), quick_strengths=(0.01, 1.0), expect=("served_mismatch", "file_scoring")),
-            Defect("nondeterministic", "std of noise added to the logits at inference", (1e-5, 1e-4, 1e-3, 1e-2), _integration_defect("noise"), quick_strengths=(1e-4, 1e-2), expect=("served_mismatch", "file_scoring", "onnx_mismatch")),
-            Defect("export_scaling", "relative scaling of the standardised inputs in the exported graph only", (1e-4, 1e-3, 1e-2, 1e-1), _integration_defect("export_scale"), quick_strengths=(1e-3, 1e-1), expect=("onnx_mismatch",)),
+            Defect(
+                "batch_statistics",
+                "weight of the request batch's own mean/std in the input standardisation",
+                (0.001, 0.01, 0.1, 1.0),
+                _integration_defect("batch_weight"),
+                quick_strengths=(0.01, 1.0),
+                expect=("served_mismatch", "file_scoring"),
+            ),
+            Defect(
+                "nondeterministic",
+                "std of noise added to the logits at inference",
+                (1e-5, 1e-4, 1e-3, 1e-2),
+                _integration_defect("noise"),
+                quick_strengths=(1e-4, 1e-2),
+                expect=("served_mismatch", "file_scoring", "onnx_mismatch"),
+            ),
+            Defect(
+                "export_scaling",
+                "relative scaling of the standardised inputs in the exported graph only",
+                (1e-4, 1e-3, 1e-2, 1e-1),
+                _integration_defect("export_scale"),
+                quick_strengths=(1e-3, 1e-1),
+                expect=("onnx_mismatch",),
+            ),
         ),
         "dlclinic's baselines (MLP; CNN) trained behind a frozen input standardisation: served, file-scored and ONNX-exported predictions must equal the offline ones",
     ),

@@ -44,7 +44,7 @@ def _n_classes(s: Splits) -> int:
 
 
 def _fit(**kw: Any) -> Any:
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     return FitConfig(**{"epochs": 8, "batch_size": 64, **kw})
 
@@ -70,26 +70,30 @@ def hyperparameters_clean(modality: str, seed: int) -> Trial:
 def hyperparameters_lr_low(modality: str, ratio: float, seed: int) -> Trial:
     """The near-optimal recipe with its learning rate divided by ``ratio``."""
     r = _HP_RECIPE[modality]
-    return Trial(_hp_case(modality, seed), options=_HP_OPTIONS, fit=_fit(lr=r["lr"] / ratio, batch_size=r["batch_size"]))
+    return Trial(
+        _hp_case(modality, seed), options=_HP_OPTIONS, fit=_fit(lr=r["lr"] / ratio, batch_size=r["batch_size"])
+    )
 
 
 def hyperparameters_lr_high(modality: str, ratio: float, seed: int) -> Trial:
     """The near-optimal recipe with its learning rate multiplied by ``ratio``."""
     r = _HP_RECIPE[modality]
-    return Trial(_hp_case(modality, seed), options=_HP_OPTIONS, fit=_fit(lr=r["lr"] * ratio, batch_size=r["batch_size"]))
+    return Trial(
+        _hp_case(modality, seed), options=_HP_OPTIONS, fit=_fit(lr=r["lr"] * ratio, batch_size=r["batch_size"])
+    )
 
 
 # ----------------------------------------------------------------------------- model.architecture
 
 
 def _cnn(k: int, m: float) -> Any:
-    from dlclinic.remedies.baselines import SmallCNN
+    from dlclinic.core.baselines import SmallCNN
 
     return SmallCNN(1, k, 8, 8, channels=(max(1, round(16 * m)), max(1, round(32 * m))), hidden=max(1, round(64 * m)))
 
 
 def _mlp(d: int, k: int, m: float) -> Any:
-    from dlclinic.remedies.baselines import MLP
+    from dlclinic.core.baselines import MLP
 
     return MLP(d, k, hidden=(max(1, round(256 * m)), max(1, round(128 * m))))
 
@@ -126,13 +130,15 @@ def architecture_dead_units(modality: str, share: float, seed: int) -> Trial:
     (their pre-activation pushed to −1000: BN shift for the CNN, bias for the MLP)."""
     import torch
 
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.recipe import fit, seed_everything
 
     s = _arch_splits(modality, seed)
     factory = _arch_factory(s, modality, 1.0)
     seed_everything(seed)
     model: Any = fit(factory(), s.x_train, s.y_train, fast_fit()).model
-    layer: Any = model.features[1] if modality == "image" else model.body[0]  # BatchNorm2d / Linear before the first ReLU
+    layer: Any = (
+        model.features[1] if modality == "image" else model.body[0]
+    )  # BatchNorm2d / Linear before the first ReLU
     n = int(layer.bias.shape[0])
     rows = rng_for(seed, share, 21).choice(n, size=int(round(share * n)), replace=False)
     with torch.no_grad():
@@ -146,8 +152,8 @@ _NONCONVEX_OPTIONS = {"barrier": False}  # the seed barrier is reported, never g
 
 
 def _trained_baseline(modality: str, seed: int) -> tuple[Splits, Any]:
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.baselines import baseline_for
+    from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.5, 0.5, 0.0))
     seed_everything(seed)
@@ -207,7 +213,11 @@ def nonconvex_sharpened(modality: str, c: float, seed: int) -> Trial:
     """The clean case's solution and recipe LR, re-parametrised ``c`` times sharper (same function)."""
     s, model = _trained_baseline(modality, seed)
     lam = _true_sharpness(model, s)
-    return Trial(_nonconvex_case(s, modality, _sharpen(model, modality, c)), options=_NONCONVEX_OPTIONS, fit=_fit(lr=0.75 * 2.0 / lam))
+    return Trial(
+        _nonconvex_case(s, modality, _sharpen(model, modality, c)),
+        options=_NONCONVEX_OPTIONS,
+        fit=_fit(lr=0.75 * 2.0 / lam),
+    )
 
 
 # ----------------------------------------------------------------------------- optimization.forgetting
@@ -215,7 +225,9 @@ def nonconvex_sharpened(modality: str, c: float, seed: int) -> Trial:
 _TASKS = {"tasks": "groups"}
 
 
-def _forgetting_base(modality: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _forgetting_base(
+    modality: str, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train/test (60/40; tables standardised) and a random task id (0/1) per row: two i.i.d. tasks."""
     s = split(modality, seed, (0.6, 0.4, 0.0))
     xtr, xte = s.x_train.copy(), s.x_test.copy()
@@ -226,9 +238,16 @@ def _forgetting_base(modality: str, seed: int) -> tuple[np.ndarray, np.ndarray, 
     return xtr, s.y_train.copy(), xte, s.y_test.copy(), rng.integers(0, 2, len(xtr)), rng.integers(0, 2, len(xte))
 
 
-def _forgetting_case(modality: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, gtr: np.ndarray, gte: np.ndarray) -> Any:
+def _forgetting_case(
+    modality: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, gtr: np.ndarray, gte: np.ndarray
+) -> Any:
     s = Splits(xtr, ytr, xte, yte, xte[:0], yte[:0])
-    return case_from(s, modality, deploy=False, groups={"train": np.char.add("task", gtr.astype(str)), "test": np.char.add("task", gte.astype(str))})
+    return case_from(
+        s,
+        modality,
+        deploy=False,
+        groups={"train": np.char.add("task", gtr.astype(str)), "test": np.char.add("task", gte.astype(str))},
+    )
 
 
 def forgetting_clean(modality: str, seed: int) -> Trial:
@@ -267,7 +286,9 @@ def forgetting_permuted(modality: str, q: float, seed: int) -> Trial:
 def forgetting_class_incremental(modality: str, n_tasks: float, seed: int) -> Trial:
     """The classes split into ``n_tasks`` disjoint groups learnt one after the other (class-incremental, naive)."""
     xtr, ytr, xte, yte, gtr, gte = _forgetting_base(modality, seed)
-    return Trial(_forgetting_case(modality, xtr, ytr, xte, yte, gtr, gte), options={"tasks": "classes", "n_tasks": int(n_tasks)})
+    return Trial(
+        _forgetting_case(modality, xtr, ytr, xte, yte, gtr, gte), options={"tasks": "classes", "n_tasks": int(n_tasks)}
+    )
 
 
 PLANS: tuple[Plan, ...] = (
@@ -278,9 +299,24 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         hyperparameters_clean,
         (
-            Defect("lr_too_low", "recipe learning rate divided by this ratio", (3.0, 10.0, 30.0, 100.0), hyperparameters_lr_low, quick_strengths=(3.0, 30.0), expect=("better_recipe",)),
+            Defect(
+                "lr_too_low",
+                "recipe learning rate divided by this ratio",
+                (3.0, 10.0, 30.0, 100.0),
+                hyperparameters_lr_low,
+                quick_strengths=(3.0, 30.0),
+                expect=("better_recipe",),
+            ),
             # images only: the breast-cancer MLP (Adam, nearly linear task) keeps 96-99 % validation accuracy even at lr 2 (×1000)
-            Defect("lr_too_high", "recipe learning rate multiplied by this ratio", (2.0, 4.0, 10.0, 30.0), hyperparameters_lr_high, quick_strengths=(4.0,), modalities=("image",), expect=("better_recipe",)),
+            Defect(
+                "lr_too_high",
+                "recipe learning rate multiplied by this ratio",
+                (2.0, 4.0, 10.0, 30.0),
+                hyperparameters_lr_high,
+                quick_strengths=(4.0,),
+                modalities=("image",),
+                expect=("better_recipe",),
+            ),
         ),
         "near-optimal recipes at their own 8 epochs (digits CNN: lr 8e-3, batch 32; breast-cancer MLP: dlclinic's default lr 2e-3, batch 64); 90 % of the rows in train; 5 trials",
         cost=3.0,
@@ -292,9 +328,32 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         architecture_clean,
         (
-            Defect("oversized_cnn", "digits CNN width multiplier (1 = right-sized)", (3.0, 4.0, 6.0), architecture_wider, quick_strengths=(6.0,), modalities=("image",), expect=("oversized", "dead_channels", "low_rank")),
-            Defect("oversized_mlp", "MLP width multiplier (1 = right-sized)", (2.0, 4.0, 6.0), architecture_wider, quick_strengths=(4.0,), modalities=("table",), expect=("oversized", "dead_channels", "low_rank")),
-            Defect("dead_units", "share of the first hidden layer's units made dead", (0.25, 0.5, 0.75), architecture_dead_units, quick_strengths=(0.5,), expect=("dead_channels",)),
+            Defect(
+                "oversized_cnn",
+                "digits CNN width multiplier (1 = right-sized)",
+                (3.0, 4.0, 6.0),
+                architecture_wider,
+                quick_strengths=(6.0,),
+                modalities=("image",),
+                expect=("oversized", "dead_channels", "low_rank"),
+            ),
+            Defect(
+                "oversized_mlp",
+                "MLP width multiplier (1 = right-sized)",
+                (2.0, 4.0, 6.0),
+                architecture_wider,
+                quick_strengths=(4.0,),
+                modalities=("table",),
+                expect=("oversized", "dead_channels", "low_rank"),
+            ),
+            Defect(
+                "dead_units",
+                "share of the first hidden layer's units made dead",
+                (0.25, 0.5, 0.75),
+                architecture_dead_units,
+                quick_strengths=(0.5,),
+                expect=("dead_channels",),
+            ),
         ),
         "right-sized networks for the 8-epoch recipe: dlclinic's digits CNN (half width loses ≈ 9 points) and its MLP (256, 128) on a non-linear table (16 Gaussian clusters in 6-D, 4 classes; half width loses ≈ 3.5 points) — the breast-cancer table is nearly linear, so every MLP is oversized there",
         cost=4.0,
@@ -306,8 +365,22 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         nonconvex_clean,
         (
-            Defect("lr_beyond_edge", "true sharpness × recipe LR, relative to the edge 2", (1.1, 1.5, 3.0), nonconvex_lr_beyond_edge, quick_strengths=(1.5,), expect=("sharp",)),
-            Defect("sharpened", "first layer re-parametrised c× sharper (same function), clean recipe LR", (2.0, 4.0, 8.0), nonconvex_sharpened, quick_strengths=(4.0,), expect=("sharp",)),
+            Defect(
+                "lr_beyond_edge",
+                "true sharpness × recipe LR, relative to the edge 2",
+                (1.1, 1.5, 3.0),
+                nonconvex_lr_beyond_edge,
+                quick_strengths=(1.5,),
+                expect=("sharp",),
+            ),
+            Defect(
+                "sharpened",
+                "first layer re-parametrised c× sharper (same function), clean recipe LR",
+                (2.0, 4.0, 8.0),
+                nonconvex_sharpened,
+                quick_strengths=(4.0,),
+                expect=("sharp",),
+            ),
         ),
         "dlclinic's baselines trained 8 epochs; recipe LR set so that the true sharpness (full train loss, converged power iteration) × LR = 0.75 × 2",
         cost=1.5,
@@ -319,9 +392,30 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         forgetting_clean,
         (
-            Defect("conflicting_concept", "share of the input space where task 2 changes the label", (0.1, 0.25, 0.5, 1.0), forgetting_conflict, quick_strengths=(0.25, 1.0), expect=("catastrophic_forgetting",)),
-            Defect("permuted_inputs", "share of task 2's pixels permuted", (0.25, 0.5, 1.0), forgetting_permuted, quick_strengths=(1.0,), modalities=("image",), expect=("catastrophic_forgetting",)),
-            Defect("class_incremental", "disjoint class groups learnt in sequence", (2.0,), forgetting_class_incremental, expect=("catastrophic_forgetting",)),
+            Defect(
+                "conflicting_concept",
+                "share of the input space where task 2 changes the label",
+                (0.1, 0.25, 0.5, 1.0),
+                forgetting_conflict,
+                quick_strengths=(0.25, 1.0),
+                expect=("catastrophic_forgetting",),
+            ),
+            Defect(
+                "permuted_inputs",
+                "share of task 2's pixels permuted",
+                (0.25, 0.5, 1.0),
+                forgetting_permuted,
+                quick_strengths=(1.0,),
+                modalities=("image",),
+                expect=("catastrophic_forgetting",),
+            ),
+            Defect(
+                "class_incremental",
+                "disjoint class groups learnt in sequence",
+                (2.0,),
+                forgetting_class_incremental,
+                expect=("catastrophic_forgetting",),
+            ),
         ),
         "two tasks that are random halves of the same data (task ids as groups, naive fine-tuning): nothing to forget",
     ),

@@ -42,7 +42,7 @@ def _n_classes(s: Splits) -> int:
 
 
 def _factory(s: Splits, modality: str) -> Any:
-    from dlclinic.remedies.baselines import baseline_for
+    from dlclinic.core.baselines import baseline_for
 
     mod = "image" if modality in ("image", "mnist") else "table"
     return functools.partial(baseline_for, tuple(s.x_train.shape[1:]), _n_classes(s), mod)
@@ -50,7 +50,7 @@ def _factory(s: Splits, modality: str) -> Any:
 
 def _trained(s: Splits, modality: str, seed: int, cfg: Any) -> Any:
     """dlclinic's baseline trained on the train split with recipe ``cfg``, initialised from ``seed``."""
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.recipe import fit, seed_everything
 
     seed_everything(seed)
     net = _factory(s, modality)()
@@ -144,7 +144,9 @@ def _self_labelled(modality: str, seed: int) -> tuple[Splits, Any, np.ndarray, i
 
 
 def _bench_trial(s: Splits, modality: str, model: Any, y_test: np.ndarray, truth: list[int] | None = None) -> Trial:
-    case = case_from(Splits(s.x_train, s.y_train, s.x_test, y_test, s.x_deploy, s.y_deploy), modality, deploy=False, model=model)
+    case = case_from(
+        Splits(s.x_train, s.y_train, s.x_test, y_test, s.x_deploy, s.y_deploy), modality, deploy=False, model=model
+    )
     return Trial(case, options={"n_boot": 500}, truth={"test": truth} if truth is not None else None)
 
 
@@ -193,7 +195,7 @@ def _embedding_linear(model: Any) -> Any:
 
 def _theory_model(modality: str, seed: int) -> tuple[Splits, Any, np.ndarray]:
     """A baseline trained with the default recipe, and the initial weights of its embedding layer."""
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.5, 0.5, 0.0))
     seed_everything(seed)
@@ -254,7 +256,13 @@ def _open_trial(modality: str, seed: int, blend: float) -> Trial:
         known = np.flatnonzero(~np.isin(s.y_test, unknown))
         xt[unk] = ((1.0 - blend) * xt[unk] + blend * xt[rng.choice(known, size=len(unk))]).astype(np.float32)
     factory = _factory(s, modality)
-    case = case_from(Splits(s.x_train, s.y_train, xt, s.y_test, s.x_deploy, s.y_deploy), modality, deploy=False, model=factory(), model_factory=factory)
+    case = case_from(
+        Splits(s.x_train, s.y_train, xt, s.y_test, s.x_deploy, s.y_deploy),
+        modality,
+        deploy=False,
+        model=factory(),
+        model_factory=factory,
+    )
     return Trial(case, options={"unknown_classes": unknown})
 
 
@@ -275,8 +283,22 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         reproducibility_clean,
         (
-            Defect("unseeded_forward_noise", "share of training steps perturbed by an unseeded generator (1e-3 noise)", (0.005, 0.02, 0.1, 1.0), reproducibility_noisy_forward, quick_strengths=(0.02, 1.0), expect=("nondeterministic_training",)),
-            Defect("unseeded_init", "unseeded noise added to the initial weights (× their std)", (1e-6, 1e-3, 1.0), reproducibility_unseeded_init, quick_strengths=(1e-6,), expect=("nondeterministic_training",)),
+            Defect(
+                "unseeded_forward_noise",
+                "share of training steps perturbed by an unseeded generator (1e-3 noise)",
+                (0.005, 0.02, 0.1, 1.0),
+                reproducibility_noisy_forward,
+                quick_strengths=(0.02, 1.0),
+                expect=("nondeterministic_training",),
+            ),
+            Defect(
+                "unseeded_init",
+                "unseeded noise added to the initial weights (× their std)",
+                (1e-6, 1e-3, 1.0),
+                reproducibility_unseeded_init,
+                quick_strengths=(1e-6,),
+                expect=("nondeterministic_training",),
+            ),
         ),
         "dlclinic's baselines (dropout included) retrained with their seeded recipe on 300 train rows",
     ),
@@ -287,8 +309,23 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         benchmark_clean,
         (
-            Defect("weak_slice", "extra error rate in one slice (accuracy gap to the rest)", (0.15, 0.25, 0.4), benchmark_weak_slice, ("weak_slice",), quick_strengths=(0.25,), expect=("weak_slice",)),
-            Defect("saturated", "true test error rate (saturated below 1 %)", (0.008, 0.004, 0.0), benchmark_saturated, quick_strengths=(0.0,), expect=("saturated",)),
+            Defect(
+                "weak_slice",
+                "extra error rate in one slice (accuracy gap to the rest)",
+                (0.15, 0.25, 0.4),
+                benchmark_weak_slice,
+                ("weak_slice",),
+                quick_strengths=(0.25,),
+                expect=("weak_slice",),
+            ),
+            Defect(
+                "saturated",
+                "true test error rate (saturated below 1 %)",
+                (0.008, 0.004, 0.0),
+                benchmark_saturated,
+                quick_strengths=(0.0,),
+                expect=("saturated",),
+            ),
         ),
         "a trained baseline; test labels = its predictions with 10 % of rows, chosen at random, relabelled (errors independent of the inputs: the complete null of the slice test; accuracy 90 %)",
         cost=2.0,
@@ -300,8 +337,22 @@ PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         theory_clean,
         (
-            Defect("untrained_layer", "share of the embedding layer's learned update removed (1 = left at its initialisation)", (0.65, 0.8, 0.95, 1.0), theory_untrained, quick_strengths=(0.8, 1.0), expect=("layer_flagged",)),
-            Defect("heavy_tail", "eigenvalue tail exponent α planted in the embedding layer (well-trained: ≥ 2)", (1.8, 1.5, 1.2), theory_heavy_tail, quick_strengths=(1.5,), expect=("layer_flagged",)),
+            Defect(
+                "untrained_layer",
+                "share of the embedding layer's learned update removed (1 = left at its initialisation)",
+                (0.65, 0.8, 0.95, 1.0),
+                theory_untrained,
+                quick_strengths=(0.8, 1.0),
+                expect=("layer_flagged",),
+            ),
+            Defect(
+                "heavy_tail",
+                "eigenvalue tail exponent α planted in the embedding layer (well-trained: ≥ 2)",
+                (1.8, 1.5, 1.2),
+                theory_heavy_tail,
+                quick_strengths=(1.5,),
+                expect=("layer_flagged",),
+            ),
         ),
         "dlclinic's baselines trained with its default 15-epoch recipe (digits CNN ≈ 97 %, breast-cancer MLP ≈ 96 % test accuracy)",
         cost=2.0,
@@ -312,7 +363,16 @@ PLANS: tuple[Plan, ...] = (
         "default (warns when the novelty AUROC point estimate is below 0.9; clean cases sit at ≈ 0.96)",
         ("image", "table"),
         open_ended_clean,
-        (Defect("blended_unknowns", "blend of each held-out test row with a known-class row (0 = untouched)", (0.4, 0.5, 0.6, 0.7), open_ended_blended, quick_strengths=(0.5,), expect=("weak_novelty_detection",)),),
+        (
+            Defect(
+                "blended_unknowns",
+                "blend of each held-out test row with a known-class row (0 = untouched)",
+                (0.4, 0.5, 0.6, 0.7),
+                open_ended_blended,
+                quick_strengths=(0.5,),
+                expect=("weak_novelty_detection",),
+            ),
+        ),
         "held-out classes the baselines tell apart: digits 0 and 4 (images); cultivar 1 of the wine table (13 measurements, 178 rows; breast cancer has only two classes)",
     ),
 )

@@ -21,7 +21,9 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def document(checks: Mapping[str, Any], *, settings: Mapping[str, Any], wall_seconds: float, workers: int, trials: int) -> dict[str, Any]:
+def document(
+    checks: Mapping[str, Any], *, settings: Mapping[str, Any], wall_seconds: float, workers: int, trials: int
+) -> dict[str, Any]:
     """The full JSON document of one run."""
     import dlclinic
 
@@ -61,7 +63,10 @@ def compact(doc: Mapping[str, Any]) -> dict[str, Any]:
                 "anchor": "#" + cid.replace(".", ""),
                 "measured": e.get("generated", doc["generated"]),
                 "power": {
-                    name: {"unit": d["unit"], "rows": [[r["strength"], r["power"]["flagged"], r["power"]["n"]] for r in d["rows"]]}
+                    name: {
+                        "unit": d["unit"],
+                        "rows": [[r["strength"], r["power"]["flagged"], r["power"]["n"]] for r in d["rows"]],
+                    }
                     for name, d in e.get("defects", {}).items()
                 },
             }
@@ -86,7 +91,9 @@ def _rate(r: Mapping[str, Any]) -> str:
 
 
 def _verdict(e: Mapping[str, Any]) -> str:
-    return {"no": "yes", "point": "**above** (not significant)", "significant": "**NO — above, significant**"}[e["exceeds_level"]]
+    return {"no": "yes", "point": "**above** (not significant)", "significant": "**NO — above, significant**"}[
+        e["exceeds_level"]
+    ]
 
 
 def _fmt_strength(s: float) -> str:
@@ -124,7 +131,7 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "Rates carry exact (Clopper–Pearson) 95 % intervals. With *n* clean cases and no alarm the upper bound",
         "is about 3.7/*n*, so small runs cannot prove a low rate — they can only show a high one.",
         "",
-        f"Each check's section says when and with how many seeds it was measured (the table merges runs; the last one:",
+        "Each check's section says when and with how many seeds it was measured (the table merges runs; the last one:",
         f"{st['mode']} mode, {doc['trials']} trials, {doc['wall_seconds']:.0f} s on {doc['workers']} worker(s), dlclinic {doc['dlclinic_version']}, {doc['generated']}).",
         "Reproduce with `python -m validation` (release settings: 30 clean seeds per modality, 8 per defect strength,",
         "every strength; `--only ID ... --merge` reruns some checks) or `python -m validation --quick` (6 and 2 seeds,",
@@ -141,7 +148,11 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "## Summary",
         "",
         f"{sum(e['exceeds_level'] == 'no' for e in doc['checks'].values())} of {len(doc['checks'])} validated checks are within their stated level on clean cases"
-        + (f"; above: {', '.join(f'`{c}`' for c, e in doc['checks'].items() if e['exceeds_level'] != 'no')}." if any(e["exceeds_level"] != "no" for e in doc["checks"].values()) else "."),
+        + (
+            f"; above: {', '.join(f'`{c}`' for c, e in doc['checks'].items() if e['exceeds_level'] != 'no')}."
+            if any(e["exceeds_level"] != "no" for e in doc["checks"].values())
+            else "."
+        ),
         "",
         "| check | stated level | false alarms on clean cases [95 % CI] | within level | power at the strongest defect |",
         "|---|---|---|---|---|",
@@ -152,7 +163,9 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
             if d["rows"]:
                 last = d["rows"][-1]
                 strongest.append(f"{name} {_fmt_strength(last['strength'])}: {_pct(last['power']['rate'], 0)}")
-        lines.append(f"| [`{cid}`](#{cid.replace('.', '')}) | {_pct(e['level'], 0)} | {_rate(e['false_alarm'])} | {_verdict(e)} | {'; '.join(strongest) or '–'} |")
+        lines.append(
+            f"| [`{cid}`](#{cid.replace('.', '')}) | {_pct(e['level'], 0)} | {_rate(e['false_alarm'])} | {_verdict(e)} | {'; '.join(strongest) or '–'} |"
+        )
     qc = doc.get("quick_check")
     if qc:
         lines += [
@@ -165,27 +178,53 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         lines += [f"* `{cid}` — {why}" for cid, why in sorted(uncovered.items())]
     for cid, e in _in_taxonomy_order(doc["checks"]):
         es = e.get("settings") or st
-        lines += ["", f"## {cid}", "", f"Stated level: {_pct(e['level'], 0)} ({e['level_source']}). Clean cases: {e['clean_description']}.", ""]
-        lines += [f"Measured {e.get('generated', doc['generated'])} in {es['mode']} mode: {es['seeds_clean']} clean seeds per modality, {es['seeds_defect']} per defect strength.", ""]
+        lines += [
+            "",
+            f"## {cid}",
+            "",
+            f"Stated level: {_pct(e['level'], 0)} ({e['level_source']}). Clean cases: {e['clean_description']}.",
+            "",
+        ]
+        lines += [
+            f"Measured {e.get('generated', doc['generated'])} in {es['mode']} mode: {es['seeds_clean']} clean seeds per modality, {es['seeds_defect']} per defect strength.",
+            "",
+        ]
         lines.append("| modality | false alarms [95 % CI] |")
         lines.append("|---|---|")
         for m, r in e["false_alarm_by_modality"].items():
             lines.append(f"| {m} | {_rate(r)} |")
         lines.append(f"| **all** | **{_rate(e['false_alarm'])}** |")
         if e.get("clean_codes"):
-            lines += ["", "What fired on clean cases: " + ", ".join(f"`{c}` ×{n}" for c, n in e["clean_codes"].items()) + "."]
+            lines += [
+                "",
+                "What fired on clean cases: " + ", ".join(f"`{c}` ×{n}" for c, n in e["clean_codes"].items()) + ".",
+            ]
         for name, d in e["defects"].items():
             has_samples = any("samples" in r for r in d["rows"])
             mods = sorted({m for r in d["rows"] for m in r["by_modality"]})
             has_diag = any("right_diagnosis" in r for r in d["rows"])
-            head = ["strength", "power (all)"] + [f"power ({m})" for m in mods] + (["right diagnosis"] if has_diag else [])
+            head = (
+                ["strength", "power (all)"] + [f"power ({m})" for m in mods] + (["right diagnosis"] if has_diag else [])
+            )
             if has_samples:
                 head += ["precision [CI]", "recall [CI]", "AUPRC"]
-            lines += ["", f"**{name}** — strength = {d['unit']}" + (f"; rows scored: findings {', '.join(f'`{c}`' for c in d['codes'])}" if d["codes"] else "") + (f"; right diagnosis = flagged with {' or '.join(f'`{c}`' for c in d['expect'])}" if d.get("expect") else ""), ""]
+            lines += [
+                "",
+                f"**{name}** — strength = {d['unit']}"
+                + (f"; rows scored: findings {', '.join(f'`{c}`' for c in d['codes'])}" if d["codes"] else "")
+                + (
+                    f"; right diagnosis = flagged with {' or '.join(f'`{c}`' for c in d['expect'])}"
+                    if d.get("expect")
+                    else ""
+                ),
+                "",
+            ]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "---|" * len(head))
             for r in d["rows"]:
-                cells = [_fmt_strength(r["strength"]), _rate(r["power"])] + [_rate(r["by_modality"][m]) if m in r["by_modality"] else "–" for m in mods]
+                cells = [_fmt_strength(r["strength"]), _rate(r["power"])] + [
+                    _rate(r["by_modality"][m]) if m in r["by_modality"] else "–" for m in mods
+                ]
                 if has_diag:
                     cells.append(_rate(r["right_diagnosis"]) if "right_diagnosis" in r else "–")
                 if has_samples:
@@ -209,10 +248,10 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "* A clean case is clean only of the planted defect: real data carry their own quirks (skewed columns,",
         "  genuinely hard classes). Where a check fired on clean cases, the section lists which finding fired.",
         "* Power depends on the data size as much as on the check: the same defect is easier to see in 700 test",
-        "  rows than in 140. The strengths are chosen to span \"barely there\" to \"obvious\" on these sizes.",
+        '  rows than in 140. The strengths are chosen to span "barely there" to "obvious" on these sizes.',
         "* Precision and recall pool the flagged rows of all trials; their Wilson intervals treat rows as",
         "  independent, which understates the uncertainty when one trial dominates. Trials are independent.",
-        "* \"Right diagnosis\" counts flagged cases whose findings name the planted defect (a check that fires",
+        '* "Right diagnosis" counts flagged cases whose findings name the planted defect (a check that fires',
         "  for another reason caught something, but not this).",
         "* The HTML report shows each check's false-alarm rate from this table next to its status",
         "  (`dlclinic.report.trust.false_alarm_for`).",
@@ -239,7 +278,13 @@ def _figure(cid: str, e: Mapping[str, Any], path: Path) -> bool:
         his = [fa["ci95"][1]] + [r["power"]["ci95"][1] for r in d["rows"]]
         order = list(range(len(xs)))  # clean, then the rows weakest to strongest
         pos = list(range(len(xs)))
-        ax.errorbar(pos, [rates[i] for i in order], yerr=[[rates[i] - los[i] for i in order], [his[i] - rates[i] for i in order]], marker="o", capsize=3)
+        ax.errorbar(
+            pos,
+            [rates[i] for i in order],
+            yerr=[[rates[i] - los[i] for i in order], [his[i] - rates[i] for i in order]],
+            marker="o",
+            capsize=3,
+        )
         ax.axhline(e["level"], ls="--", color="grey", lw=1)
         ax.set_xticks(pos, ["clean"] + [f"{xs[i]:g}" for i in order[1:]])
         ax.set_ylim(-0.02, 1.02)
@@ -265,14 +310,15 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def uncovered_checks(covered: Sequence[str]) -> dict[str, str]:
     """Registered checks without a plan, with the reason (checks that cannot warn are listed as such)."""
-    from dlclinic.checks import CHECKS
-
+    from dlclinic.challenges import CHECKS
     from validation.scenarios import NOT_VALIDATED
 
     return {cid: NOT_VALIDATED.get(cid, "no plan yet") for cid in CHECKS if cid not in covered}
 
 
-def write_all(doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Path, *, packaged: Path | None = None) -> None:
+def write_all(
+    doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Path, *, packaged: Path | None = None
+) -> None:
     """Write ``validation.json``, ``validation.md``, figures and trial records under ``out``."""
     for cid, e in doc["checks"].items():
         codes: dict[str, int] = {}
@@ -302,7 +348,10 @@ def write_all(doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Pa
         if _figure(cid, e, out / "validation" / name):
             figures[cid] = f"validation/{name}"
     _atomic_write(out / "validation.json", json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    trials = "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in sorted(records, key=lambda r: (r["check"], r["defect"], r["modality"], r["strength"], r["seed"])))
+    trials = "".join(
+        json.dumps(dict(r), sort_keys=True) + "\n"
+        for r in sorted(records, key=lambda r: (r["check"], r["defect"], r["modality"], r["strength"], r["seed"]))
+    )
     tmp = out / "validation" / "trials.jsonl.gz.tmp"
     tmp.write_bytes(gzip.compress(trials.encode("utf-8"), mtime=0))
     os.replace(tmp, out / "validation" / "trials.jsonl.gz")
@@ -313,6 +362,10 @@ def write_all(doc: dict[str, Any], records: Sequence[Mapping[str, Any]], out: Pa
 
 def rewrite_published(doc: dict[str, Any], out: Path) -> None:
     """Rewrite ``validation.json`` and ``validation.md`` from ``doc`` (figures and trials as they are)."""
-    figures = {cid: f"validation/{cid.replace('.', '_')}.png" for cid in doc["checks"] if (out / "validation" / f"{cid.replace('.', '_')}.png").exists()}
+    figures = {
+        cid: f"validation/{cid.replace('.', '_')}.png"
+        for cid in doc["checks"]
+        if (out / "validation" / f"{cid.replace('.', '_')}.png").exists()
+    }
     _atomic_write(out / "validation.json", json.dumps(doc, indent=1, sort_keys=False) + "\n")
     _atomic_write(out / "validation.md", markdown(doc, figures, uncovered_checks(list(doc["checks"]))))

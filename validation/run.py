@@ -75,7 +75,9 @@ def jobs_for(checks: Sequence[str], settings: Settings) -> list[Job]:
             strengths = d.strengths if settings.all_strengths or d.quick_strengths is None else d.quick_strengths
             for mod in d.modalities or plan.modalities:
                 for s in strengths:
-                    jobs += [Job(cid, mod, d.name, float(s), 1000 + seed, plan.cost) for seed in range(settings.seeds_defect)]
+                    jobs += [
+                        Job(cid, mod, d.name, float(s), 1000 + seed, plan.cost) for seed in range(settings.seeds_defect)
+                    ]
     return sorted(jobs, key=lambda j: -j.cost)
 
 
@@ -111,7 +113,9 @@ def run_job(job: Job, cache_dir: str) -> dict[str, Any]:
         kw: dict[str, Any] = {"fit_config": trial.fit or fast_fit(), "cache_dir": cache_dir}
         if trial.evidence is not None:
             kw["evidence_config"] = trial.evidence
-        report = dlclinic.checkup(trial.case, only=[job.check], options={job.check: dict(trial.options)} if trial.options else None, **kw)
+        report = dlclinic.checkup(
+            trial.case, only=[job.check], options={job.check: dict(trial.options)} if trial.options else None, **kw
+        )
         res = report[job.check]
         rec["status"] = res.status
         rec["summary"] = res.summary[:300]
@@ -123,7 +127,9 @@ def run_job(job: Job, cache_dir: str) -> dict[str, Any]:
             per: dict[str, Any] = {}
             for split_name, rows in trial.truth.items():
                 n = len(trial.case.splits[split_name])
-                flagged = [i for f in res.findings if f.code in codes and (f.split in (None, split_name)) for i in f.indices]
+                flagged = [
+                    i for f in res.findings if f.code in codes and (f.split in (None, split_name)) for i in f.indices
+                ]
                 per[split_name] = detection_scores(n, rows, flagged)
             rec["samples"] = per
     except Exception as exc:  # a broken scenario is a row in the table, not a lost run
@@ -141,7 +147,9 @@ def run_jobs(jobs: Sequence[Job], workers: int, cache_dir: str, log: Any = None)
     def note(rec: dict[str, Any]) -> None:
         records.append(rec)
         if log is not None:
-            log.write(f"[{time.perf_counter() - start:6.0f}s {len(records)}/{len(jobs)}] {rec['check']} {rec['modality']} {rec['defect']}={rec['strength']:g} seed {rec['seed']}: {rec['status']} ({rec['seconds']:.1f}s)\n")
+            log.write(
+                f"[{time.perf_counter() - start:6.0f}s {len(records)}/{len(jobs)}] {rec['check']} {rec['modality']} {rec['defect']}={rec['strength']:g} seed {rec['seed']}: {rec['status']} ({rec['seconds']:.1f}s)\n"
+            )
             log.flush()
 
     if workers <= 1:
@@ -166,7 +174,13 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         k = sum(r["status"] in ("warn", "fail") for r in valid)
         n = len(valid)
         lo, hi = clopper_pearson(k, n)
-        out: dict[str, Any] = {"n": n, "flagged": k, "rate": k / n if n else None, "ci95": [lo, hi], "fail": sum(r["status"] == "fail" for r in valid)}
+        out: dict[str, Any] = {
+            "n": n,
+            "flagged": k,
+            "rate": k / n if n else None,
+            "ci95": [lo, hi],
+            "fail": sum(r["status"] == "fail" for r in valid),
+        }
         other = [r for r in recs if r["status"] not in ("ok", "warn", "fail")]
         if other:
             out["not_graded"] = {s: sum(r["status"] == s for r in other) for s in sorted({r["status"] for r in other})}
@@ -211,19 +225,37 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             rows = []
             present = {r["strength"] for r in recs if r["defect"] == d.name}
             # weakest to strongest, as the plan lists them ("fewer rows" defects run downwards)
-            for s in [float(v) for v in d.strengths if float(v) in present] + sorted(present - {float(v) for v in d.strengths}):
+            for s in [float(v) for v in d.strengths if float(v) in present] + sorted(
+                present - {float(v) for v in d.strengths}
+            ):
                 sel = [r for r in recs if r["defect"] == d.name and r["strength"] == s]
-                row: dict[str, Any] = {"strength": s, "power": rate(sel), "by_modality": {m: rate([r for r in sel if r["modality"] == m]) for m in sorted({r["modality"] for r in sel})}}
+                row: dict[str, Any] = {
+                    "strength": s,
+                    "power": rate(sel),
+                    "by_modality": {
+                        m: rate([r for r in sel if r["modality"] == m]) for m in sorted({r["modality"] for r in sel})
+                    },
+                }
                 diag = [r for r in sel if "right_diagnosis" in r]
                 if diag:
                     k = sum(bool(r["right_diagnosis"]) for r in diag)
-                    row["right_diagnosis"] = {"n": len(diag), "flagged": k, "rate": k / len(diag), "ci95": list(clopper_pearson(k, len(diag)))}
+                    row["right_diagnosis"] = {
+                        "n": len(diag),
+                        "flagged": k,
+                        "rate": k / len(diag),
+                        "ci95": list(clopper_pearson(k, len(diag))),
+                    }
                 smp = samples(sel)
                 if smp is not None:
                     row["samples"] = smp
                 rows.append(row)
             if rows:
-                entry["defects"][d.name] = {"unit": d.unit, "codes": list(d.codes), "expect": list(d.expect), "rows": rows}
+                entry["defects"][d.name] = {
+                    "unit": d.unit,
+                    "codes": list(d.codes),
+                    "expect": list(d.expect),
+                    "rows": rows,
+                }
         checks[cid] = entry
     return checks
 
@@ -238,7 +270,9 @@ def compare(current: dict[str, Any], published: dict[str, Any]) -> list[str]:
             continue
         a, b = entry["false_alarm"]["ci95"], pub["false_alarm"]["ci95"]
         agree = a[0] <= b[1] and b[0] <= a[1]
-        lines.append(f"{cid}: false alarms {entry['false_alarm']['flagged']}/{entry['false_alarm']['n']} now vs {pub['false_alarm']['flagged']}/{pub['false_alarm']['n']} published: {'agree' if agree else 'DISAGREE'} (95 % intervals {'overlap' if agree else 'do not overlap'})")
+        lines.append(
+            f"{cid}: false alarms {entry['false_alarm']['flagged']}/{entry['false_alarm']['n']} now vs {pub['false_alarm']['flagged']}/{pub['false_alarm']['n']} published: {'agree' if agree else 'DISAGREE'} (95 % intervals {'overlap' if agree else 'do not overlap'})"
+        )
     return lines
 
 
@@ -264,32 +298,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--seeds-clean", type=int, default=None)
     ap.add_argument("--seeds-defect", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: docs/ in full mode, out/validation/ in quick mode)")
-    ap.add_argument("--publish", action="store_true", help="write to docs/ and the packaged report JSON even in quick mode")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: docs/ in full mode, out/validation/ in quick mode)",
+    )
+    ap.add_argument(
+        "--publish", action="store_true", help="write to docs/ and the packaged report JSON even in quick mode"
+    )
     ap.add_argument("--merge", action="store_true", help="keep published checks not rerun (with --only)")
-    ap.add_argument("--record", action="store_true", help="quick mode: record the agreement with the published table in docs/validation.{json,md}")
-    ap.add_argument("--from-trials", nargs="+", type=Path, metavar="FILE", help="aggregate these trials.jsonl.gz files (from earlier runs) instead of running trials; the settings recorded are --seeds-clean/--seeds-defect and the mode")
+    ap.add_argument(
+        "--record",
+        action="store_true",
+        help="quick mode: record the agreement with the published table in docs/validation.{json,md}",
+    )
+    ap.add_argument(
+        "--from-trials",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="aggregate these trials.jsonl.gz files (from earlier runs) instead of running trials; the settings recorded are --seeds-clean/--seeds-defect and the mode",
+    )
     args = ap.parse_args(argv)
 
     settings = QUICK if args.quick else FULL
     if args.seeds_clean or args.seeds_defect:
-        settings = Settings(settings.mode, args.seeds_clean or settings.seeds_clean, args.seeds_defect or settings.seeds_defect, settings.all_strengths)
+        settings = Settings(
+            settings.mode,
+            args.seeds_clean or settings.seeds_clean,
+            args.seeds_defect or settings.seeds_defect,
+            settings.all_strengths,
+        )
     known = [p.check for p in PLANS]
     checks = args.only or known
     unknown = sorted(set(checks) - set(known))
     if unknown:
-        print(f"error: no validation plan for {', '.join(unknown)}; expected among: {', '.join(known)}", file=sys.stderr)
+        print(
+            f"error: no validation plan for {', '.join(unknown)}; expected among: {', '.join(known)}", file=sys.stderr
+        )
         return 2
     publish = args.publish or not args.quick
-    out = args.out or (ROOT / "docs" if publish else ROOT / "out" / "validation")  # the packaged table follows docs/ only
+    out = args.out or (
+        ROOT / "docs" if publish else ROOT / "out" / "validation"
+    )  # the packaged table follows docs/ only
     t0 = time.perf_counter()
     if args.from_trials:
         records = [r for r in _read_trials(args.from_trials) if r["check"] in checks]
         wall = sum(float(r.get("seconds", 0.0)) for r in records) / max(1, args.workers)
-        print(f"{len(records)} recorded trials of {len({r['check'] for r in records})} check(s) from {len(args.from_trials)} file(s)", file=sys.stderr)
+        print(
+            f"{len(records)} recorded trials of {len({r['check'] for r in records})} check(s) from {len(args.from_trials)} file(s)",
+            file=sys.stderr,
+        )
     else:
         jobs = jobs_for(checks, settings)
-        print(f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)", file=sys.stderr)
+        print(
+            f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)",
+            file=sys.stderr,
+        )
         with tempfile.TemporaryDirectory(prefix="dlclinic-validation-") as cache:
             records = run_jobs(jobs, args.workers, cache, log=sys.stderr)
         wall = time.perf_counter() - t0
@@ -299,7 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             recs = [r for r in records if r["check"] == cid]
             clean = [r for r in recs if r["defect"] == "clean"]
             n_clean = max((sum(r["modality"] == m for r in clean) for m in {r["modality"] for r in clean}), default=0)
-            per = [sum(1 for r in recs if (r["defect"], r["strength"], r["modality"]) == key) for key in {(r["defect"], r["strength"], r["modality"]) for r in recs if r["defect"] != "clean"}]
+            per = [
+                sum(1 for r in recs if (r["defect"], r["strength"], r["modality"]) == key)
+                for key in {(r["defect"], r["strength"], r["modality"]) for r in recs if r["defect"] != "clean"}
+            ]
             n_defect = min(per, default=0)
             mode = "full" if n_clean >= FULL.seeds_clean and n_defect >= FULL.seeds_defect else "reduced"
             entry["settings"] = {"mode": mode, "seeds_clean": n_clean, "seeds_defect": n_defect, "all_strengths": True}
@@ -323,20 +392,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "checks": len(lines),
                 "agree": agree,
                 "lines": lines,
-                "false_alarms": {cid: [e["false_alarm"]["flagged"], e["false_alarm"]["n"]] for cid, e in checks_agg.items()},
+                "false_alarms": {
+                    cid: [e["false_alarm"]["flagged"], e["false_alarm"]["n"]] for cid, e in checks_agg.items()
+                },
             }
             report.rewrite_published(published, ROOT / "docs")
-            print(f"recorded the quick-mode agreement in {ROOT / 'docs'}: {agree} of {len(lines)} checks agree", file=sys.stderr)
+            print(
+                f"recorded the quick-mode agreement in {ROOT / 'docs'}: {agree} of {len(lines)} checks agree",
+                file=sys.stderr,
+            )
     if args.merge and published is not None:
         checks_agg = {**published.get("checks", {}), **checks_agg}
-    doc = report.document(checks_agg, settings=asdict(settings), wall_seconds=wall, workers=args.workers, trials=len(records))
+    doc = report.document(
+        checks_agg, settings=asdict(settings), wall_seconds=wall, workers=args.workers, trials=len(records)
+    )
     packaged = ROOT / "src" / "dlclinic" / "report" / "validation.json"
-    report.write_all(doc, records, out, packaged=packaged if publish and out.resolve() == (ROOT / "docs").resolve() else None)
+    report.write_all(
+        doc, records, out, packaged=packaged if publish and out.resolve() == (ROOT / "docs").resolve() else None
+    )
     print(f"wrote {out} in {wall:.0f} s", file=sys.stderr)
     for cid, entry in checks_agg.items():
         fa = entry["false_alarm"]
         if entry["exceeds_level"] != "no":
-            print(f"ABOVE LEVEL: {cid} false alarms {fa['flagged']}/{fa['n']} > {entry['level']:.0%} ({entry['exceeds_level']})", file=sys.stderr)
+            print(
+                f"ABOVE LEVEL: {cid} false alarms {fa['flagged']}/{fa['n']} > {entry['level']:.0%} ({entry['exceeds_level']})",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -21,7 +21,18 @@ from typing import Any
 import numpy as np
 
 from validation.data import Splits, blobs, redundant_pool, split
-from validation.plan import Defect, Plan, Trial, case_from, default_fit, fast_fit, flip_labels, mean_shift, memorise_fit, rng_for
+from validation.plan import (
+    Defect,
+    Plan,
+    Trial,
+    case_from,
+    default_fit,
+    fast_fit,
+    flip_labels,
+    mean_shift,
+    memorise_fit,
+    rng_for,
+)
 
 __all__ = ["NOT_VALIDATED", "PLANS", "Defect", "Plan", "Trial", "fast_fit", "plan_for"]
 
@@ -41,7 +52,10 @@ def quality_label_noise(modality: str, p: float, seed: int) -> Trial:
     s = _quality_splits(modality, seed)
     k = int(max(s.y_train.max(), s.y_test.max())) + 1
     y, rows = flip_labels(s.y_train, p, k, rng_for(seed, p, 1))
-    return Trial(case_from(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": rows.tolist()})
+    return Trial(
+        case_from(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality),
+        truth={"train": rows.tolist()},
+    )
 
 
 def quality_test_leak(modality: str, p: float, seed: int) -> Trial:
@@ -51,7 +65,9 @@ def quality_test_leak(modality: str, p: float, seed: int) -> Trial:
     src = rng.choice(len(s.x_train), size=len(rows), replace=False)
     xt, yt = s.x_test.copy(), s.y_test.copy()
     xt[rows], yt[rows] = s.x_train[src], s.y_train[src]
-    return Trial(case_from(Splits(s.x_train, s.y_train, xt, yt, s.x_deploy, s.y_deploy), modality), truth={"test": rows.tolist()})
+    return Trial(
+        case_from(Splits(s.x_train, s.y_train, xt, yt, s.x_deploy, s.y_deploy), modality), truth={"test": rows.tolist()}
+    )
 
 
 def quality_duplicates(modality: str, p: float, seed: int) -> Trial:
@@ -76,7 +92,9 @@ def quality_duplicates(modality: str, p: float, seed: int) -> Trial:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     redundant = sorted(i for i in parent if find(i) != i)
-    return Trial(case_from(Splits(x, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": redundant})
+    return Trial(
+        case_from(Splits(x, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality), truth={"train": redundant}
+    )
 
 
 # ----------------------------------------------------------------------------- data.generalization
@@ -95,7 +113,9 @@ def generalization_clean(modality: str, seed: int) -> Trial:
 def generalization_shift(modality: str, sigma: float, seed: int) -> Trial:
     s = split(modality, seed)
     xd = mean_shift(s.x_deploy, s.x_train, sigma, modality)
-    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY)
+    return Trial(
+        case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY
+    )
 
 
 def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
@@ -109,7 +129,11 @@ def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
     else:  # rows whose features are permuted: every marginal in range, the joint broken
         for r in rows:
             xd[r] = xd[r][rng.permutation(xd.shape[1])]
-    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY, truth={"deploy": rows.tolist()})
+    return Trial(
+        case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality),
+        options=_SHIFT_ONLY,
+        truth={"deploy": rows.tolist()},
+    )
 
 
 # ----------------------------------------------------------------------------- deployment.drift
@@ -204,7 +228,10 @@ def monitoring_blind(modality: str, window: float, seed: int) -> Trial:
     """A hard task (accuracy far from 1) watched through windows of ``window`` predictions."""
     x, y = blobs(600, d=8, sep=1.0, seed=10 + 100 * seed)
     xt, yt = blobs(1000, d=8, sep=1.0, seed=11 + 100 * seed)
-    return Trial(case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": int(window), "rows": max(40, int(window))})
+    return Trial(
+        case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False),
+        options={"window": int(window), "rows": max(40, int(window))},
+    )
 
 
 # ----------------------------------------------------------------------------- model.overfitting
@@ -219,7 +246,10 @@ def overfitting_memorised_noise(modality: str, p: float, seed: int) -> Trial:
     s = split(modality, seed, (0.5, 0.5, 0.0))
     k = int(s.y_train.max()) + 1
     y, _ = flip_labels(s.y_train, p, k, rng_for(seed, p, 7))
-    return Trial(case_from(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality, deploy=False), fit=memorise_fit())
+    return Trial(
+        case_from(Splits(s.x_train, y, s.x_test, s.y_test, s.x_deploy, s.y_deploy), modality, deploy=False),
+        fit=memorise_fit(),
+    )
 
 
 # ----------------------------------------------------------------------------- ethics.fairness
@@ -232,7 +262,14 @@ def _groups(n: int, seed: int) -> np.ndarray:
 def fairness_clean(modality: str, seed: int) -> Trial:
     """Groups drawn at random: no group can be treated worse."""
     s = split(modality, seed, (0.5, 0.5, 0.0))
-    return Trial(case_from(s, modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": _groups(len(s.y_test), seed + 7919)}))
+    return Trial(
+        case_from(
+            s,
+            modality,
+            deploy=False,
+            groups={"train": _groups(len(s.y_train), seed), "test": _groups(len(s.y_test), seed + 7919)},
+        )
+    )
 
 
 def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
@@ -244,7 +281,14 @@ def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
     b = np.flatnonzero(g_test == "B")
     yb, _ = flip_labels(yt[b], p, k, rng_for(seed, p, 8))
     yt[b] = yb
-    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, yt, s.x_deploy, s.y_deploy), modality, deploy=False, groups={"train": _groups(len(s.y_train), seed), "test": g_test}))
+    return Trial(
+        case_from(
+            Splits(s.x_train, s.y_train, s.x_test, yt, s.x_deploy, s.y_deploy),
+            modality,
+            deploy=False,
+            groups={"train": _groups(len(s.y_train), seed), "test": g_test},
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- data.privacy
@@ -252,8 +296,8 @@ def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
 
 def privacy_clean(modality: str, seed: int) -> Trial:
     """The model never saw the train split (trained on disjoint rows): members and non-members are exchangeable."""
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.baselines import baseline_for
+    from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.35, 0.3, 0.35))
     shape = tuple(s.x_train.shape[1:])
@@ -261,14 +305,28 @@ def privacy_clean(modality: str, seed: int) -> Trial:
     mod = "image" if modality in ("image", "mnist") else "table"
     seed_everything(seed)
     model = fit(baseline_for(shape, k, mod), s.x_deploy, s.y_deploy, memorise_fit()).model
-    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False, model=model))
+    return Trial(
+        case_from(
+            Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]),
+            modality,
+            deploy=False,
+            model=model,
+        )
+    )
 
 
 def privacy_membership(modality: str, rows: float, seed: int) -> Trial:
     """A model that memorises ``rows`` train rows (fewer rows, more leakage)."""
     s = split(modality, seed, (0.35, 0.3, 0.35))
     n = int(rows)
-    return Trial(case_from(Splits(s.x_train[:n], s.y_train[:n], s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]), modality, deploy=False), fit=memorise_fit())
+    return Trial(
+        case_from(
+            Splits(s.x_train[:n], s.y_train[:n], s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]),
+            modality,
+            deploy=False,
+        ),
+        fit=memorise_fit(),
+    )
 
 
 # ----------------------------------------------------------------------------- model.gradients
@@ -308,13 +366,22 @@ def gradients_vanishing(modality: str, depth: float, seed: int) -> Trial:
 def _bn_mlp(d: int, k: int) -> Any:
     from torch import nn
 
-    return nn.Sequential(nn.Flatten(), nn.Linear(d, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, k))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d, 64),
+        nn.BatchNorm1d(64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Linear(32, k),
+    )
 
 
 def _bn_model(s: Splits, modality: str, seed: int) -> Any:
     """A batch-norm network trained on the train split: the baseline CNN for images, a BN-MLP for tables."""
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.baselines import baseline_for
+    from dlclinic.core.recipe import fit, seed_everything
 
     k = int(s.y_train.max()) + 1
     seed_everything(seed)
@@ -348,7 +415,11 @@ def batchnorm_stale(modality: str, sigma: float, seed: int) -> Trial:
     model = _bn_model(s, modality, seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None:
+            if (
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                and m.running_mean is not None
+                and m.running_var is not None
+            ):
                 m.running_mean += sigma * m.running_var.sqrt()
     return Trial(case_from(s, modality, deploy=False, model=model))
 
@@ -381,7 +452,11 @@ def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Spl
     xtr, ytr = mark(s.x_train, s.y_train)
     xte, yte = mark(s.x_test, s.y_test)
     out = Splits(xtr, ytr, xte, yte, s.x_deploy, s.y_deploy)
-    opts = {"suspect_region": "0:2,0:2"} if modality in ("image", "mnist") else {"suspect_feature": str(s.x_train.shape[1])}
+    opts = (
+        {"suspect_region": "0:2,0:2"}
+        if modality in ("image", "mnist")
+        else {"suspect_feature": str(s.x_train.shape[1])}
+    )
     return out, opts
 
 
@@ -415,9 +490,33 @@ _OWN_PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         quality_clean,
         (
-            Defect("label_noise", "fraction of train labels flipped", (0.02, 0.05, 0.10, 0.20), quality_label_noise, ("label_issue",), quick_strengths=(0.05, 0.20), expect=("label_issue",)),
-            Defect("test_leak", "fraction of test rows copied from train", (0.01, 0.03, 0.10), quality_test_leak, ("leak",), quick_strengths=(0.03,), expect=("leak",)),
-            Defect("duplicates", "fraction of train rows that are copies", (0.02, 0.05, 0.10), quality_duplicates, ("duplicate",), quick_strengths=(0.05,), expect=("duplicate",)),
+            Defect(
+                "label_noise",
+                "fraction of train labels flipped",
+                (0.02, 0.05, 0.10, 0.20),
+                quality_label_noise,
+                ("label_issue",),
+                quick_strengths=(0.05, 0.20),
+                expect=("label_issue",),
+            ),
+            Defect(
+                "test_leak",
+                "fraction of test rows copied from train",
+                (0.01, 0.03, 0.10),
+                quality_test_leak,
+                ("leak",),
+                quick_strengths=(0.03,),
+                expect=("leak",),
+            ),
+            Defect(
+                "duplicates",
+                "fraction of train rows that are copies",
+                (0.02, 0.05, 0.10),
+                quality_duplicates,
+                ("duplicate",),
+                quick_strengths=(0.05,),
+                expect=("duplicate",),
+            ),
         ),
         "random train/test split (60/40) of the unmodified data",
         cost=4.0,
@@ -429,8 +528,23 @@ _OWN_PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         generalization_clean,
         (
-            Defect("mean_shift", "deploy mean shift (σ of each train feature)", (0.1, 0.25, 0.5, 1.0), generalization_shift, quick_strengths=(0.25, 1.0), expect=("shift", "feature_shift", "ood")),
-            Defect("ood_rows", "fraction of deploy rows out of distribution", (0.05, 0.10, 0.25), generalization_ood_rows, ("ood",), quick_strengths=(0.10,), expect=("ood", "shift")),
+            Defect(
+                "mean_shift",
+                "deploy mean shift (σ of each train feature)",
+                (0.1, 0.25, 0.5, 1.0),
+                generalization_shift,
+                quick_strengths=(0.25, 1.0),
+                expect=("shift", "feature_shift", "ood"),
+            ),
+            Defect(
+                "ood_rows",
+                "fraction of deploy rows out of distribution",
+                (0.05, 0.10, 0.25),
+                generalization_ood_rows,
+                ("ood",),
+                quick_strengths=(0.10,),
+                expect=("ood", "shift"),
+            ),
         ),
         "random train/test/deploy split (50/25/25)",
         cost=2.0,
@@ -442,8 +556,22 @@ _OWN_PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         drift_clean,
         (
-            Defect("mean_shift", "mean shift of the second half of the stream (σ)", (0.1, 0.25, 0.5, 1.0), drift_shift, quick_strengths=(0.25, 1.0), expect=("drift_window",)),
-            Defect("concept_drift", "fraction of labels changed in the second half", (0.05, 0.10, 0.20), drift_concept, quick_strengths=(0.20,), expect=("drift_window",)),
+            Defect(
+                "mean_shift",
+                "mean shift of the second half of the stream (σ)",
+                (0.1, 0.25, 0.5, 1.0),
+                drift_shift,
+                quick_strengths=(0.25, 1.0),
+                expect=("drift_window",),
+            ),
+            Defect(
+                "concept_drift",
+                "fraction of labels changed in the second half",
+                (0.05, 0.10, 0.20),
+                drift_concept,
+                quick_strengths=(0.20,),
+                expect=("drift_window",),
+            ),
         ),
         "random train/test/deploy split (40/20/40), deploy in random order",
     ),
@@ -453,7 +581,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "default (warns when doubling the data is projected to gain > 1 point)",
         ("image", "table"),
         quantity_clean,
-        (Defect("scarce_data", "train rows on a task far from saturation", (400.0, 200.0, 100.0), quantity_scarce, quick_strengths=(200.0,), expect=("steep_learning_curve", "more_data_needed")),),
+        (
+            Defect(
+                "scarce_data",
+                "train rows on a task far from saturation",
+                (400.0, 200.0, 100.0),
+                quantity_scarce,
+                quick_strengths=(200.0,),
+                expect=("steep_learning_curve", "more_data_needed"),
+            ),
+        ),
         "saturated tasks: digits 0 vs 1; three Gaussian classes 6σ apart (1,500 rows); dlclinic's default 15-epoch recipe",
         cost=2.0,
     ),
@@ -463,7 +600,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "default (warns when active learning saves no labels, mean − std over seeds)",
         ("table",),
         labeling_clean,
-        (Defect("uninformative_labels", "fraction of labels replaced by coin flips", (0.5, 0.8, 1.0), labeling_uninformative, quick_strengths=(1.0,), expect=("active_learning_no_gain",)),),
+        (
+            Defect(
+                "uninformative_labels",
+                "fraction of labels replaced by coin flips",
+                (0.5, 0.8, 1.0),
+                labeling_uninformative,
+                quick_strengths=(1.0,),
+                expect=("active_learning_no_gain",),
+            ),
+        ),
         "a redundant pool where uncertainty sampling provably saves labels (tests/test_labeling_cost.py)",
         cost=2.0,
     ),
@@ -473,7 +619,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "default (warns when a window cannot see a 10-point accuracy drop)",
         ("table",),
         monitoring_clean,
-        (Defect("blind_windows", "window size (predictions) on a hard task", (50.0, 20.0, 10.0), monitoring_blind, quick_strengths=(10.0,), expect=("blind_windows",)),),
+        (
+            Defect(
+                "blind_windows",
+                "window size (predictions) on a hard task",
+                (50.0, 20.0, 10.0),
+                monitoring_blind,
+                quick_strengths=(10.0,),
+                expect=("blind_windows",),
+            ),
+        ),
         "easy task, windows of 400 predictions, 1,000-row reference",
     ),
     Plan(
@@ -482,7 +637,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "OverfittingOptions.alpha = 0.05 (gap must be significant and above 5 points)",
         ("image", "table"),
         overfitting_clean,
-        (Defect("memorised_noise", "train labels flipped, then memorised (40 epochs, no early stopping)", (0.05, 0.10, 0.20, 0.40), overfitting_memorised_noise, quick_strengths=(0.20,), expect=("generalization_gap", "gap_opens")),),
+        (
+            Defect(
+                "memorised_noise",
+                "train labels flipped, then memorised (40 epochs, no early stopping)",
+                (0.05, 0.10, 0.20, 0.40),
+                overfitting_memorised_noise,
+                quick_strengths=(0.20,),
+                expect=("generalization_gap", "gap_opens"),
+            ),
+        ),
         "random 50/50 train/test split, dlclinic's baseline with early stopping",
         cost=3.0,
     ),
@@ -492,7 +656,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "FairnessOptions.alpha = 0.05, Holm over the graded disparities",
         ("image", "table"),
         fairness_clean,
-        (Defect("group_error", "share of group B's test labels flipped (≈ error points added)", (0.02, 0.05, 0.10, 0.20), fairness_group_error, quick_strengths=(0.10, 0.20), expect=("accuracy_gap", "equalized_odds_difference")),),
+        (
+            Defect(
+                "group_error",
+                "share of group B's test labels flipped (≈ error points added)",
+                (0.02, 0.05, 0.10, 0.20),
+                fairness_group_error,
+                quick_strengths=(0.10, 0.20),
+                expect=("accuracy_gap", "equalized_odds_difference"),
+            ),
+        ),
         "two groups assigned at random (independent of inputs and labels)",
     ),
     Plan(
@@ -501,7 +674,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "PrivacyOptions.alpha = 0.05, Bonferroni over the two attacks",
         ("image", "table"),
         privacy_clean,
-        (Defect("membership_leak", "train rows memorised by the model (fewer = more leakage)", (400.0, 200.0, 100.0), privacy_membership, quick_strengths=(100.0,), expect=("membership",)),),
+        (
+            Defect(
+                "membership_leak",
+                "train rows memorised by the model (fewer = more leakage)",
+                (400.0, 200.0, 100.0),
+                privacy_membership,
+                quick_strengths=(100.0,),
+                expect=("membership",),
+            ),
+        ),
         "a model trained on rows disjoint from train and test: members and non-members are exchangeable",
         cost=2.0,
     ),
@@ -511,7 +693,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "default (vanishing when a layer's gradient is ≤ 1e-3 of the output layer's)",
         ("image", "table"),
         gradients_clean,
-        (Defect("vanishing_depth", "depth of a plain sigmoid MLP", (8.0, 16.0, 32.0), gradients_vanishing, quick_strengths=(8.0, 32.0), expect=("vanishing",)),),
+        (
+            Defect(
+                "vanishing_depth",
+                "depth of a plain sigmoid MLP",
+                (8.0, 16.0, 32.0),
+                gradients_vanishing,
+                quick_strengths=(8.0, 32.0),
+                expect=("vanishing",),
+            ),
+        ),
         "dlclinic's baselines (ReLU MLP; conv-BN-ReLU CNN)",
         cost=2.0,
     ),
@@ -521,7 +712,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "BatchNormOptions.alpha = 0.01 (McNemar test of the recalibration gain)",
         ("image", "table"),
         batchnorm_clean,
-        (Defect("stale_statistics", "running means moved by this many running σ", (0.25, 0.5, 1.0), batchnorm_stale, quick_strengths=(0.5, 1.0), expect=("stale_statistics",)),),
+        (
+            Defect(
+                "stale_statistics",
+                "running means moved by this many running σ",
+                (0.25, 0.5, 1.0),
+                batchnorm_stale,
+                quick_strengths=(0.5, 1.0),
+                expect=("stale_statistics",),
+            ),
+        ),
         "batch-norm networks trained normally (baseline CNN; BN-MLP on standardised tables)",
         cost=2.0,
     ),
@@ -531,7 +731,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "default (shortcut: attribution enrichment ≥ 3× or flip-rate lower bound ≥ 10 %)",
         ("image", "table"),
         interpretability_clean,
-        (Defect("shortcut", "share of rows whose marker equals the label", (0.25, 0.5, 0.9), interpretability_shortcut, quick_strengths=(0.9,), expect=("shortcut",)),),
+        (
+            Defect(
+                "shortcut",
+                "share of rows whose marker equals the label",
+                (0.25, 0.5, 0.9),
+                interpretability_shortcut,
+                quick_strengths=(0.9,),
+                expect=("shortcut",),
+            ),
+        ),
         "binary tasks (digit ≥ 5; malignant) with noise-degraded inputs; the named region/feature (2×2 image corner; an extra column) holds a coin flip",
         cost=2.0,
     ),
@@ -542,8 +751,22 @@ _OWN_PLANS: tuple[Plan, ...] = (
         ("image", "table"),
         convergence_clean,
         (
-            Defect("lr_too_high", "learning rate of the monitored run (recipe: 0.002)", (0.1, 1.0, 10.0), convergence_lr_high, quick_strengths=(1.0,), expect=("diverging", "unstable", "lr_too_high")),
-            Defect("lr_too_low", "learning rate of the monitored run (recipe: 0.002)", (1e-4, 1e-5, 1e-6), convergence_lr_high, quick_strengths=(1e-6,), expect=("plateau", "lr_too_low")),
+            Defect(
+                "lr_too_high",
+                "learning rate of the monitored run (recipe: 0.002)",
+                (0.1, 1.0, 10.0),
+                convergence_lr_high,
+                quick_strengths=(1.0,),
+                expect=("diverging", "unstable", "lr_too_high"),
+            ),
+            Defect(
+                "lr_too_low",
+                "learning rate of the monitored run (recipe: 0.002)",
+                (1e-4, 1e-5, 1e-6),
+                convergence_lr_high,
+                quick_strengths=(1e-6,),
+                expect=("plateau", "lr_too_low"),
+            ),
         ),
         "dlclinic's baselines with their default recipe",
     ),

@@ -46,18 +46,28 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
         saved = {}
         for n in sizes:
             x, t = _inputs(cfg, n)
-            med, times, a = timed(lambda: attribute(model, x, t, "integrated_gradients", n_steps=STEPS), cfg["repeats"], warmup=1)
+            med, times, a = timed(
+                lambda: attribute(model, x, t, "integrated_gradients", n_steps=STEPS), cfg["repeats"], warmup=1
+            )
             saved[f"n{n}"] = a
             cases[f"ig:{n}"] = case_entry(med, times, mean_abs=float(np.abs(a).mean()))
         np.savez(store, **saved)
-        import dlclinic
-        from dlclinic.remedies.fit import FitConfig
-
         from bench.peers.common import demo_case, demo_paths
+
+        import dlclinic
+        from dlclinic.core.recipe import FitConfig
 
         case = demo_case(cfg)
         reps = 1 if cfg["quick"] else min(cfg["repeats"], 3)
-        med, times, res = timed(lambda: dlclinic.checkup(case, only=["model.interpretability"], fit_config=FitConfig(epochs=cfg["epochs"]), cache_dir=demo_paths(cfg)["cache"])["model.interpretability"], reps)
+        med, times, res = timed(
+            lambda: dlclinic.checkup(
+                case,
+                only=["model.interpretability"],
+                fit_config=FitConfig(epochs=cfg["epochs"]),
+                cache_dir=demo_paths(cfg)["cache"],
+            )["model.interpretability"],
+            reps,
+        )
         cases["check"] = case_entry(med, times, status=res.status)
         return {"cases": cases, "versions": version_of("captum", "torch")}
     import torch
@@ -70,7 +80,12 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
         def ig() -> Any:
             model.eval()
-            return IntegratedGradients(model).attribute(xt, baselines=0.0, target=tt, n_steps=STEPS, internal_batch_size=256).detach().numpy()
+            return (
+                IntegratedGradients(model)
+                .attribute(xt, baselines=0.0, target=tt, n_steps=STEPS, internal_batch_size=256)
+                .detach()
+                .numpy()
+            )
 
         med, times, a = timed(ig, cfg["repeats"], warmup=1)
         q: dict[str, Any] = {"mean_abs": float(np.abs(a).mean())}
@@ -81,7 +96,27 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    out = [row(f"IG, {STEPS} steps, {n} test rows (warm)", "functional.attribution.attribute", case_of(results, "ours", f"ig:{n}"), "captum IntegratedGradients.attribute", case_of(results, "captum", f"ig:{n}")) for n in ((24,) if cfg["quick"] else (24, 256))]
-    out.append(row("whole model.interpretability check (warm evidence)", "checkup --only model.interpretability", case_of(results, "ours", "check"), "—", None, verdict="for scale: IG is a small part"))
-    notes = ["The wrapper adds input conversion (numpy → tensor with the model's dtype/device), an eval-mode guard that restores the model's mode, and numpy output; the attributions are captum's own (max |difference| ≈ 0)."]
+    out = [
+        row(
+            f"IG, {STEPS} steps, {n} test rows (warm)",
+            "functional.attribution.attribute",
+            case_of(results, "ours", f"ig:{n}"),
+            "captum IntegratedGradients.attribute",
+            case_of(results, "captum", f"ig:{n}"),
+        )
+        for n in ((24,) if cfg["quick"] else (24, 256))
+    ]
+    out.append(
+        row(
+            "whole model.interpretability check (warm evidence)",
+            "checkup --only model.interpretability",
+            case_of(results, "ours", "check"),
+            "—",
+            None,
+            verdict="for scale: IG is a small part",
+        )
+    )
+    notes = [
+        "The wrapper adds input conversion (numpy → tensor with the model's dtype/device), an eval-mode guard that restores the model's mode, and numpy output; the attributions are captum's own (max |difference| ≈ 0)."
+    ]
     return out, notes

@@ -22,7 +22,16 @@ from bench.peers.common import case_entry, row, version_of
 NUMBER = 10
 TITLE = "The demo checkup end to end vs the lower bound and vs chaining the peers"
 SIDES = {"ours": "project", "lower": "project"}
-WITH_PEERS = ("data.quality", "data.generalization", "ethics.security", "model.interpretability", "ethics.fairness", "model.overfitting", "compute.energy", "model.compression")
+WITH_PEERS = (
+    "data.quality",
+    "data.generalization",
+    "ethics.security",
+    "model.interpretability",
+    "ethics.fairness",
+    "model.overfitting",
+    "compute.energy",
+    "model.compression",
+)
 
 
 def _scopes(cfg: dict[str, Any]) -> dict[str, tuple[str, ...] | None]:
@@ -34,7 +43,7 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     import dlclinic
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
     fit_cfg = FitConfig(epochs=cfg["epochs"])
     cases: dict[str, Any] = {}
@@ -48,25 +57,50 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
             statuses: dict[str, int] = {}
             for c in report.challenges:
                 statuses[c.status] = statuses.get(c.status, 0) + 1
-            slow = sorted(((c.seconds or 0.0, c.id) for c in report.challenges if getattr(c, "seconds", None)), reverse=True)[:4]
-            cases[scope] = case_entry(wall, [wall], statuses=", ".join(f"{k} {v}" for k, v in sorted(statuses.items())), model_s=round(report.timings.get("model", 0), 1), evidence_s=round(report.timings.get("evidence", 0), 1), checks_s=round(report.timings.get("checks", 0), 1), slowest=", ".join(f"{cid} {s:.1f} s" for s, cid in slow))
+            slow = sorted(
+                ((c.seconds or 0.0, c.id) for c in report.challenges if getattr(c, "seconds", None)), reverse=True
+            )[:4]
+            cases[scope] = case_entry(
+                wall,
+                [wall],
+                statuses=", ".join(f"{k} {v}" for k, v in sorted(statuses.items())),
+                model_s=round(report.timings.get("model", 0), 1),
+                evidence_s=round(report.timings.get("evidence", 0), 1),
+                checks_s=round(report.timings.get("checks", 0), 1),
+                slowest=", ".join(f"{cid} {s:.1f} s" for s, cid in slow),
+            )
         return {"cases": cases, "versions": version_of("torch")}
     import numpy as np
 
+    from dlclinic.core.baselines import baseline_for
     from dlclinic.core.inference import predict_logits
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import fit, seed_everything
+    from dlclinic.core.recipe import fit, seed_everything
 
     case, _ = dlclinic.build_demo()
     seed_everything(fit_cfg.seed)
     t = time.perf_counter()
-    model = fit(baseline_for(case.input_shape, case.n_classes, case.modality), np.nan_to_num(case.train.x), case.train.y, fit_cfg).model
+    model = fit(
+        baseline_for(case.input_shape, case.n_classes, case.modality),
+        np.nan_to_num(case.train.x),
+        case.train.y,
+        fit_cfg,
+    ).model
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    acc = {name: float((predict_logits(model, s.x).argmax(1) == s.y).mean()) for name, s in case.splits.items() if s.y is not None}
+    acc = {
+        name: float((predict_logits(model, s.x).argmax(1) == s.y).mean())
+        for name, s in case.splits.items()
+        if s.y is not None
+    }
     fwd_s = time.perf_counter() - t
     wall = time.perf_counter() - t0
-    cases["lower"] = case_entry(wall, [wall], train_s=round(train_s, 1), forward_s=round(fwd_s, 2), **{f"{k}_acc": round(v, 3) for k, v in acc.items()})
+    cases["lower"] = case_entry(
+        wall,
+        [wall],
+        train_s=round(train_s, 1),
+        forward_s=round(fwd_s, 2),
+        **{f"{k}_acc": round(v, 3) for k, v in acc.items()},
+    )
     return {"cases": cases}
 
 
@@ -98,13 +132,38 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
     out = []
     label = {"all31": "all 31 checks", "peers8": f"the {len(WITH_PEERS)} checks that have a peer"}
     for scope, entry in cases.items():
-        out.append(row(f"demo checkup, {label[scope]}, cold cache (1 run)", "dlclinic.checkup", entry, "lower bound: 1 training + 1 forward pass per split", lower, verdict=(f"{entry['seconds'] / lower['seconds']:.1f}× the lower bound" if lower else "")))
+        out.append(
+            row(
+                f"demo checkup, {label[scope]}, cold cache (1 run)",
+                "dlclinic.checkup",
+                entry,
+                "lower bound: 1 training + 1 forward pass per split",
+                lower,
+                verdict=(f"{entry['seconds'] / lower['seconds']:.1f}× the lower bound" if lower else ""),
+            )
+        )
     notes = []
     peer_s, used = _peer_seconds(cfg.get("_all", {}))
     if used and lower and "peers8" in cases:
         chain = {"seconds": peer_s + lower["seconds"], "quality": {"covers": f"{len(used)} peer calls"}}
-        out.append(row(f"the {len(WITH_PEERS)} checks with a peer, cold", "dlclinic.checkup", cases["peers8"], "chained peers + the lower bound", chain))
-        notes.append("Chained peers = lower bound + " + "; ".join(used) + ". ONNX Runtime (model.compression) has no separate peer time: its eager baseline is inside the sweep.")
-    notes.append("Where the checkup is slower than the lower bound: it trains the model once, then retrains it for out-of-fold labels (4 folds), for the learning curve (data.quantity, the slowest check), for a short monitored run shared by the training checks and for the reproducibility and non-convexity probes; each check is held to ~10 s on the demo by its default budget, and a warm cache re-uses all of it (see the evidence-cache table below).")
-    notes.append("The lower bound is what any tool needs before it can say anything about this model; every check beyond it retrains (out-of-fold labels, learning curve, a monitored training run) or attacks/perturbs the model, and those costs are listed per check in `slowest`.")
+        out.append(
+            row(
+                f"the {len(WITH_PEERS)} checks with a peer, cold",
+                "dlclinic.checkup",
+                cases["peers8"],
+                "chained peers + the lower bound",
+                chain,
+            )
+        )
+        notes.append(
+            "Chained peers = lower bound + "
+            + "; ".join(used)
+            + ". ONNX Runtime (model.compression) has no separate peer time: its eager baseline is inside the sweep."
+        )
+    notes.append(
+        "Where the checkup is slower than the lower bound: it trains the model once, then retrains it for out-of-fold labels (4 folds), for the learning curve (data.quantity, the slowest check), for a short monitored run shared by the training checks and for the reproducibility and non-convexity probes; each check is held to ~10 s on the demo by its default budget, and a warm cache re-uses all of it (see the evidence-cache table below)."
+    )
+    notes.append(
+        "The lower bound is what any tool needs before it can say anything about this model; every check beyond it retrains (out-of-fold labels, learning curve, a monitored training run) or attacks/perturbs the model, and those costs are listed per check in `slowest`."
+    )
     return out, notes

@@ -77,7 +77,12 @@ def f1(flagged: Any, truth: Any) -> dict[str, float]:
     tp = len(a & b)
     p = tp / len(a) if a else 0.0
     r = tp / len(b) if b else 0.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0, "flagged": len(a)}
+    return {
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+        "flagged": len(a),
+    }
 
 
 # -- the demo fixture: built once per run in the project venv, read by every side ----------
@@ -93,8 +98,8 @@ def build_fixture(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from dlclinic.api import prepare_model, retrainer
     from dlclinic.core.evidence import Evidence, EvidenceConfig
+    from dlclinic.core.recipe import FitConfig
     from dlclinic.demo import build_demo
-    from dlclinic.remedies.fit import FitConfig
 
     fix_threads(cfg["threads"])
     paths = demo_paths(cfg)
@@ -105,7 +110,15 @@ def build_fixture(cfg: dict[str, Any]) -> dict[str, Any]:
     case = prepare_model(case, fit_config=fit_cfg, cache_dir=paths["cache"])
     train_s = time.perf_counter() - t
     retrain, recipe = retrainer(case, fit_cfg)
-    ev = Evidence(case, EvidenceConfig(), retrain=retrain, recipe=recipe, cheap_retrain=True, cache_dir=paths["cache"], fit_config=fit_cfg)
+    ev = Evidence(
+        case,
+        EvidenceConfig(),
+        retrain=retrain,
+        recipe=recipe,
+        cheap_retrain=True,
+        cache_dir=paths["cache"],
+        fit_config=fit_cfg,
+    )
     t = time.perf_counter()
     oof = ev.get("oof_probs", "train")
     oof_s = time.perf_counter() - t
@@ -122,7 +135,15 @@ def build_fixture(cfg: dict[str, Any]) -> dict[str, Any]:
     arrays["original_labels"] = truth.original_labels
     np.savez(paths["data"], **arrays)
     torch.save(case.model.state_dict(), paths["model"])
-    meta = {"input_shape": list(case.input_shape), "n_classes": int(case.n_classes), "modality": case.modality, "epochs": cfg["epochs"], "baseline_seconds": train_s, "oof_seconds": oof_s, "recipe": recipe}
+    meta = {
+        "input_shape": list(case.input_shape),
+        "n_classes": int(case.n_classes),
+        "modality": case.modality,
+        "epochs": cfg["epochs"],
+        "baseline_seconds": train_s,
+        "oof_seconds": oof_s,
+        "recipe": recipe,
+    }
     paths["meta"].write_text(json.dumps(meta))
     return meta
 
@@ -140,7 +161,7 @@ def load_demo_model(cfg: dict[str, Any]) -> Any:
     """The demo baseline (dlclinic's SmallCNN architecture, weights from the fixture), in eval mode."""
     import torch
 
-    from dlclinic.remedies.baselines import baseline_for
+    from dlclinic.core.baselines import baseline_for
 
     meta = json.loads(demo_paths(cfg)["meta"].read_text())
     model = baseline_for(meta["input_shape"], meta["n_classes"], meta["modality"])
@@ -157,8 +178,8 @@ def demo_case(cfg: dict[str, Any], *, cache_dir: Path | None = None) -> Any:
     import shutil
 
     from dlclinic.api import prepare_model
+    from dlclinic.core.recipe import FitConfig
     from dlclinic.demo import build_demo
-    from dlclinic.remedies.fit import FitConfig
 
     src = demo_paths(cfg)["cache"]
     if cache_dir is not None:
@@ -191,7 +212,17 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def row(case: str, ours_label: str, ours: dict[str, Any] | None, peer_label: str, peer: dict[str, Any] | None, *, ours_q: Any = None, peer_q: Any = None, verdict: str | None = None) -> dict[str, Any]:
+def row(
+    case: str,
+    ours_label: str,
+    ours: dict[str, Any] | None,
+    peer_label: str,
+    peer: dict[str, Any] | None,
+    *,
+    ours_q: Any = None,
+    peer_q: Any = None,
+    verdict: str | None = None,
+) -> dict[str, Any]:
     """One table row from two case entries (``{"seconds", "quality"}``); ratio = peer / ours."""
     ours_s = ours.get("seconds") if ours else None
     peer_s = peer.get("seconds") if peer else None
@@ -206,8 +237,15 @@ def row(case: str, ours_label: str, ours: dict[str, Any] | None, peer_label: str
         else:
             verdict = "same speed (±10 %)"
     return {
-        "case": case, "ours_label": ours_label, "ours_s": ours_s, "peer_label": peer_label, "peer_s": peer_s, "ratio": ratio,
-        "ours_q": ours_q if ours_q is not None else (ours or {}).get("quality"), "peer_q": peer_q if peer_q is not None else (peer or {}).get("quality"), "verdict": verdict,
+        "case": case,
+        "ours_label": ours_label,
+        "ours_s": ours_s,
+        "peer_label": peer_label,
+        "peer_s": peer_s,
+        "ratio": ratio,
+        "ours_q": ours_q if ours_q is not None else (ours or {}).get("quality"),
+        "peer_q": peer_q if peer_q is not None else (peer or {}).get("quality"),
+        "verdict": verdict,
     }
 
 

@@ -25,13 +25,34 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
     arrays, _ = load_demo(cfg)
     model = load_demo_model(cfg)
     quick = cfg["quick"]
-    sweep_cfg = SweepConfig(exporter="dynamo", sparsities=(0.5, 0.9), keep_ratios=(0.5,), distill_keep_ratio=None, latency_rounds=20 if quick else 60, latency_seconds=3.0 if quick else 10.0)
+    sweep_cfg = SweepConfig(
+        exporter="dynamo",
+        sparsities=(0.5, 0.9),
+        keep_ratios=(0.5,),
+        distill_keep_ratio=None,
+        latency_rounds=20 if quick else 60,
+        latency_seconds=3.0 if quick else 10.0,
+    )
     with tempfile.TemporaryDirectory() as work:
-        sweep = compression_sweep(model, arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"], work, sweep_cfg)
+        sweep = compression_sweep(
+            model, arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"], work, sweep_cfg
+        )
     cases = {}
     for v in sweep.variants:
-        cases[v.name] = case_entry(v.p50_ms / 1e3, [v.p50_ms / 1e3], accuracy=round(v.accuracy, 4), drop=f"{v.drop:+.3f} [{v.drop_low:+.3f}, {v.drop_high:+.3f}]", size_kb=round(v.size_bytes / 1e3, 1), p99_ms=round(v.p99_ms, 3))
-    return {"cases": cases, "order": [v.name for v in sweep.variants], "notes": list(sweep.notes), "versions": version_of("onnxruntime", "onnx", "torch")}
+        cases[v.name] = case_entry(
+            v.p50_ms / 1e3,
+            [v.p50_ms / 1e3],
+            accuracy=round(v.accuracy, 4),
+            drop=f"{v.drop:+.3f} [{v.drop_low:+.3f}, {v.drop_high:+.3f}]",
+            size_kb=round(v.size_bytes / 1e3, 1),
+            p99_ms=round(v.p99_ms, 3),
+        )
+    return {
+        "cases": cases,
+        "order": [v.name for v in sweep.variants],
+        "notes": list(sweep.notes),
+        "versions": version_of("onnxruntime", "onnx", "torch"),
+    }
 
 
 def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -48,10 +69,16 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
         r = row(f"batch-1 p50 latency, {name}", name, v, f"torch eager fp32 ({base_name})", base)
         ratio = r["ratio"]
         if ratio is not None:
-            r["verdict"] = f"{ratio:.1f}× faster than eager" if ratio >= 1.1 else (f"**{1 / ratio:.1f}× slower than eager**" if ratio <= 0.9 else "as fast as eager (±10 %)")
+            r["verdict"] = (
+                f"{ratio:.1f}× faster than eager"
+                if ratio >= 1.1
+                else (f"**{1 / ratio:.1f}× slower than eager**" if ratio <= 0.9 else "as fast as eager (±10 %)")
+            )
         out.append(r)
-    notes = ["Latency is the median of interleaved batch-1 calls (p99 in the quality column); accuracy on all test rows with a paired 95 % CI of the drop. Ratio above 1: the variant is faster than eager fp32.",
-             "Slower than eager: bf16 on this CPU (no native bf16 matrix units, so PyTorch converts on the fly) and magnitude pruning (dense kernels); the sweep reports them so the user sees it, and the model.compression remedy picks by measured latency, so it never recommends them for speed here.",
-             "Pruned torch variants keep dense tensors (zeros are not skipped by the CPU kernels), so magnitude pruning alone does not speed anything up; only channel pruning (smaller layers) and int8 kernels can."]
+    notes = [
+        "Latency is the median of interleaved batch-1 calls (p99 in the quality column); accuracy on all test rows with a paired 95 % CI of the drop. Ratio above 1: the variant is faster than eager fp32.",
+        "Slower than eager: bf16 on this CPU (no native bf16 matrix units, so PyTorch converts on the fly) and magnitude pruning (dense kernels); the sweep reports them so the user sees it, and the model.compression remedy picks by measured latency, so it never recommends them for speed here.",
+        "Pruned torch variants keep dense tensors (zeros are not skipped by the CPU kernels), so magnitude pruning alone does not speed anything up; only channel pruning (smaller layers) and int8 kernels can.",
+    ]
     notes += [f"sweep: {n}" for n in r.get("notes", [])]
     return out, notes

@@ -73,13 +73,27 @@ def _opacus_loop(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
 
     model, x, y, tx, ty = _setup(cfg)
     model = ModuleValidator.fix(model)
-    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=BATCH,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     epochs, delta = _epochs(cfg), 1.0 / (10 * len(y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant="rdp")
-        model, opt, loader = engine.make_private_with_epsilon(module=model, optimizer=opt, data_loader=loader, target_epsilon=EPS_TARGET, target_delta=delta, epochs=epochs, max_grad_norm=CLIP, grad_sample_mode=mode)
+        model, opt, loader = engine.make_private_with_epsilon(
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            target_epsilon=EPS_TARGET,
+            target_delta=delta,
+            epochs=epochs,
+            max_grad_norm=CLIP,
+            grad_sample_mode=mode,
+        )
         stamps = [time.perf_counter()]
         for _ in range(epochs):
             model.train()
@@ -102,13 +116,32 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
         model, x, y, tx, ty = _setup(cfg)
         stamps = [time.perf_counter()]
-        trained, eps, _ = dp_fit(model, x, y, target_epsilon=EPS_TARGET, delta=1.0 / (10 * len(y)), max_grad_norm=CLIP, epochs=_epochs(cfg), batch_size=BATCH, lr=LR, progress=lambda _n: stamps.append(time.perf_counter()))
-        return {"cases": {"dp": _entry(stamps, test_acc=round(_accuracy(trained, tx, ty), 4), epsilon=round(eps, 2))}, "versions": version_of("opacus", "torch")}
+        trained, eps, _ = dp_fit(
+            model,
+            x,
+            y,
+            target_epsilon=EPS_TARGET,
+            delta=1.0 / (10 * len(y)),
+            max_grad_norm=CLIP,
+            epochs=_epochs(cfg),
+            batch_size=BATCH,
+            lr=LR,
+            progress=lambda _n: stamps.append(time.perf_counter()),
+        )
+        return {
+            "cases": {"dp": _entry(stamps, test_acc=round(_accuracy(trained, tx, ty), 4), epsilon=round(eps, 2))},
+            "versions": version_of("opacus", "torch"),
+        }
     if side == "nonprivate":
         from torch.utils.data import DataLoader, TensorDataset
 
         model, x, y, tx, ty = _setup(cfg)
-        loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+            batch_size=BATCH,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         stamps = [time.perf_counter()]
         for _ in range(_epochs(cfg)):
@@ -133,10 +166,23 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
     what = f"seconds per epoch, median of {n} epoch(s) after a warm-up epoch, {'1,200' if cfg['quick'] else '3,400'} rows, batch {BATCH}"
     plain = case_of(results, "nonprivate", "plain")
     out = [
-        row(what, "dp_fit (DP-SGD)", ours, "non-private loop", plain, verdict=(f"DP costs {ours['seconds'] / plain['seconds']:.1f}× a non-private epoch" if ours and plain and plain.get("seconds") else "")),
+        row(
+            what,
+            "dp_fit (DP-SGD)",
+            ours,
+            "non-private loop",
+            plain,
+            verdict=(
+                f"DP costs {ours['seconds'] / plain['seconds']:.1f}× a non-private epoch"
+                if ours and plain and plain.get("seconds")
+                else ""
+            ),
+        ),
         row(what, "dp_fit (DP-SGD)", ours, "opacus make_private, hooks (default)", case_of(results, "opacus", "hooks")),
         row(what, "dp_fit (DP-SGD)", ours, "opacus make_private, functorch", case_of(results, "opacus", "functorch")),
     ]
-    notes = ["dp_fit is opacus with its default per-sample hooks, so the DP overhead is opacus' (per-sample gradients, clipping, noise); dlclinic adds only the model validation/fix and the accountant.",
-             "Test accuracy after so few epochs at ε = 8 is lower than non-private training: that is the price of the guarantee, not a bug."]
+    notes = [
+        "dp_fit is opacus with its default per-sample hooks, so the DP overhead is opacus' (per-sample gradients, clipping, noise); dlclinic adds only the model validation/fix and the accountant.",
+        "Test accuracy after so few epochs at ε = 8 is lower than non-private training: that is the price of the guarantee, not a bug.",
+    ]
     return out, notes

@@ -66,11 +66,19 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
                 tag = f"{n}:{'h1' if shifted else 'h0'}"
                 ok, need = _fits_memory(n, 8, 3)
                 if ok:
-                    med, times, r = timed(lambda: mmd_test(x, y, permutations=PERMS, max_rows=n, bandwidth=SIGMA), _reps(cfg, n), warmup=1 if n <= 1000 else 0)
+                    med, times, r = timed(
+                        lambda: mmd_test(x, y, permutations=PERMS, max_rows=n, bandwidth=SIGMA),
+                        _reps(cfg, n),
+                        warmup=1 if n <= 1000 else 0,
+                    )
                     cases[f"full:{tag}"] = case_entry(med, times, p_value=r.p_value, mmd2=r.mmd2)
                 else:
-                    notes.append(f"dlclinic on all {n:,} rows per side skipped: the kernel matrix and its temporaries need ~{need:.0f} GB")
-                med, times, r = timed(lambda: mmd_test(x, y, permutations=PERMS, bandwidth=SIGMA), cfg["repeats"], warmup=1)
+                    notes.append(
+                        f"dlclinic on all {n:,} rows per side skipped: the kernel matrix and its temporaries need ~{need:.0f} GB"
+                    )
+                med, times, r = timed(
+                    lambda: mmd_test(x, y, permutations=PERMS, bandwidth=SIGMA), cfg["repeats"], warmup=1
+                )
                 cases[f"sub:{tag}"] = case_entry(med, times, p_value=r.p_value, mmd2=r.mmd2, rows_used=r.n_x)
         return {"cases": cases, "notes": notes, "versions": version_of("numpy")}
     import warnings
@@ -87,11 +95,20 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
             tag = f"{n}:{'h1' if shifted else 'h0'}"
             ok, need = _fits_memory(n, 4, 3)
             if not ok:
-                notes.append(f"alibi-detect at {n:,} rows per side skipped: its {2 * n:,}² kernel matrix, the distance matrix and one permuted copy per permutation need ~{need:.0f} GB")
+                notes.append(
+                    f"alibi-detect at {n:,} rows per side skipped: its {2 * n:,}² kernel matrix, the distance matrix and one permuted copy per permutation need ~{need:.0f} GB"
+                )
                 continue
 
             def detect() -> Any:
-                cd = MMDDrift(x, backend="pytorch", p_val=0.05, sigma=np.array([SIGMA], dtype=np.float32), n_permutations=PERMS, device="cpu")
+                cd = MMDDrift(
+                    x,
+                    backend="pytorch",
+                    p_val=0.05,
+                    sigma=np.array([SIGMA], dtype=np.float32),
+                    n_permutations=PERMS,
+                    device="cpu",
+                )
                 return cd.predict(y, return_p_val=True, return_distance=True)["data"]
 
             med, times, r = timed(detect, _reps(cfg, n), warmup=1 if n <= 1000 else 0)
@@ -107,12 +124,30 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
             peer = case_of(results, "alibi", f"full:{n}:{h}")
             full = case_of(results, "ours", f"full:{n}:{h}")
             if full is not None or peer is not None:
-                out.append(row(label + f" ({_reps(cfg, n)} repeat(s))", "mmd_test on all rows", full, "MMDDrift (pytorch)", peer))
+                out.append(
+                    row(
+                        label + f" ({_reps(cfg, n)} repeat(s))",
+                        "mmd_test on all rows",
+                        full,
+                        "MMDDrift (pytorch)",
+                        peer,
+                    )
+                )
             sub = case_of(results, "ours", f"sub:{n}:{h}")
             if n > 1000 and sub is not None:
-                out.append(row(label, "mmd_test as in the checkup (1,000 rows/side)", sub, "MMDDrift (pytorch), all rows" if peer else "—", peer))
-    notes = [f"{PERMS} permutations on both sides; p-values agree when they differ by less than the Monte-Carlo error of {PERMS} permutations (about ±0.05 near 0.5, much less near 0).",
-             "dlclinic evaluates all permutations as one product `S·K·Sᵀ` (numpy float64); alibi-detect re-indexes the kernel matrix once per permutation in torch float32."]
+                out.append(
+                    row(
+                        label,
+                        "mmd_test as in the checkup (1,000 rows/side)",
+                        sub,
+                        "MMDDrift (pytorch), all rows" if peer else "—",
+                        peer,
+                    )
+                )
+    notes = [
+        f"{PERMS} permutations on both sides; p-values agree when they differ by less than the Monte-Carlo error of {PERMS} permutations (about ±0.05 near 0.5, much less near 0).",
+        "dlclinic evaluates all permutations as one product `S·K·Sᵀ` (numpy float64); alibi-detect re-indexes the kernel matrix once per permutation in torch float32.",
+    ]
     for side in ("ours", "alibi"):
         notes += (results.get(side) or {}).get("notes", [])
     return out, notes

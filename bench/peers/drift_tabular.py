@@ -66,8 +66,14 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
             conf = m.get("config") or {}
             if not str(conf.get("type", "")).endswith("ValueDrift"):
                 continue
-            method, thr, value = str(conf.get("method", "")).lower(), float(conf.get("threshold", 0.05)), float(m["value"])
-            distance = any(k in method for k in ("distance", "psi", "divergence", "wasserstein", "jensen", "hellinger", "kl_div"))
+            method, thr, value = (
+                str(conf.get("method", "")).lower(),
+                float(conf.get("threshold", 0.05)),
+                float(m["value"]),
+            )
+            distance = any(
+                k in method for k in ("distance", "psi", "divergence", "wasserstein", "jensen", "hellinger", "kl_div")
+            )
             if (value >= thr) if distance else (value < thr):
                 out.append(names.index(conf["column"]))
         return out
@@ -76,7 +82,10 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r_ref, r_cur = frame(ref), frame(cur)
-        for tag, preset in (("default", lambda: DataDriftPreset()), ("ks_chi2", lambda: DataDriftPreset(num_method="ks", cat_method="chisquare"))):
+        for tag, preset in (
+            ("default", lambda: DataDriftPreset()),
+            ("ks_chi2", lambda: DataDriftPreset(num_method="ks", cat_method="chisquare")),
+        ):
             med, times, snap = timed(lambda: Report([preset()]).run(r_cur, r_ref), min(cfg["repeats"], 3), warmup=1)
             cases[tag] = case_entry(med, times, **f1(flags(snap), PLANTED))
     return {"cases": cases, "versions": version_of("evidently", "pandas")}
@@ -86,9 +95,23 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
     n = "2,000" if cfg["quick"] else "5,000"
     ours = case_of(results, "ours", "bh")
     out = [
-        row(f"25 columns × {n} rows per side, 4 drifted", "feature_shift_tests (KS/χ², BH q<0.05)", ours, "DataDriftPreset (defaults)", case_of(results, "evidently", "default")),
-        row(f"25 columns × {n} rows per side, 4 drifted", "feature_shift_tests (KS/χ², BH q<0.05)", ours, "DataDriftPreset(num_method='ks', cat_method='chisquare')", case_of(results, "evidently", "ks_chi2")),
+        row(
+            f"25 columns × {n} rows per side, 4 drifted",
+            "feature_shift_tests (KS/χ², BH q<0.05)",
+            ours,
+            "DataDriftPreset (defaults)",
+            case_of(results, "evidently", "default"),
+        ),
+        row(
+            f"25 columns × {n} rows per side, 4 drifted",
+            "feature_shift_tests (KS/χ², BH q<0.05)",
+            ours,
+            "DataDriftPreset(num_method='ks', cat_method='chisquare')",
+            case_of(results, "evidently", "ks_chi2"),
+        ),
     ]
-    notes = ["Evidently's default for more than 1,000 rows is a distance with a fixed threshold, not a test: it has no false-alarm level, and a 0.1 normed Wasserstein distance misses small mean shifts that a test at this sample size detects. With KS/χ² both run the same tests; Evidently's per-column p < 0.05 has no multiplicity control (with 25 columns about one false alarm in every second run on clean data); dlclinic controls the false discovery rate at 5 %.",
-             "Evidently's time includes building its report objects (metrics, widgets); dlclinic returns arrays."]
+    notes = [
+        "Evidently's default for more than 1,000 rows is a distance with a fixed threshold, not a test: it has no false-alarm level, and a 0.1 normed Wasserstein distance misses small mean shifts that a test at this sample size detects. With KS/χ² both run the same tests; Evidently's per-column p < 0.05 has no multiplicity control (with 25 columns about one false alarm in every second run on clean data); dlclinic controls the false discovery rate at 5 %.",
+        "Evidently's time includes building its report objects (metrics, widgets); dlclinic returns arrays.",
+    ]
     return out, notes

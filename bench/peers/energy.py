@@ -100,7 +100,12 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         med, times, data = interleaved(tracked)
-        cases["tracked"] = case_entry(med, times, kwh=f"{float(data.energy_consumed):.2e}", method=f"codecarbon ({getattr(data, 'cpu_model', '?')})")
+        cases["tracked"] = case_entry(
+            med,
+            times,
+            kwh=f"{float(data.energy_consumed):.2e}",
+            method=f"codecarbon ({getattr(data, 'cpu_model', '?')})",
+        )
         med, times, _ = timed(empty, reps, warmup=1)
         cases["empty"] = case_entry(med, times)
     return {"cases": cases, "versions": version_of("codecarbon", "torch")}
@@ -112,17 +117,39 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
         if not t or not n:
             return None
         extra = t["seconds"] - n["seconds"]
-        return {"seconds": t["seconds"], "quality": {**t["quality"], "untracked_s": round(n["seconds"], 3), "overhead": f"{extra * 1e3:+.0f} ms ({extra / n['seconds']:+.1%})"}}
+        return {
+            "seconds": t["seconds"],
+            "quality": {
+                **t["quality"],
+                "untracked_s": round(n["seconds"], 3),
+                "overhead": f"{extra * 1e3:+.0f} ms ({extra / n['seconds']:+.1%})",
+            },
+        }
 
     ours, peer = tracked("ours"), tracked("codecarbon")
     verdict = ""
     if ours and peer:
         verdict = f"overhead: dlclinic {ours['quality']['overhead']}, CodeCarbon {peer['quality']['overhead']}"
     out = [
-        row(f"{STEPS} training steps inside the tracker (median, interleaved with untracked runs)", "EnergyMeter", ours, "OfflineEmissionsTracker", peer, verdict=verdict),
-        row("fixed cost: start + stop around an empty block", "EnergyMeter", case_of(results, "ours", "empty"), "OfflineEmissionsTracker", case_of(results, "codecarbon", "empty")),
+        row(
+            f"{STEPS} training steps inside the tracker (median, interleaved with untracked runs)",
+            "EnergyMeter",
+            ours,
+            "OfflineEmissionsTracker",
+            peer,
+            verdict=verdict,
+        ),
+        row(
+            "fixed cost: start + stop around an empty block",
+            "EnergyMeter",
+            case_of(results, "ours", "empty"),
+            "OfflineEmissionsTracker",
+            case_of(results, "codecarbon", "empty"),
+        ),
     ]
     out[0]["ratio"] = None  # the sides run in different interpreters: compare each one's overhead, not the times
-    notes = ["Each side's overhead is against the same workload untracked in the same process (its own interpreter and torch build); differences of a few per cent are within the noise of a 2-core machine. CodeCarbon's fixed cost is its hardware detection and the background scheduler it starts and stops.",
-             "Without RAPL counters (as in most VMs and containers) both fall back to an estimate from CPU time and a TDP figure; the kWh then differ by the TDP and CPU share each assumes, not by anything measured."]
+    notes = [
+        "Each side's overhead is against the same workload untracked in the same process (its own interpreter and torch build); differences of a few per cent are within the noise of a 2-core machine. CodeCarbon's fixed cost is its hardware detection and the background scheduler it starts and stops.",
+        "Without RAPL counters (as in most VMs and containers) both fall back to an estimate from CPU time and a TDP figure; the kWh then differ by the TDP and CPU share each assumes, not by anything measured.",
+    ]
     return out, notes

@@ -48,9 +48,17 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
         for name, (y, pred, g, p) in sets.items():
             med, times, r = timed(lambda: estimate_fairness(y, pred, g, n_classes=10), cfg["repeats"], warmup=1)
-            q = {"acc_gap": round(r.accuracy_gap, 4), "dp_diff": round(r.dp_difference, 4), "eo_diff": round(r.eo_difference, 4)}
-            cases[f"fair_full:{name}"] = case_entry(med, times, **q, dp_ci=f"[{r.dp_ci[0]:.3f}, {r.dp_ci[1]:.3f}]", dp_p=round(r.dp_p, 4))
-            med, times, r = timed(lambda: estimate_fairness(y, pred, g, n_classes=10, n_boot=1, n_perm=1), cfg["repeats"], warmup=1)
+            q = {
+                "acc_gap": round(r.accuracy_gap, 4),
+                "dp_diff": round(r.dp_difference, 4),
+                "eo_diff": round(r.eo_difference, 4),
+            }
+            cases[f"fair_full:{name}"] = case_entry(
+                med, times, **q, dp_ci=f"[{r.dp_ci[0]:.3f}, {r.dp_ci[1]:.3f}]", dp_p=round(r.dp_p, 4)
+            )
+            med, times, r = timed(
+                lambda: estimate_fairness(y, pred, g, n_classes=10, n_boot=1, n_perm=1), cfg["repeats"], warmup=1
+            )
             cases[f"fair_point:{name}"] = case_entry(med, times, **q)
             med, times, e = timed(lambda: estimate_ece(p, y), cfg["repeats"], warmup=1)
             cases[f"ece:{name}"] = case_entry(med, times, ece=round(e, 6))
@@ -91,9 +99,35 @@ def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, A
     names = ["demo", f"synthetic {(20_000 if cfg['quick'] else 50_000) // 1000}k"]
     for name in names:
         peer = case_of(results, "fairlearn", f"fair:{name}")
-        out.append(row(f"fairness, {name}: point estimates", "estimate_fairness (1 bootstrap, 1 permutation)", case_of(results, "ours", f"fair_point:{name}"), "fairlearn MetricFrame + DP/EO difference per class", peer))
-        out.append(row(f"fairness, {name}: with 95 % CIs and p-values", "estimate_fairness (500 bootstrap, 500 permutations)", case_of(results, "ours", f"fair_full:{name}"), "fairlearn (point estimates only)", peer))
-        out.append(row(f"ECE, 15 bins, {name}", "estimate_ece", case_of(results, "ours", f"ece:{name}"), "reference loop (Guo et al. 2017)", case_of(results, "fairlearn", f"ece:{name}")))
-    notes = ["fairlearn's DP/EO differences are binary: the peer column calls them once per class (one-vs-rest) and takes the maximum, which is dlclinic's multiclass definition; `acc_gap` is the accuracy of the other rows minus the worst group's.",
-             "The full dlclinic row is slower by design: it adds bootstrap intervals (rows resampled within groups) and permutation p-values for every disparity, which fairlearn does not compute for differences; all replicates are one batched confusion-matrix count."]
+        out.append(
+            row(
+                f"fairness, {name}: point estimates",
+                "estimate_fairness (1 bootstrap, 1 permutation)",
+                case_of(results, "ours", f"fair_point:{name}"),
+                "fairlearn MetricFrame + DP/EO difference per class",
+                peer,
+            )
+        )
+        out.append(
+            row(
+                f"fairness, {name}: with 95 % CIs and p-values",
+                "estimate_fairness (500 bootstrap, 500 permutations)",
+                case_of(results, "ours", f"fair_full:{name}"),
+                "fairlearn (point estimates only)",
+                peer,
+            )
+        )
+        out.append(
+            row(
+                f"ECE, 15 bins, {name}",
+                "estimate_ece",
+                case_of(results, "ours", f"ece:{name}"),
+                "reference loop (Guo et al. 2017)",
+                case_of(results, "fairlearn", f"ece:{name}"),
+            )
+        )
+    notes = [
+        "fairlearn's DP/EO differences are binary: the peer column calls them once per class (one-vs-rest) and takes the maximum, which is dlclinic's multiclass definition; `acc_gap` is the accuracy of the other rows minus the worst group's.",
+        "The full dlclinic row is slower by design: it adds bootstrap intervals (rows resampled within groups) and permutation p-values for every disparity, which fairlearn does not compute for differences; all replicates are one batched confusion-matrix count.",
+    ]
     return out, notes

@@ -27,11 +27,11 @@ def _heavy_repeats(cfg: dict[str, Any]) -> int:
 
 
 def _ours(cfg: dict[str, Any]) -> dict[str, Any]:
-    import dlclinic
-    from dlclinic.functional.labels import find_label_issues
-    from dlclinic.remedies.fit import FitConfig
-
     from bench.peers.common import demo_case
+
+    import dlclinic
+    from dlclinic.core.recipe import FitConfig
+    from dlclinic.functional.labels import find_label_issues
 
     arrays, _ = load_demo(cfg)
     flipped = arrays["flipped"]
@@ -40,7 +40,9 @@ def _ours(cfg: dict[str, Any]) -> dict[str, Any]:
 
     def pipeline() -> Any:
         with tempfile.TemporaryDirectory() as cache:  # empty evidence cache: out-of-fold retraining included
-            report = dlclinic.checkup(case, only=["data.quality"], fit_config=FitConfig(epochs=cfg["epochs"]), cache_dir=cache)
+            report = dlclinic.checkup(
+                case, only=["data.quality"], fit_config=FitConfig(epochs=cfg["epochs"]), cache_dir=cache
+            )
         res = report["data.quality"]
         idx = next((f.indices for f in res.findings if f.code == "label_issue"), ())
         return idx, report.timings
@@ -61,16 +63,18 @@ def _train(x: Any, y: Any, cfg: dict[str, Any], seed: int) -> Any:
     """The same CNN and recipe (Adam 2e-3, weight decay 1e-4, batch 64, cosine), a plain loop."""
     import numpy as np
     import torch
-    from torch import nn
-
     from bench.peers.common import load_demo_model
+    from torch import nn
 
     torch.manual_seed(seed)
     model = load_demo_model(cfg)
     for m in model.modules():  # fresh weights, same architecture
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    xt, yt = (
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.asarray(y, dtype=np.int64)),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     epochs = cfg["epochs"]
     steps = epochs * ((len(x) + 63) // 64)
@@ -102,13 +106,23 @@ def _peer(cfg: dict[str, Any]) -> dict[str, Any]:
         for fold, (a, b) in enumerate(StratifiedKFold(4, shuffle=True, random_state=0).split(x, y)):
             model = _train(x[a], y[a], cfg, fold)
             with torch.no_grad():
-                probs[b] = torch.softmax(model(torch.from_numpy(np.ascontiguousarray(x[b], dtype=np.float32))), 1).numpy()
+                probs[b] = torch.softmax(
+                    model(torch.from_numpy(np.ascontiguousarray(x[b], dtype=np.float32))), 1
+                ).numpy()
         return find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
 
     med, times, idx = timed(workflow, _heavy_repeats(cfg))
     oof = arrays["oof_probs"]
-    med2, times2, idx2 = timed(lambda: find_label_issues(y, oof, return_indices_ranked_by="self_confidence"), cfg["repeats"], warmup=1)
-    return {"cases": {"pipeline": case_entry(med, times, **f1(idx, flipped)), "find_only": case_entry(med2, times2, **f1(idx2, flipped))}, "versions": version_of("cleanlab", "torch")}
+    med2, times2, idx2 = timed(
+        lambda: find_label_issues(y, oof, return_indices_ranked_by="self_confidence"), cfg["repeats"], warmup=1
+    )
+    return {
+        "cases": {
+            "pipeline": case_entry(med, times, **f1(idx, flipped)),
+            "find_only": case_entry(med2, times2, **f1(idx2, flipped)),
+        },
+        "versions": version_of("cleanlab", "torch"),
+    }
 
 
 def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +132,20 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
 def rows(results: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     n = _heavy_repeats(cfg)
     out = [
-        row(f"4-fold CV probabilities + confident learning ({cfg['epochs']} epochs, {n} run)", "checkup --only data.quality (cold evidence)", case_of(results, "ours", "pipeline"), "CV loop + cleanlab.filter.find_label_issues", case_of(results, "cleanlab", "pipeline")),
-        row("confident learning only, same out-of-fold probabilities (warm)", "functional.labels.find_label_issues", case_of(results, "ours", "find_only"), "cleanlab.filter.find_label_issues", case_of(results, "cleanlab", "find_only")),
+        row(
+            f"4-fold CV probabilities + confident learning ({cfg['epochs']} epochs, {n} run)",
+            "checkup --only data.quality (cold evidence)",
+            case_of(results, "ours", "pipeline"),
+            "CV loop + cleanlab.filter.find_label_issues",
+            case_of(results, "cleanlab", "pipeline"),
+        ),
+        row(
+            "confident learning only, same out-of-fold probabilities (warm)",
+            "functional.labels.find_label_issues",
+            case_of(results, "ours", "find_only"),
+            "cleanlab.filter.find_label_issues",
+            case_of(results, "cleanlab", "find_only"),
+        ),
     ]
     notes = [
         "The K-fold rows are one run each (four trainings per run); the F1 difference comes from the recipes: dlclinic's fold models train on 90 % of each fold and stop early, which is faster and leaves them slightly weaker than the plain loop's.",

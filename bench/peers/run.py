@@ -84,11 +84,28 @@ def run_side(module: str, side: str, python: str, cfg: dict[str, Any], tmp: Path
     cfg_path.write_text(json.dumps(cfg))
     env = dict(os.environ)
     n = str(cfg["threads"])
-    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, NUMEXPR_NUM_THREADS=n, PYTHONHASHSEED="0", TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(
+        OMP_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
+        OPENBLAS_NUM_THREADS=n,
+        NUMEXPR_NUM_THREADS=n,
+        PYTHONHASHSEED="0",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONWARNINGS="ignore",
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "src"), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     t = time.perf_counter()
     try:
-        proc = subprocess.run([python, str(REPO / "bench" / "peers" / "worker.py"), module, side, str(cfg_path), str(out_path)], env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp))
+        proc = subprocess.run(
+            [python, str(REPO / "bench" / "peers" / "worker.py"), module, side, str(cfg_path), str(out_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(tmp),
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     wall = time.perf_counter() - t
@@ -137,7 +154,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"timings are the median of {doc['config']['repeats']} repeats unless the row says otherwise (first call of a process excluded where a row says *warm*).",
         f"Machine: {env['cpu']}, {env['cores']} cores, {env['os']}, Python {env['python']}; load average at start {doc['load_start']}, at end {doc['load_end']}. "
         f"Whole run {doc['seconds']:.0f} s.",
-        *([f"**The machine was shared with other jobs during this run** (load average {doc['load_start'].split(' / ')[0]} at start on {env['cores']} cores): absolute times are inflated and sides that ran minutes apart saw different load, so ratios near 1 are within noise. Re-run on an idle machine for clean numbers."] if _busy(doc) else []),
+        *(
+            [
+                f"**The machine was shared with other jobs during this run** (load average {doc['load_start'].split(' / ')[0]} at start on {env['cores']} cores): absolute times are inflated and sides that ran minutes apart saw different load, so ratios near 1 are within noise. Re-run on an idle machine for clean numbers."
+            ]
+            if _busy(doc)
+            else []
+        ),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(doc["versions"].items())) + ".",
         "",
@@ -150,7 +173,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
         if bench.get("skipped"):
             lines += [f"Skipped: {bench['skipped']}", ""]
         if bench["rows"]:
-            lines += ["| case | dlclinic | time | peer | time | ratio | quality (dlclinic) | quality (peer) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "| case | dlclinic | time | peer | time | ratio | quality (dlclinic) | quality (peer) | verdict |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in bench["rows"]:
                 ratio = r.get("ratio")
                 ratio_s = "—" if ratio is None else (f"**{ratio:.2f}×**" if ratio < 0.9 else f"{ratio:.2f}×")
@@ -201,14 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list benchmarks, sides and environments; run nothing")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, quick 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of the demo recipe (default 15 = the checkup's default; quick 3)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per side before it is abandoned (default 240, quick 180)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of the demo recipe (default 15 = the checkup's default; quick 3)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds per side before it is abandoned (default 240, quick 180)"
+    )
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--md", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
-    parser.add_argument("--reuse-fixture", action="store_true", help="reuse the demo fixture already in --workdir (debugging)")
+    parser.add_argument(
+        "--reuse-fixture", action="store_true", help="reuse the demo fixture already in --workdir (debugging)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table instead of writing the docs")
-    parser.add_argument("--from-json", default=None, help="re-render the Markdown from a JSON written by an earlier run (no benchmark runs)")
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="re-render the Markdown from a JSON written by an earlier run (no benchmark runs)",
+    )
     args = parser.parse_args(argv)
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
@@ -242,14 +281,24 @@ def main(argv: list[str] | None = None) -> int:
     own_tmp = args.workdir is None
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dlclinic-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {"quick": args.quick, "repeats": repeats, "threads": args.threads, "workdir": str(work), "seed": 0, "epochs": args.epochs or (3 if args.quick else 15)}
+    cfg: dict[str, Any] = {
+        "quick": args.quick,
+        "repeats": repeats,
+        "threads": args.threads,
+        "workdir": str(work),
+        "seed": 0,
+        "epochs": args.epochs or (3 if args.quick else 15),
+    }
     timeout = args.timeout or (180.0 if args.quick else 240.0)
     started = time.perf_counter()
     load_start = _load()
     doc: dict[str, Any] = {
         "schema": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "bash scripts/bench.sh" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") + (f" --threads {args.threads}" if args.threads != min(2, os.cpu_count() or 1) else ""),
+        "command": "bash scripts/bench.sh"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only else "")
+        + (f" --threads {args.threads}" if args.threads != min(2, os.cpu_count() or 1) else ""),
         "config": {k: v for k, v in cfg.items() if k != "workdir"},
         "load_start": load_start,
         "benchmarks": [],
@@ -257,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.peers.common import env_info, version_of
 
     doc["environment"] = env_info()
-    versions = version_of("torch", "numpy", "scipy", "scikit-learn", "cleanlab", "captum", "opacus", "fairlearn", "onnxruntime")
+    versions = version_of(
+        "torch", "numpy", "scipy", "scikit-learn", "cleanlab", "captum", "opacus", "fairlearn", "onnxruntime"
+    )
     if args.reuse_fixture and (work / "demo.json").exists():
         cfg["fixture"] = json.loads((work / "demo.json").read_text())
         cfg["epochs"] = cfg["fixture"]["epochs"]
@@ -291,7 +342,16 @@ def main(argv: list[str] | None = None) -> int:
             rows, notes = [], [f"summary failed: {type(exc).__name__}: {exc}"]
         skipped = "; ".join(f"{side}: {r['skipped']}" for side, r in results.items() if "skipped" in r)
         errors = "; ".join(f"{side}: {r['error']}" for side, r in results.items() if "error" in r)
-        entry = {"module": n, "number": mod.NUMBER, "title": mod.TITLE, "rows": rows, "notes": ([f"Error — {errors}"] if errors else []) + list(notes), "skipped": skipped, "sides": {s: {k: v for k, v in r.items() if k != "traceback"} for s, r in results.items()}, "seconds": time.perf_counter() - t}
+        entry = {
+            "module": n,
+            "number": mod.NUMBER,
+            "title": mod.TITLE,
+            "rows": rows,
+            "notes": ([f"Error — {errors}"] if errors else []) + list(notes),
+            "skipped": skipped,
+            "sides": {s: {k: v for k, v in r.items() if k != "traceback"} for s, r in results.items()},
+            "seconds": time.perf_counter() - t,
+        }
         doc["benchmarks"].append(entry)
         print(f"    {n}: {entry['seconds']:.0f} s", flush=True)
     doc["versions"] = versions

@@ -37,7 +37,10 @@ def main() -> int:
         result["process_seconds"] = time.perf_counter() - t0
         result["python"] = sys.executable
     except Exception as exc:
-        result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300], "traceback": traceback.format_exc()[-3000:]}
+        result = {
+            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300],
+            "traceback": traceback.format_exc()[-3000:],
+        }
     Path(out_path).write_text(json.dumps(result, default=_plain))
     return 0
 

@@ -44,8 +44,8 @@ _LAZY = {
     "InputError": "dlclinic.core.errors",
     "ModelError": "dlclinic.core.errors",
     "EvidenceConfig": "dlclinic.core.evidence",
-    "FitConfig": "dlclinic.remedies.fit",
-    "fit": "dlclinic.remedies.fit",
+    "FitConfig": "dlclinic.core.recipe",
+    "fit": "dlclinic.core.recipe",
     "build_demo": "dlclinic.demo",
     "checkup": "dlclinic.api",
     "treat": "dlclinic.api",
@@ -56,9 +56,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from dlclinic.core.case import Case, Split
     from dlclinic.core.errors import ConfigError, DlclinicError, InputError, ModelError
     from dlclinic.core.evidence import EvidenceConfig
+    from dlclinic.core.recipe import FitConfig, fit
     from dlclinic.core.results import CheckResult, Report, Treatment
     from dlclinic.demo import build_demo
-    from dlclinic.remedies.fit import FitConfig, fit
     from dlclinic.taxonomy import CHALLENGES
 
 

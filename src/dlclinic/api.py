@@ -59,7 +59,7 @@ def _factory_for(case: Case) -> Callable[[], Any] | None:
     if case.model_factory is not None:
         return case.model_factory
     if case.model is None:
-        from dlclinic.remedies.baselines import baseline_for
+        from dlclinic.core.baselines import baseline_for
 
         return lambda: baseline_for(case.input_shape, case.n_classes, case.modality)
     return None
@@ -70,7 +70,7 @@ def retrainer(case: Case, fit_config: Any = None) -> tuple[Callable[[np.ndarray,
 
     ``recipe_id`` fingerprints the architecture and the fit config, for cache keys.
     """
-    from dlclinic.remedies.fit import FitConfig, fit, seed_everything
+    from dlclinic.core.recipe import FitConfig, fit, seed_everything
 
     factory = _factory_for(case)
     if factory is None:
@@ -91,14 +91,21 @@ def retrainer(case: Case, fit_config: Any = None) -> tuple[Callable[[np.ndarray,
     return retrain, recipe
 
 
-def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None = None, progress: Progress | None = None, use_cache: bool = True) -> Case:
+def prepare_model(
+    case: Case,
+    *,
+    fit_config: Any = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    use_cache: bool = True,
+) -> Case:
     """Return the case with a model: the user's, or a baseline trained (and cached) by dlclinic."""
     if case.model is not None:
         return case
     import torch
 
-    from dlclinic.remedies.baselines import baseline_for
-    from dlclinic.remedies.fit import FitConfig, fit, seed_everything
+    from dlclinic.core.baselines import baseline_for
+    from dlclinic.core.recipe import FitConfig, fit, seed_everything
 
     cfg = fit_config or FitConfig()
     progress = progress or NullProgress()
@@ -107,7 +114,9 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
         raise ConfigError("no model and no factory to train one")
     seed_everything(cfg.seed)
     model = factory()
-    key = fingerprint_params({"data": fingerprint_array(case.train.x, case.train.y), "arch": repr(model), "fit": cfg.to_dict(), "v": 1})
+    key = fingerprint_params(
+        {"data": fingerprint_array(case.train.x, case.train.y), "arch": repr(model), "fit": cfg.to_dict(), "v": 1}
+    )
     path = (cache_dir or default_cache_dir()) / "models" / f"{key}.safetensors"
     source = f"baseline trained by dlclinic ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)"
     if use_cache and path.exists():
@@ -116,7 +125,13 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
 
             model.load_state_dict(load_file(str(path)))
             model.eval()
-            return dataclasses.replace(case, model=model, model_source=source + ", from cache", model_factory=factory, metadata={**case.metadata, "dlclinic_baseline": True})
+            return dataclasses.replace(
+                case,
+                model=model,
+                model_source=source + ", from cache",
+                model_factory=factory,
+                metadata={**case.metadata, "dlclinic_baseline": True},
+            )
         except Exception:
             path.unlink(missing_ok=True)
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
@@ -133,7 +148,13 @@ def prepare_model(case: Case, *, fit_config: Any = None, cache_dir: Path | None 
         except OSError:  # a read-only cache only costs speed
             pass
     del torch, baseline_for
-    return dataclasses.replace(case, model=trained, model_source=source, model_factory=factory, metadata={**case.metadata, "dlclinic_baseline": True})
+    return dataclasses.replace(
+        case,
+        model=trained,
+        model_source=source,
+        model_factory=factory,
+        metadata={**case.metadata, "dlclinic_baseline": True},
+    )
 
 
 @contextlib.contextmanager
@@ -158,7 +179,10 @@ def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResul
 
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings(), _quiet_torch_logs():  # library chatter (captum, sklearn, torch) is not the report's voice
+        with (
+            warnings.catch_warnings(),
+            _quiet_torch_logs(),
+        ):  # library chatter (captum, sklearn, torch) is not the report's voice
             for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
                 warnings.simplefilter("ignore", category)
             result = spec.run(case, evidence, opts)
@@ -197,14 +221,16 @@ def checkup(
         >>> report["data.quality"].status              # doctest: +SKIP
         'fail'
     """
-    from dlclinic.checks import CHECKS, PENDING
+    from dlclinic.challenges import CHECKS, PENDING
 
     t0 = time.perf_counter()
     selected = resolve_ids(list(only) if only else None)
     options = dict(options or {})
     unknown = sorted(set(options) - set(CHECKS))
     if unknown:
-        raise ConfigError(f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}")
+        raise ConfigError(
+            f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}"
+        )
     built = {cid: build_options(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ev_cfg = evidence_config or EvidenceConfig()
@@ -217,9 +243,18 @@ def checkup(
     case = prepare_model(case, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
     timings["model"] = time.perf_counter() - t
     retrain, recipe = retrainer(case, fit_config)
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
-    evidence = Evidence(case, ev_cfg, retrain=retrain, recipe=recipe, cheap_retrain=baseline, cache_dir=cache, progress=progress, fit_config=fit_config or FitConfig())
+    evidence = Evidence(
+        case,
+        ev_cfg,
+        retrain=retrain,
+        recipe=recipe,
+        cheap_retrain=baseline,
+        cache_dir=cache,
+        progress=progress,
+        fit_config=fit_config or FitConfig(),
+    )
 
     t = time.perf_counter()
     needs = [need for cid in built for need in CHECKS[cid].requires]
@@ -294,9 +329,9 @@ def treat(
         >>> treatment.before["test_accuracy"] < treatment.after["test_accuracy"]          # doctest: +SKIP
         True
     """
+    from dlclinic.challenges import get_remedy
+    from dlclinic.core.recipe import FitConfig
     from dlclinic.core.registry import TreatContext
-    from dlclinic.remedies import get_remedy
-    from dlclinic.remedies.fit import FitConfig
 
     spec = get_remedy(challenge_id)
     given = dict(params or {})
@@ -311,7 +346,9 @@ def treat(
     retrain, recipe = retrainer(case, cfg)
 
     def measure(c: Case) -> Report:
-        return checkup(c, only=[challenge_id], evidence_config=ev_cfg, fit_config=cfg, cache_dir=cache, progress=progress)
+        return checkup(
+            c, only=[challenge_id], evidence_config=ev_cfg, fit_config=cfg, cache_dir=cache, progress=progress
+        )
 
     ctx = TreatContext(
         challenge_id=challenge_id,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -53,6 +53,7 @@ class CleanMode(str, Enum):
 def _no_advance(n: int = 1) -> None:
     """Progress sink that ignores its input."""
 
+
 class RichProgress:
     """Rich progress bars on stderr for every long step (the library's Progress protocol)."""
 
@@ -69,7 +70,14 @@ class RichProgress:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
             task = bar.add_task(description, total=total)
 
             def advance(n: int = 1) -> None:
@@ -96,21 +104,30 @@ def _check_writable(out: Path, option: str = "--out") -> None:
 class DataOptions:
     demo: bool
     clean_demo: bool
-    train: Optional[Path]
-    test: Optional[Path]
-    deploy: Optional[Path]
-    label_col: Optional[str]
-    group_col: Optional[str]
-    id_col: Optional[str]
-    model: Optional[str]
-    weights: Optional[Path]
+    train: Path | None
+    test: Path | None
+    deploy: Path | None
+    label_col: str | None
+    group_col: str | None
+    id_col: str | None
+    model: str | None
+    weights: Path | None
     allow_pickle: bool = False
 
     def cli_args(self) -> str:
         if self.demo or self.clean_demo:
             return "--demo" if self.demo else "--clean-demo"
         parts = []
-        for flag, value in (("--train", self.train), ("--test", self.test), ("--deploy", self.deploy), ("--label-col", self.label_col), ("--group-col", self.group_col), ("--id-col", self.id_col), ("--model", self.model), ("--weights", self.weights)):
+        for flag, value in (
+            ("--train", self.train),
+            ("--test", self.test),
+            ("--deploy", self.deploy),
+            ("--label-col", self.label_col),
+            ("--group-col", self.group_col),
+            ("--id-col", self.id_col),
+            ("--model", self.model),
+            ("--weights", self.weights),
+        ):
             if value is not None:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
@@ -130,7 +147,9 @@ def _load_case(opts: DataOptions) -> Any:
             raise ConfigError("no data given: expected --train FILE (and usually --test FILE), or --demo")
         from dlclinic.io import load_case
 
-        case = load_case(opts.train, opts.test, opts.deploy, label_col=opts.label_col, group_col=opts.group_col, id_col=opts.id_col)
+        case = load_case(
+            opts.train, opts.test, opts.deploy, label_col=opts.label_col, group_col=opts.group_col, id_col=opts.id_col
+        )
     if opts.weights is not None and opts.model is None:
         raise ConfigError("--weights needs --model file.py:factory to load them into")
     if opts.model is not None:
@@ -145,29 +164,72 @@ def _load_case(opts: DataOptions) -> Any:
     return dataclasses.replace(case, metadata=meta)
 
 
-DemoOpt = Annotated[bool, typer.Option("--demo", help="Use the embedded demo case (MNIST digits with planted defects).")]
-CleanDemoOpt = Annotated[bool, typer.Option("--clean-demo", help="The demo images with no planted defects (a control case).")]
-TrainOpt = Annotated[Optional[Path], typer.Option("--train", help="Training data: .npz, .csv, .parquet or an image folder root/<class>/*.png.")]
-TestOpt = Annotated[Optional[Path], typer.Option("--test", help="Held-out labelled data, same format as --train.")]
-DeployOpt = Annotated[Optional[Path], typer.Option("--deploy", help="Data seen after deployment (labels optional).")]
-LabelOpt = Annotated[Optional[str], typer.Option("--label-col", help="Label column (CSV/Parquet) or npz key.")]
-GroupOpt = Annotated[Optional[str], typer.Option("--group-col", help="Sensitive-attribute column.")]
-IdOpt = Annotated[Optional[str], typer.Option("--id-col", help="Sample-id column.")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="file.py:factory, model.pt2 or model.onnx. Without it dlclinic trains a baseline.")]
-AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load a whole pickled --model file you trust (scanned first; files that would run OS/network/interpreter code are refused anyway).")]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Weights for --model file.py:factory: .safetensors or a state_dict .pt (loaded with weights_only=True).")]
+DemoOpt = Annotated[
+    bool, typer.Option("--demo", help="Use the embedded demo case (MNIST digits with planted defects).")
+]
+CleanDemoOpt = Annotated[
+    bool, typer.Option("--clean-demo", help="The demo images with no planted defects (a control case).")
+]
+TrainOpt = Annotated[
+    Path | None,
+    typer.Option("--train", help="Training data: .npz, .csv, .parquet or an image folder root/<class>/*.png."),
+]
+TestOpt = Annotated[Path | None, typer.Option("--test", help="Held-out labelled data, same format as --train.")]
+DeployOpt = Annotated[Path | None, typer.Option("--deploy", help="Data seen after deployment (labels optional).")]
+LabelOpt = Annotated[str | None, typer.Option("--label-col", help="Label column (CSV/Parquet) or npz key.")]
+GroupOpt = Annotated[str | None, typer.Option("--group-col", help="Sensitive-attribute column.")]
+IdOpt = Annotated[str | None, typer.Option("--id-col", help="Sample-id column.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="file.py:factory, model.pt2 or model.onnx. Without it dlclinic trains a baseline."),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Load a whole pickled --model file you trust (scanned first; files that would run OS/network/interpreter code are refused anyway).",
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="Weights for --model file.py:factory: .safetensors or a state_dict .pt (loaded with weights_only=True).",
+    ),
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for report.html and report.json.")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Evidence cache (default ~/.cache/dlclinic or $DLCLINIC_CACHE).")]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Evidence cache (default ~/.cache/dlclinic or $DLCLINIC_CACHE).")
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute everything; read and write no cache.")]
-OofOpt = Annotated[OofMethod, typer.Option("--oof", help="Out-of-fold probabilities: auto, embeddings (cross-validated head on cached embeddings) or kfold (full retraining).")]
-LayerOpt = Annotated[Optional[str], typer.Option("--embedding-layer", help="Module name whose output is the embedding (default: input of the last Linear).")]
-EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Epochs of the training recipe (baseline and retraining).")]
+OofOpt = Annotated[
+    OofMethod,
+    typer.Option(
+        "--oof",
+        help="Out-of-fold probabilities: auto, embeddings (cross-validated head on cached embeddings) or kfold (full retraining).",
+    ),
+]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embedding-layer", help="Module name whose output is the embedding (default: input of the last Linear)."
+    ),
+]
+EpochsOpt = Annotated[
+    int, typer.Option("--epochs", min=1, help="Epochs of the training recipe (baseline and retraining).")
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of training and sampling.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal summary, no progress bars.")]
 
 
 # named flags that are shorthands for --option CHALLENGE.ID.OPTION=VALUE (one flag may set several checks)
-_TRAINING_RUN = ("model.gradients", "optimization.convergence", "model.overfitting", "compute.training_cost", "compute.energy")
+_TRAINING_RUN = (
+    "model.gradients",
+    "optimization.convergence",
+    "model.overfitting",
+    "compute.training_cost",
+    "compute.energy",
+)
 _CHECK_FLAGS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "ood": ("--ood", (("data.generalization", "ood"), ("research.open_ended", "ood"))),
     "target_accuracy": ("--target-accuracy", (("data.quantity", "target_accuracy"),)),
@@ -175,7 +237,10 @@ _CHECK_FLAGS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "suspect_feature": ("--suspect-feature", (("model.interpretability", "suspect_feature"),)),
     "max_size_mb": ("--max-size-mb", (("compute.edge", "max_size_mb"),)),
     "max_memory_mb": ("--max-memory-mb", (("compute.edge", "max_memory_mb"),)),
-    "latency_budget_ms": ("--latency-budget-ms", (("compute.realtime", "latency_budget_ms"), ("deployment.scalability", "warn_p99_ms"))),
+    "latency_budget_ms": (
+        "--latency-budget-ms",
+        (("compute.realtime", "latency_budget_ms"), ("deployment.scalability", "warn_p99_ms")),
+    ),
     "compile_model": ("--compile", (("compute.realtime", "compile"),)),
     "train_steps": ("--train-steps", tuple((cid, "steps") for cid in _TRAINING_RUN)),
     "tdp_watts": ("--tdp-watts", (("compute.energy", "tdp_watts"),)),
@@ -236,11 +301,13 @@ def _merge_treat_flags(params: dict[str, Any], challenge: str, values: dict[str,
         params[key] = str(value)
 
 
-def _configs(epochs: int, seed: int, oof: OofMethod, layer: Optional[str], no_cache: bool) -> tuple[Any, Any]:
+def _configs(epochs: int, seed: int, oof: OofMethod, layer: str | None, no_cache: bool) -> tuple[Any, Any]:
     from dlclinic.core.evidence import EvidenceConfig
-    from dlclinic.remedies.fit import FitConfig
+    from dlclinic.core.recipe import FitConfig
 
-    return FitConfig(epochs=epochs, seed=seed), EvidenceConfig(oof=oof.value, embedding_layer=layer, seed=seed, cache=not no_cache)
+    return FitConfig(epochs=epochs, seed=seed), EvidenceConfig(
+        oof=oof.value, embedding_layer=layer, seed=seed, cache=not no_cache
+    )
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -257,34 +324,148 @@ def checkup(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate).")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05; `dlclinic challenges --check ID` lists them.")] = None,
-    ood: Annotated[Optional[Path], typer.Option("--ood", help="data.generalization: inputs the model should flag as out-of-distribution (same format as --train); reports OOD AUROC.")] = None,
-    target_accuracy: Annotated[Optional[float], typer.Option("--target-accuracy", help="data.quantity: accuracy to reach; reports the training samples predicted for it.")] = None,
-    suspect_region: Annotated[Optional[str], typer.Option("--suspect-region", help="model.interpretability: image region suspected of being a shortcut, rows r0:r1,cols c0:c1 (e.g. 0:4,0:4).")] = None,
-    suspect_feature: Annotated[Optional[str], typer.Option("--suspect-feature", help="model.interpretability: table column suspected of being a shortcut.")] = None,
-    max_size_mb: Annotated[Optional[float], typer.Option("--max-size-mb", help="compute.edge: model size budget on disk.")] = None,
-    max_memory_mb: Annotated[Optional[float], typer.Option("--max-memory-mb", help="compute.edge: peak inference memory budget.")] = None,
-    latency_budget_ms: Annotated[Optional[float], typer.Option("--latency-budget-ms", help="compute.realtime and deployment.scalability: latency budget (p99 under load for the server).")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="compute.realtime: also time torch.compile (slow to compile on CPU).")] = False,
-    train_steps: Annotated[Optional[int], typer.Option("--train-steps", min=10, help="Steps of the short monitored training run shared by the training checks.")] = None,
-    tdp_watts: Annotated[Optional[float], typer.Option("--tdp-watts", help="compute.energy: CPU package TDP used when no energy counter exists.")] = None,
-    carbon_intensity: Annotated[Optional[float], typer.Option("--carbon-intensity", help="compute.energy: grid carbon intensity in gCO2e/kWh.")] = None,
-    budget_hours: Annotated[Optional[float], typer.Option("--budget-hours", help="compute.training_cost: warn when a full training run is projected above this.")] = None,
-    deploy_window: Annotated[Optional[int], typer.Option("--deploy-window", min=10, help="deployment.drift: rows per window of the deploy split.")] = None,
-    compare: Annotated[Optional[str], typer.Option("--compare", help="research.benchmark_saturation: another model (file.py:factory, .pt2, .onnx, or saved test predictions .npy/.npz) to test against (McNemar, paired bootstrap).")] = None,
-    compare_weights: Annotated[Optional[Path], typer.Option("--compare-weights", help="Weights for --compare file.py:factory.")] = None,
-    unknown_classes: Annotated[Optional[str], typer.Option("--unknown-classes", help="research.open_ended: class indices to hold out as unknown, e.g. 8,9.")] = None,
-    repro_seeds: Annotated[Optional[int], typer.Option("--repro-seeds", min=1, help="research.reproducibility: training seeds for the metric spread.")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="optimization.forgetting: task sequence from 'classes' (split classes) or 'groups'.")] = None,
-    positive_class: Annotated[Optional[int], typer.Option("--positive-class", help="ethics.fairness: the favourable class for selection rate, TPR and FPR (default: one-vs-rest over classes).")] = None,
-    epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="ethics.security: the attack budget of interest (L-inf, in input units).")] = None,
-    card: Annotated[Optional[Path], typer.Option("--card", help="ethics.misuse / ethics.compliance: model-card facts (intended use, out-of-scope uses, data provenance, ...) as JSON/TOML/YAML.")] = None,
-    audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="ethics.compliance: the hash-chained audit trail to append to (default under the cache folder).")] = None,
-    scan_model: Annotated[Optional[Path], typer.Option("--scan-model", help="ethics.security: a pickle-based model file to scan for code it would run (never loaded).")] = None,
-    pii: Annotated[Optional[Path], typer.Option("--pii", help="data.privacy / ethics.compliance: a CSV/Parquet file (e.g. the raw table) to scan for personal data; counts only.")] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate)."),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05; `dlclinic challenges --check ID` lists them.",
+        ),
+    ] = None,
+    ood: Annotated[
+        Path | None,
+        typer.Option(
+            "--ood",
+            help="data.generalization: inputs the model should flag as out-of-distribution (same format as --train); reports OOD AUROC.",
+        ),
+    ] = None,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--target-accuracy", help="data.quantity: accuracy to reach; reports the training samples predicted for it."
+        ),
+    ] = None,
+    suspect_region: Annotated[
+        str | None,
+        typer.Option(
+            "--suspect-region",
+            help="model.interpretability: image region suspected of being a shortcut, rows r0:r1,cols c0:c1 (e.g. 0:4,0:4).",
+        ),
+    ] = None,
+    suspect_feature: Annotated[
+        str | None,
+        typer.Option("--suspect-feature", help="model.interpretability: table column suspected of being a shortcut."),
+    ] = None,
+    max_size_mb: Annotated[
+        float | None, typer.Option("--max-size-mb", help="compute.edge: model size budget on disk.")
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None, typer.Option("--max-memory-mb", help="compute.edge: peak inference memory budget.")
+    ] = None,
+    latency_budget_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--latency-budget-ms",
+            help="compute.realtime and deployment.scalability: latency budget (p99 under load for the server).",
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="compute.realtime: also time torch.compile (slow to compile on CPU).")
+    ] = False,
+    train_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--train-steps", min=10, help="Steps of the short monitored training run shared by the training checks."
+        ),
+    ] = None,
+    tdp_watts: Annotated[
+        float | None,
+        typer.Option("--tdp-watts", help="compute.energy: CPU package TDP used when no energy counter exists."),
+    ] = None,
+    carbon_intensity: Annotated[
+        float | None, typer.Option("--carbon-intensity", help="compute.energy: grid carbon intensity in gCO2e/kWh.")
+    ] = None,
+    budget_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-hours", help="compute.training_cost: warn when a full training run is projected above this."
+        ),
+    ] = None,
+    deploy_window: Annotated[
+        int | None,
+        typer.Option("--deploy-window", min=10, help="deployment.drift: rows per window of the deploy split."),
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            help="research.benchmark_saturation: another model (file.py:factory, .pt2, .onnx, or saved test predictions .npy/.npz) to test against (McNemar, paired bootstrap).",
+        ),
+    ] = None,
+    compare_weights: Annotated[
+        Path | None, typer.Option("--compare-weights", help="Weights for --compare file.py:factory.")
+    ] = None,
+    unknown_classes: Annotated[
+        str | None,
+        typer.Option("--unknown-classes", help="research.open_ended: class indices to hold out as unknown, e.g. 8,9."),
+    ] = None,
+    repro_seeds: Annotated[
+        int | None,
+        typer.Option("--repro-seeds", min=1, help="research.reproducibility: training seeds for the metric spread."),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--tasks", help="optimization.forgetting: task sequence from 'classes' (split classes) or 'groups'."
+        ),
+    ] = None,
+    positive_class: Annotated[
+        int | None,
+        typer.Option(
+            "--positive-class",
+            help="ethics.fairness: the favourable class for selection rate, TPR and FPR (default: one-vs-rest over classes).",
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option("--epsilon", help="ethics.security: the attack budget of interest (L-inf, in input units)."),
+    ] = None,
+    card: Annotated[
+        Path | None,
+        typer.Option(
+            "--card",
+            help="ethics.misuse / ethics.compliance: model-card facts (intended use, out-of-scope uses, data provenance, ...) as JSON/TOML/YAML.",
+        ),
+    ] = None,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-log",
+            help="ethics.compliance: the hash-chained audit trail to append to (default under the cache folder).",
+        ),
+    ] = None,
+    scan_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--scan-model",
+            help="ethics.security: a pickle-based model file to scan for code it would run (never loaded).",
+        ),
+    ] = None,
+    pii: Annotated[
+        Path | None,
+        typer.Option(
+            "--pii",
+            help="data.privacy / ethics.compliance: a CSV/Parquet file (e.g. the raw table) to scan for personal data; counts only.",
+        ),
+    ] = None,
     out: OutOpt = Path("dlclinic-report"),
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")] = FailOn.never,
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")
+    ] = FailOn.never,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     oof: OofOpt = OofMethod.auto,
@@ -295,30 +476,71 @@ def checkup(
 ) -> None:
     """Examine a model and its data for all 31 challenges; write report.html and report.json."""
     from dlclinic.api import checkup as run_checkup
+    from dlclinic.challenges import CHECKS
+    from dlclinic.core.registry import build_options, parse_assignments
     from dlclinic.report import render_terminal, write_report
     from dlclinic.taxonomy import resolve_ids
 
-    from dlclinic.checks import CHECKS
-    from dlclinic.core.registry import build_options, parse_assignments
-
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
     options = parse_assignments(option or [], scoped=True)
-    _merge_check_flags(options, {"ood": ood, "target_accuracy": target_accuracy, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "max_size_mb": max_size_mb, "max_memory_mb": max_memory_mb, "latency_budget_ms": latency_budget_ms, "compile_model": compile_model, "train_steps": train_steps, "tdp_watts": tdp_watts, "carbon_intensity": carbon_intensity, "budget_hours": budget_hours, "deploy_window": deploy_window, "compare": compare, "compare_weights": compare_weights, "unknown_classes": unknown_classes, "repro_seeds": repro_seeds, "tasks": tasks, "positive_class": positive_class, "epsilon": epsilon, "card": card, "audit_log": audit_log, "scan_model": scan_model, "pii": pii})
+    _merge_check_flags(
+        options,
+        {
+            "ood": ood,
+            "target_accuracy": target_accuracy,
+            "suspect_region": suspect_region,
+            "suspect_feature": suspect_feature,
+            "max_size_mb": max_size_mb,
+            "max_memory_mb": max_memory_mb,
+            "latency_budget_ms": latency_budget_ms,
+            "compile_model": compile_model,
+            "train_steps": train_steps,
+            "tdp_watts": tdp_watts,
+            "carbon_intensity": carbon_intensity,
+            "budget_hours": budget_hours,
+            "deploy_window": deploy_window,
+            "compare": compare,
+            "compare_weights": compare_weights,
+            "unknown_classes": unknown_classes,
+            "repro_seeds": repro_seeds,
+            "tasks": tasks,
+            "positive_class": positive_class,
+            "epsilon": epsilon,
+            "card": card,
+            "audit_log": audit_log,
+            "scan_model": scan_model,
+            "pii": pii,
+        },
+    )
     for cid, given in options.items():
         if cid not in CHECKS:
-            raise ConfigError(f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}")
+            raise ConfigError(
+                f"--option for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}"
+            )
         build_options(CHECKS[cid], given)  # bad options fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
     progress = RichProgress(enabled=not quiet)
-    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle))
-    report = run_checkup(case, only=selected, options=options, evidence_config=ev_cfg, fit_config=fit_cfg, cache_dir=cache_dir, progress=progress)
+    case = _load_case(
+        DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
+    )
+    report = run_checkup(
+        case,
+        only=selected,
+        options=options,
+        evidence_config=ev_cfg,
+        fit_config=fit_cfg,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     paths = write_report(report, out, case=case)
     if not quiet:
         render_terminal(report)
         typer.echo(f"report: {paths['html']}  json: {paths['json']}", err=True)
     worst = report.worst_status
-    if (fail_on is FailOn.warn and worst in ("warn", "fail", "error")) or (fail_on is FailOn.fail and worst in ("fail", "error")):
+    if (fail_on is FailOn.warn and worst in ("warn", "fail", "error")) or (
+        fail_on is FailOn.fail and worst in ("fail", "error")
+    ):
         raise typer.Exit(1)
 
 
@@ -336,19 +558,69 @@ def treat(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
-    mode: Annotated[Optional[CleanMode], typer.Option("--mode", help="data.quality: drop flagged label issues (default) or relabel them with the likely label.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.")] = None,
-    pool: Annotated[Optional[Path], typer.Option("--pool", help="data.labeling_cost: unlabelled inputs to rank (same format as --train).")] = None,
-    budget: Annotated[Optional[int], typer.Option("--budget", min=1, help="data.labeling_cost: how many samples to pick for labelling.")] = None,
-    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="model.compression: largest accuracy loss accepted for the smaller/faster model.")] = None,
-    objective: Annotated[Optional[str], typer.Option("--objective", help="model.compression: size or latency.")] = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="model.hyperparameters / model.architecture: Optuna storage URL (SQLite file by default; postgresql://... for many workers).")] = None,
-    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="model.hyperparameters / model.architecture: Optuna trials.")] = None,
-    suspect_region: Annotated[Optional[str], typer.Option("--suspect-region", help="model.interpretability: the shortcut region to remove (r0:r1,c0:c1).")] = None,
-    suspect_feature: Annotated[Optional[str], typer.Option("--suspect-feature", help="model.interpretability: the shortcut column to remove.")] = None,
-    forget: Annotated[Optional[Path], typer.Option("--forget", help="ethics.compliance: file of sample ids (or row numbers) to erase; retrains without them and audits them.")] = None,
-    target_epsilon: Annotated[Optional[float], typer.Option("--target-epsilon", help="data.privacy: DP-SGD privacy budget epsilon (delta stated in the report).")] = None,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="ethics.misuse / ethics.compliance: HMAC key to sign the hash bundle.")] = None,
+    mode: Annotated[
+        CleanMode | None,
+        typer.Option(
+            "--mode", help="data.quality: drop flagged label issues (default) or relabel them with the likely label."
+        ),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.",
+        ),
+    ] = None,
+    pool: Annotated[
+        Path | None,
+        typer.Option("--pool", help="data.labeling_cost: unlabelled inputs to rank (same format as --train)."),
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option("--budget", min=1, help="data.labeling_cost: how many samples to pick for labelling.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-accuracy-drop",
+            help="model.compression: largest accuracy loss accepted for the smaller/faster model.",
+        ),
+    ] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="model.compression: size or latency.")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="model.hyperparameters / model.architecture: Optuna storage URL (SQLite file by default; postgresql://... for many workers).",
+        ),
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="model.hyperparameters / model.architecture: Optuna trials.")
+    ] = None,
+    suspect_region: Annotated[
+        str | None,
+        typer.Option("--suspect-region", help="model.interpretability: the shortcut region to remove (r0:r1,c0:c1)."),
+    ] = None,
+    suspect_feature: Annotated[
+        str | None, typer.Option("--suspect-feature", help="model.interpretability: the shortcut column to remove.")
+    ] = None,
+    forget: Annotated[
+        Path | None,
+        typer.Option(
+            "--forget",
+            help="ethics.compliance: file of sample ids (or row numbers) to erase; retrains without them and audits them.",
+        ),
+    ] = None,
+    target_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--target-epsilon", help="data.privacy: DP-SGD privacy budget epsilon (delta stated in the report)."
+        ),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="ethics.misuse / ethics.compliance: HMAC key to sign the hash bundle."),
+    ] = None,
     out: OutOpt = Path("dlclinic-treatment"),
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -360,8 +632,8 @@ def treat(
 ) -> None:
     """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
     from dlclinic.api import treat as run_treat
+    from dlclinic.challenges import get_remedy
     from dlclinic.core.registry import build_options, parse_assignments
-    from dlclinic.remedies import get_remedy
     from dlclinic.report import write_report
 
     spec = get_remedy(challenge)
@@ -370,13 +642,40 @@ def treat(
         if challenge != "data.quality":
             raise ConfigError(f"--mode applies to data.quality only, found it with {challenge}")
         params["mode"] = mode.value
-    _merge_treat_flags(params, challenge, {"pool": pool, "budget": budget, "max_accuracy_drop": max_accuracy_drop, "objective": objective, "storage": storage, "n_trials": n_trials, "suspect_region": suspect_region, "suspect_feature": suspect_feature, "forget": forget, "target_epsilon": target_epsilon, "key_file": key_file})
+    _merge_treat_flags(
+        params,
+        challenge,
+        {
+            "pool": pool,
+            "budget": budget,
+            "max_accuracy_drop": max_accuracy_drop,
+            "objective": objective,
+            "storage": storage,
+            "n_trials": n_trials,
+            "suspect_region": suspect_region,
+            "suspect_feature": suspect_feature,
+            "forget": forget,
+            "target_epsilon": target_epsilon,
+            "key_file": key_file,
+        },
+    )
     build_options(spec, params)  # bad parameters fail before any work
     _check_writable(out)
     fit_cfg, ev_cfg = _configs(epochs, seed, oof, embedding_layer, no_cache)
     progress = RichProgress(enabled=not quiet)
-    case = _load_case(DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle))
-    treatment, before, after = run_treat(case, challenge, out_dir=out, params=params, fit_config=fit_cfg, evidence_config=ev_cfg, cache_dir=cache_dir, progress=progress)
+    case = _load_case(
+        DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
+    )
+    treatment, before, after = run_treat(
+        case,
+        challenge,
+        out_dir=out,
+        params=params,
+        fit_config=fit_cfg,
+        evidence_config=ev_cfg,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     report = dataclasses.replace(after, treatments=(treatment,))
     paths = write_report(report, out, case=None)
     if not quiet:
@@ -389,7 +688,9 @@ def treat(
         table.add_column("after", justify="right")
         for key in treatment.before:
             b, a = treatment.before[key], treatment.after.get(key)
-            table.add_row(key, f"{b:.4g}" if isinstance(b, float) else str(b), f"{a:.4g}" if isinstance(a, float) else str(a))
+            table.add_row(
+                key, f"{b:.4g}" if isinstance(b, float) else str(b), f"{a:.4g}" if isinstance(a, float) else str(a)
+            )
         table.add_row("status", treatment.before_status, treatment.after_status)
         console = Console()
         console.print(table)
@@ -400,15 +701,19 @@ def treat(
 
 @app.command()
 def challenges(
-    check: Annotated[Optional[str], typer.Option("--check", help="List the options of this challenge's check (for --option).")] = None,
-    remedy: Annotated[Optional[str], typer.Option("--remedy", help="List the parameters of this challenge's remedy (for treat --option).")] = None,
+    check: Annotated[
+        str | None, typer.Option("--check", help="List the options of this challenge's check (for --option).")
+    ] = None,
+    remedy: Annotated[
+        str | None,
+        typer.Option("--remedy", help="List the parameters of this challenge's remedy (for treat --option)."),
+    ] = None,
 ) -> None:
     """List the 31 challenges and which of them this version examines and treats."""
     from rich.console import Console
     from rich.table import Table
 
-    from dlclinic.checks import CHECKS
-    from dlclinic.remedies import REMEDIES, get_remedy
+    from dlclinic.challenges import CHECKS, REMEDIES, get_remedy
     from dlclinic.taxonomy import CHALLENGES, get_challenge
 
     console = Console()
@@ -423,11 +728,18 @@ def challenges(
                 cls = CHECKS[cid].options
             else:
                 cls = get_remedy(cid).params
-            table = Table(title=f"{kind} options of {cid}" + (" (--option ID.NAME=VALUE)" if kind == "check" else " (treat --option NAME=VALUE)"))
+            table = Table(
+                title=f"{kind} options of {cid}"
+                + (" (--option ID.NAME=VALUE)" if kind == "check" else " (treat --option NAME=VALUE)")
+            )
             for col in ("name", "type", "default"):
                 table.add_column(col)
             for f in dataclasses.fields(cls):
-                default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+                default = (
+                    f.default
+                    if f.default is not dataclasses.MISSING
+                    else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+                )
                 table.add_row(f.name, str(f.type), repr(default))
             console.print(table)
         return
@@ -441,7 +753,9 @@ def challenges(
 
 @demo_app.command("export")
 def demo_export(
-    directory: Annotated[Path, typer.Argument(help="Folder to write train.npz, test.npz, deploy.npz and truth.npz into.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Folder to write train.npz, test.npz, deploy.npz and truth.npz into.")
+    ],
     clean: Annotated[bool, typer.Option("--clean", help="Export the control copy without planted defects.")] = False,
 ) -> None:
     """Write the demo case as npz files, with its ground truth (planted defects)."""
@@ -466,7 +780,14 @@ def demo_export(
             staged.append((f"{name}.npz", Path(tmp)))
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, flipped=truth.flipped, original_labels=truth.original_labels, duplicate_pairs=truth.duplicate_pairs, leak_pairs=truth.leak_pairs, rare_class=np.array(truth.rare_class))
+            np.savez(
+                fh,
+                flipped=truth.flipped,
+                original_labels=truth.original_labels,
+                duplicate_pairs=truth.duplicate_pairs,
+                leak_pairs=truth.leak_pairs,
+                rare_class=np.array(truth.rare_class),
+            )
         staged.append(("truth.npz", Path(tmp)))
         for name, tmp_path in staged:
             os.replace(tmp_path, directory / name)
@@ -480,7 +801,12 @@ def demo_export(
 # Commands that live next to their feature (serve, monitor, replay, ...): each module
 # defines ``register(app: typer.Typer) -> None`` and imports its heavy libraries inside
 # the command bodies only.
-_COMMAND_MODULES: tuple[str, ...] = ("dlclinic.commands.deploy", "dlclinic.commands.governance", "dlclinic.commands.research", "dlclinic.commands.model")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "dlclinic.commands.deploy",
+    "dlclinic.commands.governance",
+    "dlclinic.commands.research",
+    "dlclinic.commands.model",
+)
 
 
 def _register_commands() -> None:

@@ -52,7 +52,16 @@ def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def build_demo(*, clean: bool = False, seed: int = 0, n_train: int = 3400, n_test: int = 1000, n_deploy: int = 600, flip_rate: float = 0.08, rare_fraction: float = 0.08) -> tuple[Case, DemoTruth]:
+def build_demo(
+    *,
+    clean: bool = False,
+    seed: int = 0,
+    n_train: int = 3400,
+    n_test: int = 1000,
+    n_deploy: int = 600,
+    flip_rate: float = 0.08,
+    rare_fraction: float = 0.08,
+) -> tuple[Case, DemoTruth]:
     """Build the demo case (and its ground truth).
 
     Args:
@@ -113,10 +122,12 @@ def build_demo(*, clean: bool = False, seed: int = 0, n_train: int = 3400, n_tes
         x_de = _shift_images(x_de, rng)
     else:
         original = y_tr.copy()
+
     def pen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         ink = x.reshape(len(x), -1).sum(1)
         med = np.array([np.median(ink[y == c]) if np.any(y == c) else 0.0 for c in range(10)])
         return np.where(ink > med[y], "bold", "thin")
+
     groups = {"train": pen(x_tr, original), "test": pen(x_te, y_te), "deploy": pen(x_de, y_de)}
     case = Case.from_arrays(
         (x_tr[:, None], y_tr, groups["train"]),

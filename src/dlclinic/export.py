@@ -93,7 +93,15 @@ class ExportResult:
 # --------------------------------------------------------------------------- public API
 
 
-def export_onnx(model: Any, sample_x: np.ndarray, path: str | Path, *, dynamic_batch: bool = True, opset: int | None = None, exporter: Exporter = "dynamo") -> ExportResult:
+def export_onnx(
+    model: Any,
+    sample_x: np.ndarray,
+    path: str | Path,
+    *,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    exporter: Exporter = "dynamo",
+) -> ExportResult:
     """Export ``model`` to ONNX at ``path`` and verify it against eager on ``sample_x``.
 
     Args:
@@ -128,12 +136,22 @@ def export_onnx(model: Any, sample_x: np.ndarray, path: str | Path, *, dynamic_b
     for choice in order:
         try:
             with atomic_path(target) as tmp:
-                used = _onnx_export(torch, module, x[:TRACE_BATCH], tmp, dynamo=choice == "dynamo", dynamic_batch=dynamic_batch, opset=opset)
+                used = _onnx_export(
+                    torch,
+                    module,
+                    x[:TRACE_BATCH],
+                    tmp,
+                    dynamo=choice == "dynamo",
+                    dynamic_batch=dynamic_batch,
+                    opset=opset,
+                )
                 logits, graph_opset = _onnx_logits(tmp, x[:VERIFY_MAX])
         except ModelError as exc:
             failures.append(str(exc))
             continue
-        return _result(target, "onnx", used, reference, logits, dynamic_batch, graph_opset, started, "; ".join(failures))
+        return _result(
+            target, "onnx", used, reference, logits, dynamic_batch, graph_opset, started, "; ".join(failures)
+        )
     raise ModelError(" / ".join(failures))
 
 
@@ -164,7 +182,9 @@ def export_pt2(model: Any, sample_x: np.ndarray, path: str | Path, *, dynamic_ba
             loaded = torch.export.load(str(tmp)).module()
         except Exception as exc:
             raise ModelError(f"torch.export.save/load of the model failed ({_brief(exc)})") from None
-        logits = _module_logits(loaded, x[:VERIFY_MAX] if dynamic else x[: xb.shape[0]], dtype, fixed_batch=None if dynamic else xb.shape[0])
+        logits = _module_logits(
+            loaded, x[:VERIFY_MAX] if dynamic else x[: xb.shape[0]], dtype, fixed_batch=None if dynamic else xb.shape[0]
+        )
     ref = reference if dynamic else reference[: xb.shape[0]]
     return _result(target, "pt2", "torch.export.export", ref, logits, dynamic, None, started, note)
 
@@ -201,7 +221,9 @@ def _as_module(model: Any) -> Any:
     import torch
 
     if not isinstance(model, torch.nn.Module):
-        raise ModelError(f"export: expected a torch.nn.Module, found {type(model).__name__} (ONNX/.pt2 models are already exported)")
+        raise ModelError(
+            f"export: expected a torch.nn.Module, found {type(model).__name__} (ONNX/.pt2 models are already exported)"
+        )
     return model
 
 
@@ -248,7 +270,9 @@ def _brief(exc: BaseException) -> str:
     return brief(exc)
 
 
-def _onnx_export(torch: Any, module: Any, x: np.ndarray, tmp: Path, *, dynamo: bool, dynamic_batch: bool, opset: int | None) -> str:
+def _onnx_export(
+    torch: Any, module: Any, x: np.ndarray, tmp: Path, *, dynamo: bool, dynamic_batch: bool, opset: int | None
+) -> str:
     """Write the ONNX graph to ``tmp``; return the exporter description."""
     dtype = _input_dtype(module)
     xb = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
@@ -259,13 +283,33 @@ def _onnx_export(torch: Any, module: Any, x: np.ndarray, tmp: Path, *, dynamo: b
                 kwargs: dict[str, Any] = {}
                 if dynamic_batch:
                     kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
-                program = torch.onnx.export(module, (xb,), None, dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"], external_data=False, verbose=False, **kwargs)
+                program = torch.onnx.export(
+                    module,
+                    (xb,),
+                    None,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    external_data=False,
+                    verbose=False,
+                    **kwargs,
+                )
                 if program is None:
                     raise RuntimeError("the exporter returned no program")
                 program.save(str(tmp))
             else:
                 axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-                torch.onnx.export(module, (xb,), str(tmp), dynamo=False, opset_version=opset or 17, input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+                torch.onnx.export(
+                    module,
+                    (xb,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset or 17,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes=axes,
+                )
         except Exception as exc:
             raise ModelError(f"ONNX export with {name} failed ({_brief(exc)})") from None
     return name
@@ -306,7 +350,9 @@ def _torch_export(torch: Any, module: Any, xb: Any, dynamic_batch: bool) -> tupl
         try:
             return torch.export.export(module, (xb,)), False, note
         except Exception as exc:
-            raise ModelError(f"torch.export.export failed on the model ({_brief(exc)}); expected a model traceable without data-dependent control flow") from None
+            raise ModelError(
+                f"torch.export.export failed on the model ({_brief(exc)}); expected a model traceable without data-dependent control flow"
+            ) from None
 
 
 def _module_logits(loaded: Any, x: np.ndarray, dtype: Any, *, fixed_batch: int | None) -> np.ndarray:
@@ -322,11 +368,23 @@ def _module_logits(loaded: Any, x: np.ndarray, dtype: Any, *, fixed_batch: int |
             try:
                 parts.append(first_output(loaded(xb)).detach().float().cpu().numpy())
             except Exception as exc:
-                raise ModelError(f"the exported .pt2 program failed on inputs of shape {tuple(xb.shape)} ({_brief(exc)})") from None
+                raise ModelError(
+                    f"the exported .pt2 program failed on inputs of shape {tuple(xb.shape)} ({_brief(exc)})"
+                ) from None
     return np.concatenate(parts)
 
 
-def _result(path: Path, fmt: str, exporter: str, reference: np.ndarray, logits: np.ndarray, dynamic: bool, opset: int | None, started: float, note: str) -> ExportResult:
+def _result(
+    path: Path,
+    fmt: str,
+    exporter: str,
+    reference: np.ndarray,
+    logits: np.ndarray,
+    dynamic: bool,
+    opset: int | None,
+    started: float,
+    note: str,
+) -> ExportResult:
     diff, agree = verify_export(reference, logits)
     return ExportResult(
         path=path,

@@ -20,7 +20,7 @@ def on_threads(run: Callable[[Any, Any, _O], CheckResult], case: Any, evidence: 
     """
     from dlclinic.functional.latency import torch_threads
 
-    with torch_threads(getattr(options, "threads")):
+    with torch_threads(options.threads):
         return run(case, evidence, options)
 
 

@@ -94,7 +94,11 @@ def _input_pca(case: Case, dims: int, seed: int) -> dict[str, np.ndarray]:
 def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> CheckResult:
     """MMD tests between splits and kNN OOD scores of the deploy (or test) split."""
     if case.get("test") is None and case.get("deploy") is None:
-        return CheckResult(id="data.generalization", status="not_examined", summary="Needs a test or deploy split to compare with train (pass --test and/or --deploy).")
+        return CheckResult(
+            id="data.generalization",
+            status="not_examined",
+            summary="Needs a test or deploy split to compare with train (pass --test and/or --deploy).",
+        )
     metrics: dict[str, float | int | bool | None] = {}
     findings: list[Finding] = []
     statuses: list[Status] = []
@@ -107,7 +111,9 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         comparisons.append(("train", "test", "inputs (PCA)", pcs["train"], pcs["test"]))
     if case.get("deploy") is not None:
         ref = "test" if case.get("test") is not None else "train"
-        comparisons.append((ref, "deploy", "embeddings", evidence.get("embeddings", ref), evidence.get("embeddings", "deploy")))
+        comparisons.append(
+            (ref, "deploy", "embeddings", evidence.get("embeddings", ref), evidence.get("embeddings", "deploy"))
+        )
     # every graded two-sample test gives one p-value; Holm over them keeps the family-wise
     # false-alarm rate of the check at alpha (up to five tests: two MMD, two feature
     # families, the OOD excess), where testing each at alpha would add their errors up
@@ -157,10 +163,18 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         p_adj = adjusted[f"mmd:{key}"]
         shifted = p_adj < options.alpha
         metrics[f"shift_{key}"] = shifted
-        tables_rows.append([f"{a} ↔ {b}", space, f"{mmd2:.4g}", f"{p_value:.4g} (Holm {p_adj:.3g})", "yes" if shifted else "no"])
+        tables_rows.append(
+            [f"{a} ↔ {b}", space, f"{mmd2:.4g}", f"{p_value:.4g} (Holm {p_adj:.3g})", "yes" if shifted else "no"]
+        )
         if shifted:
             statuses.append("warn")
-            findings.append(Finding("shift", f"{b} differs from {a} in {space}: MMD²={mmd2:.3g}, p={p_value:.3g} (Holm-adjusted {p_adj:.3g} < α={options.alpha})", split=b))
+            findings.append(
+                Finding(
+                    "shift",
+                    f"{b} differs from {a} in {space}: MMD²={mmd2:.3g}, p={p_value:.3g} (Holm-adjusted {p_adj:.3g} < α={options.alpha})",
+                    split=b,
+                )
+            )
 
     for target_name, fs in feature_shifts.items():
         family_adj = adjusted[f"features:{target_name}"]
@@ -170,17 +184,47 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         metrics[f"shifted_features_{target_name}"] = len(moved)
         if len(moved):
             statuses.append("warn")
-            findings.append(Finding("feature_shift", f"{len(moved)} feature(s) of {target_name} differ from train (BH q < {level:.3g}, Holm over the check's tests): " + ", ".join(f"{names[j]} ({fs.test[j]} {fs.statistic[j]:.2f})" for j in moved[:8]) + (" …" if len(moved) > 8 else ""), split=target_name, extra={"features": [names[j] for j in moved], "q_values": [float(fs.q_value[j]) for j in moved]}))
-            tables_rows.extend([[f"train ↔ {target_name}", f"feature {names[j]} ({fs.test[j]})", f"{fs.statistic[j]:.3g}", f"{fs.q_value[j]:.3g} (q)", "yes"] for j in moved[:10]])
+            findings.append(
+                Finding(
+                    "feature_shift",
+                    f"{len(moved)} feature(s) of {target_name} differ from train (BH q < {level:.3g}, Holm over the check's tests): "
+                    + ", ".join(f"{names[j]} ({fs.test[j]} {fs.statistic[j]:.2f})" for j in moved[:8])
+                    + (" …" if len(moved) > 8 else ""),
+                    split=target_name,
+                    extra={"features": [names[j] for j in moved], "q_values": [float(fs.q_value[j]) for j in moved]},
+                )
+            )
+            tables_rows.extend(
+                [
+                    [
+                        f"train ↔ {target_name}",
+                        f"feature {names[j]} ({fs.test[j]})",
+                        f"{fs.statistic[j]:.3g}",
+                        f"{fs.q_value[j]:.3g} (q)",
+                        "yes",
+                    ]
+                    for j in moved[:10]
+                ]
+            )
 
     # classifier two-sample test on the model's view (reported, not graded: MMD decides)
     if case.get("deploy") is not None:
         ref_name = "test" if case.get("test") is not None else "train"
-        c2 = classifier_two_sample_test(evidence.get("embeddings", ref_name), evidence.get("embeddings", "deploy"), seed=options.seed)
+        c2 = classifier_two_sample_test(
+            evidence.get("embeddings", ref_name), evidence.get("embeddings", "deploy"), seed=options.seed
+        )
         metrics["c2st_auc_deploy"] = c2.auc
         metrics["c2st_auc_deploy_ci_low"] = c2.ci_low
         metrics["c2st_auc_deploy_ci_high"] = c2.ci_high
-        tables_rows.append([f"{ref_name} ↔ deploy", "embeddings (classifier AUC)", f"{c2.auc:.3f} [{c2.ci_low:.3f}, {c2.ci_high:.3f}]", f"{c2.p_value:.3g}", "reported, not graded"])
+        tables_rows.append(
+            [
+                f"{ref_name} ↔ deploy",
+                "embeddings (classifier AUC)",
+                f"{c2.auc:.3f} [{c2.ci_low:.3f}, {c2.ci_high:.3f}]",
+                f"{c2.p_value:.3g}",
+                "reported, not graded",
+            ]
+        )
 
     if reference is not None:
         threshold = float(np.quantile(scores_r, options.ood_quantile))
@@ -195,11 +239,35 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
             statuses.append("fail" if excess > options.fail_ood_excess else "warn")
         order = flagged[np.argsort(-scores_t[flagged])]
         if len(order) and p < options.alpha:
-            findings.append(Finding("ood", f"{len(flagged)} {target} rows ({frac:.1%}, expected {expected:.0%}) lie farther from train than the {options.ood_quantile:.0%} quantile of held-out {reference} rows", split=target, indices=tuple(int(i) for i in order), scores=tuple(float(scores_t[i]) for i in order)))
-        plots.append({"kind": "hist", "title": f"kNN OOD score: {reference} vs {target}", "xlabel": "distance to k-th nearest train embedding", "ylabel": "density", "series": [{"label": reference, "values": scores_r.tolist()}, {"label": target, "values": scores_t.tolist()}]})
+            findings.append(
+                Finding(
+                    "ood",
+                    f"{len(flagged)} {target} rows ({frac:.1%}, expected {expected:.0%}) lie farther from train than the {options.ood_quantile:.0%} quantile of held-out {reference} rows",
+                    split=target,
+                    indices=tuple(int(i) for i in order),
+                    scores=tuple(float(scores_t[i]) for i in order),
+                )
+            )
+        plots.append(
+            {
+                "kind": "hist",
+                "title": f"kNN OOD score: {reference} vs {target}",
+                "xlabel": "distance to k-th nearest train embedding",
+                "ylabel": "density",
+                "series": [
+                    {"label": reference, "values": scores_r.tolist()},
+                    {"label": target, "values": scores_t.tolist()},
+                ],
+            }
+        )
         if case.modality == "image" and len(order):
             top = order[:16]
-            imgs = {"title": f"Most unusual {target} inputs", "split": target, "indices": [int(i) for i in top], "captions": [f"#{i} score {scores_t[i]:.2f}" for i in top]}
+            imgs = {
+                "title": f"Most unusual {target} inputs",
+                "split": target,
+                "indices": [int(i) for i in top],
+                "captions": [f"#{i} score {scores_t[i]:.2f}" for i in top],
+            }
         else:
             imgs = None
     else:
@@ -232,22 +300,36 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         if f"ood_fraction_{target}" in metrics:
             summary += f"; {metrics[f'ood_fraction_{target}']:.0%} of {target} rows are out-of-distribution"
         if "accuracy_drop_deploy" in metrics:
-            summary += f"; accuracy {metrics['accuracy_deploy']:.1%} on deploy vs {metrics['accuracy_test']:.1%} on test"
+            summary += (
+                f"; accuracy {metrics['accuracy_deploy']:.1%} on deploy vs {metrics['accuracy_test']:.1%} on test"
+            )
         summary += "."
     if failing:
         shift_found = bool(shifted_pairs) or any(f.code in ("ood", "feature_shift") for f in findings)
         summary = (summary + " " if shift_found else "") + f"Accuracy drops under mild {', '.join(failing)} corruption."
-    if "ood_auroc_best" in metrics and metrics["ood_auroc_best"] is not None and metrics["ood_auroc_best"] < options.warn_ood_auroc:  # type: ignore[operator]
+    if (
+        "ood_auroc_best" in metrics
+        and metrics["ood_auroc_best"] is not None
+        and metrics["ood_auroc_best"] < options.warn_ood_auroc
+    ):  # type: ignore[operator]
         summary += f" The given OOD set is poorly separated from test (best AUROC {metrics['ood_auroc_best']:.2f})."
     remedy = None
     if status in ("warn", "fail"):
         remedy = Remedy(
-            command="dlclinic treat data.generalization" + (f" --option corruptions={','.join(failing)}" if failing else ""),
+            command="dlclinic treat data.generalization"
+            + (f" --option corruptions={','.join(failing)}" if failing else ""),
             description="Retrain with augmentation for the corruptions that hurt (verified by the same corruption table), and calibrate an OOD rejection threshold on held-out data (written as ood_threshold.json).",
         )
     details: dict[str, object] = {
         "plots": plots,
-        "tables": [{"title": "Two-sample tests", "columns": ["splits", "space / test", "statistic", "p-value", "shift"], "rows": tables_rows}, *details_tables],
+        "tables": [
+            {
+                "title": "Two-sample tests",
+                "columns": ["splits", "space / test", "statistic", "p-value", "shift"],
+                "rows": tables_rows,
+            },
+            *details_tables,
+        ],
         "images": [imgs] if imgs else [],
     }
     return CheckResult(
@@ -255,7 +337,14 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"alpha": options.alpha, "ood_quantile": options.ood_quantile, "ood_excess.fail": options.fail_ood_excess, "corruption_drop.warn": options.warn_corruption_drop, "corruption_drop.fail": options.fail_corruption_drop, "ood_auroc.warn": options.warn_ood_auroc},
+        thresholds={
+            "alpha": options.alpha,
+            "ood_quantile": options.ood_quantile,
+            "ood_excess.fail": options.fail_ood_excess,
+            "corruption_drop.warn": options.warn_corruption_drop,
+            "corruption_drop.fail": options.fail_corruption_drop,
+            "ood_auroc.warn": options.warn_ood_auroc,
+        },
         findings=tuple(findings),
         remedy=remedy,
         details=details,
@@ -284,14 +373,27 @@ def corruption_table(case: Case, model: object, names: tuple[str, ...], rows: in
     return {"rows": idx, "clean": clean, "corrupt": out}
 
 
-def _corruption_robustness(case: Case, evidence: Evidence, options: GeneralizationOptions, metrics: dict[str, float | int | bool | None], statuses: list[Status], findings: list[Finding], plots: list[dict[str, object]], tables: list[dict[str, object]]) -> list[str]:
+def _corruption_robustness(
+    case: Case,
+    evidence: Evidence,
+    options: GeneralizationOptions,
+    metrics: dict[str, float | int | bool | None],
+    statuses: list[Status],
+    findings: list[Finding],
+    plots: list[dict[str, object]],
+    tables: list[dict[str, object]],
+) -> list[str]:
     """Fill the corruption table; return the families whose mildest severity hurts."""
     from dlclinic.functional.corruptions import SEVERITIES, corruption_names, paired_drop
 
     names = corruption_names(case.modality)
     params = {"names": list(names), "rows": options.corruption_rows, "seed": options.seed}
     with evidence.progress.step("accuracy under corruptions", total=None):
-        table = evidence.cached("corruptions", params, lambda: corruption_table(case, case.model, names, options.corruption_rows, options.seed))
+        table = evidence.cached(
+            "corruptions",
+            params,
+            lambda: corruption_table(case, case.model, names, options.corruption_rows, options.seed),
+        )
     clean, corr = table["clean"].astype(bool), table["corrupt"].astype(bool)
     acc_clean = float(clean.mean())
     metrics["corruption_clean_accuracy"] = acc_clean
@@ -310,15 +412,68 @@ def _corruption_robustness(case: Case, evidence: Evidence, options: Generalizati
         if hurts:
             failing.append(name)
             statuses.append("fail" if mild.drop > options.fail_corruption_drop else "warn")
-            findings.append(Finding("corruption", f"mild {name} costs {mild.drop:.1%} accuracy (95 % CI {mild.ci_low:.1%}–{mild.ci_high:.1%}, McNemar p={mild.p_value:.2g}) on {len(clean)} test rows", split="test", extra={"corruption": name, "accuracy_by_severity": accs, "drop_severity_1": mild.drop}))
-        rows.append([name, *(f"{a:.1%}" for a in accs), f"{mild.drop:+.1%} [{mild.ci_low:+.1%}, {mild.ci_high:+.1%}]", f"{mild.p_value:.2g}", "yes" if hurts else "no"])
+            findings.append(
+                Finding(
+                    "corruption",
+                    f"mild {name} costs {mild.drop:.1%} accuracy (95 % CI {mild.ci_low:.1%}–{mild.ci_high:.1%}, McNemar p={mild.p_value:.2g}) on {len(clean)} test rows",
+                    split="test",
+                    extra={"corruption": name, "accuracy_by_severity": accs, "drop_severity_1": mild.drop},
+                )
+            )
+        rows.append(
+            [
+                name,
+                *(f"{a:.1%}" for a in accs),
+                f"{mild.drop:+.1%} [{mild.ci_low:+.1%}, {mild.ci_high:+.1%}]",
+                f"{mild.p_value:.2g}",
+                "yes" if hurts else "no",
+            ]
+        )
     metrics["corruption_worst_mild_drop"] = worst_drop
-    tables.append({"title": f"Accuracy under corruptions ({len(clean)} test rows; clean {acc_clean:.1%})", "columns": ["corruption", "severity 1", "severity 2", "severity 3", "drop at severity 1 [95 % CI]", "McNemar p", "hurts"], "rows": rows})
-    plots.append({"kind": "line", "title": "Accuracy vs corruption severity", "xlabel": "severity (0 = clean)", "ylabel": "accuracy", "series": [{"label": n, "x": [0, *SEVERITIES], "y": [acc_clean, *(float(corr[i, j].mean()) for j in range(len(SEVERITIES)))]} for i, n in enumerate(names)]})
+    tables.append(
+        {
+            "title": f"Accuracy under corruptions ({len(clean)} test rows; clean {acc_clean:.1%})",
+            "columns": [
+                "corruption",
+                "severity 1",
+                "severity 2",
+                "severity 3",
+                "drop at severity 1 [95 % CI]",
+                "McNemar p",
+                "hurts",
+            ],
+            "rows": rows,
+        }
+    )
+    plots.append(
+        {
+            "kind": "line",
+            "title": "Accuracy vs corruption severity",
+            "xlabel": "severity (0 = clean)",
+            "ylabel": "accuracy",
+            "series": [
+                {
+                    "label": n,
+                    "x": [0, *SEVERITIES],
+                    "y": [acc_clean, *(float(corr[i, j].mean()) for j in range(len(SEVERITIES)))],
+                }
+                for i, n in enumerate(names)
+            ],
+        }
+    )
     return failing
 
 
-def _ood_auroc(case: Case, evidence: Evidence, options: GeneralizationOptions, metrics: dict[str, float | int | bool | None], statuses: list[Status], findings: list[Finding], plots: list[dict[str, object]], tables: list[dict[str, object]]) -> None:
+def _ood_auroc(
+    case: Case,
+    evidence: Evidence,
+    options: GeneralizationOptions,
+    metrics: dict[str, float | int | bool | None],
+    statuses: list[Status],
+    findings: list[Finding],
+    plots: list[dict[str, object]],
+    tables: list[dict[str, object]],
+) -> None:
     """AUROC of the OOD scores for test (in-distribution) vs the given OOD set."""
     from dlclinic.core.errors import ConfigError
     from dlclinic.functional.ood import auroc_ci, fpr_at_tpr, score_energy
@@ -331,8 +486,14 @@ def _ood_auroc(case: Case, evidence: Evidence, options: GeneralizationOptions, m
     extra = evidence.on_extra(loaded.x, name="deploy")
     emb_tr = evidence.get("embeddings", "train")
     scores = {
-        "knn": (score_knn(emb_tr, evidence.get("embeddings", "test"), k=options.knn_k), score_knn(emb_tr, extra.get("embeddings", "deploy"), k=options.knn_k)),
-        "max_softmax": (score_max_softmax(evidence.get("probs", "test")), score_max_softmax(extra.get("probs", "deploy"))),
+        "knn": (
+            score_knn(emb_tr, evidence.get("embeddings", "test"), k=options.knn_k),
+            score_knn(emb_tr, extra.get("embeddings", "deploy"), k=options.knn_k),
+        ),
+        "max_softmax": (
+            score_max_softmax(evidence.get("probs", "test")),
+            score_max_softmax(extra.get("probs", "deploy")),
+        ),
         "energy": (score_energy(evidence.get("logits", "test")), score_energy(extra.get("logits", "deploy"))),
     }
     rows: list[list[object]] = []
@@ -349,17 +510,43 @@ def _ood_auroc(case: Case, evidence: Evidence, options: GeneralizationOptions, m
             best_name, best = name, a
     metrics["ood_auroc_best"] = best
     metrics["ood_rows"] = len(loaded.x)
-    tables.append({"title": f"OOD detection: test ({len(case.splits['test'])} rows) vs {options.ood} ({len(loaded.x)} rows)", "columns": ["score", "AUROC [95 % CI]", "FPR at 95 % TPR"], "rows": rows})
+    tables.append(
+        {
+            "title": f"OOD detection: test ({len(case.splits['test'])} rows) vs {options.ood} ({len(loaded.x)} rows)",
+            "columns": ["score", "AUROC [95 % CI]", "FPR at 95 % TPR"],
+            "rows": rows,
+        }
+    )
     s_in, s_out = scores[best_name]
-    plots.append({"kind": "hist", "title": f"OOD score ({best_name}): test vs OOD set", "xlabel": "score", "series": [{"label": "test", "values": s_in.tolist()}, {"label": "OOD set", "values": s_out.tolist()}]})
+    plots.append(
+        {
+            "kind": "hist",
+            "title": f"OOD score ({best_name}): test vs OOD set",
+            "xlabel": "score",
+            "series": [{"label": "test", "values": s_in.tolist()}, {"label": "OOD set", "values": s_out.tolist()}],
+        }
+    )
     if best < options.warn_ood_auroc:
         statuses.append("warn")
-        findings.append(Finding("ood_detection", f"the OOD set is hard to tell from test: best AUROC {best:.3f} ({best_name}) < {options.warn_ood_auroc}", split=None))
+        findings.append(
+            Finding(
+                "ood_detection",
+                f"the OOD set is hard to tell from test: best AUROC {best:.3f} ({best_name}) < {options.warn_ood_auroc}",
+                split=None,
+            )
+        )
 
 
 CHECK = CheckSpec(
     id="data.generalization",
-    requires=(("embeddings", "train"), ("embeddings", "test"), ("embeddings", "deploy"), ("probs", "test"), ("probs", "deploy"), ("logits", "test")),
+    requires=(
+        ("embeddings", "train"),
+        ("embeddings", "test"),
+        ("embeddings", "deploy"),
+        ("probs", "test"),
+        ("probs", "deploy"),
+        ("logits", "test"),
+    ),
     options=GeneralizationOptions,
     run=run,
     description="MMD permutation tests between splits, kNN OOD scores, OOD AUROC, accuracy under corruptions",

@@ -26,7 +26,14 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy
-from dlclinic.functional.active_learning import STRATEGIES, common_target, labels_saved, labels_to_reach, mc_dropout_probs, simulate
+from dlclinic.functional.active_learning import (
+    STRATEGIES,
+    common_target,
+    labels_saved,
+    labels_to_reach,
+    mc_dropout_probs,
+    simulate,
+)
 
 __all__ = ["CHECK", "LabelingCostOptions", "run", "simulation_plan"]
 
@@ -80,15 +87,21 @@ class LabelingCostOptions:
         object.__setattr__(self, "strategies", strategies)  # lists from JSON/CLI become tuples
         unknown = [s for s in strategies if s not in STRATEGIES]
         if unknown:
-            raise ValueError(f"strategies must be among {', '.join(map(repr, STRATEGIES))}, but got {', '.join(map(repr, unknown))}")
+            raise ValueError(
+                f"strategies must be among {', '.join(map(repr, STRATEGIES))}, but got {', '.join(map(repr, unknown))}"
+            )
         if "random" not in strategies or len(set(strategies)) < 2:
-            raise ValueError(f"strategies must include 'random' (the reference) and at least one other, but got {strategies}")
+            raise ValueError(
+                f"strategies must include 'random' (the reference) and at least one other, but got {strategies}"
+            )
         if len(set(strategies)) != len(strategies):
             raise ValueError(f"strategies must not repeat, but got {strategies}")
         if self.seeds < 1:
             raise ValueError(f"`seeds >= 1` must hold, but got seeds={self.seeds}")
         if not self.initial > 0:
-            raise ValueError(f"`initial > 0` must hold (a fraction < 1 or a count >= 1), but got initial={self.initial}")
+            raise ValueError(
+                f"`initial > 0` must hold (a fraction < 1 or a count >= 1), but got initial={self.initial}"
+            )
         if not self.budget > 0:
             raise ValueError(f"`budget > 0` must hold (a fraction <= 1 or a count > 1), but got budget={self.budget}")
         if self.max_budget < 2:
@@ -98,7 +111,9 @@ class LabelingCostOptions:
         if self.tolerance is not None and not 0.0 <= self.tolerance < 1.0:
             raise ValueError(f"`0 <= tolerance < 1` must hold, but got tolerance={self.tolerance}")
         if not 0.0 <= self.warn_saved_fraction < 1.0:
-            raise ValueError(f"`0 <= warn_saved_fraction < 1` must hold, but got warn_saved_fraction={self.warn_saved_fraction}")
+            raise ValueError(
+                f"`0 <= warn_saved_fraction < 1` must hold, but got warn_saved_fraction={self.warn_saved_fraction}"
+            )
         if self.mc_samples < 2:
             raise ValueError(f"`mc_samples >= 2` must hold, but got mc_samples={self.mc_samples}")
         if not 0.0 < self.mc_dropout < 1.0:
@@ -122,7 +137,9 @@ def simulation_plan(n_pool: int, n_classes: int, options: LabelingCostOptions) -
     return initial, step, budget
 
 
-def _simulate_all(case: Case, evidence: Evidence, options: LabelingCostOptions, plan: tuple[int, int, int]) -> dict[str, np.ndarray]:
+def _simulate_all(
+    case: Case, evidence: Evidence, options: LabelingCostOptions, plan: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
     """One curve per (strategy, seed): ``n_labels`` (R,) and ``acc_<strategy>`` (seeds×R)."""
     initial, step, budget = plan
     e_tr, e_te = evidence.get("embeddings", "train"), evidence.get("embeddings", "test")
@@ -133,8 +150,24 @@ def _simulate_all(case: Case, evidence: Evidence, options: LabelingCostOptions, 
         for strategy in options.strategies:
             curves = []
             for seed in range(options.seeds):
-                mc = functools.partial(mc_dropout_probs, samples=options.mc_samples, rate=options.mc_dropout, seed=seed) if strategy == "bald" else None
-                n, acc = simulate(e_tr, y_tr, e_te, y_te, strategy, initial=initial, step=step, budget=budget, seed=seed, mc_probs_fn=mc, max_iter=options.max_iter)
+                mc = (
+                    functools.partial(mc_dropout_probs, samples=options.mc_samples, rate=options.mc_dropout, seed=seed)
+                    if strategy == "bald"
+                    else None
+                )
+                n, acc = simulate(
+                    e_tr,
+                    y_tr,
+                    e_te,
+                    y_te,
+                    strategy,
+                    initial=initial,
+                    step=step,
+                    budget=budget,
+                    seed=seed,
+                    mc_probs_fn=mc,
+                    max_iter=options.max_iter,
+                )
                 out["n_labels"] = n
                 curves.append(acc)
                 advance(1)
@@ -169,17 +202,38 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     """
     test = case.get("test")
     if test is None or not test.labelled:
-        return CheckResult(id=_ID, status="not_examined", summary="Needs a labelled test split to measure the accuracy of each labelling strategy (pass --test).")
+        return CheckResult(
+            id=_ID,
+            status="not_examined",
+            summary="Needs a labelled test split to measure the accuracy of each labelling strategy (pass --test).",
+        )
     if not case.train.labelled:
-        return CheckResult(id=_ID, status="not_examined", summary="Needs a labelled train split to replay labelling as an active-learning simulation.")
+        return CheckResult(
+            id=_ID,
+            status="not_examined",
+            summary="Needs a labelled train split to replay labelling as an active-learning simulation.",
+        )
     n_pool = len(case.train)
     if n_pool < _MIN_ROWS or len(test) < _MIN_ROWS:
-        return CheckResult(id=_ID, status="not_examined", summary=f"Too few rows to simulate active learning: {n_pool} train and {len(test)} test rows, expected at least {_MIN_ROWS} in each.")
+        return CheckResult(
+            id=_ID,
+            status="not_examined",
+            summary=f"Too few rows to simulate active learning: {n_pool} train and {len(test)} test rows, expected at least {_MIN_ROWS} in each.",
+        )
     plan = simulation_plan(n_pool, case.n_classes, options)
     initial, step, budget = plan
     if budget <= initial:
-        return CheckResult(id=_ID, status="not_examined", summary=f"The labelling budget ({budget}) leaves no room after the initial random set ({initial} labels, at least 2 per class); raise budget.")
-    params = {"strategies": list(options.strategies), "seeds": options.seeds, "plan": list(plan), "max_iter": options.max_iter}
+        return CheckResult(
+            id=_ID,
+            status="not_examined",
+            summary=f"The labelling budget ({budget}) leaves no room after the initial random set ({initial} labels, at least 2 per class); raise budget.",
+        )
+    params = {
+        "strategies": list(options.strategies),
+        "seeds": options.seeds,
+        "plan": list(plan),
+        "max_iter": options.max_iter,
+    }
     if "bald" in options.strategies:
         params.update(mc_samples=options.mc_samples, mc_dropout=options.mc_dropout)
     sim = evidence.cached("labeling_cost", params, lambda: _simulate_all(case, evidence, options, plan))
@@ -191,7 +245,13 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     # target: the accuracy both curves reach (the lower final, minus one test sample). On a
     # plateau random's last-round accuracy is evaluation noise, and a strategy that got to the
     # plateau in two rounds must not count as "never reaching" a lucky last round.
-    saved = {s: np.array([labels_saved(n, rand[i], n, acc[s][i], monotone=True, tolerance=tol, common=True) for i in range(seeds)]) for s in options.strategies if s != "random"}
+    saved = {
+        s: np.array(
+            [labels_saved(n, rand[i], n, acc[s][i], monotone=True, tolerance=tol, common=True) for i in range(seeds)]
+        )
+        for s in options.strategies
+        if s != "random"
+    }
 
     # the other reading of the same curves: accuracy at equal budget, paired by seed. When random's
     # curve is flat, "labels to reach it" is noisy while the accuracy gap is not.
@@ -203,7 +263,16 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
     best = max(stats, key=lambda s: (not_worse[s], stats[s][0] - stats[s][1], stats[s][0]))
     best_mean, best_std = stats[best]
     # the denominator at the same target as the savings: random's labels to the accuracy both curves reach
-    ref = float(np.mean([labels_to_reach(n, rand[i], common_target(rand[i], acc[best][i], monotone=True, tolerance=tol), monotone=True) for i in range(seeds)]))
+    ref = float(
+        np.mean(
+            [
+                labels_to_reach(
+                    n, rand[i], common_target(rand[i], acc[best][i], monotone=True, tolerance=tol), monotone=True
+                )
+                for i in range(seeds)
+            ]
+        )
+    )
     pays_off = not_worse[best] and best_mean - best_std > options.warn_saved_fraction * ref
     best_acc = max(acc_gain, key=lambda s: acc_gain[s][0] - acc_gain[s][1])
     gain_mean, gain_std = acc_gain[best_acc]
@@ -234,7 +303,11 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
             metrics[f"labels_saved_{s}_mean"], metrics[f"labels_saved_{s}_std"] = stats[s]
     pct = 100 * best_mean / ref if ref > 0 else math.nan
     per_strategy = {s: {"labels_saved_mean": stats[s][0], "labels_saved_std": stats[s][1]} for s in stats}
-    gain = f" At the end of the budget, random labelling gains {1e4 * slope:+.2f} accuracy points per 100 extra labels." if math.isfinite(slope) else ""
+    gain = (
+        f" At the end of the budget, random labelling gains {1e4 * slope:+.2f} accuracy points per 100 extra labels."
+        if math.isfinite(slope)
+        else ""
+    )
     reached = f"the accuracy both it and random labelling reach (at most random's final {random_curve[-1]:.1%} with {int(n[-1])} labels; random needed {ref:.0f} labels for it on average)"
     extra = {"best_strategy": best, "strategies": per_strategy}
     at_budget = f" With all {int(n[-1])} labels, {best} ends at {acc[best][:, -1].mean():.1%} and random at {random_curve[-1]:.1%}."
@@ -243,7 +316,10 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         message = f"active learning saves {best_mean:.0f} ± {best_std:.0f} labels ({pct:.0f} %) with {best}"
         summary = f"Active learning pays off here: {best} reaches {reached} with {best_mean:.0f} ± {best_std:.0f} fewer labels ({pct:.0f} %, {seeds} seeds).{at_budget}{gain}"
         findings = (Finding("active_learning_saves", message, split="train", extra=extra),)
-        remedy = Remedy(command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N", description=f"rank unlabelled samples with {best} and write the next N to label (next_to_label.csv)")
+        remedy = Remedy(
+            command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N",
+            description=f"rank unlabelled samples with {best} and write the next N to label (next_to_label.csv)",
+        )
     elif pays_by_accuracy:
         status = "ok"
         message = f"{best_acc} ends {100 * gain_mean:+.1f} ± {100 * gain_std:.1f} accuracy points above random at the same {int(n[-1])} labels"
@@ -251,8 +327,15 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
             f"Active learning pays off here in accuracy: with the same {int(n[-1])} labels, {best_acc} ends {100 * gain_mean:+.1f} ± {100 * gain_std:.1f} points above random sampling ({seeds} seeds, paired);"
             f" in labels to reach random's final accuracy the best, {best}, saves {best_mean:+.0f} ± {best_std:.0f}.{gain}"
         )
-        findings = (Finding("active_learning_saves", message, split="train", extra={**extra, "best_accuracy_strategy": best_acc}),)
-        remedy = Remedy(command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N", description=f"rank unlabelled samples with {best_acc} and write the next N to label (next_to_label.csv)")
+        findings = (
+            Finding(
+                "active_learning_saves", message, split="train", extra={**extra, "best_accuracy_strategy": best_acc}
+            ),
+        )
+        remedy = Remedy(
+            command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N",
+            description=f"rank unlabelled samples with {best_acc} and write the next N to label (next_to_label.csv)",
+        )
     else:
         status = "warn"
         message = f"no strategy saves labels reliably over random sampling (best: {best}, {best_mean:+.0f} ± {best_std:.0f} labels)"
@@ -261,7 +344,10 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
             f"the best, {best}, saves {best_mean:+.0f} ± {best_std:.0f} labels over {seeds} seeds.{at_budget}{gain}"
         )
         findings = (Finding("active_learning_no_gain", message, split="train", extra=extra),)
-        remedy = Remedy(command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N --option strategy=random", description="label new samples at random (stratified by class where known): choosing them with an active-learning strategy did not save labels here")
+        remedy = Remedy(
+            command="dlclinic treat data.labeling_cost --pool UNLABELLED_FILE --budget N --option strategy=random",
+            description="label new samples at random (stratified by class where known): choosing them with an active-learning strategy did not save labels here",
+        )
     summary += " (Simulated with a logistic head on the model's embeddings, which learned from every train label: compare the strategies, not the absolute accuracies.)"
 
     def fmt(s: str) -> str:
@@ -275,7 +361,10 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
         status=status,  # type: ignore[arg-type]
         summary=summary,
         metrics=metrics,
-        thresholds={"best_labels_saved_lower_bound_fraction.warn": options.warn_saved_fraction, "best_accuracy_gain_at_budget.min": min_gain},
+        thresholds={
+            "best_labels_saved_lower_bound_fraction.warn": options.warn_saved_fraction,
+            "best_accuracy_gain_at_budget.min": min_gain,
+        },
         findings=findings,
         remedy=remedy,
         details={
@@ -285,14 +374,18 @@ def run(case: Case, evidence: Evidence, options: LabelingCostOptions) -> CheckRe
                     "title": f"Active-learning simulation: test accuracy vs labels (mean of {seeds} seeds)",
                     "xlabel": "labels used",
                     "ylabel": "test accuracy",
-                    "series": [{"label": s, "x": n.tolist(), "y": acc[s].mean(axis=0).tolist()} for s in options.strategies],
+                    "series": [
+                        {"label": s, "x": n.tolist(), "y": acc[s].mean(axis=0).tolist()} for s in options.strategies
+                    ],
                 }
             ],
             "tables": [
                 {
                     "title": f"Labels saved vs random at equal accuracy ({random_curve[-1]:.1%}, reached by random with {ref:.0f} labels) and accuracy at {int(n[-1])} labels",
                     "columns": ["strategy", "labels saved (mean ± std)", "final accuracy (mean ± std)"],
-                    "rows": [[s, fmt(s), "{:.1%} ± {:.1%}".format(*_mean_std(acc[s][:, -1]))] for s in options.strategies],
+                    "rows": [
+                        [s, fmt(s), "{:.1%} ± {:.1%}".format(*_mean_std(acc[s][:, -1]))] for s in options.strategies
+                    ],
                 }
             ],
         },

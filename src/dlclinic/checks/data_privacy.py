@@ -79,7 +79,15 @@ def _per_sample_ce(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -logp[np.arange(len(y)), y]
 
 
-def _reference_losses(case: Case, evidence: Evidence, kind: str, ref_rows: np.ndarray, member_rows: np.ndarray, non_rows: np.ndarray, options: PrivacyOptions) -> dict[str, np.ndarray]:
+def _reference_losses(
+    case: Case,
+    evidence: Evidence,
+    kind: str,
+    ref_rows: np.ndarray,
+    member_rows: np.ndarray,
+    non_rows: np.ndarray,
+    options: PrivacyOptions,
+) -> dict[str, np.ndarray]:
     """Losses of a reference model (trained on test rows ``ref_rows``) on audited members and non-members."""
     test, train = case.splits["test"], case.train
     assert test.y is not None and train.y is not None
@@ -87,13 +95,15 @@ def _reference_losses(case: Case, evidence: Evidence, kind: str, ref_rows: np.nd
         from dataclasses import replace
 
         from dlclinic.core.inference import predict_logits
-        from dlclinic.remedies.fit import FitConfig, fit, seed_everything
+        from dlclinic.core.recipe import FitConfig, fit, seed_everything
 
         seed_everything(options.seed)
         base = getattr(evidence, "fit_config", None) or FitConfig()  # the case's recipe, shortened
         cfg = replace(base, epochs=options.reference_epochs, seed=options.seed)
         ref = fit(case.model_factory(), np.nan_to_num(test.x[ref_rows]), test.y[ref_rows], cfg).model
-        lm = _per_sample_ce(predict_logits(ref, np.nan_to_num(train.x[member_rows])).astype(np.float64), train.y[member_rows])
+        lm = _per_sample_ce(
+            predict_logits(ref, np.nan_to_num(train.x[member_rows])).astype(np.float64), train.y[member_rows]
+        )
         ln = _per_sample_ce(predict_logits(ref, np.nan_to_num(test.x[non_rows])).astype(np.float64), test.y[non_rows])
     else:
         from sklearn.linear_model import LogisticRegression
@@ -125,7 +135,14 @@ def membership_audits(case: Case, evidence: Evidence, options: PrivacyOptions) -
     n = min(len(train), len(test), options.max_audit)
     members = np.sort(rng.choice(len(train), n, replace=False))
     nonmembers = np.sort(rng.choice(len(test), n, replace=False))
-    audits = [audit_scores(loss_scores(l_tr[members]), loss_scores(l_te[nonmembers]), attack="loss threshold", target_fpr=options.target_fpr)]
+    audits = [
+        audit_scores(
+            loss_scores(l_tr[members]),
+            loss_scores(l_te[nonmembers]),
+            attack="loss threshold",
+            target_fpr=options.target_fpr,
+        )
+    ]
     kind = options.reference
     if kind == "auto":
         kind = "model" if (evidence.cheap_retrain and case.model_factory is not None) else "embeddings"
@@ -139,9 +156,35 @@ def membership_audits(case: Case, evidence: Evidence, options: PrivacyOptions) -
         ref_rows, non_rows = np.sort(perm[:half]), np.sort(perm[half:])
         non_rows = non_rows[: options.max_audit]
         mem_rows = np.sort(rng.choice(len(train), min(len(non_rows), len(train)), replace=False))
-        ref = evidence.cached("data.privacy.reference", {"kind": kind, "epochs": options.reference_epochs, "seed": options.seed, "max": options.max_audit, "v": 1}, lambda: _reference_losses(case, evidence, kind, ref_rows, mem_rows, non_rows, options))
-        audits.append(audit_scores(calibrated_scores(l_tr[mem_rows], ref["members"]), calibrated_scores(l_te[non_rows], ref["nonmembers"]), attack=f"calibrated ({'reference model' if kind == 'model' else 'reference head on embeddings'})", target_fpr=options.target_fpr))
-    plot = {"kind": "line", "title": "Membership-inference ROC (log FPR)", "xlabel": "false-positive rate", "ylabel": "true-positive rate", "xscale": "log", "series": [{"label": f"{a.attack} (AUC {a.auc:.3f})", "x": np.clip(a.roc_fpr, 1e-4, 1).tolist(), "y": a.roc_tpr.tolist()} for a in audits] + [{"label": "chance", "x": [1e-4, 1.0], "y": [1e-4, 1.0]}]}
+        ref = evidence.cached(
+            "data.privacy.reference",
+            {"kind": kind, "epochs": options.reference_epochs, "seed": options.seed, "max": options.max_audit, "v": 1},
+            lambda: _reference_losses(case, evidence, kind, ref_rows, mem_rows, non_rows, options),
+        )
+        audits.append(
+            audit_scores(
+                calibrated_scores(l_tr[mem_rows], ref["members"]),
+                calibrated_scores(l_te[non_rows], ref["nonmembers"]),
+                attack=f"calibrated ({'reference model' if kind == 'model' else 'reference head on embeddings'})",
+                target_fpr=options.target_fpr,
+            )
+        )
+    plot = {
+        "kind": "line",
+        "title": "Membership-inference ROC (log FPR)",
+        "xlabel": "false-positive rate",
+        "ylabel": "true-positive rate",
+        "xscale": "log",
+        "series": [
+            {
+                "label": f"{a.attack} (AUC {a.auc:.3f})",
+                "x": np.clip(a.roc_fpr, 1e-4, 1).tolist(),
+                "y": a.roc_tpr.tolist(),
+            }
+            for a in audits
+        ]
+        + [{"label": "chance", "x": [1e-4, 1.0], "y": [1e-4, 1.0]}],
+    }
     return audits, kind, plot
 
 
@@ -188,7 +231,13 @@ def scan_pii_files(paths: list[str], max_rows: int) -> tuple[Status, list[Findin
             table = _read_table(path, max_rows)
         except Exception as exc:
             statuses.append("warn")
-            findings.append(Finding("pii_unreadable", f"{path}: could not be read for the PII scan ({type(exc).__name__})", extra={"path": path}))
+            findings.append(
+                Finding(
+                    "pii_unreadable",
+                    f"{path}: could not be read for the PII scan ({type(exc).__name__})",
+                    extra={"path": path},
+                )
+            )
             continue
         rep = scan_table(table)
         for col in rep.flagged_columns():
@@ -198,11 +247,23 @@ def scan_pii_files(paths: list[str], max_rows: int) -> tuple[Status, list[Findin
             sensitive = any(k in _SENSITIVE for k in counts)
             statuses.append("fail" if sensitive else "warn")
             what = ", ".join(f"{v} {k.replace('_', ' ')}{'s' if v > 1 else ''}" for k, v in counts.items())
-            findings.append(Finding("pii", f"{Path(path).name} column {col!r}: {what} in {rep.rows_with_pii[col]} of {rep.n_rows} rows (values not shown)", extra={"path": path, "column": col, "counts": counts, "rows": rep.rows_with_pii[col]}))
+            findings.append(
+                Finding(
+                    "pii",
+                    f"{Path(path).name} column {col!r}: {what} in {rep.rows_with_pii[col]} of {rep.n_rows} rows (values not shown)",
+                    extra={"path": path, "column": col, "counts": counts, "rows": rep.rows_with_pii[col]},
+                )
+            )
             rows.append([Path(path).name, col, rep.rows_with_pii[col], *[rep.columns[col][k] for k in KINDS]])
         for col, hint in rep.name_hints.items():
             if col not in rep.flagged_columns():
-                findings.append(Finding("pii_column_name", f"{Path(path).name} column {col!r}: the name suggests {hint.replace('_', ' ')} data; no pattern matched its values", extra={"path": path, "column": col, "hint": hint}))
+                findings.append(
+                    Finding(
+                        "pii_column_name",
+                        f"{Path(path).name} column {col!r}: the name suggests {hint.replace('_', ' ')} data; no pattern matched its values",
+                        extra={"path": path, "column": col, "hint": hint},
+                    )
+                )
         statuses.append("ok")
     return worst(statuses), findings, rows, totals
 
@@ -234,8 +295,46 @@ def run(case: Case, evidence: Evidence, options: PrivacyOptions) -> CheckResult:
                 st = "warn"
             statuses.append(st)
             if st != "ok":
-                findings.append(Finding("membership", f"{a.attack}: AUC {a.auc:.3f} (95 % CI {a.auc_ci[0]:.3f}–{a.auc_ci[1]:.3f}, p = {a.auc_p:.2g}); TPR {a.tpr:.1%} at FPR ≤ {fpr_ref:.2%} on {a.n_members} members vs {a.n_nonmembers} non-members"))
-        tables.append({"title": "Membership-inference audit (train = members, test = non-members)", "columns": ["attack", "members", "non-members", "AUC", "AUC 95 % CI", "p (AUC > 0.5)", "TPR @ low FPR", "TPR 95 % CI", "FPR used", "FPR upper bound", "advantage"], "rows": [[a.attack, a.n_members, a.n_nonmembers, round(a.auc, 4), f"{a.auc_ci[0]:.3f}–{a.auc_ci[1]:.3f}", float(f"{a.auc_p:.3g}"), round(a.tpr, 4), f"{a.tpr_ci[0]:.3f}–{a.tpr_ci[1]:.3f}", a.fpr_used, round(a.fpr_upper_bound, 4), round(a.advantage, 4)] for a in audits]})
+                findings.append(
+                    Finding(
+                        "membership",
+                        f"{a.attack}: AUC {a.auc:.3f} (95 % CI {a.auc_ci[0]:.3f}–{a.auc_ci[1]:.3f}, p = {a.auc_p:.2g}); TPR {a.tpr:.1%} at FPR ≤ {fpr_ref:.2%} on {a.n_members} members vs {a.n_nonmembers} non-members",
+                    )
+                )
+        tables.append(
+            {
+                "title": "Membership-inference audit (train = members, test = non-members)",
+                "columns": [
+                    "attack",
+                    "members",
+                    "non-members",
+                    "AUC",
+                    "AUC 95 % CI",
+                    "p (AUC > 0.5)",
+                    "TPR @ low FPR",
+                    "TPR 95 % CI",
+                    "FPR used",
+                    "FPR upper bound",
+                    "advantage",
+                ],
+                "rows": [
+                    [
+                        a.attack,
+                        a.n_members,
+                        a.n_nonmembers,
+                        round(a.auc, 4),
+                        f"{a.auc_ci[0]:.3f}–{a.auc_ci[1]:.3f}",
+                        float(f"{a.auc_p:.3g}"),
+                        round(a.tpr, 4),
+                        f"{a.tpr_ci[0]:.3f}–{a.tpr_ci[1]:.3f}",
+                        a.fpr_used,
+                        round(a.fpr_upper_bound, 4),
+                        round(a.advantage, 4),
+                    ]
+                    for a in audits
+                ],
+            }
+        )
         loss_a = audits[0]
         metrics.update(
             mia_auc_loss=loss_a.auc,
@@ -251,8 +350,12 @@ def run(case: Case, evidence: Evidence, options: PrivacyOptions) -> CheckResult:
             mia_members=strongest.n_members,
         )
         if not strongest.fpr_resolvable:
-            notes.append(f"TPR at {options.target_fpr:.1%} FPR needs ≥ {int(np.ceil(1 / options.target_fpr))} non-members; with {strongest.n_nonmembers} the lowest certifiable FPR is {strongest.fpr_upper_bound:.2%}")
-        bits.append(f"membership-inference AUC {strongest.auc:.3f} ({strongest.attack}, p = {strongest.auc_p:.2g}), TPR {strongest.tpr:.1%} at FPR ≤ {max(strongest.target_fpr, strongest.fpr_upper_bound):.2%}")
+            notes.append(
+                f"TPR at {options.target_fpr:.1%} FPR needs ≥ {int(np.ceil(1 / options.target_fpr))} non-members; with {strongest.n_nonmembers} the lowest certifiable FPR is {strongest.fpr_upper_bound:.2%}"
+            )
+        bits.append(
+            f"membership-inference AUC {strongest.auc:.3f} ({strongest.attack}, p = {strongest.auc_p:.2g}), TPR {strongest.tpr:.1%} at FPR ≤ {max(strongest.target_fpr, strongest.fpr_upper_bound):.2%}"
+        )
         if kind == "none":
             notes.append("calibrated attack not run (no reference available)")
     else:
@@ -268,8 +371,18 @@ def run(case: Case, evidence: Evidence, options: PrivacyOptions) -> CheckResult:
         for k, v in totals.items():
             metrics[f"pii_{k}"] = v
         if rows:
-            tables.append({"title": "PII found per column (counts only; values never shown)", "columns": ["file", "column", "rows with PII", *KINDS], "rows": rows})
-        bits.append(f"{len(rows)} column(s) with PII in {len(sources)} file(s)" if rows else f"no PII pattern in {len(sources)} file(s)")
+            tables.append(
+                {
+                    "title": "PII found per column (counts only; values never shown)",
+                    "columns": ["file", "column", "rows with PII", *KINDS],
+                    "rows": rows,
+                }
+            )
+        bits.append(
+            f"{len(rows)} column(s) with PII in {len(sources)} file(s)"
+            if rows
+            else f"no PII pattern in {len(sources)} file(s)"
+        )
     else:
         notes.append("no tabular/text source to scan for PII (pass --option data.privacy.pii_files=FILE.csv)")
     if not statuses:
@@ -282,15 +395,27 @@ def run(case: Case, evidence: Evidence, options: PrivacyOptions) -> CheckResult:
     remedy = None
     if status in ("warn", "fail"):
         if any(f.code == "membership" for f in findings):
-            remedy = Remedy(command=f"dlclinic treat data.privacy {case.metadata.get('cli_args', '<data options>')} --option target_epsilon=8".strip(), description="retrain with DP-SGD (opacus) at a target (ε, δ), then re-run the membership audit and compare accuracy")
+            remedy = Remedy(
+                command=f"dlclinic treat data.privacy {case.metadata.get('cli_args', '<data options>')} --option target_epsilon=8".strip(),
+                description="retrain with DP-SGD (opacus) at a target (ε, δ), then re-run the membership audit and compare accuracy",
+            )
         else:
-            remedy = Remedy(command=None, description="remove or pseudonymise the flagged columns before training (hash or tokenise identifiers, drop free-text contact details)")
+            remedy = Remedy(
+                command=None,
+                description="remove or pseudonymise the flagged columns before training (hash or tokenise identifiers, drop free-text contact details)",
+            )
     return CheckResult(
         id=ID,
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"mia_auc.warn": options.warn_auc, "mia_auc.fail": options.fail_auc, "mia_auc_p.max": options.alpha, "low_fpr_lift": options.low_fpr_lift, "target_fpr": options.target_fpr},
+        thresholds={
+            "mia_auc.warn": options.warn_auc,
+            "mia_auc.fail": options.fail_auc,
+            "mia_auc_p.max": options.alpha,
+            "low_fpr_lift": options.low_fpr_lift,
+            "target_fpr": options.target_fpr,
+        },
         findings=tuple(findings),
         remedy=remedy,
         details={"plots": plots, "tables": tables, "notes": notes},

@@ -13,7 +13,12 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
-from dlclinic.functional.duplicates import find_cross_duplicates, find_exact_duplicates, find_near_duplicates, nn_distance_scale
+from dlclinic.functional.duplicates import (
+    find_cross_duplicates,
+    find_exact_duplicates,
+    find_near_duplicates,
+    nn_distance_scale,
+)
 from dlclinic.functional.labels import class_counts, find_label_issues, imbalance_ratio
 from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
 
@@ -38,12 +43,21 @@ class QualityOptions:
     max_examples: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("warn_label_issue_fraction", "fail_label_issue_fraction", "warn_duplicate_fraction", "fail_duplicate_fraction", "warn_leak_fraction", "fail_leak_fraction"):
+        for name in (
+            "warn_label_issue_fraction",
+            "fail_label_issue_fraction",
+            "warn_duplicate_fraction",
+            "fail_duplicate_fraction",
+            "warn_leak_fraction",
+            "fail_leak_fraction",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"`0 <= {name} <= 1` must hold, but got {name}={v}")
         if self.near_duplicate_rel_distance < 0:
-            raise ValueError(f"`near_duplicate_rel_distance >= 0` must hold, but got {self.near_duplicate_rel_distance}")
+            raise ValueError(
+                f"`near_duplicate_rel_distance >= 0` must hold, but got {self.near_duplicate_rel_distance}"
+            )
 
 
 def redundant_copies(n: int, pairs: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
@@ -73,11 +87,23 @@ def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
         counts[name] = int(bad.sum())
         if bad.any():
             rows = np.flatnonzero(bad)
-            findings.append(Finding("nonfinite", f"{len(rows)} row(s) of {name} contain NaN or Inf values", split=name, indices=tuple(int(i) for i in rows[:1000])))
+            findings.append(
+                Finding(
+                    "nonfinite",
+                    f"{len(rows)} row(s) of {name} contain NaN or Inf values",
+                    split=name,
+                    indices=tuple(int(i) for i in rows[:1000]),
+                )
+            )
     return counts, findings
 
 
-def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings: list[Finding], details: dict[str, list[dict[str, Any]]]) -> Status:
+def _profile(
+    case: Case,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> Status:
     """Image or column profile of train, plus files the loader skipped; returns the status it implies."""
     status: Status = "ok"
     io_meta = case.metadata.get("io", {}) if isinstance(case.metadata.get("io"), dict) else {}
@@ -86,22 +112,54 @@ def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings
     if skipped:
         status = "warn"
         metrics["unreadable_files"] = len(skipped)
-        findings.append(Finding("unreadable_file", f"{len(skipped)} train file(s) could not be read and were skipped, e.g. {skipped[0]}", split="train", extra={"paths": skipped[:100]}))
+        findings.append(
+            Finding(
+                "unreadable_file",
+                f"{len(skipped)} train file(s) could not be read and were skipped, e.g. {skipped[0]}",
+                split="train",
+                extra={"paths": skipped[:100]},
+            )
+        )
     if train_meta.get("n_resized"):
         metrics["resized_images"] = int(train_meta["n_resized"])
-        findings.append(Finding("odd_size", f"{int(train_meta['n_resized'])} train image(s) had an unusual size and were resized to the most common one", split="train"))
+        findings.append(
+            Finding(
+                "odd_size",
+                f"{int(train_meta['n_resized'])} train image(s) had an unusual size and were resized to the most common one",
+                split="train",
+            )
+        )
     x = case.train.x
     if case.modality == "image":
         img = find_image_issues(x)
         metrics["blank_images"] = len(img.blank)
         metrics["dark_images"] = len(img.dark)
         metrics["bright_images"] = len(img.bright)
-        for code, rows, what in (("blank_image", img.blank, "blank or near-constant"), ("dark_image", img.dark, "much darker than the rest"), ("bright_image", img.bright, "much brighter than the rest")):
+        for code, rows, what in (
+            ("blank_image", img.blank, "blank or near-constant"),
+            ("dark_image", img.dark, "much darker than the rest"),
+            ("bright_image", img.bright, "much brighter than the rest"),
+        ):
             if len(rows):
-                findings.append(Finding(code, f"{len(rows)} train image(s) are {what}", split="train", indices=tuple(int(i) for i in rows), scores=tuple(float(img.brightness[i]) for i in rows)))
+                findings.append(
+                    Finding(
+                        code,
+                        f"{len(rows)} train image(s) are {what}",
+                        split="train",
+                        indices=tuple(int(i) for i in rows),
+                        scores=tuple(float(img.brightness[i]) for i in rows),
+                    )
+                )
         if len(img.blank):
             status = "warn"
-            details["images"].append({"title": "Blank or near-constant images", "split": "train", "indices": [int(i) for i in img.blank[:12]], "captions": [f"#{i}" for i in img.blank[:12]]})
+            details["images"].append(
+                {
+                    "title": "Blank or near-constant images",
+                    "split": "train",
+                    "indices": [int(i) for i in img.blank[:12]],
+                    "captions": [f"#{i}" for i in img.blank[:12]],
+                }
+            )
     else:
         cols = find_column_issues(x.reshape(len(x), -1))
         names = list(case.feature_names or [f"x{j}" for j in range(cols.missing_fraction.size)])
@@ -112,18 +170,63 @@ def _profile(case: Case, metrics: dict[str, float | int | bool | None], findings
         metrics["near_constant_columns"] = len(cols.near_constant)
         metrics["extreme_value_rows"] = len(cols.extreme_rows)
         if len(missing_cols):
-            findings.append(Finding("missing_values", "missing values in " + ", ".join(f"{names[j]} ({cols.missing_fraction[j]:.1%})" for j in missing_cols[:10]) + (" …" if len(missing_cols) > 10 else ""), split="train"))
+            findings.append(
+                Finding(
+                    "missing_values",
+                    "missing values in "
+                    + ", ".join(f"{names[j]} ({cols.missing_fraction[j]:.1%})" for j in missing_cols[:10])
+                    + (" …" if len(missing_cols) > 10 else ""),
+                    split="train",
+                )
+            )
         if cols.constant:
-            findings.append(Finding("constant_column", "constant column(s) carry no information: " + ", ".join(names[j] for j in cols.constant[:10]), split="train"))
+            findings.append(
+                Finding(
+                    "constant_column",
+                    "constant column(s) carry no information: " + ", ".join(names[j] for j in cols.constant[:10]),
+                    split="train",
+                )
+            )
         if cols.near_constant:
-            findings.append(Finding("near_constant_column", "near-constant column(s) (one value in ≥ 99 % of rows): " + ", ".join(names[j] for j in cols.near_constant[:10]), split="train"))
+            findings.append(
+                Finding(
+                    "near_constant_column",
+                    "near-constant column(s) (one value in ≥ 99 % of rows): "
+                    + ", ".join(names[j] for j in cols.near_constant[:10]),
+                    split="train",
+                )
+            )
         if len(cols.extreme_rows):
             worst_cols = np.argsort(-cols.extreme_counts)[:5]
-            findings.append(Finding("extreme_value", f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (on a log scale for skewed non-negative columns; mostly in " + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j]) + ")", split="train", indices=tuple(int(i) for i in cols.extreme_rows)))
+            findings.append(
+                Finding(
+                    "extreme_value",
+                    f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (on a log scale for skewed non-negative columns; mostly in "
+                    + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j])
+                    + ")",
+                    split="train",
+                    indices=tuple(int(i) for i in cols.extreme_rows),
+                )
+            )
             status = "warn" if len(cols.extreme_rows) / len(x) > 0.01 else status
-        profile_rows = [[names[j], f"{cols.missing_fraction[j]:.1%}", int(cols.extreme_counts[j]), "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else ""] for j in range(len(names)) if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant]
+        profile_rows = [
+            [
+                names[j],
+                f"{cols.missing_fraction[j]:.1%}",
+                int(cols.extreme_counts[j]),
+                "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else "",
+            ]
+            for j in range(len(names))
+            if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant
+        ]
         if profile_rows:
-            details["tables"].append({"title": "Column profile (problem columns only)", "columns": ["column", "missing", "extreme values", "note"], "rows": profile_rows[:50]})
+            details["tables"].append(
+                {
+                    "title": "Column profile (problem columns only)",
+                    "columns": ["column", "missing", "extreme values", "note"],
+                    "rows": profile_rows[:50],
+                }
+            )
     return status
 
 
@@ -154,7 +257,12 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     if evidence.oof_method == "embeddings" and train_fit >= options.memorisation_agreement and label_status == "ok":
         # the embeddings come from a network that fits every given label: wrong labels look right to them
         label_status = "warn"
-        findings.append(Finding("label_check_inconclusive", f"the model agrees with {train_fit:.1%} of the train labels, so its embeddings encode the labels themselves and out-of-fold heads on them cannot expose wrong labels; rerun with --oof kfold (retrains with your factory) to measure label quality"))
+        findings.append(
+            Finding(
+                "label_check_inconclusive",
+                f"the model agrees with {train_fit:.1%} of the train labels, so its embeddings encode the labels themselves and out-of-fold heads on them cannot expose wrong labels; rerun with --oof kfold (retrains with your factory) to measure label quality",
+            )
+        )
     statuses.append(label_status)
     if len(issues.indices):
         names = case.class_names
@@ -170,10 +278,21 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         )
         top = issues.indices[: options.max_examples]
         details["images"].append(
-            {"title": "Likely label errors (worst first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {names[y[i]]} → {names[s]}" for i, s in zip(top, issues.suggested[: len(top)], strict=True)]}
+            {
+                "title": "Likely label errors (worst first)",
+                "split": "train",
+                "indices": [int(i) for i in top],
+                "captions": [
+                    f"#{i}: {names[y[i]]} → {names[s]}" for i, s in zip(top, issues.suggested[: len(top)], strict=True)
+                ],
+            }
         )
         details["tables"].append(
-            {"title": "Label issues by class pair (given → likely)", "columns": ["given", "likely", "count"], "rows": [[names[g], names[s], c] for g, s, c in issues.confusion(y)[:15]]}
+            {
+                "title": "Label issues by class pair (given → likely)",
+                "columns": ["given", "likely", "count"],
+                "rows": [[names[g], names[s], c] for g, s, c in issues.confusion(y)[:15]],
+            }
         )
 
     # duplicates within train, leakage into test/deploy
@@ -188,9 +307,17 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     metrics["duplicate_fraction"] = len(redundant) / len(train)
     metrics["distinct_row_fraction"] = distinct_fraction
     if discrete:
-        findings.append(Finding("discrete_inputs", f"only {distinct_fraction:.0%} of train rows are distinct: identical rows are expected for inputs like these, so duplicates and train/test overlap are reported but not graded", split="train"))
+        findings.append(
+            Finding(
+                "discrete_inputs",
+                f"only {distinct_fraction:.0%} of train rows are distinct: identical rows are expected for inputs like these, so duplicates and train/test overlap are reported but not graded",
+                split="train",
+            )
+        )
     else:
-        statuses.append(grade(metrics["duplicate_fraction"], options.warn_duplicate_fraction, options.fail_duplicate_fraction))
+        statuses.append(
+            grade(metrics["duplicate_fraction"], options.warn_duplicate_fraction, options.fail_duplicate_fraction)
+        )
     if len(redundant):
         findings.append(
             Finding(
@@ -206,7 +333,9 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     emb = evidence.get("embeddings", "train").astype(np.float32)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     sem = find_near_duplicates(emb, rel_threshold=options.embedding_duplicate_rel_distance)
-    known = {tuple(p) for p in near.pairs.tolist()} | {(int(g[a]), int(g[b])) for g in exact_groups for a in range(len(g)) for b in range(a + 1, len(g))}
+    known = {tuple(p) for p in near.pairs.tolist()} | {
+        (int(g[a]), int(g[b])) for g in exact_groups for a in range(len(g)) for b in range(a + 1, len(g))
+    }
     sem_pairs = [(int(i), int(j)) for i, j in sem.pairs.tolist() if (int(i), int(j)) not in known]
     metrics["embedding_near_duplicate_pairs"] = len(sem_pairs)
     if sem_pairs and not discrete:
@@ -221,7 +350,14 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         )
         if case.modality == "image":
             flat = [i for pair in sem_pairs[: options.max_examples // 2] for i in pair]
-            details["images"].append({"title": "Near-duplicates in the model's view (pairs)", "split": "train", "indices": flat, "captions": [f"#{i}" for i in flat]})
+            details["images"].append(
+                {
+                    "title": "Near-duplicates in the model's view (pairs)",
+                    "split": "train",
+                    "indices": flat,
+                    "captions": [f"#{i}" for i in flat],
+                }
+            )
     leak_statuses: list[Status] = []
     for split in ("test", "deploy"):
         other = case.get(split)
@@ -232,12 +368,15 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         metrics[f"{split}_leaks"] = len(leaks)
         metrics[f"{split}_leak_fraction"] = frac
         if split == "test" and not discrete:
-            leak_statuses.append("fail" if frac > options.fail_leak_fraction else "warn" if frac > options.warn_leak_fraction else "ok")
+            leak_statuses.append(
+                "fail" if frac > options.fail_leak_fraction else "warn" if frac > options.warn_leak_fraction else "ok"
+            )
         if len(leaks):
             findings.append(
                 Finding(
                     "leak",
-                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train" + (": test metrics are inflated" if split == "test" and not discrete else ""),
+                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train"
+                    + (": test metrics are inflated" if split == "test" and not discrete else ""),
                     split=split,
                     indices=tuple(int(j) for j in leaks.pairs[:, 1]),
                     scores=tuple(float(d / scale) if scale else 0.0 for d in leaks.distances),
@@ -254,9 +393,22 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     statuses.append(grade(ratio, options.warn_imbalance_ratio, options.fail_imbalance_ratio))
     if ratio > options.warn_imbalance_ratio:
         rare = int(np.argmin(counts))
-        findings.append(Finding("imbalance", f"class {case.class_names[rare]!r} has {int(counts[rare])} train samples vs {int(counts.max())} for the largest (ratio {ratio:.1f})", split="train", extra={"class_counts": counts.tolist()}))
+        findings.append(
+            Finding(
+                "imbalance",
+                f"class {case.class_names[rare]!r} has {int(counts[rare])} train samples vs {int(counts.max())} for the largest (ratio {ratio:.1f})",
+                split="train",
+                extra={"class_counts": counts.tolist()},
+            )
+        )
     details["plots"].append(
-        {"kind": "bar", "title": "Train samples per class", "xlabel": "class", "ylabel": "samples", "series": [{"label": "train", "x": list(case.class_names), "y": counts.tolist()}]}
+        {
+            "kind": "bar",
+            "title": "Train samples per class",
+            "xlabel": "class",
+            "ylabel": "samples",
+            "series": [{"label": "train", "x": list(case.class_names), "y": counts.tolist()}],
+        }
     )
 
     # profile: images or columns, files the loader could not read, embedding outliers
@@ -264,10 +416,25 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     outliers, out_scores = find_knn_outliers(evidence.get("embeddings", "train"))
     metrics["outlier_fraction"] = len(outliers) / len(train)
     if len(outliers):
-        findings.append(Finding("outlier", f"{len(outliers)} train row(s) lie far from all others in embedding space (kNN distance beyond the far-out fence)", split="train", indices=tuple(int(i) for i in outliers), scores=tuple(float(v) for v in out_scores)))
+        findings.append(
+            Finding(
+                "outlier",
+                f"{len(outliers)} train row(s) lie far from all others in embedding space (kNN distance beyond the far-out fence)",
+                split="train",
+                indices=tuple(int(i) for i in outliers),
+                scores=tuple(float(v) for v in out_scores),
+            )
+        )
         if case.modality == "image":
             top = outliers[: min(12, options.max_examples)]
-            details["images"].append({"title": "Embedding outliers (most isolated first)", "split": "train", "indices": [int(i) for i in top], "captions": [f"#{i}: {case.class_names[y[i]]}" for i in top]})
+            details["images"].append(
+                {
+                    "title": "Embedding outliers (most isolated first)",
+                    "split": "train",
+                    "indices": [int(i) for i in top],
+                    "captions": [f"#{i}: {case.class_names[y[i]]}" for i in top],
+                }
+            )
 
     status = worst(statuses)
     parts = []
@@ -281,7 +448,11 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         parts.append(f"class imbalance {ratio:.1f}:1")
     if metrics["nonfinite_rows"]:
         parts.append(f"{metrics['nonfinite_rows']} rows with NaN/Inf")
-    summary = ("Found " + ", ".join(parts) + ".") if parts else "No label issues, duplicates, leaks, NaN/Inf or strong imbalance above the thresholds."
+    summary = (
+        ("Found " + ", ".join(parts) + ".")
+        if parts
+        else "No label issues, duplicates, leaks, NaN/Inf or strong imbalance above the thresholds."
+    )
     if status == "ok" and parts:
         summary = summary[:-1] + ", all below the warning thresholds."
     remedy = None

@@ -28,8 +28,8 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy
-from dlclinic.functional.learning_curve import fit_power_law, samples_for_error, stratified_subset
 from dlclinic.functional.labels import class_counts
+from dlclinic.functional.learning_curve import fit_power_law, samples_for_error, stratified_subset
 
 __all__ = ["CHECK", "QuantityOptions", "learning_curve", "run"]
 
@@ -96,16 +96,25 @@ def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityO
 
                     model = evidence.retrain(train.x[rows], y_tr[rows], seed)  # type: ignore[misc]
                     with torch.inference_mode():
-                        pred = np.concatenate([model(torch.from_numpy(test.x[i : i + 512])).argmax(1).numpy() for i in range(0, len(test), 512)])
+                        pred = np.concatenate(
+                            [
+                                model(torch.from_numpy(test.x[i : i + 512])).argmax(1).numpy()
+                                for i in range(0, len(test), 512)
+                            ]
+                        )
                 wrong = pred != y_te
                 ns.append(len(rows))
                 errs.append(float(wrong.mean()))
-                per_class.append([float(wrong[y_te == k].mean()) if np.any(y_te == k) else np.nan for k in range(case.n_classes)])
+                per_class.append(
+                    [float(wrong[y_te == k].mean()) if np.any(y_te == k) else np.nan for k in range(case.n_classes)]
+                )
                 advance(1 if frac < 1 else options.seeds)
     return {"n": np.array(ns, dtype=np.float64), "error": np.array(errs), "per_class": np.array(per_class)}
 
 
-def backtest(n: np.ndarray, err: np.ndarray, n_full: float, full_err: float, n_test: int, *, upto: float = 0.7, boots: int = 100) -> dict[str, float | bool | None]:
+def backtest(
+    n: np.ndarray, err: np.ndarray, n_full: float, full_err: float, n_test: int, *, upto: float = 0.7, boots: int = 100
+) -> dict[str, float | bool | None]:
     """Does the curve extrapolate? Fit on the points up to ``upto`` of the data, predict the full-size error.
 
     The tolerance is a 95 % prediction interval for one new measurement at full size:
@@ -144,7 +153,11 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     """Measure the learning curve, fit the power law, and say whether more data would help."""
     test = case.get("test")
     if test is None or not test.labelled:
-        return CheckResult(id="data.quantity", status="not_examined", summary="Needs a labelled test split to measure the learning curve (pass --test).")
+        return CheckResult(
+            id="data.quantity",
+            status="not_examined",
+            summary="Needs a labelled test split to measure the learning curve (pass --test).",
+        )
     mode = resolve_mode(options, evidence)
     params = {"mode": mode, "fractions": list(options.fractions), "seeds": options.seeds, "max_iter": options.max_iter}
     curve = evidence.cached("learning_curve", params, lambda: learning_curve(case, evidence, mode, options))
@@ -176,7 +189,9 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
         if options.target_accuracy is not None:
             boot_need.append(samples_for_error(b, 1 - options.target_accuracy))
     if boot_gain:
-        metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (float(v) for v in np.percentile(boot_gain, [5, 95]))
+        metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (
+            float(v) for v in np.percentile(boot_gain, [5, 95])
+        )
     metrics.update(backtest(n, err, n_full, full_err, len(test)))
     findings: list[Finding] = []
     # no test set can gain more than its measured error: an ill-fitting law on a flat, noisy curve
@@ -185,7 +200,12 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     metrics["gain_from_doubling_decisive"] = decisive
     status = "warn" if decisive > options.warn_gain_from_doubling else "ok"
     if status == "warn":
-        findings.append(Finding("steep_learning_curve", f"doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (measured error now {full_err:.1%}, threshold {options.warn_gain_from_doubling:.1%})"))
+        findings.append(
+            Finding(
+                "steep_learning_curve",
+                f"doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (measured error now {full_err:.1%}, threshold {options.warn_gain_from_doubling:.1%})",
+            )
+        )
     if options.target_accuracy is not None:
         need = samples_for_error(law, 1 - options.target_accuracy)
         metrics["target_accuracy"] = options.target_accuracy
@@ -193,19 +213,45 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
         metrics["target_reachable"] = math.isfinite(need)
         if boot_need:
             finite = np.array(boot_need)
-            metrics["samples_for_target_low"], metrics["samples_for_target_high"] = (float(v) if math.isfinite(v) else None for v in np.percentile(finite, [5, 95]))
+            metrics["samples_for_target_low"], metrics["samples_for_target_high"] = (
+                float(v) if math.isfinite(v) else None for v in np.percentile(finite, [5, 95])
+            )
         if not math.isfinite(need):
             status = "fail" if full_err > 1 - options.target_accuracy else status
-            findings.append(Finding("target_unreachable", f"the fitted curve levels off at {law.c:.1%} error: {options.target_accuracy:.1%} accuracy is not reachable with more data of this kind alone"))
+            findings.append(
+                Finding(
+                    "target_unreachable",
+                    f"the fitted curve levels off at {law.c:.1%} error: {options.target_accuracy:.1%} accuracy is not reachable with more data of this kind alone",
+                )
+            )
         elif need > n_full:
             status = "warn" if status == "ok" else status
-            findings.append(Finding("more_data_needed", f"about {need:,.0f} training samples ({need / n_full:.1f}× today) are predicted for {options.target_accuracy:.1%} accuracy"))
+            findings.append(
+                Finding(
+                    "more_data_needed",
+                    f"about {need:,.0f} training samples ({need / n_full:.1f}× today) are predicted for {options.target_accuracy:.1%} accuracy",
+                )
+            )
     counts = class_counts(case.train.y, case.n_classes)  # type: ignore[arg-type]
     per_class_full = curve["per_class"][n == n.max()].mean(axis=0)
     per_class_small = curve["per_class"][n == n.min()].mean(axis=0)
-    hungry = [k for k in range(case.n_classes) if np.isfinite(per_class_full[k]) and per_class_small[k] - per_class_full[k] > 2 * max(gain, 0.005) and per_class_full[k] > full_err]
+    hungry = [
+        k
+        for k in range(case.n_classes)
+        if np.isfinite(per_class_full[k])
+        and per_class_small[k] - per_class_full[k] > 2 * max(gain, 0.005)
+        and per_class_full[k] > full_err
+    ]
     if hungry:
-        findings.append(Finding("data_hungry_classes", "classes whose error still falls steeply with more data and is above average: " + ", ".join(f"{case.class_names[k]} ({int(counts[k])} samples, error {per_class_full[k]:.1%})" for k in hungry)))
+        findings.append(
+            Finding(
+                "data_hungry_classes",
+                "classes whose error still falls steeply with more data and is above average: "
+                + ", ".join(
+                    f"{case.class_names[k]} ({int(counts[k])} samples, error {per_class_full[k]:.1%})" for k in hungry
+                ),
+            )
+        )
     if status == "ok" and gain > options.warn_gain_from_doubling:
         summary = f"No gain from more data: the fitted curve predicts {gain:.1%} less error from doubling the {int(n_full):,} training samples, but the measured error is already {full_err:.1%} (fit R² {law.r2:.2f}: the curve does not describe this flat learning curve)."
     elif status == "ok":
@@ -221,13 +267,19 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
     fit_x = np.geomspace(n.min(), 4 * n_full, 40)
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command="dlclinic treat data.quantity", description="labels to buy for target accuracies (labels_to_buy.json; see data.labeling_cost for which samples to label first), and the augmentation policy that helps most, chosen on held-out train rows and verified on test")
+        remedy = Remedy(
+            command="dlclinic treat data.quantity",
+            description="labels to buy for target accuracies (labels_to_buy.json; see data.labeling_cost for which samples to label first), and the augmentation policy that helps most, chosen on held-out train rows and verified on test",
+        )
     return CheckResult(
         id="data.quantity",
         status=status,  # type: ignore[arg-type]
         summary=summary,
         metrics=metrics,
-        thresholds={"gain_from_doubling.warn": options.warn_gain_from_doubling, "target_accuracy": options.target_accuracy},
+        thresholds={
+            "gain_from_doubling.warn": options.warn_gain_from_doubling,
+            "target_accuracy": options.target_accuracy,
+        },
         findings=tuple(findings),
         remedy=remedy,
         details={
@@ -239,7 +291,11 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
                     "ylabel": "test error",
                     "series": [
                         {"label": "measured", "x": n.tolist(), "y": err.tolist()},
-                        {"label": f"fit {law.a:.2g}·n^-{law.b:.2f} + {law.c:.3f}", "x": fit_x.tolist(), "y": law(fit_x).tolist()},
+                        {
+                            "label": f"fit {law.a:.2g}·n^-{law.b:.2f} + {law.c:.3f}",
+                            "x": fit_x.tolist(),
+                            "y": law(fit_x).tolist(),
+                        },
                     ],
                 }
             ],
@@ -247,7 +303,10 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
                 {
                     "title": "Per-class samples and test error (smallest → full training set)",
                     "columns": ["class", "train samples", f"error at n={int(n.min())}", f"error at n={int(n_full)}"],
-                    "rows": [[case.class_names[k], int(counts[k]), f"{per_class_small[k]:.1%}", f"{per_class_full[k]:.1%}"] for k in range(case.n_classes)],
+                    "rows": [
+                        [case.class_names[k], int(counts[k]), f"{per_class_small[k]:.1%}", f"{per_class_full[k]:.1%}"]
+                        for k in range(case.n_classes)
+                    ],
                 }
             ],
         },

@@ -37,7 +37,17 @@ from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 
-__all__ = ["DRIFT", "INTEGRATION", "MONITORING", "SCALABILITY", "DriftOptions", "IntegrationOptions", "MonitoringOptions", "ScalabilityOptions", "drift_result"]
+__all__ = [
+    "DRIFT",
+    "INTEGRATION",
+    "MONITORING",
+    "SCALABILITY",
+    "DriftOptions",
+    "IntegrationOptions",
+    "MonitoringOptions",
+    "ScalabilityOptions",
+    "drift_result",
+]
 
 _SERVE_HINT = "pip install 'dlclinic[serve]'"
 
@@ -47,7 +57,13 @@ def _reference(case: Case, evidence: Evidence) -> Any:
 
     test = case.splits["test"]
     emb = evidence.get("embeddings", "test") if evidence.available("embeddings", "test") else None
-    return Reference.build(evidence.get("logits", "test"), test.y, emb, case.class_names, meta={"split": "test", "model": case.model_source})
+    return Reference.build(
+        evidence.get("logits", "test"),
+        test.y,
+        emb,
+        case.class_names,
+        meta={"split": "test", "model": case.model_source},
+    )
 
 
 def _test_client() -> Any:
@@ -95,7 +111,11 @@ def drift_result(result: Any, *, source: str, labels_known: bool, seconds_window
     """The deployment.drift row from a :class:`~dlclinic.monitoring.MonitorResult` (checkup and ``monitor`` share it)."""
     ws = result.windows
     if not ws:
-        return CheckResult(id="deployment.drift", status="not_examined", summary=f"No complete window in {source}: nothing to compare with the reference yet.")
+        return CheckResult(
+            id="deployment.drift",
+            status="not_examined",
+            summary=f"No complete window in {source}: nothing to compare with the reference yet.",
+        )
     status: Status = result.status  # type: ignore[assignment]
     alerts = [w for w in ws if w.status != "ok"]
     est = np.array([w.estimated_accuracy for w in ws])
@@ -115,13 +135,25 @@ def drift_result(result: Any, *, source: str, labels_known: bool, seconds_window
         "temperature": result.temperature,
         "permutations": result.permutations,
     }
-    known = [(w.estimated_accuracy, w.accuracy) for w in ws if w.accuracy is not None and w.accuracy_n >= result.config.min_labels]
+    known = [
+        (w.estimated_accuracy, w.accuracy)
+        for w in ws
+        if w.accuracy is not None and w.accuracy_n >= result.config.min_labels
+    ]
     if known:
         errs = np.array([e - a for e, a in known])
         metrics["min_observed_accuracy"] = float(min(a for _, a in known))
         metrics["cbpe_mean_error"] = float(errs.mean())
         metrics["cbpe_max_abs_error"] = float(np.abs(errs).max())
-    findings = tuple(Finding("drift_window", f"window {w.index} (rows {w.start}–{w.stop - 1}{'' if w.t_start is None else f', t {w.t_start:.0f}–{w.t_end:.0f}'}): " + "; ".join(w.reasons), extra={"window": w.index, "status": w.status}) for w in alerts)
+    findings = tuple(
+        Finding(
+            "drift_window",
+            f"window {w.index} (rows {w.start}–{w.stop - 1}{'' if w.t_start is None else f', t {w.t_start:.0f}–{w.t_end:.0f}'}): "
+            + "; ".join(w.reasons),
+            extra={"window": w.index, "status": w.status},
+        )
+        for w in alerts
+    )
     cfg = result.config
     if status == "ok":
         summary = f"No window of {source} differs from the reference ({len(ws)} windows, family-wise false-alarm level {cfg.alpha:.0%}); estimated accuracy {est.min():.1%}–{est.max():.1%} vs {result.reference_estimated_accuracy:.1%}."
@@ -134,31 +166,92 @@ def drift_result(result: Any, *, source: str, labels_known: bool, seconds_window
     remedy = None
     if status != "ok":
         acc_fell = any("accuracy" in r for w in alerts for r in w.reasons)
-        what = "Accuracy fell: retrain (or fine-tune) on labelled data from the drifted windows, starting at window " + str(result.first_alert) if acc_fell else "Inputs moved but accuracy held: recalibrate (temperature on recent labelled rows) and keep watching; retrain if the observed accuracy falls"
-        remedy = Remedy(command="dlclinic treat deployment.drift", description=what + " (the remedy writes the rows to label as drift_trigger.json, and with labels recalibrates and retrains on half of the drifted rows, verified on the other half). Label-free estimates (CBPE) assume calibration carries over; confirm with fed-back labels (POST /feedback, `dlclinic monitor`).")
+        what = (
+            "Accuracy fell: retrain (or fine-tune) on labelled data from the drifted windows, starting at window "
+            + str(result.first_alert)
+            if acc_fell
+            else "Inputs moved but accuracy held: recalibrate (temperature on recent labelled rows) and keep watching; retrain if the observed accuracy falls"
+        )
+        remedy = Remedy(
+            command="dlclinic treat deployment.drift",
+            description=what
+            + " (the remedy writes the rows to label as drift_trigger.json, and with labels recalibrates and retrains on half of the drifted rows, verified on the other half). Label-free estimates (CBPE) assume calibration carries over; confirm with fed-back labels (POST /feedback, `dlclinic monitor`).",
+        )
     labels = [str(w.index) for w in ws]
     series_acc: list[dict[str, Any]] = [{"label": "estimated (CBPE)", "x": list(range(len(ws))), "y": est.tolist()}]
     if labels_known and any(a is not None for a in obs):
-        series_acc.append({"label": "observed", "x": [i for i, a in enumerate(obs) if a is not None], "y": [a for a in obs if a is not None]})
-    series_acc.append({"label": "reference (est.)", "x": [0, len(ws) - 1], "y": [result.reference_estimated_accuracy] * 2})
+        series_acc.append(
+            {
+                "label": "observed",
+                "x": [i for i, a in enumerate(obs) if a is not None],
+                "y": [a for a in obs if a is not None],
+            }
+        )
+    series_acc.append(
+        {"label": "reference (est.)", "x": [0, len(ws) - 1], "y": [result.reference_estimated_accuracy] * 2}
+    )
     plots = [
-        {"kind": "line", "title": "Accuracy per window", "xlabel": "window (seconds)" if seconds_windows else "window", "ylabel": "accuracy", "series": series_acc},
-        {"kind": "line", "title": "Shift per window", "xlabel": "window", "ylabel": "statistic", "series": [s for s in ({"label": "PSI (predicted classes)", "x": list(range(len(ws))), "y": [w.psi for w in ws]}, {"label": "embedding MMD²", "x": list(range(len(ws))), "y": [w.mmd2 for w in ws]} if ws[0].mmd2 is not None else None) if s is not None]},
+        {
+            "kind": "line",
+            "title": "Accuracy per window",
+            "xlabel": "window (seconds)" if seconds_windows else "window",
+            "ylabel": "accuracy",
+            "series": series_acc,
+        },
+        {
+            "kind": "line",
+            "title": "Shift per window",
+            "xlabel": "window",
+            "ylabel": "statistic",
+            "series": [
+                s
+                for s in (
+                    {"label": "PSI (predicted classes)", "x": list(range(len(ws))), "y": [w.psi for w in ws]},
+                    {"label": "embedding MMD²", "x": list(range(len(ws))), "y": [w.mmd2 for w in ws]}
+                    if ws[0].mmd2 is not None
+                    else None,
+                )
+                if s is not None
+            ],
+        },
     ]
     table = {
         "title": "Windows vs reference (p-values Holm-adjusted)",
         "columns": ["window", "rows", "status", "est. acc", "obs. acc", "MMD² (p)", "PSI", "χ² p", "conf. mean (p)"],
-        "rows": [[labels[i], f"{w.start}–{w.stop - 1}", w.status, f"{w.estimated_accuracy:.3f}", "" if w.accuracy is None else f"{w.accuracy:.3f} (n={w.accuracy_n})", "" if w.mmd2 is None else f"{w.mmd2:.3g} ({w.adjusted.get('mmd', 1):.2g})", f"{w.psi:.3f}", f"{w.adjusted.get('chi2', 1):.2g}", f"{w.confidence_mean:.3f} ({w.adjusted.get('confidence', 1):.2g})"] for i, w in enumerate(ws)],
+        "rows": [
+            [
+                labels[i],
+                f"{w.start}–{w.stop - 1}",
+                w.status,
+                f"{w.estimated_accuracy:.3f}",
+                "" if w.accuracy is None else f"{w.accuracy:.3f} (n={w.accuracy_n})",
+                "" if w.mmd2 is None else f"{w.mmd2:.3g} ({w.adjusted.get('mmd', 1):.2g})",
+                f"{w.psi:.3f}",
+                f"{w.adjusted.get('chi2', 1):.2g}",
+                f"{w.confidence_mean:.3f} ({w.adjusted.get('confidence', 1):.2g})",
+            ]
+            for i, w in enumerate(ws)
+        ],
     }
     return CheckResult(
         id="deployment.drift",
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"alpha.family_wise": cfg.alpha, "accuracy_drop.warn": cfg.warn_accuracy_drop, "accuracy_drop.fail": cfg.fail_accuracy_drop, "window": cfg.window},
+        thresholds={
+            "alpha.family_wise": cfg.alpha,
+            "accuracy_drop.warn": cfg.warn_accuracy_drop,
+            "accuracy_drop.fail": cfg.fail_accuracy_drop,
+            "window": cfg.window,
+        },
         findings=findings,
         remedy=remedy,
-        details={"plots": plots, "tables": [table], "windows": [w.to_dict() for w in ws], "note": "CBPE (estimated accuracy) reads accuracy off calibrated confidences: it needs the temperature fitted on the reference to carry over, and it cannot see concept shift (labels changing for the same inputs)."},
+        details={
+            "plots": plots,
+            "tables": [table],
+            "windows": [w.to_dict() for w in ws],
+            "note": "CBPE (estimated accuracy) reads accuracy off calibrated confidences: it needs the temperature fitted on the reference to carry over, and it cannot see concept shift (labels changing for the same inputs).",
+        },
     )
 
 
@@ -168,18 +261,32 @@ def run_drift(case: Case, evidence: Evidence, options: DriftOptions) -> CheckRes
 
     deploy = case.get("deploy")
     if deploy is None:
-        return CheckResult(id="deployment.drift", status="not_examined", summary="Needs a deploy split (rows seen after deployment, in time order; pass --deploy) or a prediction log (`dlclinic monitor`).")
+        return CheckResult(
+            id="deployment.drift",
+            status="not_examined",
+            summary="Needs a deploy split (rows seen after deployment, in time order; pass --deploy) or a prediction log (`dlclinic monitor`).",
+        )
     missing = _need_reference(case)
     if missing:
         return CheckResult(id="deployment.drift", status="not_examined", summary=f"Needs {missing}.")
     ref = _reference(case, evidence)
     n = len(deploy)
     window = min(options.window, max(10, n))
-    cfg = MonitorConfig(window=window, min_window=max(2, window // 2), alpha=options.alpha, warn_accuracy_drop=options.warn_accuracy_drop, fail_accuracy_drop=options.fail_accuracy_drop, max_reference_rows=options.max_reference_rows, seed=options.seed)
+    cfg = MonitorConfig(
+        window=window,
+        min_window=max(2, window // 2),
+        alpha=options.alpha,
+        warn_accuracy_drop=options.warn_accuracy_drop,
+        fail_accuracy_drop=options.fail_accuracy_drop,
+        max_reference_rows=options.max_reference_rows,
+        seed=options.seed,
+    )
     emb = evidence.get("embeddings", "deploy") if ref.embeddings is not None else None
     labels = deploy.y
     res = evaluate_stream(ref, softmax(evidence.get("logits", "deploy")), embeddings=emb, labels=labels, config=cfg)
-    return drift_result(res, source=f"the deploy split ({n} rows in windows of {window})", labels_known=labels is not None)
+    return drift_result(
+        res, source=f"the deploy split ({n} rows in windows of {window})", labels_known=labels is not None
+    )
 
 
 DRIFT = CheckSpec(
@@ -243,7 +350,11 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
         import fastapi  # noqa: F401
         import httpx  # noqa: F401
     except ImportError:
-        return CheckResult(id="deployment.integration", status="not_examined", summary=f"Needs FastAPI and httpx to serve the model in-process: {_SERVE_HINT}.")
+        return CheckResult(
+            id="deployment.integration",
+            status="not_examined",
+            summary=f"Needs FastAPI and httpx to serve the model in-process: {_SERVE_HINT}.",
+        )
     TestClient = _test_client()
 
     from dlclinic.serve.app import ServeConfig, create_app
@@ -268,17 +379,39 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
         again = client.post("/predict", json={"inputs": x[:1].tolist()})
         schema = client.get("/openapi.json").json()
     if resp.status_code != 200:
-        return CheckResult(id="deployment.integration", status="fail", summary=f"POST /predict answered {resp.status_code} on {k} real {ref_split} rows: {str(resp.json())[:200]}.")
+        return CheckResult(
+            id="deployment.integration",
+            status="fail",
+            summary=f"POST /predict answered {resp.status_code} on {k} real {ref_split} rows: {str(resp.json())[:200]}.",
+        )
     served = np.asarray(resp.json()["probabilities"], dtype=np.float64)
     diff = float(np.max(np.abs(served - offline))) if served.shape == offline.shape else float("inf")
     agree = float(np.mean(served.argmax(1) == offline.argmax(1))) if served.shape == offline.shape else 0.0
-    metrics.update({"served_max_abs_prob_diff": diff, "served_argmax_agreement": agree, "malformed_status": bad.status_code, "serves_after_malformed": again.status_code == 200})
+    metrics.update(
+        {
+            "served_max_abs_prob_diff": diff,
+            "served_argmax_agreement": agree,
+            "malformed_status": bad.status_code,
+            "serves_after_malformed": again.status_code == 200,
+        }
+    )
     if diff > options.prob_atol or agree < 1.0:
         statuses.append("fail")
-        findings.append(Finding("served_mismatch", f"served probabilities differ from offline ones by up to {diff:.2e} (tolerance {options.prob_atol:g}); argmax agreement {agree:.1%}", split=ref_split))
+        findings.append(
+            Finding(
+                "served_mismatch",
+                f"served probabilities differ from offline ones by up to {diff:.2e} (tolerance {options.prob_atol:g}); argmax agreement {agree:.1%}",
+                split=ref_split,
+            )
+        )
     if bad.status_code != 422 or again.status_code != 200:
         statuses.append("fail")
-        findings.append(Finding("validation", f"a wrong-shaped request got {bad.status_code} (expected 422) and the next good one {again.status_code}"))
+        findings.append(
+            Finding(
+                "validation",
+                f"a wrong-shaped request got {bad.status_code} (expected 422) and the next good one {again.status_code}",
+            )
+        )
     problems = _validate_openapi(schema, example)
     metrics["openapi_problems"] = len(problems)
     if problems:
@@ -291,7 +424,9 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
         from dlclinic.serve.scoring import score_file
 
         np.savez(tmp / "rows.npz", x=x)
-        score_file(backend, tmp / "rows.npz", tmp / "scored.csv", class_names=case.class_names, batch_size=max(1, k // 3))
+        score_file(
+            backend, tmp / "rows.npz", tmp / "scored.csv", class_names=case.class_names, batch_size=max(1, k // 3)
+        )
         import pandas as pd
 
         scored = pd.read_csv(tmp / "scored.csv")
@@ -300,7 +435,9 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
         metrics["file_scoring_max_abs_prob_diff"] = file_diff
         if file_diff > max(options.prob_atol, 1e-5):
             statuses.append("fail")
-            findings.append(Finding("file_scoring", f"batch-scored file differs from offline predictions by up to {file_diff:.2e}"))
+            findings.append(
+                Finding("file_scoring", f"batch-scored file differs from offline predictions by up to {file_diff:.2e}")
+            )
         # ONNX export, loaded with plain onnxruntime
         onnx_note = "skipped (option onnx=false)"
         if options.onnx and hasattr(case.model, "state_dict"):
@@ -321,11 +458,23 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
                     eager = evidence.get("logits", ref_split)[:k].astype(np.float64)
                     ldiff = float(np.max(np.abs(logits - eager)))
                     lagree = float(np.mean(logits.argmax(1) == eager.argmax(1)))
-                    metrics.update({"onnx_max_abs_logit_diff": ldiff, "onnx_argmax_agreement": lagree, "onnx_size_mb": exported.size_mb, "onnx_dynamic_batch": exported.dynamic_batch})
+                    metrics.update(
+                        {
+                            "onnx_max_abs_logit_diff": ldiff,
+                            "onnx_argmax_agreement": lagree,
+                            "onnx_size_mb": exported.size_mb,
+                            "onnx_dynamic_batch": exported.dynamic_batch,
+                        }
+                    )
                     onnx_note = f"{exported.exporter}, plain onnxruntime max |Δlogit| {ldiff:.1e}"
                     if ldiff > options.logit_atol or lagree < 1.0:
                         statuses.append("warn")
-                        findings.append(Finding("onnx_mismatch", f"the ONNX export run by plain onnxruntime differs from eager PyTorch by up to {ldiff:.2e} in logits (tolerance {options.logit_atol:g}); argmax agreement {lagree:.1%}"))
+                        findings.append(
+                            Finding(
+                                "onnx_mismatch",
+                                f"the ONNX export run by plain onnxruntime differs from eager PyTorch by up to {ldiff:.2e} in logits (tolerance {options.logit_atol:g}); argmax agreement {lagree:.1%}",
+                            )
+                        )
                 except Exception as exc:
                     statuses.append("warn")
                     onnx_note = f"export failed: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
@@ -344,7 +493,10 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
         metrics=metrics,
         thresholds={"prob_atol": options.prob_atol, "logit_atol": options.logit_atol},
         findings=tuple(findings),
-        remedy=Remedy(command="dlclinic serve --model MODEL --test TEST --store predictions.db", description=f"serve the model over HTTP ({desc} backend; --backend onnx serves the verified export) and score files with `dlclinic predict FILE --model MODEL --out scored.csv`"),
+        remedy=Remedy(
+            command="dlclinic serve --model MODEL --test TEST --store predictions.db",
+            description=f"serve the model over HTTP ({desc} backend; --backend onnx serves the verified export) and score files with `dlclinic predict FILE --model MODEL --out scored.csv`",
+        ),
         details={"onnx": onnx_note, "backend": desc},
     )
 
@@ -373,7 +525,14 @@ class MonitoringOptions:
     resamples: int = 300
 
 
-_SERIES = ("dlclinic_requests_total", "dlclinic_request_latency_seconds_bucket", "dlclinic_batch_rows_bucket", "dlclinic_drift_psi", "dlclinic_estimated_accuracy", "dlclinic_drift_alert")
+_SERIES = (
+    "dlclinic_requests_total",
+    "dlclinic_request_latency_seconds_bucket",
+    "dlclinic_batch_rows_bucket",
+    "dlclinic_drift_psi",
+    "dlclinic_estimated_accuracy",
+    "dlclinic_drift_alert",
+)
 
 
 def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -> CheckResult:
@@ -383,7 +542,11 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
         import prometheus_client  # noqa: F401
         import sqlalchemy  # noqa: F401
     except ImportError:
-        return CheckResult(id="deployment.monitoring", status="not_examined", summary=f"Needs FastAPI, SQLAlchemy and prometheus_client: {_SERVE_HINT}.")
+        return CheckResult(
+            id="deployment.monitoring",
+            status="not_examined",
+            summary=f"Needs FastAPI, SQLAlchemy and prometheus_client: {_SERVE_HINT}.",
+        )
     missing = _need_reference(case)
     if missing:
         return CheckResult(id="deployment.monitoring", status="not_examined", summary=f"Needs {missing}.")
@@ -403,7 +566,13 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
     backend, _ = make_backend(case.model, case.input_shape, case.n_classes)
     with tempfile.TemporaryDirectory(prefix="dlclinic-monitoring-") as tmpdir:
         store = PredictionStore(Path(tmpdir) / "predictions.db")
-        app = create_app(backend, reference=ref, store=store, config=ServeConfig(window=max(2, min(options.window, n)), max_rows=options.request_rows), class_names=case.class_names)
+        app = create_app(
+            backend,
+            reference=ref,
+            store=store,
+            config=ServeConfig(window=max(2, min(options.window, n)), max_rows=options.request_rows),
+            class_names=case.class_names,
+        )
         step = max(1, options.request_rows)
         ids = [f"check-{i // step}" for i in range(0, n, step)]
         codes: list[int] = []
@@ -414,8 +583,22 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
                 codes.append(r.status_code)
                 if r.status_code == 200:
                     served.append(np.asarray(r.json()["probabilities"]))
-            retries = [client.post("/predict", json={"inputs": x[start : start + step].tolist(), "request_id": ids[j]}).status_code for j, start in list(enumerate(range(0, n, step)))[:2]]
-            fb = client.post("/feedback", json={"items": [{"request_id": ids[0], "row": i, "label": int(test.y[i])} for i in range(min(step, n)) if test.y is not None]})
+            retries = [
+                client.post(
+                    "/predict", json={"inputs": x[start : start + step].tolist(), "request_id": ids[j]}
+                ).status_code
+                for j, start in list(enumerate(range(0, n, step)))[:2]
+            ]
+            fb = client.post(
+                "/feedback",
+                json={
+                    "items": [
+                        {"request_id": ids[0], "row": i, "label": int(test.y[i])}
+                        for i in range(min(step, n))
+                        if test.y is not None
+                    ]
+                },
+            )
             app.state.dlclinic.monitor.wait()
             metrics_text = client.get("/metrics").text
             windows = client.get("/monitor").json()["windows"]
@@ -428,8 +611,16 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
         finally:
             reader.close()
     served_all = np.concatenate(served) if served else np.zeros((0, case.n_classes))
-    order = np.lexsort((logged.row, np.array([int(r.split("-")[1]) for r in logged.request_id]))) if len(logged) else np.zeros(0, dtype=np.int64)
-    roundtrip = float(np.max(np.abs(logged.probs[order] - served_all))) if len(logged) == len(served_all) and len(served_all) else float("inf")
+    order = (
+        np.lexsort((logged.row, np.array([int(r.split("-")[1]) for r in logged.request_id])))
+        if len(logged)
+        else np.zeros(0, dtype=np.int64)
+    )
+    roundtrip = (
+        float(np.max(np.abs(logged.probs[order] - served_all)))
+        if len(logged) == len(served_all) and len(served_all)
+        else float("inf")
+    )
     labels_joined = int((logged.labels >= 0).sum())
     missing_series = [s for s in _SERIES if s not in metrics_text]
     thr = alert_thresholds(ref, options.window, alpha=options.alpha, resamples=options.resamples, seed=0)
@@ -449,15 +640,31 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
         "estimated_drop_no_drift_quantile": thr.estimated_drop,
         "min_detectable_accuracy_drop": thr.min_detectable_drop,
     }
-    if rows != n or not integrity["ok"] or roundtrip > 1e-6 or any(c != 200 for c in codes + retries) or fb.status_code != 200:
+    if (
+        rows != n
+        or not integrity["ok"]
+        or roundtrip > 1e-6
+        or any(c != 200 for c in codes + retries)
+        or fb.status_code != 200
+    ):
         statuses.append("fail")
-        findings.append(Finding("log", f"prediction log: {rows} rows for {n} predictions (+{len(retries)} retried requests), integrity {integrity}, round-trip max |Δp| {roundtrip:.1e}"))
+        findings.append(
+            Finding(
+                "log",
+                f"prediction log: {rows} rows for {n} predictions (+{len(retries)} retried requests), integrity {integrity}, round-trip max |Δp| {roundtrip:.1e}",
+            )
+        )
     if missing_series:
         statuses.append("fail")
         findings.append(Finding("metrics", f"/metrics lacks {', '.join(missing_series)}"))
     if thr.min_detectable_drop > options.warn_min_detectable_drop:
         statuses.append("warn")
-        findings.append(Finding("blind_windows", f"windows of {options.window} predictions against a reference of {len(test)} rows can only detect accuracy drops above {thr.min_detectable_drop:.1%} (80 % power, α={options.alpha}); use larger windows or a larger reference"))
+        findings.append(
+            Finding(
+                "blind_windows",
+                f"windows of {options.window} predictions against a reference of {len(test)} rows can only detect accuracy drops above {thr.min_detectable_drop:.1%} (80 % power, α={options.alpha}); use larger windows or a larger reference",
+            )
+        )
     status = worst(statuses) if statuses else "ok"
     if status == "ok":
         summary = f"Every prediction is logged once ({rows} rows, {len(retries)} retried ids not duplicated), read back exactly and /metrics exposes the drift series; windows of {options.window} can detect an accuracy drop of {thr.min_detectable_drop:.1%} (PSI no-drift {1 - options.alpha:.0%} quantile {thr.psi:.3f})."
@@ -470,8 +677,25 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
         metrics=metrics,
         thresholds={"min_detectable_drop.warn": options.warn_min_detectable_drop, "alpha": options.alpha},
         findings=tuple(findings),
-        remedy=Remedy(command="dlclinic monitor --store predictions.db --reference reference.npz --out monitor/", description="serve with the log (`dlclinic serve --store ...`), feed labels back (POST /feedback), run `dlclinic monitor` from cron: it exits 1 when a window alerts; /dashboard shows the windows"),
-        details={"alert_thresholds": thr.to_dict(), "tables": [{"title": "No-drift quantiles for one window (bootstrap from the reference)", "columns": ["statistic", f"{1 - options.alpha:.0%} quantile"], "rows": [["PSI of predicted classes", f"{thr.psi:.4f}"], ["estimated-accuracy drop", f"{thr.estimated_drop:.4f}"], ["mean-confidence drop", f"{thr.confidence_drop:.4f}"], ["minimum detectable accuracy drop (80 % power)", f"{thr.min_detectable_drop:.4f}"]]}]},
+        remedy=Remedy(
+            command="dlclinic monitor --store predictions.db --reference reference.npz --out monitor/",
+            description="serve with the log (`dlclinic serve --store ...`), feed labels back (POST /feedback), run `dlclinic monitor` from cron: it exits 1 when a window alerts; /dashboard shows the windows",
+        ),
+        details={
+            "alert_thresholds": thr.to_dict(),
+            "tables": [
+                {
+                    "title": "No-drift quantiles for one window (bootstrap from the reference)",
+                    "columns": ["statistic", f"{1 - options.alpha:.0%} quantile"],
+                    "rows": [
+                        ["PSI of predicted classes", f"{thr.psi:.4f}"],
+                        ["estimated-accuracy drop", f"{thr.estimated_drop:.4f}"],
+                        ["mean-confidence drop", f"{thr.confidence_drop:.4f}"],
+                        ["minimum detectable accuracy drop (80 % power)", f"{thr.min_detectable_drop:.4f}"],
+                    ],
+                }
+            ],
+        },
     )
 
 
@@ -530,9 +754,26 @@ def run_scalability(case: Case, evidence: Evidence, options: ScalabilityOptions)
     with ThreadPoolExecutor(max_workers=1) as pool:
         per_batch = {b: pool.submit(_throughput, backend.predict, x, b, 0.25).result() for b in options.batch_sizes}
     runs = [
-        run_load(backend.predict, x, concurrency=1, max_batch=1, requests=options.requests, time_limit=options.time_limit),
-        run_load(backend.predict, x, concurrency=options.concurrency, max_batch=1, requests=options.requests, time_limit=options.time_limit),
-        run_load(backend.predict, x, concurrency=options.concurrency, max_batch=options.max_batch, max_wait=options.max_wait_ms / 1000, requests=options.requests, time_limit=options.time_limit),
+        run_load(
+            backend.predict, x, concurrency=1, max_batch=1, requests=options.requests, time_limit=options.time_limit
+        ),
+        run_load(
+            backend.predict,
+            x,
+            concurrency=options.concurrency,
+            max_batch=1,
+            requests=options.requests,
+            time_limit=options.time_limit,
+        ),
+        run_load(
+            backend.predict,
+            x,
+            concurrency=options.concurrency,
+            max_batch=options.max_batch,
+            max_wait=options.max_wait_ms / 1000,
+            requests=options.requests,
+            time_limit=options.time_limit,
+        ),
     ]
     single, unbatched, batched = runs
     speedup = batched["rows_per_s"] / unbatched["rows_per_s"] if unbatched["rows_per_s"] > 0 else float("nan")
@@ -555,12 +796,33 @@ def run_scalability(case: Case, evidence: Evidence, options: ScalabilityOptions)
     status: Status = "warn" if p99 > options.warn_p99_ms else "ok"
     findings = []
     if status == "warn":
-        findings.append(Finding("latency", f"p99 latency {p99:.0f} ms at {options.concurrency} concurrent clients with dynamic batching exceeds the {options.warn_p99_ms:.0f} ms budget"))
+        findings.append(
+            Finding(
+                "latency",
+                f"p99 latency {p99:.0f} ms at {options.concurrency} concurrent clients with dynamic batching exceeds the {options.warn_p99_ms:.0f} ms budget",
+            )
+        )
     summary = (
         f"At {options.concurrency} concurrent clients dynamic batching serves {batched['rows_per_s']:.0f} rows/s (p99 {p99:.1f} ms) vs {unbatched['rows_per_s']:.0f} rows/s unbatched ({speedup:.1f}×); "
         f"model throughput grows {growth:.1f}× from batch {sizes[0]} to {sizes[-1]}."
     )
-    table = {"title": "Load test (in-process, bounded)", "columns": ["clients", "max batch", "requests", "rows/s", "p50 ms", "p95 ms", "p99 ms", "mean batch"], "rows": [[r["concurrency"], r["max_batch"], r["requests"], f"{r['rows_per_s']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_batch_rows']:.1f}"] for r in runs]}
+    table = {
+        "title": "Load test (in-process, bounded)",
+        "columns": ["clients", "max batch", "requests", "rows/s", "p50 ms", "p95 ms", "p99 ms", "mean batch"],
+        "rows": [
+            [
+                r["concurrency"],
+                r["max_batch"],
+                r["requests"],
+                f"{r['rows_per_s']:.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['mean_batch_rows']:.1f}",
+            ]
+            for r in runs
+        ],
+    }
     return CheckResult(
         id="deployment.scalability",
         status=status,
@@ -568,9 +830,21 @@ def run_scalability(case: Case, evidence: Evidence, options: ScalabilityOptions)
         metrics=metrics,
         thresholds={"p99_ms.warn": options.warn_p99_ms},
         findings=tuple(findings),
-        remedy=Remedy(command="dlclinic serve --model MODEL --test TEST --workers 2 --max-batch 32", description="serve with dynamic batching and several worker processes (each loads the model; size workers to cores / torch threads); timings depend on the machine and its load"),
+        remedy=Remedy(
+            command="dlclinic serve --model MODEL --test TEST --workers 2 --max-batch 32",
+            description="serve with dynamic batching and several worker processes (each loads the model; size workers to cores / torch threads); timings depend on the machine and its load",
+        ),
         details={
-            "plots": [{"kind": "line", "title": "Model throughput per batch size", "xlabel": "batch size", "ylabel": "rows/s", "xscale": "log", "series": [{"label": desc, "x": sizes, "y": [per_batch[b] for b in sizes]}]}],
+            "plots": [
+                {
+                    "kind": "line",
+                    "title": "Model throughput per batch size",
+                    "xlabel": "batch size",
+                    "ylabel": "rows/s",
+                    "xscale": "log",
+                    "series": [{"label": desc, "x": sizes, "y": [per_batch[b] for b in sizes]}],
+                }
+            ],
             "tables": [table],
             "note": "Multi-worker serving (uvicorn --workers) runs separate processes and is not measured in the checkup.",
         },

@@ -31,7 +31,15 @@ from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 
-__all__ = ["COMPLIANCE_CHECK", "ComplianceOptions", "MISUSE_CHECK", "MisuseOptions", "card_config_for", "run_compliance", "run_misuse"]
+__all__ = [
+    "COMPLIANCE_CHECK",
+    "ComplianceOptions",
+    "MISUSE_CHECK",
+    "MisuseOptions",
+    "card_config_for",
+    "run_compliance",
+    "run_misuse",
+]
 
 HOW_TO_CARD = "write a small card file (JSON/YAML/TOML) with intended_use, out_of_scope, data_provenance, owner (and limitations, risks, license) and pass --option ethics.misuse.card_config=card.yaml"
 
@@ -84,8 +92,17 @@ def run_misuse(case: Case, evidence: Evidence, options: MisuseOptions) -> CheckR
         cfg, source = card_config_for(case, options.card_config)
     except ConfigError as exc:
         return CheckResult(id="ethics.misuse", status="error", summary=f"The card config could not be read: {exc}")
-    tables = [{"title": "Artifact fingerprints (SHA-256)", "columns": ["artifact", "sha256"], "rows": _fingerprint_rows(evidence)}]
-    remedy = Remedy(command=f"dlclinic treat ethics.misuse {case.metadata.get('cli_args', '<data options>')} --option card_config=card.yaml".strip(), description="generate the model card (Markdown) from the measured results and your card file, and a SHA-256 manifest bundle of model, data, config and report (`dlclinic bundle verify` detects any change)")
+    tables = [
+        {
+            "title": "Artifact fingerprints (SHA-256)",
+            "columns": ["artifact", "sha256"],
+            "rows": _fingerprint_rows(evidence),
+        }
+    ]
+    remedy = Remedy(
+        command=f"dlclinic treat ethics.misuse {case.metadata.get('cli_args', '<data options>')} --option card_config=card.yaml".strip(),
+        description="generate the model card (Markdown) from the measured results and your card file, and a SHA-256 manifest bundle of model, data, config and report (`dlclinic bundle verify` detects any change)",
+    )
     if cfg is None:
         return CheckResult(
             id="ethics.misuse",
@@ -93,7 +110,12 @@ def run_misuse(case: Case, evidence: Evidence, options: MisuseOptions) -> CheckR
             summary=f"Intended use and out-of-scope uses are undocumented, so misuse cannot be ruled out; {HOW_TO_CARD}.",
             metrics={"card_fields_documented": 0, "card_required_missing": len(REQUIRED_CARD_FIELDS)},
             thresholds={"card_required_missing.max": 0},
-            findings=(Finding("undocumented_use", "no model card config: intended use, out-of-scope uses, data provenance and owner are unknown"),),
+            findings=(
+                Finding(
+                    "undocumented_use",
+                    "no model card config: intended use, out-of-scope uses, data provenance and owner are unknown",
+                ),
+            ),
             remedy=remedy,
             details={"tables": tables},
         )
@@ -102,12 +124,24 @@ def run_misuse(case: Case, evidence: Evidence, options: MisuseOptions) -> CheckR
     missing_opt = missing_fields(cfg, optional)
     documented = len(CARD_FIELDS) - len(missing_req) - len(missing_opt)
     status: Status = "warn" if missing_req else "ok"
-    findings = [Finding("card_field_missing", f"card field {f!r} ({CARD_FIELDS[f]}) is required and missing in {source}") for f in missing_req]
+    findings = [
+        Finding("card_field_missing", f"card field {f!r} ({CARD_FIELDS[f]}) is required and missing in {source}")
+        for f in missing_req
+    ]
     if status == "ok":
-        summary = f"The model card documents intended use, out-of-scope uses, data provenance and owner ({documented} of {len(CARD_FIELDS)} fields in {Path(source or '').name})" + (f"; optional fields missing: {', '.join(missing_opt)}." if missing_opt else ".")
+        summary = (
+            f"The model card documents intended use, out-of-scope uses, data provenance and owner ({documented} of {len(CARD_FIELDS)} fields in {Path(source or '').name})"
+            + (f"; optional fields missing: {', '.join(missing_opt)}." if missing_opt else ".")
+        )
     else:
         summary = f"The model card is incomplete: {', '.join(missing_req)} missing in {Path(source or '').name}."
-    rows = [[CARD_FIELDS[f], "yes" if f not in missing_req + missing_opt else ("MISSING (required)" if f in missing_req else "missing")] for f in CARD_FIELDS]
+    rows = [
+        [
+            CARD_FIELDS[f],
+            "yes" if f not in missing_req + missing_opt else ("MISSING (required)" if f in missing_req else "missing"),
+        ]
+        for f in CARD_FIELDS
+    ]
     tables.insert(0, {"title": f"Model card fields ({source})", "columns": ["field", "provided"], "rows": rows})
     return CheckResult(
         id="ethics.misuse",
@@ -135,7 +169,16 @@ def _audit_record(case: Case, evidence: Evidence) -> dict[str, Any]:
         versions["torch"] = torch.__version__
     except Exception:  # pragma: no cover
         pass
-    return {"event": "checkup", "who": user, "host": platform.node(), "case": case.name, "cli_args": case.metadata.get("cli_args"), "model_source": case.model_source, "inputs_sha256": evidence.fingerprints(), "versions": versions}
+    return {
+        "event": "checkup",
+        "who": user,
+        "host": platform.node(),
+        "case": case.name,
+        "cli_args": case.metadata.get("cli_args"),
+        "model_source": case.model_source,
+        "inputs_sha256": evidence.fingerprints(),
+        "versions": versions,
+    }
 
 
 def run_compliance(case: Case, evidence: Evidence, options: ComplianceOptions) -> CheckResult:
@@ -166,7 +209,12 @@ def run_compliance(case: Case, evidence: Evidence, options: ComplianceOptions) -
             item("audit trail", "warn", f"could not append to {log}: {exc.strerror}", "audit_trail")
     n_records, problems = verify_audit(log)
     if problems and n_records:
-        item("audit trail", "fail", f"{log}: {problems[0]} ({len(problems)} problem(s) in {n_records} records)", "audit_tampered")
+        item(
+            "audit trail",
+            "fail",
+            f"{log}: {problems[0]} ({len(problems)} problem(s) in {n_records} records)",
+            "audit_tampered",
+        )
     elif n_records:
         item("audit trail", "ok", f"{n_records} hash-chained record(s) in {log}")
     elif not any(r[0] == "audit trail" for r in items):
@@ -179,42 +227,121 @@ def run_compliance(case: Case, evidence: Evidence, options: ComplianceOptions) -
         _, pii_findings, rows, totals = scan_pii_files(sources, 100_000)
         pii_total = int(sum(totals.values()))
         if pii_total and not cfg.get("lawful_basis"):
-            item("personal data", "warn", f"{pii_total} PII match(es) in {len(rows)} column(s) and no lawful basis documented (card field 'lawful_basis')", "pii_without_basis")
+            item(
+                "personal data",
+                "warn",
+                f"{pii_total} PII match(es) in {len(rows)} column(s) and no lawful basis documented (card field 'lawful_basis')",
+                "pii_without_basis",
+            )
         else:
-            item("personal data", "ok", f"{pii_total} PII match(es) in {len(sources)} file(s)" + ("; lawful basis documented" if pii_total else ""))
+            item(
+                "personal data",
+                "ok",
+                f"{pii_total} PII match(es) in {len(sources)} file(s)"
+                + ("; lawful basis documented" if pii_total else ""),
+            )
     else:
-        items.append(["personal data", "not_examined", "no tabular/text source to scan (pass --option ethics.compliance.pii_files=FILE)"])
+        items.append(
+            [
+                "personal data",
+                "not_examined",
+                "no tabular/text source to scan (pass --option ethics.compliance.pii_files=FILE)",
+            ]
+        )
     if cfg.get("retention"):
         item("retention", "ok", str(cfg["retention"])[:120])
     else:
-        item("retention", "warn", "no retention period / deletion policy documented (card field 'retention')", "retention_missing")
+        item(
+            "retention",
+            "warn",
+            "no retention period / deletion policy documented (card field 'retention')",
+            "retention_missing",
+        )
     missing = missing_fields(cfg, list(COMPLIANCE_FIELDS))
     filled = len(COMPLIANCE_FIELDS) - len(missing)
-    item("documentation headings", "ok" if not missing else "warn", f"{filled} of {len(COMPLIANCE_FIELDS)} filled" + (f"; missing: {', '.join(missing)}" if missing else ""), "documentation_missing")
+    item(
+        "documentation headings",
+        "ok" if not missing else "warn",
+        f"{filled} of {len(COMPLIANCE_FIELDS)} filled" + (f"; missing: {', '.join(missing)}" if missing else ""),
+        "documentation_missing",
+    )
     has_ids = case.train.ids is not None
     can_retrain = evidence.retrain is not None
     if has_ids and can_retrain:
-        item("right to erasure", "ok", "per-sample ids on train and a retraining recipe: `dlclinic treat ethics.compliance --option forget=ids.txt` retrains without given ids")
+        item(
+            "right to erasure",
+            "ok",
+            "per-sample ids on train and a retraining recipe: `dlclinic treat ethics.compliance --option forget=ids.txt` retrains without given ids",
+        )
     else:
-        why = [w for w, ok in (("no per-sample ids on train (pass --id-col)", has_ids), ("no retraining recipe (pass --model file.py:factory)", can_retrain)) if not ok]
-        item("right to erasure", "warn", "; ".join(why) + (" — row numbers can still be forgotten" if not has_ids and can_retrain else ""), "erasure_not_ready")
+        why = [
+            w
+            for w, ok in (
+                ("no per-sample ids on train (pass --id-col)", has_ids),
+                ("no retraining recipe (pass --model file.py:factory)", can_retrain),
+            )
+            if not ok
+        ]
+        item(
+            "right to erasure",
+            "warn",
+            "; ".join(why) + (" — row numbers can still be forgotten" if not has_ids and can_retrain else ""),
+            "erasure_not_ready",
+        )
     status = worst(statuses)
     gaps = [r[0] for r in items if r[1] in ("warn", "fail")]
     if status == "ok":
         summary = f"Audit trail intact ({n_records} records), lineage hashed, documentation complete and erasure requests can be honoured."
     else:
-        summary = f"Compliance gaps: {', '.join(gaps)}" + ("" if source else " (no card config: pass --option ethics.compliance.card_config=card.yaml)") + "."
+        summary = (
+            f"Compliance gaps: {', '.join(gaps)}"
+            + ("" if source else " (no card config: pass --option ethics.compliance.card_config=card.yaml)")
+            + "."
+        )
     return CheckResult(
         id="ethics.compliance",
         status=status,
         summary=summary,
-        metrics={"audit_records": n_records, "audit_chain_intact": not problems, "pii_matches": pii_total, "documentation_fields_filled": filled, "erasure_ready": has_ids and can_retrain},
+        metrics={
+            "audit_records": n_records,
+            "audit_chain_intact": not problems,
+            "pii_matches": pii_total,
+            "documentation_fields_filled": filled,
+            "erasure_ready": has_ids and can_retrain,
+        },
         thresholds={},
         findings=tuple(findings),
-        remedy=Remedy(command=f"dlclinic treat ethics.compliance {case.metadata.get('cli_args', '<data options>')} --option card_config=card.yaml".strip(), description="export the audit bundle (technical documentation with GDPR / EU AI Act headings, audit trail, SHA-256 manifest); with --option forget=ids.txt retrain without those samples and show with the membership audit that they now look like non-members") if status != "ok" else None,
-        details={"tables": [{"title": "Compliance items", "columns": ["item", "status", "detail"], "rows": items}, {"title": "Data lineage (SHA-256)", "columns": ["artifact", "sha256"], "rows": _fingerprint_rows(evidence)}], "audit_log": str(log)},
+        remedy=Remedy(
+            command=f"dlclinic treat ethics.compliance {case.metadata.get('cli_args', '<data options>')} --option card_config=card.yaml".strip(),
+            description="export the audit bundle (technical documentation with GDPR / EU AI Act headings, audit trail, SHA-256 manifest); with --option forget=ids.txt retrain without those samples and show with the membership audit that they now look like non-members",
+        )
+        if status != "ok"
+        else None,
+        details={
+            "tables": [
+                {"title": "Compliance items", "columns": ["item", "status", "detail"], "rows": items},
+                {
+                    "title": "Data lineage (SHA-256)",
+                    "columns": ["artifact", "sha256"],
+                    "rows": _fingerprint_rows(evidence),
+                },
+            ],
+            "audit_log": str(log),
+        },
     )
 
 
-MISUSE_CHECK = CheckSpec(id="ethics.misuse", requires=(), options=MisuseOptions, run=run_misuse, description="model-card completeness against the user's card file (intended use, out-of-scope uses, provenance, owner) and SHA-256 artifact fingerprints")
-COMPLIANCE_CHECK = CheckSpec(id="ethics.compliance", requires=(), options=ComplianceOptions, run=run_compliance, description="hash-chained audit trail, lineage hashes, PII vs lawful basis, retention, GDPR / EU AI Act documentation headings, right-to-erasure readiness")
+MISUSE_CHECK = CheckSpec(
+    id="ethics.misuse",
+    requires=(),
+    options=MisuseOptions,
+    run=run_misuse,
+    description="model-card completeness against the user's card file (intended use, out-of-scope uses, provenance, owner) and SHA-256 artifact fingerprints",
+)
+COMPLIANCE_CHECK = CheckSpec(
+    id="ethics.compliance",
+    requires=(),
+    options=ComplianceOptions,
+    run=run_compliance,
+    description="hash-chained audit trail, lineage hashes, PII vs lawful basis, retention, GDPR / EU AI Act documentation headings, right-to-erasure readiness",
+)

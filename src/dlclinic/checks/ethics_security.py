@@ -100,13 +100,27 @@ def scan_model_files(paths: list[str]) -> tuple[Status, list[Finding], list[list
     rows: list[list[Any]] = []
     for path in paths:
         scan = scan_file(path)
-        rows.append([path, scan.format, scan.verdict, scan.call_opcodes, ", ".join(scan.dangerous + scan.unknown)[:200] or "—"])
+        rows.append(
+            [path, scan.format, scan.verdict, scan.call_opcodes, ", ".join(scan.dangerous + scan.unknown)[:200] or "—"]
+        )
         if scan.verdict == "dangerous":
             statuses.append("fail")
-            findings.append(Finding("pickle_dangerous", f"{path}: the pickle imports {', '.join(scan.dangerous)} and would call it when loaded; do not load it (it was not loaded here)", extra={"path": path, "imports": list(scan.dangerous)}))
+            findings.append(
+                Finding(
+                    "pickle_dangerous",
+                    f"{path}: the pickle imports {', '.join(scan.dangerous)} and would call it when loaded; do not load it (it was not loaded here)",
+                    extra={"path": path, "imports": list(scan.dangerous)},
+                )
+            )
         elif scan.verdict == "unknown_imports":
             statuses.append("warn")
-            findings.append(Finding("pickle_code", f"{path}: loading needs torch.load(weights_only=False), which runs code from {len(scan.unknown)} importable name(s) ({', '.join(scan.unknown[:4])}{' …' if len(scan.unknown) > 4 else ''}); save a state_dict as .safetensors or export a .pt2 instead", extra={"path": path, "imports": list(scan.unknown)}))
+            findings.append(
+                Finding(
+                    "pickle_code",
+                    f"{path}: loading needs torch.load(weights_only=False), which runs code from {len(scan.unknown)} importable name(s) ({', '.join(scan.unknown[:4])}{' …' if len(scan.unknown) > 4 else ''}); save a state_dict as .safetensors or export a .pt2 instead",
+                    extra={"path": path, "imports": list(scan.unknown)},
+                )
+            )
         elif scan.verdict == "error":
             statuses.append("warn")
             findings.append(Finding("pickle_unreadable", f"{path}: {scan.error}", extra={"path": path}))
@@ -122,23 +136,48 @@ def _curve(case: Case, options: SecurityOptions, epsilons: tuple[float, ...]) ->
     assert test.y is not None
     rows = _sample(test.y, options.n_samples, options.seed)
     lo, hi, scale = input_bounds(case)
-    curve = robust_accuracy_curve(case.model, np.nan_to_num(test.x[rows]), test.y[rows], (0.0, *epsilons), lower=lo, upper=hi, scale=scale, steps=options.steps, seed=options.seed)
+    curve = robust_accuracy_curve(
+        case.model,
+        np.nan_to_num(test.x[rows]),
+        test.y[rows],
+        (0.0, *epsilons),
+        lower=lo,
+        upper=hi,
+        scale=scale,
+        steps=options.steps,
+        seed=options.seed,
+    )
     out = {"epsilons": np.asarray(curve.epsilons), "n": np.asarray(curve.n), "clean": np.asarray(curve.clean_accuracy)}
     for m in curve.robust_accuracy:
         out[f"robust_{m}"] = curve.robust_accuracy[m]
         out[f"success_{m}"] = curve.success_rate[m]
-    out["robust_targeted"] = np.asarray(_targeted(case, options, np.nan_to_num(test.x[rows]), test.y[rows], lo, hi, scale))
+    out["robust_targeted"] = np.asarray(
+        _targeted(case, options, np.nan_to_num(test.x[rows]), test.y[rows], lo, hi, scale)
+    )
     return out
 
 
-def _targeted(case: Case, options: SecurityOptions, x: np.ndarray, y: np.ndarray, lo: Any, hi: Any, scale: Any) -> float:
+def _targeted(
+    case: Case, options: SecurityOptions, x: np.ndarray, y: np.ndarray, lo: Any, hi: Any, scale: Any
+) -> float:
     """Multi-targeted robust accuracy at the ε of interest (NaN when off); see :func:`~dlclinic.functional.attacks.multi_targeted_accuracy`."""
     from dlclinic.functional.attacks import multi_targeted_accuracy
 
     k = min(int(options.targets), case.n_classes - 1)
     if k <= 0 or options.epsilon <= 0:
         return float("nan")
-    return multi_targeted_accuracy(case.model, x, y, epsilon=options.epsilon, targets=k, lower=lo, upper=hi, scale=scale, steps=options.steps, seed=options.seed)
+    return multi_targeted_accuracy(
+        case.model,
+        x,
+        y,
+        epsilon=options.epsilon,
+        targets=k,
+        lower=lo,
+        upper=hi,
+        scale=scale,
+        steps=options.steps,
+        seed=options.seed,
+    )
 
 
 def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult:
@@ -158,17 +197,41 @@ def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult
         findings += fnd
         metrics["model_files_scanned"] = len(files)
         metrics["model_files_unsafe"] = sum(1 for f in fnd if f.code in ("pickle_dangerous", "pickle_code"))
-        details["tables"].append({"title": "Model-file safety scan (pickle opcodes; nothing was loaded)", "columns": ["file", "format", "verdict", "call opcodes", "imports outside the allow-list"], "rows": rows})
+        details["tables"].append(
+            {
+                "title": "Model-file safety scan (pickle opcodes; nothing was loaded)",
+                "columns": ["file", "format", "verdict", "call opcodes", "imports outside the allow-list"],
+                "rows": rows,
+            }
+        )
     else:
         notes.append("no model file scanned (pass --option ethics.security.model_files=PATH)")
     test = case.get("test")
-    robust_part = options.robustness and test is not None and test.labelled and hasattr(case.model, "parameters") and callable(case.model)
+    robust_part = (
+        options.robustness
+        and test is not None
+        and test.labelled
+        and hasattr(case.model, "parameters")
+        and callable(case.model)
+    )
     if options.robustness and not robust_part:
         notes.append("robustness not measured: needs a labelled test split and a PyTorch model (gradients)")
     retention = None
     if robust_part:
         eps_list = tuple(sorted({float(e) for e in options.epsilons} | {float(options.epsilon)}))
-        data = evidence.cached("ethics.security.curve", {"eps": eps_list, "eps_of_interest": float(options.epsilon), "n": options.n_samples, "steps": options.steps, "targets": options.targets, "seed": options.seed, "v": 2}, lambda: _curve(case, options, eps_list))
+        data = evidence.cached(
+            "ethics.security.curve",
+            {
+                "eps": eps_list,
+                "eps_of_interest": float(options.epsilon),
+                "n": options.n_samples,
+                "steps": options.steps,
+                "targets": options.targets,
+                "seed": options.seed,
+                "v": 2,
+            },
+            lambda: _curve(case, options, eps_list),
+        )
         eps = data["epsilons"]
         n = int(data["n"])
         clean = float(data["clean"])
@@ -188,13 +251,29 @@ def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult
             st_rob = "warn"
         statuses.append(st_rob)
         if st_rob != "ok":
-            findings.append(Finding("not_robust", f"PGD-L∞ at ε={options.epsilon:g} leaves {rob:.1%} of {n} test samples correct (95 % CI {low:.1%}–{high:.1%}) vs {clean:.1%} clean: {1 - retention:.0%} of the correct predictions can be flipped", split="test"))
+            findings.append(
+                Finding(
+                    "not_robust",
+                    f"PGD-L∞ at ε={options.epsilon:g} leaves {rob:.1%} of {n} test samples correct (95 % CI {low:.1%}–{high:.1%}) vs {clean:.1%} clean: {1 - retention:.0%} of the correct predictions can be flipped",
+                    split="test",
+                )
+            )
         # gradient masking: the stronger attack must not do worse than the weaker one
-        masked = [(float(e), float(f), float(p)) for e, f, p in zip(eps, data["robust_fgsm"], data["robust_pgd_linf"]) if p - f > 2.0 / math.sqrt(n) and e > 0]
+        masked = [
+            (float(e), float(f), float(p))
+            for e, f, p in zip(eps, data["robust_fgsm"], data["robust_pgd_linf"])
+            if p - f > 2.0 / math.sqrt(n) and e > 0
+        ]
         if masked:
             statuses.append("warn")
             e, f, p = masked[0]
-            findings.append(Finding("gradient_masking", f"PGD leaves more samples correct than FGSM at ε={e:g} ({p:.1%} vs {f:.1%}): gradients may be masked, so these robust accuracies may be overestimates; try random starts or a black-box attack", split="test"))
+            findings.append(
+                Finding(
+                    "gradient_masking",
+                    f"PGD leaves more samples correct than FGSM at ε={e:g} ({p:.1%} vs {f:.1%}): gradients may be masked, so these robust accuracies may be overestimates; try random starts or a black-box attack",
+                    split="test",
+                )
+            )
         metrics.update(
             clean_accuracy=clean,
             robust_accuracy=rob,
@@ -208,17 +287,43 @@ def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult
             epsilon=options.epsilon,
             n_attacked=n,
         )
-        details["plots"].append({"kind": "line", "title": "Robust accuracy vs ε (test sample)", "xlabel": "ε (" + ("fraction of value range" if case.modality == "image" else "feature std") + ")", "ylabel": "accuracy", "series": [{"label": m.replace("_", "-").upper(), "x": eps.tolist(), "y": data[f"robust_{m}"].tolist()} for m in ("fgsm", "pgd_linf", "pgd_l2")]})
-        details["tables"].append({"title": "Attack success rate (fooled / initially correct)", "columns": ["ε", "FGSM", "PGD-L∞", "PGD-L2"], "rows": [[float(e), float(a), float(b), float(c)] for e, a, b, c in zip(eps, data["success_fgsm"], data["success_pgd_linf"], data["success_pgd_l2"])]})
+        details["plots"].append(
+            {
+                "kind": "line",
+                "title": "Robust accuracy vs ε (test sample)",
+                "xlabel": "ε (" + ("fraction of value range" if case.modality == "image" else "feature std") + ")",
+                "ylabel": "accuracy",
+                "series": [
+                    {"label": m.replace("_", "-").upper(), "x": eps.tolist(), "y": data[f"robust_{m}"].tolist()}
+                    for m in ("fgsm", "pgd_linf", "pgd_l2")
+                ],
+            }
+        )
+        details["tables"].append(
+            {
+                "title": "Attack success rate (fooled / initially correct)",
+                "columns": ["ε", "FGSM", "PGD-L∞", "PGD-L2"],
+                "rows": [
+                    [float(e), float(a), float(b), float(c)]
+                    for e, a, b, c in zip(eps, data["success_fgsm"], data["success_pgd_linf"], data["success_pgd_l2"])
+                ],
+            }
+        )
     if not statuses:
         return CheckResult(id=ID, status="not_examined", summary="Nothing to examine: " + "; ".join(notes) + ".")
     status = worst(statuses)
     bits = []
     if retention is not None:
-        bits.append(f"under PGD-L∞ at ε={options.epsilon:g} accuracy falls from {metrics['clean_accuracy']:.1%} to {metrics['robust_accuracy']:.1%} ({metrics['n_attacked']} test samples)")
+        bits.append(
+            f"under PGD-L∞ at ε={options.epsilon:g} accuracy falls from {metrics['clean_accuracy']:.1%} to {metrics['robust_accuracy']:.1%} ({metrics['n_attacked']} test samples)"
+        )
     if files:
         bad = metrics["model_files_unsafe"]
-        bits.append(f"{bad} of {len(files)} model file(s) would run code when loaded" if bad else f"{len(files)} model file(s) scanned, none runs code when loaded")
+        bits.append(
+            f"{bad} of {len(files)} model file(s) would run code when loaded"
+            if bad
+            else f"{len(files)} model file(s) scanned, none runs code when loaded"
+        )
     summary = "; ".join(bits) + "." if bits else ""
     summary = summary[:1].upper() + summary[1:]
     if notes:
@@ -226,15 +331,25 @@ def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult
     remedy = None
     if status in ("warn", "fail"):
         if any(f.code.startswith("pickle") for f in findings):
-            remedy = Remedy(command=None, description="re-save the weights as .safetensors (state_dict) or export a .pt2 with torch.export; never torch.load(weights_only=False) a file you did not write")
+            remedy = Remedy(
+                command=None,
+                description="re-save the weights as .safetensors (state_dict) or export a .pt2 with torch.export; never torch.load(weights_only=False) a file you did not write",
+            )
         else:
-            remedy = Remedy(command=f"dlclinic treat ethics.security {case.metadata.get('cli_args', '<data options>')}".strip(), description="adversarial training (PGD, or FGSM with random start) with the same recipe, then the robust accuracy measured again")
+            remedy = Remedy(
+                command=f"dlclinic treat ethics.security {case.metadata.get('cli_args', '<data options>')}".strip(),
+                description="adversarial training (PGD, or FGSM with random start) with the same recipe, then the robust accuracy measured again",
+            )
     return CheckResult(
         id=ID,
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"retention.warn": options.warn_retention, "retention.fail": options.fail_retention, "epsilon": options.epsilon},
+        thresholds={
+            "retention.warn": options.warn_retention,
+            "retention.fail": options.fail_retention,
+            "epsilon": options.epsilon,
+        },
         findings=tuple(findings),
         remedy=remedy,
         details=details,

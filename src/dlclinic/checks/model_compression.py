@@ -72,7 +72,9 @@ def _key(evidence: Evidence, what: str, params: Any) -> str:
     return f"{what}|{fps.get('model')}|{fps.get('data.train')}|{fps.get('data.test')}|{params!r}"
 
 
-def _onnx_core(case: Case, evidence: Evidence, exporter: str, calibration_samples: int) -> tuple[list[tuple[str, str, Path, str]], list[str]]:
+def _onnx_core(
+    case: Case, evidence: Evidence, exporter: str, calibration_samples: int
+) -> tuple[list[tuple[str, str, Path, str]], list[str]]:
     """The fp32 ONNX export and its int8 variants, built once per model/data in this process."""
     from dlclinic.functional.compression import SweepConfig, onnx_variants
 
@@ -88,7 +90,11 @@ def _onnx_core(case: Case, evidence: Evidence, exporter: str, calibration_sample
 
 
 def _needs_torch(cid: str) -> CheckResult:
-    return CheckResult(id=cid, status="not_examined", summary="Needs a PyTorch model (file.py:factory or .pt2); an ONNX model is already exported and cannot be re-quantized or pruned here.")
+    return CheckResult(
+        id=cid,
+        status="not_examined",
+        summary="Needs a PyTorch model (file.py:factory or .pt2); an ONNX model is already exported and cannot be re-quantized or pruned here.",
+    )
 
 
 def _missing_onnx(cid: str) -> CheckResult | None:
@@ -96,7 +102,9 @@ def _missing_onnx(cid: str) -> CheckResult | None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
-        return CheckResult(id=cid, status="not_examined", summary="Needs onnx and onnxruntime: pip install 'dlclinic[onnx]'.")
+        return CheckResult(
+            id=cid, status="not_examined", summary="Needs onnx and onnxruntime: pip install 'dlclinic[onnx]'."
+        )
     return None
 
 
@@ -132,7 +140,11 @@ def _sweep(case: Case, evidence: Evidence, o: CompressionOptions) -> Any:
     key = _key(evidence, "sweep", o)
     if key in _MEMO:
         return _MEMO[key]
-    prebuilt = _onnx_core(case, evidence, o.exporter, o.calibration_samples) if _missing_onnx("model.compression") is None else ([], ["onnx/onnxruntime not installed: no ONNX Runtime variants"])
+    prebuilt = (
+        _onnx_core(case, evidence, o.exporter, o.calibration_samples)
+        if _missing_onnx("model.compression") is None
+        else ([], ["onnx/onnxruntime not installed: no ONNX Runtime variants"])
+    )
     cfg = SweepConfig(
         onnx=True,
         exporter=o.exporter,
@@ -146,7 +158,9 @@ def _sweep(case: Case, evidence: Evidence, o: CompressionOptions) -> Any:
     )
     _, x, y = _eval_split(case)
     with evidence.progress.step("compression sweep", total=1) as advance:
-        sweep = compression_sweep(_torch_model(case), case.train.x, case.train.y, x, np.asarray(y), _workdir(), cfg, prebuilt=prebuilt)
+        sweep = compression_sweep(
+            _torch_model(case), case.train.x, case.train.y, x, np.asarray(y), _workdir(), cfg, prebuilt=prebuilt
+        )
         advance(1)
     _MEMO[key] = sweep
     return sweep
@@ -166,14 +180,20 @@ def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions
         return _needs_torch(cid)
     split, _, y = _eval_split(case)
     if y is None:
-        return CheckResult(id=cid, status="not_examined", summary="Needs labelled data (a labelled test split) to measure the accuracy of compressed variants.")
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs labelled data (a labelled test split) to measure the accuracy of compressed variants.",
+        )
     sweep = _sweep(case, evidence, options)
     variants = list(sweep.variants)
     base = variants[0]
     sizes = [v.size_bytes for v in variants]
     accs = [v.accuracy for v in variants]
     front = pareto_front(sizes, accs)
-    best_small = choose_variant([v for v in variants if v.size_bytes <= options.size_ratio * base.size_bytes], options.max_accuracy_drop)
+    best_small = choose_variant(
+        [v for v in variants if v.size_bytes <= options.size_ratio * base.size_bytes], options.max_accuracy_drop
+    )
     fastest = choose_variant(variants, options.max_accuracy_drop, objective="latency")
     status: Status = "warn" if best_small is not None else "ok"
     findings: list[Finding] = []
@@ -187,7 +207,13 @@ def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions
         )
     for v in variants:
         if v.kind in ("magnitude-pruning", "channel-pruning") and v.drop_low > options.max_accuracy_drop:
-            findings.append(Finding("lossy_variant", f"{v.name} loses {v.drop:.1%} accuracy (95% CI {v.drop_low:.1%}..{v.drop_high:.1%}) without fine-tuning", extra={"variant": v.name}))
+            findings.append(
+                Finding(
+                    "lossy_variant",
+                    f"{v.name} loses {v.drop:.1%} accuracy (95% CI {v.drop_low:.1%}..{v.drop_high:.1%}) without fine-tuning",
+                    extra={"variant": v.name},
+                )
+            )
     if best_small is not None:
         summary = f"{best_small.name} is {best_small.size_bytes / base.size_bytes:.0%} of the size with an accuracy drop of {best_small.drop:+.1%} (CI up to {best_small.drop_high:+.1%}, tolerance {options.max_accuracy_drop:.1%}): the model ships larger than it needs to."
     else:
@@ -210,7 +236,23 @@ def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions
     int8 = next((v for v in variants if v.kind == "onnx-int8-static"), None)
     if int8 is not None:
         metrics["int8_static_speedup_vs_eager"] = base.p50_ms / int8.p50_ms if int8.p50_ms > 0 else None
-    rows = [[v.name, round(v.accuracy, 4), round(v.drop, 4), f"{v.drop_low:+.3f}..{v.drop_high:+.3f}", round(v.size_bytes / 1e6, 4), round(v.deflate_bytes / 1e6, 4), v.n_params, v.n_nonzero, round(v.p50_ms, 3), round(v.p99_ms, 3), "yes" if i in front else "", v.note] for i, v in enumerate(variants)]
+    rows = [
+        [
+            v.name,
+            round(v.accuracy, 4),
+            round(v.drop, 4),
+            f"{v.drop_low:+.3f}..{v.drop_high:+.3f}",
+            round(v.size_bytes / 1e6, 4),
+            round(v.deflate_bytes / 1e6, 4),
+            v.n_params,
+            v.n_nonzero,
+            round(v.p50_ms, 3),
+            round(v.p99_ms, 3),
+            "yes" if i in front else "",
+            v.note,
+        ]
+        for i, v in enumerate(variants)
+    ]
     remedy = Remedy(
         command=f"dlclinic treat model.compression --option max_accuracy_drop={options.max_accuracy_drop}",
         description="write the smallest (or fastest) variant within the accuracy tolerance, fine-tuning pruned/distilled students, with its verified accuracy, size and latency",
@@ -233,13 +275,56 @@ def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions
                     "ylabel": "accuracy",
                     "xscale": "log",
                     "series": [
-                        {"label": "variants", "x": [s / 1e6 for s in sizes], "y": accs, "text": [v.name for v in variants]},
-                        {"label": "Pareto front", "x": [sizes[i] / 1e6 for i in front], "y": [accs[i] for i in front], "line": True},
+                        {
+                            "label": "variants",
+                            "x": [s / 1e6 for s in sizes],
+                            "y": accs,
+                            "text": [v.name for v in variants],
+                        },
+                        {
+                            "label": "Pareto front",
+                            "x": [sizes[i] / 1e6 for i in front],
+                            "y": [accs[i] for i in front],
+                            "line": True,
+                        },
                     ],
                 },
-                {"kind": "scatter", "title": "Accuracy vs batch-1 latency (p50)", "xlabel": "latency (ms)", "ylabel": "accuracy", "xscale": "log", "series": [{"label": "variants", "x": [v.p50_ms for v in variants], "y": accs, "text": [v.name for v in variants]}]},
+                {
+                    "kind": "scatter",
+                    "title": "Accuracy vs batch-1 latency (p50)",
+                    "xlabel": "latency (ms)",
+                    "ylabel": "accuracy",
+                    "xscale": "log",
+                    "series": [
+                        {
+                            "label": "variants",
+                            "x": [v.p50_ms for v in variants],
+                            "y": accs,
+                            "text": [v.name for v in variants],
+                        }
+                    ],
+                },
             ],
-            "tables": [{"title": "Compressed variants", "columns": ["variant", "accuracy", "drop", "drop 95% CI", "size MB", "deflated MB", "params", "non-zero", "p50 ms", "p99 ms", "Pareto", "how"], "rows": rows}],
+            "tables": [
+                {
+                    "title": "Compressed variants",
+                    "columns": [
+                        "variant",
+                        "accuracy",
+                        "drop",
+                        "drop 95% CI",
+                        "size MB",
+                        "deflated MB",
+                        "params",
+                        "non-zero",
+                        "p50 ms",
+                        "p99 ms",
+                        "Pareto",
+                        "how",
+                    ],
+                    "rows": rows,
+                }
+            ],
         },
     )
 
@@ -264,7 +349,13 @@ def _onnx_ops(path: Path) -> tuple[list[str], list[str]]:
 
     graph = onnx.load(str(path), load_external_data=False)
     ops = sorted({n.op_type for n in graph.graph.node})
-    odd = sorted({f"{n.domain}::{n.op_type}" for n in graph.graph.node if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)})
+    odd = sorted(
+        {
+            f"{n.domain}::{n.op_type}"
+            for n in graph.graph.node
+            if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)
+        }
+    )
     return ops, odd
 
 
@@ -317,7 +408,12 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
         findings.append(Finding("onnx_export_failed", "; ".join(notes) or "ONNX export failed"))
     elif odd:
         statuses.append("warn")
-        findings.append(Finding("nonstandard_ops", f"the ONNX graph uses operators outside the ONNX standard: {', '.join(odd)}; edge runtimes may not run them"))
+        findings.append(
+            Finding(
+                "nonstandard_ops",
+                f"the ONNX graph uses operators outside the ONNX standard: {', '.join(odd)}; edge runtimes may not run them",
+            )
+        )
     if isinstance(pt2, str):
         statuses.append("warn")
         findings.append(Finding("pt2_export_failed", f"torch.export failed: {pt2}"))
@@ -327,11 +423,21 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
         if smallest > budget:
             statuses.append("fail")
             size_verdict = "fail"
-            findings.append(Finding("over_size_budget", f"even the smallest artifact ({smallest / 1e6:.2f} MB) exceeds the {options.max_size_mb:g} MB budget; a narrower model (distillation/structured pruning) is needed"))
+            findings.append(
+                Finding(
+                    "over_size_budget",
+                    f"even the smallest artifact ({smallest / 1e6:.2f} MB) exceeds the {options.max_size_mb:g} MB budget; a narrower model (distillation/structured pruning) is needed",
+                )
+            )
         elif fp32_bytes > budget:
             statuses.append("warn")
             size_verdict = "warn"
-            findings.append(Finding("fp32_over_size_budget", f"the fp32 weights ({fp32_bytes / 1e6:.2f} MB) exceed the {options.max_size_mb:g} MB budget; the int8/fp16 artifact ({smallest / 1e6:.2f} MB) fits"))
+            findings.append(
+                Finding(
+                    "fp32_over_size_budget",
+                    f"the fp32 weights ({fp32_bytes / 1e6:.2f} MB) exceed the {options.max_size_mb:g} MB budget; the int8/fp16 artifact ({smallest / 1e6:.2f} MB) fits",
+                )
+            )
         else:
             size_verdict = "ok"
     mem_verdict = None
@@ -339,7 +445,12 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
         if mem["peak_bytes"] > options.max_memory_mb * 1e6:
             statuses.append("fail")
             mem_verdict = "fail"
-            findings.append(Finding("over_memory_budget", f"peak inference memory at batch 1 is {mem['peak_bytes'] / 1e6:.2f} MB (weights {mem['weights_bytes'] / 1e6:.2f} MB + activations {mem['activations_peak_bytes'] / 1e6:.2f} MB) > {options.max_memory_mb:g} MB"))
+            findings.append(
+                Finding(
+                    "over_memory_budget",
+                    f"peak inference memory at batch 1 is {mem['peak_bytes'] / 1e6:.2f} MB (weights {mem['weights_bytes'] / 1e6:.2f} MB + activations {mem['activations_peak_bytes'] / 1e6:.2f} MB) > {options.max_memory_mb:g} MB",
+                )
+            )
         else:
             mem_verdict = "ok"
     from dlclinic.checks._common import worst
@@ -354,15 +465,31 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
         f"{n_params:,} parameters; weights {fp32_bytes / 1e6:.2f} MB fp32, {fp16_bytes / 1e6:.2f} MB fp16"
         + (f", {int8_bytes / 1e6:.2f} MB int8 ONNX" if int8_bytes else "")
         + f"; peak inference memory {mem['peak_bytes'] / 1e6:.2f} MB at batch 1; ONNX {'exports with standard operators' if onnx_ok else 'export has problems'}, .pt2 {'exports' if not isinstance(pt2, str) else 'fails'}."
-        + (" " + "; ".join(budget_text) + "." if budget_text else " No device budget given (--option compute.edge.max_size_mb=…, max_memory_mb=…).")
+        + (
+            " " + "; ".join(budget_text) + "."
+            if budget_text
+            else " No device budget given (--option compute.edge.max_size_mb=…, max_memory_mb=…)."
+        )
     )
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command="dlclinic treat compute.edge --option max_accuracy_drop=0.01", description="write the smallest verified variant (int8 ONNX, pruned or distilled) within the accuracy tolerance")
-    rows = [["weights fp32 (safetensors)", round(fp32_bytes / 1e6, 4), ""], ["weights fp16 (safetensors)", round(fp16_bytes / 1e6, 4), ""]]
+        remedy = Remedy(
+            command="dlclinic treat compute.edge --option max_accuracy_drop=0.01",
+            description="write the smallest verified variant (int8 ONNX, pruned or distilled) within the accuracy tolerance",
+        )
+    rows = [
+        ["weights fp32 (safetensors)", round(fp32_bytes / 1e6, 4), ""],
+        ["weights fp16 (safetensors)", round(fp16_bytes / 1e6, 4), ""],
+    ]
     rows += [[name, round(sizes[name] / 1e6, 4), note] for name, _, _, note in files]
     if not isinstance(pt2, str):
-        rows.append([".pt2 (torch.export)", round(pt2.size_bytes / 1e6, 4), f"max |logit diff| {pt2.max_abs_logit_diff:.1e}, argmax agreement {pt2.argmax_agreement:.1%}"])
+        rows.append(
+            [
+                ".pt2 (torch.export)",
+                round(pt2.size_bytes / 1e6, 4),
+                f"max |logit diff| {pt2.max_abs_logit_diff:.1e}, argmax agreement {pt2.argmax_agreement:.1%}",
+            ]
+        )
     return CheckResult(
         id=cid,
         status=status,
@@ -384,10 +511,17 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
         findings=tuple(findings),
         remedy=remedy,
         details={
-            "notes": notes + ["peak memory: weights + peak live activations of one batch-1 forward pass (PyTorch profiler, profile_memory)"],
+            "notes": notes
+            + [
+                "peak memory: weights + peak live activations of one batch-1 forward pass (PyTorch profiler, profile_memory)"
+            ],
             "tables": [
                 {"title": "Artifacts on disk", "columns": ["artifact", "MB", "verification"], "rows": rows},
-                {"title": "ONNX operators", "columns": ["operator", "standard"], "rows": [[op, "no" if any(o.endswith("::" + op) for o in odd) else "yes"] for op in ops]},
+                {
+                    "title": "ONNX operators",
+                    "columns": ["operator", "standard"],
+                    "rows": [[op, "no" if any(o.endswith("::" + op) for o in odd) else "yes"] for op in ops],
+                },
             ],
         },
     )
@@ -427,7 +561,15 @@ class RealtimeOptions:
 
 def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> CheckResult:
     """Latency percentiles at batch 1 and best-batch throughput per backend."""
-    from dlclinic.functional.latency import PERCENTILE_METHOD, compiled_runner, measure_interleaved, measure_throughput, onnx_runner, thread_settings, torch_runner
+    from dlclinic.functional.latency import (
+        PERCENTILE_METHOD,
+        compiled_runner,
+        measure_interleaved,
+        measure_throughput,
+        onnx_runner,
+        thread_settings,
+        torch_runner,
+    )
 
     cid = "compute.realtime"
     model = _torch_model(case)
@@ -468,11 +610,32 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
             runners["torch.compile"] = compiled
             notes.append(f"torch.compile {note}; each new batch size recompiles")
     else:
-        skipped["torch.compile"] = "off in a checkup (inductor compiles for tens of seconds on CPU); --option compute.realtime.compile=true to include it"
+        skipped["torch.compile"] = (
+            "off in a checkup (inductor compiles for tens of seconds on CPU); --option compute.realtime.compile=true to include it"
+        )
     with evidence.progress.step("latency benchmark", total=1) as advance:
         # rounds until half the time budget is spent: the p99 then rests on many slow calls, not two
-        lat = measure_interleaved(runners, x[:1], warmup=10, rounds=100_000, calls_per_round=5, max_seconds=options.seconds * 0.5, alpha=options.alpha)
-        tput = {name: measure_throughput(run, x, backend=name, batch_sizes=options.batch_sizes, warmup=1, repeats=15, max_seconds=options.seconds * 0.5 / (len(runners) * len(options.batch_sizes)))[0] for name, run in runners.items()}
+        lat = measure_interleaved(
+            runners,
+            x[:1],
+            warmup=10,
+            rounds=100_000,
+            calls_per_round=5,
+            max_seconds=options.seconds * 0.5,
+            alpha=options.alpha,
+        )
+        tput = {
+            name: measure_throughput(
+                run,
+                x,
+                backend=name,
+                batch_sizes=options.batch_sizes,
+                warmup=1,
+                repeats=15,
+                max_seconds=options.seconds * 0.5 / (len(runners) * len(options.batch_sizes)),
+            )[0]
+            for name, run in runners.items()
+        }
         advance(1)
     eager_stats = lat["eager fp32"]
     best_name = min(lat, key=lambda n: lat[n].p99_ms)
@@ -485,24 +648,43 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
         meeting = [n for n in lat if not lat[n].p99_low_ms > budget]  # not shown to miss it
         if not meeting:
             status = "fail"
-            findings.append(Finding("over_latency_budget", f"no backend meets the {budget:g} ms budget at p99 (best: {best_name} p99 {best.p99_ms:.2f} ms, {conf} lower bound {best.p99_low_ms:.2f} ms)"))
+            findings.append(
+                Finding(
+                    "over_latency_budget",
+                    f"no backend meets the {budget:g} ms budget at p99 (best: {best_name} p99 {best.p99_ms:.2f} ms, {conf} lower bound {best.p99_low_ms:.2f} ms)",
+                )
+            )
         elif eager_stats.p99_low_ms > budget:
             status = "warn"
             best_name = min(meeting, key=lambda n: lat[n].p99_ms)
             best = lat[best_name]
-            findings.append(Finding("eager_over_budget", f"eager p99 {eager_stats.p99_ms:.2f} ms misses the {budget:g} ms budget ({conf} lower bound {eager_stats.p99_low_ms:.2f} ms); {best_name} is not shown to exceed it (p99 {best.p99_ms:.2f} ms)"))
+            findings.append(
+                Finding(
+                    "eager_over_budget",
+                    f"eager p99 {eager_stats.p99_ms:.2f} ms misses the {budget:g} ms budget ({conf} lower bound {eager_stats.p99_low_ms:.2f} ms); {best_name} is not shown to exceed it (p99 {best.p99_ms:.2f} ms)",
+                )
+            )
     base = f"Batch-1 latency p50/p95/p99: eager {eager_stats.p50_ms:.2f}/{eager_stats.p95_ms:.2f}/{eager_stats.p99_ms:.2f} ms; fastest tail {best_name} {best.p50_ms:.2f}/{best.p95_ms:.2f}/{best.p99_ms:.2f} ms."
     if eager_stats.preempted_share > 0:
         base += f" {eager_stats.preempted_share:.1%} of eager calls were preempted by other threads or processes{' and are left out' if 'excluded' in eager_stats.method else ''} (p99 of all calls {eager_stats.p99_all_ms:.2f} ms)."
     if budget is None:
         summary = base + " No latency budget given (--option compute.realtime.latency_budget_ms=…)."
     else:
-        summary = base + f" Budget {budget:g} ms at p99: {'eager is not shown to exceed it' if status == 'ok' else ('only ' + best_name + ' is not shown to exceed it' if status == 'warn' else 'exceeded by every backend')} (the verdict uses the {conf} lower bound of each p99)."
+        summary = (
+            base
+            + f" Budget {budget:g} ms at p99: {'eager is not shown to exceed it' if status == 'ok' else ('only ' + best_name + ' is not shown to exceed it' if status == 'warn' else 'exceeded by every backend')} (the verdict uses the {conf} lower bound of each p99)."
+        )
     remedy = None
     if status == "warn":
-        remedy = Remedy(command="dlclinic treat compute.realtime", description=f"ship the fastest verified variant ({best_name}) within the accuracy tolerance")
+        remedy = Remedy(
+            command="dlclinic treat compute.realtime",
+            description=f"ship the fastest verified variant ({best_name}) within the accuracy tolerance",
+        )
     elif status == "fail":
-        remedy = Remedy(command="dlclinic treat model.architecture", description="search a smaller architecture (depth/width) at equal accuracy; compression alone does not reach the budget")
+        remedy = Remedy(
+            command="dlclinic treat model.architecture",
+            description="search a smaller architecture (depth/width) at equal accuracy; compression alone does not reach the budget",
+        )
     metrics: dict[str, float | int | bool | None] = {}
     for name, s in lat.items():
         slug = name.replace(",", "").replace(" ", "_").replace(".", "_").lower()
@@ -514,7 +696,20 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
         metrics[f"{slug}_best_throughput"] = tput[name].best_throughput
     metrics["n_calls_per_backend"] = min(s.n_calls for s in lat.values())
     metrics.update({k: v for k, v in thread_settings().items()})
-    rows = [[n, round(s.p50_ms, 3), round(s.p95_ms, 3), round(s.p99_ms, 3), round(s.cold_ms, 2), s.n_calls, 1 if n.endswith("1 thread") else s.threads, tput[n].best_batch_size, round(tput[n].best_throughput, 1)] for n, s in lat.items()]
+    rows = [
+        [
+            n,
+            round(s.p50_ms, 3),
+            round(s.p95_ms, 3),
+            round(s.p99_ms, 3),
+            round(s.cold_ms, 2),
+            s.n_calls,
+            1 if n.endswith("1 thread") else s.threads,
+            tput[n].best_batch_size,
+            round(tput[n].best_throughput, 1),
+        ]
+        for n, s in lat.items()
+    ]
     rows += [[n, None, None, None, None, 0, None, None, f"skipped: {why}"] for n, why in skipped.items()]
     return CheckResult(
         id=cid,
@@ -525,18 +720,71 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
         findings=tuple(findings),
         remedy=remedy,
         details={
-            "method": PERCENTILE_METHOD + f"; warm-up 10 calls per backend; backends interleaved round-robin, one untimed call per backend and round; calls preempted by other processes left out while at least half remain; budget verdict on the p99's lower {1 - options.alpha:.0%} confidence bound (order statistic); threads {thread_settings()}",
+            "method": PERCENTILE_METHOD
+            + f"; warm-up 10 calls per backend; backends interleaved round-robin, one untimed call per backend and round; calls preempted by other processes left out while at least half remain; budget verdict on the p99's lower {1 - options.alpha:.0%} confidence bound (order statistic); threads {thread_settings()}",
             "skipped": skipped,
             "notes": notes,
             "plots": [
-                {"kind": "bar", "title": "Batch-1 latency p99 by backend", "xlabel": "backend", "ylabel": "ms", "series": [{"label": "p50", "x": list(lat), "y": [s.p50_ms for s in lat.values()]}, {"label": "p99", "x": list(lat), "y": [s.p99_ms for s in lat.values()]}]},
-                {"kind": "line", "title": "Throughput vs batch size", "xlabel": "batch size", "ylabel": "samples / s", "xscale": "log", "series": [{"label": n, "x": list(t.batch_sizes), "y": list(t.throughput)} for n, t in tput.items()]},
+                {
+                    "kind": "bar",
+                    "title": "Batch-1 latency p99 by backend",
+                    "xlabel": "backend",
+                    "ylabel": "ms",
+                    "series": [
+                        {"label": "p50", "x": list(lat), "y": [s.p50_ms for s in lat.values()]},
+                        {"label": "p99", "x": list(lat), "y": [s.p99_ms for s in lat.values()]},
+                    ],
+                },
+                {
+                    "kind": "line",
+                    "title": "Throughput vs batch size",
+                    "xlabel": "batch size",
+                    "ylabel": "samples / s",
+                    "xscale": "log",
+                    "series": [
+                        {"label": n, "x": list(t.batch_sizes), "y": list(t.throughput)} for n, t in tput.items()
+                    ],
+                },
             ],
-            "tables": [{"title": "Latency by backend (batch 1) and best throughput", "columns": ["backend", "p50 ms", "p95 ms", "p99 ms", "cold ms", "calls", "threads", "best batch", "samples/s"], "rows": rows}],
+            "tables": [
+                {
+                    "title": "Latency by backend (batch 1) and best throughput",
+                    "columns": [
+                        "backend",
+                        "p50 ms",
+                        "p95 ms",
+                        "p99 ms",
+                        "cold ms",
+                        "calls",
+                        "threads",
+                        "best batch",
+                        "samples/s",
+                    ],
+                    "rows": rows,
+                }
+            ],
         },
     )
 
 
-COMPRESSION = CheckSpec(id="model.compression", requires=(), options=CompressionOptions, run=run_compression, description="ONNX Runtime int8 (dynamic/static), bf16, magnitude and channel pruning, distillation: accuracy/size/latency Pareto front")
-EDGE = CheckSpec(id="compute.edge", requires=(), options=EdgeOptions, run=run_edge, description="size fp32/fp16/int8, parameters, peak inference memory, ONNX operators, .pt2 export, against a device budget")
-REALTIME = CheckSpec(id="compute.realtime", requires=(), options=RealtimeOptions, run=run_realtime, description="latency p50/p95/p99 at batch 1 and best-batch throughput for eager, ONNX Runtime fp32/int8 (and torch.compile), against a latency budget")
+COMPRESSION = CheckSpec(
+    id="model.compression",
+    requires=(),
+    options=CompressionOptions,
+    run=run_compression,
+    description="ONNX Runtime int8 (dynamic/static), bf16, magnitude and channel pruning, distillation: accuracy/size/latency Pareto front",
+)
+EDGE = CheckSpec(
+    id="compute.edge",
+    requires=(),
+    options=EdgeOptions,
+    run=run_edge,
+    description="size fp32/fp16/int8, parameters, peak inference memory, ONNX operators, .pt2 export, against a device budget",
+)
+REALTIME = CheckSpec(
+    id="compute.realtime",
+    requires=(),
+    options=RealtimeOptions,
+    run=run_realtime,
+    description="latency p50/p95/p99 at batch 1 and best-batch throughput for eager, ONNX Runtime fp32/int8 (and torch.compile), against a latency budget",
+)

@@ -61,7 +61,11 @@ def _sample(pred: np.ndarray, y: np.ndarray | None, n: int, seed: int) -> np.nda
     right = np.flatnonzero(pred == y)
     n_wrong = min(len(wrong), n // 2)
     n_right = min(len(right), n - n_wrong)
-    return np.sort(np.concatenate([rng.choice(wrong, n_wrong, replace=False), rng.choice(right, n_right, replace=False)]).astype(int))
+    return np.sort(
+        np.concatenate([rng.choice(wrong, n_wrong, replace=False), rng.choice(right, n_right, replace=False)]).astype(
+            int
+        )
+    )
 
 
 def _feature_mask(text: str, case: Case) -> np.ndarray:
@@ -76,7 +80,9 @@ def _feature_mask(text: str, case: Case) -> np.ndarray:
         else:
             from dlclinic.core.errors import ConfigError
 
-            raise ConfigError(f"suspect_feature {token!r}: expected a feature index in 0..{d - 1} or one of the feature names {names[:10] or '(none given)'}")
+            raise ConfigError(
+                f"suspect_feature {token!r}: expected a feature index in 0..{d - 1} or one of the feature names {names[:10] or '(none given)'}"
+            )
     return mask.reshape(case.input_shape)
 
 
@@ -91,12 +97,25 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
 
     model = case.model
     if not (hasattr(model, "state_dict") and callable(model)):
-        return CheckResult(id=CID, status="not_examined", summary="Needs a differentiable PyTorch model (file.py:factory or .pt2); an ONNX model gives no gradients for attributions.")
+        return CheckResult(
+            id=CID,
+            status="not_examined",
+            summary="Needs a differentiable PyTorch model (file.py:factory or .pt2); an ONNX model gives no gradients for attributions.",
+        )
     try:
         import captum  # noqa: F401
     except ImportError:
         return CheckResult(id=CID, status="not_examined", summary="Needs captum: pip install 'dlclinic[explain]'.")
-    from dlclinic.functional.attribution import METHODS, attribute, class_importance, deletion_insertion, parse_region, randomization_sanity, robustness_metrics, shortcut_share
+    from dlclinic.functional.attribution import (
+        METHODS,
+        attribute,
+        class_importance,
+        deletion_insertion,
+        parse_region,
+        randomization_sanity,
+        robustness_metrics,
+        shortcut_share,
+    )
 
     bad = [m for m in options.methods if m not in METHODS]
     if bad:
@@ -114,7 +133,9 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
     with evidence.progress.step("attributions", total=len(options.methods)) as advance:
         for method in options.methods:
             attrs[method] = attribute(model, x, target, method, n_steps=options.ig_steps)
-            faith[method] = deletion_insertion(model, x, target, attrs[method], method=method, steps=options.steps, seed=options.seed)
+            faith[method] = deletion_insertion(
+                model, x, target, attrs[method], method=method, steps=options.steps, seed=options.seed
+            )
             robust[method] = robustness_metrics(model, x[:8], target[:8], attrs[method][:8], method, seed=options.seed)
             advance(1)
     primary = "integrated_gradients" if "integrated_gradients" in attrs else next(iter(attrs))
@@ -123,17 +144,33 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
     if case.modality != "image":  # compare gradients per standard deviation of each feature, not per raw unit
         std = np.nanstd(np.where(np.isfinite(case.train.x), case.train.x, np.nan), axis=0).reshape(-1)
         scale = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-    sanity = randomization_sanity(model, x, target, attrs[sanity_method], sanity_method, seed=options.seed, feature_scale=scale) if sanity_method != "occlusion" else None
+    sanity = (
+        randomization_sanity(
+            model, x, target, attrs[sanity_method], sanity_method, seed=options.seed, feature_scale=scale
+        )
+        if sanity_method != "occlusion"
+        else None
+    )
 
     statuses: list[Status] = []
     findings: list[Finding] = []
     faithful = [m for m, f in faith.items() if f.deletion_gain_ci[0] > 0 or f.insertion_gain_ci[0] > 0]
     if not faithful:
         statuses.append("warn")
-        findings.append(Finding("unfaithful_attributions", "no attribution method removes or restores the predicted class faster than a random order (deletion/insertion gains not significant): explanations of this model should not be trusted"))
+        findings.append(
+            Finding(
+                "unfaithful_attributions",
+                "no attribution method removes or restores the predicted class faster than a random order (deletion/insertion gains not significant): explanations of this model should not be trusted",
+            )
+        )
     if sanity is not None and sanity > options.sanity_max:
         statuses.append("warn")
-        findings.append(Finding("sanity_failed", f"{sanity_method} maps barely change when the weights are re-initialised (Spearman {sanity:.2f} > {options.sanity_max}): they reflect the input, not the model"))
+        findings.append(
+            Finding(
+                "sanity_failed",
+                f"{sanity_method} maps barely change when the weights are re-initialised (Spearman {sanity:.2f} > {options.sanity_max}): they reflect the input, not the model",
+            )
+        )
 
     shortcut = None
     region_desc = None
@@ -149,7 +186,9 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
             raise ConfigError(str(exc)) from None
         rng = np.random.default_rng(options.seed)
         flip_rows = np.sort(rng.choice(len(s), size=min(options.n_intervention, len(s)), replace=False))
-        shortcut = shortcut_share(model, x, attrs[primary], mask, x_flip=np.ascontiguousarray(s.x[flip_rows]).astype(np.float32, copy=False))
+        shortcut = shortcut_share(
+            model, x, attrs[primary], mask, x_flip=np.ascontiguousarray(s.x[flip_rows]).astype(np.float32, copy=False)
+        )
         by_attr = shortcut.enrichment >= options.enrichment_warn
         by_flip = shortcut.flip_ci[0] >= options.flip_warn
         if by_attr or by_flip:
@@ -178,14 +217,64 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
         for k, v in robust[m].items():
             metrics[f"{m}_{k}"] = v
     if shortcut is not None:
-        metrics.update({"shortcut_share": shortcut.share, "shortcut_area": shortcut.area, "shortcut_enrichment": shortcut.enrichment, "shortcut_flip_rate": shortcut.flip_rate, "shortcut_flip_low": shortcut.flip_ci[0]})
+        metrics.update(
+            {
+                "shortcut_share": shortcut.share,
+                "shortcut_area": shortcut.area,
+                "shortcut_enrichment": shortcut.enrichment,
+                "shortcut_flip_rate": shortcut.flip_rate,
+                "shortcut_flip_low": shortcut.flip_ci[0],
+            }
+        )
     plots: list[dict[str, Any]] = []
-    for name, key, rkey in (("Deletion", "deletion_curve", "random_deletion_curve"), ("Insertion", "insertion_curve", "random_insertion_curve")):
-        series = [{"label": m.replace("_", " "), "x": list(f.fractions), "y": list(getattr(f, key))} for m, f in faith.items()]
+    for name, key, rkey in (
+        ("Deletion", "deletion_curve", "random_deletion_curve"),
+        ("Insertion", "insertion_curve", "random_insertion_curve"),
+    ):
+        series = [
+            {"label": m.replace("_", " "), "x": list(f.fractions), "y": list(getattr(f, key))} for m, f in faith.items()
+        ]
         series.append({"label": "random order", "x": list(best.fractions), "y": list(getattr(best, rkey))})
-        plots.append({"kind": "line", "title": f"{name} curve (predicted-class probability)", "xlabel": f"fraction of features {name.lower()[:-3]}ed", "ylabel": "probability", "series": series})
+        plots.append(
+            {
+                "kind": "line",
+                "title": f"{name} curve (predicted-class probability)",
+                "xlabel": f"fraction of features {name.lower()[:-3]}ed",
+                "ylabel": "probability",
+                "series": series,
+            }
+        )
     details: dict[str, Any] = {"plots": plots, "split": split, "rows": rows.tolist()}
-    tables = [{"title": "Attribution quality", "columns": ["method", "deletion AUC", "random", "insertion AUC", "random", "deletion gain 95% CI", "insertion gain 95% CI", "infidelity", "sensitivity max"], "rows": [[m, round(f.deletion_auc, 3), round(f.random_deletion_auc, 3), round(f.insertion_auc, 3), round(f.random_insertion_auc, 3), f"{f.deletion_gain_ci[0]:+.3f}..{f.deletion_gain_ci[1]:+.3f}", f"{f.insertion_gain_ci[0]:+.3f}..{f.insertion_gain_ci[1]:+.3f}", robust[m].get("infidelity"), robust[m].get("sensitivity_max")] for m, f in faith.items()]}]
+    tables = [
+        {
+            "title": "Attribution quality",
+            "columns": [
+                "method",
+                "deletion AUC",
+                "random",
+                "insertion AUC",
+                "random",
+                "deletion gain 95% CI",
+                "insertion gain 95% CI",
+                "infidelity",
+                "sensitivity max",
+            ],
+            "rows": [
+                [
+                    m,
+                    round(f.deletion_auc, 3),
+                    round(f.random_deletion_auc, 3),
+                    round(f.insertion_auc, 3),
+                    round(f.random_insertion_auc, 3),
+                    f"{f.deletion_gain_ci[0]:+.3f}..{f.deletion_gain_ci[1]:+.3f}",
+                    f"{f.insertion_gain_ci[0]:+.3f}..{f.insertion_gain_ci[1]:+.3f}",
+                    robust[m].get("infidelity"),
+                    robust[m].get("sensitivity_max"),
+                ]
+                for m, f in faith.items()
+            ],
+        }
+    ]
     if case.modality == "image":
         a = np.abs(attrs[primary])
         maps = a.reshape(len(a), *case.input_shape)
@@ -193,34 +282,98 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
             maps = maps.mean(1)
         shown = min(len(rows), 16)
         # scaled by each map's 99th percentile so one extreme pixel does not wash the rest out
-        heat = [np.round(np.clip(mp / q, 0, 1), 2).tolist() if (q := float(np.percentile(mp, 99))) > 0 else np.zeros_like(mp).tolist() for mp in maps[:shown]]
-        captions = [f"y={int(s.y[r]) if s.y is not None else '?'} pred={int(pred[r])}" + (" ✗" if s.y is not None and pred[r] != s.y[r] else "") for r in rows[:shown]]
-        details["images"] = [{"title": f"{primary.replace('_', ' ')} overlays (red = attribution)", "split": split, "indices": rows[:shown].tolist(), "captions": captions, "heatmaps": heat}]
+        heat = [
+            np.round(np.clip(mp / q, 0, 1), 2).tolist()
+            if (q := float(np.percentile(mp, 99))) > 0
+            else np.zeros_like(mp).tolist()
+            for mp in maps[:shown]
+        ]
+        captions = [
+            f"y={int(s.y[r]) if s.y is not None else '?'} pred={int(pred[r])}"
+            + (" ✗" if s.y is not None and pred[r] != s.y[r] else "")
+            for r in rows[:shown]
+        ]
+        details["images"] = [
+            {
+                "title": f"{primary.replace('_', ' ')} overlays (red = attribution)",
+                "split": split,
+                "indices": rows[:shown].tolist(),
+                "captions": captions,
+                "heatmaps": heat,
+            }
+        ]
     else:
         imp = class_importance(attrs[primary], target, case.n_classes)
         names = list(case.feature_names or [f"x{i}" for i in range(imp.shape[1])])
         overall = np.nanmean(imp, 0)
         top = np.argsort(-np.nan_to_num(overall))[:20]
-        class_names = [str(c) for c in (case.class_names or range(case.n_classes))] if hasattr(case, "class_names") else [str(c) for c in range(case.n_classes)]
-        plots.append({"kind": "heatmap", "title": "Per-class mean |attribution| (top features)", "xlabel": "feature", "ylabel": "class", "series": [{"z": np.nan_to_num(imp[:, top]).round(4).tolist(), "x": [names[i] for i in top], "y": class_names}]})
-        tables.append({"title": "Per-class global importance (top 5 features)", "columns": ["class", "top features (mean |attribution|)"], "rows": [[class_names[k], ", ".join(f"{names[i]} {imp[k, i]:.3g}" for i in np.argsort(-np.nan_to_num(imp[k]))[:5])] for k in range(case.n_classes) if not np.isnan(imp[k]).all()]})
+        class_names = (
+            [str(c) for c in (case.class_names or range(case.n_classes))]
+            if hasattr(case, "class_names")
+            else [str(c) for c in range(case.n_classes)]
+        )
+        plots.append(
+            {
+                "kind": "heatmap",
+                "title": "Per-class mean |attribution| (top features)",
+                "xlabel": "feature",
+                "ylabel": "class",
+                "series": [
+                    {"z": np.nan_to_num(imp[:, top]).round(4).tolist(), "x": [names[i] for i in top], "y": class_names}
+                ],
+            }
+        )
+        tables.append(
+            {
+                "title": "Per-class global importance (top 5 features)",
+                "columns": ["class", "top features (mean |attribution|)"],
+                "rows": [
+                    [
+                        class_names[k],
+                        ", ".join(f"{names[i]} {imp[k, i]:.3g}" for i in np.argsort(-np.nan_to_num(imp[k]))[:5]),
+                    ]
+                    for k in range(case.n_classes)
+                    if not np.isnan(imp[k]).all()
+                ],
+            }
+        )
     details["tables"] = tables
     remedy = None
     if shortcut is not None and any(f.code == "shortcut" for f in findings):
-        named = f"suspect_region={options.suspect_region}" if options.suspect_region else f"suspect_feature={options.suspect_feature}"
-        remedy = Remedy(command=f"dlclinic treat model.interpretability --option {named}", description="blank the named region/feature in every training input, retrain with the same recipe, and verify that the attribution enrichment and flip rate fell")
+        named = (
+            f"suspect_region={options.suspect_region}"
+            if options.suspect_region
+            else f"suspect_feature={options.suspect_feature}"
+        )
+        remedy = Remedy(
+            command=f"dlclinic treat model.interpretability --option {named}",
+            description="blank the named region/feature in every training input, retrain with the same recipe, and verify that the attribution enrichment and flip rate fell",
+        )
     elif status in ("warn", "fail"):
-        remedy = Remedy(command=None, description="attributions of this model are not trustworthy (unfaithful or insensitive to the weights): prefer occlusion/intervention tests over gradient maps, and check the model for saturation")
+        remedy = Remedy(
+            command=None,
+            description="attributions of this model are not trustworthy (unfaithful or insensitive to the weights): prefer occlusion/intervention tests over gradient maps, and check the model for saturation",
+        )
     return CheckResult(
         id=CID,
         status=status,
         summary=summary,
         metrics=metrics,
-        thresholds={"enrichment_warn": options.enrichment_warn, "flip_warn": options.flip_warn, "sanity_max": options.sanity_max},
+        thresholds={
+            "enrichment_warn": options.enrichment_warn,
+            "flip_warn": options.flip_warn,
+            "sanity_max": options.sanity_max,
+        },
         findings=tuple(findings),
         remedy=remedy,
         details=details,
     )
 
 
-CHECK = CheckSpec(id=CID, requires=(("probs", "test"),), options=InterpretabilityOptions, run=run, description="IG/saliency/occlusion (captum), deletion/insertion vs random, infidelity/sensitivity, randomization sanity, shortcut share on a named region/feature")
+CHECK = CheckSpec(
+    id=CID,
+    requires=(("probs", "test"),),
+    options=InterpretabilityOptions,
+    run=run,
+    description="IG/saliency/occlusion (captum), deletion/insertion vs random, infidelity/sensitivity, randomization sanity, shortcut share on a named region/feature",
+)

@@ -79,11 +79,17 @@ def _memorization(case: Case, evidence: Evidence, options: OverfittingOptions) -
     if probe is None or options.memorization_rows < 10 or options.memorization_steps < 1:
         return None
     cfg = recipe(evidence)
-    params = {"rows": options.memorization_rows, "steps": options.memorization_steps, "lr": cfg.lr, "bs": cfg.batch_size, "wd": cfg.weight_decay}
+    params = {
+        "rows": options.memorization_rows,
+        "steps": options.memorization_steps,
+        "lr": cfg.lr,
+        "bs": cfg.batch_size,
+        "wd": cfg.weight_decay,
+    }
 
     def compute() -> dict[str, np.ndarray]:
         from dlclinic.core.inference import predict_logits
-        from dlclinic.remedies.fit import FitConfig, fit, seed_everything
+        from dlclinic.core.recipe import FitConfig, fit, seed_everything
 
         idx = subsample(len(case.train), options.memorization_rows, 7)
         x = np.nan_to_num(case.train.x[idx])
@@ -91,9 +97,25 @@ def _memorization(case: Case, evidence: Evidence, options: OverfittingOptions) -
         epochs = max(1, math.ceil(options.memorization_steps / max(1, math.ceil(len(idx) / cfg.batch_size))))
         seed_everything(7)
         model, _ = fresh_model(case)
-        net = fit(model, x, y, FitConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, val_fraction=0.0, seed=7)).model
+        net = fit(
+            model,
+            x,
+            y,
+            FitConfig(
+                epochs=epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                val_fraction=0.0,
+                seed=7,
+            ),
+        ).model
         hits = int((predict_logits(net, x).argmax(1) == y).sum())
-        return {"hits": np.asarray(hits, dtype=np.int64), "n": np.asarray(len(idx), dtype=np.int64), "epochs": np.asarray(epochs, dtype=np.int64)}
+        return {
+            "hits": np.asarray(hits, dtype=np.int64),
+            "n": np.asarray(len(idx), dtype=np.int64),
+            "epochs": np.asarray(epochs, dtype=np.int64),
+        }
 
     return evidence.cached("training.memorization", params, compute)
 
@@ -108,7 +130,11 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
     """Compare train and held-out accuracy/loss, and measure held-out calibration."""
     held = "test" if case.get("test") is not None and case.splits["test"].labelled else None
     if held is None:
-        return CheckResult(id="model.overfitting", status="not_examined", summary="Needs a labelled test split to measure the generalization gap (pass --test).")
+        return CheckResult(
+            id="model.overfitting",
+            status="not_examined",
+            summary="Needs a labelled test split to measure the generalization gap (pass --test).",
+        )
     train, test = case.train, case.splits[held]
     if train.y is None or test.y is None:  # pragma: no cover - guaranteed by Case and the check above
         raise InputError("model.overfitting needs labelled train and test splits")
@@ -136,7 +162,17 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
     if options.curves:
         from dlclinic.checks.training_run import RunSettings, history_of, monitored_run
 
-        arrays, how = monitored_run(case, evidence, RunSettings(steps=options.steps, rows=options.rows, every=options.every, lr=options.lr, batch_size=options.batch_size))
+        arrays, how = monitored_run(
+            case,
+            evidence,
+            RunSettings(
+                steps=options.steps,
+                rows=options.rows,
+                every=options.every,
+                lr=options.lr,
+                batch_size=options.batch_size,
+            ),
+        )
         if arrays is None:
             curve_note = f" Training curves and the memorisation test were not measured: {how}."
         else:
@@ -145,26 +181,95 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
                 ep = list(range(1, len(hist["train_loss"]) + 1))
                 opens = gap_open_epoch(hist["train_acc"], hist["val_acc"], options.warn_gap)
                 best = int(np.nanargmin(np.where(np.isfinite(hist["val_loss"]), hist["val_loss"], np.inf))) + 1
-                rise = float(hist["val_loss"][-1] / hist["val_loss"][best - 1] - 1) if hist["val_loss"][best - 1] > 0 else math.nan
-                metrics_extra.update({"curve_gap_open_epoch": None if opens is None else opens + 1, "curve_best_val_epoch": best, "curve_epochs": len(ep), "curve_final_accuracy_gap": float(hist["train_acc"][-1] - hist["val_acc"][-1]), "curve_val_loss_rise": rise})
+                rise = (
+                    float(hist["val_loss"][-1] / hist["val_loss"][best - 1] - 1)
+                    if hist["val_loss"][best - 1] > 0
+                    else math.nan
+                )
+                metrics_extra.update(
+                    {
+                        "curve_gap_open_epoch": None if opens is None else opens + 1,
+                        "curve_best_val_epoch": best,
+                        "curve_epochs": len(ep),
+                        "curve_final_accuracy_gap": float(hist["train_acc"][-1] - hist["val_acc"][-1]),
+                        "curve_val_loss_rise": rise,
+                    }
+                )
                 if opens is not None:
-                    findings.append(Finding("gap_opens", f"in a short re-run ({len(ep)} epochs on {int(arrays['rows'])} rows) the train/validation accuracy gap opens at epoch {opens + 1} and stays above {options.warn_gap:.0%}; validation loss is lowest at epoch {best} and ends {rise:+.0%} above it", extra={"epoch": opens + 1, "best_epoch": best}))
-                extra_plots.append({"kind": "line", "title": "Loss per epoch (short re-run)", "xlabel": "epoch", "ylabel": "cross-entropy", "series": [{"label": "train", "x": ep, "y": [float(v) if math.isfinite(v) else None for v in hist["train_loss"]]}, {"label": "validation", "x": ep, "y": [float(v) if math.isfinite(v) else None for v in hist["val_loss"]]}]})
-                extra_plots.append({"kind": "line", "title": "Accuracy per epoch (short re-run)", "xlabel": "epoch", "ylabel": "accuracy", "series": [{"label": "train", "x": ep, "y": hist["train_acc"].tolist()}, {"label": "validation", "x": ep, "y": hist["val_acc"].tolist()}]})
+                    findings.append(
+                        Finding(
+                            "gap_opens",
+                            f"in a short re-run ({len(ep)} epochs on {int(arrays['rows'])} rows) the train/validation accuracy gap opens at epoch {opens + 1} and stays above {options.warn_gap:.0%}; validation loss is lowest at epoch {best} and ends {rise:+.0%} above it",
+                            extra={"epoch": opens + 1, "best_epoch": best},
+                        )
+                    )
+                extra_plots.append(
+                    {
+                        "kind": "line",
+                        "title": "Loss per epoch (short re-run)",
+                        "xlabel": "epoch",
+                        "ylabel": "cross-entropy",
+                        "series": [
+                            {
+                                "label": "train",
+                                "x": ep,
+                                "y": [float(v) if math.isfinite(v) else None for v in hist["train_loss"]],
+                            },
+                            {
+                                "label": "validation",
+                                "x": ep,
+                                "y": [float(v) if math.isfinite(v) else None for v in hist["val_loss"]],
+                            },
+                        ],
+                    }
+                )
+                extra_plots.append(
+                    {
+                        "kind": "line",
+                        "title": "Accuracy per epoch (short re-run)",
+                        "xlabel": "epoch",
+                        "ylabel": "accuracy",
+                        "series": [
+                            {"label": "train", "x": ep, "y": hist["train_acc"].tolist()},
+                            {"label": "validation", "x": ep, "y": hist["val_acc"].tolist()},
+                        ],
+                    }
+                )
             mem = _memorization(case, evidence, options)
             if mem is not None:
                 hits, n = int(mem["hits"]), int(mem["n"])
                 lo, hi = wilson_interval(hits, n)
                 chance = 1.0 / case.n_classes
-                metrics_extra.update({"memorization_accuracy": hits / n, "memorization_ci_low": lo, "memorization_ci_high": hi, "memorization_chance": chance})
+                metrics_extra.update(
+                    {
+                        "memorization_accuracy": hits / n,
+                        "memorization_ci_low": lo,
+                        "memorization_ci_high": hi,
+                        "memorization_chance": chance,
+                    }
+                )
                 if lo > chance:
-                    findings.append(Finding("memorization", f"a fresh copy fits {hits / n:.0%} (95 % CI {lo:.0%}–{hi:.0%}) of {n} randomly relabelled rows in {int(mem['epochs'])} epochs (chance {chance:.0%}): it has the capacity to memorise noise, so regularisation and early stopping matter"))
+                    findings.append(
+                        Finding(
+                            "memorization",
+                            f"a fresh copy fits {hits / n:.0%} (95 % CI {lo:.0%}–{hi:.0%}) of {n} randomly relabelled rows in {int(mem['epochs'])} epochs (chance {chance:.0%}): it has the capacity to memorise noise, so regularisation and early stopping matter",
+                        )
+                    )
     if gap_status != "ok":
-        findings.append(Finding("generalization_gap", f"train accuracy {acc_tr:.1%} vs test {acc_te:.1%}: gap {gap:+.1%} (z={z:.1f})"))
+        findings.append(
+            Finding(
+                "generalization_gap", f"train accuracy {acc_tr:.1%} vs test {acc_te:.1%}: gap {gap:+.1%} (z={z:.1f})"
+            )
+        )
     if ece_status != "ok":
         mean_conf = float(p_te.max(1).mean())
         direction = "over-confident" if mean_conf > acc_te else "under-confident"
-        findings.append(Finding("miscalibration", f"expected calibration error {ece:.3f} on test: the model is {direction} (mean confidence {mean_conf:.1%} vs accuracy {acc_te:.1%})"))
+        findings.append(
+            Finding(
+                "miscalibration",
+                f"expected calibration error {ece:.3f} on test: the model is {direction} (mean confidence {mean_conf:.1%} vs accuracy {acc_te:.1%})",
+            )
+        )
     status = worst(statuses)
     if status == "ok":
         summary = f"Train/test accuracy gap {gap:+.1%} and ECE {ece:.3f} are within limits."
@@ -181,7 +286,10 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
     summary += curve_note
     remedy = None
     if status in ("warn", "fail"):
-        remedy = Remedy(command="dlclinic treat model.overfitting", description="temperature scaling verified by ECE before/after (cross-fitted on test), and a retrain with early stopping (best-checkpoint restore), weight decay and label smoothing verified by the train/test gap")
+        remedy = Remedy(
+            command="dlclinic treat model.overfitting",
+            description="temperature scaling verified by ECE before/after (cross-fitted on test), and a retrain with early stopping (best-checkpoint restore), weight decay and label smoothing verified by the train/test gap",
+        )
     return CheckResult(
         id="model.overfitting",
         status=status,
@@ -199,13 +307,42 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
             "ece_p_value": ece_p,
             **metrics_extra,
         },
-        thresholds={"accuracy_gap.warn": options.warn_gap, "accuracy_gap.fail": options.fail_gap, "gap_z.min": options.z, "ece_p_value.max": options.alpha, "ece.warn": options.warn_ece, "ece.fail": options.fail_ece},
+        thresholds={
+            "accuracy_gap.warn": options.warn_gap,
+            "accuracy_gap.fail": options.fail_gap,
+            "gap_z.min": options.z,
+            "ece_p_value.max": options.alpha,
+            "ece.warn": options.warn_ece,
+            "ece.fail": options.fail_ece,
+        },
         findings=tuple(findings),
         remedy=remedy,
         details={
             "plots": [
-                {"kind": "reliability", "title": "Reliability diagram (test)", "xlabel": "confidence", "ylabel": "accuracy", "series": [{"label": "test", "x": rel.confidence.tolist(), "y": rel.accuracy.tolist(), "count": rel.count.tolist()}]},
-                {"kind": "hist", "title": "Per-sample loss: train vs test", "xlabel": "cross-entropy", "ylabel": "density", "series": [{"label": "train", "values": np.clip(evidence.get("losses", "train"), 0, 10).tolist()}, {"label": "test", "values": np.clip(evidence.get("losses", held), 0, 10).tolist()}]},
+                {
+                    "kind": "reliability",
+                    "title": "Reliability diagram (test)",
+                    "xlabel": "confidence",
+                    "ylabel": "accuracy",
+                    "series": [
+                        {
+                            "label": "test",
+                            "x": rel.confidence.tolist(),
+                            "y": rel.accuracy.tolist(),
+                            "count": rel.count.tolist(),
+                        }
+                    ],
+                },
+                {
+                    "kind": "hist",
+                    "title": "Per-sample loss: train vs test",
+                    "xlabel": "cross-entropy",
+                    "ylabel": "density",
+                    "series": [
+                        {"label": "train", "values": np.clip(evidence.get("losses", "train"), 0, 10).tolist()},
+                        {"label": "test", "values": np.clip(evidence.get("losses", held), 0, 10).tolist()},
+                    ],
+                },
                 *extra_plots,
             ]
         },

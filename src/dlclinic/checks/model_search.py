@@ -59,7 +59,11 @@ def _subset(case: Case, n_train: int, n_val: int, seed: int) -> tuple[np.ndarray
 
 def _unavailable(cid: str, case: Case) -> CheckResult | None:
     if case.model_factory is None:
-        return CheckResult(id=cid, status="not_examined", summary="Needs the model's architecture to retrain it (a file.py:factory model, or no model so dlclinic trains its baseline); a .pt2/ONNX file cannot be retrained.")
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs the model's architecture to retrain it (a file.py:factory model, or no model so dlclinic trains its baseline); a .pt2/ONNX file cannot be retrained.",
+        )
     if case.train.y is None:
         return CheckResult(id=cid, status="not_examined", summary="Needs labelled training data.")
     try:
@@ -132,7 +136,9 @@ def _run_hyperparameters(case: Case, evidence: Evidence, options: Hyperparameter
         "weight_decay": float(cfg.weight_decay if options.weight_decay is None else options.weight_decay),
         "batch_size": int(cfg.batch_size if options.batch_size is None else options.batch_size),
     }
-    epochs = int(options.epochs) if options.epochs is not None else max(1, min(int(cfg.epochs), int(options.max_epochs)))
+    epochs = (
+        int(options.epochs) if options.epochs is not None else max(1, min(int(cfg.epochs), int(options.max_epochs)))
+    )
     x_tr, y_tr, x_va, y_va = _subset(case, options.n_train, options.n_val, options.seed)
     with evidence.progress.step("short Optuna study", total=options.n_trials) as advance:
         result = hyperparameter_study(
@@ -162,13 +168,25 @@ def _run_hyperparameters(case: Case, evidence: Evidence, options: Hyperparameter
     imp = sorted(result.importances.items(), key=lambda kv: -kv[1])
     findings: list[Finding] = []
     if significant:
-        findings.append(Finding("better_recipe", f"{best} reaches {result.best_accuracy:.1%} validation accuracy vs {result.baseline_accuracy:.1%} for the current recipe (gain {result.gain:+.1%}, 95% CI {result.gain_ci[0]:+.1%}..{result.gain_ci[1]:+.1%}; McNemar p = {p_better:.2g} ≤ {options.alpha:g}/{compared})"))
-        summary = f"The recipe is a bottleneck: {best} gains {result.gain:+.1%} validation accuracy over the current one in a {result.n_trials}-trial short study" + (f"; most important: {imp[0][0]}" if imp else "") + "."
+        findings.append(
+            Finding(
+                "better_recipe",
+                f"{best} reaches {result.best_accuracy:.1%} validation accuracy vs {result.baseline_accuracy:.1%} for the current recipe (gain {result.gain:+.1%}, 95% CI {result.gain_ci[0]:+.1%}..{result.gain_ci[1]:+.1%}; McNemar p = {p_better:.2g} ≤ {options.alpha:g}/{compared})",
+            )
+        )
+        summary = (
+            f"The recipe is a bottleneck: {best} gains {result.gain:+.1%} validation accuracy over the current one in a {result.n_trials}-trial short study"
+            + (f"; most important: {imp[0][0]}" if imp else "")
+            + "."
+        )
     else:
         summary = f"No recipe in a {result.n_trials}-trial short study beats the current one by ≥ {options.min_gain:.0%} (best gain {result.gain:+.1%}); the hyperparameters are not the bottleneck at this budget."
         if compared < 2:
             summary += f" Only {compared + 1} trial(s) completed in {options.timeout_s:g} s, too few to judge: raise --option model.hyperparameters.timeout_s=… (or run `dlclinic treat model.hyperparameters`)."
-    remedy = Remedy(command="dlclinic treat model.hyperparameters --option n_trials=40", description="full Optuna study (TPE + median/Hyperband pruning, SQLite storage in the output folder, resumable; --option storage=postgresql://… for many workers), then retrain with the best values and verify on test")
+    remedy = Remedy(
+        command="dlclinic treat model.hyperparameters --option n_trials=40",
+        description="full Optuna study (TPE + median/Hyperband pruning, SQLite storage in the output folder, resumable; --option storage=postgresql://… for many workers), then retrain with the best values and verify on test",
+    )
     trials = [t for t in result.trials if t.get("value") is not None]
     return CheckResult(
         id=cid,
@@ -193,10 +211,45 @@ def _run_hyperparameters(case: Case, evidence: Evidence, options: Hyperparameter
         details={
             "budget": f"{options.n_trials} trials / {options.timeout_s:g} s, {epochs} epochs on {len(y_tr)} train rows, validated on {len(y_va)} other train rows",
             "plots": [
-                {"kind": "bar", "title": "Parameter importance (fANOVA)", "xlabel": "hyperparameter", "ylabel": "importance", "series": [{"label": "importance", "x": [k for k, _ in imp], "y": [v for _, v in imp]}]},
-                {"kind": "scatter", "title": "Validation accuracy vs learning rate", "xlabel": "learning rate", "ylabel": "validation accuracy", "xscale": "log", "series": [{"label": "trials", "x": [t["lr"] for t in trials if "lr" in t], "y": [t["value"] for t in trials if "lr" in t]}]},
+                {
+                    "kind": "bar",
+                    "title": "Parameter importance (fANOVA)",
+                    "xlabel": "hyperparameter",
+                    "ylabel": "importance",
+                    "series": [{"label": "importance", "x": [k for k, _ in imp], "y": [v for _, v in imp]}],
+                },
+                {
+                    "kind": "scatter",
+                    "title": "Validation accuracy vs learning rate",
+                    "xlabel": "learning rate",
+                    "ylabel": "validation accuracy",
+                    "xscale": "log",
+                    "series": [
+                        {
+                            "label": "trials",
+                            "x": [t["lr"] for t in trials if "lr" in t],
+                            "y": [t["value"] for t in trials if "lr" in t],
+                        }
+                    ],
+                },
             ],
-            "tables": [{"title": "Trials", "columns": ["trial", "state", "val accuracy", "lr", "weight decay", "batch size"], "rows": [[t["number"], t["state"], t.get("value"), t.get("lr"), t.get("weight_decay"), t.get("batch_size")] for t in result.trials]}],
+            "tables": [
+                {
+                    "title": "Trials",
+                    "columns": ["trial", "state", "val accuracy", "lr", "weight decay", "batch size"],
+                    "rows": [
+                        [
+                            t["number"],
+                            t["state"],
+                            t.get("value"),
+                            t.get("lr"),
+                            t.get("weight_decay"),
+                            t.get("batch_size"),
+                        ]
+                        for t in result.trials
+                    ],
+                }
+            ],
         },
     )
 
@@ -248,7 +301,13 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
     if missing is not None:
         if summary_info is None:
             return missing
-        return CheckResult(id=cid, status="not_examined", summary=missing.summary + f" Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.1f} MFLOPs per sample.", metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]})
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary=missing.summary
+            + f" Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.1f} MFLOPs per sample.",
+            metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]},
+        )
     factory = case.model_factory
     assert factory is not None
     if summary_info is None:
@@ -260,7 +319,9 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
     lr = float(cfg.lr if options.lr is None else options.lr)
     weight_decay = float(cfg.weight_decay if options.weight_decay is None else options.weight_decay)
     batch_size = int(cfg.batch_size if options.batch_size is None else options.batch_size)
-    epochs = int(options.epochs) if options.epochs is not None else max(1, min(int(cfg.epochs), int(options.max_epochs)))
+    epochs = (
+        int(options.epochs) if options.epochs is not None else max(1, min(int(cfg.epochs), int(options.max_epochs)))
+    )
     x_tr, y_tr, x_va, y_va = _subset(case, options.n_train, options.n_val, options.seed)
     rows = []
     outcomes: dict[float, Any] = {}
@@ -272,10 +333,29 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
             except Exception as exc:
                 from dlclinic.io._common import brief
 
-                return CheckResult(id=cid, status="not_examined", summary=f"Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample; narrower versions could not be built ({brief(exc)}).", metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]})
+                return CheckResult(
+                    id=cid,
+                    status="not_examined",
+                    summary=f"Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample; narrower versions could not be built ({brief(exc)}).",
+                    metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]},
+                )
             n_params = parameter_count(net)
             info = model_summary(net, case.train.x[:1])
-            out = train_eval(net, x_tr, y_tr, x_va, y_va, lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, seed=options.seed, max_seconds=options.max_seconds, schedule=cfg.schedule, label_smoothing=cfg.label_smoothing)
+            out = train_eval(
+                net,
+                x_tr,
+                y_tr,
+                x_va,
+                y_va,
+                lr=lr,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                epochs=epochs,
+                seed=options.seed,
+                max_seconds=options.max_seconds,
+                schedule=cfg.schedule,
+                label_smoothing=cfg.label_smoothing,
+            )
             outcomes[r] = (out, n_params, info["flops"])
             advance(1)
     full_acc = outcomes[1.0][0].accuracy
@@ -291,27 +371,49 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
         candidates.append((r, n_params, flops, out.accuracy, drop, lo, hi))
     for r in ratios:
         out, n_params, flops = outcomes[r]
-        rows.append([f"{r:.0%}", n_params, round(flops / 1e6, 3), round(out.accuracy, 4), round(full_acc - out.accuracy, 4)])
-    smaller = [c for c in candidates if c[1] <= 0.5 * full_params and c[6] <= options.tolerance]  # upper bound of the drop: within tolerance with confidence
+        rows.append(
+            [f"{r:.0%}", n_params, round(flops / 1e6, 3), round(out.accuracy, 4), round(full_acc - out.accuracy, 4)]
+        )
+    smaller = [
+        c for c in candidates if c[1] <= 0.5 * full_params and c[6] <= options.tolerance
+    ]  # upper bound of the drop: within tolerance with confidence
     smallest = min(smaller, key=lambda c: c[1]) if smaller else None
     findings: list[Finding] = []
     head = f"{summary_info['n_params']:,} parameters in {summary_info['n_layers_with_params']} layers, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample"
     dead = [r_ for r_ in red if r_["kind"] == "activations" and r_["dead_fraction"] >= options.dead_warn]
     low_rank = [r_ for r_ in red if r_["kind"] == "weights" and r_["rank_ratio"] < options.rank_ratio_warn]
     for r_ in dead:
-        findings.append(Finding("dead_channels", f"{r_['layer']}: {r_['dead_fraction']:.0%} of {r_['channels']} channels never activate on 256 train inputs"))
+        findings.append(
+            Finding(
+                "dead_channels",
+                f"{r_['layer']}: {r_['dead_fraction']:.0%} of {r_['channels']} channels never activate on 256 train inputs",
+            )
+        )
     for r_ in low_rank:
-        findings.append(Finding("low_rank", f"{r_['layer']}: effective rank {r_['effective_rank']:.1f} ({r_['rank_ratio']:.0%} of full): the layer could be factorised or narrowed"))
+        findings.append(
+            Finding(
+                "low_rank",
+                f"{r_['layer']}: effective rank {r_['effective_rank']:.1f} ({r_['rank_ratio']:.0%} of full): the layer could be factorised or narrowed",
+            )
+        )
     if smallest is not None:
         r, n_params, _, acc, drop, lo, hi = smallest
-        findings.append(Finding("oversized", f"at {r:.0%} width ({n_params:,} parameters, {n_params / full_params:.0%}) validation accuracy is {acc:.1%} vs {full_acc:.1%} at full width (drop {drop:+.1%}, 95% CI {lo:+.1%}..{hi:+.1%}) under the same budget"))
+        findings.append(
+            Finding(
+                "oversized",
+                f"at {r:.0%} width ({n_params:,} parameters, {n_params / full_params:.0%}) validation accuracy is {acc:.1%} vs {full_acc:.1%} at full width (drop {drop:+.1%}, 95% CI {lo:+.1%}..{hi:+.1%}) under the same budget",
+            )
+        )
         summary = f"{head}; the same architecture at {r:.0%} width ({n_params / full_params:.0%} of the parameters) matches full width within {options.tolerance:.0%} (upper 95% bound of the drop) under the same budget: the model is likely larger than the data needs."
     else:
         summary = f"{head}; narrower versions ({', '.join(f'{r:.0%}' for r in ratios[1:])} width) are not shown to stay within {options.tolerance:.0%} of full-width validation accuracy (upper 95% bound of the drop)."
     status: Status = "warn" if (smallest is not None or dead or low_rank) else "ok"
     if smallest is None and (dead or low_rank):
         summary += f" Redundancy: {len(dead)} layer(s) with ≥ {options.dead_warn:.0%} dead channels, {len(low_rank)} with effective rank < {options.rank_ratio_warn:.0%} of full."
-    remedy = Remedy(command="dlclinic treat model.architecture", description="Optuna multi-objective search over width (and depth for dlclinic's baseline family) with full training: Pareto front of accuracy vs parameters and the smallest model within 1 point of the best, retrained and verified on test")
+    remedy = Remedy(
+        command="dlclinic treat model.architecture",
+        description="Optuna multi-objective search over width (and depth for dlclinic's baseline family) with full training: Pareto front of accuracy vs parameters and the smallest model within 1 point of the best, retrained and verified on test",
+    )
     return CheckResult(
         id=cid,
         status=status,
@@ -331,15 +433,68 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
         remedy=remedy,
         details={
             "budget": f"{epochs} epochs on {len(y_tr)} train rows, validated on {len(y_va)} other train rows",
-            "plots": [{"kind": "scatter", "title": "Validation accuracy vs parameters (short runs)", "xlabel": "parameters", "ylabel": "validation accuracy", "xscale": "log", "series": [{"label": "width", "x": [outcomes[r][1] for r in ratios], "y": [outcomes[r][0].accuracy for r in ratios], "text": [f"{r:.0%}" for r in ratios], "line": True}]}],
+            "plots": [
+                {
+                    "kind": "scatter",
+                    "title": "Validation accuracy vs parameters (short runs)",
+                    "xlabel": "parameters",
+                    "ylabel": "validation accuracy",
+                    "xscale": "log",
+                    "series": [
+                        {
+                            "label": "width",
+                            "x": [outcomes[r][1] for r in ratios],
+                            "y": [outcomes[r][0].accuracy for r in ratios],
+                            "text": [f"{r:.0%}" for r in ratios],
+                            "line": True,
+                        }
+                    ],
+                }
+            ],
             "tables": [
-                {"title": "Width comparison", "columns": ["width", "params", "MFLOPs", "val accuracy", "drop vs full"], "rows": rows},
-                {"title": "Redundancy (effective rank of weights, dead activation channels)", "columns": ["layer", "kind", "effective rank", "rank ratio", "dead fraction"], "rows": [[r_["layer"], r_["kind"], r_.get("effective_rank"), r_.get("rank_ratio"), r_.get("dead_fraction")] for r_ in red]},
-                {"title": "Model summary", "columns": ["layer", "type", "params", "output"], "rows": [[layer["name"], layer["type"], layer["params"], "×".join(str(s) for s in layer["output"])] for layer in summary_info["layers"]]},
+                {
+                    "title": "Width comparison",
+                    "columns": ["width", "params", "MFLOPs", "val accuracy", "drop vs full"],
+                    "rows": rows,
+                },
+                {
+                    "title": "Redundancy (effective rank of weights, dead activation channels)",
+                    "columns": ["layer", "kind", "effective rank", "rank ratio", "dead fraction"],
+                    "rows": [
+                        [
+                            r_["layer"],
+                            r_["kind"],
+                            r_.get("effective_rank"),
+                            r_.get("rank_ratio"),
+                            r_.get("dead_fraction"),
+                        ]
+                        for r_ in red
+                    ],
+                },
+                {
+                    "title": "Model summary",
+                    "columns": ["layer", "type", "params", "output"],
+                    "rows": [
+                        [layer["name"], layer["type"], layer["params"], "×".join(str(s) for s in layer["output"])]
+                        for layer in summary_info["layers"]
+                    ],
+                },
             ],
         },
     )
 
 
-HYPERPARAMETERS = CheckSpec(id="model.hyperparameters", requires=(), options=HyperparameterOptions, run=run_hyperparameters, description="short Optuna study (TPE, median pruning) over lr / weight decay / batch size vs the current recipe, parameter importances")
-ARCHITECTURE = CheckSpec(id="model.architecture", requires=(), options=ArchitectureOptions, run=run_architecture, description="model summary (layers, params, FLOPs) and the same architecture at fewer channels trained with the recipe (at most max_seconds each)")
+HYPERPARAMETERS = CheckSpec(
+    id="model.hyperparameters",
+    requires=(),
+    options=HyperparameterOptions,
+    run=run_hyperparameters,
+    description="short Optuna study (TPE, median pruning) over lr / weight decay / batch size vs the current recipe, parameter importances",
+)
+ARCHITECTURE = CheckSpec(
+    id="model.architecture",
+    requires=(),
+    options=ArchitectureOptions,
+    run=run_architecture,
+    description="model summary (layers, params, FLOPs) and the same architecture at fewer channels trained with the recipe (at most max_seconds each)",
+)

@@ -66,16 +66,36 @@ def build_tasks(case: Case, options: ForgettingOptions) -> object:
     return TaskSequence(capped, seq.test_rows, seq.classes, seq.names)
 
 
-def run_sequence(case: Case, options: ForgettingOptions, *, strategy: str | None = None, seed: int | None = None, progress: object = None) -> dict[str, np.ndarray]:
+def run_sequence(
+    case: Case,
+    options: ForgettingOptions,
+    *,
+    strategy: str | None = None,
+    seed: int | None = None,
+    progress: object = None,
+) -> dict[str, np.ndarray]:
     """Train the case's architecture through the task sequence; the matrix and per-row correctness as arrays."""
     from dlclinic.functional.continual import ContinualConfig, run_task_sequence
 
     tasks = build_tasks(case, options)
-    cfg = ContinualConfig(strategy=strategy or options.strategy, scenario=options.scenario, epochs=options.epochs, lr=options.lr, memory=options.memory, seed=options.seed if seed is None else seed)
+    cfg = ContinualConfig(
+        strategy=strategy or options.strategy,
+        scenario=options.scenario,
+        epochs=options.epochs,
+        lr=options.lr,
+        memory=options.memory,
+        seed=options.seed if seed is None else seed,
+    )
     test = case.splits["test"]
-    res = run_task_sequence(case.model_factory, case.train.x, case.train.y, test.x, test.y, tasks, cfg, progress=progress)  # type: ignore[arg-type]
+    res = run_task_sequence(
+        case.model_factory, case.train.x, case.train.y, test.x, test.y, tasks, cfg, progress=progress
+    )  # type: ignore[arg-type]
     low, high = res.bwt_interval(seed=cfg.seed)
-    return {"matrix": res.matrix, "summary": np.array([res.average_accuracy, res.bwt, res.forgetting, low, high]), "names": np.array(list(tasks.names))}  # type: ignore[attr-defined]
+    return {
+        "matrix": res.matrix,
+        "summary": np.array([res.average_accuracy, res.bwt, res.forgetting, low, high]),
+        "names": np.array(list(tasks.names)),
+    }  # type: ignore[attr-defined]
 
 
 def result_from_arrays(r: dict[str, np.ndarray], options: ForgettingOptions, strategy: str) -> CheckResult:
@@ -90,19 +110,61 @@ def result_from_arrays(r: dict[str, np.ndarray], options: ForgettingOptions, str
     findings = []
     if status == "warn":
         worst = int(np.argmax([matrix[: t - 1, j].max() - matrix[-1, j] for j in range(t - 1)]))
-        findings.append(Finding("catastrophic_forgetting", f"{names[worst]}: accuracy {matrix[worst, worst]:.1%} right after learning it, {matrix[-1, worst]:.1%} after the last task"))
-    remedy = Remedy(command="dlclinic treat optimization.forgetting", description="compare experience replay, EWC and LwF on the same sequence and keep the best within the memory budget (accuracy matrix before/after)") if status == "warn" else None
+        findings.append(
+            Finding(
+                "catastrophic_forgetting",
+                f"{names[worst]}: accuracy {matrix[worst, worst]:.1%} right after learning it, {matrix[-1, worst]:.1%} after the last task",
+            )
+        )
+    remedy = (
+        Remedy(
+            command="dlclinic treat optimization.forgetting",
+            description="compare experience replay, EWC and LwF on the same sequence and keep the best within the memory budget (accuracy matrix before/after)",
+        )
+        if status == "warn"
+        else None
+    )
     return CheckResult(
         id="optimization.forgetting",
         status=status,  # type: ignore[arg-type]
         summary=summary,
-        metrics={"tasks": t, "average_accuracy": avg, "bwt": bwt, "bwt_low": low, "bwt_high": high, "forgetting": forgetting, "strategy_" + strategy: True},
+        metrics={
+            "tasks": t,
+            "average_accuracy": avg,
+            "bwt": bwt,
+            "bwt_low": low,
+            "bwt_high": high,
+            "forgetting": forgetting,
+            "strategy_" + strategy: True,
+        },
         thresholds={"forgetting.warn": options.warn_forgetting, "bwt_high.max": 0.0},
         findings=tuple(findings),
         remedy=remedy,
         details={
-            "plots": [{"kind": "heatmap", "title": f"Accuracy matrix ({strategy}): row = after training task i, column = task j", "xlabel": "evaluated on", "ylabel": "trained through", "series": [{"label": strategy, "x": names, "y": [f"after {n}" for n in names], "z": matrix.tolist(), "annotate": True}]}],
-            "tables": [{"title": f"Accuracy matrix ({strategy})", "columns": ["after \\ on", *names], "rows": [[f"after {names[i]}", *[f"{v:.3f}" for v in matrix[i]]] for i in range(t)]}],
+            "plots": [
+                {
+                    "kind": "heatmap",
+                    "title": f"Accuracy matrix ({strategy}): row = after training task i, column = task j",
+                    "xlabel": "evaluated on",
+                    "ylabel": "trained through",
+                    "series": [
+                        {
+                            "label": strategy,
+                            "x": names,
+                            "y": [f"after {n}" for n in names],
+                            "z": matrix.tolist(),
+                            "annotate": True,
+                        }
+                    ],
+                }
+            ],
+            "tables": [
+                {
+                    "title": f"Accuracy matrix ({strategy})",
+                    "columns": ["after \\ on", *names],
+                    "rows": [[f"after {names[i]}", *[f"{v:.3f}" for v in matrix[i]]] for i in range(t)],
+                }
+            ],
         },
     )
 
@@ -112,13 +174,26 @@ def run(case: Case, evidence: Evidence, options: ForgettingOptions) -> CheckResu
     cid = "optimization.forgetting"
     test = case.get("test")
     if test is None or not test.labelled:
-        return CheckResult(id=cid, status="not_examined", summary="Needs a labelled test split to measure accuracy per task (pass --test).")
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs a labelled test split to measure accuracy per task (pass --test).",
+        )
     if case.model_factory is None:
-        return CheckResult(id=cid, status="not_examined", summary="Needs the model's architecture to train it through a task sequence (pass --model file.py:factory); nothing was measured.")
-    params = {k: getattr(options, k) for k in ("tasks", "n_tasks", "strategy", "scenario", "epochs", "lr", "memory", "max_rows_per_task", "seed")}
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs the model's architecture to train it through a task sequence (pass --model file.py:factory); nothing was measured.",
+        )
+    params = {
+        k: getattr(options, k)
+        for k in ("tasks", "n_tasks", "strategy", "scenario", "epochs", "lr", "memory", "max_rows_per_task", "seed")
+    }
 
     def compute() -> dict[str, np.ndarray]:
-        with evidence.progress.step(f"forgetting: training through the task sequence ({options.strategy})", total=options.n_tasks) as advance:
+        with evidence.progress.step(
+            f"forgetting: training through the task sequence ({options.strategy})", total=options.n_tasks
+        ) as advance:
             return run_sequence(case, options, progress=advance)
 
     r = evidence.cached("forgetting", params, compute)

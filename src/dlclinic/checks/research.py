@@ -71,7 +71,13 @@ def logits_and_embeddings(model: Any, x: np.ndarray, batch_size: int = 512) -> t
         with eval_mode(model), torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 captured.clear()
-                out = first_output(model(torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x[i : i + batch_size]))).to(device=device, dtype=dtype)))
+                out = first_output(
+                    model(
+                        torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x[i : i + batch_size]))).to(
+                            device=device, dtype=dtype
+                        )
+                    )
+                )
                 logits.append(out.float().cpu().numpy())
                 embs.append((first_output(captured[-1]) if captured else out).float().flatten(1).cpu().numpy())
     finally:
@@ -86,7 +92,11 @@ def _labelled_test(case: Case) -> Any:
 
 
 def _metric_table(cis: dict[str, Any]) -> dict[str, Any]:
-    return {"title": "Headline metrics on test with 95 % bootstrap intervals", "columns": ["metric", "value", "95 % CI", "n"], "rows": [[c.name, f"{c.value:.4f}", f"[{c.low:.4f}, {c.high:.4f}]", c.n] for c in cis.values()]}
+    return {
+        "title": "Headline metrics on test with 95 % bootstrap intervals",
+        "columns": ["metric", "value", "95 % CI", "n"],
+        "rows": [[c.name, f"{c.value:.4f}", f"[{c.low:.4f}, {c.high:.4f}]", c.n] for c in cis.values()],
+    }
 
 
 # -- research.reproducibility ----------------------------------------------------------------
@@ -109,7 +119,9 @@ class ReproducibilityOptions:
 
     def __post_init__(self) -> None:
         if self.max_train_rows < 20 or self.seeds < 1:
-            raise ValueError(f"expected max_train_rows >= 20 and seeds >= 1, but got {self.max_train_rows}, {self.seeds}")
+            raise ValueError(
+                f"expected max_train_rows >= 20 and seeds >= 1, but got {self.max_train_rows}, {self.seeds}"
+            )
 
 
 def _scramble_global_rngs(value: int) -> None:
@@ -127,7 +139,7 @@ def _diagnose(case: Case, evidence: Evidence, x: np.ndarray, y: np.ndarray, seed
     import torch
 
     from dlclinic.core.determinism import compare_state_dicts, deterministic_mode, trace_unseeded_generators
-    from dlclinic.remedies.fit import seed_everything
+    from dlclinic.core.recipe import seed_everything
 
     causes: list[str] = []
     with trace_unseeded_generators() as calls:
@@ -142,7 +154,9 @@ def _diagnose(case: Case, evidence: Evidence, x: np.ndarray, y: np.ndarray, seed
         m2 = factory()
         init = compare_state_dicts(m1.state_dict(), m2.state_dict())
         if not init.identical:
-            causes.append(f"the model's initial weights differ under the same seed (first: {init.first}): the factory draws from a generator that seed_everything does not control")
+            causes.append(
+                f"the model's initial weights differ under the same seed (first: {init.first}): the factory draws from a generator that seed_everything does not control"
+            )
         else:
             xb = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x[: min(32, len(x))])))
             m1.train()
@@ -153,7 +167,9 @@ def _diagnose(case: Case, evidence: Evidence, x: np.ndarray, y: np.ndarray, seed
             with torch.no_grad():
                 o2 = m1(xb)
             if not torch.equal(o1, o2):
-                causes.append("the forward pass in training mode is random beyond torch's seeded generator (an unseeded noise/augmentation inside the model)")
+                causes.append(
+                    "the forward pass in training mode is random beyond torch's seeded generator (an unseeded noise/augmentation inside the model)"
+                )
     if sites:
         causes.append("generators seeded from OS entropy during training: " + "; ".join(sites[:3]))
     if not causes:
@@ -163,11 +179,15 @@ def _diagnose(case: Case, evidence: Evidence, x: np.ndarray, y: np.ndarray, seed
                 _scramble_global_rngs(2)
                 b = evidence.retrain(x, y, seed)  # type: ignore[misc]
                 if compare_state_dicts(a.state_dict(), b.state_dict()).identical:
-                    causes.append("nondeterministic kernels: the runs agree under torch.use_deterministic_algorithms(True) — train in deterministic mode (dlclinic treat research.reproducibility)")
+                    causes.append(
+                        "nondeterministic kernels: the runs agree under torch.use_deterministic_algorithms(True) — train in deterministic mode (dlclinic treat research.reproducibility)"
+                    )
             except RuntimeError as exc:
                 causes.append(f"an operation without a deterministic implementation: {str(exc).splitlines()[0]}")
     if not causes:
-        causes.append("the training recipe draws from a random source outside Python/numpy/torch seeding (e.g. an unseeded shuffle or sampler, data order from a set/dict or the file system, or thread-count-dependent reductions)")
+        causes.append(
+            "the training recipe draws from a random source outside Python/numpy/torch seeding (e.g. an unseeded shuffle or sampler, data order from a set/dict or the file system, or thread-count-dependent reductions)"
+        )
     return " | ".join(causes), sites
 
 
@@ -242,8 +262,18 @@ def run_reproducibility(case: Case, evidence: Evidence, options: Reproducibility
     cid = "research.reproducibility"
     flags = determinism_state()
     if evidence.retrain is None:
-        return CheckResult(id=cid, status="not_examined", summary="Needs the training recipe to retrain the model (pass --model file.py:factory; a .pt2/.onnx file cannot be retrained); nothing was measured.", details={"determinism_flags": flags})
-    params = {"rows": options.max_train_rows, "seeds": options.seeds, "budget": options.budget_seconds, "seed": options.seed}
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs the training recipe to retrain the model (pass --model file.py:factory; a .pt2/.onnx file cannot be retrained); nothing was measured.",
+            details={"determinism_flags": flags},
+        )
+    params = {
+        "rows": options.max_train_rows,
+        "seeds": options.seeds,
+        "budget": options.budget_seconds,
+        "seed": options.seed,
+    }
     r = evidence.cached("reproducibility", params, lambda: _reproducibility_compute(case, evidence, options))
     identical = bool(r["identical"])
     accs, f1s = r["accuracy"], r["macro_f1"]
@@ -258,8 +288,18 @@ def run_reproducibility(case: Case, evidence: Evidence, options: Reproducibility
         "deterministic_algorithms": bool(flags["deterministic_algorithms"]),
     }
     if len(accs):
-        metrics.update(accuracy_mean=float(accs.mean()), accuracy_std=float(accs.std(ddof=1)) if len(accs) > 1 else None, accuracy_min=float(accs.min()), accuracy_max=float(accs.max()))
-        metrics.update(macro_f1_mean=float(f1s.mean()), macro_f1_std=float(f1s.std(ddof=1)) if len(f1s) > 1 else None, macro_f1_min=float(f1s.min()), macro_f1_max=float(f1s.max()))
+        metrics.update(
+            accuracy_mean=float(accs.mean()),
+            accuracy_std=float(accs.std(ddof=1)) if len(accs) > 1 else None,
+            accuracy_min=float(accs.min()),
+            accuracy_max=float(accs.max()),
+        )
+        metrics.update(
+            macro_f1_mean=float(f1s.mean()),
+            macro_f1_std=float(f1s.std(ddof=1)) if len(f1s) > 1 else None,
+            macro_f1_min=float(f1s.min()),
+            macro_f1_max=float(f1s.max()),
+        )
     findings: list[Finding] = []
     spread = ""
     if len(accs) > 1:
@@ -273,11 +313,48 @@ def run_reproducibility(case: Case, evidence: Evidence, options: Reproducibility
         first = str(r["first"])
         cause = str(r["cause"])
         summary = f"Two same-seed retrainings differ in {int(r['n_differing'])} of {int(r['n_tensors'])} tensors (first: {first}, max |Δ| {float(r['max_abs_diff']):.3g}); likely cause: {cause.split(' | ')[0]}.{spread}"
-        findings.append(Finding("nondeterministic_training", f"first differing tensor {first}; likely cause: {cause}", extra={"differing_tensors": [str(s) for s in r["differing"] if str(s)], "unseeded_generator_calls": [str(s) for s in r["sites"] if str(s)]}))
-        remedy = Remedy(command="dlclinic treat research.reproducibility", description="seed every generator from the run seed (pass generator= / worker_init_fn= to DataLoaders), retrain in deterministic mode and record a manifest; then replay it with `dlclinic replay`")
-    tables = [{"title": "Seed spread (recipe on a stratified subsample)", "columns": ["seed", "test accuracy", "macro-F1"], "rows": [[int(s), f"{a:.4f}", f"{f:.4f}"] for s, a, f in zip(r["seeds"], accs, f1s)]}] if len(accs) else []
-    tables.append({"title": "Determinism flags of this process", "columns": ["flag", "value"], "rows": [[k, str(v)] for k, v in flags.items()]})
-    return CheckResult(id=cid, status=status, summary=summary, metrics=metrics, thresholds={"tensors_differing.max": 0}, findings=tuple(findings), remedy=remedy, details={"tables": tables})  # type: ignore[arg-type]
+        findings.append(
+            Finding(
+                "nondeterministic_training",
+                f"first differing tensor {first}; likely cause: {cause}",
+                extra={
+                    "differing_tensors": [str(s) for s in r["differing"] if str(s)],
+                    "unseeded_generator_calls": [str(s) for s in r["sites"] if str(s)],
+                },
+            )
+        )
+        remedy = Remedy(
+            command="dlclinic treat research.reproducibility",
+            description="seed every generator from the run seed (pass generator= / worker_init_fn= to DataLoaders), retrain in deterministic mode and record a manifest; then replay it with `dlclinic replay`",
+        )
+    tables = (
+        [
+            {
+                "title": "Seed spread (recipe on a stratified subsample)",
+                "columns": ["seed", "test accuracy", "macro-F1"],
+                "rows": [[int(s), f"{a:.4f}", f"{f:.4f}"] for s, a, f in zip(r["seeds"], accs, f1s)],
+            }
+        ]
+        if len(accs)
+        else []
+    )
+    tables.append(
+        {
+            "title": "Determinism flags of this process",
+            "columns": ["flag", "value"],
+            "rows": [[k, str(v)] for k, v in flags.items()],
+        }
+    )
+    return CheckResult(
+        id=cid,
+        status=status,
+        summary=summary,
+        metrics=metrics,
+        thresholds={"tensors_differing.max": 0},
+        findings=tuple(findings),
+        remedy=remedy,
+        details={"tables": tables},
+    )  # type: ignore[arg-type]
 
 
 REPRODUCIBILITY_CHECK = CheckSpec(
@@ -342,7 +419,9 @@ def _other_predictions(spec: Any, weights: str | None, x: np.ndarray, n: int) ->
                 with np.load(path, allow_pickle=False) as data:
                     key = next((k for k in ("preds", "pred", "y_pred", "probs", "logits") if k in data.files), None)
                     if key is None:
-                        raise InputError(f"compare {text!r}: expected an array named preds, probs or logits, found {', '.join(data.files)}")
+                        raise InputError(
+                            f"compare {text!r}: expected an array named preds, probs or logits, found {', '.join(data.files)}"
+                        )
                     arr = data[key]
             label = path.name
         else:
@@ -357,13 +436,29 @@ def _other_predictions(spec: Any, weights: str | None, x: np.ndarray, n: int) ->
     return arr.astype(np.int64), label
 
 
-def _find_slices(case: Case, evidence: Evidence, correct: np.ndarray, table: bool, options: BenchmarkOptions) -> tuple[list[Any], int]:
+def _find_slices(
+    case: Case, evidence: Evidence, correct: np.ndarray, table: bool, options: BenchmarkOptions
+) -> tuple[list[Any], int]:
     from dlclinic.functional.slices import find_weak_slices
 
     test = case.splits["test"]
     if table:
-        return find_weak_slices(correct, features=test.x.reshape(len(test), -1), feature_names=case.feature_names, min_size=options.min_slice_size, min_gap=options.min_slice_gap, fdr=options.fdr)
-    return find_weak_slices(correct, embeddings=evidence.get("embeddings", "test"), cluster_sizes=options.cluster_sizes, min_size=options.min_slice_size, min_gap=options.min_slice_gap, fdr=options.fdr)
+        return find_weak_slices(
+            correct,
+            features=test.x.reshape(len(test), -1),
+            feature_names=case.feature_names,
+            min_size=options.min_slice_size,
+            min_gap=options.min_slice_gap,
+            fdr=options.fdr,
+        )
+    return find_weak_slices(
+        correct,
+        embeddings=evidence.get("embeddings", "test"),
+        cluster_sizes=options.cluster_sizes,
+        min_size=options.min_slice_size,
+        min_gap=options.min_slice_gap,
+        fdr=options.fdr,
+    )
 
 
 def _slices_to_arrays(slices: list[Any], tested: int) -> dict[str, np.ndarray]:
@@ -374,7 +469,9 @@ def _slices_to_arrays(slices: list[Any], tested: int) -> dict[str, np.ndarray]:
         "description": np.array([s.description for s in slices] or [""]),
         "sizes": sizes,
         "rows": np.concatenate([s.rows for s in slices]).astype(np.int64) if slices else np.zeros(0, np.int64),
-        "numbers": np.array([[s.accuracy, s.rest_accuracy, s.low, s.high, s.p_value, s.q_value] for s in slices], dtype=np.float64).reshape(-1, 6),
+        "numbers": np.array(
+            [[s.accuracy, s.rest_accuracy, s.low, s.high, s.p_value, s.q_value] for s in slices], dtype=np.float64
+        ).reshape(-1, 6),
     }
 
 
@@ -397,7 +494,11 @@ def run_benchmark(case: Case, evidence: Evidence, options: BenchmarkOptions) -> 
     cid = "research.benchmark_saturation"
     test = _labelled_test(case)
     if test is None:
-        return CheckResult(id=cid, status="not_examined", summary="Needs a labelled test split for intervals, comparisons and slices (pass --test).")
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs a labelled test split for intervals, comparisons and slices (pass --test).",
+        )
     y = test.y
     pred = evidence.get("probs", "test").argmax(1)
     correct = pred == y
@@ -414,28 +515,93 @@ def run_benchmark(case: Case, evidence: Evidence, options: BenchmarkOptions) -> 
     if options.compare is not None:
         other, label = _other_predictions(options.compare, options.compare_weights, test.x, len(y))
         comp = compare_predictions(y, pred, other, alpha=options.alpha)
-        metrics.update(compare_accuracy=comp.accuracy_b, accuracy_difference=comp.difference, difference_low=comp.difference_low, difference_high=comp.difference_high, mcnemar_p_exact=comp.mcnemar.p_exact, mcnemar_p_mid=comp.mcnemar.p_mid, significant=comp.significant)
+        metrics.update(
+            compare_accuracy=comp.accuracy_b,
+            accuracy_difference=comp.difference,
+            difference_low=comp.difference_low,
+            difference_high=comp.difference_high,
+            mcnemar_p_exact=comp.mcnemar.p_exact,
+            mcnemar_p_mid=comp.mcnemar.p_mid,
+            significant=comp.significant,
+        )
         comparison_text = f" Against {label}: {comp.verdict}."
-        findings.append(Finding("comparison", f"this model vs {label}: {comp.verdict}", extra={"significant": comp.significant, "discordant_only_this": comp.mcnemar.b, "discordant_only_other": comp.mcnemar.c}))
+        findings.append(
+            Finding(
+                "comparison",
+                f"this model vs {label}: {comp.verdict}",
+                extra={
+                    "significant": comp.significant,
+                    "discordant_only_this": comp.mcnemar.b,
+                    "discordant_only_other": comp.mcnemar.c,
+                },
+            )
+        )
     table = case.modality == "table" or not evidence.available("embeddings", "test")
     source = "feature-value slices" if table else "k-means clusters of test embeddings"
-    slice_params = {"table": table, "sizes": list(options.cluster_sizes), "min_size": options.min_slice_size, "gap": options.min_slice_gap, "fdr": options.fdr}
-    stored = evidence.cached("weak_slices", slice_params, lambda: _slices_to_arrays(*_find_slices(case, evidence, correct, table, options)))
+    slice_params = {
+        "table": table,
+        "sizes": list(options.cluster_sizes),
+        "min_size": options.min_slice_size,
+        "gap": options.min_slice_gap,
+        "fdr": options.fdr,
+    }
+    stored = evidence.cached(
+        "weak_slices", slice_params, lambda: _slices_to_arrays(*_find_slices(case, evidence, correct, table, options))
+    )
     slices, tested = _slices_from_arrays(stored)
     metrics["slices_tested"] = tested
     metrics["weak_slices"] = len(slices)
     if slices:
         w = slices[0]
-        metrics.update(worst_slice_size=w.size, worst_slice_accuracy=w.accuracy, worst_slice_rest_accuracy=w.rest_accuracy, worst_slice_q_value=w.q_value)
+        metrics.update(
+            worst_slice_size=w.size,
+            worst_slice_accuracy=w.accuracy,
+            worst_slice_rest_accuracy=w.rest_accuracy,
+            worst_slice_q_value=w.q_value,
+        )
         statuses.append("warn")
         for s in slices[:5]:
-            findings.append(Finding("weak_slice", f"{s.description}: accuracy {s.accuracy:.1%} (95 % CI {s.low:.1%}–{s.high:.1%}) on {s.size} rows vs {s.rest_accuracy:.1%} elsewhere (q = {s.q_value:.2g})", split="test", indices=tuple(int(i) for i in s.rows), extra={"size": s.size, "accuracy": s.accuracy, "rest_accuracy": s.rest_accuracy, "q_value": s.q_value}))
-        tables.append({"title": f"Weak slices ({source}, Fisher exact test, BH q < {options.fdr})", "columns": ["slice", "rows", "accuracy", "95 % CI", "rest", "q"], "rows": [[s.description, s.size, f"{s.accuracy:.3f}", f"[{s.low:.3f}, {s.high:.3f}]", f"{s.rest_accuracy:.3f}", f"{s.q_value:.2g}"] for s in slices]})
+            findings.append(
+                Finding(
+                    "weak_slice",
+                    f"{s.description}: accuracy {s.accuracy:.1%} (95 % CI {s.low:.1%}–{s.high:.1%}) on {s.size} rows vs {s.rest_accuracy:.1%} elsewhere (q = {s.q_value:.2g})",
+                    split="test",
+                    indices=tuple(int(i) for i in s.rows),
+                    extra={
+                        "size": s.size,
+                        "accuracy": s.accuracy,
+                        "rest_accuracy": s.rest_accuracy,
+                        "q_value": s.q_value,
+                    },
+                )
+            )
+        tables.append(
+            {
+                "title": f"Weak slices ({source}, Fisher exact test, BH q < {options.fdr})",
+                "columns": ["slice", "rows", "accuracy", "95 % CI", "rest", "q"],
+                "rows": [
+                    [
+                        s.description,
+                        s.size,
+                        f"{s.accuracy:.3f}",
+                        f"[{s.low:.3f}, {s.high:.3f}]",
+                        f"{s.rest_accuracy:.3f}",
+                        f"{s.q_value:.2g}",
+                    ]
+                    for s in slices
+                ],
+            }
+        )
     saturated = cis["accuracy"].low > options.saturated_accuracy
     metrics["saturated"] = saturated
     if saturated:
         statuses.append("warn")
-        findings.append(Finding("saturated", f"accuracy {cis['accuracy'].value:.2%} with lower bound {cis['accuracy'].low:.2%} > {options.saturated_accuracy:.0%}: {int((~correct).sum())} errors are left, too few to separate models — use a harder test set"))
+        findings.append(
+            Finding(
+                "saturated",
+                f"accuracy {cis['accuracy'].value:.2%} with lower bound {cis['accuracy'].low:.2%} > {options.saturated_accuracy:.0%}: {int((~correct).sum())} errors are left, too few to separate models — use a harder test set",
+            )
+        )
     acc = cis["accuracy"]
     summary = f"Test accuracy {acc.value:.1%} (95 % CI {acc.low:.1%}–{acc.high:.1%}), macro-F1 {cis['macro_f1'].value:.3f} ({cis['macro_f1'].low:.3f}–{cis['macro_f1'].high:.3f})."
     if slices:
@@ -445,9 +611,50 @@ def run_benchmark(case: Case, evidence: Evidence, options: BenchmarkOptions) -> 
         summary += f" No slice of {tested} tested is significantly weaker (BH q < {options.fdr}, gap ≥ {options.min_slice_gap:.0%})."
     summary += comparison_text
     status = "warn" if statuses else "ok"
-    remedy = Remedy(command="dlclinic treat research.benchmark_saturation", description="export the weakest slice as a harder test file (hard_slice.npz) and report every comparison as significant / not significant") if slices or saturated else None
-    plots = [{"kind": "bar", "title": "Accuracy of the weak slices vs the rest", "xlabel": "slice", "ylabel": "accuracy", "series": [{"label": "slice", "x": [s.description for s in slices[:8]], "y": [s.accuracy for s in slices[:8]]}, {"label": "rest", "x": [s.description for s in slices[:8]], "y": [s.rest_accuracy for s in slices[:8]]}]}] if slices else []
-    return CheckResult(id=cid, status=status, summary=summary, metrics=metrics, thresholds={"fdr": options.fdr, "min_slice_gap": options.min_slice_gap, "min_slice_size": options.min_slice_size, "alpha": options.alpha, "saturated_accuracy": options.saturated_accuracy}, findings=tuple(findings), remedy=remedy, details={"tables": tables, "plots": plots})  # type: ignore[arg-type]
+    remedy = (
+        Remedy(
+            command="dlclinic treat research.benchmark_saturation",
+            description="export the weakest slice as a harder test file (hard_slice.npz) and report every comparison as significant / not significant",
+        )
+        if slices or saturated
+        else None
+    )
+    plots = (
+        [
+            {
+                "kind": "bar",
+                "title": "Accuracy of the weak slices vs the rest",
+                "xlabel": "slice",
+                "ylabel": "accuracy",
+                "series": [
+                    {"label": "slice", "x": [s.description for s in slices[:8]], "y": [s.accuracy for s in slices[:8]]},
+                    {
+                        "label": "rest",
+                        "x": [s.description for s in slices[:8]],
+                        "y": [s.rest_accuracy for s in slices[:8]],
+                    },
+                ],
+            }
+        ]
+        if slices
+        else []
+    )
+    return CheckResult(
+        id=cid,
+        status=status,
+        summary=summary,
+        metrics=metrics,
+        thresholds={
+            "fdr": options.fdr,
+            "min_slice_gap": options.min_slice_gap,
+            "min_slice_size": options.min_slice_size,
+            "alpha": options.alpha,
+            "saturated_accuracy": options.saturated_accuracy,
+        },
+        findings=tuple(findings),
+        remedy=remedy,
+        details={"tables": tables, "plots": plots},
+    )  # type: ignore[arg-type]
 
 
 BENCHMARK_CHECK = CheckSpec(
@@ -496,7 +703,9 @@ class TheoryOptions:
 
     def __post_init__(self) -> None:
         if self.shuffles < 3:
-            raise ValueError(f"expected shuffles >= 3 (the permutation standard deviation needs them), but got {self.shuffles}")
+            raise ValueError(
+                f"expected shuffles >= 3 (the permutation standard deviation needs them), but got {self.shuffles}"
+            )
 
 
 def _weights(model: Any) -> list[tuple[str, np.ndarray]]:
@@ -516,14 +725,29 @@ def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckR
     cid = "research.theory"
     model = case.model
     if not hasattr(model, "named_modules"):
-        return CheckResult(id=cid, status="not_examined", summary="Needs the model's weights (an nn.Module); an ONNX model's weight matrices are not read.")
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="Needs the model's weights (an nn.Module); an ONNX model's weight matrices are not read.",
+        )
     weights = _weights(model)
     if not weights:
-        return CheckResult(id=cid, status="not_examined", summary="The model has no Linear/Conv layer whose weight matrix could be analysed.")
+        return CheckResult(
+            id=cid,
+            status="not_examined",
+            summary="The model has no Linear/Conv layer whose weight matrix could be analysed.",
+        )
     layers = analyze_matrices(weights, min_evals=options.min_evals)
     big = {layer.name for layer in layers if layer.n_evals >= options.min_evals}
     # the randomisation test has power only on layers large enough for the α fit, too
-    tests = {name: (structure_test(w, options.shuffles, options.seed, decided_above=options.min_spike_ratio + 0.1) if name in big else (math.nan, math.nan)) for name, w in weights}
+    tests = {
+        name: (
+            structure_test(w, options.shuffles, options.seed, decided_above=options.min_spike_ratio + 0.1)
+            if name in big
+            else (math.nan, math.nan)
+        )
+        for name, w in weights
+    }
     ratios = {name: t[0] for name, t in tests.items()}
     zs = {name: t[1] for name, t in tests.items()}
     proxies = generalization_proxies(layers)
@@ -541,30 +765,133 @@ def run_theory(case: Case, evidence: Evidence, options: TheoryOptions) -> CheckR
                 verdict = "over-trained / very heavy-tailed (α low)"
             else:
                 verdict = "within range"
-        untrained = math.isfinite(ratios[layer.name]) and ratios[layer.name] < options.min_spike_ratio and zs[layer.name] < options.structure_z
+        untrained = (
+            math.isfinite(ratios[layer.name])
+            and ratios[layer.name] < options.min_spike_ratio
+            and zs[layer.name] < options.structure_z
+        )
         if untrained:
-            verdict = ("untrained-like (spectrum survives permutation); " + verdict) if verdict != "within range" else "untrained-like (spectrum survives permutation)"
+            verdict = (
+                ("untrained-like (spectrum survives permutation); " + verdict)
+                if verdict != "within range"
+                else "untrained-like (spectrum survives permutation)"
+            )
         if verdict not in ("within range", "not fitted (too few eigenvalues)"):
-            flagged.append(Finding("layer_flagged", f"layer {layer.name} {layer.shape}: α = {layer.alpha:.2f} ± {layer.alpha_sigma:.2f}, λmax/λmax(permuted) = {ratios[layer.name]:.2f} (z = {zs[layer.name]:.1f}) — {verdict}", extra={"layer": layer.name, "alpha": layer.alpha, "alpha_sigma": layer.alpha_sigma, "spike_ratio": ratios[layer.name], "structure_z": zs[layer.name]}))
-        rows.append([layer.name, "×".join(map(str, layer.shape)), layer.n_evals, f"{layer.alpha:.2f} ± {layer.alpha_sigma:.2f}" if math.isfinite(layer.alpha) else "—", f"{ratios[layer.name]:.2f}" if math.isfinite(ratios[layer.name]) else "—", f"{zs[layer.name]:.1f}" if math.isfinite(zs[layer.name]) else "—", f"{layer.stable_rank:.1f}", f"{layer.spectral_norm:.3g}", verdict])
-    metrics: dict[str, float | int | bool | None] = {"layers": len(layers), "layers_fitted": n_fitted, "layers_flagged": len(flagged), **{k: (v if math.isfinite(v) else None) for k, v in proxies.items()}}
+            flagged.append(
+                Finding(
+                    "layer_flagged",
+                    f"layer {layer.name} {layer.shape}: α = {layer.alpha:.2f} ± {layer.alpha_sigma:.2f}, λmax/λmax(permuted) = {ratios[layer.name]:.2f} (z = {zs[layer.name]:.1f}) — {verdict}",
+                    extra={
+                        "layer": layer.name,
+                        "alpha": layer.alpha,
+                        "alpha_sigma": layer.alpha_sigma,
+                        "spike_ratio": ratios[layer.name],
+                        "structure_z": zs[layer.name],
+                    },
+                )
+            )
+        rows.append(
+            [
+                layer.name,
+                "×".join(map(str, layer.shape)),
+                layer.n_evals,
+                f"{layer.alpha:.2f} ± {layer.alpha_sigma:.2f}" if math.isfinite(layer.alpha) else "—",
+                f"{ratios[layer.name]:.2f}" if math.isfinite(ratios[layer.name]) else "—",
+                f"{zs[layer.name]:.1f}" if math.isfinite(zs[layer.name]) else "—",
+                f"{layer.stable_rank:.1f}",
+                f"{layer.spectral_norm:.3g}",
+                verdict,
+            ]
+        )
+    metrics: dict[str, float | int | bool | None] = {
+        "layers": len(layers),
+        "layers_fitted": n_fitted,
+        "layers_flagged": len(flagged),
+        **{k: (v if math.isfinite(v) else None) for k, v in proxies.items()},
+    }
     gap_text = ""
     test = _labelled_test(case)
     if test is not None:
         acc_tr = float((evidence.get("probs", "train").argmax(1) == case.train.y).mean())
         acc_te = float((evidence.get("probs", "test").argmax(1) == test.y).mean())
         loss_gap = float(evidence.get("losses", "test").mean() - evidence.get("losses", "train").mean())
-        metrics.update(train_accuracy=acc_tr, test_accuracy=acc_te, generalization_gap=acc_tr - acc_te, loss_gap=loss_gap)
+        metrics.update(
+            train_accuracy=acc_tr, test_accuracy=acc_te, generalization_gap=acc_tr - acc_te, loss_gap=loss_gap
+        )
         gap_text = f" Measured generalization gap: train {acc_tr:.1%} vs test {acc_te:.1%} ({acc_tr - acc_te:+.1%}), loss gap {loss_gap:+.3f}."
     status = "warn" if flagged else "ok"
     mean_alpha = proxies.get("mean_alpha", math.nan)
     if flagged:
-        summary = f"{len(flagged)} of {len(layers)} layers outside the well-trained range (α in [{options.alpha_low:g}, {options.alpha_high:g}] or learned structure): " + ", ".join(str(f.extra["layer"]) for f in flagged[:4]) + "." + gap_text
+        summary = (
+            f"{len(flagged)} of {len(layers)} layers outside the well-trained range (α in [{options.alpha_low:g}, {options.alpha_high:g}] or learned structure): "
+            + ", ".join(str(f.extra["layer"]) for f in flagged[:4])
+            + "."
+            + gap_text
+        )
     else:
-        summary = f"All {n_fitted} fitted layers have α within [{options.alpha_low:g}, {options.alpha_high:g}] (mean {mean_alpha:.2f}) and learned spectral structure.{gap_text}" if n_fitted else f"No layer has enough eigenvalues (≥ {options.min_evals}) for a power-law fit; none looks untrained.{gap_text}"
-    plots = [{"kind": "bar", "title": "Power-law exponent α per layer (well-trained: 2–6)", "xlabel": "layer", "ylabel": "α", "series": [{"label": "α", "x": [l.name for l in layers if math.isfinite(l.alpha)], "y": [l.alpha for l in layers if math.isfinite(l.alpha)]}]}]
-    remedy = Remedy(command=None, description="under-trained layers: train longer or with a larger learning rate; very heavy-tailed layers: more regularisation (weight decay, dropout) or early stopping; untrained-like layers: check that they receive gradients (model.gradients)") if flagged else None
-    return CheckResult(id=cid, status=status, summary=summary, metrics=metrics, thresholds={"alpha_low": options.alpha_low, "alpha_high": options.alpha_high, "z": options.z, "min_spike_ratio": options.min_spike_ratio, "structure_z": options.structure_z}, findings=tuple(flagged), remedy=remedy, details={"plots": plots, "tables": [{"title": "Spectral analysis per layer", "columns": ["layer", "shape", "eigenvalues", "α ± σ", "λmax / permuted", "structure z", "stable rank", "spectral norm", "verdict"], "rows": rows}]})  # type: ignore[arg-type]
+        summary = (
+            f"All {n_fitted} fitted layers have α within [{options.alpha_low:g}, {options.alpha_high:g}] (mean {mean_alpha:.2f}) and learned spectral structure.{gap_text}"
+            if n_fitted
+            else f"No layer has enough eigenvalues (≥ {options.min_evals}) for a power-law fit; none looks untrained.{gap_text}"
+        )
+    plots = [
+        {
+            "kind": "bar",
+            "title": "Power-law exponent α per layer (well-trained: 2–6)",
+            "xlabel": "layer",
+            "ylabel": "α",
+            "series": [
+                {
+                    "label": "α",
+                    "x": [layer.name for layer in layers if math.isfinite(layer.alpha)],
+                    "y": [layer.alpha for layer in layers if math.isfinite(layer.alpha)],
+                }
+            ],
+        }
+    ]
+    remedy = (
+        Remedy(
+            command=None,
+            description="under-trained layers: train longer or with a larger learning rate; very heavy-tailed layers: more regularisation (weight decay, dropout) or early stopping; untrained-like layers: check that they receive gradients (model.gradients)",
+        )
+        if flagged
+        else None
+    )
+    return CheckResult(
+        id=cid,
+        status=status,
+        summary=summary,
+        metrics=metrics,
+        thresholds={
+            "alpha_low": options.alpha_low,
+            "alpha_high": options.alpha_high,
+            "z": options.z,
+            "min_spike_ratio": options.min_spike_ratio,
+            "structure_z": options.structure_z,
+        },
+        findings=tuple(flagged),
+        remedy=remedy,
+        details={
+            "plots": plots,
+            "tables": [
+                {
+                    "title": "Spectral analysis per layer",
+                    "columns": [
+                        "layer",
+                        "shape",
+                        "eigenvalues",
+                        "α ± σ",
+                        "λmax / permuted",
+                        "structure z",
+                        "stable rank",
+                        "spectral norm",
+                        "verdict",
+                    ],
+                    "rows": rows,
+                }
+            ],
+        },
+    )  # type: ignore[arg-type]
 
 
 THEORY_CHECK = CheckSpec(
@@ -643,7 +970,9 @@ def open_set_experiment(case: Case, evidence: Evidence, options: OpenEndedOption
         mode = "ood file"
     else:
         k = case.n_classes
-        unknown = np.array(sorted(set(options.unknown_classes)) or list(range(k - options.n_unknown, k)), dtype=np.int64)
+        unknown = np.array(
+            sorted(set(options.unknown_classes)) or list(range(k - options.n_unknown, k)), dtype=np.int64
+        )
         if unknown.min() < 0 or unknown.max() >= k or len(unknown) >= k - 1:
             raise ConfigError(f"unknown_classes: expected 1..{k - 2} class ids in 0..{k - 1}, found {unknown.tolist()}")
         known_tr = np.flatnonzero(~np.isin(case.train.y, unknown))
@@ -662,11 +991,18 @@ def open_set_experiment(case: Case, evidence: Evidence, options: OpenEndedOption
         ref = logits_and_embeddings(model, case.train.x[fit_rows])[1]
         mode = "held-out classes"
     if len(x_unk) < 4 or len(x_known) < 4:
-        raise InputError(f"open-set evaluation needs at least 4 known and 4 unknown test rows, found {len(x_known)} and {len(x_unk)}")
+        raise InputError(
+            f"open-set evaluation needs at least 4 known and 4 unknown test rows, found {len(x_known)} and {len(x_unk)}"
+        )
     lv, ev = logits_and_embeddings(model, x_val)
     lk, ek = logits_and_embeddings(model, x_known)
     lu, eu = logits_and_embeddings(model, x_unk)
-    out: dict[str, np.ndarray] = {"mode": np.array(mode), "unknown_classes": unknown, "n_known": np.array(len(x_known)), "n_unknown": np.array(len(x_unk))}
+    out: dict[str, np.ndarray] = {
+        "mode": np.array(mode),
+        "unknown_classes": unknown,
+        "n_known": np.array(len(x_known)),
+        "n_unknown": np.array(len(x_unk)),
+    }
     for kind in ("knn", "energy", "msp"):
         sv, sk, su = (_scores(kind, l_, e_, ref) for l_, e_ in ((lv, ev), (lk, ek), (lu, eu)))
         auc, low, high = novelty_auroc(sk, su, n_boot=200, seed=options.seed)
@@ -681,7 +1017,15 @@ def open_set_experiment(case: Case, evidence: Evidence, options: OpenEndedOption
             out["known_accuracy"] = np.array(float((lk.argmax(1) == y_known).mean()))
             if len(rejected_emb) >= 8:
                 d = cluster_rejected(rejected_emb, truth, seed=options.seed)
-                out.update(n_clusters=np.array(d.n_clusters), silhouette=np.array(d.silhouette), purity=np.array(d.purity), ari=np.array(d.ari), nmi=np.array(d.nmi), majority=np.array(d.majority, dtype=np.int64), n_rejected=np.array(len(rejected_emb)))
+                out.update(
+                    n_clusters=np.array(d.n_clusters),
+                    silhouette=np.array(d.silhouette),
+                    purity=np.array(d.purity),
+                    ari=np.array(d.ari),
+                    nmi=np.array(d.nmi),
+                    majority=np.array(d.majority, dtype=np.int64),
+                    n_rejected=np.array(len(rejected_emb)),
+                )
                 if truth is not None:
                     sizes = np.bincount(d.labels, minlength=d.n_clusters)
                     out["cluster_sizes"] = sizes
@@ -696,40 +1040,101 @@ def run_open_ended(case: Case, evidence: Evidence, options: OpenEndedOptions) ->
         return CheckResult(id=cid, status="not_examined", summary="Needs a labelled test split (pass --test).")
     if not options.ood:
         if evidence.retrain is None:
-            return CheckResult(id=cid, status="not_examined", summary="Needs inputs of unseen classes (--option research.open_ended.ood=new.npz) or the training recipe (--model file.py:factory) to simulate them by holding classes out; nothing was measured.")
-        if options.simulate == "no" or (options.simulate == "auto" and not evidence.cheap_retrain and not options.unknown_classes):
-            return CheckResult(id=cid, status="not_examined", summary="Simulating unseen classes retrains your model, which is not cheap: pass --option research.open_ended.ood=new.npz (inputs of new classes), or research.open_ended.simulate=yes / unknown_classes=8,9 to retrain without some classes.")
-    params = {k: getattr(options, k) for k in ("unknown_classes", "ood", "n_unknown", "score", "reject_rate", "max_train_rows", "seed")}
+            return CheckResult(
+                id=cid,
+                status="not_examined",
+                summary="Needs inputs of unseen classes (--option research.open_ended.ood=new.npz) or the training recipe (--model file.py:factory) to simulate them by holding classes out; nothing was measured.",
+            )
+        if options.simulate == "no" or (
+            options.simulate == "auto" and not evidence.cheap_retrain and not options.unknown_classes
+        ):
+            return CheckResult(
+                id=cid,
+                status="not_examined",
+                summary="Simulating unseen classes retrains your model, which is not cheap: pass --option research.open_ended.ood=new.npz (inputs of new classes), or research.open_ended.simulate=yes / unknown_classes=8,9 to retrain without some classes.",
+            )
+    params = {
+        k: getattr(options, k)
+        for k in ("unknown_classes", "ood", "n_unknown", "score", "reject_rate", "max_train_rows", "seed")
+    }
     r = evidence.cached("open_ended", params, lambda: open_set_experiment(case, evidence, options))
     auc, low, high = (float(v) for v in r[f"auroc_{options.score}"])
     unknown = [int(c) for c in r["unknown_classes"]]
-    names = ", ".join(case.class_names[c] if 0 <= c < case.n_classes else str(c) for c in unknown) or "unlabelled new inputs"
+    names = (
+        ", ".join(case.class_names[c] if 0 <= c < case.n_classes else str(c) for c in unknown)
+        or "unlabelled new inputs"
+    )
     metrics: dict[str, float | int | bool | None] = {
-        "auroc": auc, "auroc_low": low, "auroc_high": high,
-        "auroc_knn": float(r["auroc_knn"][0]), "auroc_energy": float(r["auroc_energy"][0]), "auroc_msp": float(r["auroc_msp"][0]),
-        "detection_rate": float(r["detection_rate"]), "false_rejection_rate": float(r["false_rejection_rate"]), "target_false_rejection": options.reject_rate,
-        "known_accuracy": float(r["known_accuracy"]), "n_known": int(r["n_known"]), "n_unknown": int(r["n_unknown"]),
+        "auroc": auc,
+        "auroc_low": low,
+        "auroc_high": high,
+        "auroc_knn": float(r["auroc_knn"][0]),
+        "auroc_energy": float(r["auroc_energy"][0]),
+        "auroc_msp": float(r["auroc_msp"][0]),
+        "detection_rate": float(r["detection_rate"]),
+        "false_rejection_rate": float(r["false_rejection_rate"]),
+        "target_false_rejection": options.reject_rate,
+        "known_accuracy": float(r["known_accuracy"]),
+        "n_known": int(r["n_known"]),
+        "n_unknown": int(r["n_unknown"]),
     }
     findings: list[Finding] = []
     cluster_text = ""
     if "n_clusters" in r:
-        metrics.update(n_rejected=int(r["n_rejected"]), candidate_classes=int(r["n_clusters"]), silhouette=float(r["silhouette"]))
+        metrics.update(
+            n_rejected=int(r["n_rejected"]), candidate_classes=int(r["n_clusters"]), silhouette=float(r["silhouette"])
+        )
         if math.isfinite(float(r["purity"])):
             metrics.update(purity=float(r["purity"]), ari=float(r["ari"]), nmi=float(r["nmi"]))
             maj = [int(m) for m in r["majority"]]
             recovered = sorted({m for m in maj if m in unknown})
             metrics["unknown_classes_recovered"] = len(recovered)
             cluster_text = f" The {int(r['n_rejected'])} rejected rows form {int(r['n_clusters'])} candidate classes with purity {float(r['purity']):.1%}; {len(recovered)} of {len(unknown)} unseen classes are the majority of a cluster."
-            findings.append(Finding("candidate_classes", f"{int(r['n_clusters'])} clusters among rejected rows, majority true classes {maj}, sizes {[int(s) for s in r['cluster_sizes']]}", extra={"majority": maj, "purity": float(r["purity"])}))
+            findings.append(
+                Finding(
+                    "candidate_classes",
+                    f"{int(r['n_clusters'])} clusters among rejected rows, majority true classes {maj}, sizes {[int(s) for s in r['cluster_sizes']]}",
+                    extra={"majority": maj, "purity": float(r["purity"])},
+                )
+            )
         else:
             cluster_text = f" The {int(r['n_rejected'])} rejected rows form {int(r['n_clusters'])} candidate classes (silhouette {float(r['silhouette']):.2f}; no labels to state purity)."
     status = "warn" if auc < options.warn_auroc else "ok"
     mode = str(r["mode"])
     summary = f"Unseen classes ({names}; {mode}) are told apart from known ones with AUROC {auc:.3f} (95 % CI {low:.3f}–{high:.3f}, {options.score} score); a threshold rejecting {options.reject_rate:.0%} of known validation rows rejects {float(r['detection_rate']):.1%} of unseen and {float(r['false_rejection_rate']):.1%} of known test rows.{cluster_text}"
     if status == "warn":
-        findings.insert(0, Finding("weak_novelty_detection", f"AUROC {auc:.3f} < {options.warn_auroc}: inputs of new classes are mostly given a known label with confidence"))
-    remedy = Remedy(command="dlclinic treat research.open_ended", description="label the discovered clusters as new classes and train them in incrementally with replay (forgetting measured on the old classes)")
-    return CheckResult(id=cid, status=status, summary=summary, metrics=metrics, thresholds={"auroc.warn": options.warn_auroc, "reject_rate": options.reject_rate}, findings=tuple(findings), remedy=remedy, details={"tables": [{"title": "Novelty scores: AUROC unseen vs known (95 % CI)", "columns": ["score", "AUROC", "95 % CI"], "rows": [[k, f"{r[f'auroc_{k}'][0]:.3f}", f"[{r[f'auroc_{k}'][1]:.3f}, {r[f'auroc_{k}'][2]:.3f}]"] for k in ("knn", "energy", "msp")]}]})  # type: ignore[arg-type]
+        findings.insert(
+            0,
+            Finding(
+                "weak_novelty_detection",
+                f"AUROC {auc:.3f} < {options.warn_auroc}: inputs of new classes are mostly given a known label with confidence",
+            ),
+        )
+    remedy = Remedy(
+        command="dlclinic treat research.open_ended",
+        description="label the discovered clusters as new classes and train them in incrementally with replay (forgetting measured on the old classes)",
+    )
+    return CheckResult(
+        id=cid,
+        status=status,
+        summary=summary,
+        metrics=metrics,
+        thresholds={"auroc.warn": options.warn_auroc, "reject_rate": options.reject_rate},
+        findings=tuple(findings),
+        remedy=remedy,
+        details={
+            "tables": [
+                {
+                    "title": "Novelty scores: AUROC unseen vs known (95 % CI)",
+                    "columns": ["score", "AUROC", "95 % CI"],
+                    "rows": [
+                        [k, f"{r[f'auroc_{k}'][0]:.3f}", f"[{r[f'auroc_{k}'][1]:.3f}, {r[f'auroc_{k}'][2]:.3f}]"]
+                        for k in ("knn", "energy", "msp")
+                    ],
+                }
+            ]
+        },
+    )  # type: ignore[arg-type]
 
 
 OPEN_ENDED_CHECK = CheckSpec(

@@ -34,8 +34,8 @@ _MEMO: weakref.WeakKeyDictionary[Evidence, dict[str, dict[str, np.ndarray]]] = w
 
 
 def recipe(evidence: Evidence) -> Any:
-    """The case's :class:`~dlclinic.remedies.fit.FitConfig` (recipe) with any ``fit.*`` overrides from the case metadata."""
-    from dlclinic.remedies.fit import FitConfig
+    """The case's :class:`~dlclinic.core.recipe.FitConfig` (recipe) with any ``fit.*`` overrides from the case metadata."""
+    from dlclinic.core.recipe import FitConfig
 
     cfg = getattr(evidence, "fit_config", None)
     if cfg is None and evidence.retrain is not None:
@@ -62,9 +62,15 @@ def fresh_model(case: Case) -> tuple[Any, str]:
         return case.model_factory(), "a fresh model from the factory"
     model = case.model
     if model is None or not hasattr(model, "named_modules") or not hasattr(model, "state_dict"):
-        return None, "the model is not an nn.Module (e.g. ONNX): give the architecture with --model file.py:factory to examine training"
+        return (
+            None,
+            "the model is not an nn.Module (e.g. ONNX): give the architecture with --model file.py:factory to examine training",
+        )
     if type(model).__name__ in ("GraphModule", "ExportedProgram") or "fx" in type(model).__module__:
-        return None, "the model is an exported graph (.pt2): give the architecture with --model file.py:factory to examine training"
+        return (
+            None,
+            "the model is an exported graph (.pt2): give the architecture with --model file.py:factory to examine training",
+        )
     net = copy.deepcopy(model)
     missing = []
     for name, m in net.named_modules():
@@ -77,7 +83,10 @@ def fresh_model(case: Case) -> tuple[Any, str]:
         else:
             missing.append(name or type(m).__name__)
     if missing:
-        return None, f"layers {', '.join(missing[:3])} cannot be re-initialised (no reset_parameters): give --model file.py:factory to examine training"
+        return (
+            None,
+            f"layers {', '.join(missing[:3])} cannot be re-initialised (no reset_parameters): give --model file.py:factory to examine training",
+        )
     for m in net.modules():
         if hasattr(m, "reset_running_stats"):
             m.reset_running_stats()
@@ -108,27 +117,41 @@ def monitored_run(case: Case, evidence: Evidence, settings: RunSettings) -> tupl
     from dlclinic.core.errors import ConfigError
 
     if settings.steps < 10 or settings.rows < 20 or settings.every < 1:
-        raise ConfigError(f"the training run needs steps >= 10, rows >= 20 and every >= 1, but got ({settings.steps=}, {settings.rows=}, {settings.every=})")
+        raise ConfigError(
+            f"the training run needs steps >= 10, rows >= 20 and every >= 1, but got ({settings.steps=}, {settings.rows=}, {settings.every=})"
+        )
     cfg = recipe(evidence)
     lr = settings.lr if settings.lr is not None else cfg.lr
     bs = settings.batch_size if settings.batch_size is not None else cfg.batch_size
     from dlclinic.core.fingerprint import fingerprint_model
-    from dlclinic.remedies.fit import seed_everything
+    from dlclinic.core.recipe import seed_everything
 
     seed_everything(settings.seed)
     probe, how = fresh_model(case)
     if probe is None:
         return None, how
     # the run depends on the initial weights (a remedy may change the initialisation)
-    params = {"init": fingerprint_model(probe), "steps": settings.steps, "rows": settings.rows, "every": settings.every, "lr": lr, "bs": bs, "wd": cfg.weight_decay, "schedule": cfg.schedule, "ls": cfg.label_smoothing, "seed": settings.seed, "v": 1}
+    params = {
+        "init": fingerprint_model(probe),
+        "steps": settings.steps,
+        "rows": settings.rows,
+        "every": settings.every,
+        "lr": lr,
+        "bs": bs,
+        "wd": cfg.weight_decay,
+        "schedule": cfg.schedule,
+        "ls": cfg.label_smoothing,
+        "seed": settings.seed,
+        "v": 1,
+    }
     key = repr(sorted(params.items()))
     memo = _MEMO.setdefault(evidence, {})
     if key in memo:
         return memo[key], how
 
     def compute() -> dict[str, np.ndarray]:
+        from dlclinic.core.recipe import FitConfig, fit, seed_everything
         from dlclinic.functional.cost import EnergyMeter
-        from dlclinic.remedies.fit import FitConfig, fit, seed_everything
         from dlclinic.training.monitor import TrainingMonitor
 
         seed_everything(settings.seed)
@@ -138,7 +161,17 @@ def monitored_run(case: Case, evidence: Evidence, settings: RunSettings) -> tupl
         n_fit = len(idx) - int(round(0.2 * len(idx)))
         per_epoch = max(1, math.ceil(n_fit / bs))
         epochs = max(2, math.ceil(settings.steps / per_epoch))
-        fcfg = FitConfig(epochs=epochs, batch_size=bs, lr=lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule, val_fraction=0.2, patience=10**6, seed=settings.seed, label_smoothing=cfg.label_smoothing)
+        fcfg = FitConfig(
+            epochs=epochs,
+            batch_size=bs,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            schedule=cfg.schedule,
+            val_fraction=0.2,
+            patience=10**6,
+            seed=settings.seed,
+            label_smoothing=cfg.label_smoothing,
+        )
         monitor = TrainingMonitor(None, every=settings.every)
         with evidence.progress.step("monitored training run", total=epochs) as advance, EnergyMeter() as meter:
             result = fit(model, x, y, fcfg, progress=lambda e, n: advance(1), monitor=monitor)

@@ -10,7 +10,6 @@
   exit 1 when a file would run code on loading.
 """
 
-
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,24 @@ __all__ = ["register"]
 
 def register(app: Any) -> None:
     """Add the ``bundle`` and ``audit`` groups and ``scan-model`` to the ``dlclinic`` Typer app."""
-    from typing import Annotated, Optional
+    from typing import Annotated
 
     import typer
 
     from dlclinic.core.errors import ConfigError
 
-    bundle_app = typer.Typer(help="Hash-manifest bundles of model, data, config and report (detect any change).", no_args_is_help=True)
+    bundle_app = typer.Typer(
+        help="Hash-manifest bundles of model, data, config and report (detect any change).", no_args_is_help=True
+    )
     audit_app = typer.Typer(help="The append-only, hash-chained audit trail.", no_args_is_help=True)
     app.add_typer(bundle_app, name="bundle")
     app.add_typer(audit_app, name="audit")
 
-    KeyOpt = Annotated[Optional[Path], typer.Option("--key-file", help="HMAC-SHA256 signing key (a file); verify needs the same key.")]
+    KeyOpt = Annotated[
+        Path | None, typer.Option("--key-file", help="HMAC-SHA256 signing key (a file); verify needs the same key.")
+    ]
 
-    def _key(path: Optional[Path]) -> Optional[bytes]:
+    def _key(path: Path | None) -> bytes | None:
         if path is None:
             return None
         if not path.is_file():
@@ -58,7 +61,9 @@ def register(app: Any) -> None:
         typer.echo(f"wrote {manifest} ({len(body['files'])} files{', signed' if key_file else ''})")
 
     @bundle_app.command("verify")
-    def bundle_verify(manifest: Annotated[Path, typer.Argument(help="manifest.json of a bundle.")], key_file: KeyOpt = None) -> None:
+    def bundle_verify(
+        manifest: Annotated[Path, typer.Argument(help="manifest.json of a bundle.")], key_file: KeyOpt = None
+    ) -> None:
         """Exit 0 when every file of the bundle is unchanged, 1 otherwise."""
         from dlclinic.report.model_card import verify_manifest
 
@@ -69,7 +74,9 @@ def register(app: Any) -> None:
             for p in problems:
                 typer.echo(f"FAILED: {p}", err=True)
             raise typer.Exit(1)
-        typer.echo(f"OK: every file in {manifest} matches its SHA-256" + (" and the signature is valid" if key_file else ""))
+        typer.echo(
+            f"OK: every file in {manifest} matches its SHA-256" + (" and the signature is valid" if key_file else "")
+        )
 
     @audit_app.command("verify")
     def audit_verify(log: Annotated[Path, typer.Argument(help="Audit trail (JSON lines).")]) -> None:
@@ -86,7 +93,9 @@ def register(app: Any) -> None:
         typer.echo(f"OK: {n} records, hash chain intact")
 
     @app.command("scan-model")
-    def scan_model(files: Annotated[list[Path], typer.Argument(help="Model files (.pt, .pth, .ckpt, .pkl, .bin ...).")]) -> None:
+    def scan_model(
+        files: Annotated[list[Path], typer.Argument(help="Model files (.pt, .pth, .ckpt, .pkl, .bin ...).")],
+    ) -> None:
         """Scan pickle-based model files for code they would run when loaded (nothing is loaded)."""
         from dlclinic.io.pickle_scan import scan_file
 
@@ -94,7 +103,9 @@ def register(app: Any) -> None:
         for f in files:
             scan = scan_file(f)
             refs = scan.dangerous + scan.unknown
-            typer.echo(f"{scan.verdict:16s} {f} ({scan.format}{'; ' + ', '.join(refs[:6]) if refs else ''}{'; ' + scan.error if scan.error else ''})")
+            typer.echo(
+                f"{scan.verdict:16s} {f} ({scan.format}{'; ' + ', '.join(refs[:6]) if refs else ''}{'; ' + scan.error if scan.error else ''})"
+            )
             bad += scan.verdict in ("dangerous", "unknown_imports", "error")
         if bad:
             raise typer.Exit(1)

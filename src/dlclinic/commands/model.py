@@ -1,6 +1,5 @@
 """``dlclinic export``: write the model as a verified ONNX or ``torch.export`` ``.pt2`` file."""
 
-
 from typing import Any
 
 __all__ = ["register"]
@@ -28,9 +27,19 @@ def register(app: Any) -> None:
     @app.command()
     def export(
         out: Annotated[Path, typer.Option("--out", help="File to write (.onnx or .pt2).")],
-        fmt: Annotated[Format, typer.Option("--format", help="onnx (onnxruntime) or pt2 (torch.export).")] = Format.onnx,
-        exporter: Annotated[Exporter, typer.Option("--exporter", help="ONNX exporter: dynamo = torch.onnx.export(dynamo=True) (recommended), torchscript = the legacy tracer, auto = dynamo then torchscript.")] = Exporter.dynamo,
-        static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch dimension instead of making it dynamic.")] = False,
+        fmt: Annotated[
+            Format, typer.Option("--format", help="onnx (onnxruntime) or pt2 (torch.export).")
+        ] = Format.onnx,
+        exporter: Annotated[
+            Exporter,
+            typer.Option(
+                "--exporter",
+                help="ONNX exporter: dynamo = torch.onnx.export(dynamo=True) (recommended), torchscript = the legacy tracer, auto = dynamo then torchscript.",
+            ),
+        ] = Exporter.dynamo,
+        static_batch: Annotated[
+            bool, typer.Option("--static-batch", help="Fix the batch dimension instead of making it dynamic.")
+        ] = False,
         demo: _cli.DemoOpt = False,
         clean_demo: _cli.CleanDemoOpt = False,
         train: _cli.TrainOpt = None,
@@ -45,10 +54,14 @@ def register(app: Any) -> None:
         from dlclinic.core.errors import ConfigError
         from dlclinic.export import export_onnx, export_pt2
 
-        case = _cli._load_case(_cli.DataOptions(demo, clean_demo, train, test, None, label_col, None, None, model, weights))
+        case = _cli._load_case(
+            _cli.DataOptions(demo, clean_demo, train, test, None, label_col, None, None, model, weights)
+        )
         case = prepare_model(case, cache_dir=cache_dir)
         if not hasattr(case.model, "state_dict"):
-            raise ConfigError("export: expected a PyTorch model (file.py:factory or .pt2), found an ONNX model, which is already exported")
+            raise ConfigError(
+                "export: expected a PyTorch model (file.py:factory or .pt2), found an ONNX model, which is already exported"
+            )
         split = case.get("test") or case.train
         x = split.x[:512]
         if fmt is Format.onnx:
@@ -61,4 +74,7 @@ def register(app: Any) -> None:
             f" max |logit diff| {result.max_abs_logit_diff:.2e}, argmax agreement {result.argmax_agreement:.2%}"
         )
         if not result.agrees():
-            typer.echo("warning: the export differs from eager beyond fp32 tolerance (atol 1e-3); check custom ops and train-mode layers", err=True)
+            typer.echo(
+                "warning: the export differs from eager beyond fp32 tolerance (atol 1e-3); check custom ops and train-mode layers",
+                err=True,
+            )

@@ -9,7 +9,7 @@ check's status and metrics. Exit 0 when the run reproduced (metrics within
 """
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["register", "replay_argv"]
 
@@ -19,7 +19,7 @@ def replay_argv(argv: "list[str]", out: Path, *, use_cache: bool) -> "list[str]"
     args = list(argv[1:])
     cleaned: list[str] = []
     skip = False
-    for i, a in enumerate(args):
+    for a in args:
         if skip:
             skip = False
             continue
@@ -53,9 +53,22 @@ def register(app: Any) -> None:
     @app.command()
     def replay(
         manifest: Annotated[Path, typer.Argument(help="manifest.json of a dlclinic run (or the folder holding it).")],
-        out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the replayed run (default: <manifest folder>/replay).")] = None,
-        tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Largest absolute metric difference still counted as reproduced.")] = 0.0,
-        use_cache: Annotated[bool, typer.Option("--use-cache", help="Reuse cached evidence and baseline weights (faster, but then the replay does not retrain).")] = False,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Folder for the replayed run (default: <manifest folder>/replay).")
+        ] = None,
+        tolerance: Annotated[
+            float,
+            typer.Option(
+                "--tolerance", min=0.0, help="Largest absolute metric difference still counted as reproduced."
+            ),
+        ] = 0.0,
+        use_cache: Annotated[
+            bool,
+            typer.Option(
+                "--use-cache",
+                help="Reuse cached evidence and baseline weights (faster, but then the replay does not retrain).",
+            ),
+        ] = False,
     ) -> None:
         """Re-run a recorded checkup/treat command and compare hashes, environment and every metric."""
         import json
@@ -67,9 +80,17 @@ def register(app: Any) -> None:
         recorded = read_manifest(manifest)
         argv = [str(a) for a in (recorded.get("command") or {}).get("argv", [])]
         if len(argv) < 2 or argv[1] not in ("checkup", "treat"):
-            raise ConfigError(f"replay: expected a manifest of a `dlclinic checkup` or `dlclinic treat` run, found the command {' '.join(argv) or '(none)'}")
-        if "--demo" not in argv and "--clean-demo" not in argv and not (recorded.get("command") or {}).get("via_cli", False):
-            raise ConfigError("replay: this run was made from Python, not the dlclinic command line; re-run your script and compare manifests with dlclinic.core.manifest.compare_manifests")
+            raise ConfigError(
+                f"replay: expected a manifest of a `dlclinic checkup` or `dlclinic treat` run, found the command {' '.join(argv) or '(none)'}"
+            )
+        if (
+            "--demo" not in argv
+            and "--clean-demo" not in argv
+            and not (recorded.get("command") or {}).get("via_cli", False)
+        ):
+            raise ConfigError(
+                "replay: this run was made from Python, not the dlclinic command line; re-run your script and compare manifests with dlclinic.core.manifest.compare_manifests"
+            )
         folder = manifest if manifest.is_dir() else manifest.parent
         target = out or folder / "replay"
         from dlclinic.cli import app as cli_app
@@ -83,15 +104,30 @@ def register(app: Any) -> None:
             if exc.code not in (0, 1, None):
                 raise
         new_manifest = target / "manifest.json"
-        replayed = read_manifest(new_manifest) if new_manifest.is_file() else _results_from_report(target / "report.json")
+        replayed = (
+            read_manifest(new_manifest) if new_manifest.is_file() else _results_from_report(target / "report.json")
+        )
         diff = compare_manifests(recorded, replayed, tolerance=tolerance)
         with atomic_path(target / "replay_comparison.json") as tmp:
-            tmp.write_text(json.dumps({"recorded": str(manifest), "tolerance": tolerance, "differences": diff}, indent=2))
+            tmp.write_text(
+                json.dumps({"recorded": str(manifest), "tolerance": tolerance, "differences": diff}, indent=2)
+            )
         blocking = diff["hashes"] + diff["results"]
         for section, lines in diff.items():
             for line in lines[:20]:
                 typer.echo(f"{section}: {line}")
         if blocking:
-            typer.echo(f"not reproduced: {len(diff['results'])} result difference(s), {len(diff['hashes'])} hash difference(s); details in {target / 'replay_comparison.json'}", err=True)
+            typer.echo(
+                f"not reproduced: {len(diff['results'])} result difference(s), {len(diff['hashes'])} hash difference(s); details in {target / 'replay_comparison.json'}",
+                err=True,
+            )
             raise typer.Exit(1)
-        typer.echo(f"reproduced: every status and metric within {tolerance:g}, same data/model hashes" + (f" ({len(diff['packages']) + len(diff['hardware'])} environment difference(s))" if diff["packages"] or diff["hardware"] else ""), err=True)
+        typer.echo(
+            f"reproduced: every status and metric within {tolerance:g}, same data/model hashes"
+            + (
+                f" ({len(diff['packages']) + len(diff['hardware'])} environment difference(s))"
+                if diff["packages"] or diff["hardware"]
+                else ""
+            ),
+            err=True,
+        )

@@ -32,7 +32,9 @@ def _to_numpy(value: Any, what: str) -> np.ndarray:
     try:
         return np.asarray(value)
     except Exception as exc:  # ragged lists and the like
-        raise InputError(f"{what}: expected an array-like of equal-sized rows, found {type(value).__name__} ({exc})") from None
+        raise InputError(
+            f"{what}: expected an array-like of equal-sized rows, found {type(value).__name__} ({exc})"
+        ) from None
 
 
 def _from_dataset(dataset: Any, what: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -56,7 +58,9 @@ def _from_dataset(dataset: Any, what: str) -> tuple[np.ndarray, np.ndarray | Non
         raise InputError(f"{what}: expected at least one sample, found an empty Dataset")
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
-        raise InputError(f"{what}: expected samples of one shape, found {len(shapes)} shapes, e.g. {sorted(shapes)[:2]}")
+        raise InputError(
+            f"{what}: expected samples of one shape, found {len(shapes)} shapes, e.g. {sorted(shapes)[:2]}"
+        )
     x = np.stack(xs)
     y = np.stack(ys).reshape(-1) if ys else None
     g = np.stack(gs).reshape(-1) if gs else None
@@ -77,11 +81,17 @@ def _validate_labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y)
         if bad.any():
-            raise InputError(f"{what}: expected integer class labels, found {int(bad.sum())} NaN/Inf value(s) (first at row {int(np.flatnonzero(bad)[0])})")
+            raise InputError(
+                f"{what}: expected integer class labels, found {int(bad.sum())} NaN/Inf value(s) (first at row {int(np.flatnonzero(bad)[0])})"
+            )
         if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise InputError(f"{what}: expected integer class labels, found non-integer values such as {float(y[np.mod(y, 1) != 0][0])!r}")
+            raise InputError(
+                f"{what}: expected integer class labels, found non-integer values such as {float(y[np.mod(y, 1) != 0][0])!r}"
+            )
     elif y.dtype.kind not in "iub":
-        raise InputError(f"{what}: expected integer class labels, found dtype {y.dtype} (map strings to 0..K-1 first, or pass class_names)")
+        raise InputError(
+            f"{what}: expected integer class labels, found dtype {y.dtype} (map strings to 0..K-1 first, or pass class_names)"
+        )
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise InputError(f"{what}: expected labels in 0..K-1, found {int(y.min())} at row {int(np.argmin(y))}")
@@ -108,7 +118,13 @@ class Split:
     @classmethod
     def build(cls, name: str, x: Any, y: Any = None, groups: Any = None, ids: Any = None) -> Split:
         """Validate and convert one split. Raises :class:`InputError` with a one-line reason."""
-        if x is not None and hasattr(x, "__getitem__") and hasattr(x, "__len__") and not hasattr(x, "shape") and not isinstance(x, (list, tuple)):
+        if (
+            x is not None
+            and hasattr(x, "__getitem__")
+            and hasattr(x, "__len__")
+            and not hasattr(x, "shape")
+            and not isinstance(x, (list, tuple))
+        ):
             dx, dy, dg = _from_dataset(x, f"split {name!r}")
             x, y = dx, y if y is not None else dy
             groups = groups if groups is not None else dg
@@ -168,7 +184,9 @@ class Case:
         for s in self.splits.values():
             if s.y is not None and s.y.size and int(s.y.max()) >= self.n_classes:
                 row = int(np.argmax(s.y))
-                raise InputError(f"split {s.name!r} labels: expected values in 0..{self.n_classes - 1} ({self.n_classes} classes, as in train), found {int(s.y.max())} at row {row} (pass class_names or n_classes if train lacks a class)")
+                raise InputError(
+                    f"split {s.name!r} labels: expected values in 0..{self.n_classes - 1} ({self.n_classes} classes, as in train), found {int(s.y.max())} at row {row} (pass class_names or n_classes if train lacks a class)"
+                )
 
     @classmethod
     def from_arrays(
@@ -203,7 +221,9 @@ class Case:
                 continue
             if isinstance(value, tuple):
                 if not 1 <= len(value) <= 3:
-                    raise InputError(f"split {split_name!r}: expected (x,), (x, y) or (x, y, groups), found a tuple of {len(value)}")
+                    raise InputError(
+                        f"split {split_name!r}: expected (x,), (x, y) or (x, y, groups), found a tuple of {len(value)}"
+                    )
                 x = value[0]
                 y = value[1] if len(value) > 1 else None
                 g = value[2] if len(value) > 2 else None
@@ -219,10 +239,14 @@ class Case:
                 # K comes from train alone: a test/deploy label train never saw is an error, not a new class
                 n_classes = int(splits["train"].y.max()) + 1
             else:
-                raise InputError("split 'train': expected labels to infer the number of classes, found none (pass class_names or n_classes)")
+                raise InputError(
+                    "split 'train': expected labels to infer the number of classes, found none (pass class_names or n_classes)"
+                )
         if n_classes < 2:
             raise InputError(f"labels: expected at least 2 classes, found {n_classes}")
-        names = tuple(str(c) for c in class_names) if class_names is not None else tuple(str(i) for i in range(n_classes))
+        names = (
+            tuple(str(c) for c in class_names) if class_names is not None else tuple(str(i) for i in range(n_classes))
+        )
         if len(names) != n_classes:
             raise InputError(f"class_names: expected {n_classes} names, found {len(names)}")
         x0 = splits["train"].x if "train" in splits else None
@@ -287,7 +311,7 @@ class Case:
 
         s = self.splits[name]
         rows = np.asarray(rows, dtype=np.int64)
-        pick = (lambda a: None if a is None else a[rows])  # noqa: E731
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
         splits = dict(self.splits)
         splits[name] = Split(name=name, x=s.x[rows], y=pick(s.y), groups=pick(s.groups), ids=pick(s.ids))
         return replace(self, splits=splits)

@@ -15,7 +15,7 @@
   ``np.random.seed()``, ``torch.seed()`` …) with its call site, so a nondeterministic
   recipe can be pointed at the line that causes it.
 
-Seeding itself is :func:`dlclinic.remedies.fit.seed_everything`. Torch is imported
+Seeding itself is :func:`dlclinic.core.recipe.seed_everything`. Torch is imported
 inside the functions (importing ``dlclinic`` must not import torch).
 """
 
@@ -77,13 +77,23 @@ def deterministic_mode(seed: int | None = None, *, warn_only: bool = False) -> I
     """
     import torch
 
-    from dlclinic.remedies.fit import seed_everything
+    from dlclinic.core.recipe import seed_everything
 
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     rng_states: tuple[Any, ...] | None = None
     if seed is not None:
-        rng_states = (random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        rng_states = (
+            random.getstate(),
+            np.random.get_state(),
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        )
     try:
         if saved_env is None:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_VALUE
@@ -170,7 +180,15 @@ def compare_state_dicts(a: Mapping[str, Any], b: Mapping[str, Any]) -> StateDiff
                 max_diff = max(max_diff, float((ta_.double() - tb_.double()).abs().max()))
             else:
                 max_diff = max(max_diff, float((ta_.long() - tb_.long()).abs().max()))
-    return StateDiff(not differing and not missing, len(a), len(differing), differing[0] if differing else (missing[0] if missing else None), max_diff, tuple(differing), missing)
+    return StateDiff(
+        not differing and not missing,
+        len(a),
+        len(differing),
+        differing[0] if differing else (missing[0] if missing else None),
+        max_diff,
+        tuple(differing),
+        missing,
+    )
 
 
 @dataclass(frozen=True)
@@ -260,4 +278,3 @@ def trace_unseeded_generators() -> Iterator[list[UnseededCall]]:
     finally:
         for owner, name, original in reversed(patches):
             setattr(owner, name, original)
-

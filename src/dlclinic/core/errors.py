@@ -47,7 +47,9 @@ class UnknownChallengeError(ConfigError, KeyError):
     def __init__(self, given: str, known: list[str]) -> None:
         self.given = given
         self.known = known
-        super().__init__(f"unknown challenge id {given!r}: expected one of the 31 ids (e.g. 'data.quality') or a category ({', '.join(sorted({k.split('.')[0] for k in known}))}); run `dlclinic challenges` to list them")
+        super().__init__(
+            f"unknown challenge id {given!r}: expected one of the 31 ids (e.g. 'data.quality') or a category ({', '.join(sorted({k.split('.')[0] for k in known}))}); run `dlclinic challenges` to list them"
+        )
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0])
@@ -57,4 +59,6 @@ class MissingDependencyError(DlclinicError, ImportError):
     """An optional dependency needed for this feature is not installed."""
 
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(f"this feature needs the optional package {package!r}, which is not installed: run `pip install 'dlclinic[{extra}]'`")
+        super().__init__(
+            f"this feature needs the optional package {package!r}, which is not installed: run `pip install 'dlclinic[{extra}]'`"
+        )

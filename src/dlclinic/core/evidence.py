@@ -24,11 +24,13 @@ recomputes nothing.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +41,8 @@ from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fing
 from dlclinic.core.progress import NullProgress, Progress
 
 __all__ = ["KINDS", "Evidence", "EvidenceConfig", "default_cache_dir"]
+
+_T = TypeVar("_T")
 
 KINDS = ("logits", "probs", "embeddings", "losses", "oof_probs")
 
@@ -112,7 +116,9 @@ def _find_module(model: Any, name: str) -> Any:
     modules = dict(model.named_modules())
     if name not in modules:
         names = [n for n in modules if n][:12]
-        raise ConfigError(f"embedding layer {name!r} not found in the model; expected one of: {', '.join(names)}{' …' if len(modules) > 13 else ''}")
+        raise ConfigError(
+            f"embedding layer {name!r} not found in the model; expected one of: {', '.join(names)}{' …' if len(modules) > 13 else ''}"
+        )
     return modules[name]
 
 
@@ -165,11 +171,15 @@ class Evidence:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.progress = progress or NullProgress()
         self._mem: dict[tuple[str, str], np.ndarray] = {}
+        self._memo: dict[str, Any] = {}
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.nonfinite_rows: dict[str, int] = {}
         self.stats = _Stats()
         self.model_fingerprint = fingerprint_model(case.model)
         self._split_fp = {name: fingerprint_array(s.x, s.y) for name, s in case.splits.items()}
-        self.embedding_source = "input-pca" if not self._is_torch else (self.config.embedding_layer or "input of last nn.Linear")
+        self.embedding_source = (
+            "input-pca" if not self._is_torch else (self.config.embedding_layer or "input of last nn.Linear")
+        )
 
     # -- public -------------------------------------------------------------------------
     @property
@@ -200,7 +210,9 @@ class Evidence:
 
     def ensure(self, needs: Iterable[tuple[str, str]]) -> None:
         """Compute every (kind, split) in ``needs`` that is available, one pass per split."""
-        needs = sorted({n for n in needs if self.available(*n)}, key=lambda n: (n[1] != "train", n[1], KINDS.index(n[0])))
+        needs = sorted(
+            {n for n in needs if self.available(*n)}, key=lambda n: (n[1] != "train", n[1], KINDS.index(n[0]))
+        )
         for kind, split in needs:
             self.get(kind, split)
 
@@ -227,14 +239,25 @@ class Evidence:
         self.stats.seconds += time.perf_counter() - start
         return self._mem[key]
 
-    def cached(self, name: str, params: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def cached(
+        self, name: str, params: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
         """Derived arrays (e.g. a learning curve) cached like evidence, keyed by the model, every split and ``params``.
 
         ``compute`` returns a dict of arrays; it runs only when no valid cache entry exists.
         """
         from dlclinic import __version__
 
-        key = fingerprint_params({"derived": name, "model": self.model_fingerprint, "data": self._split_fp, "recipe": self.recipe, "params": params, "dlclinic": __version__})
+        key = fingerprint_params(
+            {
+                "derived": name,
+                "model": self.model_fingerprint,
+                "data": self._split_fp,
+                "recipe": self.recipe,
+                "params": params,
+                "dlclinic": __version__,
+            }
+        )
         path = self.cache_dir / "derived" / key[:2] / f"{key}.npz"
         stored = _read_npz(path) if self.config.cache else None
         if stored is not None:
@@ -251,6 +274,22 @@ class Evidence:
                 pass
         return out
 
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        """An in-process result shared by the checks of one checkup (e.g. the monitored run).
+
+        Unlike :meth:`cached`, the value is any Python object and lives as long as this
+        ``Evidence``; it replaces module-level caches, so two checkups never share state.
+        """
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return typing.cast(_T, self._memo[key])
+
+    def workdir(self) -> Path:
+        """A scratch directory for files the checks write (exported models); removed with this object."""
+        if self._workdir is None:
+            self._workdir = tempfile.TemporaryDirectory(prefix="dlclinic-evidence-")
+        return Path(self._workdir.name)
+
     def on_extra(self, x: np.ndarray, y: np.ndarray | None = None, *, name: str = "deploy") -> Evidence:
         """Evidence for inputs outside the case (an OOD set, an unlabelled pool).
 
@@ -264,9 +303,18 @@ class Evidence:
 
         extra = Split.build(name, x, y)
         if extra.x.shape[1:] != self.case.train.x.shape[1:]:
-            raise InputError(f"extra data {name!r}: expected samples of shape {self.case.train.x.shape[1:]} like train, found {extra.x.shape[1:]}")
+            raise InputError(
+                f"extra data {name!r}: expected samples of shape {self.case.train.x.shape[1:]} like train, found {extra.x.shape[1:]}"
+            )
         case = dataclasses.replace(self.case, splits={"train": self.case.train, name: extra})
-        return Evidence(case, self.config, recipe=self.recipe, cache_dir=self.cache_dir, progress=self.progress, fit_config=self.fit_config)
+        return Evidence(
+            case,
+            self.config,
+            recipe=self.recipe,
+            cache_dir=self.cache_dir,
+            progress=self.progress,
+            fit_config=self.fit_config,
+        )
 
     # -- internals ----------------------------------------------------------------------
     def _params(self, kind: str) -> dict[str, Any]:
@@ -320,7 +368,11 @@ class Evidence:
                     handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out))
                 else:
                     target = _last_linear(model)
-                    handle = target.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0])) if target is not None else None
+                    handle = (
+                        target.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
+                        if target is not None
+                        else None
+                    )
                 try:
                     with eval_mode(model), torch.inference_mode():
                         for i in range(0, n, bs):
@@ -329,9 +381,13 @@ class Evidence:
                             try:
                                 out = first_output(model(xb))
                             except Exception as exc:
-                                raise ModelError(f"the model failed on a batch of split {split!r} with input shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                                raise ModelError(
+                                    f"the model failed on a batch of split {split!r} with input shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                ) from None
                             if out.dim() != 2 or out.shape[1] != self.case.n_classes:
-                                raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {tuple(out.shape)}")
+                                raise ModelError(
+                                    f"the model's output must be N×{self.case.n_classes} logits, found shape {tuple(out.shape)}"
+                                )
                             logits_parts.append(out.float().cpu().numpy())
                             emb = first_output(captured[-1]) if captured else out
                             emb_parts.append(emb.float().flatten(1).cpu().numpy())
@@ -343,18 +399,24 @@ class Evidence:
             else:
                 predict = getattr(self.case.model, "predict_logits", None)
                 if predict is None:
-                    raise ModelError(f"cannot run a model of type {type(self.case.model).__name__}: expected an nn.Module or an ONNX model")
+                    raise ModelError(
+                        f"cannot run a model of type {type(self.case.model).__name__}: expected an nn.Module or an ONNX model"
+                    )
                 for i in range(0, n, bs):
                     out = np.asarray(predict(x[i : i + bs]), dtype=np.float32)
                     if out.ndim != 2 or out.shape[1] != self.case.n_classes:
-                        raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {out.shape}")
+                        raise ModelError(
+                            f"the model's output must be N×{self.case.n_classes} logits, found shape {out.shape}"
+                        )
                     logits_parts.append(out)
                     advance(min(bs, n - i))
                 embeddings = self._input_pca(split)
         logits = np.concatenate(logits_parts)
         if not np.isfinite(logits).all():
             bad = int((~np.isfinite(logits)).any(axis=1).sum())
-            raise ModelError(f"the model produced NaN/Inf logits for {bad} of {n} rows of split {split!r}; expected finite outputs (check the inputs for NaN/Inf and the weights)")
+            raise ModelError(
+                f"the model produced NaN/Inf logits for {bad} of {n} rows of split {split!r}; expected finite outputs (check the inputs for NaN/Inf and the weights)"
+            )
         self._mem[("logits", split)] = logits
         self._mem[("probs", split)] = _softmax(logits.astype(np.float64)).astype(np.float32)
         self._mem[("embeddings", split)] = embeddings
@@ -371,7 +433,9 @@ class Evidence:
         train = np.nan_to_num(self.case.train.x.reshape(len(self.case.train), -1))
         k = int(min(64, train.shape[1], max(2, len(train) - 1)))
         pca = PCA(n_components=k, random_state=0).fit(train)
-        return pca.transform(np.nan_to_num(self.case.splits[split].x.reshape(len(self.case.splits[split]), -1))).astype(np.float32)
+        return pca.transform(np.nan_to_num(self.case.splits[split].x.reshape(len(self.case.splits[split]), -1))).astype(
+            np.float32
+        )
 
     def _oof(self) -> np.ndarray:
         from sklearn.model_selection import StratifiedKFold
@@ -387,10 +451,15 @@ class Evidence:
         oof = np.zeros((len(s), k), dtype=np.float32)
         method = self.oof_method
         if method == "kfold" and self.retrain is None:
-            raise ConfigError("oof='kfold' needs a training recipe (a model factory or the baseline); use oof='embeddings'")
+            raise ConfigError(
+                "oof='kfold' needs a training recipe (a model factory or the baseline); use oof='embeddings'"
+            )
         import warnings
 
-        with self.progress.step(f"out-of-fold probabilities ({method}, {folds} folds)", total=folds) as advance, warnings.catch_warnings():
+        with (
+            self.progress.step(f"out-of-fold probabilities ({method}, {folds} folds)", total=folds) as advance,
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
             if method == "kfold":
                 from dlclinic.core.inference import predict_logits

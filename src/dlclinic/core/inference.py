@@ -61,7 +61,9 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.nd
     """
     predict = getattr(model, "predict_logits", None)
     if predict is not None and not hasattr(model, "state_dict"):
-        return np.concatenate([np.asarray(predict(x[i : i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [np.asarray(predict(x[i : i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)]
+        )
     import torch
 
     dtype, device = model_input_spec(model)
@@ -72,6 +74,8 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.nd
             try:
                 out = first_output(model(xb))
             except Exception as exc:
-                raise ModelError(f"the model failed on inputs of shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                raise ModelError(
+                    f"the model failed on inputs of shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from None
             parts.append(out.detach().float().cpu().numpy())
     return np.concatenate(parts)

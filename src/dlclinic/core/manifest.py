@@ -31,11 +31,32 @@ if TYPE_CHECKING:
     from dlclinic.core.case import Case
     from dlclinic.core.results import Report
 
-__all__ = ["MANIFEST_SCHEMA", "build_manifest", "compare_manifests", "manifest_json", "package_versions", "read_manifest", "write_manifest"]
+__all__ = [
+    "MANIFEST_SCHEMA",
+    "build_manifest",
+    "compare_manifests",
+    "manifest_json",
+    "package_versions",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST_SCHEMA = "dlclinic.manifest/1"
 
-_PACKAGES = ("dlclinic", "torch", "numpy", "scipy", "scikit-learn", "cleanlab", "safetensors", "onnxruntime", "captum", "opacus", "optuna", "fairlearn")
+_PACKAGES = (
+    "dlclinic",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "cleanlab",
+    "safetensors",
+    "onnxruntime",
+    "captum",
+    "opacus",
+    "optuna",
+    "fairlearn",
+)
 
 
 def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
@@ -52,7 +73,12 @@ def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
 
 
 def _hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor() or None, "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+    }
     if "torch" in sys.modules:  # never import torch just for the manifest
         import torch
 
@@ -122,11 +148,24 @@ def build_manifest(
     manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "command": {"argv": argv, "cwd": os.getcwd(), "via_cli": bool(argv) and Path(argv[0]).name in ("dlclinic", "dlclinic.exe", "__main__.py")},
+        "command": {
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "via_cli": bool(argv) and Path(argv[0]).name in ("dlclinic", "dlclinic.exe", "__main__.py"),
+        },
         "packages": package_versions(),
         "hardware": _hardware(),
         "git_commit": _git_commit(Path.cwd()),
-        "environment_variables": {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")},
+        "environment_variables": {
+            k: os.environ.get(k)
+            for k in (
+                "PYTHONHASHSEED",
+                "CUBLAS_WORKSPACE_CONFIG",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "CUDA_VISIBLE_DEVICES",
+            )
+        },
     }
     if "torch" in sys.modules:
         from dlclinic.core.determinism import determinism_state
@@ -145,7 +184,9 @@ def build_manifest(
         manifest["case"] = _clean({k: rc.get(k) for k in ("name", "n_classes", "modality", "input_shape", "splits")})
         manifest["model_source"] = (rc.get("model") or {}).get("source")
         manifest["evidence_config"] = _clean((rc.get("evidence") or {}).get("config"))
-        manifest["results"] = {r.id: {"status": r.status, "metrics": _clean(dict(r.metrics))} for r in report.challenges}
+        manifest["results"] = {
+            r.id: {"status": r.status, "metrics": _clean(dict(r.metrics))} for r in report.challenges
+        }
         if report.treatments:
             manifest["treatments"] = [_clean(t.to_dict()) for t in report.treatments]
         if isinstance((rc.get("metadata") or {}).get("cli_args"), str):
@@ -180,7 +221,9 @@ def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) ->
         with atomic_path(target) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"manifest {str(target)!r}: expected a writable location, found {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"manifest {str(target)!r}: expected a writable location, found {exc.strerror or exc}"
+        ) from exc
     return target
 
 
@@ -201,7 +244,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def compare_manifests(recorded: Mapping[str, Any], replayed: Mapping[str, Any], *, tolerance: float = 0.0) -> dict[str, list[str]]:
+def compare_manifests(
+    recorded: Mapping[str, Any], replayed: Mapping[str, Any], *, tolerance: float = 0.0
+) -> dict[str, list[str]]:
     """What differs between two runs: ``hashes``, ``packages``, ``hardware``, ``seeds``, ``results``.
 
     Metrics differing by more than ``tolerance`` (absolute) are listed under ``results``;
@@ -213,8 +258,10 @@ def compare_manifests(recorded: Mapping[str, Any], replayed: Mapping[str, Any], 
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 va, vb = a.get(key), b.get(key)
-                short = (lambda v: v[:12] if isinstance(v, str) and section == "hashes" else v)  # noqa: E731
-                out[section].append(f"{key}: {short(va)} → {short(vb)}")
+                if section == "hashes":
+                    va = va[:12] if isinstance(va, str) else va
+                    vb = vb[:12] if isinstance(vb, str) else vb
+                out[section].append(f"{key}: {va} → {vb}")
     for key in ("machine", "cpu_count", "torch_threads", "cuda_devices"):
         a, b = (recorded.get("hardware") or {}).get(key), (replayed.get("hardware") or {}).get(key)
         if a != b:

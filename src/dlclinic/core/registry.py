@@ -145,7 +145,9 @@ def build_options(spec: CheckSpec | RemedySpec, given: Mapping[str, Any] | None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))} for {spec.id}; expected some of: {', '.join(sorted(fields)) or '(none)'}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for {spec.id}; expected some of: {', '.join(sorted(fields)) or '(none)'}"
+        )
     hints = typing.get_type_hints(cls)
     for key, value in list(given.items()):
         if isinstance(value, str) and hints.get(key, str) is not str:
@@ -172,7 +174,9 @@ def parse_assignments(items: Iterable[str], *, scoped: bool) -> dict[str, Any]:
         if scoped:
             cid, dot, opt = key.rpartition(".")
             if not dot or "." not in cid:
-                raise ConfigError(f"--option {item!r}: expected CHALLENGE.ID.OPTION=VALUE, e.g. data.quality.warn_label_issue_fraction=0.05")
+                raise ConfigError(
+                    f"--option {item!r}: expected CHALLENGE.ID.OPTION=VALUE, e.g. data.quality.warn_label_issue_fraction=0.05"
+                )
             out.setdefault(cid, {})[opt] = value
         else:
             out[key] = value

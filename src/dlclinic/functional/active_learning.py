@@ -163,7 +163,9 @@ def select_kcenter(embeddings: np.ndarray, labelled_idx: np.ndarray, k: int) -> 
     n = len(x)
     labelled = np.unique(np.asarray(labelled_idx, dtype=np.int64).reshape(-1))
     if labelled.size and (labelled.min() < 0 or labelled.max() >= n):
-        raise ValueError(f"select_kcenter: labelled_idx must lie in [0, {n}), but got values in [{labelled.min()}, {labelled.max()}]")
+        raise ValueError(
+            f"select_kcenter: labelled_idx must lie in [0, {n}), but got values in [{labelled.min()}, {labelled.max()}]"
+        )
     if k < 0:
         raise ValueError(f"select_kcenter: `k >= 0` must hold, but got k={k}")
     k = min(int(k), n - labelled.size)
@@ -304,7 +306,9 @@ def simulate(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, but got {strategy!r}")
     if strategy == "bald" and mc_probs_fn is None:
-        raise ValueError("strategy 'bald' needs mc_probs_fn(head, x) -> T×N×K probabilities, e.g. dlclinic.functional.active_learning.mc_dropout_probs")
+        raise ValueError(
+            "strategy 'bald' needs mc_probs_fn(head, x) -> T×N×K probabilities, e.g. dlclinic.functional.active_learning.mc_dropout_probs"
+        )
     xp = np.asarray(embeddings_pool, dtype=np.float64)
     yp = np.asarray(labels_pool).astype(np.int64)
     xe = np.asarray(embeddings_eval, dtype=np.float64)
@@ -312,7 +316,9 @@ def simulate(
     if xp.ndim != 2 or xe.ndim != 2 or xp.shape[1] != xe.shape[1]:
         raise ValueError(f"expected N×D pool and M×D evaluation embeddings, but got shapes {xp.shape} and {xe.shape}")
     if len(xp) != len(yp) or len(xe) != len(ye):
-        raise ValueError(f"embeddings and labels must have equal lengths, but got pool {len(xp)} vs {len(yp)} and eval {len(xe)} vs {len(ye)}")
+        raise ValueError(
+            f"embeddings and labels must have equal lengths, but got pool {len(xp)} vs {len(yp)} and eval {len(xe)} vs {len(ye)}"
+        )
     n = len(xp)
     budget = min(int(budget), n)
     if not 1 <= initial <= budget:
@@ -321,7 +327,20 @@ def simulate(
         raise ValueError(f"`step >= 1` must hold, but got step={step}")
     # the fits are tiny: BLAS threads cost more in synchronisation than they save
     with threadpool_limits(limits=1, user_api="blas"):
-        return _simulate(xp, yp, xe, ye, strategy, initial=initial, step=step, budget=budget, seed=seed, mc_probs_fn=mc_probs_fn, max_iter=max_iter, C=C)
+        return _simulate(
+            xp,
+            yp,
+            xe,
+            ye,
+            strategy,
+            initial=initial,
+            step=step,
+            budget=budget,
+            seed=seed,
+            mc_probs_fn=mc_probs_fn,
+            max_iter=max_iter,
+            C=C,
+        )
 
 
 def _simulate(
@@ -403,7 +422,14 @@ def _isotonic(values: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full(int(c), m) for m, c in blocks])
 
 
-def labels_to_reach(n_labels: np.ndarray, accuracy: np.ndarray, target: float | None = None, *, monotone: bool = False, tolerance: float = 0.0) -> float:
+def labels_to_reach(
+    n_labels: np.ndarray,
+    accuracy: np.ndarray,
+    target: float | None = None,
+    *,
+    monotone: bool = False,
+    tolerance: float = 0.0,
+) -> float:
     """Labels at which a curve first reaches ``target`` accuracy, linearly interpolated.
 
     Args:
@@ -443,7 +469,9 @@ def labels_to_reach(n_labels: np.ndarray, accuracy: np.ndarray, target: float | 
     return float(n[i - 1] + (target - a0) / (a1 - a0) * (n[i] - n[i - 1]))
 
 
-def common_target(acc_random: np.ndarray, acc_strategy: np.ndarray, *, monotone: bool = False, tolerance: float = 0.0) -> float:
+def common_target(
+    acc_random: np.ndarray, acc_strategy: np.ndarray, *, monotone: bool = False, tolerance: float = 0.0
+) -> float:
     """The accuracy both curves reach: the lower of the two final accuracies (each after the
     monotone fit when ``monotone``), minus ``tolerance`` — the target of ``labels_saved(common=True)``.
 

@@ -135,15 +135,21 @@ def attack(
     adv_out = np.array(x, dtype=np.float32, copy=True) if keep_inputs else None
     gen = torch.Generator(device="cpu").manual_seed(seed)
     d = int(np.prod(x.shape[1:]))
-    alpha = (step_size if step_size is not None else 2.5 * epsilon / max(steps, 1))
+    alpha = step_size if step_size is not None else 2.5 * epsilon / max(steps, 1)
     with eval_mode(model):
         for start in range(0, n, batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)).to(device=device, dtype=dtype)
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)).to(
+                device=device, dtype=dtype
+            )
             yb = torch.from_numpy(np.asarray(y[start : start + batch_size], dtype=np.int64)).to(device)
-            tb = None if targets is None else torch.from_numpy(np.asarray(targets[start : start + batch_size], dtype=np.int64)).to(device)
+            tb = (
+                None
+                if targets is None
+                else torch.from_numpy(np.asarray(targets[start : start + batch_size], dtype=np.int64)).to(device)
+            )
             lo, hi, sc = _as_tensor(lower, xb), _as_tensor(upper, xb), _as_tensor(scale, xb)
 
-            def clamp(t: Any) -> Any:
+            def clamp(t: Any, lo: Any = lo, hi: Any = hi) -> Any:
                 if lo is not None:
                     t = torch.maximum(t, lo.expand_as(t))
                 if hi is not None:
@@ -224,7 +230,9 @@ def attack(
             fooled[start + idx.cpu().numpy()] = done.cpu().numpy()
             if adv_out is not None:
                 adv_out[start + idx.cpu().numpy()] = best.detach().float().cpu().numpy()
-    return AttackResult(method=method, epsilon=float(epsilon), clean_correct=clean_correct, fooled=fooled, x_adv=adv_out)
+    return AttackResult(
+        method=method, epsilon=float(epsilon), clean_correct=clean_correct, fooled=fooled, x_adv=adv_out
+    )
 
 
 @dataclass(frozen=True)
@@ -238,7 +246,19 @@ class RobustCurve:
     success_rate: dict[str, np.ndarray]
 
 
-def multi_targeted_accuracy(model: Any, x: np.ndarray, y: np.ndarray, *, epsilon: float, targets: int, lower: Any = None, upper: Any = None, scale: Any = 1.0, steps: int = 10, seed: int = 0) -> float:
+def multi_targeted_accuracy(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epsilon: float,
+    targets: int,
+    lower: Any = None,
+    upper: Any = None,
+    scale: Any = 1.0,
+    steps: int = 10,
+    seed: int = 0,
+) -> float:
     """Robust accuracy under untargeted PGD-L∞, then targeted PGD-L∞ towards each of the
     ``targets`` most likely other classes on the samples still correct (the multi-targeted
     attack of AutoAttack, Croce & Hein 2020).
@@ -248,7 +268,15 @@ def multi_targeted_accuracy(model: Any, x: np.ndarray, y: np.ndarray, *, epsilon
     """
     from dlclinic.core.inference import predict_logits
 
-    kw: dict[str, Any] = {"method": "pgd_linf", "epsilon": epsilon, "lower": lower, "upper": upper, "scale": scale, "steps": steps, "seed": seed}
+    kw: dict[str, Any] = {
+        "method": "pgd_linf",
+        "epsilon": epsilon,
+        "lower": lower,
+        "upper": upper,
+        "scale": scale,
+        "steps": steps,
+        "seed": seed,
+    }
     base = attack(model, x, y, **kw)
     fooled = base.fooled.copy()
     logits = predict_logits(model, x).astype(np.float64)
@@ -294,7 +322,20 @@ def robust_accuracy_curve(
     for m in methods:
         ra, sr = [], []
         for e in eps:
-            res = attack(model, x, y, method=m, epsilon=e, lower=lower, upper=upper, scale=scale, steps=steps, random_start=random_start, batch_size=batch_size, seed=seed)  # type: ignore[arg-type]
+            res = attack(
+                model,
+                x,
+                y,
+                method=m,
+                epsilon=e,
+                lower=lower,
+                upper=upper,
+                scale=scale,
+                steps=steps,
+                random_start=random_start,
+                batch_size=batch_size,
+                seed=seed,
+            )  # type: ignore[arg-type]
             clean = res.clean_accuracy
             ra.append(res.robust_accuracy)
             sr.append(res.success_rate if e > 0 else 0.0)

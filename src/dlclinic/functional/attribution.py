@@ -73,7 +73,16 @@ def _occlusion_window(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int,
     return lead + win, tuple(1 for _ in lead) + win
 
 
-def attribute(model: Any, x: np.ndarray, target: np.ndarray, method: str, *, n_steps: int = 32, baseline: float = 0.0, internal_batch_size: int = 256) -> np.ndarray:
+def attribute(
+    model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    method: str,
+    *,
+    n_steps: int = 32,
+    baseline: float = 0.0,
+    internal_batch_size: int = 256,
+) -> np.ndarray:
     """Attributions of ``target`` logits to ``x`` (same shape as ``x``), with captum.
 
     Args:
@@ -96,13 +105,22 @@ def attribute(model: Any, x: np.ndarray, target: np.ndarray, method: str, *, n_s
     tgt = torch.as_tensor(np.asarray(target, dtype=np.int64))
     with eval_mode(model):
         if method == "integrated_gradients":
-            out = IntegratedGradients(f).attribute(xt, baselines=baseline, target=tgt, n_steps=n_steps, internal_batch_size=internal_batch_size)
+            out = IntegratedGradients(f).attribute(
+                xt, baselines=baseline, target=tgt, n_steps=n_steps, internal_batch_size=internal_batch_size
+            )
         elif method == "saliency":
             out = Saliency(f).attribute(xt, target=tgt, abs=True)
         else:
             window, stride = _occlusion_window(x.shape[1:])
             with torch.no_grad():
-                out = Occlusion(f).attribute(xt.detach(), sliding_window_shapes=window, strides=stride, target=tgt, baselines=baseline, perturbations_per_eval=64)
+                out = Occlusion(f).attribute(
+                    xt.detach(),
+                    sliding_window_shapes=window,
+                    strides=stride,
+                    target=tgt,
+                    baselines=baseline,
+                    perturbations_per_eval=64,
+                )
     return np.asarray(out.detach().float().cpu().numpy())
 
 
@@ -140,7 +158,9 @@ class FaithfulnessResult:
     insertion_gain_ci: tuple[float, float]
 
 
-def _curves(model: Any, x: np.ndarray, target: np.ndarray, order: np.ndarray, fractions: np.ndarray, baseline: float) -> tuple[np.ndarray, np.ndarray]:
+def _curves(
+    model: Any, x: np.ndarray, target: np.ndarray, order: np.ndarray, fractions: np.ndarray, baseline: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample target probability under deletion and insertion, N×len(fractions) each."""
     n, d = x.shape[0], int(np.prod(x.shape[1:]))
     flat = x.reshape(n, d)
@@ -172,7 +192,18 @@ def _ci(values: np.ndarray) -> tuple[float, float]:
     return mean - 1.96 * se, mean + 1.96 * se
 
 
-def deletion_insertion(model: Any, x: np.ndarray, target: np.ndarray, attributions: np.ndarray, *, method: str = "", steps: int = 10, baseline: float = 0.0, random_repeats: int = 2, seed: int = 0) -> FaithfulnessResult:
+def deletion_insertion(
+    model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    attributions: np.ndarray,
+    *,
+    method: str = "",
+    steps: int = 10,
+    baseline: float = 0.0,
+    random_repeats: int = 2,
+    seed: int = 0,
+) -> FaithfulnessResult:
     """Deletion and insertion curves of ``attributions`` against random orders.
 
     Features are ranked by attribution (signed: the evidence *for* the target first);
@@ -213,7 +244,17 @@ def deletion_insertion(model: Any, x: np.ndarray, target: np.ndarray, attributio
     )
 
 
-def robustness_metrics(model: Any, x: np.ndarray, target: np.ndarray, attributions: np.ndarray, method: str, *, n_perturb: int = 8, noise: float = 0.05, seed: int = 0) -> dict[str, float]:
+def robustness_metrics(
+    model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    attributions: np.ndarray,
+    method: str,
+    *,
+    n_perturb: int = 8,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
     """captum ``infidelity`` (Gaussian input perturbations) and ``sensitivity_max`` (saliency; IG with 8 steps).
 
     Both are lower-is-better; they are scale dependent, so compare methods on the same model.
@@ -240,7 +281,15 @@ def robustness_metrics(model: Any, x: np.ndarray, target: np.ndarray, attributio
         kwargs: dict[str, Any] = {"target": tgt}
         if method == "integrated_gradients":
             kwargs["n_steps"] = 8
-        out["sensitivity_max"] = float(sensitivity_max(explainer.attribute, xt.clone().requires_grad_(True), n_perturb_samples=max(2, n_perturb // 2), perturb_radius=noise, **kwargs).mean())
+        out["sensitivity_max"] = float(
+            sensitivity_max(
+                explainer.attribute,
+                xt.clone().requires_grad_(True),
+                n_perturb_samples=max(2, n_perturb // 2),
+                perturb_radius=noise,
+                **kwargs,
+            ).mean()
+        )
     return out
 
 
@@ -255,7 +304,16 @@ def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), 0.0))
 
 
-def randomization_sanity(model: Any, x: np.ndarray, target: np.ndarray, attributions: np.ndarray, method: str, *, seed: int = 0, feature_scale: np.ndarray | None = None) -> float:
+def randomization_sanity(
+    model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    attributions: np.ndarray,
+    method: str,
+    *,
+    seed: int = 0,
+    feature_scale: np.ndarray | None = None,
+) -> float:
     """Mean Spearman correlation of |attributions| between the model and a re-initialised copy.
 
     ``feature_scale`` (tables: each feature's train standard deviation) puts gradients in
@@ -296,7 +354,9 @@ def parse_region(text: str, shape: Sequence[int]) -> np.ndarray:
     """
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) != 2 or len(shape) < 2:
-        raise ValueError(f"region {text!r}: expected 'r0:r1,c0:c1' (rows, columns) for an image of shape {tuple(shape)}")
+        raise ValueError(
+            f"region {text!r}: expected 'r0:r1,c0:c1' (rows, columns) for an image of shape {tuple(shape)}"
+        )
     h, w = int(shape[-2]), int(shape[-1])
     bounds = []
     for part, size in zip(parts, (h, w), strict=True):
@@ -344,7 +404,16 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def shortcut_share(model: Any, x: np.ndarray, attributions: np.ndarray, mask: np.ndarray, *, y: np.ndarray | None = None, baseline: float | None = None, x_flip: np.ndarray | None = None) -> ShortcutResult:
+def shortcut_share(
+    model: Any,
+    x: np.ndarray,
+    attributions: np.ndarray,
+    mask: np.ndarray,
+    *,
+    y: np.ndarray | None = None,
+    baseline: float | None = None,
+    x_flip: np.ndarray | None = None,
+) -> ShortcutResult:
     """Attribution share on ``mask`` and the prediction change when the masked inputs are replaced.
 
     Args:
@@ -371,7 +440,15 @@ def shortcut_share(model: Any, x: np.ndarray, attributions: np.ndarray, mask: np
     acc_drop = None
     if y is not None and x_flip is None:
         acc_drop = float((p0 == y).mean() - (p1 == y).mean())
-    return ShortcutResult(share, area, share / area if area > 0 else float("inf"), flips / len(xf), _wilson(flips, len(xf)), acc_drop, int(len(xf)))
+    return ShortcutResult(
+        share,
+        area,
+        share / area if area > 0 else float("inf"),
+        flips / len(xf),
+        _wilson(flips, len(xf)),
+        acc_drop,
+        int(len(xf)),
+    )
 
 
 def class_importance(attributions: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:

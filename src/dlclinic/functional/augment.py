@@ -64,7 +64,9 @@ def continuous_columns(x: np.ndarray, max_levels: int = 10) -> np.ndarray:
     return np.array([len(np.unique(flat[:, j])) > max_levels for j in range(flat.shape[1])], dtype=bool)
 
 
-def augment_copy(x: np.ndarray, y: np.ndarray, policy: str, *, modality: str, scale: float = 0.1, seed: int = 0, max_levels: int = 10) -> np.ndarray:
+def augment_copy(
+    x: np.ndarray, y: np.ndarray, policy: str, *, modality: str, scale: float = 0.1, seed: int = 0, max_levels: int = 10
+) -> np.ndarray:
     """One augmented copy of ``x`` (same labels ``y``) under ``policy``.
 
     Example:
@@ -74,7 +76,9 @@ def augment_copy(x: np.ndarray, y: np.ndarray, policy: str, *, modality: str, sc
         True
     """
     if policy not in policies_for(modality):
-        raise ValueError(f"unknown augmentation policy {policy!r} for {modality} data; expected one of {', '.join(policies_for(modality))}")
+        raise ValueError(
+            f"unknown augmentation policy {policy!r} for {modality} data; expected one of {', '.join(policies_for(modality))}"
+        )
     if len(x) != len(y):
         raise ValueError(f"expected as many labels as rows, but got {len(y)} labels for {len(x)} rows")
     rng = np.random.default_rng(seed)

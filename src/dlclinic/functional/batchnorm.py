@@ -62,7 +62,9 @@ def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> d
             t = inp[0].detach().double()
             dims = [d for d in range(t.dim()) if d != 1]
             n = t.numel() / t.shape[1]
-            acc = sums.setdefault(name, [0.0, torch.zeros(t.shape[1], dtype=torch.float64), torch.zeros(t.shape[1], dtype=torch.float64)])
+            acc = sums.setdefault(
+                name, [0.0, torch.zeros(t.shape[1], dtype=torch.float64), torch.zeros(t.shape[1], dtype=torch.float64)]
+            )
             acc[0] += n
             acc[1] += t.sum(dim=dims)
             acc[2] += (t * t).sum(dim=dims)

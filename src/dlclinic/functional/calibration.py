@@ -58,7 +58,6 @@ def ece_calibrated_null(probs: np.ndarray, n_bins: int = 15, *, resamples: int =
     rng = np.random.default_rng(seed)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    count = np.bincount(which, minlength=n_bins).astype(np.float64)
     sum_conf = np.bincount(which, weights=conf, minlength=n_bins)
     out = np.empty(resamples)
     total = len(conf)

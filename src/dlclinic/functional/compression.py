@@ -85,7 +85,9 @@ def deflate_size_bytes(blob: bytes) -> int:
 # --------------------------------------------------------------------------- statistics
 
 
-def paired_accuracy_drop(base_correct: np.ndarray, variant_correct: np.ndarray, *, z: float = 1.96) -> tuple[float, float, float]:
+def paired_accuracy_drop(
+    base_correct: np.ndarray, variant_correct: np.ndarray, *, z: float = 1.96
+) -> tuple[float, float, float]:
     """``(drop, low, high)``: base accuracy minus variant accuracy with a paired normal CI.
 
     Example:
@@ -125,7 +127,9 @@ class _Calibration:
     """An onnxruntime ``CalibrationDataReader`` over real inputs, one sample per call."""
 
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 16) -> None:
-        self._batches = iter([{input_name: np.ascontiguousarray(x[i : i + batch], dtype=np.float32)} for i in range(0, len(x), batch)])
+        self._batches = iter(
+            [{input_name: np.ascontiguousarray(x[i : i + batch], dtype=np.float32)} for i in range(0, len(x), batch)]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -161,7 +165,9 @@ def quantize_onnx_dynamic(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def quantize_onnx_static(src: str | Path, dst: str | Path, calibration_x: np.ndarray, *, per_channel: bool = True) -> Path:
+def quantize_onnx_static(
+    src: str | Path, dst: str | Path, calibration_x: np.ndarray, *, per_channel: bool = True
+) -> Path:
     """Static int8 (QDQ) quantization, calibrated with MinMax on real inputs ``calibration_x``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -204,7 +210,9 @@ def magnitude_prune(model: Any, sparsity: float, *, keep_masks: bool = False) ->
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`0 <= sparsity < 1` must hold, but got {sparsity=}")
     net = copy.deepcopy(model)
-    targets = [(m, "weight") for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))]
+    targets = [
+        (m, "weight") for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))
+    ]
     if not targets or sparsity == 0:
         return net
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=float(sparsity))
@@ -295,7 +303,9 @@ def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
         if node.op != "call_function" or _op_name(node) not in ("conv2d", "linear", "conv1d"):
             continue
         producer = module_of(node.args[1]) if len(node.args) > 1 else None
-        if producer is None or not isinstance(modules.get(producer), (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)):
+        if producer is None or not isinstance(
+            modules.get(producer), (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)
+        ):
             continue
         if getattr(modules[producer], "groups", 1) != 1:
             continue
@@ -315,7 +325,11 @@ def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
                 if op in ("conv2d", "conv1d", "linear") and user.args[0] is current:
                     consumer = module_of(user.args[1])
                     cmod = modules.get(consumer or "")
-                    if consumer is None or getattr(cmod, "groups", 1) != 1 or not isinstance(cmod, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)):
+                    if (
+                        consumer is None
+                        or getattr(cmod, "groups", 1) != 1
+                        or not isinstance(cmod, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))
+                    ):
                         ok = False
                         break
                     if isinstance(cmod, torch.nn.Linear) and int(cmod.weight.shape[1]) != channels * block:
@@ -337,7 +351,11 @@ def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
                         ok = False
                         break
                     frontier.append((user, block * int(np.prod(shape[2:]) if len(shape) > 2 else 1)))
-                elif op == "mean" and user.args[0] is current and tuple(sorted(int(d) for d in user.args[1])) in ((2, 3), (2,), (-2, -1), (-1,)):
+                elif (
+                    op == "mean"
+                    and user.args[0] is current
+                    and tuple(sorted(int(d) for d in user.args[1])) in ((2, 3), (2,), (-2, -1), (-1,))
+                ):
                     frontier.append((user, block))
                 else:
                     ok = False
@@ -347,7 +365,9 @@ def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
     return plans
 
 
-def channel_prune(model: Any, keep_ratio: float, sample_x: np.ndarray, *, min_channels: int = 2) -> tuple[Any, list[PrunePlan]]:
+def channel_prune(
+    model: Any, keep_ratio: float, sample_x: np.ndarray, *, min_channels: int = 2
+) -> tuple[Any, list[PrunePlan]]:
     """A copy of ``model`` whose prunable layers keep ``keep_ratio`` of their output channels.
 
     Channels are ranked by the L1 norm of the producer's filter times ``|gamma|`` of the
@@ -410,7 +430,21 @@ def channel_prune(model: Any, keep_ratio: float, sample_x: np.ndarray, *, min_ch
 # --------------------------------------------------------------------------- distillation
 
 
-def distill(teacher: Any, student: Any, x: np.ndarray, y: np.ndarray | None = None, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3, temperature: float = 4.0, alpha: float = 0.7, seed: int = 0, max_seconds: float | None = None, copy_student: bool = True) -> Any:
+def distill(
+    teacher: Any,
+    student: Any,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    epochs: int = 3,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    copy_student: bool = True,
+) -> Any:
     """Train a copy of ``student`` to match ``teacher`` (Hinton et al., 2015).
 
     Loss: ``alpha * T² * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``
@@ -421,7 +455,7 @@ def distill(teacher: Any, student: Any, x: np.ndarray, y: np.ndarray | None = No
     import time
 
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     from dlclinic.core.inference import predict_logits
 
@@ -443,7 +477,14 @@ def distill(teacher: Any, student: Any, x: np.ndarray, y: np.ndarray | None = No
             if len(idx) < 2:
                 continue
             out = net(xt[idx])
-            soft = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(teacher_logits[idx] / temperature, 1), reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(out / temperature, 1),
+                    F.softmax(teacher_logits[idx] / temperature, 1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * soft + ((1 - alpha) * F.cross_entropy(out, yt[idx]) if yt is not None else 0.0)
             opt.zero_grad()
             loss.backward()
@@ -452,7 +493,6 @@ def distill(teacher: Any, student: Any, x: np.ndarray, y: np.ndarray | None = No
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 return net.eval()
     return net.eval()
-
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -519,7 +559,9 @@ class Sweep:
         return next(v for v in self.variants if v.name == name)
 
 
-def onnx_variants(model: Any, x_train: np.ndarray, x_sample: np.ndarray, workdir: str | Path, config: SweepConfig | None = None) -> tuple[list[tuple[str, str, Path, str]], list[str]]:
+def onnx_variants(
+    model: Any, x_train: np.ndarray, x_sample: np.ndarray, workdir: str | Path, config: SweepConfig | None = None
+) -> tuple[list[tuple[str, str, Path, str]], list[str]]:
     """Export fp32 ONNX and quantize it: ``([(name, kind, path, note)], notes)``.
 
     The first entry is the fp32 export (its note names the exporter and the verified
@@ -541,23 +583,57 @@ def onnx_variants(model: Any, x_train: np.ndarray, x_sample: np.ndarray, workdir
             result = export_onnx(model, x_sample[:256], fp32, exporter="dynamo")
             notes.append(f"TorchScript ONNX export failed ({brief(exc)}); exported with dynamo=True instead")
         except Exception as exc2:
-            return [], [f"ONNX export failed with both exporters ({brief(exc)}; {brief(exc2)}); no ONNX Runtime variants"]
-    files = [("onnx fp32", "onnx-fp32", fp32, f"{result.exporter}, max |logit diff| vs eager {result.max_abs_logit_diff:.1e}, argmax agreement {result.argmax_agreement:.1%}")]
+            return [], [
+                f"ONNX export failed with both exporters ({brief(exc)}; {brief(exc2)}); no ONNX Runtime variants"
+            ]
+    files = [
+        (
+            "onnx fp32",
+            "onnx-fp32",
+            fp32,
+            f"{result.exporter}, max |logit diff| vs eager {result.max_abs_logit_diff:.1e}, argmax agreement {result.argmax_agreement:.1%}",
+        )
+    ]
     if cfg.int8_dynamic:
         try:
-            files.append(("onnx int8 dynamic", "onnx-int8-dynamic", quantize_onnx_dynamic(fp32, work / "model_int8_dynamic.onnx"), "weights int8, activations quantized per call"))
+            files.append(
+                (
+                    "onnx int8 dynamic",
+                    "onnx-int8-dynamic",
+                    quantize_onnx_dynamic(fp32, work / "model_int8_dynamic.onnx"),
+                    "weights int8, activations quantized per call",
+                )
+            )
         except Exception as exc:
             notes.append(f"int8 dynamic quantization failed ({brief(exc)})")
     if cfg.int8_static:
         calib = np.asarray(x_train[: cfg.calibration_samples], dtype=np.float32)
         try:
-            files.append(("onnx int8 static", "onnx-int8-static", quantize_onnx_static(fp32, work / "model_int8_static.onnx", calib), f"QDQ per-channel, MinMax calibration on {len(calib)} train samples"))
+            files.append(
+                (
+                    "onnx int8 static",
+                    "onnx-int8-static",
+                    quantize_onnx_static(fp32, work / "model_int8_static.onnx", calib),
+                    f"QDQ per-channel, MinMax calibration on {len(calib)} train samples",
+                )
+            )
         except Exception as exc:
             notes.append(f"int8 static quantization failed ({brief(exc)})")
     return files, notes
 
 
-def compression_sweep(model: Any, x_train: np.ndarray, y_train: np.ndarray | None, x_test: np.ndarray, y_test: np.ndarray, workdir: str | Path, config: SweepConfig | None = None, *, progress: Any = None, prebuilt: tuple[list[tuple[str, str, Path, str]], list[str]] | None = None) -> Sweep:
+def compression_sweep(
+    model: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray | None,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    workdir: str | Path,
+    config: SweepConfig | None = None,
+    *,
+    progress: Any = None,
+    prebuilt: tuple[list[tuple[str, str, Path, str]], list[str]] | None = None,
+) -> Sweep:
     """Build and measure every variant of ``model`` that ``config`` asks for.
 
     ONNX variants are written to ``workdir`` (or taken from ``prebuilt``, the output of
@@ -585,14 +661,37 @@ def compression_sweep(model: Any, x_train: np.ndarray, y_train: np.ndarray | Non
         if progress is not None:
             progress(text)
 
-    def add(name: str, kind: str, fmt: str, correct: np.ndarray, size: int, deflate: int, n_params: int, n_nonzero: int, runner: Any, path: Path | None = None, note: str = "") -> None:
+    def add(
+        name: str,
+        kind: str,
+        fmt: str,
+        correct: np.ndarray,
+        size: int,
+        deflate: int,
+        n_params: int,
+        n_nonzero: int,
+        runner: Any,
+        path: Path | None = None,
+        note: str = "",
+    ) -> None:
         pending.append((name, kind, fmt, correct, int(size), int(deflate), int(n_params), int(n_nonzero), path, note))
         runners[name] = runner
 
     def add_torch(name: str, kind: str, net: Any, note: str = "") -> None:
         blob = state_dict_bytes(net)
         correct = predict_logits(net, x_test).argmax(1) == y_test
-        add(name, kind, "torch", correct, len(blob), deflate_size_bytes(blob), parameter_count(net), parameter_count(net, nonzero=True), torch_runner(net), note=note)
+        add(
+            name,
+            kind,
+            "torch",
+            correct,
+            len(blob),
+            deflate_size_bytes(blob),
+            parameter_count(net),
+            parameter_count(net, nonzero=True),
+            torch_runner(net),
+            note=note,
+        )
         models[name] = net
 
     step("original (fp32 eager)")
@@ -606,10 +705,24 @@ def compression_sweep(model: Any, x_train: np.ndarray, y_train: np.ndarray | Non
             run, _ = onnx_runner(path)
             logits = np.concatenate([np.asarray(run(x_test[i : i + 256])) for i in range(0, len(x_test), 256)])
             blob = path.read_bytes()
-            add(name, kind, "onnx", logits.argmax(1) == y_test, len(blob), deflate_size_bytes(blob), n_params, n_params, run, path, note)
+            add(
+                name,
+                kind,
+                "onnx",
+                logits.argmax(1) == y_test,
+                len(blob),
+                deflate_size_bytes(blob),
+                n_params,
+                n_params,
+                run,
+                path,
+                note,
+            )
     if cfg.bf16:
         step("bf16")
-        add_torch("bf16 eager", "bf16", copy.deepcopy(model).to(torch.bfloat16).eval(), "weights and compute in bfloat16")
+        add_torch(
+            "bf16 eager", "bf16", copy.deepcopy(model).to(torch.bfloat16).eval(), "weights and compute in bfloat16"
+        )
     tuned = cfg.finetune_epochs > 0 and y_train is not None
     how = f"fine-tuned {cfg.finetune_epochs} epochs with distillation from the original" if tuned else "no fine-tuning"
 
@@ -617,11 +730,27 @@ def compression_sweep(model: Any, x_train: np.ndarray, y_train: np.ndarray | Non
         if not tuned:
             return net
         # fine-tuning starts from trained weights: a tenth of the from-scratch learning rate
-        return remove_masks(distill(model, net, np.asarray(x_train), np.asarray(y_train), epochs=cfg.finetune_epochs, lr=2e-4, seed=cfg.seed, copy_student=False))
+        return remove_masks(
+            distill(
+                model,
+                net,
+                np.asarray(x_train),
+                np.asarray(y_train),
+                epochs=cfg.finetune_epochs,
+                lr=2e-4,
+                seed=cfg.seed,
+                copy_student=False,
+            )
+        )
 
     for s in cfg.sparsities:
         step(f"magnitude pruning {s:.0%}")
-        add_torch(f"magnitude {s:.0%}", "magnitude-pruning", finetune(magnitude_prune(model, s, keep_masks=tuned)), f"global L1 unstructured, {how}; dense file keeps the zeros")
+        add_torch(
+            f"magnitude {s:.0%}",
+            "magnitude-pruning",
+            finetune(magnitude_prune(model, s, keep_masks=tuned)),
+            f"global L1 unstructured, {how}; dense file keeps the zeros",
+        )
     sample = np.asarray(x_train[:4])
     for r in cfg.keep_ratios:
         step(f"channel pruning keep {r:.0%}")
@@ -631,7 +760,9 @@ def compression_sweep(model: Any, x_train: np.ndarray, y_train: np.ndarray | Non
             notes.append(f"structured pruning not possible ({type(exc).__name__}: {str(exc)[:120]})")
             break
         if not plans:
-            notes.append("structured pruning found no prunable layer (channels tied by residual adds/concatenations or the output)")
+            notes.append(
+                "structured pruning found no prunable layer (channels tied by residual adds/concatenations or the output)"
+            )
             break
         add_torch(f"channels {r:.0%}", "channel-pruning", finetune(pruned), f"{len(plans)} layers shrunk, {how}")
     if cfg.distill_keep_ratio is not None and y_train is not None and cfg.distill_epochs > 0:
@@ -642,19 +773,54 @@ def compression_sweep(model: Any, x_train: np.ndarray, y_train: np.ndarray | Non
             notes.append(f"no student for distillation ({type(exc).__name__})")
         else:
             if plans:
-                trained = distill(model, student, np.asarray(x_train), np.asarray(y_train), epochs=cfg.distill_epochs, seed=cfg.seed, max_seconds=cfg.distill_seconds)
-                add_torch(f"distilled {cfg.distill_keep_ratio:.0%} width", "distillation", trained, f"student = teacher at {cfg.distill_keep_ratio:.0%} channels, {cfg.distill_epochs} epochs of KD (≤ {cfg.distill_seconds:.0f} s)")
+                trained = distill(
+                    model,
+                    student,
+                    np.asarray(x_train),
+                    np.asarray(y_train),
+                    epochs=cfg.distill_epochs,
+                    seed=cfg.seed,
+                    max_seconds=cfg.distill_seconds,
+                )
+                add_torch(
+                    f"distilled {cfg.distill_keep_ratio:.0%} width",
+                    "distillation",
+                    trained,
+                    f"student = teacher at {cfg.distill_keep_ratio:.0%} channels, {cfg.distill_epochs} epochs of KD (≤ {cfg.distill_seconds:.0f} s)",
+                )
     step("latency at batch 1 (interleaved)")
-    stats = measure_interleaved(runners, one, warmup=3, rounds=cfg.latency_rounds, calls_per_round=3, max_seconds=cfg.latency_seconds)
+    stats = measure_interleaved(
+        runners, one, warmup=3, rounds=cfg.latency_rounds, calls_per_round=3, max_seconds=cfg.latency_seconds
+    )
     variants = []
     for v_name, v_kind, v_fmt, v_correct, v_size, v_deflate, v_params, v_nonzero, v_path, v_note in pending:
         drop, low, high = paired_accuracy_drop(base_correct, v_correct)
         lat = stats[v_name]
-        variants.append(Variant(v_name, v_kind, v_fmt, float(np.mean(v_correct)), drop, low, high, v_size, v_deflate, v_params, v_nonzero, lat.p50_ms, lat.p99_ms, v_path, v_note))
+        variants.append(
+            Variant(
+                v_name,
+                v_kind,
+                v_fmt,
+                float(np.mean(v_correct)),
+                drop,
+                low,
+                high,
+                v_size,
+                v_deflate,
+                v_params,
+                v_nonzero,
+                lat.p50_ms,
+                lat.p99_ms,
+                v_path,
+                v_note,
+            )
+        )
     return Sweep(tuple(variants), int(len(y_test)), models, tuple(notes))
 
 
-def choose_variant(variants: Sequence[Variant], max_accuracy_drop: float, *, objective: str = "size", conservative: bool = True) -> Variant | None:
+def choose_variant(
+    variants: Sequence[Variant], max_accuracy_drop: float, *, objective: str = "size", conservative: bool = True
+) -> Variant | None:
     """The smallest (``objective="size"``) or fastest (``"latency"``) variant within the drop tolerance.
 
     Near-ties (within 5 % of the best size, or of the best latency) go to the faster
@@ -663,7 +829,9 @@ def choose_variant(variants: Sequence[Variant], max_accuracy_drop: float, *, obj
     With ``conservative=True`` the upper end of the drop's 95 % CI must be within the
     tolerance, not only the point estimate. The original is excluded.
     """
-    ok = [v for v in variants if v.kind != "original" and (v.drop_high if conservative else v.drop) <= max_accuracy_drop]
+    ok = [
+        v for v in variants if v.kind != "original" and (v.drop_high if conservative else v.drop) <= max_accuracy_drop
+    ]
     if not ok:
         return None
     if objective == "latency":

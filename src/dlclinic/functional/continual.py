@@ -38,7 +38,17 @@ import numpy as np
 
 from dlclinic.core.errors import ConfigError, InputError
 
-__all__ = ["ContinualConfig", "ContinualResult", "STRATEGIES", "TaskSequence", "continual_metrics", "run_task_sequence", "split_classes", "tasks_from_classes", "tasks_from_ids"]
+__all__ = [
+    "ContinualConfig",
+    "ContinualResult",
+    "STRATEGIES",
+    "TaskSequence",
+    "continual_metrics",
+    "run_task_sequence",
+    "split_classes",
+    "tasks_from_classes",
+    "tasks_from_ids",
+]
 
 STRATEGIES = ("naive", "replay", "ewc", "lwf")
 
@@ -52,7 +62,9 @@ def split_classes(classes: Sequence[int], n_tasks: int) -> list[np.ndarray]:
     """
     cls = np.asarray(list(classes), dtype=np.int64)
     if not 2 <= n_tasks <= len(cls):
-        raise ConfigError(f"`2 <= n_tasks <= number of classes` must hold, but got n_tasks={n_tasks} with {len(cls)} classes")
+        raise ConfigError(
+            f"`2 <= n_tasks <= number of classes` must hold, but got n_tasks={n_tasks} with {len(cls)} classes"
+        )
     return [g for g in np.array_split(cls, n_tasks)]
 
 
@@ -84,7 +96,9 @@ def tasks_from_ids(train_ids: np.ndarray, test_ids: np.ndarray, y_train: np.ndar
     """One task per distinct id (sorted), e.g. user-given task ids or groups (domain-incremental)."""
     order = sorted(set(np.unique(train_ids).tolist()) & set(np.unique(test_ids).tolist()), key=str)
     if len(order) < 2:
-        raise InputError(f"a task sequence needs at least 2 task ids present in both train and test, found {len(order)}")
+        raise InputError(
+            f"a task sequence needs at least 2 task ids present in both train and test, found {len(order)}"
+        )
     tr = tuple(np.flatnonzero(train_ids == t) for t in order)
     te = tuple(np.flatnonzero(test_ids == t) for t in order)
     classes = tuple(np.unique(y_train[r]) for r in tr)
@@ -114,7 +128,9 @@ class ContinualConfig:
         if self.scenario not in ("class", "task"):
             raise ConfigError(f"scenario must be 'class' or 'task', but got {self.scenario!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError(f"expected epochs >= 1, batch_size >= 1, lr > 0, but got {self.epochs}, {self.batch_size}, {self.lr}")
+            raise ConfigError(
+                f"expected epochs >= 1, batch_size >= 1, lr > 0, but got {self.epochs}, {self.batch_size}, {self.lr}"
+            )
         if self.memory < 0:
             raise ConfigError(f"`memory >= 0` must hold, but got memory={self.memory}")
 
@@ -135,7 +151,9 @@ class ContinualResult:
         if t < 2 or not self.correct:
             return (math.nan, math.nan)
         rng = np.random.default_rng(seed)
-        stacks = [np.stack([self.correct[i][j] for i in range(t)]).astype(np.float64) for j in range(t)]  # T × n_j per task j
+        stacks = [
+            np.stack([self.correct[i][j] for i in range(t)]).astype(np.float64) for j in range(t)
+        ]  # T × n_j per task j
         boots = np.empty(n_boot)
         for b in range(n_boot):
             m = np.empty((t, t))
@@ -229,7 +247,7 @@ def run_task_sequence(
     import torch
     from torch import nn
 
-    from dlclinic.remedies.fit import seed_everything
+    from dlclinic.core.recipe import seed_everything
 
     cfg = config or ContinualConfig()
     if len(tasks) < 2:
@@ -263,7 +281,11 @@ def run_task_sequence(
         model.train()
         # a fresh optimizer per task, as in the CL literature; SGD, because Adam's normalised steps
         # kill most ReLU units of the embedding on the large first loss of a new class-incremental task
-        opt: Any = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9) if cfg.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt: Any = (
+            torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+            if cfg.optimizer == "sgd"
+            else torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        )
         for epoch in range(cfg.epochs):
             perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=gen)]
             for i in range(0, len(perm), cfg.batch_size):
@@ -273,24 +295,41 @@ def run_task_sequence(
                 logits = model(xt[idx])
                 loss = nn.functional.cross_entropy(_masked(logits, classes), yt[idx])
                 if cfg.strategy == "replay" and buffer:
-                    ridx = torch.as_tensor(np.asarray(buffer)[rng.integers(0, len(buffer), min(cfg.batch_size, len(buffer)))])
+                    ridx = torch.as_tensor(
+                        np.asarray(buffer)[rng.integers(0, len(buffer), min(cfg.batch_size, len(buffer)))]
+                    )
                     if cfg.scenario == "task":
                         # each replayed row is scored within its own task's classes
                         rl = model(xt[ridx])
                         task_of = task_index[ridx.numpy()]
-                        parts = [nn.functional.cross_entropy(_masked(rl[task_of == k], tasks.classes[k]), yt[ridx][task_of == k], reduction="sum") for k in np.unique(task_of)]
+                        parts = [
+                            nn.functional.cross_entropy(
+                                _masked(rl[task_of == k], tasks.classes[k]), yt[ridx][task_of == k], reduction="sum"
+                            )
+                            for k in np.unique(task_of)
+                        ]
                         loss = loss + sum(parts) / len(ridx)  # type: ignore[assignment]
                     else:
                         loss = loss + nn.functional.cross_entropy(model(xt[ridx]), yt[ridx])
                 if cfg.strategy == "ewc" and fisher is not None and anchor is not None:
-                    penalty = sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in fisher)
+                    penalty = sum(
+                        (fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in fisher
+                    )
                     loss = loss + cfg.ewc_lambda / 2 * penalty
                 if cfg.strategy == "lwf" and old_model is not None and len(old_classes):
                     with torch.no_grad():
                         old = old_model(xt[idx])[:, torch.as_tensor(old_classes)]
                     new = logits[:, torch.as_tensor(old_classes)]
                     temp = cfg.lwf_temperature
-                    kd = nn.functional.kl_div(nn.functional.log_softmax(new / temp, 1), nn.functional.softmax(old / temp, 1), reduction="batchmean") * temp * temp
+                    kd = (
+                        nn.functional.kl_div(
+                            nn.functional.log_softmax(new / temp, 1),
+                            nn.functional.softmax(old / temp, 1),
+                            reduction="batchmean",
+                        )
+                        * temp
+                        * temp
+                    )
                     loss = loss + cfg.lwf_alpha * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -322,4 +361,3 @@ def run_task_sequence(
     matrix = np.array([[float(c.mean()) for c in stage] for stage in correct])
     avg, bwt, forgetting = continual_metrics(matrix)
     return ContinualResult(matrix, avg, bwt, forgetting, tuple(tuple(s) for s in correct))
-

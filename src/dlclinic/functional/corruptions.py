@@ -21,7 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["IMAGE_CORRUPTIONS", "SEVERITIES", "TABLE_CORRUPTIONS", "DataStats", "PairedDrop", "corrupt", "corruption_names", "data_stats", "paired_drop"]
+__all__ = [
+    "IMAGE_CORRUPTIONS",
+    "SEVERITIES",
+    "TABLE_CORRUPTIONS",
+    "DataStats",
+    "PairedDrop",
+    "corrupt",
+    "corruption_names",
+    "data_stats",
+    "paired_drop",
+]
 
 SEVERITIES = (1, 2, 3)
 

@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EnergyMeter", "EnergyReading", "FlopCount", "co2e_grams", "count_flops", "DEFAULT_CPU_TDP_WATTS", "DEFAULT_CARBON_INTENSITY"]
+__all__ = [
+    "EnergyMeter",
+    "EnergyReading",
+    "FlopCount",
+    "co2e_grams",
+    "count_flops",
+    "DEFAULT_CPU_TDP_WATTS",
+    "DEFAULT_CARBON_INTENSITY",
+]
 
 DEFAULT_CPU_TDP_WATTS = 85.0
 """Whole-package TDP assumed when no counter exists (codecarbon's fallback figure)."""
@@ -132,7 +140,12 @@ def _nvml_mj() -> float | None:
         import pynvml  # type: ignore[import-not-found]
 
         pynvml.nvmlInit()
-        return float(sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())))
+        return float(
+            sum(
+                pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(i))
+                for i in range(pynvml.nvmlDeviceGetCount())
+            )
+        )
     except Exception:
         return None
 
@@ -153,7 +166,12 @@ class EnergyMeter:
 
     def __enter__(self) -> EnergyMeter:
         self._domains = _rapl_domains(self.root)
-        self._start = {"wall": time.perf_counter(), "cpu": time.process_time(), "rapl": [_read_uj(d) for d in self._domains], "nvml": _nvml_mj()}
+        self._start = {
+            "wall": time.perf_counter(),
+            "cpu": time.process_time(),
+            "rapl": [_read_uj(d) for d in self._domains],
+            "nvml": _nvml_mj(),
+        }
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["C2STResult", "FeatureShift", "MMDResult", "classifier_two_sample_test", "feature_shift_tests", "gaussian_kernel", "median_bandwidth", "mmd2_biased", "mmd_test"]
+__all__ = [
+    "C2STResult",
+    "FeatureShift",
+    "MMDResult",
+    "classifier_two_sample_test",
+    "feature_shift_tests",
+    "gaussian_kernel",
+    "median_bandwidth",
+    "mmd2_biased",
+    "mmd_test",
+]
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,11 @@ def mmd2_biased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
     """Biased (V-statistic) MMD² between samples ``x`` and ``y``."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    return float(gaussian_kernel(x, x, bandwidth).mean() + gaussian_kernel(y, y, bandwidth).mean() - 2.0 * gaussian_kernel(x, y, bandwidth).mean())
+    return float(
+        gaussian_kernel(x, x, bandwidth).mean()
+        + gaussian_kernel(y, y, bandwidth).mean()
+        - 2.0 * gaussian_kernel(x, y, bandwidth).mean()
+    )
 
 
 def mmd_test(
@@ -106,7 +120,14 @@ def mmd_test(
         stats = np.einsum("pi,pi->p", s @ k, s)
         exceed += int(np.sum(stats >= observed - 1e-12))
         done += p
-    return MMDResult(mmd2=observed, p_value=(1 + exceed) / (1 + permutations), bandwidth=float(sigma), n_x=n, n_y=m, permutations=permutations)
+    return MMDResult(
+        mmd2=observed,
+        p_value=(1 + exceed) / (1 + permutations),
+        bandwidth=float(sigma),
+        n_x=n,
+        n_y=m,
+        permutations=permutations,
+    )
 
 
 @dataclass(frozen=True)
@@ -174,7 +195,9 @@ class C2STResult:
     p_value: float
 
 
-def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, *, folds: int = 5, max_rows: int = 2000, resamples: int = 200, seed: int = 0) -> C2STResult:
+def classifier_two_sample_test(
+    x: np.ndarray, y: np.ndarray, *, folds: int = 5, max_rows: int = 2000, resamples: int = 200, seed: int = 0
+) -> C2STResult:
     """Can a classifier tell ``x`` from ``y``? (Lopez-Paz & Oquab, ICLR 2017.)
 
     A standardised logistic regression is cross-validated on ``x`` (label 0) vs ``y``
@@ -203,7 +226,13 @@ def classifier_two_sample_test(x: np.ndarray, y: np.ndarray, *, folds: int = 5, 
     label = np.r_[np.zeros(len(x)), np.ones(len(y))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scores = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)), z, label, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")[:, 1]
+        scores = cross_val_predict(
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)),
+            z,
+            label,
+            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+            method="predict_proba",
+        )[:, 1]
     auc = float(roc_auc_score(label, scores))
     boots = []
     for _ in range(resamples):

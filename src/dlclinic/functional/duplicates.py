@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DuplicatePairs", "find_cross_duplicates", "find_exact_duplicates", "find_near_duplicates", "nn_distance_scale"]
+__all__ = [
+    "DuplicatePairs",
+    "find_cross_duplicates",
+    "find_exact_duplicates",
+    "find_near_duplicates",
+    "nn_distance_scale",
+]
 
 
 @dataclass(frozen=True)
@@ -71,13 +77,17 @@ def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0) -> fl
     return float(np.median(positive)) if positive else 0.0
 
 
-def _verified(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+def _verified(
+    a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, limit: float
+) -> tuple[np.ndarray, np.ndarray]:
     d = np.linalg.norm(a[ia] - b[ib], axis=1) if len(ia) else np.zeros(0)
     keep = d <= limit
     return np.stack([ia[keep], ib[keep]], axis=1) if keep.any() else np.zeros((0, 2), dtype=np.int64), d[keep]
 
 
-def find_near_duplicates(x: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None, neighbours: int = 5) -> DuplicatePairs:
+def find_near_duplicates(
+    x: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None, neighbours: int = 5
+) -> DuplicatePairs:
     """Pairs of rows within one split closer than ``rel_threshold`` × the NN-distance scale.
 
     Example:
@@ -108,7 +118,9 @@ def find_near_duplicates(x: np.ndarray, *, rel_threshold: float = 0.1, scale: fl
     return DuplicatePairs(pairs=pairs.astype(np.int64), distances=d, scale=unit)
 
 
-def find_cross_duplicates(reference: np.ndarray, query: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None) -> DuplicatePairs:
+def find_cross_duplicates(
+    reference: np.ndarray, query: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None
+) -> DuplicatePairs:
     """Rows of ``query`` with a near copy in ``reference`` (train/test leakage): pairs ``(ref_row, query_row)``."""
     from sklearn.neighbors import NearestNeighbors
 

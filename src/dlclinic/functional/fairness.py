@@ -42,7 +42,14 @@ __all__ = [
 ]
 
 
-def group_confusions(labels: np.ndarray, preds: np.ndarray, group_idx: np.ndarray, n_groups: int, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
+def group_confusions(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    group_idx: np.ndarray,
+    n_groups: int,
+    n_classes: int,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """Confusion matrices per replicate and group: shape ``(B, G, K, K)`` (rows = true label).
 
     ``rows`` (``B × N`` row indices, or ``None`` for the data as given) picks the rows of
@@ -94,7 +101,9 @@ def _range(a: np.ndarray, axis: int) -> np.ndarray:
     return np.where(ok, hi - lo, np.nan)
 
 
-def _disparities(conf: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _disparities(
+    conf: np.ndarray, classes: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """From ``(B, G, K, K)``: accuracy gap (rest − worst group), DP diff, EO diff per replicate, and the deciding classes."""
     r = rates_from_confusion(conf)
     cls = list(classes)
@@ -114,7 +123,13 @@ def _disparities(conf: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, 
     dp[~np.isfinite(dp)] = np.nan
     eo[~np.isfinite(eo)] = np.nan
     gap[~np.isfinite(gap)] = np.nan
-    return gap, dp, eo, np.nanargmax(np.where(np.isfinite(dp_c), dp_c, -np.inf), axis=1), np.nanargmax(np.where(np.isfinite(eo_c), eo_c, -np.inf), axis=1)
+    return (
+        gap,
+        dp,
+        eo,
+        np.nanargmax(np.where(np.isfinite(dp_c), dp_c, -np.inf), axis=1),
+        np.nanargmax(np.where(np.isfinite(eo_c), eo_c, -np.inf), axis=1),
+    )
 
 
 @dataclass(frozen=True)
@@ -225,7 +240,9 @@ def estimate_fairness(
     preds = np.asarray(preds).astype(np.int64).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     if not len(labels) == len(preds) == len(groups):
-        raise InputError(f"labels, preds and groups must have equal lengths, found {len(labels)}, {len(preds)}, {len(groups)}")
+        raise InputError(
+            f"labels, preds and groups must have equal lengths, found {len(labels)}, {len(preds)}, {len(groups)}"
+        )
     k = int(n_classes if n_classes is not None else max(labels.max(initial=0), preds.max(initial=0)) + 1)
     if positive_class is not None and not 0 <= positive_class < k:
         raise InputError(f"positive_class must be in 0..{k - 1}, found {positive_class}")
@@ -234,7 +251,9 @@ def estimate_fairness(
     keep_groups = np.flatnonzero(sizes >= min_group_size)
     small = tuple(str(names_all[i]) for i in np.flatnonzero(sizes < min_group_size))
     if len(keep_groups) < 2:
-        raise InputError(f"fairness needs at least two groups with >= {min_group_size} rows, found sizes {dict(zip(names_all.tolist(), sizes.tolist()))}")
+        raise InputError(
+            f"fairness needs at least two groups with >= {min_group_size} rows, found sizes {dict(zip(names_all.tolist(), sizes.tolist()))}"
+        )
     rows_kept = np.isin(gidx_all, keep_groups)
     remap = -np.ones(len(names_all), dtype=np.int64)
     remap[keep_groups] = np.arange(len(keep_groups))
@@ -256,7 +275,9 @@ def estimate_fairness(
     gap0, dp0, eo0, dpc0, eoc0 = _disparities(point, classes)
     r0 = rates_from_confusion(point[0])
     if not np.isfinite(dp0[0]) or not np.isfinite(eo0[0]):
-        raise InputError("fairness: no class has a defined selection rate/TPR/FPR in two or more groups (too few rows per group and class)")
+        raise InputError(
+            "fairness: no class has a defined selection rate/TPR/FPR in two or more groups (too few rows per group and class)"
+        )
     dp_class, eo_class = classes[int(dpc0[0])], classes[int(eoc0[0])]
 
     # bootstrap: resample rows within each group (group sizes fixed). The intervals are for
@@ -270,7 +291,9 @@ def estimate_fairness(
     b_n = bconf.sum(axis=(-2, -1))
     b_correct = np.trace(bconf, axis1=-2, axis2=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        bgap = (b_correct.sum(1) - b_correct[:, worst]) / (b_n.sum(1) - b_n[:, worst]) - b_correct[:, worst] / b_n[:, worst]
+        bgap = (b_correct.sum(1) - b_correct[:, worst]) / (b_n.sum(1) - b_n[:, worst]) - b_correct[:, worst] / b_n[
+            :, worst
+        ]
 
     def pair(values: np.ndarray) -> tuple[int, int]:
         v = np.where(np.isfinite(values), values, np.nan)

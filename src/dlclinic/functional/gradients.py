@@ -144,7 +144,9 @@ def diagnose_gradients(
     gt = np.asarray(grad_total, dtype=np.float64)
     gt_f = gt[np.isfinite(gt)]
     init = float(np.median(gt_f[: max(1, min(3, len(gt_f)))])) if len(gt_f) else math.nan
-    growth = float(gt_f.max() / init) if len(gt_f) and init > 0 else (math.inf if len(gt) and not len(gt_f) else math.nan)
+    growth = (
+        float(gt_f.max() / init) if len(gt_f) and init > 0 else (math.inf if len(gt) and not len(gt_f) else math.nan)
+    )
     zero_share = float(np.mean(gt_f[1:] == 0)) if len(gt_f) > 1 else 0.0
     spikes = find_loss_spikes(loss, z=spike_z)
     nonfinite_loss = int(np.sum(~np.isfinite(np.asarray(loss, dtype=np.float64))))
@@ -167,7 +169,9 @@ def diagnose_gradients(
     elif len(finite) > 1 and max_r > 1.0 / vanish_ratio:
         verdict = "exploding"
         layer = layers[int(np.nanargmax(ratios[:-1]))]
-    return GradientDiagnosis(verdict, layer, ratios, min_r, max_r, growth, spikes, int(nonfinite_grad_steps) + nonfinite_loss, zero_share)
+    return GradientDiagnosis(
+        verdict, layer, ratios, min_r, max_r, growth, spikes, int(nonfinite_grad_steps) + nonfinite_loss, zero_share
+    )
 
 
 def dead_relu_share(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict[str, float]:

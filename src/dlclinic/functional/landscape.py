@@ -79,7 +79,9 @@ def filter_normalized_direction(model: Any, *, seed: int = 0) -> list[Any]:
     return out
 
 
-def _evaluate_at(model: Any, loss: Callable[[Any], Any], steps: Sequence[tuple[float, ...]], directions: Sequence[list[Any]]) -> np.ndarray:
+def _evaluate_at(
+    model: Any, loss: Callable[[Any], Any], steps: Sequence[tuple[float, ...]], directions: Sequence[list[Any]]
+) -> np.ndarray:
     import torch
 
     from dlclinic.core.inference import eval_mode
@@ -106,7 +108,9 @@ def loss_slice_1d(model: Any, loss: Callable[[Any], Any], alphas: np.ndarray, *,
     return _evaluate_at(model, loss, [(float(a),) for a in alphas], [d])
 
 
-def loss_slice_2d(model: Any, loss: Callable[[Any], Any], alphas: np.ndarray, betas: np.ndarray, *, seed: int = 0) -> np.ndarray:
+def loss_slice_2d(
+    model: Any, loss: Callable[[Any], Any], alphas: np.ndarray, betas: np.ndarray, *, seed: int = 0
+) -> np.ndarray:
     """Loss on the grid ``θ + α·d₁ + β·d₂`` (rows: β, columns: α)."""
     d1 = filter_normalized_direction(model, seed=seed)
     d2 = filter_normalized_direction(model, seed=seed + 1)
@@ -114,7 +118,9 @@ def loss_slice_2d(model: Any, loss: Callable[[Any], Any], alphas: np.ndarray, be
     return _evaluate_at(model, loss, grid, [d1, d2]).reshape(len(betas), len(alphas))
 
 
-def hessian_top_eigenvalue(model: Any, loss: Callable[[Any], Any], *, iters: int = 50, tol: float = 1e-4, seed: int = 0) -> tuple[float, int]:
+def hessian_top_eigenvalue(
+    model: Any, loss: Callable[[Any], Any], *, iters: int = 50, tol: float = 1e-4, seed: int = 0
+) -> tuple[float, int]:
     """``(eigenvalue, iterations)``: the largest-magnitude Hessian eigenvalue of ``loss(model)``.
 
     Power iteration on Hessian-vector products, stopping when the Rayleigh quotient
@@ -181,7 +187,10 @@ def interpolation_barrier(model_a: Any, model_b: Any, loss: Callable[[Any], Any]
     values = np.empty(points)
     with eval_mode(net), torch.no_grad():
         for k, t in enumerate(ts):
-            mixed = {key: ((1 - t) * sa[key] + t * sb[key]).to(sa[key].dtype) if sa[key].is_floating_point() else sa[key] for key in sa}
+            mixed = {
+                key: ((1 - t) * sa[key] + t * sb[key]).to(sa[key].dtype) if sa[key].is_floating_point() else sa[key]
+                for key in sa
+            }
             net.load_state_dict(mixed)
             values[k] = float(loss(net))
     line = (1 - ts) * values[0] + ts * values[-1]

@@ -155,7 +155,16 @@ def quantile_lower_bound(times: Sequence[float] | np.ndarray, q: float = 0.99, a
     return float(x[ok[-1]]) if len(ok) else float(x[0])
 
 
-def measure_latency(run: Runner, batch: np.ndarray, *, backend: str = "", warmup: int = 10, repeats: int = 100, max_seconds: float = 2.0, threads: int | None = None) -> LatencyStats:
+def measure_latency(
+    run: Runner,
+    batch: np.ndarray,
+    *,
+    backend: str = "",
+    warmup: int = 10,
+    repeats: int = 100,
+    max_seconds: float = 2.0,
+    threads: int | None = None,
+) -> LatencyStats:
     """Time ``repeats`` calls of ``run(batch)`` after ``warmup`` untimed ones.
 
     The first (cold) call is timed separately (``cold_ms``): it includes lazy
@@ -202,7 +211,17 @@ def measure_latency(run: Runner, batch: np.ndarray, *, backend: str = "", warmup
     )
 
 
-def measure_interleaved(runners: dict[str, Runner], batch: np.ndarray, *, warmup: int = 5, rounds: int = 10, calls_per_round: int = 5, max_seconds: float = 3.0, threads: int | None = None, alpha: float = 0.05) -> dict[str, LatencyStats]:
+def measure_interleaved(
+    runners: dict[str, Runner],
+    batch: np.ndarray,
+    *,
+    warmup: int = 5,
+    rounds: int = 10,
+    calls_per_round: int = 5,
+    max_seconds: float = 3.0,
+    threads: int | None = None,
+    alpha: float = 0.05,
+) -> dict[str, LatencyStats]:
     """Latency of several backends measured in interleaved rounds (round-robin).
 
     Background load on a shared machine drifts over seconds; timing backends one after
@@ -257,9 +276,22 @@ def measure_interleaved(runners: dict[str, Runner], batch: np.ndarray, *, warmup
         steady = every[~preempted]
         arr = steady if len(steady) >= max(20, 0.5 * len(every)) else every
         p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
-        how = "; backends interleaved round-robin, one untimed call per backend and round" + ("; calls preempted by the OS excluded" if arr is steady else "")
+        how = "; backends interleaved round-robin, one untimed call per backend and round" + (
+            "; calls preempted by the OS excluded" if arr is steady else ""
+        )
         out[name] = LatencyStats(
-            name, int(len(batch)), p50, p95, p99, float(arr.mean()), float(arr.min()), int(len(arr)), int(warmup), n_threads, cold[name], PERCENTILE_METHOD + how,
+            name,
+            int(len(batch)),
+            p50,
+            p95,
+            p99,
+            float(arr.mean()),
+            float(arr.min()),
+            int(len(arr)),
+            int(warmup),
+            n_threads,
+            cold[name],
+            PERCENTILE_METHOD + how,
             p99_low_ms=quantile_lower_bound(arr, 0.99, alpha),
             p99_all_ms=float(np.percentile(every, 99)),
             preempted_share=float(preempted.mean()) if switches is not None else float("nan"),
@@ -279,7 +311,17 @@ def _involuntary_switches() -> Callable[[], int] | None:
     return lambda: int(resource.getrusage(who).ru_nivcsw)
 
 
-def measure_throughput(run: Runner, x: np.ndarray, *, backend: str = "", batch_sizes: Sequence[int] = (1, 8, 32, 128), warmup: int = 3, repeats: int = 20, max_seconds: float = 0.5, threads: int | None = None) -> tuple[ThroughputResult, list[LatencyStats]]:
+def measure_throughput(
+    run: Runner,
+    x: np.ndarray,
+    *,
+    backend: str = "",
+    batch_sizes: Sequence[int] = (1, 8, 32, 128),
+    warmup: int = 3,
+    repeats: int = 20,
+    max_seconds: float = 0.5,
+    threads: int | None = None,
+) -> tuple[ThroughputResult, list[LatencyStats]]:
     """Throughput (samples/s at the median latency) at each batch size; the best one.
 
     Batch sizes larger than ``len(x)`` are skipped, and so are the remaining ones once
@@ -291,7 +333,11 @@ def measure_throughput(run: Runner, x: np.ndarray, *, backend: str = "", batch_s
     for b in sizes:  # later (larger) batch sizes are skipped once the whole budget is spent
         if stats and time.perf_counter() > end:
             break
-        stats.append(measure_latency(run, x[:b], backend=backend, warmup=warmup, repeats=repeats, max_seconds=max_seconds, threads=threads))
+        stats.append(
+            measure_latency(
+                run, x[:b], backend=backend, warmup=warmup, repeats=repeats, max_seconds=max_seconds, threads=threads
+            )
+        )
     sizes = sizes[: len(stats)]
     tput = [s.throughput for s in stats]
     best = int(np.argmax(tput))
@@ -393,9 +439,11 @@ def peak_inference_memory(model: Any, batch: np.ndarray) -> dict[str, float]:
     method as a code: 1 = profiler, 0 = fallback from layer output sizes, when the
     profiler records nothing).
     """
-    import torch
 
-    weights = float(sum(p.numel() * p.element_size() for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers()))
+    weights = float(
+        sum(p.numel() * p.element_size() for p in model.parameters())
+        + sum(b.numel() * b.element_size() for b in model.buffers())
+    )
     run = torch_runner(model)
     peak = 0.0
     method = 1.0
@@ -429,7 +477,13 @@ def _activation_bytes_by_hooks(model: Any, batch: np.ndarray) -> float:
     handles = []
     for module in model.modules():
         if not list(module.children()):
-            handles.append(module.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0)))
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out: sizes.append(
+                        out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0
+                    )
+                )
+            )
     try:
         torch_runner(model)(batch)
     finally:

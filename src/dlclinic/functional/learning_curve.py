@@ -59,7 +59,11 @@ def fit_power_law(n: np.ndarray, err: np.ndarray, *, start: PowerLaw | None = No
     a0 = max(1e-6, float(err.max() - c0) * float(n.min()) ** b0)
     best: tuple[float, float, float] | None = None
     best_sse = math.inf
-    starts = [(start.a, min(max(start.b, 1e-3), 2.0), min(max(start.c, 0.0), 1.0))] if start is not None else [(a0, b, c0) for b in (0.2, 0.5, 1.0)]
+    starts = (
+        [(start.a, min(max(start.b, 1e-3), 2.0), min(max(start.c, 0.0), 1.0))]
+        if start is not None
+        else [(a0, b, c0) for b in (0.2, 0.5, 1.0)]
+    )
     for p0 in starts:
         try:
             params, _ = curve_fit(model, n, err, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, 2.0, 1.0]), maxfev=20000)

@@ -151,14 +151,23 @@ def analyse_loss_curve(loss: np.ndarray, *, min_progress: float = 0.05, blowup: 
     """
     x = np.asarray(loss, dtype=np.float64)
     if len(x) < 10:
-        return LossCurve("converging" if len(x) and x[-1] < x[0] else "plateau", float(x[0]) if len(x) else math.nan, float(x[-1]) if len(x) else math.nan, float(np.nanmin(x)) if len(x) else math.nan, 0.0, None)
+        return LossCurve(
+            "converging" if len(x) and x[-1] < x[0] else "plateau",
+            float(x[0]) if len(x) else math.nan,
+            float(x[-1]) if len(x) else math.nan,
+            float(np.nanmin(x)) if len(x) else math.nan,
+            0.0,
+            None,
+        )
     bad = np.flatnonzero(~np.isfinite(x))
     tail = max(3, len(x) // 10)
     initial = float(x[0]) if math.isfinite(x[0]) else math.inf  # the model at initialisation, before any update
     tail_vals = x[-tail:]
     final = float(np.median(tail_vals)) if np.isfinite(tail_vals).all() else math.inf
     minimum = float(np.nanmin(np.where(np.isfinite(x), x, np.nan))) if np.isfinite(x).any() else math.inf
-    progress = (initial - final) / initial if math.isfinite(initial) and initial > 0 and math.isfinite(final) else -math.inf
+    progress = (
+        (initial - final) / initial if math.isfinite(initial) and initial > 0 and math.isfinite(final) else -math.inf
+    )
     if len(bad):
         return LossCurve("diverging", initial, final, minimum, progress, int(bad[0]))
     sm = smooth(x, 0.9)
@@ -167,7 +176,9 @@ def analyse_loss_curve(loss: np.ndarray, *, min_progress: float = 0.05, blowup: 
         return LossCurve("diverging", initial, final, minimum, progress, int(above[0]) if len(above) else None)
     spike = float(np.max(x)) > 10 * max(initial, 1e-12)
     if progress < min_progress:
-        return LossCurve("diverging" if spike else "plateau", initial, final, minimum, progress, int(np.argmax(x)) if spike else None)
+        return LossCurve(
+            "diverging" if spike else "plateau", initial, final, minimum, progress, int(np.argmax(x)) if spike else None
+        )
     if spike:
         return LossCurve("unstable", initial, final, minimum, progress, int(np.argmax(x)))
     return LossCurve("converging", initial, final, minimum, progress, None)

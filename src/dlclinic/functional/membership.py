@@ -88,7 +88,14 @@ class MembershipAudit:
         return float(np.max(self.roc_tpr - self.roc_fpr)) if len(self.roc_fpr) else float("nan")
 
 
-def audit_scores(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, attack: str = "loss", target_fpr: float = 1e-3, level: float = 0.95) -> MembershipAudit:
+def audit_scores(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    *,
+    attack: str = "loss",
+    target_fpr: float = 1e-3,
+    level: float = 0.95,
+) -> MembershipAudit:
     """AUC and TPR at low FPR of an attack's scores (higher = member).
 
     Example:

@@ -49,7 +49,9 @@ def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
     return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_out * n_in))
 
 
-def auroc_ci(scores_in: np.ndarray, scores_out: np.ndarray, *, resamples: int = 400, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def auroc_ci(
+    scores_in: np.ndarray, scores_out: np.ndarray, *, resamples: int = 400, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(auroc, low, high)``: AUROC with a stratified percentile-bootstrap interval.
 
     Example:

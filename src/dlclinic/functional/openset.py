@@ -38,7 +38,9 @@ def split_known_unknown(labels: np.ndarray, unknown_classes: Sequence[int]) -> t
     return np.flatnonzero(~unknown), np.flatnonzero(unknown)
 
 
-def novelty_auroc(scores_known: np.ndarray, scores_unknown: np.ndarray, *, n_boot: int = 500, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+def novelty_auroc(
+    scores_known: np.ndarray, scores_unknown: np.ndarray, *, n_boot: int = 500, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
     """``(auroc, low, high)``: how well higher scores single out unknown rows (0.5 = chance).
 
     The interval resamples known and unknown rows separately (stratified bootstrap).
@@ -70,7 +72,9 @@ class Rejection:
     detection_rate: float  # unknown test rows rejected
 
 
-def calibrate_rejection(val_known: np.ndarray, test_known: np.ndarray, test_unknown: np.ndarray, *, reject_rate: float = 0.05) -> Rejection:
+def calibrate_rejection(
+    val_known: np.ndarray, test_known: np.ndarray, test_unknown: np.ndarray, *, reject_rate: float = 0.05
+) -> Rejection:
     """Reject scores above the ``1 − reject_rate`` quantile of known validation scores.
 
     Example:
@@ -86,7 +90,12 @@ def calibrate_rejection(val_known: np.ndarray, test_known: np.ndarray, test_unkn
     thr = float(np.quantile(v, 1 - reject_rate))
     tk = np.asarray(test_known, dtype=np.float64).ravel()
     tu = np.asarray(test_unknown, dtype=np.float64).ravel()
-    return Rejection(thr, reject_rate, float((tk > thr).mean()) if len(tk) else math.nan, float((tu > thr).mean()) if len(tu) else math.nan)
+    return Rejection(
+        thr,
+        reject_rate,
+        float((tk > thr).mean()) if len(tk) else math.nan,
+        float((tu > thr).mean()) if len(tu) else math.nan,
+    )
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,13 @@ class Discovery:
     majority: tuple[int, ...]
 
 
-def cluster_rejected(embeddings: np.ndarray, truth: np.ndarray | None = None, *, k_range: Sequence[int] = (2, 3, 4, 5, 6, 8), seed: int = 0) -> Discovery:
+def cluster_rejected(
+    embeddings: np.ndarray,
+    truth: np.ndarray | None = None,
+    *,
+    k_range: Sequence[int] = (2, 3, 4, 5, 6, 8),
+    seed: int = 0,
+) -> Discovery:
     """Cluster the embeddings of rejected rows; ``k`` maximises the silhouette score.
 
     Example:

@@ -76,7 +76,9 @@ def find_column_issues(x: np.ndarray, *, near_constant_share: float = 0.99, robu
             near.append(j)
         values_j = x[:, j]
         log_col = _log_scale(col)
-        if log_col is not None:  # right-skewed non-negative column (sizes, areas, counts): a log-normal tail is not an error
+        if (
+            log_col is not None
+        ):  # right-skewed non-negative column (sizes, areas, counts): a log-normal tail is not an error
             shift = float(col[col > 0].min())
             col, values_j = log_col, np.log(np.maximum(np.where(finite[:, j], values_j, 0.0), 0.0) + shift)
         med = np.median(col)

@@ -55,15 +55,31 @@ class TrialOutcome:
     seconds: float
 
 
-def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, lr: float = 2e-3, weight_decay: float = 1e-4, batch_size: int = 64, epochs: int = 3, seed: int = 0, trial: Any = None, max_seconds: float | None = None, schedule: str = "cosine", label_smoothing: float = 0.0) -> TrialOutcome:
+def train_eval(
+    model: Any,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 64,
+    epochs: int = 3,
+    seed: int = 0,
+    trial: Any = None,
+    max_seconds: float | None = None,
+    schedule: str = "cosine",
+    label_smoothing: float = 0.0,
+) -> TrialOutcome:
     """Train ``model`` in place (AdamW, ``schedule`` "cosine" or "constant", cross-entropy with
-    ``label_smoothing``, as :func:`dlclinic.remedies.fit.fit`) and return its validation accuracy.
+    ``label_smoothing``, as :func:`dlclinic.core.recipe.fit`) and return its validation accuracy.
 
     With an Optuna ``trial``, the validation accuracy is reported after every epoch and
     ``optuna.TrialPruned`` is raised when the pruner says so.
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     from dlclinic.core.inference import predict_logits
 
@@ -78,7 +94,11 @@ def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray
     steps = max(1, epochs * math.ceil(len(x_tr) / batch_size))
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', but got {schedule!r}")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        if schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
+    )
     gen = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     correct = np.zeros(len(y_val), dtype=bool)
@@ -111,7 +131,15 @@ def train_eval(model: Any, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray
     return TrialOutcome(float(correct.mean()), correct, run, time.perf_counter() - started)
 
 
-def make_study(*, storage: str | None = None, study_name: str | None = None, directions: Sequence[str] = ("maximize",), pruner: str = "median", seed: int = 0, load_if_exists: bool = True) -> Any:
+def make_study(
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    directions: Sequence[str] = ("maximize",),
+    pruner: str = "median",
+    seed: int = 0,
+    load_if_exists: bool = True,
+) -> Any:
     """An Optuna study: TPE (multi-objective TPE for several directions) and the named pruner.
 
     Args:
@@ -123,11 +151,26 @@ def make_study(*, storage: str | None = None, study_name: str | None = None, dir
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0), "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3), "none": optuna.pruners.NopPruner}
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+        "none": optuna.pruners.NopPruner,
+    }
     if pruner not in pruners:
         raise ValueError(f"pruner={pruner!r}: expected one of {sorted(pruners)}")
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True) if len(directions) == 1 else optuna.samplers.TPESampler(seed=seed)
-    return optuna.create_study(storage=storage, study_name=study_name, directions=list(directions), sampler=sampler, pruner=pruners[pruner](), load_if_exists=load_if_exists)  # type: ignore[arg-type]
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        if len(directions) == 1
+        else optuna.samplers.TPESampler(seed=seed)
+    )
+    return optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=list(directions),
+        sampler=sampler,
+        pruner=pruners[pruner](),
+        load_if_exists=load_if_exists,
+    )  # type: ignore[arg-type]
 
 
 def _suggest(trial: Any, space: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
@@ -177,7 +220,9 @@ class StudyResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     study_name: str = ""
     storage: str | None = None
-    discordant: tuple[int, int] | None = None  # validation rows only the best / only the current recipe gets right; None when resumed
+    discordant: tuple[int, int] | None = (
+        None  # validation rows only the best / only the current recipe gets right; None when resumed
+    )
 
 
 def _paired_gain(best: np.ndarray, base: np.ndarray) -> tuple[float, tuple[float, float]]:
@@ -227,7 +272,22 @@ def hyperparameter_study(
 
     def objective(trial: Any) -> float:
         params = {**base, **_suggest(trial, space)}
-        out = train_eval(factory(), x_tr, y_tr, x_val, y_val, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]), batch_size=int(params["batch_size"]), epochs=int(params.get("epochs", epochs)), seed=seed, trial=trial, max_seconds=trial_seconds, schedule=schedule, label_smoothing=label_smoothing)
+        out = train_eval(
+            factory(),
+            x_tr,
+            y_tr,
+            x_val,
+            y_val,
+            lr=float(params["lr"]),
+            weight_decay=float(params["weight_decay"]),
+            batch_size=int(params["batch_size"]),
+            epochs=int(params.get("epochs", epochs)),
+            seed=seed,
+            trial=trial,
+            max_seconds=trial_seconds,
+            schedule=schedule,
+            label_smoothing=label_smoothing,
+        )
         outcomes[trial.number] = out.correct
         if progress is not None:
             progress(trial.number)
@@ -248,7 +308,11 @@ def hyperparameter_study(
         gain, ci = float(best.value - base_trial.value), (float("nan"), float("nan"))
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-        importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()} if len(done) >= 3 else {}
+        importances = (
+            {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+            if len(done) >= 3
+            else {}
+        )
     except Exception:
         importances = {}
     trials = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params} for t in study.trials]
@@ -300,7 +364,13 @@ def model_summary(model: Any, sample_x: np.ndarray) -> dict[str, Any]:
     handles = []
     for name, module in model.named_modules():
         if name and not list(module.children()):
-            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape)) if isinstance(out, torch.Tensor) else None))
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, name=name: (
+                        shapes.__setitem__(name, tuple(out.shape)) if isinstance(out, torch.Tensor) else None
+                    )
+                )
+            )
     xb = torch.from_numpy(np.ascontiguousarray(sample_x[:1])).to(dtype)
     try:
         with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -313,9 +383,16 @@ def model_summary(model: Any, sample_x: np.ndarray) -> dict[str, Any]:
     for name, module in model.named_modules():
         if name and not list(module.children()):
             n = sum(p.numel() for p in module.parameters(recurse=False))
-            layers.append({"name": name, "type": type(module).__name__, "params": int(n), "output": list(shapes.get(name, ()))})
+            layers.append(
+                {"name": name, "type": type(module).__name__, "params": int(n), "output": list(shapes.get(name, ()))}
+            )
     total = int(sum(p.numel() for p in model.parameters()))
-    return {"layers": layers, "n_params": total, "flops": flops, "n_layers_with_params": sum(1 for layer in layers if layer["params"] > 0)}
+    return {
+        "layers": layers,
+        "n_params": total,
+        "flops": flops,
+        "n_layers_with_params": sum(1 for layer in layers if layer["params"] > 0),
+    }
 
 
 def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
@@ -340,7 +417,9 @@ def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
             p = sv / sv.sum() if float(sv.sum()) > 0 else sv
             p = p[p > 0]
             erank = float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0
-            rows.append({"layer": name, "kind": "weights", "effective_rank": erank, "rank_ratio": erank / min(mat.shape)})
+            rows.append(
+                {"layer": name, "kind": "weights", "effective_rank": erank, "rank_ratio": erank / min(mat.shape)}
+            )
     dead: dict[str, Any] = {}
     handles = []
     for name, module in model.named_modules():
@@ -360,5 +439,12 @@ def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
         for h in handles:
             h.remove()
     for name, alive in dead.items():
-        rows.append({"layer": name, "kind": "activations", "dead_fraction": float(1 - alive.float().mean()), "channels": int(alive.numel())})
+        rows.append(
+            {
+                "layer": name,
+                "kind": "activations",
+                "dead_fraction": float(1 - alive.float().mean()),
+                "channels": int(alive.numel()),
+            }
+        )
     return rows

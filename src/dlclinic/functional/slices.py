@@ -90,7 +90,12 @@ def candidate_slices(
             values = np.unique(col[finite])
             if len(values) <= 10:
                 for v in values:
-                    out.append((f"{names[j]} = {v:g}" if col.dtype.kind in "fi" else f"{names[j]} = {v}", np.flatnonzero(finite & (col == v))))
+                    out.append(
+                        (
+                            f"{names[j]} = {v:g}" if col.dtype.kind in "fi" else f"{names[j]} = {v}",
+                            np.flatnonzero(finite & (col == v)),
+                        )
+                    )
             else:
                 edges = np.unique(np.quantile(col[finite], np.linspace(0, 1, 6)))
                 for lo, hi in zip(edges[:-1], edges[1:]):
@@ -143,7 +148,19 @@ def find_weak_slices(
         raise InputError("find_weak_slices needs embeddings or features to form slices, found neither")
     if not 0 < fdr < 1:
         raise InputError(f"`0 < fdr < 1` must hold, but got fdr={fdr}")
-    cands = [(d, r) for d, r in candidate_slices(n, embeddings=embeddings, features=features, feature_names=feature_names, cluster_sizes=cluster_sizes, min_size=min_size, seed=seed) if min_size <= len(r) < n]
+    cands = [
+        (d, r)
+        for d, r in candidate_slices(
+            n,
+            embeddings=embeddings,
+            features=features,
+            feature_names=feature_names,
+            cluster_sizes=cluster_sizes,
+            min_size=min_size,
+            seed=seed,
+        )
+        if min_size <= len(r) < n
+    ]
     if not cands:
         return [], 0
     total_err = int((~ok).sum())
@@ -165,4 +182,3 @@ def find_weak_slices(
         found.append(Slice(desc, rows, float(acc), float(rest), low, high, float(p), float(qv)))
     found.sort(key=lambda s: -s.gap)
     return found, len(cands)
-

@@ -176,7 +176,9 @@ def analyze_matrices(weights: Iterable[tuple[str, np.ndarray]], *, min_evals: in
         if not mats:
             continue
         evals = esd(mats)
-        fit = fit_power_law(evals) if len(evals) >= min_evals else PowerLawFit(math.nan, math.nan, 0, math.nan, math.nan)
+        fit = (
+            fit_power_law(evals) if len(evals) >= min_evals else PowerLawFit(math.nan, math.nan, 0, math.nan, math.nan)
+        )
         flat = w.reshape(w.shape[0], -1)
         top = float(squared_singular_values(flat).max())
         fro2 = float((flat**2).sum())
@@ -214,11 +216,11 @@ def generalization_proxies(layers: Iterable[LayerSpectrum]) -> dict[str, float]:
     items = list(layers)
     if not items:
         return {}
-    spec = np.array([max(l.spectral_norm, 1e-300) for l in items])
-    fro = np.array([max(l.frobenius_norm, 1e-300) for l in items])
-    ratio = np.array([(l.l21_norm / max(l.spectral_norm, 1e-300)) ** (2 / 3) for l in items])
-    alphas = np.array([l.alpha for l in items if math.isfinite(l.alpha)])
-    weighted = np.array([l.alpha_weighted for l in items if math.isfinite(l.alpha_weighted)])
+    spec = np.array([max(layer.spectral_norm, 1e-300) for layer in items])
+    fro = np.array([max(layer.frobenius_norm, 1e-300) for layer in items])
+    ratio = np.array([(layer.l21_norm / max(layer.spectral_norm, 1e-300)) ** (2 / 3) for layer in items])
+    alphas = np.array([layer.alpha for layer in items if math.isfinite(layer.alpha)])
+    weighted = np.array([layer.alpha_weighted for layer in items if math.isfinite(layer.alpha_weighted)])
     return {
         "log_spectral_product": float(np.log(spec).sum()),
         "log_frobenius_product": float(np.log(fro).sum()),
@@ -249,7 +251,9 @@ def _lambda_max(m: np.ndarray) -> float:
     return float(s.max()) ** 2
 
 
-def structure_test(weight: np.ndarray, shuffles: int = 20, seed: int = 0, *, decided_above: float | None = None) -> tuple[float, float]:
+def structure_test(
+    weight: np.ndarray, shuffles: int = 20, seed: int = 0, *, decided_above: float | None = None
+) -> tuple[float, float]:
     """``(ratio, z)``: learned structure of a weight tensor against random permutations of its entries.
 
     ``ratio`` is λ_max over the mean λ_max of permuted copies, averaged over the tensor's

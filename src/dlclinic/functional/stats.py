@@ -77,7 +77,11 @@ def _metrics_from_confusion(conf: np.ndarray) -> dict[str, np.ndarray]:
         recall = np.where(present, tp / np.where(present, support, 1), np.nan)
     # macro over the classes that occur in truth or predictions of the resample (sklearn's convention)
     macro_f1 = f1.sum(1) / np.maximum(seen.sum(1), 1)
-    return {"accuracy": tp.sum(1) / np.maximum(total, 1), "macro_f1": macro_f1, "balanced_accuracy": np.nanmean(recall, axis=1)}
+    return {
+        "accuracy": tp.sum(1) / np.maximum(total, 1),
+        "macro_f1": macro_f1,
+        "balanced_accuracy": np.nanmean(recall, axis=1),
+    }
 
 
 def _confusions(y: np.ndarray, p: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
@@ -86,7 +90,15 @@ def _confusions(y: np.ndarray, p: np.ndarray, k: int, idx: np.ndarray) -> np.nda
     return np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k)
 
 
-def bootstrap_metrics(labels: np.ndarray, preds: np.ndarray, *, n_classes: int | None = None, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, MetricCI]:
+def bootstrap_metrics(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    *,
+    n_classes: int | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, MetricCI]:
     """Accuracy, macro-F1 and balanced accuracy with percentile bootstrap intervals.
 
     Args:
@@ -169,7 +181,9 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemarResult:
     return McNemarResult(b, c, exact, mid)
 
 
-def paired_bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_difference(
+    correct_a: np.ndarray, correct_b: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
     """``(acc_a − acc_b, low, high)``: percentile interval with rows resampled for both models at once."""
     a = np.asarray(correct_a, dtype=np.float64).ravel()
     b = np.asarray(correct_b, dtype=np.float64).ravel()
@@ -177,7 +191,9 @@ def paired_bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, *,
         raise InputError(f"paired outcomes must have equal, non-zero lengths, found {len(a)} and {len(b)}")
     d = a - b
     rng = np.random.default_rng(seed)
-    means = np.concatenate([d[rng.integers(0, len(d), size=(min(500, n_boot - s), len(d)))].mean(1) for s in range(0, n_boot, 500)])
+    means = np.concatenate(
+        [d[rng.integers(0, len(d), size=(min(500, n_boot - s), len(d)))].mean(1) for s in range(0, n_boot, 500)]
+    )
     low, high = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(d.mean()), float(low), float(high)
 
@@ -209,7 +225,15 @@ class Comparison:
         return f"{word}: accuracy {self.accuracy_a:.1%} vs {self.accuracy_b:.1%}, difference {self.difference:+.1%} (95 % CI [{self.difference_low:+.1%}, {self.difference_high:+.1%}]), McNemar mid-p = {self.mcnemar.p_mid:.3g} on {self.mcnemar.b + self.mcnemar.c} discordant rows"
 
 
-def compare_predictions(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> Comparison:
+def compare_predictions(
+    labels: np.ndarray,
+    preds_a: np.ndarray,
+    preds_b: np.ndarray,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Comparison:
     """Compare two classifiers on the same rows: McNemar (mid-p) and the paired bootstrap.
 
     Example:
@@ -264,7 +288,9 @@ def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     return out
 
 
-def paired_difference_bounds(correct_a: np.ndarray, correct_b: np.ndarray, *, alpha: float = 0.05) -> tuple[float, float]:
+def paired_difference_bounds(
+    correct_a: np.ndarray, correct_b: np.ndarray, *, alpha: float = 0.05
+) -> tuple[float, float]:
     """Exact, conservative ``1 − alpha`` interval for ``accuracy(a) − accuracy(b)`` on the same rows.
 
     The difference is ``p_b − p_c`` (``p_b``: rows only ``a`` gets right, ``p_c``: only ``b``);

@@ -14,4 +14,13 @@ from __future__ import annotations
 from dlclinic.io.data import LoadedSplit, load_case, load_like, load_split
 from dlclinic.io.models import OnnxModel, file_sha256, load_factory, load_model
 
-__all__ = ["LoadedSplit", "OnnxModel", "file_sha256", "load_case", "load_factory", "load_like", "load_model", "load_split"]
+__all__ = [
+    "LoadedSplit",
+    "OnnxModel",
+    "file_sha256",
+    "load_case",
+    "load_factory",
+    "load_like",
+    "load_model",
+    "load_split",
+]

@@ -44,7 +44,17 @@ from dlclinic.io._common import brief
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_CATEGORIES", "NUMERIC_FRACTION", "NUMERIC_FRACTION_LATER", "SUPPORTED_FORMATS", "LoadedSplit", "load_case", "load_like", "load_split"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_CATEGORIES",
+    "NUMERIC_FRACTION",
+    "NUMERIC_FRACTION_LATER",
+    "SUPPORTED_FORMATS",
+    "LoadedSplit",
+    "load_case",
+    "load_like",
+    "load_split",
+]
 
 Modality = Literal["image", "vector", "table"]
 ImageMode = Literal["L", "RGB"]
@@ -149,7 +159,9 @@ def load_split(
         raise InputError(f"split {name!r}: data file not found: {p}")
     if p.is_dir():
         if group_col is not None:
-            raise InputError(f"split {name!r}: expected a table or .npz for group_col={group_col!r}, found an image folder {p}; put the images and groups in an .npz (x, y, group) instead")
+            raise InputError(
+                f"split {name!r}: expected a table or .npz for group_col={group_col!r}, found an image folder {p}; put the images and groups in an .npz (x, y, group) instead"
+            )
         loaded = _load_image_folder(p, name, image_mode, image_size)
     elif p.suffix.lower() == ".npz":
         loaded = _load_npz(p, name, label_col, group_col, id_col)
@@ -157,7 +169,9 @@ def load_split(
         df = _read_table(p, name)
         loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, categorical_mapping)
     else:
-        raise InputError(f"split {name!r}: expected {SUPPORTED_FORMATS}, found {p.name!r} (suffix {p.suffix or 'none'!r})")
+        raise InputError(
+            f"split {name!r}: expected {SUPPORTED_FORMATS}, found {p.name!r} (suffix {p.suffix or 'none'!r})"
+        )
     if labels_required and loaded.y is None:
         raise InputError(f"split {name!r}: expected labels, found none in {p}{_label_hint(p, label_col)}")
     return replace(loaded, source=str(p))
@@ -242,7 +256,15 @@ def load_case(
     return _with_ids(case, loaded)
 
 
-def load_like(path: str | Path, case: Case, *, name: str, label_col: str | None = None, id_col: str | None = None, labels_required: bool = False) -> LoadedSplit:
+def load_like(
+    path: str | Path,
+    case: Case,
+    *,
+    name: str,
+    label_col: str | None = None,
+    id_col: str | None = None,
+    labels_required: bool = False,
+) -> LoadedSplit:
     """Read an extra split (an OOD set, an unlabelled pool) encoded like the case's train split.
 
     Tables reuse train's one-hot mapping and column order; image folders are converted to
@@ -257,12 +279,23 @@ def load_like(path: str | Path, case: Case, *, name: str, label_col: str | None 
     if case.modality == "image" and len(case.input_shape) == 3:
         image_mode = "L" if case.input_shape[0] == 1 else "RGB"
         image_size = (int(case.input_shape[2]), int(case.input_shape[1]))
-    loaded = load_split(path, name=name, label_col=label_col, id_col=id_col, labels_required=labels_required, categorical_mapping=encoding, image_mode=image_mode, image_size=image_size)
+    loaded = load_split(
+        path,
+        name=name,
+        label_col=label_col,
+        id_col=id_col,
+        labels_required=labels_required,
+        categorical_mapping=encoding,
+        image_mode=image_mode,
+        image_size=image_size,
+    )
     if case.feature_names is not None and loaded.feature_names is not None:
         ref = replace(loaded, feature_names=tuple(case.feature_names))
         loaded = _align_features(ref, loaded, name)
     if tuple(loaded.x.shape[1:]) != tuple(case.input_shape):
-        raise InputError(f"split {name!r} ({path}): expected samples of shape {tuple(case.input_shape)} like train, found {tuple(loaded.x.shape[1:])}")
+        raise InputError(
+            f"split {name!r} ({path}): expected samples of shape {tuple(case.input_shape)} like train, found {tuple(loaded.x.shape[1:])}"
+        )
     return loaded
 
 
@@ -278,13 +311,19 @@ def _int_labels(values: np.ndarray, what: str) -> np.ndarray:
     if values.dtype.kind == "f":
         bad = ~np.isfinite(values)
         if bad.any():
-            raise InputError(f"{what}: expected a label on every row, found {int(bad.sum())} row(s) with a missing (NaN/Inf) label, first at row {int(np.flatnonzero(bad)[0])}")
+            raise InputError(
+                f"{what}: expected a label on every row, found {int(bad.sum())} row(s) with a missing (NaN/Inf) label, first at row {int(np.flatnonzero(bad)[0])}"
+            )
         frac = np.mod(values, 1) != 0
         if frac.any():
-            raise InputError(f"{what}: expected integer class labels, found {int(frac.sum())} non-integer value(s) such as {float(values[frac][0])!r} at row {int(np.flatnonzero(frac)[0])}")
+            raise InputError(
+                f"{what}: expected integer class labels, found {int(frac.sum())} non-integer value(s) such as {float(values[frac][0])!r} at row {int(np.flatnonzero(frac)[0])}"
+            )
     labels = values.astype(np.int64)
     if labels.size and labels.min() < 0:
-        raise InputError(f"{what}: expected labels in 0..K-1, found {int(labels.min())} at row {int(np.argmin(labels))}")
+        raise InputError(
+            f"{what}: expected labels in 0..K-1, found {int(labels.min())} at row {int(np.argmin(labels))}"
+        )
     return labels
 
 
@@ -316,10 +355,14 @@ def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | Non
             arrays = {k: _npz_array(archive, k, path, name) for k in _npz_wanted(keys, label_col, group_col, id_col)}
     except InputError:
         raise
-    except Exception as exc:
-        raise InputError(f"split {name!r}: expected a NumPy .npz archive, found an unreadable or corrupt file {path}") from None
+    except Exception:
+        raise InputError(
+            f"split {name!r}: expected a NumPy .npz archive, found an unreadable or corrupt file {path}"
+        ) from None
     if "x" not in arrays:
-        raise InputError(f"split {name!r}: expected an array 'x' in {path.name}, found keys {keys}; save with np.savez(path, x=..., y=...)")
+        raise InputError(
+            f"split {name!r}: expected an array 'x' in {path.name}, found keys {keys}; save with np.savez(path, x=..., y=...)"
+        )
     x = _npz_features(arrays["x"], name)
     n = x.shape[0]
     y, class_names = _npz_labels(arrays.get(_pick(keys, label_col, "y")), arrays.get("class_names"), name)
@@ -327,7 +370,9 @@ def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | Non
     ids = arrays.get(_pick(keys, id_col, "id", "ids"))
     for what, arr in (("y", y), ("group", groups), ("id", ids)):
         if arr is not None and (arr.ndim == 0 or arr.shape[0] != n or arr.size != n):
-            raise InputError(f"split {name!r}: expected {what!r} with one value per row of 'x' ({n}), found shape {arr.shape}")
+            raise InputError(
+                f"split {name!r}: expected {what!r} with one value per row of 'x' ({n}), found shape {arr.shape}"
+            )
     return LoadedSplit(
         x=x,
         y=y,
@@ -339,7 +384,13 @@ def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | Non
 
 
 def _npz_wanted(keys: list[str], label_col: str | None, group_col: str | None, id_col: str | None) -> list[str]:
-    wanted = {"x", "class_names", _pick(keys, label_col, "y"), _pick(keys, group_col, "group", "groups"), _pick(keys, id_col, "id", "ids")}
+    wanted = {
+        "x",
+        "class_names",
+        _pick(keys, label_col, "y"),
+        _pick(keys, group_col, "group", "groups"),
+        _pick(keys, id_col, "id", "ids"),
+    }
     return [k for k in keys if k in wanted]
 
 
@@ -359,20 +410,26 @@ def _npz_array(archive: Any, key: str, path: Path, name: str) -> np.ndarray:
             raise InputError(
                 f"split {name!r}: expected numeric or string arrays in {path.name}, found an object (pickled) array {key!r}, which is never unpickled; save it with a numeric/str dtype"
             ) from None
-        raise InputError(f"split {name!r}: expected a readable array {key!r} in {path.name}, found a corrupt one ({brief(exc)})") from None
+        raise InputError(
+            f"split {name!r}: expected a readable array {key!r} in {path.name}, found a corrupt one ({brief(exc)})"
+        ) from None
 
 
 def _npz_features(x: np.ndarray, name: str) -> np.ndarray:
     if x.dtype.kind not in "fiub":
         raise InputError(f"split {name!r} x: expected numeric inputs, found dtype {x.dtype}")
     if x.ndim < 2:
-        raise InputError(f"split {name!r} x: expected N×features or N×C×H×W samples, found shape {x.shape}; reshape 1-D data to N×1")
+        raise InputError(
+            f"split {name!r} x: expected N×features or N×C×H×W samples, found shape {x.shape}; reshape 1-D data to N×1"
+        )
     if x.shape[0] == 0:
         raise InputError(f"split {name!r}: expected at least one sample, found 0")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _npz_labels(y: np.ndarray | None, names: np.ndarray | None, name: str) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+def _npz_labels(
+    y: np.ndarray | None, names: np.ndarray | None, name: str
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
     if y is None:
         return None, None
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
@@ -385,7 +442,9 @@ def _npz_labels(y: np.ndarray | None, names: np.ndarray | None, name: str) -> tu
         return labels, None
     class_names = tuple(str(c) for c in names.reshape(-1))
     if labels.size and int(labels.max()) >= len(class_names):
-        raise InputError(f"split {name!r}: expected labels below len(class_names)={len(class_names)}, found {int(labels.max())}")
+        raise InputError(
+            f"split {name!r}: expected labels below len(class_names)={len(class_names)}, found {int(labels.max())}"
+        )
     return labels, class_names
 
 
@@ -401,11 +460,15 @@ def _read_table(path: Path, name: str) -> pd.DataFrame:
     except ImportError:
         raise MissingDependencyError("pyarrow", "parquet") from None
     except UnicodeDecodeError:
-        raise InputError(f"split {name!r}: expected UTF-8 text in {path}, found undecodable bytes; re-save the CSV as UTF-8") from None
+        raise InputError(
+            f"split {name!r}: expected UTF-8 text in {path}, found undecodable bytes; re-save the CSV as UTF-8"
+        ) from None
     except pd.errors.EmptyDataError:
         raise InputError(f"split {name!r}: expected a header and rows in {path}, found an empty file") from None
     except Exception as exc:
-        raise InputError(f"split {name!r}: expected a readable {path.suffix.lstrip('.').upper()} table, found an unreadable file {path} ({brief(exc)})") from None
+        raise InputError(
+            f"split {name!r}: expected a readable {path.suffix.lstrip('.').upper()} table, found an unreadable file {path} ({brief(exc)})"
+        ) from None
     if len(df) == 0:
         raise InputError(f"split {name!r}: expected at least one row in {path}, found 0")
     df.columns = [str(c) for c in df.columns]
@@ -463,18 +526,24 @@ def _table_labels(series: pd.Series, name: str, col: str) -> tuple[np.ndarray, t
     what = f"split {name!r} label column {col!r}"
     missing = series.isna().to_numpy()
     if missing.any():
-        raise InputError(f"{what}: expected a label on every row, found {int(missing.sum())} row(s) with a missing (NaN) label, first at row {int(np.flatnonzero(missing)[0])}")
+        raise InputError(
+            f"{what}: expected a label on every row, found {int(missing.sum())} row(s) with a missing (NaN) label, first at row {int(np.flatnonzero(missing)[0])}"
+        )
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         return _int_labels(series.to_numpy(dtype="float64"), what), None
     return _named_labels(series.astype(str).to_numpy())
 
 
-def _encode_features(df: pd.DataFrame, name: str, mapping: Mapping[str, Sequence[str]] | None) -> tuple[np.ndarray, tuple[str, ...], dict[str, list[str]]]:
+def _encode_features(
+    df: pd.DataFrame, name: str, mapping: Mapping[str, Sequence[str]] | None
+) -> tuple[np.ndarray, tuple[str, ...], dict[str, list[str]]]:
     """Numeric columns as float; string columns one-hot (learned, or from ``mapping``)."""
     if mapping is not None:
         absent = [c for c in mapping if c not in df.columns]
         if absent:
-            raise InputError(f"split {name!r}: expected the one-hot encoded column(s) {absent} seen in train, found columns {list(df.columns)[:20]}")
+            raise InputError(
+                f"split {name!r}: expected the one-hot encoded column(s) {absent} seen in train, found columns {list(df.columns)[:20]}"
+            )
     blocks: list[np.ndarray] = []
     names: list[str] = []
     encoding: dict[str, list[str]] = {}
@@ -489,7 +558,9 @@ def _encode_features(df: pd.DataFrame, name: str, mapping: Mapping[str, Sequence
             _reject_datetime(series, name, col)
             numbers = _parse_numeric(series, name, col, NUMERIC_FRACTION if mapping is None else NUMERIC_FRACTION_LATER)
             if numbers is None and mapping is not None:
-                raise InputError(f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}")
+                raise InputError(
+                    f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}"
+                )
             if numbers is None:
                 categories = _categories(series, name, col)
         if numbers is not None:
@@ -513,7 +584,9 @@ def _reject_datetime(series: pd.Series, name: str, col: str) -> None:
     import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
-        raise InputError(f"split {name!r} column {col!r}: expected numeric or string features, found {series.dtype}; convert it to numbers or drop it")
+        raise InputError(
+            f"split {name!r} column {col!r}: expected numeric or string features, found {series.dtype}; convert it to numbers or drop it"
+        )
 
 
 def _parse_numeric(series: pd.Series, name: str, col: str, min_fraction: float) -> pd.Series | None:
@@ -536,7 +609,10 @@ def _parse_numeric(series: pd.Series, name: str, col: str, min_fraction: float) 
     bad = present & ~parsed
     if bad.any():
         example = series[bad].iloc[0]
-        warnings.warn(f"split {name!r} column {col!r}: {int(bad.sum())} of {n_present} value(s) are not numbers (e.g. {example!r}); read as NaN", stacklevel=5)
+        warnings.warn(
+            f"split {name!r} column {col!r}: {int(bad.sum())} of {n_present} value(s) are not numbers (e.g. {example!r}); read as NaN",
+            stacklevel=5,
+        )
     return numbers
 
 
@@ -565,7 +641,10 @@ def _one_hot(series: pd.Series, categories: list[str], name: str, col: str) -> n
     unseen = (codes < 0) & ~missing
     if unseen.any():
         example = series[unseen].iloc[0]
-        warnings.warn(f"split {name!r} column {col!r}: {int(unseen.sum())} row(s) have categories not seen in train (e.g. {example!r}); encoded as all zeros", stacklevel=4)
+        warnings.warn(
+            f"split {name!r} column {col!r}: {int(unseen.sum())} row(s) have categories not seen in train (e.g. {example!r}); encoded as all zeros",
+            stacklevel=4,
+        )
     return out
 
 
@@ -581,16 +660,29 @@ def _object_to_str(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- helpers: images
 
 
-def _load_image_folder(root: Path, name: str, mode: ImageMode | None = None, size: tuple[int, int] | None = None) -> LoadedSplit:
+def _load_image_folder(
+    root: Path, name: str, mode: ImageMode | None = None, size: tuple[int, int] | None = None
+) -> LoadedSplit:
     """Read ``root/<class>/*`` (labelled) or ``root/*`` (unlabelled) images."""
     files, labels, class_names = _list_images(root, name)
     images, kept, skipped = _read_images(files)
     if not images:
-        raise InputError(f"split {name!r}: expected readable images in {root}, found {len(files)} file(s) and none could be read (e.g. {skipped[0]})")
+        raise InputError(
+            f"split {name!r}: expected readable images in {root}, found {len(files)} file(s) and none could be read (e.g. {skipped[0]})"
+        )
     x, n_resized, n_converted = _stack_images(images, mode, size)
     y = None if labels is None else np.asarray([labels[i] for i in kept], dtype=np.int64)
     ids = np.asarray([files[i].relative_to(root).as_posix() for i in kept])
-    return LoadedSplit(x=x, y=y, ids=ids, class_names=class_names, modality="image", skipped=tuple(skipped), n_resized=n_resized, n_converted=n_converted)
+    return LoadedSplit(
+        x=x,
+        y=y,
+        ids=ids,
+        class_names=class_names,
+        modality="image",
+        skipped=tuple(skipped),
+        n_resized=n_resized,
+        n_converted=n_converted,
+    )
 
 
 def _image_format(split: LoadedSplit) -> tuple[ImageMode | None, tuple[int, int] | None]:
@@ -606,14 +698,26 @@ def _is_image(path: Path) -> bool:
 
 def _list_images(root: Path, name: str) -> tuple[list[Path], list[int] | None, tuple[str, ...] | None]:
     """Image files with their class index (sorted subfolder names), or loose files unlabelled."""
-    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and any(_is_image(f) for f in d.iterdir())), key=lambda d: d.name)
+    class_dirs = sorted(
+        (
+            d
+            for d in root.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and any(_is_image(f) for f in d.iterdir())
+        ),
+        key=lambda d: d.name,
+    )
     loose = sorted((f for f in root.iterdir() if _is_image(f)), key=lambda f: f.name)
     if not class_dirs:
         if not loose:
-            raise InputError(f"split {name!r}: expected images in {root} (root/<class>/*.png|jpg|jpeg|bmp, or root/*.png for unlabelled data), found none")
+            raise InputError(
+                f"split {name!r}: expected images in {root} (root/<class>/*.png|jpg|jpeg|bmp, or root/*.png for unlabelled data), found none"
+            )
         return loose, None, None
     if loose:
-        warnings.warn(f"split {name!r}: ignoring {len(loose)} image(s) directly in {root}; labelled images belong in root/<class>/", stacklevel=4)
+        warnings.warn(
+            f"split {name!r}: ignoring {len(loose)} image(s) directly in {root}; labelled images belong in root/<class>/",
+            stacklevel=4,
+        )
     files: list[Path] = []
     labels: list[int] = []
     for index, folder in enumerate(class_dirs):
@@ -641,7 +745,9 @@ def _read_images(files: list[Path]) -> tuple[list[Any], list[int], list[str]]:
     return images, kept, skipped
 
 
-def _stack_images(images: list[Any], mode: ImageMode | None = None, size: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int]:
+def _stack_images(
+    images: list[Any], mode: ImageMode | None = None, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, int, int]:
     """Convert to one mode, resize to one size, stack as N×C×H×W in [0, 1].
 
     ``mode`` defaults to ``"L"`` when every image is grayscale (else ``"RGB"``), ``size``
@@ -679,7 +785,9 @@ def _align_features(train: LoadedSplit, other: LoadedSplit, name: str) -> Loaded
     missing = [c for c in want if c not in have]
     extra = [c for c in have if c not in want]
     if missing or extra:
-        raise InputError(f"split {name!r}: expected the same feature columns as train, found missing {missing[:5]} and extra {extra[:5]}")
+        raise InputError(
+            f"split {name!r}: expected the same feature columns as train, found missing {missing[:5]} and extra {extra[:5]}"
+        )
     order = [have.index(c) for c in want]
     return replace(other, x=np.ascontiguousarray(other.x[:, order]), feature_names=want)
 
@@ -689,18 +797,31 @@ def _align_labels(train: LoadedSplit, other: LoadedSplit, name: str) -> LoadedSp
     if other.y is None or other.class_names is None or other.class_names == train.class_names:
         return other
     if train.class_names is None:
-        raise InputError(f"split {name!r} labels: expected integer labels like train, found class names {list(other.class_names[:5])}")
+        raise InputError(
+            f"split {name!r} labels: expected integer labels like train, found class names {list(other.class_names[:5])}"
+        )
     index = {c: i for i, c in enumerate(train.class_names)}
     unknown = [c for c in other.class_names if c not in index]
     if unknown:
-        raise InputError(f"split {name!r} labels: expected class names seen in train {list(train.class_names[:10])}, found unknown {unknown[:5]}")
+        raise InputError(
+            f"split {name!r} labels: expected class names seen in train {list(train.class_names[:10])}, found unknown {unknown[:5]}"
+        )
     lookup = np.asarray([index[c] for c in other.class_names], dtype=np.int64)
     return replace(other, y=lookup[other.y], class_names=train.class_names)
 
 
 def _io_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
     return {
-        "splits": {k: {"source": s.source, "skipped": list(s.skipped), "n_resized": s.n_resized, "n_converted": s.n_converted, "modality": s.modality} for k, s in loaded.items()},
+        "splits": {
+            k: {
+                "source": s.source,
+                "skipped": list(s.skipped),
+                "n_resized": s.n_resized,
+                "n_converted": s.n_converted,
+                "modality": s.modality,
+            }
+            for k, s in loaded.items()
+        },
         "encoding": {k: list(v) for k, v in loaded["train"].encoding.items()},
     }
 

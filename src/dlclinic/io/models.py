@@ -92,7 +92,9 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
     path = Path(spec)
     suffix = path.suffix.lower()
     if weights is not None:
-        raise ModelError(f"weights {Path(weights).name!r}: expected a file.py:factory model to load them into, found model {path.name!r}, which carries its own weights; drop --weights")
+        raise ModelError(
+            f"weights {Path(weights).name!r}: expected a file.py:factory model to load them into, found model {path.name!r}, which carries its own weights; drop --weights"
+        )
     if suffix in PICKLED_SUFFIXES:
         if allow_pickle:
             return _load_pickled_model(path)
@@ -103,7 +105,9 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
     if suffix == ".safetensors":
         raise ModelError(f"model {path.name!r} holds weights only; expected file.py:factory with --weights {path.name}")
     if suffix == ".py":
-        raise ModelError(f"model {spec!r}: expected path/to/file.py:factory naming the function that builds the model, found no ':factory'")
+        raise ModelError(
+            f"model {spec!r}: expected path/to/file.py:factory naming the function that builds the model, found no ':factory'"
+        )
     if suffix == ".pt2":
         return _load_exported(path), f"torch.export program {path.name} (sha256 {_short_sha(path)})"
     if suffix == ".onnx":
@@ -125,7 +129,9 @@ def load_factory(spec: str) -> Any:
     module = _import_target(target)
     factory = getattr(module, function, None)
     if not callable(factory):
-        raise ModelError(f"{Path(target).name} has no function {function!r}; expected a factory returning a torch.nn.Module")
+        raise ModelError(
+            f"{Path(target).name} has no function {function!r}; expected a factory returning a torch.nn.Module"
+        )
     folder = Path(target).resolve().parent if target.lower().endswith(".py") else None
 
     def fresh() -> Any:
@@ -193,14 +199,18 @@ class OnnxModel:
         """
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[0] == 0:
-            raise ModelError(f"ONNX model {self.path.name}: expected a batch of inputs shaped {self.input_shape}, found shape {x.shape}")
+            raise ModelError(
+                f"ONNX model {self.path.name}: expected a batch of inputs shaped {self.input_shape}, found shape {x.shape}"
+            )
         x = x.astype(self.input_dtype, copy=False)
         outputs = [self._run(x[start : start + ONNX_BATCH]) for start in range(0, x.shape[0], ONNX_BATCH)]
         logits = np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
         if logits.ndim == 1:
             logits = logits[:, None]
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ModelError(f"ONNX model {self.path.name}: expected N×K logits for {x.shape[0]} inputs, found output shape {logits.shape}")
+            raise ModelError(
+                f"ONNX model {self.path.name}: expected N×K logits for {x.shape[0]} inputs, found output shape {logits.shape}"
+            )
         return logits
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -237,15 +247,25 @@ def _load_factory(target: str, function: str, *, weights: str | Path | None) -> 
     where = Path(target).name if target.lower().endswith(".py") else target
     factory = getattr(module, function, None)
     if factory is None:
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__)
-        raise ModelError(f"{where} has no function {function!r}; expected a factory returning a torch.nn.Module, found {found[:10] or 'no public functions'}")
+        found = sorted(
+            k
+            for k, v in vars(module).items()
+            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == module.__name__
+        )
+        raise ModelError(
+            f"{where} has no function {function!r}; expected a factory returning a torch.nn.Module, found {found[:10] or 'no public functions'}"
+        )
     if not callable(factory):
-        raise ModelError(f"{function!r} in {where} is of type {type(factory).__name__}; expected a function returning a torch.nn.Module")
+        raise ModelError(
+            f"{function!r} in {where} is of type {type(factory).__name__}; expected a function returning a torch.nn.Module"
+        )
     with _sys_path(Path(target).resolve().parent if target.lower().endswith(".py") else None):
         try:
             model = factory()
         except Exception as exc:
-            raise ModelError(f"factory {function!r} in {where} raised {brief(exc)}; expected it to build the model with no arguments") from None
+            raise ModelError(
+                f"factory {function!r} in {where} raised {brief(exc)}; expected it to build the model with no arguments"
+            ) from None
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"factory {function!r} in {where} returned {type(model).__name__}; expected a torch.nn.Module")
     source = f"factory {function!r} in {where}"
@@ -262,7 +282,9 @@ def _import_target(target: str) -> Any:
         try:
             return importlib.import_module(target)
         except Exception as exc:
-            raise ModelError(f"could not import module {target!r} ({brief(exc)}); expected an importable module or path/to/file.py") from None
+            raise ModelError(
+                f"could not import module {target!r} ({brief(exc)}); expected an importable module or path/to/file.py"
+            ) from None
     path = Path(target)
     if not path.is_file():
         raise ModelError(f"model factory file not found: {path}; expected path/to/file.py:factory")
@@ -277,7 +299,9 @@ def _import_target(target: str) -> Any:
             spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ModelError(f"importing {path.name} failed with {brief(exc)}; expected a file that imports cleanly") from None
+        raise ModelError(
+            f"importing {path.name} failed with {brief(exc)}; expected a file that imports cleanly"
+        ) from None
     return module
 
 
@@ -305,11 +329,15 @@ def _apply_weights(model: Any, path: Path) -> None:
     state = _strip_prefix(state, expected)
     problems = _state_dict_problems(expected, state)
     if problems:
-        raise ModelError(f"weights {path.name} do not fit the model built by the factory: {problems}; expected a state_dict saved from the same architecture")
+        raise ModelError(
+            f"weights {path.name} do not fit the model built by the factory: {problems}; expected a state_dict saved from the same architecture"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise ModelError(f"weights {path.name} could not be loaded into the model ({brief(exc)}); expected a state_dict of the same architecture") from None
+        raise ModelError(
+            f"weights {path.name} could not be loaded into the model ({brief(exc)}); expected a state_dict of the same architecture"
+        ) from None
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:
@@ -321,7 +349,9 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     elif suffix in TORCH_WEIGHT_SUFFIXES:
         state = _read_torch_weights(path)
     else:
-        raise ModelError(f"weights {path.name!r}: expected a .safetensors file or a state_dict in .pt/.pth/.bin/.ckpt, found suffix {suffix or 'none'!r}")
+        raise ModelError(
+            f"weights {path.name!r}: expected a .safetensors file or a state_dict in .pt/.pth/.bin/.ckpt, found suffix {suffix or 'none'!r}"
+        )
     return _as_state_dict(state, path)
 
 
@@ -336,22 +366,41 @@ def _load_pickled_model(path: Path) -> tuple[Any, str]:
     scan = scan_file(path)
     # besides the dangerous modules, refuse any unknown *function* outside torch: a class
     # (CamelCase) is the model's own architecture, a function is what a payload calls
-    calls = sorted({r.target for r in scan.imports if r.category == "unknown" and not r.target.startswith("torch.") and not r.target.rpartition(".")[2][:1].isupper()})
+    calls = sorted(
+        {
+            r.target
+            for r in scan.imports
+            if r.category == "unknown"
+            and not r.target.startswith("torch.")
+            and not r.target.rpartition(".")[2][:1].isupper()
+        }
+    )
     if scan.verdict in ("dangerous", "error") or calls:
-        what = ", ".join((scan.dangerous or tuple(calls))[:5]) if scan.verdict != "error" else (scan.error or "unreadable")
-        raise ModelError(f"model {path.name!r}: refused even with --allow-pickle, the file would call {what} when unpickled; expected a plain torch.save(model) file")
+        what = (
+            ", ".join((scan.dangerous or tuple(calls))[:5]) if scan.verdict != "error" else (scan.error or "unreadable")
+        )
+        raise ModelError(
+            f"model {path.name!r}: refused even with --allow-pickle, the file would call {what} when unpickled; expected a plain torch.save(model) file"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), weights_only=False, map_location="cpu")  # opt-in, after the scan
     except Exception as exc:
-        raise ModelError(f"model {path.name!r}: expected a model saved with torch.save(model), found an unreadable file ({brief(exc)})") from None
+        raise ModelError(
+            f"model {path.name!r}: expected a model saved with torch.save(model), found an unreadable file ({brief(exc)})"
+        ) from None
     if not isinstance(obj, torch.nn.Module):
-        raise ModelError(f"model {path.name!r}: expected a pickled nn.Module, found {type(obj).__name__}; for a state_dict use file.py:factory --weights {path.name}")
+        raise ModelError(
+            f"model {path.name!r}: expected a pickled nn.Module, found {type(obj).__name__}; for a state_dict use file.py:factory --weights {path.name}"
+        )
     obj.eval()
     unknown = [r.target for r in scan.imports if r.category == "unknown"]
     note = f", references {', '.join(sorted(set(unknown))[:4])}" if unknown else ""
-    return obj, f"pickled model {path.name} loaded with --allow-pickle after a static scan ({scan.verdict}{note}; sha256 {_short_sha(path)})"
+    return (
+        obj,
+        f"pickled model {path.name} loaded with --allow-pickle after a static scan ({scan.verdict}{note}; sha256 {_short_sha(path)})",
+    )
 
 
 def _read_safetensors(path: Path) -> Any:
@@ -360,7 +409,9 @@ def _read_safetensors(path: Path) -> Any:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:
-        raise ModelError(f"weights {path.name}: expected a valid .safetensors file, found an unreadable or corrupt one ({brief(exc)})") from None
+        raise ModelError(
+            f"weights {path.name}: expected a valid .safetensors file, found an unreadable or corrupt one ({brief(exc)})"
+        ) from None
 
 
 def _read_torch_weights(path: Path) -> Any:
@@ -380,7 +431,9 @@ def _read_torch_weights(path: Path) -> Any:
             " dlclinic never unpickles code: save torch.save(model.state_dict(), path) or use .safetensors"
         ) from None
     except Exception as exc:
-        raise ModelError(f"weights {path.name}: expected a state_dict saved with torch.save, found an unreadable or corrupt file ({brief(exc)})") from None
+        raise ModelError(
+            f"weights {path.name}: expected a state_dict saved with torch.save, found an unreadable or corrupt file ({brief(exc)})"
+        ) from None
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, Any]:
@@ -393,10 +446,14 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, Any]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise ModelError(f"weights {path.name}: expected a state_dict (a dict of parameter name → tensor), found {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}")
+        raise ModelError(
+            f"weights {path.name}: expected a state_dict (a dict of parameter name → tensor), found {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}"
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ModelError(f"weights {path.name}: expected a state_dict of tensors, found non-tensor entries {[str(k) for k in bad[:5]]}")
+        raise ModelError(
+            f"weights {path.name}: expected a state_dict of tensors, found non-tensor entries {[str(k) for k in bad[:5]]}"
+        )
     return {str(k): v for k, v in obj.items()}
 
 
@@ -416,7 +473,11 @@ def _state_dict_problems(expected: Mapping[str, Any], given: Mapping[str, Any]) 
     """Missing keys, unexpected keys and shape mismatches (up to 5 each), or ``""``."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    shapes = [f"{k}: model {tuple(expected[k].shape)} vs file {tuple(given[k].shape)}" for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    shapes = [
+        f"{k}: model {tuple(expected[k].shape)} vs file {tuple(given[k].shape)}"
+        for k in expected
+        if k in given and tuple(expected[k].shape) != tuple(given[k].shape)
+    ]
     parts = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
@@ -439,7 +500,9 @@ def _load_exported(path: Path) -> Any:
             program = torch.export.load(str(path))
             return program.module()
         except Exception as exc:
-            raise ModelError(f"model {path.name}: expected a torch.export program saved with torch.export.save, found an unreadable or corrupt file ({brief(exc)})") from None
+            raise ModelError(
+                f"model {path.name}: expected a torch.export program saved with torch.export.save, found an unreadable or corrupt file ({brief(exc)})"
+            ) from None
 
 
 @contextmanager
@@ -461,7 +524,9 @@ def _onnx_session(ort: Any, path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"model {path.name}: expected a valid ONNX model, found an unreadable or corrupt file ({brief(exc)})") from None
+        raise ModelError(
+            f"model {path.name}: expected a valid ONNX model, found an unreadable or corrupt file ({brief(exc)})"
+        ) from None
 
 
 def _num_threads() -> int:

@@ -74,11 +74,74 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset(
 _ALLOWED_TORCH_SUFFIXES = ("Storage", "Tensor")
 
 DANGEROUS_MODULES: frozenset[str] = frozenset(
-    {"os", "posix", "nt", "subprocess", "sys", "socket", "shutil", "runpy", "importlib", "pickle", "_pickle", "marshal", "pty", "webbrowser", "commands", "ctypes", "multiprocessing", "code", "codeop", "pdb", "platform", "requests", "urllib", "http", "ftplib", "telnetlib", "tempfile", "signal", "asyncio", "threading", "io", "_io", "codecs", "glob", "pathlib"}
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "socket",
+        "shutil",
+        "runpy",
+        "importlib",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "pty",
+        "webbrowser",
+        "commands",
+        "ctypes",
+        "multiprocessing",
+        "code",
+        "codeop",
+        "pdb",
+        "platform",
+        "requests",
+        "urllib",
+        "http",
+        "ftplib",
+        "telnetlib",
+        "tempfile",
+        "signal",
+        "asyncio",
+        "threading",
+        "io",
+        "_io",
+        "codecs",
+        "glob",
+        "pathlib",
+    }
 )
-DANGEROUS_BUILTINS: frozenset[str] = frozenset({"eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__", "globals", "locals", "vars", "input", "breakpoint", "memoryview"})
+DANGEROUS_BUILTINS: frozenset[str] = frozenset(
+    {
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "getattr",
+        "setattr",
+        "delattr",
+        "__import__",
+        "globals",
+        "locals",
+        "vars",
+        "input",
+        "breakpoint",
+        "memoryview",
+    }
+)
 
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "SHORT_BINBYTES", "BINBYTES"}
+_STRING_OPS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "SHORT_BINSTRING",
+    "BINSTRING",
+    "STRING",
+    "SHORT_BINBYTES",
+    "BINBYTES",
+}
 _CALL_OPS = {"REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX", "INST", "BUILD"}
 
 
@@ -117,14 +180,21 @@ class FileScan:
 def classify(target: str) -> str:
     """``allowed``, ``dangerous`` or ``unknown`` for an imported ``module.name``."""
     if target.startswith("__builtin__."):
-        target = "builtins." + target[len("__builtin__."):]
+        target = "builtins." + target[len("__builtin__.") :]
     module, _, name = target.rpartition(".")
     root = module.split(".")[0]
     if root in DANGEROUS_MODULES or (root == "builtins" and name in DANGEROUS_BUILTINS):
         return "dangerous"
     if target in ALLOWED_GLOBALS:
         return "allowed"
-    if module == "torch" and (name.endswith(_ALLOWED_TORCH_SUFFIXES) or not name[:1].isupper() and "." not in name and not name.startswith("_") and name.replace("_", "").isalnum() and name in _TORCH_DTYPE_NAMES):
+    if module == "torch" and (
+        name.endswith(_ALLOWED_TORCH_SUFFIXES)
+        or not name[:1].isupper()
+        and "." not in name
+        and not name.startswith("_")
+        and name.replace("_", "").isalnum()
+        and name in _TORCH_DTYPE_NAMES
+    ):
         return "allowed"
     return "unknown"
 
@@ -195,7 +265,9 @@ def scan_pickle_bytes(data: bytes, *, path: str = "<bytes>", member: str = "") -
     return _verdict(path, "pickle", refs, calls, count, error)
 
 
-def _verdict(path: str, fmt: str, refs: list[ImportRef], calls: int, count: int, error: str, notes: tuple[str, ...] = ()) -> FileScan:
+def _verdict(
+    path: str, fmt: str, refs: list[ImportRef], calls: int, count: int, error: str, notes: tuple[str, ...] = ()
+) -> FileScan:
     cats = {r.category for r in refs}
     if "dangerous" in cats:
         verdict = "dangerous"
@@ -205,7 +277,16 @@ def _verdict(path: str, fmt: str, refs: list[ImportRef], calls: int, count: int,
         verdict = "error"
     else:
         verdict = "safe"
-    return FileScan(path=path, format=fmt, verdict=verdict, imports=tuple(refs), call_opcodes=calls, pickles=count, error=error, notes=notes)
+    return FileScan(
+        path=path,
+        format=fmt,
+        verdict=verdict,
+        imports=tuple(refs),
+        call_opcodes=calls,
+        pickles=count,
+        error=error,
+        notes=notes,
+    )
 
 
 def scan_file(path: str | Path, *, max_bytes: int = 2_000_000_000) -> FileScan:
@@ -220,7 +301,9 @@ def scan_file(path: str | Path, *, max_bytes: int = 2_000_000_000) -> FileScan:
     if not p.exists():
         return FileScan(path=str(p), format="missing", verdict="error", error=f"file not found: {p}")
     if p.is_dir():
-        return FileScan(path=str(p), format="directory", verdict="error", error=f"expected a file, found a directory: {p}")
+        return FileScan(
+            path=str(p), format="directory", verdict="error", error=f"expected a file, found a directory: {p}"
+        )
     suffix = p.suffix.lower()
     if suffix in (".safetensors", ".onnx"):
         return FileScan(path=str(p), format=suffix[1:], verdict="safe", notes=("no pickle in this format",))
@@ -247,7 +330,12 @@ def scan_file(path: str | Path, *, max_bytes: int = 2_000_000_000) -> FileScan:
             return FileScan(path=str(p), format=fmt, verdict="safe", notes=notes)
         return scan
     if p.stat().st_size > max_bytes:
-        return FileScan(path=str(p), format="pickle", verdict="error", error=f"{p.stat().st_size} bytes, over the scan limit {max_bytes}")
+        return FileScan(
+            path=str(p),
+            format="pickle",
+            verdict="error",
+            error=f"{p.stat().st_size} bytes, over the scan limit {max_bytes}",
+        )
     data = p.read_bytes()
     refs, calls, count, error = _scan_stream(data)
     fmt = "legacy torch pickle" if count > 1 and suffix in (".pt", ".pth", ".ckpt", ".bin") else "pickle"

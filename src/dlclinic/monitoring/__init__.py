@@ -13,8 +13,24 @@ Everything here is numpy/scipy on evidence arrays; no web framework, no database
 from __future__ import annotations
 
 from dlclinic.monitoring.reference import Reference, fit_temperature, softmax
-from dlclinic.monitoring.stats import AccuracyEstimate, chi2_shift, confidence_shift, estimate_accuracy_cbpe, observed_accuracy, psi
-from dlclinic.monitoring.windows import MonitorConfig, MonitorResult, WindowResult, alert_thresholds, evaluate_stream, evaluate_window, windows_by_count, windows_by_time
+from dlclinic.monitoring.stats import (
+    AccuracyEstimate,
+    chi2_shift,
+    confidence_shift,
+    estimate_accuracy_cbpe,
+    observed_accuracy,
+    psi,
+)
+from dlclinic.monitoring.windows import (
+    MonitorConfig,
+    MonitorResult,
+    WindowResult,
+    alert_thresholds,
+    evaluate_stream,
+    evaluate_window,
+    windows_by_count,
+    windows_by_time,
+)
 
 __all__ = [
     "AccuracyEstimate",

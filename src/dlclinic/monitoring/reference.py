@@ -50,7 +50,16 @@ class Reference:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, logits: np.ndarray, labels: np.ndarray | None = None, embeddings: np.ndarray | None = None, class_names: tuple[str, ...] | None = None, *, calibrate: bool = True, meta: dict[str, Any] | None = None) -> Reference:
+    def build(
+        cls,
+        logits: np.ndarray,
+        labels: np.ndarray | None = None,
+        embeddings: np.ndarray | None = None,
+        class_names: tuple[str, ...] | None = None,
+        *,
+        calibrate: bool = True,
+        meta: dict[str, Any] | None = None,
+    ) -> Reference:
         """Validate the arrays and fit the temperature (when labels are given and ``calibrate``)."""
         z = np.asarray(logits, dtype=np.float32)
         if z.ndim != 2 or len(z) < 2 or z.shape[1] < 2:
@@ -83,7 +92,12 @@ class Reference:
 
         from dlclinic.core.atomic import atomic_path
 
-        arrays: dict[str, np.ndarray] = {"logits": self.logits, "class_names": np.array(self.class_names), "temperature": np.array(self.temperature), "meta": np.array(json.dumps(self.meta, default=str))}
+        arrays: dict[str, np.ndarray] = {
+            "logits": self.logits,
+            "class_names": np.array(self.class_names),
+            "temperature": np.array(self.temperature),
+            "meta": np.array(json.dumps(self.meta, default=str)),
+        }
         if self.labels is not None:
             arrays["labels"] = self.labels
         if self.embeddings is not None:
@@ -105,14 +119,18 @@ class Reference:
             with np.load(p, allow_pickle=False) as data:
                 d = {k: data[k] for k in data.files}
         except Exception as exc:
-            raise InputError(f"reference {p}: expected an .npz written by `dlclinic serve`, found an unreadable file ({type(exc).__name__})") from None
+            raise InputError(
+                f"reference {p}: expected an .npz written by `dlclinic serve`, found an unreadable file ({type(exc).__name__})"
+            ) from None
         if "logits" not in d:
             raise InputError(f"reference {p}: expected a 'logits' array, found keys {sorted(d)}")
         return cls(
             logits=d["logits"].astype(np.float32),
             labels=d["labels"].astype(np.int64) if "labels" in d else None,
             embeddings=d["embeddings"].astype(np.float32) if "embeddings" in d else None,
-            class_names=tuple(str(c) for c in d.get("class_names", np.array([str(i) for i in range(d["logits"].shape[1])]))),
+            class_names=tuple(
+                str(c) for c in d.get("class_names", np.array([str(i) for i in range(d["logits"].shape[1])]))
+            ),
             temperature=float(d.get("temperature", np.array(1.0))),
             meta=json.loads(str(d["meta"])) if "meta" in d else {},
         )

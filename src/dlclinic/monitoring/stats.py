@@ -27,7 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AccuracyEstimate", "chi2_shift", "class_counts", "confidence_shift", "estimate_accuracy_cbpe", "observed_accuracy", "psi"]
+__all__ = [
+    "AccuracyEstimate",
+    "chi2_shift",
+    "class_counts",
+    "confidence_shift",
+    "estimate_accuracy_cbpe",
+    "observed_accuracy",
+    "psi",
+]
 
 
 def class_counts(pred: np.ndarray, n_classes: int) -> np.ndarray:

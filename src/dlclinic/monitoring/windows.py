@@ -29,9 +29,28 @@ import numpy as np
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.functional.stats import holm
 from dlclinic.monitoring.reference import Reference, softmax
-from dlclinic.monitoring.stats import AccuracyEstimate, chi2_shift, class_counts, confidence_shift, drop_p_value, estimate_accuracy_cbpe, observed_accuracy, psi
+from dlclinic.monitoring.stats import (
+    AccuracyEstimate,
+    chi2_shift,
+    class_counts,
+    confidence_shift,
+    drop_p_value,
+    estimate_accuracy_cbpe,
+    observed_accuracy,
+    psi,
+)
 
-__all__ = ["AlertThresholds", "MonitorConfig", "MonitorResult", "WindowResult", "alert_thresholds", "evaluate_stream", "evaluate_window", "windows_by_count", "windows_by_time"]
+__all__ = [
+    "AlertThresholds",
+    "MonitorConfig",
+    "MonitorResult",
+    "WindowResult",
+    "alert_thresholds",
+    "evaluate_stream",
+    "evaluate_window",
+    "windows_by_count",
+    "windows_by_time",
+]
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,9 @@ class MonitorConfig:
         if not 0 < self.alpha < 1:
             raise ConfigError(f"`0 < alpha < 1` must hold, but got alpha={self.alpha}")
         if not 0 <= self.warn_accuracy_drop <= self.fail_accuracy_drop:
-            raise ConfigError(f"`0 <= warn_accuracy_drop <= fail_accuracy_drop` must hold, but got ({self.warn_accuracy_drop=}, {self.fail_accuracy_drop=})")
+            raise ConfigError(
+                f"`0 <= warn_accuracy_drop <= fail_accuracy_drop` must hold, but got ({self.warn_accuracy_drop=}, {self.fail_accuracy_drop=})"
+            )
 
 
 @dataclass(frozen=True)
@@ -130,7 +151,16 @@ class MonitorResult:
         return next((w.index for w in self.windows if w.status != "ok"), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "first_alert": self.first_alert, "reference_estimated_accuracy": self.reference_estimated_accuracy, "reference_accuracy": self.reference_accuracy, "temperature": self.temperature, "permutations": self.permutations, "config": asdict(self.config), "windows": [w.to_dict() for w in self.windows]}
+        return {
+            "status": self.status,
+            "first_alert": self.first_alert,
+            "reference_estimated_accuracy": self.reference_estimated_accuracy,
+            "reference_accuracy": self.reference_accuracy,
+            "temperature": self.temperature,
+            "permutations": self.permutations,
+            "config": asdict(self.config),
+            "windows": [w.to_dict() for w in self.windows],
+        }
 
 
 @dataclass(frozen=True)
@@ -203,7 +233,15 @@ def _prepare(reference: Reference, config: MonitorConfig) -> _Prepared:
         rng = np.random.default_rng(config.seed)
         emb = emb[np.sort(rng.choice(len(emb), config.max_reference_rows, replace=False))]
     observed = None if reference.labels is None else observed_accuracy(raw.argmax(1), reference.labels)
-    return _Prepared(reference, raw, raw.max(1), class_counts(raw.argmax(1), reference.n_classes), estimate_accuracy_cbpe(reference.probs), observed, emb)
+    return _Prepared(
+        reference,
+        raw,
+        raw.max(1),
+        class_counts(raw.argmax(1), reference.n_classes),
+        estimate_accuracy_cbpe(reference.probs),
+        observed,
+        emb,
+    )
 
 
 def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -242,7 +280,9 @@ def evaluate_stream(
     cfg = config or MonitorConfig()
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != reference.n_classes:
-        raise InputError(f"stream probabilities: expected N×{reference.n_classes} like the reference, found shape {p.shape}")
+        raise InputError(
+            f"stream probabilities: expected N×{reference.n_classes} like the reference, found shape {p.shape}"
+        )
     n = len(p)
     if windows is None:
         if cfg.window_seconds is not None:
@@ -271,7 +311,13 @@ def evaluate_stream(
         est_p = drop_p_value(prep.cbpe, est)
         mmd2 = mmd_p = None
         if use_mmd and embeddings is not None and prep.emb is not None:
-            res = mmd_test(prep.emb, np.asarray(embeddings)[idx], permutations=perms, max_rows=max(cfg.max_reference_rows, len(idx)), seed=cfg.seed + wi)
+            res = mmd_test(
+                prep.emb,
+                np.asarray(embeddings)[idx],
+                permutations=perms,
+                max_rows=max(cfg.max_reference_rows, len(idx)),
+                seed=cfg.seed + wi,
+            )
             mmd2, mmd_p = res.mmd2, res.p_value
             pvals.append((wi, "mmd", mmd_p))
         pvals.extend([(wi, "chi2", chi2_p), (wi, "confidence", ks_p), (wi, "estimated_drop", est_p)])
@@ -292,13 +338,31 @@ def evaluate_stream(
         if times is not None:
             tw = np.asarray(times, dtype=np.float64)[idx]
             t0, t1 = float(tw.min()), float(tw.max())
-        rows.append({
-            "index": wi, "start": int(np.min(idx)), "stop": int(np.max(idx)) + 1, "n": len(idx), "t_start": t0, "t_end": t1,
-            "mmd2": mmd2, "mmd_p": mmd_p, "psi": psi(prep.counts, counts), "chi2": chi2, "chi2_p": chi2_p,
-            "confidence_mean": float(conf.mean()), "confidence_ks": ks, "confidence_p": ks_p,
-            "estimated_accuracy": est.accuracy, "estimated_accuracy_se": est.se, "estimated_drop": prep.cbpe.accuracy - est.accuracy, "estimated_drop_p": est_p,
-            "accuracy": acc, "accuracy_n": acc_n, "accuracy_drop_p": acc_p,
-        })
+        rows.append(
+            {
+                "index": wi,
+                "start": int(np.min(idx)),
+                "stop": int(np.max(idx)) + 1,
+                "n": len(idx),
+                "t_start": t0,
+                "t_end": t1,
+                "mmd2": mmd2,
+                "mmd_p": mmd_p,
+                "psi": psi(prep.counts, counts),
+                "chi2": chi2,
+                "chi2_p": chi2_p,
+                "confidence_mean": float(conf.mean()),
+                "confidence_ks": ks,
+                "confidence_p": ks_p,
+                "estimated_accuracy": est.accuracy,
+                "estimated_accuracy_se": est.se,
+                "estimated_drop": prep.cbpe.accuracy - est.accuracy,
+                "estimated_drop_p": est_p,
+                "accuracy": acc,
+                "accuracy_n": acc_n,
+                "accuracy_drop_p": acc_p,
+            }
+        )
     adjusted = _holm([q for _, _, q in pvals])
     per_window: list[dict[str, float]] = [{} for _ in windows]
     for (wi, name, _), q in zip(pvals, adjusted, strict=True):
@@ -311,20 +375,44 @@ def evaluate_stream(
         if adj.get("mmd", 1.0) < cfg.alpha:
             reasons.append(f"embedding MMD² {row['mmd2']:.3g} (adjusted p {adj['mmd']:.2g})")
         if adj.get("chi2", 1.0) < cfg.alpha:
-            reasons.append(f"predicted-class distribution shift: PSI {row['psi']:.3f} (χ² adjusted p {adj['chi2']:.2g})")
+            reasons.append(
+                f"predicted-class distribution shift: PSI {row['psi']:.3f} (χ² adjusted p {adj['chi2']:.2g})"
+            )
         if adj.get("confidence", 1.0) < cfg.alpha:
-            reasons.append(f"confidence shift: mean {row['confidence_mean']:.3f} vs {float(prep.conf.mean()):.3f} (KS adjusted p {adj['confidence']:.2g})")
-        for key, drop in (("estimated_drop", row["estimated_drop"]), ("accuracy_drop", None if row["accuracy"] is None or prep.observed is None else prep.observed.accuracy - row["accuracy"])):
+            reasons.append(
+                f"confidence shift: mean {row['confidence_mean']:.3f} vs {float(prep.conf.mean()):.3f} (KS adjusted p {adj['confidence']:.2g})"
+            )
+        for key, drop in (
+            ("estimated_drop", row["estimated_drop"]),
+            (
+                "accuracy_drop",
+                None if row["accuracy"] is None or prep.observed is None else prep.observed.accuracy - row["accuracy"],
+            ),
+        ):
             if drop is None or adj.get(key, 1.0) >= cfg.alpha or drop <= cfg.warn_accuracy_drop:
                 continue
             label = "estimated accuracy (CBPE)" if key == "estimated_drop" else "observed accuracy (fed-back labels)"
             reasons.append(f"{label} down {drop:.1%} (adjusted p {adj[key]:.2g})")
             status = "fail" if drop > cfg.fail_accuracy_drop else ("warn" if status == "ok" else status)
         results.append(WindowResult(**row, adjusted=adj, drifted=drifted, status=status, reasons=tuple(reasons)))
-    return MonitorResult(windows=tuple(results), reference_estimated_accuracy=prep.cbpe.accuracy, reference_accuracy=None if prep.observed is None else prep.observed.accuracy, temperature=reference.temperature, config=cfg, permutations=perms)
+    return MonitorResult(
+        windows=tuple(results),
+        reference_estimated_accuracy=prep.cbpe.accuracy,
+        reference_accuracy=None if prep.observed is None else prep.observed.accuracy,
+        temperature=reference.temperature,
+        config=cfg,
+        permutations=perms,
+    )
 
 
-def evaluate_window(reference: Reference, probs: np.ndarray, *, embeddings: np.ndarray | None = None, labels: np.ndarray | None = None, config: MonitorConfig | None = None) -> WindowResult:
+def evaluate_window(
+    reference: Reference,
+    probs: np.ndarray,
+    *,
+    embeddings: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    config: MonitorConfig | None = None,
+) -> WindowResult:
     """One window on its own (the live server's per-window verdict; Holm over its tests only).
 
     Over many windows analysed one by one the false-alarm level is ``alpha`` *per window*;
@@ -335,7 +423,9 @@ def evaluate_window(reference: Reference, probs: np.ndarray, *, embeddings: np.n
     return res.windows[0]
 
 
-def alert_thresholds(reference: Reference, window: int, *, alpha: float = 0.01, resamples: int = 300, seed: int = 0) -> AlertThresholds:
+def alert_thresholds(
+    reference: Reference, window: int, *, alpha: float = 0.01, resamples: int = 300, seed: int = 0
+) -> AlertThresholds:
     """What a window of ``window`` rows shows by chance: bootstrap windows drawn from the reference.
 
     Returns the ``1 − alpha`` quantiles of PSI, of the estimated-accuracy drop and of the
@@ -363,4 +453,12 @@ def alert_thresholds(reference: Reference, window: int, *, alpha: float = 0.01, 
     se = math.sqrt(max(a * (1 - a), 1e-12) * (1.0 / window + 1.0 / n_ref))
     mdd = float((norm.ppf(1 - alpha) + norm.ppf(0.8)) * se)
     q = 1 - alpha
-    return AlertThresholds(window=window, alpha=alpha, psi=float(np.quantile(psis, q)), estimated_drop=float(np.quantile(drops, q)), confidence_drop=float(np.quantile(cdrops, q)), min_detectable_drop=mdd, resamples=resamples)
+    return AlertThresholds(
+        window=window,
+        alpha=alpha,
+        psi=float(np.quantile(psis, q)),
+        estimated_drop=float(np.quantile(drops, q)),
+        confidence_drop=float(np.quantile(cdrops, q)),
+        min_detectable_drop=mdd,
+        resamples=resamples,
+    )

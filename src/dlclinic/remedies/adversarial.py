@@ -46,12 +46,29 @@ class AdversarialParams:
             raise ConfigError(f"`0 <= clean_fraction < 1` must hold, but got clean_fraction={self.clean_fraction}")
 
 
-def adversarial_fit(model: Any, x: np.ndarray, y: np.ndarray, *, epsilon: float, lower: Any, upper: Any, scale: Any, method: str = "fgsm_rs", epochs: int = 10, steps: int = 5, clean_fraction: float = 0.3, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: Any = None) -> Any:
+def adversarial_fit(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epsilon: float,
+    lower: Any,
+    upper: Any,
+    scale: Any,
+    method: str = "fgsm_rs",
+    epochs: int = 10,
+    steps: int = 5,
+    clean_fraction: float = 0.3,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: Any = None,
+) -> Any:
     """Train ``model`` (in place; pass a fresh one) on adversarial examples; returns it in eval mode."""
     import torch
     from torch import nn
 
-    from dlclinic.remedies.fit import _prepare_inputs, seed_everything
+    from dlclinic.core.recipe import _prepare_inputs, seed_everything
 
     seed_everything(seed)
     _prepare_inputs(model, x)
@@ -79,7 +96,7 @@ def adversarial_fit(model: Any, x: np.ndarray, y: np.ndarray, *, epsilon: float,
         model.train(was)
         return torch.clamp(xb + delta.detach(), lo, hi)
 
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(perm), batch_size):
@@ -104,12 +121,14 @@ def adversarial_fit(model: Any, x: np.ndarray, y: np.ndarray, *, epsilon: float,
 def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome:
     """Adversarially train a fresh model of the case's architecture and re-measure robustness."""
     from dlclinic.checks.ethics_security import SecurityOptions, input_bounds
+    from dlclinic.core.recipe import seed_everything
     from dlclinic.core.results import Treatment
-    from dlclinic.remedies.fit import seed_everything
 
     case = ctx.case
     if case.model_factory is None:
-        raise ConfigError("treat ethics.security retrains the model, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat ethics.security retrains the model, so it needs the architecture: pass --model file.py:factory"
+        )
     test = case.get("test")
     if test is None or not test.labelled:
         raise ConfigError("treat ethics.security needs a labelled test split to measure robust accuracy (pass --test)")
@@ -121,8 +140,28 @@ def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome
     epochs = params.epochs or ctx.fit_config.epochs
     with ctx.progress.step(f"adversarial training ({params.method}, ε={eps:g})", total=epochs) as advance:
         seed_everything(ctx.fit_config.seed)
-        model = adversarial_fit(case.model_factory(), np.nan_to_num(case.train.x), case.train.y, epsilon=eps, lower=lo, upper=hi, scale=scale, method=params.method, epochs=epochs, steps=params.steps, clean_fraction=params.clean_fraction, batch_size=ctx.fit_config.batch_size, lr=params.lr or ctx.fit_config.lr, seed=ctx.fit_config.seed, progress=advance)
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, adversarially trained ({params.method}, ε={eps:g})")
+        model = adversarial_fit(
+            case.model_factory(),
+            np.nan_to_num(case.train.x),
+            case.train.y,
+            epsilon=eps,
+            lower=lo,
+            upper=hi,
+            scale=scale,
+            method=params.method,
+            epochs=epochs,
+            steps=params.steps,
+            clean_fraction=params.clean_fraction,
+            batch_size=ctx.fit_config.batch_size,
+            lr=params.lr or ctx.fit_config.lr,
+            seed=ctx.fit_config.seed,
+            progress=advance,
+        )
+    treated = dataclasses.replace(
+        case,
+        model=model,
+        model_source=f"{case.model_source.replace(', from cache', '')}, adversarially trained ({params.method}, ε={eps:g})",
+    )
     after = ctx.measure(treated)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
@@ -130,7 +169,13 @@ def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome
 
         artifacts["model"] = str(write_weights(model, ctx.out_dir / "robust_model.safetensors"))
     rb, ra = before[ctx.challenge_id], after[ctx.challenge_id]
-    keys = ("clean_accuracy", "robust_accuracy", "robust_accuracy_fgsm", "robust_accuracy_pgd_l2", "attack_success_rate")
+    keys = (
+        "clean_accuracy",
+        "robust_accuracy",
+        "robust_accuracy_fgsm",
+        "robust_accuracy_pgd_l2",
+        "attack_success_rate",
+    )
     # the check measures at its own ε of interest; also measure both models at the training ε
     from dlclinic.checks.ethics_security import _sample
     from dlclinic.functional.attacks import attack
@@ -141,13 +186,32 @@ def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome
     xs, ys = np.nan_to_num(test.x[rows]), test.y[rows]
     at_eps = {}
     for name, m in (("before", case.model), ("after", model)):
-        res = attack(m, xs, ys, method="pgd_linf", epsilon=eps, lower=lo, upper=hi, scale=scale, steps=max(opts.steps, 10), seed=opts.seed)
+        res = attack(
+            m,
+            xs,
+            ys,
+            method="pgd_linf",
+            epsilon=eps,
+            lower=lo,
+            upper=hi,
+            scale=scale,
+            steps=max(opts.steps, 10),
+            seed=opts.seed,
+        )
         at_eps[name] = (res.clean_accuracy, res.robust_accuracy)
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"adversarial training ({'FGSM with random start' if params.method == 'fgsm_rs' else f'PGD-L∞, {params.steps} steps'}, ε={eps:g}, {epochs} epochs, {params.clean_fraction:.0%} clean rows per batch)",
-        before={"robust_accuracy_at_training_eps": at_eps["before"][1], "clean_accuracy_sample": at_eps["before"][0], **{f"check_{k}": rb.metrics.get(k) for k in keys}},
-        after={"robust_accuracy_at_training_eps": at_eps["after"][1], "clean_accuracy_sample": at_eps["after"][0], **{f"check_{k}": ra.metrics.get(k) for k in keys}},
+        before={
+            "robust_accuracy_at_training_eps": at_eps["before"][1],
+            "clean_accuracy_sample": at_eps["before"][0],
+            **{f"check_{k}": rb.metrics.get(k) for k in keys},
+        },
+        after={
+            "robust_accuracy_at_training_eps": at_eps["after"][1],
+            "clean_accuracy_sample": at_eps["after"][0],
+            **{f"check_{k}": ra.metrics.get(k) for k in keys},
+        },
         before_status=rb.status,
         after_status=ra.status,
         artifacts=artifacts,
@@ -159,4 +223,9 @@ def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id="ethics.security", params=AdversarialParams, run=treat_security, description="Adversarial training (FGSM with random start, or PGD); robust accuracy before/after.")
+REMEDY = RemedySpec(
+    id="ethics.security",
+    params=AdversarialParams,
+    run=treat_security,
+    description="Adversarial training (FGSM with random start, or PGD); robust accuracy before/after.",
+)

@@ -74,10 +74,19 @@ def plan_cleaning(n_train: int, result: CheckResult, *, mode: str = "drop", n_te
             leaks = np.array(sorted(int(i) for i in f.indices if i < n_test), dtype=np.int64)
     keep = np.setdiff1d(np.arange(n_train), np.fromiter(drop, dtype=np.int64, count=len(drop)))
     relabel = {i: s for i, s in relabel.items() if i not in drop}
-    return CleaningPlan(keep=keep, relabel=relabel, dropped_label_issues=n_issue if mode == "drop" else 0, dropped_duplicates=n_dup, dropped_nonfinite=n_nonfinite, test_leaks=leaks)
+    return CleaningPlan(
+        keep=keep,
+        relabel=relabel,
+        dropped_label_issues=n_issue if mode == "drop" else 0,
+        dropped_duplicates=n_dup,
+        dropped_nonfinite=n_nonfinite,
+        test_leaks=leaks,
+    )
 
 
-def paired_accuracy_ci(correct_before: np.ndarray, correct_after: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def paired_accuracy_ci(
+    correct_before: np.ndarray, correct_after: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``mean(after) − mean(before)`` over paired test rows."""
     rng = np.random.default_rng(seed)
     diff = np.asarray(correct_after, dtype=np.float64) - np.asarray(correct_before, dtype=np.float64)
@@ -93,7 +102,9 @@ def _atomic_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_cleaning_artifacts(out_dir: Path, plan: CleaningPlan, cleaned_labels: np.ndarray, eval_rows: np.ndarray, model: Any) -> dict[str, str]:
+def write_cleaning_artifacts(
+    out_dir: Path, plan: CleaningPlan, cleaned_labels: np.ndarray, eval_rows: np.ndarray, model: Any
+) -> dict[str, str]:
     """Write the kept train rows (with labels), the kept test rows and the retrained weights."""
     rows = out_dir / "cleaned_train_rows.csv"
     _atomic_text(rows, "row,label\n" + "".join(f"{int(o)},{int(cleaned_labels[n])}\n" for n, o in enumerate(plan.keep)))

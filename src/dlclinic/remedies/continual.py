@@ -36,7 +36,9 @@ class ForgettingParams:
 
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad or not self.strategies:
-            raise ValueError(f"strategies must be among {', '.join(STRATEGIES)}, but got {', '.join(self.strategies) or '(none)'}")
+            raise ValueError(
+                f"strategies must be among {', '.join(STRATEGIES)}, but got {', '.join(self.strategies) or '(none)'}"
+            )
         if self.seeds < 1 or self.memory < 0:
             raise ValueError(f"expected seeds >= 1 and memory >= 0, but got seeds={self.seeds}, memory={self.memory}")
 
@@ -49,7 +51,9 @@ def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcom
 
     case = ctx.case
     if case.model_factory is None:
-        raise ConfigError("treat optimization.forgetting trains the architecture through a task sequence: pass --model file.py:factory")
+        raise ConfigError(
+            "treat optimization.forgetting trains the architecture through a task sequence: pass --model file.py:factory"
+        )
     before = ctx.measure(case)
     options = ForgettingOptions(memory=params.memory, epochs=params.epochs, max_rows_per_task=params.max_rows_per_task)
     runs: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -64,25 +68,63 @@ def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcom
     best = max(candidates, key=lambda s: (summary[s][0], summary[s][1]))
     before_res = result_from_arrays(runs["naive"][0], options, "naive")
     after_res = result_from_arrays(runs[best][0], options, best)
-    after = dataclasses.replace(before, challenges=tuple(after_res if r.id == ctx.challenge_id else r for r in before.challenges))
+    after = dataclasses.replace(
+        before, challenges=tuple(after_res if r.id == ctx.challenge_id else r for r in before.challenges)
+    )
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        payload = {s: {"seeds": [{"matrix": r["matrix"].tolist(), "average_accuracy": float(r["summary"][0]), "bwt": float(r["summary"][1]), "forgetting": float(r["summary"][2])} for r in rs]} for s, rs in runs.items()}
-        artifacts["comparison"] = str(write_json(ctx.out_dir / "continual_comparison.json", {"best": best, "memory": params.memory, "strategies": payload}))
+        payload = {
+            s: {
+                "seeds": [
+                    {
+                        "matrix": r["matrix"].tolist(),
+                        "average_accuracy": float(r["summary"][0]),
+                        "bwt": float(r["summary"][1]),
+                        "forgetting": float(r["summary"][2]),
+                    }
+                    for r in rs
+                ]
+            }
+            for s, rs in runs.items()
+        }
+        artifacts["comparison"] = str(
+            write_json(
+                ctx.out_dir / "continual_comparison.json",
+                {"best": best, "memory": params.memory, "strategies": payload},
+            )
+        )
     n = params.seeds
     table = "; ".join(f"{s}: avg acc {summary[s][0]:.1%}, BWT {summary[s][1]:+.1%}" for s in strategies)
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"train the task sequence with {best} (best of {', '.join(candidates)} within a memory of {params.memory} samples) instead of naive fine-tuning",
-        before={"average_accuracy": float(summary["naive"][0]), "bwt": float(summary["naive"][1]), "forgetting": float(summary["naive"][2])},
-        after={"average_accuracy": float(summary[best][0]), "bwt": float(summary[best][1]), "forgetting": float(summary[best][2])},
+        before={
+            "average_accuracy": float(summary["naive"][0]),
+            "bwt": float(summary["naive"][1]),
+            "forgetting": float(summary["naive"][2]),
+        },
+        after={
+            "average_accuracy": float(summary[best][0]),
+            "bwt": float(summary[best][1]),
+            "forgetting": float(summary[best][2]),
+        },
         before_status=before_res.status,
         after_status=after_res.status,
         artifacts=artifacts,
-        notes=(f"means over {n} seed(s) on the same split-class sequence as the check: {table}", "the winner is chosen by final average accuracy; BWT is reported (a model that never learns new tasks has BWT near 0 too)"),
+        notes=(
+            f"means over {n} seed(s) on the same split-class sequence as the check: {table}",
+            "the winner is chosen by final average accuracy; BWT is reported (a model that never learns new tasks has BWT near 0 too)",
+        ),
     )
-    before_report = dataclasses.replace(before, challenges=tuple(before_res if r.id == ctx.challenge_id else r for r in before.challenges))
+    before_report = dataclasses.replace(
+        before, challenges=tuple(before_res if r.id == ctx.challenge_id else r for r in before.challenges)
+    )
     return TreatOutcome(treatment, before_report, after)
 
 
-REMEDY = RemedySpec(id="optimization.forgetting", params=ForgettingParams, run=treat_forgetting, description="Compare experience replay, EWC and LwF with naive fine-tuning on the task sequence; keep the best within the memory budget.")
+REMEDY = RemedySpec(
+    id="optimization.forgetting",
+    params=ForgettingParams,
+    run=treat_forgetting,
+    description="Compare experience replay, EWC and LwF with naive fine-tuning on the task sequence; keep the best within the memory budget.",
+)

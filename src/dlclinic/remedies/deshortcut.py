@@ -32,7 +32,9 @@ class DeshortcutParams:
 
     def __post_init__(self) -> None:
         if not self.suspect_region and not self.suspect_feature:
-            raise ConfigError("treat model.interpretability: expected --option suspect_region=r0:r1,c0:c1 (images) or suspect_feature=NAME_OR_INDEX (tables), found neither")
+            raise ConfigError(
+                "treat model.interpretability: expected --option suspect_region=r0:r1,c0:c1 (images) or suspect_feature=NAME_OR_INDEX (tables), found neither"
+            )
 
 
 def treat_shortcut(ctx: TreatContext, params: DeshortcutParams) -> TreatOutcome:
@@ -45,18 +47,32 @@ def treat_shortcut(ctx: TreatContext, params: DeshortcutParams) -> TreatOutcome:
 
     case = ctx.case
     if ctx.retrain is None:
-        raise ConfigError("treat model.interpretability retrains the model, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat model.interpretability retrains the model, so it needs the architecture: pass --model file.py:factory"
+        )
     test = case.get("test")
     if test is None or not test.labelled:
         raise ConfigError("treat model.interpretability verifies on a labelled test split; pass --test")
     options = {k: v for k, v in dataclasses.asdict(params).items() if v}
     try:
-        mask = parse_region(str(params.suspect_region), case.input_shape) if params.suspect_region else _feature_mask(str(params.suspect_feature), case)
+        mask = (
+            parse_region(str(params.suspect_region), case.input_shape)
+            if params.suspect_region
+            else _feature_mask(str(params.suspect_feature), case)
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
     def measure(c: object) -> dlclinic.Report:
-        return dlclinic.checkup(c, only=[CID], options={CID: options}, evidence_config=ctx.evidence_config, fit_config=ctx.fit_config, cache_dir=ctx.cache_dir, progress=ctx.progress)  # type: ignore[arg-type]
+        return dlclinic.checkup(
+            c,
+            only=[CID],
+            options={CID: options},
+            evidence_config=ctx.evidence_config,
+            fit_config=ctx.fit_config,
+            cache_dir=ctx.cache_dir,
+            progress=ctx.progress,
+        )  # type: ignore[arg-type]
 
     before = measure(case)
     x = np.asarray(case.train.x)
@@ -66,7 +82,12 @@ def treat_shortcut(ctx: TreatContext, params: DeshortcutParams) -> TreatOutcome:
         model = ctx.retrain(masked, case.train.y, ctx.fit_config.seed)
         advance(1)
     train = dataclasses.replace(case.train, x=masked)
-    treated = dataclasses.replace(case, splits={**case.splits, "train": train}, model=model, model_source=f"{case.model_source}, retrained with the named shortcut blanked")
+    treated = dataclasses.replace(
+        case,
+        splits={**case.splits, "train": train},
+        model=model,
+        model_source=f"{case.model_source}, retrained with the named shortcut blanked",
+    )
     after = measure(treated)
     y = np.asarray(test.y)
     blanked = np.where(np.broadcast_to(mask, test.x.shape), fill, test.x).astype(test.x.dtype, copy=False)
@@ -78,13 +99,30 @@ def treat_shortcut(ctx: TreatContext, params: DeshortcutParams) -> TreatOutcome:
     treatment = Treatment(
         challenge_id=CID,
         action=f"set {params.suspect_region or params.suspect_feature} to its train median ({fill:.3g}) in every training input and retrained with the same recipe and seed",
-        before={"shortcut_enrichment": b.metrics.get("shortcut_enrichment"), "shortcut_flip_rate": b.metrics.get("shortcut_flip_rate"), "test_accuracy": acc(case.model, test.x), "test_accuracy_region_blanked": acc(case.model, blanked)},
-        after={"shortcut_enrichment": a.metrics.get("shortcut_enrichment"), "shortcut_flip_rate": a.metrics.get("shortcut_flip_rate"), "test_accuracy": acc(model, test.x), "test_accuracy_region_blanked": acc(model, blanked)},
+        before={
+            "shortcut_enrichment": b.metrics.get("shortcut_enrichment"),
+            "shortcut_flip_rate": b.metrics.get("shortcut_flip_rate"),
+            "test_accuracy": acc(case.model, test.x),
+            "test_accuracy_region_blanked": acc(case.model, blanked),
+        },
+        after={
+            "shortcut_enrichment": a.metrics.get("shortcut_enrichment"),
+            "shortcut_flip_rate": a.metrics.get("shortcut_flip_rate"),
+            "test_accuracy": acc(model, test.x),
+            "test_accuracy_region_blanked": acc(model, blanked),
+        },
         before_status=b.status,
         after_status=a.status,
-        notes=("test accuracy with the region blanked is what the model scores when the shortcut is absent; a shortcut model loses most there",),
+        notes=(
+            "test accuracy with the region blanked is what the model scores when the shortcut is absent; a shortcut model loses most there",
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id=CID, params=DeshortcutParams, run=treat_shortcut, description="Blank the named shortcut region/feature in train, retrain, verify the attribution enrichment and flip rate fell.")
+REMEDY = RemedySpec(
+    id=CID,
+    params=DeshortcutParams,
+    run=treat_shortcut,
+    description="Blank the named shortcut region/feature in train, retrain, verify the attribution enrichment and flip rate fell.",
+)

@@ -72,7 +72,11 @@ def drifted_rows(windows: list[dict[str, Any]], positions: np.ndarray | None = N
 
 def _spans(windows: list[dict[str, Any]], positions: np.ndarray) -> list[tuple[int, int]]:
     """The stream positions ``[first, last]`` each drifted window covers."""
-    return [(int(positions[int(w["start"])]), int(positions[int(w["stop"]) - 1])) for w in windows if w.get("status") != "ok"]
+    return [
+        (int(positions[int(w["start"])]), int(positions[int(w["stop"]) - 1]))
+        for w in windows
+        if w.get("status") != "ok"
+    ]
 
 
 def _nll(probs: np.ndarray, y: np.ndarray) -> float:
@@ -93,7 +97,9 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     case = ctx.case
     deploy = case.get("deploy")
     if deploy is None:
-        raise ConfigError("treat deployment.drift needs the deploy split the check windows (pass --deploy, rows in time order)")
+        raise ConfigError(
+            "treat deployment.drift needs the deploy split the check windows (pass --deploy, rows in time order)"
+        )
     before = ctx.measure(case)
     res = before[ctx.challenge_id]
     windows = list(res.details.get("windows", [])) if isinstance(res.details, dict) else []
@@ -103,16 +109,33 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     if mode == "auto":
         mode = "trigger" if not labelled else ("retrain" if ctx.retrain is not None else "recalibrate")
     if mode in ("retrain", "recalibrate") and not labelled:
-        raise ConfigError(f"treat deployment.drift --option mode={mode} needs labels for the deploy rows (a y column or --deploy-labels); mode=trigger writes the rows to label")
+        raise ConfigError(
+            f"treat deployment.drift --option mode={mode} needs labels for the deploy rows (a y column or --deploy-labels); mode=trigger writes the rows to label"
+        )
     if mode == "retrain" and ctx.retrain is None:
-        raise ConfigError("treat deployment.drift --option mode=retrain retrains the model, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat deployment.drift --option mode=retrain retrains the model, so it needs the architecture: pass --model file.py:factory"
+        )
 
-    drifted = [{"window": int(w["index"]), "rows": [int(w["start"]), int(w["stop"]) - 1], "status": w["status"], "reasons": list(w.get("reasons", []))} for w in windows if w.get("status") != "ok"]
+    drifted = [
+        {
+            "window": int(w["index"]),
+            "rows": [int(w["start"]), int(w["stop"]) - 1],
+            "status": w["status"],
+            "reasons": list(w.get("reasons", [])),
+        }
+        for w in windows
+        if w.get("status") != "ok"
+    ]
     trigger: dict[str, Any] = {
         "status": res.status,
         "drifted_windows": drifted,
         "rows_to_label": int(len(rows)),
-        "action": {"trigger": "label these rows, then retrain on train + them", "recalibrate": "temperature refitted on the drifted rows", "retrain": "retrained on train + half of the drifted rows"}[mode],
+        "action": {
+            "trigger": "label these rows, then retrain on train + them",
+            "recalibrate": "temperature refitted on the drifted rows",
+            "retrain": "retrained on train + half of the drifted rows",
+        }[mode],
     }
     before_m: dict[str, float | int | None] = {"drifted_windows": len(drifted), "drifted_rows": int(len(rows))}
     after_m: dict[str, float | int | None] = dict(before_m)
@@ -136,16 +159,25 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
         adapt = drifted_rows(chosen_windows, adapt_pos)
         spans = _spans(chosen_windows, adapt_pos)
         held = np.array([i for i in eval_pos if any(a <= i <= b for a, b in spans)], dtype=np.int64)
-        notes.append(f"windows chosen on {len(adapt_pos)} of the {n} deploy rows ({chosen.status}: {len(spans)} drifted); the other {len(eval_pos)} rows only verify")
+        notes.append(
+            f"windows chosen on {len(adapt_pos)} of the {n} deploy rows ({chosen.status}: {len(spans)} drifted); the other {len(eval_pos)} rows only verify"
+        )
         if min(len(adapt), len(held)) < 10:
-            raise ConfigError(f"treat deployment.drift: the windows chosen on the adapt rows leave {len(adapt)} drifted rows to adapt and {len(held)} to verify; expected at least 10 of each (more deploy rows, or a smaller --option window=)")
+            raise ConfigError(
+                f"treat deployment.drift: the windows chosen on the adapt rows leave {len(adapt)} drifted rows to adapt and {len(held)} to verify; expected at least 10 of each (more deploy rows, or a smaller --option window=)"
+            )
         x = np.nan_to_num(deploy.x)
         logits_old = predict_logits(case.model, x[np.concatenate([adapt, held])])
         la, lh = logits_old[: len(adapt)], logits_old[len(adapt) :]
         y_h = y[held]
         t = fit_temperature(la, y[adapt])
         p_old, p_cal = softmax(lh), softmax(lh, t)
-        before_m.update(eval_rows=len(held), eval_accuracy=float((p_old.argmax(1) == y_h).mean()), eval_nll=_nll(p_old, y_h), eval_ece=estimate_ece(p_old, y_h))
+        before_m.update(
+            eval_rows=len(held),
+            eval_accuracy=float((p_old.argmax(1) == y_h).mean()),
+            eval_nll=_nll(p_old, y_h),
+            eval_ece=estimate_ece(p_old, y_h),
+        )
         after_m.update(eval_rows=len(held), temperature=t, eval_nll=_nll(p_cal, y_h), eval_ece=estimate_ece(p_cal, y_h))
         model = TemperatureScaled(case.model, t)
         action = f"recalibrate: temperature {t:.3g} fitted on {len(adapt)} drifted adapt rows, verified on {len(held)} drifted evaluation rows"
@@ -159,27 +191,58 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
                 advance(1)
             test = case.get("test")
             # recalibrate the retrained model on the held-out reference (its own confidences)
-            t_new = fit_temperature(predict_logits(retrained, np.nan_to_num(test.x)), test.y) if test is not None and test.y is not None else 1.0
+            t_new = (
+                fit_temperature(predict_logits(retrained, np.nan_to_num(test.x)), test.y)
+                if test is not None and test.y is not None
+                else 1.0
+            )
             lh_new = predict_logits(retrained, x[held])
             p_new = softmax(lh_new, t_new)
             ok_old, ok_new = p_old.argmax(1) == y_h, p_new.argmax(1) == y_h
             low, high = paired_accuracy_ci(ok_old, ok_new)
             mc = mcnemar_test(ok_new, ok_old)
-            after_m.update(eval_accuracy=float(ok_new.mean()), eval_nll=_nll(p_new, y_h), eval_ece=estimate_ece(p_new, y_h), temperature=t_new, accuracy_gain_ci_low=low, accuracy_gain_ci_high=high, mcnemar_p=mc.p_exact, train_rows=len(y_fit))
+            after_m.update(
+                eval_accuracy=float(ok_new.mean()),
+                eval_nll=_nll(p_new, y_h),
+                eval_ece=estimate_ece(p_new, y_h),
+                temperature=t_new,
+                accuracy_gain_ci_low=low,
+                accuracy_gain_ci_high=high,
+                mcnemar_p=mc.p_exact,
+                train_rows=len(y_fit),
+            )
             before_m["train_rows"] = len(case.train)
             model = TemperatureScaled(retrained, t_new)
             action = f"retrain on train + {len(adapt)} drifted adapt rows (same recipe and seed), temperature refitted on test; verified on {len(held)} drifted evaluation rows"
-            notes.append(f"on the {len(held)} drifted evaluation rows, accuracy {before_m['eval_accuracy']:.1%} → {after_m['eval_accuracy']:.1%} (paired 95 % CI of the gain [{low:+.3f}, {high:+.3f}], exact McNemar p={mc.p_exact:.2g})")
+            notes.append(
+                f"on the {len(held)} drifted evaluation rows, accuracy {before_m['eval_accuracy']:.1%} → {after_m['eval_accuracy']:.1%} (paired 95 % CI of the gain [{low:+.3f}, {high:+.3f}], exact McNemar p={mc.p_exact:.2g})"
+            )
         else:
-            notes.append(f"on the {len(held)} drifted evaluation rows, NLL {before_m['eval_nll']:.3f} → {after_m['eval_nll']:.3f} and ECE {before_m['eval_ece']:.3f} → {after_m['eval_ece']:.3f}; the predicted classes are unchanged (temperature only rescales confidences)")
-        notes.append("the re-measured drift check sees the treated model on the whole deploy stream, adapt rows included; the evaluation rows above (never used to choose windows or to train) are the verification. Input drift is a property of the data and can persist after a successful treatment")
+            notes.append(
+                f"on the {len(held)} drifted evaluation rows, NLL {before_m['eval_nll']:.3f} → {after_m['eval_nll']:.3f} and ECE {before_m['eval_ece']:.3f} → {after_m['eval_ece']:.3f}; the predicted classes are unchanged (temperature only rescales confidences)"
+            )
+        notes.append(
+            "the re-measured drift check sees the treated model on the whole deploy stream, adapt rows included; the evaluation rows above (never used to choose windows or to train) are the verification. Input drift is a property of the data and can persist after a successful treatment"
+        )
     else:
-        notes.append("no labels for the deploy rows: label the rows listed in drift_trigger.json, then run `dlclinic treat deployment.drift` again to retrain on them")
+        notes.append(
+            "no labels for the deploy rows: label the rows listed in drift_trigger.json, then run `dlclinic treat deployment.drift` again to retrain on them"
+        )
 
-    treated = case if model is case.model else dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, {mode} on drifted windows")
+    treated = (
+        case
+        if model is case.model
+        else dataclasses.replace(
+            case,
+            model=model,
+            model_source=f"{case.model_source.replace(', from cache', '')}, {mode} on drifted windows",
+        )
+    )
     after = before if treated is case else ctx.measure(treated)
     if ctx.out_dir is not None:
-        artifacts["trigger"] = str(write_json(ctx.out_dir / "drift_trigger.json", {**trigger, "rows": [int(i) for i in rows]}))
+        artifacts["trigger"] = str(
+            write_json(ctx.out_dir / "drift_trigger.json", {**trigger, "rows": [int(i) for i in rows]})
+        )
         if model is not case.model:
             artifacts["model"] = str(write_weights(model, ctx.out_dir / "model_treated.safetensors"))
     treatment = Treatment(
@@ -195,4 +258,9 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id="deployment.drift", params=DriftParams, run=treat_drift, description="Retraining trigger for the drifted windows; recalibration and retraining on half of their labelled rows, verified on the other half.")
+REMEDY = RemedySpec(
+    id="deployment.drift",
+    params=DriftParams,
+    run=treat_drift,
+    description="Retraining trigger for the drifted windows; recalibration and retraining on half of their labelled rows, verified on the other half.",
+)

@@ -42,7 +42,9 @@ class FairnessParams:
         if self.method not in ("auto", "threshold", "reweight"):
             raise ConfigError(f"method must be 'auto', 'threshold' or 'reweight', but got {self.method!r}")
         if self.constraint not in ("equalized_odds", "demographic_parity", "true_positive_rate_parity"):
-            raise ConfigError(f"constraint must be equalized_odds, demographic_parity or true_positive_rate_parity, but got {self.constraint!r}")
+            raise ConfigError(
+                f"constraint must be equalized_odds, demographic_parity or true_positive_rate_parity, but got {self.constraint!r}"
+            )
 
 
 def group_balanced_weights(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -89,13 +91,17 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
     if test is None or test.y is None or test.groups is None:
         raise ConfigError("treat ethics.fairness needs a labelled test split with groups (pass --test and --group-col)")
     if case.train.groups is None and params.method == "reweight":
-        raise ConfigError("treat ethics.fairness --option method=reweight needs groups on the train split too (--group-col)")
+        raise ConfigError(
+            "treat ethics.fairness --option method=reweight needs groups on the train split too (--group-col)"
+        )
     method = params.method
     binary = case.n_classes == 2 or params.positive_class is not None
     if method == "auto":
         method = "threshold" if binary else ("reweight" if case.train.groups is not None else "threshold")
     if method == "threshold" and not binary:
-        raise ConfigError(f"ThresholdOptimizer is binary: for {case.n_classes} classes pass --option positive_class=K (one-vs-rest) or --option method=reweight")
+        raise ConfigError(
+            f"ThresholdOptimizer is binary: for {case.n_classes} classes pass --option positive_class=K (one-vs-rest) or --option method=reweight"
+        )
     before = ctx.measure(case)
     opts = FairnessOptions(positive_class=params.positive_class, seed=params.seed)
     rng = np.random.default_rng(params.seed)
@@ -121,9 +127,17 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
         probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         score = probs[:, pos : pos + 1]
         y_bin = (test.y == pos).astype(int)
-        opt = ThresholdOptimizer(estimator=_score_estimator(), constraints=params.constraint, objective="balanced_accuracy_score" if params.constraint != "demographic_parity" else "accuracy_score", prefit=True, predict_method="predict_proba")
+        opt = ThresholdOptimizer(
+            estimator=_score_estimator(),
+            constraints=params.constraint,
+            objective="balanced_accuracy_score" if params.constraint != "demographic_parity" else "accuracy_score",
+            prefit=True,
+            predict_method="predict_proba",
+        )
         opt.fit(score[fit_idx], y_bin[fit_idx], sensitive_features=test.groups[fit_idx].astype(str))
-        is_pos = np.asarray(opt.predict(score[eval_idx], sensitive_features=g_eval.astype(str), random_state=params.seed)).astype(bool)
+        is_pos = np.asarray(
+            opt.predict(score[eval_idx], sensitive_features=g_eval.astype(str), random_state=params.seed)
+        ).astype(bool)
         if case.n_classes == 2:
             pred_after = np.where(is_pos, pos, 1 - pos)
         else:
@@ -131,40 +145,77 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
             others[:, pos] = -np.inf
             pred_after = np.where(is_pos, pos, others.argmax(1))
         action = f"fairlearn ThresholdOptimizer ({params.constraint}) on the model's class-{pos} probability, per-group thresholds fitted on {len(fit_idx)} test rows"
-        notes.append(f"thresholds were fitted on half of the test split ({len(fit_idx)} rows) and every before/after number is measured on the other half ({len(eval_idx)} rows)")
-        notes.append("ThresholdOptimizer predictions are randomised between two thresholds for some groups (seeded); deploy it with the group attribute at prediction time")
+        notes.append(
+            f"thresholds were fitted on half of the test split ({len(fit_idx)} rows) and every before/after number is measured on the other half ({len(eval_idx)} rows)"
+        )
+        notes.append(
+            "ThresholdOptimizer predictions are randomised between two thresholds for some groups (seeded); deploy it with the group attribute at prediction time"
+        )
         treated_model = case.model
     else:
-        from dlclinic.remedies.fit import fit, seed_everything
+        from dlclinic.core.recipe import fit, seed_everything
 
         factory = case.model_factory
         if factory is None or case.train.y is None or case.train.groups is None:
-            raise ConfigError("treat ethics.fairness --option method=reweight retrains the model: pass --model file.py:factory and groups on train")
+            raise ConfigError(
+                "treat ethics.fairness --option method=reweight retrains the model: pass --model file.py:factory and groups on train"
+            )
         weights = group_balanced_weights(case.train.groups, case.train.y)
         with ctx.progress.step("retraining with group-balanced weights", total=2) as advance:
             seed_everything(ctx.fit_config.seed)
-            reference = case.model if case.metadata.get("dlclinic_baseline") else fit(factory(), np.nan_to_num(case.train.x), case.train.y, ctx.fit_config).model
+            reference = (
+                case.model
+                if case.metadata.get("dlclinic_baseline")
+                else fit(factory(), np.nan_to_num(case.train.x), case.train.y, ctx.fit_config).model
+            )
             advance(1)
             seed_everything(ctx.fit_config.seed)
-            treated_model = fit(factory(), np.nan_to_num(case.train.x), case.train.y, ctx.fit_config, sample_weight=weights).model
+            treated_model = fit(
+                factory(), np.nan_to_num(case.train.x), case.train.y, ctx.fit_config, sample_weight=weights
+            ).model
             advance(1)
         pred_before = predict_logits(reference, np.nan_to_num(test.x)).argmax(1)
         pred_after = predict_logits(treated_model, np.nan_to_num(test.x[eval_idx])).argmax(1)
         action = f"retrain with group-balanced sample weights 1/n(group, class) (weights {weights.min():.2f}–{weights.max():.2f}), same recipe and seed"
-        notes.append(f"before and after are models trained with the same recipe and seed, compared on the same {len(eval_idx)} held-out test rows")
+        notes.append(
+            f"before and after are models trained with the same recipe and seed, compared on the same {len(eval_idx)} held-out test rows"
+        )
         if ctx.out_dir is not None:
             from dlclinic.core.atomic import write_weights
 
             artifacts["model"] = str(write_weights(treated_model, ctx.out_dir / "fair_model.safetensors"))
     res_before = assess_fairness(case, y_eval, pred_before[eval_idx], g_eval, opts, split="test (held-out half)")
-    res_after = assess_fairness(case, y_eval, pred_after, g_eval, opts, split="test (held-out half)", what="treated model")
+    res_after = assess_fairness(
+        case, y_eval, pred_after, g_eval, opts, split="test (held-out half)", what="treated model"
+    )
     acc_b, acc_a = float((pred_before[eval_idx] == y_eval).mean()), float((pred_after == y_eval).mean())
-    after_case = dataclasses.replace(case, model=treated_model, model_source=f"{case.model_source}, {method}") if method == "reweight" else case
-    after = ctx.measure(after_case) if method == "reweight" else dataclasses.replace(before, challenges=tuple(res_after if r.id == ctx.challenge_id else r for r in before.challenges))
+    after_case = (
+        dataclasses.replace(case, model=treated_model, model_source=f"{case.model_source}, {method}")
+        if method == "reweight"
+        else case
+    )
+    after = (
+        ctx.measure(after_case)
+        if method == "reweight"
+        else dataclasses.replace(
+            before, challenges=tuple(res_after if r.id == ctx.challenge_id else r for r in before.challenges)
+        )
+    )
     if ctx.out_dir is not None:
         from dlclinic.core.atomic import write_json
 
-        artifacts["before_after"] = str(write_json(ctx.out_dir / "fairness_before_after.json", {"method": method, "eval_rows": eval_idx.tolist(), "before": res_before.to_dict(), "after": res_after.to_dict()}, indent=1))
+        artifacts["before_after"] = str(
+            write_json(
+                ctx.out_dir / "fairness_before_after.json",
+                {
+                    "method": method,
+                    "eval_rows": eval_idx.tolist(),
+                    "before": res_before.to_dict(),
+                    "after": res_after.to_dict(),
+                },
+                indent=1,
+            )
+        )
     keys = ("accuracy_gap", "equalized_odds_difference", "demographic_parity_difference", "worst_group_accuracy")
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
@@ -179,4 +230,9 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id="ethics.fairness", params=FairnessParams, run=treat_fairness, description="Per-group thresholds (fairlearn ThresholdOptimizer) or group-balanced retraining; disparities and accuracy before/after.")
+REMEDY = RemedySpec(
+    id="ethics.fairness",
+    params=FairnessParams,
+    run=treat_fairness,
+    description="Per-group thresholds (fairlearn ThresholdOptimizer) or group-balanced retraining; disparities and accuracy before/after.",
+)

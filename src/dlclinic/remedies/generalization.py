@@ -38,7 +38,9 @@ class GeneralizationParams:
             raise ValueError(f"`0.5 <= keep < 1` must hold, but got keep={self.keep}")
 
 
-def augment(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], *, copies: int, seed: int, stats: object) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    x: np.ndarray, y: np.ndarray, names: tuple[str, ...], *, copies: int, seed: int, stats: object
+) -> tuple[np.ndarray, np.ndarray]:
     """Train rows plus ``copies`` corrupted copies; each copied row gets a random family and severity."""
     from dlclinic.functional.corruptions import SEVERITIES, DataStats, corrupt
 
@@ -63,7 +65,9 @@ def _chosen(params: GeneralizationParams, result: object, names: tuple[str, ...]
     if params.corruptions:
         unknown = [c for c in params.corruptions if c not in names]
         if unknown:
-            raise ConfigError(f"treat data.generalization: unknown corruption(s) {', '.join(unknown)} for {modality} data; expected some of: {', '.join(names)}")
+            raise ConfigError(
+                f"treat data.generalization: unknown corruption(s) {', '.join(unknown)} for {modality} data; expected some of: {', '.join(names)}"
+            )
         return tuple(params.corruptions)
     metrics = getattr(result, "metrics", {})
     clean = metrics.get("corruption_clean_accuracy")
@@ -88,7 +92,9 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     if test is None or not test.labelled:
         raise ConfigError("treat data.generalization needs a labelled test split to verify the treatment (pass --test)")
     if ctx.retrain is None:
-        raise ConfigError("treat data.generalization retrains the model, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat data.generalization retrains the model, so it needs the architecture: pass --model file.py:factory"
+        )
     before = ctx.measure(case)
     res = before[ctx.challenge_id]
     names = corruption_names(case.modality)
@@ -105,8 +111,14 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     rows = min(1000, len(test))
     t_before = corruption_table(case, reference, names, rows, params.seed)
     t_after = corruption_table(case, model, names, rows, params.seed)
-    before_m: dict[str, float | int | None] = {"clean_accuracy": float(t_before["clean"].mean()), "train_rows": len(x_tr)}
-    after_m: dict[str, float | int | None] = {"clean_accuracy": float(t_after["clean"].mean()), "train_rows": len(x_aug)}
+    before_m: dict[str, float | int | None] = {
+        "clean_accuracy": float(t_before["clean"].mean()),
+        "train_rows": len(x_tr),
+    }
+    after_m: dict[str, float | int | None] = {
+        "clean_accuracy": float(t_after["clean"].mean()),
+        "train_rows": len(x_aug),
+    }
     lines = ["corruption,severity,accuracy_before,accuracy_after"]
     for i, name in enumerate(names):
         for j, s in enumerate(SEVERITIES):
@@ -125,11 +137,27 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
 
     energy = score_energy(predict_logits(model, np.nan_to_num(test.x)))
     threshold = rejection_threshold(energy, params.keep)
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained with {'/'.join(chosen)} augmentation")
+    treated = dataclasses.replace(
+        case,
+        model=model,
+        model_source=f"{case.model_source.replace(', from cache', '')}, retrained with {'/'.join(chosen)} augmentation",
+    )
     after = ctx.measure(treated)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        paths = {"model": write_weights(model, ctx.out_dir / "model_treated.safetensors"), "ood_threshold": write_json(ctx.out_dir / "ood_threshold.json", {"score": "energy = -logsumexp(logits)", "reject_if_score_above": threshold, "keeps_in_distribution": params.keep, "calibrated_on": f"{len(test)} test rows, treated model"}), "corruption_table": ctx.out_dir / "corruption_before_after.csv"}
+        paths = {
+            "model": write_weights(model, ctx.out_dir / "model_treated.safetensors"),
+            "ood_threshold": write_json(
+                ctx.out_dir / "ood_threshold.json",
+                {
+                    "score": "energy = -logsumexp(logits)",
+                    "reject_if_score_above": threshold,
+                    "keeps_in_distribution": params.keep,
+                    "calibrated_on": f"{len(test)} test rows, treated model",
+                },
+            ),
+            "corruption_table": ctx.out_dir / "corruption_before_after.csv",
+        }
         with atomic_path(paths["corruption_table"]) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
         artifacts = {k: str(v) for k, v in paths.items()}
@@ -149,4 +177,9 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id="data.generalization", params=GeneralizationParams, run=treat_generalization, description="Augmentation retraining for the corruptions that hurt, verified on the corruption table; OOD rejection threshold.")
+REMEDY = RemedySpec(
+    id="data.generalization",
+    params=GeneralizationParams,
+    run=treat_generalization,
+    description="Augmentation retraining for the corruptions that hurt, verified on the corruption table; OOD rejection threshold.",
+)

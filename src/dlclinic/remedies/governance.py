@@ -27,7 +27,15 @@ import numpy as np
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.registry import RemedySpec, TreatContext, TreatOutcome
 
-__all__ = ["COMPLIANCE_REMEDY", "ComplianceParams", "MISUSE_REMEDY", "MisuseParams", "forget_rows", "treat_compliance", "treat_misuse"]
+__all__ = [
+    "COMPLIANCE_REMEDY",
+    "ComplianceParams",
+    "MISUSE_REMEDY",
+    "MisuseParams",
+    "forget_rows",
+    "treat_compliance",
+    "treat_misuse",
+]
 
 _EVALUATE = ("model.overfitting", "ethics.fairness", "ethics.security", "data.privacy")
 
@@ -91,7 +99,14 @@ def _evaluation_report(ctx: TreatContext, case: Any, evaluate: tuple[str, ...], 
     if not evaluate:  # nothing else to evaluate: the treated challenge's report alone
         return after
     own = after[ctx.challenge_id]
-    report = checkup(case, only=list(evaluate), evidence_config=ctx.evidence_config, fit_config=ctx.fit_config, cache_dir=ctx.cache_dir, progress=ctx.progress)
+    report = checkup(
+        case,
+        only=list(evaluate),
+        evidence_config=ctx.evidence_config,
+        fit_config=ctx.fit_config,
+        cache_dir=ctx.cache_dir,
+        progress=ctx.progress,
+    )
     return dataclasses.replace(report, challenges=tuple(own if r.id == own.id else r for r in report.challenges))
 
 
@@ -105,7 +120,11 @@ def treat_misuse(ctx: TreatContext, params: MisuseParams) -> TreatOutcome:
     case = ctx.case
     cfg = load_card_config(params.card_config) if params.card_config else None
     before = ctx.measure(case)
-    carded = dataclasses.replace(case, metadata={**case.metadata, "card_config": params.card_config}) if params.card_config else case
+    carded = (
+        dataclasses.replace(case, metadata={**case.metadata, "card_config": params.card_config})
+        if params.card_config
+        else case
+    )
     after = ctx.measure(carded)
     report = _evaluation_report(ctx, case, params.evaluate, after)
     files: dict[str, str] = {}
@@ -114,22 +133,42 @@ def treat_misuse(ctx: TreatContext, params: MisuseParams) -> TreatOutcome:
         files["model"] = weights
     files["report"] = _write_text(out / "evaluation_report.json", json.dumps(report.to_dict(), indent=1))
     if params.card_config:
-        files["card_config"] = str(shutil.copyfile(params.card_config, out / f"card_config{Path(params.card_config).suffix}"))
+        files["card_config"] = str(
+            shutil.copyfile(params.card_config, out / f"card_config{Path(params.card_config).suffix}")
+        )
     from dlclinic.report.model_card import sha256_file
 
     card = render_model_card(report, cfg, fingerprints={f"file.{k}": sha256_file(v) for k, v in files.items()})
     files["model_card"] = _write_text(out / "model_card.md", card)
-    body = write_manifest(files, out / "manifest.json", key=key, extra={"data_sha256": {k: v for k, v in report.case.get("fingerprints", {}).items()}})
+    body = write_manifest(
+        files,
+        out / "manifest.json",
+        key=key,
+        extra={"data_sha256": {k: v for k, v in report.case.get("fingerprints", {}).items()}},
+    )
     rb, ra = before[ctx.challenge_id], after[ctx.challenge_id]
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
-        action=f"model card written from {len(params.evaluate)} measured checks" + (f" and {Path(params.card_config).name}" if params.card_config else " (no card config: user fields marked 'not provided')") + f"; bundle of {len(files)} files hashed{' and HMAC-signed' if key else ''}",
+        action=f"model card written from {len(params.evaluate)} measured checks"
+        + (
+            f" and {Path(params.card_config).name}"
+            if params.card_config
+            else " (no card config: user fields marked 'not provided')"
+        )
+        + f"; bundle of {len(files)} files hashed{' and HMAC-signed' if key else ''}",
         before={k: rb.metrics.get(k) for k in ("card_fields_documented", "card_required_missing")},
-        after={**{k: ra.metrics.get(k) for k in ("card_fields_documented", "card_required_missing")}, "bundle_files": len(body["files"])},
+        after={
+            **{k: ra.metrics.get(k) for k in ("card_fields_documented", "card_required_missing")},
+            "bundle_files": len(body["files"]),
+        },
         before_status=rb.status,
         after_status=ra.status,
         artifacts={**files, "manifest": str(out / "manifest.json")},
-        notes=(f"verify the bundle with: dlclinic bundle verify {out / 'manifest.json'}" + (" --key-file KEY" if key else ""), "the card's evaluation numbers come from this run; re-run treat after retraining"),
+        notes=(
+            f"verify the bundle with: dlclinic bundle verify {out / 'manifest.json'}"
+            + (" --key-file KEY" if key else ""),
+            "the card's evaluation numbers come from this run; re-run treat after retraining",
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
@@ -139,7 +178,9 @@ def forget_rows(case: Any, ids_file: str) -> np.ndarray:
     p = Path(ids_file)
     if not p.is_file():
         raise ConfigError(f"forget {p}: expected a text file with one sample id per line, found nothing there")
-    wanted = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    wanted = [
+        line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")
+    ]
     if not wanted:
         raise InputError(f"forget {p}: expected at least one id, found an empty file")
     ids = case.train.ids
@@ -152,9 +193,13 @@ def forget_rows(case: Any, ids_file: str) -> np.ndarray:
     try:
         rows = np.array(sorted({int(w) for w in wanted}), dtype=np.int64)
     except ValueError:
-        raise InputError(f"forget {p}: the train split has no ids (pass --id-col), so expected row numbers, found e.g. {wanted[0]!r}") from None
+        raise InputError(
+            f"forget {p}: the train split has no ids (pass --id-col), so expected row numbers, found e.g. {wanted[0]!r}"
+        ) from None
     if rows.min() < 0 or rows.max() >= len(case.train):
-        raise InputError(f"forget {p}: expected row numbers in 0..{len(case.train) - 1}, found {int(rows.min())}..{int(rows.max())}")
+        raise InputError(
+            f"forget {p}: expected row numbers in 0..{len(case.train) - 1}, found {int(rows.min())}..{int(rows.max())}"
+        )
     return rows
 
 
@@ -171,7 +216,12 @@ def treat_compliance(ctx: TreatContext, params: ComplianceParams) -> TreatOutcom
     from dlclinic.checks.data_privacy import PrivacyOptions, pii_sources, scan_pii_files
     from dlclinic.core.results import Treatment
     from dlclinic.functional.membership import audit_scores, loss_scores
-    from dlclinic.report.model_card import load_card_config, render_technical_documentation, verify_audit, write_manifest
+    from dlclinic.report.model_card import (
+        load_card_config,
+        render_technical_documentation,
+        verify_audit,
+        write_manifest,
+    )
 
     out = _need_out(ctx, "the audit bundle")
     key = _key(params.key_file)
@@ -182,15 +232,22 @@ def treat_compliance(ctx: TreatContext, params: ComplianceParams) -> TreatOutcom
     before = ctx.measure(case)
     files: dict[str, str] = {}
     notes: list[str] = []
-    before_m: dict[str, Any] = {k: before[ctx.challenge_id].metrics.get(k) for k in ("audit_records", "documentation_fields_filled", "erasure_ready")}
+    before_m: dict[str, Any] = {
+        k: before[ctx.challenge_id].metrics.get(k)
+        for k in ("audit_records", "documentation_fields_filled", "erasure_ready")
+    }
     after_m: dict[str, Any] = {}
     treated = case
     if params.forget:
         test = case.get("test")
         if ctx.retrain is None:
-            raise ConfigError("treat ethics.compliance --option forget=... retrains the model: pass --model file.py:factory")
+            raise ConfigError(
+                "treat ethics.compliance --option forget=... retrains the model: pass --model file.py:factory"
+            )
         if test is None or test.y is None:
-            raise ConfigError("treat ethics.compliance --option forget=... needs a labelled test split (non-members for the membership audit)")
+            raise ConfigError(
+                "treat ethics.compliance --option forget=... needs a labelled test split (non-members for the membership audit)"
+            )
         rows = forget_rows(case, params.forget)
         keep = np.setdiff1d(np.arange(len(case.train)), rows)
         y_tr = case.train.y
@@ -198,42 +255,105 @@ def treat_compliance(ctx: TreatContext, params: ComplianceParams) -> TreatOutcom
         with ctx.progress.step(f"retraining without {len(rows)} forgotten row(s)", total=1) as advance:
             model = ctx.retrain(np.nan_to_num(case.train.x[keep]), y_tr[keep], ctx.fit_config.seed)
             advance(1)
-        treated = dataclasses.replace(case.with_train(keep), model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained without {len(rows)} forgotten rows")
+        treated = dataclasses.replace(
+            case.with_train(keep),
+            model=model,
+            model_source=f"{case.model_source.replace(', from cache', '')}, retrained without {len(rows)} forgotten rows",
+        )
         non = _loss(case.model, test.x, test.y)
-        a_before = audit_scores(loss_scores(_loss(case.model, case.train.x[rows], y_tr[rows])), loss_scores(non), attack="loss threshold (forgotten rows)")
-        a_after = audit_scores(loss_scores(_loss(model, case.train.x[rows], y_tr[rows])), loss_scores(_loss(model, test.x, test.y)), attack="loss threshold (forgotten rows)")
+        a_before = audit_scores(
+            loss_scores(_loss(case.model, case.train.x[rows], y_tr[rows])),
+            loss_scores(non),
+            attack="loss threshold (forgotten rows)",
+        )
+        a_after = audit_scores(
+            loss_scores(_loss(model, case.train.x[rows], y_tr[rows])),
+            loss_scores(_loss(model, test.x, test.y)),
+            attack="loss threshold (forgotten rows)",
+        )
         before_m.update(forgotten_rows=len(rows), forgotten_mia_auc=a_before.auc)
-        after_m.update(forgotten_rows=len(rows), forgotten_mia_auc=a_after.auc, forgotten_mia_auc_ci_low=a_after.auc_ci[0], forgotten_mia_auc_ci_high=a_after.auc_ci[1], train_rows=len(keep))
-        notes.append(f"membership AUC of the {len(rows)} forgotten rows vs the test rows: {a_before.auc:.3f} with the original model, {a_after.auc:.3f} (95 % CI {a_after.auc_ci[0]:.3f}–{a_after.auc_ci[1]:.3f}) after retraining without them; 0.5 = indistinguishable from data never seen")
-        notes.append("exact unlearning: a full retrain without the rows (SISA shards, which retrain only the affected shard, are not implemented)")
+        after_m.update(
+            forgotten_rows=len(rows),
+            forgotten_mia_auc=a_after.auc,
+            forgotten_mia_auc_ci_low=a_after.auc_ci[0],
+            forgotten_mia_auc_ci_high=a_after.auc_ci[1],
+            train_rows=len(keep),
+        )
+        notes.append(
+            f"membership AUC of the {len(rows)} forgotten rows vs the test rows: {a_before.auc:.3f} with the original model, {a_after.auc:.3f} (95 % CI {a_after.auc_ci[0]:.3f}–{a_after.auc_ci[1]:.3f}) after retraining without them; 0.5 = indistinguishable from data never seen"
+        )
+        notes.append(
+            "exact unlearning: a full retrain without the rows (SISA shards, which retrain only the affected shard, are not implemented)"
+        )
         w = _save_model(model, out / "model_after_erasure.safetensors")
         if w:
             files["model_after_erasure"] = w
-        files["erasure"] = _write_text(out / "erasure_report.json", json.dumps({"forgotten_train_rows": rows.tolist(), "auc_before": a_before.auc, "auc_after": a_after.auc, "auc_after_ci": list(a_after.auc_ci)}, indent=1))
+        files["erasure"] = _write_text(
+            out / "erasure_report.json",
+            json.dumps(
+                {
+                    "forgotten_train_rows": rows.tolist(),
+                    "auc_before": a_before.auc,
+                    "auc_after": a_after.auc,
+                    "auc_after_ci": list(a_after.auc_ci),
+                },
+                indent=1,
+            ),
+        )
     after = ctx.measure(treated)
     report = _evaluation_report(ctx, treated, params.evaluate, after)
-    log_path = after[ctx.challenge_id].details.get("audit_log") if isinstance(after[ctx.challenge_id].details, dict) else None
+    log_path = (
+        after[ctx.challenge_id].details.get("audit_log") if isinstance(after[ctx.challenge_id].details, dict) else None
+    )
     if log_path and Path(log_path).is_file():
         files["audit_trail"] = str(shutil.copyfile(log_path, out / "audit_trail.jsonl"))
         n, problems = verify_audit(log_path)
-        audit_text = f"{n} hash-chained records ({'intact' if not problems else problems[0]}); copy in audit_trail.jsonl"
+        audit_text = (
+            f"{n} hash-chained records ({'intact' if not problems else problems[0]}); copy in audit_trail.jsonl"
+        )
     else:
         audit_text = None
     sources = pii_sources(treated, PrivacyOptions())
     pii_text = None
     if sources:
         _, _, pii_rows, totals = scan_pii_files(sources, 100_000)
-        pii_text = f"{sum(totals.values())} match(es) in {len(pii_rows)} column(s) of {len(sources)} file(s): " + ", ".join(f"{k} {v}" for k, v in totals.items() if v) if sum(totals.values()) else f"none found in {len(sources)} file(s)"
-    erasure = "erasure request executed in this bundle (see erasure_report.json)" if params.forget else ("ready: ids on train and a retraining recipe" if after[ctx.challenge_id].metrics.get("erasure_ready") else "not ready: see the ethics.compliance check")
-    files["technical_documentation"] = _write_text(out / "technical_documentation.md", render_technical_documentation(report, cfg, pii_summary=pii_text, audit_log=audit_text, erasure=erasure))
+        pii_text = (
+            f"{sum(totals.values())} match(es) in {len(pii_rows)} column(s) of {len(sources)} file(s): "
+            + ", ".join(f"{k} {v}" for k, v in totals.items() if v)
+            if sum(totals.values())
+            else f"none found in {len(sources)} file(s)"
+        )
+    erasure = (
+        "erasure request executed in this bundle (see erasure_report.json)"
+        if params.forget
+        else (
+            "ready: ids on train and a retraining recipe"
+            if after[ctx.challenge_id].metrics.get("erasure_ready")
+            else "not ready: see the ethics.compliance check"
+        )
+    )
+    files["technical_documentation"] = _write_text(
+        out / "technical_documentation.md",
+        render_technical_documentation(report, cfg, pii_summary=pii_text, audit_log=audit_text, erasure=erasure),
+    )
     files["report"] = _write_text(out / "evaluation_report.json", json.dumps(report.to_dict(), indent=1))
     if params.card_config:
-        files["card_config"] = str(shutil.copyfile(params.card_config, out / f"card_config{Path(params.card_config).suffix}"))
-    write_manifest(files, out / "manifest.json", key=key, extra={"data_sha256": dict(report.case.get("fingerprints", {}))})
-    after_m.update({k: after[ctx.challenge_id].metrics.get(k) for k in ("audit_records", "documentation_fields_filled", "erasure_ready")})
+        files["card_config"] = str(
+            shutil.copyfile(params.card_config, out / f"card_config{Path(params.card_config).suffix}")
+        )
+    write_manifest(
+        files, out / "manifest.json", key=key, extra={"data_sha256": dict(report.case.get("fingerprints", {}))}
+    )
+    after_m.update(
+        {
+            k: after[ctx.challenge_id].metrics.get(k)
+            for k in ("audit_records", "documentation_fields_filled", "erasure_ready")
+        }
+    )
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
-        action=("retrain without the rows in " + Path(params.forget).name + " and " if params.forget else "") + f"export the audit bundle ({len(files)} files, SHA-256 manifest{', HMAC-signed' if key else ''})",
+        action=("retrain without the rows in " + Path(params.forget).name + " and " if params.forget else "")
+        + f"export the audit bundle ({len(files)} files, SHA-256 manifest{', HMAC-signed' if key else ''})",
         before=before_m,
         after=after_m,
         before_status=before[ctx.challenge_id].status,
@@ -244,5 +364,15 @@ def treat_compliance(ctx: TreatContext, params: ComplianceParams) -> TreatOutcom
     return TreatOutcome(treatment, before, after)
 
 
-MISUSE_REMEDY = RemedySpec(id="ethics.misuse", params=MisuseParams, run=treat_misuse, description="Write the model card from the measured results and your card file; hash (and sign) the bundle.")
-COMPLIANCE_REMEDY = RemedySpec(id="ethics.compliance", params=ComplianceParams, run=treat_compliance, description="Export the audit bundle (technical documentation, audit trail, manifest); forget=ids.txt retrains without those rows and audits them.")
+MISUSE_REMEDY = RemedySpec(
+    id="ethics.misuse",
+    params=MisuseParams,
+    run=treat_misuse,
+    description="Write the model card from the measured results and your card file; hash (and sign) the bundle.",
+)
+COMPLIANCE_REMEDY = RemedySpec(
+    id="ethics.compliance",
+    params=ComplianceParams,
+    run=treat_compliance,
+    description="Export the audit bundle (technical documentation, audit trail, manifest); forget=ids.txt retrains without those rows and audits them.",
+)

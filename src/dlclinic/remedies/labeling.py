@@ -44,13 +44,27 @@ class LabelingParams:
             raise ValueError(f"strategy must be one of {', '.join(_STRATEGIES)}, but got {self.strategy!r}")
 
 
-def rank_pool(strategy: str, probs: np.ndarray, emb_pool: np.ndarray, emb_train: np.ndarray, y_train: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_pool(
+    strategy: str,
+    probs: np.ndarray,
+    emb_pool: np.ndarray,
+    emb_train: np.ndarray,
+    y_train: np.ndarray,
+    budget: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, scores)`` of the ``budget`` pool rows to label next, best first.
 
     For k-center the score is the distance to the nearest already-labelled or
     already-picked row at the time of the pick (decreasing by construction).
     """
-    from dlclinic.functional.active_learning import mc_dropout_probs, score_bald, score_entropy, score_margin, select_kcenter
+    from dlclinic.functional.active_learning import (
+        mc_dropout_probs,
+        score_bald,
+        score_entropy,
+        score_margin,
+        select_kcenter,
+    )
 
     n = len(probs)
     budget = min(budget, n)
@@ -68,7 +82,9 @@ def rank_pool(strategy: str, probs: np.ndarray, emb_pool: np.ndarray, emb_train:
     elif strategy == "kcenter":
         both = np.concatenate([emb_train, emb_pool]).astype(np.float64)
         picks = select_kcenter(both, np.arange(len(emb_train)), budget) - len(emb_train)
-        d = np.sqrt(np.maximum(((both[len(emb_train) + picks][:, None] - both[None, : len(emb_train)]) ** 2).sum(-1).min(1), 0))
+        d = np.sqrt(
+            np.maximum(((both[len(emb_train) + picks][:, None] - both[None, : len(emb_train)]) ** 2).sum(-1).min(1), 0)
+        )
         return picks, d
     else:  # pragma: no cover - validated by LabelingParams
         raise ConfigError(f"unknown strategy {strategy!r}")
@@ -85,7 +101,9 @@ def treat_labeling(ctx: TreatContext, params: LabelingParams) -> TreatOutcome:
     from dlclinic.io import load_like
 
     if params.pool is None:
-        raise ConfigError("treat data.labeling_cost needs the unlabelled pool: --option pool=FILE (same format as --train), and --option budget=N")
+        raise ConfigError(
+            "treat data.labeling_cost needs the unlabelled pool: --option pool=FILE (same format as --train), and --option budget=N"
+        )
     case = ctx.case
     loaded = load_like(params.pool, case, name="pool", id_col=params.id_col)
     before = ctx.measure(case)
@@ -102,11 +120,15 @@ def treat_labeling(ctx: TreatContext, params: LabelingParams) -> TreatOutcome:
     probs = pool_ev.get("probs", "deploy")
     emb_pool = pool_ev.get("embeddings", "deploy")
     assert case.train.y is not None
-    rows, scores = rank_pool(strategy, probs, emb_pool, evidence.get("embeddings", "train"), case.train.y, params.budget, params.seed)
+    rows, scores = rank_pool(
+        strategy, probs, emb_pool, evidence.get("embeddings", "train"), case.train.y, params.budget, params.seed
+    )
     pred = probs.argmax(1)
     ids = loaded.ids if loaded.ids is not None else np.arange(len(loaded.x))
     names = case.class_names or tuple(str(k) for k in range(case.n_classes))
-    lines = ["rank,row,id,score,predicted_class"] + [f"{r + 1},{int(i)},{ids[i]},{float(s):.6g},{names[int(pred[i])]}" for r, (i, s) in enumerate(zip(rows, scores))]
+    lines = ["rank,row,id,score,predicted_class"] + [
+        f"{r + 1},{int(i)},{ids[i]},{float(s):.6g},{names[int(pred[i])]}" for r, (i, s) in enumerate(zip(rows, scores))
+    ]
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,17 +141,37 @@ def treat_labeling(ctx: TreatContext, params: LabelingParams) -> TreatOutcome:
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"rank {len(loaded.x)} unlabelled pool rows with {strategy} and pick the next {len(rows)} to label",
-        before={"pool_rows": len(loaded.x), "pool_mean_entropy": float(ent.mean()), "pool_predicted_classes": int(len(np.unique(pred)))},
-        after={"picked_rows": len(rows), "picked_mean_entropy": float(ent[rows].mean()), "picked_predicted_classes": int(len(np.unique(pred[rows]))), "simulated_labels_saved_mean": saved},
+        before={
+            "pool_rows": len(loaded.x),
+            "pool_mean_entropy": float(ent.mean()),
+            "pool_predicted_classes": int(len(np.unique(pred))),
+        },
+        after={
+            "picked_rows": len(rows),
+            "picked_mean_entropy": float(ent[rows].mean()),
+            "picked_predicted_classes": int(len(np.unique(pred[rows]))),
+            "simulated_labels_saved_mean": saved,
+        },
         before_status=res.status,
         after_status=res.status,
         artifacts=artifacts,
         notes=(
-            f"strategy {strategy}" + (" (chosen by the check's simulation)" if params.strategy == "auto" else " (asked for)") + (f"; in the simulation it saved {saved:.0f} labels on average versus random at equal accuracy" if isinstance(saved, (int, float)) else ""),
+            f"strategy {strategy}"
+            + (" (chosen by the check's simulation)" if params.strategy == "auto" else " (asked for)")
+            + (
+                f"; in the simulation it saved {saved:.0f} labels on average versus random at equal accuracy"
+                if isinstance(saved, (int, float))
+                else ""
+            ),
             "the check's status is unchanged until the picked rows are labelled and added to train: label them, then run the checkup again",
         ),
     )
     return TreatOutcome(treatment, before, before)
 
 
-REMEDY = RemedySpec(id="data.labeling_cost", params=LabelingParams, run=treat_labeling, description="Rank an unlabelled pool with the best strategy and write the next N samples to label (CSV).")
+REMEDY = RemedySpec(
+    id="data.labeling_cost",
+    params=LabelingParams,
+    run=treat_labeling,
+    description="Rank an unlabelled pool with the best strategy and write the next N samples to label (CSV).",
+)

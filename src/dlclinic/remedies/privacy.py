@@ -54,7 +54,20 @@ class DPParams:
             raise ConfigError(f"`0 < delta < 1` must hold, but got delta={self.delta}")
 
 
-def dp_fit(model: Any, x: np.ndarray, y: np.ndarray, *, target_epsilon: float, delta: float, max_grad_norm: float = 1.0, epochs: int = 10, batch_size: int = 256, lr: float = 4e-3, seed: int = 0, progress: Any = None) -> tuple[Any, float, list[str]]:
+def dp_fit(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    target_epsilon: float,
+    delta: float,
+    max_grad_norm: float = 1.0,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 4e-3,
+    seed: int = 0,
+    progress: Any = None,
+) -> tuple[Any, float, list[str]]:
     """Train ``model`` with DP-SGD; returns ``(plain nn.Module, ε spent, notes)``."""
     import warnings
 
@@ -67,23 +80,35 @@ def dp_fit(model: Any, x: np.ndarray, y: np.ndarray, *, target_epsilon: float, d
         from opacus.validators import ModuleValidator
     except ImportError:
         raise MissingDependencyError("opacus", "privacy") from None
-    from dlclinic.remedies.fit import _prepare_inputs, seed_everything
+    from dlclinic.core.recipe import _prepare_inputs, seed_everything
 
     notes: list[str] = []
     seed_everything(seed)
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         model = ModuleValidator.fix(model)
-        notes.append(f"opacus ModuleValidator.fix changed the architecture for per-sample gradients ({len(errors)} incompatible module(s), e.g. BatchNorm → GroupNorm)")
+        notes.append(
+            f"opacus ModuleValidator.fix changed the architecture for per-sample gradients ({len(errors)} incompatible module(s), e.g. BatchNorm → GroupNorm)"
+        )
     _prepare_inputs(model, x)
-    data = TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    data = TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    )
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()  # opacus refuses a model in eval mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # opacus warns about secure_mode=False and Poisson-sampling details
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        private, optimizer, loader = engine.make_private_with_epsilon(module=model, optimizer=optimizer, data_loader=loader, target_epsilon=target_epsilon, target_delta=delta, epochs=epochs, max_grad_norm=max_grad_norm)
+        private, optimizer, loader = engine.make_private_with_epsilon(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            epochs=epochs,
+            max_grad_norm=max_grad_norm,
+        )
         for _ in range(epochs):
             private.train()
             for xb, yb in loader:
@@ -98,7 +123,9 @@ def dp_fit(model: Any, x: np.ndarray, y: np.ndarray, *, target_epsilon: float, d
         spent = float(engine.get_epsilon(delta))
     plain = private._module if hasattr(private, "_module") else private
     plain.eval()
-    notes.append(f"noise multiplier {optimizer.noise_multiplier:.3f}, clipping {max_grad_norm}, expected batch {batch_size} (Poisson sampling), {epochs} epochs")
+    notes.append(
+        f"noise multiplier {optimizer.noise_multiplier:.3f}, clipping {max_grad_norm}, expected batch {batch_size} (Poisson sampling), {epochs} epochs"
+    )
     return plain, spent, notes
 
 
@@ -114,7 +141,9 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
 
     case = ctx.case
     if case.model_factory is None:
-        raise ConfigError("treat data.privacy retrains the model with DP-SGD, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat data.privacy retrains the model with DP-SGD, so it needs the architecture: pass --model file.py:factory"
+        )
     test = case.get("test")
     if test is None or test.y is None:
         raise ConfigError("treat data.privacy needs a labelled test split (the audit's non-members; pass --test)")
@@ -124,8 +153,22 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
     delta = params.delta if params.delta is not None else 1.0 / (10 * n)
     epochs = params.epochs or ctx.fit_config.epochs
     before = ctx.measure(case)
-    with ctx.progress.step(f"DP-SGD training (target ε={params.target_epsilon:g}, δ={delta:.1e})", total=epochs) as advance:
-        model, spent, notes = dp_fit(case.model_factory(), np.nan_to_num(case.train.x), case.train.y, target_epsilon=params.target_epsilon, delta=delta, max_grad_norm=params.max_grad_norm, epochs=epochs, batch_size=min(params.batch_size, n), lr=params.lr or 2 * ctx.fit_config.lr, seed=ctx.fit_config.seed, progress=advance)
+    with ctx.progress.step(
+        f"DP-SGD training (target ε={params.target_epsilon:g}, δ={delta:.1e})", total=epochs
+    ) as advance:
+        model, spent, notes = dp_fit(
+            case.model_factory(),
+            np.nan_to_num(case.train.x),
+            case.train.y,
+            target_epsilon=params.target_epsilon,
+            delta=delta,
+            max_grad_norm=params.max_grad_norm,
+            epochs=epochs,
+            batch_size=min(params.batch_size, n),
+            lr=params.lr or 2 * ctx.fit_config.lr,
+            seed=ctx.fit_config.seed,
+            progress=advance,
+        )
     # the DP model may have another architecture (GroupNorm): remedies that retrain it must rebuild it the same way
     factory = case.model_factory
 
@@ -135,17 +178,33 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
         m = factory()
         return ModuleValidator.fix(m) if ModuleValidator.validate(m, strict=False) else m
 
-    treated = dataclasses.replace(case, model=model, model_factory=dp_factory, model_source=f"{case.model_source.replace(', from cache', '')}, DP-SGD (ε={spent:.2f}, δ={delta:.1e})")
+    treated = dataclasses.replace(
+        case,
+        model=model,
+        model_factory=dp_factory,
+        model_source=f"{case.model_source.replace(', from cache', '')}, DP-SGD (ε={spent:.2f}, δ={delta:.1e})",
+    )
     after = ctx.measure(treated)
     acc_b, acc_a = _accuracy(case.model, test.x, test.y), _accuracy(model, test.x, test.y)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        import json
-
         from dlclinic.core.atomic import write_json, write_weights
 
         artifacts["model"] = str(write_weights(model, ctx.out_dir / "dp_model.safetensors"))
-        artifacts["budget"] = str(write_json(ctx.out_dir / "dp_budget.json", {"epsilon_target": params.target_epsilon, "epsilon_spent": spent, "delta": delta, "max_grad_norm": params.max_grad_norm, "epochs": epochs, "notes": notes}, indent=1))
+        artifacts["budget"] = str(
+            write_json(
+                ctx.out_dir / "dp_budget.json",
+                {
+                    "epsilon_target": params.target_epsilon,
+                    "epsilon_spent": spent,
+                    "delta": delta,
+                    "max_grad_norm": params.max_grad_norm,
+                    "epochs": epochs,
+                    "notes": notes,
+                },
+                indent=1,
+            )
+        )
     rb, ra = before[ctx.challenge_id], after[ctx.challenge_id]
     keys = ("mia_auc", "mia_auc_loss", "mia_auc_calibrated", "mia_tpr_at_low_fpr", "mia_advantage")
     treatment = Treatment(
@@ -156,9 +215,17 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
         before_status=rb.status,
         after_status=ra.status,
         artifacts=artifacts,
-        notes=(f"(ε, δ) = ({spent:.2f}, {delta:.1e}) from opacus' RDP accountant: a guarantee about any single training row, stronger than the empirical audit", *notes),
+        notes=(
+            f"(ε, δ) = ({spent:.2f}, {delta:.1e}) from opacus' RDP accountant: a guarantee about any single training row, stronger than the empirical audit",
+            *notes,
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id="data.privacy", params=DPParams, run=treat_privacy, description="DP-SGD retraining with opacus at a target (ε, δ); membership audit and accuracy before/after.")
+REMEDY = RemedySpec(
+    id="data.privacy",
+    params=DPParams,
+    run=treat_privacy,
+    description="DP-SGD retraining with opacus at a target (ε, δ); membership audit and accuracy before/after.",
+)

@@ -70,11 +70,20 @@ def labels_to_buy(a: float, b: float, c: float, n_train: int, targets: list[floa
     for t in targets:
         need = samples_for_error(law, 1.0 - t)
         ok = math.isfinite(need)
-        out.append({"target_accuracy": t, "reachable": ok, "samples_needed": int(math.ceil(need)) if ok else None, "labels_to_add": max(0, int(math.ceil(need)) - n_train) if ok else None})
+        out.append(
+            {
+                "target_accuracy": t,
+                "reachable": ok,
+                "samples_needed": int(math.ceil(need)) if ok else None,
+                "labels_to_add": max(0, int(math.ceil(need)) - n_train) if ok else None,
+            }
+        )
     return out
 
 
-def _augmented(x: np.ndarray, y: np.ndarray, policy: str, copies: int, modality: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _augmented(
+    x: np.ndarray, y: np.ndarray, policy: str, copies: int, modality: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     from dlclinic.functional.augment import augment_copy
 
     if policy == "none":  # the control sees the same number of rows (and optimiser steps) as the augmented runs
@@ -97,23 +106,34 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     if test is None or test.y is None:
         raise ConfigError("treat data.quantity needs a labelled test split to verify the treatment (pass --test)")
     if ctx.retrain is None:
-        raise ConfigError("treat data.quantity retrains the model, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat data.quantity retrains the model, so it needs the architecture: pass --model file.py:factory"
+        )
     if case.train.y is None:
         raise ConfigError("treat data.quantity needs train labels")
     available = policies_for(case.modality)
     unknown = [p for p in params.policies if p not in available]
     if unknown:
-        raise ConfigError(f"treat data.quantity: unknown augmentation polic{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} for {case.modality} data; expected some of: {', '.join(available)}")
+        raise ConfigError(
+            f"treat data.quantity: unknown augmentation polic{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} for {case.modality} data; expected some of: {', '.join(available)}"
+        )
     policies = tuple(params.policies) or available
     before = ctx.measure(case)
     res = before[ctx.challenge_id]
     m = res.metrics
     n_train = len(case.train)
     buy: list[dict[str, Any]] = []
-    if all(isinstance(m.get(k), (int, float)) for k in ("power_law_a", "power_law_b", "irreducible_error", "error_at_full_size")):
+    if all(
+        isinstance(m.get(k), (int, float))
+        for k in ("power_law_a", "power_law_b", "irreducible_error", "error_at_full_size")
+    ):
         acc_now = 1.0 - float(m["error_at_full_size"])  # type: ignore[arg-type]
-        targets = list(params.targets) or [round(t, 4) for t in (acc_now + 0.01, acc_now + 0.02, acc_now + 0.05) if t < 1]
-        buy = labels_to_buy(float(m["power_law_a"]), float(m["power_law_b"]), float(m["irreducible_error"]), n_train, targets)  # type: ignore[arg-type]
+        targets = list(params.targets) or [
+            round(t, 4) for t in (acc_now + 0.01, acc_now + 0.02, acc_now + 0.05) if t < 1
+        ]
+        buy = labels_to_buy(
+            float(m["power_law_a"]), float(m["power_law_b"]), float(m["irreducible_error"]), n_train, targets
+        )  # type: ignore[arg-type]
 
     x, y = np.nan_to_num(case.train.x), case.train.y
     rng = np.random.default_rng(params.seed)
@@ -121,7 +141,9 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     cut = int(round(params.val_fraction * n_train))
     val, fit_rows = np.sort(order[:cut]), np.sort(order[cut:])
     scores: dict[str, float] = {}
-    with ctx.progress.step("choosing an augmentation policy on held-out train rows", total=len(policies) + 1) as advance:
+    with ctx.progress.step(
+        "choosing an augmentation policy on held-out train rows", total=len(policies) + 1
+    ) as advance:
         for policy in ("none", *policies):
             xa, ya = _augmented(x[fit_rows], y[fit_rows], policy, params.copies, case.modality, params.seed)
             net = ctx.retrain(xa, ya, cfg.seed)
@@ -132,7 +154,10 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     y_test = np.asarray(test.y)
     before_m: dict[str, float | int | None] = {"train_rows": n_train, "val_accuracy_no_augmentation": scores["none"]}
     after_m: dict[str, float | int | None] = {f"val_accuracy_{p}": s for p, s in scores.items() if p != "none"}
-    notes = [f"policy chosen on {len(val)} held-out train rows (trained on the other {len(fit_rows)}): " + ", ".join(f"{p} {s:.1%}" for p, s in scores.items())]
+    notes = [
+        f"policy chosen on {len(val)} held-out train rows (trained on the other {len(fit_rows)}): "
+        + ", ".join(f"{p} {s:.1%}" for p, s in scores.items())
+    ]
     model = case.model
     if chosen == "none":
         action = "no augmentation policy beat training without augmentation on held-out train rows; the model is unchanged (labels_to_buy.json says what more data would bring)"
@@ -150,22 +175,55 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
         low, high = paired_accuracy_ci(ok_before, ok_after)
         mc = mcnemar_test(ok_after, ok_before)
         before_m["test_accuracy"] = float(ok_before.mean())
-        after_m.update(test_accuracy=float(ok_after.mean()), gain_ci_low=low, gain_ci_high=high, mcnemar_p=mc.p_exact, train_rows=len(ya))
+        after_m.update(
+            test_accuracy=float(ok_after.mean()),
+            gain_ci_low=low,
+            gain_ci_high=high,
+            mcnemar_p=mc.p_exact,
+            train_rows=len(ya),
+        )
         action = f"retrain with {params.copies} {chosen}-augmented cop{'y' if params.copies == 1 else 'ies'} of train (same recipe and seed); test accuracy {ok_before.mean():.1%} → {ok_after.mean():.1%}"
-        notes.append(f"on the {len(y_test)} test rows, paired 95 % CI of the gain [{low:+.3f}, {high:+.3f}], exact McNemar p={mc.p_exact:.2g}")
-        treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained with {chosen} augmentation")
+        notes.append(
+            f"on the {len(y_test)} test rows, paired 95 % CI of the gain [{low:+.3f}, {high:+.3f}], exact McNemar p={mc.p_exact:.2g}"
+        )
+        treated = dataclasses.replace(
+            case,
+            model=model,
+            model_source=f"{case.model_source.replace(', from cache', '')}, retrained with {chosen} augmentation",
+        )
         after = ctx.measure(treated)
-        notes.append("data.quantity describes the data (its learning curve), so its status moves little after augmentation: the paired test accuracy above is the verification")
+        notes.append(
+            "data.quantity describes the data (its learning curve), so its status moves little after augmentation: the paired test accuracy above is the verification"
+        )
     if buy and not m.get("retrained_model", False):
-        notes.append("the labels-to-buy figures invert the proxy learning curve (a head on the model's embeddings, which learned from every train row): it is flatter than the model's own curve, so read them as a lower bound on what more data gives; run the check with --option data.quantity.mode=model for the retrained-model curve")
+        notes.append(
+            "the labels-to-buy figures invert the proxy learning curve (a head on the model's embeddings, which learned from every train row): it is flatter than the model's own curve, so read them as a lower bound on what more data gives; run the check with --option data.quantity.mode=model for the retrained-model curve"
+        )
     for row in buy:
         if row["reachable"]:
-            notes.append(f"{row['target_accuracy']:.1%} accuracy: about {row['samples_needed']:,} training samples by the fitted curve ({row['labels_to_add']:,} more labels)")
+            notes.append(
+                f"{row['target_accuracy']:.1%} accuracy: about {row['samples_needed']:,} training samples by the fitted curve ({row['labels_to_add']:,} more labels)"
+            )
         else:
-            notes.append(f"{row['target_accuracy']:.1%} accuracy: beyond the curve's floor — not reachable with more data of this kind alone")
+            notes.append(
+                f"{row['target_accuracy']:.1%} accuracy: beyond the curve's floor — not reachable with more data of this kind alone"
+            )
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
-        path = write_json(ctx.out_dir / "labels_to_buy.json", {"train_size": n_train, "power_law": {"a": m.get("power_law_a"), "b": m.get("power_law_b"), "c": m.get("irreducible_error"), "curve": "retrained model" if m.get("retrained_model") else "proxy (head on embeddings)"}, "targets": buy, "augmentation": {"chosen": chosen, "held_out_accuracy": scores}})
+        path = write_json(
+            ctx.out_dir / "labels_to_buy.json",
+            {
+                "train_size": n_train,
+                "power_law": {
+                    "a": m.get("power_law_a"),
+                    "b": m.get("power_law_b"),
+                    "c": m.get("irreducible_error"),
+                    "curve": "retrained model" if m.get("retrained_model") else "proxy (head on embeddings)",
+                },
+                "targets": buy,
+                "augmentation": {"chosen": chosen, "held_out_accuracy": scores},
+            },
+        )
         artifacts["labels_to_buy"] = str(path)
         if model is not case.model:
             artifacts["model"] = str(write_weights(model, ctx.out_dir / "model_treated.safetensors"))
@@ -182,4 +240,9 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     return TreatOutcome(treatment, before, after)
 
 
-REMEDY = RemedySpec(id="data.quantity", params=QuantityParams, run=treat_quantity, description="Labels to buy for target accuracies (inverted learning curve); augmentation policy chosen on held-out train rows and verified on test.")
+REMEDY = RemedySpec(
+    id="data.quantity",
+    params=QuantityParams,
+    run=treat_quantity,
+    description="Labels to buy for target accuracies (inverted learning curve); augmentation policy chosen on held-out train rows and verified on test.",
+)

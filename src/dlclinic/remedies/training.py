@@ -34,7 +34,18 @@ from dlclinic.core.errors import ConfigError
 from dlclinic.core.registry import RemedySpec, TreatContext, TreatOutcome
 from dlclinic.functional.calibration import fit_temperature
 
-__all__ = ["BATCHNORM", "CONVERGENCE", "GRADIENTS", "NONCONVEX", "OVERFITTING", "TemperatureScaled", "fit_temperature", "reinitialise", "train_one_cycle", "train_sam"]
+__all__ = [
+    "BATCHNORM",
+    "CONVERGENCE",
+    "GRADIENTS",
+    "NONCONVEX",
+    "OVERFITTING",
+    "TemperatureScaled",
+    "fit_temperature",
+    "reinitialise",
+    "train_one_cycle",
+    "train_sam",
+]
 
 
 def _save_model(out_dir: Path | None, model: Any, name: str = "model.safetensors") -> dict[str, str]:
@@ -65,12 +76,23 @@ def _factory(ctx: TreatContext, what: str) -> Any:
     return lambda: fresh_model(case)[0]
 
 
-def train_one_cycle(model: Any, x: np.ndarray, y: np.ndarray, *, lr: float, epochs: int, batch_size: int, weight_decay: float, seed: int = 0, clip: float | None = None) -> tuple[Any, list[float]]:
+def train_one_cycle(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    weight_decay: float,
+    seed: int = 0,
+    clip: float | None = None,
+) -> tuple[Any, list[float]]:
     """Train ``model`` in place with AdamW and a one-cycle LR (30 % warm-up, cosine decay); return it and the per-step losses."""
     import torch
     from torch import nn
 
-    from dlclinic.remedies.fit import _prepare_inputs, seed_everything
+    from dlclinic.core.recipe import _prepare_inputs, seed_everything
 
     seed_everything(seed)
     _prepare_inputs(model, x)
@@ -78,7 +100,9 @@ def train_one_cycle(model: Any, x: np.ndarray, y: np.ndarray, *, lr: float, epoc
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
     per_epoch = max(1, math.ceil(len(xt) / batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=per_epoch * epochs, pct_start=0.3, anneal_strategy="cos")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=per_epoch * epochs, pct_start=0.3, anneal_strategy="cos"
+    )
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     model.train()
@@ -115,19 +139,26 @@ class ConvergenceParams:
 
 def _suggest_lr(ctx: TreatContext, factory: Any, steps: int) -> float:
     from dlclinic.checks.training_run import subsample
+    from dlclinic.core.recipe import seed_everything
     from dlclinic.functional.lr_range import lr_range_test
-    from dlclinic.remedies.fit import seed_everything
 
     case, cfg = ctx.case, ctx.fit_config
     rows = subsample(len(case.train), 1024, 1)
     seed_everything(cfg.seed)
-    return lr_range_test(factory(), np.nan_to_num(case.train.x[rows]), case.train.y[rows], steps=steps, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay).suggested_lr  # type: ignore[index]
+    return lr_range_test(
+        factory(),
+        np.nan_to_num(case.train.x[rows]),
+        case.train.y[rows],
+        steps=steps,
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+    ).suggested_lr  # type: ignore[index]
 
 
 def treat_convergence(ctx: TreatContext, params: ConvergenceParams) -> TreatOutcome:
     """LR range test → retrain with the suggested LR and one-cycle → re-measure with the new recipe."""
+    from dlclinic.core.recipe import seed_everything
     from dlclinic.core.results import Treatment
-    from dlclinic.remedies.fit import seed_everything
 
     factory = _factory(ctx, "optimization.convergence")
     case, cfg = ctx.case, ctx.fit_config
@@ -137,28 +168,70 @@ def treat_convergence(ctx: TreatContext, params: ConvergenceParams) -> TreatOutc
         lr = _suggest_lr(ctx, factory, params.lr_steps)
         advance(1)
         seed_everything(cfg.seed)
-        model, losses = train_one_cycle(factory(), np.nan_to_num(case.train.x), case.train.y, lr=lr, epochs=params.epochs or cfg.epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed)  # type: ignore[arg-type]
+        model, losses = train_one_cycle(
+            factory(),
+            np.nan_to_num(case.train.x),
+            case.train.y,
+            lr=lr,
+            epochs=params.epochs or cfg.epochs,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+        )  # type: ignore[arg-type]
         advance(1)
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}, retrained with LR {lr:.3g} and one-cycle", metadata={**case.metadata, "fit.lr": lr})
+    treated = dataclasses.replace(
+        case,
+        model=model,
+        model_source=f"{case.model_source}, retrained with LR {lr:.3g} and one-cycle",
+        metadata={**case.metadata, "fit.lr": lr},
+    )
     after = ctx.measure(treated)
     after_res = after[ctx.challenge_id]
-    before_curve = next((p for p in res.details.get("plots", []) if str(p.get("title", "")).startswith("Training loss per step")), None)
-    after_curve = next((p for p in after_res.details.get("plots", []) if str(p.get("title", "")).startswith("Training loss per step")), None)
-    artifacts = {**_save_model(ctx.out_dir, model), **_save_json(ctx.out_dir, "curves.json", {"before": before_curve, "after_check": after_curve, "after_full_retrain_loss": losses, "suggested_lr": lr})}
+    before_curve = next(
+        (p for p in res.details.get("plots", []) if str(p.get("title", "")).startswith("Training loss per step")), None
+    )
+    after_curve = next(
+        (p for p in after_res.details.get("plots", []) if str(p.get("title", "")).startswith("Training loss per step")),
+        None,
+    )
+    artifacts = {
+        **_save_model(ctx.out_dir, model),
+        **_save_json(
+            ctx.out_dir,
+            "curves.json",
+            {"before": before_curve, "after_check": after_curve, "after_full_retrain_loss": losses, "suggested_lr": lr},
+        ),
+    }
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"LR range test → LR {lr:.3g}; retrain with AdamW and a one-cycle schedule (30 % warm-up, cosine decay) for {params.epochs or cfg.epochs} epochs",
-        before={"lr": res.metrics.get("lr"), "loss_progress": res.metrics.get("loss_progress"), "final_loss": res.metrics.get("final_loss")},
-        after={"lr": after_res.metrics.get("lr"), "loss_progress": after_res.metrics.get("loss_progress"), "final_loss": after_res.metrics.get("final_loss"), "retrain_final_loss": float(np.median(losses[-max(1, len(losses) // 10) :])) if losses else None},
+        before={
+            "lr": res.metrics.get("lr"),
+            "loss_progress": res.metrics.get("loss_progress"),
+            "final_loss": res.metrics.get("final_loss"),
+        },
+        after={
+            "lr": after_res.metrics.get("lr"),
+            "loss_progress": after_res.metrics.get("loss_progress"),
+            "final_loss": after_res.metrics.get("final_loss"),
+            "retrain_final_loss": float(np.median(losses[-max(1, len(losses) // 10) :])) if losses else None,
+        },
         before_status=res.status,
         after_status=after_res.status,
         artifacts=artifacts,
-        notes=("before/after are the same short monitored run with the old and the new LR; curves.json holds both loss curves and the full retrain's",),
+        notes=(
+            "before/after are the same short monitored run with the old and the new LR; curves.json holds both loss curves and the full retrain's",
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
 
-CONVERGENCE = RemedySpec(id="optimization.convergence", params=ConvergenceParams, run=treat_convergence, description="LR from a range test, retrain with one-cycle (warm-up + cosine), compare the loss curves")
+CONVERGENCE = RemedySpec(
+    id="optimization.convergence",
+    params=ConvergenceParams,
+    run=treat_convergence,
+    description="LR from a range test, retrain with one-cycle (warm-up + cosine), compare the loss curves",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,7 +260,7 @@ def _temperature_module() -> type:
     return TemperatureScaledModule
 
 
-def TemperatureScaled(model: Any, temperature: float) -> Any:  # noqa: N802 - a class factory (torch is imported lazily)
+def TemperatureScaled(model: Any, temperature: float) -> Any:
     """Wrap ``model`` so its logits are divided by ``temperature``."""
     return _temperature_module()(model, temperature)
 
@@ -207,14 +280,16 @@ def treat_overfitting(ctx: TreatContext, params: OverfittingParams) -> TreatOutc
     from scipy.special import softmax
 
     from dlclinic.core.inference import predict_logits
+    from dlclinic.core.recipe import fit, seed_everything
     from dlclinic.core.results import Treatment
     from dlclinic.functional.calibration import estimate_ece
-    from dlclinic.remedies.fit import fit, seed_everything
 
     case, cfg = ctx.case, ctx.fit_config
     test = case.get("test")
     if test is None or test.y is None or len(test) < 40:
-        raise ConfigError("treat model.overfitting needs a labelled test split of at least 40 rows to fit and verify the temperature (pass --test)")
+        raise ConfigError(
+            "treat model.overfitting needs a labelled test split of at least 40 rows to fit and verify the temperature (pass --test)"
+        )
     before = ctx.measure(case)
     res = before[ctx.challenge_id]
     base = case.model
@@ -226,13 +301,23 @@ def treat_overfitting(ctx: TreatContext, params: OverfittingParams) -> TreatOutc
         except ConfigError as exc:
             notes.append(f"no regularised retrain: {exc}")
         else:
-            with ctx.progress.step("retraining with early stopping, weight decay and label smoothing", total=1) as advance:
+            with ctx.progress.step(
+                "retraining with early stopping, weight decay and label smoothing", total=1
+            ) as advance:
                 seed_everything(cfg.seed)
-                reg_cfg = dataclasses.replace(cfg, weight_decay=params.weight_decay, label_smoothing=params.label_smoothing, patience=params.patience, val_fraction=max(cfg.val_fraction, 0.1))
+                reg_cfg = dataclasses.replace(
+                    cfg,
+                    weight_decay=params.weight_decay,
+                    label_smoothing=params.label_smoothing,
+                    patience=params.patience,
+                    val_fraction=max(cfg.val_fraction, 0.1),
+                )
                 base = fit(factory(), np.nan_to_num(case.train.x), case.train.y, reg_cfg).model  # type: ignore[arg-type]
                 advance(1)
             regularised = True
-            notes.append(f"retrained with early stopping (patience {params.patience}, best checkpoint restored), weight decay {params.weight_decay:g} and label smoothing {params.label_smoothing:g}")
+            notes.append(
+                f"retrained with early stopping (patience {params.patience}, best checkpoint restored), weight decay {params.weight_decay:g} and label smoothing {params.label_smoothing:g}"
+            )
     logits = predict_logits(base, np.nan_to_num(test.x))
     y = test.y
     order = np.random.default_rng(0).permutation(len(y))
@@ -247,15 +332,31 @@ def treat_overfitting(ctx: TreatContext, params: OverfittingParams) -> TreatOutc
     ece_after = estimate_ece(softmax(scaled, axis=1), y)
     t_all = fit_temperature(logits, y)
     model = TemperatureScaled(base, t_all)
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}{', regularised retrain' if regularised else ''}, temperature {t_all:.2f}")
+    treated = dataclasses.replace(
+        case,
+        model=model,
+        model_source=f"{case.model_source}{', regularised retrain' if regularised else ''}, temperature {t_all:.2f}",
+    )
     after = ctx.measure(treated)
     after_res = after[ctx.challenge_id]
-    notes.append(f"ECE after temperature scaling is cross-fitted: T fitted on one half of test ({temps[0]:.2f} / {temps[1]:.2f}) and measured on the other; the saved model uses T={t_all:.2f} fitted on all of test, so the re-measured ECE in the after report is optimistic")
+    notes.append(
+        f"ECE after temperature scaling is cross-fitted: T fitted on one half of test ({temps[0]:.2f} / {temps[1]:.2f}) and measured on the other; the saved model uses T={t_all:.2f} fitted on all of test, so the re-measured ECE in the after report is optimistic"
+    )
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=("regularised retrain + " if regularised else "") + f"temperature scaling (T={t_all:.2f})",
-        before={"ece": ece_before if not regularised else res.metrics.get("ece"), "accuracy_gap": res.metrics.get("accuracy_gap"), "test_accuracy": res.metrics.get("test_accuracy")},
-        after={"ece": ece_after, "ece_uncalibrated_model": ece_before, "accuracy_gap": after_res.metrics.get("accuracy_gap"), "test_accuracy": after_res.metrics.get("test_accuracy"), "temperature": t_all},
+        before={
+            "ece": ece_before if not regularised else res.metrics.get("ece"),
+            "accuracy_gap": res.metrics.get("accuracy_gap"),
+            "test_accuracy": res.metrics.get("test_accuracy"),
+        },
+        after={
+            "ece": ece_after,
+            "ece_uncalibrated_model": ece_before,
+            "accuracy_gap": after_res.metrics.get("accuracy_gap"),
+            "test_accuracy": after_res.metrics.get("test_accuracy"),
+            "temperature": t_all,
+        },
         before_status=res.status,
         after_status=after_res.status,
         artifacts=_save_model(ctx.out_dir, model),
@@ -264,7 +365,12 @@ def treat_overfitting(ctx: TreatContext, params: OverfittingParams) -> TreatOutc
     return TreatOutcome(treatment, before, after)
 
 
-OVERFITTING = RemedySpec(id="model.overfitting", params=OverfittingParams, run=treat_overfitting, description="temperature scaling verified by ECE (cross-fitted), plus a retrain with early stopping, weight decay and label smoothing")
+OVERFITTING = RemedySpec(
+    id="model.overfitting",
+    params=OverfittingParams,
+    run=treat_overfitting,
+    description="temperature scaling verified by ECE (cross-fitted), plus a retrain with early stopping, weight decay and label smoothing",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,16 +404,26 @@ def treat_batchnorm(ctx: TreatContext, params: BatchNormParams) -> TreatOutcome:
         challenge_id=ctx.challenge_id,
         action=f"re-estimate the running statistics of {len(bn_layers(model))} BatchNorm layer(s) on {len(rows)} training rows (cumulative average), no retraining",
         before={"eval_accuracy": res.metrics.get("eval_accuracy"), "max_mean_shift": res.metrics.get("max_mean_shift")},
-        after={"eval_accuracy": after_res.metrics.get("eval_accuracy"), "max_mean_shift": after_res.metrics.get("max_mean_shift")},
+        after={
+            "eval_accuracy": after_res.metrics.get("eval_accuracy"),
+            "max_mean_shift": after_res.metrics.get("max_mean_shift"),
+        },
         before_status=res.status,
         after_status=after_res.status,
         artifacts=_save_model(ctx.out_dir, model),
-        notes=("a train-mode/eval-mode gap at tiny batch sizes is not fixed by recalibration: swap BatchNorm for GroupNorm/LayerNorm or train with larger batches",),
+        notes=(
+            "a train-mode/eval-mode gap at tiny batch sizes is not fixed by recalibration: swap BatchNorm for GroupNorm/LayerNorm or train with larger batches",
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
 
-BATCHNORM = RemedySpec(id="optimization.batchnorm", params=BatchNormParams, run=treat_batchnorm, description="recalibrate BatchNorm running statistics on clean training data")
+BATCHNORM = RemedySpec(
+    id="optimization.batchnorm",
+    params=BatchNormParams,
+    run=treat_batchnorm,
+    description="recalibrate BatchNorm running statistics on clean training data",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,14 +474,27 @@ def treat_gradients(ctx: TreatContext, params: GradientsParams) -> TreatOutcome:
     treated = dataclasses.replace(case, model_factory=new_factory, metadata={**case.metadata, "fit.lr": lr})
     after = ctx.measure(treated)
     after_res = after[ctx.challenge_id]
-    notes = ["verified by the same monitored training run with the new initialisation and LR; gradient clipping (torch.nn.utils.clip_grad_norm_) is advised in your loop when norms spike"]
+    notes = [
+        "verified by the same monitored training run with the new initialisation and LR; gradient clipping (torch.nn.utils.clip_grad_norm_) is advised in your loop when norms spike"
+    ]
     if after_res.details.get("verdict") == "vanishing":
-        notes.append("gradients still vanish after re-initialisation: the architecture needs normalisation (BatchNorm/LayerNorm) or residual connections, or ReLU-family activations instead of sigmoid/tanh")
+        notes.append(
+            "gradients still vanish after re-initialisation: the architecture needs normalisation (BatchNorm/LayerNorm) or residual connections, or ReLU-family activations instead of sigmoid/tanh"
+        )
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"re-initialise ({'Xavier' if 'sigmoid' in repr(factory()).lower() or 'tanh' in repr(factory()).lower() else 'Kaiming'}) and train with LR {lr:.3g}",
-        before={"min_depth_ratio": res.metrics.get("min_depth_ratio"), "grad_norm_growth": res.metrics.get("grad_norm_growth"), "nonfinite_steps": res.metrics.get("nonfinite_steps")},
-        after={"min_depth_ratio": after_res.metrics.get("min_depth_ratio"), "grad_norm_growth": after_res.metrics.get("grad_norm_growth"), "nonfinite_steps": after_res.metrics.get("nonfinite_steps"), "lr": lr},
+        before={
+            "min_depth_ratio": res.metrics.get("min_depth_ratio"),
+            "grad_norm_growth": res.metrics.get("grad_norm_growth"),
+            "nonfinite_steps": res.metrics.get("nonfinite_steps"),
+        },
+        after={
+            "min_depth_ratio": after_res.metrics.get("min_depth_ratio"),
+            "grad_norm_growth": after_res.metrics.get("grad_norm_growth"),
+            "nonfinite_steps": after_res.metrics.get("nonfinite_steps"),
+            "lr": lr,
+        },
         before_status=res.status,
         after_status=after_res.status,
         notes=tuple(notes),
@@ -373,7 +502,12 @@ def treat_gradients(ctx: TreatContext, params: GradientsParams) -> TreatOutcome:
     return TreatOutcome(treatment, before, after)
 
 
-GRADIENTS = RemedySpec(id="model.gradients", params=GradientsParams, run=treat_gradients, description="re-initialise (Xavier/Kaiming) with the LR from a range test, verified by the gradient monitor")
+GRADIENTS = RemedySpec(
+    id="model.gradients",
+    params=GradientsParams,
+    run=treat_gradients,
+    description="re-initialise (Xavier/Kaiming) with the LR from a range test, verified by the gradient monitor",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -388,7 +522,18 @@ class NonconvexParams:
     epochs: int | None = None
 
 
-def train_sam(model: Any, x: np.ndarray, y: np.ndarray, *, lr: float, epochs: int, batch_size: int, weight_decay: float, rho: float = 0.05, seed: int = 0) -> Any:
+def train_sam(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    weight_decay: float,
+    rho: float = 0.05,
+    seed: int = 0,
+) -> Any:
     """Sharpness-aware minimisation (Foret et al., ICLR 2021) around AdamW, cosine LR; trains ``model`` in place.
 
     Each step takes the gradient at ``w + ρ·g/‖g‖`` (the worst point of a small ball) and
@@ -397,7 +542,7 @@ def train_sam(model: Any, x: np.ndarray, y: np.ndarray, *, lr: float, epochs: in
     import torch
     from torch import nn
 
-    from dlclinic.remedies.fit import _prepare_inputs, seed_everything
+    from dlclinic.core.recipe import _prepare_inputs, seed_everything
 
     if not rho >= 0:
         raise ConfigError(f"`rho >= 0` must hold, but got rho={rho}")
@@ -442,8 +587,8 @@ def train_sam(model: Any, x: np.ndarray, y: np.ndarray, *, lr: float, epochs: in
 def treat_nonconvex(ctx: TreatContext, params: NonconvexParams) -> TreatOutcome:
     """Retrain with SAM; compare sharpness and test accuracy with the same recipe without SAM."""
     from dlclinic.core.inference import predict_logits
+    from dlclinic.core.recipe import seed_everything
     from dlclinic.core.results import Treatment
-    from dlclinic.remedies.fit import seed_everything
 
     factory = _factory(ctx, "optimization.nonconvex")
     case, cfg = ctx.case, ctx.fit_config
@@ -453,29 +598,56 @@ def treat_nonconvex(ctx: TreatContext, params: NonconvexParams) -> TreatOutcome:
         runs = []
         for rho in (0.0, params.rho):  # the same loop, seed and data: only SAM differs
             seed_everything(cfg.seed)
-            runs.append(train_sam(factory(), x, y, lr=cfg.lr, epochs=epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, rho=rho, seed=cfg.seed))  # type: ignore[arg-type]
+            runs.append(
+                train_sam(
+                    factory(),
+                    x,
+                    y,
+                    lr=cfg.lr,
+                    epochs=epochs,
+                    batch_size=cfg.batch_size,
+                    weight_decay=cfg.weight_decay,
+                    rho=rho,
+                    seed=cfg.seed,
+                )
+            )  # type: ignore[arg-type]
             advance(1)
     reference, model = runs
     ref_case = dataclasses.replace(case, model=reference)
     before = ctx.measure(ref_case)
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}, retrained with SAM (rho={params.rho:g})")
+    treated = dataclasses.replace(
+        case, model=model, model_source=f"{case.model_source}, retrained with SAM (rho={params.rho:g})"
+    )
     after = ctx.measure(treated)
     res, after_res = before[ctx.challenge_id], after[ctx.challenge_id]
     test = case.get("test")
     acc: dict[str, float | None] = {"before": None, "after": None}
     if test is not None and test.y is not None:
-        acc = {k: float((predict_logits(m, np.nan_to_num(test.x)).argmax(1) == test.y).mean()) for k, m in (("before", reference), ("after", model))}
+        acc = {
+            k: float((predict_logits(m, np.nan_to_num(test.x)).argmax(1) == test.y).mean())
+            for k, m in (("before", reference), ("after", model))
+        }
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"retrain with SAM (rho={params.rho:g}) around AdamW, {epochs} epochs, same recipe otherwise",
         before={"hessian_top_eigenvalue": res.metrics.get("hessian_top_eigenvalue"), "test_accuracy": acc["before"]},
-        after={"hessian_top_eigenvalue": after_res.metrics.get("hessian_top_eigenvalue"), "test_accuracy": acc["after"]},
+        after={
+            "hessian_top_eigenvalue": after_res.metrics.get("hessian_top_eigenvalue"),
+            "test_accuracy": acc["after"],
+        },
         before_status=res.status,
         after_status=after_res.status,
         artifacts=_save_model(ctx.out_dir, model),
-        notes=("before = the training loop without SAM, after = the same loop, seed and data with SAM; sharpness is the top Hessian eigenvalue on the same training rows",),
+        notes=(
+            "before = the training loop without SAM, after = the same loop, seed and data with SAM; sharpness is the top Hessian eigenvalue on the same training rows",
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
 
-NONCONVEX = RemedySpec(id="optimization.nonconvex", params=NonconvexParams, run=treat_nonconvex, description="retrain with SAM (sharpness-aware minimisation); verify lower sharpness and report accuracy")
+NONCONVEX = RemedySpec(
+    id="optimization.nonconvex",
+    params=NonconvexParams,
+    run=treat_nonconvex,
+    description="retrain with SAM (sharpness-aware minimisation); verify lower sharpness and report accuracy",
+)

@@ -96,7 +96,18 @@ def _reference(ctx: TreatContext) -> Any:
     return ctx.retrain(case.train.x, case.train.y, ctx.fit_config.seed)
 
 
-def _seed_check(factory: Callable[[], Any], x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, base: dict[str, Any], best: dict[str, Any], epochs: int, seeds: int, seed: int) -> list[float]:
+def _seed_check(
+    factory: Callable[[], Any],
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    base: dict[str, Any],
+    best: dict[str, Any],
+    epochs: int,
+    seeds: int,
+    seed: int,
+) -> list[float]:
     """Validation gain of the best recipe over the current one, re-run with ``seeds`` new seeds.
 
     The study picks the best of many noisy trials (a winner's curse); re-running both
@@ -105,7 +116,18 @@ def _seed_check(factory: Callable[[], Any], x_tr: np.ndarray, y_tr: np.ndarray, 
     from dlclinic.functional.search import train_eval
 
     def run(p: dict[str, Any], s: int) -> float:
-        return train_eval(factory(), x_tr, y_tr, x_va, y_va, lr=float(p.get("lr", 2e-3)), weight_decay=float(p.get("weight_decay", 1e-4)), batch_size=int(p.get("batch_size", 64)), epochs=epochs, seed=s).accuracy
+        return train_eval(
+            factory(),
+            x_tr,
+            y_tr,
+            x_va,
+            y_va,
+            lr=float(p.get("lr", 2e-3)),
+            weight_decay=float(p.get("weight_decay", 1e-4)),
+            batch_size=int(p.get("batch_size", 64)),
+            epochs=epochs,
+            seed=s,
+        ).accuracy
 
     return [run(best, seed + 1000 + k) - run(base, seed + 1000 + k) for k in range(seeds)]
 
@@ -118,25 +140,37 @@ def parse_space(text: str) -> dict[str, tuple[Any, ...]]:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"space: expected JSON like {{\"lr\": [\"float_log\", 1e-4, 1e-1]}}, found {text[:60]!r} ({exc.msg})") from None
+        raise ConfigError(
+            f'space: expected JSON like {{"lr": ["float_log", 1e-4, 1e-1]}}, found {text[:60]!r} ({exc.msg})'
+        ) from None
     kinds = ("float_log", "float", "int", "categorical")
     out: dict[str, tuple[Any, ...]] = {}
     for name, spec in dict(data).items():
-        if not isinstance(spec, list) or not spec or spec[0] not in kinds or (spec[0] == "categorical" and (len(spec) != 2 or not isinstance(spec[1], list))) or (spec[0] != "categorical" and (len(spec) != 3 or not spec[1] < spec[2])):
-            raise ConfigError(f"space[{name!r}]: expected [kind, low, high] with low < high (kind one of {kinds[:3]}) or [\"categorical\", [choices]], found {spec!r}")
+        if (
+            not isinstance(spec, list)
+            or not spec
+            or spec[0] not in kinds
+            or (spec[0] == "categorical" and (len(spec) != 2 or not isinstance(spec[1], list)))
+            or (spec[0] != "categorical" and (len(spec) != 3 or not spec[1] < spec[2]))
+        ):
+            raise ConfigError(
+                f'space[{name!r}]: expected [kind, low, high] with low < high (kind one of {kinds[:3]}) or ["categorical", [choices]], found {spec!r}'
+            )
         out[str(name)] = (spec[0], tuple(spec[1])) if spec[0] == "categorical" else (spec[0], spec[1], spec[2])
     return out
 
 
 def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome:
     """Optuna study over the recipe, retrain with the best values, verify on test."""
+    from dlclinic.core.recipe import fit
     from dlclinic.core.results import Treatment
     from dlclinic.functional.search import hyperparameter_study
-    from dlclinic.remedies.fit import fit
 
     case, cfg = ctx.case, ctx.fit_config
     if case.model_factory is None:
-        raise ConfigError("treat model.hyperparameters retrains the model, so it needs the architecture: pass --model file.py:factory")
+        raise ConfigError(
+            "treat model.hyperparameters retrains the model, so it needs the architecture: pass --model file.py:factory"
+        )
     if case.train.y is None:
         raise ConfigError("treat model.hyperparameters needs labelled training data")
     before = ctx.measure(case)
@@ -161,8 +195,24 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
             seed=params.seed,
             progress=lambda _n: advance(1),
         )
-    seed_gains = _seed_check(case.model_factory, x[tr], y[tr], x[va], y[va], result.baseline_params, result.best_params, params.trial_epochs, params.seeds, params.seed)
-    best_cfg = dataclasses.replace(cfg, lr=float(result.best_params.get("lr", cfg.lr)), weight_decay=float(result.best_params.get("weight_decay", cfg.weight_decay)), batch_size=int(result.best_params.get("batch_size", cfg.batch_size)))
+    seed_gains = _seed_check(
+        case.model_factory,
+        x[tr],
+        y[tr],
+        x[va],
+        y[va],
+        result.baseline_params,
+        result.best_params,
+        params.trial_epochs,
+        params.seeds,
+        params.seed,
+    )
+    best_cfg = dataclasses.replace(
+        cfg,
+        lr=float(result.best_params.get("lr", cfg.lr)),
+        weight_decay=float(result.best_params.get("weight_decay", cfg.weight_decay)),
+        batch_size=int(result.best_params.get("batch_size", cfg.batch_size)),
+    )
     with ctx.progress.step("retraining with the best recipe", total=1) as advance:
         reference = _reference(ctx)
         model = fit(case.model_factory(), x, y, best_cfg).model
@@ -172,17 +222,43 @@ def treat_hyperparameters(ctx: TreatContext, params: TuneParams) -> TreatOutcome
     if ctx.out_dir is not None:
         from dlclinic.core.atomic import write_json, write_weights
 
-        artifacts["hyperparameters"] = str(write_json(ctx.out_dir / "best_hyperparameters.json", {"best": result.best_params, "current": result.baseline_params, "val_accuracy": {"best": result.best_accuracy, "current": result.baseline_accuracy}, "importances": result.importances, "fit_config": best_cfg.to_dict(), "trials": result.trials}, default=str))
+        artifacts["hyperparameters"] = str(
+            write_json(
+                ctx.out_dir / "best_hyperparameters.json",
+                {
+                    "best": result.best_params,
+                    "current": result.baseline_params,
+                    "val_accuracy": {"best": result.best_accuracy, "current": result.baseline_accuracy},
+                    "importances": result.importances,
+                    "fit_config": best_cfg.to_dict(),
+                    "trials": result.trials,
+                },
+                default=str,
+            )
+        )
         artifacts["weights"] = str(write_weights(model, ctx.out_dir / "model_tuned.safetensors"))
         if storage and storage.startswith("sqlite:///"):
             artifacts["study"] = storage
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}, retrained with tuned hyperparameters")
+    treated = dataclasses.replace(
+        case, model=model, model_source=f"{case.model_source}, retrained with tuned hyperparameters"
+    )
     after = ctx.measure(treated)
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"Optuna TPE ({params.pruner} pruning), {result.n_trials} trials ({result.n_pruned} pruned); best {result.best_params}; retrained on all of train with the full recipe",
-        before={"test_accuracy": acc_old, "val_accuracy": result.baseline_accuracy, **{k: float(v) for k, v in result.baseline_params.items()}},
-        after={"test_accuracy": acc_new, "val_accuracy": result.best_accuracy, "gain_ci_low": ci[0], "gain_ci_high": ci[1], "seed_gain_min": min(seed_gains) if seed_gains else None, **{k: float(v) for k, v in result.best_params.items()}},
+        before={
+            "test_accuracy": acc_old,
+            "val_accuracy": result.baseline_accuracy,
+            **{k: float(v) for k, v in result.baseline_params.items()},
+        },
+        after={
+            "test_accuracy": acc_new,
+            "val_accuracy": result.best_accuracy,
+            "gain_ci_low": ci[0],
+            "gain_ci_high": ci[1],
+            "seed_gain_min": min(seed_gains) if seed_gains else None,
+            **{k: float(v) for k, v in result.best_params.items()},
+        },
         before_status=before[ctx.challenge_id].status,
         after_status=after[ctx.challenge_id].status,
         artifacts=artifacts,
@@ -215,7 +291,7 @@ class ArchitectureParams:
 
 def _space(case: Any) -> tuple[str, Callable[[Any], Callable[[], Any]]]:
     """The family and a builder ``trial -> factory`` of the search space."""
-    from dlclinic.remedies.baselines import MLP, SmallCNN
+    from dlclinic.core.baselines import MLP, SmallCNN
 
     model = case.model
     shape = case.input_shape
@@ -239,7 +315,9 @@ def _space(case: Any) -> tuple[str, Callable[[Any], Callable[[], Any]]]:
 
         return "baseline CNN: channels × hidden width", cnn
     if case.model_factory is None:
-        raise ConfigError("treat model.architecture needs the architecture (file.py:factory) to build narrower versions")
+        raise ConfigError(
+            "treat model.architecture needs the architecture (file.py:factory) to build narrower versions"
+        )
     from dlclinic.functional.search import narrower
 
     def user(trial: Any) -> Callable[[], Any]:
@@ -251,11 +329,11 @@ def _space(case: Any) -> tuple[str, Callable[[Any], Callable[[], Any]]]:
 
 def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOutcome:
     """Multi-objective search, then retrain the smallest model within tolerance and verify."""
-    from dlclinic.core.results import Treatment
     from dlclinic.core.atomic import write_weights
+    from dlclinic.core.recipe import fit
+    from dlclinic.core.results import Treatment
     from dlclinic.functional.compression import parameter_count
     from dlclinic.functional.search import make_study, train_eval
-    from dlclinic.remedies.fit import fit
 
     case, cfg = ctx.case, ctx.fit_config
     if case.train.y is None:
@@ -265,14 +343,31 @@ def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOu
     tr, va = _split(len(case.train), params.val_fraction, params.seed)
     x, y = case.train.x, np.asarray(case.train.y)
     storage = _storage(ctx, params.storage)
-    study = make_study(storage=storage, study_name=params.study_name, directions=("maximize", "minimize"), pruner="none", seed=params.seed)
+    study = make_study(
+        storage=storage,
+        study_name=params.study_name,
+        directions=("maximize", "minimize"),
+        pruner="none",
+        seed=params.seed,
+    )
     factories: dict[int, Callable[[], Any]] = {}
 
     def objective(trial: Any) -> tuple[float, float]:
         factory = build(trial)
         factories[trial.number] = factory
         net = factory()
-        out = train_eval(net, x[tr], y[tr], x[va], y[va], lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, epochs=params.trial_epochs, seed=params.seed)
+        out = train_eval(
+            net,
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            epochs=params.trial_epochs,
+            seed=params.seed,
+        )
         return out.accuracy, float(parameter_count(net))
 
     with ctx.progress.step("architecture search", total=params.n_trials):
@@ -283,7 +378,10 @@ def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOu
     best_acc = max(t.values[0] for t in done)
     within = [t for t in done if t.values[0] >= best_acc - params.tolerance]
     chosen = min(within, key=lambda t: t.values[1])
-    front = sorted(((t.number, t.values[0], int(t.values[1]), t.params) for t in study.best_trials if t.number in factories), key=lambda r: r[2])
+    front = sorted(
+        ((t.number, t.values[0], int(t.values[1]), t.params) for t in study.best_trials if t.number in factories),
+        key=lambda r: r[2],
+    )
     with ctx.progress.step("retraining the chosen architecture", total=1) as advance:
         reference = _reference(ctx)
         model = fit(factories[chosen.number](), x, y, cfg).model
@@ -293,7 +391,17 @@ def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOu
     if ctx.out_dir is not None:
         from dlclinic.core.atomic import write_json
 
-        artifacts["architecture"] = str(write_json(ctx.out_dir / "architecture.json", {"family": family, "chosen": chosen.params, "pareto_front": [{"trial": n, "val_accuracy": a, "params": p, **ps} for n, a, p, ps in front]}, default=str))
+        artifacts["architecture"] = str(
+            write_json(
+                ctx.out_dir / "architecture.json",
+                {
+                    "family": family,
+                    "chosen": chosen.params,
+                    "pareto_front": [{"trial": n, "val_accuracy": a, "params": p, **ps} for n, a, p, ps in front],
+                },
+                default=str,
+            )
+        )
         artifacts["weights"] = str(write_weights(model, ctx.out_dir / "model_searched.safetensors"))
         try:
             from dlclinic.export import export_pt2
@@ -301,20 +409,43 @@ def treat_architecture(ctx: TreatContext, params: ArchitectureParams) -> TreatOu
             artifacts["model"] = str(export_pt2(model, case.train.x[:64], ctx.out_dir / "model_searched.pt2").path)
         except Exception:  # the weights file still holds the model
             pass
-    treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}, architecture searched ({chosen.params})")
+    treated = dataclasses.replace(
+        case, model=model, model_source=f"{case.model_source}, architecture searched ({chosen.params})"
+    )
     after = ctx.measure(treated)
     treatment = Treatment(
         challenge_id=ctx.challenge_id,
         action=f"multi-objective Optuna search over {family}: {len(done)} trials, Pareto front of {len(front)}; chose {chosen.params} ({int(chosen.values[1]):,} parameters), the smallest within {params.tolerance:.0%} of the best validation accuracy, retrained with the recipe",
-        before={"test_accuracy": acc_old, "n_params": parameter_count(case.model) if hasattr(case.model, "parameters") else None},
-        after={"test_accuracy": acc_new, "n_params": parameter_count(model), "gain_ci_low": ci[0], "gain_ci_high": ci[1]},
+        before={
+            "test_accuracy": acc_old,
+            "n_params": parameter_count(case.model) if hasattr(case.model, "parameters") else None,
+        },
+        after={
+            "test_accuracy": acc_new,
+            "n_params": parameter_count(model),
+            "gain_ci_low": ci[0],
+            "gain_ci_high": ci[1],
+        },
         before_status=before[ctx.challenge_id].status,
         after_status=after[ctx.challenge_id].status,
         artifacts=artifacts,
-        notes=(f"Pareto front (trial, val accuracy, params): {[(n, round(a, 4), p) for n, a, p, _ in front]}", f"study {params.study_name!r} stored in {storage or 'memory'} (resumable)"),
+        notes=(
+            f"Pareto front (trial, val accuracy, params): {[(n, round(a, 4), p) for n, a, p, _ in front]}",
+            f"study {params.study_name!r} stored in {storage or 'memory'} (resumable)",
+        ),
     )
     return TreatOutcome(treatment, before, after)
 
 
-HYPERPARAMETERS = RemedySpec(id="model.hyperparameters", params=TuneParams, run=treat_hyperparameters, description="Optuna TPE + median/Hyperband pruning over lr / weight decay / batch size (SQLite storage, resumable), retrain with the best values, verify on test.")
-ARCHITECTURE = RemedySpec(id="model.architecture", params=ArchitectureParams, run=treat_architecture, description="Optuna multi-objective search over depth/width (accuracy vs parameters), retrain the smallest model within tolerance, verify on test.")
+HYPERPARAMETERS = RemedySpec(
+    id="model.hyperparameters",
+    params=TuneParams,
+    run=treat_hyperparameters,
+    description="Optuna TPE + median/Hyperband pruning over lr / weight decay / batch size (SQLite storage, resumable), retrain with the best values, verify on test.",
+)
+ARCHITECTURE = RemedySpec(
+    id="model.architecture",
+    params=ArchitectureParams,
+    run=treat_architecture,
+    description="Optuna multi-objective search over depth/width (accuracy vs parameters), retrain the smallest model within tolerance, verify on test.",
+)

@@ -69,10 +69,13 @@ def write_report(report: Report, out_dir: str | os.PathLike[str], case: Case | N
         ConfigError: If ``out_dir`` cannot be created or written to.
     """
     from dlclinic.core.errors import ConfigError
-
     from dlclinic.core.manifest import build_manifest, manifest_json
 
-    texts = {"json": render_json(report), "html": render_html(report, case=case), "manifest": manifest_json(build_manifest(report=report, case=case))}
+    texts = {
+        "json": render_json(report),
+        "html": render_html(report, case=case),
+        "manifest": manifest_json(build_manifest(report=report, case=case)),
+    }
     directory = Path(out_dir)
     staged: dict[str, Path] = {}
     try:
@@ -86,7 +89,9 @@ def write_report(report: Report, out_dir: str | os.PathLike[str], case: Case | N
             out[key] = directory / name
         return out
     except OSError as exc:
-        raise ConfigError(f"out_dir {str(directory)!r}: expected a writable directory, found {exc.strerror or exc}; choose another output directory") from exc
+        raise ConfigError(
+            f"out_dir {str(directory)!r}: expected a writable directory, found {exc.strerror or exc}; choose another output directory"
+        ) from exc
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)

@@ -196,8 +196,15 @@ def _tables(details: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not columns and not rows:
             out.append({"error": f"table {title or '(untitled)'} skipped: no columns and no rows"})
             continue
-        out.append({"title": title, "columns": columns, "rows": rows[:MAX_TABLE_ROWS],
-                    "more": max(len(rows) - MAX_TABLE_ROWS, 0), "error": ""})
+        out.append(
+            {
+                "title": title,
+                "columns": columns,
+                "rows": rows[:MAX_TABLE_ROWS],
+                "more": max(len(rows) - MAX_TABLE_ROWS, 0),
+                "error": "",
+            }
+        )
     return out
 
 
@@ -253,7 +260,12 @@ def _treatment_view(t: Treatment) -> dict[str, Any]:
     for key in list(dict.fromkeys([*t.before, *t.after])):
         b, a = t.before.get(key), t.after.get(key)
         delta = ""
-        if isinstance(b, (int, float)) and isinstance(a, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        if (
+            isinstance(b, (int, float))
+            and isinstance(a, (int, float))
+            and not isinstance(a, bool)
+            and not isinstance(b, bool)
+        ):
             d = float(a) - float(b)
             delta = ("+" if d > 0 else "") + fmt(d) if math.isfinite(d) else ""
         rows.append({"name": key, "before": fmt(b), "after": fmt(a), "delta": delta})
@@ -293,8 +305,13 @@ def _environment() -> Environment:
     """The Jinja2 environment (autoescape on, undefined names are errors), built once."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(_TEMPLATES)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["fmt"] = fmt
     return env
 

@@ -102,26 +102,54 @@ def load_card_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         else:
-            raise ConfigError(f"card config {p}: expected a .json, .yaml/.yml or .toml file, found {suffix or 'no extension'}")
+            raise ConfigError(
+                f"card config {p}: expected a .json, .yaml/.yml or .toml file, found {suffix or 'no extension'}"
+            )
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"card config {p}: could not parse it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ConfigError(
+            f"card config {p}: could not parse it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"card config {p}: expected a mapping of fields (intended_use, out_of_scope, …), found {type(data).__name__}")
+        raise ConfigError(
+            f"card config {p}: expected a mapping of fields (intended_use, out_of_scope, …), found {type(data).__name__}"
+        )
     return {str(k): v for k, v in data.items()}
 
 
 #: Answers that say "not written yet" (compared lower-case, surrounding punctuation stripped):
 #: a card whose ``intended_use`` is ``TODO`` documents nothing. ``n/a`` / ``none`` are *not*
 #: placeholders: they state that a field does not apply.
-PLACEHOLDERS: frozenset[str] = frozenset({"", "todo", "tbd", "tba", "tbc", "fixme", "xxx", "placeholder", "to do", "to be written", "to be determined", "to be defined", "to be decided", "to be completed", "lorem ipsum", "not provided", "not provided — to be written by the provider"})
+PLACEHOLDERS: frozenset[str] = frozenset(
+    {
+        "",
+        "todo",
+        "tbd",
+        "tba",
+        "tbc",
+        "fixme",
+        "xxx",
+        "placeholder",
+        "to do",
+        "to be written",
+        "to be determined",
+        "to be defined",
+        "to be decided",
+        "to be completed",
+        "lorem ipsum",
+        "not provided",
+        "not provided — to be written by the provider",
+    }
+)
 _PLACEHOLDER_PREFIXES = ("todo", "tbd", "fixme")
 
 
 def _placeholder(text: str) -> bool:
     t = text.strip().lower().strip(" \t\r\n_*.:;,!?…-–—()[]<>\"'`")
-    return t in PLACEHOLDERS or any(t.startswith(p) and not t[len(p)].isalnum() for p in _PLACEHOLDER_PREFIXES if len(t) > len(p))
+    return t in PLACEHOLDERS or any(
+        t.startswith(p) and not t[len(p)].isalnum() for p in _PLACEHOLDER_PREFIXES if len(t) > len(p)
+    )
 
 
 def _filled(value: Any) -> bool:
@@ -177,11 +205,15 @@ def _evaluation(report: Any) -> list[str]:
     ov = _result(report, "model.overfitting")
     if ov is not None and ov.status != "not_examined":
         m = ov.metrics
-        lines.append(f"- Accuracy: train {_pct(m.get('train_accuracy'))}, test {_pct(m.get('test_accuracy'))}; expected calibration error {m.get('ece', float('nan')):.3f} on test.")
+        lines.append(
+            f"- Accuracy: train {_pct(m.get('train_accuracy'))}, test {_pct(m.get('test_accuracy'))}; expected calibration error {m.get('ece', float('nan')):.3f} on test."
+        )
     fa = _result(report, "ethics.fairness")
     if fa is not None and fa.status != "not_examined":
         m = fa.metrics
-        lines.append(f"- Fairness ({fa.details.get('positive', '')}): worst-group accuracy {_pct(m.get('worst_group_accuracy'))} (group {fa.details.get('worst_group', '?')!r}), accuracy gap {m.get('accuracy_gap', 0):.3f}, equalized-odds difference {m.get('equalized_odds_difference', 0):.3f} (95 % CI {m.get('equalized_odds_ci_low', 0):.3f}–{m.get('equalized_odds_ci_high', 0):.3f}).")
+        lines.append(
+            f"- Fairness ({fa.details.get('positive', '')}): worst-group accuracy {_pct(m.get('worst_group_accuracy'))} (group {fa.details.get('worst_group', '?')!r}), accuracy gap {m.get('accuracy_gap', 0):.3f}, equalized-odds difference {m.get('equalized_odds_difference', 0):.3f} (95 % CI {m.get('equalized_odds_ci_low', 0):.3f}–{m.get('equalized_odds_ci_high', 0):.3f})."
+        )
         for t in fa.details.get("tables", []):
             lines.append("")
             lines.append("| " + " | ".join(map(str, t["columns"])) + " |")
@@ -191,15 +223,21 @@ def _evaluation(report: Any) -> list[str]:
     se = _result(report, "ethics.security")
     if se is not None and "robust_accuracy" in se.metrics:
         m = se.metrics
-        lines.append(f"- Robustness: PGD-L∞ at ε={m.get('epsilon')} leaves {_pct(m.get('robust_accuracy'))} correct (clean {_pct(m.get('clean_accuracy'))}); attack success rate {_pct(m.get('attack_success_rate'))}.")
+        lines.append(
+            f"- Robustness: PGD-L∞ at ε={m.get('epsilon')} leaves {_pct(m.get('robust_accuracy'))} correct (clean {_pct(m.get('clean_accuracy'))}); attack success rate {_pct(m.get('attack_success_rate'))}."
+        )
     pr = _result(report, "data.privacy")
     if pr is not None and "mia_auc" in pr.metrics:
         m = pr.metrics
-        lines.append(f"- Privacy: membership-inference AUC {m.get('mia_auc', 0):.3f} (0.5 = no leakage); TPR {_pct(m.get('mia_tpr_at_low_fpr'))} at FPR ≤ {_pct(m.get('mia_low_fpr'))}.")
+        lines.append(
+            f"- Privacy: membership-inference AUC {m.get('mia_auc', 0):.3f} (0.5 = no leakage); TPR {_pct(m.get('mia_tpr_at_low_fpr'))} at FPR ≤ {_pct(m.get('mia_low_fpr'))}."
+        )
     return lines or ["- No evaluation results in the report this card was built from."]
 
 
-def render_model_card(report: Any, config: Mapping[str, Any] | None, *, fingerprints: Mapping[str, str] | None = None) -> str:
+def render_model_card(
+    report: Any, config: Mapping[str, Any] | None, *, fingerprints: Mapping[str, str] | None = None
+) -> str:
     """The model card as Markdown (fields the user did not provide say so).
 
     Args:
@@ -213,22 +251,39 @@ def render_model_card(report: Any, config: Mapping[str, Any] | None, *, fingerpr
     name = cfg.get("model_name") or case.get("name") or "model"
     out = [f"# Model card: {name}", ""]
     created = getattr(report, "created", None) or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out += [f"_Generated by dlclinic {getattr(report, 'dlclinic_version', '')} on {created}; every number below was measured on the data named in the fingerprints._", ""]
+    out += [
+        f"_Generated by dlclinic {getattr(report, 'dlclinic_version', '')} on {created}; every number below was measured on the data named in the fingerprints._",
+        "",
+    ]
     out += ["## Model details", ""]
     for key in ("version", "owner", "contact", "license"):
         out.append(f"- **{CARD_FIELDS[key]}**: {_md(cfg.get(key))}")
     if model:
         source = str(model.get("source", "?"))
         params = model.get("parameters")
-        out.append(f"- **Model**: {source}" + (f", {params:,} parameters" if isinstance(params, int) and f"{params:,}" not in source else ""))
+        out.append(
+            f"- **Model**: {source}"
+            + (f", {params:,} parameters" if isinstance(params, int) and f"{params:,}" not in source else "")
+        )
     if case:
-        out.append(f"- **Task**: {case.get('task', 'classification')}, {case.get('n_classes', '?')} classes, {case.get('modality', '?')} inputs of shape {case.get('input_shape', '?')}")
+        out.append(
+            f"- **Task**: {case.get('task', 'classification')}, {case.get('n_classes', '?')} classes, {case.get('modality', '?')} inputs of shape {case.get('input_shape', '?')}"
+        )
     out.append("")
     for key in ("intended_use", "intended_users", "out_of_scope"):
         out += [f"## {CARD_FIELDS[key]}", "", _md(cfg.get(key)), ""]
     out += ["## Data provenance", "", _md(cfg.get("data_provenance")), ""]
     if case.get("splits"):
-        out.append("Splits examined: " + ", ".join(f"{k} ({v:,} rows)" for k, v in case["splits"].items()) + (f"; source: {case['metadata']['source']}" if isinstance(case.get("metadata"), dict) and case["metadata"].get("source") else "") + ".")
+        out.append(
+            "Splits examined: "
+            + ", ".join(f"{k} ({v:,} rows)" for k, v in case["splits"].items())
+            + (
+                f"; source: {case['metadata']['source']}"
+                if isinstance(case.get("metadata"), dict) and case["metadata"].get("source")
+                else ""
+            )
+            + "."
+        )
         out.append("")
     out += ["## Evaluation results", ""] + _evaluation(report) + [""]
     flagged = [r for r in getattr(report, "challenges", ()) if r.status in ("warn", "fail")]
@@ -236,7 +291,11 @@ def render_model_card(report: Any, config: Mapping[str, Any] | None, *, fingerpr
     if _filled(cfg.get("limitations")):
         out += [_md(cfg.get("limitations")), ""]
     if flagged:
-        out += ["Measured by dlclinic (checks that warned or failed):", ""] + [f"- **{r.id}** ({r.status}): {r.summary}" for r in flagged] + [""]
+        out += (
+            ["Measured by dlclinic (checks that warned or failed):", ""]
+            + [f"- **{r.id}** ({r.status}): {r.summary}" for r in flagged]
+            + [""]
+        )
     elif not _filled(cfg.get("limitations")):
         out += [NOT_PROVIDED, ""]
     out += ["## Risks and ethical considerations", "", _md(cfg.get("risks")), ""]
@@ -254,24 +313,87 @@ def render_model_card(report: Any, config: Mapping[str, Any] | None, *, fingerpr
     return "\n".join(out)
 
 
-def render_technical_documentation(report: Any, config: Mapping[str, Any] | None, *, pii_summary: str | None = None, audit_log: str | None = None, erasure: str | None = None) -> str:
+def render_technical_documentation(
+    report: Any,
+    config: Mapping[str, Any] | None,
+    *,
+    pii_summary: str | None = None,
+    audit_log: str | None = None,
+    erasure: str | None = None,
+) -> str:
     """Technical documentation with GDPR / EU AI Act (Annex IV) style headings, as Markdown."""
     cfg = dict(config or {})
     case = dict(getattr(report, "case", {}) or {})
     env = dict(getattr(report, "environment", {}) or {})
-    out = [f"# Technical documentation: {cfg.get('model_name') or case.get('name') or 'model'}", "", "_Headings follow EU AI Act Annex IV and GDPR Art. 5/6/17/30/35; sections marked “not provided” must be written by the provider._", ""]
-    out += ["## 1. General description of the AI system", "", f"- **Intended purpose**: {_md(cfg.get('intended_use'))}", f"- **Provider**: {_md(cfg.get('owner'))}", f"- **Version**: {_md(cfg.get('version'))}", f"- **Out-of-scope uses**: {_md(cfg.get('out_of_scope'))}", ""]
+    out = [
+        f"# Technical documentation: {cfg.get('model_name') or case.get('name') or 'model'}",
+        "",
+        "_Headings follow EU AI Act Annex IV and GDPR Art. 5/6/17/30/35; sections marked “not provided” must be written by the provider._",
+        "",
+    ]
+    out += [
+        "## 1. General description of the AI system",
+        "",
+        f"- **Intended purpose**: {_md(cfg.get('intended_use'))}",
+        f"- **Provider**: {_md(cfg.get('owner'))}",
+        f"- **Version**: {_md(cfg.get('version'))}",
+        f"- **Out-of-scope uses**: {_md(cfg.get('out_of_scope'))}",
+        "",
+    ]
     model = dict(case.get("model") or {})
-    out += ["## 2. Elements of the system and its development", "", f"- **Model**: {model.get('source', NOT_PROVIDED)}", f"- **Software**: dlclinic {getattr(report, 'dlclinic_version', '')}, " + ", ".join(f"{k} {v}" for k, v in env.items() if k in ("python", "torch", "numpy", "sklearn") and v), ""]
-    out += ["## 3. Data and data governance", "", f"- **Provenance**: {_md(cfg.get('data_provenance'))}", f"- **Splits**: {case.get('splits', NOT_PROVIDED)}", f"- **Personal data found (PII scan)**: {pii_summary or NOT_PROVIDED}", f"- **{COMPLIANCE_FIELDS['lawful_basis']}**: {_md(cfg.get('lawful_basis'))}", f"- **{COMPLIANCE_FIELDS['data_controller']}**: {_md(cfg.get('data_controller'))}", f"- **{COMPLIANCE_FIELDS['retention']}**: {_md(cfg.get('retention'))}", f"- **{COMPLIANCE_FIELDS['dpia']}**: {_md(cfg.get('dpia'))}", ""]
-    out += ["## 4. Monitoring, functioning and control", "", f"- **{COMPLIANCE_FIELDS['human_oversight']}**: {_md(cfg.get('human_oversight'))}", f"- **{COMPLIANCE_FIELDS['post_market_monitoring']}**: {_md(cfg.get('post_market_monitoring'))}", ""]
-    out += ["## 5. Performance metrics, accuracy, robustness and cybersecurity (Art. 15)", ""] + _evaluation(report) + [""]
+    out += [
+        "## 2. Elements of the system and its development",
+        "",
+        f"- **Model**: {model.get('source', NOT_PROVIDED)}",
+        f"- **Software**: dlclinic {getattr(report, 'dlclinic_version', '')}, "
+        + ", ".join(f"{k} {v}" for k, v in env.items() if k in ("python", "torch", "numpy", "sklearn") and v),
+        "",
+    ]
+    out += [
+        "## 3. Data and data governance",
+        "",
+        f"- **Provenance**: {_md(cfg.get('data_provenance'))}",
+        f"- **Splits**: {case.get('splits', NOT_PROVIDED)}",
+        f"- **Personal data found (PII scan)**: {pii_summary or NOT_PROVIDED}",
+        f"- **{COMPLIANCE_FIELDS['lawful_basis']}**: {_md(cfg.get('lawful_basis'))}",
+        f"- **{COMPLIANCE_FIELDS['data_controller']}**: {_md(cfg.get('data_controller'))}",
+        f"- **{COMPLIANCE_FIELDS['retention']}**: {_md(cfg.get('retention'))}",
+        f"- **{COMPLIANCE_FIELDS['dpia']}**: {_md(cfg.get('dpia'))}",
+        "",
+    ]
+    out += [
+        "## 4. Monitoring, functioning and control",
+        "",
+        f"- **{COMPLIANCE_FIELDS['human_oversight']}**: {_md(cfg.get('human_oversight'))}",
+        f"- **{COMPLIANCE_FIELDS['post_market_monitoring']}**: {_md(cfg.get('post_market_monitoring'))}",
+        "",
+    ]
+    out += (
+        ["## 5. Performance metrics, accuracy, robustness and cybersecurity (Art. 15)", ""] + _evaluation(report) + [""]
+    )
     flagged = [r for r in getattr(report, "challenges", ()) if r.status in ("warn", "fail")]
-    out += ["## 6. Risk management (Art. 9)", "", f"- **Risk management system**: {_md(cfg.get('risk_management'))}", f"- **Known risks**: {_md(cfg.get('risks'))}"]
+    out += [
+        "## 6. Risk management (Art. 9)",
+        "",
+        f"- **Risk management system**: {_md(cfg.get('risk_management'))}",
+        f"- **Known risks**: {_md(cfg.get('risks'))}",
+    ]
     out += [f"- measured: **{r.id}** ({r.status}) — {r.summary}" for r in flagged] + [""]
     fps = dict(case.get("fingerprints") or {})
-    out += ["## 7. Record-keeping and traceability (Art. 12, GDPR Art. 30)", "", f"- **Audit trail**: {audit_log or NOT_PROVIDED}", "- **Lineage (SHA-256)**: " + (", ".join(f"{k} `{v[:16]}…`" for k, v in sorted(fps.items())) if fps else NOT_PROVIDED), ""]
-    out += ["## 8. Data-subject rights (GDPR Art. 17, right to erasure)", "", f"- **Erasure readiness**: {erasure or NOT_PROVIDED}", ""]
+    out += [
+        "## 7. Record-keeping and traceability (Art. 12, GDPR Art. 30)",
+        "",
+        f"- **Audit trail**: {audit_log or NOT_PROVIDED}",
+        "- **Lineage (SHA-256)**: "
+        + (", ".join(f"{k} `{v[:16]}…`" for k, v in sorted(fps.items())) if fps else NOT_PROVIDED),
+        "",
+    ]
+    out += [
+        "## 8. Data-subject rights (GDPR Art. 17, right to erasure)",
+        "",
+        f"- **Erasure readiness**: {erasure or NOT_PROVIDED}",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -280,7 +402,13 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def write_manifest(files: Mapping[str, str | os.PathLike[str]], manifest: str | os.PathLike[str], *, key: bytes | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_manifest(
+    files: Mapping[str, str | os.PathLike[str]],
+    manifest: str | os.PathLike[str],
+    *,
+    key: bytes | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write a manifest of SHA-256 hashes of ``files`` (name → path, paths stored relative to the manifest).
 
     With ``key`` the manifest also carries an HMAC-SHA256 signature over its entries.
@@ -296,12 +424,21 @@ def write_manifest(files: Mapping[str, str | os.PathLike[str]], manifest: str | 
         except ValueError:  # another drive on Windows
             rel = str(p.resolve())
         entries.append({"name": name, "path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size})
-    body: dict[str, Any] = {"schema": "dlclinic.bundle/1", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), "files": entries}
+    body: dict[str, Any] = {
+        "schema": "dlclinic.bundle/1",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "files": entries,
+    }
     if extra:
         body["extra"] = dict(extra)
     body["digest"] = hashlib.sha256(_canonical({"files": entries, "extra": body.get("extra")})).hexdigest()
     if key is not None:
-        body["signature"] = {"alg": "HMAC-SHA256", "value": hmac.new(key, _canonical({"files": entries, "extra": body.get("extra")}), hashlib.sha256).hexdigest()}
+        body["signature"] = {
+            "alg": "HMAC-SHA256",
+            "value": hmac.new(
+                key, _canonical({"files": entries, "extra": body.get("extra")}), hashlib.sha256
+            ).hexdigest(),
+        }
     with atomic_path(mpath) as tmp:
         tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return body
@@ -401,7 +538,11 @@ def append_audit(path: str | os.PathLike[str], record: Mapping[str, Any]) -> dic
         head = _read_head(p)
         if _interrupted(lines, head):
             head = {"records": len(lines), "sha256": prev}
-        entry = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **dict(record), "prev_sha256": prev}
+        entry = {
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            **dict(record),
+            "prev_sha256": prev,
+        }
         if head is not None:
             entry["head"] = head
         line = json.dumps(entry, sort_keys=True, default=str)
@@ -410,7 +551,11 @@ def append_audit(path: str | os.PathLike[str], record: Mapping[str, Any]) -> dic
             fh.flush()
             os.fsync(fh.fileno())
         with atomic_path(_head_path(p)) as tmp:
-            tmp.write_text(json.dumps({"records": len(lines) + 1, "sha256": hashlib.sha256(line.encode("utf-8")).hexdigest()}) + "\n", encoding="utf-8")
+            tmp.write_text(
+                json.dumps({"records": len(lines) + 1, "sha256": hashlib.sha256(line.encode("utf-8")).hexdigest()})
+                + "\n",
+                encoding="utf-8",
+            )
     return entry
 
 
@@ -442,10 +587,20 @@ def verify_audit(path: str | os.PathLike[str]) -> tuple[int, list[str]]:
         head = entry.get("head") if isinstance(entry, dict) else None
         anchored = anchored or isinstance(head, dict)
         if isinstance(head, dict) and (head.get("records") != i - 1 or head.get("sha256") != prev):
-            problems.append(f"record {i}: the trail's head before it was record {head.get('records')} with another hash (the newest record was edited, removed or appended by hand before this run)")
+            problems.append(
+                f"record {i}: the trail's head before it was record {head.get('records')} with another hash (the newest record was edited, removed or appended by hand before this run)"
+            )
         prev = hashlib.sha256(line).hexdigest()
     if head_file is None and anchored:
-        problems.append(f"head file {_head_path(p).name} is missing or unreadable although the trail's records are anchored to it (the newest record cannot be verified)")
-    elif head_file is not None and not _interrupted(lines, head_file) and (head_file["records"] != len(lines) or (lines and head_file["sha256"] != prev)):
-        problems.append(f"head anchor names record {head_file['records']}, the trail has {len(lines)} (the newest record was edited, removed or appended by hand)")
+        problems.append(
+            f"head file {_head_path(p).name} is missing or unreadable although the trail's records are anchored to it (the newest record cannot be verified)"
+        )
+    elif (
+        head_file is not None
+        and not _interrupted(lines, head_file)
+        and (head_file["records"] != len(lines) or (lines and head_file["sha256"] != prev))
+    ):
+        problems.append(
+            f"head anchor names record {head_file['records']}, the trail has {len(lines)} (the newest record was edited, removed or appended by hand)"
+        )
     return len(lines), problems

@@ -107,8 +107,15 @@ def _draw_line(ax: Axes, series: list[Mapping[str, Any]]) -> None:
         if len(x) > _MAX_LINE_POINTS:  # keep the SVG small: every k-th point, plus the last
             step = -(-len(x) // _MAX_LINE_POINTS)
             x, y = x[::step] + x[-1:], y[::step] + y[-1:]
-        ax.plot(x, y, label=_text(s.get("label")), color=_COLORS[i % len(_COLORS)], lw=1.6,
-                marker="o" if len(x) <= 30 else None, ms=3)
+        ax.plot(
+            x,
+            y,
+            label=_text(s.get("label")),
+            color=_COLORS[i % len(_COLORS)],
+            lw=1.6,
+            marker="o" if len(x) <= 30 else None,
+            ms=3,
+        )
 
 
 def _draw_bar(ax: Axes, series: list[Mapping[str, Any]]) -> None:
@@ -118,7 +125,7 @@ def _draw_bar(ax: Axes, series: list[Mapping[str, Any]]) -> None:
         xs = s.get("x")
         if xs is None:
             xs = list(range(len(_floats(y, f"series {i} y"))))
-        for c in (xs.tolist() if hasattr(xs, "tolist") else xs):
+        for c in xs.tolist() if hasattr(xs, "tolist") else xs:
             if str(c) not in cats:
                 cats.append(str(c))
     if not cats:
@@ -127,14 +134,20 @@ def _draw_bar(ax: Axes, series: list[Mapping[str, Any]]) -> None:
     for i, s in enumerate(series):
         y = _floats(s.get("y"), f"series {i} y")
         xs = s.get("x")
-        labels = [str(c) for c in (xs.tolist() if hasattr(xs, "tolist") else xs)] if xs is not None else [str(k) for k in range(len(y))]
+        labels = (
+            [str(c) for c in (xs.tolist() if hasattr(xs, "tolist") else xs)]
+            if xs is not None
+            else [str(k) for k in range(len(y))]
+        )
         if len(labels) != len(y):
             raise PlotSpecError(f"series {i}: expected x and y of equal length, found {len(labels)} and {len(y)}")
         pos = [cats.index(c) - 0.4 + width * (i + 0.5) for c in labels]
         ax.bar(pos, y, width=width * 0.95, label=_text(s.get("label")), color=_COLORS[i % len(_COLORS)])
     ax.set_xticks(range(len(cats)))
     long = len(cats) > 8 or max(len(c) for c in cats) > 6
-    ax.set_xticklabels([_text(c[:18]) for c in cats], rotation=45 if long else 0, ha="right" if long else "center", fontsize=8)
+    ax.set_xticklabels(
+        [_text(c[:18]) for c in cats], rotation=45 if long else 0, ha="right" if long else "center", fontsize=8
+    )
 
 
 def _draw_hist(ax: Axes, series: list[Mapping[str, Any]]) -> None:
@@ -150,8 +163,16 @@ def _draw_hist(ax: Axes, series: list[Mapping[str, Any]]) -> None:
         edges = np.histogram_bin_edges(pooled, bins=60)
     for i, (s, a) in enumerate(zip(series, arrays)):
         if a.size:
-            ax.hist(a, bins=edges.tolist(), density=True, alpha=0.45, histtype="stepfilled",
-                    color=_COLORS[i % len(_COLORS)], edgecolor=_COLORS[i % len(_COLORS)], label=_text(s.get("label")))
+            ax.hist(
+                a,
+                bins=edges.tolist(),
+                density=True,
+                alpha=0.45,
+                histtype="stepfilled",
+                color=_COLORS[i % len(_COLORS)],
+                edgecolor=_COLORS[i % len(_COLORS)],
+                label=_text(s.get("label")),
+            )
     if not ax.get_ylabel():
         ax.set_ylabel("density")
 
@@ -187,7 +208,12 @@ def _draw_scatter(ax: Axes, series: list[Mapping[str, Any]]) -> None:
             order = sorted(range(len(x)), key=lambda k: x[k])
             ax.plot([x[k] for k in order], [y[k] for k in order], color=color, lw=1.2, zorder=2)
         texts = s.get("text")
-        if isinstance(texts, Sequence) and not isinstance(texts, (str, bytes)) and len(texts) == len(x) and len(x) <= 40:
+        if (
+            isinstance(texts, Sequence)
+            and not isinstance(texts, (str, bytes))
+            and len(texts) == len(x)
+            and len(x) <= 40
+        ):
             for xi, yi, t in zip(x, y, texts):
                 ax.annotate(_text(t)[:24], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
 
@@ -199,7 +225,11 @@ def _draw_heatmap(ax: Axes, series: list[Mapping[str, Any]]) -> None:
     z: Any = s.get("z")
     if hasattr(z, "tolist"):
         z = z.tolist()
-    if not isinstance(z, Sequence) or not z or not all(isinstance(r, Sequence) and not isinstance(r, (str, bytes)) for r in z):
+    if (
+        not isinstance(z, Sequence)
+        or not z
+        or not all(isinstance(r, Sequence) and not isinstance(r, (str, bytes)) for r in z)
+    ):
         raise PlotSpecError("heatmap: expected 'z' as a non-empty 2-D list of numbers")
     rows = [_floats(r, f"heatmap row {i}") for i, r in enumerate(z)]
     if len({len(r) for r in rows}) != 1 or not rows[0]:
@@ -220,7 +250,14 @@ def _draw_heatmap(ax: Axes, series: list[Mapping[str, Any]]) -> None:
     ax.grid(False)
 
 
-_DRAW = {"line": _draw_line, "bar": _draw_bar, "hist": _draw_hist, "reliability": _draw_reliability, "scatter": _draw_scatter, "heatmap": _draw_heatmap}
+_DRAW = {
+    "line": _draw_line,
+    "bar": _draw_bar,
+    "hist": _draw_hist,
+    "reliability": _draw_reliability,
+    "scatter": _draw_scatter,
+    "heatmap": _draw_heatmap,
+}
 
 
 def plot_to_svg(spec: Mapping[str, Any]) -> str:

@@ -49,8 +49,14 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
 
     console = console if console is not None else Console()
     name = str(report.case.get("name", "case")) if hasattr(report.case, "get") else "case"
-    table = Table(title=Text(f"dlclinic checkup: {name}", style="bold"), title_justify="left",
-                  show_edge=False, box=None, pad_edge=False, header_style="bold")
+    table = Table(
+        title=Text(f"dlclinic checkup: {name}", style="bold"),
+        title_justify="left",
+        show_edge=False,
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
     examined = [r for r in report.challenges if r.status != "not_examined"]
     id_width = max((len(r.id) for r in examined), default=9)
     table.add_column("challenge", no_wrap=True, min_width=id_width)
@@ -58,7 +64,11 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
     summary_width = max(console.width - id_width - 6 - 4, 16)  # 4: padding between columns
     table.add_column("summary", overflow="ellipsis", no_wrap=True, max_width=summary_width)
     for r in examined:
-        table.add_row(Text(r.id), Text(r.status, style=STYLES.get(r.status, "")), Text(_shorten(r.summary), overflow="ellipsis", no_wrap=True))
+        table.add_row(
+            Text(r.id),
+            Text(r.status, style=STYLES.get(r.status, "")),
+            Text(_shorten(r.summary), overflow="ellipsis", no_wrap=True),
+        )
     if examined:
         console.print(table)
     counts = report.counts()

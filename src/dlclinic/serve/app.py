@@ -23,7 +23,6 @@ lifespan, e.g. uvicorn on SIGTERM): ``/ready`` turns 503 and new predictions are
 queued ones finish, the prediction log is flushed and closed.
 """
 
-
 import asyncio
 import contextlib
 import hmac
@@ -107,19 +106,38 @@ class _Metrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("dlclinic_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r)
-        self.latency = Histogram("dlclinic_request_latency_seconds", "Request latency by endpoint", ["endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r)
-        self.batch_rows = Histogram("dlclinic_batch_rows", "Rows per model call (dynamic batching)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.requests = Counter(
+            "dlclinic_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "dlclinic_request_latency_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "dlclinic_batch_rows",
+            "Rows per model call (dynamic batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
         self.model_seconds = Histogram("dlclinic_model_seconds", "Seconds per model call", registry=r)
         self.predictions = Counter("dlclinic_predictions", "Rows predicted", registry=r)
         self.queue_rows = Gauge("dlclinic_queue_rows", "Rows waiting for the model", registry=r)
         self.rejected = Counter("dlclinic_rejected", "Requests refused, by reason", ["reason"], registry=r)
         self.log_errors = Counter("dlclinic_log_errors", "Prediction-log rows that could not be written", registry=r)
-        self.drift_mmd2 = Gauge("dlclinic_drift_mmd2", "Embedding MMD² of the last complete window vs the reference", registry=r)
+        self.drift_mmd2 = Gauge(
+            "dlclinic_drift_mmd2", "Embedding MMD² of the last complete window vs the reference", registry=r
+        )
         self.drift_mmd_p = Gauge("dlclinic_drift_mmd_p_value", "MMD permutation p-value of the last window", registry=r)
-        self.drift_psi = Gauge("dlclinic_drift_psi", "PSI of predicted classes, last window vs the reference", registry=r)
+        self.drift_psi = Gauge(
+            "dlclinic_drift_psi", "PSI of predicted classes, last window vs the reference", registry=r
+        )
         self.confidence = Gauge("dlclinic_confidence_mean", "Mean top-1 confidence of the last window", registry=r)
-        self.est_accuracy = Gauge("dlclinic_estimated_accuracy", "Accuracy estimated without labels (CBPE) on the last window", registry=r)
+        self.est_accuracy = Gauge(
+            "dlclinic_estimated_accuracy", "Accuracy estimated without labels (CBPE) on the last window", registry=r
+        )
         self.alert = Gauge("dlclinic_drift_alert", "Alert level of the last window: 0 ok, 1 warn, 2 fail", registry=r)
         self.windows = Counter("dlclinic_windows", "Monitoring windows evaluated, by status", ["status"], registry=r)
 
@@ -161,13 +179,34 @@ class _LiveMonitor:
             self._jobs = [j for j in self._jobs if not j.done()]
             self._jobs.append(self._executor.submit(self._evaluate, index, head_p, head_e, head_l, time.time()))
 
-    def _evaluate(self, index: int, probs: np.ndarray, emb: np.ndarray | None, latency_ms: np.ndarray, now: float) -> None:
-        entry: dict[str, Any] = {"index": index, "time": now, "n": len(probs), "p50_ms": float(np.percentile(latency_ms, 50)), "p99_ms": float(np.percentile(latency_ms, 99)), "confidence_mean": float(probs.max(1).mean())}
+    def _evaluate(
+        self, index: int, probs: np.ndarray, emb: np.ndarray | None, latency_ms: np.ndarray, now: float
+    ) -> None:
+        entry: dict[str, Any] = {
+            "index": index,
+            "time": now,
+            "n": len(probs),
+            "p50_ms": float(np.percentile(latency_ms, 50)),
+            "p99_ms": float(np.percentile(latency_ms, 99)),
+            "confidence_mean": float(probs.max(1).mean()),
+        }
         if self.reference is not None:
             ref_emb = self.reference.embeddings
             use_emb = emb if (ref_emb is not None and emb is not None and ref_emb.shape[1] == emb.shape[1]) else None
             w = evaluate_window(self.reference, probs, embeddings=use_emb, config=self.config)
-            entry.update({"status": w.status, "mmd2": w.mmd2, "mmd_p": w.mmd_p, "psi": w.psi, "chi2_p": w.chi2_p, "confidence_p": w.confidence_p, "estimated_accuracy": w.estimated_accuracy, "estimated_drop": w.estimated_drop, "reasons": list(w.reasons)})
+            entry.update(
+                {
+                    "status": w.status,
+                    "mmd2": w.mmd2,
+                    "mmd_p": w.mmd_p,
+                    "psi": w.psi,
+                    "chi2_p": w.chi2_p,
+                    "confidence_p": w.confidence_p,
+                    "estimated_accuracy": w.estimated_accuracy,
+                    "estimated_drop": w.estimated_drop,
+                    "reasons": list(w.reasons),
+                }
+            )
             m = self.metrics
             if w.mmd2 is not None:
                 m.drift_mmd2.set(w.mmd2)
@@ -199,14 +238,28 @@ class _LiveMonitor:
 class ServeState:
     """Everything one app holds: backend, batcher, log, metrics, live monitor, readiness."""
 
-    def __init__(self, backend: Backend, *, reference: Reference | None, store: PredictionStore | None, config: ServeConfig, class_names: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        reference: Reference | None,
+        store: PredictionStore | None,
+        config: ServeConfig,
+        class_names: tuple[str, ...],
+    ) -> None:
         self.backend = backend
         self.reference = reference
         self.store = store
         self.config = config
         self.class_names = class_names
         self.metrics = _Metrics()
-        self.batcher = DynamicBatcher(backend.predict, max_batch=config.max_batch, max_wait=config.max_wait_ms / 1000.0, max_queue=config.max_queue, on_batch=self._on_batch)
+        self.batcher = DynamicBatcher(
+            backend.predict,
+            max_batch=config.max_batch,
+            max_wait=config.max_wait_ms / 1000.0,
+            max_queue=config.max_queue,
+            on_batch=self._on_batch,
+        )
         self.monitor = _LiveMonitor(reference, config.window, self.metrics)
         self.ready = False
         self.draining = False
@@ -245,7 +298,22 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        endpoint = path if path in ("/predict", "/feedback", "/health", "/ready", "/metrics", "/dashboard", "/monitor", "/openapi.json", "/docs") else "other"
+        endpoint = (
+            path
+            if path
+            in (
+                "/predict",
+                "/feedback",
+                "/health",
+                "/ready",
+                "/metrics",
+                "/dashboard",
+                "/monitor",
+                "/openapi.json",
+                "/docs",
+            )
+            else "other"
+        )
         started = time.perf_counter()
         status = {"code": 500}
 
@@ -261,12 +329,25 @@ class _Guard:
                 given = headers.get("authorization", "")
                 scheme, _, value = given.partition(" ")
                 if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.token.encode()):
-                    await _send_json(send_wrapper, 401, {"detail": "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'"}, {"www-authenticate": "Bearer"})
+                    await _send_json(
+                        send_wrapper,
+                        401,
+                        {
+                            "detail": "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'"
+                        },
+                        {"www-authenticate": "Bearer"},
+                    )
                     return
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
                 self.state.metrics.rejected.labels(reason="body_too_large").inc()
-                await _send_json(send_wrapper, 413, {"detail": f"request body of {int(length)} bytes: expected at most {cfg.max_body_bytes} bytes (send fewer rows per request)"})
+                await _send_json(
+                    send_wrapper,
+                    413,
+                    {
+                        "detail": f"request body of {int(length)} bytes: expected at most {cfg.max_body_bytes} bytes (send fewer rows per request)"
+                    },
+                )
                 return
             if scope.get("method") in ("POST", "PUT", "PATCH"):
                 # buffer the body up to the limit (chunked bodies have no content-length), then replay it
@@ -281,7 +362,13 @@ class _Guard:
                     size += len(chunk)
                     if size > cfg.max_body_bytes:
                         self.state.metrics.rejected.labels(reason="body_too_large").inc()
-                        await _send_json(send_wrapper, 413, {"detail": f"request body over {cfg.max_body_bytes} bytes: expected at most that (send fewer rows per request)"})
+                        await _send_json(
+                            send_wrapper,
+                            413,
+                            {
+                                "detail": f"request body over {cfg.max_body_bytes} bytes: expected at most that (send fewer rows per request)"
+                            },
+                        )
                         return
                     chunks.append(chunk)
                     more = bool(message.get("more_body", False))
@@ -351,8 +438,17 @@ def create_app(
     flat = int(np.prod(shape)) if shape else 1
 
     class PredictRequest(BaseModel):
-        inputs: list[Any] = Field(..., description=f"A batch of samples, each shaped {list(shape)} (or a flat row of {flat} numbers).", examples=[[np.zeros(shape).tolist()]])
-        request_id: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description="Idempotency key: a retried request with the same id is logged once.")
+        inputs: list[Any] = Field(
+            ...,
+            description=f"A batch of samples, each shaped {list(shape)} (or a flat row of {flat} numbers).",
+            examples=[[np.zeros(shape).tolist()]],
+        )
+        request_id: str | None = Field(
+            None,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9._:-]+$",
+            description="Idempotency key: a retried request with the same id is logged once.",
+        )
 
     class PredictResponse(BaseModel):
         request_id: str
@@ -379,13 +475,26 @@ def create_app(
         finally:
             await state.shutdown()
 
-    app = FastAPI(title=title, version=cfg.model_version, description="Predictions from a model examined by dlclinic, with a prediction log and drift monitoring.", lifespan=lifespan)
+    app = FastAPI(
+        title=title,
+        version=cfg.model_version,
+        description="Predictions from a model examined by dlclinic, with a prediction log and drift monitoring.",
+        lifespan=lifespan,
+    )
     app.state.dlclinic = state
 
     def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
         return JSONResponse(status_code=status, content={"detail": detail, **extra})
 
-    @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "Body or batch too large"}, 422: {"description": "Wrong shape, dtype or non-finite values; the body says the expected shape"}, 503: {"description": "Queue full (Retry-After) or shutting down"}})
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={
+            413: {"description": "Body or batch too large"},
+            422: {"description": "Wrong shape, dtype or non-finite values; the body says the expected shape"},
+            503: {"description": "Queue full (Retry-After) or shutting down"},
+        },
+    )
     async def predict(body: PredictRequest, x_request_id: str | None = Header(None)) -> Any:
         started = time.perf_counter()
         if state.draining:
@@ -396,54 +505,105 @@ def create_app(
             return _error(422, "request_id: expected at most 64 characters")
         n = len(body.inputs)
         if n == 0:
-            return _error(422, "inputs: expected at least one sample, found an empty list", expected_shape=_expected_shape(shape))
+            return _error(
+                422, "inputs: expected at least one sample, found an empty list", expected_shape=_expected_shape(shape)
+            )
         if n > cfg.max_rows:
             state.metrics.rejected.labels(reason="too_many_rows").inc()
-            return _error(413, f"inputs: expected at most {cfg.max_rows} samples per request, found {n}", max_rows=cfg.max_rows)
+            return _error(
+                413, f"inputs: expected at most {cfg.max_rows} samples per request, found {n}", max_rows=cfg.max_rows
+            )
         try:
             x = np.asarray(body.inputs, dtype=np.float32)
         except (ValueError, TypeError):
-            return _error(422, f"inputs: expected a rectangular array of numbers shaped {_expected_shape(shape)}, found ragged lists or non-numbers", expected_shape=_expected_shape(shape))
+            return _error(
+                422,
+                f"inputs: expected a rectangular array of numbers shaped {_expected_shape(shape)}, found ragged lists or non-numbers",
+                expected_shape=_expected_shape(shape),
+            )
         if x.shape[1:] != shape:
             if x.ndim == 2 and x.shape[1] == flat:
                 x = x.reshape((n, *shape))
             else:
-                return _error(422, f"inputs: expected shape {_expected_shape(shape)} (or N×{flat}), found {list(x.shape)}", expected_shape=_expected_shape(shape), found_shape=list(x.shape))
+                return _error(
+                    422,
+                    f"inputs: expected shape {_expected_shape(shape)} (or N×{flat}), found {list(x.shape)}",
+                    expected_shape=_expected_shape(shape),
+                    found_shape=list(x.shape),
+                )
         if not np.all(np.isfinite(x)):
             bad = int(np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(1))[0])
-            return _error(422, f"inputs: expected finite numbers, found NaN or infinity in sample {bad}", expected_shape=_expected_shape(shape))
+            return _error(
+                422,
+                f"inputs: expected finite numbers, found NaN or infinity in sample {bad}",
+                expected_shape=_expected_shape(shape),
+            )
         try:
             result = await state.batcher.submit(x)
         except QueueFull:
             state.metrics.rejected.labels(reason="queue_full").inc()
-            return JSONResponse(status_code=503, content={"detail": f"the queue is full ({cfg.max_queue} rows); retry after {cfg.retry_after_s} s"}, headers={"Retry-After": str(cfg.retry_after_s)})
+            return JSONResponse(
+                status_code=503,
+                content={"detail": f"the queue is full ({cfg.max_queue} rows); retry after {cfg.retry_after_s} s"},
+                headers={"Retry-After": str(cfg.retry_after_s)},
+            )
         except Draining:
             state.metrics.rejected.labels(reason="draining").inc()
-            return JSONResponse(status_code=503, content={"detail": "the server is shutting down"}, headers={"Retry-After": str(cfg.retry_after_s)})
+            return JSONResponse(
+                status_code=503,
+                content={"detail": "the server is shutting down"},
+                headers={"Retry-After": str(cfg.retry_after_s)},
+            )
         state.metrics.queue_rows.set(state.batcher.pending_rows)
         probs = result.probs
         latency_ms = (time.perf_counter() - started) * 1000.0
         state.metrics.predictions.inc(n)
         if store is not None:
             now = time.time()
-            records = [PredictionRecord(request_id=rid, row=i, created=now, model_version=cfg.model_version, latency_ms=latency_ms, probs=probs[i], input_hash=hash_input(x[i]), inputs=x[i] if cfg.store_inputs else None, embedding=None if result.embeddings is None else result.embeddings[i]) for i in range(n)]
+            records = [
+                PredictionRecord(
+                    request_id=rid,
+                    row=i,
+                    created=now,
+                    model_version=cfg.model_version,
+                    latency_ms=latency_ms,
+                    probs=probs[i],
+                    input_hash=hash_input(x[i]),
+                    inputs=x[i] if cfg.store_inputs else None,
+                    embedding=None if result.embeddings is None else result.embeddings[i],
+                )
+                for i in range(n)
+            ]
             fut = store.submit(records)
             if cfg.sync_log:
                 try:
                     await asyncio.wrap_future(fut)
                 except Exception as exc:
                     state.metrics.log_errors.inc(n)
-                    return _error(503, f"the prediction could not be logged ({type(exc).__name__}); retry with the same request_id")
+                    return _error(
+                        503,
+                        f"the prediction could not be logged ({type(exc).__name__}); retry with the same request_id",
+                    )
             else:
                 fut.add_done_callback(lambda f: state.metrics.log_errors.inc(n) if f.exception() is not None else None)
         state.monitor.add(probs, result.embeddings, latency_ms)
         pred = probs.argmax(1)
-        return {"request_id": rid, "model_version": cfg.model_version, "classes": list(names), "predictions": pred.tolist(), "labels": [names[i] for i in pred], "probabilities": probs.astype(float).tolist(), "latency_ms": latency_ms}
+        return {
+            "request_id": rid,
+            "model_version": cfg.model_version,
+            "classes": list(names),
+            "predictions": pred.tolist(),
+            "labels": [names[i] for i in pred],
+            "probabilities": probs.astype(float).tolist(),
+            "latency_ms": latency_ms,
+        }
 
     @app.post("/feedback", responses={503: {"description": "No prediction log configured"}})
     async def feedback(body: FeedbackRequest) -> Any:
         if store is None:
-            return _error(503, "this server keeps no prediction log (start it with --store) so labels cannot be recorded")
+            return _error(
+                503, "this server keeps no prediction log (start it with --store) so labels cannot be recorded"
+            )
         fut = store.submit_feedback([(it.request_id, it.row, it.label) for it in body.items])
         await asyncio.wrap_future(fut)
         return {"recorded": len(body.items)}
@@ -467,11 +627,24 @@ def create_app(
 
     @app.get("/monitor")
     async def monitor() -> Any:
-        return {"window": cfg.window, "reference": reference is not None, "windows": _jsonable(state.monitor.snapshot()), "config": asdict(cfg) | {"token": None}}
+        return {
+            "window": cfg.window,
+            "reference": reference is not None,
+            "windows": _jsonable(state.monitor.snapshot()),
+            "config": asdict(cfg) | {"token": None},
+        }
 
     @app.get("/dashboard", response_class=HTMLResponse)
     async def dashboard() -> Any:
-        return HTMLResponse(render_dashboard(state.monitor.snapshot(), title=title, model_version=cfg.model_version, backend=backend.name, reference=reference))
+        return HTMLResponse(
+            render_dashboard(
+                state.monitor.snapshot(),
+                title=title,
+                model_version=cfg.model_version,
+                backend=backend.name,
+                reference=reference,
+            )
+        )
 
     app.add_middleware(_Guard, state=state)
     return app
@@ -489,12 +662,23 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _svg_line(values: list[float | None], *, title: str, ymin: float | None = None, ymax: float | None = None, marks: list[str] | None = None, threshold: float | None = None, empty: str = "no complete window yet") -> str:
+def _svg_line(
+    values: list[float | None],
+    *,
+    title: str,
+    ymin: float | None = None,
+    ymax: float | None = None,
+    marks: list[str] | None = None,
+    threshold: float | None = None,
+    empty: str = "no complete window yet",
+) -> str:
     """A small inline SVG line chart (no scripts, no external assets)."""
     w, h, pad = 560, 160, 34
     pts = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
     if not pts:
-        return f"<figure><figcaption>{html.escape(title)}</figcaption><p class='empty'>{html.escape(empty)}</p></figure>"
+        return (
+            f"<figure><figcaption>{html.escape(title)}</figcaption><p class='empty'>{html.escape(empty)}</p></figure>"
+        )
     ys = [v for _, v in pts] + ([threshold] if threshold is not None else [])
     lo = min(ys) if ymin is None else ymin
     hi = max(ys) if ymax is None else ymax
@@ -509,13 +693,22 @@ def _svg_line(values: list[float | None], *, title: str, ymin: float | None = No
         return h - pad + (pad * 2 - h) * ((v - lo) / (hi - lo))
 
     path = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in pts)
-    dots = "".join(f"<circle cx='{sx(i):.1f}' cy='{sy(v):.1f}' r='3' class='{(marks or ['ok'] * len(values))[i]}'><title>window {i}: {v:.4g}</title></circle>" for i, v in pts)
-    thr = f"<line x1='{pad}' x2='{w - pad}' y1='{sy(threshold):.1f}' y2='{sy(threshold):.1f}' class='thr'/>" if threshold is not None else ""
+    dots = "".join(
+        f"<circle cx='{sx(i):.1f}' cy='{sy(v):.1f}' r='3' class='{(marks or ['ok'] * len(values))[i]}'><title>window {i}: {v:.4g}</title></circle>"
+        for i, v in pts
+    )
+    thr = (
+        f"<line x1='{pad}' x2='{w - pad}' y1='{sy(threshold):.1f}' y2='{sy(threshold):.1f}' class='thr'/>"
+        if threshold is not None
+        else ""
+    )
     axes = f"<text x='4' y='{sy(hi) + 4:.1f}'>{hi:.3g}</text><text x='4' y='{sy(lo) + 4:.1f}'>{lo:.3g}</text><text x='{w / 2:.0f}' y='{h - 6}'>window</text>"
     return f"<figure><figcaption>{html.escape(title)}</figcaption><svg viewBox='0 0 {w} {h}' width='{w}' height='{h}' role='img' aria-label='{html.escape(title)}'>{axes}{thr}<polyline points='{path}' class='line'/>{dots}</svg></figure>"
 
 
-def render_dashboard(windows: list[dict[str, Any]], *, title: str, model_version: str, backend: str, reference: Reference | None) -> str:
+def render_dashboard(
+    windows: list[dict[str, Any]], *, title: str, model_version: str, backend: str, reference: Reference | None
+) -> str:
     """The ``/dashboard`` page: drift and estimated accuracy per window, latency; one HTML string."""
     marks = [str(w.get("status", "ok")).replace(" ", "-") for w in windows]
     est = [w.get("estimated_accuracy") for w in windows]
@@ -529,14 +722,38 @@ def render_dashboard(windows: list[dict[str, Any]], *, title: str, model_version
         ref_est = estimate_accuracy_cbpe(reference.probs).accuracy
     rows = "".join(
         "<tr class='{cls}'><td>{i}</td><td>{t}</td><td>{n}</td><td>{st}</td><td>{est}</td><td>{mmd}</td><td>{psi}</td><td>{p99}</td><td>{why}</td></tr>".format(
-            cls=html.escape(m), i=w.get("index"), t=time.strftime("%H:%M:%S", time.localtime(w.get("time", 0))), n=w.get("n"), st=html.escape(str(w.get("status"))),
-            est="" if w.get("estimated_accuracy") is None else f"{w['estimated_accuracy']:.3f}", mmd="" if w.get("mmd2") is None else f"{w['mmd2']:.3g} (p {w.get('mmd_p', float('nan')):.2g})",
-            psi="" if w.get("psi") is None else f"{w['psi']:.3f}", p99=f"{w.get('p99_ms', float('nan')):.1f}", why=html.escape("; ".join(w.get("reasons", []))),
+            cls=html.escape(m),
+            i=w.get("index"),
+            t=time.strftime("%H:%M:%S", time.localtime(w.get("time", 0))),
+            n=w.get("n"),
+            st=html.escape(str(w.get("status"))),
+            est="" if w.get("estimated_accuracy") is None else f"{w['estimated_accuracy']:.3f}",
+            mmd="" if w.get("mmd2") is None else f"{w['mmd2']:.3g} (p {w.get('mmd_p', float('nan')):.2g})",
+            psi="" if w.get("psi") is None else f"{w['psi']:.3f}",
+            p99=f"{w.get('p99_ms', float('nan')):.1f}",
+            why=html.escape("; ".join(w.get("reasons", []))),
         )
         for w, m in zip(windows, marks, strict=True)
     )
     alerts = sum(1 for m in marks if m in ("warn", "fail"))
-    charts = _svg_line(est, title="estimated accuracy (CBPE) per window; line = reference", ymin=0.0, ymax=1.0, marks=marks, threshold=ref_est) + _svg_line(mmd, title="embedding MMD² vs reference", marks=marks, empty="not measured: this backend gives no embeddings" if windows else "no complete window yet") + _svg_line(psi_v, title="PSI of predicted classes", marks=marks) + _svg_line(p99, title="p99 latency per window (ms)", marks=marks)
+    charts = (
+        _svg_line(
+            est,
+            title="estimated accuracy (CBPE) per window; line = reference",
+            ymin=0.0,
+            ymax=1.0,
+            marks=marks,
+            threshold=ref_est,
+        )
+        + _svg_line(
+            mmd,
+            title="embedding MMD² vs reference",
+            marks=marks,
+            empty="not measured: this backend gives no embeddings" if windows else "no complete window yet",
+        )
+        + _svg_line(psi_v, title="PSI of predicted classes", marks=marks)
+        + _svg_line(p99, title="p99 latency per window (ms)", marks=marks)
+    )
     style = "body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}tr.warn{background:#fff4d6}tr.fail{background:#fde0dc}figure{display:inline-block;margin:8px}svg text{font-size:11px;fill:#555}.line{fill:none;stroke:#2a6fdb;stroke-width:2}.thr{stroke:#999;stroke-dasharray:4 3}circle.ok{fill:#2a6fdb}circle.warn{fill:#e0a100}circle.fail{fill:#d0342c}.empty{color:#777}"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><meta http-equiv='refresh' content='15'>"

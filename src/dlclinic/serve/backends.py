@@ -65,14 +65,22 @@ class TorchBackend:
 
         torch = self._torch
         captured: list[Any] = []
-        handle = self._last.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach())) if self._last is not None else None
+        handle = (
+            self._last.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
+            if self._last is not None
+            else None
+        )
         try:
             with eval_mode(self.model), torch.inference_mode():
-                xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device=self._device, dtype=self._dtype)
+                xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(
+                    device=self._device, dtype=self._dtype
+                )
                 try:
                     logits = first_output(self.model(xb)).float().cpu().numpy()
                 except Exception as exc:
-                    raise ModelError(f"the model failed on inputs of shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                    raise ModelError(
+                        f"the model failed on inputs of shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    ) from None
         finally:
             if handle is not None:
                 handle.remove()
@@ -110,7 +118,16 @@ def _export(model: Any, sample_x: np.ndarray, path: Path, exporter: str = "auto"
     return _Exported(res.path, f"{res.exporter}, max |Δlogit| {res.max_abs_logit_diff:.2e} on {res.n_verified} rows")
 
 
-def make_backend(model: Any, input_shape: tuple[int, ...], n_classes: int, *, kind: str = "auto", sample_x: np.ndarray | None = None, export_path: str | Path | None = None, exporter: str = "auto") -> tuple[Backend, str]:
+def make_backend(
+    model: Any,
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    *,
+    kind: str = "auto",
+    sample_x: np.ndarray | None = None,
+    export_path: str | Path | None = None,
+    exporter: str = "auto",
+) -> tuple[Backend, str]:
     """A backend for ``model`` and a one-line description.
 
     ``kind``: ``"auto"`` (torch for an ``nn.Module``, ONNX Runtime for an ONNX model),
@@ -122,7 +139,9 @@ def make_backend(model: Any, input_shape: tuple[int, ...], n_classes: int, *, ki
     if kind not in ("auto", "torch", "onnx"):
         raise ConfigError(f"--backend {kind!r}: expected auto, torch or onnx")
     if kind == "torch" and not is_torch:
-        raise ConfigError(f"--backend torch: expected a PyTorch model, found {type(model).__name__}; use --backend onnx")
+        raise ConfigError(
+            f"--backend torch: expected a PyTorch model, found {type(model).__name__}; use --backend onnx"
+        )
     if kind in ("auto", "torch") and is_torch:
         return TorchBackend(model, input_shape, n_classes), f"torch {type(model).__name__}"
     if is_torch:
@@ -131,7 +150,9 @@ def make_backend(model: Any, input_shape: tuple[int, ...], n_classes: int, *, ki
         exported = _export(model, sample_x, Path(export_path), exporter)
         from dlclinic.io.models import OnnxModel
 
-        return OnnxBackend(OnnxModel(exported.path), input_shape, n_classes), f"onnxruntime on {exported.path.name} ({exported.note})"
+        return OnnxBackend(
+            OnnxModel(exported.path), input_shape, n_classes
+        ), f"onnxruntime on {exported.path.name} ({exported.note})"
     if hasattr(model, "predict_logits"):
         return OnnxBackend(model, input_shape, n_classes), f"onnxruntime {getattr(model, 'path', '')}"
     raise ConfigError(f"cannot serve a {type(model).__name__}: expected a torch.nn.Module or an ONNX model")

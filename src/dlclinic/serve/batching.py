@@ -74,7 +74,15 @@ class DynamicBatcher:
         >>> result = await batcher.submit(x)                                          # doctest: +SKIP
     """
 
-    def __init__(self, predict: Predict, *, max_batch: int = 64, max_wait: float = 0.005, max_queue: int = 1024, on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        predict: Predict,
+        *,
+        max_batch: int = 64,
+        max_wait: float = 0.005,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ConfigError(f"`max_batch >= 1` must hold, but got max_batch={max_batch}")
         if max_wait < 0:
@@ -171,7 +179,15 @@ class DynamicBatcher:
             for it in items:
                 k = len(it.x)
                 if not it.future.done():
-                    it.future.set_result(BatchResult(probs[offset : offset + k], None if emb is None else emb[offset : offset + k], rows, started - it.arrived, seconds))
+                    it.future.set_result(
+                        BatchResult(
+                            probs[offset : offset + k],
+                            None if emb is None else emb[offset : offset + k],
+                            rows,
+                            started - it.arrived,
+                            seconds,
+                        )
+                    )
                 offset += k
 
     def _queued_rows_fit(self) -> bool:
@@ -200,7 +216,17 @@ class DynamicBatcher:
         return done
 
 
-def run_load(predict: Predict, x: np.ndarray, *, concurrency: int, max_batch: int, max_wait: float = 0.002, requests: int = 200, rows_per_request: int = 1, time_limit: float = 2.0) -> dict[str, Any]:
+def run_load(
+    predict: Predict,
+    x: np.ndarray,
+    *,
+    concurrency: int,
+    max_batch: int,
+    max_wait: float = 0.002,
+    requests: int = 200,
+    rows_per_request: int = 1,
+    time_limit: float = 2.0,
+) -> dict[str, Any]:
     """An in-process load test of the batcher: ``concurrency`` clients, fixed request count and time limit.
 
     Each client sends ``rows_per_request`` rows taken in turn from ``x`` and waits for the
@@ -209,7 +235,9 @@ def run_load(predict: Predict, x: np.ndarray, *, concurrency: int, max_batch: in
     """
 
     async def main() -> dict[str, Any]:
-        batcher = DynamicBatcher(predict, max_batch=max_batch, max_wait=max_wait, max_queue=max(1024, concurrency * rows_per_request * 2))
+        batcher = DynamicBatcher(
+            predict, max_batch=max_batch, max_wait=max_wait, max_queue=max(1024, concurrency * rows_per_request * 2)
+        )
         await batcher.start()
         latencies: list[float] = []
         sent = 0

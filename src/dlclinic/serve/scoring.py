@@ -34,10 +34,20 @@ def _shape_rows(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.n
         return np.ascontiguousarray(x, dtype=np.float32)
     if x.reshape(len(x), -1).shape[1] == flat:
         return np.ascontiguousarray(x.reshape((len(x), *input_shape)), dtype=np.float32)
-    raise InputError(f"{where}: expected samples of shape {list(input_shape)} ({flat} values), found {list(x.shape[1:])}")
+    raise InputError(
+        f"{where}: expected samples of shape {list(input_shape)} ({flat} values), found {list(x.shape[1:])}"
+    )
 
 
-def iter_batches(path: str | Path, input_shape: tuple[int, ...], *, batch_size: int = 1024, key: str = "x", id_col: str | None = None, drop_cols: Sequence[str] = ()) -> Iterator[tuple[np.ndarray | None, np.ndarray]]:
+def iter_batches(
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int = 1024,
+    key: str = "x",
+    id_col: str | None = None,
+    drop_cols: Sequence[str] = (),
+) -> Iterator[tuple[np.ndarray | None, np.ndarray]]:
     """Yield ``(ids or None, x)`` chunks of at most ``batch_size`` rows shaped ``N×input_shape`` (``()``: as stored)."""
     p = Path(path)
     if not p.is_file():
@@ -56,7 +66,10 @@ def iter_batches(path: str | Path, input_shape: tuple[int, ...], *, batch_size: 
                 arr = data[key]
                 ids = data[id_col] if id_col and id_col in data.files else None
         for start in range(0, len(arr), batch_size):
-            yield (None if ids is None else np.asarray(ids[start : start + batch_size])), _shape_rows(arr[start : start + batch_size], input_shape, str(p))
+            yield (
+                (None if ids is None else np.asarray(ids[start : start + batch_size])),
+                _shape_rows(arr[start : start + batch_size], input_shape, str(p)),
+            )
         return
     if suffix == ".csv":
         import pandas as pd
@@ -77,14 +90,26 @@ def iter_batches(path: str | Path, input_shape: tuple[int, ...], *, batch_size: 
             if id_col not in df.columns:
                 raise InputError(f"{p}: expected a column {id_col!r} (--id-col), found {list(df.columns)[:20]}")
             ids = df[id_col].astype(str).to_numpy()
-        features = df.drop(columns=[c for c in (*drop_cols, *( [id_col] if id_col else [])) if c in df.columns])
-        non_numeric = [c for c in features.columns if not (features[c].dtype.kind in "fiub")]
+        features = df.drop(columns=[c for c in (*drop_cols, *([id_col] if id_col else [])) if c in df.columns])
+        non_numeric = [c for c in features.columns if features[c].dtype.kind not in "fiub"]
         if non_numeric:
-            raise InputError(f"{p}: expected numeric feature columns, found non-numeric {non_numeric[:5]} (drop them with --drop-col, or pass --id-col)")
+            raise InputError(
+                f"{p}: expected numeric feature columns, found non-numeric {non_numeric[:5]} (drop them with --drop-col, or pass --id-col)"
+            )
         yield ids, _shape_rows(features.to_numpy(dtype=np.float64), input_shape, str(p))
 
 
-def score_file(backend: Any, path: str | Path, out: str | Path, *, class_names: Sequence[str], batch_size: int = 1024, key: str = "x", id_col: str | None = None, drop_cols: Sequence[str] = ()) -> int:
+def score_file(
+    backend: Any,
+    path: str | Path,
+    out: str | Path,
+    *,
+    class_names: Sequence[str],
+    batch_size: int = 1024,
+    key: str = "x",
+    id_col: str | None = None,
+    drop_cols: Sequence[str] = (),
+) -> int:
     """Score every row of ``path`` with ``backend`` and write the predictions to ``out`` (CSV or Parquet); returns the row count."""
     import pandas as pd
 
@@ -97,7 +122,9 @@ def score_file(backend: Any, path: str | Path, out: str | Path, *, class_names: 
     with atomic_path(target) as tmp:
         writer: Any = None
         with open(tmp, "wb") as fh:
-            for ids, x in iter_batches(path, tuple(backend.input_shape), batch_size=batch_size, key=key, id_col=id_col, drop_cols=drop_cols):
+            for ids, x in iter_batches(
+                path, tuple(backend.input_shape), batch_size=batch_size, key=key, id_col=id_col, drop_cols=drop_cols
+            ):
                 if not np.all(np.isfinite(x)):
                     bad = total + int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
                     raise InputError(f"{path}: expected finite inputs, found NaN or infinity in row {bad}")

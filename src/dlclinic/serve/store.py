@@ -49,7 +49,7 @@ def store_url(value: str | Path) -> str:
     text = str(value)
     if "://" in text:
         if text.startswith("postgresql://"):
-            text = "postgresql+psycopg://" + text[len("postgresql://"):]
+            text = "postgresql+psycopg://" + text[len("postgresql://") :]
         return text
     return f"sqlite:///{Path(text).absolute()}"
 
@@ -130,7 +130,9 @@ class PredictionStore:
         except ImportError as exc:
             raise MissingDependencyError(str(exc.name or "psycopg"), "postgres") from None
         except Exception as exc:
-            raise ConfigError(f"--store {url}: expected a SQLAlchemy URL (sqlite:///file.db or postgresql://user@host/db) or a file path, found an unusable one ({type(exc).__name__}: {exc})") from None
+            raise ConfigError(
+                f"--store {url}: expected a SQLAlchemy URL (sqlite:///file.db or postgresql://user@host/db) or a file path, found an unusable one ({type(exc).__name__}: {exc})"
+            ) from None
         self.dialect = self.engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
             raise ConfigError(f"--store {url}: expected SQLite or PostgreSQL, found {self.dialect}")
@@ -176,7 +178,9 @@ class PredictionStore:
         except ImportError as exc:
             raise MissingDependencyError(str(exc.name or "psycopg"), "postgres") from None
         except Exception as exc:
-            raise ConfigError(f"--store {self.url.split('@')[-1]}: could not open the prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+            raise ConfigError(
+                f"--store {self.url.split('@')[-1]}: could not open the prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from None
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -288,7 +292,11 @@ class PredictionStore:
             self.written += sum(len(rows) for table, rows, _f in items if table == "predictions")
         else:
             self.errors += sum(len(r) for _, r, _ in items)
-            warnings.warn(f"prediction log: {sum(len(r) for _, r, _ in items)} row(s) could not be written ({type(error).__name__}: {error})", RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"prediction log: {sum(len(r) for _, r, _ in items)} row(s) could not be written ({type(error).__name__}: {error})",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything submitted so far is committed."""
@@ -315,12 +323,30 @@ class PredictionStore:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self.predictions)).scalar_one())
 
-    def read(self, *, model_version: str | None = None, since: float | None = None, until: float | None = None, limit: int | None = None) -> LoggedPredictions:
+    def read(
+        self,
+        *,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> LoggedPredictions:
         """Predictions in serving order (time, then request id and row), with fed-back labels joined."""
         import sqlalchemy as sa
 
         p, f = self.predictions, self.feedback
-        q = sa.select(p.c.request_id, p.c.row, p.c.created, p.c.model_version, p.c.latency_ms, p.c.n_classes, p.c.probs, p.c.embedding, p.c.input_hash, f.c.label).select_from(p.outerjoin(f, sa.and_(p.c.request_id == f.c.request_id, p.c.row == f.c.row)))
+        q = sa.select(
+            p.c.request_id,
+            p.c.row,
+            p.c.created,
+            p.c.model_version,
+            p.c.latency_ms,
+            p.c.n_classes,
+            p.c.probs,
+            p.c.embedding,
+            p.c.input_hash,
+            f.c.label,
+        ).select_from(p.outerjoin(f, sa.and_(p.c.request_id == f.c.request_id, p.c.row == f.c.row)))
         if model_version is not None:
             q = q.where(p.c.model_version == model_version)
         if since is not None:
@@ -333,7 +359,11 @@ class PredictionStore:
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
         k = int(rows[0].n_classes) if rows else 0
-        probs = np.stack([np.frombuffer(r.probs, dtype="<f4") for r in rows]).astype(np.float32) if rows else np.zeros((0, k), np.float32)
+        probs = (
+            np.stack([np.frombuffer(r.probs, dtype="<f4") for r in rows]).astype(np.float32)
+            if rows
+            else np.zeros((0, k), np.float32)
+        )
         emb = None
         if rows and all(r.embedding is not None for r in rows):
             emb = np.stack([np.frombuffer(r.embedding, dtype="<f4") for r in rows]).astype(np.float32)
@@ -364,13 +394,29 @@ class PredictionStore:
                 out["database"] = str(conn.exec_driver_sql("PRAGMA integrity_check").scalar_one())
             else:
                 out["database"] = "ok"
-            dup = conn.execute(sa.select(sa.func.count()).select_from(sa.select(p.c.request_id, p.c.row).group_by(p.c.request_id, p.c.row).having(sa.func.count() > 1).subquery())).scalar_one()
+            dup = conn.execute(
+                sa.select(sa.func.count()).select_from(
+                    sa.select(p.c.request_id, p.c.row)
+                    .group_by(p.c.request_id, p.c.row)
+                    .having(sa.func.count() > 1)
+                    .subquery()
+                )
+            ).scalar_one()
             corrupt = 0
             total = 0
             for r in conn.execute(sa.select(p.c.n_classes, p.c.probs, p.c.confidence)):
                 total += 1
-                v = np.frombuffer(r.probs, dtype="<f4") if r.probs is not None and len(r.probs) % 4 == 0 else np.zeros(0)
-                if v.size != r.n_classes or not np.all(np.isfinite(v)) or abs(float(v.sum()) - 1.0) > 1e-3 or abs(float(v.max()) - r.confidence) > 1e-5:
+                v = (
+                    np.frombuffer(r.probs, dtype="<f4")
+                    if r.probs is not None and len(r.probs) % 4 == 0
+                    else np.zeros(0)
+                )
+                if (
+                    v.size != r.n_classes
+                    or not np.all(np.isfinite(v))
+                    or abs(float(v.sum()) - 1.0) > 1e-3
+                    or abs(float(v.max()) - r.confidence) > 1e-5
+                ):
                     corrupt += 1
         out.update({"rows": total, "duplicate_keys": int(dup), "corrupt_rows": corrupt})
         out["ok"] = out["database"] == "ok" and not dup and not corrupt

@@ -48,7 +48,9 @@ def monitor_callback(*, every: int = 10) -> tuple[Any, TrainingMonitor]:
             monitor.step(loss)
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            }
             if metrics:
                 monitor.log_epoch(**metrics)
 

@@ -32,7 +32,7 @@ framework-free. Hooks on sub-modules are registered only for a sampled step's fo
 removed by ``step``; the one permanent forward pre-hook on the root is removed on exit
 of the context manager (or :meth:`detach`), also when the loop raises.
 
-The monitor doubles as a :func:`dlclinic.remedies.fit.fit` monitor (``on_fit_start``,
+The monitor doubles as a :func:`dlclinic.core.recipe.fit` monitor (``on_fit_start``,
 ``on_step``, ``on_epoch_end``, ``on_fit_end``) and backs the Lightning callback in
 :mod:`dlclinic.training.lightning`.
 """
@@ -121,7 +121,7 @@ class MonitorRecord:
         for f in fields(cls):
             if f.name == "epochs":
                 p = f"{prefix}epoch."
-                kw["epochs"] = {k[len(p):]: np.asarray(v) for k, v in arrays.items() if k.startswith(p)}
+                kw["epochs"] = {k[len(p) :]: np.asarray(v) for k, v in arrays.items() if k.startswith(p)}
             elif f.name in ("layers", "activations", "activation_kinds"):
                 kw[f.name] = tuple(str(s) for s in np.asarray(arrays[prefix + f.name]).reshape(-1))
             else:
@@ -253,7 +253,9 @@ class TrainingMonitor:
         if not self._sampled() or self._temp_handles:
             return
         if self.track_updates:
-            self._snapshot = {name: [p.detach().clone() for p in m.parameters(recurse=False)] for name, m in self._owners.items()}
+            self._snapshot = {
+                name: [p.detach().clone() for p in m.parameters(recurse=False)] for name, m in self._owners.items()
+            }
         self._act_now, self._sat_now = {}, {}
         order_known = bool(self._layer_order)
         for name, m in self._owners.items():
@@ -293,12 +295,18 @@ class TrainingMonitor:
     def step(self, loss: Any = None) -> None:
         """Record this optimisation step; call it after ``optimizer.step()``."""
         if self._model is None or not self.attached:
-            raise ConfigError("TrainingMonitor.step: the monitor is not attached; use `with TrainingMonitor(model) as monitor:`")
+            raise ConfigError(
+                "TrainingMonitor.step: the monitor is not attached; use `with TrainingMonitor(model) as monitor:`"
+            )
         now = time.perf_counter()
         value = math.nan if loss is None else float(loss.detach() if hasattr(loss, "detach") else loss)
         self._loss.append(value)
         self._step_s.append(now - self._last_end if self._last_end is not None else math.nan)
-        self._wait_s.append(self._forward_start - self._last_end if (self._last_end is not None and self._forward_start is not None) else math.nan)
+        self._wait_s.append(
+            self._forward_start - self._last_end
+            if (self._last_end is not None and self._forward_start is not None)
+            else math.nan
+        )
         if self._sampled() and self._model.training:
             self._sample()
         for h in self._temp_handles:
@@ -315,7 +323,7 @@ class TrainingMonitor:
         The call also marks the end of an epoch: the next step's wait and step time are
         counted from here, so the evaluation and checkpointing that ran between the last
         step and this call are not charged to "waiting for data" (they made the in-memory
-        loop of :func:`dlclinic.remedies.fit.fit` look 10–20 % input-bound on small splits).
+        loop of :func:`dlclinic.core.recipe.fit` look 10–20 % input-bound on small splits).
         """
         for key, value in metrics.items():
             self._epochs.setdefault(key, []).append(float(value))
@@ -339,7 +347,9 @@ class TrainingMonitor:
                 grads[name] = math.sqrt(sq / count) if count else math.nan
                 sq_total += sq
                 if self._snapshot is not None and name in self._snapshot:
-                    dw = sum(float((p.detach() - old).float().pow(2).sum()) for p, old in zip(params, self._snapshot[name]))
+                    dw = sum(
+                        float((p.detach() - old).float().pow(2).sum()) for p, old in zip(params, self._snapshot[name])
+                    )
                     w = sum(float(old.float().pow(2).sum()) for old in self._snapshot[name])
                     updates[name] = math.sqrt(dw) / (math.sqrt(w) + 1e-12)
         if not math.isfinite(sq_total):

@@ -128,7 +128,7 @@ def fit(
             also when training raises.
 
     Example:
-        >>> from dlclinic.remedies.baselines import MLP
+        >>> from dlclinic.core.baselines import MLP
         >>> x = np.random.rand(64, 4).astype("float32"); y = (x[:, 0] > .5).astype(int)
         >>> fit(MLP(4, 2), x, y, FitConfig(epochs=2)).history["train_loss"][0] > 0
         True
@@ -151,14 +151,19 @@ def fit(
     steps_per_epoch = max(1, math.ceil(len(tr_idx) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if cfg.schedule == "cosine" else (lambda s: 1.0)
+        opt,
+        (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        if cfg.schedule == "cosine"
+        else (lambda s: 1.0),
     )
     history: dict[str, list[float]] = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [], "lr": []}
     torch_gen = torch.Generator().manual_seed(cfg.seed)
     if monitor is not None:
         monitor.on_fit_start(net)
     try:
-        best_state, best_epoch, stopped = _train_epochs(net, cfg, opt, sched, xt, yt, wt, tr_idx, val_idx, n_val, history, torch_gen, progress, monitor)
+        best_state, best_epoch, stopped = _train_epochs(
+            net, cfg, opt, sched, xt, yt, wt, tr_idx, val_idx, n_val, history, torch_gen, progress, monitor
+        )
     finally:
         if monitor is not None:
             monitor.on_fit_end()

@@ -22,7 +22,9 @@ class MLP(nn.Module):
     external scaler to ship with the weights).
     """
 
-    def __init__(self, in_features: int, n_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_features: int, n_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("std", torch.ones(in_features))
@@ -53,7 +55,16 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two conv blocks (conv-BN-ReLU-pool) and an MLP head, for N×C×H×W images."""
 
-    def __init__(self, in_channels: int, n_classes: int, height: int, width: int, channels: tuple[int, int] = (16, 32), hidden: int = 64, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        height: int,
+        width: int,
+        channels: tuple[int, int] = (16, 32),
+        hidden: int = 64,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         c1, c2 = channels
         self.features = nn.Sequential(

@@ -1,0 +1,1 @@
+"""The compute challenges, one module per id."""

@@ -1,0 +1,1 @@
+"""The data challenges, one module per id."""

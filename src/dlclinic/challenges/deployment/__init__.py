@@ -1,0 +1,1 @@
+"""The deployment challenges, one module per id."""

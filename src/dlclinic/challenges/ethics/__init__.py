@@ -1,0 +1,1 @@
+"""The ethics challenges, one module per id."""

@@ -1,0 +1,1 @@
+"""The model challenges, one module per id."""

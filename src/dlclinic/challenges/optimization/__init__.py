@@ -1,0 +1,1 @@
+"""The optimization challenges, one module per id."""

@@ -1,0 +1,1 @@
+"""The research challenges, one module per id."""

@@ -1,0 +1,1 @@
+"""Governance logic (audit hash chain, model-card facts): computed here, rendered by report/."""
