@@ -37,7 +37,9 @@ def test_check_and_remedy_live_in_the_module_named_by_the_id(challenge_id: str) 
     assert hasattr(module, "REMEDY"), f"{name} must say REMEDY = None when there is no remedy"
     if module.REMEDY is not None:
         assert module.REMEDY.id == challenge_id
-        assert module.REMEDY.run.__module__ == name, f"{challenge_id}'s remedy runs code from {module.REMEDY.run.__module__}"
+        assert module.REMEDY.run.__module__ == name, (
+            f"{challenge_id}'s remedy runs code from {module.REMEDY.run.__module__}"
+        )
 
 
 def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:

@@ -18,7 +18,7 @@ from dlclinic.functional.search import hyperparameter_study, model_summary, narr
 @pytest.fixture(autouse=True)
 def _one_thread():  # type: ignore[no-untyped-def]
     """Small models train faster on one thread, and much faster on a CPU shared with other jobs."""
-    from dlclinic.functional.latency import torch_threads
+    from dlclinic.core.threads import torch_threads
 
     with torch_threads(1):
         yield

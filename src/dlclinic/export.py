@@ -265,7 +265,7 @@ def _quiet_export() -> Iterator[None]:
 
 
 def _brief(exc: BaseException) -> str:
-    from dlclinic.io._common import brief
+    from dlclinic.core.errors import brief
 
     return brief(exc)
 

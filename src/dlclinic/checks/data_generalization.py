@@ -36,11 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlclinic.checks._common import worst
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 from dlclinic.functional.drift import FeatureShift, classifier_two_sample_test, feature_shift_tests, mmd_test
 from dlclinic.functional.ood import score_knn, score_max_softmax
 from dlclinic.functional.stats import holm

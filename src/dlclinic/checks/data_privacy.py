@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import worst
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 
 __all__ = ["CHECK", "PrivacyOptions", "membership_audits", "pii_sources", "run", "scan_pii_files"]
 

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import grade, worst
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, grade, worst
 from dlclinic.functional.duplicates import (
     find_cross_duplicates,
     find_exact_duplicates,

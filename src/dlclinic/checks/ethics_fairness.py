@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import grade, worst
 from dlclinic.core.case import Case
 from dlclinic.core.errors import InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, grade, worst
 from dlclinic.functional.stats import holm as _holm
 
 __all__ = ["CHECK", "FairnessOptions", "assess_fairness", "holm", "run"]

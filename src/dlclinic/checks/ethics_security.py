@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import worst
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 from dlclinic.functional.stats import wilson_interval
 
 __all__ = ["CHECK", "SecurityOptions", "input_bounds", "run", "scan_model_files"]

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import on_threads
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.threads import on_threads
 
 __all__ = ["COMPRESSION", "CompressionOptions", "EDGE", "EdgeOptions", "REALTIME", "RealtimeOptions"]
 
@@ -395,7 +395,7 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
         try:
             _MEMO[key] = export_pt2(model, x[:64], _workdir() / "model.pt2")
         except Exception as exc:
-            from dlclinic.io._common import brief
+            from dlclinic.core.errors import brief
 
             _MEMO[key] = brief(exc)
     pt2 = _MEMO[key]
@@ -453,7 +453,7 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
             )
         else:
             mem_verdict = "ok"
-    from dlclinic.checks._common import worst
+    from dlclinic.core.results import worst
 
     status = worst(statuses) if statuses else "ok"
     budget_text = []
@@ -579,7 +579,7 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
     x = np.ascontiguousarray(x[: max(options.batch_sizes)])
     runners: dict[str, Any] = {"eager fp32": torch_runner(model)}
     if thread_settings().get("torch_intra_op_threads", 1) > 1:
-        from dlclinic.functional.latency import torch_threads
+        from dlclinic.core.threads import torch_threads
 
         eager = runners["eager fp32"]
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import on_threads, worst
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
+from dlclinic.core.threads import on_threads
 
 __all__ = ["CHECK", "InterpretabilityOptions", "run"]
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlclinic.checks._common import grade, worst
 from dlclinic.core.case import Case
 from dlclinic.core.errors import InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, grade, worst
 from dlclinic.functional.calibration import ece_calibrated_null, reliability_bins
 from dlclinic.functional.stats import wilson_interval
 

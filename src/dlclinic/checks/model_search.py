@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import on_threads
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.threads import on_threads
 from dlclinic.functional.stats import paired_difference_bounds
 
 __all__ = ["ARCHITECTURE", "ArchitectureOptions", "HYPERPARAMETERS", "HyperparameterOptions"]
@@ -331,7 +331,7 @@ def _run_architecture(case: Case, evidence: Evidence, options: ArchitectureOptio
             try:
                 net = narrower(factory, r, case.train.x[:4])
             except Exception as exc:
-                from dlclinic.io._common import brief
+                from dlclinic.core.errors import brief
 
                 return CheckResult(
                     id=cid,

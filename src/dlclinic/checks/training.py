@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.checks._common import worst
 from dlclinic.checks.training_run import RunSettings, fresh_model, monitored_run, recipe, record_of, subsample
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
-from dlclinic.core.results import CheckResult, Finding, Remedy, Status
+from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 
 __all__ = ["BATCHNORM", "CONVERGENCE", "ENERGY", "GRADIENTS", "NONCONVEX", "TRAINING_COST"]
 

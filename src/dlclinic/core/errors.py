@@ -22,6 +22,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "UnknownChallengeError",
+    "brief",
 ]
 
 
@@ -62,3 +63,16 @@ class MissingDependencyError(DlclinicError, ImportError):
         super().__init__(
             f"this feature needs the optional package {package!r}, which is not installed: run `pip install 'dlclinic[{extra}]'`"
         )
+
+
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """One line describing ``exc``: its type and its message with whitespace collapsed.
+
+    Example:
+        >>> brief(ValueError("bad\\n  value"))
+        'ValueError: bad value'
+    """
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

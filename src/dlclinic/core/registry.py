@@ -3,13 +3,13 @@
 A check is a :class:`CheckSpec`: an id from the taxonomy, the evidence it requires as
 ``(kind, split)`` pairs, an options dataclass (defaults = dlclinic's thresholds) and a
 ``run(case, evidence, options) -> CheckResult`` function. Check modules build their spec
-explicitly; ``dlclinic.checks.CHECKS`` lists them (no import-time registration).
+explicitly; ``dlclinic.challenges.CHECKS`` lists them, derived from the 31 ids.
 
 A remedy is a :class:`RemedySpec`: an id, a parameters dataclass and a
 ``run(context, params) -> TreatOutcome`` function. :func:`dlclinic.api.treat` builds the
 :class:`TreatContext` (the case with its model, the training recipe, a ``measure``
 function that re-runs the same check with the same settings) and calls it;
-``dlclinic.remedies.REMEDIES`` lists them.
+``dlclinic.challenges.REMEDIES`` lists them; :func:`conclude` writes the before/after record.
 
 Options and parameters may be given as strings (``--option key=value`` on the command
 line); :func:`build_options` converts them to the dataclass field's type.
@@ -29,9 +29,10 @@ from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.progress import Progress
+from dlclinic.core.recipe import FitConfig
 from dlclinic.core.results import CheckResult, Report, Treatment
 
-__all__ = ["CheckSpec", "RemedySpec", "TreatContext", "TreatOutcome", "build_options", "parse_assignments"]
+__all__ = ["CheckSpec", "RemedySpec", "TreatContext", "TreatOutcome", "build_options", "conclude", "parse_assignments"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class TreatContext:
 
     challenge_id: str
     case: Case
-    fit_config: Any
+    fit_config: FitConfig
     evidence_config: Any
     cache_dir: Path
     out_dir: Path | None
@@ -76,6 +77,40 @@ class TreatOutcome:
     treatment: Treatment
     before: Report
     after: Report
+
+
+def conclude(
+    ctx: TreatContext,
+    *,
+    before: Report,
+    after: Report,
+    action: str,
+    before_values: Mapping[str, float | int | None] | None = None,
+    after_values: Mapping[str, float | int | None] | None = None,
+    check_metrics: Iterable[str] = (),
+    artifacts: Mapping[str, str] | None = None,
+    notes: Iterable[str] = (),
+) -> TreatOutcome:
+    """The one ending every remedy shares: the before/after treatment record and both reports.
+
+    ``before``/``after`` are the treated challenge's reports (from ``ctx.measure``); their
+    statuses, and the check metrics named in ``check_metrics``, are read from them. The
+    remedy's own numbers (accuracy before/after, ε, …) come in ``before_values`` and
+    ``after_values`` and are listed first.
+    """
+    res_before, res_after = before[ctx.challenge_id], after[ctx.challenge_id]
+    names = tuple(check_metrics)
+    treatment = Treatment(
+        challenge_id=ctx.challenge_id,
+        action=action,
+        before={**(before_values or {}), **{k: res_before.metrics.get(k) for k in names}},
+        after={**(after_values or {}), **{k: res_after.metrics.get(k) for k in names}},
+        before_status=res_before.status,
+        after_status=res_after.status,
+        artifacts=dict(artifacts or {}),
+        notes=tuple(notes),
+    )
+    return TreatOutcome(treatment, before, after)
 
 
 @dataclass(frozen=True)

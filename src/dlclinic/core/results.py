@@ -9,11 +9,11 @@ consumers may ignore.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["SCHEMA", "CheckResult", "Finding", "Remedy", "Report", "Status", "Treatment"]
+__all__ = ["SCHEMA", "CheckResult", "Finding", "Remedy", "Report", "Status", "Treatment", "grade", "worst"]
 
 SCHEMA = "dlclinic.report/1"
 
@@ -227,3 +227,21 @@ def sequence_of_results(results: Sequence[CheckResult]) -> tuple[CheckResult, ..
 
     by_id = {r.id: r for r in results}
     return tuple(by_id.get(c.id) or not_examined(c.id, "not selected for this checkup (--only)") for c in CHALLENGES)
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """The most severe status (ok < not_examined < warn < error < fail)."""
+    items = list(statuses)
+    return max(items, key=lambda s: STATUS_ORDER[s]) if items else "ok"
+
+
+def grade(value: float | None, warn: float | None, fail: float | None, *, higher_is_worse: bool = True) -> Status:
+    """``fail`` past the fail limit, ``warn`` past the warn limit, else ``ok``; ``None`` values are ok."""
+    if value is None:
+        return "ok"
+    v = value if higher_is_worse else -value
+    if fail is not None and v > (fail if higher_is_worse else -fail):
+        return "fail"
+    if warn is not None and v > (warn if higher_is_worse else -warn):
+        return "warn"
+    return "ok"

@@ -567,8 +567,8 @@ def onnx_variants(
     The first entry is the fp32 export (its note names the exporter and the verified
     logit difference); int8 dynamic and static follow when asked for and possible.
     """
+    from dlclinic.core.errors import brief
     from dlclinic.export import export_onnx
-    from dlclinic.io._common import brief
 
     cfg = config or SweepConfig()
     work = Path(workdir)

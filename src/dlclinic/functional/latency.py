@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from dlclinic.core.threads import thread_settings, torch_threads
+
 __all__ = [
     "LatencyStats",
     "PERCENTILE_METHOD",
@@ -94,40 +96,6 @@ class ThroughputResult:
     throughput: tuple[float, ...]
     best_batch_size: int
     best_throughput: float
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op thread count for the block and restore it after (``None``: unchanged).
-
-    Small models gain little from intra-op parallelism, and on a CPU shared with other
-    processes OpenMP threads that wait for each other can be ten times slower than one
-    thread; the checks therefore run their short training and scoring on one thread.
-    """
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def thread_settings() -> dict[str, int]:
-    """The thread counts in force: torch intra/inter-op threads and the CPU count."""
-    out = {"cpu_count": int(os.cpu_count() or 1)}
-    try:
-        import torch
-
-        out["torch_intra_op_threads"] = int(torch.get_num_threads())
-        out["torch_interop_threads"] = int(torch.get_num_interop_threads())
-    except Exception:  # pragma: no cover - torch is a core dependency
-        pass
-    return out
 
 
 def quantile_lower_bound(times: Sequence[float] | np.ndarray, q: float = 0.99, alpha: float = 0.05) -> float:
@@ -393,7 +361,7 @@ def compiled_runner(model: Any, sample: np.ndarray, *, mode: str | None = None) 
         run(sample)
         seconds = time.perf_counter() - t0
     except Exception as exc:
-        from dlclinic.io._common import brief
+        from dlclinic.core.errors import brief
 
         return None, f"torch.compile failed ({brief(exc)})"
     return run, f"compiled in {seconds:.1f} s (inductor, mode={mode or 'default'})"
@@ -498,7 +466,6 @@ def _activation_bytes_by_hooks(model: Any, batch: np.ndarray) -> float:
 @contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null for the block (C++ libraries print there directly)."""
-    import os
     import sys
 
     try:

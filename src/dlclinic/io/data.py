@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from dlclinic.core.case import Case
-from dlclinic.core.errors import InputError, MissingDependencyError
-from dlclinic.io._common import brief
+from dlclinic.core.errors import InputError, MissingDependencyError, brief
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.core.errors import MissingDependencyError, ModelError
-from dlclinic.io._common import brief
+from dlclinic.core.errors import MissingDependencyError, ModelError, brief
 
 __all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_model"]
 
