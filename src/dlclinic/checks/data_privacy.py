@@ -18,7 +18,6 @@ counts only, never the values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +26,11 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
+from dlclinic.providers.pii import pii_sources, scan_pii_files
 
-__all__ = ["CHECK", "PrivacyOptions", "membership_audits", "pii_sources", "run", "scan_pii_files"]
+__all__ = ["CHECK", "PrivacyOptions", "membership_audits", "run"]
 
 ID = "data.privacy"
-_TEXT_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".json", ".txt")
-_SENSITIVE = ("payment_card", "iban", "national_id")
 
 
 @dataclass(frozen=True)
@@ -187,86 +185,6 @@ def membership_audits(case: Case, evidence: Evidence, options: PrivacyOptions) -
     return audits, kind, plot
 
 
-def pii_sources(case: Case, options: PrivacyOptions) -> list[str]:
-    """Files to scan: ``pii_files`` and the case's tabular/text sources."""
-    paths = [str(p) for p in options.pii_files]
-    io_meta = case.metadata.get("io")
-    if isinstance(io_meta, dict):
-        for split in (io_meta.get("splits") or {}).values():
-            src = split.get("source") if isinstance(split, dict) else None
-            if isinstance(src, str) and src.lower().endswith(_TEXT_SUFFIXES) and src not in paths:
-                paths.append(src)
-    return paths
-
-
-def _read_table(path: str, max_rows: int) -> Any:
-    import pandas as pd
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(p).head(max_rows)
-    if suffix == ".jsonl":
-        return pd.read_json(p, lines=True, nrows=max_rows, dtype=False)
-    if suffix == ".json":
-        return pd.read_json(p, dtype=False).head(max_rows)
-    if suffix == ".txt":
-        with open(p, encoding="utf-8", errors="replace") as fh:
-            lines = [line.rstrip("\n") for _, line in zip(range(max_rows), fh)]
-        return pd.DataFrame({"text": lines})
-    return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=str, nrows=max_rows, keep_default_na=False)
-
-
-def scan_pii_files(paths: list[str], max_rows: int) -> tuple[Status, list[Finding], list[list[Any]], dict[str, int]]:
-    """Scan files for PII; ``fail`` for card numbers, IBANs or national ids, ``warn`` for others."""
-    from dlclinic.functional.pii import KINDS, scan_table
-
-    statuses: list[Status] = []
-    findings: list[Finding] = []
-    rows: list[list[Any]] = []
-    totals = dict.fromkeys(KINDS, 0)
-    for path in paths:
-        try:
-            table = _read_table(path, max_rows)
-        except Exception as exc:
-            statuses.append("warn")
-            findings.append(
-                Finding(
-                    "pii_unreadable",
-                    f"{path}: could not be read for the PII scan ({type(exc).__name__})",
-                    extra={"path": path},
-                )
-            )
-            continue
-        rep = scan_table(table)
-        for col in rep.flagged_columns():
-            counts = {k: v for k, v in rep.columns[col].items() if v}
-            for k, v in counts.items():
-                totals[k] += v
-            sensitive = any(k in _SENSITIVE for k in counts)
-            statuses.append("fail" if sensitive else "warn")
-            what = ", ".join(f"{v} {k.replace('_', ' ')}{'s' if v > 1 else ''}" for k, v in counts.items())
-            findings.append(
-                Finding(
-                    "pii",
-                    f"{Path(path).name} column {col!r}: {what} in {rep.rows_with_pii[col]} of {rep.n_rows} rows (values not shown)",
-                    extra={"path": path, "column": col, "counts": counts, "rows": rep.rows_with_pii[col]},
-                )
-            )
-            rows.append([Path(path).name, col, rep.rows_with_pii[col], *[rep.columns[col][k] for k in KINDS]])
-        for col, hint in rep.name_hints.items():
-            if col not in rep.flagged_columns():
-                findings.append(
-                    Finding(
-                        "pii_column_name",
-                        f"{Path(path).name} column {col!r}: the name suggests {hint.replace('_', ' ')} data; no pattern matched its values",
-                        extra={"path": path, "column": col, "hint": hint},
-                    )
-                )
-        statuses.append("ok")
-    return worst(statuses), findings, rows, totals
-
-
 def run(case: Case, evidence: Evidence, options: PrivacyOptions) -> CheckResult:
     """Membership-inference audit (train vs test) and PII scan of the tabular/text sources."""
     from dlclinic.functional.pii import KINDS
@@ -359,7 +277,7 @@ def run(case: Case, evidence: Evidence, options: PrivacyOptions) -> CheckResult:
             notes.append("calibrated attack not run (no reference available)")
     else:
         notes.append("membership not audited: needs a labelled test split (non-members)")
-    sources = pii_sources(case, options)
+    sources = pii_sources(case, options.pii_files)
     if sources:
         st, fnd, rows, totals = scan_pii_files(sources, options.pii_max_rows)
         statuses.append(st)

@@ -182,7 +182,7 @@ def _audit_record(case: Case, evidence: Evidence) -> dict[str, Any]:
 
 def run_compliance(case: Case, evidence: Evidence, options: ComplianceOptions) -> CheckResult:
     """Audit trail, lineage, PII vs lawful basis, retention, documentation headings, erasure readiness."""
-    from dlclinic.checks.data_privacy import PrivacyOptions, pii_sources, scan_pii_files
+    from dlclinic.providers.pii import pii_sources, scan_pii_files
     from dlclinic.report.model_card import COMPLIANCE_FIELDS, append_audit, missing_fields, verify_audit
 
     try:
@@ -220,7 +220,7 @@ def run_compliance(case: Case, evidence: Evidence, options: ComplianceOptions) -
         item("audit trail", "warn", f"no audit trail at {log} (record_run is off)", "audit_trail")
     fps = evidence.fingerprints()
     item("data lineage", "ok", f"SHA-256 of model and {len(fps) - 1} split(s) recorded")
-    sources = pii_sources(case, PrivacyOptions(pii_files=options.pii_files))
+    sources = pii_sources(case, options.pii_files)
     pii_total = 0
     if sources:
         _, pii_findings, rows, totals = scan_pii_files(sources, 100_000)

@@ -49,9 +49,9 @@ class ForgettingOptions:
 
 def build_tasks(case: Case, options: ForgettingOptions) -> object:
     """The :class:`~dlclinic.functional.continual.TaskSequence`, train rows capped per task."""
-    from dlclinic.checks.research import stratified_rows
     from dlclinic.core.errors import InputError
     from dlclinic.functional.continual import TaskSequence, split_classes, tasks_from_classes, tasks_from_ids
+    from dlclinic.functional.sampling import stratified_rows
 
     train, test = case.train, case.splits["test"]
     assert train.y is not None and test.y is not None

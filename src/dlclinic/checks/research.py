@@ -22,6 +22,7 @@ from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy
+from dlclinic.functional.sampling import stratified_rows
 
 __all__ = [
     "BENCHMARK_CHECK",
@@ -38,20 +39,6 @@ __all__ = [
 
 
 # -- shared helpers --------------------------------------------------------------------------
-def stratified_rows(y: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
-    """At most ``max_rows`` row indices, each class kept in proportion (all rows when fewer), sorted."""
-    n = len(y)
-    if max_rows >= n:
-        return np.arange(n)
-    from sklearn.model_selection import train_test_split
-
-    try:
-        keep, _ = train_test_split(np.arange(n), train_size=int(max_rows), stratify=y, random_state=seed)
-    except ValueError:  # a class with one row cannot be stratified
-        keep = np.random.default_rng(seed).permutation(n)[:max_rows]
-    return np.sort(keep)
-
-
 def logits_and_embeddings(model: Any, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate embeddings (input of the last ``nn.Linear``) of a torch model, in eval mode."""
     import torch

@@ -5,8 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
-__all__ = ["Reliability", "ece_calibrated_null", "estimate_ece", "fit_temperature", "reliability_bins"]
+from dlclinic.core.inference import first_output
+
+__all__ = [
+    "TemperatureScaled",
+    "Reliability",
+    "ece_calibrated_null",
+    "estimate_ece",
+    "fit_temperature",
+    "reliability_bins",
+]
 
 
 @dataclass(frozen=True)
@@ -95,3 +106,17 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return float(-log_softmax(z / math.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
 
     return float(math.exp(minimize_scalar(nll, bounds=(-5.0, 8.0), method="bounded", options={"xatol": 1e-4}).x))
+
+
+class TemperatureScaled(nn.Module):
+    """``model(x) / T``: the same predictions with calibrated confidence (Guo et al., ICML 2017)."""
+
+    temperature: torch.Tensor
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return first_output(self.model(x)) / self.temperature

@@ -27,6 +27,7 @@ import numpy as np
 from dlclinic.core.errors import InputError
 
 __all__ = [
+    "paired_accuracy_ci",
     "Comparison",
     "McNemarResult",
     "MetricCI",
@@ -324,3 +325,16 @@ def paired_difference_bounds(
         return 0.0 if k <= 0 else float(beta.ppf(q, k, n - k + 1))
 
     return lower(only_a) - upper(only_b), upper(only_a) - lower(only_b)
+
+
+def paired_accuracy_ci(
+    correct_before: np.ndarray, correct_after: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(after) − mean(before)`` over paired test rows."""
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(correct_after, dtype=np.float64) - np.asarray(correct_before, dtype=np.float64)
+    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
+    stats = diff[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(low), float(high)

@@ -17,7 +17,7 @@ from dlclinic.core.atomic import atomic_path, write_weights
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.results import CheckResult
 
-__all__ = ["CleaningPlan", "paired_accuracy_ci", "plan_cleaning", "write_cleaning_artifacts"]
+__all__ = ["CleaningPlan", "plan_cleaning", "write_cleaning_artifacts"]
 
 
 @dataclass(frozen=True)
@@ -82,19 +82,6 @@ def plan_cleaning(n_train: int, result: CheckResult, *, mode: str = "drop", n_te
         dropped_nonfinite=n_nonfinite,
         test_leaks=leaks,
     )
-
-
-def paired_accuracy_ci(
-    correct_before: np.ndarray, correct_after: np.ndarray, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``mean(after) − mean(before)`` over paired test rows."""
-    rng = np.random.default_rng(seed)
-    diff = np.asarray(correct_after, dtype=np.float64) - np.asarray(correct_before, dtype=np.float64)
-    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    stats = diff[idx].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(stats, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def _atomic_text(path: Path, text: str) -> None:

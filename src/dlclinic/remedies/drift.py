@@ -88,11 +88,9 @@ def treat_drift(ctx: TreatContext, params: DriftParams) -> TreatOutcome:
     from dlclinic.core.atomic import write_json, write_weights
     from dlclinic.core.inference import predict_logits
     from dlclinic.core.results import Treatment
-    from dlclinic.functional.calibration import estimate_ece, fit_temperature
-    from dlclinic.functional.stats import mcnemar_test
+    from dlclinic.functional.calibration import TemperatureScaled, estimate_ece, fit_temperature
+    from dlclinic.functional.stats import mcnemar_test, paired_accuracy_ci
     from dlclinic.monitoring.reference import softmax
-    from dlclinic.remedies.clean import paired_accuracy_ci
-    from dlclinic.remedies.training import TemperatureScaled
 
     case = ctx.case
     deploy = case.get("deploy")

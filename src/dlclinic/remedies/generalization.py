@@ -85,7 +85,7 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     from dlclinic.core.results import Treatment
     from dlclinic.functional.corruptions import SEVERITIES, corruption_names, data_stats
     from dlclinic.functional.ood import rejection_threshold, score_energy
-    from dlclinic.remedies.clean import paired_accuracy_ci
+    from dlclinic.functional.stats import paired_accuracy_ci
 
     case, cfg = ctx.case, ctx.fit_config
     test = case.get("test")

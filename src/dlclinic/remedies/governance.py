@@ -213,9 +213,9 @@ def _loss(model: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def treat_compliance(ctx: TreatContext, params: ComplianceParams) -> TreatOutcome:
     """Export the audit bundle; with ``forget`` retrain without those rows and audit their membership."""
-    from dlclinic.checks.data_privacy import PrivacyOptions, pii_sources, scan_pii_files
     from dlclinic.core.results import Treatment
     from dlclinic.functional.membership import audit_scores, loss_scores
+    from dlclinic.providers.pii import pii_sources, scan_pii_files
     from dlclinic.report.model_card import (
         load_card_config,
         render_technical_documentation,
@@ -313,7 +313,7 @@ def treat_compliance(ctx: TreatContext, params: ComplianceParams) -> TreatOutcom
         )
     else:
         audit_text = None
-    sources = pii_sources(treated, PrivacyOptions())
+    sources = pii_sources(treated)
     pii_text = None
     if sources:
         _, _, pii_rows, totals = scan_pii_files(sources, 100_000)

@@ -30,7 +30,8 @@ def treat_quality(ctx: TreatContext, params: QualityParams) -> TreatOutcome:
     """Drop/relabel label issues, drop duplicates and NaN rows, retrain with the same recipe and seed."""
     from dlclinic.core.inference import predict_logits
     from dlclinic.core.results import Treatment
-    from dlclinic.remedies.clean import paired_accuracy_ci, plan_cleaning, write_cleaning_artifacts
+    from dlclinic.functional.stats import paired_accuracy_ci
+    from dlclinic.remedies.clean import plan_cleaning, write_cleaning_artifacts
 
     case, cfg, progress = ctx.case, ctx.fit_config, ctx.progress
     test = case.get("test")

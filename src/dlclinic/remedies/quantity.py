@@ -98,8 +98,7 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     from dlclinic.core.inference import predict_logits
     from dlclinic.core.results import Treatment
     from dlclinic.functional.augment import policies_for
-    from dlclinic.functional.stats import mcnemar_test
-    from dlclinic.remedies.clean import paired_accuracy_ci
+    from dlclinic.functional.stats import mcnemar_test, paired_accuracy_ci
 
     case, cfg = ctx.case, ctx.fit_config
     test = case.get("test")

@@ -192,9 +192,9 @@ class OpenEndedParams:
 
 def treat_open_ended(ctx: TreatContext, params: OpenEndedParams) -> TreatOutcome:
     """Train known classes, then add the discovered classes incrementally: replay vs naive, same accuracy matrix."""
-    from dlclinic.checks.research import stratified_rows
     from dlclinic.core.results import Treatment
     from dlclinic.functional.continual import ContinualConfig, TaskSequence, run_task_sequence, tasks_from_classes
+    from dlclinic.functional.sampling import stratified_rows
 
     case = ctx.case
     if case.model_factory is None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.registry import RemedySpec, TreatContext, TreatOutcome
-from dlclinic.functional.calibration import fit_temperature
+from dlclinic.functional.calibration import TemperatureScaled, fit_temperature
 
 __all__ = [
     "BATCHNORM",
@@ -40,7 +40,6 @@ __all__ = [
     "GRADIENTS",
     "NONCONVEX",
     "OVERFITTING",
-    "TemperatureScaled",
     "fit_temperature",
     "reinitialise",
     "train_one_cycle",
@@ -236,33 +235,6 @@ CONVERGENCE = RemedySpec(
 
 # ---------------------------------------------------------------------------------------
 # model.overfitting
-
-
-def _temperature_module() -> type:
-    import torch
-    from torch import nn
-
-    class TemperatureScaledModule(nn.Module):
-        """``model(x) / T``: the same predictions with calibrated confidence."""
-
-        temperature: torch.Tensor
-
-        def __init__(self, model: nn.Module, temperature: float) -> None:
-            super().__init__()
-            self.model = model
-            self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            from dlclinic.core.inference import first_output
-
-            return first_output(self.model(x)) / self.temperature
-
-    return TemperatureScaledModule
-
-
-def TemperatureScaled(model: Any, temperature: float) -> Any:
-    """Wrap ``model`` so its logits are divided by ``temperature``."""
-    return _temperature_module()(model, temperature)
 
 
 @dataclass(frozen=True)
