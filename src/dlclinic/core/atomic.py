@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from safetensors.torch import save_file
 
 __all__ = ["atomic_path", "write_json", "write_weights"]
 
@@ -35,7 +38,6 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2, default: Any = None) -> Path:
     """Write ``payload`` as JSON to ``path`` atomically; returns the path."""
-    import json
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=indent, default=default))
@@ -48,7 +50,6 @@ def write_weights(model: Any, path: str | os.PathLike[str]) -> Path:
     Tensors are copied to CPU, made contiguous and cloned, so tied weights (one storage under
     two names, which safetensors refuses) are written as two tensors.
     """
-    from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:

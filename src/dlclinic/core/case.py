@@ -12,7 +12,7 @@ yielding ``(x, y)`` or ``(x, y, group)``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -280,13 +280,11 @@ class Case:
 
     def with_model(self, model: Any, source: str) -> Case:
         """A copy of this case with another model (remedies never mutate the user's case)."""
-        from dataclasses import replace
 
         return replace(self, model=model, model_source=source)
 
     def with_train(self, keep: np.ndarray, relabel: Mapping[int, int] | None = None) -> Case:
         """A copy whose train split keeps rows ``keep`` (and optionally relabels some of them)."""
-        from dataclasses import replace
 
         t = self.train
         y = t.y.copy() if t.y is not None else None
@@ -307,7 +305,6 @@ class Case:
 
     def with_split_rows(self, name: str, rows: np.ndarray) -> Case:
         """A copy whose split ``name`` keeps only ``rows``."""
-        from dataclasses import replace
 
         s = self.splits[name]
         rows = np.asarray(rows, dtype=np.int64)

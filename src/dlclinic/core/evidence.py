@@ -23,22 +23,33 @@ recomputes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
 import typing
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
 
 from dlclinic.core.atomic import atomic_path
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, Split
 from dlclinic.core.errors import ConfigError, InputError, ModelError
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
+from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress
+from dlclinic.core.version import __version__
 
 __all__ = ["KINDS", "Evidence", "EvidenceConfig", "default_cache_dir"]
 
@@ -123,7 +134,6 @@ def _find_module(model: Any, name: str) -> Any:
 
 
 def _last_linear(model: Any) -> Any:
-    from torch import nn
 
     last = None
     for module in model.modules():
@@ -246,7 +256,6 @@ class Evidence:
 
         ``compute`` returns a dict of arrays; it runs only when no valid cache entry exists.
         """
-        from dlclinic import __version__
 
         key = fingerprint_params(
             {
@@ -297,9 +306,6 @@ class Evidence:
         models are fitted on it), the configuration and the disk cache, so the extra
         inputs get the same kinds of evidence, computed once and cached by content.
         """
-        import dataclasses
-
-        from dlclinic.core.case import Split
 
         extra = Split.build(name, x, y)
         if extra.x.shape[1:] != self.case.train.x.shape[1:]:
@@ -318,7 +324,6 @@ class Evidence:
 
     # -- internals ----------------------------------------------------------------------
     def _params(self, kind: str) -> dict[str, Any]:
-        from dlclinic import __version__
 
         p: dict[str, Any] = {"kind": kind, "embedding_layer": self.config.embedding_layer, "dlclinic": __version__}
         if kind == "embeddings" and not self._is_torch:
@@ -344,7 +349,7 @@ class Evidence:
     def _forward(self, split: str) -> None:
         """One batched pass over ``split``: logits, probabilities, embeddings and losses."""
         s = self.case.splits[split]
-        n, bs = len(s), self.config.batch_size
+        n = len(s)
         x = s.x
         bad_rows = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
         if bad_rows.any():
@@ -352,66 +357,11 @@ class Evidence:
             # data.quality reports them (their evidence is unreliable by construction)
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
             self.nonfinite_rows[split] = int(bad_rows.sum())
-        logits_parts: list[np.ndarray] = []
-        emb_parts: list[np.ndarray] = []
         with self.progress.step(f"forward pass on {split}", total=n) as advance:
             if self._is_torch:
-                import torch
-
-                from dlclinic.core.inference import eval_mode, first_output, model_input_spec
-
-                model = self.case.model
-                dtype, device = model_input_spec(model)
-                captured: list[Any] = []
-                if self.config.embedding_layer:
-                    target = _find_module(model, self.config.embedding_layer)
-                    handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out))
-                else:
-                    target = _last_linear(model)
-                    handle = (
-                        target.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
-                        if target is not None
-                        else None
-                    )
-                try:
-                    with eval_mode(model), torch.inference_mode():
-                        for i in range(0, n, bs):
-                            xb = torch.from_numpy(x[i : i + bs]).to(device=device, dtype=dtype)
-                            captured.clear()
-                            try:
-                                out = first_output(model(xb))
-                            except Exception as exc:
-                                raise ModelError(
-                                    f"the model failed on a batch of split {split!r} with input shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                                ) from None
-                            if out.dim() != 2 or out.shape[1] != self.case.n_classes:
-                                raise ModelError(
-                                    f"the model's output must be N×{self.case.n_classes} logits, found shape {tuple(out.shape)}"
-                                )
-                            logits_parts.append(out.float().cpu().numpy())
-                            emb = first_output(captured[-1]) if captured else out
-                            emb_parts.append(emb.float().flatten(1).cpu().numpy())
-                            advance(len(xb))
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                embeddings = np.concatenate(emb_parts)
+                logits, embeddings = self._forward_torch(split, x, advance)
             else:
-                predict = getattr(self.case.model, "predict_logits", None)
-                if predict is None:
-                    raise ModelError(
-                        f"cannot run a model of type {type(self.case.model).__name__}: expected an nn.Module or an ONNX model"
-                    )
-                for i in range(0, n, bs):
-                    out = np.asarray(predict(x[i : i + bs]), dtype=np.float32)
-                    if out.ndim != 2 or out.shape[1] != self.case.n_classes:
-                        raise ModelError(
-                            f"the model's output must be N×{self.case.n_classes} logits, found shape {out.shape}"
-                        )
-                    logits_parts.append(out)
-                    advance(min(bs, n - i))
-                embeddings = self._input_pca(split)
-        logits = np.concatenate(logits_parts)
+                logits, embeddings = self._forward_callable(x, advance), self._input_pca(split)
         if not np.isfinite(logits).all():
             bad = int((~np.isfinite(logits)).any(axis=1).sum())
             raise ModelError(
@@ -427,8 +377,66 @@ class Evidence:
             self._mem[("losses", split)] = (-np.log(np.clip(p[np.arange(n), s.y], 1e-12, None))).astype(np.float32)
             self._store("losses", split)
 
+    def _embedding_hook(self, model: Any, captured: list[Any]) -> Any:
+        """Hook the embedding layer (the named one, else the input of the last ``nn.Linear``); ``None`` if none."""
+        if self.config.embedding_layer:
+            target = _find_module(model, self.config.embedding_layer)
+            return target.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        target = _last_linear(model)
+        return target.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0])) if target is not None else None
+
+    def _forward_torch(
+        self, split: str, x: np.ndarray, advance: Callable[[int], None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of a torch model, batch by batch in eval mode."""
+        model, n, bs = self.case.model, len(x), self.config.batch_size
+        dtype, device = model_input_spec(model)
+        captured: list[Any] = []
+        logits_parts: list[np.ndarray] = []
+        emb_parts: list[np.ndarray] = []
+        handle = self._embedding_hook(model, captured)
+        try:
+            with eval_mode(model), torch.inference_mode():
+                for i in range(0, n, bs):
+                    xb = torch.from_numpy(x[i : i + bs]).to(device=device, dtype=dtype)
+                    captured.clear()
+                    try:
+                        out = first_output(model(xb))
+                    except Exception as exc:
+                        raise ModelError(
+                            f"the model failed on a batch of split {split!r} with input shape {tuple(xb.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        ) from None
+                    if out.dim() != 2 or out.shape[1] != self.case.n_classes:
+                        raise ModelError(
+                            f"the model's output must be N×{self.case.n_classes} logits, found shape {tuple(out.shape)}"
+                        )
+                    logits_parts.append(out.float().cpu().numpy())
+                    emb = first_output(captured[-1]) if captured else out
+                    emb_parts.append(emb.float().flatten(1).cpu().numpy())
+                    advance(len(xb))
+        finally:
+            if handle is not None:
+                handle.remove()
+        return np.concatenate(logits_parts), np.concatenate(emb_parts)
+
+    def _forward_callable(self, x: np.ndarray, advance: Callable[[int], None]) -> np.ndarray:
+        """Logits of a non-torch model (ONNX) through its ``predict_logits``."""
+        predict = getattr(self.case.model, "predict_logits", None)
+        if predict is None:
+            raise ModelError(
+                f"cannot run a model of type {type(self.case.model).__name__}: expected an nn.Module or an ONNX model"
+            )
+        n, bs = len(x), self.config.batch_size
+        parts: list[np.ndarray] = []
+        for i in range(0, n, bs):
+            out = np.asarray(predict(x[i : i + bs]), dtype=np.float32)
+            if out.ndim != 2 or out.shape[1] != self.case.n_classes:
+                raise ModelError(f"the model's output must be N×{self.case.n_classes} logits, found shape {out.shape}")
+            parts.append(out)
+            advance(min(bs, n - i))
+        return np.concatenate(parts)
+
     def _input_pca(self, split: str) -> np.ndarray:
-        from sklearn.decomposition import PCA
 
         train = np.nan_to_num(self.case.train.x.reshape(len(self.case.train), -1))
         k = int(min(64, train.shape[1], max(2, len(train) - 1)))
@@ -438,7 +446,6 @@ class Evidence:
         )
 
     def _oof(self) -> np.ndarray:
-        from sklearn.model_selection import StratifiedKFold
 
         s = self.case.train
         y = s.y
@@ -454,7 +461,6 @@ class Evidence:
             raise ConfigError(
                 "oof='kfold' needs a training recipe (a model factory or the baseline); use oof='embeddings'"
             )
-        import warnings
 
         with (
             self.progress.step(f"out-of-fold probabilities ({method}, {folds} folds)", total=folds) as advance,
@@ -462,17 +468,11 @@ class Evidence:
         ):
             warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
             if method == "kfold":
-                from dlclinic.core.inference import predict_logits
-
                 for fold, (fit_idx, held_idx) in enumerate(splitter.split(s.x, y)):
                     model = self.retrain(s.x[fit_idx], y[fit_idx], self.config.seed + fold)  # type: ignore[misc]
                     oof[held_idx] = _softmax(predict_logits(model, s.x[held_idx]).astype(np.float64))
                     advance(1)
             else:
-                from sklearn.linear_model import LogisticRegression
-                from sklearn.pipeline import make_pipeline
-                from sklearn.preprocessing import StandardScaler
-
                 emb = self.get("embeddings", "train")
                 for fit_idx, held_idx in splitter.split(emb, y):
                     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))

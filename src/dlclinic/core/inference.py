@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
 
 from dlclinic.core.errors import ModelError
 
@@ -37,7 +38,6 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 def model_input_spec(model: Any) -> tuple[Any, Any]:
     """``(dtype, device)`` of the model's first floating parameter (float32/CPU when it has none)."""
-    import torch
 
     for p in model.parameters():
         if p.is_floating_point():
@@ -64,7 +64,6 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.nd
         return np.concatenate(
             [np.asarray(predict(x[i : i + batch_size]), dtype=np.float32) for i in range(0, len(x), batch_size)]
         )
-    import torch
 
     dtype, device = model_input_spec(model)
     parts = []

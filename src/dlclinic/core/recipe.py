@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -25,7 +26,6 @@ __all__ = ["FitConfig", "FitMonitor", "FitResult", "fit", "seed_everything"]
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA) RNGs."""
-    import random
 
     random.seed(seed)
     np.random.seed(seed % (2**32))

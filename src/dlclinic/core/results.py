@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from dlclinic.taxonomy import CHALLENGES, get_challenge
+
 __all__ = ["SCHEMA", "CheckResult", "Finding", "Remedy", "Report", "Status", "Treatment", "grade", "worst"]
 
 SCHEMA = "dlclinic.report/1"
@@ -116,7 +118,6 @@ class CheckResult:
 
     @property
     def title(self) -> str:
-        from dlclinic.taxonomy import get_challenge
 
         return get_challenge(self.id).title
 
@@ -189,7 +190,6 @@ class Report:
         for result in self.challenges:
             if result.id == challenge_id:
                 return result
-        from dlclinic.taxonomy import get_challenge
 
         get_challenge(challenge_id)  # raises UnknownChallengeError for a bad id
         raise KeyError(challenge_id)
@@ -223,7 +223,6 @@ class Report:
 
 def sequence_of_results(results: Sequence[CheckResult]) -> tuple[CheckResult, ...]:
     """Order results by the taxonomy and fill every missing id with ``not_examined``."""
-    from dlclinic.taxonomy import CHALLENGES
 
     by_id = {r.id: r for r in results}
     return tuple(by_id.get(c.id) or not_examined(c.id, "not selected for this checkup (--only)") for c in CHALLENGES)

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from dlclinic.core.case import Case
 from dlclinic.core.errors import InputError, MissingDependencyError, brief
@@ -452,7 +454,6 @@ def _npz_labels(
 
 def _read_table(path: Path, name: str) -> pd.DataFrame:
     """Read a CSV or Parquet file into a DataFrame, with one-line errors."""
-    import pandas as pd
 
     try:
         df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
@@ -520,7 +521,6 @@ def _column(df: pd.DataFrame, col: str | None, option: str, name: str, required:
 
 
 def _table_labels(series: pd.Series, name: str, col: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    import pandas as pd
 
     what = f"split {name!r} label column {col!r}"
     missing = series.isna().to_numpy()
@@ -574,13 +574,11 @@ def _encode_features(
 
 
 def _is_numeric(series: pd.Series) -> bool:
-    import pandas as pd
 
     return bool(pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series))
 
 
 def _reject_datetime(series: pd.Series, name: str, col: str) -> None:
-    import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
         raise InputError(
@@ -594,7 +592,6 @@ def _parse_numeric(series: pd.Series, name: str, col: str, min_fraction: float) 
     Values that do not parse (``"?"``, ``"n/a"``) become NaN, with a warning; the
     data-quality check reports the NaN later. A column with no present value is all NaN.
     """
-    import pandas as pd
 
     present = series.notna().to_numpy()
     try:
@@ -629,7 +626,6 @@ def _categories(series: pd.Series, name: str, col: str) -> list[str]:
 
 def _one_hot(series: pd.Series, categories: list[str], name: str, col: str) -> np.ndarray:
     """One-hot encode; NaN rows stay NaN, unseen categories become all-zero rows (with a warning)."""
-    import pandas as pd
 
     missing = series.isna().to_numpy()
     codes = pd.Index(categories).get_indexer(series.astype(str))
@@ -728,7 +724,6 @@ def _list_images(root: Path, name: str) -> tuple[list[Path], list[int] | None, t
 
 def _read_images(files: list[Path]) -> tuple[list[Any], list[int], list[str]]:
     """Open every file with PIL; unreadable ones are skipped and their paths returned."""
-    from PIL import Image
 
     images: list[Any] = []
     kept: list[int] = []
@@ -753,7 +748,6 @@ def _stack_images(
     (width, height) to the most common size. Returns the array and how many images were
     resized and converted to another colour mode.
     """
-    from PIL import Image
 
     natural = ["L" if len(img.getbands()) == 1 and img.mode != "P" else "RGB" for img in images]
     if mode is None:

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import pickle
 import re
 import sys
 import uuid
@@ -34,8 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
 from dlclinic.core.errors import MissingDependencyError, ModelError, brief
+from dlclinic.io.pickle_scan import scan_file
 
 __all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_model"]
 
@@ -238,7 +242,6 @@ def _split_factory_spec(spec: str) -> tuple[str, str] | None:
 
 def _load_factory(target: str, function: str, *, weights: str | Path | None) -> tuple[Any, str]:
     """Import ``target``, call ``function()``, check the result, load weights, set eval mode."""
-    import torch
 
     if not function.isidentifier():
         raise ModelError(f"model spec {target}:{function}: expected a function name after ':', found {function!r}")
@@ -356,9 +359,6 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
 
 def _load_pickled_model(path: Path) -> tuple[Any, str]:
     """A whole pickled module, loaded only after a static scan finds nothing dangerous (opt-in)."""
-    import torch
-
-    from dlclinic.io.pickle_scan import scan_file
 
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -403,7 +403,6 @@ def _load_pickled_model(path: Path) -> tuple[Any, str]:
 
 
 def _read_safetensors(path: Path) -> Any:
-    from safetensors.torch import load_file
 
     try:
         return load_file(str(path), device="cpu")
@@ -414,9 +413,6 @@ def _read_safetensors(path: Path) -> Any:
 
 
 def _read_torch_weights(path: Path) -> Any:
-    import pickle
-
-    import torch
 
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
@@ -437,7 +433,6 @@ def _read_torch_weights(path: Path) -> Any:
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, Any]:
     """Unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints and check it is name → tensor."""
-    import torch
 
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
@@ -490,7 +485,6 @@ def _state_dict_problems(expected: Mapping[str, Any], given: Mapping[str, Any]) 
 
 def _load_exported(path: Path) -> Any:
     """``torch.export.load(path).module()``: an nn.Module for inference (mode fixed at export)."""
-    import torch
 
     if not path.is_file():
         raise ModelError(f"torch.export model file not found: {path}")
@@ -530,8 +524,6 @@ def _onnx_session(ort: Any, path: Path) -> Any:
 
 def _num_threads() -> int:
     try:
-        import torch
-
         return int(torch.get_num_threads()) or 2
     except Exception:
         return min(os.cpu_count() or 2, 8)
