@@ -28,7 +28,8 @@ def main() -> None:
 
     from dlclinic.api import prepare_model
     from dlclinic.demo import build_demo
-    from dlclinic.functional.compression import SweepConfig, compression_sweep
+    from dlclinic.functional.compression import SweepConfig
+    from dlclinic.providers.compression_sweep import compression_sweep
 
     case, _ = build_demo()
     case = prepare_model(case)

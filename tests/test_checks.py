@@ -273,7 +273,7 @@ def test_knn_outliers_find_planted_points() -> None:
 
 
 def test_every_copy_in_a_large_duplicate_group_is_flagged_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from dlclinic.checks.data_quality import redundant_copies
+    from dlclinic.challenges.data.quality import redundant_copies
 
     assert redundant_copies(6, np.array([[0, 3], [3, 5]]), [np.array([1, 4])]).tolist() == [3, 4, 5]
     x, y = blobs(400, d=6, seed=31)

@@ -5,18 +5,25 @@ from __future__ import annotations
 import dataclasses
 
 from dlclinic.challenges import CHECKS, get_remedy
-from dlclinic.cli import _CHECK_FLAGS, _TREAT_FLAGS
+from dlclinic.cli.flags import CHECKUP_FLAGS, TREAT_FLAGS
 
 
 def test_checkup_flags_target_existing_check_options() -> None:
-    for flag, targets in _CHECK_FLAGS.values():
-        assert targets, flag
-        for cid, name in targets:
-            assert cid in CHECKS, (flag, cid)
-            assert name in {f.name for f in dataclasses.fields(CHECKS[cid].options)}, (flag, cid, name)
+    for flag in CHECKUP_FLAGS:
+        assert flag.targets, flag.flag
+        for cid, name in flag.split_targets():
+            assert cid in CHECKS, (flag.flag, cid)
+            assert name in {f.name for f in dataclasses.fields(CHECKS[cid].options)}, (flag.flag, cid, name)
 
 
 def test_treat_flags_target_existing_remedy_params() -> None:
-    for key, (flag, cids) in _TREAT_FLAGS.items():
-        for cid in cids:
-            assert key in {f.name for f in dataclasses.fields(get_remedy(cid).params)}, (flag, cid)
+    for flag in TREAT_FLAGS:
+        assert flag.targets, flag.flag
+        for cid, name in flag.split_targets():
+            assert name in {f.name for f in dataclasses.fields(get_remedy(cid).params)}, (flag.flag, cid, name)
+
+
+def test_each_flag_is_declared_once() -> None:
+    for table in (CHECKUP_FLAGS, TREAT_FLAGS):
+        assert len({f.param for f in table}) == len(table)
+        assert len({f.flag for f in table}) == len(table)

@@ -159,7 +159,7 @@ def _serve_files(tmp_path: Path, shift_from: int | None) -> dict[str, Any]:
 
 @pytest.mark.parametrize("shift_from, code", [(200, 1), (None, 0)])
 def test_monitor_command_exits_nonzero_on_an_alert(tmp_path: Path, shift_from: int | None, code: int) -> None:
-    from dlclinic.commands.deploy import run_monitor
+    from dlclinic.cli.monitor import run_monitor
 
     _serve_files(tmp_path, shift_from)
     rc = run_monitor(

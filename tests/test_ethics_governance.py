@@ -10,14 +10,9 @@ import pytest
 import dlclinic
 from conftest import blobs
 from dlclinic import Case, FitConfig
-from dlclinic.report.model_card import (
-    append_audit,
-    render_model_card,
-    render_technical_documentation,
-    verify_audit,
-    verify_manifest,
-    write_manifest,
-)
+from dlclinic.governance.audit import append_audit, verify_audit
+from dlclinic.governance.bundle import verify_manifest, write_manifest
+from dlclinic.governance.documents import render_model_card, render_technical_documentation
 
 FAST = FitConfig(epochs=6, batch_size=64)
 FULL_CARD = {
@@ -218,7 +213,7 @@ def test_treat_misuse_bundle_and_forget_ids(tmp_path) -> None:  # type: ignore[n
 
 
 def test_placeholder_answers_count_as_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from dlclinic.report.model_card import missing_fields
+    from dlclinic.governance.card import missing_fields
 
     cfg = {
         "intended_use": "TODO",
@@ -276,7 +271,7 @@ def test_audit_head_anchor_catches_changes_to_the_newest_record(tmp_path, how: s
 def test_audit_trail_survives_concurrent_appends_and_an_interrupted_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import multiprocessing as mp
 
-    from dlclinic.report.model_card import _head_path
+    from dlclinic.governance.audit import _head_path
 
     log = tmp_path / "audit.jsonl"
     ctx = mp.get_context("fork")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import blobs
-from dlclinic.checks.optimization_forgetting import ForgettingOptions, run
+from dlclinic.challenges.optimization.forgetting import ForgettingOptions, run
 from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
@@ -123,7 +123,7 @@ def test_replay_reduces_forgetting_on_the_demo_split_class_sequence() -> None:
     """Acceptance: on the demo's split-MNIST sequence (5 tasks of 2 digits) replay beats naive BWT for every seed."""
     import dataclasses
 
-    from dlclinic.checks.optimization_forgetting import run_sequence
+    from dlclinic.challenges.optimization.forgetting import run_sequence
     from dlclinic.core.baselines import baseline_for
     from dlclinic.demo import build_demo
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import blobs, redundant_pool
 from dlclinic import Case, FitConfig
-from dlclinic.checks.data_labeling_cost import CHECK, LabelingCostOptions, run, simulation_plan
+from dlclinic.challenges.data.labeling_cost import CHECK, LabelingCostOptions, run, simulation_plan
 from dlclinic.core.baselines import MLP
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence

@@ -12,6 +12,7 @@ import dlclinic
 from conftest import blobs
 from dlclinic import Case, FitConfig
 from dlclinic.core.baselines import SmallCNN
+from dlclinic.export.weights import state_dict_bytes
 from dlclinic.functional.compression import (
     channel_prune,
     magnitude_prune,
@@ -19,7 +20,6 @@ from dlclinic.functional.compression import (
     parameter_count,
     pareto_front,
     prune_plans,
-    state_dict_bytes,
 )
 from test_model_export import ResCNN
 

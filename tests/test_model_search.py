@@ -112,8 +112,8 @@ def test_redundancy_finds_dead_channels_and_low_rank() -> None:
 
 
 def test_user_search_space_is_parsed_and_checked() -> None:
+    from dlclinic.challenges.model.hyperparameters import parse_space
     from dlclinic.core.errors import ConfigError
-    from dlclinic.remedies.tune import parse_space
 
     space = parse_space(
         '{"lr": ["float_log", 1e-4, 1e-1], "batch_size": ["categorical", [16, 32]], "epochs": ["int", 2, 4]}'

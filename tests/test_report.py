@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import dlclinic.report as report_pkg
+import dlclinic.report.files as report_files
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.results import Report, sequence_of_results
 from dlclinic.report import render_html, render_json, render_terminal, write_report
@@ -163,7 +164,7 @@ def _boom(*args, **kwargs):
 
 
 def test_write_report_leaves_nothing_when_rendering_fails(tmp_path, report, monkeypatch):
-    monkeypatch.setattr(report_pkg, "render_html", _boom)
+    monkeypatch.setattr(report_files, "render_html", _boom)
     with pytest.raises(RuntimeError, match="boom"):
         write_report(report, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -171,7 +172,7 @@ def test_write_report_leaves_nothing_when_rendering_fails(tmp_path, report, monk
 
 def test_write_report_keeps_previous_report_when_rendering_fails(tmp_path, report, monkeypatch):
     (tmp_path / "report.json").write_text("previous")
-    monkeypatch.setattr(report_pkg, "render_html", _boom)
+    monkeypatch.setattr(report_files, "render_html", _boom)
     with pytest.raises(RuntimeError):
         write_report(report, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
@@ -184,7 +185,7 @@ def test_write_report_cleans_up_when_writing_fails(tmp_path, report, monkeypatch
     def fail_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_pkg.os, "replace", fail_replace)
+    monkeypatch.setattr(report_files.os, "replace", fail_replace)
     with pytest.raises(ConfigError, match="writable directory"):
         write_report(report, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from conftest import blobs
-from dlclinic.checks.research import (
-    BenchmarkOptions,
-    OpenEndedOptions,
-    ReproducibilityOptions,
-    TheoryOptions,
-    run_benchmark,
-    run_open_ended,
-    run_reproducibility,
-    run_theory,
-)
+from dlclinic.challenges.research.benchmark_saturation import BenchmarkOptions, run_benchmark
+from dlclinic.challenges.research.open_ended import OpenEndedOptions, run_open_ended
+from dlclinic.challenges.research.reproducibility import ReproducibilityOptions, run_reproducibility
+from dlclinic.challenges.research.theory import TheoryOptions, run_theory
 from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
@@ -261,12 +255,13 @@ def test_open_ended_with_ood_file(tmp_path: Path) -> None:
     assert res.status == "ok" and res.metrics["auroc"] > 0.9
 
 
-@pytest.mark.parametrize("spec_name", ["REPRODUCIBILITY_CHECK", "BENCHMARK_CHECK", "THEORY_CHECK", "OPEN_ENDED_CHECK"])
-def test_specs_are_registered(spec_name: str) -> None:
-    from dlclinic.challenges import CHECKS
-    from dlclinic.checks import research
+@pytest.mark.parametrize("name", ["reproducibility", "benchmark_saturation", "theory", "open_ended"])
+def test_specs_are_registered(name: str) -> None:
+    import importlib
 
-    spec = getattr(research, spec_name)
+    from dlclinic.challenges import CHECKS
+
+    spec = importlib.import_module(f"dlclinic.challenges.research.{name}").CHECK
     assert CHECKS[spec.id] is spec
 
 

@@ -109,7 +109,7 @@ def test_read_manifest_rejects_foreign_files(tmp_path: Path) -> None:
 
 
 def test_replay_argv_replaces_out_and_disables_cache() -> None:
-    from dlclinic.commands.research import replay_argv
+    from dlclinic.cli.replay import replay_argv
 
     args = replay_argv(
         ["dlclinic", "checkup", "--demo", "--out", "old", "--only", "data"], Path("new"), use_cache=False

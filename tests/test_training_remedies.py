@@ -14,7 +14,7 @@ from conftest import blobs
 from dlclinic import Case, FitConfig
 from dlclinic.core.baselines import MLP
 from dlclinic.core.recipe import fit
-from dlclinic.remedies.training import fit_temperature
+from dlclinic.functional.calibration import fit_temperature
 
 
 @pytest.fixture(autouse=True)

@@ -144,7 +144,7 @@ def test_quantity_does_not_warn_on_an_ill_fitting_flat_curve(tmp_path: Path, mon
     import numpy as np
 
     from dlclinic import Case
-    from dlclinic.checks import data_quantity
+    from dlclinic.challenges.data import quantity as data_quantity
     from dlclinic.core.baselines import MLP
     from dlclinic.core.evidence import Evidence
     from dlclinic.functional.learning_curve import fit_power_law

@@ -129,7 +129,7 @@ def energy_over_budget(modality: str, ratio: float, seed: int) -> Trial:
 
 def _edge_truth(model: Any, x: np.ndarray) -> tuple[float, float]:
     """``(fp32 weights MB, peak batch-1 inference MB)``: the quantities the check compares with its budgets."""
-    from dlclinic.functional.compression import state_dict_bytes
+    from dlclinic.export.weights import state_dict_bytes
     from dlclinic.functional.latency import peak_inference_memory
 
     return len(state_dict_bytes(model)) / 1e6, peak_inference_memory(model, np.ascontiguousarray(x[:1]))[

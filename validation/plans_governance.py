@@ -125,7 +125,7 @@ def _exact_robust(
 def _security_setup(modality: str, seed: int) -> tuple[Splits, Any, Any]:
     s = split(modality, seed, (0.5, 0.5, 0.0))
     case = case_from(s, modality, deploy=False)
-    from dlclinic.checks.ethics_security import input_bounds
+    from dlclinic.challenges.ethics.security import input_bounds
 
     return s, case, input_bounds(case)
 
@@ -346,7 +346,7 @@ def _pii_file(s: Splits, folder: Path, seed: int, emails: int = 0) -> str:
 
 def _audit_log(folder: Path, seed: int, case: Any) -> tuple[Path, int]:
     """An intact audit trail of 5–8 earlier runs, written by dlclinic's own :func:`append_audit`."""
-    from dlclinic.report.model_card import append_audit
+    from dlclinic.governance.audit import append_audit
 
     log = folder / "audit.jsonl"
     n = 5 + seed % 4

@@ -1,6 +1,6 @@
 """7. int8 / pruning / ONNX Runtime vs torch eager: batch-1 latency and accuracy on the demo model.
 
-One fresh process runs ``functional.compression.compression_sweep`` (no distillation): the
+One fresh process runs ``providers.compression_sweep.compression_sweep`` (no distillation): the
 eager fp32 original, ONNX Runtime fp32 / int8 dynamic / int8 static, bf16, magnitude pruning
 and channel pruning, every variant scored on the whole demo test split and its batch-1
 latency measured *interleaved* with the others (round-robin, so load changes hit every
@@ -20,7 +20,8 @@ SIDES = {"ours": "project"}
 
 
 def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    from dlclinic.functional.compression import SweepConfig, compression_sweep
+    from dlclinic.functional.compression import SweepConfig
+    from dlclinic.providers.compression_sweep import compression_sweep
 
     arrays, _ = load_demo(cfg)
     model = load_demo_model(cfg)

@@ -4,7 +4,7 @@ The demo CNN (fresh weights) on the demo train split, batch 256, Adam (lr 4e-3),
 target ε = 8 at δ = 1/(10 n). Sides, each a fresh process:
 
 * non-private: a plain PyTorch loop over the same batches (original architecture, BatchNorm);
-* dlclinic: ``remedies.privacy.dp_fit`` (opacus ``make_private_with_epsilon``, default
+* dlclinic: ``challenges.data.privacy.dp_fit`` (opacus ``make_private_with_epsilon``, default
   ``grad_sample_mode="hooks"``, BatchNorm → GroupNorm by ``ModuleValidator.fix``);
 * opacus: the loop of opacus' tutorial, same settings, with the default per-sample hooks and
   with ``grad_sample_mode="functorch"``.
@@ -112,7 +112,7 @@ def run(side: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     if side == "ours":
-        from dlclinic.remedies.privacy import dp_fit
+        from dlclinic.challenges.data.privacy import dp_fit
 
         model, x, y, tx, ty = _setup(cfg)
         stamps = [time.perf_counter()]

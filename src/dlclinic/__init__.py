@@ -8,9 +8,10 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from dlclinic.core.version import __version__
 
 __all__ = [
     "CHALLENGES",
@@ -65,8 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover
 def __getattr__(name: str) -> Any:
     """Import public names lazily so ``import dlclinic`` stays fast (no torch at import)."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dlclinic' has no attribute {name!r}")
 

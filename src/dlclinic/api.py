@@ -5,38 +5,47 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import importlib
+import logging
+import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
+from dlclinic.challenges import CHECKS, PENDING, get_remedy
+from dlclinic.core.atomic import atomic_path
+from dlclinic.core.baselines import baseline_for
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError, DlclinicError
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir
-from dlclinic.core.fingerprint import fingerprint_array, fingerprint_params
+from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 from dlclinic.core.progress import NullProgress, Progress
-from dlclinic.core.registry import build_options
+from dlclinic.core.recipe import FitConfig, fit, seed_everything
+from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
 from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results
+from dlclinic.core.version import __version__
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
-__all__ = ["checkup", "environment_info", "prepare_model", "retrainer", "treat"]
-
-
-def _version() -> str:
-    from dlclinic import __version__
-
-    return __version__
+__all__ = [
+    "check_options",
+    "checkup",
+    "environment_info",
+    "prepare_model",
+    "remedy_params",
+    "retrainer",
+    "treat",
+]
 
 
 def environment_info() -> dict[str, Any]:
     """Versions and hardware that a result depends on."""
-    import os
-
-    import torch
-
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -49,7 +58,7 @@ def environment_info() -> dict[str, Any]:
     }
     for mod in ("sklearn", "scipy", "cleanlab"):
         try:
-            info[mod] = __import__(mod).__version__
+            info[mod] = importlib.import_module(mod).__version__
         except Exception:  # pragma: no cover - optional
             info[mod] = None
     return info
@@ -59,8 +68,6 @@ def _factory_for(case: Case) -> Callable[[], Any] | None:
     if case.model_factory is not None:
         return case.model_factory
     if case.model is None:
-        from dlclinic.core.baselines import baseline_for
-
         return lambda: baseline_for(case.input_shape, case.n_classes, case.modality)
     return None
 
@@ -70,8 +77,6 @@ def retrainer(case: Case, fit_config: Any = None) -> tuple[Callable[[np.ndarray,
 
     ``recipe_id`` fingerprints the architecture and the fit config, for cache keys.
     """
-    from dlclinic.core.recipe import FitConfig, fit, seed_everything
-
     factory = _factory_for(case)
     if factory is None:
         return None, ""
@@ -91,6 +96,35 @@ def retrainer(case: Case, fit_config: Any = None) -> tuple[Callable[[np.ndarray,
     return retrain, recipe
 
 
+def _with_baseline(case: Case, model: Any, source: str, factory: Callable[[], Any]) -> Case:
+    return dataclasses.replace(
+        case,
+        model=model,
+        model_source=source,
+        model_factory=factory,
+        metadata={**case.metadata, "dlclinic_baseline": True},
+    )
+
+
+def _load_cached(model: Any, path: Path) -> bool:
+    """Load cached baseline weights into ``model``; a broken cache file is removed."""
+    try:
+        model.load_state_dict(load_file(str(path)))
+        model.eval()
+        return True
+    except Exception:
+        path.unlink(missing_ok=True)
+        return False
+
+
+def _save_cached(model: Any, path: Path) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    except OSError:  # a read-only cache only costs speed
+        pass
+
+
 def prepare_model(
     case: Case,
     *,
@@ -102,11 +136,6 @@ def prepare_model(
     """Return the case with a model: the user's, or a baseline trained (and cached) by dlclinic."""
     if case.model is not None:
         return case
-    import torch
-
-    from dlclinic.core.baselines import baseline_for
-    from dlclinic.core.recipe import FitConfig, fit, seed_everything
-
     cfg = fit_config or FitConfig()
     progress = progress or NullProgress()
     factory = _factory_for(case)
@@ -119,50 +148,19 @@ def prepare_model(
     )
     path = (cache_dir or default_cache_dir()) / "models" / f"{key}.safetensors"
     source = f"baseline trained by dlclinic ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)"
-    if use_cache and path.exists():
-        try:
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(str(path)))
-            model.eval()
-            return dataclasses.replace(
-                case,
-                model=model,
-                model_source=source + ", from cache",
-                model_factory=factory,
-                metadata={**case.metadata, "dlclinic_baseline": True},
-            )
-        except Exception:
-            path.unlink(missing_ok=True)
+    if use_cache and path.exists() and _load_cached(model, path):
+        return _with_baseline(case, model, source + ", from cache", factory)
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
         result = fit(model, np.nan_to_num(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
-    trained = result.model
     if use_cache:
-        from safetensors.torch import save_file
-
-        from dlclinic.core.atomic import atomic_path
-
-        try:
-            with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp))
-        except OSError:  # a read-only cache only costs speed
-            pass
-    del torch, baseline_for
-    return dataclasses.replace(
-        case,
-        model=trained,
-        model_source=source,
-        model_factory=factory,
-        metadata={**case.metadata, "dlclinic_baseline": True},
-    )
+        _save_cached(result.model, path)
+    return _with_baseline(case, result.model, source, factory)
 
 
 @contextlib.contextmanager
 def _quiet_torch_logs() -> Iterator[None]:
     """Raise torch's loggers to ERROR for the duration (a failed ``torch.export`` of the user's
     model logs its whole traced graph as a warning; the check reports the failure itself)."""
-    import logging
-
     names = [n for n in list(logging.root.manager.loggerDict) if n == "torch" or n.startswith("torch.")]
     saved = {n: logging.getLogger(n).level for n in names}
     try:
@@ -175,8 +173,6 @@ def _quiet_torch_logs() -> Iterator[None]:
 
 
 def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResult:
-    import warnings
-
     start = time.perf_counter()
     try:
         with (
@@ -194,11 +190,74 @@ def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResul
     return result.with_seconds(time.perf_counter() - start)
 
 
+def _build(spec: CheckSpec | RemedySpec, given: Any) -> Any:
+    """The spec's options object: ``given`` itself when already built (validated), else built from the mapping."""
+    cls = spec.options if isinstance(spec, CheckSpec) else spec.params
+    return given if isinstance(given, cls) else build_options(spec, given)
+
+
+def check_options(options: Mapping[str, Mapping[str, Any]], *, given_as: str = "--option") -> dict[str, Any]:
+    """Validate per-check options before any work: ``{challenge_id: options object}`` for :func:`checkup`.
+
+    Ids are checked in the order given; the first without a check is named (``given_as`` says how
+    the options were given), and a bad value raises :class:`ConfigError` for its check.
+    """
+    built: dict[str, Any] = {}
+    for cid, given in options.items():
+        if cid not in CHECKS:
+            raise ConfigError(
+                f"{given_as} for {cid}, which has no check; expected ids among: {', '.join(sorted(CHECKS))}"
+            )
+        built[cid] = _build(CHECKS[cid], given)
+    return built
+
+
+def remedy_params(challenge_id: str, params: Any = None, *, mode: str | None = None) -> Any:
+    """The remedy's params object of ``challenge_id``, built (and validated) from a mapping of strings or values."""
+    spec = get_remedy(challenge_id)
+    if isinstance(params, spec.params):
+        return params
+    given = dict(params or {})
+    if mode is not None:
+        given.setdefault("mode", mode)
+    return build_options(spec, given)
+
+
+def _run_checks(
+    case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress
+) -> list[CheckResult]:
+    """One result per challenge, in taxonomy order."""
+    results: list[CheckResult] = []
+    with progress.step("running checks", total=len(CHALLENGES)) as advance:
+        for challenge in CHALLENGES:
+            cid = challenge.id
+            if cid not in selected:
+                results.append(not_examined(cid, "Not selected for this checkup (--only)."))
+            elif cid in CHECKS:
+                results.append(_run_one(CHECKS[cid], case, evidence, built[cid]))
+            else:
+                results.append(not_examined(cid, PENDING[cid]))
+            advance(1)
+    return results
+
+
+def _case_summary(case: Case, evidence: Evidence) -> dict[str, Any]:
+    summary = case.summary()
+    summary["model"] = {"source": case.model_source, **_model_facts(case.model)}
+    summary["fingerprints"] = evidence.fingerprints()
+    summary["evidence"] = evidence.describe()
+    if evidence.nonfinite_rows:
+        summary["evidence"]["nonfinite_input_rows"] = dict(evidence.nonfinite_rows)
+    if case.metadata:
+        summary["metadata"] = {k: v for k, v in case.metadata.items() if isinstance(v, (str, int, float, bool))}
+    return summary
+
+
 def checkup(
     case: Case,
     *,
     only: Sequence[str] | None = None,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
+    options: Mapping[str, Any] | None = None,
     evidence_config: EvidenceConfig | None = None,
     fit_config: Any = None,
     cache_dir: str | Path | None = None,
@@ -209,7 +268,8 @@ def checkup(
     Args:
         case: the model and data (:meth:`Case.from_arrays`, ``dlclinic.io.load_case`` or the demo).
         only: challenge ids or category names to examine; the others are ``not_examined``.
-        options: per-check options, e.g. ``{"data.quality": {"warn_label_issue_fraction": 0.05}}``.
+        options: per-check options, e.g. ``{"data.quality": {"warn_label_issue_fraction": 0.05}}``
+            (or the objects :func:`check_options` built).
         evidence_config: batch size, embedding layer, out-of-fold method, caching.
         fit_config: the training recipe for the baseline and for K-fold retraining.
         cache_dir: where evidence and baseline weights are cached (default ``~/.cache/dlclinic``).
@@ -221,8 +281,6 @@ def checkup(
         >>> report["data.quality"].status              # doctest: +SKIP
         'fail'
     """
-    from dlclinic.challenges import CHECKS, PENDING
-
     t0 = time.perf_counter()
     selected = resolve_ids(list(only) if only else None)
     options = dict(options or {})
@@ -231,7 +289,7 @@ def checkup(
         raise ConfigError(
             f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}"
         )
-    built = {cid: build_options(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
+    built = {cid: _build(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ev_cfg = evidence_config or EvidenceConfig()
     progress = progress or NullProgress()
@@ -243,8 +301,6 @@ def checkup(
     case = prepare_model(case, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
     timings["model"] = time.perf_counter() - t
     retrain, recipe = retrainer(case, fit_config)
-    from dlclinic.core.recipe import FitConfig
-
     evidence = Evidence(
         case,
         ev_cfg,
@@ -255,39 +311,17 @@ def checkup(
         progress=progress,
         fit_config=fit_config or FitConfig(),
     )
-
     t = time.perf_counter()
-    needs = [need for cid in built for need in CHECKS[cid].requires]
-    evidence.ensure(needs)
+    evidence.ensure([need for cid in built for need in CHECKS[cid].requires])
     timings["evidence"] = time.perf_counter() - t
-
-    results: list[CheckResult] = []
     t = time.perf_counter()
-    with progress.step("running checks", total=len(CHALLENGES)) as advance:
-        for challenge in CHALLENGES:
-            cid = challenge.id
-            if cid not in selected:
-                results.append(not_examined(cid, "Not selected for this checkup (--only)."))
-            elif cid in CHECKS:
-                results.append(_run_one(CHECKS[cid], case, evidence, built[cid]))
-            else:
-                results.append(not_examined(cid, PENDING[cid]))
-            advance(1)
+    results = _run_checks(case, evidence, selected, built, progress)
     timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-
-    summary = case.summary()
-    summary["model"] = {"source": case.model_source, **_model_facts(case.model)}
-    summary["fingerprints"] = evidence.fingerprints()
-    summary["evidence"] = evidence.describe()
-    if evidence.nonfinite_rows:
-        summary["evidence"]["nonfinite_input_rows"] = dict(evidence.nonfinite_rows)
-    if case.metadata:
-        summary["metadata"] = {k: v for k, v in case.metadata.items() if isinstance(v, (str, int, float, bool))}
     return Report(
-        dlclinic_version=_version(),
+        dlclinic_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        case=summary,
+        case=_case_summary(case, evidence),
         challenges=sequence_of_results(results),
         environment=environment_info(),
         timings=timings,
@@ -298,8 +332,6 @@ def _model_facts(model: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     if hasattr(model, "parameters"):
         facts["parameters"] = int(sum(p.numel() for p in model.parameters()))
-    from dlclinic.core.fingerprint import fingerprint_model
-
     facts["sha256"] = fingerprint_model(model)
     return facts
 
@@ -309,7 +341,7 @@ def treat(
     challenge_id: str,
     *,
     out_dir: str | Path | None = None,
-    params: Mapping[str, Any] | None = None,
+    params: Any = None,
     mode: str | None = None,
     evidence_config: EvidenceConfig | None = None,
     fit_config: Any = None,
@@ -321,7 +353,8 @@ def treat(
     Returns ``(treatment, report_before, report_after)``; the user's case and model are
     never modified, new artifacts (cleaned row lists, retrained weights, model files) go
     to ``out_dir``. ``params`` are the remedy's parameters (see ``dlclinic challenges``
-    and the remedy's ``params`` dataclass); strings are converted to the declared types.
+    and the remedy's ``params`` dataclass; or the object :func:`remedy_params` built);
+    strings are converted to the declared types.
     ``mode`` is the older spelling of ``params={"mode": ...}`` for data.quality.
 
     Example:
@@ -329,15 +362,8 @@ def treat(
         >>> treatment.before["test_accuracy"] < treatment.after["test_accuracy"]          # doctest: +SKIP
         True
     """
-    from dlclinic.challenges import get_remedy
-    from dlclinic.core.recipe import FitConfig
-    from dlclinic.core.registry import TreatContext
-
     spec = get_remedy(challenge_id)
-    given = dict(params or {})
-    if mode is not None:
-        given.setdefault("mode", mode)
-    built = build_options(spec, given)
+    built = remedy_params(challenge_id, params, mode=mode)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     progress = progress or NullProgress()
     ev_cfg = evidence_config or EvidenceConfig()
@@ -345,9 +371,15 @@ def treat(
     case = prepare_model(case, fit_config=cfg, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
     retrain, recipe = retrainer(case, cfg)
 
-    def measure(c: Case) -> Report:
+    def measure(c: Case, *, options: Mapping[str, Any] | None = None, only: Sequence[str] | None = None) -> Report:
         return checkup(
-            c, only=[challenge_id], evidence_config=ev_cfg, fit_config=cfg, cache_dir=cache, progress=progress
+            c,
+            only=list(only) if only else [challenge_id],
+            options={challenge_id: dict(options)} if options else None,
+            evidence_config=ev_cfg,
+            fit_config=cfg,
+            cache_dir=cache,
+            progress=progress,
         )
 
     ctx = TreatContext(

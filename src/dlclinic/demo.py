@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from dlclinic.core.case import Case
 
@@ -40,8 +41,6 @@ class DemoTruth:
 
 def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Blur, lower the contrast and rotate each 28×28 image (values in [0, 1])."""
-    from PIL import Image, ImageFilter
-
     out = np.empty_like(images)
     for i, img in enumerate(images):
         pil = Image.fromarray((img * 255).astype(np.uint8))
@@ -50,6 +49,55 @@ def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         arr = np.asarray(pil, dtype=np.float32) / 255.0
         out[i] = 0.25 + 0.5 * arr  # contrast down, background grey
     return out
+
+
+def _drop_rare(
+    x_tr: np.ndarray, y_tr: np.ndarray, rare_class: int, rare_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only ``rare_fraction`` of the ``rare_class`` rows of train."""
+    rare_rows = np.flatnonzero(y_tr == rare_class)
+    drop = rng.choice(rare_rows, size=len(rare_rows) - int(rare_fraction * len(rare_rows)), replace=False)
+    keep = np.setdiff1d(np.arange(len(y_tr)), drop)
+    return x_tr[keep], y_tr[keep]
+
+
+def _add_duplicates(
+    x_tr: np.ndarray, y_tr: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicates inside train: 20 exact, 20 with faint noise, appended at the end; and the (original, copy) pairs."""
+    n = len(y_tr)
+    src = rng.choice(n, size=40, replace=False)
+    copies = x_tr[src].copy()
+    copies[20:] = np.clip(copies[20:] + rng.normal(0, 0.01, copies[20:].shape), 0, 1)
+    x_tr = np.concatenate([x_tr, copies.astype(np.float32)])
+    y_tr = np.concatenate([y_tr, y_tr[src]])
+    return x_tr, y_tr, np.stack([src, n + np.arange(40)], axis=1)
+
+
+def _add_leaks(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_te: np.ndarray,
+    y_te: np.ndarray,
+    n: int,
+    src: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Train/test leaks: 25 test rows (changed in place) become copies of train rows (not of duplicated ones)."""
+    candidates = np.setdiff1d(np.arange(n), src)
+    leak_src = rng.choice(candidates, size=25, replace=False)
+    leak_dst = rng.choice(len(y_te), size=25, replace=False)
+    x_te[leak_dst] = x_tr[leak_src]
+    x_te[leak_dst[12:]] = np.clip(x_te[leak_dst[12:]] + rng.normal(0, 0.01, x_te[leak_dst[12:]].shape), 0, 1)
+    y_te[leak_dst] = y_tr[leak_src]
+    return np.stack([leak_src, leak_dst], axis=1)
+
+
+def _pen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The group attribute: "bold" when a digit has more ink than its class median, else "thin"."""
+    ink = x.reshape(len(x), -1).sum(1)
+    med = np.array([np.median(ink[y == c]) if np.any(y == c) else 0.0 for c in range(10)])
+    return np.where(ink > med[y], "bold", "thin")
 
 
 def build_demo(
@@ -88,51 +136,25 @@ def build_demo(
     x_te, y_te = x_all[te].copy(), y_all[te].copy()
     x_de, y_de = x_all[de].copy(), y_all[de].copy()
     rare_class = 9
-    empty = np.zeros((0, 2), dtype=np.int64)
     flipped = np.zeros(0, dtype=np.int64)
-    dup_pairs, leak_pairs = empty, empty
+    dup_pairs = leak_pairs = np.zeros((0, 2), dtype=np.int64)
     if not clean:
-        # one rare class
-        rare_rows = np.flatnonzero(y_tr == rare_class)
-        drop = rng.choice(rare_rows, size=len(rare_rows) - int(rare_fraction * len(rare_rows)), replace=False)
-        keep = np.setdiff1d(np.arange(len(y_tr)), drop)
-        x_tr, y_tr = x_tr[keep], y_tr[keep]
-        # near-duplicates inside train: 20 exact, 20 with faint noise, appended at the end
+        x_tr, y_tr = _drop_rare(x_tr, y_tr, rare_class, rare_fraction, rng)
         n = len(y_tr)
-        src = rng.choice(n, size=40, replace=False)
-        copies = x_tr[src].copy()
-        copies[20:] = np.clip(copies[20:] + rng.normal(0, 0.01, copies[20:].shape), 0, 1)
-        x_tr = np.concatenate([x_tr, copies.astype(np.float32)])
-        y_tr = np.concatenate([y_tr, y_tr[src]])
-        dup_pairs = np.stack([src, n + np.arange(40)], axis=1)
-        # train/test leaks: 25 test rows become copies of train rows (not of duplicated ones)
-        candidates = np.setdiff1d(np.arange(n), src)
-        leak_src = rng.choice(candidates, size=25, replace=False)
-        leak_dst = rng.choice(len(y_te), size=25, replace=False)
-        x_te[leak_dst] = x_tr[leak_src]
-        x_te[leak_dst[12:]] = np.clip(x_te[leak_dst[12:]] + rng.normal(0, 0.01, x_te[leak_dst[12:]].shape), 0, 1)
-        y_te[leak_dst] = y_tr[leak_src]
-        leak_pairs = np.stack([leak_src, leak_dst], axis=1)
+        x_tr, y_tr, dup_pairs = _add_duplicates(x_tr, y_tr, rng)
+        leak_pairs = _add_leaks(x_tr, y_tr, x_te, y_te, n, dup_pairs[:, 0], rng)
         # label flips on rows that are neither duplicated nor leaked
-        pool = np.setdiff1d(np.arange(n), np.concatenate([src, leak_src]))
+        pool = np.setdiff1d(np.arange(n), np.concatenate([dup_pairs[:, 0], leak_pairs[:, 0]]))
         flipped = np.sort(rng.choice(pool, size=int(round(flip_rate * len(y_tr))), replace=False))
         original = y_tr.copy()
         y_tr[flipped] = (y_tr[flipped] + rng.integers(1, 10, size=len(flipped))) % 10
-        # visual shift in deploy
-        x_de = _shift_images(x_de, rng)
+        x_de = _shift_images(x_de, rng)  # visual shift in deploy
     else:
         original = y_tr.copy()
-
-    def pen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        ink = x.reshape(len(x), -1).sum(1)
-        med = np.array([np.median(ink[y == c]) if np.any(y == c) else 0.0 for c in range(10)])
-        return np.where(ink > med[y], "bold", "thin")
-
-    groups = {"train": pen(x_tr, original), "test": pen(x_te, y_te), "deploy": pen(x_de, y_de)}
     case = Case.from_arrays(
-        (x_tr[:, None], y_tr, groups["train"]),
-        (x_te[:, None], y_te, groups["test"]),
-        (x_de[:, None], y_de, groups["deploy"]),
+        (x_tr[:, None], y_tr, _pen(x_tr, original)),
+        (x_te[:, None], y_te, _pen(x_te, y_te)),
+        (x_de[:, None], y_de, _pen(x_de, y_de)),
         class_names=[str(i) for i in range(10)],
         name="demo-mnist" + ("-clean" if clean else ""),
         modality="image",

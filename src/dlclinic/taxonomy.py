@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlclinic.core.errors import UnknownChallengeError
+
 __all__ = ["CATEGORIES", "CHALLENGES", "Challenge", "get_challenge", "resolve_ids"]
 
 
@@ -105,8 +107,6 @@ def get_challenge(challenge_id: str) -> Challenge:
     try:
         return _BY_ID[challenge_id]
     except KeyError:
-        from dlclinic.core.errors import UnknownChallengeError
-
         raise UnknownChallengeError(challenge_id, [c.id for c in CHALLENGES]) from None
 
 

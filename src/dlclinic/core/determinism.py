@@ -15,8 +15,7 @@
   ``np.random.seed()``, ``torch.seed()`` …) with its call site, so a nondeterministic
   recipe can be pointed at the line that causes it.
 
-Seeding itself is :func:`dlclinic.core.recipe.seed_everything`. Torch is imported
-inside the functions (importing ``dlclinic`` must not import torch).
+Seeding itself is :func:`dlclinic.core.recipe.seed_everything`.
 """
 
 from __future__ import annotations
@@ -30,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+
+from dlclinic.core.recipe import seed_everything
 
 __all__ = [
     "StateDiff",
@@ -47,8 +49,6 @@ CUBLAS_VALUE = ":4096:8"
 
 def determinism_state() -> dict[str, Any]:
     """The flags a result's reproducibility depends on (for manifests and reports)."""
-    import torch
-
     return {
         "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
         "deterministic_warn_only": bool(torch.is_deterministic_algorithms_warn_only_enabled()),
@@ -75,10 +75,6 @@ def deterministic_mode(seed: int | None = None, *, warn_only: bool = False) -> I
         >>> torch.are_deterministic_algorithms_enabled()
         False
     """
-    import torch
-
-    from dlclinic.core.recipe import seed_everything
-
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -123,8 +119,6 @@ def deterministic_mode(seed: int | None = None, *, warn_only: bool = False) -> I
 
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn`` for ``DataLoader``: seed numpy and ``random`` from the worker's torch seed."""
-    import torch
-
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -132,8 +126,6 @@ def seed_worker(worker_id: int) -> None:
 
 def loader_kwargs(seed: int) -> dict[str, Any]:
     """``DataLoader(..., **loader_kwargs(seed))``: a seeded shuffling generator and seeded workers."""
-    import torch
-
     return {"generator": torch.Generator().manual_seed(int(seed)), "worker_init_fn": seed_worker}
 
 
@@ -158,8 +150,6 @@ def compare_state_dicts(a: Mapping[str, Any], b: Mapping[str, Any]) -> StateDiff
         >>> compare_state_dicts({"w": torch.ones(2)}, {"w": torch.tensor([1.0, 1.5])}).first
         'w'
     """
-    import torch
-
     differing: list[str] = []
     missing = tuple(sorted(set(a) ^ set(b)))
     max_diff = 0.0
@@ -226,8 +216,6 @@ def trace_unseeded_generators() -> Iterator[list[UnseededCall]]:
         >>> calls[0].what
         'numpy.random.default_rng()'
     """
-    import torch
-
     calls: list[UnseededCall] = []
     patches: list[tuple[Any, str, Any]] = []
 

@@ -21,11 +21,16 @@ import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from dlclinic.core.atomic import atomic_path
+from dlclinic.core.determinism import determinism_state
 from dlclinic.core.errors import ConfigError, InputError
+from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 
 if TYPE_CHECKING:
     from dlclinic.core.case import Case
@@ -61,8 +66,6 @@ _PACKAGES = (
 
 def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
     """Installed versions (``importlib.metadata``, nothing imported); ``None`` when absent."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in names:
         try:
@@ -79,14 +82,11 @@ def _hardware() -> dict[str, Any]:
         "processor": platform.processor() or None,
         "cpu_count": os.cpu_count(),
     }
-    if "torch" in sys.modules:  # never import torch just for the manifest
-        import torch
-
-        info["torch_threads"] = int(torch.get_num_threads())
-        info["cuda_available"] = bool(torch.cuda.is_available())
-        if torch.cuda.is_available():
-            info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            info["cuda_version"] = torch.version.cuda
+    info["torch_threads"] = int(torch.get_num_threads())
+    info["cuda_available"] = bool(torch.cuda.is_available())
+    if torch.cuda.is_available():
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda_version"] = torch.version.cuda
     return info
 
 
@@ -142,9 +142,31 @@ def build_manifest(
         model: a model to fingerprint when no report is given.
         extra: anything else to record under ``"extra"``.
     """
-    from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
-
     argv = [str(a) for a in (command if command is not None else sys.argv)]
+    manifest = _environment(argv)
+    all_seeds: dict[str, int] = {}
+    hashes: dict[str, Any] = {}
+    if report is not None:
+        _record_report(manifest, report, all_seeds, hashes)
+    elif case is not None:
+        hashes.update({f"data.{k}": fingerprint_array(s.x, s.y) for k, s in case.splits.items()})
+        if case.model is not None and hasattr(case.model, "state_dict"):
+            hashes["model"] = fingerprint_model(case.model)
+    if model is not None and "model" not in hashes:
+        hashes["model"] = fingerprint_model(model)
+    if config is not None:
+        manifest["config"] = _clean(dict(config))
+        hashes["config"] = fingerprint_params(dict(config))
+    all_seeds.update({k: int(v) for k, v in (seeds or {}).items()})
+    manifest["seeds"] = all_seeds
+    manifest["hashes"] = hashes
+    if extra:
+        manifest["extra"] = _clean(dict(extra))
+    return manifest
+
+
+def _environment(argv: list[str]) -> dict[str, Any]:
+    """The manifest's head: schema, time, command, packages, hardware, git commit, environment, determinism."""
     manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -167,45 +189,27 @@ def build_manifest(
             )
         },
     }
-    if "torch" in sys.modules:
-        from dlclinic.core.determinism import determinism_state
-
-        manifest["determinism"] = determinism_state()
-    all_seeds: dict[str, int] = {}
-    hashes: dict[str, Any] = {}
-    if report is not None:
-        rc = dict(report.case)
-        ev_seed = (rc.get("evidence") or {}).get("config", {}).get("seed")
-        if ev_seed is not None:
-            all_seeds["evidence"] = int(ev_seed)
-        hashes.update({k: v for k, v in (rc.get("fingerprints") or {}).items()})
-        manifest["dlclinic_version"] = report.dlclinic_version
-        manifest["report_created"] = report.created
-        manifest["case"] = _clean({k: rc.get(k) for k in ("name", "n_classes", "modality", "input_shape", "splits")})
-        manifest["model_source"] = (rc.get("model") or {}).get("source")
-        manifest["evidence_config"] = _clean((rc.get("evidence") or {}).get("config"))
-        manifest["results"] = {
-            r.id: {"status": r.status, "metrics": _clean(dict(r.metrics))} for r in report.challenges
-        }
-        if report.treatments:
-            manifest["treatments"] = [_clean(t.to_dict()) for t in report.treatments]
-        if isinstance((rc.get("metadata") or {}).get("cli_args"), str):
-            manifest["cli_args"] = rc["metadata"]["cli_args"]
-    elif case is not None:
-        hashes.update({f"data.{k}": fingerprint_array(s.x, s.y) for k, s in case.splits.items()})
-        if case.model is not None and hasattr(case.model, "state_dict"):
-            hashes["model"] = fingerprint_model(case.model)
-    if model is not None and "model" not in hashes:
-        hashes["model"] = fingerprint_model(model)
-    if config is not None:
-        manifest["config"] = _clean(dict(config))
-        hashes["config"] = fingerprint_params(dict(config))
-    all_seeds.update({k: int(v) for k, v in (seeds or {}).items()})
-    manifest["seeds"] = all_seeds
-    manifest["hashes"] = hashes
-    if extra:
-        manifest["extra"] = _clean(dict(extra))
+    manifest["determinism"] = determinism_state()
     return manifest
+
+
+def _record_report(manifest: dict[str, Any], report: Report, all_seeds: dict[str, int], hashes: dict[str, Any]) -> None:
+    """Fingerprints, evidence seed, case, evidence config and every check's status and metrics of a report."""
+    rc = dict(report.case)
+    ev_seed = (rc.get("evidence") or {}).get("config", {}).get("seed")
+    if ev_seed is not None:
+        all_seeds["evidence"] = int(ev_seed)
+    hashes.update({k: v for k, v in (rc.get("fingerprints") or {}).items()})
+    manifest["dlclinic_version"] = report.dlclinic_version
+    manifest["report_created"] = report.created
+    manifest["case"] = _clean({k: rc.get(k) for k in ("name", "n_classes", "modality", "input_shape", "splits")})
+    manifest["model_source"] = (rc.get("model") or {}).get("source")
+    manifest["evidence_config"] = _clean((rc.get("evidence") or {}).get("config"))
+    manifest["results"] = {r.id: {"status": r.status, "metrics": _clean(dict(r.metrics))} for r in report.challenges}
+    if report.treatments:
+        manifest["treatments"] = [_clean(t.to_dict()) for t in report.treatments]
+    if isinstance((rc.get("metadata") or {}).get("cli_args"), str):
+        manifest["cli_args"] = rc["metadata"]["cli_args"]
 
 
 def manifest_json(manifest: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ from torch import nn
 
 from dlclinic.core.errors import ConfigError
 
-__all__ = ["FitConfig", "FitMonitor", "FitResult", "fit", "seed_everything"]
+__all__ = ["FitConfig", "FitMonitor", "FitResult", "fit", "prepare_inputs", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -84,7 +84,7 @@ class FitResult:
     stopped_early: bool = False
 
 
-def _prepare_inputs(model: nn.Module, x: np.ndarray) -> None:
+def prepare_inputs(model: nn.Module, x: np.ndarray) -> None:
     """Give models with ``set_input_stats`` (the baseline MLP) the training-set statistics."""
     setter = getattr(model, "set_input_stats", None)
     if callable(setter):
@@ -138,7 +138,7 @@ def fit(
         raise ConfigError(f"x has {len(x)} rows but y has {len(y)}; expected equal lengths")
     seed_everything(cfg.seed)
     net = copy.deepcopy(model)
-    _prepare_inputs(net, x)
+    prepare_inputs(net, x)
     gen = np.random.default_rng(cfg.seed)
     n = len(x)
     order = gen.permutation(n)

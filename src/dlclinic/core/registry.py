@@ -52,9 +52,11 @@ class TreatContext:
 
     ``case`` already has a model (the user's, or the baseline dlclinic trained).
     ``retrain(x, y, seed) -> model`` trains a fresh model with the case's recipe (``None``
-    when the architecture is unknown, e.g. a ``.pt2``/ONNX file). ``measure(case)`` runs
-    the treated challenge's check on a case with the same evidence/fit settings and returns
-    the one-challenge report; call it before and after the treatment.
+    when the architecture is unknown, e.g. a ``.pt2``/ONNX file). ``measure(case, *, options=None, only=None)``
+    runs the treated challenge's check on a case with the same evidence/fit settings and
+    returns the report; call it before and after the treatment. ``options`` overrides the
+    treated check's options (e.g. the shortcut to test); ``only`` measures other challenges
+    too (the governance remedies document several checks).
     ``out_dir`` is where artifacts go (write them atomically, ``core.atomic``).
     """
 
@@ -67,7 +69,7 @@ class TreatContext:
     progress: Progress
     retrain: Callable[..., Any] | None
     recipe: str
-    measure: Callable[[Case], Report]
+    measure: Callable[..., Report]
 
 
 @dataclass(frozen=True)

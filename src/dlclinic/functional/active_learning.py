@@ -30,6 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "STRATEGIES",
@@ -249,6 +252,34 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-scores, k - 1)[:k]
 
 
+def _checked_arrays(
+    embeddings_pool: np.ndarray,
+    labels_pool: np.ndarray,
+    embeddings_eval: np.ndarray,
+    labels_eval: np.ndarray,
+    strategy: str,
+    mc_probs_fn: McProbsFn | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate the strategy and the shapes; the pool and evaluation arrays as float64 / int64."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, but got {strategy!r}")
+    if strategy == "bald" and mc_probs_fn is None:
+        raise ValueError(
+            "strategy 'bald' needs mc_probs_fn(head, x) -> T×N×K probabilities, e.g. dlclinic.functional.active_learning.mc_dropout_probs"
+        )
+    xp = np.asarray(embeddings_pool, dtype=np.float64)
+    yp = np.asarray(labels_pool).astype(np.int64)
+    xe = np.asarray(embeddings_eval, dtype=np.float64)
+    ye = np.asarray(labels_eval).astype(np.int64)
+    if xp.ndim != 2 or xe.ndim != 2 or xp.shape[1] != xe.shape[1]:
+        raise ValueError(f"expected N×D pool and M×D evaluation embeddings, but got shapes {xp.shape} and {xe.shape}")
+    if len(xp) != len(yp) or len(xe) != len(ye):
+        raise ValueError(
+            f"embeddings and labels must have equal lengths, but got pool {len(xp)} vs {len(yp)} and eval {len(xe)} vs {len(ye)}"
+        )
+    return xp, yp, xe, ye
+
+
 def simulate(
     embeddings_pool: np.ndarray,
     labels_pool: np.ndarray,
@@ -301,26 +332,8 @@ def simulate(
         >>> n.tolist(), bool(acc[-1] > 0.95)
         ([10, 20, 30], True)
     """
-    from threadpoolctl import threadpool_limits
-
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, but got {strategy!r}")
-    if strategy == "bald" and mc_probs_fn is None:
-        raise ValueError(
-            "strategy 'bald' needs mc_probs_fn(head, x) -> T×N×K probabilities, e.g. dlclinic.functional.active_learning.mc_dropout_probs"
-        )
-    xp = np.asarray(embeddings_pool, dtype=np.float64)
-    yp = np.asarray(labels_pool).astype(np.int64)
-    xe = np.asarray(embeddings_eval, dtype=np.float64)
-    ye = np.asarray(labels_eval).astype(np.int64)
-    if xp.ndim != 2 or xe.ndim != 2 or xp.shape[1] != xe.shape[1]:
-        raise ValueError(f"expected N×D pool and M×D evaluation embeddings, but got shapes {xp.shape} and {xe.shape}")
-    if len(xp) != len(yp) or len(xe) != len(ye):
-        raise ValueError(
-            f"embeddings and labels must have equal lengths, but got pool {len(xp)} vs {len(yp)} and eval {len(xe)} vs {len(ye)}"
-        )
-    n = len(xp)
-    budget = min(int(budget), n)
+    xp, yp, xe, ye = _checked_arrays(embeddings_pool, labels_pool, embeddings_eval, labels_eval, strategy, mc_probs_fn)
+    budget = min(int(budget), len(xp))
     if not 1 <= initial <= budget:
         raise ValueError(f"`1 <= initial <= budget` must hold, but got initial={initial}, budget={budget}")
     if step < 1:
@@ -358,8 +371,6 @@ def _simulate(
     max_iter: int,
     C: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
 
     n = len(xp)
     mean, scale = xp.mean(axis=0), xp.std(axis=0)

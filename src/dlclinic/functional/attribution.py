@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
 
 __all__ = [
     "FaithfulnessResult",
@@ -46,8 +50,6 @@ METHODS = ("integrated_gradients", "saliency", "occlusion")
 
 
 def _forward(model: Any) -> Callable[[Any], Any]:
-    from dlclinic.core.inference import first_output
-
     def f(x: Any) -> Any:
         return first_output(model(x))
 
@@ -55,10 +57,6 @@ def _forward(model: Any) -> Callable[[Any], Any]:
 
 
 def _tensor(x: np.ndarray, model: Any) -> Any:
-    import torch
-
-    from dlclinic.core.inference import model_input_spec
-
     dtype, device = model_input_spec(model)
     return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
@@ -93,10 +91,7 @@ def attribute(
         n_steps: Riemann steps of Integrated Gradients.
         baseline: Constant baseline (IG start point, occlusion fill value).
     """
-    import torch
     from captum.attr import IntegratedGradients, Occlusion, Saliency
-
-    from dlclinic.core.inference import eval_mode
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
@@ -125,8 +120,6 @@ def attribute(
 
 
 def _probs(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    from dlclinic.core.inference import predict_logits
-
     logits = predict_logits(model, x, batch_size=batch_size)
     z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)
@@ -259,7 +252,6 @@ def robustness_metrics(
 
     Both are lower-is-better; they are scale dependent, so compare methods on the same model.
     """
-    import torch
     from captum.attr import IntegratedGradients, Saliency
     from captum.metrics import infidelity, sensitivity_max
 
@@ -294,8 +286,6 @@ def robustness_metrics(
 
 
 def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
     ra = rankdata(a, axis=1)
     rb = rankdata(b, axis=1)
     ra -= ra.mean(1, keepdims=True)
@@ -325,8 +315,6 @@ def randomization_sanity(
     otherwise); BatchNorm statistics are reset. Low = the attributions depend on the
     learned weights, as they must (Adebayo et al., 2018).
     """
-    import torch
-
     torch.manual_seed(seed)
     rand = copy.deepcopy(model)
     for module in rand.modules():

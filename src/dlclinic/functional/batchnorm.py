@@ -22,20 +22,18 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["accuracy_in_train_mode", "bn_layers", "recalibrate_bn", "running_stat_shift", "samples_per_statistic"]
 
 
 def bn_layers(model: Any) -> list[tuple[str, Any]]:
     """``(name, module)`` of every ``nn.modules.batchnorm._BatchNorm`` (BatchNorm1d/2d/3d, SyncBN)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
 
 
 def _forward_batches(model: Any, x: np.ndarray, batch_size: int) -> None:
-    import torch
-
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             chunk = x[i : i + batch_size]
@@ -46,8 +44,6 @@ def _forward_batches(model: Any, x: np.ndarray, batch_size: int) -> None:
 
 def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict[str, tuple[float, float]]:
     """Per BN layer ``(mean shift in running σ, mean |log variance ratio|)`` on data ``x``."""
-    import torch
-
     layers = bn_layers(model)
     if not layers:
         return {}
@@ -106,8 +102,6 @@ def recalibrate_bn(model: Any, x: np.ndarray, *, batch_size: int = 128) -> Any:
 
 def accuracy_in_train_mode(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0) -> float:
     """Accuracy when BN layers use the statistics of each batch of ``batch_size`` rows (dropout off)."""
-    import torch
-
     net = copy.deepcopy(model)
     net.eval()
     for _, m in bn_layers(net):
@@ -127,8 +121,6 @@ def accuracy_in_train_mode(model: Any, x: np.ndarray, y: np.ndarray, batch_size:
 
 def samples_per_statistic(model: Any, example: np.ndarray, batch_size: int) -> dict[str, int]:
     """Per BN layer, how many values each channel statistic averages over at ``batch_size`` (B × spatial size)."""
-    import torch
-
     layers = bn_layers(model)
     found: dict[str, int] = {}
     net = copy.deepcopy(model)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 from torch import nn
 
 from dlclinic.core.inference import first_output
@@ -92,11 +95,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         >>> fit_temperature(logits, y) > 1
         True
     """
-    import math
-
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
-
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if len(z) == 0:

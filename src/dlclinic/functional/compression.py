@@ -1,8 +1,8 @@
-"""Compressed variants of a classifier: quantization, pruning, distillation, and the Pareto front.
+"""Compressed variants of a classifier: pruning, distillation, and the Pareto front (the maths).
 
-* ONNX Runtime int8 (``onnxruntime.quantization``): dynamic (weights int8, activations
-  quantized on the fly; only MatMul/Gemm-type ops) and static QDQ with per-channel weights,
-  calibrated (MinMax) on real train samples — the one that speeds up convolutions.
+* ONNX Runtime int8 (dynamic, and static QDQ calibrated on train samples) is built by
+  :mod:`dlclinic.export.onnx_variants`; the sweep over every variant, which writes and runs
+  those files, is :func:`dlclinic.providers.compression_sweep.compression_sweep`.
 * bf16 eager (``model.to(torch.bfloat16)``): half the weight bytes; on CPUs without bf16
   units it is usually slower, which the latency column then shows.
 * Magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with L1): zeros weights
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import prune
+
+from dlclinic.core.inference import model_input_spec, predict_logits
 
 __all__ = [
     "PrunePlan",
@@ -43,19 +49,14 @@ __all__ = [
     "Variant",
     "channel_prune",
     "choose_variant",
-    "compression_sweep",
     "deflate_size_bytes",
     "distill",
     "magnitude_prune",
-    "onnx_variants",
     "paired_accuracy_drop",
     "parameter_count",
     "pareto_front",
     "prune_plans",
-    "quantize_onnx_dynamic",
-    "quantize_onnx_static",
     "remove_masks",
-    "state_dict_bytes",
 ]
 
 
@@ -67,14 +68,6 @@ def parameter_count(model: Any, *, nonzero: bool = False) -> int:
     if nonzero:
         return int(sum(int((p != 0).sum()) for p in model.parameters()))
     return int(sum(p.numel() for p in model.parameters()))
-
-
-def state_dict_bytes(model: Any) -> bytes:
-    """The model's state_dict serialised as safetensors (what a weights file would hold)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return bytes(save(state))
 
 
 def deflate_size_bytes(blob: bytes) -> int:
@@ -120,81 +113,6 @@ def pareto_front(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:
     return sorted(keep, key=lambda i: (c[i], -a[i]))
 
 
-# --------------------------------------------------------------------------- ONNX Runtime int8
-
-
-class _Calibration:
-    """An onnxruntime ``CalibrationDataReader`` over real inputs, one sample per call."""
-
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 16) -> None:
-        self._batches = iter(
-            [{input_name: np.ascontiguousarray(x[i : i + batch], dtype=np.float32)} for i in range(0, len(x), batch)]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-    def rewind(self) -> None:  # pragma: no cover - not used by MinMax
-        pass
-
-
-def _preprocess(src: Path, dst: Path) -> Path:
-    """ORT's recommended pre-processing (shape inference, graph optimisation); ``src`` if it fails."""
-    try:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-        return dst
-    except Exception:
-        return src
-
-
-def quantize_onnx_dynamic(src: str | Path, dst: str | Path) -> Path:
-    """Dynamic int8 quantization of an fp32 ONNX file (weights int8, activations at run time)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from dlclinic.core.atomic import atomic_path
-
-    with atomic_path(dst) as tmp:
-        pre = _preprocess(Path(src), tmp.with_name(tmp.name + ".pre.onnx"))
-        try:
-            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
-        finally:
-            if pre != Path(src):
-                pre.unlink(missing_ok=True)
-    return Path(dst)
-
-
-def quantize_onnx_static(
-    src: str | Path, dst: str | Path, calibration_x: np.ndarray, *, per_channel: bool = True
-) -> Path:
-    """Static int8 (QDQ) quantization, calibrated with MinMax on real inputs ``calibration_x``."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from dlclinic.core.atomic import atomic_path
-
-    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-    with atomic_path(dst) as tmp:
-        pre = _preprocess(Path(src), tmp.with_name(tmp.name + ".pre.onnx"))
-        try:
-            quantize_static(
-                str(pre),
-                str(tmp),
-                _Calibration(name, np.asarray(calibration_x)),  # type: ignore[arg-type]
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
-        finally:
-            if pre != Path(src):
-                pre.unlink(missing_ok=True)
-    return Path(dst)
-
-
 # --------------------------------------------------------------------------- pruning
 
 
@@ -204,9 +122,6 @@ def magnitude_prune(model: Any, sparsity: float, *, keep_masks: bool = False) ->
     With ``keep_masks=True`` the pruning masks stay attached (``weight_orig`` × mask), so
     fine-tuning keeps the zeros; call :func:`remove_masks` afterwards.
     """
-    import torch
-    from torch.nn.utils import prune
-
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`0 <= sparsity < 1` must hold, but got {sparsity=}")
     net = copy.deepcopy(model)
@@ -223,8 +138,6 @@ def magnitude_prune(model: Any, sparsity: float, *, keep_masks: bool = False) ->
 
 def remove_masks(model: Any) -> Any:
     """Make pruning permanent: fold ``weight_orig`` × ``weight_mask`` into ``weight`` (in place)."""
-    from torch.nn.utils import prune
-
     for module in model.modules():
         if hasattr(module, "weight_orig"):
             prune.remove(module, "weight")
@@ -278,12 +191,93 @@ def _op_name(node: Any) -> str:
     return str(name).split(".")[0]
 
 
+_LAYERS = (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)
+
+
+@dataclass(frozen=True)
+class _Trace:
+    """A ``torch.export`` graph's parameter/buffer owners and the model's modules by path."""
+
+    owners: dict[str, str]
+    modules: dict[str, Any]
+
+    def module_of(self, node: Any) -> str | None:
+        name = self.owners.get(getattr(node, "name", ""))
+        return name.rsplit(".", 1)[0] if name else None
+
+
+def _producer(node: Any, trace: _Trace) -> str | None:
+    """The Conv/Linear module a graph node calls, when it is an ungrouped prunable layer."""
+    if node.op != "call_function" or _op_name(node) not in ("conv2d", "linear", "conv1d"):
+        return None
+    producer = trace.module_of(node.args[1]) if len(node.args) > 1 else None
+    if producer is None or not isinstance(trace.modules.get(producer), _LAYERS):
+        return None
+    if getattr(trace.modules[producer], "groups", 1) != 1:
+        return None
+    return producer
+
+
+def _follow(
+    user: Any, current: Any, block: int, channels: int, trace: _Trace, plan: dict[str, list[Any]]
+) -> tuple[Any, int] | bool:
+    """One user of a producer's output: ``(node, block)`` to walk on, ``True`` when it ends a path, ``False`` when it ties the channels."""
+    op = _op_name(user) if user.op == "call_function" else user.op
+    if op in ("conv2d", "conv1d", "linear") and user.args[0] is current:
+        consumer = trace.module_of(user.args[1])
+        cmod = trace.modules.get(consumer or "")
+        if consumer is None or getattr(cmod, "groups", 1) != 1 or not isinstance(cmod, _LAYERS):
+            return False
+        if isinstance(cmod, torch.nn.Linear) and int(cmod.weight.shape[1]) != channels * block:
+            return False
+        plan["consumers"].append((consumer, block))
+        return True
+    if op in _PASS_OPS and user.args[0] is current:
+        if "batch_norm" in op:
+            bn = trace.module_of(user.args[1]) if user.args[1] is not None else None
+            if bn is None or not isinstance(trace.modules.get(bn), torch.nn.modules.batchnorm._BatchNorm):
+                return False
+            plan["norms"].append(bn)
+        return user, block
+    if op in ("flatten", "view", "reshape") and user.args[0] is current:
+        shape = tuple(current.meta["val"].shape)
+        out_shape = tuple(user.meta["val"].shape)
+        if len(out_shape) != 2 or len(shape) < 2 or shape[1] != channels:
+            return False
+        return user, block * int(np.prod(shape[2:]) if len(shape) > 2 else 1)
+    if (
+        op == "mean"
+        and user.args[0] is current
+        and tuple(sorted(int(d) for d in user.args[1])) in ((2, 3), (2,), (-2, -1), (-1,))
+    ):
+        return user, block
+    return False
+
+
+def _plan_for(node: Any, producer: str, trace: _Trace) -> PrunePlan | None:
+    """Walk the producer's output through channel-wise ops to its consumers; ``None`` when the channels are tied."""
+    channels = int(trace.modules[producer].weight.shape[0])
+    plan: dict[str, list[Any]] = {"norms": [], "consumers": []}
+    frontier = [(node, 1)]
+    seen = set()
+    while frontier:
+        current, block = frontier.pop()
+        for user in current.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            step = _follow(user, current, block, channels, trace, plan)
+            if step is False:
+                return None
+            if isinstance(step, tuple):
+                frontier.append(step)
+    if not plan["consumers"]:
+        return None
+    return PrunePlan(producer, tuple(dict.fromkeys(plan["norms"])), tuple(dict.fromkeys(plan["consumers"])), channels)
+
+
 def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
     """The layers :func:`channel_prune` can shrink, found on a ``torch.export`` trace."""
-    import torch
-
-    from dlclinic.core.inference import model_input_spec
-
     dtype = model_input_spec(model)[0]
     xb = torch.from_numpy(np.ascontiguousarray(sample_x[:2])).to(dtype)
     net = copy.deepcopy(model).eval()
@@ -291,77 +285,15 @@ def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
         program = torch.export.export(net, (xb,))
     params = dict(program.graph_signature.inputs_to_parameters)
     buffers = dict(program.graph_signature.inputs_to_buffers)
-    owners = {**params, **buffers}
-    modules = dict(net.named_modules())
-
-    def module_of(node: Any) -> str | None:
-        name = owners.get(getattr(node, "name", ""))
-        return name.rsplit(".", 1)[0] if name else None
-
+    trace = _Trace({**params, **buffers}, dict(net.named_modules()))
     plans = []
     for node in program.graph.nodes:
-        if node.op != "call_function" or _op_name(node) not in ("conv2d", "linear", "conv1d"):
+        producer = _producer(node, trace)
+        if producer is None:
             continue
-        producer = module_of(node.args[1]) if len(node.args) > 1 else None
-        if producer is None or not isinstance(
-            modules.get(producer), (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)
-        ):
-            continue
-        if getattr(modules[producer], "groups", 1) != 1:
-            continue
-        channels = int(modules[producer].weight.shape[0])
-        norms: list[str] = []
-        consumers: list[tuple[str, int]] = []
-        ok = True
-        frontier = [(node, 1)]
-        seen = set()
-        while frontier and ok:
-            current, block = frontier.pop()
-            for user in current.users:
-                if user in seen:
-                    continue
-                seen.add(user)
-                op = _op_name(user) if user.op == "call_function" else user.op
-                if op in ("conv2d", "conv1d", "linear") and user.args[0] is current:
-                    consumer = module_of(user.args[1])
-                    cmod = modules.get(consumer or "")
-                    if (
-                        consumer is None
-                        or getattr(cmod, "groups", 1) != 1
-                        or not isinstance(cmod, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))
-                    ):
-                        ok = False
-                        break
-                    if isinstance(cmod, torch.nn.Linear) and int(cmod.weight.shape[1]) != channels * block:
-                        ok = False
-                        break
-                    consumers.append((consumer, block))
-                elif op in _PASS_OPS and user.args[0] is current:
-                    if "batch_norm" in op:
-                        bn = module_of(user.args[1]) if user.args[1] is not None else None
-                        if bn is None or not isinstance(modules.get(bn), torch.nn.modules.batchnorm._BatchNorm):
-                            ok = False
-                            break
-                        norms.append(bn)
-                    frontier.append((user, block))
-                elif op in ("flatten", "view", "reshape") and user.args[0] is current:
-                    shape = tuple(current.meta["val"].shape)
-                    out_shape = tuple(user.meta["val"].shape)
-                    if len(out_shape) != 2 or len(shape) < 2 or shape[1] != channels:
-                        ok = False
-                        break
-                    frontier.append((user, block * int(np.prod(shape[2:]) if len(shape) > 2 else 1)))
-                elif (
-                    op == "mean"
-                    and user.args[0] is current
-                    and tuple(sorted(int(d) for d in user.args[1])) in ((2, 3), (2,), (-2, -1), (-1,))
-                ):
-                    frontier.append((user, block))
-                else:
-                    ok = False
-                    break
-        if ok and consumers:
-            plans.append(PrunePlan(producer, tuple(dict.fromkeys(norms)), tuple(dict.fromkeys(consumers)), channels))
+        plan = _plan_for(node, producer, trace)
+        if plan is not None:
+            plans.append(plan)
     return plans
 
 
@@ -378,8 +310,6 @@ def channel_prune(
     Returns:
         ``(pruned_model, plans)``; ``plans`` is empty when nothing could be pruned.
     """
-    import torch
-
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"`0 < keep_ratio <= 1` must hold, but got {keep_ratio=}")
     plans = prune_plans(model, sample_x)
@@ -452,13 +382,6 @@ def distill(
     ``copy_student=False`` trains ``student`` itself (needed for modules carrying pruning
     masks, which cannot be deep-copied).
     """
-    import time
-
-    import torch
-    import torch.nn.functional as F
-
-    from dlclinic.core.inference import predict_logits
-
     torch.manual_seed(seed)
     net = copy.deepcopy(student) if copy_student else student
     teacher_logits = torch.from_numpy(predict_logits(teacher, x))
@@ -527,7 +450,7 @@ class Variant:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What :func:`compression_sweep` tries, and its budgets."""
+    """What :func:`dlclinic.providers.compression_sweep.compression_sweep` tries, and its budgets."""
 
     onnx: bool = True
     exporter: str = "dynamo"
@@ -557,265 +480,6 @@ class Sweep:
 
     def by_name(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
-
-
-def onnx_variants(
-    model: Any, x_train: np.ndarray, x_sample: np.ndarray, workdir: str | Path, config: SweepConfig | None = None
-) -> tuple[list[tuple[str, str, Path, str]], list[str]]:
-    """Export fp32 ONNX and quantize it: ``([(name, kind, path, note)], notes)``.
-
-    The first entry is the fp32 export (its note names the exporter and the verified
-    logit difference); int8 dynamic and static follow when asked for and possible.
-    """
-    from dlclinic.core.errors import brief
-    from dlclinic.export import export_onnx
-
-    cfg = config or SweepConfig()
-    work = Path(workdir)
-    notes: list[str] = []
-    fp32 = work / "model_fp32.onnx"
-    try:
-        result = export_onnx(model, x_sample[:256], fp32, exporter=cfg.exporter)  # type: ignore[arg-type]
-    except Exception as exc:
-        if cfg.exporter != "torchscript":
-            return [], [f"ONNX export failed ({brief(exc)}); no ONNX Runtime variants"]
-        try:  # the legacy tracer failed: the torch.export-based exporter may still succeed
-            result = export_onnx(model, x_sample[:256], fp32, exporter="dynamo")
-            notes.append(f"TorchScript ONNX export failed ({brief(exc)}); exported with dynamo=True instead")
-        except Exception as exc2:
-            return [], [
-                f"ONNX export failed with both exporters ({brief(exc)}; {brief(exc2)}); no ONNX Runtime variants"
-            ]
-    files = [
-        (
-            "onnx fp32",
-            "onnx-fp32",
-            fp32,
-            f"{result.exporter}, max |logit diff| vs eager {result.max_abs_logit_diff:.1e}, argmax agreement {result.argmax_agreement:.1%}",
-        )
-    ]
-    if cfg.int8_dynamic:
-        try:
-            files.append(
-                (
-                    "onnx int8 dynamic",
-                    "onnx-int8-dynamic",
-                    quantize_onnx_dynamic(fp32, work / "model_int8_dynamic.onnx"),
-                    "weights int8, activations quantized per call",
-                )
-            )
-        except Exception as exc:
-            notes.append(f"int8 dynamic quantization failed ({brief(exc)})")
-    if cfg.int8_static:
-        calib = np.asarray(x_train[: cfg.calibration_samples], dtype=np.float32)
-        try:
-            files.append(
-                (
-                    "onnx int8 static",
-                    "onnx-int8-static",
-                    quantize_onnx_static(fp32, work / "model_int8_static.onnx", calib),
-                    f"QDQ per-channel, MinMax calibration on {len(calib)} train samples",
-                )
-            )
-        except Exception as exc:
-            notes.append(f"int8 static quantization failed ({brief(exc)})")
-    return files, notes
-
-
-def compression_sweep(
-    model: Any,
-    x_train: np.ndarray,
-    y_train: np.ndarray | None,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    workdir: str | Path,
-    config: SweepConfig | None = None,
-    *,
-    progress: Any = None,
-    prebuilt: tuple[list[tuple[str, str, Path, str]], list[str]] | None = None,
-) -> Sweep:
-    """Build and measure every variant of ``model`` that ``config`` asks for.
-
-    ONNX variants are written to ``workdir`` (or taken from ``prebuilt``, the output of
-    :func:`onnx_variants`); torch variants are kept in memory (``Sweep.models``). Every
-    variant is scored on all of ``x_test``.
-    """
-    import torch
-
-    from dlclinic.core.inference import predict_logits
-    from dlclinic.functional.latency import measure_interleaved, onnx_runner, torch_runner
-
-    cfg = config or SweepConfig()
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    y_test = np.asarray(y_test)
-    base_logits = predict_logits(model, x_test)
-    base_correct = base_logits.argmax(1) == y_test
-    one = np.ascontiguousarray(x_test[:1])
-    pending: list[tuple[str, str, str, np.ndarray, int, int, int, int, Path | None, str]] = []
-    runners: dict[str, Any] = {}
-    models: dict[str, Any] = {}
-    notes: list[str] = []
-
-    def step(text: str) -> None:
-        if progress is not None:
-            progress(text)
-
-    def add(
-        name: str,
-        kind: str,
-        fmt: str,
-        correct: np.ndarray,
-        size: int,
-        deflate: int,
-        n_params: int,
-        n_nonzero: int,
-        runner: Any,
-        path: Path | None = None,
-        note: str = "",
-    ) -> None:
-        pending.append((name, kind, fmt, correct, int(size), int(deflate), int(n_params), int(n_nonzero), path, note))
-        runners[name] = runner
-
-    def add_torch(name: str, kind: str, net: Any, note: str = "") -> None:
-        blob = state_dict_bytes(net)
-        correct = predict_logits(net, x_test).argmax(1) == y_test
-        add(
-            name,
-            kind,
-            "torch",
-            correct,
-            len(blob),
-            deflate_size_bytes(blob),
-            parameter_count(net),
-            parameter_count(net, nonzero=True),
-            torch_runner(net),
-            note=note,
-        )
-        models[name] = net
-
-    step("original (fp32 eager)")
-    add_torch("fp32 eager", "original", model)
-    if cfg.onnx:
-        step("ONNX export and int8 quantization")
-        onnx_files, onnx_notes = prebuilt if prebuilt is not None else onnx_variants(model, x_train, x_test, work, cfg)
-        notes.extend(onnx_notes)
-        n_params = parameter_count(model)
-        for name, kind, path, note in onnx_files:
-            run, _ = onnx_runner(path)
-            logits = np.concatenate([np.asarray(run(x_test[i : i + 256])) for i in range(0, len(x_test), 256)])
-            blob = path.read_bytes()
-            add(
-                name,
-                kind,
-                "onnx",
-                logits.argmax(1) == y_test,
-                len(blob),
-                deflate_size_bytes(blob),
-                n_params,
-                n_params,
-                run,
-                path,
-                note,
-            )
-    if cfg.bf16:
-        step("bf16")
-        add_torch(
-            "bf16 eager", "bf16", copy.deepcopy(model).to(torch.bfloat16).eval(), "weights and compute in bfloat16"
-        )
-    tuned = cfg.finetune_epochs > 0 and y_train is not None
-    how = f"fine-tuned {cfg.finetune_epochs} epochs with distillation from the original" if tuned else "no fine-tuning"
-
-    def finetune(net: Any) -> Any:
-        if not tuned:
-            return net
-        # fine-tuning starts from trained weights: a tenth of the from-scratch learning rate
-        return remove_masks(
-            distill(
-                model,
-                net,
-                np.asarray(x_train),
-                np.asarray(y_train),
-                epochs=cfg.finetune_epochs,
-                lr=2e-4,
-                seed=cfg.seed,
-                copy_student=False,
-            )
-        )
-
-    for s in cfg.sparsities:
-        step(f"magnitude pruning {s:.0%}")
-        add_torch(
-            f"magnitude {s:.0%}",
-            "magnitude-pruning",
-            finetune(magnitude_prune(model, s, keep_masks=tuned)),
-            f"global L1 unstructured, {how}; dense file keeps the zeros",
-        )
-    sample = np.asarray(x_train[:4])
-    for r in cfg.keep_ratios:
-        step(f"channel pruning keep {r:.0%}")
-        try:
-            pruned, plans = channel_prune(model, r, sample)
-        except Exception as exc:
-            notes.append(f"structured pruning not possible ({type(exc).__name__}: {str(exc)[:120]})")
-            break
-        if not plans:
-            notes.append(
-                "structured pruning found no prunable layer (channels tied by residual adds/concatenations or the output)"
-            )
-            break
-        add_torch(f"channels {r:.0%}", "channel-pruning", finetune(pruned), f"{len(plans)} layers shrunk, {how}")
-    if cfg.distill_keep_ratio is not None and y_train is not None and cfg.distill_epochs > 0:
-        step("distillation into a narrower student")
-        try:
-            student, plans = channel_prune(model, cfg.distill_keep_ratio, sample)
-        except Exception as exc:
-            notes.append(f"no student for distillation ({type(exc).__name__})")
-        else:
-            if plans:
-                trained = distill(
-                    model,
-                    student,
-                    np.asarray(x_train),
-                    np.asarray(y_train),
-                    epochs=cfg.distill_epochs,
-                    seed=cfg.seed,
-                    max_seconds=cfg.distill_seconds,
-                )
-                add_torch(
-                    f"distilled {cfg.distill_keep_ratio:.0%} width",
-                    "distillation",
-                    trained,
-                    f"student = teacher at {cfg.distill_keep_ratio:.0%} channels, {cfg.distill_epochs} epochs of KD (≤ {cfg.distill_seconds:.0f} s)",
-                )
-    step("latency at batch 1 (interleaved)")
-    stats = measure_interleaved(
-        runners, one, warmup=3, rounds=cfg.latency_rounds, calls_per_round=3, max_seconds=cfg.latency_seconds
-    )
-    variants = []
-    for v_name, v_kind, v_fmt, v_correct, v_size, v_deflate, v_params, v_nonzero, v_path, v_note in pending:
-        drop, low, high = paired_accuracy_drop(base_correct, v_correct)
-        lat = stats[v_name]
-        variants.append(
-            Variant(
-                v_name,
-                v_kind,
-                v_fmt,
-                float(np.mean(v_correct)),
-                drop,
-                low,
-                high,
-                v_size,
-                v_deflate,
-                v_params,
-                v_nonzero,
-                lat.p50_ms,
-                lat.p99_ms,
-                v_path,
-                v_note,
-            )
-        )
-    return Sweep(tuple(variants), int(len(y_test)), models, tuple(notes))
 
 
 def choose_variant(

@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from dlclinic.core.errors import ConfigError, InputError
+from dlclinic.core.recipe import seed_everything
 
 __all__ = [
     "ContinualConfig",
@@ -185,8 +188,6 @@ def continual_metrics(matrix: np.ndarray) -> tuple[float, float, float]:
 def _masked(logits: Any, classes: np.ndarray | None) -> Any:
     if classes is None:
         return logits
-    import torch
-
     mask = torch.full_like(logits, float("-inf"))
     mask[:, torch.as_tensor(classes)] = 0.0
     return logits + mask
@@ -194,9 +195,6 @@ def _masked(logits: Any, classes: np.ndarray | None) -> Any:
 
 def _fisher(model: Any, x: Any, y: Any, classes: np.ndarray | None) -> dict[str, Any]:
     """Diagonal empirical Fisher: mean of squared per-sample log-likelihood gradients (eval mode)."""
-    import torch
-    from torch import nn
-
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     was = model.training
@@ -214,14 +212,132 @@ def _fisher(model: Any, x: Any, y: Any, classes: np.ndarray | None) -> dict[str,
 
 
 def _accuracy_rows(model: Any, x: Any, y: Any, classes: np.ndarray | None) -> np.ndarray:
-    import torch
-
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(x), 512):
             out.append((_masked(model(x[i : i + 512]), classes).argmax(1) == y[i : i + 512]).numpy())
     return np.concatenate(out) if out else np.zeros(0, bool)
+
+
+@dataclass
+class _Run:
+    """What carries over from task to task: the model, the data, the generators, the replay buffer, EWC and LwF anchors."""
+
+    model: Any
+    cfg: ContinualConfig
+    tasks: TaskSequence
+    xt: Any
+    yt: Any
+    task_index: np.ndarray
+    rng: np.random.Generator
+    gen: Any
+    buffer: list[int] = field(default_factory=list)
+    seen: int = 0
+    fisher: dict[str, Any] | None = None
+    anchor: dict[str, Any] | None = None
+    old_model: Any = None
+    old_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def _replay_loss(run: _Run) -> Any:
+    """Cross-entropy on a batch drawn from the replay buffer."""
+    cfg, model, xt, yt = run.cfg, run.model, run.xt, run.yt
+    buffer = run.buffer
+    ridx = torch.as_tensor(np.asarray(buffer)[run.rng.integers(0, len(buffer), min(cfg.batch_size, len(buffer)))])
+    if cfg.scenario == "task":
+        # each replayed row is scored within its own task's classes
+        rl = model(xt[ridx])
+        task_of = run.task_index[ridx.numpy()]
+        parts = [
+            nn.functional.cross_entropy(
+                _masked(rl[task_of == k], run.tasks.classes[k]), yt[ridx][task_of == k], reduction="sum"
+            )
+            for k in np.unique(task_of)
+        ]
+        return sum(parts) / len(ridx)
+    return nn.functional.cross_entropy(model(xt[ridx]), yt[ridx])
+
+
+def _distillation(run: _Run, idx: Any, logits: Any) -> Any:
+    """LwF: KL divergence between the previous model's and this model's outputs on the old classes."""
+    cfg = run.cfg
+    with torch.no_grad():
+        old = run.old_model(run.xt[idx])[:, torch.as_tensor(run.old_classes)]
+    new = logits[:, torch.as_tensor(run.old_classes)]
+    temp = cfg.lwf_temperature
+    return (
+        nn.functional.kl_div(
+            nn.functional.log_softmax(new / temp, 1),
+            nn.functional.softmax(old / temp, 1),
+            reduction="batchmean",
+        )
+        * temp
+        * temp
+    )
+
+
+def _batch_loss(run: _Run, idx: Any, classes: np.ndarray | None) -> Any:
+    """The loss of one batch under the strategy: cross-entropy plus replay, EWC or LwF terms."""
+    cfg, model = run.cfg, run.model
+    logits = model(run.xt[idx])
+    loss = nn.functional.cross_entropy(_masked(logits, classes), run.yt[idx])
+    if cfg.strategy == "replay" and run.buffer:
+        loss = loss + _replay_loss(run)
+    if cfg.strategy == "ewc" and run.fisher is not None and run.anchor is not None:
+        fisher, anchor = run.fisher, run.anchor
+        penalty = sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in fisher)
+        loss = loss + cfg.ewc_lambda / 2 * penalty
+    if cfg.strategy == "lwf" and run.old_model is not None and len(run.old_classes):
+        loss = loss + cfg.lwf_alpha * _distillation(run, idx, logits)
+    return loss
+
+
+def _reservoir(run: _Run, rows: np.ndarray) -> None:
+    """Reservoir sampling of the task's rows into the replay buffer."""
+    for r in rows[run.rng.permutation(len(rows))]:  # reservoir sampling over the stream of samples
+        run.seen += 1
+        if len(run.buffer) < run.cfg.memory:
+            run.buffer.append(int(r))
+        else:
+            j = int(run.rng.integers(0, run.seen))
+            if j < run.cfg.memory:
+                run.buffer[j] = int(r)
+
+
+def _train_task(run: _Run, t: int) -> None:
+    """Train through task ``t``, then update the EWC / LwF anchors."""
+    cfg, model = run.cfg, run.model
+    rows = run.tasks.train_rows[t]
+    classes = run.tasks.classes[t] if cfg.scenario == "task" else None
+    model.train()
+    # a fresh optimizer per task, as in the CL literature; SGD, because Adam's normalised steps
+    # kill most ReLU units of the embedding on the large first loss of a new class-incremental task
+    opt: Any = (
+        torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+        if cfg.optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    )
+    for epoch in range(cfg.epochs):
+        perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=run.gen)]
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = _batch_loss(run, idx, classes)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch == 0 and cfg.strategy == "replay" and cfg.memory > 0:
+            _reservoir(run, rows)
+    if cfg.strategy == "ewc":
+        pick = rows[run.rng.permutation(len(rows))[: cfg.fisher_samples]]
+        new_f = _fisher(model, run.xt[torch.from_numpy(pick)], run.yt[torch.from_numpy(pick)], classes)
+        run.fisher = new_f if run.fisher is None else {n: run.fisher[n] + new_f[n] for n in new_f}
+        run.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    if cfg.strategy == "lwf":
+        run.old_model = copy.deepcopy(model).eval()
+        run.old_classes = np.union1d(run.old_classes, run.tasks.classes[t])
 
 
 def run_task_sequence(
@@ -244,11 +360,6 @@ def run_task_sequence(
         config: strategy, scenario and budget.
         progress: called with 1 after each task.
     """
-    import torch
-    from torch import nn
-
-    from dlclinic.core.recipe import seed_everything
-
     cfg = config or ContinualConfig()
     if len(tasks) < 2:
         raise ConfigError(f"a task sequence needs at least 2 tasks, found {len(tasks)}")
@@ -258,99 +369,25 @@ def run_task_sequence(
     first = np.nan_to_num(x_train[tasks.train_rows[0]]).reshape(len(tasks.train_rows[0]), -1)
     if callable(setter):
         setter(torch.from_numpy(first.mean(0)), torch.from_numpy(first.std(0)))
-    xt = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x_train), dtype=np.float32))
-    yt = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     xe = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x_test), dtype=np.float32))
     ye = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    buffer: list[int] = []
-    seen = 0
-    fisher: dict[str, Any] | None = None
-    anchor: dict[str, Any] | None = None
-    old_model: Any = None
-    old_classes: np.ndarray = np.zeros(0, dtype=np.int64)
-    t_count = len(tasks)
-    correct: list[list[np.ndarray]] = []
     task_index = np.zeros(len(x_train), dtype=np.int64)
     for k, r in enumerate(tasks.train_rows):
         task_index[r] = k
+    run = _Run(
+        model=model,
+        cfg=cfg,
+        tasks=tasks,
+        xt=torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x_train), dtype=np.float32)),
+        yt=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        task_index=task_index,
+        rng=np.random.default_rng(cfg.seed),
+        gen=torch.Generator().manual_seed(cfg.seed),
+    )
+    t_count = len(tasks)
+    correct: list[list[np.ndarray]] = []
     for t in range(t_count):
-        rows = tasks.train_rows[t]
-        classes = tasks.classes[t] if cfg.scenario == "task" else None
-        model.train()
-        # a fresh optimizer per task, as in the CL literature; SGD, because Adam's normalised steps
-        # kill most ReLU units of the embedding on the large first loss of a new class-incremental task
-        opt: Any = (
-            torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
-            if cfg.optimizer == "sgd"
-            else torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        )
-        for epoch in range(cfg.epochs):
-            perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=gen)]
-            for i in range(0, len(perm), cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                logits = model(xt[idx])
-                loss = nn.functional.cross_entropy(_masked(logits, classes), yt[idx])
-                if cfg.strategy == "replay" and buffer:
-                    ridx = torch.as_tensor(
-                        np.asarray(buffer)[rng.integers(0, len(buffer), min(cfg.batch_size, len(buffer)))]
-                    )
-                    if cfg.scenario == "task":
-                        # each replayed row is scored within its own task's classes
-                        rl = model(xt[ridx])
-                        task_of = task_index[ridx.numpy()]
-                        parts = [
-                            nn.functional.cross_entropy(
-                                _masked(rl[task_of == k], tasks.classes[k]), yt[ridx][task_of == k], reduction="sum"
-                            )
-                            for k in np.unique(task_of)
-                        ]
-                        loss = loss + sum(parts) / len(ridx)  # type: ignore[assignment]
-                    else:
-                        loss = loss + nn.functional.cross_entropy(model(xt[ridx]), yt[ridx])
-                if cfg.strategy == "ewc" and fisher is not None and anchor is not None:
-                    penalty = sum(
-                        (fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in fisher
-                    )
-                    loss = loss + cfg.ewc_lambda / 2 * penalty
-                if cfg.strategy == "lwf" and old_model is not None and len(old_classes):
-                    with torch.no_grad():
-                        old = old_model(xt[idx])[:, torch.as_tensor(old_classes)]
-                    new = logits[:, torch.as_tensor(old_classes)]
-                    temp = cfg.lwf_temperature
-                    kd = (
-                        nn.functional.kl_div(
-                            nn.functional.log_softmax(new / temp, 1),
-                            nn.functional.softmax(old / temp, 1),
-                            reduction="batchmean",
-                        )
-                        * temp
-                        * temp
-                    )
-                    loss = loss + cfg.lwf_alpha * kd
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if epoch == 0 and cfg.strategy == "replay" and cfg.memory > 0:
-                for r in rows[rng.permutation(len(rows))]:  # reservoir sampling over the stream of samples
-                    seen += 1
-                    if len(buffer) < cfg.memory:
-                        buffer.append(int(r))
-                    else:
-                        j = int(rng.integers(0, seen))
-                        if j < cfg.memory:
-                            buffer[j] = int(r)
-        if cfg.strategy == "ewc":
-            pick = rows[rng.permutation(len(rows))[: cfg.fisher_samples]]
-            new_f = _fisher(model, xt[torch.from_numpy(pick)], yt[torch.from_numpy(pick)], classes)
-            fisher = new_f if fisher is None else {n: fisher[n] + new_f[n] for n in new_f}
-            anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-        if cfg.strategy == "lwf":
-            old_model = copy.deepcopy(model).eval()
-            old_classes = np.union1d(old_classes, tasks.classes[t])
+        _train_task(run, t)
         stage = []
         for j in range(t_count):
             te = torch.from_numpy(tasks.test_rows[j])

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter, rotate
+from scipy.stats import binomtest, norm
 
 __all__ = [
     "IMAGE_CORRUPTIONS",
@@ -73,7 +75,6 @@ def _noise(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np
 
 
 def _blur(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
 
     h = x.shape[-1]
     sigma_px = (0.6, 1.0, 1.6)[s - 1] * max(h / 28.0, 0.5)
@@ -107,7 +108,6 @@ def _occlusion(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -
 
 
 def _rotation(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
-    from scipy.ndimage import rotate
 
     deg = (10.0, 20.0, 35.0)[s - 1]
     out = np.empty_like(x)
@@ -193,8 +193,6 @@ def paired_drop(correct_clean: np.ndarray, correct_corrupt: np.ndarray, *, level
         >>> r = paired_drop(clean, corr); round(r.drop, 2), r.lost, r.p_value < 1e-5
         (0.2, 20, True)
     """
-    from scipy.stats import binomtest, norm
-
     a = np.asarray(correct_clean, dtype=bool)
     b = np.asarray(correct_corrupt, dtype=bool)
     n = len(a)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from dlclinic.core.inference import eval_mode, first_output
 
 __all__ = [
     "EnergyMeter",
@@ -62,17 +66,12 @@ def count_flops(model: Any, example: np.ndarray) -> FlopCount:
         >>> count_flops(torch.nn.Linear(10, 5), np.zeros((4, 10), "float32")).forward
         100.0
     """
-    import copy
-
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     n = len(example)
     xt = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
     params = int(sum(p.numel() for p in model.parameters())) if hasattr(model, "parameters") else 0
     net = copy.deepcopy(model)
-    from dlclinic.core.inference import eval_mode, first_output
-
     with eval_mode(net), torch.no_grad(), FlopCounterMode(display=False) as fwd:
         net(xt)
     forward = fwd.get_total_flops() / n
@@ -133,8 +132,6 @@ def _read_uj(d: Path) -> tuple[int, int]:
 def _nvml_mj() -> float | None:
     """Total energy counter (mJ) of all NVIDIA GPUs, or ``None`` without CUDA/pynvml."""
     try:
-        import torch
-
         if not torch.cuda.is_available():
             return None
         import pynvml  # type: ignore[import-not-found]

@@ -10,9 +10,16 @@ checkup uses (≤ a few thousand rows per side).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import chi2_contingency, false_discovery_control, ks_2samp, mannwhitneyu
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 __all__ = [
     "C2STResult",
@@ -157,8 +164,6 @@ def feature_shift_tests(reference: np.ndarray, target: np.ndarray, *, max_levels
         >>> feature_shift_tests(a, b).shifted(0.01).tolist()
         [1]
     """
-    from scipy.stats import chi2_contingency, false_discovery_control, ks_2samp
-
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     tgt = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
     rows: list[tuple[float, float, str]] = []  # (statistic, p-value, test) per column
@@ -206,15 +211,6 @@ def classifier_two_sample_test(
     sits slightly *below* 0.5 (each fold's training set over-represents the other
     sample), so decide with the p-value, not with "CI contains 0.5".
     """
-    import warnings
-
-    from scipy.stats import mannwhitneyu
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     rng = np.random.default_rng(seed)
     x = np.nan_to_num(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
     y = np.nan_to_num(np.asarray(y, dtype=np.float64).reshape(len(y), -1))

@@ -14,6 +14,8 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
 
 __all__ = [
     "DuplicatePairs",
@@ -43,7 +45,6 @@ def _flat(x: np.ndarray) -> np.ndarray:
 def _project(ref: np.ndarray, *others: np.ndarray, dims: int = 64, seed: int = 0) -> list[np.ndarray]:
     if ref.shape[1] <= 2 * dims:
         return [ref, *others]
-    from sklearn.decomposition import PCA
 
     pca = PCA(n_components=dims, random_state=seed, svd_solver="randomized").fit(ref[: min(len(ref), 20000)])
     return [pca.transform(a).astype(np.float32) for a in (ref, *others)]
@@ -60,8 +61,6 @@ def find_exact_duplicates(x: np.ndarray) -> list[np.ndarray]:
 
 def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0) -> float:
     """Median distance from a row to its nearest *distinct* neighbour (the unit of nearness)."""
-    from sklearn.neighbors import NearestNeighbors
-
     flat = _flat(x)
     if len(flat) < 2:
         return 0.0
@@ -95,8 +94,6 @@ def find_near_duplicates(
         >>> find_near_duplicates(x).pairs.tolist()
         [[3, 7]]
     """
-    from sklearn.neighbors import NearestNeighbors
-
     flat = _flat(x)
     unit = nn_distance_scale(flat) if scale is None else scale
     limit = rel_threshold * unit
@@ -122,8 +119,6 @@ def find_cross_duplicates(
     reference: np.ndarray, query: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None
 ) -> DuplicatePairs:
     """Rows of ``query`` with a near copy in ``reference`` (train/test leakage): pairs ``(ref_row, query_row)``."""
-    from sklearn.neighbors import NearestNeighbors
-
     ref, qry = _flat(reference), _flat(query)
     unit = nn_distance_scale(ref) if scale is None else scale
     limit = rel_threshold * unit

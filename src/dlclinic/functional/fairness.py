@@ -25,6 +25,7 @@ reduces to fairlearn's definition when ``K = 2``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,14 +186,148 @@ class _quiet:
     """Silence numpy's all-NaN-slice RuntimeWarning inside nanquantile."""
 
     def __enter__(self) -> None:
-        import warnings
-
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
 
     def __exit__(self, *exc: Any) -> None:
         self._w.__exit__(*exc)
+
+
+def _checked(
+    labels: np.ndarray, preds: np.ndarray, groups: np.ndarray, n_classes: int | None, positive_class: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Flat int labels/preds, flat groups and ``K``, after checking lengths and ``positive_class``."""
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    preds = np.asarray(preds).astype(np.int64).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
+    if not len(labels) == len(preds) == len(groups):
+        raise InputError(
+            f"labels, preds and groups must have equal lengths, found {len(labels)}, {len(preds)}, {len(groups)}"
+        )
+    k = int(n_classes if n_classes is not None else max(labels.max(initial=0), preds.max(initial=0)) + 1)
+    if positive_class is not None and not 0 <= positive_class < k:
+        raise InputError(f"positive_class must be in 0..{k - 1}, found {positive_class}")
+    return labels, preds, groups, k
+
+
+def _point(
+    y: np.ndarray, p: np.ndarray, gi: np.ndarray, g: int, k: int, classes: list[int]
+) -> tuple[GroupRates, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Point estimates: rates per group, the three disparities and the deciding classes of DP and EO."""
+    point = group_confusions(y, p, gi, g, k)
+    gap0, dp0, eo0, dpc0, eoc0 = _disparities(point, classes)
+    r0 = rates_from_confusion(point[0])
+    if not np.isfinite(dp0[0]) or not np.isfinite(eo0[0]):
+        raise InputError(
+            "fairness: no class has a defined selection rate/TPR/FPR in two or more groups (too few rows per group and class)"
+        )
+    return r0, gap0, dp0, eo0, classes[int(dpc0[0])], classes[int(eoc0[0])]
+
+
+def _compared_groups(
+    labels: np.ndarray, preds: np.ndarray, groups: np.ndarray, min_group_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """Rows of the groups large enough to compare: labels, preds, group index, group names, and the small groups."""
+    names_all, gidx_all = np.unique(groups.astype(str), return_inverse=True)
+    sizes = np.bincount(gidx_all, minlength=len(names_all))
+    keep_groups = np.flatnonzero(sizes >= min_group_size)
+    small = tuple(str(names_all[i]) for i in np.flatnonzero(sizes < min_group_size))
+    if len(keep_groups) < 2:
+        raise InputError(
+            f"fairness needs at least two groups with >= {min_group_size} rows, found sizes {dict(zip(names_all.tolist(), sizes.tolist()))}"
+        )
+    rows_kept = np.isin(gidx_all, keep_groups)
+    remap = -np.ones(len(names_all), dtype=np.int64)
+    remap[keep_groups] = np.arange(len(keep_groups))
+    names = tuple(str(names_all[i]) for i in keep_groups)
+    return labels[rows_kept], preds[rows_kept], remap[gidx_all[rows_kept]], names, small
+
+
+def _positive(positive_class: int | None, k: int) -> tuple[list[int], str]:
+    """The classes taken one-vs-rest, and how to say so."""
+    if positive_class is not None:
+        return [positive_class], f"class {positive_class} (one-vs-rest)"
+    if k == 2:
+        return [1], "class 1"
+    return list(range(k)), "each class one-vs-rest; the worst class decides"
+
+
+def _pair(values: np.ndarray) -> tuple[int, int]:
+    """Indices of the largest and the smallest finite value."""
+    v = np.where(np.isfinite(values), values, np.nan)
+    return int(np.nanargmax(v)), int(np.nanargmin(v))
+
+
+def _bootstrap(
+    y: np.ndarray,
+    p: np.ndarray,
+    gi: np.ndarray,
+    g: int,
+    k: int,
+    n_boot: int,
+    rng: np.random.Generator,
+    r0: GroupRates,
+    worst: int,
+    dp_class: int,
+    eo_class: int,
+) -> tuple[GroupRates, np.ndarray, np.ndarray, np.ndarray]:
+    """Bootstrap rates and the signed differences (accuracy gap, DP, EO) per replicate.
+
+    Rows are resampled within each group (group sizes fixed). The intervals are for the
+    *signed* differences of the pair (and class) the point estimate picked, so an interval
+    that excludes zero means that very pair differs, not only "some range > 0".
+    """
+    members = [np.flatnonzero(gi == j) for j in range(g)]
+    boot_rows = np.concatenate([m[rng.integers(0, len(m), size=(n_boot, len(m)))] for m in members], axis=1)
+    bconf = group_confusions(y, p, gi, g, k, rows=boot_rows)
+    br = rates_from_confusion(bconf)
+    b_n = bconf.sum(axis=(-2, -1))
+    b_correct = np.trace(bconf, axis1=-2, axis2=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bgap = (b_correct.sum(1) - b_correct[:, worst]) / (b_n.sum(1) - b_n[:, worst]) - b_correct[:, worst] / b_n[
+            :, worst
+        ]
+    hi, lo = _pair(r0.selection[:, dp_class])
+    bdp = br.selection[:, hi, dp_class] - br.selection[:, lo, dp_class]
+    tpr_range = float(np.nanmax(r0.tpr[:, eo_class]) - np.nanmin(r0.tpr[:, eo_class]))
+    fpr_range = float(np.nanmax(r0.fpr[:, eo_class]) - np.nanmin(r0.fpr[:, eo_class]))
+    eo_rate = br.tpr if tpr_range >= fpr_range else br.fpr
+    hi_e, lo_e = _pair((r0.tpr if tpr_range >= fpr_range else r0.fpr)[:, eo_class])
+    beo = eo_rate[:, hi_e, eo_class] - eo_rate[:, lo_e, eo_class]
+    return br, bgap, bdp, beo
+
+
+def _permutations(
+    y: np.ndarray,
+    p: np.ndarray,
+    gi: np.ndarray,
+    g: int,
+    k: int,
+    classes: list[int],
+    n_perm: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Null disparities: H0 groups exchangeable (all rows for accuracy/DP, within true class for EO)."""
+    perm_all = np.argsort(rng.random((n_perm, len(gi))), axis=1)
+    pconf = group_confusions(y, p, gi[perm_all], g, k)
+    pgap, pdp, _, _, _ = _disparities(pconf, classes)
+    gi_within = np.empty((n_perm, len(gi)), dtype=np.int64)
+    for c in np.unique(y):
+        rows_c = np.flatnonzero(y == c)
+        order = np.argsort(rng.random((n_perm, len(rows_c))), axis=1)
+        gi_within[:, rows_c] = gi[rows_c][order]
+    pconf_eo = group_confusions(y, p, gi_within, g, k)
+    _, _, peo, _, _ = _disparities(pconf_eo, classes)
+    return pgap, pdp, peo
+
+
+def _pval(null: np.ndarray, obs: float) -> float:
+    """Permutation p-value ``(1 + #null >= obs) / (1 + #null)`` (NaN for an undefined observation)."""
+    if not np.isfinite(obs):
+        return float("nan")
+    null = null[np.isfinite(null)]
+    return float((1 + np.sum(null >= obs - 1e-12)) / (1 + len(null)))
 
 
 def estimate_fairness(
@@ -236,124 +371,39 @@ def estimate_fairness(
         >>> rep.eo_difference
         0.0
     """
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    preds = np.asarray(preds).astype(np.int64).reshape(-1)
-    groups = np.asarray(groups).reshape(-1)
-    if not len(labels) == len(preds) == len(groups):
-        raise InputError(
-            f"labels, preds and groups must have equal lengths, found {len(labels)}, {len(preds)}, {len(groups)}"
-        )
-    k = int(n_classes if n_classes is not None else max(labels.max(initial=0), preds.max(initial=0)) + 1)
-    if positive_class is not None and not 0 <= positive_class < k:
-        raise InputError(f"positive_class must be in 0..{k - 1}, found {positive_class}")
-    names_all, gidx_all = np.unique(groups.astype(str), return_inverse=True)
-    sizes = np.bincount(gidx_all, minlength=len(names_all))
-    keep_groups = np.flatnonzero(sizes >= min_group_size)
-    small = tuple(str(names_all[i]) for i in np.flatnonzero(sizes < min_group_size))
-    if len(keep_groups) < 2:
-        raise InputError(
-            f"fairness needs at least two groups with >= {min_group_size} rows, found sizes {dict(zip(names_all.tolist(), sizes.tolist()))}"
-        )
-    rows_kept = np.isin(gidx_all, keep_groups)
-    remap = -np.ones(len(names_all), dtype=np.int64)
-    remap[keep_groups] = np.arange(len(keep_groups))
-    y, p, gi = labels[rows_kept], preds[rows_kept], remap[gidx_all[rows_kept]]
-    names = tuple(str(names_all[i]) for i in keep_groups)
-    g = len(names)
-    if positive_class is not None:
-        classes: list[int] = [positive_class]
-        positive = f"class {positive_class} (one-vs-rest)"
-    elif k == 2:
-        classes = [1]
-        positive = "class 1"
-    else:
-        classes = list(range(k))
-        positive = "each class one-vs-rest; the worst class decides"
+    labels, preds, groups, k = _checked(labels, preds, groups, n_classes, positive_class)
+    y, p, gi, names, small = _compared_groups(labels, preds, groups, min_group_size)
+    classes, positive = _positive(positive_class, k)
     rng = np.random.default_rng(seed)
-
-    point = group_confusions(y, p, gi, g, k)
-    gap0, dp0, eo0, dpc0, eoc0 = _disparities(point, classes)
-    r0 = rates_from_confusion(point[0])
-    if not np.isfinite(dp0[0]) or not np.isfinite(eo0[0]):
-        raise InputError(
-            "fairness: no class has a defined selection rate/TPR/FPR in two or more groups (too few rows per group and class)"
-        )
-    dp_class, eo_class = classes[int(dpc0[0])], classes[int(eoc0[0])]
-
-    # bootstrap: resample rows within each group (group sizes fixed). The intervals are for
-    # the *signed* differences of the pair (and class) the point estimate picked, so an
-    # interval that excludes zero means that very pair differs, not only "some range > 0".
-    members = [np.flatnonzero(gi == j) for j in range(g)]
-    boot_rows = np.concatenate([m[rng.integers(0, len(m), size=(n_boot, len(m)))] for m in members], axis=1)
-    bconf = group_confusions(y, p, gi, g, k, rows=boot_rows)
-    br = rates_from_confusion(bconf)
+    r0, gap0, dp0, eo0, dp_class, eo_class = _point(y, p, gi, len(names), k, classes)
     worst = int(np.nanargmin(r0.accuracy))
-    b_n = bconf.sum(axis=(-2, -1))
-    b_correct = np.trace(bconf, axis1=-2, axis2=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bgap = (b_correct.sum(1) - b_correct[:, worst]) / (b_n.sum(1) - b_n[:, worst]) - b_correct[:, worst] / b_n[
-            :, worst
-        ]
-
-    def pair(values: np.ndarray) -> tuple[int, int]:
-        v = np.where(np.isfinite(values), values, np.nan)
-        return int(np.nanargmax(v)), int(np.nanargmin(v))
-
-    hi, lo = pair(r0.selection[:, dp_class])
-    bdp = br.selection[:, hi, dp_class] - br.selection[:, lo, dp_class]
-    tpr_range = float(np.nanmax(r0.tpr[:, eo_class]) - np.nanmin(r0.tpr[:, eo_class]))
-    fpr_range = float(np.nanmax(r0.fpr[:, eo_class]) - np.nanmin(r0.fpr[:, eo_class]))
-    eo_rate = br.tpr if tpr_range >= fpr_range else br.fpr
-    hi_e, lo_e = pair((r0.tpr if tpr_range >= fpr_range else r0.fpr)[:, eo_class])
-    beo = eo_rate[:, hi_e, eo_class] - eo_rate[:, lo_e, eo_class]
-
-    # permutations: H0 groups exchangeable (all rows for accuracy/DP, within true class for EO)
-    perm_all = np.argsort(rng.random((n_perm, len(gi))), axis=1)
-    pconf = group_confusions(y, p, gi[perm_all], g, k)
-    pgap, pdp, _, _, _ = _disparities(pconf, classes)
-    gi_within = np.empty((n_perm, len(gi)), dtype=np.int64)
-    for c in np.unique(y):
-        rows_c = np.flatnonzero(y == c)
-        order = np.argsort(rng.random((n_perm, len(rows_c))), axis=1)
-        gi_within[:, rows_c] = gi[rows_c][order]
-    pconf_eo = group_confusions(y, p, gi_within, g, k)
-    _, _, peo, _, _ = _disparities(pconf_eo, classes)
-
-    def pval(null: np.ndarray, obs: float) -> float:
-        if not np.isfinite(obs):
-            return float("nan")
-        null = null[np.isfinite(null)]
-        return float((1 + np.sum(null >= obs - 1e-12)) / (1 + len(null)))
-
-    acc_ci = _ci(br.accuracy, level)
-    sel_ci = _ci(br.selection[..., dp_class], level)
-    tpr_ci = _ci(br.tpr[..., eo_class], level)
-    fpr_ci = _ci(br.fpr[..., eo_class], level)
+    br, bgap, bdp, beo = _bootstrap(y, p, gi, len(names), k, n_boot, rng, r0, worst, dp_class, eo_class)
+    pgap, pdp, peo = _permutations(y, p, gi, len(names), k, classes, n_perm, rng)
     return FairnessReport(
         groups=names,
         count=r0.count.astype(np.int64),
         accuracy=r0.accuracy,
-        accuracy_ci=acc_ci,
+        accuracy_ci=_ci(br.accuracy, level),
         selection=r0.selection[:, dp_class],
-        selection_ci=sel_ci,
+        selection_ci=_ci(br.selection[..., dp_class], level),
         tpr=r0.tpr[:, eo_class],
-        tpr_ci=tpr_ci,
+        tpr_ci=_ci(br.tpr[..., eo_class], level),
         fpr=r0.fpr[:, eo_class],
-        fpr_ci=fpr_ci,
+        fpr_ci=_ci(br.fpr[..., eo_class], level),
         tpr_by_class=r0.tpr,
         overall_accuracy=float((y == p).mean()),
         worst_group=names[worst],
         worst_group_accuracy=float(r0.accuracy[worst]),
         accuracy_gap=float(gap0[0]),
         accuracy_gap_ci=tuple(float(v) for v in _ci(bgap, level)),  # type: ignore[arg-type]
-        accuracy_gap_p=pval(pgap, float(gap0[0])),
+        accuracy_gap_p=_pval(pgap, float(gap0[0])),
         dp_difference=float(dp0[0]),
         dp_ci=tuple(float(v) for v in _ci(bdp, level)),  # type: ignore[arg-type]
-        dp_p=pval(pdp, float(dp0[0])),
+        dp_p=_pval(pdp, float(dp0[0])),
         dp_class=dp_class,
         eo_difference=float(eo0[0]),
         eo_ci=tuple(float(v) for v in _ci(beo, level)),  # type: ignore[arg-type]
-        eo_p=pval(peo, float(eo0[0])),
+        eo_p=_pval(peo, float(eo0[0])),
         eo_class=eo_class,
         positive=positive,
         small_groups=small,

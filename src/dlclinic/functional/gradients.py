@@ -25,10 +25,15 @@ global gradient norm, and the loss of every step.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+
+from dlclinic.core.inference import eval_mode
 
 __all__ = ["GradientDiagnosis", "dead_relu_share", "diagnose_gradients", "find_loss_spikes", "layer_depth_ratios"]
 
@@ -49,8 +54,6 @@ def layer_depth_ratios(grad_rms: np.ndarray) -> np.ndarray:
     if np.isnan(ratio).all(axis=0).all():
         return np.full(g.shape[1], np.nan)
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.asarray(np.nanmedian(ratio, axis=0))
@@ -180,11 +183,6 @@ def dead_relu_share(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict
     Measured on a trained model over many rows, this is the dying-ReLU share proper (Lu et
     al., 2019): such units pass no gradient and no signal. The model is not changed.
     """
-    import torch
-    from torch import nn
-
-    from dlclinic.core.inference import eval_mode
-
     alive: dict[str, Any] = {}
     handles = []
 

@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+
+from dlclinic.core.errors import ModelError
+from dlclinic.core.inference import eval_mode
 
 __all__ = [
     "Barrier",
@@ -41,9 +46,6 @@ __all__ = [
 
 def make_loss(x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> Callable[[Any], Any]:
     """``loss(model) -> scalar tensor``: mean cross-entropy over ``(x, y)`` in eval mode (graph kept)."""
-    import torch
-    from torch import nn
-
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
 
@@ -63,8 +65,6 @@ def _params(model: Any) -> list[Any]:
 
 def filter_normalized_direction(model: Any, *, seed: int = 0) -> list[Any]:
     """A random Gaussian direction, one tensor per trainable parameter, filter-normalised."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     out = []
     for p in _params(model):
@@ -82,10 +82,6 @@ def filter_normalized_direction(model: Any, *, seed: int = 0) -> list[Any]:
 def _evaluate_at(
     model: Any, loss: Callable[[Any], Any], steps: Sequence[tuple[float, ...]], directions: Sequence[list[Any]]
 ) -> np.ndarray:
-    import torch
-
-    from dlclinic.core.inference import eval_mode
-
     params = _params(model)
     origin = [p.detach().clone() for p in params]
     values = np.empty(len(steps))
@@ -134,10 +130,6 @@ def hessian_top_eigenvalue(
         >>> hessian_top_eigenvalue(net, make_loss(x, y))[0] > 0
         True
     """
-    import torch
-
-    from dlclinic.core.inference import eval_mode
-
     params = _params(model)
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
@@ -173,14 +165,8 @@ class Barrier:
 
 def interpolation_barrier(model_a: Any, model_b: Any, loss: Callable[[Any], Any], *, points: int = 11) -> Barrier:
     """Loss at ``(1−t)·θ_a + t·θ_b`` for ``t`` in [0, 1]; barrier = max(L(t) − ((1−t)L(0) + t·L(1)))."""
-    import torch
-
-    from dlclinic.core.inference import eval_mode
-
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if sa.keys() != sb.keys():
-        from dlclinic.core.errors import ModelError
-
         raise ModelError("interpolation needs two models of the same architecture; their state_dict keys differ")
     net = copy.deepcopy(model_a)
     ts = np.linspace(0.0, 1.0, points)

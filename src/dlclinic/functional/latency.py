@@ -11,7 +11,7 @@ which is what a verdict "the p99 exceeds a budget" should rest on. Thread settin
 intra-op threads) are recorded because they change latency more than most optimisations.
 
 Backends are plain callables ``f(batch: np.ndarray) -> anything`` built by
-:func:`torch_runner`, :func:`compiled_runner` and :func:`onnx_runner`, so any runtime can be
+:func:`torch_runner`, :func:`compiled_runner` and :func:`dlclinic.export.onnx_variants.onnx_runner`, so any runtime can be
 measured the same way. Timing is hand-written (no library measures ONNX Runtime and torch
 with one protocol); ``torch.utils.benchmark`` is torch-only.
 
@@ -23,8 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,8 +35,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.stats import binom
+from torch.profiler import ProfilerActivity, profile
 
+from dlclinic.core.errors import brief
+from dlclinic.core.inference import model_input_spec
 from dlclinic.core.threads import thread_settings, torch_threads
+
+try:  # per-thread rusage (context switches) exists on Linux only
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 __all__ = [
     "LatencyStats",
@@ -43,7 +56,6 @@ __all__ = [
     "measure_interleaved",
     "measure_latency",
     "measure_throughput",
-    "onnx_runner",
     "peak_inference_memory",
     "quantile_lower_bound",
     "thread_settings",
@@ -112,8 +124,6 @@ def quantile_lower_bound(times: Sequence[float] | np.ndarray, q: float = 0.99, a
         >>> quantile_lower_bound(np.arange(1, 1001, dtype=float), 0.99)  # p99 ≈ 990
         985.0
     """
-    from scipy.stats import binom
-
     x = np.sort(np.asarray(times, dtype=np.float64))
     n = len(x)
     if n == 0:
@@ -139,7 +149,7 @@ def measure_latency(
     initialisation, which a real-time service pays once per process or worker.
 
     Args:
-        run: A backend callable (see :func:`torch_runner`, :func:`onnx_runner`).
+        run: A backend callable (see :func:`torch_runner`, :func:`dlclinic.export.onnx_variants.onnx_runner`).
         batch: One batch of real inputs.
         warmup: Untimed calls before measuring (the cold call counts as one).
         repeats: Timed calls (fewer if ``max_seconds`` runs out, at least 5).
@@ -237,44 +247,69 @@ def measure_interleaved(
         if r >= 1 and time.perf_counter() > deadline:
             break
     n_threads = int(threads if threads is not None else thread_settings().get("torch_intra_op_threads", 1))
-    out = {}
-    for name in names:
-        every = np.asarray(times[name])
-        preempted = np.asarray(hit[name], dtype=bool)
-        steady = every[~preempted]
-        arr = steady if len(steady) >= max(20, 0.5 * len(every)) else every
-        p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
-        how = "; backends interleaved round-robin, one untimed call per backend and round" + (
-            "; calls preempted by the OS excluded" if arr is steady else ""
-        )
-        out[name] = LatencyStats(
+    return {
+        name: _interleaved_stats(
             name,
+            times[name],
+            hit[name],
             int(len(batch)),
-            p50,
-            p95,
-            p99,
-            float(arr.mean()),
-            float(arr.min()),
-            int(len(arr)),
             int(warmup),
             n_threads,
             cold[name],
-            PERCENTILE_METHOD + how,
-            p99_low_ms=quantile_lower_bound(arr, 0.99, alpha),
-            p99_all_ms=float(np.percentile(every, 99)),
-            preempted_share=float(preempted.mean()) if switches is not None else float("nan"),
+            alpha,
+            switches is not None,
         )
-    return out
+        for name in names
+    }
+
+
+def _interleaved_stats(
+    name: str,
+    times: list[float],
+    hit: list[bool],
+    batch_size: int,
+    warmup: int,
+    n_threads: int,
+    cold_ms: float,
+    alpha: float,
+    seen: bool,
+) -> LatencyStats:
+    """One backend's stats from :func:`measure_interleaved`: on the calls not preempted while they are at least half."""
+    every = np.asarray(times)
+    preempted = np.asarray(hit, dtype=bool)
+    steady = every[~preempted]
+    arr = steady if len(steady) >= max(20, 0.5 * len(every)) else every
+    p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
+    how = "; backends interleaved round-robin, one untimed call per backend and round" + (
+        "; calls preempted by the OS excluded" if arr is steady else ""
+    )
+    return LatencyStats(
+        name,
+        batch_size,
+        p50,
+        p95,
+        p99,
+        float(arr.mean()),
+        float(arr.min()),
+        int(len(arr)),
+        warmup,
+        n_threads,
+        cold_ms,
+        PERCENTILE_METHOD + how,
+        p99_low_ms=quantile_lower_bound(arr, 0.99, alpha),
+        p99_all_ms=float(np.percentile(every, 99)),
+        preempted_share=float(preempted.mean()) if seen else float("nan"),
+    )
 
 
 def _involuntary_switches() -> Callable[[], int] | None:
     """A reader of the calling thread's involuntary context-switch count (Linux), or ``None``."""
+    if resource is None:
+        return None
     try:
-        import resource
-
         who = resource.RUSAGE_THREAD  # type: ignore[attr-defined]
         resource.getrusage(who)
-    except (ImportError, AttributeError, OSError, ValueError):
+    except (AttributeError, OSError, ValueError):
         return None
     return lambda: int(resource.getrusage(who).ru_nivcsw)
 
@@ -319,10 +354,6 @@ def torch_runner(model: Any, *, dtype: Any = None) -> Runner:
         model: A ``torch.nn.Module``; its first floating parameter's dtype is used for the
             inputs unless ``dtype`` is given.
     """
-    import torch
-
-    from dlclinic.core.inference import model_input_spec
-
     in_dtype = dtype or model_input_spec(model)[0]
     try:
         model.eval()
@@ -343,15 +374,10 @@ def compiled_runner(model: Any, sample: np.ndarray, *, mode: str | None = None) 
     requested, so each new batch size recompiles: time the sizes you will serve).
     The note gives the compile time.
     """
-    import torch
-
     if not hasattr(torch, "compile"):
         return None, "torch.compile is not available in this torch build"
     if shutil.which("cc") is None and shutil.which("gcc") is None and shutil.which("clang") is None:
         return None, "torch.compile needs a C/C++ compiler (inductor) and none was found on PATH"
-    import copy
-    import logging
-
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     try:
@@ -361,40 +387,12 @@ def compiled_runner(model: Any, sample: np.ndarray, *, mode: str | None = None) 
         run(sample)
         seconds = time.perf_counter() - t0
     except Exception as exc:
-        from dlclinic.core.errors import brief
-
         return None, f"torch.compile failed ({brief(exc)})"
     return run, f"compiled in {seconds:.1f} s (inductor, mode={mode or 'default'})"
 
 
 def _dtype_of(model: Any) -> Any:
-    from dlclinic.core.inference import model_input_spec
-
     return model_input_spec(model)[0]
-
-
-def onnx_runner(path: Any, *, threads: int | None = None) -> tuple[Runner, int]:
-    """``(runner, threads)``: an onnxruntime CPU session on the file, with its intra-op threads set.
-
-    Graph optimisations are at ``ORT_ENABLE_ALL`` (the default); ``threads`` defaults to
-    torch's intra-op thread count so backends are compared on equal terms.
-    """
-    import onnxruntime as ort
-
-    n_threads = int(threads or thread_settings().get("torch_intra_op_threads", 1))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = n_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    name = inp.name
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-
-    def run(batch: np.ndarray) -> Any:
-        return session.run(None, {name: np.ascontiguousarray(batch, dtype=dtype)})[0]
-
-    return run, n_threads
 
 
 def peak_inference_memory(model: Any, batch: np.ndarray) -> dict[str, float]:
@@ -416,8 +414,6 @@ def peak_inference_memory(model: Any, batch: np.ndarray) -> dict[str, float]:
     peak = 0.0
     method = 1.0
     try:
-        from torch.profiler import ProfilerActivity, profile
-
         with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             run(batch)  # kineto prints profiler_start/stop lines on fd 2 from C++
         steps = []
@@ -439,8 +435,6 @@ def peak_inference_memory(model: Any, batch: np.ndarray) -> dict[str, float]:
 
 def _activation_bytes_by_hooks(model: Any, batch: np.ndarray) -> float:
     """Fallback: the two largest consecutive layer outputs (input + output alive at once)."""
-    import torch
-
     sizes: list[int] = []
     handles = []
     for module in model.modules():
@@ -466,8 +460,6 @@ def _activation_bytes_by_hooks(model: Any, batch: np.ndarray) -> float:
 @contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null for the block (C++ libraries print there directly)."""
-    import sys
-
     try:
         sys.stderr.flush()
         saved = os.dup(2)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import curve_fit
 
 __all__ = ["PowerLaw", "fit_power_law", "samples_for_error", "stratified_subset"]
 
@@ -46,8 +47,6 @@ def fit_power_law(n: np.ndarray, err: np.ndarray, *, start: PowerLaw | None = No
         >>> round(law.b, 3), round(law.c, 3)
         (0.5, 0.05)
     """
-    from scipy.optimize import curve_fit
-
     n = np.asarray(n, dtype=np.float64)
     err = np.asarray(err, dtype=np.float64)
 

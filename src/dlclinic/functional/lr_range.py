@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+
+from dlclinic.core.errors import ConfigError
 
 __all__ = ["LossCurve", "LRRangeResult", "activation_scales", "analyse_loss_curve", "lr_range_test", "smooth"]
 
@@ -74,12 +78,7 @@ def lr_range_test(
         >>> 1e-6 <= r.suggested_lr <= 10
         True
     """
-    import torch
-    from torch import nn
-
     if not 0 < lr_min < lr_max:
-        from dlclinic.core.errors import ConfigError
-
         raise ConfigError(f"`0 < lr_min < lr_max` must hold, but got ({lr_min=}, {lr_max=})")
     net = copy.deepcopy(model)
     setter = getattr(net, "set_input_stats", None)
@@ -186,9 +185,6 @@ def analyse_loss_curve(loss: np.ndarray, *, min_progress: float = 0.05, blowup: 
 
 def activation_scales(model: Any, x: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
     """``(layer names, output variance)`` of every Linear/Conv layer, in execution order, on batch ``x``."""
-    import torch
-    from torch import nn
-
     names = {m: n for n, m in model.named_modules()}
     found: list[tuple[str, float]] = []
     handles = []

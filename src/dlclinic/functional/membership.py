@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import beta, norm
+from sklearn.metrics import roc_auc_score, roc_curve
 
 __all__ = ["MembershipAudit", "audit_scores", "calibrated_scores", "clopper_pearson", "loss_scores"]
 
@@ -41,8 +43,6 @@ def calibrated_scores(target_losses: np.ndarray, reference_losses: np.ndarray) -
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact binomial interval for ``k`` successes out of ``n``."""
-    from scipy.stats import beta
-
     if n == 0:
         return (float("nan"), float("nan"))
     a = (1 - level) / 2
@@ -104,9 +104,6 @@ def audit_scores(
         >>> 0.7 < a.auc < 0.8, a.fpr_resolvable
         (True, False)
     """
-    from scipy.stats import norm
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     m = np.asarray(member_scores, dtype=np.float64)
     u = np.asarray(nonmember_scores, dtype=np.float64)
     m, u = m[np.isfinite(m)], u[np.isfinite(u)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
+from sklearn.neighbors import NearestNeighbors
 
 __all__ = ["auroc", "auroc_ci", "fpr_at_tpr", "rejection_threshold", "score_energy", "score_knn", "score_max_softmax"]
 
@@ -27,7 +29,6 @@ def score_knn(reference: np.ndarray, query: np.ndarray, *, k: int = 10) -> np.nd
         >>> score_knn(ref, np.array([[1.0, 0, 0], [1, 1, 1]]), k=3).round(2).tolist()
         [0.0, 0.92]
     """
-    from sklearn.neighbors import NearestNeighbors
 
     def normed(a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32).reshape(len(a), -1)
@@ -41,8 +42,6 @@ def score_knn(reference: np.ndarray, query: np.ndarray, *, k: int = 10) -> np.nd
 
 def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
     """AUROC of "score separates OOD (positive) from in-distribution" via the rank-sum identity (ties count ½)."""
-    from scipy.stats import rankdata
-
     a, b = np.asarray(scores_in, dtype=np.float64), np.asarray(scores_out, dtype=np.float64)
     ranks = rankdata(np.concatenate([a, b]))
     n_out, n_in = len(b), len(a)
@@ -60,8 +59,6 @@ def auroc_ci(
         >>> 0.85 < lo < a < hi < 0.97
         True
     """
-    from scipy.stats import rankdata
-
     a, b = np.asarray(scores_in, dtype=np.float64), np.asarray(scores_out, dtype=np.float64)
     point = auroc(a, b)
     rng = np.random.default_rng(seed)

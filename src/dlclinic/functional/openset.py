@@ -25,8 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 from dlclinic.core.errors import InputError
+from dlclinic.functional.ood import auroc, auroc_ci
 
 __all__ = ["Discovery", "Rejection", "calibrate_rejection", "cluster_rejected", "novelty_auroc", "split_known_unknown"]
 
@@ -49,15 +52,11 @@ def novelty_auroc(
         >>> novelty_auroc(np.array([0.1, 0.2, 0.3]), np.array([0.25, 0.9]))[0]
         0.8333333333333334
     """
-    from dlclinic.functional.ood import auroc_ci
-
     k = np.asarray(scores_known, dtype=np.float64).ravel()
     u = np.asarray(scores_unknown, dtype=np.float64).ravel()
     if len(k) == 0 or len(u) == 0:
         raise InputError(f"novelty AUROC needs known and unknown rows, found {len(k)} known and {len(u)} unknown")
     if n_boot < 1:
-        from dlclinic.functional.ood import auroc
-
         return auroc(k, u), math.nan, math.nan
     return auroc_ci(k, u, resamples=n_boot, level=1 - alpha, seed=seed)
 
@@ -132,9 +131,6 @@ def cluster_rejected(
         >>> d.n_clusters, d.purity
         (2, 1.0)
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
-
     e = np.asarray(embeddings, dtype=np.float64).reshape(len(embeddings), -1)
     n = len(e)
     if n < 4:

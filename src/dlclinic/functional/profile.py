@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import skew
+from sklearn.neighbors import NearestNeighbors
 
 __all__ = ["ColumnIssues", "ImageIssues", "find_column_issues", "find_image_issues", "find_knn_outliers", "tukey_upper"]
 
@@ -35,8 +37,6 @@ def _log_scale(col: np.ndarray) -> np.ndarray | None:
     """``log(col + smallest positive value)`` for a non-negative, right-skewed column (sample skewness > 1)
     whose log is less skewed; else ``None``. Judging such columns on the raw scale flags their natural
     tail: on scikit-learn's breast-cancer table 2.6 % of rows were "extreme" (validation suite)."""
-    from scipy.stats import skew
-
     if col.size < 8 or col.min() < 0 or not np.any(col > 0):
         return None
     g = float(skew(col))
@@ -133,8 +133,6 @@ def find_knn_outliers(embeddings: np.ndarray, *, k: int = 10, fence: float = 3.0
     Returns ``(indices, scores)`` sorted worst first; scores are the kNN distances on
     L2-normalised embeddings.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     emb = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     k = int(min(k, len(emb) - 1))

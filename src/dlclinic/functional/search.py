@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
+from dlclinic.functional.compression import channel_prune
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -78,11 +83,6 @@ def train_eval(
     With an Optuna ``trial``, the validation accuracy is reported after every epoch and
     ``optuna.TrialPruned`` is raised when the pruner says so.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from dlclinic.core.inference import predict_logits
-
     torch.manual_seed(seed)
     setter = getattr(model, "set_input_stats", None)
     if callable(setter):
@@ -232,6 +232,73 @@ def _paired_gain(best: np.ndarray, base: np.ndarray) -> tuple[float, tuple[float
     return mean, (mean - 1.96 * se, mean + 1.96 * se)
 
 
+def _compare(
+    best: Any, base_trial: Any, outcomes: Mapping[int, np.ndarray]
+) -> tuple[float, tuple[float, float], tuple[int, int] | None]:
+    """Gain of the best trial over the current recipe's, its paired 95 % CI and the discordant row counts.
+
+    A resumed study has no per-row outcomes for its old trials: the gain is then the
+    difference of the accuracies, with no CI and no discordant counts.
+    """
+    if best.number in outcomes and base_trial.number in outcomes:
+        gain, ci = _paired_gain(outcomes[best.number], outcomes[base_trial.number])
+        b, a = outcomes[best.number].astype(bool), outcomes[base_trial.number].astype(bool)
+        return gain, ci, (int(np.sum(b & ~a)), int(np.sum(a & ~b)))
+    return float(best.value - base_trial.value), (float("nan"), float("nan")), None
+
+
+def _importances(study: Any, n_done: int, seed: int) -> dict[str, float]:
+    """fANOVA parameter importances (empty under 3 completed trials or when fANOVA fails)."""
+    import optuna
+
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        return (
+            {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+            if n_done >= 3
+            else {}
+        )
+    except Exception:
+        return {}
+
+
+def _study_result(
+    study: Any,
+    outcomes: Mapping[int, np.ndarray],
+    base_params: dict[str, Any],
+    *,
+    seed: int,
+    study_name: str,
+    storage: str | None,
+) -> StudyResult:
+    """The best completed trial against the current recipe's trial, with importances and every trial."""
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise RuntimeError("no trial completed within the budget; raise n_trials/timeout")
+    best = max(done, key=lambda t: t.value)
+    base_trial = next((t for t in done if t.params == base_params), done[0])
+    gain, ci, discordant = _compare(best, base_trial, outcomes)
+    importances = _importances(study, len(done), seed)
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params} for t in study.trials]
+    return StudyResult(
+        best_params=dict(best.params),
+        best_accuracy=float(best.value),
+        baseline_params=base_params,
+        baseline_accuracy=float(base_trial.value),
+        gain=gain,
+        gain_ci=ci,
+        importances=importances,
+        n_trials=len(study.trials),
+        n_pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        trials=trials,
+        study_name=study_name,
+        storage=storage,
+        discordant=discordant,
+    )
+
+
 def hyperparameter_study(
     factory: Callable[[], Any],
     x_tr: np.ndarray,
@@ -260,7 +327,6 @@ def hyperparameter_study(
     study resumes when ``storage`` already holds ``study_name``. ``timeout`` bounds the
     study (checked between trials), ``trial_seconds`` each trial's training.
     """
-    import optuna
 
     base = {"lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, **dict(baseline or {})}
     space = _including(dict(space or DEFAULT_SPACE), base)
@@ -294,49 +360,11 @@ def hyperparameter_study(
         return out.accuracy
 
     study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(RuntimeError, ValueError))
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        raise RuntimeError("no trial completed within the budget; raise n_trials/timeout")
-    best = max(done, key=lambda t: t.value)
-    base_trial = next((t for t in done if t.params == base_params), done[0])
-    discordant: tuple[int, int] | None = None
-    if best.number in outcomes and base_trial.number in outcomes:
-        gain, ci = _paired_gain(outcomes[best.number], outcomes[base_trial.number])
-        b, a = outcomes[best.number].astype(bool), outcomes[base_trial.number].astype(bool)
-        discordant = (int(np.sum(b & ~a)), int(np.sum(a & ~b)))
-    else:  # resumed: per-row outcomes of old trials are not stored
-        gain, ci = float(best.value - base_trial.value), (float("nan"), float("nan"))
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-        importances = (
-            {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
-            if len(done) >= 3
-            else {}
-        )
-    except Exception:
-        importances = {}
-    trials = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params} for t in study.trials]
-    return StudyResult(
-        best_params=dict(best.params),
-        best_accuracy=float(best.value),
-        baseline_params=base_params,
-        baseline_accuracy=float(base_trial.value),
-        gain=gain,
-        gain_ci=ci,
-        importances=importances,
-        n_trials=len(study.trials),
-        n_pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-        trials=trials,
-        study_name=study_name,
-        storage=storage,
-        discordant=discordant,
-    )
+    return _study_result(study, outcomes, base_params, seed=seed, study_name=study_name, storage=storage)
 
 
 def narrower(factory: Callable[[], Any], keep_ratio: float, sample_x: np.ndarray) -> Any:
     """A fresh, untrained model of the factory's architecture at ``keep_ratio`` of its channels."""
-    from dlclinic.functional.compression import channel_prune
-
     model = factory()
     if keep_ratio >= 1.0:
         return model
@@ -354,10 +382,7 @@ def model_summary(model: Any, sample_x: np.ndarray) -> dict[str, Any]:
     FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmul/conv counted as
     2 FLOPs per multiply-add) on one input.
     """
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from dlclinic.core.inference import eval_mode, first_output, model_input_spec
 
     dtype, _ = model_input_spec(model)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -404,10 +429,6 @@ def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
     * Dead channels: output channels of each ReLU-family activation that are zero for
       every one of the inputs ``x`` (channels = dim 1).
     """
-    import torch
-
-    from dlclinic.core.inference import eval_mode, model_input_spec
-
     rows: list[dict[str, Any]] = []
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)

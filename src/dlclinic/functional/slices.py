@@ -23,8 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import fisher_exact
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 
 from dlclinic.core.errors import InputError
+from dlclinic.functional.stats import benjamini_hochberg, wilson_interval
 
 __all__ = ["Slice", "candidate_slices", "find_weak_slices"]
 
@@ -65,9 +69,6 @@ def candidate_slices(
     """``(description, rows)`` candidates from embedding clusters and/or feature values (blind to correctness)."""
     out: list[tuple[str, np.ndarray]] = []
     if embeddings is not None:
-        from sklearn.cluster import KMeans
-        from sklearn.decomposition import PCA
-
         e = np.asarray(embeddings, dtype=np.float64).reshape(n, -1)
         e = (e - e.mean(0)) / np.maximum(e.std(0), 1e-8)
         if e.shape[1] > max_dims and n > max_dims:
@@ -138,10 +139,6 @@ def find_weak_slices(
         >>> found[0].size >= 50 and found[0].accuracy < 0.7
         True
     """
-    from scipy.stats import fisher_exact
-
-    from dlclinic.functional.stats import benjamini_hochberg, wilson_interval
-
     ok = np.asarray(correct).astype(bool).ravel()
     n = len(ok)
     if embeddings is None and features is None:

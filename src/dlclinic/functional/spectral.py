@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse.linalg import svds
 
 __all__ = [
     "LayerSpectrum",
@@ -245,8 +246,6 @@ def _lambda_max(m: np.ndarray) -> float:
     """Largest squared singular value: exact (Gram eigenvalues) for small matrices, ARPACK for large ones."""
     if min(m.shape) <= 512:
         return float(squared_singular_values(m).max())
-    from scipy.sparse.linalg import svds
-
     s = svds(m, k=1, return_singular_vectors=False, v0=np.ones(min(m.shape)), random_state=0)
     return float(s.max()) ** 2
 

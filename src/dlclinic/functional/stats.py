@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import beta, binom, binomtest
 
 from dlclinic.core.errors import InputError
 
@@ -134,8 +135,6 @@ def bootstrap_metrics(
 
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (``scipy.stats.binomtest``)."""
-    from scipy.stats import binomtest
-
     if n <= 0:
         return (math.nan, math.nan)
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
@@ -164,8 +163,6 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemarResult:
         >>> r = mcnemar_test(a, b); (r.b, r.c, round(r.p_exact, 4))
         (10, 0, 0.002)
     """
-    from scipy.stats import binom
-
     a = np.asarray(correct_a).astype(bool).ravel()
     bb = np.asarray(correct_b).astype(bool).ravel()
     if len(a) != len(bb):
@@ -307,8 +304,6 @@ def paired_difference_bounds(
         >>> round(low, 4), round(high, 4)
         (-0.0084, 0.0161)
     """
-    from scipy.stats import beta
-
     a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
         raise InputError(f"expected two 1-D boolean arrays of equal length, but got shapes {a.shape} and {b.shape}")

@@ -9,12 +9,14 @@ is part of the reference. Saved as one ``.npz`` (no pickle) beside the predictio
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dlclinic.core.atomic import atomic_path
 from dlclinic.core.errors import InputError
 from dlclinic.functional.calibration import fit_temperature
 
@@ -88,10 +90,6 @@ class Reference:
 
     def save(self, path: str | Path) -> Path:
         """Write the reference as one ``.npz`` (atomically)."""
-        import json
-
-        from dlclinic.core.atomic import atomic_path
-
         arrays: dict[str, np.ndarray] = {
             "logits": self.logits,
             "class_names": np.array(self.class_names),
@@ -110,8 +108,6 @@ class Reference:
     @classmethod
     def load(cls, path: str | Path) -> Reference:
         """Read a reference written by :meth:`save` (no pickle)."""
-        import json
-
         p = Path(path)
         if not p.is_file():
             raise InputError(f"reference file not found: {p}; expected the reference.npz written by `dlclinic serve`")

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import chi2_contingency, ks_2samp, norm
 
 __all__ = [
     "AccuracyEstimate",
@@ -67,8 +68,6 @@ def chi2_shift(reference_counts: np.ndarray, counts: np.ndarray) -> tuple[float,
     Classes never predicted on either side are dropped; with fewer than two classes left
     the test has nothing to say and returns ``(0.0, 1.0)``.
     """
-    from scipy.stats import chi2_contingency
-
     table = np.stack([np.asarray(reference_counts, dtype=np.float64), np.asarray(counts, dtype=np.float64)])
     table = table[:, table.sum(0) > 0]
     if table.shape[1] < 2 or table[1].sum() == 0 or table[0].sum() == 0:
@@ -79,8 +78,6 @@ def chi2_shift(reference_counts: np.ndarray, counts: np.ndarray) -> tuple[float,
 
 def confidence_shift(reference_confidence: np.ndarray, confidence: np.ndarray) -> tuple[float, float, float]:
     """``(KS D, p, mean difference)`` of top-1 confidences, window minus reference."""
-    from scipy.stats import ks_2samp
-
     a = np.asarray(reference_confidence, dtype=np.float64)
     b = np.asarray(confidence, dtype=np.float64)
     if len(a) < 2 or len(b) < 2:
@@ -135,8 +132,6 @@ def observed_accuracy(predicted: np.ndarray, labels: np.ndarray) -> AccuracyEsti
 
 def drop_p_value(reference: AccuracyEstimate, window: AccuracyEstimate) -> float:
     """One-sided p-value of ``H0: window accuracy ≥ reference accuracy`` (two independent estimates, z test)."""
-    from scipy.stats import norm
-
     if window.n == 0 or not math.isfinite(window.accuracy):
         return 1.0
     se = math.sqrt(reference.se**2 + window.se**2)

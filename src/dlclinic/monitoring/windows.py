@@ -25,8 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from dlclinic.core.errors import ConfigError, InputError
+from dlclinic.functional.drift import mmd_test
 from dlclinic.functional.stats import holm
 from dlclinic.monitoring.reference import Reference, softmax
 from dlclinic.monitoring.stats import (
@@ -249,6 +251,121 @@ def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-30, None)), temperature)
 
 
+def _cut(n: int, times: np.ndarray | None, cfg: MonitorConfig) -> list[np.ndarray]:
+    """Row-index windows by time (``cfg.window_seconds``) or by count."""
+    if cfg.window_seconds is not None:
+        if times is None:
+            raise InputError("time windows need the prediction times; expected `times`, found none")
+        return windows_by_time(times, cfg.window_seconds, min_size=cfg.min_window)
+    return windows_by_count(n, cfg.window, min_size=cfg.min_window)
+
+
+def _window_row(
+    wi: int,
+    idx: np.ndarray,
+    p: np.ndarray,
+    cal: np.ndarray,
+    prep: _Prepared,
+    cfg: MonitorConfig,
+    *,
+    embeddings: np.ndarray | None,
+    lab: np.ndarray | None,
+    times: np.ndarray | None,
+    perms: int,
+    pvals: list[tuple[int, str, float]],
+) -> dict[str, Any]:
+    """One window's statistics (unadjusted); its p-values are appended to ``pvals``."""
+    n_classes = prep.ref.n_classes
+    pw = p[idx]
+    pred = pw.argmax(1)
+    conf = pw.max(1)
+    counts = class_counts(pred, n_classes)
+    chi2, chi2_p = chi2_shift(prep.counts, counts)
+    ks, ks_p, _ = confidence_shift(prep.conf, conf)
+    est = estimate_accuracy_cbpe(cal[idx])
+    est_p = drop_p_value(prep.cbpe, est)
+    mmd2 = mmd_p = None
+    if embeddings is not None and prep.emb is not None:
+        res = mmd_test(
+            prep.emb,
+            np.asarray(embeddings)[idx],
+            permutations=perms,
+            max_rows=max(cfg.max_reference_rows, len(idx)),
+            seed=cfg.seed + wi,
+        )
+        mmd2, mmd_p = res.mmd2, res.p_value
+        pvals.append((wi, "mmd", mmd_p))
+    pvals.extend([(wi, "chi2", chi2_p), (wi, "confidence", ks_p), (wi, "estimated_drop", est_p)])
+    acc = None
+    acc_n = 0
+    acc_p = None
+    if lab is not None and prep.observed is not None:
+        known = lab[idx] >= 0
+        acc_n = int(known.sum())
+        if acc_n:
+            obs = observed_accuracy(pred[known], lab[idx][known])
+            acc = obs.accuracy
+            acc_p = drop_p_value(prep.observed, obs) if acc_n >= cfg.min_labels else 1.0
+            pvals.append((wi, "accuracy_drop", acc_p))
+        else:
+            pvals.append((wi, "accuracy_drop", 1.0))
+    t0 = t1 = None
+    if times is not None:
+        tw = np.asarray(times, dtype=np.float64)[idx]
+        t0, t1 = float(tw.min()), float(tw.max())
+    return {
+        "index": wi,
+        "start": int(np.min(idx)),
+        "stop": int(np.max(idx)) + 1,
+        "n": len(idx),
+        "t_start": t0,
+        "t_end": t1,
+        "mmd2": mmd2,
+        "mmd_p": mmd_p,
+        "psi": psi(prep.counts, counts),
+        "chi2": chi2,
+        "chi2_p": chi2_p,
+        "confidence_mean": float(conf.mean()),
+        "confidence_ks": ks,
+        "confidence_p": ks_p,
+        "estimated_accuracy": est.accuracy,
+        "estimated_accuracy_se": est.se,
+        "estimated_drop": prep.cbpe.accuracy - est.accuracy,
+        "estimated_drop_p": est_p,
+        "accuracy": acc,
+        "accuracy_n": acc_n,
+        "accuracy_drop_p": acc_p,
+    }
+
+
+def _verdict(row: dict[str, Any], adj: dict[str, float], prep: _Prepared, cfg: MonitorConfig) -> WindowResult:
+    """The window's status and reasons from its Holm-adjusted p-values."""
+    reasons: list[str] = []
+    drifted = any(adj.get(k, 1.0) < cfg.alpha for k in ("mmd", "chi2", "confidence"))
+    status = "warn" if drifted else "ok"
+    if adj.get("mmd", 1.0) < cfg.alpha:
+        reasons.append(f"embedding MMD² {row['mmd2']:.3g} (adjusted p {adj['mmd']:.2g})")
+    if adj.get("chi2", 1.0) < cfg.alpha:
+        reasons.append(f"predicted-class distribution shift: PSI {row['psi']:.3f} (χ² adjusted p {adj['chi2']:.2g})")
+    if adj.get("confidence", 1.0) < cfg.alpha:
+        reasons.append(
+            f"confidence shift: mean {row['confidence_mean']:.3f} vs {float(prep.conf.mean()):.3f} (KS adjusted p {adj['confidence']:.2g})"
+        )
+    for key, drop in (
+        ("estimated_drop", row["estimated_drop"]),
+        (
+            "accuracy_drop",
+            None if row["accuracy"] is None or prep.observed is None else prep.observed.accuracy - row["accuracy"],
+        ),
+    ):
+        if drop is None or adj.get(key, 1.0) >= cfg.alpha or drop <= cfg.warn_accuracy_drop:
+            continue
+        label = "estimated accuracy (CBPE)" if key == "estimated_drop" else "observed accuracy (fed-back labels)"
+        reasons.append(f"{label} down {drop:.1%} (adjusted p {adj[key]:.2g})")
+        status = "fail" if drop > cfg.fail_accuracy_drop else ("warn" if status == "ok" else status)
+    return WindowResult(**row, adjusted=adj, drifted=drifted, status=status, reasons=tuple(reasons))
+
+
 def evaluate_stream(
     reference: Reference,
     probs: np.ndarray,
@@ -275,22 +392,14 @@ def evaluate_stream(
         >>> result.status, result.first_alert                                    # doctest: +SKIP
         ('fail', 3)
     """
-    from dlclinic.functional.drift import mmd_test
-
     cfg = config or MonitorConfig()
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != reference.n_classes:
         raise InputError(
             f"stream probabilities: expected N×{reference.n_classes} like the reference, found shape {p.shape}"
         )
-    n = len(p)
     if windows is None:
-        if cfg.window_seconds is not None:
-            if times is None:
-                raise InputError("time windows need the prediction times; expected `times`, found none")
-            windows = windows_by_time(times, cfg.window_seconds, min_size=cfg.min_window)
-        else:
-            windows = windows_by_count(n, cfg.window, min_size=cfg.min_window)
+        windows = _cut(len(p), times, cfg)
     prep = _prepare(reference, cfg)
     use_mmd = embeddings is not None and prep.emb is not None
     lab = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -298,105 +407,29 @@ def evaluate_stream(
     m = max(1, tests_per_window * len(windows))
     perms = cfg.permutations or int(min(6000, max(200, math.ceil(4 * m / cfg.alpha))))
     cal = calibrated(p, reference.temperature)
-    rows: list[dict[str, Any]] = []
     pvals: list[tuple[int, str, float]] = []
-    for wi, idx in enumerate(windows):
-        pw = p[idx]
-        pred = pw.argmax(1)
-        conf = pw.max(1)
-        counts = class_counts(pred, reference.n_classes)
-        chi2, chi2_p = chi2_shift(prep.counts, counts)
-        ks, ks_p, _ = confidence_shift(prep.conf, conf)
-        est = estimate_accuracy_cbpe(cal[idx])
-        est_p = drop_p_value(prep.cbpe, est)
-        mmd2 = mmd_p = None
-        if use_mmd and embeddings is not None and prep.emb is not None:
-            res = mmd_test(
-                prep.emb,
-                np.asarray(embeddings)[idx],
-                permutations=perms,
-                max_rows=max(cfg.max_reference_rows, len(idx)),
-                seed=cfg.seed + wi,
-            )
-            mmd2, mmd_p = res.mmd2, res.p_value
-            pvals.append((wi, "mmd", mmd_p))
-        pvals.extend([(wi, "chi2", chi2_p), (wi, "confidence", ks_p), (wi, "estimated_drop", est_p)])
-        acc = None
-        acc_n = 0
-        acc_p = None
-        if lab is not None and prep.observed is not None:
-            known = lab[idx] >= 0
-            acc_n = int(known.sum())
-            if acc_n:
-                obs = observed_accuracy(pred[known], lab[idx][known])
-                acc = obs.accuracy
-                acc_p = drop_p_value(prep.observed, obs) if acc_n >= cfg.min_labels else 1.0
-                pvals.append((wi, "accuracy_drop", acc_p))
-            else:
-                pvals.append((wi, "accuracy_drop", 1.0))
-        t0 = t1 = None
-        if times is not None:
-            tw = np.asarray(times, dtype=np.float64)[idx]
-            t0, t1 = float(tw.min()), float(tw.max())
-        rows.append(
-            {
-                "index": wi,
-                "start": int(np.min(idx)),
-                "stop": int(np.max(idx)) + 1,
-                "n": len(idx),
-                "t_start": t0,
-                "t_end": t1,
-                "mmd2": mmd2,
-                "mmd_p": mmd_p,
-                "psi": psi(prep.counts, counts),
-                "chi2": chi2,
-                "chi2_p": chi2_p,
-                "confidence_mean": float(conf.mean()),
-                "confidence_ks": ks,
-                "confidence_p": ks_p,
-                "estimated_accuracy": est.accuracy,
-                "estimated_accuracy_se": est.se,
-                "estimated_drop": prep.cbpe.accuracy - est.accuracy,
-                "estimated_drop_p": est_p,
-                "accuracy": acc,
-                "accuracy_n": acc_n,
-                "accuracy_drop_p": acc_p,
-            }
+    rows = [
+        _window_row(
+            wi,
+            idx,
+            p,
+            cal,
+            prep,
+            cfg,
+            embeddings=embeddings if use_mmd else None,
+            lab=lab,
+            times=times,
+            perms=perms,
+            pvals=pvals,
         )
+        for wi, idx in enumerate(windows)
+    ]
     adjusted = _holm([q for _, _, q in pvals])
     per_window: list[dict[str, float]] = [{} for _ in windows]
     for (wi, name, _), q in zip(pvals, adjusted, strict=True):
         per_window[wi][name] = float(q)
-    results = []
-    for row, adj in zip(rows, per_window, strict=True):
-        reasons: list[str] = []
-        drifted = any(adj.get(k, 1.0) < cfg.alpha for k in ("mmd", "chi2", "confidence"))
-        status = "warn" if drifted else "ok"
-        if adj.get("mmd", 1.0) < cfg.alpha:
-            reasons.append(f"embedding MMD² {row['mmd2']:.3g} (adjusted p {adj['mmd']:.2g})")
-        if adj.get("chi2", 1.0) < cfg.alpha:
-            reasons.append(
-                f"predicted-class distribution shift: PSI {row['psi']:.3f} (χ² adjusted p {adj['chi2']:.2g})"
-            )
-        if adj.get("confidence", 1.0) < cfg.alpha:
-            reasons.append(
-                f"confidence shift: mean {row['confidence_mean']:.3f} vs {float(prep.conf.mean()):.3f} (KS adjusted p {adj['confidence']:.2g})"
-            )
-        for key, drop in (
-            ("estimated_drop", row["estimated_drop"]),
-            (
-                "accuracy_drop",
-                None if row["accuracy"] is None or prep.observed is None else prep.observed.accuracy - row["accuracy"],
-            ),
-        ):
-            if drop is None or adj.get(key, 1.0) >= cfg.alpha or drop <= cfg.warn_accuracy_drop:
-                continue
-            label = "estimated accuracy (CBPE)" if key == "estimated_drop" else "observed accuracy (fed-back labels)"
-            reasons.append(f"{label} down {drop:.1%} (adjusted p {adj[key]:.2g})")
-            status = "fail" if drop > cfg.fail_accuracy_drop else ("warn" if status == "ok" else status)
-        results.append(WindowResult(**row, adjusted=adj, drifted=drifted, status=status, reasons=tuple(reasons)))
     return MonitorResult(
-        windows=tuple(results),
+        windows=tuple(_verdict(row, adj, prep, cfg) for row, adj in zip(rows, per_window, strict=True)),
         reference_estimated_accuracy=prep.cbpe.accuracy,
         reference_accuracy=None if prep.observed is None else prep.observed.accuracy,
         temperature=reference.temperature,
@@ -432,8 +465,6 @@ def alert_thresholds(
     mean-confidence drop under no drift, and the minimum detectable accuracy drop (80 %
     power, one-sided level ``alpha``) for windows of this size against this reference.
     """
-    from scipy.stats import norm
-
     rng = np.random.default_rng(seed)
     raw = softmax(reference.logits)
     cal = reference.probs

@@ -42,11 +42,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from jinja2 import Environment
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
+from dlclinic.core.results import CheckResult, Finding, Report, Treatment, not_examined
+from dlclinic.report.plots import plot_to_svg
+from dlclinic.report.thumbnails import thumbnails
+from dlclinic.report.trust import false_alarm_note as _false_alarm_note
+from dlclinic.report.trust import power_rows
+from dlclinic.taxonomy import CATEGORIES, CHALLENGES
+
+if TYPE_CHECKING:
     from dlclinic.core.case import Case
-    from dlclinic.core.results import CheckResult, Finding, Report, Treatment
 
 __all__ = ["fmt", "render_html"]
 
@@ -149,10 +156,6 @@ def _as_list(value: Any) -> list[Any]:
 
 def _plots(details: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Inline SVG for each plot spec, or an ``error`` note for a spec that cannot be drawn."""
-    from markupsafe import Markup
-
-    from dlclinic.report.plots import plot_to_svg
-
     out = []
     for spec in _as_list(details.get("plots")):
         title = str(spec.get("title", "")) if isinstance(spec, Mapping) else ""
@@ -165,8 +168,6 @@ def _plots(details: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any]]:
     """Thumbnails for each image spec, or an ``error`` note."""
-    from dlclinic.report.thumbnails import thumbnails
-
     out: list[dict[str, Any]] = []
     for spec in _as_list(details.get("images")):
         if not isinstance(spec, Mapping):
@@ -217,15 +218,7 @@ def _seconds(seconds: float) -> str:
 
 def false_alarm_note(challenge_id: str) -> str | None:
     """The validation suite's measured false-alarm rate of this check, as one sentence (or ``None``)."""
-    from dlclinic.report.trust import false_alarm_note as note
-
-    return note(challenge_id)
-
-
-def _power_rows(challenge_id: str) -> list[dict[str, str]]:
-    from dlclinic.report.trust import power_rows
-
-    return power_rows(challenge_id)
+    return _false_alarm_note(challenge_id)
 
 
 def _challenge_view(result: CheckResult, description: str, case: Case | None) -> dict[str, Any]:
@@ -241,7 +234,7 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
         "status_label": STATUS_LABELS.get(result.status, result.status),
         "summary": result.summary,
         "trust": false_alarm_note(result.id) if result.status in ("ok", "warn", "fail") else None,
-        "trust_power": _power_rows(result.id) if result.status in ("ok", "warn", "fail") else [],
+        "trust_power": power_rows(result.id) if result.status in ("ok", "warn", "fail") else [],
         "trust_anchor": "docs/validation.md#" + result.id.replace(".", ""),
         "seconds": _seconds(result.seconds),
         "metrics": metrics,
@@ -303,8 +296,6 @@ def _header(report: Report) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
     """The Jinja2 environment (autoescape on, undefined names are errors), built once."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     env = Environment(
         loader=FileSystemLoader(str(_TEMPLATES)),
         autoescape=True,
@@ -327,8 +318,6 @@ def render_html(report: Report, case: Case | None = None) -> str:
     Returns:
         The HTML document as a string.
     """
-    from dlclinic.taxonomy import CATEGORIES, CHALLENGES
-
     by_id = {r.id: r for r in report.challenges}
     counts = {s: 0 for s in STATUSES}
     categories = []
@@ -338,8 +327,6 @@ def render_html(report: Report, case: Case | None = None) -> str:
         for ch in (c for c in CHALLENGES if c.category == key):
             result = by_id.get(ch.id)
             if result is None:
-                from dlclinic.core.results import not_examined
-
                 result = not_examined(ch.id, "missing from this report")
             view = _challenge_view(result, ch.description, case)
             counts[view["status"]] = counts.get(view["status"], 0) + 1

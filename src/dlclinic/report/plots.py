@@ -34,6 +34,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -151,8 +153,6 @@ def _draw_bar(ax: Axes, series: list[Mapping[str, Any]]) -> None:
 
 
 def _draw_hist(ax: Axes, series: list[Mapping[str, Any]]) -> None:
-    import numpy as np
-
     arrays = [np.asarray(_floats(s.get("values"), f"series {i} values")) for i, s in enumerate(series)]
     arrays = [a[np.isfinite(a)] for a in arrays]
     pooled = np.concatenate(arrays) if arrays else np.empty(0)
@@ -219,8 +219,6 @@ def _draw_scatter(ax: Axes, series: list[Mapping[str, Any]]) -> None:
 
 
 def _draw_heatmap(ax: Axes, series: list[Mapping[str, Any]]) -> None:
-    import numpy as np
-
     s = series[0]
     z: Any = s.get("z")
     if hasattr(z, "tolist"):

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
+if TYPE_CHECKING:
     from dlclinic.core.results import Report
 
 __all__ = ["render_terminal"]
@@ -42,11 +45,6 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
         report: The checkup result.
         console: Where to print; a new ``rich.console.Console()`` (stdout) when omitted.
     """
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
     console = console if console is not None else Console()
     name = str(report.case.get("name", "case")) if hasattr(report.case, "get") else "case"
     table = Table(

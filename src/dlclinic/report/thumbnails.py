@@ -22,9 +22,10 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
+from PIL import Image
 
+if TYPE_CHECKING:
     from dlclinic.core.case import Case
 
 __all__ = ["MAX_IMAGES", "TARGET", "png_data_uri", "thumbnails"]
@@ -35,8 +36,6 @@ MAX_IMAGES = 48
 
 def _to_hwc(x: np.ndarray) -> np.ndarray:
     """One sample as an ``H×W`` or ``H×W×3`` array; raises ``ValueError`` for other shapes."""
-    import numpy as np
-
     if x.ndim == 2:
         return x
     if x.ndim == 3:
@@ -50,8 +49,6 @@ def _to_hwc(x: np.ndarray) -> np.ndarray:
 
 def _overlay(scaled: Any, heatmap: Any) -> Any:
     """Blend a red heat map (values 0..1, opacity up to 85 %) over a 0..255 grey or RGB image dimmed to half."""
-    import numpy as np
-
     heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)), 0.0, 1.0)
     rgb = scaled if scaled.ndim == 3 else np.repeat(scaled[..., None], 3, axis=-1)
     if heat.shape != rgb.shape[:2]:
@@ -75,9 +72,6 @@ def png_data_uri(x: Any, target: int = TARGET, heatmap: Any = None) -> str:
     Raises:
         ValueError: If the sample is not shaped like an image.
     """
-    import numpy as np
-    from PIL import Image
-
     img = _to_hwc(np.asarray(x, dtype=np.float64))
     img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(img.min()), float(img.max())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+from importlib import resources
 from typing import Any
 
 __all__ = ["false_alarm_for", "false_alarm_note", "power_rows", "validation_table"]
@@ -27,8 +28,6 @@ __all__ = ["false_alarm_for", "false_alarm_note", "power_rows", "validation_tabl
 @functools.lru_cache(maxsize=1)
 def validation_table() -> dict[str, dict[str, Any]]:
     """The packaged per-check table (``{}`` when it is missing or unreadable)."""
-    from importlib import resources
-
     try:
         text = resources.files("dlclinic.report").joinpath("validation.json").read_text(encoding="utf-8")
         data = json.loads(text)

@@ -32,6 +32,7 @@ import math
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -42,12 +43,13 @@ import numpy as np
 
 from dlclinic.core.errors import ConfigError
 from dlclinic.monitoring.reference import Reference
+from dlclinic.monitoring.stats import estimate_accuracy_cbpe
 from dlclinic.monitoring.windows import MonitorConfig, evaluate_window
 from dlclinic.serve.backends import Backend
 from dlclinic.serve.batching import Draining, DynamicBatcher, QueueFull
 from dlclinic.serve.store import PredictionRecord, PredictionStore, hash_input
 
-__all__ = ["ServeConfig", "ServeState", "create_app"]
+__all__ = ["ServeConfig", "ServeState", "create_app", "in_process_client"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -286,6 +288,25 @@ class ServeState:
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
 
+_ENDPOINTS = (
+    "/predict",
+    "/feedback",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/dashboard",
+    "/monitor",
+    "/openapi.json",
+    "/docs",
+)
+
+
+def _authorised(headers: dict[str, str], token: str) -> bool:
+    """Whether the ``Authorization`` header carries ``Bearer <token>`` (constant-time comparison)."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
 class _Guard:
     """Pure ASGI middleware: body-size limit (413), bearer token (401), request metrics."""
 
@@ -298,22 +319,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        endpoint = (
-            path
-            if path
-            in (
-                "/predict",
-                "/feedback",
-                "/health",
-                "/ready",
-                "/metrics",
-                "/dashboard",
-                "/monitor",
-                "/openapi.json",
-                "/docs",
-            )
-            else "other"
-        )
+        endpoint = path if path in _ENDPOINTS else "other"
         started = time.perf_counter()
         status = {"code": 500}
 
@@ -323,71 +329,74 @@ class _Guard:
             await send(message)
 
         try:
-            cfg = self.state.config
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            if cfg.token is not None and path not in _OPEN_PATHS:
-                given = headers.get("authorization", "")
-                scheme, _, value = given.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), cfg.token.encode()):
-                    await _send_json(
-                        send_wrapper,
-                        401,
-                        {
-                            "detail": "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'"
-                        },
-                        {"www-authenticate": "Bearer"},
-                    )
-                    return
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-                self.state.metrics.rejected.labels(reason="body_too_large").inc()
-                await _send_json(
-                    send_wrapper,
-                    413,
-                    {
-                        "detail": f"request body of {int(length)} bytes: expected at most {cfg.max_body_bytes} bytes (send fewer rows per request)"
-                    },
-                )
-                return
-            if scope.get("method") in ("POST", "PUT", "PATCH"):
-                # buffer the body up to the limit (chunked bodies have no content-length), then replay it
-                chunks: list[bytes] = []
-                size = 0
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > cfg.max_body_bytes:
-                        self.state.metrics.rejected.labels(reason="body_too_large").inc()
-                        await _send_json(
-                            send_wrapper,
-                            413,
-                            {
-                                "detail": f"request body over {cfg.max_body_bytes} bytes: expected at most that (send fewer rows per request)"
-                            },
-                        )
-                        return
-                    chunks.append(chunk)
-                    more = bool(message.get("more_body", False))
-                body = b"".join(chunks)
-                replayed = {"done": False}
-
-                async def replay() -> Message:
-                    if not replayed["done"]:
-                        replayed["done"] = True
-                        return {"type": "http.request", "body": body, "more_body": False}
-                    return await receive()
-
-                await self.app(scope, replay, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
+            await self._guarded(scope, receive, send_wrapper, path)
         finally:
             m = self.state.metrics
             m.requests.labels(endpoint=endpoint, code=str(status["code"])).inc()
             m.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """Refuse a wrong token (401) or a too-large body (413); pass everything else on, POST bodies buffered."""
+        cfg = self.state.config
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if cfg.token is not None and path not in _OPEN_PATHS and not _authorised(headers, cfg.token):
+            await _send_json(
+                send,
+                401,
+                {"detail": "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'"},
+                {"www-authenticate": "Bearer"},
+            )
+            return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            self.state.metrics.rejected.labels(reason="body_too_large").inc()
+            await _send_json(
+                send,
+                413,
+                {
+                    "detail": f"request body of {int(length)} bytes: expected at most {cfg.max_body_bytes} bytes (send fewer rows per request)"
+                },
+            )
+            return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            await self._buffered(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Buffer the body up to the limit (chunked bodies have no content-length), then replay it to the app."""
+        cfg = self.state.config
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cfg.max_body_bytes:
+                self.state.metrics.rejected.labels(reason="body_too_large").inc()
+                await _send_json(
+                    send,
+                    413,
+                    {
+                        "detail": f"request body over {cfg.max_body_bytes} bytes: expected at most that (send fewer rows per request)"
+                    },
+                )
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        replayed = {"done": False}
+
+        async def replay() -> Message:
+            if not replayed["done"]:
+                replayed["done"] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -402,39 +411,10 @@ def _expected_shape(shape: tuple[int, ...]) -> list[Any]:
     return ["N", *shape]
 
 
-def create_app(
-    backend: Backend,
-    *,
-    reference: Reference | None = None,
-    store: PredictionStore | None = None,
-    config: ServeConfig | None = None,
-    class_names: tuple[str, ...] | None = None,
-    title: str = "dlclinic model server",
-) -> Any:
-    """Build the FastAPI app serving ``backend`` (see the module docstring for the endpoints).
-
-    Args:
-        backend: a :class:`~dlclinic.serve.backends.Backend` (``make_backend(model, ...)``).
-        reference: held-out reference for the live drift windows (``None``: no drift gauges).
-        store: the prediction log (``None``: predictions are not logged).
-        config: limits, token, model version, window size.
-        class_names: K names (default ``"0"``…).
-
-    Example:
-        >>> backend, _ = make_backend(model, (1, 28, 28), 10)                # doctest: +SKIP
-        >>> app = create_app(backend, store=PredictionStore("log.db"))        # doctest: +SKIP
-        >>> uvicorn.run(app, host="127.0.0.1", port=8000)                     # doctest: +SKIP
-    """
-    from fastapi import FastAPI, Header
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+def _schemas(shape: tuple[int, ...], n_classes: int) -> tuple[Any, Any, Any]:
+    """The request/response models of ``/predict`` and ``/feedback`` for this input shape and class count."""
     from pydantic import BaseModel, Field
 
-    cfg = config or ServeConfig()
-    names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(backend.n_classes))
-    if len(names) != backend.n_classes:
-        raise ConfigError(f"class_names: expected {backend.n_classes} names, found {len(names)}")
-    state = ServeState(backend, reference=reference, store=store, config=cfg, class_names=names)
-    shape = tuple(backend.input_shape)
     flat = int(np.prod(shape)) if shape else 1
 
     class PredictRequest(BaseModel):
@@ -462,40 +442,119 @@ def create_app(
     class FeedbackItem(BaseModel):
         request_id: str = Field(..., max_length=64)
         row: int = Field(0, ge=0)
-        label: int = Field(..., ge=0, lt=backend.n_classes)
+        label: int = Field(..., ge=0, lt=n_classes)
 
     class FeedbackRequest(BaseModel):
         items: list[FeedbackItem] = Field(..., min_length=1, max_length=100_000)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
-        await state.startup()
+    return PredictRequest, PredictResponse, FeedbackRequest
+
+
+def _error(status: int, detail: str, **extra: Any) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=status, content={"detail": detail, **extra})
+
+
+def _busy(detail: str, retry_after_s: int) -> Any:
+    """A 503 with ``Retry-After``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=503, content={"detail": detail}, headers={"Retry-After": str(retry_after_s)})
+
+
+def _parse_inputs(inputs: list[Any], shape: tuple[int, ...], cfg: ServeConfig, metrics: _Metrics) -> Any:
+    """The request's samples as a float32 ``N×shape`` array, or the 413/422 response that refuses them."""
+    flat = int(np.prod(shape)) if shape else 1
+    n = len(inputs)
+    if n == 0:
+        return _error(
+            422, "inputs: expected at least one sample, found an empty list", expected_shape=_expected_shape(shape)
+        )
+    if n > cfg.max_rows:
+        metrics.rejected.labels(reason="too_many_rows").inc()
+        return _error(
+            413, f"inputs: expected at most {cfg.max_rows} samples per request, found {n}", max_rows=cfg.max_rows
+        )
+    try:
+        x = np.asarray(inputs, dtype=np.float32)
+    except (ValueError, TypeError):
+        return _error(
+            422,
+            f"inputs: expected a rectangular array of numbers shaped {_expected_shape(shape)}, found ragged lists or non-numbers",
+            expected_shape=_expected_shape(shape),
+        )
+    if x.shape[1:] != shape:
+        if x.ndim == 2 and x.shape[1] == flat:
+            x = x.reshape((n, *shape))
+        else:
+            return _error(
+                422,
+                f"inputs: expected shape {_expected_shape(shape)} (or N×{flat}), found {list(x.shape)}",
+                expected_shape=_expected_shape(shape),
+                found_shape=list(x.shape),
+            )
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(1))[0])
+        return _error(
+            422,
+            f"inputs: expected finite numbers, found NaN or infinity in sample {bad}",
+            expected_shape=_expected_shape(shape),
+        )
+    return x
+
+
+async def _log_predictions(state: ServeState, rid: str, x: np.ndarray, result: Any, latency_ms: float) -> Any:
+    """Hand the rows to the prediction log; with ``sync_log`` wait for the commit (a 503 response if it fails)."""
+    store, cfg, n = state.store, state.config, len(x)
+    if store is None:
+        return None
+    now = time.time()
+    records = [
+        PredictionRecord(
+            request_id=rid,
+            row=i,
+            created=now,
+            model_version=cfg.model_version,
+            latency_ms=latency_ms,
+            probs=result.probs[i],
+            input_hash=hash_input(x[i]),
+            inputs=x[i] if cfg.store_inputs else None,
+            embedding=None if result.embeddings is None else result.embeddings[i],
+        )
+        for i in range(n)
+    ]
+    fut = store.submit(records)
+    if cfg.sync_log:
         try:
-            yield
-        finally:
-            await state.shutdown()
+            await asyncio.wrap_future(fut)
+        except Exception as exc:
+            state.metrics.log_errors.inc(n)
+            return _error(
+                503,
+                f"the prediction could not be logged ({type(exc).__name__}); retry with the same request_id",
+            )
+    else:
+        fut.add_done_callback(lambda f: state.metrics.log_errors.inc(n) if f.exception() is not None else None)
+    return None
 
-    app = FastAPI(
-        title=title,
-        version=cfg.model_version,
-        description="Predictions from a model examined by dlclinic, with a prediction log and drift monitoring.",
-        lifespan=lifespan,
-    )
-    app.state.dlclinic = state
 
-    def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"detail": detail, **extra})
+def _add_predict(app: Any, state: ServeState, request_model: Any, response_model: Any) -> None:
+    """``POST /predict``: validate, batch, log, watch, answer."""
+    from fastapi import Header
+
+    cfg, names, shape = state.config, state.class_names, tuple(state.backend.input_shape)
 
     @app.post(
         "/predict",
-        response_model=PredictResponse,
+        response_model=response_model,
         responses={
             413: {"description": "Body or batch too large"},
             422: {"description": "Wrong shape, dtype or non-finite values; the body says the expected shape"},
             503: {"description": "Queue full (Retry-After) or shutting down"},
         },
     )
-    async def predict(body: PredictRequest, x_request_id: str | None = Header(None)) -> Any:
+    async def predict(body: request_model, x_request_id: str | None = Header(None)) -> Any:  # type: ignore[valid-type]
         started = time.perf_counter()
         if state.draining:
             state.metrics.rejected.labels(reason="draining").inc()
@@ -503,89 +562,27 @@ def create_app(
         rid = body.request_id or x_request_id or uuid.uuid4().hex
         if len(rid) > 64:
             return _error(422, "request_id: expected at most 64 characters")
-        n = len(body.inputs)
-        if n == 0:
-            return _error(
-                422, "inputs: expected at least one sample, found an empty list", expected_shape=_expected_shape(shape)
-            )
-        if n > cfg.max_rows:
-            state.metrics.rejected.labels(reason="too_many_rows").inc()
-            return _error(
-                413, f"inputs: expected at most {cfg.max_rows} samples per request, found {n}", max_rows=cfg.max_rows
-            )
-        try:
-            x = np.asarray(body.inputs, dtype=np.float32)
-        except (ValueError, TypeError):
-            return _error(
-                422,
-                f"inputs: expected a rectangular array of numbers shaped {_expected_shape(shape)}, found ragged lists or non-numbers",
-                expected_shape=_expected_shape(shape),
-            )
-        if x.shape[1:] != shape:
-            if x.ndim == 2 and x.shape[1] == flat:
-                x = x.reshape((n, *shape))
-            else:
-                return _error(
-                    422,
-                    f"inputs: expected shape {_expected_shape(shape)} (or N×{flat}), found {list(x.shape)}",
-                    expected_shape=_expected_shape(shape),
-                    found_shape=list(x.shape),
-                )
-        if not np.all(np.isfinite(x)):
-            bad = int(np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(1))[0])
-            return _error(
-                422,
-                f"inputs: expected finite numbers, found NaN or infinity in sample {bad}",
-                expected_shape=_expected_shape(shape),
-            )
+        x = _parse_inputs(body.inputs, shape, cfg, state.metrics)
+        if not isinstance(x, np.ndarray):
+            return x
+        n = len(x)
         try:
             result = await state.batcher.submit(x)
         except QueueFull:
             state.metrics.rejected.labels(reason="queue_full").inc()
-            return JSONResponse(
-                status_code=503,
-                content={"detail": f"the queue is full ({cfg.max_queue} rows); retry after {cfg.retry_after_s} s"},
-                headers={"Retry-After": str(cfg.retry_after_s)},
+            return _busy(
+                f"the queue is full ({cfg.max_queue} rows); retry after {cfg.retry_after_s} s", cfg.retry_after_s
             )
         except Draining:
             state.metrics.rejected.labels(reason="draining").inc()
-            return JSONResponse(
-                status_code=503,
-                content={"detail": "the server is shutting down"},
-                headers={"Retry-After": str(cfg.retry_after_s)},
-            )
+            return _busy("the server is shutting down", cfg.retry_after_s)
         state.metrics.queue_rows.set(state.batcher.pending_rows)
         probs = result.probs
         latency_ms = (time.perf_counter() - started) * 1000.0
         state.metrics.predictions.inc(n)
-        if store is not None:
-            now = time.time()
-            records = [
-                PredictionRecord(
-                    request_id=rid,
-                    row=i,
-                    created=now,
-                    model_version=cfg.model_version,
-                    latency_ms=latency_ms,
-                    probs=probs[i],
-                    input_hash=hash_input(x[i]),
-                    inputs=x[i] if cfg.store_inputs else None,
-                    embedding=None if result.embeddings is None else result.embeddings[i],
-                )
-                for i in range(n)
-            ]
-            fut = store.submit(records)
-            if cfg.sync_log:
-                try:
-                    await asyncio.wrap_future(fut)
-                except Exception as exc:
-                    state.metrics.log_errors.inc(n)
-                    return _error(
-                        503,
-                        f"the prediction could not be logged ({type(exc).__name__}); retry with the same request_id",
-                    )
-            else:
-                fut.add_done_callback(lambda f: state.metrics.log_errors.inc(n) if f.exception() is not None else None)
+        refused = await _log_predictions(state, rid, x, result, latency_ms)
+        if refused is not None:
+            return refused
         state.monitor.add(probs, result.embeddings, latency_ms)
         pred = probs.argmax(1)
         return {
@@ -598,8 +595,15 @@ def create_app(
             "latency_ms": latency_ms,
         }
 
+
+def _add_feedback_and_status(app: Any, state: ServeState, feedback_model: Any, title: str) -> None:
+    """``/feedback``, ``/health``, ``/ready``, ``/metrics``, ``/monitor`` and ``/dashboard``."""
+    from fastapi.responses import HTMLResponse, Response
+
+    cfg, store, backend, reference = state.config, state.store, state.backend, state.reference
+
     @app.post("/feedback", responses={503: {"description": "No prediction log configured"}})
-    async def feedback(body: FeedbackRequest) -> Any:
+    async def feedback(body: feedback_model) -> Any:  # type: ignore[valid-type]
         if store is None:
             return _error(
                 503, "this server keeps no prediction log (start it with --store) so labels cannot be recorded"
@@ -646,8 +650,66 @@ def create_app(
             )
         )
 
+
+def create_app(
+    backend: Backend,
+    *,
+    reference: Reference | None = None,
+    store: PredictionStore | None = None,
+    config: ServeConfig | None = None,
+    class_names: tuple[str, ...] | None = None,
+    title: str = "dlclinic model server",
+) -> Any:
+    """Build the FastAPI app serving ``backend`` (see the module docstring for the endpoints).
+
+    Args:
+        backend: a :class:`~dlclinic.serve.backends.Backend` (``make_backend(model, ...)``).
+        reference: held-out reference for the live drift windows (``None``: no drift gauges).
+        store: the prediction log (``None``: predictions are not logged).
+        config: limits, token, model version, window size.
+        class_names: K names (default ``"0"``…).
+
+    Example:
+        >>> backend, _ = make_backend(model, (1, 28, 28), 10)                # doctest: +SKIP
+        >>> app = create_app(backend, store=PredictionStore("log.db"))        # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)                     # doctest: +SKIP
+    """
+    from fastapi import FastAPI
+
+    cfg = config or ServeConfig()
+    names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(backend.n_classes))
+    if len(names) != backend.n_classes:
+        raise ConfigError(f"class_names: expected {backend.n_classes} names, found {len(names)}")
+    state = ServeState(backend, reference=reference, store=store, config=cfg, class_names=names)
+    predict_request, predict_response, feedback_request = _schemas(tuple(backend.input_shape), backend.n_classes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        await state.startup()
+        try:
+            yield
+        finally:
+            await state.shutdown()
+
+    app = FastAPI(
+        title=title,
+        version=cfg.model_version,
+        description="Predictions from a model examined by dlclinic, with a prediction log and drift monitoring.",
+        lifespan=lifespan,
+    )
+    app.state.dlclinic = state
+    _add_predict(app, state, predict_request, predict_response)
+    _add_feedback_and_status(app, state, feedback_request, title)
     app.add_middleware(_Guard, state=state)
     return app
+
+
+def in_process_client(app: Any) -> Any:
+    """FastAPI's in-process ``TestClient`` for ``app``, without the deprecation chatter of its httpx backend."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # StarletteDeprecationWarning about its httpx backend
+        from fastapi.testclient import TestClient
+    return TestClient(app)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -717,8 +779,6 @@ def render_dashboard(
     p99 = [w.get("p99_ms") for w in windows]
     ref_est = None
     if reference is not None:
-        from dlclinic.monitoring.stats import estimate_accuracy_cbpe
-
         ref_est = estimate_accuracy_cbpe(reference.probs).accuracy
     rows = "".join(
         "<tr class='{cls}'><td>{i}</td><td>{t}</td><td>{n}</td><td>{st}</td><td>{est}</td><td>{mmd}</td><td>{psi}</td><td>{p99}</td><td>{why}</td></tr>".format(

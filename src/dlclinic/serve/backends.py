@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from dlclinic.core.errors import ConfigError, ModelError
+from dlclinic.core.inference import eval_mode, first_output, model_input_spec
+from dlclinic.export import export_onnx
+from dlclinic.io.models import OnnxModel
 
 __all__ = ["Backend", "OnnxBackend", "TorchBackend", "make_backend"]
 
@@ -45,14 +49,9 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: Any, input_shape: tuple[int, ...], n_classes: int, *, embeddings: bool = True) -> None:
-        import torch
-
-        from dlclinic.core.inference import model_input_spec
-
         self.model = model
         self.input_shape = tuple(int(s) for s in input_shape)
         self.n_classes = int(n_classes)
-        self._torch = torch
         self._dtype, self._device = model_input_spec(model)
         self._last: Any = None
         if embeddings:
@@ -61,9 +60,6 @@ class TorchBackend:
                     self._last = module
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        from dlclinic.core.inference import eval_mode, first_output
-
-        torch = self._torch
         captured: list[Any] = []
         handle = (
             self._last.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach()))
@@ -110,10 +106,6 @@ class _Exported:
 
 def _export(model: Any, sample_x: np.ndarray, path: Path, exporter: str = "auto") -> _Exported:
     """ONNX export through :func:`dlclinic.export.export_onnx` (verified against eager)."""
-    try:
-        from dlclinic.export import export_onnx
-    except ImportError:  # pragma: no cover - the export module ships with dlclinic
-        raise ModelError("ONNX export is not available in this version of dlclinic") from None
     res = export_onnx(model, sample_x, path, exporter=exporter)  # type: ignore[arg-type]
     return _Exported(res.path, f"{res.exporter}, max |Δlogit| {res.max_abs_logit_diff:.2e} on {res.n_verified} rows")
 
@@ -148,8 +140,6 @@ def make_backend(
         if sample_x is None or export_path is None:
             raise ConfigError("--backend onnx with a PyTorch model needs sample inputs and a path to export to")
         exported = _export(model, sample_x, Path(export_path), exporter)
-        from dlclinic.io.models import OnnxModel
-
         return OnnxBackend(
             OnnxModel(exported.path), input_shape, n_classes
         ), f"onnxruntime on {exported.path.name} ({exported.note})"

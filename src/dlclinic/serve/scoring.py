@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from dlclinic.core.atomic import atomic_path
 from dlclinic.core.errors import ConfigError, InputError, MissingDependencyError
 
 __all__ = ["iter_batches", "score_file"]
@@ -72,8 +74,6 @@ def iter_batches(
             )
         return
     if suffix == ".csv":
-        import pandas as pd
-
         chunks: Any = pd.read_csv(p, chunksize=batch_size)
     elif suffix in (".parquet", ".pq"):
         try:
@@ -111,10 +111,6 @@ def score_file(
     drop_cols: Sequence[str] = (),
 ) -> int:
     """Score every row of ``path`` with ``backend`` and write the predictions to ``out`` (CSV or Parquet); returns the row count."""
-    import pandas as pd
-
-    from dlclinic.core.atomic import atomic_path
-
     target = Path(out)
     parquet = target.suffix.lower() in (".parquet", ".pq")
     names = [str(c) for c in class_names]

@@ -7,17 +7,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from dlclinic.training.monitor import MonitorRecord, TrainingMonitor
+from dlclinic.training.monitor import MonitorRecord, TrainingMonitor
 
 __all__ = ["MonitorRecord", "TrainingMonitor"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from dlclinic.training import monitor
-
-        return getattr(monitor, name)
-    raise AttributeError(name)

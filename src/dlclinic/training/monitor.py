@@ -46,6 +46,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from dlclinic.core.errors import ConfigError
 
@@ -188,8 +190,6 @@ class TrainingMonitor:
         self._sat_now: dict[str, float] = {}
 
     def _bind(self, model: Any) -> None:
-        from torch import nn
-
         if not isinstance(model, nn.Module):
             raise ConfigError(f"TrainingMonitor needs an nn.Module, but got {type(model).__name__}")
         self._model = model
@@ -273,8 +273,6 @@ class TrainingMonitor:
         return hook
 
     def _act_hook(self, name: str, kind: str) -> Any:
-        import torch
-
         def hook(_m: Any, _inp: Any, out: Any) -> None:
             if not isinstance(out, torch.Tensor) or out.dim() < 2 or name in self._act_now:
                 return
@@ -331,8 +329,6 @@ class TrainingMonitor:
             self._last_end = time.perf_counter()
 
     def _sample(self) -> None:
-        import torch
-
         grads: dict[str, float] = {}
         updates: dict[str, float] = {}
         sq_total = 0.0

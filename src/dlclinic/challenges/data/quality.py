@@ -1,8 +1,819 @@
-"""data.quality: transitional shim (the code still lives in checks/ and remedies/)."""
+"""data.quality — label issues, duplicates, train/test leakage, class imbalance, NaN/Inf,
+column profile (tables) or image profile (images), unreadable files, embedding outliers.
+
+Remedy: clean the train split and retrain. The findings become a :class:`CleaningPlan`
+(:func:`plan_cleaning`: drop or relabel the flagged label issues, drop every redundant
+duplicate copy and the NaN/Inf rows, set aside test rows that leaked from train); the model
+is retrained with the same recipe and seed on the full and on the cleaned train split,
+both are compared on the test rows that did not leak (paired interval), and the check is
+measured again.
+"""
 
 from __future__ import annotations
 
-from dlclinic.checks.data_quality import CHECK as CHECK
-from dlclinic.remedies.quality import REMEDY as REMEDY
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-__all__ = ["CHECK", "REMEDY"]
+import numpy as np
+
+from dlclinic.core.atomic import atomic_path, write_weights
+from dlclinic.core.case import Case
+from dlclinic.core.errors import ConfigError
+from dlclinic.core.evidence import Evidence
+from dlclinic.core.inference import predict_logits
+from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
+from dlclinic.core.results import CheckResult, Finding, Remedy, Report, Status, grade, worst
+from dlclinic.functional.duplicates import (
+    find_cross_duplicates,
+    find_exact_duplicates,
+    find_near_duplicates,
+    nn_distance_scale,
+)
+from dlclinic.functional.labels import class_counts, find_label_issues, imbalance_ratio
+from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
+from dlclinic.functional.stats import paired_accuracy_ci
+
+__all__ = [
+    "CHECK",
+    "REMEDY",
+    "CleaningPlan",
+    "QualityOptions",
+    "QualityParams",
+    "plan_cleaning",
+    "run",
+    "treat_quality",
+    "write_cleaning_artifacts",
+]
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """Thresholds of data.quality (fractions are of the train split)."""
+
+    warn_label_issue_fraction: float = 0.03
+    fail_label_issue_fraction: float = 0.10
+    warn_duplicate_fraction: float = 0.01
+    fail_duplicate_fraction: float = 0.10
+    warn_leak_fraction: float = 0.0
+    fail_leak_fraction: float = 0.01
+    warn_imbalance_ratio: float = 5.0
+    fail_imbalance_ratio: float = 50.0
+    near_duplicate_rel_distance: float = 0.1
+    embedding_duplicate_rel_distance: float = 0.05
+    memorisation_agreement: float = 0.995
+    max_examples: int = 24
+
+    def __post_init__(self) -> None:
+        for name in (
+            "warn_label_issue_fraction",
+            "fail_label_issue_fraction",
+            "warn_duplicate_fraction",
+            "fail_duplicate_fraction",
+            "warn_leak_fraction",
+            "fail_leak_fraction",
+        ):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"`0 <= {name} <= 1` must hold, but got {name}={v}")
+        if self.near_duplicate_rel_distance < 0:
+            raise ValueError(
+                f"`near_duplicate_rel_distance >= 0` must hold, but got {self.near_duplicate_rel_distance}"
+            )
+
+
+def redundant_copies(n: int, pairs: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Every row of a duplicate group except its first: groups are the connected components of the pairs."""
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    edges = [tuple(map(int, p)) for p in pairs] + [(int(g[0]), int(j)) for g in groups for j in g[1:]]
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members = sorted({i for edge in edges for i in edge})
+    return np.array([i for i in members if find(i) != i], dtype=np.int64)
+
+
+def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
+    counts: dict[str, int] = {}
+    findings: list[Finding] = []
+    for name, s in case.splits.items():
+        bad = ~np.isfinite(s.x.reshape(len(s), -1)).all(axis=1)
+        counts[name] = int(bad.sum())
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            findings.append(
+                Finding(
+                    "nonfinite",
+                    f"{len(rows)} row(s) of {name} contain NaN or Inf values",
+                    split=name,
+                    indices=tuple(int(i) for i in rows[:1000]),
+                )
+            )
+    return counts, findings
+
+
+def _loader_issues(case: Case, metrics: dict[str, float | int | bool | None], findings: list[Finding]) -> Status:
+    """Train files the loader skipped or resized."""
+    status: Status = "ok"
+    io_meta = case.metadata.get("io", {}) if isinstance(case.metadata.get("io"), dict) else {}
+    train_meta = io_meta.get("splits", {}).get("train", {}) if isinstance(io_meta, dict) else {}
+    skipped = list(train_meta.get("skipped", ()) or ())
+    if skipped:
+        status = "warn"
+        metrics["unreadable_files"] = len(skipped)
+        findings.append(
+            Finding(
+                "unreadable_file",
+                f"{len(skipped)} train file(s) could not be read and were skipped, e.g. {skipped[0]}",
+                split="train",
+                extra={"paths": skipped[:100]},
+            )
+        )
+    if train_meta.get("n_resized"):
+        metrics["resized_images"] = int(train_meta["n_resized"])
+        findings.append(
+            Finding(
+                "odd_size",
+                f"{int(train_meta['n_resized'])} train image(s) had an unusual size and were resized to the most common one",
+                split="train",
+            )
+        )
+    return status
+
+
+def _image_profile(
+    x: np.ndarray,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> Status:
+    """Blank, dark and bright train images (blank ones warn)."""
+    img = find_image_issues(x)
+    metrics["blank_images"] = len(img.blank)
+    metrics["dark_images"] = len(img.dark)
+    metrics["bright_images"] = len(img.bright)
+    for code, rows, what in (
+        ("blank_image", img.blank, "blank or near-constant"),
+        ("dark_image", img.dark, "much darker than the rest"),
+        ("bright_image", img.bright, "much brighter than the rest"),
+    ):
+        if len(rows):
+            findings.append(
+                Finding(
+                    code,
+                    f"{len(rows)} train image(s) are {what}",
+                    split="train",
+                    indices=tuple(int(i) for i in rows),
+                    scores=tuple(float(img.brightness[i]) for i in rows),
+                )
+            )
+    if not len(img.blank):
+        return "ok"
+    details["images"].append(
+        {
+            "title": "Blank or near-constant images",
+            "split": "train",
+            "indices": [int(i) for i in img.blank[:12]],
+            "captions": [f"#{i}" for i in img.blank[:12]],
+        }
+    )
+    return "warn"
+
+
+def _column_findings(cols: Any, names: list[str]) -> list[Finding]:
+    """Findings for missing values, constant and near-constant columns, and extreme values."""
+    findings: list[Finding] = []
+    missing_cols = np.flatnonzero(cols.missing_fraction > 0)
+    if len(missing_cols):
+        findings.append(
+            Finding(
+                "missing_values",
+                "missing values in "
+                + ", ".join(f"{names[j]} ({cols.missing_fraction[j]:.1%})" for j in missing_cols[:10])
+                + (" …" if len(missing_cols) > 10 else ""),
+                split="train",
+            )
+        )
+    if cols.constant:
+        findings.append(
+            Finding(
+                "constant_column",
+                "constant column(s) carry no information: " + ", ".join(names[j] for j in cols.constant[:10]),
+                split="train",
+            )
+        )
+    if cols.near_constant:
+        findings.append(
+            Finding(
+                "near_constant_column",
+                "near-constant column(s) (one value in ≥ 99 % of rows): "
+                + ", ".join(names[j] for j in cols.near_constant[:10]),
+                split="train",
+            )
+        )
+    if len(cols.extreme_rows):
+        worst_cols = np.argsort(-cols.extreme_counts)[:5]
+        findings.append(
+            Finding(
+                "extreme_value",
+                f"{len(cols.extreme_rows)} train row(s) have values more than 10 robust standard deviations from the median (on a log scale for skewed non-negative columns; mostly in "
+                + ", ".join(names[j] for j in worst_cols if cols.extreme_counts[j])
+                + ")",
+                split="train",
+                indices=tuple(int(i) for i in cols.extreme_rows),
+            )
+        )
+    return findings
+
+
+def _column_profile(
+    case: Case,
+    x: np.ndarray,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> Status:
+    """Missing, constant and extreme values per column (extreme values in over 1 % of rows warn)."""
+    cols = find_column_issues(x.reshape(len(x), -1))
+    names = list(case.feature_names or [f"x{j}" for j in range(cols.missing_fraction.size)])
+    metrics["columns_with_missing"] = len(np.flatnonzero(cols.missing_fraction > 0))
+    metrics["max_missing_fraction"] = float(cols.missing_fraction.max()) if cols.missing_fraction.size else 0.0
+    metrics["constant_columns"] = len(cols.constant)
+    metrics["near_constant_columns"] = len(cols.near_constant)
+    metrics["extreme_value_rows"] = len(cols.extreme_rows)
+    findings += _column_findings(cols, names)
+    profile_rows = [
+        [
+            names[j],
+            f"{cols.missing_fraction[j]:.1%}",
+            int(cols.extreme_counts[j]),
+            "constant" if j in cols.constant else "near-constant" if j in cols.near_constant else "",
+        ]
+        for j in range(len(names))
+        if cols.missing_fraction[j] > 0 or cols.extreme_counts[j] or j in cols.constant or j in cols.near_constant
+    ]
+    if profile_rows:
+        details["tables"].append(
+            {
+                "title": "Column profile (problem columns only)",
+                "columns": ["column", "missing", "extreme values", "note"],
+                "rows": profile_rows[:50],
+            }
+        )
+    return "warn" if len(cols.extreme_rows) and len(cols.extreme_rows) / len(x) > 0.01 else "ok"
+
+
+def _profile(
+    case: Case,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> Status:
+    """Image or column profile of train, plus files the loader skipped; returns the status it implies."""
+    loader = _loader_issues(case, metrics, findings)
+    if case.modality == "image":
+        return worst([loader, _image_profile(case.train.x, metrics, findings, details)])
+    return worst([loader, _column_profile(case, case.train.x, metrics, findings, details)])
+
+
+def _label_issues(
+    case: Case,
+    evidence: Evidence,
+    options: QualityOptions,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> tuple[Status, Any]:
+    """Label issues on out-of-fold probabilities (confident learning); the status and the issues."""
+    y = case.train.y
+    assert y is not None
+    issues = find_label_issues(y, evidence.get("oof_probs", "train"))
+    metrics["label_issues"] = len(issues.indices)
+    metrics["label_issue_fraction"] = issues.fraction
+    metrics["estimated_noise_rate"] = issues.noise_rate
+    label_status = grade(issues.fraction, options.warn_label_issue_fraction, options.fail_label_issue_fraction)
+    train_fit = float((evidence.get("probs", "train").argmax(1) == y).mean())
+    metrics["train_label_agreement"] = train_fit
+    if evidence.oof_method == "embeddings" and train_fit >= options.memorisation_agreement and label_status == "ok":
+        # the embeddings come from a network that fits every given label: wrong labels look right to them
+        label_status = "warn"
+        findings.append(
+            Finding(
+                "label_check_inconclusive",
+                f"the model agrees with {train_fit:.1%} of the train labels, so its embeddings encode the labels themselves and out-of-fold heads on them cannot expose wrong labels; rerun with --oof kfold (retrains with your factory) to measure label quality",
+            )
+        )
+    if not len(issues.indices):
+        return label_status, issues
+    names = case.class_names
+    findings.append(
+        Finding(
+            "label_issue",
+            f"{len(issues.indices)} train label(s) ({issues.fraction:.1%}) disagree with out-of-fold predictions ({evidence.oof_method})",
+            split="train",
+            indices=tuple(int(i) for i in issues.indices),
+            scores=tuple(float(s) for s in issues.scores),
+            extra={"given": [int(y[i]) for i in issues.indices], "suggested": [int(s) for s in issues.suggested]},
+        )
+    )
+    top = issues.indices[: options.max_examples]
+    details["images"].append(
+        {
+            "title": "Likely label errors (worst first)",
+            "split": "train",
+            "indices": [int(i) for i in top],
+            "captions": [
+                f"#{i}: {names[y[i]]} → {names[s]}" for i, s in zip(top, issues.suggested[: len(top)], strict=True)
+            ],
+        }
+    )
+    details["tables"].append(
+        {
+            "title": "Label issues by class pair (given → likely)",
+            "columns": ["given", "likely", "count"],
+            "rows": [[names[g], names[s], c] for g, s, c in issues.confusion(y)[:15]],
+        }
+    )
+    return label_status, issues
+
+
+@dataclass(frozen=True)
+class _Duplicates:
+    """Duplicates within train: the distance unit, exact groups, near pairs and every redundant copy."""
+
+    scale: float
+    exact_groups: list[np.ndarray]
+    near: Any
+    redundant: np.ndarray
+    discrete: bool
+
+
+def _duplicates(
+    case: Case, options: QualityOptions, metrics: dict[str, float | int | bool | None], findings: list[Finding]
+) -> tuple[Status, _Duplicates]:
+    """Exact and near duplicates within train (not graded when few rows are distinct)."""
+    train = case.train
+    scale = nn_distance_scale(train.x)
+    exact_groups = find_exact_duplicates(train.x)
+    near = find_near_duplicates(train.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale)
+    redundant = redundant_copies(len(train), near.pairs, exact_groups)
+    distinct_fraction = 1.0 - sum(len(g) - 1 for g in exact_groups) / len(train)
+    discrete = distinct_fraction < 0.5  # few distinct rows (e.g. all-categorical tables): repeats are by design
+    metrics["exact_duplicate_groups"] = len(exact_groups)
+    metrics["near_duplicate_pairs"] = len(near)
+    metrics["duplicate_fraction"] = len(redundant) / len(train)
+    metrics["distinct_row_fraction"] = distinct_fraction
+    status: Status = "ok"
+    if discrete:
+        findings.append(
+            Finding(
+                "discrete_inputs",
+                f"only {distinct_fraction:.0%} of train rows are distinct: identical rows are expected for inputs like these, so duplicates and train/test overlap are reported but not graded",
+                split="train",
+            )
+        )
+    else:
+        status = grade(metrics["duplicate_fraction"], options.warn_duplicate_fraction, options.fail_duplicate_fraction)
+    if len(redundant):
+        findings.append(
+            Finding(
+                "duplicate",
+                f"{len(redundant)} train row(s) are (near-)copies of another train row ({len(exact_groups)} exact group(s), {len(near)} near pair(s))",
+                split="train",
+                indices=tuple(int(j) for j in redundant),
+                extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale},
+            )
+        )
+    return status, _Duplicates(scale, exact_groups, near, redundant, discrete)
+
+
+def _embedding_duplicates(
+    case: Case,
+    evidence: Evidence,
+    options: QualityOptions,
+    dup: _Duplicates,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Near-duplicates the inputs hide (shifted, re-encoded, resized copies) but the model's view shows.
+
+    Reported for review, not graded: a strong model legitimately maps some distinct inputs close together.
+    """
+    emb = evidence.get("embeddings", "train").astype(np.float32)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sem = find_near_duplicates(emb, rel_threshold=options.embedding_duplicate_rel_distance)
+    known = {tuple(p) for p in dup.near.pairs.tolist()} | {
+        (int(g[a]), int(g[b])) for g in dup.exact_groups for a in range(len(g)) for b in range(a + 1, len(g))
+    }
+    sem_pairs = [(int(i), int(j)) for i, j in sem.pairs.tolist() if (int(i), int(j)) not in known]
+    metrics["embedding_near_duplicate_pairs"] = len(sem_pairs)
+    if not sem_pairs or dup.discrete:
+        return
+    findings.append(
+        Finding(
+            "embedding_near_duplicate",
+            f"{len(sem_pairs)} pair(s) of train rows differ in the inputs but are nearly identical to the model (embedding distance ≤ {options.embedding_duplicate_rel_distance} × the median neighbour distance): review them as possible transformed copies",
+            split="train",
+            indices=tuple(sorted({j for _, j in sem_pairs})),
+            extra={"pairs": sem_pairs[:1000]},
+        )
+    )
+    if case.modality == "image":
+        flat = [i for pair in sem_pairs[: options.max_examples // 2] for i in pair]
+        details["images"].append(
+            {
+                "title": "Near-duplicates in the model's view (pairs)",
+                "split": "train",
+                "indices": flat,
+                "captions": [f"#{i}" for i in flat],
+            }
+        )
+
+
+def _leaks(
+    case: Case,
+    options: QualityOptions,
+    dup: _Duplicates,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+) -> Status:
+    """Test and deploy rows with a (near-)copy in train; test leaks are graded."""
+    leak_statuses: list[Status] = []
+    for split in ("test", "deploy"):
+        other = case.get(split)
+        if other is None:
+            continue
+        leaks = find_cross_duplicates(
+            case.train.x, other.x, rel_threshold=options.near_duplicate_rel_distance, scale=dup.scale
+        )
+        frac = len(leaks) / len(other)
+        metrics[f"{split}_leaks"] = len(leaks)
+        metrics[f"{split}_leak_fraction"] = frac
+        if split == "test" and not dup.discrete:
+            leak_statuses.append(
+                "fail" if frac > options.fail_leak_fraction else "warn" if frac > options.warn_leak_fraction else "ok"
+            )
+        if len(leaks):
+            findings.append(
+                Finding(
+                    "leak",
+                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train"
+                    + (": test metrics are inflated" if split == "test" and not dup.discrete else ""),
+                    split=split,
+                    indices=tuple(int(j) for j in leaks.pairs[:, 1]),
+                    scores=tuple(float(d / dup.scale) if dup.scale else 0.0 for d in leaks.distances),
+                    extra={"train_rows": [int(i) for i in leaks.pairs[:, 0]]},
+                )
+            )
+    return worst(leak_statuses)
+
+
+def _imbalance(
+    case: Case,
+    options: QualityOptions,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> tuple[Status, float]:
+    """Class imbalance of train: the status and the largest-to-smallest class ratio."""
+    counts = class_counts(case.train.y, case.n_classes)  # type: ignore[arg-type]
+    ratio = imbalance_ratio(counts)
+    metrics["imbalance_ratio"] = ratio
+    metrics["smallest_class_count"] = int(counts.min())
+    if ratio > options.warn_imbalance_ratio:
+        rare = int(np.argmin(counts))
+        findings.append(
+            Finding(
+                "imbalance",
+                f"class {case.class_names[rare]!r} has {int(counts[rare])} train samples vs {int(counts.max())} for the largest (ratio {ratio:.1f})",
+                split="train",
+                extra={"class_counts": counts.tolist()},
+            )
+        )
+    details["plots"].append(
+        {
+            "kind": "bar",
+            "title": "Train samples per class",
+            "xlabel": "class",
+            "ylabel": "samples",
+            "series": [{"label": "train", "x": list(case.class_names), "y": counts.tolist()}],
+        }
+    )
+    return grade(ratio, options.warn_imbalance_ratio, options.fail_imbalance_ratio), ratio
+
+
+def _outliers(
+    case: Case,
+    evidence: Evidence,
+    options: QualityOptions,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+    details: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Train rows far from all others in embedding space (reported, not graded)."""
+    y = case.train.y
+    assert y is not None
+    outliers, out_scores = find_knn_outliers(evidence.get("embeddings", "train"))
+    metrics["outlier_fraction"] = len(outliers) / len(case.train)
+    if not len(outliers):
+        return
+    findings.append(
+        Finding(
+            "outlier",
+            f"{len(outliers)} train row(s) lie far from all others in embedding space (kNN distance beyond the far-out fence)",
+            split="train",
+            indices=tuple(int(i) for i in outliers),
+            scores=tuple(float(v) for v in out_scores),
+        )
+    )
+    if case.modality == "image":
+        top = outliers[: min(12, options.max_examples)]
+        details["images"].append(
+            {
+                "title": "Embedding outliers (most isolated first)",
+                "split": "train",
+                "indices": [int(i) for i in top],
+                "captions": [f"#{i}: {case.class_names[y[i]]}" for i in top],
+            }
+        )
+
+
+def _summary(
+    status: Status,
+    metrics: dict[str, float | int | bool | None],
+    label_fraction: float,
+    dup: _Duplicates,
+    ratio: float,
+    options: QualityOptions,
+) -> str:
+    parts = []
+    if metrics["label_issues"]:
+        parts.append(f"{metrics['label_issues']} likely label errors ({label_fraction:.1%})")
+    if metrics.get("test_leaks") and not dup.discrete:
+        parts.append(f"{metrics['test_leaks']} test rows leaked from train")
+    if len(dup.redundant) and not dup.discrete:
+        parts.append(f"{len(dup.redundant)} duplicate train rows")
+    if ratio > options.warn_imbalance_ratio:
+        parts.append(f"class imbalance {ratio:.1f}:1")
+    if metrics["nonfinite_rows"]:
+        parts.append(f"{metrics['nonfinite_rows']} rows with NaN/Inf")
+    summary = (
+        ("Found " + ", ".join(parts) + ".")
+        if parts
+        else "No label issues, duplicates, leaks, NaN/Inf or strong imbalance above the thresholds."
+    )
+    if status == "ok" and parts:
+        summary = summary[:-1] + ", all below the warning thresholds."
+    return summary
+
+
+def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
+    """Measure label issues, duplicates, leakage, imbalance and non-finite values."""
+    assert case.train.y is not None
+    statuses: list[Status] = []
+    findings: list[Finding] = []
+    metrics: dict[str, float | int | bool | None] = {}
+    details: dict[str, list[dict[str, Any]]] = {"plots": [], "images": [], "tables": []}
+    nonfinite, nf_findings = _nonfinite(case)
+    metrics["nonfinite_rows"] = sum(nonfinite.values())
+    findings += nf_findings
+    statuses.append("fail" if metrics["nonfinite_rows"] else "ok")
+    label_status, issues = _label_issues(case, evidence, options, metrics, findings, details)
+    statuses.append(label_status)
+    dup_status, dup = _duplicates(case, options, metrics, findings)
+    statuses.append(dup_status)
+    _embedding_duplicates(case, evidence, options, dup, metrics, findings, details)
+    statuses.append(_leaks(case, options, dup, metrics, findings))
+    imbalance_status, ratio = _imbalance(case, options, metrics, findings, details)
+    statuses.append(imbalance_status)
+    # profile: images or columns, files the loader could not read, embedding outliers
+    statuses.append(_profile(case, metrics, findings, details))
+    _outliers(case, evidence, options, metrics, findings, details)
+    status = worst(statuses)
+    remedy = None
+    if status in ("warn", "fail"):
+        remedy = Remedy(
+            command=f"dlclinic treat data.quality {case.metadata.get('cli_args', '<data options>')}".strip(),
+            description="drop (or relabel) the flagged label errors, remove duplicates and test leaks, retrain with the same recipe and re-measure",
+        )
+    return CheckResult(
+        id="data.quality",
+        status=status,
+        summary=_summary(status, metrics, issues.fraction, dup, ratio, options),
+        metrics=metrics,
+        thresholds={
+            "label_issue_fraction.warn": options.warn_label_issue_fraction,
+            "label_issue_fraction.fail": options.fail_label_issue_fraction,
+            "duplicate_fraction.warn": options.warn_duplicate_fraction,
+            "duplicate_fraction.fail": options.fail_duplicate_fraction,
+            "test_leak_fraction.warn": options.warn_leak_fraction,
+            "test_leak_fraction.fail": options.fail_leak_fraction,
+            "imbalance_ratio.warn": options.warn_imbalance_ratio,
+            "imbalance_ratio.fail": options.fail_imbalance_ratio,
+            "nonfinite_rows.fail": 0,
+        },
+        findings=tuple(findings),
+        remedy=remedy,
+        details=details,
+    )
+
+
+CHECK = CheckSpec(
+    id="data.quality",
+    requires=(("oof_probs", "train"), ("embeddings", "train"), ("probs", "train")),
+    options=QualityOptions,
+    run=run,
+    description="label issues (confident learning on out-of-fold probabilities), duplicates, leakage, imbalance, NaN/Inf, column/image profile, embedding outliers",
+)
+
+
+@dataclass(frozen=True)
+class CleaningPlan:
+    """Which train rows to keep, which to relabel, and which test rows leaked from train."""
+
+    keep: np.ndarray
+    relabel: Mapping[int, int]
+    dropped_label_issues: int
+    dropped_duplicates: int
+    dropped_nonfinite: int
+    test_leaks: np.ndarray
+
+
+def plan_cleaning(n_train: int, result: CheckResult, *, mode: str = "drop", n_test: int = 0) -> CleaningPlan:
+    """Turn data.quality findings into a cleaning plan.
+
+    Args:
+        n_train: rows in the train split.
+        result: the data.quality result (its ``label_issue``, ``duplicate``, ``nonfinite``
+            and ``leak`` findings; a ``duplicate`` finding lists every redundant copy).
+        mode: ``"drop"`` removes flagged label issues, ``"relabel"`` gives them the suggested label.
+        n_test: rows in test (leaked test rows are excluded from evaluation).
+
+    Example:
+        >>> from dlclinic.core.results import CheckResult, Finding
+        >>> r = CheckResult("data.quality", "warn", "", findings=(Finding("label_issue", "", "train", (3,), extra={"suggested": [0]}),))
+        >>> plan_cleaning(5, r).keep.tolist(), plan_cleaning(5, r, mode="relabel").relabel
+        ([0, 1, 2, 4], {3: 0})
+    """
+    if mode not in ("drop", "relabel"):
+        raise ConfigError(f"mode must be 'drop' or 'relabel', but got {mode!r}")
+    drop: set[int] = set()
+    relabel: dict[int, int] = {}
+    n_issue = n_dup = n_nonfinite = 0
+    leaks = np.zeros(0, dtype=np.int64)
+    for f in result.findings:
+        if f.split == "train" and f.code == "nonfinite":
+            before = len(drop)
+            drop.update(int(i) for i in f.indices)
+            n_nonfinite = len(drop) - before
+    for f in result.findings:
+        if f.code == "label_issue" and f.split == "train":
+            n_issue = len(f.indices)
+            if mode == "drop":
+                drop.update(int(i) for i in f.indices)
+            else:
+                relabel.update({int(i): int(s) for i, s in zip(f.indices, f.extra.get("suggested", []), strict=False)})
+        elif f.code == "duplicate" and f.split == "train":
+            before = len(drop)
+            drop.update(int(j) for j in f.indices)  # every redundant copy; one member of each group stays
+            n_dup = len(drop) - before
+        elif f.code == "leak" and f.split == "test":
+            leaks = np.array(sorted(int(i) for i in f.indices if i < n_test), dtype=np.int64)
+    keep = np.setdiff1d(np.arange(n_train), np.fromiter(drop, dtype=np.int64, count=len(drop)))
+    relabel = {i: s for i, s in relabel.items() if i not in drop}
+    return CleaningPlan(
+        keep=keep,
+        relabel=relabel,
+        dropped_label_issues=n_issue if mode == "drop" else 0,
+        dropped_duplicates=n_dup,
+        dropped_nonfinite=n_nonfinite,
+        test_leaks=leaks,
+    )
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_cleaning_artifacts(
+    out_dir: Path, plan: CleaningPlan, cleaned_labels: np.ndarray, eval_rows: np.ndarray, model: Any
+) -> dict[str, str]:
+    """Write the kept train rows (with labels), the kept test rows and the retrained weights."""
+    rows = out_dir / "cleaned_train_rows.csv"
+    _atomic_text(rows, "row,label\n" + "".join(f"{int(o)},{int(cleaned_labels[n])}\n" for n, o in enumerate(plan.keep)))
+    test_rows = out_dir / "cleaned_test_rows.csv"
+    _atomic_text(test_rows, "row\n" + "".join(f"{int(i)}\n" for i in eval_rows))
+    weights = write_weights(model, out_dir / "model_treated.safetensors")
+    return {"cleaned_train_rows": str(rows), "cleaned_test_rows": str(test_rows), "model": str(weights)}
+
+
+@dataclass(frozen=True)
+class QualityParams:
+    """``mode``: ``drop`` removes flagged label issues, ``relabel`` gives them the likely label."""
+
+    mode: Literal["drop", "relabel"] = "drop"
+
+
+def _plan(ctx: TreatContext, params: QualityParams, before: Report) -> tuple[CleaningPlan, np.ndarray]:
+    """The cleaning plan from the check's findings, and the test rows that did not leak from train."""
+    case = ctx.case
+    test = case.splits["test"]
+    plan = plan_cleaning(len(case.train), before[ctx.challenge_id], mode=params.mode, n_test=len(test))
+    eval_rows = np.setdiff1d(np.arange(len(test)), plan.test_leaks)
+    if len(eval_rows) < 30:
+        raise ConfigError(
+            f"treat data.quality: expected at least 30 test rows that did not leak from train to verify the treatment, found {len(eval_rows)} (of {len(test)}); use a test set collected separately from train"
+        )
+    if len(plan.keep) < max(2 * case.n_classes, 10):
+        raise ConfigError(
+            f"treat data.quality: cleaning would leave {len(plan.keep)} train rows, expected at least {max(2 * case.n_classes, 10)}; inspect the findings before treating"
+        )
+    return plan, eval_rows
+
+
+def _retrain_pair(ctx: TreatContext, cleaned: Case) -> tuple[Any, Any]:
+    """The same recipe and seed on the full and on the cleaned train split (a controlled comparison)."""
+    case, cfg = ctx.case, ctx.fit_config
+    assert ctx.retrain is not None
+    with ctx.progress.step("retraining on the cleaned data", total=2) as advance:
+        reference = (
+            case.model
+            if case.metadata.get("dlclinic_baseline")
+            else ctx.retrain(np.nan_to_num(case.train.x), case.train.y, cfg.seed)
+        )
+        advance(1)
+        model = ctx.retrain(np.nan_to_num(cleaned.train.x), cleaned.train.y, cfg.seed)
+        advance(1)
+    return reference, model
+
+
+def treat_quality(ctx: TreatContext, params: QualityParams) -> TreatOutcome:
+    """Drop/relabel label issues, drop duplicates and NaN rows, retrain with the same recipe and seed."""
+    case = ctx.case
+    test = case.get("test")
+    if test is None or not test.labelled:
+        raise ConfigError("treat data.quality needs a labelled test split to verify the treatment (pass --test)")
+    if ctx.retrain is None:
+        raise ConfigError(
+            "treat data.quality retrains the model, so it needs the architecture: pass --model file.py:factory (a .pt2/.onnx file or a bare module cannot be retrained)"
+        )
+    before = ctx.measure(case)
+    plan, eval_rows = _plan(ctx, params, before)
+    x_eval, y_eval = test.x[eval_rows], test.y[eval_rows]  # type: ignore[index]
+    cleaned = case.with_train(plan.keep, plan.relabel)
+    if len(plan.test_leaks):
+        cleaned = cleaned.with_split_rows("test", eval_rows)
+    reference, model = _retrain_pair(ctx, cleaned)
+    pred_before = predict_logits(reference, x_eval).argmax(1)
+    pred_after = predict_logits(model, x_eval).argmax(1)
+    acc_before, acc_after = float((pred_before == y_eval).mean()), float((pred_after == y_eval).mean())
+    low, high = paired_accuracy_ci(pred_before == y_eval, pred_after == y_eval)
+    treated = dataclasses.replace(
+        cleaned, model=model, model_source=f"{case.model_source.replace(', from cache', '')}, retrained on cleaned data"
+    )
+    after = ctx.measure(treated)
+    artifacts = (
+        write_cleaning_artifacts(ctx.out_dir, plan, cleaned.train.y, eval_rows, model)  # type: ignore[arg-type]
+        if ctx.out_dir is not None
+        else {}
+    )
+    return conclude(
+        ctx,
+        before=before,
+        after=after,
+        action=f"{params.mode} {len(plan.relabel) or plan.dropped_label_issues} flagged label issue(s), drop {plan.dropped_duplicates} duplicate(s) and {plan.dropped_nonfinite} NaN/Inf row(s), retrain with the same recipe and seed",
+        before_values={"test_accuracy": acc_before, "train_rows": len(case.train)},
+        after_values={
+            "test_accuracy": acc_after,
+            "train_rows": len(cleaned.train),
+            "accuracy_gain_ci_low": low,
+            "accuracy_gain_ci_high": high,
+        },
+        check_metrics=("label_issue_fraction", "duplicate_fraction"),
+        artifacts=artifacts,
+        notes=(
+            f"both accuracies are measured on the {len(eval_rows)} test rows that did not leak from train ({len(plan.test_leaks)} leaked rows excluded), with models trained by the same recipe and seed",
+            f"95 % paired-bootstrap interval of the accuracy gain over test rows: [{low:+.3f}, {high:+.3f}] (test-set sampling only, one training seed)",
+            "leaked test rows are removed from the test split of the treated case (cleaned_test_rows.csv); remove them from your test data too",
+        ),
+    )
+
+
+REMEDY = RemedySpec(
+    id="data.quality",
+    params=QualityParams,
+    run=treat_quality,
+    description="Drop or relabel flagged label issues, drop duplicates and NaN rows, retrain, measure again.",
+)

@@ -1,0 +1,7 @@
+"""``python -m dlclinic.cli``: the ``dlclinic`` command line."""
+
+import sys
+
+from dlclinic.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""``dlclinic checkup``: examine a model and its data for all 31 challenges; write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dlclinic.api import check_options
+from dlclinic.api import checkup as run_checkup
+from dlclinic.cli.flags import CHECKUP_FLAGS, check_flag_options, expand_flags
+from dlclinic.cli.options import (
+    AllowPickleOpt,
+    CacheOpt,
+    CleanDemoOpt,
+    DataOptions,
+    DemoOpt,
+    DeployOpt,
+    EpochsOpt,
+    FailOn,
+    GroupOpt,
+    IdOpt,
+    LabelOpt,
+    LayerOpt,
+    ModelOpt,
+    NoCacheOpt,
+    OofMethod,
+    OofOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    TestOpt,
+    TrainOpt,
+    WeightsOpt,
+    check_writable,
+    configs,
+    fails,
+    load_case,
+)
+from dlclinic.cli.progress import RichProgress
+from dlclinic.core.registry import parse_assignments
+from dlclinic.report import render_terminal, write_report
+from dlclinic.taxonomy import resolve_ids
+
+__all__ = ["checkup"]
+
+
+@expand_flags(CHECKUP_FLAGS)
+def checkup(
+    demo: DemoOpt = False,
+    clean_demo: CleanDemoOpt = False,
+    train: TrainOpt = None,
+    test: TestOpt = None,
+    deploy: DeployOpt = None,
+    label_col: LabelOpt = None,
+    group_col: GroupOpt = None,
+    id_col: IdOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Challenge ids or categories to examine (repeat or comma-separate)."),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="A check option CHALLENGE.ID.OPTION=VALUE (repeatable), e.g. data.quality.warn_label_issue_fraction=0.05; `dlclinic challenges --check ID` lists them.",
+        ),
+    ] = None,
+    flags: dict[str, Any] | None = None,  # one parameter per flag of CHECKUP_FLAGS
+    out: OutOpt = Path("dlclinic-report"),
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 when any challenge is at this level or worse (for CI).")
+    ] = FailOn.never,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    oof: OofOpt = OofMethod.auto,
+    embedding_layer: LayerOpt = None,
+    epochs: EpochsOpt = 15,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Examine a model and its data for all 31 challenges; write report.html and report.json."""
+    selected = resolve_ids(only) if only else None  # unknown ids fail before any work
+    options = parse_assignments(option or [], scoped=True)
+    check_flag_options(options, flags or {})
+    built = check_options(options)  # bad options fail before any work
+    check_writable(out)
+    fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
+    case = load_case(
+        DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
+    )
+    report = run_checkup(
+        case,
+        only=selected,
+        options=built,
+        evidence_config=ev_cfg,
+        fit_config=fit_cfg,
+        cache_dir=cache_dir,
+        progress=RichProgress(enabled=not quiet),
+    )
+    paths = write_report(report, out, case=case)
+    if not quiet:
+        render_terminal(report)
+        typer.echo(f"report: {paths['html']}  json: {paths['json']}", err=True)
+    if fails(fail_on, report.worst_status):
+        raise typer.Exit(1)

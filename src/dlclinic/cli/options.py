@@ -1,0 +1,212 @@
+"""Option plumbing shared by the commands: the data options, the enums, the case they load, ``--out`` checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dlclinic.core.case import Case
+from dlclinic.core.errors import ConfigError
+from dlclinic.core.evidence import EvidenceConfig
+from dlclinic.core.recipe import FitConfig
+from dlclinic.demo import build_demo
+from dlclinic.io import load_case as load_files
+from dlclinic.io import load_factory, load_model
+
+__all__ = [
+    "CleanMode",
+    "DataOptions",
+    "FailOn",
+    "OofMethod",
+    "check_writable",
+    "configs",
+    "fails",
+    "load_case",
+    "redact_url",
+]
+
+
+class FailOn(str, Enum):
+    """The ``--fail-on`` level of ``checkup`` and ``monitor``."""
+
+    warn = "warn"
+    fail = "fail"
+    never = "never"
+
+
+def fails(fail_on: FailOn | str, worst: str) -> bool:
+    """Whether a worst status ``worst`` crosses the ``--fail-on`` level (``error`` counts as a failure)."""
+    level = FailOn(fail_on)
+    return (level is FailOn.warn and worst in ("warn", "fail", "error")) or (
+        level is FailOn.fail and worst in ("fail", "error")
+    )
+
+
+class OofMethod(str, Enum):
+    auto = "auto"
+    embeddings = "embeddings"
+    kfold = "kfold"
+
+
+class CleanMode(str, Enum):
+    drop = "drop"
+    relabel = "relabel"
+
+
+def check_writable(out: Path, option: str = "--out") -> None:
+    """Fail early (before any long work, creating nothing) when ``out`` cannot become a writable folder."""
+    probe = out.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: expected a folder, found a file")
+    if not probe.is_dir():
+        raise ConfigError(f"{option} {out}: expected a writable folder, found that {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {out}: expected a writable folder, found {probe} not writable")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The data and model options of a command (``--demo``, ``--train`` ... ``--weights``)."""
+
+    demo: bool
+    clean_demo: bool
+    train: Path | None
+    test: Path | None
+    deploy: Path | None
+    label_col: str | None
+    group_col: str | None
+    id_col: str | None
+    model: str | None
+    weights: Path | None
+    allow_pickle: bool = False
+
+    def cli_args(self) -> str:
+        if self.demo or self.clean_demo:
+            return "--demo" if self.demo else "--clean-demo"
+        parts = []
+        for flag, value in (
+            ("--train", self.train),
+            ("--test", self.test),
+            ("--deploy", self.deploy),
+            ("--label-col", self.label_col),
+            ("--group-col", self.group_col),
+            ("--id-col", self.id_col),
+            ("--model", self.model),
+            ("--weights", self.weights),
+        ):
+            if value is not None:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+def _data_case(opts: DataOptions) -> Case:
+    """The demo case or the user's files, before the model options."""
+    if (opts.demo or opts.clean_demo) and opts.train is not None:
+        raise ConfigError("--demo and --train are exclusive: expected the demo case or your own data, found both")
+    if opts.demo or opts.clean_demo:
+        if any(v is not None for v in (opts.test, opts.deploy, opts.label_col, opts.group_col, opts.id_col)):
+            raise ConfigError("--demo brings its own splits: expected no --test/--deploy/--*-col with it")
+        return build_demo(clean=opts.clean_demo)[0]
+    if opts.train is None:
+        raise ConfigError("no data given: expected --train FILE (and usually --test FILE), or --demo")
+    return load_files(
+        opts.train, opts.test, opts.deploy, label_col=opts.label_col, group_col=opts.group_col, id_col=opts.id_col
+    )
+
+
+def load_case(opts: DataOptions) -> Case:
+    """The case the data options describe, with the user's model when ``--model`` is given."""
+    case = _data_case(opts)
+    if opts.weights is not None and opts.model is None:
+        raise ConfigError("--weights needs --model file.py:factory to load them into")
+    if opts.model is not None:
+        model, source = load_model(opts.model, weights=opts.weights, allow_pickle=opts.allow_pickle)
+        case = dataclasses.replace(case, model=model, model_source=source, model_factory=load_factory(opts.model))
+    meta = dict(case.metadata)
+    meta["cli_args"] = opts.cli_args()
+    if opts.weights is not None or (opts.model is not None and ":" not in opts.model):
+        meta["model_path"] = str(opts.weights or opts.model)  # ethics.security scans the file (never loads pickles)
+    return dataclasses.replace(case, metadata=meta)
+
+
+def configs(
+    epochs: int, seed: int, oof: OofMethod, layer: str | None, no_cache: bool
+) -> tuple[FitConfig, EvidenceConfig]:
+    """The training recipe and the evidence settings of ``checkup`` and ``treat``."""
+    return FitConfig(epochs=epochs, seed=seed), EvidenceConfig(
+        oof=oof.value, embedding_layer=layer, seed=seed, cache=not no_cache
+    )
+
+
+DemoOpt = Annotated[
+    bool, typer.Option("--demo", help="Use the embedded demo case (MNIST digits with planted defects).")
+]
+CleanDemoOpt = Annotated[
+    bool, typer.Option("--clean-demo", help="The demo images with no planted defects (a control case).")
+]
+TrainOpt = Annotated[
+    Path | None,
+    typer.Option("--train", help="Training data: .npz, .csv, .parquet or an image folder root/<class>/*.png."),
+]
+TestOpt = Annotated[Path | None, typer.Option("--test", help="Held-out labelled data, same format as --train.")]
+DeployOpt = Annotated[Path | None, typer.Option("--deploy", help="Data seen after deployment (labels optional).")]
+LabelOpt = Annotated[str | None, typer.Option("--label-col", help="Label column (CSV/Parquet) or npz key.")]
+GroupOpt = Annotated[str | None, typer.Option("--group-col", help="Sensitive-attribute column.")]
+IdOpt = Annotated[str | None, typer.Option("--id-col", help="Sample-id column.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="file.py:factory, model.pt2 or model.onnx. Without it dlclinic trains a baseline."),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Load a whole pickled --model file you trust (scanned first; files that would run OS/network/interpreter code are refused anyway).",
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="Weights for --model file.py:factory: .safetensors or a state_dict .pt (loaded with weights_only=True).",
+    ),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for report.html and report.json.")]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Evidence cache (default ~/.cache/dlclinic or $DLCLINIC_CACHE).")
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Recompute everything; read and write no cache.")]
+OofOpt = Annotated[
+    OofMethod,
+    typer.Option(
+        "--oof",
+        help="Out-of-fold probabilities: auto, embeddings (cross-validated head on cached embeddings) or kfold (full retraining).",
+    ),
+]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embedding-layer", help="Module name whose output is the embedding (default: input of the last Linear)."
+    ),
+]
+EpochsOpt = Annotated[
+    int, typer.Option("--epochs", min=1, help="Epochs of the training recipe (baseline and retraining).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of training and sampling.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No terminal summary, no progress bars.")]
+
+
+def redact_url(url: str) -> str:
+    """A store URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url

@@ -1,0 +1,136 @@
+"""``dlclinic treat``: apply the remedy of one challenge, retrain, and measure again."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dlclinic.api import remedy_params
+from dlclinic.api import treat as run_treat
+from dlclinic.challenges import get_remedy
+from dlclinic.cli.flags import TREAT_FLAGS, expand_flags, treat_flag_params
+from dlclinic.cli.options import (
+    AllowPickleOpt,
+    CacheOpt,
+    CleanDemoOpt,
+    CleanMode,
+    DataOptions,
+    DemoOpt,
+    DeployOpt,
+    EpochsOpt,
+    GroupOpt,
+    IdOpt,
+    LabelOpt,
+    LayerOpt,
+    ModelOpt,
+    NoCacheOpt,
+    OofMethod,
+    OofOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    TestOpt,
+    TrainOpt,
+    WeightsOpt,
+    check_writable,
+    configs,
+    load_case,
+)
+from dlclinic.cli.progress import RichProgress
+from dlclinic.core.errors import ConfigError
+from dlclinic.core.registry import parse_assignments
+from dlclinic.report import write_report
+
+__all__ = ["treat"]
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_treatment(challenge: str, treatment: Any) -> None:
+    """The before/after table of the treated challenge, then the remedy's notes."""
+    table = Table(title=f"treat {challenge}: {treatment.action}")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key in treatment.before:
+        table.add_row(key, _cell(treatment.before[key]), _cell(treatment.after.get(key)))
+    table.add_row("status", treatment.before_status, treatment.after_status)
+    console = Console()
+    console.print(table)
+    for note in treatment.notes:
+        console.print(f"[dim]{note}[/dim]")
+
+
+@expand_flags(TREAT_FLAGS)
+def treat(
+    challenge: Annotated[str, typer.Argument(help="The challenge to treat, e.g. data.quality.")],
+    demo: DemoOpt = False,
+    clean_demo: CleanDemoOpt = False,
+    train: TrainOpt = None,
+    test: TestOpt = None,
+    deploy: DeployOpt = None,
+    label_col: LabelOpt = None,
+    group_col: GroupOpt = None,
+    id_col: IdOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    mode: Annotated[
+        CleanMode | None,
+        typer.Option(
+            "--mode", help="data.quality: drop flagged label issues (default) or relabel them with the likely label."
+        ),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="A remedy parameter KEY=VALUE (repeatable); `dlclinic challenges --remedy ID` lists them.",
+        ),
+    ] = None,
+    flags: dict[str, Any] | None = None,  # one parameter per flag of TREAT_FLAGS
+    out: OutOpt = Path("dlclinic-treatment"),
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    oof: OofOpt = OofMethod.auto,
+    embedding_layer: LayerOpt = None,
+    epochs: EpochsOpt = 15,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
+    get_remedy(challenge)  # an unknown challenge, or one without a remedy, fails first
+    params = parse_assignments(option or [], scoped=False)
+    if mode is not None:
+        if challenge != "data.quality":
+            raise ConfigError(f"--mode applies to data.quality only, found it with {challenge}")
+        params["mode"] = mode.value
+    treat_flag_params(params, challenge, flags or {})
+    built = remedy_params(challenge, params)  # bad parameters fail before any work
+    check_writable(out)
+    fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
+    case = load_case(
+        DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
+    )
+    treatment, before, after = run_treat(
+        case,
+        challenge,
+        out_dir=out,
+        params=built,
+        fit_config=fit_cfg,
+        evidence_config=ev_cfg,
+        cache_dir=cache_dir,
+        progress=RichProgress(enabled=not quiet),
+    )
+    paths = write_report(dataclasses.replace(after, treatments=(treatment,)), out, case=None)
+    if not quiet:
+        _print_treatment(challenge, treatment)
+        typer.echo(f"report: {paths['html']}  json: {paths['json']}", err=True)
