@@ -166,7 +166,7 @@ def make_study(
     return optuna.create_study(
         storage=storage,
         study_name=study_name,
-        directions=list(directions),
+        directions=list(directions),  # type: ignore[arg-type]
         sampler=sampler,
         pruner=pruners[pruner](),
         load_if_exists=load_if_exists,

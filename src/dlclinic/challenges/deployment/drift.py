@@ -137,7 +137,7 @@ def _drift_summary(
     ws = result.windows
     if status == "ok":
         return f"No window of {source} differs from the reference ({len(ws)} windows, family-wise false-alarm level {result.config.alpha:.0%}); estimated accuracy {est.min():.1%}–{est.max():.1%} vs {result.reference_estimated_accuracy:.1%}."
-    first = ws[result.first_alert]
+    first = ws[result.first_alert]  # type: ignore[index]
     drop_txt = f"estimated accuracy (CBPE) down to {est.min():.1%} from {result.reference_estimated_accuracy:.1%}"
     if known:
         drop_txt += f", observed {metrics['min_observed_accuracy']:.1%} vs {result.reference_accuracy:.1%}"

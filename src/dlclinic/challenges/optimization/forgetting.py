@@ -115,8 +115,15 @@ def run_sequence(
     )
     test = case.splits["test"]
     res = run_task_sequence(
-        case.model_factory, case.train.x, case.train.y, test.x, test.y, tasks, cfg, progress=progress
-    )  # type: ignore[arg-type]
+        case.model_factory,
+        case.train.x,
+        case.train.y,  # type: ignore[arg-type]
+        test.x,
+        test.y,  # type: ignore[arg-type]
+        tasks,
+        cfg,
+        progress=progress,  # type: ignore[arg-type]
+    )
     low, high = res.bwt_interval(seed=cfg.seed)
     return {
         "matrix": res.matrix,

@@ -108,7 +108,7 @@ def _scores(kind: str, logits: np.ndarray, emb: np.ndarray, ref: np.ndarray) -> 
 # -- the experiment ------------------------------------------------------------------------------
 def _from_ood_file(case: Case, evidence: Evidence, test: Any, options: OpenEndedOptions) -> _OpenSet:
     """New inputs from a file, scored with the case's model; half of test calibrates, half is the known set."""
-    loaded = load_like(options.ood, case, name="ood")  # same formats as --train: npz, CSV/Parquet, image folder
+    loaded = load_like(str(options.ood), case, name="ood")  # same formats as --train: npz, CSV/Parquet, image folder  # type: ignore[arg-type]
     x_unk = np.asarray(loaded.x, dtype=np.float32)
     y_unk = np.asarray(loaded.y, dtype=np.int64) if loaded.y is not None else None
     order = np.random.default_rng(options.seed).permutation(len(test))
@@ -132,14 +132,14 @@ def _held_out_classes(case: Case, evidence: Evidence, test: Any, options: OpenEn
     unknown = np.array(sorted(set(options.unknown_classes)) or list(range(k - options.n_unknown, k)), dtype=np.int64)
     if unknown.min() < 0 or unknown.max() >= k or len(unknown) >= k - 1:
         raise ConfigError(f"unknown_classes: expected 1..{k - 2} class ids in 0..{k - 1}, found {unknown.tolist()}")
-    known_tr = np.flatnonzero(~np.isin(case.train.y, unknown))
-    rows = known_tr[stratified_rows(case.train.y[known_tr], options.max_train_rows, options.seed)]
+    known_tr = np.flatnonzero(~np.isin(case.train.y, unknown))  # type: ignore[arg-type]
+    rows = known_tr[stratified_rows(case.train.y[known_tr], options.max_train_rows, options.seed)]  # type: ignore[index]
     rng = np.random.default_rng(options.seed)
     rows = rows[rng.permutation(len(rows))]
     n_val = max(len(rows) // 5, 10)
     val, fit_rows = rows[:n_val], rows[n_val:]
     with evidence.progress.step("open-set simulation: retraining without the held-out classes", total=1) as advance:
-        model = evidence.retrain(np.nan_to_num(case.train.x[fit_rows]), case.train.y[fit_rows], options.seed)  # type: ignore[misc]
+        model = evidence.retrain(np.nan_to_num(case.train.x[fit_rows]), case.train.y[fit_rows], options.seed)  # type: ignore[index, misc]
         advance(1)
     is_unk = np.isin(test.y, unknown)
     return _OpenSet(
@@ -329,7 +329,7 @@ def run_open_ended(case: Case, evidence: Evidence, options: OpenEndedOptions) ->
     )
     return CheckResult(
         id=CID,
-        status=status,
+        status=status,  # type: ignore[arg-type]
         summary=summary,
         metrics=metrics,
         thresholds={"auroc.warn": options.warn_auroc, "reject_rate": options.reject_rate},
@@ -390,7 +390,7 @@ def treat_open_ended(ctx: TreatContext, params: OpenEndedParams) -> TreatOutcome
             results[strategy] = run_task_sequence(
                 case.model_factory,
                 case.train.x,
-                case.train.y,
+                case.train.y,  # type: ignore[arg-type]
                 test.x,
                 test.y,
                 tasks,

@@ -163,7 +163,9 @@ def _seed_spread(
     test = _labelled_test(case)
     x, y = data
     t0, per_run = timing
-    accs, f1s, seeds_run = [], [], []
+    accs: list[float] = []
+    f1s: list[float] = []
+    seeds_run: list[int] = []
     if test is None:
         return accs, f1s, seeds_run
     models = [first]
@@ -328,7 +330,7 @@ def run_reproducibility(case: Case, evidence: Evidence, options: Reproducibility
         findings.append(finding)
     return CheckResult(
         id=CID,
-        status=status,
+        status=status,  # type: ignore[arg-type]
         summary=summary,
         metrics=_metrics(r, flags),
         thresholds={"tensors_differing.max": 0},
