@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all
-. .venv/bin/activate
-dlclinic checkup --demo --out out "$@"
-echo "==> open out/report.html"
+. "${VENV:-.venv}/bin/activate"
+OUT="${OUT:-out}"
+dlclinic checkup --demo --out "$OUT" "$@"
+echo "==> open $OUT/report.html"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from dlclinic.core.case import Case
@@ -220,3 +222,77 @@ def synthetic_report(case: Case | None = None) -> Report:
         ),
         timings={"evidence": 2.5, "checks": 7.1},
     )
+
+
+def quantity_result() -> CheckResult:
+    """A data.quantity result as the check writes it: 22 metrics with long names, thresholds, wide tables."""
+    metrics = {
+        "train_size": 1437,
+        "error_at_full_size": 0.04123,
+        "power_law_a": 3.871234,
+        "power_law_b": 0.6234,
+        "irreducible_error": 1.234e-05,
+        "fit_r2": 0.98765,
+        "fit_rmse": 0.0023456,
+        "predicted_error_at_2x": 0.0321,
+        "gain_from_doubling": 0.009123,
+        "gain_from_doubling_low": -0.00041234,
+        "gain_from_doubling_high": 0.0154,
+        "backtest_predicted_error": 0.0456,
+        "backtest_abs_error": 0.00437,
+        "backtest_tolerance": 0.0234,
+        "backtest_ok": True,
+        "gain_from_doubling_decisive": 0.009123,
+        "target_accuracy": 0.97,
+        "samples_for_target": 2874123,
+        "target_reachable": True,
+        "samples_for_target_low": 1234567,
+        "samples_for_target_high": -123456789.5,
+        "retrained_model": False,
+    }
+    return CheckResult(
+        id="data.quantity",
+        status="warn",
+        summary="Doubling the 1,437 training samples is predicted to lower the error by 0.9%.",
+        metrics=metrics,
+        thresholds={
+            "gain_from_doubling.warn": 0.01,
+            "gain_from_doubling.fail": 0.05,
+            "max_gain_from_doubling": 0.1,
+            "min_gain_from_doubling": 1e-06,
+            "target_accuracy": 0.97,
+            "backtest_tolerance_multiplier_for_the_prediction_interval": 1.959963984540054,
+        },
+        findings=(
+            Finding(
+                "data_hungry_classes",
+                "classes whose error falls fastest with more data",
+                split="train",
+                indices=(3, 8, 5),
+                extra={
+                    "error_at_smallest_fraction": [0.31, 0.22, 0.18],
+                    "error_at_full_size_per_class": [0.09, 0.07, 0.05],
+                    "training_samples_of_this_class": [143, 141, 139],
+                    "predicted_samples_for_target_accuracy": [28741, 23412, 19999],
+                },
+            ),
+        ),
+        remedy=Remedy("dlclinic treat data.quantity", "labels to buy for target accuracies (labels_to_buy.json)"),
+        details={
+            "tables": [
+                {
+                    "title": "Labels to buy",
+                    "columns": ["target_accuracy", "predicted_total_training_samples", "labels_to_buy_beyond_current"],
+                    "rows": [[0.95, 2874123, 2872686], [0.97, 12345678, 12344241], [0.99, None, None]],
+                }
+            ]
+        },
+        seconds=12.5,
+    )
+
+
+def wide_report(case: Case | None = None) -> Report:
+    """:func:`synthetic_report` with a data.quantity result whose metrics table is as wide as the real one."""
+    report = synthetic_report(case)
+    challenges = tuple(quantity_result() if r.id == "data.quantity" else r for r in report.challenges)
+    return dataclasses.replace(report, challenges=challenges)

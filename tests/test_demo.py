@@ -7,6 +7,7 @@ treatment, all through ``dlclinic`` commands sharing one temporary cache.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,31 @@ def test_treat_data_quality_improves_test_accuracy(demo_report: dict, workdir: P
     assert "Treatments" in html
     assert f"{treatment['before']['test_accuracy']:.4g}"[:5] in html or "test_accuracy" in html
     assert (out / "model_treated.safetensors").exists() and (out / "cleaned_train_rows.csv").exists()
+
+
+def _printed_commands(report: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    """The remedy commands the report recommends (warn/fail rows), as the terminal, HTML and JSON print them."""
+    return {
+        c["id"]: c["remedy"]["command"]
+        for c in report["challenges"]
+        if c["status"] in ("warn", "fail") and (c.get("remedy") or {}).get("command")
+    }
+
+
+def test_every_printed_remedy_command_runs_as_printed(demo_report: dict, workdir: Path, cache: Path) -> None:  # type: ignore[type-arg]
+    commands = _printed_commands(demo_report)
+    assert len(commands) >= 8, commands
+    for cid, command in commands.items():
+        words = shlex.split(command)
+        assert words[:3] == ["dlclinic", "treat", cid], command
+        assert "--demo" in words and "<" not in command, f"{cid}: {command!r} does not carry the case's arguments"
+    # each runs as printed; a short recipe (--epochs 2) keeps the retraining remedies cheap
+    for cid, command in commands.items():
+        out = workdir / "printed" / cid
+        extra = ["--epochs", "2", "--out", str(out), "--cache-dir", str(cache), "--quiet"]
+        assert main([*shlex.split(command)[1:], *extra]) == 0, command
+        report = json.loads((out / "report.json").read_text())
+        assert [t["challenge_id"] for t in report["treatments"]] == [cid], command
 
 
 @pytest.mark.browser

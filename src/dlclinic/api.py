@@ -23,13 +23,13 @@ from dlclinic.challenges import CHECKS, PENDING, get_remedy
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.baselines import baseline_for
 from dlclinic.core.case import Case
-from dlclinic.core.errors import ConfigError, DlclinicError
+from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
-from dlclinic.core.progress import NullProgress, Progress
+from dlclinic.core.progress import NullProgress, Progress, note
 from dlclinic.core.recipe import FitConfig, fit, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
-from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results
+from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results, with_case_args
 from dlclinic.core.version import __version__
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
@@ -172,6 +172,17 @@ def _quiet_torch_logs() -> Iterator[None]:
             logging.getLogger(n).setLevel(level)
 
 
+def _failed(challenge_id: str, exc: Exception) -> CheckResult:
+    """The row of a check that raised: ``not_examined`` for a missing optional library, else ``error``."""
+    advice = missing_extra(exc)
+    if advice is not None:
+        return not_examined(challenge_id, f"Not examined: this check {advice}.")
+    if isinstance(exc, DlclinicError):
+        return CheckResult(id=challenge_id, status="error", summary=f"The check could not run: {exc}")
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return CheckResult(id=challenge_id, status="error", summary=f"The check failed with {type(exc).__name__}: {first}")
+
+
 def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResult:
     start = time.perf_counter()
     try:
@@ -182,11 +193,8 @@ def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResul
             for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
                 warnings.simplefilter("ignore", category)
             result = spec.run(case, evidence, opts)
-    except DlclinicError as exc:
-        result = CheckResult(id=spec.id, status="error", summary=f"The check could not run: {exc}")
     except Exception as exc:  # a bug in one check must not lose the other 30
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        result = CheckResult(id=spec.id, status="error", summary=f"The check failed with {type(exc).__name__}: {first}")
+        result = _failed(spec.id, exc)
     return result.with_seconds(time.perf_counter() - start)
 
 
@@ -226,18 +234,24 @@ def remedy_params(challenge_id: str, params: Any = None, *, mode: str | None = N
 def _run_checks(
     case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress
 ) -> list[CheckResult]:
-    """One result per challenge, in taxonomy order."""
+    """One result per challenge, in taxonomy order; a line per finished check goes to ``progress.note``."""
+    case_args = case.metadata.get("cli_args") if isinstance(case.metadata.get("cli_args"), str) else None
     results: list[CheckResult] = []
     with progress.step("running checks", total=len(CHALLENGES)) as advance:
         for challenge in CHALLENGES:
             cid = challenge.id
             if cid not in selected:
                 results.append(not_examined(cid, "Not selected for this checkup (--only)."))
-            elif cid in CHECKS:
-                results.append(_run_one(CHECKS[cid], case, evidence, built[cid]))
+                advance(1)
+                continue
+            if cid in CHECKS:
+                result = with_case_args(_run_one(CHECKS[cid], case, evidence, built[cid]), case_args)
             else:
-                results.append(not_examined(cid, PENDING[cid]))
+                result = not_examined(cid, PENDING[cid])
+            results.append(result)
             advance(1)
+            done = sum(1 for r in results if r.id in selected)
+            note(progress, f"[{done}/{len(selected)}] {cid} {result.status} {result.seconds:.1f} s")
     return results
 
 

@@ -37,8 +37,9 @@ from dlclinic.cli.options import (
     configs,
     fails,
     load_case,
+    record_recipe,
 )
-from dlclinic.cli.progress import RichProgress
+from dlclinic.cli.progress import progress_for
 from dlclinic.core.registry import parse_assignments
 from dlclinic.report import render_terminal, write_report
 from dlclinic.taxonomy import resolve_ids
@@ -94,6 +95,7 @@ def checkup(
     case = load_case(
         DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
     )
+    case = record_recipe(case, epochs, seed, oof, embedding_layer)
     report = run_checkup(
         case,
         only=selected,
@@ -101,7 +103,7 @@ def checkup(
         evidence_config=ev_cfg,
         fit_config=fit_cfg,
         cache_dir=cache_dir,
-        progress=RichProgress(enabled=not quiet),
+        progress=progress_for(quiet),
     )
     paths = write_report(report, out, case=case)
     if not quiet:

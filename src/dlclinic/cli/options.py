@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -102,7 +103,9 @@ class DataOptions:
             ("--weights", self.weights),
         ):
             if value is not None:
-                parts.append(f"{flag} {value}")
+                parts.append(f"{flag} {shlex.quote(str(value))}")
+        if self.allow_pickle:
+            parts.append("--allow-pickle")
         return " ".join(parts)
 
 
@@ -134,6 +137,26 @@ def load_case(opts: DataOptions) -> Case:
     if opts.weights is not None or (opts.model is not None and ":" not in opts.model):
         meta["model_path"] = str(opts.weights or opts.model)  # ethics.security scans the file (never loads pickles)
     return dataclasses.replace(case, metadata=meta)
+
+
+def record_recipe(case: Case, epochs: int, seed: int, oof: OofMethod, layer: str | None) -> Case:
+    """Add the recipe options that differ from the defaults to the case's recorded arguments.
+
+    The printed remedy commands carry them (:func:`dlclinic.core.results.remedy_command`), so
+    a treatment retrains with the same recipe as the checkup that recommended it.
+    """
+    extra = [
+        f"{flag} {shlex.quote(str(value))}"
+        for flag, value, default in (
+            ("--epochs", epochs, 15),
+            ("--seed", seed, 0),
+            ("--oof", oof.value, OofMethod.auto.value),
+            ("--embedding-layer", layer, None),
+        )
+        if value != default
+    ]
+    args = " ".join([str(case.metadata.get("cli_args", "")), *extra]).strip()
+    return dataclasses.replace(case, metadata={**case.metadata, "cli_args": args})
 
 
 def configs(

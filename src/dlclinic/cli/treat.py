@@ -41,7 +41,7 @@ from dlclinic.cli.options import (
     configs,
     load_case,
 )
-from dlclinic.cli.progress import RichProgress
+from dlclinic.cli.progress import progress_for
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.registry import parse_assignments
 from dlclinic.report import write_report
@@ -128,7 +128,7 @@ def treat(
         fit_config=fit_cfg,
         evidence_config=ev_cfg,
         cache_dir=cache_dir,
-        progress=RichProgress(enabled=not quiet),
+        progress=progress_for(quiet),
     )
     paths = write_report(dataclasses.replace(after, treatments=(treatment,)), out, case=None)
     if not quiet:

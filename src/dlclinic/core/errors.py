@@ -22,7 +22,9 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "UnknownChallengeError",
+    "EXTRA_OF",
     "brief",
+    "missing_extra",
 ]
 
 
@@ -63,6 +65,46 @@ class MissingDependencyError(DlclinicError, ImportError):
         super().__init__(
             f"this feature needs the optional package {package!r}, which is not installed: run `pip install 'dlclinic[{extra}]'`"
         )
+
+
+# the extra that brings each optional library (pyproject.toml's optional-dependencies)
+EXTRA_OF: dict[str, str] = {
+    "optuna": "tune",
+    "captum": "explain",
+    "opacus": "privacy",
+    "fairlearn": "fairness",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "pydantic": "serve",
+    "uvicorn": "serve",
+    "sqlalchemy": "serve",
+    "prometheus_client": "serve",
+    "httpx": "serve",
+    "jsonschema": "serve",
+    "pyarrow": "parquet",
+    "psycopg": "postgres",
+    "lightning": "lightning",
+    "pytorch_lightning": "lightning",
+}
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """``pip install 'dlclinic[extra]'`` advice when ``exc`` is a missing optional library, else ``None``.
+
+    Example:
+        >>> missing_extra(ModuleNotFoundError("No module named 'optuna'", name="optuna"))
+        "needs the optional package 'optuna': pip install 'dlclinic[tune]'"
+    """
+    if isinstance(exc, MissingDependencyError):
+        return str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        extra = EXTRA_OF.get(exc.name.split(".")[0])
+        if extra is not None:
+            return f"needs the optional package {exc.name.split('.')[0]!r}: pip install 'dlclinic[{extra}]'"
+    return None
 
 
 def brief(exc: BaseException, limit: int = 200) -> str:

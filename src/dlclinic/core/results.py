@@ -15,7 +15,19 @@ from typing import Any, Literal
 
 from dlclinic.taxonomy import CHALLENGES, get_challenge
 
-__all__ = ["SCHEMA", "CheckResult", "Finding", "Remedy", "Report", "Status", "Treatment", "grade", "worst"]
+__all__ = [
+    "SCHEMA",
+    "CheckResult",
+    "Finding",
+    "Remedy",
+    "Report",
+    "Status",
+    "Treatment",
+    "grade",
+    "remedy_command",
+    "with_case_args",
+    "worst",
+]
 
 SCHEMA = "dlclinic.report/1"
 
@@ -244,3 +256,39 @@ def grade(value: float | None, warn: float | None, fail: float | None, *, higher
     if warn is not None and v > (warn if higher_is_worse else -warn):
         return "warn"
     return "ok"
+
+
+# commands that take the case's own data and model options right after the verb (and, for treat, the id)
+_CASE_VERBS = ("treat", "serve")
+
+
+def remedy_command(command: str | None, case_args: str | None) -> str | None:
+    """The one place a printed command gets the case's own arguments, so it runs as printed.
+
+    Checks write the command without the data part (``dlclinic treat data.quality``,
+    ``dlclinic serve --out serve/``); the case's arguments (``--demo``, or ``--train … --test …
+    --model … --weights …`` and the recipe options that differ from the defaults) go right
+    after the verb and, for ``treat``, the challenge id. A case built in Python has no
+    recorded arguments: ``<data options>`` stands in their place.
+
+    Example:
+        >>> remedy_command("dlclinic treat model.compression --option max_accuracy_drop=0.01", "--demo")
+        'dlclinic treat model.compression --demo --option max_accuracy_drop=0.01'
+        >>> remedy_command("dlclinic serve --out serve/", None)
+        'dlclinic serve <data options> --out serve/'
+    """
+    if not command:
+        return command
+    words = command.split(" ")
+    if len(words) < 2 or words[0] != "dlclinic" or words[1] not in _CASE_VERBS:
+        return command
+    head = 3 if words[1] == "treat" else 2
+    args = "<data options>" if case_args is None else case_args.strip()
+    return " ".join([*words[:head], *([args] if args else []), *words[head:]])
+
+
+def with_case_args(result: CheckResult, case_args: str | None) -> CheckResult:
+    """``result`` with its remedy command completed by :func:`remedy_command`."""
+    if result.remedy is None or not result.remedy.command:
+        return result
+    return replace(result, remedy=replace(result.remedy, command=remedy_command(result.remedy.command, case_args)))

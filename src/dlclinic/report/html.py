@@ -103,11 +103,12 @@ def _threshold_keys(metric: str) -> list[tuple[str, str]]:
     return out
 
 
-def _threshold_rows(result: CheckResult) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _threshold_rows(result: CheckResult) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Metrics with their matching thresholds, and the thresholds that match no metric.
 
     A threshold matches metric ``m`` when its key is ``m`` itself, or ``m`` with a
     ``max``/``min``/``warn``/``fail`` qualifier (``m.warn``, ``m_max``, ``min_m`` ...).
+    Each metric row lists its thresholds apart (``limits``), so the page can wrap between them.
     """
     used: set[str] = set()
     rows = []
@@ -117,7 +118,7 @@ def _threshold_rows(result: CheckResult) -> tuple[list[dict[str, str]], list[dic
             if key in result.thresholds and key not in used:
                 limits.append(label + fmt(result.thresholds[key]))
                 used.add(key)
-        rows.append({"name": name, "value": fmt(value), "threshold": " · ".join(limits)})
+        rows.append({"name": name, "value": fmt(value), "limits": limits})
     rest = [{"name": k, "value": fmt(v)} for k, v in result.thresholds.items() if k not in used]
     return rows, rest
 

@@ -1,8 +1,10 @@
 """A short summary of a :class:`~dlclinic.core.results.Report` for the terminal, with rich.
 
-One row per examined challenge (``not_examined`` ones are only counted), a line of
-counts, then the remedy command of each ``warn``/``fail`` challenge. It stays under
-about 40 lines for all 31 challenges.
+One entry per examined challenge (``not_examined`` ones are only counted) with the first
+sentence of its summary — the one that carries the key number — wrapped rather than cut
+(at most three lines; on consoles narrower than 110 columns the summary goes under the
+challenge at the full width), a line of counts, then the remedy command of each
+``warn``/``fail`` challenge.
 
 Example:
     >>> import io
@@ -16,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+import textwrap
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -29,24 +33,30 @@ if TYPE_CHECKING:
 __all__ = ["render_terminal"]
 
 STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "error": "magenta", "not_examined": "dim"}
-SUMMARY_WIDTH = 72
 MAX_REMEDIES = 5
+MAX_SUMMARY_LINES = 3
+STACKED_BELOW = 110  # narrower consoles print each summary under its challenge, at the full width
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
 
 
-def _shorten(text: str, width: int = SUMMARY_WIDTH) -> str:
+def _headline(text: str) -> str:
+    """The first sentence of a summary: the one that carries its key number."""
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return _SENTENCE_END.split(text, maxsplit=1)[0]
 
 
-def render_terminal(report: Report, console: Console | None = None) -> None:
-    """Print the summary table of the report.
+def _wrapped(text: str, width: int, max_lines: int = MAX_SUMMARY_LINES) -> list[str]:
+    """``text`` wrapped at ``width``, at most ``max_lines`` lines (an ellipsis marks a cut)."""
+    lines = textwrap.wrap(text, width=max(width, 16), break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(width, 16) - 1].rstrip() + "…"
+    return lines
 
-    Args:
-        report: The checkup result.
-        console: Where to print; a new ``rich.console.Console()`` (stdout) when omitted.
-    """
-    console = console if console is not None else Console()
-    name = str(report.case.get("name", "case")) if hasattr(report.case, "get") else "case"
+
+def _table(examined: list[Any], width: int, name: str) -> Table:
+    """Wide consoles: one row per challenge, the summary's first sentence wrapped in its column."""
     table = Table(
         title=Text(f"dlclinic checkup: {name}", style="bold"),
         title_justify="left",
@@ -55,20 +65,46 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
         pad_edge=False,
         header_style="bold",
     )
-    examined = [r for r in report.challenges if r.status != "not_examined"]
     id_width = max((len(r.id) for r in examined), default=9)
     table.add_column("challenge", no_wrap=True, min_width=id_width)
     table.add_column("status", no_wrap=True, min_width=6)
-    summary_width = max(console.width - id_width - 6 - 4, 16)  # 4: padding between columns
-    table.add_column("summary", overflow="ellipsis", no_wrap=True, max_width=summary_width)
+    summary_width = max(width - id_width - 6 - 4, 16)  # 4: padding between columns
+    table.add_column("summary", no_wrap=True, max_width=summary_width)
     for r in examined:
         table.add_row(
             Text(r.id),
             Text(r.status, style=STYLES.get(r.status, "")),
-            Text(_shorten(r.summary), overflow="ellipsis", no_wrap=True),
+            Text("\n".join(_wrapped(_headline(r.summary), summary_width))),
         )
-    if examined:
-        console.print(table)
+    return table
+
+
+def _stacked(console: Console, examined: list[Any], name: str) -> None:
+    """Narrow consoles (80 columns): the challenge and its status, then the summary indented under it."""
+    console.print(Text(f"dlclinic checkup: {name}", style="bold"))
+    id_width = max((len(r.id) for r in examined), default=9)
+    for r in examined:
+        line = Text(f"{r.id:<{id_width}}  ")
+        line.append(r.status, style=STYLES.get(r.status, ""))
+        console.print(line, no_wrap=True, overflow="ellipsis")
+        for part in _wrapped(_headline(r.summary), console.width - 4):
+            console.print(Text("    " + part), no_wrap=True, overflow="ellipsis", highlight=False)
+
+
+def render_terminal(report: Report, console: Console | None = None) -> None:
+    """Print the summary of the report: each examined challenge, its status and the key sentence of its summary.
+
+    Args:
+        report: The checkup result.
+        console: Where to print; a new ``rich.console.Console()`` (stdout) when omitted.
+    """
+    console = console if console is not None else Console()
+    name = str(report.case.get("name", "case")) if hasattr(report.case, "get") else "case"
+    examined = [r for r in report.challenges if r.status != "not_examined"]
+    if examined and console.width < STACKED_BELOW:
+        _stacked(console, examined, name)
+    elif examined:
+        console.print(_table(examined, console.width, name))
     counts = report.counts()
     parts = [f"[{STYLES[s]}]{counts[s]} {s}[/]" for s in ("ok", "warn", "fail", "error")]
     console.print(", ".join(parts) + f", [dim]{counts['not_examined']} not examined[/]")

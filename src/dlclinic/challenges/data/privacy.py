@@ -327,7 +327,7 @@ def _pii(sources: list[str], options: PrivacyOptions, parts: _Parts) -> None:
 def _remedy(case: Case, findings: list[Finding]) -> Remedy:
     if any(f.code == "membership" for f in findings):
         return Remedy(
-            command=f"dlclinic treat data.privacy {case.metadata.get('cli_args', '<data options>')} --option target_epsilon=8".strip(),
+            command="dlclinic treat data.privacy --option target_epsilon=8",
             description="retrain with DP-SGD (opacus) at a target (ε, δ), then re-run the membership audit and compare accuracy",
         )
     return Remedy(

@@ -604,7 +604,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     remedy = None
     if status in ("warn", "fail"):
         remedy = Remedy(
-            command=f"dlclinic treat data.quality {case.metadata.get('cli_args', '<data options>')}".strip(),
+            command="dlclinic treat data.quality",
             description="drop (or relabel) the flagged label errors, remove duplicates and test leaks, retrain with the same recipe and re-measure",
         )
     return CheckResult(

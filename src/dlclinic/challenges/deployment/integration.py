@@ -265,7 +265,7 @@ def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions)
         thresholds={"prob_atol": options.prob_atol, "logit_atol": options.logit_atol},
         findings=tuple(findings),
         remedy=Remedy(
-            command="dlclinic serve --model MODEL --test TEST --store predictions.db",
+            command="dlclinic serve --out serve/",
             description=f"serve the model over HTTP ({desc} backend; --backend onnx serves the verified export) and score files with `dlclinic predict FILE --model MODEL --out scored.csv`",
         ),
         details={"onnx": onnx_note, "backend": desc},

@@ -247,7 +247,7 @@ def run_monitoring(case: Case, evidence: Evidence, options: MonitoringOptions) -
         thresholds={"min_detectable_drop.warn": options.warn_min_detectable_drop, "alpha": options.alpha},
         findings=tuple(findings),
         remedy=Remedy(
-            command="dlclinic monitor --store predictions.db --reference reference.npz --out monitor/",
+            command="dlclinic monitor --store serve/predictions.db --reference serve/reference.npz --out monitor/",
             description="serve with the log (`dlclinic serve --store ...`), feed labels back (POST /feedback), run `dlclinic monitor` from cron: it exits 1 when a window alerts; /dashboard shows the windows",
         ),
         details={"alert_thresholds": thr.to_dict(), "tables": [_thresholds_table(thr, options)]},

@@ -148,7 +148,7 @@ def run_scalability(case: Case, evidence: Evidence, options: ScalabilityOptions)
         thresholds={"p99_ms.warn": options.warn_p99_ms},
         findings=tuple(findings),
         remedy=Remedy(
-            command="dlclinic serve --model MODEL --test TEST --workers 2 --max-batch 32",
+            command="dlclinic serve --workers 2 --max-batch 32 --out serve/",
             description="serve with dynamic batching and several worker processes (each loads the model; size workers to cores / torch threads); timings depend on the machine and its load",
         ),
         details={

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,7 +241,8 @@ def run_compliance(case: Case, evidence: Evidence, options: ComplianceOptions) -
         thresholds={},
         findings=tuple(items.findings),
         remedy=Remedy(
-            command=f"dlclinic treat ethics.compliance {case.metadata.get('cli_args', '<data options>')} --option card_config=card.yaml".strip(),
+            command="dlclinic treat ethics.compliance"
+            + (f" --option card_config={shlex.quote(source)}" if source else ""),
             description="export the audit bundle (technical documentation with GDPR / EU AI Act headings, audit trail, SHA-256 manifest); with --option forget=ids.txt retrain without those samples and show with the membership audit that they now look like non-members",
         )
         if status != "ok"

@@ -246,7 +246,7 @@ def assess_fairness(
     remedy = None
     if status in ("warn", "fail"):
         remedy = Remedy(
-            command=f"dlclinic treat ethics.fairness {case.metadata.get('cli_args', '<data options>')}".strip(),
+            command="dlclinic treat ethics.fairness",
             description="post-process the model's scores with per-group thresholds (fairlearn ThresholdOptimizer, equalized odds) or retrain with group-balanced sample weights; shows before/after disparities and the accuracy cost",
         )
     return CheckResult(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def run_misuse(case: Case, evidence: Evidence, options: MisuseOptions) -> CheckR
         }
     ]
     remedy = Remedy(
-        command=f"dlclinic treat ethics.misuse {case.metadata.get('cli_args', '<data options>')} --option card_config=card.yaml".strip(),
+        command="dlclinic treat ethics.misuse" + (f" --option card_config={shlex.quote(source)}" if source else ""),
         description="generate the model card (Markdown) from the measured results and your card file, and a SHA-256 manifest bundle of model, data, config and report (`dlclinic bundle verify` detects any change)",
     )
     if cfg is None:

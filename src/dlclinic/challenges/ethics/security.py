@@ -378,7 +378,7 @@ def _remedy(case: Case, status: Status, findings: list[Finding]) -> Remedy | Non
             description="re-save the weights as .safetensors (state_dict) or export a .pt2 with torch.export; never torch.load(weights_only=False) a file you did not write",
         )
     return Remedy(
-        command=f"dlclinic treat ethics.security {case.metadata.get('cli_args', '<data options>')}".strip(),
+        command="dlclinic treat ethics.security",
         description="adversarial training (PGD, or FGSM with random start) with the same recipe, then the robust accuracy measured again",
     )
 
