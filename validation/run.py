@@ -83,6 +83,7 @@ def jobs_for(checks: Sequence[str], settings: Settings) -> list[Job]:
 
 def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("DLCLINIC_WORKERS", "1")  # the suite already runs one trial per core
     import torch
 
     torch.set_num_threads(1)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import importlib
 import logging
 import os
 import platform
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ from dlclinic.core.atomic import atomic_path
 from dlclinic.core.baselines import baseline_for
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
-from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir
+from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 from dlclinic.core.progress import NullProgress, Progress, note
-from dlclinic.core.recipe import FitConfig, fit, seed_everything
+from dlclinic.core.recipe import FitConfig, fit, seed_everything, warm_up
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
 from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results, with_case_args
+from dlclinic.core.threads import torch_threads
 from dlclinic.core.version import __version__
+from dlclinic.core.workers import default_workers, run_tasks
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
 __all__ = [
@@ -132,8 +136,12 @@ def prepare_model(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     use_cache: bool = True,
+    train: bool = True,
 ) -> Case:
-    """Return the case with a model: the user's, or a baseline trained (and cached) by dlclinic."""
+    """Return the case with a model: the user's, or a baseline trained (and cached) by dlclinic.
+
+    ``train=False`` only loads a cached baseline: without one the case comes back without a model.
+    """
     if case.model is not None:
         return case
     cfg = fit_config or FitConfig()
@@ -144,12 +152,14 @@ def prepare_model(
     seed_everything(cfg.seed)
     model = factory()
     key = fingerprint_params(
-        {"data": fingerprint_array(case.train.x, case.train.y), "arch": repr(model), "fit": cfg.to_dict(), "v": 1}
+        {"data": fingerprint_array(case.train.x, case.train.y), "arch": repr(model), "fit": cfg.to_dict(), "v": 2}
     )
     path = (cache_dir or default_cache_dir()) / "models" / f"{key}.safetensors"
     source = f"baseline trained by dlclinic ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)"
     if use_cache and path.exists() and _load_cached(model, path):
         return _with_baseline(case, model, source + ", from cache", factory)
+    if not train:
+        return case
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
         result = fit(model, np.nan_to_num(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
     if use_cache:
@@ -231,28 +241,81 @@ def remedy_params(challenge_id: str, params: Any = None, *, mode: str | None = N
     return build_options(spec, given)
 
 
+# checks that share in-process work (``Evidence.memo``) run as one task, so that work is done once
+_SHARED_WORK = (
+    ("compute.training_cost", "compute.energy", "model.overfitting", "model.gradients", "optimization.convergence"),
+    ("compute.edge", "compute.realtime", "model.compression"),
+    ("model.architecture", "model.hyperparameters"),  # the current recipe's short run
+)
+
+
+def _tasks(ids: Sequence[str]) -> list[tuple[str, ...]]:
+    """``ids`` (taxonomy order) grouped into tasks: the checks of one ``_SHARED_WORK`` group together."""
+    tasks: list[tuple[str, ...]] = []
+    for cid in ids:
+        if any(cid in task for task in tasks):
+            continue
+        group = next((g for g in _SHARED_WORK if cid in g), (cid,))
+        tasks.append(tuple(c for c in ids if c in group))
+    return tasks
+
+
+def _run_task(case: Case, evidence: Evidence, built: Mapping[str, Any], task: tuple[str, ...]) -> list[Any]:
+    """``(result, evidence changes, pid)`` per check of the task; the global RNGs are seeded per check,
+    so a result does not depend on which checks ran before it (or in which worker)."""
+    out = []
+    for cid in task:
+        seed_everything(zlib.crc32(cid.encode()))
+        mark = evidence.mark()
+        result = _run_one(CHECKS[cid], case, evidence, built[cid])
+        out.append((result, evidence.changes_since(mark), os.getpid()))
+    return out
+
+
 def _run_checks(
-    case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress
+    case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress, workers: int
 ) -> list[CheckResult]:
-    """One result per challenge, in taxonomy order; a line per finished check goes to ``progress.note``."""
+    """One result per challenge, in taxonomy order; a line per finished check goes to ``progress.note``.
+
+    The checks run as independent tasks on ``workers`` processes (:func:`dlclinic.core.workers.run_tasks`).
+    """
     case_args = case.metadata.get("cli_args") if isinstance(case.metadata.get("cli_args"), str) else None
-    results: list[CheckResult] = []
+    ids = [c.id for c in CHALLENGES if c.id in selected and c.id in CHECKS]
+    ran: dict[str, CheckResult] = {}
+    noted: list[str] = []
     with progress.step("running checks", total=len(CHALLENGES)) as advance:
-        for challenge in CHALLENGES:
-            cid = challenge.id
-            if cid not in selected:
-                results.append(not_examined(cid, "Not selected for this checkup (--only)."))
+        advance(len(CHALLENGES) - len(ids))
+
+        def finished(_i: int, out: list[Any]) -> None:
+            for result, changes, pid in out:
+                if pid != os.getpid():
+                    evidence.absorb(changes)
+                ran[result.id] = with_case_args(result, case_args)
                 advance(1)
-                continue
-            if cid in CHECKS:
-                result = with_case_args(_run_one(CHECKS[cid], case, evidence, built[cid]), case_args)
-            else:
-                result = not_examined(cid, PENDING[cid])
-            results.append(result)
-            advance(1)
-            done = sum(1 for r in results if r.id in selected)
-            note(progress, f"[{done}/{len(selected)}] {cid} {result.status} {result.seconds:.1f} s")
-    return results
+            while len(noted) < len(ids) and ids[len(noted)] in ran:  # the log lines keep the taxonomy order
+                done = ran[ids[len(noted)]]
+                noted.append(done.id)
+                note(progress, f"[{len(noted)}/{len(selected)}] {done.id} {done.status} {done.seconds:.1f} s")
+
+        def setup() -> None:  # in each forked worker: one torch thread, no progress drawing
+            torch.set_num_threads(1)
+            evidence.progress = NullProgress()
+
+        if workers > 1:
+            evidence.workdir()  # one scratch folder, made (and removed) by this process
+        run_tasks(
+            _tasks(ids),
+            lambda task: _run_task(case, evidence, built, task),
+            workers=workers,
+            on_result=finished,
+            setup=setup,
+        )
+    return [
+        ran[c.id]
+        if c.id in ran
+        else not_examined(c.id, PENDING[c.id] if c.id in selected else "Not selected for this checkup (--only).")
+        for c in CHALLENGES
+    ]
 
 
 def _case_summary(case: Case, evidence: Evidence) -> dict[str, Any]:
@@ -265,6 +328,66 @@ def _case_summary(case: Case, evidence: Evidence) -> dict[str, Any]:
     if case.metadata:
         summary["metadata"] = {k: v for k, v in case.metadata.items() if isinstance(v, (str, int, float, bool))}
     return summary
+
+
+def _model_and_evidence(
+    case: Case,
+    needs: Sequence[tuple[str, str]],
+    fit_config: Any,
+    ev_cfg: EvidenceConfig,
+    cache: Path,
+    progress: Progress,
+    workers: int,
+) -> tuple[Case, Evidence, float]:
+    """The case with its model, the Evidence on it and the seconds the model took. A baseline to train
+    trains here while the other workers train the K folds of the out-of-fold probabilities (they need
+    the recipe, not the model), then its forward passes run while the last folds finish."""
+    baseline = case.model is None or bool(case.metadata.get("dlclinic_baseline"))
+    kfold = baseline and ev_cfg.oof in ("auto", "kfold") and any(kind == "oof_probs" for kind, _ in needs)
+
+    def evidence_for(c: Case) -> Evidence:
+        retrain, recipe = retrainer(c, fit_config)
+        cfg = fit_config or FitConfig()
+        return Evidence(
+            c,
+            ev_cfg,
+            retrain=retrain,
+            recipe=recipe,
+            cheap_retrain=baseline,
+            cache_dir=cache,
+            progress=progress,
+            fit_config=cfg,
+            workers=workers,
+        )
+
+    prepare = functools.partial(
+        prepare_model, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache
+    )
+    t = time.perf_counter()
+    case = prepare(case, train=not (kfold and workers > 1))
+    if case.model is not None:
+        return case, evidence_for(case), time.perf_counter() - t
+    # no cached baseline: train it here while the workers train the folds; then its forward passes
+    retrain, _ = retrainer(case, fit_config)
+    rows = kfold_rows(case, ev_cfg)
+    warm_up()
+    made: list[Evidence] = []
+    model_s: list[float] = []
+
+    def baseline_first() -> None:
+        made.append(evidence_for(prepare(case)))
+        model_s.append(time.perf_counter() - t)
+        made[0].ensure([need for need in needs if need[0] != "oof_probs"])
+
+    results = run_tasks(
+        list(enumerate(rows)),
+        lambda task: fold_result(case, retrain, ev_cfg.seed, task),
+        workers=workers,
+        before=baseline_first,
+        setup=lambda: torch.set_num_threads(1),
+    )
+    made[0].put_kfold(rows, results)
+    return made[0].case, made[0], model_s[0]
 
 
 def checkup(
@@ -312,32 +435,26 @@ def checkup(
     t = time.perf_counter()
     # K-fold retraining is cheap (and the default) only for the small baseline dlclinic trains itself
     baseline = case.model is None or bool(case.metadata.get("dlclinic_baseline"))
-    case = prepare_model(case, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
-    timings["model"] = time.perf_counter() - t
-    retrain, recipe = retrainer(case, fit_config)
-    evidence = Evidence(
-        case,
-        ev_cfg,
-        retrain=retrain,
-        recipe=recipe,
-        cheap_retrain=baseline,
-        cache_dir=cache,
-        progress=progress,
-        fit_config=fit_config or FitConfig(),
-    )
-    t = time.perf_counter()
-    evidence.ensure([need for cid in built for need in CHECKS[cid].requires])
-    timings["evidence"] = time.perf_counter() - t
-    t = time.perf_counter()
-    results = _run_checks(case, evidence, selected, built, progress)
-    timings["checks"] = time.perf_counter() - t
+    # the small baseline gains little from intra-op threads: one thread per process, the cores run independent work
+    workers = default_workers() if baseline else 1
+    threads = 1 if workers > 1 else None
+    needs = [need for cid in built for need in CHECKS[cid].requires]
+    with torch_threads(threads):
+        case, evidence, timings["model"] = _model_and_evidence(
+            case, needs, fit_config, ev_cfg, cache, progress, workers
+        )
+        evidence.ensure(needs)  # with a baseline trained here, the folds and forward passes overlapped its training
+        timings["evidence"] = time.perf_counter() - t - timings["model"]
+        t = time.perf_counter()
+        results = _run_checks(case, evidence, selected, built, progress, workers)
+        timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(
         dlclinic_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         case=_case_summary(case, evidence),
         challenges=sequence_of_results(results),
-        environment=environment_info(),
+        environment={**environment_info(), "checkup_workers": workers, "checkup_torch_threads": threads or "default"},
         timings=timings,
     )
 

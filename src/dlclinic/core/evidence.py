@@ -14,7 +14,9 @@ Kinds of evidence (``KINDS``):
   cross-validated logistic head on the embeddings (cheap, the default for user models).
   The head is out-of-fold, but the network that produced the embeddings saw every label:
   a network that memorised its training labels carries them into its embeddings, so
-  data.quality reports that case as inconclusive rather than clean.
+  data.quality reports that case as inconclusive rather than clean. The K fold models also
+  predict every other labelled split (:meth:`Evidence.fold_predictions`): data.quantity's
+  learning curve uses them as its points at ``(K−1)/K`` of the data instead of retraining.
 
 Everything is keyed by fingerprints of the model, the split's data and the parameters,
 and stored as ``.npz`` under the cache directory, so a second checkup of the same case
@@ -24,7 +26,9 @@ recomputes nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import platform
 import tempfile
 import time
 import typing
@@ -50,8 +54,9 @@ from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fing
 from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress
 from dlclinic.core.version import __version__
+from dlclinic.core.workers import run_tasks
 
-__all__ = ["KINDS", "Evidence", "EvidenceConfig", "default_cache_dir"]
+__all__ = ["KINDS", "Evidence", "EvidenceConfig", "default_cache_dir", "fold_result", "kfold_rows", "machine"]
 
 _T = TypeVar("_T")
 
@@ -59,6 +64,23 @@ KINDS = ("logits", "probs", "embeddings", "losses", "oof_probs")
 
 Retrain = Callable[[np.ndarray, np.ndarray, int], Any]
 """``retrain(x, y, seed) -> trained nn.Module``: the recipe, for K-fold out-of-fold probabilities."""
+
+
+def machine() -> dict[str, Any]:
+    """What a timing depends on besides the model and data, for the cache keys of measured times."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def default_cache_dir() -> Path:
@@ -117,6 +139,43 @@ def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+def _json_plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def kfold_rows(case: Case, config: EvidenceConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The stratified folds of train for out-of-fold probabilities: ``(fit rows, held-out rows)`` per fold
+    (``config.folds``, fewer when a class has fewer rows)."""
+    y = case.train.y
+    if y is None:
+        raise InputError("split 'train': expected labels for out-of-fold probabilities, found none")
+    counts = np.bincount(y, minlength=case.n_classes)
+    folds = int(min(config.folds, max(2, counts[counts > 0].min())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
+        return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(case.train.x, y))
+
+
+def fold_result(
+    case: Case, retrain: Retrain | None, seed: int, task: tuple[int, tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One fold: the recipe retrained (seed ``seed + fold``) on the other folds; its probabilities on the
+    held-out rows and its predicted classes on every other labelled split."""
+    assert retrain is not None
+    fold, (fit_idx, held_idx) = task
+    s = case.train
+    model = retrain(s.x[fit_idx], s.y[fit_idx], seed + fold)  # type: ignore[index]
+    held = _softmax(predict_logits(model, s.x[held_idx]).astype(np.float64)).astype(np.float32)
+    labels = {
+        name: predict_logits(model, np.nan_to_num(split.x)).argmax(1).astype(np.int64)
+        for name, split in case.splits.items()
+        if name != "train" and split.labelled
+    }
+    return held, labels
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -169,6 +228,7 @@ class Evidence:
         cache_dir: Path | None = None,
         progress: Progress | None = None,
         fit_config: Any = None,
+        workers: int = 1,
     ) -> None:
         if case.model is None:
             raise ModelError("evidence needs a model: pass one, or let dlclinic.checkup() train the baseline")
@@ -180,8 +240,10 @@ class Evidence:
         self.fit_config = fit_config  # the case's training recipe (checks that train a fresh copy read it)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.progress = progress or NullProgress()
+        self.workers = workers  # processes for independent retrainings (the K folds): dlclinic.core.workers
         self._mem: dict[tuple[str, str], np.ndarray] = {}
         self._memo: dict[str, Any] = {}
+        self._folds: dict[str, np.ndarray] = {}  # fold models' predictions (kfold OOF): see fold_predictions
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.nonfinite_rows: dict[str, int] = {}
         self.stats = _Stats()
@@ -238,6 +300,8 @@ class Evidence:
         stored = _read_npz(self._path(kind, split)) if self.config.cache else None
         if stored is not None and "value" in stored:
             self._mem[key] = stored["value"]
+            if kind == "oof_probs":
+                self._folds = {k: v for k, v in stored.items() if k.startswith("fold.")}
             self.stats.cached.append(f"{kind}:{split}")
             return self._mem[key]
         start = time.perf_counter()
@@ -245,9 +309,24 @@ class Evidence:
             self._forward(split)
         else:
             self._mem[key] = self._oof()
-            self._store(kind, split)
+            self._store(kind, split, **self._folds)
         self.stats.seconds += time.perf_counter() - start
         return self._mem[key]
+
+    def fold_predictions(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(fit_rows, labels)`` of the K models of the K-fold out-of-fold probabilities on ``split``.
+
+        ``fit_rows[k]`` is the number of train rows fold model ``k`` was trained on (a stratified
+        ``(K−1)/K`` of train, the recipe with seed ``seed + k``), ``labels[k]`` its predicted
+        classes on ``split``. ``None`` when the out-of-fold method is not ``kfold``, the split is
+        ``train`` or unlabelled. Computes the out-of-fold probabilities when needed.
+        """
+        if self.oof_method != "kfold" or split == "train" or not self.available("losses", split):
+            return None
+        self.get("oof_probs", "train")
+        if f"fold.pred.{split}" not in self._folds:  # a cache entry written before fold predictions were kept
+            return None
+        return self._folds["fold.fit_rows"], self._folds[f"fold.pred.{split}"]
 
     def cached(
         self, name: str, params: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
@@ -283,6 +362,15 @@ class Evidence:
                 pass
         return out
 
+    def cached_json(self, name: str, params: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """A JSON value (numbers, strings, lists, dicts; numpy arrays become lists) cached like :meth:`cached`.
+
+        The value returned is always the one read back from JSON, so a first run and a cached
+        run see the same types (lists, never tuples or arrays).
+        """
+        out = self.cached(name, params, lambda: {"json": np.asarray(json.dumps(compute(), default=_json_plain))})
+        return json.loads(str(out["json"]))
+
     def memo(self, key: str, compute: Callable[[], _T]) -> _T:
         """An in-process result shared by the checks of one checkup (e.g. the monitored run).
 
@@ -292,6 +380,24 @@ class Evidence:
         if key not in self._memo:
             self._memo[key] = compute()
         return typing.cast(_T, self._memo[key])
+
+    def mark(self) -> tuple[int, int]:
+        """A bookmark in what this object computed and loaded, for :meth:`changes_since`."""
+        return len(self.stats.computed), len(self.stats.cached)
+
+    def changes_since(self, mark: tuple[int, int]) -> dict[str, Any]:
+        """What was computed or loaded since ``mark``, and the non-finite rows found (plain, picklable)."""
+        return {
+            "computed": self.stats.computed[mark[0] :],
+            "cached": self.stats.cached[mark[1] :],
+            "nonfinite_rows": dict(self.nonfinite_rows),
+        }
+
+    def absorb(self, changes: dict[str, Any]) -> None:
+        """Record the :meth:`changes_since` of a copy of this object in a worker process (the report lists them)."""
+        self.stats.computed.extend(x for x in changes["computed"] if x not in self.stats.computed)
+        self.stats.cached.extend(x for x in changes["cached"] if x not in self.stats.cached)
+        self.nonfinite_rows.update(changes["nonfinite_rows"])
 
     def workdir(self) -> Path:
         """A scratch directory for files the checks write (exported models); removed with this object."""
@@ -338,11 +444,11 @@ class Evidence:
         key = fingerprint_params({"model": self.model_fingerprint, "data": self._split_fp[split], **self._params(kind)})
         return self.cache_dir / "evidence" / key[:2] / f"{key}.npz"
 
-    def _store(self, kind: str, split: str) -> None:
+    def _store(self, kind: str, split: str, **extra: np.ndarray) -> None:
         self.stats.computed.append(f"{kind}:{split}")
         if self.config.cache:
             try:
-                _atomic_savez(self._path(kind, split), value=self._mem[(kind, split)])
+                _atomic_savez(self._path(kind, split), value=self._mem[(kind, split)], **extra)
             except OSError:  # a read-only cache only costs speed
                 pass
 
@@ -446,42 +552,58 @@ class Evidence:
         )
 
     def _oof(self) -> np.ndarray:
-
-        s = self.case.train
-        y = s.y
-        if y is None:
-            raise InputError("split 'train': expected labels for out-of-fold probabilities, found none")
-        k = self.case.n_classes
-        counts = np.bincount(y, minlength=k)
-        folds = int(min(self.config.folds, max(2, counts[counts > 0].min())))
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.config.seed)
-        oof = np.zeros((len(s), k), dtype=np.float32)
         method = self.oof_method
         if method == "kfold" and self.retrain is None:
             raise ConfigError(
                 "oof='kfold' needs a training recipe (a model factory or the baseline); use oof='embeddings'"
             )
-
+        rows = kfold_rows(self.case, self.config)
         with (
-            self.progress.step(f"out-of-fold probabilities ({method}, {folds} folds)", total=folds) as advance,
+            self.progress.step(f"out-of-fold probabilities ({method}, {len(rows)} folds)", total=len(rows)) as advance,
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
             if method == "kfold":
-                for fold, (fit_idx, held_idx) in enumerate(splitter.split(s.x, y)):
-                    model = self.retrain(s.x[fit_idx], y[fit_idx], self.config.seed + fold)  # type: ignore[misc]
-                    oof[held_idx] = _softmax(predict_logits(model, s.x[held_idx]).astype(np.float64))
-                    advance(1)
-            else:
-                emb = self.get("embeddings", "train")
-                for fit_idx, held_idx in splitter.split(emb, y):
-                    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-                    clf.fit(emb[fit_idx], y[fit_idx])
-                    proba = np.full((len(held_idx), k), 1e-6)
-                    proba[:, clf.classes_] = clf.predict_proba(emb[held_idx])
-                    oof[held_idx] = proba / proba.sum(1, keepdims=True)
-                    advance(1)
+                results = run_tasks(
+                    list(enumerate(rows)),
+                    lambda task: fold_result(self.case, self.retrain, self.config.seed, task),
+                    workers=self.workers,
+                    on_result=lambda _i, _r: advance(1),
+                    setup=self._quiet_worker,
+                )
+                return self._assemble(rows, results)
+            y, k = np.asarray(self.case.train.y), self.case.n_classes
+            emb = self.get("embeddings", "train")
+            oof = np.zeros((len(y), k), dtype=np.float32)
+            for fit_idx, held_idx in rows:
+                clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+                clf.fit(emb[fit_idx], y[fit_idx])
+                proba = np.full((len(held_idx), k), 1e-6)
+                proba[:, clf.classes_] = clf.predict_proba(emb[held_idx])
+                oof[held_idx] = proba / proba.sum(1, keepdims=True)
+                advance(1)
         return oof
+
+    def _assemble(self, rows: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> np.ndarray:
+        """The out-of-fold probabilities from the :func:`fold_result` of each fold; keeps the folds' predictions."""
+        oof = np.zeros((len(self.case.train), self.case.n_classes), dtype=np.float32)
+        for (_, held_idx), (p, _) in zip(rows, results):
+            oof[held_idx] = p
+        self._folds = {"fold.fit_rows": np.array([len(fit) for fit, _ in rows], dtype=np.int64)}
+        for name in results[0][1]:
+            self._folds[f"fold.pred.{name}"] = np.stack([labels[name] for _, labels in results])
+        return oof
+
+    def put_kfold(self, rows: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> None:
+        """K-fold out-of-fold probabilities trained outside this object (alongside the baseline, which they
+        do not need): ``rows`` from :func:`kfold_rows`, ``results`` the :func:`fold_result` of each fold."""
+        self._mem[("oof_probs", "train")] = self._assemble(rows, results)
+        self._store("oof_probs", "train", **self._folds)
+
+    def _quiet_worker(self) -> None:
+        """In a forked worker: one torch thread, and no progress drawing (the parent draws)."""
+        torch.set_num_threads(1)
+        self.progress = NullProgress()
 
     def describe(self) -> dict[str, Any]:
         return {

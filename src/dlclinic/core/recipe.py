@@ -21,7 +21,17 @@ from torch import nn
 
 from dlclinic.core.errors import ConfigError
 
-__all__ = ["FitConfig", "FitMonitor", "FitResult", "fit", "prepare_inputs", "seed_everything"]
+__all__ = [
+    "FitConfig",
+    "FitMonitor",
+    "FitResult",
+    "channels_last",
+    "contiguous",
+    "fit",
+    "prepare_inputs",
+    "seed_everything",
+    "warm_up",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -92,6 +102,33 @@ def prepare_inputs(model: nn.Module, x: np.ndarray) -> None:
         setter(flat.mean(0), flat.std(0))
 
 
+def warm_up() -> None:
+    """Build an optimizer once: torch imports its compiler stack (~2 s) at the first one.
+
+    Called before worker processes fork, so they inherit it instead of each importing it again.
+    """
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+
+def channels_last(net: nn.Module) -> bool:
+    """Put a CPU model with 4-D (convolution) weights in channels-last layout, in place; whether it did.
+
+    On CPU, oneDNN's convolutions and max-pooling run much faster on channels-last tensors (a
+    small image CNN trains ~30 % faster on one thread); the values are the same, only the
+    layout of the weights changes. :func:`contiguous` puts them back after training.
+    """
+    params = list(net.parameters())
+    if not params or any(p.device.type != "cpu" for p in params) or not any(p.dim() == 4 for p in params):
+        return False
+    net.to(memory_format=torch.channels_last)
+    return True
+
+
+def contiguous(net: nn.Module) -> nn.Module:
+    """The model with its weights back in the default (contiguous) layout, in place."""
+    return net.to(memory_format=torch.contiguous_format)
+
+
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
     model.eval()
     total_loss, correct = 0.0, 0
@@ -139,6 +176,7 @@ def fit(
     seed_everything(cfg.seed)
     net = copy.deepcopy(model)
     prepare_inputs(net, x)
+    channels_last(net)
     gen = np.random.default_rng(cfg.seed)
     n = len(x)
     order = gen.permutation(n)
@@ -147,7 +185,7 @@ def fit(
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
     wt = torch.from_numpy(np.asarray(sample_weight, dtype=np.float32)) if sample_weight is not None else None
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     steps_per_epoch = max(1, math.ceil(len(tr_idx) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -171,7 +209,7 @@ def fit(
         net.load_state_dict(best_state)
     else:
         best_epoch = len(history["train_loss"]) - 1
-    net.eval()
+    contiguous(net).eval()
     return FitResult(model=net, history=history, best_epoch=best_epoch, stopped_early=stopped)
 
 

@@ -41,6 +41,7 @@ from dlclinic.functional.compression import (
     remove_masks,
 )
 from dlclinic.functional.latency import measure_interleaved, torch_runner
+from dlclinic.providers.search import installed
 
 __all__ = [
     "compression_sweep",
@@ -84,10 +85,7 @@ def needs_torch(cid: str) -> CheckResult:
 
 def missing_onnx(cid: str) -> CheckResult | None:
     """A ``not_examined`` result when onnx or onnxruntime is not installed, else ``None``."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if not installed("onnx", "onnxruntime"):
         return CheckResult(
             id=cid, status="not_examined", summary="Needs onnx and onnxruntime: pip install 'dlclinic[onnx]'."
         )

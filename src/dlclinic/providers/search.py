@@ -9,7 +9,9 @@ a treatment is compared with, and the paired test comparison that verifies it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,9 @@ from dlclinic.core.results import CheckResult
 from dlclinic.providers.training_run import recipe
 
 __all__ = [
+    "current_recipe_runs",
+    "installed",
+    "run_key",
     "reference_model",
     "search_unavailable",
     "short_run_recipe",
@@ -60,11 +65,24 @@ def search_unavailable(cid: str, case: Case) -> CheckResult | None:
         )
     if case.train.y is None:
         return CheckResult(id=cid, status="not_examined", summary="Needs labelled training data.")
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
+    if not installed("optuna"):
         return CheckResult(id=cid, status="not_examined", summary="Needs optuna: pip install 'dlclinic[tune]'.")
     return None
+
+
+def installed(*names: str) -> bool:
+    """Whether every module can be imported, without importing it (optuna, onnx: a second each)."""
+    for name in names:
+        if name in sys.modules:
+            if sys.modules[name] is None:  # marked missing (as tests do)
+                return False
+            continue
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
 
 
 def short_run_recipe(evidence: Evidence, options: Any) -> tuple[Any, dict[str, Any], int]:
@@ -83,6 +101,27 @@ def short_run_recipe(evidence: Evidence, options: Any) -> tuple[Any, dict[str, A
         int(options.epochs) if options.epochs is not None else max(1, min(int(cfg.epochs), int(options.max_epochs)))
     )
     return cfg, current, epochs
+
+
+def current_recipe_runs(evidence: Evidence) -> dict[str, Any]:
+    """Runs of the current recipe on :func:`validation_subset` rows from the seeded initial weights, by
+    :func:`run_key`: model.architecture's full width is model.hyperparameters' first trial (``Evidence.memo``)."""
+    return evidence.memo("search.current_recipe_runs", dict)
+
+
+def run_key(current: dict[str, Any], epochs: int, options: Any, cfg: Any) -> str:
+    """What a short run of the current recipe depends on (the rows, the seed, the recipe)."""
+    return repr(
+        (
+            sorted(current.items()),
+            epochs,
+            options.n_train,
+            options.n_val,
+            options.seed,
+            cfg.schedule,
+            cfg.label_smoothing,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- remedies

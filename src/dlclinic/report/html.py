@@ -46,7 +46,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from dlclinic.core.results import CheckResult, Finding, Report, Treatment, not_examined
-from dlclinic.report.plots import plot_to_svg
+from dlclinic.report.plots import plot_to_svg, prerender
 from dlclinic.report.thumbnails import thumbnails
 from dlclinic.report.trust import false_alarm_note as _false_alarm_note
 from dlclinic.report.trust import power_rows
@@ -320,6 +320,9 @@ def render_html(report: Report, case: Case | None = None) -> str:
         The HTML document as a string.
     """
     by_id = {r.id: r for r in report.challenges}
+    prerender(
+        [p for r in report.challenges if isinstance(r.details, Mapping) for p in _as_list(r.details.get("plots"))]
+    )
     counts = {s: 0 for s in STATUSES}
     categories = []
     for key, name in CATEGORIES.items():

@@ -19,6 +19,11 @@ Figures are built with the object API (``matplotlib.figure.Figure``), never ``py
 no global figure state exists; the only rcParams touched are set inside an
 ``rc_context`` for the duration of one ``savefig`` and restored afterwards.
 
+Drawing is most of the time it takes to write a report (~0.2 s a plot), so an SVG is kept
+on disk under ``<cache>/plots`` keyed by a hash of the spec, this module and the matplotlib
+version (``$DLCLINIC_CACHE``; a report of the same results draws nothing again), and
+:func:`prerender` draws the plots of a whole report on several processes.
+
 Example:
     >>> svg = plot_to_svg({"kind": "line", "title": "loss",
     ...                    "series": [{"label": "train", "x": [0, 1, 2], "y": [1.0, 0.5, 0.4]}]})
@@ -28,18 +33,28 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import io
+import json
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dlclinic.core.atomic import atomic_path
+from dlclinic.core.evidence import default_cache_dir
+from dlclinic.core.workers import default_workers, run_tasks
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["KINDS", "PlotSpecError", "plot_to_svg"]
+__all__ = ["KINDS", "PlotSpecError", "plot_to_svg", "prerender"]
 
 KINDS = ("line", "bar", "hist", "reliability", "scatter", "heatmap")
 _SIZE = (4.5, 3.0)
@@ -258,8 +273,89 @@ _DRAW = {
 }
 
 
+_drawn: dict[str, str] = {}  # spec key -> SVG, in this process
+
+
+@functools.cache
+def _style() -> str:
+    """What else an SVG depends on: this module's code and matplotlib's version."""
+    try:
+        mpl = importlib.metadata.version("matplotlib")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - matplotlib is a dependency
+        mpl = "?"
+    return hashlib.sha256(Path(__file__).read_bytes() + mpl.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def _key(spec: Any) -> str | None:
+    """The cache key of a spec (``None``: not plain data, not cached)."""
+    try:
+        text = json.dumps(spec, sort_keys=True, default=_plain)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256((_style() + text).encode()).hexdigest()
+
+
+def _cache_path(key: str) -> Path:
+    return default_cache_dir() / "plots" / key[:2] / f"{key}.svg"
+
+
+def _read(key: str) -> str | None:
+    try:
+        return _cache_path(key).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _keep(key: str, svg: str) -> None:
+    _drawn[key] = svg
+    try:
+        with atomic_path(_cache_path(key)) as tmp:
+            tmp.write_text(svg, encoding="utf-8")
+    except OSError:  # a read-only cache only costs time
+        pass
+
+
+def _draw_or_none(spec: Mapping[str, Any]) -> str | None:
+    try:
+        return _render(spec)
+    except Exception:  # plot_to_svg raises it again, with the message the report shows
+        return None
+
+
+def prerender(specs: Sequence[Any]) -> None:
+    """Draw the specs not drawn yet on several forked processes, for :func:`plot_to_svg` to return.
+
+    Runs in this process only when it has other threads (forking them is unsafe) or one CPU.
+    """
+    todo: dict[str, Any] = {}
+    for spec in specs:
+        key = _key(spec) if isinstance(spec, Mapping) else None
+        if key is None or key in _drawn or key in todo:
+            continue
+        cached = _read(key)
+        if cached is not None:
+            _drawn[key] = cached
+        else:
+            todo[key] = spec
+    workers = default_workers() if threading.active_count() == 1 else 1
+    if workers < 2 or len(todo) < 2:
+        return
+    import matplotlib.backends.backend_svg  # imported once, before the workers fork
+    import matplotlib.figure  # noqa: F401
+
+    for key, svg in zip(todo, run_tasks(list(todo.values()), _draw_or_none, workers=workers)):
+        if svg is not None:
+            _keep(key, svg)
+
+
 def plot_to_svg(spec: Mapping[str, Any]) -> str:
-    """Render one plot spec to an inline ``<svg>`` string (no XML prolog).
+    """Render one plot spec to an inline ``<svg>`` string (no XML prolog), or return the one kept.
 
     Args:
         spec: A plot spec as described in the module docstring.
@@ -270,6 +366,20 @@ def plot_to_svg(spec: Mapping[str, Any]) -> str:
     Raises:
         PlotSpecError: If the spec is malformed (unknown kind, no series, bad numbers).
     """
+    key = _key(spec)
+    if key is None:
+        return _render(spec)
+    svg = _drawn.get(key)
+    if svg is None:
+        svg = _read(key)
+        if svg is None:
+            svg = _render(spec)
+            _keep(key, svg)
+        _drawn[key] = svg
+    return svg
+
+
+def _render(spec: Mapping[str, Any]) -> str:
     if not isinstance(spec, Mapping):
         raise PlotSpecError(f"expected a dict, found {type(spec).__name__}")
     kind = spec.get("kind")

@@ -13,6 +13,7 @@ The remedy writes the smallest verified variant within the accuracy tolerance
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,10 @@ import numpy as np
 import torch
 
 from dlclinic.core.case import Case
-from dlclinic.core.evidence import Evidence
+from dlclinic.core.evidence import Evidence, machine
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 from dlclinic.core.threads import on_threads
-from dlclinic.export import ExportResult
 from dlclinic.export.onnx_variants import OnnxFile
 from dlclinic.export.weights import state_dict_bytes
 from dlclinic.functional.compression import parameter_count
@@ -69,6 +69,39 @@ class _Sizes:
         return min([self.fp32_bytes, self.fp16_bytes] + ([self.int8_bytes] if self.int8_bytes else []))
 
 
+@dataclass(frozen=True)
+class _Pt2:
+    """What the check reports of a verified ``.pt2`` export (:class:`~dlclinic.export.ExportResult`)."""
+
+    size_bytes: int
+    max_abs_logit_diff: float
+    argmax_agreement: float
+
+
+def _measure(case: Case, evidence: Evidence, options: EdgeOptions, model: Any) -> dict[str, Any]:
+    """Exports, sizes, operators and peak memory, as plain values (cached: they need the exports)."""
+    _, x, _ = eval_split(case)
+    files, notes = onnx_core(case, evidence, options.exporter, options.calibration_samples)
+    sz = _sizes(model, files)
+    ops, odd = _onnx_ops(files[0][2]) if files else ([], [])
+    pt2 = pt2_export(case, evidence)
+    return {
+        "files": [[name, kind, note] for name, kind, _, note in files],
+        "notes": list(notes),
+        "sizes": dataclasses.asdict(sz),
+        "memory": peak_inference_memory(model, np.ascontiguousarray(x[:1])),
+        "ops": ops,
+        "odd": odd,
+        "pt2": pt2
+        if isinstance(pt2, str)
+        else {
+            "size_bytes": pt2.size_bytes,
+            "max_abs_logit_diff": pt2.max_abs_logit_diff,
+            "argmax_agreement": pt2.argmax_agreement,
+        },
+    }
+
+
 def _onnx_ops(path: Path) -> tuple[list[str], list[str]]:
     """``(op types, non-standard op types)`` of an ONNX graph (standard = in the ONNX default domain schema)."""
     import onnx
@@ -94,7 +127,7 @@ def _sizes(model: Any, files: list[OnnxFile]) -> _Sizes:
 
 
 def _export_findings(
-    files: list[OnnxFile], notes: list[str], odd: list[str], pt2: ExportResult | str
+    files: list[OnnxFile], notes: list[str], odd: list[str], pt2: _Pt2 | str
 ) -> tuple[list[Status], list[Finding]]:
     statuses: list[Status] = []
     findings: list[Finding] = []
@@ -148,7 +181,7 @@ def _summary(
     sz: _Sizes,
     mem: dict[str, float],
     onnx_ok: bool,
-    pt2: ExportResult | str,
+    pt2: _Pt2 | str,
     verdicts: tuple[Status | None, Status | None],
 ) -> str:
     size_verdict, mem_verdict = verdicts
@@ -169,7 +202,7 @@ def _summary(
     )
 
 
-def _artifact_rows(sz: _Sizes, files: list[OnnxFile], pt2: ExportResult | str) -> list[list[Any]]:
+def _artifact_rows(sz: _Sizes, files: list[OnnxFile], pt2: _Pt2 | str) -> list[list[Any]]:
     rows: list[list[Any]] = [
         ["weights fp32 (safetensors)", round(sz.fp32_bytes / 1e6, 4), ""],
         ["weights fp16 (safetensors)", round(sz.fp16_bytes / 1e6, 4), ""],
@@ -200,12 +233,11 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
     missing = missing_onnx(cid)
     if missing is not None:
         return missing
-    _, x, _ = eval_split(case)
-    files, notes = onnx_core(case, evidence, options.exporter, options.calibration_samples)
-    sz = _sizes(model, files)
-    mem = peak_inference_memory(model, np.ascontiguousarray(x[:1]))
-    ops, odd = _onnx_ops(files[0][2]) if files else ([], [])
-    pt2 = pt2_export(case, evidence)
+    params = {"exporter": options.exporter, "calibration": options.calibration_samples, "machine": machine()}
+    m = evidence.cached_json("compute.edge.measured", params, lambda: _measure(case, evidence, options, model))
+    files: list[Any] = [(name, kind, None, note) for name, kind, note in m["files"]]
+    notes, sz, mem, ops, odd = m["notes"], _Sizes(**m["sizes"]), m["memory"], m["ops"], m["odd"]
+    pt2: _Pt2 | str = m["pt2"] if isinstance(m["pt2"], str) else _Pt2(**m["pt2"])
     statuses, findings = _export_findings(files, notes, odd, pt2)
     size_verdict, size_finding = _size_verdict(options, sz)
     mem_verdict, mem_finding = _memory_verdict(options, mem)

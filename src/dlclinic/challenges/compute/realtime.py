@@ -12,13 +12,14 @@ The remedy ships the fastest verified variant within the accuracy tolerance
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from dlclinic.core.case import Case
-from dlclinic.core.evidence import Evidence
+from dlclinic.core.evidence import Evidence, machine
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.core.threads import thread_settings, torch_threads
@@ -153,6 +154,20 @@ def _benchmark(
     return lat, tput
 
 
+def _measure(case: Case, evidence: Evidence, options: RealtimeOptions, model: Any) -> dict[str, Any]:
+    """Latency and throughput per backend, as plain values (cached: they are measured on this machine)."""
+    _, x, _ = eval_split(case)
+    x = np.ascontiguousarray(x[: max(options.batch_sizes)])
+    backends = _backends(case, evidence, options, model, x)
+    lat, tput = _benchmark(evidence, backends.runners, x, options)
+    return {
+        "latency": {name: dataclasses.asdict(v) for name, v in lat.items()},
+        "throughput": {name: dataclasses.asdict(v) for name, v in tput.items()},
+        "skipped": backends.skipped,
+        "notes": backends.notes,
+    }
+
+
 def _verdict(lat: dict[str, LatencyStats], options: RealtimeOptions) -> tuple[Status, list[Finding], str]:
     """``(status, findings, best backend)`` of the p99s against the budget (on their lower confidence bounds)."""
     eager_stats = lat["eager fp32"]
@@ -284,10 +299,14 @@ def run_realtime(case: Case, evidence: Evidence, options: RealtimeOptions) -> Ch
     model = torch_model(case)
     if model is None:
         return needs_torch(cid)
-    _, x, _ = eval_split(case)
-    x = np.ascontiguousarray(x[: max(options.batch_sizes)])
-    backends = _backends(case, evidence, options, model, x)
-    lat, tput = _benchmark(evidence, backends.runners, x, options)
+    params = {"options": dataclasses.asdict(options), "machine": machine()}
+    m = evidence.cached_json("compute.realtime.measured", params, lambda: _measure(case, evidence, options, model))
+    lat = {name: LatencyStats(**v) for name, v in m["latency"].items()}
+    tput = {
+        name: ThroughputResult(**{**v, "batch_sizes": tuple(v["batch_sizes"]), "throughput": tuple(v["throughput"])})
+        for name, v in m["throughput"].items()
+    }
+    backends = _Backends(dict.fromkeys(lat), m["skipped"], m["notes"])
     status, findings, best_name = _verdict(lat, options)
     return CheckResult(
         id=cid,

@@ -6,6 +6,7 @@ the projected full run, from the shared monitored run (:mod:`dlclinic.providers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -114,15 +115,23 @@ def _details(rec: MonitorRecord) -> dict[str, Any]:
     }
 
 
+def _flops(case: Case, evidence: Evidence) -> FlopCount | None:
+    """FLOPs per sample of the model (cached: counting runs the model under torch's FLOP counter)."""
+
+    def compute() -> dict[str, Any] | None:
+        try:
+            return dataclasses.asdict(count_flops(case.model, np.nan_to_num(case.train.x[:8])))
+        except Exception:
+            return None
+
+    got = evidence.cached_json("compute.training_cost.flops", {"rows": 8}, compute)
+    return FlopCount(**got) if got is not None else None
+
+
 def run_training_cost(case: Case, evidence: Evidence, options: TrainingCostOptions) -> CheckResult:
     """FLOPs per sample, parameters, throughput, data-stall share and the projected full run."""
     model = case.model
-    flops = None
-    if _is_module(model):
-        try:
-            flops = count_flops(model, np.nan_to_num(case.train.x[:8]))
-        except Exception:
-            flops = None
+    flops = _flops(case, evidence) if _is_module(model) else None
     arrays, how = monitored_run(case, evidence, run_settings(options))
     if arrays is None:
         return _not_trained(flops, how)

@@ -258,23 +258,35 @@ def _grade_features(
         )
 
 
-def _c2st(case: Case, evidence: Evidence, options: GeneralizationOptions, parts: _Parts) -> None:
+def _two_sample(case: Case, evidence: Evidence, options: GeneralizationOptions) -> dict[str, Any]:
+    """The MMD permutation tests of :func:`_comparisons` and the classifier two-sample test (plain values, cached)."""
+    mmd = []
+    for a, b, space, xa, xb in _comparisons(case, evidence, options):
+        res = mmd_test(xa, xb, permutations=options.permutations, max_rows=options.max_rows, seed=options.seed)
+        mmd.append([a, b, space, res.mmd2, res.p_value])
+    c2st = None
+    if case.get("deploy") is not None:
+        ref_name = "test" if case.get("test") is not None else "train"
+        c2 = classifier_two_sample_test(
+            evidence.get("embeddings", ref_name), evidence.get("embeddings", "deploy"), seed=options.seed
+        )
+        c2st = {"ref": ref_name, **dataclasses.asdict(c2)}
+    return {"mmd": mmd, "c2st": c2st}
+
+
+def _c2st(c2: dict[str, Any] | None, parts: _Parts) -> None:
     """Classifier two-sample test on the model's view (reported, not graded: MMD decides)."""
-    if case.get("deploy") is None:
+    if c2 is None:
         return
-    ref_name = "test" if case.get("test") is not None else "train"
-    c2 = classifier_two_sample_test(
-        evidence.get("embeddings", ref_name), evidence.get("embeddings", "deploy"), seed=options.seed
-    )
-    parts.metrics["c2st_auc_deploy"] = c2.auc
-    parts.metrics["c2st_auc_deploy_ci_low"] = c2.ci_low
-    parts.metrics["c2st_auc_deploy_ci_high"] = c2.ci_high
+    parts.metrics["c2st_auc_deploy"] = c2["auc"]
+    parts.metrics["c2st_auc_deploy_ci_low"] = c2["ci_low"]
+    parts.metrics["c2st_auc_deploy_ci_high"] = c2["ci_high"]
     parts.tables_rows.append(
         [
-            f"{ref_name} ↔ deploy",
+            f"{c2['ref']} ↔ deploy",
             "embeddings (classifier AUC)",
-            f"{c2.auc:.3f} [{c2.ci_low:.3f}, {c2.ci_high:.3f}]",
-            f"{c2.p_value:.3g}",
+            f"{c2['auc']:.3f} [{c2['ci_low']:.3f}, {c2['ci_high']:.3f}]",
+            f"{c2['p_value']:.3g}",
             "reported, not graded",
         ]
     )
@@ -387,26 +399,27 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
         )
     parts = _Parts()
     metrics = parts.metrics
-    comparisons = _comparisons(case, evidence, options)
+    params = {"pca": options.pca_dims, "perm": options.permutations, "rows": options.max_rows, "seed": options.seed}
+    two_sample = evidence.cached_json(
+        "data.generalization.two_sample", params, lambda: _two_sample(case, evidence, options)
+    )
     # every graded two-sample test gives one p-value; Holm over them keeps the family-wise
     # false-alarm rate of the check at alpha (up to five tests: two MMD, two feature
     # families, the OOD excess), where testing each at alpha would add their errors up
     tests: list[tuple[str, float]] = []
-    mmd_rows: list[tuple[str, str, str, float, float]] = []
-    for a, b, space, xa, xb in comparisons:
-        res = mmd_test(xa, xb, permutations=options.permutations, max_rows=options.max_rows, seed=options.seed)
+    mmd_rows: list[tuple[str, str, str, float, float]] = [tuple(row) for row in two_sample["mmd"]]  # type: ignore[misc]
+    for a, b, _space, mmd2, p_value in mmd_rows:
         key = f"{a}_vs_{b}"
-        metrics[f"mmd2_{key}"] = res.mmd2
-        metrics[f"p_value_{key}"] = res.p_value
-        tests.append((f"mmd:{key}", res.p_value))
-        mmd_rows.append((a, b, space, res.mmd2, res.p_value))
+        metrics[f"mmd2_{key}"] = mmd2
+        metrics[f"p_value_{key}"] = p_value
+        tests.append((f"mmd:{key}", p_value))
     feature_shifts, names = _feature_tests(case, tests)
     ood = _ood_scores(case, evidence, options, metrics, tests)
     adjusted = dict(zip([name for name, _ in tests], holm([p for _, p in tests]).tolist(), strict=True))
     metrics["tests_in_family"] = len(tests)
     _grade_mmd(mmd_rows, adjusted, options, parts)
     _grade_features(feature_shifts, names, adjusted, options, parts)
-    _c2st(case, evidence, options, parts)
+    _c2st(two_sample["c2st"], parts)
     imgs = _grade_ood(case, ood, adjusted, options, parts)
     _shift_cost(case, evidence, metrics)
     failing: list[str] = []
@@ -417,7 +430,7 @@ def run(case: Case, evidence: Evidence, options: GeneralizationOptions) -> Check
     if options.ood is not None:
         _ood_auroc(case, evidence, options, metrics, parts.statuses, parts.findings, parts.plots, parts.tables)
     status = worst(parts.statuses)
-    shifted_pairs = [f"{a}→{b}" for a, b, *_ in comparisons if metrics.get(f"shift_{a}_vs_{b}")]
+    shifted_pairs = [f"{a}→{b}" for a, b, *_ in mmd_rows if metrics.get(f"shift_{a}_vs_{b}")]
     remedy = None
     if status in ("warn", "fail"):
         remedy = Remedy(

@@ -27,6 +27,7 @@ from dlclinic.core.inference import predict_logits
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Report, Status, grade, worst
 from dlclinic.functional.duplicates import (
+    DuplicatePairs,
     find_cross_duplicates,
     find_exact_duplicates,
     find_near_duplicates,
@@ -358,14 +359,53 @@ class _Duplicates:
     discrete: bool
 
 
-def _duplicates(
-    case: Case, options: QualityOptions, metrics: dict[str, float | int | bool | None], findings: list[Finding]
-) -> tuple[Status, _Duplicates]:
-    """Exact and near duplicates within train (not graded when few rows are distinct)."""
+def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
+    """The input-space searches (exact and near duplicates in train, copies of train in test/deploy), as arrays."""
     train = case.train
     scale = nn_distance_scale(train.x)
     exact_groups = find_exact_duplicates(train.x)
     near = find_near_duplicates(train.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale)
+    out = {
+        "scale": np.asarray(scale, dtype=np.float64),
+        "exact": np.concatenate(exact_groups).astype(np.int64) if exact_groups else np.zeros(0, dtype=np.int64),
+        "exact_sizes": np.array([len(g) for g in exact_groups], dtype=np.int64),
+        "near.pairs": near.pairs,
+        "near.distances": near.distances,
+    }
+    for split in ("test", "deploy"):
+        other = case.get(split)
+        if other is not None:
+            leaks = find_cross_duplicates(
+                train.x, other.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale
+            )
+            out[f"{split}.pairs"], out[f"{split}.distances"] = leaks.pairs, leaks.distances
+    return out
+
+
+def _found(searches: dict[str, np.ndarray], key: str) -> DuplicatePairs:
+    return DuplicatePairs(
+        np.asarray(searches[f"{key}.pairs"], dtype=np.int64).reshape(-1, 2),
+        np.asarray(searches[f"{key}.distances"]),
+        float(searches["scale"]),
+    )
+
+
+def _duplicates(
+    case: Case,
+    options: QualityOptions,
+    searches: dict[str, np.ndarray],
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+) -> tuple[Status, _Duplicates]:
+    """Exact and near duplicates within train (not graded when few rows are distinct)."""
+    train = case.train
+    scale = float(searches["scale"])
+    exact_groups = (
+        list(np.split(searches["exact"], np.cumsum(searches["exact_sizes"])[:-1]))
+        if len(searches["exact_sizes"])
+        else []
+    )
+    near = _found(searches, "near")
     redundant = redundant_copies(len(train), near.pairs, exact_groups)
     distinct_fraction = 1.0 - sum(len(g) - 1 for g in exact_groups) / len(train)
     discrete = distinct_fraction < 0.5  # few distinct rows (e.g. all-categorical tables): repeats are by design
@@ -445,6 +485,7 @@ def _leaks(
     case: Case,
     options: QualityOptions,
     dup: _Duplicates,
+    searches: dict[str, np.ndarray],
     metrics: dict[str, float | int | bool | None],
     findings: list[Finding],
 ) -> Status:
@@ -454,9 +495,7 @@ def _leaks(
         other = case.get(split)
         if other is None:
             continue
-        leaks = find_cross_duplicates(
-            case.train.x, other.x, rel_threshold=options.near_duplicate_rel_distance, scale=dup.scale
-        )
+        leaks = _found(searches, split)
         frac = len(leaks) / len(other)
         metrics[f"{split}_leaks"] = len(leaks)
         metrics[f"{split}_leak_fraction"] = frac
@@ -591,10 +630,13 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     statuses.append("fail" if metrics["nonfinite_rows"] else "ok")
     label_status, issues = _label_issues(case, evidence, options, metrics, findings, details)
     statuses.append(label_status)
-    dup_status, dup = _duplicates(case, options, metrics, findings)
+    searches = evidence.cached(
+        "data.quality.searches", {"near": options.near_duplicate_rel_distance}, lambda: _searches(case, options)
+    )
+    dup_status, dup = _duplicates(case, options, searches, metrics, findings)
     statuses.append(dup_status)
     _embedding_duplicates(case, evidence, options, dup, metrics, findings, details)
-    statuses.append(_leaks(case, options, dup, metrics, findings))
+    statuses.append(_leaks(case, options, dup, searches, metrics, findings))
     imbalance_status, ratio = _imbalance(case, options, metrics, findings, details)
     statuses.append(imbalance_status)
     # profile: images or columns, files the loader could not read, embedding outliers

@@ -3,7 +3,10 @@
 Two ways to measure the curve on stratified subsets (``fractions`` × ``seeds``):
 
 * ``mode="model"`` retrains the real model with its recipe at each size — faithful, and the
-  default (``"auto"``) when the recipe is cheap (the baseline dlclinic trains itself);
+  default (``"auto"``) when the recipe is cheap (the baseline dlclinic trains itself). The
+  point at ``(K−1)/K`` of the data (0.75 with the default 4 folds) is measured by the K
+  models the K-fold out-of-fold probabilities already trained (stratified ``(K−1)/K``
+  subsets, the recipe, K seeds), so it costs no retraining and has K repeats;
 * ``mode="proxy"`` fits a logistic-regression head on the cached train embeddings — fast,
   the default for your own models. The embeddings were learned from the full train split,
   so the proxy curve is a lower bound on the steepness: a "steep" verdict is reliable, a
@@ -56,6 +59,7 @@ from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
+from dlclinic.core.fingerprint import fingerprint_array
 from dlclinic.core.inference import predict_logits
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Report
@@ -80,7 +84,7 @@ __all__ = [
 class QuantityOptions:
     """Learning-curve settings and the verdict thresholds of data.quantity."""
 
-    fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.7, 1.0)
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.75, 1.0)
     seeds: int = 2
     mode: str = "auto"  # "auto" | "proxy" (head on cached embeddings) | "model" (retrain the model)
     target_accuracy: float | None = None
@@ -105,6 +109,16 @@ def resolve_mode(options: QuantityOptions, evidence: Evidence) -> str:
     return "model" if evidence.retrain is not None and evidence.cheap_retrain else "proxy"
 
 
+def _fold_point(evidence: Evidence, mode: str, frac: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The K-fold models' ``(train rows, test predictions)`` when ``frac`` is their ``(K−1)/K`` share of train."""
+    if mode != "model" or frac >= 1:
+        return None
+    got = evidence.fold_predictions("test")
+    if got is None or abs(frac - (len(got[0]) - 1) / len(got[0])) > 1e-9:
+        return None
+    return got
+
+
 def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityOptions) -> dict[str, np.ndarray]:
     """Measured curve: one row per (size, seed) with the test error, and per-class errors."""
     train, test = case.train, case.splits["test"]
@@ -118,6 +132,15 @@ def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityO
             raise ValueError("mode='model' needs the model's recipe (a factory); use mode='proxy'")
     with evidence.progress.step(f"learning curve ({mode})", total=len(options.fractions) * options.seeds) as advance:
         for frac in options.fractions:
+            fold = _fold_point(evidence, mode, frac)
+            for rows_k, pred in zip(*fold) if fold is not None else ():  # the K-fold models: no retraining
+                wrong = pred != y_te
+                ns.append(int(rows_k))
+                errs.append(float(wrong.mean()))
+                per_class.append(_per_class(wrong, y_te, case.n_classes))
+            if fold is not None:
+                advance(options.seeds)
+                continue
             for seed in range(options.seeds if frac < 1 else 1):
                 rng = np.random.default_rng(1000 + seed)
                 rows = stratified_subset(y_tr, frac, rng) if frac < 1 else np.arange(len(y_tr))
@@ -141,11 +164,19 @@ def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityO
                 wrong = pred != y_te
                 ns.append(len(rows))
                 errs.append(float(wrong.mean()))
-                per_class.append(
-                    [float(wrong[y_te == k].mean()) if np.any(y_te == k) else np.nan for k in range(case.n_classes)]
-                )
+                per_class.append(_per_class(wrong, y_te, case.n_classes))
                 advance(1 if frac < 1 else options.seeds)
     return {"n": np.array(ns, dtype=np.float64), "error": np.array(errs), "per_class": np.array(per_class)}
+
+
+def _per_class(wrong: np.ndarray, y: np.ndarray, n_classes: int) -> list[float]:
+    return [float(wrong[y == k].mean()) if np.any(y == k) else np.nan for k in range(n_classes)]
+
+
+def _largest_subset(n: np.ndarray, n_full: float) -> float:
+    """The largest measured size below the full data, as a fraction of it: the backtest fits up to it."""
+    below = n[n < n_full]
+    return float(below.max() / n_full) if len(below) else 0.7
 
 
 def backtest(
@@ -200,6 +231,59 @@ def _bootstrap(
         if options.target_accuracy is not None:
             boot_need.append(samples_for_error(b, 1 - options.target_accuracy))
     return boot_gain, boot_need
+
+
+def _cached_curve(case: Case, evidence: Evidence, mode: str, options: QuantityOptions) -> dict[str, np.ndarray]:
+    params = {"mode": mode, "fractions": list(options.fractions), "seeds": options.seeds, "max_iter": options.max_iter}
+    if mode == "model" and evidence.oof_method == "kfold":  # the K fold models are the (K-1)/K point
+        params.update(fold_models=True, folds=evidence.config.folds, fold_seed=evidence.config.seed)
+    return evidence.cached("learning_curve", params, lambda: learning_curve(case, evidence, mode, options))
+
+
+def _uncertainty(
+    evidence: Evidence,
+    fitted: tuple[np.ndarray, np.ndarray, PowerLaw],
+    n_full: float,
+    full_err: float,
+    n_test: int,
+    options: QuantityOptions,
+    metrics: dict[str, float | int | bool | None],
+) -> list[float]:
+    """Bootstrap interval of the gain and the backtest (200 refits, cached with the curve) into ``metrics``;
+    the bootstrap samples needed for the target."""
+    n, err, law = fitted
+    upto = _largest_subset(n, n_full)
+    refits = evidence.cached_json(
+        "data.quantity.refits",
+        {"curve": fingerprint_array(n, err), "target": options.target_accuracy, "upto": upto, "n_test": n_test},
+        lambda: _refits(n, err, law, n_full, full_err, n_test, upto, options),
+    )
+    if refits["gain"]:
+        metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (
+            float(v) for v in np.percentile(refits["gain"], [5, 95])
+        )
+    metrics["backtest_fit_fraction"] = upto
+    metrics.update(refits["backtest"])
+    return list(refits["need"])
+
+
+def _refits(
+    n: np.ndarray,
+    err: np.ndarray,
+    law: PowerLaw,
+    n_full: float,
+    full_err: float,
+    n_test: int,
+    upto: float,
+    options: QuantityOptions,
+) -> dict[str, Any]:
+    """The bootstrap refits of the power law and the backtest, as plain values."""
+    boot_gain, boot_need = _bootstrap(n, err, law, n_full, options)
+    return {
+        "gain": boot_gain,
+        "need": boot_need,
+        "backtest": backtest(n, err, n_full, full_err, n_test, upto=upto),
+    }
 
 
 def _target(
@@ -285,7 +369,7 @@ def _summary(
         summary = f"The learning curve is still steep: doubling the {int(n_full):,} training samples is predicted to lower the error by {gain:.1%} (fit {float(law(n_full)):.1%} → {float(law(2 * n_full)):.1%}; measured now {full_err:.1%}, fit R² {law.r2:.2f})."
     if metrics.get("backtest_predicted_error") is not None:
         verdict = "within" if metrics["backtest_ok"] else "outside"
-        summary += f" Backtest: fitted on ≤70 % of the data, the curve predicts {metrics['backtest_predicted_error']:.1%} error at full size vs {full_err:.1%} measured ({verdict} its 95 % interval ±{metrics['backtest_tolerance']:.1%})."
+        summary += f" Backtest: fitted on ≤{metrics['backtest_fit_fraction']:.0%} of the data, the curve predicts {metrics['backtest_predicted_error']:.1%} error at full size vs {full_err:.1%} measured ({verdict} its 95 % interval ±{metrics['backtest_tolerance']:.1%})."
     if mode == "proxy":
         summary += " (Proxy: a head on the cached embeddings, a lower bound on the steepness; mode='model' retrains the model.)"
     return summary
@@ -344,8 +428,7 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
             summary="Needs a labelled test split to measure the learning curve (pass --test).",
         )
     mode = resolve_mode(options, evidence)
-    params = {"mode": mode, "fractions": list(options.fractions), "seeds": options.seeds, "max_iter": options.max_iter}
-    curve = evidence.cached("learning_curve", params, lambda: learning_curve(case, evidence, mode, options))
+    curve = _cached_curve(case, evidence, mode, options)
     n, err = curve["n"], curve["error"]
     law = fit_power_law(n, err)
     n_full = float(len(case.train))
@@ -362,13 +445,7 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
         "predicted_error_at_2x": float(law(2 * n_full)),
         "gain_from_doubling": gain,
     }
-    # uncertainty: refit on bootstrap resamples of the measured points
-    boot_gain, boot_need = _bootstrap(n, err, law, n_full, options)
-    if boot_gain:
-        metrics["gain_from_doubling_low"], metrics["gain_from_doubling_high"] = (
-            float(v) for v in np.percentile(boot_gain, [5, 95])
-        )
-    metrics.update(backtest(n, err, n_full, full_err, len(test)))
+    boot_need = _uncertainty(evidence, (n, err, law), n_full, full_err, len(test), options, metrics)
     findings: list[Finding] = []
     # no test set can gain more than its measured error: an ill-fitting law on a flat, noisy curve
     # extrapolates gains above 1 point on saturated tasks at 0 % error (validation suite, docs/validation.md)
@@ -415,7 +492,7 @@ def run(case: Case, evidence: Evidence, options: QuantityOptions) -> CheckResult
 
 CHECK = CheckSpec(
     id="data.quantity",
-    requires=(("embeddings", "train"), ("embeddings", "test"), ("probs", "test")),
+    requires=(("embeddings", "train"), ("embeddings", "test"), ("probs", "test"), ("oof_probs", "train")),
     options=QuantityOptions,
     run=run,
     description="learning curve on stratified subsets, power-law fit, gain from doubling the data, samples for a target accuracy",

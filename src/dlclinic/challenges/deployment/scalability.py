@@ -9,6 +9,7 @@ processes).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dlclinic.core.case import Case
-from dlclinic.core.evidence import Evidence
+from dlclinic.core.evidence import Evidence, machine
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.serve.backends import make_backend
@@ -98,16 +99,24 @@ def _load_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_scalability(case: Case, evidence: Evidence, options: ScalabilityOptions) -> CheckResult:
-    """Throughput and p99 with and without dynamic batching, and throughput per batch size."""
+def _measure(case: Case, options: ScalabilityOptions) -> dict[str, Any]:
+    """Throughput per batch size and the load runs, as plain values (cached: measured on this machine)."""
     split = case.splits["test"] if case.get("test") is not None else case.train
     x = split.x[: max(256, max(options.batch_sizes))]
     backend, desc = make_backend(case.model, case.input_shape, case.n_classes)
     # measured on a worker thread, as the server runs the model (torch's intra-op threading
     # behaves differently on the main thread: batch-1 calls were 20× slower there on a busy machine)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        per_batch = {b: pool.submit(_throughput, backend.predict, x, b, 0.25).result() for b in options.batch_sizes}
-    runs = _load_runs(backend.predict, x, options)
+        per_batch = [[b, pool.submit(_throughput, backend.predict, x, b, 0.25).result()] for b in options.batch_sizes]
+    return {"backend": desc, "per_batch": per_batch, "runs": _load_runs(backend.predict, x, options)}
+
+
+def run_scalability(case: Case, evidence: Evidence, options: ScalabilityOptions) -> CheckResult:
+    """Throughput and p99 with and without dynamic batching, and throughput per batch size."""
+    params = {"options": dataclasses.asdict(options), "machine": machine()}
+    measured = evidence.cached_json("deployment.scalability.measured", params, lambda: _measure(case, options))
+    desc, runs = measured["backend"], measured["runs"]
+    per_batch = {int(b): float(v) for b, v in measured["per_batch"]}
     single, unbatched, batched = runs
     speedup = batched["rows_per_s"] / unbatched["rows_per_s"] if unbatched["rows_per_s"] > 0 else float("nan")
     sizes = sorted(per_batch)

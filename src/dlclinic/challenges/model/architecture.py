@@ -34,16 +34,18 @@ from dlclinic.core.baselines import MLP, SmallCNN
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError, brief
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.recipe import fit
+from dlclinic.core.recipe import fit, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.core.threads import on_threads
 from dlclinic.export import export_pt2
 from dlclinic.functional.compression import parameter_count
-from dlclinic.functional.search import make_study, model_summary, narrower, redundancy, train_eval
+from dlclinic.functional.search import TrialOutcome, make_study, model_summary, narrower, redundancy, train_eval
 from dlclinic.functional.stats import paired_difference_bounds
 from dlclinic.providers.search import (
+    current_recipe_runs,
     reference_model,
+    run_key,
     search_unavailable,
     short_run_recipe,
     split_rows,
@@ -95,7 +97,8 @@ def run(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckRe
 def _run(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckResult:
     """Model summary and a short width comparison of the same architecture."""
     model = case.model
-    summary_info = model_summary(model, case.train.x[:1]) if hasattr(model, "state_dict") else None
+    is_torch = hasattr(model, "state_dict")
+    summary_info = evidence.cached_json(CID + ".summary", {}, lambda: _summary_of(case)) if is_torch else None
     missing = search_unavailable(CID, case)
     if missing is not None:
         if summary_info is None:
@@ -111,24 +114,69 @@ def _run(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckR
     assert factory is not None
     if summary_info is None:
         summary_info = model_summary(factory(), case.train.x[:1])
-    red = redundancy(model, case.train.x[:256]) if hasattr(model, "state_dict") else []
+    red = (
+        evidence.cached_json(CID + ".redundancy", {"rows": 256}, lambda: redundancy(model, case.train.x[:256]))
+        if is_torch
+        else []
+    )
     cfg, current, epochs = short_run_recipe(evidence, options)
-    x_tr, y_tr, x_va, y_va = validation_subset(case, options.n_train, options.n_val, options.seed)
     ratios = (1.0, *sorted({float(r) for r in options.width_ratios if 0 < r < 1}, reverse=True))
-    outcomes: dict[float, Any] = {}
+    params = {
+        **current,
+        "epochs": epochs,
+        "ratios": list(ratios),
+        "rows": [options.n_train, options.n_val],
+        "seed": options.seed,
+        "max_s": options.max_seconds,
+        "schedule": cfg.schedule,
+        "ls": cfg.label_smoothing,
+    }
+    runs = evidence.cached_json(
+        "model.architecture.widths", params, lambda: _widths(case, evidence, options, ratios, (cfg, current, epochs))
+    )
+    if "error" in runs:
+        return CheckResult(
+            id=CID,
+            status="not_examined",
+            summary=f"Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample; narrower versions could not be built ({runs['error']}).",
+            metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]},
+        )
+    outcomes = {
+        r: (
+            TrialOutcome(o["accuracy"], np.asarray(o["correct"], dtype=bool), o["epochs"], o["seconds"]),
+            o["params"],
+            o["flops"],
+        )
+        for r, o in zip(ratios, runs["widths"])
+    }
+    current_recipe_runs(evidence)[run_key(current, epochs, options, cfg)] = outcomes[1.0][
+        0
+    ]  # hyperparameters' first trial
+    budget = f"{epochs} epochs on {runs['train_rows']} train rows, validated on {runs['val_rows']} other train rows"
+    return _result(options, summary_info, red, ratios, outcomes, budget)
+
+
+def _summary_of(case: Case) -> dict[str, Any]:
+    return model_summary(case.model, case.train.x[:1])
+
+
+def _widths(
+    case: Case, evidence: Evidence, options: ArchitectureOptions, ratios: tuple[float, ...], recipe: tuple[Any, ...]
+) -> dict[str, Any]:
+    """Train each width from the same seed with the same budget (plain values, for the cache)."""
+    cfg, current, epochs = recipe
+    factory = case.model_factory
+    assert factory is not None
+    x_tr, y_tr, x_va, y_va = validation_subset(case, options.n_train, options.n_val, options.seed)
+    widths = []
     with evidence.progress.step("width comparison", total=len(ratios)) as advance:
         for r in ratios:
+            seed_everything(options.seed)  # every width starts from the same seeded draw
             try:
                 net = narrower(factory, r, case.train.x[:4])
             except Exception as exc:
-                return CheckResult(
-                    id=CID,
-                    status="not_examined",
-                    summary=f"Model: {summary_info['n_params']:,} parameters, {summary_info['flops'] / 1e6:.2f} MFLOPs per sample; narrower versions could not be built ({brief(exc)}).",
-                    metrics={"n_params": summary_info["n_params"], "flops": summary_info["flops"]},
-                )
-            n_params = parameter_count(net)
-            info = model_summary(net, case.train.x[:1])
+                return {"error": brief(exc)}
+            n_params, flops = parameter_count(net), model_summary(net, case.train.x[:1])["flops"]
             out = train_eval(
                 net,
                 x_tr,
@@ -142,10 +190,18 @@ def _run(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckR
                 schedule=cfg.schedule,
                 label_smoothing=cfg.label_smoothing,
             )
-            outcomes[r] = (out, n_params, info["flops"])
+            widths.append(
+                {
+                    "accuracy": out.accuracy,
+                    "correct": out.correct.astype(bool),
+                    "epochs": out.epochs_run,
+                    "seconds": out.seconds,
+                    "params": n_params,
+                    "flops": flops,
+                }
+            )
             advance(1)
-    budget = f"{epochs} epochs on {len(y_tr)} train rows, validated on {len(y_va)} other train rows"
-    return _result(options, summary_info, red, ratios, outcomes, budget)
+    return {"widths": widths, "train_rows": len(y_tr), "val_rows": len(y_va)}
 
 
 def _candidates(ratios: tuple[float, ...], outcomes: dict[float, Any]) -> list[tuple[Any, ...]]:

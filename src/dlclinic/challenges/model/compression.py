@@ -12,11 +12,12 @@ and verified on disjoint test rows (:mod:`dlclinic.providers.compression_remedy`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from dlclinic.core.case import Case
-from dlclinic.core.evidence import Evidence
+from dlclinic.core.evidence import Evidence, machine
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.core.threads import on_threads
@@ -67,6 +68,21 @@ def _sweep_config(o: CompressionOptions) -> SweepConfig:
 def run_compression(case: Case, evidence: Evidence, options: CompressionOptions) -> CheckResult:
     """Run the check with torch on ``options.threads`` threads."""
     return on_threads(_run_compression, case, evidence, options)
+
+
+def _measured_variants(case: Case, evidence: Evidence, cfg: SweepConfig) -> tuple[list[Variant], list[str]]:
+    """The sweep's variants and notes, cached (sizes, accuracies, and latencies measured on this machine)."""
+
+    def compute() -> dict[str, Any]:
+        sweep = sweep_for(case, evidence, cfg)
+        return {
+            "variants": [{**dataclasses.asdict(v), "path": None} for v in sweep.variants],
+            "notes": list(sweep.notes),
+        }
+
+    params = {"sweep": dataclasses.asdict(cfg), "machine": machine()}
+    got = evidence.cached_json("model.compression.sweep", params, compute)
+    return [Variant(**v) for v in got["variants"]], list(got["notes"])
 
 
 def _findings(
@@ -196,8 +212,7 @@ def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions
             status="not_examined",
             summary="Needs labelled data (a labelled test split) to measure the accuracy of compressed variants.",
         )
-    sweep = sweep_for(case, evidence, _sweep_config(options))
-    variants = list(sweep.variants)
+    variants, notes = _measured_variants(case, evidence, _sweep_config(options))
     base = variants[0]
     front = pareto_front([v.size_bytes for v in variants], [v.accuracy for v in variants])
     best_small = choose_variant(
@@ -222,7 +237,7 @@ def _run_compression(case: Case, evidence: Evidence, options: CompressionOptions
         findings=tuple(_findings(variants, base, best_small, options)),
         remedy=remedy,
         details={
-            "notes": list(sweep.notes),
+            "notes": notes,
             "plots": _plots(split, variants, front),
             "tables": [_table(variants, front)],
         },

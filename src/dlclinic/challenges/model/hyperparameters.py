@@ -43,7 +43,9 @@ from dlclinic.core.results import CheckResult, Finding, Remedy, Status
 from dlclinic.core.threads import on_threads
 from dlclinic.functional.search import StudyResult, hyperparameter_study, train_eval
 from dlclinic.providers.search import (
+    current_recipe_runs,
     reference_model,
+    run_key,
     search_unavailable,
     short_run_recipe,
     split_rows,
@@ -105,27 +107,30 @@ def _run(case: Case, evidence: Evidence, options: HyperparameterOptions) -> Chec
     missing = search_unavailable(CID, case)
     if missing is not None:
         return missing
-    factory = case.model_factory
-    assert factory is not None
     cfg, current, epochs = short_run_recipe(evidence, options)
-    x_tr, y_tr, x_va, y_va = validation_subset(case, options.n_train, options.n_val, options.seed)
-    with evidence.progress.step("short Optuna study", total=options.n_trials) as advance:
-        result = hyperparameter_study(
-            factory,
-            x_tr,
-            y_tr,
-            x_va,
-            y_va,
-            baseline=current,
-            n_trials=options.n_trials,
-            timeout=options.timeout_s,
-            trial_seconds=options.timeout_s / 2,
-            epochs=epochs,
-            schedule=cfg.schedule,
-            label_smoothing=cfg.label_smoothing,
-            seed=options.seed,
-            progress=lambda _n: advance(1),
-        )
+    params = {
+        **current,
+        "epochs": epochs,
+        "rows": [options.n_train, options.n_val],
+        "trials": options.n_trials,
+        "timeout": options.timeout_s,
+        "seed": options.seed,
+        "schedule": cfg.schedule,
+        "ls": cfg.label_smoothing,
+    }
+    study = evidence.cached_json(
+        "model.hyperparameters.study",
+        params,
+        lambda: dataclasses.asdict(_short_study(case, evidence, options, (cfg, current, epochs))),
+    )
+    result = StudyResult(
+        **{
+            **study,
+            "gain_ci": tuple(study["gain_ci"]),
+            "discordant": tuple(study["discordant"]) if study["discordant"] is not None else None,
+        }
+    )
+    x_tr_rows, x_va_rows = _rows(case, options)
     compared = max(1, sum(t.get("state") == "COMPLETE" for t in result.trials) - 1)
     p_better = _better_p(result.discordant)
     if result.discordant is None:  # resumed study without per-row outcomes: fall back on the interval
@@ -146,11 +151,52 @@ def _run(case: Case, evidence: Evidence, options: HyperparameterOptions) -> Chec
             description="full Optuna study (TPE + median/Hyperband pruning, SQLite storage in the output folder, resumable; --option storage=postgresql://… for many workers), then retrain with the best values and verify on test",
         ),
         details={
-            "budget": f"{options.n_trials} trials / {options.timeout_s:g} s, {epochs} epochs on {len(y_tr)} train rows, validated on {len(y_va)} other train rows",
+            "budget": f"{options.n_trials} trials / {options.timeout_s:g} s, {epochs} epochs on {x_tr_rows} train rows, validated on {x_va_rows} other train rows",
             "plots": _plots(result),
             "tables": [_trials_table(result)],
         },
     )
+
+
+def _rows(case: Case, options: HyperparameterOptions) -> tuple[int, int]:
+    """Train and validation rows of the short runs (as :func:`validation_subset` takes them)."""
+    n = len(case.train)
+    n_val = min(options.n_val, n // 4)
+    return min(options.n_train, n - n_val), n_val
+
+
+def _short_study(
+    case: Case, evidence: Evidence, options: HyperparameterOptions, recipe: tuple[Any, ...]
+) -> StudyResult:
+    """The short Optuna study, first trial the current recipe."""
+    cfg, current, epochs = recipe
+    factory = case.model_factory
+    assert factory is not None
+    x_tr, y_tr, x_va, y_va = validation_subset(case, options.n_train, options.n_val, options.seed)
+    # model.architecture's full-width run is this study's first trial when it ran all epochs within a trial's
+    # budget (then this study would have trained exactly the same): its time counts against the study's
+    shared = current_recipe_runs(evidence).get(run_key(current, epochs, options, cfg))
+    if shared is not None and (shared.epochs_run < epochs or shared.seconds > options.timeout_s / 2):
+        shared = None
+    timeout = options.timeout_s - (shared.seconds if shared is not None else 0.0)
+    with evidence.progress.step("short Optuna study", total=options.n_trials) as advance:
+        return hyperparameter_study(
+            factory,
+            x_tr,
+            y_tr,
+            x_va,
+            y_va,
+            baseline=current,
+            n_trials=options.n_trials,
+            timeout=max(timeout, 0.0),
+            trial_seconds=options.timeout_s / 2,
+            epochs=epochs,
+            schedule=cfg.schedule,
+            label_smoothing=cfg.label_smoothing,
+            seed=options.seed,
+            progress=lambda _n: advance(1),
+            baseline_outcome=shared,
+        )
 
 
 def _verdict(
@@ -200,14 +246,14 @@ def _metrics(
 def _plots(result: StudyResult) -> list[dict[str, Any]]:
     imp = sorted(result.importances.items(), key=lambda kv: -kv[1])
     trials = [t for t in result.trials if t.get("value") is not None]
-    return [
-        {
-            "kind": "bar",
-            "title": "Parameter importance (fANOVA)",
-            "xlabel": "hyperparameter",
-            "ylabel": "importance",
-            "series": [{"label": "importance", "x": [k for k, _ in imp], "y": [v for _, v in imp]}],
-        },
+    importance = {  # fANOVA needs 3 completed trials: no plot (rather than an empty one) before that
+        "kind": "bar",
+        "title": "Parameter importance (fANOVA)",
+        "xlabel": "hyperparameter",
+        "ylabel": "importance",
+        "series": [{"label": "importance", "x": [k for k, _ in imp], "y": [v for _, v in imp]}],
+    }
+    return [importance] * bool(imp) + [
         {
             "kind": "scatter",
             "title": "Validation accuracy vs learning rate",

@@ -26,6 +26,7 @@ deployment).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ from dlclinic.functional.attribution import (
     robustness_metrics,
     shortcut_share,
 )
+from dlclinic.providers.search import installed
 
 __all__ = ["CHECK", "DeshortcutParams", "InterpretabilityOptions", "REMEDY", "run", "treat"]
 
@@ -151,14 +153,12 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
             status="not_examined",
             summary="Needs a differentiable PyTorch model (file.py:factory or .pt2); an ONNX model gives no gradients for attributions.",
         )
-    try:
-        import captum  # noqa: F401
-    except ImportError:
+    if not installed("captum"):
         return CheckResult(id=CID, status="not_examined", summary="Needs captum: pip install 'dlclinic[explain]'.")
     bad = [m for m in options.methods if m not in METHODS]
     if bad:
         raise ConfigError(f"methods {bad}: expected some of {METHODS}")
-    ex = _explain(case, evidence, options)
+    ex = _explained(case, evidence, options)
     statuses, findings = _quality_findings(ex, options)
     shortcut, region_desc = _shortcut(case, ex, options, statuses, findings)
     status = worst(statuses) if statuses else "ok"
@@ -177,6 +177,41 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
         findings=tuple(findings),
         remedy=_remedy(options, leans, status),
         details=details,
+    )
+
+
+def _explained(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> _Explained:
+    """:func:`_explain`, cached: the attributions as arrays, the scores as JSON."""
+
+    def compute() -> dict[str, np.ndarray]:
+        ex = _explain(case, evidence, options)
+        meta = {
+            "split": ex.split,
+            "primary": ex.primary,
+            "sanity_method": ex.sanity_method,
+            "sanity": ex.sanity,
+            "faith": {m: dataclasses.asdict(f) for m, f in ex.faith.items()},
+            "robust": ex.robust,
+        }
+        return {"rows": ex.rows, "meta": np.asarray(json.dumps(meta)), **{f"attr.{m}": a for m, a in ex.attrs.items()}}
+
+    got = evidence.cached("model.interpretability.explained", dataclasses.asdict(options), compute)
+    meta = json.loads(str(got["meta"]))
+    s = case.splits[meta["split"]]
+    pred = evidence.get("probs", meta["split"]).argmax(1)
+    rows = np.asarray(got["rows"])
+    return _Explained(
+        meta["split"],
+        rows,
+        np.ascontiguousarray(s.x[rows]).astype(np.float32, copy=False),
+        pred,
+        pred[rows],
+        {m: got[f"attr.{m}"] for m in meta["faith"]},
+        {m: FaithfulnessResult(**f) for m, f in meta["faith"].items()},
+        meta["robust"],
+        meta["primary"],
+        meta["sanity_method"],
+        meta["sanity"],
     )
 
 

@@ -126,6 +126,27 @@ def _measure(case: Case, evidence: Evidence, options: BatchNormOptions, layers: 
     )
 
 
+def _cached_measure(
+    case: Case, evidence: Evidence, options: BatchNormOptions, layers: list[tuple[str, Any]]
+) -> _Measured:
+    """:func:`_measure`, cached (a few hundred small-batch forward passes)."""
+
+    def compute() -> dict[str, Any]:
+        m = _measure(case, evidence, options, layers)
+        return {**dataclasses.asdict(dataclasses.replace(m, layers=[])), "by_size": list(m.by_size.items())}
+
+    params = {**dataclasses.asdict(options), "b_train": options.train_batch_size or recipe(evidence).batch_size}
+    got = evidence.cached_json("optimization.batchnorm.measured", params, compute)
+    return _Measured(
+        **{
+            **got,
+            "layers": layers,
+            "shifts": {k: tuple(v) for k, v in got["shifts"].items()},
+            "by_size": {int(b): float(a) for b, a in got["by_size"]},
+        }
+    )
+
+
 def _findings(m: _Measured, options: BatchNormOptions) -> tuple[list[Status], list[Finding]]:
     findings: list[Finding] = []
     statuses: list[Status] = ["ok"]
@@ -211,7 +232,7 @@ def run_batchnorm(case: Case, evidence: Evidence, options: BatchNormOptions) -> 
             summary="The model has no BatchNorm layers, so batch-norm statistics cannot be stale or batch-size dependent.",
             metrics={"bn_layers": 0},
         )
-    m = _measure(case, evidence, options, layers)
+    m = _cached_measure(case, evidence, options, layers)
     statuses, findings = _findings(m, options)
     status = worst(statuses)
     if status == "ok":

@@ -1,0 +1,176 @@
+"""Independent tasks on forked worker processes that share one queue (or in this process).
+
+A checkup has work that does not depend on other work: the K-fold retrainings, the checks
+themselves. On a small model, torch's intra-op threads buy little (on two cores one
+training step runs only ~1.4× faster on two threads than on one, and on a CPU shared with
+other processes OpenMP threads waiting for each other can be ten times slower), so
+:func:`run_tasks` uses the cores for *different* tasks instead: ``workers - 1`` processes
+forked from this one (they inherit the case, the model and the evidence without copying)
+and this process take the next task from one shared counter until none is left.
+
+Results come back as pickles through a private temporary folder; a task whose worker died
+is run again here, so a crash costs time, never a result. Where ``fork`` does not exist
+(Windows, macOS defaults) or one worker is asked for, the tasks simply run here in order.
+Each task must seed what it draws (the order in which tasks run is not fixed).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["can_fork", "default_workers", "run_tasks"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+_POLL_S = 0.05
+_busy = False  # this process is a worker, or is already running tasks: nested calls run here, in order
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux: ``fork`` is safe for CPU-only torch)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def default_workers() -> int:
+    """Workers for independent tasks: ``$DLCLINIC_WORKERS``, else the CPUs this process may use (at most 4)."""
+    given = os.environ.get("DLCLINIC_WORKERS", "").strip()
+    if given:
+        try:
+            return max(1, int(given))
+        except ValueError:
+            return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _fresh_stdio() -> None:
+    """New ``sys.stdout``/``sys.stderr`` objects in a forked child: a lock another thread held at fork time stays held."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        try:
+            setattr(sys, name, open(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace"))
+        except OSError:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
+def _child(
+    tasks: Sequence[Any],
+    run: Callable[[Any], Any],
+    counter: Any,
+    folder: Path,
+    setup: Callable[[], None] | None,
+) -> None:
+    global _busy
+    _busy = True
+    _fresh_stdio()
+    if setup is not None:
+        setup()
+    while (i := _take(counter, len(tasks))) is not None:
+        out = run(tasks[i])
+        tmp = folder / f"{i}.tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, folder / f"{i}.pkl")
+
+
+def _take(counter: Any, n: int) -> int | None:
+    with counter.get_lock():
+        i = int(counter.value)
+        if i >= n:
+            return None
+        counter.value = i + 1
+    return i
+
+
+def _collect(folder: Path, results: dict[int, Any], on_result: Callable[[int, Any], None] | None) -> None:
+    """Read the children's finished results that are not read yet."""
+    for path in sorted(folder.glob("*.pkl")):
+        i = int(path.stem)
+        if i in results:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                results[i] = pickle.load(fh)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            continue  # rerun here below
+        if on_result is not None:
+            on_result(i, results[i])
+
+
+def run_tasks(
+    tasks: Sequence[_T],
+    run: Callable[[_T], _R],
+    *,
+    workers: int,
+    on_result: Callable[[int, _R], None] | None = None,
+    setup: Callable[[], None] | None = None,
+    before: Callable[[], None] | None = None,
+) -> list[_R]:
+    """``[run(t) for t in tasks]``, with ``workers`` processes (this one included) taking tasks in order.
+
+    Args:
+        tasks: the tasks; they are taken in this order (put the longest first).
+        run: runs one task; its result must pickle. It should not raise (a worker that
+            dies leaves its task to this process).
+        workers: processes in all; 1 (or no ``fork``) runs everything here.
+        on_result: called here as ``on_result(index, result)`` as each result arrives.
+        setup: called first in each forked worker (e.g. to set torch's thread count).
+        before: other work for this process, done here while the workers start on the tasks.
+    """
+    global _busy
+    n = len(tasks)
+    results: dict[int, Any] = {}
+    if workers <= 1 or n <= 1 or _busy or not can_fork():
+        if before is not None:
+            before()
+        for i, task in enumerate(tasks):
+            results[i] = run(task)
+            if on_result is not None:
+                on_result(i, results[i])
+        return [results[i] for i in range(n)]
+    ctx = multiprocessing.get_context("fork")
+    counter = ctx.Value("i", 0)
+    folder = Path(tempfile.mkdtemp(prefix="dlclinic-workers-"))
+    children = [
+        ctx.Process(target=_child, args=(tasks, run, counter, folder, setup)) for _ in range(min(workers, n) - 1)
+    ]
+    _busy = True
+    try:
+        for child in children:
+            child.start()
+        if before is not None:
+            before()
+        while (i := _take(counter, n)) is not None:
+            results[i] = run(tasks[i])
+            if on_result is not None:
+                on_result(i, results[i])
+            _collect(folder, results, on_result)
+        while any(child.is_alive() for child in children):
+            _collect(folder, results, on_result)
+            time.sleep(_POLL_S)
+        _collect(folder, results, on_result)
+        for i in range(n):  # a worker died during a task: run it here
+            if i not in results:
+                results[i] = run(tasks[i])
+                if on_result is not None:
+                    on_result(i, results[i])
+    finally:
+        _busy = False
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+        shutil.rmtree(folder, ignore_errors=True)
+    return [results[i] for i in range(n)]
