@@ -84,14 +84,55 @@ def _case() -> Case:
 def test_check_warns_on_naive_and_is_quiet_without_forgetting(tmp_path: Path) -> None:
     case = _case()
     ev = Evidence(case, cache_dir=tmp_path)
-    res = run(case, ev, ForgettingOptions(n_tasks=3))
-    assert res.status == "warn" and res.metrics["bwt_high"] < 0
+    res = run(case, ev, ForgettingOptions(tasks="classes", n_tasks=3))
+    assert res.status == "warn" and res.metrics["bwt_high"] < 0 and res.metrics["graded"] is True
     assert res.remedy is not None and res.remedy.command == "dlclinic treat optimization.forgetting"
     assert res.details["plots"][0]["kind"] == "heatmap"
     quiet = run(
-        case, ev, ForgettingOptions(n_tasks=3, scenario="task")
+        case, ev, ForgettingOptions(tasks="classes", n_tasks=3, scenario="task")
     )  # task-incremental: well-separated tasks do not interfere
     assert quiet.status == "ok", quiet.summary
+
+
+def test_undeclared_sequence_is_information_not_a_warning(tmp_path: Path) -> None:
+    """A model trained once has no task sequence: the split-class what-if is reported, never graded."""
+    case = _case()
+    res = run(case, Evidence(case, cache_dir=tmp_path), ForgettingOptions(n_tasks=3))
+    assert res.status == "ok" and res.metrics["graded"] is False
+    assert res.summary.startswith("What-if, not graded")
+    assert res.metrics["forgetting"] > 0.2  # the same figures as the graded run ...
+    assert res.remedy is not None  # ... and the remedy stays available
+
+
+def test_binary_task_has_no_split_class_sequence(tmp_path: Path) -> None:
+    x, y = blobs(400, k=2, d=D, sep=3.0)
+    xt, yt = blobs(200, k=2, d=D, sep=3.0, seed=1)
+    factory = lambda: MLP(D, 2, hidden=(32,))  # noqa: E731
+    case = Case.from_arrays((x, y), (xt, yt), model=factory(), model_factory=factory)
+    ev = Evidence(case, cache_dir=tmp_path)
+    for tasks in ("auto", "classes"):
+        res = run(case, ev, ForgettingOptions(tasks=tasks))
+        assert res.status == "not_examined" and "--tasks groups" in res.summary, res.summary
+
+
+def _grouped_case(conflict: bool) -> Case:
+    """Two declared tasks (group ids 0/1) drawn from the same blobs; ``conflict``: task 1 moves every label on."""
+    x, y, xt, yt = _data()
+    rng = np.random.default_rng(3)
+    g, gt = rng.integers(0, 2, len(x)), rng.integers(0, 2, len(xt))
+    if conflict:
+        y, yt = np.where(g == 1, (y + 1) % K, y), np.where(gt == 1, (yt + 1) % K, yt)
+    return Case.from_arrays((x, y), (xt, yt), model=_factory(), model_factory=_factory, groups={"train": g, "test": gt})
+
+
+def test_declared_task_sequence_is_graded(tmp_path: Path) -> None:
+    options = ForgettingOptions(tasks="groups", epochs=8)
+    conflicting = _grouped_case(conflict=True)
+    res = run(conflicting, Evidence(conflicting, cache_dir=tmp_path), options)
+    assert res.status == "warn" and res.metrics["graded"] is True, res.summary
+    consistent = _grouped_case(conflict=False)
+    res = run(consistent, Evidence(consistent, cache_dir=tmp_path), options)
+    assert res.status == "ok", res.summary
 
 
 def test_check_without_factory_is_not_examined(tmp_path: Path) -> None:

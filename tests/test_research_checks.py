@@ -255,6 +255,18 @@ def test_open_ended_with_ood_file(tmp_path: Path) -> None:
     assert res.status == "ok" and res.metrics["auroc"] > 0.9
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_open_ended_default_holds_out_what_few_classes_allow_never_an_error(tmp_path: Path, k: int) -> None:
+    case = _case(k=k, factory=lambda: MLP(D, k, hidden=(32, 16)))
+    res = run_open_ended(
+        case, _evidence(case, tmp_path, _recipe(lambda: MLP(D, k, hidden=(32, 16)))), OpenEndedOptions()
+    )
+    if k == 2:  # holding one of two classes out leaves one: nothing to simulate
+        assert res.status == "not_examined" and "3 or more classes" in res.summary
+    else:  # the default of 2 held-out classes leaves one known class: hold out one instead
+        assert res.status in ("ok", "warn"), res.summary
+
+
 @pytest.mark.parametrize("name", ["reproducibility", "benchmark_saturation", "theory", "open_ended"])
 def test_specs_are_registered(name: str) -> None:
     import importlib

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from dlclinic.challenges import CHECKS, PENDING, get_remedy
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.baselines import baseline_for
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
@@ -161,7 +161,7 @@ def prepare_model(
     if not train:
         return case
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
-        result = fit(model, np.nan_to_num(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
+        result = fit(model, usable_inputs(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
     if use_cache:
         _save_cached(result.model, path)
     return _with_baseline(case, result.model, source, factory)

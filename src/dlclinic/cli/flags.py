@@ -79,7 +79,7 @@ CHECKUP_FLAGS: tuple[Flag, ...] = (
     Flag("compare_weights", "--compare-weights", Path, "Weights for --compare file.py:factory.", ("research.benchmark_saturation.compare_weights",)),
     Flag("unknown_classes", "--unknown-classes", str, "research.open_ended: class indices to hold out as unknown, e.g. 8,9.", ("research.open_ended.unknown_classes",)),
     Flag("repro_seeds", "--repro-seeds", int, "research.reproducibility: training seeds for the metric spread.", ("research.reproducibility.seeds",), min=1),
-    Flag("tasks", "--tasks", str, "optimization.forgetting: task sequence from 'classes' (split classes) or 'groups'.", ("optimization.forgetting.tasks",)),
+    Flag("tasks", "--tasks", str, "optimization.forgetting: the model's declared task sequence, 'classes' (split classes) or 'groups' (--group-col holds task ids); without it the split-class sequence is a what-if, reported but not graded.", ("optimization.forgetting.tasks",)),
     Flag("positive_class", "--positive-class", int, "ethics.fairness: the favourable class for selection rate, TPR and FPR (default: one-vs-rest over classes).", ("ethics.fairness.positive_class",)),
     Flag("epsilon", "--epsilon", float, "ethics.security: the attack budget of interest (L-inf, in input units).", ("ethics.security.epsilon",)),
     Flag("card", "--card", Path, "ethics.misuse / ethics.compliance: model-card facts (intended use, out-of-scope uses, data provenance, ...) as JSON/TOML/YAML.", ("ethics.misuse.card_config", "ethics.compliance.card_config")),

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dlclinic.core.case import MAX_ABS_INPUT
+
 __all__ = ["MLP", "SmallCNN", "baseline_for"]
+
+
+def _usable(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN, ±Inf and values beyond ±``MAX_ABS_INPUT`` read as 0 (as :func:`dlclinic.core.case.usable_inputs` does)."""
+    return torch.where(x.abs() <= MAX_ABS_INPUT, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class MLP(nn.Module):
@@ -47,7 +54,7 @@ class MLP(nn.Module):
             self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.nan_to_num(x.flatten(1))
+        x = _usable(x.flatten(1))
         x = (x - self.mean) / self.std
         return self.head(self.dropout(self.embedding(self.body(x))))
 
@@ -85,7 +92,7 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        return self.head(self.dropout(self.embedding(self.features(torch.nan_to_num(x)))))
+        return self.head(self.dropout(self.embedding(self.features(_usable(x)))))
 
 
 def baseline_for(input_shape: Sequence[int], n_classes: int, modality: str) -> nn.Module:

@@ -19,9 +19,37 @@ import numpy as np
 
 from dlclinic.core.errors import InputError
 
-__all__ = ["SPLIT_NAMES", "Case", "Split", "as_array"]
+__all__ = ["MAX_ABS_INPUT", "SPLIT_NAMES", "Case", "Split", "as_array", "unusable_rows", "usable_inputs"]
 
 SPLIT_NAMES = ("train", "test", "deploy")
+
+#: Input values beyond ±this are unusable, like NaN and ±Inf: their squares and sums overflow
+#: float32 (max ≈ 3.4e38), so distances, standardisation and most models turn them into Inf/NaN.
+#: data.quality counts and reports the rows holding them; every other computation reads them as 0.
+MAX_ABS_INPUT = 1e18
+
+
+def unusable_rows(x: np.ndarray) -> np.ndarray:
+    """Boolean mask (N,) of the rows of ``x`` holding a NaN, ±Inf or a value beyond ±:data:`MAX_ABS_INPUT`."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "fc":
+        return np.zeros(len(a), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(a.reshape(len(a), -1)) <= MAX_ABS_INPUT).all(axis=1)
+
+
+def usable_inputs(x: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` with its unusable values (NaN, ±Inf, beyond ±:data:`MAX_ABS_INPUT`) set to 0.
+
+    Example:
+        >>> usable_inputs(np.array([1.0, np.nan, np.inf, 1e38])).tolist()
+        [1.0, 0.0, 0.0, 0.0]
+    """
+    out = np.array(x, copy=True)
+    if out.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            out[~(np.abs(out) <= MAX_ABS_INPUT)] = 0
+    return out
 
 
 def _to_numpy(value: Any, what: str) -> np.ndarray:

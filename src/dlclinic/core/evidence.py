@@ -48,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from dlclinic.core.atomic import atomic_path
-from dlclinic.core.case import Case, Split
+from dlclinic.core.case import Case, Split, unusable_rows, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError, ModelError
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
@@ -169,7 +169,7 @@ def fold_result(
     model = retrain(s.x[fit_idx], s.y[fit_idx], seed + fold)  # type: ignore[index]
     held = _softmax(predict_logits(model, s.x[held_idx]).astype(np.float64)).astype(np.float32)
     labels = {
-        name: predict_logits(model, np.nan_to_num(split.x)).argmax(1).astype(np.int64)
+        name: predict_logits(model, usable_inputs(split.x)).argmax(1).astype(np.int64)
         for name, split in case.splits.items()
         if name != "train" and split.labelled
     }
@@ -457,11 +457,11 @@ class Evidence:
         s = self.case.splits[split]
         n = len(s)
         x = s.x
-        bad_rows = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+        bad_rows = unusable_rows(x)
         if bad_rows.any():
-            # rows with NaN/Inf are scored with those values set to 0 so the checkup goes on;
-            # data.quality reports them (their evidence is unreliable by construction)
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            # rows with NaN/Inf (or values beyond ±MAX_ABS_INPUT) are scored with those values set to 0
+            # so the checkup goes on; data.quality reports them (their evidence is unreliable by construction)
+            x = usable_inputs(x)
             self.nonfinite_rows[split] = int(bad_rows.sum())
         with self.progress.step(f"forward pass on {split}", total=n) as advance:
             if self._is_torch:
@@ -544,10 +544,10 @@ class Evidence:
 
     def _input_pca(self, split: str) -> np.ndarray:
 
-        train = np.nan_to_num(self.case.train.x.reshape(len(self.case.train), -1))
+        train = usable_inputs(self.case.train.x.reshape(len(self.case.train), -1))
         k = int(min(64, train.shape[1], max(2, len(train) - 1)))
         pca = PCA(n_components=k, random_state=0).fit(train)
-        return pca.transform(np.nan_to_num(self.case.splits[split].x.reshape(len(self.case.splits[split]), -1))).astype(
+        return pca.transform(usable_inputs(self.case.splits[split].x.reshape(len(self.case.splits[split]), -1))).astype(
             np.float32
         )
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
 
 __all__ = [
@@ -98,7 +99,7 @@ def prepare_inputs(model: nn.Module, x: np.ndarray) -> None:
     """Give models with ``set_input_stats`` (the baseline MLP) the training-set statistics."""
     setter = getattr(model, "set_input_stats", None)
     if callable(setter):
-        flat = torch.from_numpy(np.nan_to_num(x.reshape(len(x), -1)))
+        flat = torch.from_numpy(usable_inputs(x.reshape(len(x), -1)).astype(np.float64))  # float32 sums overflow
         setter(flat.mean(0), flat.std(0))
 
 
@@ -120,13 +121,13 @@ def channels_last(net: nn.Module) -> bool:
     params = list(net.parameters())
     if not params or any(p.device.type != "cpu" for p in params) or not any(p.dim() == 4 for p in params):
         return False
-    net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs lack memory_format
     return True
 
 
 def contiguous(net: nn.Module) -> nn.Module:
     """The model with its weights back in the default (contiguous) layout, in place."""
-    return net.to(memory_format=torch.contiguous_format)
+    return net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # the stubs lack memory_format
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:

@@ -152,10 +152,10 @@ def run_tasks(
             child.start()
         if before is not None:
             before()
-        while (i := _take(counter, n)) is not None:
-            results[i] = run(tasks[i])
+        while (k := _take(counter, n)) is not None:
+            results[k] = run(tasks[k])
             if on_result is not None:
-                on_result(i, results[i])
+                on_result(k, results[k])
             _collect(folder, results, on_result)
         while any(child.is_alive() for child in children):
             _collect(folder, results, on_result)

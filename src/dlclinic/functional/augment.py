@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlclinic.core.case import usable_inputs
+
 __all__ = ["POLICIES", "augment_copy", "continuous_columns", "policies_for"]
 
 POLICIES: dict[str, tuple[str, ...]] = {"image": ("shift", "noise", "blend"), "table": ("noise", "blend")}
@@ -82,7 +84,7 @@ def augment_copy(
     if len(x) != len(y):
         raise ValueError(f"expected as many labels as rows, but got {len(y)} labels for {len(x)} rows")
     rng = np.random.default_rng(seed)
-    x = np.nan_to_num(np.asarray(x, dtype=np.float32))
+    x = usable_inputs(np.asarray(x, dtype=np.float32))
     if policy == "shift":
         if x.ndim < 3:
             raise ValueError(f"`shift` needs image arrays (N, C, H, W) or (N, H, W), but got shape {x.shape}")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.recipe import seed_everything
 
@@ -366,10 +367,10 @@ def run_task_sequence(
     seed_everything(cfg.seed)
     model = make_model()
     setter = getattr(model, "set_input_stats", None)
-    first = np.nan_to_num(x_train[tasks.train_rows[0]]).reshape(len(tasks.train_rows[0]), -1)
+    first = usable_inputs(x_train[tasks.train_rows[0]]).reshape(len(tasks.train_rows[0]), -1)
     if callable(setter):
         setter(torch.from_numpy(first.mean(0)), torch.from_numpy(first.std(0)))
-    xe = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x_test), dtype=np.float32))
+    xe = torch.from_numpy(np.ascontiguousarray(usable_inputs(x_test), dtype=np.float32))
     ye = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
     task_index = np.zeros(len(x_train), dtype=np.int64)
     for k, r in enumerate(tasks.train_rows):
@@ -378,7 +379,7 @@ def run_task_sequence(
         model=model,
         cfg=cfg,
         tasks=tasks,
-        xt=torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x_train), dtype=np.float32)),
+        xt=torch.from_numpy(np.ascontiguousarray(usable_inputs(x_train), dtype=np.float32)),
         yt=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
         task_index=task_index,
         rng=np.random.default_rng(cfg.seed),

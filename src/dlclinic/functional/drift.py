@@ -21,6 +21,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from dlclinic.core.case import usable_inputs
+
 __all__ = [
     "C2STResult",
     "FeatureShift",
@@ -212,8 +214,8 @@ def classifier_two_sample_test(
     sample), so decide with the p-value, not with "CI contains 0.5".
     """
     rng = np.random.default_rng(seed)
-    x = np.nan_to_num(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
-    y = np.nan_to_num(np.asarray(y, dtype=np.float64).reshape(len(y), -1))
+    x = usable_inputs(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
+    y = usable_inputs(np.asarray(y, dtype=np.float64).reshape(len(y), -1))
     if len(x) > max_rows:
         x = x[rng.choice(len(x), max_rows, replace=False)]
     if len(y) > max_rows:

@@ -17,6 +17,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from dlclinic.core.case import usable_inputs
+
 __all__ = [
     "DuplicatePairs",
     "find_cross_duplicates",
@@ -39,7 +41,7 @@ class DuplicatePairs:
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    return usable_inputs(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
 
 
 def _project(ref: np.ndarray, *others: np.ndarray, dims: int = 64, seed: int = 0) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.core.case import usable_inputs
 from dlclinic.core.inference import eval_mode, first_output, model_input_spec
 
 __all__ = ["logits_and_embeddings"]
@@ -34,7 +35,7 @@ def logits_and_embeddings(model: Any, x: np.ndarray, batch_size: int = 512) -> t
                 captured.clear()
                 out = first_output(
                     model(
-                        torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x[i : i + batch_size]))).to(
+                        torch.from_numpy(np.ascontiguousarray(usable_inputs(x[i : i + batch_size]))).to(
                             device=device, dtype=dtype
                         )
                     )

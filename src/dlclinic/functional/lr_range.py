@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
 
 __all__ = ["LossCurve", "LRRangeResult", "activation_scales", "analyse_loss_curve", "lr_range_test", "smooth"]
@@ -83,7 +84,7 @@ def lr_range_test(
     net = copy.deepcopy(model)
     setter = getattr(net, "set_input_stats", None)
     if callable(setter):
-        flat = torch.from_numpy(np.nan_to_num(x.reshape(len(x), -1)))
+        flat = torch.from_numpy(usable_inputs(x.reshape(len(x), -1)))
         setter(flat.mean(0), flat.std(0))
     net.train()
     gen = torch.Generator().manual_seed(seed)
@@ -202,7 +203,7 @@ def activation_scales(model: Any, x: np.ndarray) -> tuple[tuple[str, ...], np.nd
             model.train()
             setter = getattr(model, "set_input_stats", None)
             if callable(setter):
-                flat = torch.from_numpy(np.nan_to_num(x.reshape(len(x), -1)))
+                flat = torch.from_numpy(usable_inputs(x.reshape(len(x), -1)))
                 setter(flat.mean(0), flat.std(0))
             model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
             model.train(was)

@@ -13,6 +13,8 @@ import numpy as np
 from scipy.stats import skew
 from sklearn.neighbors import NearestNeighbors
 
+from dlclinic.core.case import MAX_ABS_INPUT, usable_inputs
+
 __all__ = ["ColumnIssues", "ImageIssues", "find_column_issues", "find_image_issues", "find_knn_outliers", "tukey_upper"]
 
 
@@ -60,7 +62,8 @@ def find_column_issues(x: np.ndarray, *, near_constant_share: float = 0.99, robu
         ((1,), [99])
     """
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    finite = np.isfinite(x)
+    with np.errstate(invalid="ignore"):
+        finite = np.abs(x) <= MAX_ABS_INPUT  # NaN, ±Inf and overflowing values count as missing
     missing = 1.0 - finite.mean(axis=0)
     constant, near = [], []
     extreme = np.zeros(x.shape, dtype=bool)
@@ -114,7 +117,7 @@ def find_image_issues(x: np.ndarray, *, k: float = 3.0) -> ImageIssues:
     dataset's median contrast; dark or bright when its brightness is beyond the far-out
     fences of the dataset's brightness distribution.
     """
-    flat = np.nan_to_num(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    flat = usable_inputs(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
     lo, hi = float(flat.min()), float(flat.max())
     flat = (flat - lo) / (hi - lo) if hi > lo else np.zeros_like(flat)
     brightness = flat.mean(axis=1)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dlclinic.core.case import usable_inputs
 from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
 from dlclinic.core.recipe import channels_last, contiguous, seed_everything
 from dlclinic.functional.compression import channel_prune
@@ -87,7 +88,7 @@ def train_eval(
     torch.manual_seed(seed)
     setter = getattr(model, "set_input_stats", None)
     if callable(setter):
-        flat = torch.from_numpy(np.nan_to_num(x_tr.reshape(len(x_tr), -1)))
+        flat = torch.from_numpy(usable_inputs(x_tr.reshape(len(x_tr), -1)))
         setter(flat.mean(0), flat.std(0))
     xt = torch.from_numpy(np.ascontiguousarray(x_tr, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y_tr, dtype=np.int64))

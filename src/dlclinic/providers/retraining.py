@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dlclinic.core.atomic import write_weights
+from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.recipe import seed_everything
 from dlclinic.core.registry import TreatContext
@@ -49,7 +48,7 @@ def suggest_lr(ctx: TreatContext, factory: Callable[[], Any], steps: int) -> flo
     seed_everything(cfg.seed)
     return lr_range_test(
         factory(),
-        np.nan_to_num(case.train.x[rows]),
+        usable_inputs(case.train.x[rows]),
         case.train.y[rows],  # type: ignore[index]
         steps=steps,
         batch_size=cfg.batch_size,

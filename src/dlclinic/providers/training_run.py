@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.fingerprint import fingerprint_model
@@ -172,7 +172,7 @@ def _train(
     seed_everything(settings.seed)
     model, _ = fresh_model(case)
     idx = subsample(len(case.train), settings.rows, settings.seed)
-    x, y = np.nan_to_num(case.train.x[idx]), case.train.y[idx]  # type: ignore[index]
+    x, y = usable_inputs(case.train.x[idx]), case.train.y[idx]  # type: ignore[index]
     n_fit = len(idx) - int(round(0.2 * len(idx)))
     per_epoch = max(1, math.ceil(n_fit / bs))
     epochs = max(2, math.ceil(settings.steps / per_epoch))

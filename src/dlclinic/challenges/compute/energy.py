@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
 from dlclinic.core.registry import CheckSpec
@@ -39,7 +39,7 @@ class EnergyOptions:
 def _inference_reading(case: Case, options: EnergyOptions) -> tuple[EnergyReading, np.ndarray]:
     """The energy of one inference pass over (up to 1,000 rows of) test, and those rows."""
     held = case.get("test") or case.train
-    xi = np.nan_to_num(held.x[: min(len(held), 1000)])
+    xi = usable_inputs(held.x[: min(len(held), 1000)])
     with EnergyMeter(tdp_watts=options.tdp_watts) as meter:
         predict_logits(case.model, xi)
     inf = meter.reading

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Status, worst
@@ -120,7 +120,7 @@ def _flops(case: Case, evidence: Evidence) -> FlopCount | None:
 
     def compute() -> dict[str, Any] | None:
         try:
-            return dataclasses.asdict(count_flops(case.model, np.nan_to_num(case.train.x[:8])))
+            return dataclasses.asdict(count_flops(case.model, usable_inputs(case.train.x[:8])))
         except Exception:
             return None
 

@@ -50,7 +50,7 @@ from scipy.stats import mannwhitneyu
 from sklearn.decomposition import PCA
 
 from dlclinic.core.atomic import atomic_path, write_json, write_weights
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -104,7 +104,7 @@ class GeneralizationOptions:
 
 def _input_pca(case: Case, dims: int, seed: int) -> dict[str, np.ndarray]:
 
-    flat = {k: np.nan_to_num(s.x.reshape(len(s), -1)).astype(np.float64) for k, s in case.splits.items()}
+    flat = {k: usable_inputs(s.x.reshape(len(s), -1)).astype(np.float64) for k, s in case.splits.items()}
     if case.modality != "image":  # tables: standardise with train statistics so no column dominates the kernel
         mean, std = flat["train"].mean(axis=0), flat["train"].std(axis=0)
         std = np.where(std > 0, std, 1.0)
@@ -478,8 +478,8 @@ def corruption_table(case: Case, model: object, names: tuple[str, ...], rows: in
     assert test.y is not None
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(test), size=min(rows, len(test)), replace=False))
-    x, y = np.nan_to_num(test.x[idx]), test.y[idx]
-    stats = data_stats(np.nan_to_num(case.train.x))
+    x, y = usable_inputs(test.x[idx]), test.y[idx]
+    stats = data_stats(usable_inputs(case.train.x))
     clean = predict_logits(model, x).argmax(1) == y
     out = np.zeros((len(names), len(SEVERITIES), len(idx)), dtype=bool)
     for i, name in enumerate(names):
@@ -785,7 +785,7 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     before = ctx.measure(case)
     names = corruption_names(case.modality)
     chosen = _chosen(params, before[ctx.challenge_id], names, case.modality)
-    x_tr, y_tr = np.nan_to_num(case.train.x), case.train.y
+    x_tr, y_tr = usable_inputs(case.train.x), case.train.y
     assert y_tr is not None
     x_aug, y_aug = augment(x_tr, y_tr, chosen, copies=params.copies, seed=params.seed, stats=data_stats(x_tr))
     with ctx.progress.step("retraining with augmentation", total=2) as advance:
@@ -805,7 +805,7 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
         "train_rows": len(x_aug),
     }
     lines, (low, high), (clow, chigh) = _compare_tables(names, chosen, t_before, t_after, before_m, after_m)
-    energy = score_energy(predict_logits(model, np.nan_to_num(test.x)))
+    energy = score_energy(predict_logits(model, usable_inputs(test.x)))
     threshold = rejection_threshold(energy, params.keep)
     treated = dataclasses.replace(
         case,

@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dlclinic.core.atomic import write_json, write_weights
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, MissingDependencyError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -121,11 +121,11 @@ def _reference_losses(
         seed_everything(options.seed)
         base = getattr(evidence, "fit_config", None) or FitConfig()  # the case's recipe, shortened
         cfg = replace(base, epochs=options.reference_epochs, seed=options.seed)
-        ref = fit(case.model_factory(), np.nan_to_num(test.x[ref_rows]), test.y[ref_rows], cfg).model
+        ref = fit(case.model_factory(), usable_inputs(test.x[ref_rows]), test.y[ref_rows], cfg).model
         lm = _per_sample_ce(
-            predict_logits(ref, np.nan_to_num(train.x[member_rows])).astype(np.float64), train.y[member_rows]
+            predict_logits(ref, usable_inputs(train.x[member_rows])).astype(np.float64), train.y[member_rows]
         )
-        ln = _per_sample_ce(predict_logits(ref, np.nan_to_num(test.x[non_rows])).astype(np.float64), test.y[non_rows])
+        ln = _per_sample_ce(predict_logits(ref, usable_inputs(test.x[non_rows])).astype(np.float64), test.y[non_rows])
     else:
         e_tr, e_te = evidence.get("embeddings", "train"), evidence.get("embeddings", "test")
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
@@ -481,7 +481,7 @@ def dp_fit(
 
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 
-    return float((predict_logits(model, np.nan_to_num(x)).argmax(1) == y).mean())
+    return float((predict_logits(model, usable_inputs(x)).argmax(1) == y).mean())
 
 
 def _dp_factory(factory: Callable[[], Any]) -> Callable[[], Any]:
@@ -540,7 +540,7 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
     ) as advance:
         model, spent, notes = dp_fit(
             case.model_factory(),
-            np.nan_to_num(case.train.x),
+            usable_inputs(case.train.x),
             case.train.y,
             target_epsilon=params.target_epsilon,
             delta=delta,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dlclinic.core.atomic import atomic_path, write_weights
-from dlclinic.core.case import Case
+from dlclinic.core.case import MAX_ABS_INPUT, Case, unusable_rows, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -108,14 +108,14 @@ def _nonfinite(case: Case) -> tuple[dict[str, int], list[Finding]]:
     counts: dict[str, int] = {}
     findings: list[Finding] = []
     for name, s in case.splits.items():
-        bad = ~np.isfinite(s.x.reshape(len(s), -1)).all(axis=1)
+        bad = unusable_rows(s.x)
         counts[name] = int(bad.sum())
         if bad.any():
             rows = np.flatnonzero(bad)
             findings.append(
                 Finding(
                     "nonfinite",
-                    f"{len(rows)} row(s) of {name} contain NaN or Inf values",
+                    f"{len(rows)} row(s) of {name} contain NaN, Inf or values beyond ±{MAX_ABS_INPUT:.0e} (read as 0 by every other measurement)",
                     split=name,
                     indices=tuple(int(i) for i in rows[:1000]),
                 )
@@ -606,7 +606,7 @@ def _summary(
     if ratio > options.warn_imbalance_ratio:
         parts.append(f"class imbalance {ratio:.1f}:1")
     if metrics["nonfinite_rows"]:
-        parts.append(f"{metrics['nonfinite_rows']} rows with NaN/Inf")
+        parts.append(f"{metrics['nonfinite_rows']} rows with NaN/Inf or overflowing values")
     summary = (
         ("Found " + ", ".join(parts) + ".")
         if parts
@@ -793,10 +793,10 @@ def _retrain_pair(ctx: TreatContext, cleaned: Case) -> tuple[Any, Any]:
         reference = (
             case.model
             if case.metadata.get("dlclinic_baseline")
-            else ctx.retrain(np.nan_to_num(case.train.x), case.train.y, cfg.seed)
+            else ctx.retrain(usable_inputs(case.train.x), case.train.y, cfg.seed)
         )
         advance(1)
-        model = ctx.retrain(np.nan_to_num(cleaned.train.x), cleaned.train.y, cfg.seed)
+        model = ctx.retrain(usable_inputs(cleaned.train.x), cleaned.train.y, cfg.seed)
         advance(1)
     return reference, model
 

@@ -56,7 +56,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dlclinic.core.atomic import write_json, write_weights
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.fingerprint import fingerprint_array
@@ -632,8 +632,8 @@ def _retrain_augmented(
         advance(1)
         model = ctx.retrain(xa, ya, cfg.seed)
         advance(1)
-    ok_before = predict_logits(reference, np.nan_to_num(test.x)).argmax(1) == y_test
-    ok_after = predict_logits(model, np.nan_to_num(test.x)).argmax(1) == y_test
+    ok_before = predict_logits(reference, usable_inputs(test.x)).argmax(1) == y_test
+    ok_after = predict_logits(model, usable_inputs(test.x)).argmax(1) == y_test
     low, high = paired_accuracy_ci(ok_before, ok_after)
     mc = mcnemar_test(ok_after, ok_before)
     before_m["test_accuracy"] = float(ok_before.mean())
@@ -716,7 +716,7 @@ def treat_quantity(ctx: TreatContext, params: QuantityParams) -> TreatOutcome:
     m = before[ctx.challenge_id].metrics
     n_train = len(case.train)
     buy = _buy_table(m, n_train, params)
-    x, y = np.nan_to_num(case.train.x), np.asarray(case.train.y)
+    x, y = usable_inputs(case.train.x), np.asarray(case.train.y)
     scores, val, fit_rows = _held_out_scores(ctx, x, y, policies, params)
     best = max(policies, key=lambda p: scores[p])
     chosen = best if scores[best] > scores["none"] else "none"

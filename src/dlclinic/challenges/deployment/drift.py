@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from dlclinic.core.atomic import write_json, write_weights
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -428,7 +428,7 @@ def _split_adapt_eval(ctx: TreatContext, params: DriftParams, notes: list[str]) 
         raise ConfigError(
             f"treat deployment.drift: the windows chosen on the adapt rows leave {len(adapt)} drifted rows to adapt and {len(held)} to verify; expected at least 10 of each (more deploy rows, or a smaller --option window=)"
         )
-    return _Adaptation(x=np.nan_to_num(deploy.x), y=y, adapt=adapt, held=held)
+    return _Adaptation(x=usable_inputs(deploy.x), y=y, adapt=adapt, held=held)
 
 
 def _retrain(
@@ -444,14 +444,14 @@ def _retrain(
     assert ctx.retrain is not None and case.train.y is not None
     adapt, held, y_h = ad.adapt, ad.held, ad.y[ad.held]
     with ctx.progress.step("retraining on train + drifted rows", total=1) as advance:
-        x_fit = np.concatenate([np.nan_to_num(case.train.x), ad.x[adapt]])
+        x_fit = np.concatenate([usable_inputs(case.train.x), ad.x[adapt]])
         y_fit = np.concatenate([case.train.y, ad.y[adapt]])
         retrained = ctx.retrain(x_fit, y_fit, ctx.fit_config.seed)
         advance(1)
     test = case.get("test")
     # recalibrate the retrained model on the held-out reference (its own confidences)
     t_new = (
-        fit_temperature(predict_logits(retrained, np.nan_to_num(test.x)), test.y)
+        fit_temperature(predict_logits(retrained, usable_inputs(test.x)), test.y)
         if test is not None and test.y is not None
         else 1.0
     )

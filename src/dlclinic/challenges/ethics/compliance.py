@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -316,7 +316,7 @@ def forget_rows(case: Any, ids_file: str) -> np.ndarray:
 
 
 def _loss(model: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    z = predict_logits(model, np.nan_to_num(x)).astype(np.float64)
+    z = predict_logits(model, usable_inputs(x)).astype(np.float64)
     z -= z.max(1, keepdims=True)
     return -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1)))
 
@@ -348,7 +348,7 @@ def _erase(ctx: TreatContext, case: Case, forget: str, out: Path) -> _Erasure:
     y_tr = case.train.y
     assert y_tr is not None
     with ctx.progress.step(f"retraining without {len(rows)} forgotten row(s)", total=1) as advance:
-        model = ctx.retrain(np.nan_to_num(case.train.x[keep]), y_tr[keep], ctx.fit_config.seed)
+        model = ctx.retrain(usable_inputs(case.train.x[keep]), y_tr[keep], ctx.fit_config.seed)
         advance(1)
     treated = dataclasses.replace(
         case.with_train(keep),

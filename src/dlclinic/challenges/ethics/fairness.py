@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from dlclinic.core.atomic import write_json, write_weights
-from dlclinic.core.case import Case, Split
+from dlclinic.core.case import Case, Split, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError, MissingDependencyError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -463,20 +463,20 @@ def _reweight(ctx: TreatContext, test: Split, eval_idx: np.ndarray) -> _Treated:
         reference = (
             case.model
             if case.metadata.get("dlclinic_baseline")
-            else fit(factory(), np.nan_to_num(case.train.x), case.train.y, ctx.fit_config).model
+            else fit(factory(), usable_inputs(case.train.x), case.train.y, ctx.fit_config).model
         )
         advance(1)
         seed_everything(ctx.fit_config.seed)
         treated_model = fit(
-            factory(), np.nan_to_num(case.train.x), case.train.y, ctx.fit_config, sample_weight=weights
+            factory(), usable_inputs(case.train.x), case.train.y, ctx.fit_config, sample_weight=weights
         ).model
         advance(1)
     artifacts: dict[str, str] = {}
     if ctx.out_dir is not None:
         artifacts["model"] = str(write_weights(treated_model, ctx.out_dir / "fair_model.safetensors"))
     return _Treated(
-        pred_before=predict_logits(reference, np.nan_to_num(test.x)).argmax(1),
-        pred_after=predict_logits(treated_model, np.nan_to_num(test.x[eval_idx])).argmax(1),
+        pred_before=predict_logits(reference, usable_inputs(test.x)).argmax(1),
+        pred_after=predict_logits(treated_model, usable_inputs(test.x[eval_idx])).argmax(1),
         model=treated_model,
         action=f"retrain with group-balanced sample weights 1/n(group, class) (weights {weights.min():.2f}–{weights.max():.2f}), same recipe and seed",
         notes=[
@@ -503,7 +503,7 @@ def treat_fairness(ctx: TreatContext, params: FairnessParams) -> TreatOutcome:
     fit_idx, eval_idx = _halves(test.groups, params.seed)
     y_eval, g_eval = test.y[eval_idx], test.groups[eval_idx]
     if method == "threshold":
-        logits = predict_logits(case.model, np.nan_to_num(test.x)).astype(np.float64)
+        logits = predict_logits(case.model, usable_inputs(test.x)).astype(np.float64)
         treated = _threshold(case, test, logits, fit_idx, eval_idx, params)
     else:
         treated = _reweight(ctx, test, eval_idx)

@@ -44,7 +44,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from dlclinic.core.atomic import write_weights
-from dlclinic.core.case import Case, Split
+from dlclinic.core.case import Case, Split, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.recipe import prepare_inputs, seed_everything
@@ -101,7 +101,7 @@ class SecurityOptions:
 
 def input_bounds(case: Case) -> tuple[Any, Any, Any]:
     """``(lower, upper, scale)`` of valid inputs from train: global for images, per feature otherwise."""
-    x = np.nan_to_num(case.train.x)
+    x = usable_inputs(case.train.x)
     if case.modality == "image":
         lo, hi = float(x.min()), float(x.max())
         return lo, hi, max(hi - lo, 1e-6)
@@ -164,7 +164,7 @@ def _curve(case: Case, options: SecurityOptions, epsilons: tuple[float, ...]) ->
     lo, hi, scale = input_bounds(case)
     curve = robust_accuracy_curve(
         case.model,
-        np.nan_to_num(test.x[rows]),
+        usable_inputs(test.x[rows]),
         test.y[rows],
         (0.0, *epsilons),
         lower=lo,
@@ -178,7 +178,7 @@ def _curve(case: Case, options: SecurityOptions, epsilons: tuple[float, ...]) ->
         out[f"robust_{m}"] = curve.robust_accuracy[m]
         out[f"success_{m}"] = curve.success_rate[m]
     out["robust_targeted"] = np.asarray(
-        _targeted(case, options, np.nan_to_num(test.x[rows]), test.y[rows], lo, hi, scale)
+        _targeted(case, options, usable_inputs(test.x[rows]), test.y[rows], lo, hi, scale)
     )
     return out
 
@@ -538,7 +538,7 @@ def _at_training_eps(
     opts = SecurityOptions()
     assert test.y is not None
     rows = _sample(test.y, opts.n_samples, opts.seed)
-    xs, ys = np.nan_to_num(test.x[rows]), test.y[rows]
+    xs, ys = usable_inputs(test.x[rows]), test.y[rows]
     at_eps = {}
     for name, m in models.items():
         res = attack(
@@ -585,7 +585,7 @@ def treat_security(ctx: TreatContext, params: AdversarialParams) -> TreatOutcome
         seed_everything(ctx.fit_config.seed)
         model = adversarial_fit(
             case.model_factory(),
-            np.nan_to_num(case.train.x),
+            usable_inputs(case.train.x),
             case.train.y,
             epsilon=eps,
             lower=lo,

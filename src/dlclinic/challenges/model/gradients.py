@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
@@ -120,7 +120,7 @@ def _trained_dead(case: Case) -> dict[str, float]:
     trained_dead: dict[str, float] = {}
     if _is_module(case.model):
         try:
-            trained_dead = dead_relu_share(case.model, np.nan_to_num(case.train.x[subsample(len(case.train), 1024, 6)]))
+            trained_dead = dead_relu_share(case.model, usable_inputs(case.train.x[subsample(len(case.train), 1024, 6)]))
         except Exception:  # a model that only runs in its own way: the re-run's numbers still stand
             trained_dead = {}
     return trained_dead

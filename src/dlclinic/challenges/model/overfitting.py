@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -106,7 +106,7 @@ def _memorization(case: Case, evidence: Evidence, options: OverfittingOptions) -
 
     def compute() -> dict[str, np.ndarray]:
         idx = subsample(len(case.train), options.memorization_rows, 7)
-        x = np.nan_to_num(case.train.x[idx])
+        x = usable_inputs(case.train.x[idx])
         y = np.random.default_rng(7).integers(0, case.n_classes, len(idx))
         epochs = max(1, math.ceil(options.memorization_steps / max(1, math.ceil(len(idx) / cfg.batch_size))))
         seed_everything(7)
@@ -456,7 +456,7 @@ def _regularised_model(ctx: TreatContext, params: OverfittingParams, notes: list
             patience=params.patience,
             val_fraction=max(cfg.val_fraction, 0.1),
         )
-        model = fit(factory(), np.nan_to_num(case.train.x), case.train.y, reg_cfg).model  # type: ignore[arg-type]
+        model = fit(factory(), usable_inputs(case.train.x), case.train.y, reg_cfg).model  # type: ignore[arg-type]
         advance(1)
     notes.append(
         f"retrained with early stopping (patience {params.patience}, best checkpoint restored), weight decay {params.weight_decay:g} and label smoothing {params.label_smoothing:g}"
@@ -491,7 +491,7 @@ def treat_overfitting(ctx: TreatContext, params: OverfittingParams) -> TreatOutc
     retrained = _regularised_model(ctx, params, notes) if params.retrain else None
     regularised = retrained is not None
     base = retrained if retrained is not None else case.model
-    logits = predict_logits(base, np.nan_to_num(test.x))
+    logits = predict_logits(base, usable_inputs(test.x))
     y = test.y
     scaled, temps = _cross_fitted(logits, y)
     ece_before = estimate_ece(softmax(logits.astype(np.float64), axis=1), y)

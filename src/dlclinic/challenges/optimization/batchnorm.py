@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -96,9 +96,9 @@ def _measure(case: Case, evidence: Evidence, options: BatchNormOptions, layers: 
     held_name = "test" if case.get("test") is not None and case.splits["test"].labelled else "train"
     held = case.splits[held_name]
     rows = subsample(len(held), options.rows, 2)
-    xh, yh = np.nan_to_num(held.x[rows]), held.y[rows]  # type: ignore[index]
+    xh, yh = usable_inputs(held.x[rows]), held.y[rows]  # type: ignore[index]
     cal_rows = subsample(len(case.train), max(options.rows, 512), 3)
-    xc = np.nan_to_num(case.train.x[cal_rows])
+    xc = usable_inputs(case.train.x[cal_rows])
     pred = (
         evidence.get("probs", held_name)[rows].argmax(1) if held_name == "test" else predict_logits(model, xh).argmax(1)
     )
@@ -300,7 +300,7 @@ def treat_batchnorm(ctx: TreatContext, params: BatchNormParams) -> TreatOutcome:
         raise ConfigError("treat optimization.batchnorm needs an nn.Module with BatchNorm layers; this model has none")
     before = ctx.measure(case)
     rows = subsample(len(case.train), params.rows or len(case.train), 0)
-    model = recalibrate_bn(case.model, np.nan_to_num(case.train.x[rows]))
+    model = recalibrate_bn(case.model, usable_inputs(case.train.x[rows]))
     treated = dataclasses.replace(case, model=model, model_source=f"{case.model_source}, BN statistics recalibrated")
     after = ctx.measure(treated)
     return conclude(

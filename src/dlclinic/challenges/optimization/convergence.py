@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dlclinic.core.atomic import write_json
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.recipe import prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
@@ -262,7 +262,7 @@ def run_convergence(case: Case, evidence: Evidence, options: ConvergenceOptions)
     curve = analyse_loss_curve(rec.loss, min_progress=options.min_progress, blowup=options.blowup)
     statuses, findings = _curve_findings(rec, lr, curve)
     rows = subsample(len(case.train), options.rows, 1)
-    x, y = np.nan_to_num(case.train.x[rows]), case.train.y[rows]  # type: ignore[index]
+    x, y = usable_inputs(case.train.x[rows]), case.train.y[rows]  # type: ignore[index]
     lr_res = None
     if options.lr_steps > 0:
         lr_res = _lr_range(case, evidence, options, arrays, x, y)
@@ -403,7 +403,7 @@ def treat_convergence(ctx: TreatContext, params: ConvergenceParams) -> TreatOutc
         seed_everything(cfg.seed)
         model, losses = train_one_cycle(
             factory(),
-            np.nan_to_num(case.train.x),
+            usable_inputs(case.train.x),
             case.train.y,  # type: ignore[arg-type]
             lr=lr,
             epochs=params.epochs or cfg.epochs,

@@ -9,6 +9,16 @@ few seconds; ``dlclinic treat optimization.forgetting`` compares replay, EWC and
 A warning needs forgetting above ``warn_forgetting`` *and* a BWT interval entirely
 below zero, so sampling noise of the test rows cannot raise it.
 
+What is graded and what is information: forgetting is a problem of a model that *learns
+tasks one after another*. A model trained once on all its data has no task sequence, so
+by default (``tasks="auto"``) the split-class sequence is a what-if simulation: it is
+measured and reported (status ``ok``, ``graded: false``, the remedy offered) but never
+warns. The check grades only a sequence the user declared: ``--tasks classes`` (the
+classes split into tasks) or ``--tasks groups`` (the train/test groups are the task ids).
+A split-class sequence needs at least two classes per task and two tasks (four classes);
+with fewer classes, a binary task for instance, the check is ``not_examined`` unless task
+ids are declared.
+
 The remedy trains every strategy through the *same* task sequence as the check, over
 ``seeds`` seeds; the winner is the strategy with the highest mean final average
 accuracy among those within the memory budget (replay stores ``memory`` samples; EWC
@@ -62,7 +72,9 @@ CID = "optimization.forgetting"
 class ForgettingOptions:
     """Task sequence, strategy and budget of the forgetting harness."""
 
-    tasks: str = "classes"  # "classes" (split classes) | "groups" (train/test groups as task ids)
+    tasks: str = (
+        "auto"  # "auto" (what-if split classes, not graded) | "classes" | "groups" (train/test groups as task ids)
+    )
     n_tasks: int = 5
     strategy: str = "naive"
     scenario: str = "class"
@@ -74,10 +86,23 @@ class ForgettingOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.tasks not in ("classes", "groups"):
-            raise ValueError(f"tasks must be 'classes' or 'groups', but got {self.tasks!r}")
+        if self.tasks not in ("auto", "classes", "groups"):
+            raise ValueError(f"tasks must be 'auto', 'classes' or 'groups', but got {self.tasks!r}")
+        if self.n_tasks < 2:
+            raise ValueError(f"`n_tasks >= 2` must hold, but got {self.n_tasks}")
         if self.max_rows_per_task < 10:
             raise ValueError(f"`max_rows_per_task >= 10` must hold, but got {self.max_rows_per_task}")
+
+
+_MIN_CLASSES_PER_TASK = 2  # one class per task is not a task: the head only has to say the newest class
+
+
+def _too_few_classes(n: int) -> str:
+    return (
+        f"A split-class task sequence needs at least 2 tasks of {_MIN_CLASSES_PER_TASK} classes each "
+        f"({2 * _MIN_CLASSES_PER_TASK} classes); this task has {n}. Declare task ids with --tasks groups --group-col COL "
+        "to measure forgetting on your own task sequence."
+    )
 
 
 def build_tasks(case: Case, options: ForgettingOptions) -> TaskSequence:
@@ -90,7 +115,10 @@ def build_tasks(case: Case, options: ForgettingOptions) -> TaskSequence:
         seq = tasks_from_ids(train.groups, test.groups, train.y)
     else:
         present = np.unique(train.y)
-        seq = tasks_from_classes(train.y, test.y, split_classes(present.tolist(), min(options.n_tasks, len(present))))
+        n_tasks = min(options.n_tasks, len(present) // _MIN_CLASSES_PER_TASK)
+        if n_tasks < 2:
+            raise InputError(_too_few_classes(len(present)))
+        seq = tasks_from_classes(train.y, test.y, split_classes(present.tolist(), n_tasks))
     capped = tuple(r[stratified_rows(train.y[r], options.max_rows_per_task, options.seed)] for r in seq.train_rows)
     return TaskSequence(capped, seq.test_rows, seq.classes, seq.names)
 
@@ -163,15 +191,29 @@ def _matrix_details(matrix: np.ndarray, names: list[str], strategy: str) -> dict
     }
 
 
-def result_from_arrays(r: dict[str, np.ndarray], options: ForgettingOptions, strategy: str) -> CheckResult:
-    """The check result of one run (shared by the check and the remedy's re-measurement)."""
+def result_from_arrays(
+    r: dict[str, np.ndarray], options: ForgettingOptions, strategy: str, *, graded: bool = True
+) -> CheckResult:
+    """The check result of one run (shared by the check and the remedy's re-measurement).
+
+    ``graded=False`` (a what-if sequence the user did not declare): the same figures, status ``ok``.
+    """
     matrix = r["matrix"]
     avg, bwt, forgetting, low, high = (float(v) for v in r["summary"])
     names = [str(n) for n in r["names"]]
     significant = math.isfinite(high) and high < 0
-    status = "warn" if forgetting > options.warn_forgetting and significant else "ok"
+    forgets = forgetting > options.warn_forgetting and significant
+    status = "warn" if forgets and graded else "ok"
     t = matrix.shape[0]
-    summary = f"Trained through {t} tasks ({options.tasks}, {options.scenario}-incremental, {strategy}), the model keeps average accuracy {avg:.1%}; backward transfer {bwt:+.1%} (95 % CI {low:+.1%} to {high:+.1%}), forgetting {forgetting:.1%}."
+    tasks = options.tasks if graded else "split classes"
+    summary = f"Trained through {t} tasks ({tasks}, {options.scenario}-incremental, {strategy}), the model keeps average accuracy {avg:.1%}; backward transfer {bwt:+.1%} (95 % CI {low:+.1%} to {high:+.1%}), forgetting {forgetting:.1%}."
+    if not graded:
+        summary = (
+            "What-if, not graded (no task sequence declared): "
+            + summary[0].lower()
+            + summary[1:]
+            + " Declare --tasks classes or --tasks groups if this model will learn tasks one after another."
+        )
     findings = []
     if status == "warn":
         worst = int(np.argmax([matrix[: t - 1, j].max() - matrix[-1, j] for j in range(t - 1)]))
@@ -186,7 +228,7 @@ def result_from_arrays(r: dict[str, np.ndarray], options: ForgettingOptions, str
             command="dlclinic treat optimization.forgetting",
             description="compare experience replay, EWC and LwF on the same sequence and keep the best within the memory budget (accuracy matrix before/after)",
         )
-        if status == "warn"
+        if forgets
         else None
     )
     return CheckResult(
@@ -200,6 +242,7 @@ def result_from_arrays(r: dict[str, np.ndarray], options: ForgettingOptions, str
             "bwt_low": low,
             "bwt_high": high,
             "forgetting": forgetting,
+            "graded": graded,
             "strategy_" + strategy: True,
         },
         thresholds={"forgetting.warn": options.warn_forgetting, "bwt_high.max": 0.0},
@@ -224,6 +267,10 @@ def run(case: Case, evidence: Evidence, options: ForgettingOptions) -> CheckResu
             status="not_examined",
             summary="Needs the model's architecture to train it through a task sequence (pass --model file.py:factory); nothing was measured.",
         )
+    if options.tasks != "groups" and case.train.y is not None:
+        present = len(np.unique(case.train.y))
+        if present // _MIN_CLASSES_PER_TASK < 2:
+            return CheckResult(id=CID, status="not_examined", summary=_too_few_classes(present))
     params = {
         k: getattr(options, k)
         for k in ("tasks", "n_tasks", "strategy", "scenario", "epochs", "lr", "memory", "max_rows_per_task", "seed")
@@ -236,7 +283,7 @@ def run(case: Case, evidence: Evidence, options: ForgettingOptions) -> CheckResu
             return run_sequence(case, options, progress=advance)
 
     r = evidence.cached("forgetting", params, compute)
-    return result_from_arrays(r, options, options.strategy)
+    return result_from_arrays(r, options, options.strategy, graded=options.tasks != "auto")
 
 
 CHECK = CheckSpec(
@@ -244,7 +291,7 @@ CHECK = CheckSpec(
     requires=(),
     options=ForgettingOptions,
     run=run,
-    description="continual-learning harness on a split-class (or task-id) sequence: accuracy matrix, average accuracy, BWT with CI, forgetting",
+    description="continual-learning harness on a declared task sequence (--tasks classes|groups; by default a what-if split-class sequence, not graded): accuracy matrix, average accuracy, BWT with CI, forgetting",
 )
 
 
@@ -254,6 +301,7 @@ class ForgettingParams:
     """Strategies to compare, memory budget (replay samples), seeds and the per-task training budget."""
 
     strategies: tuple[str, ...] = ("replay", "ewc", "lwf")
+    tasks: str = "auto"  # the task sequence, as the check's option (auto = split classes)
     memory: int = 200
     seeds: int = 2
     epochs: int = 5
@@ -307,7 +355,9 @@ def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcom
             "treat optimization.forgetting trains the architecture through a task sequence: pass --model file.py:factory"
         )
     before = ctx.measure(case)
-    options = ForgettingOptions(memory=params.memory, epochs=params.epochs, max_rows_per_task=params.max_rows_per_task)
+    options = ForgettingOptions(
+        tasks=params.tasks, memory=params.memory, epochs=params.epochs, max_rows_per_task=params.max_rows_per_task
+    )
     runs: dict[str, list[dict[str, np.ndarray]]] = {}
     strategies = ("naive", *[s for s in params.strategies if s != "naive"])
     with ctx.progress.step("forgetting: comparing strategies", total=len(strategies) * params.seeds) as advance:

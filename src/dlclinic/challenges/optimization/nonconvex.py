@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -105,7 +105,7 @@ def _barrier(case: Case, evidence: Evidence, options: NonconvexOptions, cfg: Any
 
     def compute_barrier() -> dict[str, np.ndarray]:
         trows = subsample(len(case.train), 1024, 5)
-        xt, yt = np.nan_to_num(case.train.x[trows]), case.train.y[trows]  # type: ignore[index]
+        xt, yt = usable_inputs(case.train.x[trows]), case.train.y[trows]  # type: ignore[index]
         epochs = max(2, math.ceil(options.barrier_steps / max(1, math.ceil(len(trows) / cfg.batch_size))))
         models = []
         for seed in (0, 1):
@@ -185,7 +185,7 @@ def run_nonconvex(case: Case, evidence: Evidence, options: NonconvexOptions) -> 
             summary="The loss landscape needs a differentiable nn.Module; this model exposes no parameters (ONNX). Give --model file.py:factory with --weights.",
         )
     rows = subsample(len(case.train), options.rows, 4)
-    x, y = np.nan_to_num(case.train.x[rows]), case.train.y[rows]  # type: ignore[index]
+    x, y = usable_inputs(case.train.x[rows]), case.train.y[rows]  # type: ignore[index]
     loss = make_loss(x, y)
     land = _landscape(evidence, options, model, loss)
     eig = float(land["eig"])
@@ -323,7 +323,7 @@ def treat_nonconvex(ctx: TreatContext, params: NonconvexParams) -> TreatOutcome:
     factory = retrain_factory(ctx, "optimization.nonconvex")
     case, cfg = ctx.case, ctx.fit_config
     epochs = params.epochs or cfg.epochs
-    x, y = np.nan_to_num(case.train.x), case.train.y
+    x, y = usable_inputs(case.train.x), case.train.y
     with ctx.progress.step("training the reference and the SAM model", total=2) as advance:
         runs = []
         for rho in (0.0, params.rho):  # the same loop, seed and data: only SAM differs
@@ -353,7 +353,7 @@ def treat_nonconvex(ctx: TreatContext, params: NonconvexParams) -> TreatOutcome:
     acc: dict[str, float | None] = {"before": None, "after": None}
     if test is not None and test.y is not None:
         acc = {
-            k: float((predict_logits(m, np.nan_to_num(test.x)).argmax(1) == test.y).mean())
+            k: float((predict_logits(m, usable_inputs(test.x)).argmax(1) == test.y).mean())
             for k, m in (("before", reference), ("after", model))
         }
     return conclude(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dlclinic.core.atomic import atomic_path
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
@@ -97,7 +97,7 @@ def _other_predictions(spec: Any, weights: str | None, x: np.ndarray, n: int) ->
         arr = np.asarray(spec)
         label = "given predictions"
     elif hasattr(spec, "state_dict") or hasattr(spec, "predict_logits"):
-        return predict_logits(spec, np.nan_to_num(x)).argmax(1), f"model {type(spec).__name__}"
+        return predict_logits(spec, usable_inputs(x)).argmax(1), f"model {type(spec).__name__}"
     else:
         text = str(spec)
         path = Path(text)
@@ -106,7 +106,7 @@ def _other_predictions(spec: Any, weights: str | None, x: np.ndarray, n: int) ->
             label = path.name
         else:
             model, source = load_model(text, weights=weights)
-            return predict_logits(model, np.nan_to_num(x)).argmax(1), source
+            return predict_logits(model, usable_inputs(x)).argmax(1), source
     arr = arr.argmax(1) if arr.ndim == 2 else arr.ravel()
     if len(arr) != n:
         raise InputError(f"compare: expected predictions for the {n} test rows, found {len(arr)}")

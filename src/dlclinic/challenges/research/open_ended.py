@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
@@ -126,10 +126,15 @@ def _from_ood_file(case: Case, evidence: Evidence, test: Any, options: OpenEnded
     )
 
 
+def _default_unknown(k: int, n_unknown: int) -> list[int]:
+    """The last ``n_unknown`` classes, fewer when that would leave under 2 known ones."""
+    return list(range(k - max(1, min(n_unknown, k - 2)), k))
+
+
 def _held_out_classes(case: Case, evidence: Evidence, test: Any, options: OpenEndedOptions) -> _OpenSet:
     """Retrain without the held-out classes; their test rows are the unknowns."""
     k = case.n_classes
-    unknown = np.array(sorted(set(options.unknown_classes)) or list(range(k - options.n_unknown, k)), dtype=np.int64)
+    unknown = np.array(sorted(set(options.unknown_classes)) or _default_unknown(k, options.n_unknown), dtype=np.int64)
     if unknown.min() < 0 or unknown.max() >= k or len(unknown) >= k - 1:
         raise ConfigError(f"unknown_classes: expected 1..{k - 2} class ids in 0..{k - 1}, found {unknown.tolist()}")
     known_tr = np.flatnonzero(~np.isin(case.train.y, unknown))  # type: ignore[arg-type]
@@ -139,7 +144,7 @@ def _held_out_classes(case: Case, evidence: Evidence, test: Any, options: OpenEn
     n_val = max(len(rows) // 5, 10)
     val, fit_rows = rows[:n_val], rows[n_val:]
     with evidence.progress.step("open-set simulation: retraining without the held-out classes", total=1) as advance:
-        model = evidence.retrain(np.nan_to_num(case.train.x[fit_rows]), case.train.y[fit_rows], options.seed)  # type: ignore[index, misc]
+        model = evidence.retrain(usable_inputs(case.train.x[fit_rows]), case.train.y[fit_rows], options.seed)  # type: ignore[index, misc]
         advance(1)
     is_unk = np.isin(test.y, unknown)
     return _OpenSet(
@@ -229,6 +234,12 @@ def _not_examined(case: Case, evidence: Evidence, options: OpenEndedOptions) -> 
         return CheckResult(id=CID, status="not_examined", summary="Needs a labelled test split (pass --test).")
     if options.ood:
         return None
+    if case.n_classes < 3 and not options.unknown_classes:
+        return CheckResult(
+            id=CID,
+            status="not_examined",
+            summary=f"Simulating unseen classes holds at least one class out and keeps two, so it needs 3 or more classes (found {case.n_classes}); pass inputs of new classes with --option research.open_ended.ood=new.npz.",
+        )
     if evidence.retrain is None:
         return CheckResult(
             id=CID,
@@ -381,7 +392,7 @@ def treat_open_ended(ctx: TreatContext, params: OpenEndedParams) -> TreatOutcome
         raise ConfigError("treat research.open_ended needs a labelled test split (pass --test)")
     before = ctx.measure(case)
     k = case.n_classes
-    unknown = np.array(sorted(set(params.unknown_classes)) or list(range(k - params.n_unknown, k)), dtype=np.int64)
+    unknown = np.array(sorted(set(params.unknown_classes)) or _default_unknown(k, params.n_unknown), dtype=np.int64)
     known = np.setdiff1d(np.arange(k), unknown)
     tasks = _incremental_tasks(case, test, known, unknown, params)
     results = {}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dlclinic.core.atomic import write_weights
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.determinism import (
     compare_state_dicts,
     determinism_state,
@@ -101,7 +101,7 @@ def _model_causes(case: Case, x: np.ndarray, seed: int) -> list[str]:
         return [
             f"the model's initial weights differ under the same seed (first: {init.first}): the factory draws from a generator that seed_everything does not control"
         ]
-    xb = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(x[: min(32, len(x))])))
+    xb = torch.from_numpy(np.ascontiguousarray(usable_inputs(x[: min(32, len(x))])))
     m1.train()
     seed_everything(seed)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def _seed_spread(
             models.append(evidence.retrain(x, y, options.seed + s))  # type: ignore[misc]
             advance(1)
     for s, m in enumerate(models):
-        pred = predict_logits(m, np.nan_to_num(test.x)).argmax(1)
+        pred = predict_logits(m, usable_inputs(test.x)).argmax(1)
         ci = bootstrap_metrics(test.y, pred, n_classes=case.n_classes, n_boot=1)
         accs.append(ci["accuracy"].value)
         f1s.append(ci["macro_f1"].value)
@@ -188,7 +188,7 @@ def _reproducibility_compute(case: Case, evidence: Evidence, options: Reproducib
     train = case.train
     assert train.y is not None
     rows = stratified_rows(train.y, options.max_train_rows, options.seed)
-    x, y = np.nan_to_num(train.x[rows]), train.y[rows]
+    x, y = usable_inputs(train.x[rows]), train.y[rows]
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     try:
         t0 = time.perf_counter()
@@ -383,7 +383,7 @@ def treat_reproducibility(ctx: TreatContext, params: ReproducibilityParams) -> T
     case = ctx.case
     before = ctx.measure(case)
     seed = int(params.seed if params.seed is not None else getattr(ctx.fit_config, "seed", 0))
-    x, y = np.nan_to_num(case.train.x), case.train.y
+    x, y = usable_inputs(case.train.x), case.train.y
     with ctx.progress.step("deterministic retraining (twice, same seed)", total=2) as advance:
         with deterministic_mode(seed):
             a = ctx.retrain(x, y, seed)
