@@ -196,7 +196,14 @@ def test_store_is_idempotent_on_request_ids_and_joins_feedback(tmp_path: Path) -
     data = store.read()
     assert data.request_id.tolist() == ["a", "a", "b"] and data.labels.tolist() == [-1, 2, -1]
     np.testing.assert_array_equal(data.probs[2], p)
-    assert store.integrity_check() == {"database": "ok", "rows": 3, "duplicate_keys": 0, "corrupt_rows": 0, "ok": True}
+    assert store.integrity_check() == {
+        "database": "ok",
+        "rows": 3,
+        "duplicate_keys": 0,
+        "corrupt_rows": 0,
+        "mixed_requests": 0,
+        "ok": True,
+    }
     store.close()
     with store.engine.connect() as conn:  # WAL journal on
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"

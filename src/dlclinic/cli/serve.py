@@ -2,7 +2,10 @@
 
 The reference for drift is computed from the labelled test split (``reference.npz`` in
 ``--out``); uvicorn serves on 127.0.0.1 by default; ``--workers N`` runs N processes (each
-loads the model; the log's one writer thread is per process, SQLite's WAL serialises them).
+loads the model; the log's one writer thread is per process, SQLite's WAL serialises them)
+under uvicorn's supervisor, which restarts a worker that dies; a worker exits when the
+supervisor dies (:mod:`dlclinic.serve.supervision`). ``--log-mode durable`` (the default)
+answers only once the log rows are on disk; ``--log-mode async`` answers first.
 """
 
 from __future__ import annotations
@@ -48,11 +51,18 @@ from dlclinic.monitoring import Reference
 from dlclinic.serve.app import ServeConfig, create_app
 from dlclinic.serve.backends import make_backend
 from dlclinic.serve.store import PredictionStore
+from dlclinic.serve.supervision import exit_with_parent
 
 __all__ = ["app_from_env", "serve"]
 
 _SPEC_ENV = "DLCLINIC_SERVE_SPEC"
 _TOKEN_ENV = "DLCLINIC_SERVE_TOKEN"
+_MASTER_ENV = "DLCLINIC_SERVE_MASTER_PID"
+
+
+class LogMode(str, Enum):
+    durable = "durable"
+    async_ = "async"
 
 
 class BackendKind(str, Enum):
@@ -121,8 +131,8 @@ def _build_server(spec: dict[str, Any]) -> Any:
         export_path=Path(spec["out"]) / "model.onnx",
     )
     reference = Reference.load(spec["reference"]) if spec.get("reference") else None
-    store = PredictionStore(spec["store"]) if spec.get("store") else None
     cfg = ServeConfig(**{**spec["config"], "token": os.environ.get(_TOKEN_ENV) or None})
+    store = PredictionStore(spec["store"], durable=cfg.log_mode == "durable") if spec.get("store") else None
     return create_app(
         backend,
         reference=reference,
@@ -138,6 +148,8 @@ def app_from_env() -> Any:
     path = os.environ.get(_SPEC_ENV)
     if not path:
         raise ConfigError(f"${_SPEC_ENV} is not set; expected the serve spec written by `dlclinic serve`")
+    if os.environ.get(_MASTER_ENV, "").isdigit():
+        exit_with_parent(int(os.environ[_MASTER_ENV]))  # no orphan serving on after a kill -9 of the master
     return _build_server(json.loads(Path(path).read_text()))
 
 
@@ -171,6 +183,7 @@ def _run(spec: dict[str, Any], spec_path: Path, host: str, port: int, token: str
     workers = int(spec["workers"])
     if workers > 1:
         os.environ[_SPEC_ENV] = str(spec_path.absolute())
+        os.environ[_MASTER_ENV] = str(os.getpid())
         uvicorn.run(
             "dlclinic.cli.serve:app_from_env",
             factory=True,
@@ -230,7 +243,16 @@ MaxBodyOpt = Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Lar
 StoreInputsOpt = Annotated[
     bool, typer.Option("--store-inputs", help="Log the inputs themselves, not only their SHA-256.")
 ]
-SyncLogOpt = Annotated[bool, typer.Option("--sync-log", help="Answer only after the log row is committed.")]
+LogModeOpt = Annotated[
+    LogMode,
+    typer.Option(
+        "--log-mode",
+        help="durable: answer only once the log rows are committed and on disk (group commit); async: answer first (faster, a crash loses the last rows).",
+    ),
+]
+SyncLogOpt = Annotated[
+    bool, typer.Option("--sync-log", hidden=True, help="Kept for old scripts: durable logging is the default.")
+]
 WindowOpt = Annotated[
     int, typer.Option("--window", min=2, help="Predictions per live drift window (/metrics, /dashboard).")
 ]
@@ -289,6 +311,7 @@ def serve(
     token: TokenOpt = None,
     model_version: VersionOpt = None,
     store_inputs: StoreInputsOpt = False,
+    log_mode: LogModeOpt = LogMode.durable,
     sync_log: SyncLogOpt = False,
     window: WindowOpt = 200,
     cache_dir: CacheOpt = None,
@@ -298,6 +321,8 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: /predict, /feedback, /health, /ready, /metrics, /dashboard, /docs."""
     check_writable(out)
+    if sync_log and log_mode is LogMode.async_:
+        raise ConfigError("--sync-log and --log-mode async contradict each other; expected one of them")
     token = _bearer(token, host)
     opts = DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights)
     fit_cfg = FitConfig(epochs=epochs, seed=seed)
@@ -312,7 +337,7 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         model_version=model_version or fingerprint_model(case.model)[:12],
         store_inputs=store_inputs,
-        sync_log=sync_log,
+        log_mode=log_mode.value,
         window=window,
     )
     spec = {

@@ -5,10 +5,15 @@ Endpoints (JSON unless stated):
 * ``POST /predict`` — ``{"inputs": [...N samples...], "request_id": "optional"}`` →
   classes, predicted class per row, probabilities, model version, latency. Samples have
   the model's input shape (or are flat rows of the same size). Wrong shape, dtype or
-  non-finite values → 422 with the expected shape; bodies over ``max_body_bytes`` or more
-  than ``max_rows`` rows → 413; a full queue → 503 with ``Retry-After``; a shutting-down
-  server → 503. The request id (body, or the ``X-Request-ID`` header) is the log's key:
-  a retried request never duplicates log rows.
+  non-finite values → 422 with the expected shape; inputs the model turns into non-finite
+  outputs (e.g. 1e38) → 422, nothing logged; bodies over ``max_body_bytes`` or more than
+  ``max_rows`` rows → 413; a full queue → 503 with ``Retry-After``; a shutting-down server
+  → 503. The request id (body, or the ``X-Request-ID`` header; one pattern for both) is an
+  idempotency key: the same id with the same inputs answers the logged answer again
+  (header ``Idempotent-Replayed: true``) and logs nothing new; the same id with other inputs
+  → 409. By default (``log_mode="durable"``) a 200 is sent only once its rows are committed
+  and on disk (group commit); a row that cannot be logged → 503 (database busy or down,
+  ``Retry-After``) or 500, never a 200.
 * ``POST /feedback`` — ``{"items": [{"request_id": ..., "row": 0, "label": 3}]}``: true
   labels fed back, for observed accuracy in ``dlclinic monitor``.
 * ``GET /health`` (liveness, always 200), ``GET /ready`` (200 once warmed up, 503 while
@@ -29,6 +34,7 @@ import hmac
 import html
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -47,15 +53,33 @@ from dlclinic.monitoring.stats import estimate_accuracy_cbpe
 from dlclinic.monitoring.windows import MonitorConfig, evaluate_window
 from dlclinic.serve.backends import Backend
 from dlclinic.serve.batching import Draining, DynamicBatcher, QueueFull
-from dlclinic.serve.store import PredictionRecord, PredictionStore, hash_input
+from dlclinic.serve.store import (
+    PredictionRecord,
+    PredictionStore,
+    RequestConflict,
+    hash_input,
+    is_transient_error,
+    payload_hash,
+)
 
-__all__ = ["ServeConfig", "ServeState", "create_app", "in_process_client"]
+__all__ = [
+    "LOG_MODES",
+    "REQUEST_ID_PATTERN",
+    "ServeConfig",
+    "ServeState",
+    "check_request_id",
+    "create_app",
+    "in_process_client",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOG_MODES = ("durable", "async")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 
 _OPEN_PATHS = ("/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
@@ -73,7 +97,9 @@ class ServeConfig:
         token: bearer token required on data endpoints (``None`` = no authentication).
         model_version: recorded with every logged prediction.
         store_inputs: log the inputs themselves, not only their SHA-256.
-        sync_log: answer only after the log row is committed (no acknowledged-but-lost rows).
+        log_mode: ``"durable"`` (answer only after the log rows are committed and on disk: no
+            acknowledged-but-lost rows) or ``"async"`` (answer first, commit soon after: faster,
+            and a crash loses the rows still queued).
         window: predictions per live drift window (``/metrics`` gauges, ``/dashboard``).
         retry_after_s: the ``Retry-After`` of a 503.
         drain_timeout_s: how long shutdown waits for queued requests.
@@ -87,7 +113,7 @@ class ServeConfig:
     token: str | None = None
     model_version: str = "unversioned"
     store_inputs: bool = False
-    sync_log: bool = False
+    log_mode: str = "durable"
     window: int = 200
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0
@@ -98,6 +124,8 @@ class ServeConfig:
                 raise ConfigError(f"`{name} >= 1` must hold, but got {name}={getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"`max_wait_ms >= 0` must hold, but got max_wait_ms={self.max_wait_ms}")
+        if self.log_mode not in LOG_MODES:
+            raise ConfigError(f"log_mode: expected one of {list(LOG_MODES)}, found {self.log_mode!r}")
 
 
 class _Metrics:
@@ -129,6 +157,10 @@ class _Metrics:
         self.queue_rows = Gauge("dlclinic_queue_rows", "Rows waiting for the model", registry=r)
         self.rejected = Counter("dlclinic_rejected", "Requests refused, by reason", ["reason"], registry=r)
         self.log_errors = Counter("dlclinic_log_errors", "Prediction-log rows that could not be written", registry=r)
+        self.conflicts = Counter(
+            "dlclinic_request_id_conflicts", "Request ids reused for a different payload (409)", registry=r
+        )
+        self.replays = Counter("dlclinic_replays", "Retried requests answered from the log", registry=r)
         self.drift_mmd2 = Gauge(
             "dlclinic_drift_mmd2", "Embedding MMD² of the last complete window vs the reference", registry=r
         )
@@ -425,9 +457,9 @@ def _schemas(shape: tuple[int, ...], n_classes: int) -> tuple[Any, Any, Any]:
         )
         request_id: str | None = Field(
             None,
-            max_length=64,
-            pattern=r"^[A-Za-z0-9._:-]+$",
-            description="Idempotency key: a retried request with the same id is logged once.",
+            description="Idempotency key (or the X-Request-ID header): the same id and inputs answer the logged"
+            " answer again; the same id with other inputs is refused (409).",
+            json_schema_extra={"pattern": REQUEST_ID_PATTERN, "maxLength": 64},
         )
 
     class PredictResponse(BaseModel):
@@ -440,7 +472,7 @@ def _schemas(shape: tuple[int, ...], n_classes: int) -> tuple[Any, Any, Any]:
         latency_ms: float
 
     class FeedbackItem(BaseModel):
-        request_id: str = Field(..., max_length=64)
+        request_id: str = Field(..., max_length=64, pattern=REQUEST_ID_PATTERN)
         row: int = Field(0, ge=0)
         label: int = Field(..., ge=0, lt=n_classes)
 
@@ -504,8 +536,100 @@ def _parse_inputs(inputs: list[Any], shape: tuple[int, ...], cfg: ServeConfig, m
     return x
 
 
-async def _log_predictions(state: ServeState, rid: str, x: np.ndarray, result: Any, latency_ms: float) -> Any:
-    """Hand the rows to the prediction log; with ``sync_log`` wait for the commit (a 503 response if it fails)."""
+def check_request_id(value: str, where: str = "request_id") -> str | None:
+    """The one check of a client's request id (body or ``X-Request-ID``): ``None`` if valid, else the reason."""
+    if re.fullmatch(REQUEST_ID_PATTERN, value):
+        return None
+    shown = value if len(value) <= 70 else value[:67] + "..."
+    return f"{where}: expected 1 to 64 characters from A-Z a-z 0-9 . _ : -, found {shown!r}"
+
+
+def _request_id(body_id: str | None, header_id: str | None) -> tuple[str, bool] | Any:
+    """``(id, given by the client)``, or the 422 response that refuses the id."""
+    for value, where in ((body_id, "request_id"), (header_id, "X-Request-ID")):
+        if value is not None and (problem := check_request_id(value, where)) is not None:
+            return _error(422, problem)
+    if body_id is not None and header_id is not None and body_id != header_id:
+        return _error(
+            422, f"request_id {body_id!r} and X-Request-ID {header_id!r} differ; expected one id (or both equal)"
+        )
+    given = body_id or header_id
+    return (given, True) if given else (uuid.uuid4().hex, False)
+
+
+def _check_outputs(result: Any, x: np.ndarray, n_classes: int) -> Any:
+    """``None`` when the model's outputs are finite and shaped ``N×K``; else the response that refuses them."""
+    n = len(x)
+    if result.probs.shape != (n, n_classes):
+        return _error(
+            500,
+            f"the model returned probabilities shaped {list(result.probs.shape)}, expected {[n, n_classes]}; nothing was logged",
+        )
+    bad = ~np.isfinite(result.probs).all(1)
+    if result.embeddings is not None:
+        bad |= ~np.isfinite(np.asarray(result.embeddings).reshape(n, -1)).all(1)
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return _error(
+        422,
+        f"inputs: sample {i} drives the model to non-finite outputs (NaN or infinity; largest |input| "
+        f"{float(np.abs(x[i]).max()):.3g}); expected inputs in the range the model was trained on; nothing was logged",
+        sample=i,
+    )
+
+
+def _answer(
+    rid: str, model_version: str, names: tuple[str, ...], probs: np.ndarray, latency_ms: float
+) -> dict[str, Any]:
+    pred = probs.argmax(1)
+    return {
+        "request_id": rid,
+        "model_version": model_version,
+        "classes": list(names),
+        "predictions": pred.tolist(),
+        "labels": [names[i] for i in pred],
+        "probabilities": probs.astype(float).tolist(),
+        "latency_ms": latency_ms,
+    }
+
+
+async def _replay(state: ServeState, rid: str, hashes: list[str]) -> Any:
+    """For a request id already logged: its logged answer (same inputs) or a 409 (other inputs); else ``None``."""
+    if state.store is None:
+        return None
+    from fastapi.responses import JSONResponse
+
+    prior = await asyncio.get_running_loop().run_in_executor(None, state.store.find_request, rid)
+    if prior is None:
+        return None
+    if prior.payload_hash != payload_hash(hashes):
+        state.metrics.conflicts.inc()
+        return _error(409, str(RequestConflict(rid)), request_id=rid)
+    state.metrics.replays.inc()
+    body = _answer(rid, prior.model_version, state.class_names, prior.probs, prior.latency_ms)
+    return JSONResponse(content=body, headers={"Idempotent-Replayed": "true"})
+
+
+def _log_failure(state: ServeState, rid: str, n: int, exc: BaseException) -> Any:
+    """The response for rows the log refused: 409 (id taken), 503 (database busy or down) or 500."""
+    if isinstance(exc, RequestConflict):
+        state.metrics.conflicts.inc()
+        return _error(409, str(exc), request_id=rid)
+    state.metrics.log_errors.inc(n)
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    if is_transient_error(exc):
+        return _busy(
+            f"the prediction could not be logged ({reason}); nothing was acknowledged, retry with the same request_id",
+            state.config.retry_after_s,
+        )
+    return _error(500, f"the prediction could not be logged ({reason}); nothing was acknowledged", request_id=rid)
+
+
+async def _log_predictions(
+    state: ServeState, rid: str, x: np.ndarray, hashes: list[str], result: Any, latency_ms: float
+) -> Any:
+    """Hand the rows to the prediction log; when durable wait for the commit. ``None``, or the refusing response."""
     store, cfg, n = state.store, state.config, len(x)
     if store is None:
         return None
@@ -518,29 +642,25 @@ async def _log_predictions(state: ServeState, rid: str, x: np.ndarray, result: A
             model_version=cfg.model_version,
             latency_ms=latency_ms,
             probs=result.probs[i],
-            input_hash=hash_input(x[i]),
+            input_hash=hashes[i],
             inputs=x[i] if cfg.store_inputs else None,
             embedding=None if result.embeddings is None else result.embeddings[i],
         )
         for i in range(n)
     ]
-    fut = store.submit(records)
-    if cfg.sync_log:
-        try:
+    try:
+        fut = store.submit(records)
+        if cfg.log_mode == "durable":
             await asyncio.wrap_future(fut)
-        except Exception as exc:
-            state.metrics.log_errors.inc(n)
-            return _error(
-                503,
-                f"the prediction could not be logged ({type(exc).__name__}); retry with the same request_id",
-            )
-    else:
-        fut.add_done_callback(lambda f: state.metrics.log_errors.inc(n) if f.exception() is not None else None)
+    except Exception as exc:
+        return _log_failure(state, rid, n, exc)
+    if cfg.log_mode != "durable":
+        fut.add_done_callback(lambda f: None if f.exception() is None else _log_failure(state, rid, n, f.exception()))  # type: ignore[arg-type]
     return None
 
 
 def _add_predict(app: Any, state: ServeState, request_model: Any, response_model: Any) -> None:
-    """``POST /predict``: validate, batch, log, watch, answer."""
+    """``POST /predict``: validate, replay or refuse a reused id, batch, check the outputs, log, watch, answer."""
     from fastapi import Header
 
     cfg, names, shape = state.config, state.class_names, tuple(state.backend.input_shape)
@@ -549,9 +669,11 @@ def _add_predict(app: Any, state: ServeState, request_model: Any, response_model
         "/predict",
         response_model=response_model,
         responses={
+            409: {"description": "The request id was already used for other inputs"},
             413: {"description": "Body or batch too large"},
-            422: {"description": "Wrong shape, dtype or non-finite values; the body says the expected shape"},
-            503: {"description": "Queue full (Retry-After) or shutting down"},
+            422: {"description": "Wrong shape, dtype, non-finite values or outputs, or a malformed request id"},
+            500: {"description": "The prediction could not be logged (nothing acknowledged)"},
+            503: {"description": "Queue full or log unavailable (Retry-After), or shutting down"},
         },
     )
     async def predict(body: request_model, x_request_id: str | None = Header(None)) -> Any:  # type: ignore[valid-type]
@@ -559,13 +681,16 @@ def _add_predict(app: Any, state: ServeState, request_model: Any, response_model
         if state.draining:
             state.metrics.rejected.labels(reason="draining").inc()
             return _error(503, "the server is shutting down; retry on another instance", retry_after=cfg.retry_after_s)
-        rid = body.request_id or x_request_id or uuid.uuid4().hex
-        if len(rid) > 64:
-            return _error(422, "request_id: expected at most 64 characters")
+        ident = _request_id(body.request_id, x_request_id)
+        if not isinstance(ident, tuple):
+            return ident
+        rid, given = ident
         x = _parse_inputs(body.inputs, shape, cfg, state.metrics)
         if not isinstance(x, np.ndarray):
             return x
-        n = len(x)
+        hashes = [hash_input(row) for row in x] if state.store is not None else []
+        if given and (replayed := await _replay(state, rid, hashes)) is not None:
+            return replayed
         try:
             result = await state.batcher.submit(x)
         except QueueFull:
@@ -577,23 +702,16 @@ def _add_predict(app: Any, state: ServeState, request_model: Any, response_model
             state.metrics.rejected.labels(reason="draining").inc()
             return _busy("the server is shutting down", cfg.retry_after_s)
         state.metrics.queue_rows.set(state.batcher.pending_rows)
-        probs = result.probs
+        if (bad := _check_outputs(result, x, len(names))) is not None:
+            state.metrics.rejected.labels(reason="non_finite_output").inc()
+            return bad
         latency_ms = (time.perf_counter() - started) * 1000.0
-        state.metrics.predictions.inc(n)
-        refused = await _log_predictions(state, rid, x, result, latency_ms)
+        state.metrics.predictions.inc(len(x))
+        refused = await _log_predictions(state, rid, x, hashes, result, latency_ms)
         if refused is not None:
             return refused
-        state.monitor.add(probs, result.embeddings, latency_ms)
-        pred = probs.argmax(1)
-        return {
-            "request_id": rid,
-            "model_version": cfg.model_version,
-            "classes": list(names),
-            "predictions": pred.tolist(),
-            "labels": [names[i] for i in pred],
-            "probabilities": probs.astype(float).tolist(),
-            "latency_ms": latency_ms,
-        }
+        state.monitor.add(result.probs, result.embeddings, latency_ms)
+        return _answer(rid, cfg.model_version, names, result.probs, latency_ms)
 
 
 def _add_feedback_and_status(app: Any, state: ServeState, feedback_model: Any, title: str) -> None:

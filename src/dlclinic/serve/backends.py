@@ -38,9 +38,10 @@ class Backend(Protocol):
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # infinite logits give NaN rows: the server refuses them (422)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class TorchBackend:

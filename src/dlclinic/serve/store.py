@@ -1,19 +1,25 @@
 """The prediction log: every served prediction, through SQLAlchemy, written by one thread.
 
-SQLite (WAL journal, ``synchronous=NORMAL``, a busy timeout) is the default; PostgreSQL
-works with a ``postgresql+psycopg://`` URL (``pip install 'dlclinic[postgres]'``). The
-primary key is ``(request_id, row)`` and rows are inserted with ``ON CONFLICT DO
-NOTHING``, so a client retrying a request with the same id never duplicates a row.
+SQLite (WAL journal, a busy timeout) is the default; PostgreSQL works with a
+``postgresql+psycopg://`` URL (``pip install 'dlclinic[postgres]'``). The primary key of
+``predictions`` is ``(request_id, row)``; ``prediction_requests`` holds one row per request id
+with the SHA-256 of its payload (:func:`payload_hash`), so a retried request is logged once
+and a request id reused for a different payload is refused (:class:`RequestConflict`).
 
-One writer thread owns all writes: callers :meth:`PredictionStore.submit` records and get
-a :class:`concurrent.futures.Future` resolved when their transaction commits; the thread
-groups whatever is queued (up to ``batch_rows`` rows, or ``max_delay`` seconds) into one
-transaction. Readers (``monitor``, the checkup) use their own connections; WAL lets them
-read while the writer writes. Arrays are stored as little-endian float32 bytes.
+One writer thread owns all writes: callers :meth:`PredictionStore.submit` one request's records
+and get a :class:`concurrent.futures.Future` resolved when their transaction commits. The thread
+commits whatever is queued (up to ``batch_rows`` rows, waiting at most ``max_delay`` seconds for
+more) in one transaction: group commit, one fsync for every request waiting. A job is atomic (all
+its rows or none); when a group's transaction fails for a reason other than a busy or lost
+database, each job is retried in a transaction of its own, so one bad row never takes other
+clients' rows down with it. Readers (``monitor``, the checkup) use their own connections; WAL
+lets them read while the writer writes. Arrays are stored as little-endian float32 bytes.
 
-Durability: an answer is sent before its log row commits unless the server runs with
-``sync_log=True``; a ``kill -9`` therefore loses at most the rows still queued (at most
-``max_delay`` seconds' worth), and an orderly shutdown (:meth:`close`) loses none.
+Durability: with ``durable=True`` (the default) SQLite runs ``synchronous=FULL`` and PostgreSQL
+``synchronous_commit=on``: a resolved future means the rows are on disk, and the server answers
+only then. ``durable=False`` (``dlclinic serve --log-mode async``) keeps ``synchronous=NORMAL`` /
+``synchronous_commit=off`` and the server answers before the commit: faster, and a ``kill -9``
+loses the rows still queued (at most ``max_delay`` seconds' worth).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,17 @@ import numpy as np
 
 from dlclinic.core.errors import ConfigError, InputError, MissingDependencyError
 
-__all__ = ["LoggedPredictions", "PredictionRecord", "PredictionStore", "hash_input", "store_url"]
+__all__ = [
+    "LoggedPredictions",
+    "LoggedRequest",
+    "PredictionRecord",
+    "PredictionStore",
+    "RequestConflict",
+    "hash_input",
+    "is_transient_error",
+    "payload_hash",
+    "store_url",
+]
 
 
 def hash_input(x: np.ndarray) -> str:
@@ -41,6 +57,14 @@ def hash_input(x: np.ndarray) -> str:
     a = np.ascontiguousarray(np.asarray(x, dtype="<f4"))
     h = hashlib.sha256(repr(a.shape).encode())
     h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def payload_hash(input_hashes: Sequence[str]) -> str:
+    """SHA-256 of a request's row hashes in row order: what an idempotency key is checked against."""
+    h = hashlib.sha256(f"{len(input_hashes)} rows".encode())
+    for value in input_hashes:
+        h.update(value.encode())
     return h.hexdigest()
 
 
@@ -52,6 +76,16 @@ def store_url(value: str | Path) -> str:
             text = "postgresql+psycopg://" + text[len("postgresql://") :]
         return text
     return f"sqlite:///{Path(text).absolute()}"
+
+
+class RequestConflict(InputError):
+    """A request id already logged for a different payload (the server answers 409)."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different payload; expected a new id for new inputs"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,8 +121,36 @@ class LoggedPredictions:
         return len(self.request_id)
 
 
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One logged request, as :meth:`PredictionStore.find_request` reads it back (to replay its answer)."""
+
+    request_id: str
+    payload_hash: str
+    model_version: str
+    latency_ms: float
+    probs: np.ndarray
+
+
+@dataclass
+class _Job:
+    """One :meth:`PredictionStore.submit`: rows committed together or not at all."""
+
+    table: str
+    rows: list[dict[str, Any]]
+    future: Future[int]
+    requests: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # id -> (payload hash, rows, created)
+
+
 def _f32(a: np.ndarray | None) -> bytes | None:
     return None if a is None else np.ascontiguousarray(np.asarray(a, dtype="<f4")).tobytes()
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """A busy, locked or unreachable database (worth retrying), not a row the database refuses."""
+    import sqlalchemy.exc as sa_exc
+
+    return isinstance(exc, sa_exc.OperationalError) or bool(getattr(exc, "connection_invalidated", False))
 
 
 _STOP = object()
@@ -100,7 +162,10 @@ class PredictionStore:
     Args:
         url: a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql://...``) or a file path.
         batch_rows: most rows per write transaction.
-        max_delay: seconds the writer waits to fill a transaction.
+        max_delay: seconds the writer waits for more requests before committing a group
+            (default 2 ms when durable, 50 ms otherwise).
+        durable: a commit is on disk before its future resolves (SQLite ``synchronous=FULL``,
+            PostgreSQL ``synchronous_commit=on``); ``False`` trades that for speed.
 
     Example:
         >>> store = PredictionStore("predictions.db")          # doctest: +SKIP
@@ -108,14 +173,30 @@ class PredictionStore:
         >>> store.close()                                        # doctest: +SKIP
     """
 
-    def __init__(self, url: str | Path, *, batch_rows: int = 512, max_delay: float = 0.05) -> None:
+    def __init__(
+        self, url: str | Path, *, batch_rows: int = 512, max_delay: float | None = None, durable: bool = True
+    ) -> None:
+        self.url = store_url(url)
+        self.batch_rows = int(batch_rows)
+        self.durable = bool(durable)
+        self.max_delay = float(max_delay if max_delay is not None else (0.002 if durable else 0.05))
+        self.engine = self._engine(url)
+        self.dialect = self.engine.dialect.name
+        self._tables(url)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.written = 0
+        self.errors = 0
+        self.conflicts = 0
+
+    def _engine(self, url: str | Path) -> Any:
+        """The SQLAlchemy engine, with SQLite's pragmas or PostgreSQL's commit mode set on every connection."""
         try:
             import sqlalchemy as sa
         except ImportError:
             raise MissingDependencyError("sqlalchemy", "serve") from None
-        self.url = store_url(url)
-        self.batch_rows = int(batch_rows)
-        self.max_delay = float(max_delay)
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
             if self.url in ("sqlite://", "sqlite:///:memory:"):
@@ -126,26 +207,34 @@ class PredictionStore:
                 Path(self.url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
-            self.engine = sa.create_engine(self.url, **kwargs)
+            engine = sa.create_engine(self.url, **kwargs)
         except ImportError as exc:
             raise MissingDependencyError(str(exc.name or "psycopg"), "postgres") from None
         except Exception as exc:
             raise ConfigError(
                 f"--store {url}: expected a SQLAlchemy URL (sqlite:///file.db or postgresql://user@host/db) or a file path, found an unusable one ({type(exc).__name__}: {exc})"
             ) from None
-        self.dialect = self.engine.dialect.name
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise ConfigError(f"--store {url}: expected SQLite or PostgreSQL, found {self.dialect}")
-        if self.dialect == "sqlite":
-            from sqlalchemy import event
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise ConfigError(f"--store {url}: expected SQLite or PostgreSQL, found {engine.dialect.name}")
+        sqlite, durable = engine.dialect.name == "sqlite", self.durable
 
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
+        @sa.event.listens_for(engine, "connect")
+        def _session(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if sqlite:
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
+            else:
+                cur.execute(f"SET synchronous_commit TO {'on' if durable else 'off'}")
+                dbapi_conn.commit()
+            cur.close()
+
+        return engine
+
+    def _tables(self, url: str | Path) -> None:
+        """Declare the three tables and create the missing ones."""
+        import sqlalchemy as sa
 
         meta = sa.MetaData()
         self.predictions = sa.Table(
@@ -165,6 +254,14 @@ class PredictionStore:
             sa.Column("inputs", sa.LargeBinary, nullable=True),
             sa.Column("embedding", sa.LargeBinary, nullable=True),
         )
+        self.requests = sa.Table(
+            "prediction_requests",
+            meta,
+            sa.Column("request_id", sa.String(64), primary_key=True),
+            sa.Column("payload_hash", sa.String(64), nullable=False),
+            sa.Column("rows", sa.Integer, nullable=False),
+            sa.Column("created", sa.Float, nullable=False),
+        )
         self.feedback = sa.Table(
             "feedback",
             meta,
@@ -181,12 +278,6 @@ class PredictionStore:
             raise ConfigError(
                 f"--store {self.url.split('@')[-1]}: could not open the prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
             ) from None
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self.written = 0
-        self.errors = 0
 
     # -- writing ---------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -198,29 +289,46 @@ class PredictionStore:
                 self._thread.start()
 
     def submit(self, records: Sequence[PredictionRecord]) -> Future[int]:
-        """Queue prediction records; the future resolves (rows handed to the DB) on commit."""
+        """Queue one request's records (all its rows); the future resolves on commit.
+
+        Raises :class:`~dlclinic.core.errors.InputError` at once for a row that cannot be logged
+        (non-finite probabilities); the future fails with :class:`RequestConflict` when a request id
+        is already logged for a different payload, and a request logged before is not logged again.
+        """
         rows = [self._prediction_row(r) for r in records]
-        return self._enqueue("predictions", rows)
+        hashes: dict[str, dict[int, str]] = {}
+        created: dict[str, float] = {}
+        for r in rows:
+            hashes.setdefault(r["request_id"], {})[r["row"]] = r["input_hash"]
+            created.setdefault(r["request_id"], r["created"])
+        requests = {
+            rid: (payload_hash([by_row[i] for i in sorted(by_row)]), len(by_row), created[rid])
+            for rid, by_row in hashes.items()
+        }
+        return self._enqueue(_Job("predictions", rows, Future(), requests))
 
     def submit_feedback(self, items: Sequence[tuple[str, int, int]]) -> Future[int]:
         """Queue ``(request_id, row, label)`` feedback; the first label given for a row is kept."""
         now = time.time()
         rows = [{"request_id": str(r), "row": int(i), "label": int(lab), "created": now} for r, i, lab in items]
-        return self._enqueue("feedback", rows)
+        return self._enqueue(_Job("feedback", rows, Future()))
 
     def write(self, records: Sequence[PredictionRecord], timeout: float = 30.0) -> int:
         """Submit and wait for the commit."""
         return self.submit(records).result(timeout)
 
-    def _enqueue(self, table: str, rows: list[dict[str, Any]]) -> Future[int]:
+    def _enqueue(self, job: _Job) -> Future[int]:
         self._ensure_thread()
-        fut: Future[int] = Future()
-        self._queue.put((table, rows, fut))
-        return fut
+        self._queue.put(job)
+        return job.future
 
     @staticmethod
     def _prediction_row(r: PredictionRecord) -> dict[str, Any]:
         p = np.asarray(r.probs, dtype=np.float32).reshape(-1)
+        if p.size == 0 or not np.all(np.isfinite(p)):
+            raise InputError(
+                f"prediction log: request {r.request_id!r} row {r.row}: expected finite probabilities, found {p.tolist()[:4]}"
+            )
         return {
             "request_id": str(r.request_id),
             "row": int(r.row),
@@ -237,15 +345,58 @@ class PredictionStore:
             "embedding": _f32(r.embedding),
         }
 
-    def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _insert(self, conn: Any, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
         if self.dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
-        tab = self.predictions if table == "predictions" else self.feedback
-        stmt = insert(tab).on_conflict_do_nothing(index_elements=["request_id", "row"])
+        conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+    def _transaction(self, jobs: list[_Job]) -> list[int | BaseException]:
+        """Commit ``jobs`` in one transaction; a job whose request id is taken by another payload is left out.
+
+        The request rows go in first (which takes SQLite's write lock, and waits on PostgreSQL for a
+        concurrent insert of the same id), then the stored payload hashes decide which jobs go in.
+        """
+        import sqlalchemy as sa
+
+        first: dict[str, tuple[str, int, float]] = {}
+        for job in jobs:
+            for rid, meta in job.requests.items():
+                first.setdefault(rid, meta)
+        outcomes: list[int | BaseException] = []
         with self.engine.begin() as conn:
-            conn.execute(stmt, rows)
+            stored: dict[str, str] = {}
+            if first:
+                rows = [{"request_id": k, "payload_hash": h, "rows": n, "created": t} for k, (h, n, t) in first.items()]
+                self._insert(conn, self.requests, rows, ["request_id"])
+                ids, r = list(first), self.requests
+                for i in range(0, len(ids), 500):
+                    q = sa.select(r.c.request_id, r.c.payload_hash).where(r.c.request_id.in_(ids[i : i + 500]))
+                    stored.update({k: h for k, h in conn.execute(q).all()})
+            kept: dict[str, list[dict[str, Any]]] = {"predictions": [], "feedback": []}
+            for job in jobs:
+                clash = [rid for rid, meta in job.requests.items() if stored.get(rid) != meta[0]]
+                if clash:
+                    outcomes.append(RequestConflict(clash[0]))
+                    continue
+                kept[job.table].extend(job.rows)
+                outcomes.append(len(job.rows))
+            for name, table in (("predictions", self.predictions), ("feedback", self.feedback)):
+                if kept[name]:
+                    self._insert(conn, table, kept[name], ["request_id", "row"])
+        return outcomes
+
+    def _with_retries(self, jobs: list[_Job]) -> list[int | BaseException]:
+        """:meth:`_transaction`, retried with backoff while the database is busy or unreachable."""
+        for attempt in range(5):
+            try:
+                return self._transaction(jobs)
+            except Exception as exc:
+                if not is_transient_error(exc) or attempt == 4:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _writer(self) -> None:
         stop = False
@@ -253,8 +404,8 @@ class PredictionStore:
             item = self._queue.get()
             if item is _STOP:
                 break
-            items = [item]
-            n_rows = len(item[1])
+            jobs = [item]
+            n_rows = len(item.rows)
             deadline = time.monotonic() + self.max_delay
             while n_rows < self.batch_rows:
                 try:
@@ -264,36 +415,40 @@ class PredictionStore:
                 if nxt is _STOP:
                     stop = True
                     break
-                items.append(nxt)
-                n_rows += len(nxt[1])
-            self._commit(items)
+                jobs.append(nxt)
+                n_rows += len(nxt.rows)
+            self._commit(jobs)
 
-    def _commit(self, items: list[tuple[str, list[dict[str, Any]], Future[int]]]) -> None:
-        by_table: dict[str, list[dict[str, Any]]] = {}
-        for table, rows, _ in items:
-            by_table.setdefault(table, []).extend(rows)
-        error: BaseException | None = None
-        for attempt in range(5):
-            try:
-                for table in ("predictions", "feedback"):
-                    if by_table.get(table):
-                        self._insert(table, by_table[table])
-                error = None
-                break
-            except Exception as exc:  # locked database, lost connection: retry with backoff
-                error = exc
-                time.sleep(0.05 * 2**attempt)
-        for _, rows, fut in items:
-            if error is None:
-                fut.set_result(len(rows))
+    def _commit(self, jobs: list[_Job]) -> None:
+        """Group commit; when the group fails on a row (not a busy database), each job alone."""
+        try:
+            outcomes = self._with_retries(jobs)
+        except Exception as exc:
+            if len(jobs) == 1 or is_transient_error(exc):
+                outcomes = [exc] * len(jobs)
             else:
-                fut.set_exception(error)
-        if error is None:
-            self.written += sum(len(rows) for table, rows, _f in items if table == "predictions")
-        else:
-            self.errors += sum(len(r) for _, r, _ in items)
+                outcomes = []
+                for job in jobs:
+                    try:
+                        outcomes.extend(self._with_retries([job]))
+                    except Exception as alone:
+                        outcomes.append(alone)
+        failed, error = 0, None
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+                if isinstance(outcome, RequestConflict):
+                    self.conflicts += 1
+                else:
+                    failed += len(job.rows)
+                    error = outcome
+            else:
+                job.future.set_result(outcome)
+                self.written += outcome if job.table == "predictions" else 0
+        if failed:
+            self.errors += failed
             warnings.warn(
-                f"prediction log: {sum(len(r) for _, r, _ in items)} row(s) could not be written ({type(error).__name__}: {error})",
+                f"prediction log: {failed} row(s) could not be written ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
                 RuntimeWarning,
                 stacklevel=1,
             )
@@ -302,7 +457,7 @@ class PredictionStore:
         """Wait until everything submitted so far is committed."""
         if self._thread is None:
             return
-        self._enqueue("predictions", []).result(timeout)
+        self._enqueue(_Job("predictions", [], Future())).result(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, stop the writer thread and release the connections (idempotent)."""
@@ -322,6 +477,28 @@ class PredictionStore:
 
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self.predictions)).scalar_one())
+
+    def find_request(self, request_id: str) -> LoggedRequest | None:
+        """The logged request with this id (its payload hash and logged answer), or ``None``."""
+        import sqlalchemy as sa
+
+        p, r = self.predictions, self.requests
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(r.c.payload_hash).where(r.c.request_id == request_id)).first()
+            rows = conn.execute(
+                sa.select(p.c.row, p.c.probs, p.c.model_version, p.c.latency_ms, p.c.input_hash)
+                .where(p.c.request_id == request_id)
+                .order_by(p.c.row)
+            ).all()
+        if found is None and not rows:
+            return None
+        return LoggedRequest(
+            request_id=request_id,
+            payload_hash=found.payload_hash if found is not None else payload_hash([x.input_hash for x in rows]),
+            model_version=rows[0].model_version if rows else "",
+            latency_ms=float(rows[0].latency_ms) if rows else 0.0,
+            probs=np.stack([np.frombuffer(x.probs, dtype="<f4") for x in rows]) if rows else np.zeros((0, 0)),
+        )
 
     def read(
         self,
@@ -380,7 +557,7 @@ class PredictionStore:
         )
 
     def integrity_check(self) -> dict[str, Any]:
-        """Database integrity (SQLite ``PRAGMA integrity_check``), duplicate keys and corrupt rows.
+        """Database integrity (SQLite ``PRAGMA integrity_check``), duplicate keys, corrupt rows, mixed requests.
 
         A row is corrupt when its probability bytes do not hold ``n_classes`` finite values
         summing to 1 (± 1e-3) or its stored confidence disagrees with them.
@@ -418,6 +595,24 @@ class PredictionStore:
                     or abs(float(v.max()) - r.confidence) > 1e-5
                 ):
                     corrupt += 1
-        out.update({"rows": total, "duplicate_keys": int(dup), "corrupt_rows": corrupt})
-        out["ok"] = out["database"] == "ok" and not dup and not corrupt
+            mixed = self._mixed_requests(conn)
+        out.update({"rows": total, "duplicate_keys": int(dup), "corrupt_rows": corrupt, "mixed_requests": mixed})
+        out["ok"] = out["database"] == "ok" and not dup and not corrupt and not mixed
         return out
+
+    def _mixed_requests(self, conn: Any) -> int:
+        """Requests whose logged rows are not exactly rows ``0…n-1`` of their request entry."""
+        import sqlalchemy as sa
+
+        p, r = self.predictions, self.requests
+        per = (
+            sa.select(p.c.request_id, sa.func.count().label("n"), sa.func.max(p.c.row).label("last"))
+            .group_by(p.c.request_id)
+            .subquery()
+        )
+        q = (
+            sa.select(sa.func.count())
+            .select_from(r.join(per, per.c.request_id == r.c.request_id))
+            .where(sa.or_(per.c.n != r.c.rows, per.c.last != r.c.rows - 1))
+        )
+        return int(conn.execute(q).scalar_one())
