@@ -51,6 +51,24 @@ def backend() -> TorchBackend:
     return TorchBackend(_build(), (D,), K)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The store under test: SQLite in ``tmp_path``, or a fresh database on ``$DLCLINIC_TEST_POSTGRES``."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "log.db")
+        return
+    base = os.environ.get("DLCLINIC_TEST_POSTGRES")
+    if not base:
+        pytest.skip("set DLCLINIC_TEST_POSTGRES=postgresql://user@host/db (scripts/postgres.sh) to run on PostgreSQL")
+    psycopg = pytest.importorskip("psycopg")
+    name = f"dlclinic_t{time.time_ns()}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def _rows(n: int, seed: int) -> list[list[float]]:
     return np.random.default_rng(seed).normal(size=(n, D)).round(4).tolist()
 
@@ -70,8 +88,8 @@ def _served(app: Any, bodies: list[dict[str, Any]]) -> list[Any]:
 # -- 1. validation before acknowledgement ------------------------------------------------------
 
 
-def test_huge_input_is_refused_and_other_clients_rows_are_all_logged(tmp_path: Path, backend: TorchBackend) -> None:
-    store = PredictionStore(tmp_path / "log.db")
+def test_huge_input_is_refused_and_other_clients_rows_are_all_logged(log_url: str, backend: TorchBackend) -> None:
+    store = PredictionStore(log_url)
     app = create_app(backend, store=store, config=ServeConfig(max_batch=64, max_wait_ms=30))
     good = [{"inputs": _rows(2, i), "request_id": f"good-{i}"} for i in range(30)]
     hostile = [{"inputs": [[3.4e38] * D], "request_id": f"huge-{i}"} for i in range(3)]
@@ -84,7 +102,7 @@ def test_huge_input_is_refused_and_other_clients_rows_are_all_logged(tmp_path: P
         else:
             assert r.status_code == 200, r.text
             assert np.isfinite(r.json()["probabilities"]).all()
-    reader = PredictionStore(tmp_path / "log.db")
+    reader = PredictionStore(log_url)
     logged = reader.read()
     assert len(logged) == 60 and not any(str(rid).startswith("huge") for rid in logged.request_id)
     assert reader.integrity_check()["ok"]
@@ -92,8 +110,8 @@ def test_huge_input_is_refused_and_other_clients_rows_are_all_logged(tmp_path: P
 
 
 @pytest.mark.filterwarnings("ignore:prediction log:RuntimeWarning")
-def test_a_row_the_database_refuses_fails_alone_with_a_clear_answer(tmp_path: Path, backend: TorchBackend) -> None:
-    store = PredictionStore(tmp_path / "log.db", max_delay=0.05)
+def test_a_row_the_database_refuses_fails_alone_with_a_clear_answer(log_url: str, backend: TorchBackend) -> None:
+    store = PredictionStore(log_url, max_delay=0.05)
     real_insert = store._insert
 
     def insert(conn: Any, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -110,14 +128,14 @@ def test_a_row_the_database_refuses_fails_alone_with_a_clear_answer(tmp_path: Pa
     poison = responses[6]
     assert codes.pop("poison") == 500 and set(codes.values()) == {200}
     assert "could not be logged (IntegrityError" in poison.json()["detail"] and "\n" not in poison.json()["detail"]
-    reader = PredictionStore(tmp_path / "log.db")
+    reader = PredictionStore(log_url)
     assert sorted(reader.read().request_id.tolist()) == sorted(codes)
     reader.close()
 
 
 @pytest.mark.filterwarnings("ignore:prediction log:RuntimeWarning")
-def test_store_commits_each_job_alone_when_the_group_fails(tmp_path: Path) -> None:
-    store = PredictionStore(tmp_path / "log.db", max_delay=0.3)
+def test_store_commits_each_job_alone_when_the_group_fails(log_url: str) -> None:
+    store = PredictionStore(log_url, max_delay=0.3)
     p = np.array([0.2, 0.5, 0.3], dtype=np.float32)
     rec = {"created": 1.0, "model_version": "v", "latency_ms": 1.0, "probs": p}
     good = [store.submit([PredictionRecord(f"g{i}", 0, input_hash=hash_input(np.full(3, i)), **rec)]) for i in range(5)]
@@ -134,28 +152,32 @@ def test_store_commits_each_job_alone_when_the_group_fails(tmp_path: Path) -> No
 # -- 2. durable by default, group commit ---------------------------------------------------------
 
 
-def test_acknowledged_means_committed_and_on_disk_by_default(tmp_path: Path, backend: TorchBackend) -> None:
+def test_acknowledged_means_committed_and_on_disk_by_default(log_url: str, backend: TorchBackend) -> None:
     assert ServeConfig().log_mode == "durable"
-    store = PredictionStore(tmp_path / "log.db", max_delay=0.5)  # a long window: an early answer would show
+    store = PredictionStore(log_url, max_delay=0.5)  # a long window: an answer before the commit would show
     app = create_app(backend, store=store)
     with in_process_client(app) as client:
         r = client.post("/predict", json={"inputs": _rows(3, 0), "request_id": "now"})
         assert r.status_code == 200
-        reader = PredictionStore(tmp_path / "log.db")
+        reader = PredictionStore(log_url)
         assert reader.count() == 3  # before any flush or shutdown
         reader.close()
-        with store.engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL: fsync per commit
-    fast = PredictionStore(tmp_path / "fast.db", durable=False)
-    with fast.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL
+        assert _sync_setting(store) in (2, "on")  # SQLite FULL / PostgreSQL on: each commit is flushed to disk
+    fast = PredictionStore(log_url, durable=False)
+    assert _sync_setting(fast) in (1, "off")
     fast.close()
     with pytest.raises(ValueError, match="log_mode"):
         ServeConfig(log_mode="sometimes")
 
 
-def test_concurrent_requests_share_commits(tmp_path: Path, backend: TorchBackend) -> None:
-    store = PredictionStore(tmp_path / "log.db")
+def _sync_setting(store: PredictionStore) -> Any:
+    query = "PRAGMA synchronous" if store.dialect == "sqlite" else "SHOW synchronous_commit"
+    with store.engine.connect() as conn:
+        return conn.exec_driver_sql(query).scalar_one()
+
+
+def test_concurrent_requests_share_commits(log_url: str, backend: TorchBackend) -> None:
+    store = PredictionStore(log_url)
     commits = {"n": 0}
     real = store._transaction
 
@@ -173,8 +195,8 @@ def test_concurrent_requests_share_commits(tmp_path: Path, backend: TorchBackend
 # -- 3. idempotency ------------------------------------------------------------------------------
 
 
-def test_reused_request_id_replays_or_conflicts(tmp_path: Path, backend: TorchBackend) -> None:
-    store = PredictionStore(tmp_path / "log.db")
+def test_reused_request_id_replays_or_conflicts(log_url: str, backend: TorchBackend) -> None:
+    store = PredictionStore(log_url)
     app = create_app(backend, store=store)
     one, three = _rows(1, 0), _rows(3, 1)
     with in_process_client(app) as client:
@@ -189,15 +211,15 @@ def test_reused_request_id_replays_or_conflicts(tmp_path: Path, backend: TorchBa
     for r in (other, same_rows_other_values):
         assert r.status_code == 409, r.text
         assert "already used for a different payload" in r.json()["detail"] and r.json()["request_id"] == "pay-1"
-    reader = PredictionStore(tmp_path / "log.db")
+    reader = PredictionStore(log_url)
     data = reader.read()
     assert data.request_id.tolist() == ["pay-1"] and data.input_hash[0] == hash_input(np.array(one[0]))
     assert reader.integrity_check()["ok"]
     reader.close()
 
 
-def test_concurrent_reuse_of_an_id_logs_one_payload(tmp_path: Path) -> None:
-    store = PredictionStore(tmp_path / "log.db", max_delay=0.3)  # both jobs land in one group
+def test_concurrent_reuse_of_an_id_logs_one_payload(log_url: str) -> None:
+    store = PredictionStore(log_url, max_delay=0.3)  # both jobs land in one group
     p = np.array([0.5, 0.5], dtype=np.float32)
 
     def rec(row: int, seed: int) -> PredictionRecord:
@@ -213,8 +235,8 @@ def test_concurrent_reuse_of_an_id_logs_one_payload(tmp_path: Path) -> None:
     store.close()
 
 
-def test_header_and_body_ids_share_one_validation(tmp_path: Path, backend: TorchBackend) -> None:
-    app = create_app(backend, store=PredictionStore(tmp_path / "log.db"))
+def test_header_and_body_ids_share_one_validation(log_url: str, backend: TorchBackend) -> None:
+    app = create_app(backend, store=PredictionStore(log_url))
     hostile = "../../x;DROP TABLE predictions"
     with in_process_client(app) as client:
         by_header = client.post("/predict", json={"inputs": _rows(1, 0)}, headers={"X-Request-ID": hostile})
@@ -226,7 +248,7 @@ def test_header_and_body_ids_share_one_validation(tmp_path: Path, backend: Torch
         assert r.json()["detail"] == check_request_id(r.request.headers.get("x-request-id") or hostile, where)
     assert differ.status_code == 422 and "differ" in differ.json()["detail"]
     assert check_request_id("req-1.a:b_c") is None
-    reader = PredictionStore(tmp_path / "log.db")
+    reader = PredictionStore(log_url)
     assert reader.count() == 0
     reader.close()
 
