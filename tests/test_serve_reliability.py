@@ -343,3 +343,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
                 pass
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.3)
+
+
+# -- 5. the crash-and-hostility run (bench/crash_serve.py; a larger N is the bench) ---------------
+
+
+def test_kill_9_cycles_with_hostile_requests_lose_no_acknowledged_row(log_url: str) -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "crash_serve.py"), "--cycles", "2", "--requests", "100"]
+    cmd += ["--clients", "4", "--hostile-every", "6", "--store", log_url, "--time-limit", "150"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ", 0 problem(s);" in done.stdout and "huge" in done.stdout and "reuse_other" in done.stdout
