@@ -9,10 +9,11 @@ module fixture and each test waits for its own result.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,7 @@ torch = pytest.importorskip("torch")
 N_ROWS, N_FEATURES, N_CLASSES = 60, 4, 3
 
 from dlclinic.challenges import REMEDIES  # noqa: E402
+from dlclinic.monitoring import Reference  # noqa: E402
 from dlclinic.taxonomy import CHALLENGES  # noqa: E402
 
 NO_REMEDY = next((c.id for c in CHALLENGES if c.id not in REMEDIES), None)
@@ -109,6 +111,39 @@ def _write_inputs(root: Path) -> None:
 
     # something that is a regular file, so nothing can be created "under" it
     (root / "afile").write_text("I am a file, not a folder\n")
+    (root / "outdir").mkdir()  # an existing folder where a file name is expected
+    (root / "ro").mkdir()
+    (root / "ro").chmod(0o555)  # read-only (for a user other than root)
+    _write_issue_18_inputs(root, x, y, rng)
+
+
+def _write_issue_18_inputs(root: Path, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+    """Inputs of the defects issue 18 found: typo labels, unusable values, labels beyond the model, empty files."""
+    y_3 = y.copy()
+    y_3[8] = N_CLASSES  # model.py:factory outputs 3 classes: label 3 is beyond them
+    np.savez(root / "train_label3.npz", x=x, y=y_3)
+    y_typo = y.astype(str)
+    y_typo[4] = "seven"
+    np.savez(root / "test_typo.npz", x=x, y=y_typo)
+    x_bad = x.copy()
+    x_bad[3, 1], x_bad[7, 0], x_bad[11, 2] = np.inf, 1e38, np.nan
+    x_bad[20, :] = -np.inf
+    np.savez(root / "train_inf.npz", x=x_bad, y=y)
+    header = "a,b,c,d,label\n"
+    rows = [",".join(f"{v:.4f}" for v in row) for row in x]
+    (root / "train.csv").write_text(header + "".join(f"{r},{c}\n" for r, c in zip(rows, y, strict=True)))
+    typo = [str(c) if i != 4 else "seven" for i, c in enumerate(y)]
+    (root / "train_typo.csv").write_text(header + "".join(f"{r},{c}\n" for r, c in zip(rows, typo, strict=True)))
+    names = np.array(["cat", "cow", "dog"])[y]
+    (root / "train_names.csv").write_text(header + "".join(f"{r},{c}\n" for r, c in zip(rows, names, strict=True)))
+    test_names = names.copy()
+    test_names[7] = "dgo"
+    (root / "test_names.csv").write_text(header + "".join(f"{r},{c}\n" for r, c in zip(rows, test_names, strict=True)))
+    qmark = [r if i != 2 else "?" + r[r.index(",") :] for i, r in enumerate(rows)]
+    (root / "train_qmark.csv").write_text(header + "".join(f"{r},{c}\n" for r, c in zip(qmark, y, strict=True)))
+    Reference.build(rng.normal(size=(N_ROWS, N_CLASSES)), y).save(root / "reference.npz")  # monitor's reference
+    (root / "empty.safetensors").write_bytes(b"")
+    (root / "short.safetensors").write_bytes(rng.bytes(4))
 
 
 # Common tails of the argument lists: fast, quiet, one check, no cache.
@@ -399,7 +434,88 @@ CASES: list[tuple[str, list[str], tuple[str, ...], str]] = [
         "afile/sub",
     ),
     ("demo-export-under-a-file", ["demo", "export", "afile/sub"], ("expected a writable folder",), "afile/sub"),
+    # ----- issue 18: selections, outputs and stores that name nothing or the wrong thing
+    (
+        "only-empty",
+        _checkup(*DATA, *MODEL, "--only", ""),
+        ("--only", "expected challenge ids", "empty selection"),
+        "out",
+    ),
+    ("only-comma", _checkup(*DATA, *MODEL, "--only", ","), ("--only", "empty selection"), "out"),
+    ("only-blank", _checkup(*DATA, *MODEL, "--only", " "), ("--only", "empty selection"), "out"),
+    (
+        "predict-out-existing-folder",
+        ["predict", "test.npz", *MODEL, "--out", "outdir"],
+        ("--out outdir", "expected a .csv or .parquet file name", "existing folder"),
+        "outdir",
+    ),
+    (
+        "monitor-store-missing",
+        ["monitor", "--store", "typo.db", "--reference", "reference.npz", "--out", "out"],
+        ("--store typo.db", "expected the prediction log", "no file"),
+        "out",
+    ),
+    (
+        "label-col-missing-in-npz",
+        _checkup("--train", "train.npz", "--label-col", "label", *MODEL),
+        ("expected an array 'label' (--label-col) in train.npz", "found keys"),
+        "out",
+    ),
+    (
+        "suspect-region-malformed",
+        _checkup(*DATA, *MODEL, "--suspect-region", "0-4,0:4"),
+        ("region '0-4,0:4'", "expected 'r0:r1,c0:c1'"),
+        "out",
+    ),
+    (
+        "suspect-region-on-table-data",
+        _checkup(*DATA, *MODEL, "--suspect-region", "0:2,0:2", "--only", "model.interpretability"),
+        ("region '0:2,0:2'", "expected an image input"),
+        "out",
+    ),
+    ("scan-model-missing-file", ["scan-model", "nope.pt"], ("nope.pt", "expected a model file", "no such file"), "out"),
+    (
+        "csv-typo-label",
+        _checkup("--train", "train_typo.csv", "--label-col", "label", *MODEL),
+        ("expected integer class labels", "'seven' at row 4"),
+        "out",
+    ),
+    (
+        "npz-typo-label-in-test",
+        _checkup("--train", "train.npz", "--test", "test_typo.npz", *MODEL),
+        ("split 'test'", "'seven' at row 4"),
+        "out",
+    ),
+    (
+        "csv-class-unseen-in-train",
+        _checkup("--train", "train_names.csv", "--test", "test_names.csv", "--label-col", "label"),
+        ("split 'test'", "expected class names seen in train", "'dgo' at row 7"),
+        "out",
+    ),
+    (
+        "option-negative-count",
+        _checkup(*DATA, *MODEL, "--option", "data.quality.max_examples=-1"),
+        ("max_examples >= 0", "max_examples=-1"),
+        "out",
+    ),
+    (
+        "label-beyond-model-outputs",
+        _checkup("--train", "train_label3.npz", "--test", "test.npz", *MODEL),
+        ("split 'train' labels", "expected values in 0..2 (the model outputs 3 classes)", "found 3 at row 8"),
+        "out",
+    ),
 ]
+
+# a folder no process may write to: root ignores permission bits, but not /proc
+UNWRITABLE = "/proc/dlclinic-out" if os.geteuid() == 0 else "ro/out"
+CASES.append(
+    (
+        "out-unwritable",
+        ["checkup", *DATA, *MODEL, "--only", "data.quality", "--out", UNWRITABLE, *FAST],
+        ("--out", "expected a writable folder", "not writable"),
+        UNWRITABLE,
+    )
+)
 
 
 CONTROL_ARGV = [
@@ -471,8 +587,27 @@ class Runs:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+# inputs that must not stop the command (exit 0 or the command's own verdict), by id
+CONTRACTS: dict[str, list[str]] = {
+    "unusable-values-reported": [
+        "checkup",
+        "--train",
+        "train_inf.npz",
+        "--test",
+        "test.npz",
+        "--only",
+        "data",
+        "--out",
+        "out",
+        *FAST,
+    ],
+    "csv-warnings-one-line": ["checkup", "--train", "train_qmark.csv", "--label-col", "label", *CHECK],
+    "scan-model-empty-safetensors": ["scan-model", "empty.safetensors", "short.safetensors"],
+}
+
 ALL_ARGV: dict[str, list[str]] = {case_id: argv for case_id, argv, *_ in CASES}
 ALL_ARGV["valid-control"] = CONTROL_ARGV
+ALL_ARGV.update(CONTRACTS)
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +618,7 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if "runs" not in getattr(item, "fixturenames", ()):
             continue
         callspec = getattr(item, "callspec", None)
-        case_id = callspec.id if callspec is not None else "valid-control"
+        case_id = callspec.id if callspec is not None else getattr(item.function, "case_id", "valid-control")
         if case_id in ALL_ARGV:
             selected[case_id] = ALL_ARGV[case_id]
     batch = Runs(tmp_path_factory, selected)
@@ -539,3 +674,54 @@ def test_valid_tiny_case_exits_0_and_writes_both_reports(runs: Runs) -> None:
     assert (out / "report.json").is_file() and (out / "report.json").stat().st_size > 0
     assert (out / "report.html").is_file() and (out / "report.html").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".dlclinic-write-test-")]
+
+
+def _contract(case_id: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark a test as reading the run of ``CONTRACTS[case_id]``."""
+
+    def mark(fn: Callable[..., None]) -> Callable[..., None]:
+        fn.case_id = case_id  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _detail(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit: {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+@_contract("monitor-store-missing")
+def test_a_missing_monitor_store_is_not_created(runs: Runs) -> None:
+    proc, folder = runs.get("monitor-store-missing")
+    assert proc.returncode == 2, _detail(proc)
+    assert not (folder / "typo.db").exists()
+
+
+@_contract("unusable-values-reported")
+def test_inf_nan_and_huge_values_are_reported_by_data_quality_and_break_no_check(runs: Runs) -> None:
+    proc, folder = runs.get("unusable-values-reported")
+    assert proc.returncode == 0, _detail(proc)
+    rows = {c["id"]: c for c in json.loads((folder / "out" / "report.json").read_text())["challenges"]}
+    assert not {cid: r["summary"] for cid, r in rows.items() if r["status"] == "error"}
+    quality = rows["data.quality"]
+    assert quality["metrics"]["nonfinite_rows"] == 4  # Inf, 1e38, NaN and a row of -Inf
+    nonfinite = next(f for f in quality["findings"] if f["code"] == "nonfinite")
+    assert nonfinite["indices"] == [3, 7, 11, 20]
+
+
+@_contract("csv-warnings-one-line")
+def test_csv_parsing_warnings_are_one_line_each(runs: Runs) -> None:
+    proc, _ = runs.get("csv-warnings-one-line")
+    assert proc.returncode == 0, _detail(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "warning: split 'train' column 'a': 1 of 60 value(s) are not numbers (e.g. '?'); read as NaN" in lines
+    assert all(line.startswith("warning: ") for line in lines), _detail(proc)  # no "file.py:123: UserWarning" + code
+
+
+@_contract("scan-model-empty-safetensors")
+def test_scan_model_calls_empty_or_headerless_safetensors_unreadable_not_safe(runs: Runs) -> None:
+    proc, _ = runs.get("scan-model-empty-safetensors")
+    assert proc.returncode == 1, _detail(proc)
+    verdicts = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert verdicts == {"empty.safetensors": "error", "short.safetensors": "error"}, _detail(proc)
+    assert "0-byte" in proc.stdout and "Traceback" not in proc.stderr

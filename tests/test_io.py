@@ -805,3 +805,67 @@ def test_allow_pickle_loads_a_plain_module_after_the_scan(tmp_path: Path) -> Non
     model, source = load_model(str(path), allow_pickle=True)
     assert isinstance(model, torch.nn.Module) and not model.training
     assert "--allow-pickle" in source and "static scan" in source
+
+
+# --------------------------------------------------------------------------- issue 18: labels and keys
+
+
+def test_a_typo_among_integer_labels_is_reported_with_its_row_not_a_new_class(tmp_path: Path) -> None:
+    labels = [str(i % 3) for i in range(12)]
+    labels[5] = "seven"
+    csv = tmp_path / "train.csv"
+    pd.DataFrame({"a": np.arange(12.0), "label": labels}).to_csv(csv, index=False)
+    with pytest.raises(InputError) as excinfo:
+        load_split(csv, name="train", label_col="label", labels_required=True)
+    check_message(excinfo, "split 'train' label column 'label'", "integer class labels like 11 of the 12 rows")
+    assert "'seven' at row 5" in str(excinfo.value)
+    npz = tmp_path / "train.npz"
+    np.savez(npz, x=np.zeros((12, 2)), y=np.array(labels))
+    with pytest.raises(InputError) as excinfo:
+        load_split(npz, name="train", labels_required=True)
+    check_message(excinfo, "'seven' at row 5")
+
+
+def test_text_labels_stay_class_names() -> None:
+    from dlclinic.io.data import _named_labels
+
+    y, names = _named_labels(np.array(["cat", "dog", "7", "cat"]), "labels")  # mostly text: "7" is a class name
+    assert names == ("7", "cat", "dog") and y.tolist() == [1, 2, 0, 1]
+    y, names = _named_labels(np.array(["1", "0", "1"]), "labels")  # all numbers as text: unchanged behaviour
+    assert names == ("0", "1") and y.tolist() == [1, 0, 1]
+
+
+def test_a_test_class_unseen_in_train_names_its_row(tmp_path: Path) -> None:
+    train = _write_table(tmp_path / "train.csv", TRAIN)
+    test = _write_table(tmp_path / "test.csv", TRAIN.assign(label=["yes", "no", "no", "yse", "yes", "yes"]))
+    with pytest.raises(InputError) as excinfo:
+        load_case(train, test, label_col="label")
+    check_message(excinfo, "split 'test'", "'yse' at row 3")
+
+
+@pytest.mark.parametrize("option", ["label_col", "group_col", "id_col"])
+def test_npz_named_key_that_is_missing_is_an_error_not_a_fallback(tmp_path: Path, option: str) -> None:
+    path = tmp_path / "train.npz"
+    np.savez(path, x=np.zeros((6, 2)), y=np.arange(6) % 2)
+    with pytest.raises(InputError) as excinfo:
+        load_split(path, name="train", labels_required=True, **{option: "target"})
+    check_message(excinfo, "'target'", f"--{option.replace('_', '-')}", "found keys ['x', 'y']")
+    load_split(path, name="deploy", **{option: "target"})  # an optional split is read without it
+
+
+def test_scan_file_reports_empty_and_headerless_pickle_free_files_as_errors(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from dlclinic.io.pickle_scan import scan_file
+
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    save_file({"w": np.zeros(3, dtype=np.float32)}, str(tmp_path / "good.safetensors"))
+    verdicts = {p.name: scan_file(p).verdict for p in sorted(tmp_path.iterdir())}
+    assert verdicts == {
+        "empty.onnx": "error",
+        "empty.safetensors": "error",
+        "good.safetensors": "safe",
+        "junk.safetensors": "error",
+    }

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dlclinic.core.errors import UnknownChallengeError
+from dlclinic.core.errors import ConfigError, UnknownChallengeError
 from dlclinic.taxonomy import CATEGORIES, CHALLENGES, get_challenge, resolve_ids
 
 
@@ -43,6 +43,12 @@ def test_unknown_id_is_a_clear_error() -> None:
         get_challenge("data.qualty")
     with pytest.raises(UnknownChallengeError):
         resolve_ids(["nonsense"])
+
+
+@pytest.mark.parametrize("selection", [[""], [","], [" "], ["data.quality", " , "]])
+def test_a_selection_that_names_nothing_is_an_error_not_everything(selection: list[str]) -> None:
+    with pytest.raises(ConfigError, match="expected challenge ids or categories.*found an empty selection"):
+        resolve_ids(selection)
 
 
 def test_import_is_light() -> None:

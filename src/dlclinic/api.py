@@ -28,6 +28,7 @@ from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
+from dlclinic.core.inference import check_label_range
 from dlclinic.core.progress import NullProgress, Progress, note
 from dlclinic.core.recipe import FitConfig, fit, seed_everything, warm_up
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
@@ -143,6 +144,7 @@ def prepare_model(
     ``train=False`` only loads a cached baseline: without one the case comes back without a model.
     """
     if case.model is not None:
+        check_label_range(case)  # a label beyond the model's outputs is the data's problem, named with its row
         return case
     cfg = fit_config or FitConfig()
     progress = progress or NullProgress()
@@ -209,9 +211,8 @@ def _run_one(spec: Any, case: Case, evidence: Evidence, opts: Any) -> CheckResul
 
 
 def _build(spec: CheckSpec | RemedySpec, given: Any) -> Any:
-    """The spec's options object: ``given`` itself when already built (validated), else built from the mapping."""
-    cls = spec.options if isinstance(spec, CheckSpec) else spec.params
-    return given if isinstance(given, cls) else build_options(spec, given)
+    """The spec's options object: ``given`` itself when already built (its bounds checked), else built from the mapping."""
+    return build_options(spec, given)
 
 
 def check_options(options: Mapping[str, Mapping[str, Any]], *, given_as: str = "--option") -> dict[str, Any]:
@@ -234,7 +235,7 @@ def remedy_params(challenge_id: str, params: Any = None, *, mode: str | None = N
     """The remedy's params object of ``challenge_id``, built (and validated) from a mapping of strings or values."""
     spec = get_remedy(challenge_id)
     if isinstance(params, spec.params):
-        return params
+        return build_options(spec, params)  # its bounds checked
     given = dict(params or {})
     if mode is not None:
         given.setdefault("mode", mode)
@@ -427,6 +428,10 @@ def checkup(
             f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}"
         )
     built = {cid: _build(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
+    for cid, opts in built.items():  # option values that depend on the data fail before any work
+        validate = CHECKS[cid].validate
+        if validate is not None:
+            validate(case, opts)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ev_cfg = evidence_config or EvidenceConfig()
     progress = progress or NullProgress()

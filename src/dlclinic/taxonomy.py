@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlclinic.core.errors import UnknownChallengeError
+from dlclinic.core.errors import ConfigError, UnknownChallengeError
 
 __all__ = ["CATEGORIES", "CHALLENGES", "Challenge", "get_challenge", "resolve_ids"]
 
@@ -111,14 +111,21 @@ def get_challenge(challenge_id: str) -> Challenge:
 
 
 def resolve_ids(selection: list[str] | None) -> list[str]:
-    """Expand a selection of ids or category names (``data``) into ids, in taxonomy order."""
+    """Expand a selection of ids or category names (``data``) into ids, in taxonomy order.
+
+    ``None`` (or an empty list) selects every challenge; an item that names nothing
+    (``""``, ``","``, ``" "``: an unset shell variable) is an error, not "everything".
+    """
     if not selection:
         return [c.id for c in CHALLENGES]
     wanted: set[str] = set()
     for item in selection:
-        for part in (p.strip() for p in item.split(",")):
-            if not part:
-                continue
+        parts = [p.strip() for p in item.split(",") if p.strip()]
+        if not parts:
+            raise ConfigError(
+                f"--only {item!r}: expected challenge ids or categories (e.g. data.quality or data), found an empty selection"
+            )
+        for part in parts:
             if part in CATEGORIES:
                 wanted.update(c.id for c in CHALLENGES if c.category == part)
             else:

@@ -11,9 +11,13 @@ Exit codes: 0 success; 1 the report crossed ``--fail-on``; 2 bad input or option
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
@@ -84,7 +88,34 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Show a warning as ``warning: <first line>`` (not Python's two lines with the source file and code)."""
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    try:
+        (file or sys.stderr).write(f"warning: {text}\n")
+    except (OSError, ValueError):  # a closed stream: the warning is lost, the command goes on
+        pass
+
+
+@contextlib.contextmanager
+def _cli_warnings() -> Iterator[None]:
+    """Warnings in the CLI's one-line form for the duration of a command."""
+    saved = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
 def _run(argv: list[str] | None) -> int:
+    with _cli_warnings():
+        return _run_app(argv)
+
+
+def _run_app(argv: list[str] | None) -> int:
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of raising it
         rc = app(args=argv, standalone_mode=False, prog_name="dlclinic")

@@ -19,6 +19,7 @@ from dlclinic.cli.options import (
     TestOpt,
     TrainOpt,
     WeightsOpt,
+    check_writable,
     load_case,
 )
 from dlclinic.core.errors import ConfigError
@@ -61,6 +62,9 @@ def export(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Export the model and verify it against eager PyTorch on real inputs (test, else train)."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: expected a .{fmt.value} file name, found an existing folder")
+    check_writable(out.parent, "--out's folder")
     case = load_case(DataOptions(demo, clean_demo, train, test, None, label_col, None, None, model, weights))
     case = prepare_model(case, cache_dir=cache_dir)
     if not hasattr(case.model, "state_dict"):

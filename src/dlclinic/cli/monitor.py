@@ -21,7 +21,7 @@ from dlclinic.core.results import CheckResult, Finding, Report
 from dlclinic.core.version import __version__
 from dlclinic.monitoring import MonitorConfig, Reference, evaluate_stream
 from dlclinic.report import render_terminal, write_report
-from dlclinic.serve.store import PredictionStore
+from dlclinic.serve.store import PredictionStore, store_url
 from dlclinic.taxonomy import CHALLENGES
 
 __all__ = ["monitor", "run_monitor"]
@@ -110,6 +110,18 @@ def _report(
     )
 
 
+def _check_store_exists(store: str) -> None:
+    """A SQLite log must exist: monitoring reads a log, and opening a mistyped path would create an empty one."""
+    url = store_url(store)
+    if not url.startswith("sqlite") or url in ("sqlite://", "sqlite:///:memory:"):
+        return
+    path = Path(url.split("///", 1)[1].split("?", 1)[0])
+    if not path.is_file():
+        raise InputError(
+            f"--store {store}: expected the prediction log written by `dlclinic serve`, found no file at {path}"
+        )
+
+
 def run_monitor(
     *,
     store: str,
@@ -127,6 +139,7 @@ def run_monitor(
 ) -> int:
     """The ``monitor`` command as a function: returns the exit code (0, or 1 on an alert at ``fail_on``)."""
     check_writable(out)
+    _check_store_exists(store)
     ref = Reference.load(reference)
     log = PredictionStore(store)
     try:

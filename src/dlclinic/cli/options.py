@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ import typer
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import EvidenceConfig
+from dlclinic.core.inference import check_label_range
 from dlclinic.core.recipe import FitConfig
 from dlclinic.demo import build_demo
 from dlclinic.io import load_case as load_files
@@ -70,6 +72,13 @@ def check_writable(out: Path, option: str = "--out") -> None:
         raise ConfigError(f"{option} {out}: expected a writable folder, found that {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {out}: expected a writable folder, found {probe} not writable")
+    try:  # permission bits do not tell it all (root, read-only mounts, /proc): create and remove a file
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".dlclinic-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {out}: expected a writable folder, found {probe} not writable ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +141,7 @@ def load_case(opts: DataOptions) -> Case:
     if opts.model is not None:
         model, source = load_model(opts.model, weights=opts.weights, allow_pickle=opts.allow_pickle)
         case = dataclasses.replace(case, model=model, model_source=source, model_factory=load_factory(opts.model))
+        check_label_range(case)
     meta = dict(case.metadata)
     meta["cli_args"] = opts.cli_args()
     if opts.weights is not None or (opts.model is not None and ":" not in opts.model):

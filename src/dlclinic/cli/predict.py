@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from dlclinic.api import prepare_model
-from dlclinic.cli.options import CacheOpt, DemoOpt, IdOpt, ModelOpt, WeightsOpt
+from dlclinic.cli.options import CacheOpt, DemoOpt, IdOpt, ModelOpt, WeightsOpt, check_writable
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.inference import predict_logits
 from dlclinic.demo import build_demo
@@ -25,6 +25,20 @@ def _parse_shape(input_shape: str) -> tuple[int, ...]:
         return tuple(int(s) for s in input_shape.split(","))
     except ValueError:
         raise ConfigError(f"--input-shape {input_shape!r}: expected comma-separated integers such as 1,28,28") from None
+
+
+def _check_out(out: Path, n_inputs: int) -> None:
+    """Fail before loading anything when ``--out`` cannot take the predictions (creating nothing)."""
+    if n_inputs > 1:
+        if out.suffix and not out.is_dir():
+            raise ConfigError(f"--out {out}: expected a folder for {n_inputs} input files, found a file name")
+        check_writable(out)
+        return
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {out}: expected a .csv or .parquet file name for one input file, found an existing folder; name a file, e.g. --out {out / 'predictions.csv'}"
+        )
+    check_writable(out.parent, "--out's folder")
 
 
 def _user_model(
@@ -77,8 +91,7 @@ def predict(
     """Score files in bounded chunks with the model; write class, confidence and probabilities per row."""
     if not inputs:
         raise ConfigError("no input files: expected one or more .npz/.npy/.csv/.parquet files")
-    if len(inputs) > 1 and out.suffix:
-        raise ConfigError(f"--out {out}: expected a folder for {len(inputs)} input files, found a file name")
+    _check_out(out, len(inputs))
     names: tuple[str, ...] | None = tuple(c.strip() for c in class_names.split(",")) if class_names else None
     read: dict[str, Any] = {"key": key, "id_col": id_col, "drop_cols": drop_col or ()}
     shape: tuple[int, ...] | None

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlclinic.core.errors import ModelError
+from dlclinic.core.case import Case, usable_inputs
+from dlclinic.core.errors import InputError, ModelError
 
-__all__ = ["eval_mode", "first_output", "model_input_spec", "predict_logits"]
+__all__ = ["check_label_range", "eval_mode", "first_output", "model_input_spec", "predict_logits"]
 
 
 @contextmanager
@@ -78,3 +79,26 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.nd
                 ) from None
             parts.append(out.detach().float().cpu().numpy())
     return np.concatenate(parts)
+
+
+def check_label_range(case: Case) -> None:
+    """A label the model cannot output is a data problem, found before any work: label 12 for a 10-class model.
+
+    The model is run on one train row for its output width; a model that fails on it is left
+    for the checkup to report (with the batch shape).
+
+    Raises:
+        InputError: a split holds a label at or beyond the model's number of outputs (the row is named).
+    """
+    if case.model is None:
+        return
+    try:
+        width = int(predict_logits(case.model, usable_inputs(case.train.x[:1])).shape[1])
+    except Exception:  # the forward pass fails: the checkup says why, with the batch shape
+        return
+    for split in case.splits.values():
+        if split.y is not None and split.y.size and int(split.y.max()) >= width:
+            row = int(np.flatnonzero(split.y >= width)[0])
+            raise InputError(
+                f"split {split.name!r} labels: expected values in 0..{width - 1} (the model outputs {width} classes), found {int(split.y[row])} at row {row}"
+            )

@@ -18,6 +18,7 @@ line); :func:`build_options` converts them to the dataclass field's type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -32,18 +33,32 @@ from dlclinic.core.progress import Progress
 from dlclinic.core.recipe import FitConfig
 from dlclinic.core.results import CheckResult, Report, Treatment
 
-__all__ = ["CheckSpec", "RemedySpec", "TreatContext", "TreatOutcome", "build_options", "conclude", "parse_assignments"]
+__all__ = [
+    "CheckSpec",
+    "RemedySpec",
+    "TreatContext",
+    "TreatOutcome",
+    "build_options",
+    "check_bounds",
+    "conclude",
+    "parse_assignments",
+]
 
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """One check: id, required evidence, options type and the function that runs it."""
+    """One check: id, required evidence, options type and the function that runs it.
+
+    ``validate(case, options)``, when given, checks the option values that depend on the data
+    (a region inside the image, a column that exists) before any work, raising ``ConfigError``.
+    """
 
     id: str
     requires: tuple[tuple[str, str], ...]
     options: type
     run: Callable[[Case, Evidence, Any], CheckResult]
     description: str = ""
+    validate: Callable[[Case, Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +186,51 @@ def _coerce(name: str, raw: str, tp: Any) -> Any:
     return text
 
 
-def build_options(spec: CheckSpec | RemedySpec, given: Mapping[str, Any] | None) -> Any:
-    """Instantiate the spec's options (checks) or params (remedies) from a mapping.
+def _numeric_kind(tp: Any) -> type | None:
+    """``int`` or ``float`` for a field typed ``int``/``float`` (optional, or a tuple/list of them), else ``None``."""
+    inner, _ = _strip_optional(tp)
+    if typing.get_origin(inner) in (tuple, list):
+        args = {a for a in typing.get_args(inner) if a is not Ellipsis}
+        inner = args.pop() if len(args) == 1 else None
+    return inner if inner in (int, float) else None
+
+
+def check_bounds(spec: CheckSpec | RemedySpec, options: Any) -> Any:
+    """Every number of an options/params object within its bounds; returns ``options``.
+
+    Counts, sizes, thresholds, rates and seeds are never negative and never NaN: a numeric
+    field (``int``, ``float``, optional or a tuple of them) must be ``>= 0`` unless its
+    ``dataclasses.field(metadata={"min": ..., "max": ...})`` declares other bounds.
+
+    Raises:
+        ConfigError: naming the option, the bound and the value given.
+    """
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        kind = _numeric_kind(hints.get(f.name))
+        value = getattr(options, f.name)
+        if kind is None or value is None:
+            continue
+        lo, hi = f.metadata.get("min", 0), f.metadata.get("max", math.inf)
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if math.isnan(v) or not lo <= v <= hi:
+                bound = f"{f.name} >= {lo}" if hi == math.inf else f"{lo} <= {f.name} <= {hi}"
+                raise ConfigError(f"bad option for {spec.id}: `{bound}` must hold, but got {f.name}={value!r}")
+    return options
+
+
+def build_options(spec: CheckSpec | RemedySpec, given: Any) -> Any:
+    """Instantiate the spec's options (checks) or params (remedies) from a mapping, and check its bounds.
 
     Unknown keys are named with the valid ones; string values are converted to the
-    field's declared type (so ``"0.05"`` becomes a float where the field is a float).
+    field's declared type (so ``"0.05"`` becomes a float where the field is a float);
+    numbers are checked by :func:`check_bounds`. An already-built object is only checked.
     """
     cls = spec.options if isinstance(spec, CheckSpec) else spec.params
+    if isinstance(given, cls):
+        return check_bounds(spec, given)
     given = dict(given or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
@@ -190,9 +243,10 @@ def build_options(spec: CheckSpec | RemedySpec, given: Mapping[str, Any] | None)
         if isinstance(value, str) and hints.get(key, str) is not str:
             given[key] = _coerce(key, value, hints[key])
     try:
-        return cls(**given)
+        built = cls(**given)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad option for {spec.id}: {exc}") from None
+    return check_bounds(spec, built)
 
 
 def parse_assignments(items: Iterable[str], *, scoped: bool) -> dict[str, Any]:

@@ -42,6 +42,7 @@ __all__ = [
     "deletion_insertion",
     "parse_region",
     "randomization_sanity",
+    "region_ends",
     "robustness_metrics",
     "shortcut_share",
 ]
@@ -333,6 +334,29 @@ def randomization_sanity(
     return float(_spearman_rows(a, b).mean())
 
 
+def region_ends(text: str) -> tuple[tuple[int | None, int | None], tuple[int | None, int | None]]:
+    """The ``((r0, r1), (c0, c1))`` of ``"r0:r1,c0:c1"`` (``None`` for an empty end), checked without a shape.
+
+    Example:
+        >>> region_ends("0:4,-2:")
+        ((0, 4), (-2, None))
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    found: list[tuple[int | None, int | None]] = []
+    for part in parts if len(parts) == 2 else ():
+        lo_s, sep, hi_s = part.partition(":")
+        try:
+            ends = tuple(int(s) if s.strip() else None for s in (lo_s, hi_s))
+        except ValueError:
+            break
+        if not sep:
+            break
+        found.append((ends[0], ends[1]))
+    if len(found) != 2:
+        raise ValueError(f"region {text!r}: expected 'r0:r1,c0:c1' (integer rows, then columns; e.g. 0:4,0:4)")
+    return found[0], found[1]
+
+
 def parse_region(text: str, shape: Sequence[int]) -> np.ndarray:
     """A boolean mask of the input shape from ``"r0:r1,c0:c1"`` (rows, columns of the last two axes).
 
@@ -340,19 +364,16 @@ def parse_region(text: str, shape: Sequence[int]) -> np.ndarray:
         >>> parse_region("0:2,0:2", (4, 4)).sum()
         np.int64(4)
     """
-    parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) != 2 or len(shape) < 2:
+    ends = region_ends(text)
+    if len(shape) < 2:
         raise ValueError(
-            f"region {text!r}: expected 'r0:r1,c0:c1' (rows, columns) for an image of shape {tuple(shape)}"
+            f"region {text!r}: expected an image input (…×H×W) for 'r0:r1,c0:c1', found samples of shape {tuple(shape)}; name table columns with suspect_feature"
         )
     h, w = int(shape[-2]), int(shape[-1])
     bounds = []
-    for part, size in zip(parts, (h, w), strict=True):
-        lo_s, sep, hi_s = part.partition(":")
-        if not sep:
-            raise ValueError(f"region {text!r}: expected 'r0:r1,c0:c1', found {part!r}")
-        lo = int(lo_s) if lo_s.strip() else 0
-        hi = int(hi_s) if hi_s.strip() else size
+    for (lo_given, hi_given), size in zip(ends, (h, w), strict=True):
+        lo = 0 if lo_given is None else lo_given
+        hi = size if hi_given is None else hi_given
         lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else hi)
         if not 0 <= lo < hi <= size:
             raise ValueError(f"region {text!r}: expected 0 <= start < end <= {size}, found {lo}:{hi}")

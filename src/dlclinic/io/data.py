@@ -165,7 +165,7 @@ def load_split(
             )
         loaded = _load_image_folder(p, name, image_mode, image_size)
     elif p.suffix.lower() == ".npz":
-        loaded = _load_npz(p, name, label_col, group_col, id_col)
+        loaded = _load_npz(p, name, label_col, group_col, id_col, labels_required)
     elif p.suffix.lower() in (".csv", ".parquet", ".pq"):
         df = _read_table(p, name)
         loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, categorical_mapping)
@@ -328,11 +328,30 @@ def _int_labels(values: np.ndarray, what: str) -> np.ndarray:
     return labels
 
 
-def _named_labels(values: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Map string labels to indices of their sorted unique names."""
+def _named_labels(values: np.ndarray, what: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Map string labels to indices of their sorted unique names (after :func:`_reject_label_typos`)."""
+    _reject_label_typos(values, what)
     strings = values.astype(str)
     names = np.unique(strings)
     return np.searchsorted(names, strings).astype(np.int64), tuple(str(n) for n in names)
+
+
+def _reject_label_typos(values: np.ndarray, what: str) -> None:
+    """Labels that are mostly integers with a few that are not (``seven`` among ``0..9``): a typo, never a new class.
+
+    Text labels throughout (``cat``, ``dog``) are class names; so are labels that are all numbers.
+    When at least half the labels are integers, the others are reported with their row.
+    """
+    strings = pd.Series(values.astype(str)).str.strip()
+    numbers = pd.to_numeric(strings, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    integer = np.isfinite(numbers) & (np.mod(np.nan_to_num(numbers), 1) == 0)
+    if integer.all() or integer.mean() < 0.5:
+        return
+    bad = np.flatnonzero(~integer)
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise InputError(
+        f"{what}: expected integer class labels like {int(integer.sum())} of the {len(values)} rows, found {strings.iloc[bad[0]]!r} at row {int(bad[0])}{more}; fix the label, or use class names (text) on every row"
+    )
 
 
 def _label_hint(path: Path, label_col: str | None) -> str:
@@ -348,11 +367,15 @@ def _label_hint(path: Path, label_col: str | None) -> str:
 # --------------------------------------------------------------------------- helpers: .npz
 
 
-def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | None, id_col: str | None) -> LoadedSplit:
+def _load_npz(
+    path: Path, name: str, label_col: str | None, group_col: str | None, id_col: str | None, required: bool = False
+) -> LoadedSplit:
     """Read an ``.npz`` archive without unpickling anything."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = sorted(archive.files)
+            if required:
+                _npz_named_keys(keys, path, name, label_col=label_col, group_col=group_col, id_col=id_col)
             arrays = {k: _npz_array(archive, k, path, name) for k in _npz_wanted(keys, label_col, group_col, id_col)}
     except InputError:
         raise
@@ -382,6 +405,16 @@ def _load_npz(path: Path, name: str, label_col: str | None, group_col: str | Non
         class_names=class_names,
         modality="image" if x.ndim >= 3 else "vector",
     )
+
+
+def _npz_named_keys(keys: list[str], path: Path, name: str, **named: str | None) -> None:
+    """An array named by ``--label-col`` / ``--group-col`` / ``--id-col`` must exist (never a silent fallback to ``y``)."""
+    for option, key in named.items():
+        if key is not None and key not in keys:
+            flag = "--" + option.replace("_", "-")
+            raise InputError(
+                f"split {name!r}: expected an array {key!r} ({flag}) in {path.name}, found keys {keys}; {flag} names an .npz key or a CSV/Parquet column"
+            )
 
 
 def _npz_wanted(keys: list[str], label_col: str | None, group_col: str | None, id_col: str | None) -> list[str]:
@@ -437,7 +470,7 @@ def _npz_labels(
     if y.ndim != 1:
         raise InputError(f"split {name!r} labels: expected a 1-D vector of class labels, found shape {y.shape}")
     if y.dtype.kind in "US":
-        return _named_labels(y)
+        return _named_labels(y, f"split {name!r} labels")
     labels = _int_labels(y, f"split {name!r} labels")
     if names is None:
         return labels, None
@@ -530,7 +563,7 @@ def _table_labels(series: pd.Series, name: str, col: str) -> tuple[np.ndarray, t
         )
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         return _int_labels(series.to_numpy(dtype="float64"), what), None
-    return _named_labels(series.astype(str).to_numpy())
+    return _named_labels(series.astype(str).to_numpy(), what)
 
 
 def _encode_features(
@@ -796,8 +829,12 @@ def _align_labels(train: LoadedSplit, other: LoadedSplit, name: str) -> LoadedSp
     index = {c: i for i, c in enumerate(train.class_names)}
     unknown = [c for c in other.class_names if c not in index]
     if unknown:
+        codes = [other.class_names.index(c) for c in unknown]
+        row = int(np.flatnonzero(np.isin(other.y, codes))[0])
         raise InputError(
-            f"split {name!r} labels: expected class names seen in train {list(train.class_names[:10])}, found unknown {unknown[:5]}"
+            f"split {name!r} labels: expected class names seen in train {list(train.class_names[:10])}, found {other.class_names[int(other.y[row])]!r} at row {row}"
+            + (f" (unknown: {unknown[:5]})" if len(unknown) > 1 else "")
+            + "; a class train never saw is a typo or needs train samples"
         )
     lookup = np.asarray([index[c] for c in other.class_names], dtype=np.int64)
     return replace(other, y=lookup[other.y], class_names=train.class_names)

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import io
+import json
 import pickletools
 import zipfile
 from dataclasses import dataclass, field
@@ -289,13 +290,42 @@ def _verdict(
     )
 
 
+def _pickle_free_problem(path: Path, suffix: str) -> str:
+    """Why a ``.safetensors``/``.onnx`` file is not a valid one ("" when its framing is sound).
+
+    A ``.safetensors`` file starts with an 8-byte little-endian header length and that many
+    bytes of JSON; an ``.onnx`` file is a non-empty protobuf. Only the framing is read.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return f"expected a {suffix} file, found an empty (0-byte) file"
+    if suffix != ".safetensors":
+        return ""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n <= 1 or 8 + n > size:
+            return (
+                f"expected a .safetensors header (8-byte length, then JSON), found a file of {size} bytes that has none"
+            )
+        header = fh.read(min(n, 100_000_000))
+    try:
+        parsed = json.loads(header)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return "expected a .safetensors header (8-byte length, then JSON), found an unreadable header"
+    return ""
+
+
 def scan_file(path: str | Path, *, max_bytes: int = 2_000_000_000) -> FileScan:
     """Scan a ``.pt``/``.pth``/``.ckpt``/``.pkl``/``.bin``/``.joblib`` file without loading it.
 
     Zip archives (``torch.save`` ≥ 1.6) are scanned member by member (only the ``*.pkl``
     members hold pickles; tensor storages are raw bytes). ``.safetensors``, ``.onnx`` and
     ``.pt2`` are reported ``safe`` by format (no pickle; ``.pt2`` archives are still
-    scanned for embedded pickles).
+    scanned for embedded pickles) once their framing is checked: an empty file or a
+    ``.safetensors`` file without its header is an ``error`` (unreadable), never ``safe``.
     """
     p = Path(path)
     if not p.exists():
@@ -306,6 +336,9 @@ def scan_file(path: str | Path, *, max_bytes: int = 2_000_000_000) -> FileScan:
         )
     suffix = p.suffix.lower()
     if suffix in (".safetensors", ".onnx"):
+        problem = _pickle_free_problem(p, suffix)
+        if problem:
+            return FileScan(path=str(p), format=suffix[1:], verdict="error", error=problem)
         return FileScan(path=str(p), format=suffix[1:], verdict="safe", notes=("no pickle in this format",))
     if zipfile.is_zipfile(p):
         refs: list[ImportRef] = []

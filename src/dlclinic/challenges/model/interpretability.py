@@ -48,12 +48,13 @@ from dlclinic.functional.attribution import (
     deletion_insertion,
     parse_region,
     randomization_sanity,
+    region_ends,
     robustness_metrics,
     shortcut_share,
 )
 from dlclinic.providers.search import installed
 
-__all__ = ["CHECK", "DeshortcutParams", "InterpretabilityOptions", "REMEDY", "run", "treat"]
+__all__ = ["CHECK", "DeshortcutParams", "InterpretabilityOptions", "REMEDY", "run", "treat", "validate"]
 
 CID = "model.interpretability"
 
@@ -77,6 +78,18 @@ class InterpretabilityOptions:
     steps: int = 10
     seed: int = 0
     threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.suspect_region:
+            region_ends(self.suspect_region)  # the form r0:r1,c0:c1; the bounds need the data (validate)
+
+
+def validate(case: Case, options: InterpretabilityOptions) -> None:
+    """The named region lies inside the inputs, the named features exist: checked before any work."""
+    if options.suspect_region:
+        _suspect_mask(case, options.suspect_region, None)
+    if options.suspect_feature:
+        _suspect_mask(case, None, options.suspect_feature)
 
 
 def _sample(pred: np.ndarray, y: np.ndarray | None, n: int, seed: int) -> np.ndarray:
@@ -517,6 +530,8 @@ class DeshortcutParams:
             raise ConfigError(
                 "treat model.interpretability: expected --option suspect_region=r0:r1,c0:c1 (images) or suspect_feature=NAME_OR_INDEX (tables), found neither"
             )
+        if self.suspect_region:
+            region_ends(self.suspect_region)
 
 
 def treat(ctx: TreatContext, params: DeshortcutParams) -> TreatOutcome:
@@ -574,6 +589,7 @@ CHECK = CheckSpec(
     options=InterpretabilityOptions,
     run=run,
     description="IG/saliency/occlusion (captum), deletion/insertion vs random, infidelity/sensitivity, randomization sanity, shortcut share on a named region/feature",
+    validate=validate,
 )
 REMEDY = RemedySpec(
     id=CID,
