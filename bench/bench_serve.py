@@ -8,6 +8,11 @@ concurrency level with a fixed request count and a time limit. Prints one row pe
 throughput at the highest concurrency. Loopback only; nothing leaves the machine.
 
     python bench/bench_serve.py [--requests 400] [--time-limit 15] [--concurrency 1,8,32] [--workers 1,2]
+
+``--log-modes durable,async`` measures the cost of durability instead: the same small MLP the
+crash test serves (bench/crash_serve.py, so the prediction log, not the model, is the bottleneck),
+logging to SQLite (or ``--store URL``) with ``--log-mode durable`` (the default: answered after the
+group commit is on disk) and ``async`` (answered before the commit).
 """
 
 from __future__ import annotations
@@ -112,6 +117,51 @@ async def _load(port: int, x: np.ndarray, concurrency: int, requests: int, time_
     }
 
 
+def _start_logged(log_mode: str, store: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The crash test's server (a small MLP, default settings) logging to ``store`` in ``log_mode``."""
+    import httpx
+
+    port = _free_port()
+    script = Path(__file__).with_name("crash_serve.py")
+    cmd = [sys.executable, str(script), "--serve", str(port), "--store", store, "--log-mode", log_mode]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                    return proc, port
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 120 s")
+
+
+def log_modes(modes: list[str], levels: list[int], requests: int, time_limit: float, store: str | None) -> None:
+    """Throughput and latency of the durable log vs the asynchronous one, same server otherwise."""
+    x = np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
+    print(f"{'log mode':>9} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            proc, port = _start_logged(mode, store or str(Path(tmp) / f"{mode}.db"))
+            try:
+                for c in levels:
+                    r = results[(mode, c)] = asyncio.run(_load(port, x, c, requests, time_limit))
+                    print(
+                        f"{mode:>9} {c:>7} {r['rps']:>8.1f} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {r['errors']:>6.0f}",
+                        flush=True,
+                    )
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
+    if "durable" in modes and "async" in modes:
+        for c in levels:
+            ratio = results[("durable", c)]["rps"] / results[("async", c)]["rps"]
+            print(f"{c} clients: durable log at {ratio:.2f}x the throughput of the asynchronous one")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
@@ -119,8 +169,13 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--log-modes", default=None, help="e.g. durable,async: measure the cost of durability")
+    parser.add_argument("--store", default=None, help="with --log-modes: a log URL (default SQLite in a temp folder)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.log_modes:
+        log_modes(args.log_modes.split(","), levels, args.requests, args.time_limit, args.store)
+        return
     worker_counts = [int(w) for w in args.workers.split(",")]
     from dlclinic.demo import build_demo
 
