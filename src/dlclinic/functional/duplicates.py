@@ -6,6 +6,28 @@ nearest-neighbour distance of the reference split. The threshold is therefore
 scale-free (the same default works for pixels in [0, 1] or [0, 255] and for
 standardised tables). For wide inputs the neighbour search runs on a PCA projection and
 the candidates are then verified with exact distances in the full space.
+
+Repeats measured against chance (:func:`chance_overlap`). On tables of coded columns,
+identical rows across two independent samples are what sampling gives, not leakage. The
+null hypothesis is that the reference (train) and the query (test or deploy) rows are a
+random split of one pool, i.e. exchangeable. Conditional on how often each distinct row
+("pattern") occurs in the pool, that null fixes the distribution of every count of
+repeats, whatever the data distribution is: it is simulated by re-drawing the split
+(a permutation test). Two counts are tested one-sided:
+
+- *cross matches*: query rows whose pattern occurs in the reference;
+- *redundant copies*: reference rows that repeat an earlier reference row.
+
+For continuous inputs every pattern occurs once, the null count is 0 with no spread, and
+any copy is an excess (the behaviour for images and float tables). Planted defects enter
+the pool too, which only makes the test conservative: a copied row whose pattern is
+otherwise unique becomes a pattern of count 2, which a random split also places across
+the two splits with probability 2π(1 − π) (π = the reference's share of the pool), so
+each planted copy adds 1 to the observed count and about 2π(1 − π) to the expected one
+(0.32 at an 80/20 split), unless the query's own doubletons say that such patterns are
+rare (:func:`natural_doubleton_share`, which makes copies on continuous inputs count
+fully); a copy of a common row adds about 1 to both and is, rightly,
+indistinguishable from a natural repeat.
 """
 
 from __future__ import annotations
@@ -20,11 +42,16 @@ from sklearn.neighbors import NearestNeighbors
 from dlclinic.core.case import usable_inputs
 
 __all__ = [
+    "ChanceCount",
     "DuplicatePairs",
+    "chance_overlap",
     "find_cross_duplicates",
     "find_exact_duplicates",
     "find_near_duplicates",
+    "natural_doubleton_share",
     "nn_distance_scale",
+    "pattern_ids",
+    "pooled_counts",
 ]
 
 
@@ -139,3 +166,111 @@ def find_cross_duplicates(
         order = np.argsort(d, kind="stable")
         pairs, d = pairs[order], d[order]
     return DuplicatePairs(pairs=pairs.astype(np.int64), distances=d, scale=unit)
+
+
+def pattern_ids(*arrays: np.ndarray) -> list[np.ndarray]:
+    """One integer id per row, shared across ``arrays``: equal ids = byte-identical rows (as float32).
+
+    Example:
+        >>> a = np.array([[1.0, 2.0], [3.0, 4.0]]); b = np.array([[3.0, 4.0], [5.0, 6.0]])
+        >>> [ids.tolist() for ids in pattern_ids(a, b)]
+        [[0, 1], [1, 2]]
+    """
+    seen: dict[bytes, int] = {}
+    out = []
+    for x in arrays:
+        flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+        out.append(np.array([seen.setdefault(row.tobytes(), len(seen)) for row in flat], dtype=np.int64))
+    return out
+
+
+@dataclass(frozen=True)
+class ChanceCount:
+    """An observed count of repeats against its null distribution under random splitting.
+
+    Attributes:
+        observed: the count in the data.
+        expected: its mean over re-drawn splits (the count chance alone gives).
+        sd: its standard deviation over re-drawn splits.
+        p_value: one-sided Monte-Carlo p-value, ``(1 + #{null ≥ observed}) / (rounds + 1)``.
+        excess: ``observed − expected`` rounded, when ``p_value ≤ alpha``; else 0.
+    """
+
+    observed: int
+    expected: float
+    sd: float
+    p_value: float
+    excess: int
+
+
+def _count(null: np.ndarray, observed: int, alpha: float) -> ChanceCount:
+    p = float((1 + np.sum(null >= observed)) / (len(null) + 1))
+    expected = float(null.mean())
+    excess = max(int(round(observed - expected)), 0) if p <= alpha else 0
+    return ChanceCount(int(observed), expected, float(null.std()), p, excess)
+
+
+def _repeat_counts(ids: np.ndarray, in_ref: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """(query rows whose pattern occurs in the reference, redundant copies within the reference), weighted per pattern."""
+    ref_counts = np.bincount(ids[in_ref], minlength=len(weight))
+    qry = ids[~in_ref]
+    cross = float(np.sum(weight[qry] * (ref_counts[qry] > 0)))
+    redundant = float(np.sum(weight * np.maximum(ref_counts - 1, 0)))
+    return cross, redundant
+
+
+def natural_doubleton_share(query: np.ndarray, pooled: np.ndarray) -> float:
+    """How many of the pool's patterns of count 2 chance alone explains, as a share in [0, 1].
+
+    Patterns seen twice in the query, scaled to the pool's size (``f2 · (N / n)²``, the
+    rare-pattern regime where the doubleton count grows with the square of the sample size),
+    over the doubletons observed in the pool. Planted copies do not create repeats inside
+    the query, so this share is uncontaminated; for continuous inputs it is 0, and every
+    doubleton (a copy) counts fully.
+    """
+    _, counts = np.unique(query, return_counts=True)
+    f2 = int(np.sum(counts == 2))
+    doubletons = int(np.sum(np.bincount(pooled) == 2)) if len(pooled) else 0
+    if not doubletons or not len(query):
+        return 1.0
+    return float(min(1.0, f2 * (len(pooled) / len(query)) ** 2 / doubletons))
+
+
+def chance_overlap(
+    reference: np.ndarray, query: np.ndarray, *, rounds: int = 199, alpha: float = 0.01, seed: int = 0
+) -> tuple[ChanceCount, ChanceCount]:
+    """Exact repeats across and within splits, each against a random re-split of the pooled rows.
+
+    ``reference`` and ``query`` are pattern ids (:func:`pattern_ids`). Returns the count of
+    query rows whose pattern occurs in the reference and the count of redundant copies within
+    the reference, each with its permutation null (see the module docstring). The null
+    conditions on the pooled pattern counts, so its spread comes only from rare patterns:
+    common ones land in both splits under every re-split. Patterns of pooled count 2 (where
+    a planted copy lands) enter the null weighted by :func:`natural_doubleton_share`.
+
+    Example:
+        >>> rng = np.random.default_rng(0); ref = rng.integers(0, 50, 800); qry = rng.integers(0, 50, 200)
+        >>> cross, dup = chance_overlap(ref, qry); cross.excess, dup.excess
+        (0, 0)
+        >>> cross, _ = chance_overlap(np.arange(800), np.r_[np.arange(800, 980), np.arange(20)]); cross.observed, cross.excess
+        (20, 20)
+    """
+    ids = np.concatenate([reference, query]).astype(np.int64)
+    _, ids = np.unique(ids, return_inverse=True)
+    pooled_count = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+    in_ref = np.zeros(len(ids), dtype=bool)
+    in_ref[: len(reference)] = True
+    obs_cross, obs_redundant = _repeat_counts(ids, in_ref, np.ones(len(pooled_count)))
+    weight = np.where(pooled_count == 2, natural_doubleton_share(ids[~in_ref], ids), 1.0)
+    rng = np.random.default_rng(seed)
+    null = np.zeros((rounds, 2))
+    for b in range(rounds):
+        null[b] = _repeat_counts(ids, rng.permutation(in_ref), weight)
+    return _count(null[:, 0], int(obs_cross), alpha), _count(null[:, 1], int(obs_redundant), alpha)
+
+
+def pooled_counts(reference: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """How often each query row's pattern occurs in both splits together (low = a surprising match)."""
+    ids = np.concatenate([reference, query]).astype(np.int64)
+    counts = np.bincount(ids) if len(ids) else np.zeros(0, dtype=np.int64)
+    return counts[np.asarray(query, dtype=np.int64)]

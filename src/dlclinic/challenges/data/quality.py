@@ -28,10 +28,13 @@ from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOut
 from dlclinic.core.results import CheckResult, Finding, Remedy, Report, Status, grade, worst
 from dlclinic.functional.duplicates import (
     DuplicatePairs,
+    chance_overlap,
     find_cross_duplicates,
     find_exact_duplicates,
     find_near_duplicates,
     nn_distance_scale,
+    pattern_ids,
+    pooled_counts,
 )
 from dlclinic.functional.labels import class_counts, find_label_issues, imbalance_ratio
 from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
@@ -350,13 +353,44 @@ def _label_issues(
 
 @dataclass(frozen=True)
 class _Duplicates:
-    """Duplicates within train: the distance unit, exact groups, near pairs and every redundant copy."""
+    """Duplicates within train: the distance unit, exact groups, near pairs, the redundant copies graded.
+
+    ``natural`` is true when chance explains some repeats (the inputs repeat by nature, e.g.
+    tables of coded columns): then the model's view is not searched for more near copies.
+    """
 
     scale: float
     exact_groups: list[np.ndarray]
     near: Any
     redundant: np.ndarray
-    discrete: bool
+    natural: bool
+
+
+_CHANCE_FIELDS = ("observed", "expected", "sd", "p_value", "excess")
+
+
+def _chance_reference(case: Case) -> str | None:
+    """The split whose own repeats say how often rows repeat by chance (test, else deploy)."""
+    return next((s for s in ("test", "deploy") if case.get(s) is not None and len(case.splits[s]) >= 2), None)
+
+
+def _chance_searches(case: Case) -> dict[str, np.ndarray]:
+    """Exact repeats against a random re-split (functional.duplicates.chance_overlap), as arrays."""
+    out: dict[str, np.ndarray] = {}
+    reference = _chance_reference(case)
+    for split in ("test", "deploy"):
+        other = case.get(split)
+        if other is None or not len(other):
+            continue
+        ref_ids, qry_ids = pattern_ids(usable_inputs(case.train.x), usable_inputs(other.x))
+        cross, redundant = chance_overlap(ref_ids, qry_ids)
+        out[f"{split}.chance"] = np.array([getattr(cross, f) for f in _CHANCE_FIELDS], dtype=np.float64)
+        out[f"{split}.pooled"] = pooled_counts(ref_ids, qry_ids)
+        if split == reference:
+            out["dup.chance"] = np.array([getattr(redundant, f) for f in _CHANCE_FIELDS], dtype=np.float64)
+            train_pooled = pooled_counts(qry_ids, ref_ids)
+            out["dup.pooled"] = train_pooled
+    return out
 
 
 def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
@@ -379,7 +413,7 @@ def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
                 train.x, other.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale
             )
             out[f"{split}.pairs"], out[f"{split}.distances"] = leaks.pairs, leaks.distances
-    return out
+    return {**out, **_chance_searches(case)}
 
 
 def _found(searches: dict[str, np.ndarray], key: str) -> DuplicatePairs:
@@ -390,6 +424,40 @@ def _found(searches: dict[str, np.ndarray], key: str) -> DuplicatePairs:
     )
 
 
+def _chance(searches: dict[str, np.ndarray], key: str) -> dict[str, float] | None:
+    if f"{key}.chance" not in searches:
+        return None
+    return dict(zip(_CHANCE_FIELDS, (float(v) for v in searches[f"{key}.chance"]), strict=True))
+
+
+def _graded_groups(exact_groups: list[np.ndarray], pooled: np.ndarray, excess: int) -> list[np.ndarray]:
+    """The exact groups beyond chance: rarest patterns first (fewest copies in train and test together)."""
+    order = sorted(range(len(exact_groups)), key=lambda g: (int(pooled[exact_groups[g][0]]), g))
+    chosen: list[np.ndarray] = []
+    copies = 0
+    for g in order:
+        if copies >= excess:
+            break
+        chosen.append(exact_groups[g])
+        copies += len(exact_groups[g]) - 1
+    return chosen
+
+
+def _chance_finding(code: str, split: str, what: str, chance: dict[str, float], n_distinct: int | None) -> Finding:
+    distinct = f" for a table with {n_distinct:,} distinct train rows" if n_distinct is not None else ""
+    verdict = (
+        f"excess {int(chance['excess'])} (p = {chance['p_value']:.3f})"
+        if chance["excess"]
+        else f"no significant excess (p = {chance['p_value']:.2f})"
+    )
+    return Finding(
+        code,
+        f"{int(chance['observed'])} {what}; about {chance['expected']:,.0f} ± {chance['sd']:.0f} expected by chance{distinct} (random re-splits of the pooled rows): {verdict}",
+        split=split,
+        extra={k: chance[k] for k in _CHANCE_FIELDS},
+    )
+
+
 def _duplicates(
     case: Case,
     options: QualityOptions,
@@ -397,7 +465,15 @@ def _duplicates(
     metrics: dict[str, float | int | bool | None],
     findings: list[Finding],
 ) -> tuple[Status, _Duplicates]:
-    """Exact and near duplicates within train (not graded when few rows are distinct)."""
+    """Exact and near duplicates within train; exact repeats are graded only beyond chance.
+
+    Chance is a random re-split of train and the test (else deploy) split pooled
+    (functional.duplicates.chance_overlap). Near (non-exact) copies are within
+    ``near_duplicate_rel_distance`` × the median distance to the nearest distinct row, a
+    distance chance rarely gives; on tables of coded columns no two distinct rows are that
+    close, so only exact repeats count there. Without a second split the chance cannot be
+    measured: repeats are then graded unless fewer than half of the train rows are distinct.
+    """
     train = case.train
     scale = float(searches["scale"])
     exact_groups = (
@@ -406,19 +482,35 @@ def _duplicates(
         else []
     )
     near = _found(searches, "near")
-    redundant = redundant_copies(len(train), near.pairs, exact_groups)
-    distinct_fraction = 1.0 - sum(len(g) - 1 for g in exact_groups) / len(train)
-    discrete = distinct_fraction < 0.5  # few distinct rows (e.g. all-categorical tables): repeats are by design
+    exact_copies = sum(len(g) - 1 for g in exact_groups)
+    distinct_fraction = 1.0 - exact_copies / len(train)
+    chance = _chance(searches, "dup")
+    if chance is None:
+        natural = distinct_fraction < 0.5
+        graded_groups = [] if natural else exact_groups
+    else:
+        natural = chance["expected"] >= 0.5
+        graded_groups = _graded_groups(exact_groups, searches["dup.pooled"], int(chance["excess"]))
+        metrics["duplicates_expected_by_chance"] = chance["expected"]
+        metrics["duplicates_chance_p_value"] = chance["p_value"]
+        if natural:
+            findings.append(
+                _chance_finding(
+                    "chance_repeats", "train", "redundant exact copies within train", chance, len(train) - exact_copies
+                )
+            )
+    near_only = near.pairs[near.distances > 0] if len(near) else near.pairs
+    redundant = redundant_copies(len(train), near_only if natural else near.pairs, graded_groups)
     metrics["exact_duplicate_groups"] = len(exact_groups)
     metrics["near_duplicate_pairs"] = len(near)
     metrics["duplicate_fraction"] = len(redundant) / len(train)
     metrics["distinct_row_fraction"] = distinct_fraction
     status: Status = "ok"
-    if discrete:
+    if chance is None and natural:
         findings.append(
             Finding(
                 "discrete_inputs",
-                f"only {distinct_fraction:.0%} of train rows are distinct: identical rows are expected for inputs like these, so duplicates and train/test overlap are reported but not graded",
+                f"only {distinct_fraction:.0%} of train rows are distinct and there is no test or deploy split to measure how often rows repeat by chance, so duplicates are reported but not graded",
                 split="train",
             )
         )
@@ -428,13 +520,13 @@ def _duplicates(
         findings.append(
             Finding(
                 "duplicate",
-                f"{len(redundant)} train row(s) are (near-)copies of another train row ({len(exact_groups)} exact group(s), {len(near)} near pair(s))",
+                f"{len(redundant)} train row(s) are (near-)copies of another train row beyond chance ({len(graded_groups)} exact group(s), {len(near)} near pair(s))",
                 split="train",
                 indices=tuple(int(j) for j in redundant),
                 extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale},
             )
         )
-    return status, _Duplicates(scale, exact_groups, near, redundant, discrete)
+    return status, _Duplicates(scale, exact_groups, near, redundant, natural)
 
 
 def _embedding_duplicates(
@@ -458,7 +550,7 @@ def _embedding_duplicates(
     }
     sem_pairs = [(int(i), int(j)) for i, j in sem.pairs.tolist() if (int(i), int(j)) not in known]
     metrics["embedding_near_duplicate_pairs"] = len(sem_pairs)
-    if not sem_pairs or dup.discrete:
+    if not sem_pairs or dup.natural:
         return
     findings.append(
         Finding(
@@ -481,6 +573,21 @@ def _embedding_duplicates(
         )
 
 
+def _split_leaks(
+    split: str, leaks: DuplicatePairs, searches: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, float] | None]:
+    """The matches graded as leaks: near (non-exact) copies and the exact matches beyond chance, rarest first."""
+    chance = _chance(searches, split)
+    exact = leaks.distances <= 0
+    if chance is None or not exact.any():
+        return np.arange(len(leaks)), chance
+    pooled = searches[f"{split}.pooled"]
+    exact_rows = np.flatnonzero(exact)
+    ranked = exact_rows[np.argsort(pooled[leaks.pairs[exact_rows, 1]], kind="stable")]
+    chosen = np.concatenate([ranked[: int(chance["excess"])], np.flatnonzero(~exact)])
+    return np.sort(chosen), chance
+
+
 def _leaks(
     case: Case,
     options: QualityOptions,
@@ -489,17 +596,35 @@ def _leaks(
     metrics: dict[str, float | int | bool | None],
     findings: list[Finding],
 ) -> Status:
-    """Test and deploy rows with a (near-)copy in train; test leaks are graded."""
+    """Test and deploy rows with a (near-)copy in train beyond chance; test leaks are graded.
+
+    Exact matches count as leaks only as far as they exceed what random re-splits of the
+    pooled rows give (functional.duplicates.chance_overlap, one-sided, α = 0.01); the rows
+    listed are the most surprising matches (rarest patterns) up to that excess. Near
+    (non-exact) copies all count.
+    """
     leak_statuses: list[Status] = []
     for split in ("test", "deploy"):
         other = case.get(split)
         if other is None:
             continue
-        leaks = _found(searches, split)
+        found = _found(searches, split)
+        chosen, chance = _split_leaks(split, found, searches)
+        leaks = DuplicatePairs(found.pairs[chosen], found.distances[chosen], found.scale)
         frac = len(leaks) / len(other)
         metrics[f"{split}_leaks"] = len(leaks)
         metrics[f"{split}_leak_fraction"] = frac
-        if split == "test" and not dup.discrete:
+        if chance is not None:
+            metrics[f"{split}_train_matches"] = int(chance["observed"])
+            metrics[f"{split}_train_matches_expected"] = chance["expected"]
+            metrics[f"{split}_train_matches_p_value"] = chance["p_value"]
+            if chance["expected"] >= 0.5:
+                findings.append(
+                    _chance_finding(
+                        "chance_matches", split, f"{split} rows share a feature vector with train", chance, None
+                    )
+                )
+        if split == "test":
             leak_statuses.append(
                 "fail" if frac > options.fail_leak_fraction else "warn" if frac > options.warn_leak_fraction else "ok"
             )
@@ -507,8 +632,8 @@ def _leaks(
             findings.append(
                 Finding(
                     "leak",
-                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train"
-                    + (": test metrics are inflated" if split == "test" and not dup.discrete else ""),
+                    f"{len(leaks)} {split} row(s) ({frac:.1%}) have a (near-)copy in train beyond chance"
+                    + (": test metrics are inflated" if split == "test" else ""),
                     split=split,
                     indices=tuple(int(j) for j in leaks.pairs[:, 1]),
                     scores=tuple(float(d / dup.scale) if dup.scale else 0.0 for d in leaks.distances),
@@ -599,9 +724,9 @@ def _summary(
     parts = []
     if metrics["label_issues"]:
         parts.append(f"{metrics['label_issues']} likely label errors ({label_fraction:.1%})")
-    if metrics.get("test_leaks") and not dup.discrete:
+    if metrics.get("test_leaks"):
         parts.append(f"{metrics['test_leaks']} test rows leaked from train")
-    if len(dup.redundant) and not dup.discrete:
+    if len(dup.redundant):
         parts.append(f"{len(dup.redundant)} duplicate train rows")
     if ratio > options.warn_imbalance_ratio:
         parts.append(f"class imbalance {ratio:.1f}:1")
@@ -631,7 +756,9 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     label_status, issues = _label_issues(case, evidence, options, metrics, findings, details)
     statuses.append(label_status)
     searches = evidence.cached(
-        "data.quality.searches", {"near": options.near_duplicate_rel_distance}, lambda: _searches(case, options)
+        "data.quality.searches",
+        {"near": options.near_duplicate_rel_distance, "chance": 1},
+        lambda: _searches(case, options),
     )
     dup_status, dup = _duplicates(case, options, searches, metrics, findings)
     statuses.append(dup_status)
