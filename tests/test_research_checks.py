@@ -239,6 +239,15 @@ def test_open_ended_warns_when_new_classes_are_indistinguishable(tmp_path: Path)
     assert res.status == "warn" and res.metrics["auroc"] < 0.75
 
 
+def test_open_ended_default_simulation_is_information_not_a_warning(tmp_path: Path) -> None:
+    """Held-out classes the user did not name are a what-if: reported (graded: false), never a warning."""
+    case, retrain = _open_case(overlap=True)
+    res = run_open_ended(case, _evidence(case, tmp_path, retrain), OpenEndedOptions(n_unknown=2))
+    assert res.status == "ok" and res.metrics["graded"] is False, res.summary
+    assert res.metrics["auroc"] < 0.75 and res.summary.startswith("What-if, not graded")
+    assert res.remedy is not None
+
+
 def test_open_ended_without_inputs_is_not_examined(tmp_path: Path) -> None:
     case, retrain = _open_case(overlap=False)
     ev = Evidence(case, retrain=retrain, cheap_retrain=False, cache_dir=tmp_path)
