@@ -130,7 +130,7 @@ def test_clean_copy_raises_no_label_issue_warning(workdir: Path, cache: Path) ->
     )
     clean = json.loads((workdir / "clean" / "report.json").read_text())
     quality = _challenge(clean, "data.quality")
-    assert quality["metrics"]["label_issue_fraction"] <= quality["thresholds"]["label_issue_fraction.warn"]
+    assert quality["metrics"]["label_excess_fraction"] <= quality["thresholds"]["label_excess_fraction.warn"]
     assert quality["metrics"]["test_leaks"] == 0 and quality["metrics"]["near_duplicate_pairs"] == 0
     assert quality["status"] == "ok", quality["summary"]
 

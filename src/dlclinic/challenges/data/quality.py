@@ -33,10 +33,11 @@ from dlclinic.functional.duplicates import (
     find_exact_duplicates,
     find_near_duplicates,
     nn_distance_scale,
+    one_hot_blocks,
     pattern_ids,
     pooled_counts,
 )
-from dlclinic.functional.labels import class_counts, find_label_issues, imbalance_ratio
+from dlclinic.functional.labels import class_counts, clean_label_null, find_label_issues, heldout_gap, imbalance_ratio
 from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
 from dlclinic.functional.stats import paired_accuracy_ci
 
@@ -55,7 +56,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QualityOptions:
-    """Thresholds of data.quality (fractions are of the train split)."""
+    """Thresholds of data.quality (fractions are of the train split).
+
+    The label-issue thresholds grade ``label_excess_fraction``, the flags that ambiguity does
+    not explain (``_label_excess``), not the raw flagged fraction; ``label_null_draws`` label
+    vectors are drawn for the clean-label null.
+    """
 
     warn_label_issue_fraction: float = 0.03
     fail_label_issue_fraction: float = 0.10
@@ -68,6 +74,7 @@ class QualityOptions:
     near_duplicate_rel_distance: float = 0.1
     embedding_duplicate_rel_distance: float = 0.05
     memorisation_agreement: float = field(default=0.995, metadata={"max": 1.0})
+    label_null_draws: int = 30
     max_examples: int = 24
 
     def __post_init__(self) -> None:
@@ -290,6 +297,48 @@ def _profile(
     return worst([loader, _column_profile(case, case.train.x, metrics, findings, details)])
 
 
+def _label_excess(
+    case: Case, evidence: Evidence, issues: Any, options: QualityOptions, metrics: dict[str, float | int | bool | None]
+) -> str:
+    """Grade label issues by their excess over what ambiguity explains; the sentence that says so.
+
+    Two references (functional.labels): the clean-label null (flagged count with labels drawn
+    from the out-of-fold probabilities, ``label_null_draws`` draws; excess = flagged − the
+    draws' 95 % quantile) and, with K-fold probabilities and a labelled test split, the held-out
+    gap (fold models agree less with held-out train labels than with test labels; graded when
+    significant). ``label_excess_fraction`` = the larger excess as a fraction of train, graded
+    against the label-issue thresholds; the raw flagged fraction is not graded.
+    """
+    y = np.asarray(case.train.y)
+    oof = evidence.get("oof_probs", "train")
+    null = clean_label_null(y, oof, draws=options.label_null_draws, seed=0)
+    n = max(len(y), 1)
+    metrics["label_null_mean"] = null.mean
+    metrics["label_null_q95"] = null.q95
+    metrics["label_null_excess"] = null.excess
+    excess = null.excess / n
+    sentence = (
+        f"{null.observed} flagged; about {null.mean:.0f} expected if every label were right "
+        f"(clean-label null, {len(null.draws)} draws, 95 % up to {null.q95:.0f}): excess {null.excess:.0f}"
+    )
+    folds = evidence.fold_predictions("test") if case.get("test") is not None else None
+    if folds is not None:
+        test_y = np.asarray(case.splits["test"].y)
+        gap = heldout_gap(oof.argmax(1) == y, folds[1] == test_y[None, :], case.n_classes)
+        metrics["heldout_agreement_train"] = gap.train_agreement
+        metrics["heldout_agreement_test"] = gap.test_agreement
+        metrics["heldout_excess_noise"] = gap.excess_noise if gap.significant else 0.0
+        if gap.significant:
+            excess = max(excess, gap.excess_noise)
+        sentence += (
+            f"; fold models agree with {gap.train_agreement:.1%} of held-out train labels and {gap.test_agreement:.1%}"
+            f" of test labels (± {1.96 * gap.se:.1%}): "
+            + (f"train labels about {gap.excess_noise:.1%} noisier" if gap.significant else "no significant gap")
+        )
+    metrics["label_excess_fraction"] = excess
+    return sentence
+
+
 def _label_issues(
     case: Case,
     evidence: Evidence,
@@ -298,14 +347,20 @@ def _label_issues(
     findings: list[Finding],
     details: dict[str, list[dict[str, Any]]],
 ) -> tuple[Status, Any]:
-    """Label issues on out-of-fold probabilities (confident learning); the status and the issues."""
+    """Label issues on out-of-fold probabilities (confident learning); the status and the issues.
+
+    Every flagged row is listed for review; the status grades only the excess over ambiguity
+    (:func:`_label_excess`).
+    """
     y = case.train.y
     assert y is not None
     issues = find_label_issues(y, evidence.get("oof_probs", "train"))
     metrics["label_issues"] = len(issues.indices)
     metrics["label_issue_fraction"] = issues.fraction
     metrics["estimated_noise_rate"] = issues.noise_rate
-    label_status = grade(issues.fraction, options.warn_label_issue_fraction, options.fail_label_issue_fraction)
+    sentence = _label_excess(case, evidence, issues, options, metrics)
+    excess = float(metrics["label_excess_fraction"] or 0.0)
+    label_status = grade(excess, options.warn_label_issue_fraction, options.fail_label_issue_fraction)
     train_fit = float((evidence.get("probs", "train").argmax(1) == y).mean())
     metrics["train_label_agreement"] = train_fit
     if evidence.oof_method == "embeddings" and train_fit >= options.memorisation_agreement and label_status == "ok":
@@ -323,7 +378,7 @@ def _label_issues(
     findings.append(
         Finding(
             "label_issue",
-            f"{len(issues.indices)} train label(s) ({issues.fraction:.1%}) disagree with out-of-fold predictions ({evidence.oof_method})",
+            f"{len(issues.indices)} train label(s) ({issues.fraction:.1%}) disagree with out-of-fold predictions ({evidence.oof_method}), listed for review; {sentence}",
             split="train",
             indices=tuple(int(i) for i in issues.indices),
             scores=tuple(float(s) for s in issues.scores),
@@ -396,9 +451,12 @@ def _chance_searches(case: Case) -> dict[str, np.ndarray]:
 def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
     """The input-space searches (exact and near duplicates in train, copies of train in test/deploy), as arrays."""
     train = case.train
-    scale = nn_distance_scale(train.x)
+    blocks = _categorical_blocks(case)  # one-hot blocks of a mixed table: near duplicates by Gower distance
+    scale = nn_distance_scale(train.x, categorical_blocks=blocks)
     exact_groups = find_exact_duplicates(train.x)
-    near = find_near_duplicates(train.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale)
+    near = find_near_duplicates(
+        train.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale, categorical_blocks=blocks
+    )
     out = {
         "scale": np.asarray(scale, dtype=np.float64),
         "exact": np.concatenate(exact_groups).astype(np.int64) if exact_groups else np.zeros(0, dtype=np.int64),
@@ -410,10 +468,23 @@ def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
         other = case.get(split)
         if other is not None:
             leaks = find_cross_duplicates(
-                train.x, other.x, rel_threshold=options.near_duplicate_rel_distance, scale=scale
+                train.x,
+                other.x,
+                rel_threshold=options.near_duplicate_rel_distance,
+                scale=scale,
+                categorical_blocks=blocks,
             )
             out[f"{split}.pairs"], out[f"{split}.distances"] = leaks.pairs, leaks.distances
     return {**out, **_chance_searches(case)}
+
+
+def _categorical_blocks(case: Case) -> list[np.ndarray]:
+    """The one-hot blocks of a table's categorical columns (``case.metadata["io"]["encoding"]``), else none."""
+    io = case.metadata.get("io")
+    encoding = io.get("encoding") if isinstance(io, dict) else None
+    if case.modality != "table" or not encoding or case.feature_names is None:
+        return []
+    return one_hot_blocks(case.feature_names, encoding)
 
 
 def _found(searches: dict[str, np.ndarray], key: str) -> DuplicatePairs:
@@ -723,7 +794,10 @@ def _summary(
 ) -> str:
     parts = []
     if metrics["label_issues"]:
-        parts.append(f"{metrics['label_issues']} likely label errors ({label_fraction:.1%})")
+        parts.append(
+            f"{metrics['label_issues']} flagged labels ({label_fraction:.1%}; about {float(metrics['label_null_mean'] or 0):.0f}"
+            f" expected if every label were right, excess {float(metrics['label_excess_fraction'] or 0):.1%} of train)"
+        )
     if metrics.get("test_leaks"):
         parts.append(f"{metrics['test_leaks']} test rows leaked from train")
     if len(dup.redundant):
@@ -757,7 +831,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     statuses.append(label_status)
     searches = evidence.cached(
         "data.quality.searches",
-        {"near": options.near_duplicate_rel_distance, "chance": 1},
+        {"near": options.near_duplicate_rel_distance, "chance": 1, "gower": 1},
         lambda: _searches(case, options),
     )
     dup_status, dup = _duplicates(case, options, searches, metrics, findings)
@@ -782,8 +856,8 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
         summary=_summary(status, metrics, issues.fraction, dup, ratio, options),
         metrics=metrics,
         thresholds={
-            "label_issue_fraction.warn": options.warn_label_issue_fraction,
-            "label_issue_fraction.fail": options.fail_label_issue_fraction,
+            "label_excess_fraction.warn": options.warn_label_issue_fraction,
+            "label_excess_fraction.fail": options.fail_label_issue_fraction,
             "duplicate_fraction.warn": options.warn_duplicate_fraction,
             "duplicate_fraction.fail": options.fail_duplicate_fraction,
             "test_leak_fraction.warn": options.warn_leak_fraction,
