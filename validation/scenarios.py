@@ -16,11 +16,12 @@ with strengths that span "barely there" to "obvious", and append a :class:`Plan`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from validation.data import Splits, blobs, redundant_pool, split
+from validation.data import FAIR_COLUMNS, Splits, blobs, redundant_pool, split
 from validation.plan import (
     Defect,
     Plan,
@@ -259,9 +260,18 @@ def _groups(n: int, seed: int) -> np.ndarray:
     return np.where(np.random.default_rng(seed).random(n) < 0.5, "A", "B")
 
 
+def _religious(x: np.ndarray) -> np.ndarray:
+    """The fair table's coded ``religious`` column (1 = not, 4 = strongly) as group names."""
+    return np.array([f"religious={int(v)}" for v in x[:, FAIR_COLUMNS.index("religious")]])
+
+
 def fairness_clean(modality: str, seed: int) -> Trial:
-    """Groups drawn at random: no group can be treated worse."""
+    """Groups drawn at random: no group can be treated worse. On the real table the groups are
+    its coded ``religious`` column: a real attribute, so a flag there may be a real disparity."""
     s = split(modality, seed, (0.5, 0.5, 0.0))
+    if modality == REAL_TABLE:
+        groups = {"train": _religious(s.x_train), "test": _religious(s.x_test)}
+        return Trial(case_from(s, modality, deploy=False, groups=groups))
     return Trial(
         case_from(
             s,
@@ -773,6 +783,20 @@ _OWN_PLANS: tuple[Plan, ...] = (
 )
 
 
+# ----------------------------------------------------------------------------- real table
+
+REAL_TABLE = "fair"
+REAL_TABLE_CHECKS = ("data.quality", "ethics.fairness", "deployment.drift")
+
+
+def _with_real_table(plan: Plan) -> Plan:
+    """``plan`` with clean cases on the real categorical table too (its defects keep their modalities)."""
+    if plan.check not in REAL_TABLE_CHECKS:
+        return plan
+    defects = tuple(dataclasses.replace(d, modalities=d.modalities or plan.modalities) for d in plan.defects)
+    return dataclasses.replace(plan, modalities=(*plan.modalities, REAL_TABLE), defects=defects)
+
+
 def _gather() -> tuple[Plan, ...]:
     """This module's plans, then those of every ``validation/plans_*.py`` module (its ``PLANS``)."""
     import importlib
@@ -780,7 +804,7 @@ def _gather() -> tuple[Plan, ...]:
 
     import validation
 
-    plans = list(_OWN_PLANS)
+    plans = [_with_real_table(p) for p in _OWN_PLANS]
     for info in sorted(pkgutil.iter_modules(validation.__path__), key=lambda m: m.name):
         if info.name.startswith("plans_"):
             plans.extend(importlib.import_module(f"validation.{info.name}").PLANS)
