@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
 from dlclinic.core.recipe import channels_last, contiguous, seed_everything
+from dlclinic.core.workers import run_tasks
 from dlclinic.functional.compression import channel_prune
 
 __all__ = [
@@ -156,6 +158,8 @@ def make_study(
     """
     import optuna
 
+    if storage and storage.startswith("postgresql://"):  # psycopg 3 (dlclinic[postgres]), not SQLAlchemy's psycopg2
+        storage = "postgresql+psycopg://" + storage[len("postgresql://") :]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
@@ -332,6 +336,68 @@ def _add_trial(
     return 1
 
 
+def _shares(n_trials: int, workers: int) -> list[tuple[int, int]]:
+    """``(worker, trials)`` for each worker with at least one trial: the budget split as evenly as it goes."""
+    return [(w, n_trials // workers + (w < n_trials % workers)) for w in range(workers) if w < n_trials]
+
+
+def _run_trials(
+    study: Any,
+    objective: Callable[[Any], tuple[float, np.ndarray]],
+    n_trials: int,
+    timeout: float | None,
+    report: Callable[[int], None] | None,
+) -> dict[int, np.ndarray]:
+    """``n_trials`` of ``objective`` on ``study`` in this process; each trial's per-row outcome by number."""
+    mine: dict[int, np.ndarray] = {}
+
+    def run(trial: Any) -> float:
+        accuracy, mine[trial.number] = objective(trial)
+        if report is not None:
+            report(trial.number)
+        return accuracy
+
+    study.optimize(run, n_trials=n_trials, timeout=timeout, catch=(RuntimeError, ValueError))
+    return mine
+
+
+def _optimize(
+    study: Any,
+    reopen: Callable[[int], Any],
+    objective: Callable[[Any], tuple[float, np.ndarray]],
+    n_trials: int,
+    *,
+    workers: int,
+    timeout: float | None,
+    progress: Callable[[int], None] | None,
+    outcomes: dict[int, np.ndarray],
+) -> None:
+    """Run ``n_trials`` of ``objective`` on ``study`` here, or split over ``workers`` processes that each
+    ``reopen(worker)`` the study from its shared storage; the per-row outcomes land in ``outcomes``."""
+    if workers <= 1:
+        outcomes.update(_run_trials(study, objective, n_trials, timeout, progress))
+        return
+    if n_trials > 0 and any(t.state.name == "WAITING" for t in study.trials):
+        # the enqueued current recipe runs here first: SQLite cannot stop two workers popping one waiting trial
+        outcomes.update(_run_trials(study, objective, 1, timeout, progress))
+        n_trials -= 1
+
+    def arrived(_i: int, mine: dict[int, np.ndarray]) -> None:
+        outcomes.update(mine)
+        if progress is not None:
+            for number in mine:
+                progress(number)
+
+    threads = max(1, torch.get_num_threads() // workers)
+    run_tasks(
+        _shares(max(n_trials, 0), workers),
+        lambda task: _run_trials(reopen(task[0]), objective, task[1], timeout, None),  # no drawing from a fork
+        workers=workers,
+        on_result=arrived,
+        setup=lambda: torch.set_num_threads(threads),
+    )
+
+
 def hyperparameter_study(
     factory: Callable[[], Any],
     x_tr: np.ndarray,
@@ -353,6 +419,7 @@ def hyperparameter_study(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     baseline_outcome: TrialOutcome | None = None,
+    workers: int = 1,
 ) -> StudyResult:
     """Tune the recipe of ``factory()`` models on a validation split with Optuna.
 
@@ -363,8 +430,16 @@ def hyperparameter_study(
     starts from the same initial weights (``factory()`` after seeding with ``seed``), so
     trials differ by their recipe only; ``baseline_outcome``, the current recipe's run
     measured elsewhere on the same rows from the same start, is added as that trial.
-    """
 
+    ``workers > 1``: that many processes (forked, :func:`dlclinic.core.workers.run_tasks`)
+    each open the study in ``storage`` and run their share of ``n_trials``, as Optuna's
+    distributed optimisation does (one study, one storage, many workers; each worker's
+    sampler seeded ``seed + worker`` so they do not propose the same recipe). The storage
+    must be shared: a SQLite file or a server (``postgresql://…``). Each trial records the
+    process that ran it (user attribute ``worker_pid``).
+    """
+    if workers > 1 and not storage:
+        raise ValueError(f"workers={workers}: expected a shared storage (sqlite:///… or postgresql://…), found none")
     base = {"lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64, **dict(baseline or {})}
     space = _including(dict(space or DEFAULT_SPACE), base)
     study = make_study(storage=storage, study_name=study_name, pruner=pruner, seed=seed)
@@ -376,8 +451,9 @@ def hyperparameter_study(
         else:
             study.enqueue_trial(base_params, skip_if_exists=True)
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Any) -> tuple[float, np.ndarray]:
         params = {**base, **_suggest(trial, space)}
+        trial.set_user_attr("worker_pid", os.getpid())
         seed_everything(seed)  # the same initial weights in every trial
         out = train_eval(
             factory(),
@@ -395,12 +471,16 @@ def hyperparameter_study(
             schedule=schedule,
             label_smoothing=label_smoothing,
         )
-        outcomes[trial.number] = out.correct
-        if progress is not None:
-            progress(trial.number)
-        return out.accuracy
+        return out.accuracy, out.correct
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(RuntimeError, ValueError))
+    def reopen(worker: int) -> Any:
+        return make_study(storage=storage, study_name=study_name, pruner=pruner, seed=seed + worker)
+
+    _optimize(
+        study, reopen, objective, n_trials, workers=workers, timeout=timeout, progress=progress, outcomes=outcomes
+    )
+    if workers > 1:  # the trials of every worker, as the storage holds them
+        study = make_study(storage=storage, study_name=study_name, pruner=pruner, seed=seed)
     return _study_result(study, outcomes, base_params, seed=seed, study_name=study_name, storage=storage)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -293,6 +293,11 @@ class TuneParams:
     file) mapping a name to ``["float_log", low, high]``, ``["float", low, high]``,
     ``["int", low, high]`` or ``["categorical", [choices...]]``; the names ``lr``,
     ``weight_decay``, ``batch_size`` and ``epochs`` are used by the training loop.
+
+    ``workers``: processes that share the study (Optuna's distributed optimisation: each
+    opens the study in ``storage`` and runs its share of ``n_trials``). More workers on
+    other machines join by running the same command with the same ``--storage`` (a
+    PostgreSQL URL) and ``study_name``.
     """
 
     n_trials: int = 30
@@ -305,6 +310,7 @@ class TuneParams:
     seed: int = 0
     seeds: int = 2
     space: str | None = None
+    workers: int = field(default=1, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -401,6 +407,7 @@ def _study(
             pruner=params.pruner,
             seed=params.seed,
             progress=lambda _n: advance(1),
+            workers=params.workers,
         )
     seed_gains = _seed_check(
         case.model_factory,
