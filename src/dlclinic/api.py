@@ -328,6 +328,9 @@ def _case_summary(case: Case, evidence: Evidence) -> dict[str, Any]:
         summary["evidence"]["nonfinite_input_rows"] = dict(evidence.nonfinite_rows)
     if case.metadata:
         summary["metadata"] = {k: v for k, v in case.metadata.items() if isinstance(v, (str, int, float, bool))}
+    io = case.metadata.get("io")
+    if isinstance(io, Mapping) and io.get("columns"):  # categorical table columns: encoding and the rule that chose it
+        summary["categorical_columns"] = {str(k): dict(v) for k, v in io["columns"].items()}
     return summary
 
 

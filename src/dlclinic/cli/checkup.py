@@ -9,7 +9,7 @@ import typer
 
 from dlclinic.api import check_options
 from dlclinic.api import checkup as run_checkup
-from dlclinic.cli.flags import CHECKUP_FLAGS, check_flag_options, expand_flags
+from dlclinic.cli.flags import CHECKUP_FLAGS, CategoricalOpt, NumericOpt, check_flag_options, expand_flags
 from dlclinic.cli.options import (
     AllowPickleOpt,
     CacheOpt,
@@ -57,6 +57,8 @@ def checkup(
     label_col: LabelOpt = None,
     group_col: GroupOpt = None,
     id_col: IdOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -93,7 +95,21 @@ def checkup(
     check_writable(out)
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
-        DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
+        DataOptions(
+            demo,
+            clean_demo,
+            train,
+            test,
+            deploy,
+            label_col,
+            group_col,
+            id_col,
+            model,
+            weights,
+            allow_pickle,
+            categorical=categorical,
+            numeric=numeric,
+        )
     )
     case = record_recipe(case, epochs, seed, oof, embedding_layer)
     report = run_checkup(

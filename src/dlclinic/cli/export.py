@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dlclinic.api import prepare_model
+from dlclinic.cli.flags import CategoricalOpt, NumericOpt
 from dlclinic.cli.options import (
     CacheOpt,
     CleanDemoOpt,
@@ -57,6 +58,8 @@ def export(
     train: TrainOpt = None,
     test: TestOpt = None,
     label_col: LabelOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
@@ -65,7 +68,22 @@ def export(
     if out.is_dir():
         raise ConfigError(f"--out {out}: expected a .{fmt.value} file name, found an existing folder")
     check_writable(out.parent, "--out's folder")
-    case = load_case(DataOptions(demo, clean_demo, train, test, None, label_col, None, None, model, weights))
+    case = load_case(
+        DataOptions(
+            demo,
+            clean_demo,
+            train,
+            test,
+            None,
+            label_col,
+            None,
+            None,
+            model,
+            weights,
+            categorical=categorical,
+            numeric=numeric,
+        )
+    )
     case = prepare_model(case, cache_dir=cache_dir)
     if not hasattr(case.model, "state_dict"):
         raise ConfigError(

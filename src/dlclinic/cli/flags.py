@@ -19,7 +19,39 @@ import typer
 
 from dlclinic.core.errors import ConfigError, InputError
 
-__all__ = ["CHECKUP_FLAGS", "TREAT_FLAGS", "Flag", "check_flag_options", "expand_flags", "treat_flag_params"]
+__all__ = [
+    "CHECKUP_FLAGS",
+    "TREAT_FLAGS",
+    "CategoricalOpt",
+    "Flag",
+    "NumericOpt",
+    "check_flag_options",
+    "column_list",
+    "expand_flags",
+    "treat_flag_params",
+]
+
+# The column-kind flags of every command that reads tables (checkup, treat, export, serve): they
+# change how the data is encoded, so they are data options (``DataOptions``), not check options.
+CategoricalOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--categorical",
+        help="Table columns to one-hot encode whatever their values, comma-separated (default: text columns, category dtypes and integer columns with 3..20 distinct values that are ≤ 5 % of the train rows).",
+    ),
+]
+NumericOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--numeric",
+        help="Table columns to keep as one numeric feature, comma-separated (overrides the integer-coded default).",
+    ),
+]
+
+
+def column_list(value: str | None) -> tuple[str, ...]:
+    """``"a, b"`` → ``("a", "b")``; ``None`` → ``()``."""
+    return tuple(c.strip() for c in (value or "").split(",") if c.strip())
 
 
 @dataclasses.dataclass(frozen=True)

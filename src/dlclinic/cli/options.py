@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from dlclinic.cli.flags import column_list
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import EvidenceConfig
@@ -96,6 +97,8 @@ class DataOptions:
     model: str | None
     weights: Path | None
     allow_pickle: bool = False
+    categorical: str | None = None
+    numeric: str | None = None
 
     def cli_args(self) -> str:
         if self.demo or self.clean_demo:
@@ -108,6 +111,8 @@ class DataOptions:
             ("--label-col", self.label_col),
             ("--group-col", self.group_col),
             ("--id-col", self.id_col),
+            ("--categorical", self.categorical),
+            ("--numeric", self.numeric),
             ("--model", self.model),
             ("--weights", self.weights),
         ):
@@ -123,13 +128,21 @@ def _data_case(opts: DataOptions) -> Case:
     if (opts.demo or opts.clean_demo) and opts.train is not None:
         raise ConfigError("--demo and --train are exclusive: expected the demo case or your own data, found both")
     if opts.demo or opts.clean_demo:
-        if any(v is not None for v in (opts.test, opts.deploy, opts.label_col, opts.group_col, opts.id_col)):
+        given = (opts.test, opts.deploy, opts.label_col, opts.group_col, opts.id_col, opts.categorical, opts.numeric)
+        if any(v is not None for v in given):
             raise ConfigError("--demo brings its own splits: expected no --test/--deploy/--*-col with it")
         return build_demo(clean=opts.clean_demo)[0]
     if opts.train is None:
         raise ConfigError("no data given: expected --train FILE (and usually --test FILE), or --demo")
     return load_files(
-        opts.train, opts.test, opts.deploy, label_col=opts.label_col, group_col=opts.group_col, id_col=opts.id_col
+        opts.train,
+        opts.test,
+        opts.deploy,
+        label_col=opts.label_col,
+        group_col=opts.group_col,
+        id_col=opts.id_col,
+        categorical=column_list(opts.categorical),
+        numeric=column_list(opts.numeric),
     )
 
 

@@ -21,6 +21,7 @@ import torch
 import typer
 
 from dlclinic.api import prepare_model
+from dlclinic.cli.flags import CategoricalOpt, NumericOpt
 from dlclinic.cli.options import (
     CacheOpt,
     CleanDemoOpt,
@@ -88,6 +89,8 @@ def _data_options(d: dict[str, Any]) -> DataOptions:
         id_col=d["id_col"],
         model=d["model"],
         weights=path("weights"),
+        categorical=d.get("categorical"),
+        numeric=d.get("numeric"),
     )
 
 
@@ -108,6 +111,8 @@ def _data_spec(opts: DataOptions) -> dict[str, Any]:
         "id_col": opts.id_col,
         "model": opts.model,
         "weights": path(opts.weights),
+        "categorical": opts.categorical,
+        "numeric": opts.numeric,
     }
 
 
@@ -294,6 +299,8 @@ def serve(
     label_col: LabelOpt = None,
     group_col: GroupOpt = None,
     id_col: IdOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     out: ServeOutOpt = Path("dlclinic-serve"),
@@ -324,7 +331,20 @@ def serve(
     if sync_log and log_mode is LogMode.async_:
         raise ConfigError("--sync-log and --log-mode async contradict each other; expected one of them")
     token = _bearer(token, host)
-    opts = DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights)
+    opts = DataOptions(
+        demo,
+        clean_demo,
+        train,
+        test,
+        deploy,
+        label_col,
+        group_col,
+        id_col,
+        model,
+        weights,
+        categorical=categorical,
+        numeric=numeric,
+    )
     fit_cfg = FitConfig(epochs=epochs, seed=seed)
     case = prepare_model(load_case(opts), fit_config=fit_cfg, cache_dir=cache_dir, progress=RichProgress())
     out.mkdir(parents=True, exist_ok=True)

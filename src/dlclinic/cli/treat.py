@@ -13,7 +13,7 @@ from rich.table import Table
 from dlclinic.api import remedy_params
 from dlclinic.api import treat as run_treat
 from dlclinic.challenges import get_remedy
-from dlclinic.cli.flags import TREAT_FLAGS, expand_flags, treat_flag_params
+from dlclinic.cli.flags import TREAT_FLAGS, CategoricalOpt, NumericOpt, expand_flags, treat_flag_params
 from dlclinic.cli.options import (
     AllowPickleOpt,
     CacheOpt,
@@ -79,6 +79,8 @@ def treat(
     label_col: LabelOpt = None,
     group_col: GroupOpt = None,
     id_col: IdOpt = None,
+    categorical: CategoricalOpt = None,
+    numeric: NumericOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -118,7 +120,21 @@ def treat(
     check_writable(out)
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
-        DataOptions(demo, clean_demo, train, test, deploy, label_col, group_col, id_col, model, weights, allow_pickle)
+        DataOptions(
+            demo,
+            clean_demo,
+            train,
+            test,
+            deploy,
+            label_col,
+            group_col,
+            id_col,
+            model,
+            weights,
+            allow_pickle,
+            categorical=categorical,
+            numeric=numeric,
+        )
     )
     treatment, before, after = run_treat(
         case,

@@ -7,6 +7,17 @@ scale-free (the same default works for pixels in [0, 1] or [0, 255] and for
 standardised tables). For wide inputs the neighbour search runs on a PCA projection and
 the candidates are then verified with exact distances in the full space.
 
+Mixed tables (Gower). On a table with one-hot categorical blocks, Euclidean distance
+counts a changed category as √2 whatever the numeric columns' units are, so it is the
+wrong ruler. When the caller names the one-hot blocks (``categorical_blocks``, from
+:func:`one_hot_blocks`), the distance is Gower's (Gower 1971, *Biometrics* 27:857):
+the mean over the original columns of a categorical mismatch (0 or 1) and the
+range-scaled absolute difference of each numeric column (range on the reference split).
+It is computed as an L1 distance on rescaled features (:func:`gower_features`). The
+limit is still ``rel_threshold`` × the median nearest-neighbour distance, capped below
+half a categorical mismatch: a near duplicate agrees on every categorical column, so on
+an all-categorical table near duplicates are exact ones.
+
 Repeats measured against chance (:func:`chance_overlap`). On tables of coded columns,
 identical rows across two independent samples are what sampling gives, not leakage. The
 null hypothesis is that the reference (train) and the query (test or deploy) rows are a
@@ -33,6 +44,7 @@ indistinguishable from a natural repeat.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +60,10 @@ __all__ = [
     "find_cross_duplicates",
     "find_exact_duplicates",
     "find_near_duplicates",
+    "gower_features",
     "natural_doubleton_share",
     "nn_distance_scale",
+    "one_hot_blocks",
     "pattern_ids",
     "pooled_counts",
 ]
@@ -79,6 +93,60 @@ def _project(ref: np.ndarray, *others: np.ndarray, dims: int = 64, seed: int = 0
     return [pca.transform(a).astype(np.float32) for a in (ref, *others)]
 
 
+Blocks = Sequence[np.ndarray] | None
+
+
+def one_hot_blocks(feature_names: Sequence[str], encoding: Mapping[str, Sequence[str]]) -> list[np.ndarray]:
+    """The feature indices of each one-hot block (``col=category`` names of ``encoding``'s columns).
+
+    Example:
+        >>> [b.tolist() for b in one_hot_blocks(["age", "c=a", "c=b"], {"c": ["a", "b"]})]
+        [[1, 2]]
+    """
+    index = {str(n): i for i, n in enumerate(feature_names)}
+    blocks = []
+    for col, categories in encoding.items():
+        found = [index.get(f"{col}={c}") for c in categories]
+        if found and all(i is not None for i in found):
+            blocks.append(np.asarray(found, dtype=np.int64))
+    return blocks
+
+
+def gower_features(
+    reference: np.ndarray, *others: np.ndarray, categorical_blocks: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Rows rescaled so that their L1 distance is the Gower distance (see the module docstring).
+
+    A one-hot column is weighted ``1 / (2p)`` (two columns differ when a category changes), a
+    numeric one ``1 / (range · p)``, with ``p`` the number of original columns; a constant
+    numeric column weighs 0.
+
+    Example:
+        >>> ref = np.array([[0.0, 1, 0], [10.0, 0, 1]])
+        >>> a, = gower_features(ref, categorical_blocks=[np.array([1, 2])])
+        >>> float(np.abs(a[0] - a[1]).sum())  # both columns differ fully
+        1.0
+    """
+    flats = [_flat(a) for a in (reference, *others)]
+    ref = flats[0]
+    categorical = np.zeros(ref.shape[1], dtype=bool)
+    for block in categorical_blocks:
+        categorical[block] = True
+    p = int((~categorical).sum()) + len(categorical_blocks)
+    span = (ref.max(axis=0) - ref.min(axis=0)).astype(np.float64) if len(ref) else np.zeros(ref.shape[1])
+    weights = np.where(span > 0, 1.0 / np.maximum(span, 1e-30) / max(p, 1), 0.0)
+    weights[categorical] = 1.0 / (2 * max(p, 1))
+    return [(a * weights).astype(np.float32) for a in flats]
+
+
+def _space(blocks: Blocks, reference: np.ndarray, *others: np.ndarray) -> tuple[list[np.ndarray], str, float]:
+    """The rows to search (flat, or Gower-rescaled), the metric, and the cap on the limit (∞ for L2)."""
+    if not blocks:
+        return [_flat(a) for a in (reference, *others)], "euclidean", np.inf
+    p = int(np.prod(reference.shape[1:])) - sum(len(b) for b in blocks) + len(blocks)
+    return gower_features(reference, *others, categorical_blocks=blocks), "manhattan", 0.5 / max(p, 1) * (1 - 1e-6)
+
+
 def find_exact_duplicates(x: np.ndarray) -> list[np.ndarray]:
     """Groups of byte-identical rows (each group sorted, groups of size ≥ 2)."""
     flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
@@ -88,14 +156,14 @@ def find_exact_duplicates(x: np.ndarray) -> list[np.ndarray]:
     return [np.array(v) for v in buckets.values() if len(v) > 1]
 
 
-def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0) -> float:
-    """Median distance from a row to its nearest *distinct* neighbour (the unit of nearness)."""
-    flat = _flat(x)
+def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0, categorical_blocks: Blocks = None) -> float:
+    """Median distance from a row to its nearest *distinct* neighbour (the unit of nearness; Gower with ``categorical_blocks``)."""
+    (flat,), metric, _ = _space(categorical_blocks, x)
     if len(flat) < 2:
         return 0.0
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(flat), size=min(sample, len(flat)), replace=False)
-    nn = NearestNeighbors(n_neighbors=min(6, len(flat))).fit(flat)
+    nn = NearestNeighbors(n_neighbors=min(6, len(flat)), metric=metric).fit(flat)
     dist, nbr = nn.kneighbors(flat[idx])
     dist = np.where(nbr == idx[:, None], np.inf, dist)  # never the row itself
     # copies (distance ~0 up to float error) are not the unit of nearness: skip them
@@ -106,36 +174,53 @@ def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0) -> fl
 
 
 def _verified(
-    a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, limit: float
+    a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, limit: float, metric: str = "euclidean"
 ) -> tuple[np.ndarray, np.ndarray]:
-    d = np.linalg.norm(a[ia] - b[ib], axis=1) if len(ia) else np.zeros(0)
+    order = 1 if metric == "manhattan" else 2
+    d = np.linalg.norm(a[ia] - b[ib], ord=order, axis=1) if len(ia) else np.zeros(0)
     keep = d <= limit
     return np.stack([ia[keep], ib[keep]], axis=1) if keep.any() else np.zeros((0, 2), dtype=np.int64), d[keep]
 
 
+def _neighbours(
+    proj: np.ndarray, full: np.ndarray, metric: str, k: int, query: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows; on a PCA projection (wide inputs) by L2, which never exceeds the full L2 or L1 distance."""
+    search = metric if proj.shape[1] == full.shape[1] else "euclidean"
+    return NearestNeighbors(n_neighbors=k, metric=search).fit(proj).kneighbors(query)
+
+
 def find_near_duplicates(
-    x: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None, neighbours: int = 5
+    x: np.ndarray,
+    *,
+    rel_threshold: float = 0.1,
+    scale: float | None = None,
+    neighbours: int = 5,
+    categorical_blocks: Blocks = None,
 ) -> DuplicatePairs:
     """Pairs of rows within one split closer than ``rel_threshold`` × the NN-distance scale.
+
+    With ``categorical_blocks`` (one-hot blocks of a mixed table) the distance is Gower's and
+    a pair must agree on every categorical column (module docstring).
 
     Example:
         >>> x = np.random.default_rng(0).random((50, 8)); x[7] = x[3]
         >>> find_near_duplicates(x).pairs.tolist()
         [[3, 7]]
     """
-    flat = _flat(x)
-    unit = nn_distance_scale(flat) if scale is None else scale
-    limit = rel_threshold * unit
+    (flat,), metric, cap = _space(categorical_blocks, x)
+    unit = nn_distance_scale(x, categorical_blocks=categorical_blocks) if scale is None else scale
+    limit = min(rel_threshold * unit, cap)
     (proj,) = _project(flat)
     k = min(neighbours + 1, len(flat))
-    dist, nbr = NearestNeighbors(n_neighbors=k).fit(proj).kneighbors(proj)
+    dist, nbr = _neighbours(proj, flat, metric, k, proj)
     qi = np.repeat(np.arange(len(flat)), k)
     ni = nbr.reshape(-1)
     # a pair may be found from either end (large groups overflow a row's neighbour list): keep both, normalised
     ii, jj = np.minimum(qi, ni), np.maximum(qi, ni)
     # the projection shrinks distances, so its candidates are a superset; verify in full space
     cand = (ii != jj) & (dist.reshape(-1) <= limit)
-    pairs, d = _verified(flat, flat, ii[cand], jj[cand], limit)
+    pairs, d = _verified(flat, flat, ii[cand], jj[cand], limit, metric)
     if len(pairs):
         pairs, uniq = np.unique(pairs, axis=0, return_index=True)
         d = d[uniq]
@@ -145,18 +230,26 @@ def find_near_duplicates(
 
 
 def find_cross_duplicates(
-    reference: np.ndarray, query: np.ndarray, *, rel_threshold: float = 0.1, scale: float | None = None
+    reference: np.ndarray,
+    query: np.ndarray,
+    *,
+    rel_threshold: float = 0.1,
+    scale: float | None = None,
+    categorical_blocks: Blocks = None,
 ) -> DuplicatePairs:
-    """Rows of ``query`` with a near copy in ``reference`` (train/test leakage): pairs ``(ref_row, query_row)``."""
-    ref, qry = _flat(reference), _flat(query)
-    unit = nn_distance_scale(ref) if scale is None else scale
-    limit = rel_threshold * unit
+    """Rows of ``query`` with a near copy in ``reference`` (train/test leakage): pairs ``(ref_row, query_row)``.
+
+    ``categorical_blocks`` switches to the Gower distance, as in :func:`find_near_duplicates`.
+    """
+    (ref, qry), metric, cap = _space(categorical_blocks, reference, query)
+    unit = nn_distance_scale(reference, categorical_blocks=categorical_blocks) if scale is None else scale
+    limit = min(rel_threshold * unit, cap)
     pref, pqry = _project(ref, qry)
-    dist, nbr = NearestNeighbors(n_neighbors=min(3, len(ref))).fit(pref).kneighbors(pqry)
+    dist, nbr = _neighbours(pref, ref, metric, min(3, len(ref)), pqry)
     qi = np.repeat(np.arange(len(qry)), dist.shape[1])
     ri = nbr.reshape(-1)
     cand = dist.reshape(-1) <= limit
-    pairs, d = _verified(ref, qry, ri[cand], qi[cand], limit)
+    pairs, d = _verified(ref, qry, ri[cand], qi[cand], limit, metric)
     if len(pairs):
         # one pair per query row: its closest reference row
         order = np.lexsort((d, pairs[:, 1]))

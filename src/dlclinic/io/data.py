@@ -11,9 +11,12 @@ Formats:
     * ``.csv`` / ``.parquet`` — one row per sample; ``label_col`` names the labels,
       numeric columns become float features. A string column whose present values are
       mostly numbers (at least 95 %) is parsed as numbers, the rest becoming NaN; any
-      other string column is one-hot encoded, and one with more than
-      :data:`MAX_CATEGORIES` distinct values is refused (an identifier or free text
-      would explode into thousands of features).
+      other string column is one-hot encoded. Integer-coded columns with few values
+      (3..20 distinct, at most 5 % of the rows), ``category`` dtypes and the columns named
+      by ``categorical`` are one-hot encoded too, ``numeric`` keeps a column numeric; text
+      with more than :data:`MAX_CATEGORIES` values is target-encoded, or refused when
+      nearly every row has its own value (an identifier or free text). The rules and their
+      reasons: :mod:`dlclinic.io.columns`.
     * a directory — ``root/<class>/*.png|jpg|jpeg|bmp`` (or images directly in ``root``
       for an unlabelled split), loaded as float32 in [0, 1], N×C×H×W. In
       :func:`load_case` test / deploy folders are converted to train's colour mode and
@@ -41,6 +44,16 @@ from PIL import Image
 
 from dlclinic.core.case import Case
 from dlclinic.core.errors import InputError, MissingDependencyError, brief
+from dlclinic.io.columns import (
+    MAX_CATEGORIES,
+    TARGET_MAX_SHARE,
+    ColumnRules,
+    apply_target_encoding,
+    category_strings,
+    coded_rule,
+    fit_target_encoding,
+    sorted_categories,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,8 +75,6 @@ ImageMode = Literal["L", "RGB"]
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png")
 SUPPORTED_FORMATS = ".npz, .csv, .parquet or a folder of images (root/<class>/*.png|jpg|jpeg|bmp)"
-#: The most distinct values a string feature column may have to be one-hot encoded.
-MAX_CATEGORIES = 50
 #: A string column of the train split is parsed as numbers when at least this share of its
 #: present values parse (``pd.to_numeric``); the others become NaN. Test / deploy follow
 #: train's decision and only need :data:`NUMERIC_FRACTION_LATER` of their values to parse.
@@ -85,6 +96,10 @@ class LoadedSplit:
         modality: ``"image"``, ``"vector"`` or ``"table"``.
         encoding: The one-hot mapping ``{column: [category, ...]}`` used for string columns;
             pass it as ``categorical_mapping`` when loading later splits.
+        target_encoding: Train's target encodings of high-cardinality columns; pass it as
+            ``target_mapping`` when loading later splits.
+        columns: Per categorical column of train, ``{"encoding", "rule", "values"}``: how it
+            was encoded and why (:mod:`dlclinic.io.columns`).
         skipped: Paths of images that could not be read (a data-quality check reports them).
         n_resized: How many images were resized (to the most common size, or to the
             ``image_size`` asked for, e.g. train's).
@@ -101,6 +116,8 @@ class LoadedSplit:
     class_names: tuple[str, ...] | None = None
     modality: Modality = "vector"
     encoding: dict[str, list[str]] = field(default_factory=dict)
+    target_encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()
     n_resized: int = 0
     n_converted: int = 0
@@ -124,6 +141,9 @@ def load_split(
     categorical_mapping: Mapping[str, Sequence[str]] | None = None,
     image_mode: ImageMode | None = None,
     image_size: tuple[int, int] | None = None,
+    categorical: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+    target_mapping: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> LoadedSplit:
     """Read one split from an ``.npz``, ``.csv``, ``.parquet`` file or an image folder.
 
@@ -142,6 +162,10 @@ def load_split(
             (``"L"`` or ``"RGB"``); ``None`` picks ``"L"`` when all images are grayscale.
         image_size: For image folders, the ``(width, height)`` to resize every image to;
             ``None`` uses the most common size.
+        categorical: Table columns to one-hot encode whatever their values (train only;
+            later splits follow ``categorical_mapping``).
+        numeric: Table columns to keep numeric, overriding the integer-coded default (train only).
+        target_mapping: The ``target_encoding`` of the train split, used with ``categorical_mapping``.
 
     Returns:
         The split's arrays and what was learned while reading them.
@@ -168,7 +192,8 @@ def load_split(
         loaded = _load_npz(p, name, label_col, group_col, id_col, labels_required)
     elif p.suffix.lower() in (".csv", ".parquet", ".pq"):
         df = _read_table(p, name)
-        loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, categorical_mapping)
+        rules = ColumnRules(tuple(categorical), tuple(numeric), categorical_mapping, target_mapping or {})
+        loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, rules)
     else:
         raise InputError(
             f"split {name!r}: expected {SUPPORTED_FORMATS}, found {p.name!r} (suffix {p.suffix or 'none'!r})"
@@ -189,6 +214,8 @@ def load_case(
     model: Any = None,
     model_source: str | None = None,
     name: str | None = None,
+    categorical: Sequence[str] = (),
+    numeric: Sequence[str] = (),
 ) -> Case:
     """Read train (labelled), test (labelled) and deploy (labels optional) into a :class:`Case`.
 
@@ -208,9 +235,12 @@ def load_case(
         model: The model (an ``nn.Module`` or ``OnnxModel``), or ``None`` to train a baseline.
         model_source: How the model was obtained, for the report.
         name: The case's name; defaults to the train file's stem.
+        categorical: Table columns to one-hot encode (``--categorical``), whatever their values.
+        numeric: Table columns to keep numeric (``--numeric``), overriding the integer-coded default.
 
     Returns:
-        The validated case.
+        The validated case; ``case.metadata["io"]["columns"]`` says which columns were
+        categorical, how they were encoded and by which rule.
 
     Raises:
         InputError: A file is missing or malformed, or the splits disagree (shapes,
@@ -221,7 +251,16 @@ def load_case(
         >>> case.modality  # doctest: +SKIP
         'image'
     """
-    tr = load_split(train, name="train", label_col=label_col, group_col=group_col, id_col=id_col, labels_required=True)
+    tr = load_split(
+        train,
+        name="train",
+        label_col=label_col,
+        group_col=group_col,
+        id_col=id_col,
+        labels_required=True,
+        categorical=categorical,
+        numeric=numeric,
+    )
     loaded: dict[str, LoadedSplit] = {"train": tr}
     image_mode, image_size = _image_format(tr) if Path(train).is_dir() else (None, None)
     for split_name, path, required in (("test", test, True), ("deploy", deploy, False)):
@@ -235,6 +274,7 @@ def load_case(
             id_col=id_col,
             labels_required=required,
             categorical_mapping=tr.encoding,
+            target_mapping=tr.target_encoding,
             image_mode=image_mode,
             image_size=image_size,
         )
@@ -274,7 +314,9 @@ def load_like(
     Raises:
         InputError: The file is missing or malformed, or its samples' shape differs from train's.
     """
-    encoding = (case.metadata.get("io") or {}).get("encoding") if isinstance(case.metadata.get("io"), Mapping) else None
+    io = case.metadata.get("io")
+    encoding = io.get("encoding") if isinstance(io, Mapping) else None
+    target = io.get("target_encoding") if isinstance(io, Mapping) else None
     image_mode: ImageMode | None = None
     image_size: tuple[int, int] | None = None
     if case.modality == "image" and len(case.input_shape) == 3:
@@ -287,6 +329,7 @@ def load_like(
         id_col=id_col,
         labels_required=labels_required,
         categorical_mapping=encoding,
+        target_mapping=target,
         image_mode=image_mode,
         image_size=image_size,
     )
@@ -515,7 +558,7 @@ def _split_from_table(
     group_col: str | None,
     id_col: str | None,
     labels_required: bool,
-    mapping: Mapping[str, Sequence[str]] | None,
+    rules: ColumnRules,
 ) -> LoadedSplit:
     """Turn a DataFrame into features, labels, groups and ids."""
     columns = list(df.columns)
@@ -529,7 +572,7 @@ def _split_from_table(
     feature_cols = [c for c in columns if c not in special]
     if not feature_cols:
         raise InputError(f"split {name!r}: expected at least one feature column besides {special}, found none")
-    x, feature_names, encoding = _encode_features(df[feature_cols], name, mapping)
+    x, feature_names, encoding, target, kinds = _encode_features(df[feature_cols], name, rules, y)
     return LoadedSplit(
         x=x,
         y=y,
@@ -539,6 +582,8 @@ def _split_from_table(
         class_names=class_names,
         modality="table",
         encoding=encoding,
+        target_encoding=target,
+        columns=kinds,
     )
 
 
@@ -567,43 +612,131 @@ def _table_labels(series: pd.Series, name: str, col: str) -> tuple[np.ndarray, t
 
 
 def _encode_features(
-    df: pd.DataFrame, name: str, mapping: Mapping[str, Sequence[str]] | None
-) -> tuple[np.ndarray, tuple[str, ...], dict[str, list[str]]]:
-    """Numeric columns as float; string columns one-hot (learned, or from ``mapping``)."""
+    df: pd.DataFrame, name: str, rules: ColumnRules, y: np.ndarray | None
+) -> tuple[np.ndarray, tuple[str, ...], dict[str, list[str]], dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Numeric columns as float; categorical ones one-hot or target-encoded (learned on train, or from ``rules``).
+
+    Returns the features, their names, the one-hot mapping, the target encodings and, per
+    categorical column, how it was encoded and by which rule (:mod:`dlclinic.io.columns`).
+    """
+    mapping = rules.mapping
     if mapping is not None:
-        absent = [c for c in mapping if c not in df.columns]
+        absent = [c for c in [*mapping, *rules.target] if c not in df.columns]
         if absent:
             raise InputError(
-                f"split {name!r}: expected the one-hot encoded column(s) {absent} seen in train, found columns {list(df.columns)[:20]}"
+                f"split {name!r}: expected the categorical column(s) {absent} seen in train, found columns {list(df.columns)[:20]}"
             )
+    else:
+        rules.check(list(df.columns), name)
     blocks: list[np.ndarray] = []
     names: list[str] = []
     encoding: dict[str, list[str]] = {}
+    target: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, dict[str, str]] = {}
     for col in df.columns:
         series = df[col]
-        numbers = None
-        if mapping is not None and col in mapping:
-            categories = [str(c) for c in mapping[col]]
-        elif _is_numeric(series):
-            numbers = series
+        if mapping is not None:
+            block, col_names = _encode_like_train(series, name, col, rules)
         else:
-            _reject_datetime(series, name, col)
-            numbers = _parse_numeric(series, name, col, NUMERIC_FRACTION if mapping is None else NUMERIC_FRACTION_LATER)
-            if numbers is None and mapping is not None:
-                raise InputError(
-                    f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}"
-                )
-            if numbers is None:
-                categories = _categories(series, name, col)
-        if numbers is not None:
-            blocks.append(numbers.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1))
-            names.append(col)
-            continue
-        blocks.append(_one_hot(series, categories, name, col))
-        names.extend(f"{col}={c}" for c in categories)
-        encoding[col] = categories
+            block, col_names, how = _encode_train_column(series, name, col, rules, y)
+            if how is not None:
+                kinds[col] = how
+                if how["encoding"] == "one-hot":
+                    encoding[col] = [n.split("=", 1)[1] for n in col_names]
+                else:
+                    target[col] = how.pop("mapping")  # type: ignore[arg-type]
+        if mapping is not None and col in mapping:
+            encoding[col] = list(mapping[col])
+        blocks.append(block)
+        names.extend(col_names)
     x = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
-    return x, tuple(names), encoding
+    return x, tuple(names), encoding, target, kinds
+
+
+def _encode_like_train(series: pd.Series, name: str, col: str, rules: ColumnRules) -> tuple[np.ndarray, list[str]]:
+    """A column of test / deploy, encoded as train decided."""
+    mapping = rules.mapping or {}
+    if col in mapping:
+        categories = [str(c) for c in mapping[col]]
+        return _one_hot(series, categories, name, col), [f"{col}={c}" for c in categories]
+    if col in rules.target:
+        enc = rules.target[col]
+        block, unseen = apply_target_encoding(category_strings(series), enc)
+        if unseen:
+            warnings.warn(
+                f"split {name!r} column {col!r}: {unseen} row(s) have categories not seen in train; encoded with train's class prior",
+                stacklevel=5,
+            )
+        classes = list(enc.get("classes") or [])
+        return block, [f"{col}~target"] if block.shape[1] == 1 else [f"{col}~target[{c}]" for c in classes]
+    if _is_numeric(series):
+        return _column_block(series), [col]
+    _reject_datetime(series, name, col)
+    numbers = _parse_numeric(series, name, col, NUMERIC_FRACTION_LATER)
+    if numbers is None:
+        raise InputError(
+            f"split {name!r} column {col!r}: expected numeric values as in train, found {series.dtype} values such as {_first_value(series)!r}"
+        )
+    return _column_block(numbers), [col]
+
+
+def _encode_train_column(
+    series: pd.Series, name: str, col: str, rules: ColumnRules, y: np.ndarray | None
+) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
+    """A train column: numeric, or categorical with the rule that made it so."""
+    if col in rules.numeric:
+        numbers = series if _is_numeric(series) else _parse_numeric(series, name, col, NUMERIC_FRACTION)
+        if numbers is None:
+            raise InputError(
+                f"split {name!r} column {col!r} (--numeric): expected numbers, found {series.dtype} values such as {_first_value(series)!r}"
+            )
+        return _column_block(numbers), [col], None
+    if col in rules.categorical:
+        return _categorical(series, name, col, "--categorical", y)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return _categorical(series, name, col, "category dtype", y)
+    if _is_numeric(series):
+        numbers: pd.Series | None = series
+    else:
+        _reject_datetime(series, name, col)
+        numbers = _parse_numeric(series, name, col, NUMERIC_FRACTION)
+    if numbers is None:
+        return _categorical(series, name, col, "text", y)
+    coded = None if pd.api.types.is_bool_dtype(numbers) else coded_rule(numbers, len(series))
+    if coded is not None:
+        return _categorical(numbers, name, col, coded, y)
+    return _column_block(numbers), [col], None
+
+
+def _categorical(
+    series: pd.Series, name: str, col: str, rule: str, y: np.ndarray | None
+) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """One-hot up to :data:`MAX_CATEGORIES` values; target-encoded above when values repeat; else refused."""
+    strings = category_strings(series)
+    categories = sorted_categories(strings)
+    if len(categories) <= MAX_CATEGORIES:
+        how = {"encoding": "one-hot", "rule": rule, "values": str(len(categories))}
+        return _one_hot(strings, categories, name, col), [f"{col}={c}" for c in categories], how
+    n_present = int(strings.notna().sum())
+    if y is None or len(categories) > TARGET_MAX_SHARE * n_present:
+        # values are never echoed: a free-text column may hold personal data (emails, names)
+        raise InputError(
+            f"split {name!r} column {col!r}: expected a numeric column, a categorical one with at most {MAX_CATEGORIES} distinct values to one-hot encode, "
+            f"or one whose distinct values are at most {TARGET_MAX_SHARE:.0%} of its rows to target-encode, "
+            f"found {len(categories)} distinct values in {len(series)} rows; if it identifies samples pass it as --id-col (id_col), otherwise drop it or convert it to numbers first"
+        )
+    block, names, mapping = fit_target_encoding(strings, y, col)
+    how = {
+        "encoding": "target",
+        "rule": f"{rule}; {len(categories)} values > {MAX_CATEGORIES}: sklearn TargetEncoder, cross-fitted on train",
+        "values": str(len(categories)),
+        "mapping": mapping,
+    }
+    return block, names, how
+
+
+def _column_block(numbers: pd.Series) -> np.ndarray:
+    return numbers.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1)
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -645,23 +778,11 @@ def _parse_numeric(series: pd.Series, name: str, col: str, min_fraction: float) 
     return numbers
 
 
-def _categories(series: pd.Series, name: str, col: str) -> list[str]:
-    """Sorted distinct values of a string column; too many of them is an error."""
-    categories = sorted({str(v) for v in series[series.notna()]})
-    if len(categories) > MAX_CATEGORIES:
-        # values are never echoed: a free-text column may hold personal data (emails, names)
-        raise InputError(
-            f"split {name!r} column {col!r}: expected a numeric column or a categorical one with at most {MAX_CATEGORIES} distinct values to one-hot encode, "
-            f"found {len(categories)} distinct text values in {len(series)} rows; if it identifies samples pass it as --id-col (id_col), otherwise drop it or convert it to numbers first"
-        )
-    return categories
-
-
 def _one_hot(series: pd.Series, categories: list[str], name: str, col: str) -> np.ndarray:
     """One-hot encode; NaN rows stay NaN, unseen categories become all-zero rows (with a warning)."""
 
     missing = series.isna().to_numpy()
-    codes = pd.Index(categories).get_indexer(series.astype(str))
+    codes = pd.Index(categories).get_indexer(category_strings(series).where(~missing, None))
     out = np.zeros((len(series), len(categories)), dtype=np.float32)
     rows = np.flatnonzero(codes >= 0)
     out[rows, codes[rows]] = 1.0
@@ -853,6 +974,8 @@ def _io_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
             for k, s in loaded.items()
         },
         "encoding": {k: list(v) for k, v in loaded["train"].encoding.items()},
+        "target_encoding": dict(loaded["train"].target_encoding),
+        "columns": {k: dict(v) for k, v in loaded["train"].columns.items()},
     }
 
 

@@ -291,7 +291,19 @@ def _header(report: Report) -> dict[str, Any]:
         "splits": [{"name": str(k), "n": fmt(v)} for k, v in splits.items()],
         "n_classes": fmt(case.get("n_classes")) if case.get("n_classes") is not None else "",
         "modality": str(case.get("modality", "")),
+        "categorical": _categorical_columns(case.get("categorical_columns")),
     }
+
+
+def _categorical_columns(columns: Any) -> list[str]:
+    """``occupation: one-hot (integer-coded: 6 distinct …)`` per categorical table column."""
+    if not isinstance(columns, Mapping):
+        return []
+    return [
+        f"{col}: {how.get('encoding', '')} ({how.get('rule', '')})"
+        for col, how in columns.items()
+        if isinstance(how, Mapping)
+    ]
 
 
 @functools.lru_cache(maxsize=1)
