@@ -353,6 +353,7 @@ def write_all(
         for r in sorted(records, key=lambda r: (r["check"], r["defect"], r["modality"], r["strength"], r["seed"]))
     )
     tmp = out / "validation" / "trials.jsonl.gz.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)  # no figure was drawn (clean trials only)
     tmp.write_bytes(gzip.compress(trials.encode("utf-8"), mtime=0))
     os.replace(tmp, out / "validation" / "trials.jsonl.gz")
     _atomic_write(out / "validation.md", markdown(doc, figures, uncovered_checks(list(doc["checks"]))))
