@@ -290,6 +290,7 @@ def _write_spec(spec: dict[str, Any], out: Path) -> Path:
     return spec_path
 
 
+# long: one Typer parameter per option (32 of them); the body is a dozen lines
 def serve(
     demo: DemoOpt = False,
     clean_demo: CleanDemoOpt = False,

@@ -68,6 +68,7 @@ def _print_treatment(challenge: str, treatment: Any) -> None:
         console.print(f"[dim]{note}[/dim]")
 
 
+# long: one Typer parameter per option; the body is short
 @expand_flags(TREAT_FLAGS)
 def treat(
     challenge: Annotated[str, typer.Argument(help="The challenge to treat, e.g. data.quality.")],

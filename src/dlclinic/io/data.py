@@ -203,6 +203,7 @@ def load_split(
     return replace(loaded, source=str(p))
 
 
+# long: the public loader, two thirds of it its signature and docstring
 def load_case(
     train: str | Path,
     test: str | Path | None = None,
