@@ -373,7 +373,12 @@ def _optimize(
     outcomes: dict[int, np.ndarray],
 ) -> None:
     """Run ``n_trials`` of ``objective`` on ``study`` here, or split over ``workers`` processes that each
-    ``reopen(worker)`` the study from its shared storage; the per-row outcomes land in ``outcomes``."""
+    ``reopen(worker)`` the study from its shared storage; the per-row outcomes land in ``outcomes``.
+
+    This is Optuna's distributed optimisation (one study, one storage, many workers) on forked
+    processes (:func:`dlclinic.core.workers.run_tasks`); each worker's sampler is seeded
+    ``seed + worker`` (by ``reopen``) so that the workers do not propose the same recipe.
+    """
     if workers <= 1:
         outcomes.update(_run_trials(study, objective, n_trials, timeout, progress))
         return
@@ -431,12 +436,8 @@ def hyperparameter_study(
     trials differ by their recipe only; ``baseline_outcome``, the current recipe's run
     measured elsewhere on the same rows from the same start, is added as that trial.
 
-    ``workers > 1``: that many processes (forked, :func:`dlclinic.core.workers.run_tasks`)
-    each open the study in ``storage`` and run their share of ``n_trials``, as Optuna's
-    distributed optimisation does (one study, one storage, many workers; each worker's
-    sampler seeded ``seed + worker`` so they do not propose the same recipe). The storage
-    must be shared: a SQLite file or a server (``postgresql://…``). Each trial records the
-    process that ran it (user attribute ``worker_pid``).
+    ``workers > 1``: processes that share the study in ``storage`` (SQLite file or
+    ``postgresql://…``), see :func:`_optimize`; each trial records its ``worker_pid``.
     """
     if workers > 1 and not storage:
         raise ValueError(f"workers={workers}: expected a shared storage (sqlite:///… or postgresql://…), found none")
