@@ -127,6 +127,7 @@ TREAT_FLAGS: tuple[Flag, ...] = (
     Flag("objective", "--objective", str, "model.compression: size or latency.", ("model.compression.objective",)),
     Flag("storage", "--storage", str, "model.hyperparameters / model.architecture: Optuna storage URL (SQLite file by default; postgresql://... for many workers).", ("model.hyperparameters.storage", "model.architecture.storage")),
     Flag("n_trials", "--n-trials", int, "model.hyperparameters / model.architecture: Optuna trials.", ("model.hyperparameters.n_trials", "model.architecture.n_trials"), min=1),
+    Flag("n_workers", "--n-workers", int, "model.hyperparameters: processes sharing the Optuna study (more join from other machines with the same --storage postgresql://...).", ("model.hyperparameters.workers",), min=1),
     Flag("suspect_region", "--suspect-region", str, "model.interpretability: the shortcut region to remove (r0:r1,c0:c1).", ("model.interpretability.suspect_region",)),
     Flag("suspect_feature", "--suspect-feature", str, "model.interpretability: the shortcut column to remove.", ("model.interpretability.suspect_feature",)),
     Flag("forget", "--forget", Path, "ethics.compliance: file of sample ids (or row numbers) to erase; retrains without them and audits them.", ("ethics.compliance.forget",)),
