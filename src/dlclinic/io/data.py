@@ -685,6 +685,7 @@ def _encode_train_column(
     series: pd.Series, name: str, col: str, rules: ColumnRules, y: np.ndarray | None
 ) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
     """A train column: numeric, or categorical with the rule that made it so."""
+    numbers: pd.Series | None
     if col in rules.numeric:
         numbers = series if _is_numeric(series) else _parse_numeric(series, name, col, NUMERIC_FRACTION)
         if numbers is None:
@@ -697,7 +698,7 @@ def _encode_train_column(
     if isinstance(series.dtype, pd.CategoricalDtype):
         return _categorical(series, name, col, "category dtype", y)
     if _is_numeric(series):
-        numbers: pd.Series | None = series
+        numbers = series
     else:
         _reject_datetime(series, name, col)
         numbers = _parse_numeric(series, name, col, NUMERIC_FRACTION)
@@ -727,13 +728,13 @@ def _categorical(
             f"found {len(categories)} distinct values in {len(series)} rows; if it identifies samples pass it as --id-col (id_col), otherwise drop it or convert it to numbers first"
         )
     block, names, mapping = fit_target_encoding(strings, y, col)
-    how = {
+    target: dict[str, Any] = {
         "encoding": "target",
         "rule": f"{rule}; {len(categories)} values > {MAX_CATEGORIES}: sklearn TargetEncoder, cross-fitted on train",
         "values": str(len(categories)),
         "mapping": mapping,
     }
-    return block, names, how
+    return block, names, target
 
 
 def _column_block(numbers: pd.Series) -> np.ndarray:
