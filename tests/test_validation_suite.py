@@ -286,3 +286,40 @@ def test_quick_mode_agreement_is_recorded_in_the_published_table(tmp_path: Path)
     md = (tmp_path / "validation.md").read_text()
     assert "Quick mode against this table" in md and "overlap the published ones for 0 of 1 checks" in md
     assert json.loads((tmp_path / "validation.json").read_text())["quick_check"]["agree"] == 0
+
+
+def test_fair_table_clean_fairness_groups_are_coin_flips_independent_of_the_data() -> None:
+    """On the real table the clean groups are the same per-row coin flips as on the other
+    modalities (drawn from the seed alone), not a real attribute of the rows."""
+    import numpy as np
+
+    from validation.scenarios import _groups, fairness_clean
+
+    case = fairness_clean("fair", 3).case
+    for name, seed in (("train", 3), ("test", 3 + 7919)):
+        g = case.splits[name].groups
+        assert set(g) == {"A", "B"}
+        assert np.array_equal(g, _groups(len(g), seed))
+
+
+def test_reaggregated_checks_keep_the_date_each_modality_was_measured() -> None:
+    from validation.run import _keep_measured_dates
+
+    rate = {"n": 30, "flagged": 0}
+    row = {"strength": 1.0, "by_modality": {"image": rate}}
+    published = {
+        "c": {
+            "generated": "2026-11-25T00:00:00Z",
+            "false_alarm_by_modality": {"image": rate},
+            "defects": {"d": {"rows": [row]}},
+        }
+    }
+    checks = {
+        "c": {
+            "false_alarm_by_modality": {"image": dict(rate), "fair": {"n": 30, "flagged": 1}},
+            "defects": {"d": {"rows": [row]}},
+        }
+    }
+    _keep_measured_dates(checks, published, "2026-12-03T00:00:00Z")
+    assert checks["c"]["measured_by_modality"] == {"image": "2026-11-25T00:00:00Z", "fair": "2026-12-03T00:00:00Z"}
+    assert checks["c"]["generated"] == "2026-12-03T00:00:00Z"

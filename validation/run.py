@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -292,6 +292,30 @@ def _read_trials(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def _keep_measured_dates(checks: dict[str, Any], published: Mapping[str, Any], now: str) -> None:
+    """Re-aggregated entries keep the date they were measured: a modality whose clean rates and
+    defect rows are those already published keeps its published date, a new or changed one is
+    dated ``now`` (``measured_by_modality``); ``generated`` is the latest of them."""
+    for cid, entry in checks.items():
+        old = published.get(cid)
+        if not old:
+            continue
+        old_date = old.get("generated")
+        dates: dict[str, str] = {}
+        for m, rate in entry["false_alarm_by_modality"].items():
+            same_clean = (old.get("false_alarm_by_modality") or {}).get(m) == rate
+            same_defects = all(
+                [r["by_modality"].get(m) for r in d["rows"]]
+                == [r["by_modality"].get(m) for r in (old.get("defects") or {}).get(name, {}).get("rows", [])]
+                for name, d in entry.get("defects", {}).items()
+            )
+            dates[m] = (old.get("measured_by_modality") or {}).get(m, old_date) if same_clean and same_defects else now
+        if dates and all(dates.values()):
+            entry["generated"] = max(dates.values())
+            if len(set(dates.values())) > 1:
+                entry["measured_by_modality"] = dates
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from validation.scenarios import PLANS
 
@@ -386,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     published_path = ROOT / "docs" / "validation.json"
     published = json.loads(published_path.read_text()) if published_path.exists() else None
+    if args.from_trials and published is not None:
+        _keep_measured_dates(checks_agg, published.get("checks", {}), report.utc_now())
+        order = {cid: i for i, cid in enumerate(published.get("checks", {}))}  # the published order: a small diff
+        checks_agg = dict(sorted(checks_agg.items(), key=lambda kv: order.get(kv[0], len(order))))
     if published is not None and not publish:
         lines = compare(checks_agg, published)
         for line in lines:
@@ -415,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = report.document(
         checks_agg, settings=asdict(settings), wall_seconds=wall, workers=args.workers, trials=len(records)
     )
+    if args.from_trials and published is not None and "quick_check" in published:
+        doc["quick_check"] = published["quick_check"]  # dated: the quick run it records is unchanged
     packaged = ROOT / "src" / "dlclinic" / "report" / "validation.json"
     report.write_all(
         doc, records, out, packaged=packaged if publish and out.resolve() == (ROOT / "docs").resolve() else None
