@@ -18,11 +18,13 @@ import numpy as np
 
 __all__ = [
     "CleanLabelNull",
+    "FlaggedGap",
     "HeldOutGap",
     "LabelIssues",
     "class_counts",
     "clean_label_null",
     "find_label_issues",
+    "flagged_gap",
     "heldout_gap",
     "imbalance_ratio",
 ]
@@ -217,3 +219,45 @@ def heldout_gap(train_agree: np.ndarray, test_agree: np.ndarray, n_classes: int)
     gap = a_te - a_tr
     excess = max(0.0, gap / denom) if denom > 0 else 0.0
     return HeldOutGap(train_agreement=a_tr, test_agreement=a_te, gap=gap, se=se, excess_noise=min(excess, 1.0))
+
+
+@dataclass(frozen=True)
+class FlaggedGap:
+    """Train labels flagged more often than test labels by the same procedure.
+
+    Confident learning runs on train (out-of-fold probabilities) and on test (the model's own
+    probabilities: test rows are unseen too). Ambiguity lives in both splits, so it raises
+    both fractions alike; noise added to the train labels only (the usual case: test sets are
+    labelled with more care, or the noise came with the training data) raises the train
+    fraction alone. Unlike the clean-label null, this reference is not fooled by calibrated
+    probabilities that have absorbed systematic flips (a model trained on 4 → 9 flips gives
+    9 some probability on every 4, so labels drawn from it flip too). ``excess`` = the train
+    fraction minus the test fraction, graded only when significant (one-sided two-proportion
+    z > 1.645, pooled standard error); noise the test labels share is invisible to it.
+    """
+
+    train_fraction: float
+    test_fraction: float
+    se: float
+
+    @property
+    def excess(self) -> float:
+        return max(0.0, self.train_fraction - self.test_fraction)
+
+    @property
+    def significant(self) -> bool:
+        return self.se > 0 and (self.train_fraction - self.test_fraction) / self.se > 1.645
+
+
+def flagged_gap(train_flagged: int, n_train: int, test_flagged: int, n_test: int) -> FlaggedGap:
+    """The flagged fractions of train and test and the pooled standard error of their difference.
+
+    Example:
+        >>> g = flagged_gap(240, 3000, 30, 1000)
+        >>> round(g.excess, 3), g.significant
+        (0.05, True)
+    """
+    n_tr, n_te = max(n_train, 1), max(n_test, 1)
+    p = (train_flagged + test_flagged) / (n_tr + n_te)
+    se = float(np.sqrt(p * (1 - p) * (1 / n_tr + 1 / n_te)))
+    return FlaggedGap(train_fraction=train_flagged / n_tr, test_fraction=test_flagged / n_te, se=se)

@@ -37,7 +37,14 @@ from dlclinic.functional.duplicates import (
     pattern_ids,
     pooled_counts,
 )
-from dlclinic.functional.labels import class_counts, clean_label_null, find_label_issues, heldout_gap, imbalance_ratio
+from dlclinic.functional.labels import (
+    class_counts,
+    clean_label_null,
+    find_label_issues,
+    flagged_gap,
+    heldout_gap,
+    imbalance_ratio,
+)
 from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
 from dlclinic.functional.stats import paired_accuracy_ci
 
@@ -335,8 +342,32 @@ def _label_excess(
             f" of test labels (± {1.96 * gap.se:.1%}): "
             + (f"train labels about {gap.excess_noise:.1%} noisier" if gap.significant else "no significant gap")
         )
+    if folds is not None:
+        excess, more = _test_flag_reference(case, evidence, issues, excess, metrics)
+        sentence += more
     metrics["label_excess_fraction"] = excess
     return sentence
+
+
+def _test_flag_reference(
+    case: Case, evidence: Evidence, issues: Any, excess: float, metrics: dict[str, float | int | bool | None]
+) -> tuple[float, str]:
+    """The same confident learning on test labels with the model's own test probabilities
+    (:class:`~dlclinic.functional.labels.FlaggedGap`): the excess it supports and the clause that says so."""
+    test = case.splits["test"]
+    try:
+        flagged = len(find_label_issues(np.asarray(test.y), evidence.get("probs", "test")).indices)
+    except ValueError:  # e.g. a class missing from test: no reference
+        return excess, ""
+    gap = flagged_gap(len(issues.indices), len(case.train), flagged, len(test))
+    metrics["label_issue_fraction_test"] = gap.test_fraction
+    metrics["flagged_excess"] = gap.excess if gap.significant else 0.0
+    if gap.significant:
+        excess = max(excess, gap.excess)
+    return excess, (
+        f"; the same procedure flags {gap.test_fraction:.1%} of test labels vs {gap.train_fraction:.1%} of train: "
+        + (f"train labels about {gap.excess:.1%} noisier" if gap.significant else "no significant difference")
+    )
 
 
 def _label_issues(
