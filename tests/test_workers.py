@@ -64,3 +64,21 @@ def test_default_workers_follows_the_environment(monkeypatch: pytest.MonkeyPatch
     assert default_workers() == 3
     monkeypatch.delenv("DLCLINIC_WORKERS")
     assert 1 <= default_workers() <= 4
+
+
+@needs_fork
+def test_a_worker_forked_after_the_parent_used_openmp_does_not_hang() -> None:
+    """scikit-learn's kNN runs on an OpenMP pool: a child forked after the parent started one hung
+    in its first parallel region (GNU libgomp is not fork-safe) until workers ran on one thread."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(0).random((20000, 16)).astype(np.float32)
+    NearestNeighbors(n_neighbors=3).fit(x).kneighbors(x[:5000])  # the parent's OpenMP pool
+
+    def knn(_i: int) -> float:
+        d, _ = NearestNeighbors(n_neighbors=3).fit(x).kneighbors(x[:3000])
+        return float(d.sum())
+
+    here = knn(0)
+    assert run_tasks([0, 1, 2], knn, workers=2) == pytest.approx([here] * 3)

@@ -11,7 +11,8 @@ and this process take the next task from one shared counter until none is left.
 Results come back as pickles through a private temporary folder; a task whose worker died
 is run again here, so a crash costs time, never a result. Where ``fork`` does not exist
 (Windows, macOS defaults) or one worker is asked for, the tasks simply run here in order.
-Each task must seed what it draws (the order in which tasks run is not fixed).
+Each task must seed what it draws (the order in which tasks run is not fixed). A worker runs
+every native thread pool (OpenMP, BLAS) on one thread: the cores are used by the workers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from threadpoolctl import threadpool_limits
 
 __all__ = ["can_fork", "default_workers", "run_tasks"]
 
@@ -75,6 +78,10 @@ def _child(
     global _busy
     _busy = True
     _fresh_stdio()
+    # GNU OpenMP (libgomp, bundled by scikit-learn and torch) is not fork-safe: a child that opens a
+    # parallel region of the thread pool its parent had started hangs for ever. With one thread per
+    # library it never touches that pool (tests/test_workers.py plants the parent's pool).
+    threadpool_limits(1)
     if setup is not None:
         setup()
     while (i := _take(counter, len(tasks))) is not None:
