@@ -182,3 +182,11 @@ def test_fair_csv_round_trips_through_the_cli_with_coded_columns_categorical(tmp
     columns = report["case"]["categorical_columns"]
     assert columns["occupation"]["encoding"] == "one-hot" and "integer-coded" in columns["occupation"]["rule"]
     assert "Categorical columns" in (out / "report.html").read_text()
+    terminal = subprocess.run(  # without --quiet: the terminal summary names them too
+        [sys.executable, "-m", "dlclinic.cli", *[a for a in argv if a != "--quiet"]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert "categorical columns (5): rate_marriage" in terminal.stdout, terminal.stdout[-2000:]

@@ -108,6 +108,14 @@ def render_terminal(report: Report, console: Console | None = None) -> None:
     counts = report.counts()
     parts = [f"[{STYLES[s]}]{counts[s]} {s}[/]" for s in ("ok", "warn", "fail", "error")]
     console.print(", ".join(parts) + f", [dim]{counts['not_examined']} not examined[/]")
+    categorical = report.case.get("categorical_columns") if hasattr(report.case, "get") else None
+    if isinstance(categorical, dict) and categorical:
+        names = ", ".join(str(c) for c in categorical)
+        console.print(
+            f"[dim]categorical columns ({len(categorical)}): {escape(names)}; their encodings and rules are in report.html[/]",
+            soft_wrap=True,
+            highlight=False,
+        )
     todo = [r for r in report.challenges if r.status in ("warn", "fail") and r.remedy is not None and r.remedy.command]
     for r in todo[:MAX_REMEDIES]:
         command = (r.remedy.command if r.remedy is not None else None) or ""
