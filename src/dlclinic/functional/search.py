@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dlclinic.core.case import usable_inputs
+from dlclinic.core.database import with_driver
 from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
 from dlclinic.core.recipe import channels_last, contiguous, seed_everything
 from dlclinic.core.workers import run_tasks
@@ -158,8 +159,7 @@ def make_study(
     """
     import optuna
 
-    if storage and storage.startswith("postgresql://"):  # psycopg 3 (dlclinic[postgres]), not SQLAlchemy's psycopg2
-        storage = "postgresql+psycopg://" + storage[len("postgresql://") :]
+    storage = with_driver(storage) if storage else storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dlclinic.core.database import with_driver
 from dlclinic.core.errors import ConfigError, InputError, MissingDependencyError
 
 __all__ = [
@@ -72,9 +73,7 @@ def store_url(value: str | Path) -> str:
     """A SQLAlchemy URL from a URL or a plain file path (``log.db`` → ``sqlite:///log.db``)."""
     text = str(value)
     if "://" in text:
-        if text.startswith("postgresql://"):
-            text = "postgresql+psycopg://" + text[len("postgresql://") :]
-        return text
+        return with_driver(text)
     return f"sqlite:///{Path(text).absolute()}"
 
 
