@@ -826,8 +826,8 @@ def _summary(
     parts = []
     if metrics["label_issues"]:
         parts.append(
-            f"{metrics['label_issues']} flagged labels ({label_fraction:.1%}; about {float(metrics['label_null_mean'] or 0):.0f}"
-            f" expected if every label were right, excess {float(metrics['label_excess_fraction'] or 0):.1%} of train)"
+            f"{metrics['label_issues']} flagged labels ({label_fraction:.1%} of train; beyond what ambiguity explains:"
+            f" {float(metrics['label_excess_fraction'] or 0):.1%})"
         )
     if metrics.get("test_leaks"):
         parts.append(f"{metrics['test_leaks']} test rows leaked from train")
