@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 __all__ = [
     "CleanLabelNull",
@@ -152,7 +153,14 @@ class CleanLabelNull:
     @property
     def excess(self) -> float:
         """``observed − q95``, at least 0: flags that ambiguity would exceed in only 5 % of draws."""
-        return max(0.0, self.observed - self.q95)
+        return self.excess_at(0.05)
+
+    def quantile(self, q: float) -> float:
+        return float(np.quantile(self.draws, q)) if len(self.draws) else 0.0
+
+    def excess_at(self, alpha: float) -> float:
+        """``observed −`` the draws' ``1 − alpha`` quantile, at least 0 (a one-sided test at level ``alpha``)."""
+        return max(0.0, self.observed - self.quantile(1.0 - alpha)) if len(self.draws) else 0.0
 
 
 def clean_label_null(
@@ -178,6 +186,11 @@ def clean_label_null(
     return CleanLabelNull(observed=observed, draws=np.asarray(counts, dtype=np.int64))
 
 
+def _z_one_sided(alpha: float) -> float:
+    """The standard normal's ``1 − alpha`` quantile."""
+    return float(norm.isf(alpha))
+
+
 @dataclass(frozen=True)
 class HeldOutGap:
     """Train labels noisier than test labels, from the K fold models' agreement with each.
@@ -200,7 +213,11 @@ class HeldOutGap:
 
     @property
     def significant(self) -> bool:
-        return self.se > 0 and self.gap / self.se > 1.645
+        return self.significant_at(0.05)
+
+    def significant_at(self, alpha: float) -> bool:
+        """One-sided z test of the gap at level ``alpha`` (z > 1.645 at 0.05)."""
+        return self.se > 0 and self.gap / self.se > _z_one_sided(alpha)
 
 
 def heldout_gap(train_agree: np.ndarray, test_agree: np.ndarray, n_classes: int) -> HeldOutGap:
@@ -246,7 +263,11 @@ class FlaggedGap:
 
     @property
     def significant(self) -> bool:
-        return self.se > 0 and (self.train_fraction - self.test_fraction) / self.se > 1.645
+        return self.significant_at(0.05)
+
+    def significant_at(self, alpha: float) -> bool:
+        """One-sided two-proportion z test at level ``alpha`` (z > 1.645 at 0.05)."""
+        return self.se > 0 and (self.train_fraction - self.test_fraction) / self.se > _z_one_sided(alpha)
 
 
 def flagged_gap(train_flagged: int, n_train: int, test_flagged: int, n_test: int) -> FlaggedGap:

@@ -67,7 +67,9 @@ class QualityOptions:
 
     The label-issue thresholds grade ``label_excess_fraction``, the flags that ambiguity does
     not explain (``_label_excess``), not the raw flagged fraction; ``label_null_draws`` label
-    vectors are drawn for the clean-label null.
+    vectors are drawn for the clean-label null. ``label_alpha`` is the family-wise false-alarm
+    level of the label references together: each of the ``m`` references that apply is tested
+    at ``label_alpha / m`` (Bonferroni), since the grade takes the largest of them.
     """
 
     warn_label_issue_fraction: float = 0.03
@@ -82,6 +84,7 @@ class QualityOptions:
     embedding_duplicate_rel_distance: float = 0.05
     memorisation_agreement: float = field(default=0.995, metadata={"max": 1.0})
     label_null_draws: int = 30
+    label_alpha: float = field(default=0.05, metadata={"max": 0.5})
     max_examples: int = 24
 
     def __post_init__(self) -> None:
@@ -313,44 +316,56 @@ def _label_excess(
     from the out-of-fold probabilities, ``label_null_draws`` draws; excess = flagged − the
     draws' 95 % quantile) and, with K-fold probabilities and a labelled test split, the held-out
     gap (fold models agree less with held-out train labels than with test labels; graded when
-    significant). ``label_excess_fraction`` = the larger excess as a fraction of train, graded
-    against the label-issue thresholds; the raw flagged fraction is not graded.
+    significant) and the flagged gap of the same procedure on test labels. Each reference is
+    tested at ``label_alpha / m`` for the ``m`` that apply (Bonferroni: the grade takes the
+    largest, so without the correction three tests at 5 % would false-alarm up to 15 % of clean
+    runs). ``label_excess_fraction`` = the largest significant excess as a fraction of train,
+    graded against the label-issue thresholds; the raw flagged fraction is not graded.
     """
     y = np.asarray(case.train.y)
     oof = evidence.get("oof_probs", "train")
+    folds = evidence.fold_predictions("test") if case.get("test") is not None else None
+    alpha = options.label_alpha / (3 if folds is not None else 1)
+    metrics["label_reference_alpha"] = alpha
     null = clean_label_null(y, oof, draws=options.label_null_draws, seed=0)
     n = max(len(y), 1)
+    null_excess = null.excess_at(alpha)
     metrics["label_null_mean"] = null.mean
     metrics["label_null_q95"] = null.q95
-    metrics["label_null_excess"] = null.excess
-    excess = null.excess / n
+    metrics["label_null_excess"] = null_excess
+    excess = null_excess / n
     sentence = (
         f"{null.observed} flagged; about {null.mean:.0f} expected if every label were right "
-        f"(clean-label null, {len(null.draws)} draws, 95 % up to {null.q95:.0f}): excess {null.excess:.0f}"
+        f"(clean-label null, {len(null.draws)} draws, {1 - alpha:.1%} up to {null.quantile(1 - alpha):.0f}):"
+        f" excess {null_excess:.0f}"
     )
-    folds = evidence.fold_predictions("test") if case.get("test") is not None else None
     if folds is not None:
         test_y = np.asarray(case.splits["test"].y)
         gap = heldout_gap(oof.argmax(1) == y, folds[1] == test_y[None, :], case.n_classes)
         metrics["heldout_agreement_train"] = gap.train_agreement
         metrics["heldout_agreement_test"] = gap.test_agreement
-        metrics["heldout_excess_noise"] = gap.excess_noise if gap.significant else 0.0
-        if gap.significant:
+        significant = gap.significant_at(alpha)
+        metrics["heldout_excess_noise"] = gap.excess_noise if significant else 0.0
+        if significant:
             excess = max(excess, gap.excess_noise)
         sentence += (
             f"; fold models agree with {gap.train_agreement:.1%} of held-out train labels and {gap.test_agreement:.1%}"
             f" of test labels (± {1.96 * gap.se:.1%}): "
-            + (f"train labels about {gap.excess_noise:.1%} noisier" if gap.significant else "no significant gap")
+            + (f"train labels about {gap.excess_noise:.1%} noisier" if significant else "no significant gap")
         )
-    if folds is not None:
-        excess, more = _test_flag_reference(case, evidence, issues, excess, metrics)
+        excess, more = _test_flag_reference(case, evidence, issues, excess, alpha, metrics)
         sentence += more
     metrics["label_excess_fraction"] = excess
     return sentence
 
 
 def _test_flag_reference(
-    case: Case, evidence: Evidence, issues: Any, excess: float, metrics: dict[str, float | int | bool | None]
+    case: Case,
+    evidence: Evidence,
+    issues: Any,
+    excess: float,
+    alpha: float,
+    metrics: dict[str, float | int | bool | None],
 ) -> tuple[float, str]:
     """The same confident learning on test labels with the model's own test probabilities
     (:class:`~dlclinic.functional.labels.FlaggedGap`): the excess it supports and the clause that says so."""
@@ -361,12 +376,13 @@ def _test_flag_reference(
         return excess, ""
     gap = flagged_gap(len(issues.indices), len(case.train), flagged, len(test))
     metrics["label_issue_fraction_test"] = gap.test_fraction
-    metrics["flagged_excess"] = gap.excess if gap.significant else 0.0
-    if gap.significant:
+    significant = gap.significant_at(alpha)
+    metrics["flagged_excess"] = gap.excess if significant else 0.0
+    if significant:
         excess = max(excess, gap.excess)
     return excess, (
         f"; the same procedure flags {gap.test_fraction:.1%} of test labels vs {gap.train_fraction:.1%} of train: "
-        + (f"train labels about {gap.excess:.1%} noisier" if gap.significant else "no significant difference")
+        + (f"train labels about {gap.excess:.1%} noisier" if significant else "no significant difference")
     )
 
 
