@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import platform
+import tempfile
 import time
 import warnings
 import zlib
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dlclinic.challenges import CHECKS, PENDING, get_remedy
+from dlclinic.core import distributed
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.baselines import baseline_for
 from dlclinic.core.case import Case, usable_inputs
@@ -158,13 +160,14 @@ def prepare_model(
     )
     path = (cache_dir or default_cache_dir()) / "models" / f"{key}.safetensors"
     source = f"baseline trained by dlclinic ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)"
-    if use_cache and path.exists() and _load_cached(model, path):
+    # several processes train together: the cache is used only when every rank sees it
+    if distributed.agree(use_cache and path.exists()) and _load_cached(model, path):
         return _with_baseline(case, model, source + ", from cache", factory)
     if not train:
         return case
     with progress.step("training the baseline model", total=cfg.epochs) as advance:
         result = fit(model, usable_inputs(case.train.x), case.train.y, cfg, progress=lambda e, n: advance(1))  # type: ignore[arg-type]
-    if use_cache:
+    if use_cache and distributed.is_main():
         _save_cached(result.model, path)
     return _with_baseline(case, result.model, source, factory)
 
@@ -319,6 +322,18 @@ def _run_checks(
     ]
 
 
+def _checks_on_rank0(
+    case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress, workers: int
+) -> list[CheckResult]:
+    """:func:`_run_checks`; with several processes on rank 0 alone, its results then sent to every rank
+    (a remedy runs on every rank and must take the same decisions there)."""
+    results = None
+    if distributed.rank() == 0:
+        with distributed.local():
+            results = _run_checks(case, evidence, selected, built, progress, workers)
+    return list(distributed.broadcast(results))
+
+
 def _case_summary(case: Case, evidence: Evidence) -> dict[str, Any]:
     summary = case.summary()
     summary["model"] = {"source": case.model_source, **_model_facts(case.model)}
@@ -368,7 +383,8 @@ def _model_and_evidence(
         prepare_model, fit_config=fit_config, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache
     )
     t = time.perf_counter()
-    case = prepare(case, train=not (kfold and workers > 1))
+    # several processes: the folds are split over the ranks (Evidence._fold_results), not overlapped here
+    case = prepare(case, train=not (kfold and workers > 1) or distributed.active())
     if case.model is not None:
         return case, evidence_for(case), time.perf_counter() - t
     # no cached baseline: train it here while the workers train the folds; then its forward passes
@@ -454,7 +470,7 @@ def checkup(
         evidence.ensure(needs)  # with a baseline trained here, the folds and forward passes overlapped its training
         timings["evidence"] = time.perf_counter() - t - timings["model"]
         t = time.perf_counter()
-        results = _run_checks(case, evidence, selected, built, progress, workers)
+        results = _checks_on_rank0(case, evidence, selected, built, progress, workers)
         timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(
@@ -462,7 +478,12 @@ def checkup(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         case=_case_summary(case, evidence),
         challenges=sequence_of_results(results),
-        environment={**environment_info(), "checkup_workers": workers, "checkup_torch_threads": threads or "default"},
+        environment={
+            **environment_info(),
+            "checkup_workers": workers,
+            "checkup_torch_threads": threads or "default",
+            **distributed.info(),
+        },
         timings=timings,
     )
 
@@ -473,6 +494,17 @@ def _model_facts(model: Any) -> dict[str, Any]:
         facts["parameters"] = int(sum(p.numel() for p in model.parameters()))
     facts["sha256"] = fingerprint_model(model)
     return facts
+
+
+@contextlib.contextmanager
+def _rank_out_dir(out_dir: str | Path | None) -> Iterator[Path | None]:
+    """``out_dir`` on rank 0 (or in one process); a throw-away folder on ranks > 0, which run the
+    remedy in step with rank 0 (so that it takes the same paths) but must leave no files behind."""
+    if out_dir is None or distributed.is_main():
+        yield Path(out_dir) if out_dir is not None else None
+        return
+    with tempfile.TemporaryDirectory(prefix="dlclinic-rank-") as scratch:
+        yield Path(scratch)
 
 
 def treat(
@@ -521,17 +553,18 @@ def treat(
             progress=progress,
         )
 
-    ctx = TreatContext(
-        challenge_id=challenge_id,
-        case=case,
-        fit_config=cfg,
-        evidence_config=ev_cfg,
-        cache_dir=cache,
-        out_dir=Path(out_dir) if out_dir is not None else None,
-        progress=progress,
-        retrain=retrain,
-        recipe=recipe,
-        measure=measure,
-    )
-    outcome = spec.run(ctx, built)
+    with _rank_out_dir(out_dir) as out:
+        ctx = TreatContext(
+            challenge_id=challenge_id,
+            case=case,
+            fit_config=cfg,
+            evidence_config=ev_cfg,
+            cache_dir=cache,
+            out_dir=out,
+            progress=progress,
+            retrain=retrain,
+            recipe=recipe,
+            measure=measure,
+        )
+        outcome = spec.run(ctx, built)
     return outcome.treatment, outcome.before, outcome.after

@@ -21,6 +21,7 @@ from typing import Any
 
 import typer
 
+from dlclinic.cli import launch
 from dlclinic.cli.audit import audit_app
 from dlclinic.cli.bundle import bundle_app
 from dlclinic.cli.challenges import challenges
@@ -116,6 +117,7 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _run_app(argv: list[str] | None) -> int:
+    launch.remember(argv if argv is not None else sys.argv[1:])  # for --nproc, which runs it again under torchrun
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of raising it
         rc = app(args=argv, standalone_mode=False, prog_name="dlclinic")

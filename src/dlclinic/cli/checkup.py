@@ -9,7 +9,8 @@ import typer
 
 from dlclinic.api import check_options
 from dlclinic.api import checkup as run_checkup
-from dlclinic.cli.flags import CHECKUP_FLAGS, CategoricalOpt, NumericOpt, check_flag_options, expand_flags
+from dlclinic.cli import launch
+from dlclinic.cli.flags import CHECKUP_FLAGS, CategoricalOpt, NprocOpt, NumericOpt, check_flag_options, expand_flags
 from dlclinic.cli.options import (
     AllowPickleOpt,
     CacheOpt,
@@ -40,6 +41,7 @@ from dlclinic.cli.options import (
     record_recipe,
 )
 from dlclinic.cli.progress import progress_for
+from dlclinic.core import distributed
 from dlclinic.core.registry import parse_assignments
 from dlclinic.report import render_terminal, write_report
 from dlclinic.taxonomy import resolve_ids
@@ -47,6 +49,7 @@ from dlclinic.taxonomy import resolve_ids
 __all__ = ["checkup"]
 
 
+# long: one Typer parameter per option; the body is short
 @expand_flags(CHECKUP_FLAGS)
 def checkup(
     demo: DemoOpt = False,
@@ -85,6 +88,7 @@ def checkup(
     embedding_layer: LayerOpt = None,
     epochs: EpochsOpt = 15,
     seed: SeedOpt = 0,
+    nproc: NprocOpt = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Examine a model and its data for all 31 challenges; write report.html and report.json."""
@@ -93,6 +97,8 @@ def checkup(
     check_flag_options(options, flags or {})
     built = check_options(options)  # bad options fail before any work
     check_writable(out)
+    launch.relaunch(nproc)  # --nproc N: this command again under torchrun
+    quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
         DataOptions(
@@ -121,6 +127,8 @@ def checkup(
         cache_dir=cache_dir,
         progress=progress_for(quiet),
     )
+    if not distributed.is_main():
+        return
     paths = write_report(report, out, case=case)
     if not quiet:
         render_terminal(report)

@@ -24,6 +24,7 @@ __all__ = [
     "TREAT_FLAGS",
     "CategoricalOpt",
     "Flag",
+    "NprocOpt",
     "NumericOpt",
     "check_flag_options",
     "column_list",
@@ -45,6 +46,15 @@ NumericOpt = Annotated[
     typer.Option(
         "--numeric",
         help="Table columns to keep as one numeric feature, comma-separated (overrides the integer-coded default).",
+    ),
+]
+
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Processes to train and score on (this machine): runs the command again under torchrun --standalone --nproc-per-node N; the trainings use DistributedDataParallel (gloo on CPU, NCCL on GPU), the evidence pass is sharded, rank 0 writes the report. Several machines: run torchrun yourself (docs/distributed.md).",
     ),
 ]
 

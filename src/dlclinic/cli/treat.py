@@ -13,7 +13,8 @@ from rich.table import Table
 from dlclinic.api import remedy_params
 from dlclinic.api import treat as run_treat
 from dlclinic.challenges import get_remedy
-from dlclinic.cli.flags import TREAT_FLAGS, CategoricalOpt, NumericOpt, expand_flags, treat_flag_params
+from dlclinic.cli import launch
+from dlclinic.cli.flags import TREAT_FLAGS, CategoricalOpt, NprocOpt, NumericOpt, expand_flags, treat_flag_params
 from dlclinic.cli.options import (
     AllowPickleOpt,
     CacheOpt,
@@ -42,6 +43,7 @@ from dlclinic.cli.options import (
     load_case,
 )
 from dlclinic.cli.progress import progress_for
+from dlclinic.core import distributed
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.registry import parse_assignments
 from dlclinic.report import write_report
@@ -66,6 +68,18 @@ def _print_treatment(challenge: str, treatment: Any) -> None:
     console.print(table)
     for note in treatment.notes:
         console.print(f"[dim]{note}[/dim]")
+
+
+def _launch(challenge: str, nproc: int, quiet: bool) -> None:
+    """``--nproc``: refuse the remedies that distribute otherwise, say what stays single, run again under torchrun."""
+    several = nproc > 1 or distributed.launched() > 1
+    if several and challenge in launch.NO_NPROC:
+        raise ConfigError(
+            f"--nproc does not apply to {challenge}: {launch.NO_NPROC[challenge]}; run it without --nproc"
+        )
+    if nproc > 1 and challenge == "data.privacy" and not quiet:
+        typer.echo("note: DP-SGD (opacus) trains in one process; --nproc shares the evidence passes", err=True)
+    launch.relaunch(nproc)
 
 
 # long: one Typer parameter per option; the body is short
@@ -107,6 +121,7 @@ def treat(
     embedding_layer: LayerOpt = None,
     epochs: EpochsOpt = 15,
     seed: SeedOpt = 0,
+    nproc: NprocOpt = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
@@ -119,6 +134,8 @@ def treat(
     treat_flag_params(params, challenge, flags or {})
     built = remedy_params(challenge, params)  # bad parameters fail before any work
     check_writable(out)
+    _launch(challenge, nproc, quiet)
+    quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
         DataOptions(
@@ -147,6 +164,8 @@ def treat(
         cache_dir=cache_dir,
         progress=progress_for(quiet),
     )
+    if not distributed.is_main():
+        return
     paths = write_report(dataclasses.replace(after, treatments=(treatment,)), out, case=None)
     if not quiet:
         _print_treatment(challenge, treatment)

@@ -21,6 +21,12 @@ Kinds of evidence (``KINDS``):
 Everything is keyed by fingerprints of the model, the split's data and the parameters,
 and stored as ``.npz`` under the cache directory, so a second checkup of the same case
 recomputes nothing.
+
+Under ``torchrun`` with several processes (:mod:`dlclinic.core.distributed`) the forward pass
+is sharded: each rank scores its contiguous run of batches (the same batches as one process,
+so the same numbers) and the arrays are gathered in row order on every rank; fold ``k`` of the
+K-fold retraining runs on rank ``k mod N``. Whether to use a cache entry is decided by all
+ranks together, and only rank 0 writes the cache.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from dlclinic.core import distributed
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.case import Case, Split, unusable_rows, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError, ModelError
@@ -176,6 +183,9 @@ def fold_result(
     return held, labels
 
 
+_EMPTY = np.zeros((0,), dtype=np.float32)  # a rank without rows gathers nothing
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -295,10 +305,12 @@ class Evidence:
         if not self.available(kind, split):
             raise InputError(f"evidence {kind!r} is not available for split {split!r} (missing split or labels)")
         key = (kind, split)
-        if key in self._mem:
+        # several processes: computing is collective, so a value only some ranks hold counts as missing
+        if distributed.agree(key in self._mem):
             return self._mem[key]
         stored = _read_npz(self._path(kind, split)) if self.config.cache else None
-        if stored is not None and "value" in stored:
+        if distributed.agree(stored is not None and "value" in stored):
+            assert stored is not None
             self._mem[key] = stored["value"]
             if kind == "oof_probs":
                 self._folds = {k: v for k, v in stored.items() if k.startswith("fold.")}
@@ -348,14 +360,15 @@ class Evidence:
         )
         path = self.cache_dir / "derived" / key[:2] / f"{key}.npz"
         stored = _read_npz(path) if self.config.cache else None
-        if stored is not None:
+        if distributed.agree(stored is not None):  # several processes: used only when every rank has it
+            assert stored is not None
             self.stats.cached.append(name)
             return stored
         start = time.perf_counter()
         out = compute()
         self.stats.seconds += time.perf_counter() - start
         self.stats.computed.append(name)
-        if self.config.cache:
+        if self.config.cache and distributed.is_main():
             try:
                 _atomic_savez(path, **out)
             except OSError:
@@ -446,7 +459,7 @@ class Evidence:
 
     def _store(self, kind: str, split: str, **extra: np.ndarray) -> None:
         self.stats.computed.append(f"{kind}:{split}")
-        if self.config.cache:
+        if self.config.cache and distributed.is_main():
             try:
                 _atomic_savez(self._path(kind, split), value=self._mem[(kind, split)], **extra)
             except OSError:  # a read-only cache only costs speed
@@ -464,10 +477,7 @@ class Evidence:
             x = usable_inputs(x)
             self.nonfinite_rows[split] = int(bad_rows.sum())
         with self.progress.step(f"forward pass on {split}", total=n) as advance:
-            if self._is_torch:
-                logits, embeddings = self._forward_torch(split, x, advance)
-            else:
-                logits, embeddings = self._forward_callable(x, advance), self._input_pca(split)
+            logits, embeddings = self._forward_shard(split, x, advance)
         if not np.isfinite(logits).all():
             bad = int((~np.isfinite(logits)).any(axis=1).sum())
             raise ModelError(
@@ -482,6 +492,27 @@ class Evidence:
             p = self._mem[("probs", split)].astype(np.float64)
             self._mem[("losses", split)] = (-np.log(np.clip(p[np.arange(n), s.y], 1e-12, None))).astype(np.float32)
             self._store("losses", split)
+
+    def _forward_shard(
+        self, split: str, x: np.ndarray, advance: Callable[[int], None]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of every row of ``x``: this rank's run of whole batches, gathered in row order.
+
+        One process scores every batch. Several split the batches (not the rows), so each batch
+        holds the same rows as in one process and gives the same numbers.
+        """
+        if len(set(distributed.gather_objects(self.model_fingerprint))) > 1:
+            raise ModelError(
+                "the ranks hold different weights of the model; expected the same on every rank (a model trained by one rank alone must be broadcast: dlclinic.core.distributed.broadcast_weights)"
+            )
+        bs = self.config.batch_size
+        first, last = distributed.shard_bounds(-(-len(x) // bs))
+        mine = x[first * bs : min(last * bs, len(x))]
+        if self._is_torch:
+            logits, embeddings = self._forward_torch(split, mine, advance) if len(mine) else (_EMPTY, _EMPTY)
+            return distributed.gather_rows(logits), distributed.gather_rows(embeddings)
+        logits = self._forward_callable(mine, advance) if len(mine) else _EMPTY
+        return distributed.gather_rows(logits), self._input_pca(split)
 
     def _embedding_hook(self, model: Any, captured: list[Any]) -> Any:
         """Hook the embedding layer (the named one, else the input of the last ``nn.Linear``); ``None`` if none."""
@@ -564,14 +595,7 @@ class Evidence:
         ):
             warnings.simplefilter("ignore")  # sklearn warns on tiny classes in a fold
             if method == "kfold":
-                results = run_tasks(
-                    list(enumerate(rows)),
-                    lambda task: fold_result(self.case, self.retrain, self.config.seed, task),
-                    workers=self.workers,
-                    on_result=lambda _i, _r: advance(1),
-                    setup=self._quiet_worker,
-                )
-                return self._assemble(rows, results)
+                return self._assemble(rows, self._fold_results(rows, advance))
             y, k = np.asarray(self.case.train.y), self.case.n_classes
             emb = self.get("embeddings", "train")
             oof = np.zeros((len(y), k), dtype=np.float32)
@@ -583,6 +607,25 @@ class Evidence:
                 oof[held_idx] = proba / proba.sum(1, keepdims=True)
                 advance(1)
         return oof
+
+    def _fold_results(self, rows: list[tuple[np.ndarray, np.ndarray]], advance: Callable[[int], None]) -> list[Any]:
+        """:func:`fold_result` of every fold, on this process's workers; with several processes fold
+        ``k`` is trained (alone, without DDP) on rank ``k mod N`` and the results are gathered."""
+        size, me = distributed.world_size(), distributed.rank()
+        mine = list(enumerate(rows))[me::size]
+        workers = distributed.per_rank(self.workers)
+        with distributed.local():
+            results = run_tasks(
+                mine,
+                lambda task: fold_result(self.case, self.retrain, self.config.seed, task),
+                workers=workers,
+                on_result=lambda _i, _r: advance(1),
+                setup=self._quiet_worker,
+            )
+        by_fold = dict(
+            pair for part in distributed.gather_objects([(k, r) for (k, _), r in zip(mine, results)]) for pair in part
+        )
+        return [by_fold[k] for k in range(len(rows))]
 
     def _assemble(self, rows: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> np.ndarray:
         """The out-of-fold probabilities from the :func:`fold_result` of each fold; keeps the folds' predictions."""

@@ -4,6 +4,13 @@ Deliberately small (nanoGPT style): AdamW, a cosine or constant LR schedule, min
 early stopping on a held-out validation slice with best-checkpoint restore, optional
 per-sample weights. It returns a new trained module and its per-epoch history; the
 module given is never modified (it is deep-copied first).
+
+Under ``torchrun`` with several processes (:mod:`dlclinic.core.distributed`) the same loop
+runs with ``DistributedDataParallel``: every rank draws the same global mini-batches and
+trains on its strided share of each, with the loss scaled so that the averaged gradient is
+the single-process gradient of the whole batch; the step count, the LR schedule and early
+stopping (on all-reduced validation sums) are those of one process. One process takes
+exactly the single-process path (no wrapper, no extra draws).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from dlclinic.core import distributed
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
 
@@ -199,9 +208,11 @@ def fit(
     torch_gen = torch.Generator().manual_seed(cfg.seed)
     if monitor is not None:
         monitor.on_fit_start(net)
+    # several processes: gradients averaged by DDP; `net` stays the module whose weights are saved
+    train_net: nn.Module = DistributedDataParallel(net) if distributed.active() else net
     try:
         best_state, best_epoch, stopped = _train_epochs(
-            net, cfg, opt, sched, xt, yt, wt, tr_idx, val_idx, n_val, history, torch_gen, progress, monitor
+            train_net, net, cfg, opt, sched, (xt, yt, wt), tr_idx, val_idx, history, torch_gen, progress, monitor
         )
     finally:
         if monitor is not None:
@@ -214,36 +225,70 @@ def fit(
     return FitResult(model=net, history=history, best_epoch=best_epoch, stopped_early=stopped)
 
 
+def _batch_loss(
+    losses: torch.Tensor, wt: torch.Tensor | None, idx: torch.Tensor, part: torch.Tensor, world: int
+) -> torch.Tensor:
+    """The loss of this rank's ``part`` of the global batch ``idx``.
+
+    One process: the (weighted) mean over the batch, as always. Several: this rank's sum over
+    the whole batch's weight (or size), times ``world`` — DDP averages the gradients over the
+    ranks, so their mean is exactly the gradient of the single-process batch loss.
+    """
+    if world == 1:
+        return (losses * wt[idx]).sum() / wt[idx].sum() if wt is not None else losses.mean()
+    total = wt[idx].sum() if wt is not None else torch.tensor(float(len(idx)))
+    mine = (losses * wt[part]).sum() if wt is not None else losses.sum()
+    return mine / total * world
+
+
+def _val_metrics(net: nn.Module, xt: torch.Tensor, yt: torch.Tensor, val_idx: np.ndarray) -> tuple[float, float]:
+    """Validation loss and accuracy; with several processes each rank scores a strided share and the sums are all-reduced."""
+    world = distributed.world_size()
+    if world == 1:
+        return _evaluate(net, xt[val_idx], yt[val_idx])
+    part = val_idx[distributed.rank() :: world]
+    loss, acc = _evaluate(net, xt[part], yt[part])
+    loss_sum, correct = distributed.all_sum([loss * len(part), acc * len(part)])
+    return loss_sum / len(val_idx), correct / len(val_idx)
+
+
+# long: the epoch loop, kept whole so the order of the steps reads top to bottom
 def _train_epochs(
+    train_net: nn.Module,
     net: nn.Module,
     cfg: FitConfig,
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
-    xt: torch.Tensor,
-    yt: torch.Tensor,
-    wt: torch.Tensor | None,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     tr_idx: np.ndarray,
     val_idx: np.ndarray,
-    n_val: int,
     history: dict[str, list[float]],
     torch_gen: torch.Generator,
     progress: Callable[[int, int], None] | None,
     monitor: FitMonitor | None,
 ) -> tuple[dict[str, torch.Tensor] | None, int, bool]:
-    """The epoch loop of :func:`fit`: returns ``(best_state, best_epoch, stopped_early)``."""
+    """The epoch loop of :func:`fit`: returns ``(best_state, best_epoch, stopped_early)``.
+
+    ``train_net`` is ``net`` itself, or its ``DistributedDataParallel`` wrapper under torchrun.
+    """
+    xt, yt, wt = data
+    world, rank = distributed.world_size(), distributed.rank()
     best_state: dict[str, torch.Tensor] | None = None
     best_val, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
     for epoch in range(cfg.epochs):
-        net.train()
+        train_net.train()
         perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=torch_gen)]
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2 and len(perm) > 2:
-                continue  # a batch of one breaks BatchNorm
-            logits = net(xt[idx])
-            losses = nn.functional.cross_entropy(logits, yt[idx], reduction="none", label_smoothing=cfg.label_smoothing)
-            loss = (losses * wt[idx]).sum() / wt[idx].sum() if wt is not None else losses.mean()
+            if len(idx) < 2 * world and len(perm) > 2 * world:
+                continue  # a batch of one (per rank) breaks BatchNorm
+            part = idx[rank::world] if world > 1 else idx
+            logits = train_net(xt[part])
+            losses = nn.functional.cross_entropy(
+                logits, yt[part], reduction="none", label_smoothing=cfg.label_smoothing
+            )
+            loss = _batch_loss(losses, wt, idx, part, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -251,13 +296,17 @@ def _train_epochs(
             if monitor is not None:
                 monitor.on_step(loss)
             loss_sum += float(losses.detach().sum())
-            correct += int((logits.detach().argmax(1) == yt[idx]).sum())
-            seen += len(idx)
+            correct += int((logits.detach().argmax(1) == yt[part]).sum())
+            seen += len(part)
+        if world > 1:
+            loss_sum, correct_sum, seen_sum = distributed.all_sum([loss_sum, correct, seen])
+            correct, seen = int(correct_sum), int(seen_sum)
         history["train_loss"].append(loss_sum / max(seen, 1))
         history["train_acc"].append(correct / max(seen, 1))
         history["lr"].append(float(opt.param_groups[0]["lr"]))
-        if n_val:
-            vl, va = _evaluate(net, xt[val_idx], yt[val_idx])
+        distributed.broadcast_buffers(net)  # several processes: rank 0's BatchNorm statistics for everyone
+        if len(val_idx):
+            vl, va = _val_metrics(net, xt, yt, val_idx)
             history["val_loss"].append(vl)
             history["val_acc"].append(va)
             if vl < best_val - 1e-4:
@@ -269,7 +318,7 @@ def _train_epochs(
             monitor.on_epoch_end(epoch, {k: v[-1] for k, v in history.items() if v})
         if progress is not None:
             progress(epoch + 1, cfg.epochs)
-        if n_val and bad_epochs >= cfg.patience:
+        if len(val_idx) and bad_epochs >= cfg.patience:
             stopped = True
             break
     return best_state, best_epoch, stopped

@@ -13,6 +13,8 @@ is run again here, so a crash costs time, never a result. Where ``fork`` does no
 (Windows, macOS defaults) or one worker is asked for, the tasks simply run here in order.
 Each task must seed what it draws (the order in which tasks run is not fixed). A worker runs
 every native thread pool (OpenMP, BLAS) on one thread: the cores are used by the workers.
+Under ``torchrun`` the tasks run without collective calls (``distributed.local``): which
+process takes which task depends on timing, so no task may wait for another rank.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from threadpoolctl import threadpool_limits
+
+from dlclinic.core import distributed
 
 __all__ = ["can_fork", "default_workers", "run_tasks"]
 
@@ -136,6 +140,19 @@ def run_tasks(
         setup: called first in each forked worker (e.g. to set torch's thread count).
         before: other work for this process, done here while the workers start on the tasks.
     """
+    with distributed.local():
+        return _run_tasks(tasks, run, workers=workers, on_result=on_result, setup=setup, before=before)
+
+
+def _run_tasks(
+    tasks: Sequence[_T],
+    run: Callable[[_T], _R],
+    *,
+    workers: int,
+    on_result: Callable[[int, _R], None] | None,
+    setup: Callable[[], None] | None,
+    before: Callable[[], None] | None,
+) -> list[_R]:
     global _busy
     n = len(tasks)
     results: dict[int, Any] = {}

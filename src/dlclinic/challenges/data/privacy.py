@@ -46,6 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from dlclinic.core import distributed
 from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, MissingDependencyError
@@ -551,6 +552,7 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
             seed=ctx.fit_config.seed,
             progress=advance,
         )
+    distributed.broadcast_weights(model)  # several processes: each trained alone; rank 0's model is the one
     treated = dataclasses.replace(
         case,
         model=model,
