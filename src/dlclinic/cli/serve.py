@@ -11,6 +11,7 @@ answers only once the log rows are on disk; ``--log-mode async`` answers first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from enum import Enum
@@ -51,6 +52,8 @@ from dlclinic.core.recipe import FitConfig
 from dlclinic.monitoring import Reference
 from dlclinic.serve.app import ServeConfig, create_app
 from dlclinic.serve.backends import make_backend
+from dlclinic.serve.batching import BatcherFactory
+from dlclinic.serve.ray_engine import require_ray, run_ray
 from dlclinic.serve.store import PredictionStore
 from dlclinic.serve.supervision import exit_with_parent
 
@@ -64,6 +67,11 @@ _MASTER_ENV = "DLCLINIC_SERVE_MASTER_PID"
 class LogMode(str, Enum):
     durable = "durable"
     async_ = "async"
+
+
+class EngineKind(str, Enum):
+    embedded = "embedded"
+    ray = "ray"
 
 
 class BackendKind(str, Enum):
@@ -116,8 +124,8 @@ def _data_spec(opts: DataOptions) -> dict[str, Any]:
     }
 
 
-def _build_server(spec: dict[str, Any]) -> Any:
-    """The ASGI app described by a serve spec (also what each ``--workers`` process runs)."""
+def _build_server(spec: dict[str, Any], make_batcher: BatcherFactory | None = None) -> Any:
+    """The ASGI app described by a serve spec (what each ``--workers`` process and each Ray replica runs)."""
     workers = int(spec.get("workers", 1))
     if workers > 1:  # share the cores between the worker processes instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
@@ -145,6 +153,7 @@ def _build_server(spec: dict[str, Any]) -> Any:
         config=cfg,
         class_names=case.class_names,
         title=f"dlclinic: {case.name} ({desc})",
+        make_batcher=make_batcher,
     )
 
 
@@ -186,7 +195,12 @@ def _run(spec: dict[str, Any], spec_path: Path, host: str, port: int, token: str
         os.environ[_TOKEN_ENV] = token
     typer.echo(f"serving on http://{host}:{port}  (docs /docs, dashboard /dashboard, metrics /metrics)", err=True)
     workers = int(spec["workers"])
-    if workers > 1:
+    if spec.get("engine") == EngineKind.ray.value:
+        cfg = ServeConfig(**spec["config"])
+        run_ray(
+            functools.partial(_build_server, spec), replicas=int(spec["replicas"]), config=cfg, host=host, port=port
+        )
+    elif workers > 1:
         os.environ[_SPEC_ENV] = str(spec_path.absolute())
         os.environ[_MASTER_ENV] = str(os.getpid())
         uvicorn.run(
@@ -236,6 +250,16 @@ VersionOpt = Annotated[
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not log predictions.")]
 PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535)]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker processes (each loads the model).")]
+EngineOpt = Annotated[
+    EngineKind,
+    typer.Option(
+        "--engine",
+        help="embedded: uvicorn in this process (--workers N); ray: Ray Serve replicas (--replicas N, @serve.batch; needs dlclinic[ray]).",
+    ),
+]
+ReplicasOpt = Annotated[
+    int, typer.Option("--replicas", min=1, help="With --engine ray: Ray Serve replicas (each loads the model).")
+]
 MaxBatchOpt = Annotated[
     int, typer.Option("--max-batch", min=1, help="Most rows per model call (1 = no dynamic batching).")
 ]
@@ -290,7 +314,17 @@ def _write_spec(spec: dict[str, Any], out: Path) -> Path:
     return spec_path
 
 
-# long: one Typer parameter per option (32 of them); the body is a dozen lines
+def _check_engine(engine: EngineKind, workers: int, replicas: int) -> None:
+    """Refuse engine options that do not go together; with ``--engine ray``, fail now if Ray is missing."""
+    if engine is EngineKind.ray:
+        if workers > 1:
+            raise ConfigError(f"--workers {workers} with --engine ray: expected --replicas {workers} instead")
+        require_ray()  # one line naming dlclinic[ray], before the model is trained or loaded
+    elif replicas > 1:
+        raise ConfigError(f"--replicas {replicas} needs --engine ray; the embedded engine scales with --workers")
+
+
+# long: one Typer parameter per option (34 of them); the body is a dozen lines
 def serve(
     demo: DemoOpt = False,
     clean_demo: CleanDemoOpt = False,
@@ -310,6 +344,8 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     workers: WorkersOpt = 1,
+    engine: EngineOpt = EngineKind.embedded,
+    replicas: ReplicasOpt = 1,
     backend: BackendOpt = BackendKind.auto,
     max_batch: MaxBatchOpt = 64,
     max_wait_ms: MaxWaitOpt = 5.0,
@@ -329,6 +365,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: /predict, /feedback, /health, /ready, /metrics, /dashboard, /docs."""
     check_writable(out)
+    _check_engine(engine, workers, replicas)
     if sync_log and log_mode is LogMode.async_:
         raise ConfigError("--sync-log and --log-mode async contradict each other; expected one of them")
     token = _bearer(token, host)
@@ -371,6 +408,8 @@ def serve(
         "reference": reference_path,
         "store": None if no_store else (store or str(out / "predictions.db")),
         "workers": workers,
+        "engine": engine.value,
+        "replicas": replicas,
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "token"},
     }
     spec_path = _write_spec(spec, out)

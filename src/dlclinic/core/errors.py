@@ -83,6 +83,7 @@ EXTRA_OF: dict[str, str] = {
     "sqlalchemy": "serve",
     "prometheus_client": "serve",
     "httpx": "serve",
+    "ray": "ray",
     "jsonschema": "serve",
     "pyarrow": "parquet",
     "psycopg": "postgres",

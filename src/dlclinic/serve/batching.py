@@ -9,9 +9,13 @@ exceed ``max_queue`` the request is refused at once with :class:`QueueFull` (the
 answers 503 with ``Retry-After``) instead of letting latency grow without bound.
 ``max_batch=1`` is plain one-request-at-a-time serving (the baseline of the load test).
 
-Written here rather than taken from a serving framework (Ray Serve, TorchServe, Triton):
-those bring their own process model and deployment tooling; this is ~100 lines inside
-the same FastAPI process.
+Written here for the embedded server, which needs no serving framework: ~100 lines inside
+the same FastAPI process. ``dlclinic serve --engine ray`` swaps it for Ray Serve's
+``@serve.batch`` through the :class:`Batcher` protocol (:mod:`dlclinic.serve.ray_engine`), the
+rest of the app unchanged. Over HTTP, batching pays off when the model dominates a request's
+cost: with a model whose batch-32 throughput is ~7× its batch-1 throughput, 32 clients got
+2.4× the unbatched throughput on the 2-core VM (``bench/bench_serve.py``, docs/benchmarks.md);
+with the demo CNN (~2×) the HTTP and JSON work per request dominates and batching cannot win.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from dlclinic.core.errors import ConfigError
 
-__all__ = ["BatchResult", "Draining", "DynamicBatcher", "QueueFull", "run_load"]
+__all__ = ["BatchResult", "Batcher", "BatcherFactory", "Draining", "DynamicBatcher", "Predict", "QueueFull", "run_load"]
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
@@ -50,6 +54,28 @@ class BatchResult:
     batch_rows: int
     queue_seconds: float
     model_seconds: float
+
+
+class Batcher(Protocol):
+    """What the server needs from a batcher: :class:`DynamicBatcher`, or Ray Serve's ``@serve.batch`` adapter."""
+
+    pending_rows: int
+
+    async def start(self) -> None:
+        """Get ready on the running loop (idempotent)."""
+        ...
+
+    async def submit(self, x: np.ndarray) -> BatchResult:
+        """Predict ``x`` (N rows) in some batch; :class:`QueueFull` or :class:`Draining` when refused."""
+        ...
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Refuse new requests and finish the queued ones; ``True`` if all finished within ``timeout`` s."""
+        ...
+
+
+# (predict, the server's config, on_batch(rows, model_seconds)) -> a batcher; config is a ServeConfig.
+BatcherFactory = Callable[[Predict, Any, Callable[[int, float], None]], Batcher]
 
 
 @dataclass
