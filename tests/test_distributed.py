@@ -20,7 +20,7 @@ import torch
 
 from dlclinic.api import prepare_model, retrainer
 from dlclinic.cli import main
-from dlclinic.cli.launch import torchrun_command
+from dlclinic.cli.launch import exit_code, torchrun_command
 from dlclinic.core import distributed
 from dlclinic.core.case import Case
 from dlclinic.core.recipe import FitConfig
@@ -138,6 +138,7 @@ def test_torchrun_command_drops_nproc() -> None:
             "--nproc does not apply to model.hyperparameters",
         ),
         (["checkup", "--demo", "--nproc", "x"], "--nproc"),
+        (["checkup", "--train", "missing.npz", "--nproc", "2"], "missing.npz"),  # the data load before the launch
     ],
 )
 def test_bad_nproc_is_one_line(
@@ -159,3 +160,16 @@ def test_single_process_is_not_distributed() -> None:
         and distributed.agree(False) is False
     )
     assert distributed.info() == {"world_size": 1}
+
+
+def test_fail_on_code_reaches_the_launcher_without_a_crashed_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "exit"
+    monkeypatch.setenv("DLCLINIC_NPROC_EXIT_FILE", str(target))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert exit_code(1) == 0 and not target.exists()  # rank 1 leaves the code to rank 0
+    monkeypatch.setenv("RANK", "0")
+    assert exit_code(2) == 2 and not target.exists()  # an error must fail the worker: torchrun stops the others
+    assert exit_code(1) == 0 and target.read_text() == "1"

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     Run as the program (no ``argv``: the ``dlclinic`` script, ``python -m dlclinic.cli``), the
     process ends as soon as the command is done (:func:`_exit_now`).
     """
-    code = _run(argv)
+    code = launch.exit_code(_run(argv))
     if argv is None:
         _exit_now(code)
     return code

@@ -97,8 +97,6 @@ def checkup(
     check_flag_options(options, flags or {})
     built = check_options(options)  # bad options fail before any work
     check_writable(out)
-    launch.relaunch(nproc)  # --nproc N: this command again under torchrun
-    quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
         DataOptions(
@@ -117,6 +115,9 @@ def checkup(
             numeric=numeric,
         )
     )
+    # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)
+    launch.relaunch(nproc)
+    quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
     case = record_recipe(case, epochs, seed, oof, embedding_layer)
     report = run_checkup(
         case,

@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import typer
 
 from dlclinic.core import distributed
 
-__all__ = ["NO_NPROC", "relaunch", "remember", "torchrun_command"]
+__all__ = ["NO_NPROC", "exit_code", "relaunch", "remember", "torchrun_command"]
+
+_EXIT_FILE = "DLCLINIC_NPROC_EXIT_FILE"  # where rank 0 leaves a --fail-on exit code for the launcher
 
 NO_NPROC = {
     "model.hyperparameters": "its Optuna search shares work through --n-workers and --storage",
@@ -71,5 +75,24 @@ def relaunch(nproc: int) -> None:
         return
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    code = subprocess.call(torchrun_command(nproc, _argv), env=env)
+    with tempfile.TemporaryDirectory(prefix="dlclinic-nproc-") as folder:
+        env[_EXIT_FILE] = str(Path(folder) / "exit")
+        code = subprocess.call(torchrun_command(nproc, _argv), env=env)
+        if code == 0 and Path(env[_EXIT_FILE]).exists():
+            code = int(Path(env[_EXIT_FILE]).read_text())
     raise typer.Exit(code)
+
+
+def exit_code(code: int) -> int:
+    """The exit code of this process: under a ``--nproc`` launch, rank 0's ``--fail-on`` code 1 is handed
+    to the launcher through a file and the rank exits 0, so torchrun does not report a crashed worker.
+
+    Only code 1 (the report crossed ``--fail-on``), which comes after all the shared work: a rank that
+    fails with an error must exit non-zero, so that torchrun stops the others instead of leaving them waiting.
+    """
+    target = os.environ.get(_EXIT_FILE)
+    if code != 1 or not target or distributed.launched() <= 1:
+        return code
+    if distributed.is_main():
+        Path(target).write_text(str(code))
+    return 0

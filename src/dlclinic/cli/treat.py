@@ -134,8 +134,6 @@ def treat(
     treat_flag_params(params, challenge, flags or {})
     built = remedy_params(challenge, params)  # bad parameters fail before any work
     check_writable(out)
-    _launch(challenge, nproc, quiet)
-    quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
         DataOptions(
@@ -154,6 +152,9 @@ def treat(
             numeric=numeric,
         )
     )
+    # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)
+    _launch(challenge, nproc, quiet)
+    quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
     treatment, before, after = run_treat(
         case,
         challenge,

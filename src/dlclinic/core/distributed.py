@@ -81,8 +81,9 @@ def backend() -> str:
 
 def _join() -> None:
     """Join the process group torchrun set up (``MASTER_ADDR``/``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``)."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():  # more ranks than GPUs: CPU work only
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend(), timeout=_TIMEOUT)
     atexit.register(_leave)
 
