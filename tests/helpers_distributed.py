@@ -6,6 +6,9 @@ Modes:
   separable problem; writes the weights, histories and test accuracies.
 * ``evidence`` — the evidence pass of a fixed model (a CNN with BatchNorm in eval mode, uneven
   batch shards) on train and test, and the K-fold out-of-fold probabilities; writes every array.
+* ``checkup`` — :func:`dlclinic.checkup` (data.generalization) of a user model that each rank
+  initialises with another seed (``seed = rank``): rank 0's model must be the one examined; writes
+  the report's result and world size.
 * ``data`` — writes the tiny ``train.npz``/``test.npz`` the CLI test treats.
 
 Rank 0 writes ``OUT`` (an ``.npz``); every rank writes ``OUT.rank<r>.json`` with the world size it saw.
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.api import checkup
 from dlclinic.core import distributed
 from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
@@ -91,6 +95,21 @@ def run_evidence(out: Path) -> None:
     save(out, arrays)
 
 
+def run_checkup(out: Path) -> None:
+    x, y = problem(n=600, seed=3)
+    torch.manual_seed(distributed.rank())  # another initial model on each rank, as a factory without weights gives
+    case = Case.from_arrays((x[:400], y[:400]), (x[400:], y[400:]), model=plain_mlp(8, 3))
+    report = checkup(case, only=["data.generalization"], evidence_config=EvidenceConfig(cache=False))
+    result = {k: v for k, v in report["data.generalization"].to_dict().items() if k != "seconds"}
+    save(
+        out,
+        {
+            "result": np.array(json.dumps(result, sort_keys=True)),
+            "world_size": np.array(report.environment["world_size"]),
+        },
+    )
+
+
 def run_data(out: Path) -> None:
     x, y = problem(n=900, d=8, seed=2)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,4 +127,4 @@ def save(out: Path, arrays: dict[str, np.ndarray]) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)  # the same in one process and under torchrun (which sets OMP_NUM_THREADS=1)
     mode, target = sys.argv[1], Path(sys.argv[2])
-    {"fit": run_fit, "evidence": run_evidence, "data": run_data}[mode](target)
+    {"fit": run_fit, "evidence": run_evidence, "checkup": run_checkup, "data": run_data}[mode](target)

@@ -74,6 +74,14 @@ def test_sharded_evidence_is_identical(tmp_path: Path) -> None:
         np.testing.assert_array_equal(two[key], one[key], err_msg=key)
 
 
+def test_checkup_examines_rank_0s_model(tmp_path: Path) -> None:
+    one = _helper("checkup", tmp_path / "one.npz", tmp_path, processes=1)
+    two = _helper("checkup", tmp_path / "two.npz", tmp_path, processes=2)
+    assert int(one["world_size"]) == 1 and int(two["world_size"]) == 2
+    # rank 1 initialised other weights: the checkup broadcasts rank 0's, so the result is the single process's
+    assert json.loads(str(two["result"])) == json.loads(str(one["result"]))
+
+
 def _accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())

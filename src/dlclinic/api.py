@@ -455,6 +455,7 @@ def checkup(
     ev_cfg = evidence_config or EvidenceConfig()
     progress = progress or NullProgress()
     timings: dict[str, float] = {}
+    _one_model(case)
 
     t = time.perf_counter()
     # K-fold retraining is cheap (and the default) only for the small baseline dlclinic trains itself
@@ -494,6 +495,14 @@ def _model_facts(model: Any) -> dict[str, Any]:
         facts["parameters"] = int(sum(p.numel() for p in model.parameters()))
     facts["sha256"] = fingerprint_model(model)
     return facts
+
+
+def _one_model(case: Case) -> None:
+    """Several processes: rank 0's weights of the case's torch model on every rank (in place; a no-op on
+    rank 0 and in one process). Each rank built the model itself: a factory without ``--weights``
+    draws other initial weights on each, and the sharded evidence pass needs one model."""
+    if isinstance(case.model, torch.nn.Module):
+        distributed.broadcast_weights(case.model)
 
 
 @contextlib.contextmanager
@@ -540,6 +549,7 @@ def treat(
     ev_cfg = evidence_config or EvidenceConfig()
     cfg = fit_config or FitConfig()
     case = prepare_model(case, fit_config=cfg, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
+    _one_model(case)
     retrain, recipe = retrainer(case, cfg)
 
     def measure(c: Case, *, options: Mapping[str, Any] | None = None, only: Sequence[str] | None = None) -> Report:
