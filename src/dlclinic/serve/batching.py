@@ -13,9 +13,9 @@ Written here for the embedded server, which needs no serving framework: ~100 lin
 the same FastAPI process. ``dlclinic serve --engine ray`` swaps it for Ray Serve's
 ``@serve.batch`` through the :class:`Batcher` protocol (:mod:`dlclinic.serve.ray_engine`), the
 rest of the app unchanged. Over HTTP, batching pays off when the model dominates a request's
-cost: with a model whose batch-32 throughput is ~7× its batch-1 throughput, 32 clients got
-2.4× the unbatched throughput on the 2-core VM (``bench/bench_serve.py``, docs/benchmarks.md);
-with the demo CNN (~2×) the HTTP and JSON work per request dominates and batching cannot win.
+cost: with a model whose batch-32 throughput is 6.4× its batch-1 throughput, 32 clients got
+3.7× the unbatched throughput on the 2-core VM (``bench/bench_serve.py``, docs/benchmarks.md);
+with the demo CNN (~2×) the HTTP and JSON work per request dominates and batching wins little.
 """
 
 from __future__ import annotations

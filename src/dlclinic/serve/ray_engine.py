@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -183,7 +184,15 @@ def deploy(
     serve.run(deployment.bind(build, threads), name="dlclinic", route_prefix="/", blocking=False)
 
     def stop() -> None:
-        serve.shutdown()
+        # Bounded: when a signal to the whole process group (Ctrl-C, systemd) has already ended Ray's own
+        # processes, serve.shutdown() waits for them forever; Ray is then stopped without it.
+        waiter = threading.Thread(target=serve.shutdown, daemon=True, name="dlclinic-serve-shutdown")
+        waiter.start()
+        waiter.join(float(config.drain_timeout_s) + 10.0)
+        if waiter.is_alive():
+            warnings.warn(
+                "Ray Serve did not shut down in time (Ray's processes already stopped?); stopping Ray", stacklevel=2
+            )
         ray.shutdown()
 
     return stop
