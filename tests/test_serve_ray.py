@@ -43,12 +43,12 @@ def build_app(store: str, make_batcher: Any) -> Any:
     )
 
 
-def test_missing_ray_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+def test_missing_ray_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'dlclinic\[ray\]'") as info:
         require_ray()
     assert "\n" not in str(info.value)
-    assert main(["serve", "--demo", "--engine", "ray", "--out", "unused-out", "--dry-run"]) == 2
+    assert main(["serve", "--demo", "--engine", "ray", "--out", str(tmp_path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dlclinic[ray]" in err[0], err
 
@@ -56,6 +56,49 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatc
 def test_engine_options_that_do_not_go_together_are_refused(tmp_path: Path, capsys: Any) -> None:
     assert main(["serve", "--demo", "--replicas", "2", "--out", str(tmp_path), "--dry-run"]) == 2
     assert "--replicas 2 needs --engine ray" in capsys.readouterr().err
+
+
+def test_ray_batcher_batches_rows_and_gives_each_request_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray", reason="the Ray Serve engine needs `pip install 'dlclinic[ray]'`")
+    import asyncio
+
+    from dlclinic.serve.batching import Draining, QueueFull
+    from dlclinic.serve.ray_engine import RayBatcher
+
+    # outside a replica, Ray's queue cannot read the replica's max_ongoing_requests for its warning
+    monkeypatch.setattr(
+        "ray.serve.batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None
+    )
+    calls: list[int] = []
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        calls.append(len(x))
+        time.sleep(0.01)
+        return np.repeat(x[:, :1], K, axis=1), x * 2  # each row's answer carries its own first value
+
+    batches: list[int] = []
+    batcher = RayBatcher(
+        predict, ServeConfig(max_batch=4, max_wait_ms=20.0, max_queue=8), lambda n, _s: batches.append(n)
+    )
+
+    async def scenario() -> None:
+        xs = [np.full((1, D), float(i), dtype=np.float32) for i in range(8)]
+        results = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        for i, r in enumerate(results):
+            assert r.probs.shape == (1, K) and float(r.probs[0, 0]) == i and float(r.embeddings[0, 0]) == 2 * i
+        assert max(calls) <= 4 and sum(calls) == 8 and len(calls) < 8, calls  # batched, never over max_batch rows
+        threes = await asyncio.gather(*(batcher.submit(np.full((3, D), 10.0 + i, np.float32)) for i in range(2)))
+        assert [float(r.probs[0, 0]) for r in threes] == [10.0, 11.0] and max(calls) <= 4  # rows, not requests
+        big = await batcher.submit(np.arange(6 * D, dtype=np.float32).reshape(6, D))  # over max_batch: alone
+        assert big.batch_rows == 6 and big.probs.shape == (6, K)
+        with pytest.raises(QueueFull):
+            await asyncio.gather(*(batcher.submit(np.zeros((3, D), np.float32)) for _ in range(4)))
+        assert await batcher.drain(5.0)
+        with pytest.raises(Draining):
+            await batcher.submit(xs[0])
+
+    asyncio.run(scenario())
+    assert batches[: len(calls)] == calls
 
 
 def test_ray_engine_serves_with_request_ids_batches_and_logs(tmp_path: Path) -> None:
@@ -86,7 +129,10 @@ def test_ray_engine_serves_with_request_ids_batches_and_logs(tmp_path: Path) -> 
             fresh = client.post("/predict", json={"inputs": x[2:].tolist()})
             assert fresh.status_code == 200 and fresh.json()["request_id"] == fresh.headers["x-request-id"]
             assert client.post("/predict", json={"inputs": [[1.0] * (D + 1)]}).status_code == 422
-            assert "dlclinic_batch_rows" in client.get("/metrics").text
+            metrics = dict(
+                line.rsplit(" ", 1) for line in client.get("/metrics").text.splitlines() if line.startswith("dlclinic_")
+            )
+            assert float(metrics["dlclinic_batch_rows_sum"]) == 3  # through @serve.batch; replays ran no model
     finally:
         stop()
     assert not ray.is_initialized()
