@@ -82,7 +82,7 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(trained: dict[s
             422,
             "finite",
         ),
-        ({"content": b'{"inputs": [[1, 2', "headers": {"content-type": "application/json"}}, 422, ""),
+        ({"content": b'{"inputs": [[1, 2', "headers": {"content-type": "application/json"}}, 422, "JSON decode error"),
         ({"json": {"nope": 1}}, 422, ""),
         ({"json": {"inputs": np.zeros((60, D)).tolist()}}, 413, "at most 50"),
         ({"content": b"[" + b"0," * 20_000 + b"0]", "headers": {"content-type": "application/json"}}, 413, "bytes"),
