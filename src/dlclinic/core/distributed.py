@@ -120,7 +120,7 @@ def is_main() -> bool:
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0") or 0) == 0
+    return launched() <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
 
 
 @contextlib.contextmanager
