@@ -96,6 +96,8 @@ def test_ray_batcher_batches_rows_and_gives_each_request_its_own(monkeypatch: py
         assert await batcher.drain(5.0)
         with pytest.raises(Draining):
             await batcher.submit(xs[0])
+        await batcher.start()  # serving again after a drain (a new model thread)
+        assert float((await batcher.submit(xs[1])).probs[0, 0]) == 1.0
 
     asyncio.run(scenario())
     assert batches[: len(calls)] == calls

@@ -74,7 +74,7 @@ class RayBatcher:
         self.max_queue = int(config.max_queue)
         self.pending_rows = 0
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlclinic-model")
+        self._executor: ThreadPoolExecutor | None = None
         self._batched = serve.batch(
             max_batch_size=self.max_batch,
             batch_wait_timeout_s=float(config.max_wait_ms) / 1000.0,
@@ -83,6 +83,12 @@ class RayBatcher:
 
     async def start(self) -> None:
         self._closing = False
+        self._model_thread()
+
+    def _model_thread(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlclinic-model")
+        return self._executor
 
     async def submit(self, x: np.ndarray) -> BatchResult:
         if self._closing:
@@ -103,7 +109,7 @@ class RayBatcher:
     async def _run_batch(self, xs: list[np.ndarray], arrived: list[float]) -> list[BatchResult]:
         x = xs[0] if len(xs) == 1 else np.concatenate(xs)
         started = time.perf_counter()
-        probs, emb = await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, x)
+        probs, emb = await asyncio.get_running_loop().run_in_executor(self._model_thread(), self.predict, x)
         seconds = time.perf_counter() - started
         self.on_batch(len(x), seconds)
         out, offset = [], 0
@@ -119,7 +125,9 @@ class RayBatcher:
         deadline = time.monotonic() + timeout
         while self.pending_rows > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         return self.pending_rows == 0
 
 
