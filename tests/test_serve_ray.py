@@ -6,6 +6,7 @@ with the reason, and the missing-Ray error is tested by hiding the module.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import socket
 import sys
@@ -103,7 +104,8 @@ def test_ray_batcher_batches_rows_and_gives_each_request_its_own(monkeypatch: py
     assert batches[: len(calls)] == calls
 
 
-def test_ray_engine_serves_with_request_ids_batches_and_logs(tmp_path: Path) -> None:
+def test_ray_engine_serves_with_request_ids_batches_and_logs(log_url: str) -> None:
+    """Two replicas, one log (SQLite file, or PostgreSQL in CI): ids, replays and conflicts hold across replicas."""
     ray = pytest.importorskip("ray", reason="the Ray Serve engine needs `pip install 'dlclinic[ray]'`")
     import httpx
     from ray import cloudpickle
@@ -111,10 +113,9 @@ def test_ray_engine_serves_with_request_ids_batches_and_logs(tmp_path: Path) -> 
     from dlclinic.serve.ray_engine import deploy
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import this test module
-    store, port = str(tmp_path / "log.db"), _free_port()
-    started = time.perf_counter()
-    stop = deploy(functools.partial(build_app, store), replicas=1, config=ServeConfig(max_batch=8), port=port)
-    x = np.random.default_rng(0).normal(size=(3, D)).astype(np.float32)
+    port, started = _free_port(), time.perf_counter()
+    stop = deploy(functools.partial(build_app, log_url), replicas=2, config=ServeConfig(max_batch=8), port=port)
+    x = np.random.default_rng(0).normal(size=(11, D)).astype(np.float32)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             assert client.get("/ready").json()["ready"] is True
@@ -122,24 +123,36 @@ def test_ray_engine_serves_with_request_ids_batches_and_logs(tmp_path: Path) -> 
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["request_id"] == "ray-1" and len(body["predictions"]) == 2
-            again = client.post("/predict", json={"inputs": x[:2].tolist(), "request_id": "ray-1"})
-            assert (
-                again.headers.get("Idempotent-Replayed") == "true"
-                and again.json()["probabilities"] == body["probabilities"]
-            )
-            assert client.post("/predict", json={"inputs": x[2:].tolist(), "request_id": "ray-1"}).status_code == 409
-            fresh = client.post("/predict", json={"inputs": x[2:].tolist()})
+            for _ in range(4):  # whichever replica answers, the shared log knows the id
+                again = client.post("/predict", json={"inputs": x[:2].tolist(), "request_id": "ray-1"})
+                assert again.headers.get("Idempotent-Replayed") == "true"
+                assert again.json()["probabilities"] == body["probabilities"]
+                assert (
+                    client.post("/predict", json={"inputs": x[2:3].tolist(), "request_id": "ray-1"}).status_code == 409
+                )
+            fresh = client.post("/predict", json={"inputs": x[2:3].tolist()})
             assert fresh.status_code == 200 and fresh.json()["request_id"] == fresh.headers["x-request-id"]
             assert client.post("/predict", json={"inputs": [[1.0] * (D + 1)]}).status_code == 422
-            metrics = dict(
-                line.rsplit(" ", 1) for line in client.get("/metrics").text.splitlines() if line.startswith("dlclinic_")
-            )
-            assert float(metrics["dlclinic_batch_rows_sum"]) == 3  # through @serve.batch; replays ran no model
+            assert "dlclinic_batch_rows_count" in client.get("/metrics").text
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent writers on both replicas
+                codes = list(
+                    pool.map(
+                        lambda i: (
+                            client.post(
+                                "/predict", json={"inputs": x[3 + i : 4 + i].tolist(), "request_id": f"c-{i}"}
+                            ).status_code
+                        ),
+                        range(8),
+                    )
+                )
+            assert codes == [200] * 8
     finally:
         stop()
     assert not ray.is_initialized()
-    logged = PredictionStore(store).read()
+    logged = PredictionStore(log_url).read()
     rows = {(rid, int(row)): h for rid, row, h in zip(logged.request_id, logged.row, logged.input_hash, strict=True)}
     assert rows[("ray-1", 0)] == hash_input(x[0]) and rows[("ray-1", 1)] == hash_input(x[1])
-    assert len(rows) == 3  # the replay and the refused requests logged nothing new
+    assert all(rows[(f"c-{i}", 0)] == hash_input(x[3 + i]) for i in range(8))
+    assert len(rows) == 11  # replays and refused requests logged nothing new
     assert time.perf_counter() - started < 90

@@ -51,24 +51,6 @@ def backend() -> TorchBackend:
     return TorchBackend(_build(), (D,), K)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """The store under test: SQLite in ``tmp_path``, or a fresh database on ``$DLCLINIC_TEST_POSTGRES``."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "log.db")
-        return
-    base = os.environ.get("DLCLINIC_TEST_POSTGRES")
-    if not base:
-        pytest.skip("set DLCLINIC_TEST_POSTGRES=postgresql://user@host/db (scripts/postgres.sh) to run on PostgreSQL")
-    psycopg = pytest.importorskip("psycopg")
-    name = f"dlclinic_t{time.time_ns()}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def _rows(n: int, seed: int) -> list[list[float]]:
     return np.random.default_rng(seed).normal(size=(n, D)).round(4).tolist()
 
