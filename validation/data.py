@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FAIR_COLUMNS", "Splits", "blobs", "load", "redundant_pool", "split"]
+__all__ = ["FAIR_COLUMNS", "Splits", "blobs", "load", "redundant_pool", "split", "token_sequences"]
 
 
 @functools.cache
@@ -87,6 +87,36 @@ def blobs(
     rng.shuffle(y)
     x = centres[y] + rng.normal(size=(n, d)) + shift
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def token_sequences(
+    n: int, *, seed: int = 0, length: int = 48, vocab: int = 300, k: int = 4, cues: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id sequences (int64, N × ``length``, 0 = padding at the end) of ``k`` classes.
+
+    Each row is 12..``length`` filler tokens drawn Zipf-like from ids ``k*5+1 .. vocab-1`` with
+    ``cues`` of its class's five cue tokens at random positions; a third of the rows also
+    carry one cue of another class (a distractor), so the class is the majority of cues and
+    an order-aware model (LSTM, GRU, attention) or a bag of tokens can learn it but a
+    linear read of raw ids cannot.
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    first = k * 5 + 1
+    ranks = np.arange(1, vocab - first + 1, dtype=np.float64)
+    p = 1.0 / ranks
+    p /= p.sum()
+    x = np.zeros((n, length), dtype=np.int64)
+    for i in range(n):
+        m = int(rng.integers(12, length + 1))
+        row = first + rng.choice(len(ranks), size=m, p=p)
+        marks = [1 + 5 * int(y[i]) + int(c) for c in rng.integers(0, 5, size=cues)]
+        if rng.random() < 1 / 3:
+            other = (int(y[i]) + int(rng.integers(1, k))) % k
+            marks.append(1 + 5 * other + int(rng.integers(0, 5)))
+        row[rng.choice(m, size=len(marks), replace=False)] = marks
+        x[i, :m] = row
+    return x, y.astype(np.int64)
 
 
 def redundant_pool(n: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -75,7 +75,7 @@ def _factory_for(case: Case) -> Callable[[], Any] | None:
     if case.model_factory is not None:
         return case.model_factory
     if case.model is None:
-        return lambda: baseline_for(case.input_shape, case.n_classes, case.modality)
+        return lambda: baseline_for(case.input_shape, case.n_classes, case.modality, case.vocab_size)
     return None
 
 

@@ -10,7 +10,15 @@ import typer
 from dlclinic.api import check_options
 from dlclinic.api import checkup as run_checkup
 from dlclinic.cli import launch
-from dlclinic.cli.flags import CHECKUP_FLAGS, CategoricalOpt, NprocOpt, NumericOpt, check_flag_options, expand_flags
+from dlclinic.cli.flags import (
+    CHECKUP_FLAGS,
+    CategoricalOpt,
+    ModalityOpt,
+    NprocOpt,
+    NumericOpt,
+    check_flag_options,
+    expand_flags,
+)
 from dlclinic.cli.options import (
     AllowPickleOpt,
     CacheOpt,
@@ -62,6 +70,7 @@ def checkup(
     id_col: IdOpt = None,
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
+    modality: ModalityOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -113,6 +122,7 @@ def checkup(
             allow_pickle,
             categorical=categorical,
             numeric=numeric,
+            modality=modality,
         )
     )
     # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dlclinic.api import prepare_model
-from dlclinic.cli.flags import CategoricalOpt, NumericOpt
+from dlclinic.cli.flags import CategoricalOpt, ModalityOpt, NumericOpt
 from dlclinic.cli.options import (
     CacheOpt,
     CleanDemoOpt,
@@ -60,6 +60,7 @@ def export(
     label_col: LabelOpt = None,
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
+    modality: ModalityOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
@@ -82,6 +83,7 @@ def export(
             weights,
             categorical=categorical,
             numeric=numeric,
+            modality=modality,
         )
     )
     case = prepare_model(case, cache_dir=cache_dir)

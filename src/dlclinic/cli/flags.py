@@ -24,6 +24,7 @@ __all__ = [
     "TREAT_FLAGS",
     "CategoricalOpt",
     "Flag",
+    "ModalityOpt",
     "NprocOpt",
     "NumericOpt",
     "check_flag_options",
@@ -46,6 +47,14 @@ NumericOpt = Annotated[
     typer.Option(
         "--numeric",
         help="Table columns to keep as one numeric feature, comma-separated (overrides the integer-coded default).",
+    ),
+]
+
+ModalityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--modality",
+        help="What a row is: image, table, vector, tokens (integer token ids for a model with an embedding layer; kept int64) or sequence (float time series). Default: read from the file type, shapes, dtype and the model's layers.",
     ),
 ]
 

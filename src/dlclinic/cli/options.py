@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from dlclinic.cli.flags import column_list
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, infer_modality
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import EvidenceConfig
 from dlclinic.core.inference import check_label_range
@@ -99,6 +99,7 @@ class DataOptions:
     allow_pickle: bool = False
     categorical: str | None = None
     numeric: str | None = None
+    modality: str | None = None
 
     def cli_args(self) -> str:
         if self.demo or self.clean_demo:
@@ -113,6 +114,7 @@ class DataOptions:
             ("--id-col", self.id_col),
             ("--categorical", self.categorical),
             ("--numeric", self.numeric),
+            ("--modality", self.modality),
             ("--model", self.model),
             ("--weights", self.weights),
         ):
@@ -143,6 +145,7 @@ def _data_case(opts: DataOptions) -> Case:
         id_col=opts.id_col,
         categorical=column_list(opts.categorical),
         numeric=column_list(opts.numeric),
+        modality=opts.modality,
     )
 
 
@@ -154,6 +157,8 @@ def load_case(opts: DataOptions) -> Case:
     if opts.model is not None:
         model, source = load_model(opts.model, weights=opts.weights, allow_pickle=opts.allow_pickle)
         case = dataclasses.replace(case, model=model, model_source=source, model_factory=load_factory(opts.model))
+        if opts.modality is None and case.modality != "table":  # the model's layers tell token ids from features
+            case = case.with_modality(infer_modality(case.train.x, model))
         check_label_range(case)
     meta = dict(case.metadata)
     meta["cli_args"] = opts.cli_args()

@@ -22,7 +22,7 @@ import torch
 import typer
 
 from dlclinic.api import prepare_model
-from dlclinic.cli.flags import CategoricalOpt, NumericOpt
+from dlclinic.cli.flags import CategoricalOpt, ModalityOpt, NumericOpt
 from dlclinic.cli.options import (
     CacheOpt,
     CleanDemoOpt,
@@ -99,6 +99,7 @@ def _data_options(d: dict[str, Any]) -> DataOptions:
         weights=path("weights"),
         categorical=d.get("categorical"),
         numeric=d.get("numeric"),
+        modality=d.get("modality"),
     )
 
 
@@ -121,6 +122,7 @@ def _data_spec(opts: DataOptions) -> dict[str, Any]:
         "weights": path(opts.weights),
         "categorical": opts.categorical,
         "numeric": opts.numeric,
+        "modality": opts.modality,
     }
 
 
@@ -336,6 +338,7 @@ def serve(
     id_col: IdOpt = None,
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
+    modality: ModalityOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     out: ServeOutOpt = Path("dlclinic-serve"),
@@ -382,6 +385,7 @@ def serve(
         weights,
         categorical=categorical,
         numeric=numeric,
+        modality=modality,
     )
     fit_cfg = FitConfig(epochs=epochs, seed=seed)
     case = prepare_model(load_case(opts), fit_config=fit_cfg, cache_dir=cache_dir, progress=RichProgress())

@@ -14,7 +14,15 @@ from dlclinic.api import remedy_params
 from dlclinic.api import treat as run_treat
 from dlclinic.challenges import get_remedy
 from dlclinic.cli import launch
-from dlclinic.cli.flags import TREAT_FLAGS, CategoricalOpt, NprocOpt, NumericOpt, expand_flags, treat_flag_params
+from dlclinic.cli.flags import (
+    TREAT_FLAGS,
+    CategoricalOpt,
+    ModalityOpt,
+    NprocOpt,
+    NumericOpt,
+    expand_flags,
+    treat_flag_params,
+)
 from dlclinic.cli.options import (
     AllowPickleOpt,
     CacheOpt,
@@ -96,6 +104,7 @@ def treat(
     id_col: IdOpt = None,
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
+    modality: ModalityOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -150,6 +159,7 @@ def treat(
             allow_pickle,
             categorical=categorical,
             numeric=numeric,
+            modality=modality,
         )
     )
     # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)

@@ -19,9 +19,25 @@ import numpy as np
 
 from dlclinic.core.errors import InputError
 
-__all__ = ["MAX_ABS_INPUT", "SPLIT_NAMES", "Case", "Split", "as_array", "unusable_rows", "usable_inputs"]
+__all__ = [
+    "MAX_ABS_INPUT",
+    "MODALITIES",
+    "SPLIT_NAMES",
+    "Case",
+    "Split",
+    "as_array",
+    "infer_modality",
+    "unusable_rows",
+    "usable_inputs",
+]
 
 SPLIT_NAMES = ("train", "test", "deploy")
+
+#: What a row is. ``tokens``: integer token ids (N × T, 0 may be padding) read by an embedding
+#: layer — kept int64 end to end; ``sequence``: float time series (N × T or N × C × T, or
+#: N × T × F for a batch-first RNN); ``image``: N × C × H × W (or N × H × W); ``table``:
+#: named columns (from a CSV/Parquet file); ``vector``: any other N × features array.
+MODALITIES = ("image", "vector", "table", "tokens", "sequence")
 
 #: Input values beyond ±this are unusable, like NaN and ±Inf: their squares and sums overflow
 #: float32 (max ≈ 3.4e38), so distances, standardisation and most models turn them into Inf/NaN.
@@ -144,8 +160,10 @@ class Split:
         return self.y is not None
 
     @classmethod
-    def build(cls, name: str, x: Any, y: Any = None, groups: Any = None, ids: Any = None) -> Split:
-        """Validate and convert one split. Raises :class:`InputError` with a one-line reason."""
+    def build(
+        cls, name: str, x: Any, y: Any = None, groups: Any = None, ids: Any = None, *, like: Split | None = None
+    ) -> Split:
+        """Validate and convert one split (to ``like``'s input dtype when given). Raises :class:`InputError` with a one-line reason."""
         if (
             x is not None
             and hasattr(x, "__getitem__")
@@ -163,7 +181,11 @@ class Split:
             raise InputError(f"split {name!r}: expected at least one sample, found 0")
         if xa.dtype.kind not in "fiub":
             raise InputError(f"split {name!r} x: expected numeric inputs, found dtype {xa.dtype}")
-        xa = np.ascontiguousarray(xa, dtype=np.float32)
+        # N × T integers are kept (token ids must reach an embedding layer as integers); Case
+        # casts them to float32 unless the modality is "tokens"; images become float32 here
+        xa = np.ascontiguousarray(xa, dtype=np.int64 if xa.dtype.kind in "iu" and xa.ndim == 2 else np.float32)
+        if like is not None and xa.dtype != like.x.dtype:
+            xa = xa.astype(like.x.dtype)
         n = xa.shape[0]
         ya = None
         if y is not None:
@@ -184,6 +206,67 @@ class Split:
         return cls(name=name, x=xa, y=ya, groups=ga, ids=ia)
 
 
+def _module_kinds(model: Any) -> set[str]:
+    """Class names of the model's modules (a factory is called once to see its architecture)."""
+    if callable(model) and (isinstance(model, type) or not hasattr(model, "modules")):
+        try:
+            model = model()
+        except Exception:  # a factory that needs arguments tells us nothing
+            return set()
+    modules = getattr(model, "modules", None)
+    return {type(m).__name__ for m in modules()} if callable(modules) else set()
+
+
+def _integral(x: np.ndarray) -> bool:
+    """Non-negative whole numbers (integers, or floats that hold ids, e.g. read before the model was known)."""
+    if x.dtype.kind in "iu":
+        return not x.size or int(x.min()) >= 0
+    if x.dtype.kind != "f" or not x.size:
+        return False
+    return bool(np.isfinite(x).all() and x.min() >= 0 and np.array_equal(x, np.round(x)))
+
+
+def infer_modality(x: np.ndarray | None, model: Any = None) -> str:
+    """The modality of inputs ``x`` for ``model`` (an ``nn.Module``, a factory or ``None``).
+
+    N × T non-negative whole numbers read by an embedding layer are ``tokens``; N × A × B floats are a
+    ``sequence`` for a model of 1-D convolutions or recurrent layers without 2-D convolutions,
+    else an ``image`` (as are N × C × H × W); N × T floats are a ``sequence`` for a recurrent or
+    1-D convolutional model; anything else is a ``vector``.
+
+    Example:
+        >>> infer_modality(np.zeros((4, 8, 8), np.float32)), infer_modality(np.zeros((4, 8), np.float32))
+        ('image', 'vector')
+    """
+    if x is None:
+        return "vector"
+    kinds = _module_kinds(model)
+    if x.ndim == 2 and kinds & {"Embedding", "EmbeddingBag"} and _integral(x):
+        return "tokens"
+    temporal = bool(kinds & {"Conv1d", "RNN", "LSTM", "GRU", "TransformerEncoder"}) and not kinds & {"Conv2d"}
+    if x.ndim in (2, 3) and temporal and x.dtype.kind == "f":
+        return "sequence"
+    return "image" if x.ndim in (3, 4) else "vector"
+
+
+def _with_input_dtype(splits: dict[str, Split], modality: str) -> dict[str, Split]:
+    """Splits whose inputs have the modality's dtype: int64 token ids, float32 otherwise."""
+    if modality not in MODALITIES:
+        raise InputError(f"modality: expected one of {', '.join(MODALITIES)}, found {modality!r}")
+    out = {}
+    for name, s in splits.items():
+        if modality == "tokens" and s.x.dtype.kind == "f":
+            if not np.all(np.isfinite(s.x)) or np.any(s.x != np.round(s.x)) or np.any(s.x < 0):
+                raise InputError(f"split {name!r} x: expected non-negative integer token ids, found non-integer values")
+            s = replace(s, x=s.x.astype(np.int64))
+        elif modality == "tokens" and s.x.size and int(s.x.min()) < 0:
+            raise InputError(f"split {name!r} x: expected non-negative token ids, found {int(s.x.min())}")
+        elif modality != "tokens" and s.x.dtype.kind != "f":
+            s = replace(s, x=np.ascontiguousarray(s.x, dtype=np.float32))
+        out[name] = s
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Case:
     """A model and its data, validated. Build it with :meth:`Case.from_arrays` or the loaders in ``dlclinic.io``."""
@@ -195,7 +278,7 @@ class Case:
     model_source: str = "baseline trained by dlclinic"
     model_factory: Any = None  # () -> fresh nn.Module: the architecture remedies retrain
     name: str = "case"
-    modality: str = "vector"  # "image" | "vector" | "table"
+    modality: str = "vector"  # one of MODALITIES
     feature_names: tuple[str, ...] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
@@ -279,7 +362,8 @@ class Case:
             raise InputError(f"class_names: expected {n_classes} names, found {len(names)}")
         x0 = splits["train"].x if "train" in splits else None
         if modality is None:
-            modality = "image" if x0 is not None and x0.ndim in (3, 4) else "vector"
+            modality = infer_modality(x0, model if model is not None else model_factory)
+        splits = _with_input_dtype(splits, modality)
         if model_source is None:
             model_source = "baseline trained by dlclinic" if model is None else f"nn.Module {type(model).__name__}"
         return cls(
@@ -305,6 +389,19 @@ class Case:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def vocab_size(self) -> int:
+        """Token models: the largest token id in any split + 1 (0 for other modalities)."""
+        if self.modality != "tokens":
+            return 0
+        return 1 + max(int(s.x.max()) if s.x.size else 0 for s in self.splits.values())
+
+    def with_modality(self, modality: str) -> Case:
+        """A copy read as ``modality`` (token ids become int64, anything else float32)."""
+        if modality == self.modality:
+            return self
+        return replace(self, modality=modality, splits=_with_input_dtype(dict(self.splits), modality))
 
     def with_model(self, model: Any, source: str) -> Case:
         """A copy of this case with another model (remedies never mutate the user's case)."""
@@ -349,6 +446,7 @@ class Case:
             "class_names": list(self.class_names),
             "modality": self.modality,
             "input_shape": list(self.input_shape),
+            **({"vocab_size": self.vocab_size} if self.modality == "tokens" else {}),
             "splits": {k: len(v) for k, v in self.splits.items()},
             "labelled": {k: v.labelled for k, v in self.splits.items()},
             "has_groups": any(s.groups is not None for s in self.splits.values()),

@@ -58,7 +58,7 @@ from dlclinic.core.atomic import atomic_path
 from dlclinic.core.case import Case, Split, unusable_rows, usable_inputs
 from dlclinic.core.errors import ConfigError, InputError, ModelError
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress
 from dlclinic.core.version import __version__
 from dlclinic.core.workers import run_tasks
@@ -169,17 +169,18 @@ def fold_result(
     case: Case, retrain: Retrain | None, seed: int, task: tuple[int, tuple[np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One fold: the recipe retrained (seed ``seed + fold``) on the other folds; its probabilities on the
-    held-out rows and its predicted classes on every other labelled split."""
+    held-out rows, and its predicted classes (``name``) and probabilities (``name.probs``) on every
+    other labelled split."""
     assert retrain is not None
     fold, (fit_idx, held_idx) = task
     s = case.train
     model = retrain(s.x[fit_idx], s.y[fit_idx], seed + fold)  # type: ignore[index]
     held = _softmax(predict_logits(model, s.x[held_idx]).astype(np.float64)).astype(np.float32)
-    labels = {
-        name: predict_logits(model, usable_inputs(split.x)).argmax(1).astype(np.int64)
-        for name, split in case.splits.items()
-        if name != "train" and split.labelled
-    }
+    labels: dict[str, np.ndarray] = {}
+    for name, split in case.splits.items():
+        if name != "train" and split.labelled:
+            probs = _softmax(predict_logits(model, usable_inputs(split.x)).astype(np.float64)).astype(np.float32)
+            labels[name], labels[f"{name}.probs"] = probs.argmax(1).astype(np.int64), probs
     return held, labels
 
 
@@ -340,6 +341,13 @@ class Evidence:
             return None
         return self._folds["fold.fit_rows"], self._folds[f"fold.pred.{split}"]
 
+    def fold_probabilities(self, split: str) -> np.ndarray | None:
+        """``K × N × classes`` probabilities of the K fold models on ``split`` (unseen by every one
+        of them, like the out-of-fold rows of train), or ``None`` as for :meth:`fold_predictions`."""
+        if self.fold_predictions(split) is None:
+            return None
+        return self._folds.get(f"fold.pred.{split}.probs")
+
     def cached(
         self, name: str, params: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
     ) -> dict[str, np.ndarray]:
@@ -426,7 +434,7 @@ class Evidence:
         inputs get the same kinds of evidence, computed once and cached by content.
         """
 
-        extra = Split.build(name, x, y)
+        extra = Split.build(name, x, y, like=self.case.train)
         if extra.x.shape[1:] != self.case.train.x.shape[1:]:
             raise InputError(
                 f"extra data {name!r}: expected samples of shape {self.case.train.x.shape[1:]} like train, found {extra.x.shape[1:]}"
@@ -535,7 +543,7 @@ class Evidence:
         try:
             with eval_mode(model), torch.inference_mode():
                 for i in range(0, n, bs):
-                    xb = torch.from_numpy(x[i : i + bs]).to(device=device, dtype=dtype)
+                    xb = input_tensor(x[i : i + bs], dtype, device)
                     captured.clear()
                     try:
                         out = first_output(model(xb))

@@ -18,7 +18,37 @@ import torch
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import InputError, ModelError
 
-__all__ = ["check_label_range", "eval_mode", "first_output", "model_input_spec", "predict_logits"]
+__all__ = [
+    "check_label_range",
+    "eval_mode",
+    "first_output",
+    "input_tensor",
+    "model_input_spec",
+    "predict_logits",
+    "reads_token_ids",
+]
+
+
+def reads_token_ids(model: Any) -> bool:
+    """Whether the model has an embedding layer (``nn.Embedding`` / ``nn.EmbeddingBag``): it reads integer ids."""
+    modules = getattr(model, "modules", None)
+    return callable(modules) and any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) for m in modules())
+
+
+def input_tensor(x: np.ndarray, dtype: Any = torch.float32, device: Any = None) -> torch.Tensor:
+    """Model inputs as a tensor: floats in ``dtype`` on ``device``, integers (token ids) as int64.
+
+    The one conversion every caller uses, so token ids never become floats on their way to an
+    embedding layer.
+
+    Example:
+        >>> input_tensor(np.array([[1, 2]])).dtype, input_tensor(np.array([[1.0]]), torch.float64).dtype
+        (torch.int64, torch.float64)
+    """
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if t.is_floating_point() or t.dtype == torch.bool:
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device, dtype=torch.int64)
 
 
 @contextmanager
@@ -70,7 +100,7 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.nd
     parts = []
     with eval_mode(model), torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device=device, dtype=dtype)
+            xb = input_tensor(x[i : i + batch_size], dtype, device)
             try:
                 out = first_output(model(xb))
             except Exception as exc:

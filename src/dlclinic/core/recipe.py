@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dlclinic.core import distributed
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
+from dlclinic.core.inference import input_tensor
 
 __all__ = [
     "FitConfig",
@@ -192,7 +193,7 @@ def fit(
     order = gen.permutation(n)
     n_val = int(round(cfg.val_fraction * n)) if cfg.val_fraction > 0 and n >= 20 else 0
     val_idx, tr_idx = order[:n_val], order[n_val:]
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = input_tensor(x)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
     wt = torch.from_numpy(np.asarray(sample_weight, dtype=np.float32)) if sample_weight is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)

@@ -22,6 +22,7 @@ from dlclinic.core.threads import thread_settings
 from dlclinic.export.verified import export_onnx
 from dlclinic.functional.compression import SweepConfig
 from dlclinic.functional.latency import Runner
+from dlclinic.io.models import onnx_feed
 
 __all__ = ["OnnxFile", "onnx_runner", "onnx_variants", "quantize_onnx_dynamic", "quantize_onnx_static"]
 
@@ -33,9 +34,7 @@ class _Calibration:
     """An onnxruntime ``CalibrationDataReader`` over real inputs, one sample per call."""
 
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 16) -> None:
-        self._batches = iter(
-            [{input_name: np.ascontiguousarray(x[i : i + batch], dtype=np.float32)} for i in range(0, len(x), batch)]
-        )
+        self._batches = iter([{input_name: onnx_feed(x[i : i + batch])} for i in range(0, len(x), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -144,7 +143,7 @@ def onnx_variants(
         except Exception as exc:
             notes.append(f"int8 dynamic quantization failed ({brief(exc)})")
     if cfg.int8_static:
-        calib = np.asarray(x_train[: cfg.calibration_samples], dtype=np.float32)
+        calib = onnx_feed(x_train[: cfg.calibration_samples])
         try:
             files.append(
                 (
@@ -174,10 +173,9 @@ def onnx_runner(path: Any, *, threads: int | None = None) -> tuple[Runner, int]:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
-    name = inp.name
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    name, onnx_type = inp.name, inp.type
 
     def run(batch: np.ndarray) -> Any:
-        return session.run(None, {name: np.ascontiguousarray(batch, dtype=dtype)})[0]
+        return session.run(None, {name: onnx_feed(batch, onnx_type)})[0]
 
     return run, n_threads

@@ -37,7 +37,7 @@ import torch
 
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.errors import InputError, ModelError, brief
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.io.models import OnnxModel
 
 __all__ = ["ExportResult", "export_onnx", "export_pt2", "verify_export"]
@@ -173,7 +173,7 @@ def export_pt2(model: Any, sample_x: np.ndarray, path: str | Path, *, dynamic_ba
     reference = _eager_logits(module, x[:VERIFY_MAX])
     target = Path(path)
     dtype = _input_dtype(module)
-    xb = torch.from_numpy(np.ascontiguousarray(x[:TRACE_BATCH])).to(dtype)
+    xb = input_tensor(x[:TRACE_BATCH], dtype)
     note = ""
     with atomic_path(target) as tmp, _quiet_export():
         program, dynamic, note = _torch_export(module, xb, dynamic_batch)
@@ -259,7 +259,7 @@ def _quiet_export() -> Iterator[None]:
 def _onnx_export(module: Any, x: np.ndarray, tmp: Path, *, dynamo: bool, dynamic_batch: bool, opset: int | None) -> str:
     """Write the ONNX graph to ``tmp``; return the exporter description."""
     dtype = _input_dtype(module)
-    xb = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    xb = input_tensor(x, dtype)
     name = f"torch.onnx.export(dynamo={dynamo})"
     with _eval(module), _quiet_export(), torch.no_grad():
         try:
@@ -339,7 +339,7 @@ def _module_logits(loaded: Any, x: np.ndarray, dtype: Any, *, fixed_batch: int |
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), step):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + step])).to(dtype)
+            xb = input_tensor(x[i : i + step], dtype)
             try:
                 parts.append(first_output(loaded(xb)).detach().float().cpu().numpy())
             except Exception as exc:

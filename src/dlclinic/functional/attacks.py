@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 
 __all__ = ["METHODS", "AttackResult", "RobustCurve", "attack", "multi_targeted_accuracy", "robust_accuracy_curve"]
 
@@ -188,7 +188,7 @@ def _batch_tensors(
     x: np.ndarray, y: np.ndarray, targets: np.ndarray | None, dtype: Any, device: Any
 ) -> tuple[Any, Any, Any]:
     """One batch as tensors on the model's device (inputs in the model's dtype)."""
-    xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device=device, dtype=dtype)
+    xb = input_tensor(x, dtype, device)
     yb = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
     tb = None if targets is None else torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(device)
     return xb, yb, tb

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 
 __all__ = [
     "FaithfulnessResult",
@@ -59,7 +59,7 @@ def _forward(model: Any) -> Callable[[Any], Any]:
 
 def _tensor(x: np.ndarray, model: Any) -> Any:
     dtype, device = model_input_spec(model)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+    return input_tensor(x, dtype, device)
 
 
 def _occlusion_window(shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dlclinic.core.inference import input_tensor
+
 __all__ = ["accuracy_in_train_mode", "bn_layers", "recalibrate_bn", "running_stat_shift", "samples_per_statistic"]
 
 
@@ -39,7 +41,7 @@ def _forward_batches(model: Any, x: np.ndarray, batch_size: int) -> None:
             chunk = x[i : i + batch_size]
             if len(chunk) < 2:
                 continue
-            model(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)))
+            model(input_tensor(chunk))
 
 
 def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict[str, tuple[float, float]]:
@@ -113,7 +115,7 @@ def accuracy_in_train_mode(model: Any, x: np.ndarray, y: np.ndarray, batch_size:
             idx = order[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            out = net(torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)))
+            out = net(input_tensor(x[idx]))
             correct += int((out.argmax(1).numpy() == y[idx]).sum())
             seen += len(idx)
     return correct / seen if seen else math.nan
@@ -139,7 +141,7 @@ def samples_per_statistic(model: Any, example: np.ndarray, batch_size: int) -> d
         for name, _ in layers:
             handles.append(mods[name].register_forward_pre_hook(hook(name)))
         with torch.no_grad():
-            net(torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32)))
+            net(input_tensor(example[:2]))
     finally:
         for h in handles:
             h.remove()

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
-from dlclinic.core.inference import model_input_spec, predict_logits
+from dlclinic.core.inference import input_tensor, model_input_spec, predict_logits
 
 __all__ = [
     "PrunePlan",
@@ -279,7 +279,7 @@ def _plan_for(node: Any, producer: str, trace: _Trace) -> PrunePlan | None:
 def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
     """The layers :func:`channel_prune` can shrink, found on a ``torch.export`` trace."""
     dtype = model_input_spec(model)[0]
-    xb = torch.from_numpy(np.ascontiguousarray(sample_x[:2])).to(dtype)
+    xb = input_tensor(sample_x[:2], dtype)
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
         program = torch.export.export(net, (xb,))
@@ -385,7 +385,7 @@ def distill(
     torch.manual_seed(seed)
     net = copy.deepcopy(student) if copy_student else student
     teacher_logits = torch.from_numpy(predict_logits(teacher, x))
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = input_tensor(x)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64)) if y is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * math.ceil(len(x) / batch_size))

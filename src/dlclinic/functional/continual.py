@@ -40,6 +40,7 @@ from torch import nn
 
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
+from dlclinic.core.inference import input_tensor
 from dlclinic.core.recipe import seed_everything
 
 __all__ = [
@@ -370,7 +371,7 @@ def run_task_sequence(
     first = usable_inputs(x_train[tasks.train_rows[0]]).reshape(len(tasks.train_rows[0]), -1)
     if callable(setter):
         setter(torch.from_numpy(first.mean(0)), torch.from_numpy(first.std(0)))
-    xe = torch.from_numpy(np.ascontiguousarray(usable_inputs(x_test), dtype=np.float32))
+    xe = input_tensor(usable_inputs(x_test))
     ye = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
     task_index = np.zeros(len(x_train), dtype=np.int64)
     for k, r in enumerate(tasks.train_rows):
@@ -379,7 +380,7 @@ def run_task_sequence(
         model=model,
         cfg=cfg,
         tasks=tasks,
-        xt=torch.from_numpy(np.ascontiguousarray(usable_inputs(x_train), dtype=np.float32)),
+        xt=input_tensor(usable_inputs(x_train)),
         yt=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
         task_index=task_index,
         rng=np.random.default_rng(cfg.seed),

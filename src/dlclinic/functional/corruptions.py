@@ -11,6 +11,13 @@ Tables get Gaussian feature noise (in units of each feature's train standard dev
 and missingness (a share of entries replaced by the train mean, i.e. what mean
 imputation would feed the model).
 
+Float sequences (time series) get feature noise, missing steps (replaced by the train
+mean), a time shift (the series rolled by 5/10/20 % of its length, zero-filled) and an
+amplitude scaling (×0.8/0.6/0.4 or its inverse). Token ids (0 = padding) get the text
+noise of the robustness literature: token masking (a share of tokens dropped to the
+padding id), adjacent swaps, and substitutions by random ids of the vocabulary seen in
+train (typo- or synonym-like noise); padding positions are never touched.
+
 All functions are pure: ``(x, severity, rng, stats) -> corrupted copy``.
 """
 
@@ -25,8 +32,10 @@ from scipy.stats import binomtest, norm
 
 __all__ = [
     "IMAGE_CORRUPTIONS",
+    "SEQUENCE_CORRUPTIONS",
     "SEVERITIES",
     "TABLE_CORRUPTIONS",
+    "TOKEN_CORRUPTIONS",
     "DataStats",
     "PairedDrop",
     "corrupt",
@@ -130,6 +139,53 @@ def _missingness(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats)
     return np.where(mask, np.broadcast_to(st.mean, x.shape[1:]), x)
 
 
+def _time_axis(x: np.ndarray) -> int:
+    """The time axis of N × T or N × C × T series."""
+    return x.ndim - 1
+
+
+def _time_shift(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    t = x.shape[_time_axis(x)]
+    k = max(1, int(round((0.05, 0.1, 0.2)[s - 1] * t)))
+    out = np.zeros_like(x)
+    for i in range(len(x)):
+        if rng.random() < 0.5:
+            out[i, ..., k:] = x[i, ..., : t - k]
+        else:
+            out[i, ..., : t - k] = x[i, ..., k:]
+    return out
+
+
+def _scaling(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    factor = (0.8, 0.6, 0.4)[s - 1]
+    mean = np.broadcast_to(st.mean, x.shape[1:])
+    signs = np.where(rng.random(len(x)) < 0.5, factor, 1.0 / factor).reshape((-1,) + (1,) * (x.ndim - 1))
+    return mean + (x - mean) * signs
+
+
+def _token_positions(x: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A mask of about ``share`` of the non-padding positions."""
+    return (x != 0) & (rng.random(x.shape) < share)
+
+
+def _token_mask(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    return np.where(_token_positions(x, (0.05, 0.1, 0.2)[s - 1], rng), 0, x)
+
+
+def _token_swap(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    out = x.copy()
+    pick = _token_positions(x[:, :-1], (0.05, 0.1, 0.2)[s - 1], rng) & (x[:, 1:] != 0)
+    rows, cols = np.nonzero(pick)
+    out[rows, cols], out[rows, cols + 1] = x[rows, cols + 1], x[rows, cols]
+    return out
+
+
+def _token_substitution(x: np.ndarray, s: int, rng: np.random.Generator, st: DataStats) -> np.ndarray:
+    pick = _token_positions(x, (0.05, 0.1, 0.2)[s - 1], rng)
+    high = max(int(st.high), 1)
+    return np.where(pick, rng.integers(1, high + 1, size=x.shape), x)
+
+
 Corruption = Callable[[np.ndarray, int, np.random.Generator, DataStats], np.ndarray]
 
 IMAGE_CORRUPTIONS: Mapping[str, Corruption] = {
@@ -141,11 +197,23 @@ IMAGE_CORRUPTIONS: Mapping[str, Corruption] = {
     "rotation": _rotation,
 }
 TABLE_CORRUPTIONS: Mapping[str, Corruption] = {"feature_noise": _feature_noise, "missingness": _missingness}
+SEQUENCE_CORRUPTIONS: Mapping[str, Corruption] = {
+    "feature_noise": _feature_noise,
+    "missingness": _missingness,
+    "time_shift": _time_shift,
+    "scaling": _scaling,
+}
+TOKEN_CORRUPTIONS: Mapping[str, Corruption] = {
+    "token_mask": _token_mask,
+    "token_swap": _token_swap,
+    "token_substitution": _token_substitution,
+}
+_BY_MODALITY = {"image": IMAGE_CORRUPTIONS, "sequence": SEQUENCE_CORRUPTIONS, "tokens": TOKEN_CORRUPTIONS}
 
 
 def corruption_names(modality: str) -> tuple[str, ...]:
-    """The corruption families that apply to ``"image"`` or ``"table"`` data."""
-    return tuple(IMAGE_CORRUPTIONS if modality == "image" else TABLE_CORRUPTIONS)
+    """The corruption families that apply to data of this modality (tables and vectors: the table ones)."""
+    return tuple(_BY_MODALITY.get(modality, TABLE_CORRUPTIONS))
 
 
 def corrupt(x: np.ndarray, name: str, severity: int, stats: DataStats, *, seed: int = 0) -> np.ndarray:
@@ -157,12 +225,15 @@ def corrupt(x: np.ndarray, name: str, severity: int, stats: DataStats, *, seed: 
         >>> bool(corrupt(x, "brightness", 3, st).min() > 0), corrupt(x, "occlusion", 1, st).shape
         (True, (2, 1, 8, 8))
     """
-    table = {**IMAGE_CORRUPTIONS, **TABLE_CORRUPTIONS}
+    table = {**IMAGE_CORRUPTIONS, **TABLE_CORRUPTIONS, **SEQUENCE_CORRUPTIONS, **TOKEN_CORRUPTIONS}
     if name not in table:
         raise ValueError(f"unknown corruption {name!r}; expected one of {', '.join(table)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be 1, 2 or 3, but got {severity}")
-    rng = np.random.default_rng([seed, severity, sorted(table).index(name)])
+    # the image and table families keep the stream numbers they had before the others existed
+    first = sorted({**IMAGE_CORRUPTIONS, **TABLE_CORRUPTIONS})
+    order = first + sorted(set(table) - set(first))
+    rng = np.random.default_rng([seed, severity, order.index(name)])
     out = table[name](np.asarray(x, dtype=np.float64), severity, rng, stats)
     return np.asarray(out, dtype=x.dtype)
 

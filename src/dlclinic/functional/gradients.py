@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlclinic.core.inference import eval_mode
+from dlclinic.core.inference import eval_mode, input_tensor
 
 __all__ = ["GradientDiagnosis", "dead_relu_share", "diagnose_gradients", "find_loss_spikes", "layer_depth_ratios"]
 
@@ -202,7 +202,7 @@ def dead_relu_share(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict
                 handles.append(m.register_forward_hook(hook(name)))
         with eval_mode(model), torch.inference_mode():
             for i in range(0, len(x), batch_size):
-                model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
+                model(input_tensor(x[i : i + batch_size]))
     finally:
         for h in handles:
             h.remove()

@@ -242,8 +242,9 @@ def heldout_gap(train_agree: np.ndarray, test_agree: np.ndarray, n_classes: int)
 class FlaggedGap:
     """Train labels flagged more often than test labels by the same procedure.
 
-    Confident learning runs on train (out-of-fold probabilities) and on test (the model's own
-    probabilities: test rows are unseen too). Ambiguity lives in both splits, so it raises
+    Confident learning runs on train (out-of-fold probabilities) and on test (the same fold
+    models' probabilities, their flagged counts averaged: test rows are unseen by them too, and
+    a model trained on more rows would flag fewer). Ambiguity lives in both splits, so it raises
     both fractions alike; noise added to the train labels only (the usual case: test sets are
     labelled with more care, or the noise came with the training data) raises the train
     fraction alone. Unlike the clean-label null, this reference is not fooled by calibrated
@@ -270,7 +271,7 @@ class FlaggedGap:
         return self.se > 0 and (self.train_fraction - self.test_fraction) / self.se > _z_one_sided(alpha)
 
 
-def flagged_gap(train_flagged: int, n_train: int, test_flagged: int, n_test: int) -> FlaggedGap:
+def flagged_gap(train_flagged: float, n_train: int, test_flagged: float, n_test: int) -> FlaggedGap:
     """The flagged fractions of train and test and the pooled standard error of their difference.
 
     Example:

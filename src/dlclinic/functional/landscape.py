@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dlclinic.core.errors import ModelError
-from dlclinic.core.inference import eval_mode
+from dlclinic.core.inference import eval_mode, input_tensor
 
 __all__ = [
     "Barrier",
@@ -46,7 +46,7 @@ __all__ = [
 
 def make_loss(x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> Callable[[Any], Any]:
     """``loss(model) -> scalar tensor``: mean cross-entropy over ``(x, y)`` in eval mode (graph kept)."""
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = input_tensor(x)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     def loss(model: Any) -> Any:

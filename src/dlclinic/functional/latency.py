@@ -40,7 +40,7 @@ from scipy.stats import binom
 from torch.profiler import ProfilerActivity, profile
 
 from dlclinic.core.errors import brief
-from dlclinic.core.inference import model_input_spec
+from dlclinic.core.inference import input_tensor, model_input_spec
 from dlclinic.core.threads import thread_settings, torch_threads
 
 try:  # per-thread rusage (context switches) exists on Linux only
@@ -362,7 +362,7 @@ def torch_runner(model: Any, *, dtype: Any = None) -> Runner:
 
     def run(batch: np.ndarray) -> Any:
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(batch)).to(in_dtype))
+            return model(input_tensor(batch, in_dtype))
 
     return run
 

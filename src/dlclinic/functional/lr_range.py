@@ -30,6 +30,7 @@ from torch import nn
 
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
+from dlclinic.core.inference import input_tensor
 
 __all__ = ["LossCurve", "LRRangeResult", "activation_scales", "analyse_loss_curve", "lr_range_test", "smooth"]
 
@@ -88,7 +89,7 @@ def lr_range_test(
         setter(flat.mean(0), flat.std(0))
     net.train()
     gen = torch.Generator().manual_seed(seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = input_tensor(x)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
     opt = torch.optim.AdamW(net.parameters(), lr=lr_min, weight_decay=weight_decay)
     mult = (lr_max / lr_min) ** (1.0 / max(steps - 1, 1))
@@ -205,7 +206,7 @@ def activation_scales(model: Any, x: np.ndarray) -> tuple[tuple[str, ...], np.nd
             if callable(setter):
                 flat = torch.from_numpy(usable_inputs(x.reshape(len(x), -1)))
                 setter(flat.mean(0), flat.std(0))
-            model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            model(input_tensor(x))
             model.train(was)
     finally:
         for h in handles:

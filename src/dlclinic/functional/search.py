@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.database import with_driver
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec, predict_logits
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.core.recipe import channels_last, contiguous, seed_everything
 from dlclinic.core.workers import run_tasks
 from dlclinic.functional.compression import channel_prune
@@ -93,7 +93,7 @@ def train_eval(
     if callable(setter):
         flat = torch.from_numpy(usable_inputs(x_tr.reshape(len(x_tr), -1)))
         setter(flat.mean(0), flat.std(0))
-    xt = torch.from_numpy(np.ascontiguousarray(x_tr, dtype=np.float32))
+    xt = input_tensor(x_tr)
     yt = torch.from_numpy(np.asarray(y_tr, dtype=np.int64))
     channels_last(model)  # faster on CPU; put back below
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
@@ -518,7 +518,7 @@ def model_summary(model: Any, sample_x: np.ndarray) -> dict[str, Any]:
                     )
                 )
             )
-    xb = torch.from_numpy(np.ascontiguousarray(sample_x[:1])).to(dtype)
+    xb = input_tensor(sample_x[:1], dtype)
     try:
         with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
             first_output(model(xb))
@@ -577,7 +577,7 @@ def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
     dtype, _ = model_input_spec(model)
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.from_numpy(np.ascontiguousarray(x)).to(dtype))
+            model(input_tensor(x, dtype))
     finally:
         for h in handles:
             h.remove()

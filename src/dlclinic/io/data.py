@@ -217,6 +217,7 @@ def load_case(
     name: str | None = None,
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
+    modality: str | None = None,
 ) -> Case:
     """Read train (labelled), test (labelled) and deploy (labels optional) into a :class:`Case`.
 
@@ -238,6 +239,10 @@ def load_case(
         name: The case's name; defaults to the train file's stem.
         categorical: Table columns to one-hot encode (``--categorical``), whatever their values.
         numeric: Table columns to keep numeric (``--numeric``), overriding the integer-coded default.
+        modality: ``--modality``; by default a CSV/Parquet file is a ``table``, an image folder an
+            ``image``, and an ``.npz`` is whatever :func:`~dlclinic.core.case.infer_modality` reads
+            from its shapes, dtype and the model (int64 ids for a model with an embedding layer
+            are ``tokens`` and stay integer).
 
     Returns:
         The validated case; ``case.metadata["io"]["columns"]`` says which columns were
@@ -290,7 +295,7 @@ def load_case(
         class_names=tr.class_names,
         n_classes=len(tr.class_names) if tr.class_names is not None else None,
         name=name or _default_name(Path(train)),
-        modality=tr.modality,
+        modality=modality or (tr.modality if tr.modality == "table" or Path(train).is_dir() else None),
         feature_names=tr.feature_names,
         model_source=model_source,
         metadata={"io": _io_metadata(loaded)},
@@ -502,7 +507,9 @@ def _npz_features(x: np.ndarray, name: str) -> np.ndarray:
         )
     if x.shape[0] == 0:
         raise InputError(f"split {name!r}: expected at least one sample, found 0")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    # N × T integers may be token ids (kept for a model with an embedding layer); images and
+    # anything else become float32
+    return np.ascontiguousarray(x, dtype=np.int64 if x.dtype.kind in "iu" and x.ndim == 2 else np.float32)
 
 
 def _npz_labels(

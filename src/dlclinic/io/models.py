@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 from dlclinic.core.errors import MissingDependencyError, ModelError, brief
 from dlclinic.io.pickle_scan import scan_file
 
-__all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_model"]
+__all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_model", "onnx_feed"]
 
 ACCEPTED_MODELS = "path/to/file.py:factory (optionally with weights .safetensors/.pt/.pth/.bin), package.module:factory, model.pt2 (torch.export) or model.onnx"
 PICKLED_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -58,6 +58,16 @@ _ONNX_DTYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+
+def onnx_feed(x: np.ndarray, onnx_type: str | None = None) -> np.ndarray:
+    """``x`` in the dtype an ONNX input declares (``"tensor(int64)"`` for token ids); without a
+    declared type, integers stay int64 (token ids) and floats become float32."""
+    if onnx_type is None:
+        dtype: Any = np.int64 if np.asarray(x).dtype.kind in "iu" else np.float32
+    else:
+        dtype = _ONNX_DTYPES.get(onnx_type, np.float32)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- public API

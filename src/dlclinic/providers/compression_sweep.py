@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dlclinic.core.case import Case
-from dlclinic.core.errors import brief
+from dlclinic.core.errors import ModelError, brief
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
 from dlclinic.core.results import CheckResult
@@ -350,7 +350,10 @@ def compression_sweep(
     if cfg.bf16:
         step("bf16")
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
-        found.add_torch("bf16 eager", "bf16", bf16, "weights and compute in bfloat16")
+        try:
+            found.add_torch("bf16 eager", "bf16", bf16, "weights and compute in bfloat16")
+        except ModelError as exc:  # e.g. a forward that casts to float32 itself (a float mask times bf16 states)
+            found.notes.append(f"bf16 variant skipped: {exc}")
     _add_pruned(found, model, x_train, y_train, cfg, step)
     _add_student(found, model, x_train, y_train, cfg, step)
     step("latency at batch 1 (interleaved)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dlclinic.core.errors import ConfigError, ModelError
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, reads_token_ids
 from dlclinic.export import export_onnx
 from dlclinic.io.models import OnnxModel
 
@@ -54,6 +54,7 @@ class TorchBackend:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.n_classes = int(n_classes)
         self._dtype, self._device = model_input_spec(model)
+        self._ids = reads_token_ids(model)  # token ids stay integers; any other input becomes the model's float dtype
         self._last: Any = None
         if embeddings:
             for module in model.modules():
@@ -69,9 +70,7 @@ class TorchBackend:
         )
         try:
             with eval_mode(self.model), torch.inference_mode():
-                xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(
-                    device=self._device, dtype=self._dtype
-                )
+                xb = input_tensor(np.asarray(x, dtype=np.int64 if self._ids else np.float32), self._dtype, self._device)
                 try:
                     logits = first_output(self.model(xb)).float().cpu().numpy()
                 except Exception as exc:
@@ -96,7 +95,7 @@ class OnnxBackend:
         self.n_classes = int(n_classes)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return _softmax(self.model.predict_logits(np.asarray(x, dtype=np.float32))), None
+        return _softmax(self.model.predict_logits(np.asarray(x))), None
 
 
 @dataclass(frozen=True)

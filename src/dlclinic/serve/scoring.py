@@ -26,16 +26,18 @@ __all__ = ["iter_batches", "score_file"]
 
 
 def _shape_rows(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Rows in the expected shape; integers stay int64 (token ids: the backend casts for float models)."""
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{where}: expected numeric inputs, found dtype {x.dtype}")
+    dtype = np.int64 if x.dtype.kind in "iu" else np.float32
     if not input_shape:  # shape not known yet: as stored
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=dtype)
     flat = int(np.prod(input_shape))
     if tuple(x.shape[1:]) == tuple(input_shape):
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=dtype)
     if x.reshape(len(x), -1).shape[1] == flat:
-        return np.ascontiguousarray(x.reshape((len(x), *input_shape)), dtype=np.float32)
+        return np.ascontiguousarray(x.reshape((len(x), *input_shape)), dtype=dtype)
     raise InputError(
         f"{where}: expected samples of shape {list(input_shape)} ({flat} values), found {list(x.shape[1:])}"
     )

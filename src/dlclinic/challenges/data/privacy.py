@@ -51,7 +51,7 @@ from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError, MissingDependencyError
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.inference import predict_logits
+from dlclinic.core.inference import input_tensor, predict_logits
 from dlclinic.core.recipe import FitConfig, fit, prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
@@ -442,9 +442,7 @@ def dp_fit(
             f"opacus ModuleValidator.fix changed the architecture for per-sample gradients ({len(errors)} incompatible module(s), e.g. BatchNorm → GroupNorm)"
         )
     prepare_inputs(model, x)
-    data = TensorDataset(
-        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
-    )
+    data = TensorDataset(input_tensor(x), torch.from_numpy(np.asarray(y, dtype=np.int64)))
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()  # opacus refuses a model in eval mode

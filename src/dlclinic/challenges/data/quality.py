@@ -304,7 +304,41 @@ def _profile(
     loader = _loader_issues(case, metrics, findings)
     if case.modality == "image":
         return worst([loader, _image_profile(case.train.x, metrics, findings, details)])
+    if case.modality == "tokens":
+        return worst([loader, _token_profile(case.train.x, metrics, findings)])
     return worst([loader, _column_profile(case, case.train.x, metrics, findings, details)])
+
+
+def _token_profile(x: np.ndarray, metrics: dict[str, float | int | bool | None], findings: list[Finding]) -> Status:
+    """Lengths of token-id rows (id 0 = padding): empty rows warn; rows that fill every position
+    are reported (they were probably truncated) but not graded. Per-position column statistics
+    would call the padded tail "constant columns" on every padded corpus, so they are not used."""
+    lengths = (x != 0).sum(axis=1)
+    empty = np.flatnonzero(lengths == 0)
+    full = float(np.mean(lengths == x.shape[1])) if len(x) else 0.0
+    metrics["token_length_median"] = float(np.median(lengths)) if len(x) else 0.0
+    metrics["token_rows_empty"] = len(empty)
+    metrics["token_rows_full_length"] = full
+    metrics["vocabulary_seen"] = len(np.unique(x[x != 0]))
+    if full > 0.5:
+        findings.append(
+            Finding(
+                "truncated_sequences",
+                f"{full:.0%} of train rows use all {x.shape[1]} positions: if they were cut to fit, the model never sees their end",
+                split="train",
+            )
+        )
+    if not len(empty):
+        return "ok"
+    findings.append(
+        Finding(
+            "empty_rows",
+            f"{len(empty)} train row(s) hold only padding (id 0): the model sees nothing but still gets a label",
+            split="train",
+            indices=tuple(int(i) for i in empty[:1000]),
+        )
+    )
+    return "warn"
 
 
 def _label_excess(
@@ -367,11 +401,21 @@ def _test_flag_reference(
     alpha: float,
     metrics: dict[str, float | int | bool | None],
 ) -> tuple[float, str]:
-    """The same confident learning on test labels with the model's own test probabilities
-    (:class:`~dlclinic.functional.labels.FlaggedGap`): the excess it supports and the clause that says so."""
+    """The same confident learning on test labels with the fold models' test probabilities
+    (:class:`~dlclinic.functional.labels.FlaggedGap`): the excess it supports and the clause that says so.
+
+    The fold models score test as they scored their held-out train rows (both unseen, same
+    models), so only the labels differ; the mean flagged count over the K models is compared.
+    The final model's own test probabilities would not do: it is trained on all of train, so
+    it is more accurate and flags fewer test rows, which read as noisier train labels on clean
+    data (measured: a 3 % false excess on statsmodels' fair table).
+    """
     test = case.splits["test"]
+    fold_probs = evidence.fold_probabilities("test")
+    if fold_probs is None:
+        return excess, ""
     try:
-        flagged = len(find_label_issues(np.asarray(test.y), evidence.get("probs", "test")).indices)
+        flagged = float(np.mean([len(find_label_issues(np.asarray(test.y), p).indices) for p in fold_probs]))
     except ValueError:  # e.g. a class missing from test: no reference
         return excess, ""
     gap = flagged_gap(len(issues.indices), len(case.train), flagged, len(test))

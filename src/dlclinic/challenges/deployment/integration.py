@@ -23,6 +23,7 @@ from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 from dlclinic.export import export_onnx
+from dlclinic.io.models import onnx_feed
 from dlclinic.serve.app import ServeConfig, create_app, in_process_client
 from dlclinic.serve.backends import Backend, make_backend
 from dlclinic.serve.scoring import score_file
@@ -183,7 +184,7 @@ def _onnx_parity(
         metrics["onnx_export_seconds"] = time.perf_counter() - t0
         sess = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
-        logits = np.asarray(sess.run(None, {inp.name: x.astype(np.float32)})[0], dtype=np.float64)
+        logits = np.asarray(sess.run(None, {inp.name: onnx_feed(x, inp.type)})[0], dtype=np.float64)
         eager = evidence.get("logits", ref_split)[: len(x)].astype(np.float64)
         ldiff = float(np.max(np.abs(logits - eager)))
         lagree = float(np.mean(logits.argmax(1) == eager.argmax(1)))

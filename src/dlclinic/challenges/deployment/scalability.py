@@ -42,7 +42,9 @@ class ScalabilityOptions:
 
 def _throughput(predict: Any, x: np.ndarray, batch: int, budget: float) -> float:
     """Rows per second of ``predict`` at this batch size within about ``budget`` seconds."""
-    xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])).astype(np.float32))
+    xb = np.ascontiguousarray(
+        np.resize(x, (batch, *x.shape[1:])).astype(np.int64 if x.dtype.kind in "iu" else np.float32)
+    )
     for _ in range(3):  # warm-up: allocator, thread pool, lazy kernels
         predict(xb)
     rows = 0

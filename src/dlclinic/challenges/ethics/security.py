@@ -47,6 +47,7 @@ from dlclinic.core.atomic import write_weights
 from dlclinic.core.case import Case, Split, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
+from dlclinic.core.inference import input_tensor
 from dlclinic.core.recipe import prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
@@ -396,7 +397,13 @@ def run(case: Case, evidence: Evidence, options: SecurityOptions) -> CheckResult
         and hasattr(case.model, "parameters")
         and callable(case.model)
     )
-    if options.robustness and not robust_part:
+    if options.robustness and robust_part and case.modality == "tokens":
+        robust_part = False
+        parts.notes.append(
+            "robustness not measured: token ids are discrete, so gradient attacks on the inputs (FGSM/PGD) do not apply"
+            " and embedding-space PGD / token-substitution attacks are not built yet"
+        )
+    elif options.robustness and not robust_part:
         parts.notes.append("robustness not measured: needs a labelled test split and a PyTorch model (gradients)")
     if robust_part:
         _robust_part(case, evidence, options, parts)
@@ -470,7 +477,7 @@ def adversarial_fit(
     """Train ``model`` (in place; pass a fresh one) on adversarial examples; returns it in eval mode."""
     seed_everything(seed)
     prepare_inputs(model, x)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = input_tensor(x)
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
     lo = torch.as_tensor(np.asarray(lower, dtype=np.float32))
     hi = torch.as_tensor(np.asarray(upper, dtype=np.float32))

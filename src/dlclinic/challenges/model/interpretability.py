@@ -168,6 +168,12 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
         )
     if not installed("captum"):
         return CheckResult(id=CID, status="not_examined", summary="Needs captum: pip install 'dlclinic[explain]'.")
+    if case.modality == "tokens":
+        return CheckResult(
+            id=CID,
+            status="not_examined",
+            summary="Token ids are discrete: input-gradient attributions do not apply, and per-token attributions on the embedding layer (captum LayerIntegratedGradients) are not built yet.",
+        )
     bad = [m for m in options.methods if m not in METHODS]
     if bad:
         raise ConfigError(f"methods {bad}: expected some of {METHODS}")
