@@ -22,6 +22,10 @@ plain data only (lists, numbers, strings), with these keys; any other key is ign
     passed to :func:`render_html` and its modality is ``"image"``.
 ``details["tables"]``
     A list of ``{"title": str, "columns": [str, ...], "rows": [[...], ...]}``.
+``details["tokens"]``
+    A list of ``{"title": str, "rows": [{"caption": str, "tokens": [{"text": str,
+    "score": float}, ...]}, ...]}``: text highlighted token by token, ``score`` in -1..1
+    (red for > 0, blue for < 0, the colour's strength its size). Token cases' attributions.
 
 A spec that cannot be drawn (unknown kind, empty series, bad numbers) is replaced by a
 short note in the page; it never fails the report.
@@ -185,6 +189,37 @@ def _images(details: Mapping[str, Any], case: Case | None) -> list[dict[str, Any
     return out
 
 
+def _token_style(score: Any) -> tuple[str, str]:
+    """A token's inline background (red for > 0, blue for < 0, alpha = |score|) and its tooltip; the colour comes from the number only."""
+    v = float(score)
+    if not math.isfinite(v):
+        return "", "nan"
+    alpha = min(abs(v), 1.0)
+    rgb = "220, 38, 38" if v > 0 else "37, 99, 235"
+    ink = "; color: #fff" if alpha > 0.6 else ""  # dark text on a strong colour does not read
+    return f"background: rgba({rgb}, {alpha:.2f}){ink}", f"{v:+.2f}"
+
+
+def _token_rows(details: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Highlighted token rows for each ``details["tokens"]`` spec, at most :data:`MAX_TABLE_ROWS` rows each, or an ``error`` note."""
+    out: list[dict[str, Any]] = []
+    for spec in _as_list(details.get("tokens")):
+        title = str(spec.get("title", "")) if isinstance(spec, Mapping) else ""
+        try:
+            rows = []
+            for row in _as_list(spec["rows"])[:MAX_TABLE_ROWS]:
+                tokens = []
+                for tok in _as_list(row["tokens"]):
+                    style, tip = _token_style(tok.get("score", 0.0))
+                    tokens.append({"text": str(tok["text"]), "style": style, "tip": tip})
+                rows.append({"caption": str(row.get("caption", "")), "tokens": tokens})
+        except Exception as exc:  # a bad spec must never fail the whole report
+            out.append({"title": title, "rows": [], "error": f"tokens {title or '(untitled)'} skipped: {exc!r}"})
+            continue
+        out.append({"title": title, "rows": rows, "error": ""})
+    return out
+
+
 def _tables(details: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Formatted cells for each table spec, at most :data:`MAX_TABLE_ROWS` rows each."""
     out: list[dict[str, Any]] = []
@@ -245,6 +280,7 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
         "plots": _plots(details) if examined else [],
         "images": _images(details, case) if examined else [],
         "tables": _tables(details) if examined else [],
+        "tokens": _token_rows(details) if examined else [],
     }
 
 

@@ -7,6 +7,16 @@ and sensitivity; the model-randomization sanity test; and, when the user names a
 attribution falls there and how often blanking it changes the prediction. For tables,
 per-class global feature importance. Overlays of the attributions go to the report.
 
+Token ids (``case.modality == "tokens"``, id 0 = padding): captum LayerIntegratedGradients
+on the embedding layer (``embedding_layer=NAME``, default the first ``nn.Embedding``) from
+an all-padding baseline gives one signed attribution per token; its faithfulness is token
+deletion (real tokens replaced by padding in attribution order vs a random order, padding
+never touched) and insertion, graded as for images and tables. Saliency, occlusion,
+infidelity/sensitivity and the sanity test perturb inputs continuously and are not run on
+ids; a named shortcut region or feature does not apply. Highlighted example rows (token ids
+as ``#17``, or the words of ``case.metadata["vocabulary"]``) and the tokens with the highest
+mean attribution per predicted class go to the report.
+
 Verdict: ``fail`` when the named region is a shortcut by both measures (attribution
 enrichment ≥ ``enrichment_warn`` and the lower 95 % Wilson bound of the flip rate ≥
 ``flip_warn``), ``warn`` when by one of them, or when no attribution method beats a random
@@ -44,19 +54,24 @@ from dlclinic.functional.attribution import (
     FaithfulnessResult,
     ShortcutResult,
     attribute,
+    attribute_tokens,
     class_importance,
     deletion_insertion,
+    embedding_layer,
     parse_region,
     randomization_sanity,
     region_ends,
     robustness_metrics,
     shortcut_share,
+    token_importance,
 )
 from dlclinic.providers.search import installed
 
 __all__ = ["CHECK", "DeshortcutParams", "InterpretabilityOptions", "REMEDY", "run", "treat", "validate"]
 
 CID = "model.interpretability"
+TOKEN_METHOD = "layer_integrated_gradients"
+PAD_ID = 0  # the padding id of token cases (core.case)
 
 
 # --------------------------------------------------------------------------- check
@@ -78,6 +93,7 @@ class InterpretabilityOptions:
     steps: int = 10
     seed: int = 0
     threads: int | None = 1
+    embedding_layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.suspect_region:
@@ -86,6 +102,10 @@ class InterpretabilityOptions:
 
 def validate(case: Case, options: InterpretabilityOptions) -> None:
     """The named region lies inside the inputs, the named features exist: checked before any work."""
+    if case.modality == "tokens" and (options.suspect_region or options.suspect_feature):
+        raise ConfigError(
+            "model.interpretability on token ids: suspect_region/suspect_feature name image regions or table columns, found one given; leave them out"
+        )
     if options.suspect_region:
         _suspect_mask(case, options.suspect_region, None)
     if options.suspect_feature:
@@ -169,11 +189,10 @@ def _run(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> Ch
     if not installed("captum"):
         return CheckResult(id=CID, status="not_examined", summary="Needs captum: pip install 'dlclinic[explain]'.")
     if case.modality == "tokens":
-        return CheckResult(
-            id=CID,
-            status="not_examined",
-            summary="Token ids are discrete: input-gradient attributions do not apply, and per-token attributions on the embedding layer (captum LayerIntegratedGradients) are not built yet.",
-        )
+        try:
+            embedding_layer(model, options.embedding_layer)
+        except ValueError as exc:
+            return CheckResult(id=CID, status="not_examined", summary=f"Token ids: {exc}.")
     bad = [m for m in options.methods if m not in METHODS]
     if bad:
         raise ConfigError(f"methods {bad}: expected some of {METHODS}")
@@ -216,13 +235,12 @@ def _explained(case: Case, evidence: Evidence, options: InterpretabilityOptions)
 
     got = evidence.cached("model.interpretability.explained", dataclasses.asdict(options), compute)
     meta = json.loads(str(got["meta"]))
-    s = case.splits[meta["split"]]
     pred = evidence.get("probs", meta["split"]).argmax(1)
     rows = np.asarray(got["rows"])
     return _Explained(
         meta["split"],
         rows,
-        np.ascontiguousarray(s.x[rows]).astype(np.float32, copy=False),
+        _inputs(case, meta["split"], rows),
         pred,
         pred[rows],
         {m: got[f"attr.{m}"] for m in meta["faith"]},
@@ -234,15 +252,51 @@ def _explained(case: Case, evidence: Evidence, options: InterpretabilityOptions)
     )
 
 
+def _inputs(case: Case, split: str, rows: np.ndarray) -> np.ndarray:
+    """The explained rows: float32 features, or int64 token ids as they are."""
+    x = np.ascontiguousarray(case.splits[split].x[rows])
+    return x if case.modality == "tokens" else x.astype(np.float32, copy=False)
+
+
+def _sampled(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> tuple[str, np.ndarray, np.ndarray]:
+    """The split explained (test when given), its predictions, and the sampled rows."""
+    split = "test" if case.get("test") is not None else "train"
+    pred = evidence.get("probs", split).argmax(1)
+    return split, pred, _sample(pred, case.splits[split].y, options.n_samples, options.seed)
+
+
+def _explain_tokens(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> _Explained:
+    """Per-token attributions (LayerIntegratedGradients on the embedding layer) and their token-deletion faithfulness."""
+    split, pred, rows = _sampled(case, evidence, options)
+    x = _inputs(case, split, rows)
+    target = pred[rows]
+    with evidence.progress.step("token attributions", total=1) as advance:
+        a = attribute_tokens(
+            case.model, x, target, layer=options.embedding_layer, pad_id=PAD_ID, n_steps=options.ig_steps
+        )
+        faith = deletion_insertion(
+            case.model,
+            x,
+            target,
+            a,
+            method=TOKEN_METHOD,
+            steps=options.steps,
+            baseline=PAD_ID,
+            seed=options.seed,
+            fixed=x == PAD_ID,
+        )
+        advance(1)
+    m = TOKEN_METHOD
+    return _Explained(split, rows, x, pred, target, {m: a}, {m: faith}, {m: {}}, m, m, None)
+
+
 def _explain(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> _Explained:
     """Attributions of the sampled predictions with every method, their faithfulness, robustness and sanity."""
+    if case.modality == "tokens":
+        return _explain_tokens(case, evidence, options)
     model = case.model
-    split = "test" if case.get("test") is not None else "train"
-    s = case.splits[split]
-    probs = evidence.get("probs", split)
-    pred = probs.argmax(1)
-    rows = _sample(pred, s.y, options.n_samples, options.seed)
-    x = np.ascontiguousarray(s.x[rows]).astype(np.float32, copy=False)
+    split, pred, rows = _sampled(case, evidence, options)
+    x = _inputs(case, split, rows)
     target = pred[rows]
     attrs: dict[str, np.ndarray] = {}
     faith: dict[str, Any] = {}
@@ -343,7 +397,7 @@ def _summary(
     summary += f"; sanity correlation after weight re-initialisation {ex.sanity:.2f}." if ex.sanity is not None else "."
     if shortcut is not None:
         summary += f" Named {region_desc}: {shortcut.enrichment:.1f}× attribution enrichment, {shortcut.flip_rate:.0%} flips — no shortcut."
-    elif status == "ok":
+    elif status == "ok" and ex.primary != TOKEN_METHOD:
         summary += " Name a suspected shortcut with --option model.interpretability.suspect_region=r0:r1,c0:c1 (or suspect_feature=...)."
     return summary
 
@@ -371,6 +425,7 @@ def _metrics(ex: _Explained, shortcut: ShortcutResult | None) -> dict[str, float
 def _faithfulness_plots(ex: _Explained) -> list[dict[str, Any]]:
     """Deletion and insertion curves of every method and of a random order."""
     best = _best(ex)
+    unit = "tokens" if ex.primary == TOKEN_METHOD else "features"
     plots: list[dict[str, Any]] = []
     for name, key, rkey in (
         ("Deletion", "deletion_curve", "random_deletion_curve"),
@@ -385,7 +440,7 @@ def _faithfulness_plots(ex: _Explained) -> list[dict[str, Any]]:
             {
                 "kind": "line",
                 "title": f"{name} curve (predicted-class probability)",
-                "xlabel": f"fraction of features {name.lower()[:-3]}ed",
+                "xlabel": f"fraction of {unit} {name.lower()[:-3]}ed",
                 "ylabel": "probability",
                 "series": series,
             }
@@ -431,12 +486,73 @@ def _details(case: Case, ex: _Explained) -> dict[str, Any]:
     tables = [_quality_table(ex)]
     if case.modality == "image":
         details["images"] = [_overlays(case, ex)]
+    elif case.modality == "tokens":
+        details["tokens"] = [_token_highlights(case, ex)]
+        tables.append(_top_tokens(case, ex))
     else:
         plot, table = _class_importance(case, ex)
         plots.append(plot)
         tables.append(table)
     details["tables"] = tables
     return details
+
+
+def _token_text(case: Case) -> Any:
+    """How a token id reads: the word of ``case.metadata["vocabulary"]`` (a list indexed by id), else ``#id``."""
+    vocab = case.metadata.get("vocabulary")
+    words = list(vocab) if isinstance(vocab, (list, tuple)) else []
+
+    def text(i: int) -> str:
+        return str(words[i]) if 0 <= i < len(words) else f"#{i}"
+
+    return text
+
+
+def _caption(case: Case, ex: _Explained, r: int) -> str:
+    y = case.splits[ex.split].y
+    wrong = " ✗" if y is not None and ex.pred[r] != y[r] else ""
+    return f"row {int(r)}: y={int(y[r]) if y is not None else '?'} pred={int(ex.pred[r])}{wrong}"
+
+
+def _token_highlights(case: Case, ex: _Explained, shown: int = 8) -> dict[str, Any]:
+    """Up to ``shown`` explained rows as their real tokens, each with its attribution scaled by the row's largest |attribution|."""
+    text = _token_text(case)
+    a = ex.attrs[ex.primary]
+    rows = []
+    for i, r in enumerate(ex.rows[:shown]):
+        real = ex.x[i] != PAD_ID
+        scale = float(np.abs(a[i][real]).max()) if real.any() else 0.0
+        scores = a[i][real] / scale if scale > 0 else np.zeros(int(real.sum()))
+        rows.append(
+            {
+                "caption": _caption(case, ex, int(r)),
+                "tokens": [{"text": text(int(t)), "score": round(float(v), 3)} for t, v in zip(ex.x[i][real], scores)],
+            }
+        )
+    return {
+        "title": "Per-token attributions (LayerIntegratedGradients on the embedding): red = for the predicted class, blue = against",
+        "split": ex.split,
+        "rows": rows,
+    }
+
+
+def _top_tokens(case: Case, ex: _Explained) -> dict[str, Any]:
+    """Each predicted class's five tokens with the highest mean attribution over the explained rows."""
+    text = _token_text(case)
+    mean, count = token_importance(ex.x, ex.attrs[ex.primary], ex.target, case.n_classes, pad_id=PAD_ID)
+    rows = []
+    for k in range(case.n_classes):
+        seen = np.flatnonzero(count[k] > 0)
+        if len(seen):
+            top = seen[np.argsort(-mean[k, seen])[:5]]
+            rows.append(
+                [case.class_names[k], ", ".join(f"{text(int(t))} {mean[k, t]:+.3g} (×{int(count[k, t])})" for t in top)]
+            )
+    return {
+        "title": "Tokens with the highest mean attribution per predicted class (explained rows)",
+        "columns": ["class", "top tokens (mean attribution, occurrences)"],
+        "rows": rows,
+    }
 
 
 def _overlays(case: Case, ex: _Explained) -> dict[str, Any]:
