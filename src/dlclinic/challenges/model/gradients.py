@@ -23,9 +23,17 @@ from torch import nn
 
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.evidence import Evidence
+from dlclinic.core.recipe import fit, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
-from dlclinic.functional.gradients import GradientDiagnosis, dead_relu_share, diagnose_gradients
+from dlclinic.functional.gradients import (
+    GradientDiagnosis,
+    TimeGradients,
+    dead_relu_share,
+    diagnose_gradients,
+    gradients_through_time,
+    recurrent_layers,
+)
 from dlclinic.providers.retraining import retrain_factory, suggest_lr
 from dlclinic.providers.training_run import monitored_run, record_of, run_settings, subsample
 from dlclinic.training.monitor import MonitorRecord
@@ -49,6 +57,14 @@ class GradientsOptions:
     Dead units are judged on the user's trained model (zero on every one of 1,024 train
     rows) when it is an nn.Module, else on the short run's last sampled batches.
     ``steps``, ``rows``, ``every``, ``lr``, ``batch_size``: the shared training run.
+
+    Gradients through time (models with ``nn.RNN``/``LSTM``/``GRU``, measured on the user's
+    trained model over ``bptt_rows`` train rows): warn when the loss gradient reaching a
+    step falls below ``bptt_vanish_ratio`` of its value at the last step — and stays below —
+    within the median row length, or when it grows above ``bptt_explode_growth`` going back.
+    10⁻³ is the layer-depth limit above; at initialisation every recurrent cell forgets that
+    fast (measured: the default tanh RNN, LSTM and GRU all fall below 10⁻³ within 10–14
+    steps), so only a trained model is graded.
     """
 
     warn_ratio: float = 1e-3
@@ -63,6 +79,9 @@ class GradientsOptions:
     every: int = 10
     lr: float | None = None
     batch_size: int | None = None
+    bptt_rows: int = 256
+    bptt_vanish_ratio: float = 1e-3
+    bptt_explode_growth: float = 1e3
 
 
 def _recent(share: np.ndarray, last: int = 5) -> np.ndarray:
@@ -289,6 +308,122 @@ def _details(
     }
 
 
+def _through_time(case: Case, options: GradientsOptions) -> tuple[TimeGradients | None, str]:
+    """Gradients through time of the trained model's first recurrent layer; ``(None, why)`` when not measured.
+
+    ``why`` is empty for a model without recurrent layers: nothing is said about it at all.
+    """
+    if not recurrent_layers(case.model):
+        return None, ""
+    if case.train.y is None:
+        return None, "not measured: the training rows have no labels"
+    rows = subsample(len(case.train), options.bptt_rows, 7)
+    x, y = usable_inputs(case.train.x[rows]), case.train.y[rows]
+    try:
+        tg = gradients_through_time(case.model, x, y, vanish_ratio=options.bptt_vanish_ratio)
+    except Exception as exc:  # a model that only runs its own way: the rest of the check still stands
+        return None, f"not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if tg is None:
+        return None, "not measured: the first recurrent layer's input is not a float tensor"
+    return tg, ""
+
+
+def _time_flag(tg: TimeGradients, options: GradientsOptions) -> str | None:
+    """``exploding``, ``vanishing`` (within the median row length) or ``None``."""
+    if tg.growth > options.bptt_explode_growth:
+        return "exploding"
+    if tg.vanishing_lag is not None and tg.vanishing_lag < tg.typical_length:
+        return "vanishing"
+    return None
+
+
+def _time_findings(
+    tg: TimeGradients, options: GradientsOptions, statuses: list[Status], findings: list[Finding]
+) -> str | None:
+    """The through-time finding (warn) for a vanishing or exploding signal; the flag."""
+    flag = _time_flag(tg, options)
+    extra = {"layer": tg.layer, "step": tg.vanishing_lag, "decay_log10": tg.decay_log10}
+    if flag == "exploding":
+        at = int(np.nanargmax(tg.ratios))
+        statuses.append("warn")
+        findings.append(
+            Finding(
+                "exploding_through_time",
+                f"gradients explode through time in `{tg.layer}`: the loss gradient {at} steps before the last step is {_fmt(tg.growth)}× its value at the last step (limit {_fmt(options.bptt_explode_growth)}); clip the gradient norm",
+                extra={**extra, "step": at},
+            )
+        )
+    elif flag == "vanishing":
+        statuses.append("warn")
+        findings.append(
+            Finding(
+                "vanishing_through_time",
+                f"gradients vanish through time in `{tg.layer}`: the loss gradient reaching step t−{tg.vanishing_lag} (t = each row's last real step) and earlier is below {_fmt(options.bptt_vanish_ratio)} of its value at step t, in rows of median length {tg.typical_length:.0f}; the model cannot learn dependencies longer than {tg.vanishing_lag} steps",
+                extra=extra,
+            )
+        )
+    return flag
+
+
+def _time_plot(tg: TimeGradients) -> dict[str, Any]:
+    """The loss gradient per lag relative to the last step (log scale)."""
+    return {
+        "kind": "line",
+        "title": f"Loss gradient reaching each time step of `{tg.layer}` (relative to the last step)",
+        "xlabel": "steps before each row's last real step",
+        "ylabel": "‖∂L/∂x_t‖ / value at the last step",
+        "yscale": "log",
+        "series": [
+            {
+                "label": tg.layer,
+                "x": list(range(len(tg.ratios))),
+                "y": [float(r) if math.isfinite(r) and r > 0 else None for r in tg.ratios],
+            }
+        ],
+    }
+
+
+def _add_through_time(
+    case: Case,
+    options: GradientsOptions,
+    statuses: list[Status],
+    findings: list[Finding],
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+) -> str:
+    """Measure and grade gradients through time for a recurrent model (in place); a sentence for an ok summary."""
+    tg, why = _through_time(case, options)
+    if tg is None:
+        if why:
+            details["through_time"] = {"measured": False, "reason": why}
+        return ""
+    flag = _time_findings(tg, options, statuses, findings)
+    metrics.update(
+        {
+            "bptt_decay_log10": tg.decay_log10,
+            "bptt_vanishing_step": tg.vanishing_lag,
+            "bptt_growth": tg.growth,
+            "bptt_steps": len(tg.norms),
+            "bptt_median_length": tg.typical_length,
+        }
+    )
+    details["plots"].append(_time_plot(tg))
+    details["through_time"] = {
+        "measured": True,
+        "layer": tg.layer,
+        "flag": flag,
+        "vanishing_step": tg.vanishing_lag,
+        "ratios": [float(r) if math.isfinite(r) else None for r in tg.ratios],
+        "rows": tg.rows.tolist(),
+    }
+    reach = (
+        f"reaches all {len(tg.norms)} steps measured"
+        if tg.vanishing_lag is None
+        else f"falls below {_fmt(options.bptt_vanish_ratio)} only {tg.vanishing_lag} steps back (median row {tg.typical_length:.0f} steps)"
+    )
+    return f" Through time, the loss gradient in `{tg.layer}` {reach} (farthest/last 10^{tg.decay_log10:.1f})."
+
+
 def run_gradients(case: Case, evidence: Evidence, options: GradientsOptions) -> CheckResult:
     """Vanishing/exploding gradients, dead or saturated units and loss spikes in a short monitored run."""
     arrays, how = monitored_run(case, evidence, run_settings(options))
@@ -313,55 +448,73 @@ def run_gradients(case: Case, evidence: Evidence, options: GradientsOptions) -> 
     _activation_findings(rec, dead, sat, trained_dead, options, statuses, findings)
     upd = _update_ratios(rec)
     spikes = _step_findings(rec, diag, upd, options, statuses, findings)
+    metrics: dict[str, Any] = {
+        "min_depth_ratio": diag.min_ratio,
+        "max_depth_ratio": diag.max_ratio,
+        "grad_norm_growth": diag.growth,
+        "nonfinite_steps": diag.nonfinite_steps,
+        "zero_gradient_share": diag.zero_grad_share,
+        "loss_spikes": len(spikes),
+        "max_dead_relu_share": float(np.nanmax(dead)) if len(dead) and np.isfinite(dead).any() else None,
+        "max_dead_relu_share_trained_model": max(trained_dead.values()) if trained_dead else None,
+        "max_saturated_share": float(np.nanmax(sat)) if len(sat) and np.isfinite(sat).any() else None,
+        "steps": rec.n_steps,
+    }
+    details = _details(rec, diag, upd, dead, sat, trained_dead)
+    time_txt = _add_through_time(case, options, statuses, findings, metrics, details)
     status = worst(statuses)
-    steps = rec.n_steps
     if status == "ok":
-        dead_max = (
-            max(trained_dead.values())
-            if trained_dead
-            else (float(np.nanmax(dead)) if len(dead) and np.isfinite(dead).any() else None)
-        )
-        dead_txt = (
-            f"; at most {dead_max:.0%} dead ReLU units per layer (limit {options.warn_dead:.0%})"
-            if dead_max is not None
-            else ""
-        )
-        summary = f"Gradients flow through all {len(rec.layers)} layers in a {steps}-step run (smallest input/output ratio {_fmt(diag.min_ratio)}, norm growth {_fmt(diag.growth)}×){dead_txt}."
+        summary = _ok_summary(rec, diag, dead, trained_dead, options) + time_txt
     else:
-        summary = f"In a {steps}-step training run of {how}: " + "; ".join(f.message for f in findings[:2]) + "."
+        summary = f"In a {rec.n_steps}-step training run of {how}: " + "; ".join(f.message for f in findings[:2]) + "."
     remedy = None
     if status in ("warn", "fail"):
         remedy = Remedy(
             "dlclinic treat model.gradients",
-            "retrain with re-initialisation (Xavier for sigmoid/tanh, Kaiming for ReLU), gradient clipping and the LR from a range test, verified by the same monitor; if gradients still vanish, add normalisation (BatchNorm/LayerNorm) or residual connections",
+            "retrain with re-initialisation (Xavier for sigmoid/tanh, Kaiming for ReLU; orthogonal recurrent weights and forget-gate bias 1 for RNNs), gradient clipping and the LR from a range test, verified by the same monitor; if gradients still vanish, add normalisation (BatchNorm/LayerNorm) or residual connections, or use an LSTM/GRU instead of a vanilla RNN",
+        )
+    thresholds = {
+        "min_depth_ratio.warn": options.warn_ratio,
+        "min_depth_ratio.fail": options.fail_ratio,
+        "grad_norm_growth.fail": options.explode_growth,
+        "dead_relu_share.warn": options.warn_dead,
+        "saturated_share.warn": options.warn_saturated,
+    }
+    if "bptt_decay_log10" in metrics:
+        thresholds.update(
+            {"bptt_vanish_ratio.warn": options.bptt_vanish_ratio, "bptt_growth.warn": options.bptt_explode_growth}
         )
     return CheckResult(
         id="model.gradients",
         status=status,
         summary=summary,
-        metrics={
-            "min_depth_ratio": diag.min_ratio,
-            "max_depth_ratio": diag.max_ratio,
-            "grad_norm_growth": diag.growth,
-            "nonfinite_steps": diag.nonfinite_steps,
-            "zero_gradient_share": diag.zero_grad_share,
-            "loss_spikes": len(spikes),
-            "max_dead_relu_share": float(np.nanmax(dead)) if len(dead) and np.isfinite(dead).any() else None,
-            "max_dead_relu_share_trained_model": max(trained_dead.values()) if trained_dead else None,
-            "max_saturated_share": float(np.nanmax(sat)) if len(sat) and np.isfinite(sat).any() else None,
-            "steps": steps,
-        },
-        thresholds={
-            "min_depth_ratio.warn": options.warn_ratio,
-            "min_depth_ratio.fail": options.fail_ratio,
-            "grad_norm_growth.fail": options.explode_growth,
-            "dead_relu_share.warn": options.warn_dead,
-            "saturated_share.warn": options.warn_saturated,
-        },
+        metrics=metrics,
+        thresholds=thresholds,
         findings=tuple(findings),
         remedy=remedy,
-        details=_details(rec, diag, upd, dead, sat, trained_dead),
+        details=details,
     )
+
+
+def _ok_summary(
+    rec: MonitorRecord,
+    diag: GradientDiagnosis,
+    dead: np.ndarray,
+    trained_dead: dict[str, float],
+    options: GradientsOptions,
+) -> str:
+    """The one-line summary of a healthy run."""
+    dead_max = (
+        max(trained_dead.values())
+        if trained_dead
+        else (float(np.nanmax(dead)) if len(dead) and np.isfinite(dead).any() else None)
+    )
+    dead_txt = (
+        f"; at most {dead_max:.0%} dead ReLU units per layer (limit {options.warn_dead:.0%})"
+        if dead_max is not None
+        else ""
+    )
+    return f"Gradients flow through all {len(rec.layers)} layers in a {rec.n_steps}-step run (smallest input/output ratio {_fmt(diag.min_ratio)}, norm growth {_fmt(diag.growth)}×){dead_txt}."
 
 
 CHECK = CheckSpec(
@@ -385,11 +538,19 @@ class GradientsParams:
 
 
 def reinitialise(model: Any) -> Any:
-    """Xavier-normal weights when the model uses sigmoid/tanh, Kaiming-normal (fan-in, ReLU) otherwise; zero biases. In place."""
+    """Xavier-normal weights when the model uses sigmoid/tanh, Kaiming-normal (fan-in, ReLU) otherwise; zero biases. In place.
+
+    Recurrent layers get Xavier input weights, orthogonal recurrent weights per gate (every
+    singular value 1, so the linear part of the recurrence neither shrinks nor grows the
+    signal: Saxe et al., ICLR 2014; Le et al., 2015) and zero biases, with an LSTM's
+    forget-gate bias at 1 so that it remembers by default (Jozefowicz et al., ICML 2015).
+    """
     saturating = any(isinstance(m, (nn.Sigmoid, nn.Tanh)) for m in model.modules())
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if isinstance(m, nn.RNNBase):
+                _reinitialise_recurrent(m)
+            elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 if saturating:
                     nn.init.xavier_normal_(m.weight)
                 else:
@@ -397,6 +558,30 @@ def reinitialise(model: Any) -> Any:
                 if m.bias is not None:
                     m.bias.zero_()
     return model
+
+
+def _reinitialise_recurrent(m: nn.RNNBase) -> None:
+    """Xavier input weights, orthogonal recurrent weights per gate, zero biases (LSTM forget gate 1). In place."""
+    h = m.hidden_size
+    for name, p in m.named_parameters():
+        if name.startswith("weight_ih"):
+            for block in p.split(h):
+                nn.init.xavier_uniform_(block)
+        elif name.startswith("weight_hh"):
+            for block in p.split(h):
+                nn.init.orthogonal_(block)
+        elif name.startswith("bias"):
+            p.zero_()
+            if isinstance(m, nn.LSTM) and name.startswith("bias_ih"):
+                p[h : 2 * h] = 1.0  # gates are ordered input, forget, cell, output
+
+
+def _trained_with_recipe(ctx: TreatContext, factory: Any, lr: float) -> Any:
+    """A model from ``factory`` trained with the case's recipe (at ``lr``) on the training rows."""
+    case, cfg = ctx.case, ctx.fit_config
+    seed_everything(cfg.seed)
+    x, y = usable_inputs(case.train.x), case.train.y
+    return fit(factory(), x, y, dataclasses.replace(cfg, lr=lr)).model  # type: ignore[arg-type]
 
 
 def treat_gradients(ctx: TreatContext, params: GradientsParams) -> TreatOutcome:
@@ -414,6 +599,9 @@ def treat_gradients(ctx: TreatContext, params: GradientsParams) -> TreatOutcome:
         # the step size is part of the problem: never go above the recipe's LR, take the range test's if lower
         lr = min(lr, suggest_lr(ctx, new_factory, params.lr_steps))
     treated = dataclasses.replace(case, model_factory=new_factory, metadata={**case.metadata, "fit.lr": lr})
+    through_time = (res.details.get("through_time") or {}).get("flag")
+    if through_time:  # the through-time measurement reads a trained model: train the treated architecture
+        treated = dataclasses.replace(treated, model=_trained_with_recipe(ctx, new_factory, lr))
     after = ctx.measure(treated)
     after_res = after[ctx.challenge_id]
     notes = [
@@ -423,15 +611,36 @@ def treat_gradients(ctx: TreatContext, params: GradientsParams) -> TreatOutcome:
         notes.append(
             "gradients still vanish after re-initialisation: the architecture needs normalisation (BatchNorm/LayerNorm) or residual connections, or ReLU-family activations instead of sigmoid/tanh"
         )
+    notes.extend(_through_time_notes(through_time, after_res))
     return conclude(
         ctx,
         before=before,
         after=after,
-        action=f"re-initialise ({'Xavier' if 'sigmoid' in repr(factory()).lower() or 'tanh' in repr(factory()).lower() else 'Kaiming'}) and train with LR {lr:.3g}",
+        action=f"re-initialise ({'Xavier' if 'sigmoid' in repr(factory()).lower() or 'tanh' in repr(factory()).lower() else 'Kaiming'}{'; orthogonal recurrent weights' if through_time else ''}) and train with LR {lr:.3g}",
         after_values={"lr": lr},
-        check_metrics=("min_depth_ratio", "grad_norm_growth", "nonfinite_steps"),
+        check_metrics=("min_depth_ratio", "grad_norm_growth", "nonfinite_steps")
+        + (("bptt_decay_log10", "bptt_vanishing_step", "bptt_growth") if through_time else ()),
         notes=notes,
     )
+
+
+def _through_time_notes(flag: str | None, after_res: CheckResult) -> list[str]:
+    """What the through-time re-measurement compares, and what is left when it is still flagged."""
+    if not flag:
+        return []
+    notes = [
+        "gradients through time: before is the case's trained model, after the re-initialised architecture (orthogonal recurrent weights, LSTM forget-gate bias 1) trained with the recipe on the training rows"
+    ]
+    still = (after_res.details.get("through_time") or {}).get("flag")
+    if still == "vanishing":
+        notes.append(
+            "the gradient still vanishes through time: a vanilla RNN cannot carry it far; use nn.LSTM or nn.GRU, or a shorter context"
+        )
+    if flag == "exploding" or still == "exploding":
+        notes.append(
+            "the gradient grows going back in time: clip its norm in your training loop (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)); the recipe does not clip"
+        )
+    return notes
 
 
 REMEDY = RemedySpec(
