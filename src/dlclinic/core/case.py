@@ -27,6 +27,7 @@ __all__ = [
     "Split",
     "as_array",
     "infer_modality",
+    "input_array",
     "unusable_rows",
     "usable_inputs",
 ]
@@ -43,6 +44,20 @@ MODALITIES = ("image", "vector", "table", "tokens", "sequence")
 #: float32 (max ≈ 3.4e38), so distances, standardisation and most models turn them into Inf/NaN.
 #: data.quality counts and reports the rows holding them; every other computation reads them as 0.
 MAX_ABS_INPUT = 1e18
+
+
+def input_array(x: Any, *, keep_integers: bool = True) -> np.ndarray:
+    """``x`` as a contiguous model-input array: integers int64 (token ids) when ``keep_integers``, anything else float32.
+
+    The one rule every reader of inputs applies (splits, ``.npz`` files, served and scored rows,
+    ONNX feeds), so token ids are never turned into floats on the way to an embedding layer.
+
+    Example:
+        >>> input_array(np.array([[1, 2]], np.int32)).dtype, input_array(np.array([[1, 2]]), keep_integers=False).dtype
+        (dtype('int64'), dtype('float32'))
+    """
+    a = np.asarray(x)
+    return np.ascontiguousarray(a, dtype=np.int64 if keep_integers and a.dtype.kind in "iu" else np.float32)
 
 
 def unusable_rows(x: np.ndarray) -> np.ndarray:
@@ -183,7 +198,7 @@ class Split:
             raise InputError(f"split {name!r} x: expected numeric inputs, found dtype {xa.dtype}")
         # N × T integers are kept (token ids must reach an embedding layer as integers); Case
         # casts them to float32 unless the modality is "tokens"; images become float32 here
-        xa = np.ascontiguousarray(xa, dtype=np.int64 if xa.dtype.kind in "iu" and xa.ndim == 2 else np.float32)
+        xa = input_array(xa, keep_integers=xa.ndim == 2)
         if like is not None and xa.dtype != like.x.dtype:
             xa = xa.astype(like.x.dtype)
         n = xa.shape[0]

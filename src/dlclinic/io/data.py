@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, input_array
 from dlclinic.core.errors import InputError, MissingDependencyError, brief
 from dlclinic.io.columns import (
     MAX_CATEGORIES,
@@ -509,7 +509,7 @@ def _npz_features(x: np.ndarray, name: str) -> np.ndarray:
         raise InputError(f"split {name!r}: expected at least one sample, found 0")
     # N × T integers may be token ids (kept for a model with an embedding layer); images and
     # anything else become float32
-    return np.ascontiguousarray(x, dtype=np.int64 if x.dtype.kind in "iu" and x.ndim == 2 else np.float32)
+    return input_array(x, keep_integers=x.ndim == 2)
 
 
 def _npz_labels(

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from dlclinic.core.case import input_array
 from dlclinic.core.errors import MissingDependencyError, ModelError, brief
 from dlclinic.io.pickle_scan import scan_file
 
@@ -64,10 +65,8 @@ def onnx_feed(x: np.ndarray, onnx_type: str | None = None) -> np.ndarray:
     """``x`` in the dtype an ONNX input declares (``"tensor(int64)"`` for token ids); without a
     declared type, integers stay int64 (token ids) and floats become float32."""
     if onnx_type is None:
-        dtype: Any = np.int64 if np.asarray(x).dtype.kind in "iu" else np.float32
-    else:
-        dtype = _ONNX_DTYPES.get(onnx_type, np.float32)
-    return np.ascontiguousarray(x, dtype=dtype)
+        return input_array(x)
+    return np.ascontiguousarray(x, dtype=_ONNX_DTYPES.get(onnx_type, np.float32))
 
 
 # --------------------------------------------------------------------------- public API

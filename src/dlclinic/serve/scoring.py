@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dlclinic.core.atomic import atomic_path
+from dlclinic.core.case import input_array
 from dlclinic.core.errors import ConfigError, InputError, MissingDependencyError
 
 __all__ = ["iter_batches", "score_file"]
@@ -30,14 +31,11 @@ def _shape_rows(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.n
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{where}: expected numeric inputs, found dtype {x.dtype}")
-    dtype = np.int64 if x.dtype.kind in "iu" else np.float32
-    if not input_shape:  # shape not known yet: as stored
-        return np.ascontiguousarray(x, dtype=dtype)
+    if not input_shape or tuple(x.shape[1:]) == tuple(input_shape):  # shape not known yet: as stored
+        return input_array(x)
     flat = int(np.prod(input_shape))
-    if tuple(x.shape[1:]) == tuple(input_shape):
-        return np.ascontiguousarray(x, dtype=dtype)
     if x.reshape(len(x), -1).shape[1] == flat:
-        return np.ascontiguousarray(x.reshape((len(x), *input_shape)), dtype=dtype)
+        return input_array(x.reshape((len(x), *input_shape)))
     raise InputError(
         f"{where}: expected samples of shape {list(input_shape)} ({flat} values), found {list(x.shape[1:])}"
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, input_array
 from dlclinic.core.evidence import Evidence, machine
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
@@ -42,9 +42,7 @@ class ScalabilityOptions:
 
 def _throughput(predict: Any, x: np.ndarray, batch: int, budget: float) -> float:
     """Rows per second of ``predict`` at this batch size within about ``budget`` seconds."""
-    xb = np.ascontiguousarray(
-        np.resize(x, (batch, *x.shape[1:])).astype(np.int64 if x.dtype.kind in "iu" else np.float32)
-    )
+    xb = input_array(np.resize(x, (batch, *x.shape[1:])))
     for _ in range(3):  # warm-up: allocator, thread pool, lazy kernels
         predict(xb)
     rows = 0
