@@ -458,7 +458,9 @@ class Evidence:
         if kind == "oof_probs":
             p.update(method=self.oof_method, folds=self.config.folds, seed=self.config.seed)
             if self.oof_method == "kfold":
-                p["recipe"] = self.recipe
+                # entry format 2 also holds the fold models' probabilities on the other splits
+                # (fold_probabilities): an older entry is a cache miss, not a silently weaker check
+                p.update(recipe=self.recipe, fold_outputs=2)
         return p
 
     def _path(self, kind: str, split: str) -> Path:
