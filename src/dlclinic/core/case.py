@@ -159,13 +159,18 @@ def _validate_labels(y: np.ndarray, what: str) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One named split: inputs ``x`` (N×…), labels ``y`` (N, or None), optional groups and ids."""
+    """One named split: inputs ``x`` (N×…), labels ``y`` (N, or None), optional groups, ids and texts.
+
+    ``texts`` is the raw text of each row when the inputs are token ids read from a text
+    column (``--text-col``): the report shows it next to flagged rows. It never reaches the model.
+    """
 
     name: str
     x: np.ndarray
     y: np.ndarray | None = None
     groups: np.ndarray | None = None
     ids: np.ndarray | None = None
+    texts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -176,7 +181,15 @@ class Split:
 
     @classmethod
     def build(
-        cls, name: str, x: Any, y: Any = None, groups: Any = None, ids: Any = None, *, like: Split | None = None
+        cls,
+        name: str,
+        x: Any,
+        y: Any = None,
+        groups: Any = None,
+        ids: Any = None,
+        *,
+        like: Split | None = None,
+        texts: Any = None,
     ) -> Split:
         """Validate and convert one split (to ``like``'s input dtype when given). Raises :class:`InputError` with a one-line reason."""
         if (
@@ -218,7 +231,17 @@ class Split:
             ia = _to_numpy(ids, f"split {name!r} ids").reshape(-1)
             if ia.shape[0] != n:
                 raise InputError(f"split {name!r}: x has {n} rows but ids has {ia.shape[0]}; expected equal lengths")
-        return cls(name=name, x=xa, y=ya, groups=ga, ids=ia)
+        return cls(name=name, x=xa, y=ya, groups=ga, ids=ia, texts=_texts(texts, name, n))
+
+
+def _texts(texts: Any, name: str, n: int) -> np.ndarray | None:
+    """A split's raw texts as an object array of ``n`` strings (``None`` stays ``None``)."""
+    if texts is None:
+        return None
+    out = np.array([str(t) for t in texts], dtype=object)
+    if out.shape != (n,):
+        raise InputError(f"split {name!r}: x has {n} rows but texts has {out.shape[0]}; expected one text per row")
+    return out
 
 
 def _module_kinds(model: Any) -> set[str]:
@@ -282,6 +305,40 @@ def _with_input_dtype(splits: dict[str, Split], modality: str) -> dict[str, Spli
     return out
 
 
+def _splits_from(
+    values: Mapping[str, Any],
+    groups: Mapping[str, Any] | None,
+    ids: Mapping[str, Any] | None,
+    texts: Mapping[str, Any] | None,
+) -> dict[str, Split]:
+    """:meth:`Case.from_arrays`' splits: ``(x,)``, ``(x, y)``, ``(x, y, groups)``, bare ``x`` or a Dataset per name."""
+    splits: dict[str, Split] = {}
+    for split_name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            if not 1 <= len(value) <= 3:
+                raise InputError(
+                    f"split {split_name!r}: expected (x,), (x, y) or (x, y, groups), found a tuple of {len(value)}"
+                )
+            x = value[0]
+            y = value[1] if len(value) > 1 else None
+            g = value[2] if len(value) > 2 else None
+        else:
+            x, y, g = value, None, None
+        if groups is not None and split_name in groups:
+            g = groups[split_name]
+        splits[split_name] = Split.build(
+            split_name,
+            x,
+            y,
+            g,
+            None if ids is None else ids.get(split_name),
+            texts=None if texts is None else texts.get(split_name),
+        )
+    return splits
+
+
 @dataclass(frozen=True, eq=False)
 class Case:
     """A model and its data, validated. Build it with :meth:`Case.from_arrays` or the loaders in ``dlclinic.io``."""
@@ -324,6 +381,7 @@ class Case:
         model: Any = None,
         groups: Mapping[str, Any] | None = None,
         ids: Mapping[str, Any] | None = None,
+        texts: Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         n_classes: int | None = None,
         name: str = "case",
@@ -335,29 +393,16 @@ class Case:
     ) -> Case:
         """Build a case from ``(x, y)`` tuples, bare ``x`` (unlabelled) or Datasets per split.
 
+        ``texts`` maps a split name to one raw text per row (token-id inputs made from text):
+        the report shows the text of flagged rows.
+
         Example:
             >>> import numpy as np
             >>> x = np.random.rand(20, 4).astype("float32"); y = np.arange(20) % 2
             >>> Case.from_arrays((x, y), (x, y)).n_classes
             2
         """
-        splits: dict[str, Split] = {}
-        for split_name, value in (("train", train), ("test", test), ("deploy", deploy)):
-            if value is None:
-                continue
-            if isinstance(value, tuple):
-                if not 1 <= len(value) <= 3:
-                    raise InputError(
-                        f"split {split_name!r}: expected (x,), (x, y) or (x, y, groups), found a tuple of {len(value)}"
-                    )
-                x = value[0]
-                y = value[1] if len(value) > 1 else None
-                g = value[2] if len(value) > 2 else None
-            else:
-                x, y, g = value, None, None
-            if groups is not None and split_name in groups:
-                g = groups[split_name]
-            splits[split_name] = Split.build(split_name, x, y, g, None if ids is None else ids.get(split_name))
+        splits = _splits_from({"train": train, "test": test, "deploy": deploy}, groups, ids, texts)
         if n_classes is None:
             if class_names is not None:
                 n_classes = len(class_names)
@@ -438,6 +483,7 @@ class Case:
             y=None if y is None else y[keep],
             groups=None if t.groups is None else t.groups[keep],
             ids=None if t.ids is None else t.ids[keep],
+            texts=None if t.texts is None else t.texts[keep],
         )
         splits = dict(self.splits)
         splits["train"] = new
@@ -450,7 +496,9 @@ class Case:
         rows = np.asarray(rows, dtype=np.int64)
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
         splits = dict(self.splits)
-        splits[name] = Split(name=name, x=s.x[rows], y=pick(s.y), groups=pick(s.groups), ids=pick(s.ids))
+        splits[name] = Split(
+            name=name, x=s.x[rows], y=pick(s.y), groups=pick(s.groups), ids=pick(s.ids), texts=pick(s.texts)
+        )
         return replace(self, splits=splits)
 
     def summary(self) -> dict[str, Any]:

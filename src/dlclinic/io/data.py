@@ -54,6 +54,7 @@ from dlclinic.io.columns import (
     fit_target_encoding,
     sorted_categories,
 )
+from dlclinic.io.text import encode_texts, load_tokenizer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +71,7 @@ __all__ = [
     "load_split",
 ]
 
-Modality = Literal["image", "vector", "table"]
+Modality = Literal["image", "vector", "table", "tokens"]
 ImageMode = Literal["L", "RGB"]
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png")
@@ -106,6 +107,7 @@ class LoadedSplit:
         n_converted: How many images had another colour mode than the one used
             (grayscale ↔ RGB), and were converted.
         source: The path this split was read from.
+        texts: The raw texts of a ``text_col`` split (``x`` is then filled by the tokenizer).
     """
 
     x: np.ndarray
@@ -122,6 +124,7 @@ class LoadedSplit:
     n_resized: int = 0
     n_converted: int = 0
     source: str = ""
+    texts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -144,6 +147,7 @@ def load_split(
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
     target_mapping: Mapping[str, Mapping[str, Any]] | None = None,
+    text_col: str | None = None,
 ) -> LoadedSplit:
     """Read one split from an ``.npz``, ``.csv``, ``.parquet`` file or an image folder.
 
@@ -166,6 +170,8 @@ def load_split(
             later splits follow ``categorical_mapping``).
         numeric: Table columns to keep numeric, overriding the integer-coded default (train only).
         target_mapping: The ``target_encoding`` of the train split, used with ``categorical_mapping``.
+        text_col: Table column holding raw text: the split keeps the texts (``texts``) and no
+            features; :func:`load_case` encodes them with the tokenizer.
 
     Returns:
         The split's arrays and what was learned while reading them.
@@ -182,6 +188,8 @@ def load_split(
     p = Path(path)
     if not p.exists():
         raise InputError(f"split {name!r}: data file not found: {p}")
+    if text_col is not None and (p.is_dir() or p.suffix.lower() not in (".csv", ".parquet", ".pq")):
+        raise InputError(f"split {name!r}: expected a .csv or .parquet table for text_col={text_col!r}, found {p.name}")
     if p.is_dir():
         if group_col is not None:
             raise InputError(
@@ -192,8 +200,11 @@ def load_split(
         loaded = _load_npz(p, name, label_col, group_col, id_col, labels_required)
     elif p.suffix.lower() in (".csv", ".parquet", ".pq"):
         df = _read_table(p, name)
-        rules = ColumnRules(tuple(categorical), tuple(numeric), categorical_mapping, target_mapping or {})
-        loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, rules)
+        if text_col is not None:
+            loaded = _split_from_text(df, name, text_col, label_col, group_col, id_col, labels_required)
+        else:
+            rules = ColumnRules(tuple(categorical), tuple(numeric), categorical_mapping, target_mapping or {})
+            loaded = _split_from_table(df, name, label_col, group_col, id_col, labels_required, rules)
     else:
         raise InputError(
             f"split {name!r}: expected {SUPPORTED_FORMATS}, found {p.name!r} (suffix {p.suffix or 'none'!r})"
@@ -218,6 +229,9 @@ def load_case(
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
     modality: str | None = None,
+    text_col: str | None = None,
+    tokenizer: str | None = None,
+    max_length: int | None = None,
 ) -> Case:
     """Read train (labelled), test (labelled) and deploy (labels optional) into a :class:`Case`.
 
@@ -243,6 +257,12 @@ def load_case(
             ``image``, and an ``.npz`` is whatever :func:`~dlclinic.core.case.infer_modality` reads
             from its shapes, dtype and the model (int64 ids for a model with an embedding layer
             are ``tokens`` and stay integer).
+        text_col: CSV / Parquet column of raw text (``--text-col``): the case is ``tokens``,
+            encoded by ``tokenizer`` (:func:`dlclinic.io.text.load_tokenizer`), padded with 0
+            to ``max_length`` (default: train's longest row, at most
+            :data:`~dlclinic.io.text.DEFAULT_MAX_LENGTH`), and each split keeps its texts.
+        tokenizer: ``tokenizer.json`` (Hugging Face ``tokenizers``) or ``file.py:function``.
+        max_length: Length rows are padded or cut to (text only).
 
     Returns:
         The validated case; ``case.metadata["io"]["columns"]`` says which columns were
@@ -257,6 +277,8 @@ def load_case(
         >>> case.modality  # doctest: +SKIP
         'image'
     """
+    if (text_col is None) != (tokenizer is None):
+        raise InputError("text: expected --text-col and --tokenizer together, found only one of them")
     tr = load_split(
         train,
         name="train",
@@ -266,6 +288,7 @@ def load_case(
         labels_required=True,
         categorical=categorical,
         numeric=numeric,
+        text_col=text_col,
     )
     loaded: dict[str, LoadedSplit] = {"train": tr}
     image_mode, image_size = _image_format(tr) if Path(train).is_dir() else (None, None)
@@ -283,9 +306,14 @@ def load_case(
             target_mapping=tr.target_encoding,
             image_mode=image_mode,
             image_size=image_size,
+            text_col=text_col,
         )
         other = _align_features(tr, other, split_name)
         loaded[split_name] = _align_labels(tr, other, split_name)
+    text_meta: dict[str, Any] = {}
+    if tokenizer is not None:
+        loaded, text_meta = _tokenized(loaded, str(text_col), tokenizer, max_length)
+        modality = "tokens"
     arrays = {k: (s.x, s.y, s.groups) for k, s in loaded.items()}
     case = Case.from_arrays(
         arrays["train"],
@@ -298,7 +326,8 @@ def load_case(
         modality=modality or (tr.modality if tr.modality == "table" or Path(train).is_dir() else None),
         feature_names=tr.feature_names,
         model_source=model_source,
-        metadata={"io": _io_metadata(loaded)},
+        metadata={"io": {**_io_metadata(loaded), **text_meta}},
+        texts={k: s.texts for k, s in loaded.items()} if tokenizer is not None else None,
     )
     return _with_ids(case, loaded)
 
@@ -570,12 +599,7 @@ def _split_from_table(
 ) -> LoadedSplit:
     """Turn a DataFrame into features, labels, groups and ids."""
     columns = list(df.columns)
-    y, class_names = None, None
-    label = _column(df, label_col, "label_col", name, labels_required)
-    if label is not None:
-        y, class_names = _table_labels(df[label], name, label)
-    group = _column(df, group_col, "group_col", name, labels_required)
-    ident = _column(df, id_col, "id_col", name, labels_required)
+    y, class_names, label, group, ident = _label_group_id(df, name, label_col, group_col, id_col, labels_required)
     special = [c for c in (label, group, ident) if c is not None]
     feature_cols = [c for c in columns if c not in special]
     if not feature_cols:
@@ -593,6 +617,66 @@ def _split_from_table(
         target_encoding=target,
         columns=kinds,
     )
+
+
+def _label_group_id(
+    df: pd.DataFrame, name: str, label_col: str | None, group_col: str | None, id_col: str | None, required: bool
+) -> tuple[np.ndarray | None, tuple[str, ...] | None, str | None, str | None, str | None]:
+    """``(y, class_names, label, group, id)``: a table's labels and the names of its label, group and id columns."""
+    y, class_names = None, None
+    label = _column(df, label_col, "label_col", name, required)
+    if label is not None:
+        y, class_names = _table_labels(df[label], name, label)
+    return (
+        y,
+        class_names,
+        label,
+        _column(df, group_col, "group_col", name, required),
+        _column(df, id_col, "id_col", name, required),
+    )
+
+
+def _split_from_text(
+    df: pd.DataFrame,
+    name: str,
+    text_col: str,
+    label_col: str | None,
+    group_col: str | None,
+    id_col: str | None,
+    labels_required: bool,
+) -> LoadedSplit:
+    """A table's text column (kept as ``texts``; ``x`` is a placeholder until tokenized), labels, groups and ids."""
+    if text_col not in df.columns:
+        raise InputError(f"split {name!r}: expected a text column {text_col!r}, found columns {list(df.columns)[:8]}")
+    y, class_names, _, group, ident = _label_group_id(df, name, label_col, group_col, id_col, labels_required)
+    texts = df[text_col].fillna("").astype(str).to_numpy(dtype=object)
+    return LoadedSplit(
+        x=np.zeros((len(df), 1), dtype=np.int64),
+        y=y,
+        groups=None if group is None else _object_to_str(df[group].to_numpy()),
+        ids=None if ident is None else _object_to_str(df[ident].to_numpy()),
+        class_names=class_names,
+        modality="tokens",
+        texts=texts,
+    )
+
+
+def _tokenized(
+    loaded: Mapping[str, LoadedSplit], text_col: str, tokenizer: str, max_length: int | None
+) -> tuple[dict[str, LoadedSplit], dict[str, Any]]:
+    """Every split's texts encoded by the tokenizer, to train's length; and what was done, for ``metadata["io"]``."""
+    encode, described = load_tokenizer(tokenizer)
+    out: dict[str, LoadedSplit] = {}
+    cut: dict[str, int] = {}
+    length = max_length
+    for name, s in loaded.items():
+        ids, cut[name] = encode_texts(
+            list(s.texts if s.texts is not None else []), encode, name=name, max_length=length
+        )
+        length = ids.shape[1]  # test / deploy are padded or cut to train's length
+        out[name] = replace(s, x=ids)
+    meta = {"text": {"column": text_col, "tokenizer": described, "max_length": length, "rows_cut": cut}}
+    return out, meta
 
 
 def _column(df: pd.DataFrame, col: str | None, option: str, name: str, required: bool) -> str | None:

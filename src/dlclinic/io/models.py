@@ -42,7 +42,7 @@ from dlclinic.core.case import input_array
 from dlclinic.core.errors import MissingDependencyError, ModelError, brief
 from dlclinic.io.pickle_scan import scan_file
 
-__all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_model", "onnx_feed"]
+__all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_function", "load_model", "onnx_feed"]
 
 ACCEPTED_MODELS = "path/to/file.py:factory (optionally with weights .safetensors/.pt/.pth/.bin), package.module:factory, model.pt2 (torch.export) or model.onnx"
 PICKLED_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -126,6 +126,22 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
         model = OnnxModel(path)
         return model, f"ONNX model {path.name} via onnxruntime (sha256 {model.sha256[:12]})"
     raise ModelError(f"model {spec!r}: expected {ACCEPTED_MODELS}, found suffix {suffix or 'none'!r}")
+
+
+def load_function(spec: str, what: str) -> Any:
+    """The callable named by ``file.py:function`` or ``module:function`` (a tokenizer, a preprocessing step).
+
+    Raises:
+        ModelError: The spec has no ``:function``, the file does not import, or the name is not callable.
+    """
+    parts = _split_factory_spec(str(spec).strip())
+    if parts is None:
+        raise ModelError(f"{what} {spec!r}: expected path/to/file.py:function or module:function")
+    target, function = parts
+    fn = getattr(_import_target(target), function, None)
+    if not callable(fn):
+        raise ModelError(f"{what} {spec!r}: {Path(target).name} has no function {function!r}")
+    return fn
 
 
 def load_factory(spec: str) -> Any:

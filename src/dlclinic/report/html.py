@@ -64,6 +64,7 @@ __all__ = ["fmt", "render_html"]
 STATUSES = ("ok", "warn", "fail", "error", "not_examined")
 STATUS_LABELS = {"ok": "ok", "warn": "warn", "fail": "fail", "error": "error", "not_examined": "not examined"}
 MAX_INDICES = 10
+MAX_TEXT_CHARS = 240
 MAX_TABLE_ROWS = 200
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -127,8 +128,22 @@ def _threshold_rows(result: CheckResult) -> tuple[list[dict[str, Any]], list[dic
     return rows, rest
 
 
-def _finding_view(finding: Finding) -> dict[str, Any]:
-    """One finding for the template: counts, the first rows with scores, its ``extra`` data."""
+def _row_texts(finding: Finding, shown: Sequence[int], case: Case | None) -> list[dict[str, str]]:
+    """The raw text of the shown rows when the finding's split has texts (``--text-col``), each cut at :data:`MAX_TEXT_CHARS`."""
+    split = case.get(finding.split) if case is not None and finding.split else None
+    if split is None or split.texts is None:
+        return []
+    out = []
+    for i in shown:
+        if 0 <= int(i) < len(split.texts):
+            text = str(split.texts[int(i)])
+            cut = text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+            out.append({"index": str(int(i)), "text": cut})
+    return out
+
+
+def _finding_view(finding: Finding, case: Case | None = None) -> dict[str, Any]:
+    """One finding for the template: counts, the first rows with scores (and texts), its ``extra`` data."""
     n = len(finding.indices)
     shown = finding.indices[:MAX_INDICES]
     scores = list(finding.scores[: len(shown)])
@@ -147,6 +162,7 @@ def _finding_view(finding: Finding) -> dict[str, Any]:
         "extra_columns": ["row", *aligned] if aligned else [],
         "extra_rows": extra_rows if aligned else [],
         "extra_scalars": scalars,
+        "texts": _row_texts(finding, shown, case),
     }
 
 
@@ -275,7 +291,7 @@ def _challenge_view(result: CheckResult, description: str, case: Case | None) ->
         "seconds": _seconds(result.seconds),
         "metrics": metrics,
         "other_thresholds": other_thresholds,
-        "findings": [_finding_view(f) for f in result.findings],
+        "findings": [_finding_view(f, case) for f in result.findings],
         "remedy": result.remedy if result.status in ("warn", "fail") else None,
         "plots": _plots(details) if examined else [],
         "images": _images(details, case) if examined else [],
@@ -362,7 +378,8 @@ def render_html(report: Report, case: Case | None = None) -> str:
     Args:
         report: The checkup result.
         case: The case the report was made from; needed only for image thumbnails
-            (``details["images"]``). Without it thumbnails are left out.
+            (``details["images"]``) and the text of flagged rows (splits with ``texts``).
+            Without it both are left out.
 
     Returns:
         The HTML document as a string.
