@@ -13,9 +13,13 @@ from dlclinic.cli import launch
 from dlclinic.cli.flags import (
     CHECKUP_FLAGS,
     CategoricalOpt,
+    InputsOpt,
+    MaxLengthOpt,
     ModalityOpt,
     NprocOpt,
     NumericOpt,
+    TextColOpt,
+    TokenizerOpt,
     check_flag_options,
     expand_flags,
 )
@@ -71,6 +75,10 @@ def checkup(
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
     modality: ModalityOpt = None,
+    text_col: TextColOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    inputs: InputsOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -123,6 +131,10 @@ def checkup(
             categorical=categorical,
             numeric=numeric,
             modality=modality,
+            text_col=text_col,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            inputs=inputs,
         )
     )
     # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)

@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from dlclinic.api import prepare_model
-from dlclinic.cli.flags import CategoricalOpt, ModalityOpt, NumericOpt
+from dlclinic.cli.flags import (
+    CategoricalOpt,
+    InputsOpt,
+    MaxLengthOpt,
+    ModalityOpt,
+    NumericOpt,
+    TextColOpt,
+    TokenizerOpt,
+)
 from dlclinic.cli.options import (
     CacheOpt,
     CleanDemoOpt,
@@ -61,6 +69,10 @@ def export(
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
     modality: ModalityOpt = None,
+    text_col: TextColOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    inputs: InputsOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
@@ -84,6 +96,10 @@ def export(
             categorical=categorical,
             numeric=numeric,
             modality=modality,
+            text_col=text_col,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            inputs=inputs,
         )
     )
     case = prepare_model(case, cache_dir=cache_dir)

@@ -24,9 +24,13 @@ __all__ = [
     "TREAT_FLAGS",
     "CategoricalOpt",
     "Flag",
+    "InputsOpt",
+    "MaxLengthOpt",
     "ModalityOpt",
     "NprocOpt",
     "NumericOpt",
+    "TextColOpt",
+    "TokenizerOpt",
     "check_flag_options",
     "column_list",
     "expand_flags",
@@ -55,6 +59,35 @@ ModalityOpt = Annotated[
     typer.Option(
         "--modality",
         help="What a row is: image, table, vector, tokens (integer token ids for a model with an embedding layer; kept int64) or sequence (float time series). Default: read from the file type, shapes, dtype and the model's layers.",
+    ),
+]
+
+TextColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-col",
+        help="CSV/Parquet column of raw text: encoded with --tokenizer into token ids (padding 0); the report shows the text of flagged rows.",
+    ),
+]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer",
+        help="With --text-col: a Hugging Face tokenizers file (tokenizer.json, extra 'text') or file.py:function returning one text's ids (id 0 is padding).",
+    ),
+]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length", min=1, help="With --text-col: tokens per row (padded/cut; default train's longest, ≤ 256)."
+    ),
+]
+
+InputsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--inputs",
+        help="For a model whose forward takes several tensors: the .npz keys in its order, comma-separated (e.g. input_ids,attention_mask); passed by these names.",
     ),
 ]
 

@@ -17,6 +17,7 @@ from dlclinic.core.case import Case, infer_modality
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import EvidenceConfig
 from dlclinic.core.inference import check_label_range
+from dlclinic.core.inputs import parts_from_metadata, wrap_factory, wrap_model
 from dlclinic.core.recipe import FitConfig
 from dlclinic.demo import build_demo
 from dlclinic.io import load_case as load_files
@@ -100,6 +101,10 @@ class DataOptions:
     categorical: str | None = None
     numeric: str | None = None
     modality: str | None = None
+    text_col: str | None = None
+    tokenizer: str | None = None
+    max_length: int | None = None
+    inputs: str | None = None
 
     def cli_args(self) -> str:
         if self.demo or self.clean_demo:
@@ -115,6 +120,10 @@ class DataOptions:
             ("--categorical", self.categorical),
             ("--numeric", self.numeric),
             ("--modality", self.modality),
+            ("--text-col", self.text_col),
+            ("--tokenizer", self.tokenizer),
+            ("--max-length", self.max_length),
+            ("--inputs", self.inputs),
             ("--model", self.model),
             ("--weights", self.weights),
         ):
@@ -130,7 +139,18 @@ def _data_case(opts: DataOptions) -> Case:
     if (opts.demo or opts.clean_demo) and opts.train is not None:
         raise ConfigError("--demo and --train are exclusive: expected the demo case or your own data, found both")
     if opts.demo or opts.clean_demo:
-        given = (opts.test, opts.deploy, opts.label_col, opts.group_col, opts.id_col, opts.categorical, opts.numeric)
+        given = (
+            opts.test,
+            opts.deploy,
+            opts.label_col,
+            opts.group_col,
+            opts.id_col,
+            opts.categorical,
+            opts.numeric,
+            opts.text_col,
+            opts.tokenizer,
+            opts.inputs,
+        )
         if any(v is not None for v in given):
             raise ConfigError("--demo brings its own splits: expected no --test/--deploy/--*-col with it")
         return build_demo(clean=opts.clean_demo)[0]
@@ -146,6 +166,10 @@ def _data_case(opts: DataOptions) -> Case:
         categorical=column_list(opts.categorical),
         numeric=column_list(opts.numeric),
         modality=opts.modality,
+        text_col=opts.text_col,
+        tokenizer=opts.tokenizer,
+        max_length=opts.max_length,
+        inputs=column_list(opts.inputs),
     )
 
 
@@ -156,7 +180,9 @@ def load_case(opts: DataOptions) -> Case:
         raise ConfigError("--weights needs --model file.py:factory to load them into")
     if opts.model is not None:
         model, source = load_model(opts.model, weights=opts.weights, allow_pickle=opts.allow_pickle)
-        case = dataclasses.replace(case, model=model, model_source=source, model_factory=load_factory(opts.model))
+        parts = parts_from_metadata(case.metadata)  # several named inputs: the model unpacks the packed rows
+        factory = wrap_factory(load_factory(opts.model), parts)
+        case = dataclasses.replace(case, model=wrap_model(model, parts), model_source=source, model_factory=factory)
         if opts.modality is None and case.modality != "table":  # the model's layers tell token ids from features
             case = case.with_modality(infer_modality(case.train.x, model))
         check_label_range(case)

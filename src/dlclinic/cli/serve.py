@@ -22,7 +22,15 @@ import torch
 import typer
 
 from dlclinic.api import prepare_model
-from dlclinic.cli.flags import CategoricalOpt, ModalityOpt, NumericOpt
+from dlclinic.cli.flags import (
+    CategoricalOpt,
+    InputsOpt,
+    MaxLengthOpt,
+    ModalityOpt,
+    NumericOpt,
+    TextColOpt,
+    TokenizerOpt,
+)
 from dlclinic.cli.options import (
     CacheOpt,
     CleanDemoOpt,
@@ -100,6 +108,10 @@ def _data_options(d: dict[str, Any]) -> DataOptions:
         categorical=d.get("categorical"),
         numeric=d.get("numeric"),
         modality=d.get("modality"),
+        text_col=d.get("text_col"),
+        tokenizer=d.get("tokenizer"),
+        max_length=d.get("max_length"),
+        inputs=d.get("inputs"),
     )
 
 
@@ -123,6 +135,10 @@ def _data_spec(opts: DataOptions) -> dict[str, Any]:
         "categorical": opts.categorical,
         "numeric": opts.numeric,
         "modality": opts.modality,
+        "text_col": opts.text_col,
+        "tokenizer": opts.tokenizer,
+        "max_length": opts.max_length,
+        "inputs": opts.inputs,
     }
 
 
@@ -339,6 +355,10 @@ def serve(
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
     modality: ModalityOpt = None,
+    text_col: TextColOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    inputs: InputsOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     out: ServeOutOpt = Path("dlclinic-serve"),
@@ -386,6 +406,10 @@ def serve(
         categorical=categorical,
         numeric=numeric,
         modality=modality,
+        text_col=text_col,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        inputs=inputs,
     )
     fit_cfg = FitConfig(epochs=epochs, seed=seed)
     case = prepare_model(load_case(opts), fit_config=fit_cfg, cache_dir=cache_dir, progress=RichProgress())

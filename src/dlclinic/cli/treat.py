@@ -17,9 +17,13 @@ from dlclinic.cli import launch
 from dlclinic.cli.flags import (
     TREAT_FLAGS,
     CategoricalOpt,
+    InputsOpt,
+    MaxLengthOpt,
     ModalityOpt,
     NprocOpt,
     NumericOpt,
+    TextColOpt,
+    TokenizerOpt,
     expand_flags,
     treat_flag_params,
 )
@@ -105,6 +109,10 @@ def treat(
     categorical: CategoricalOpt = None,
     numeric: NumericOpt = None,
     modality: ModalityOpt = None,
+    text_col: TextColOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    inputs: InputsOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -160,6 +168,10 @@ def treat(
             categorical=categorical,
             numeric=numeric,
             modality=modality,
+            text_col=text_col,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            inputs=inputs,
         )
     )
     # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dlclinic.core.errors import InputError
+from dlclinic.core.inputs import InputPart, pack_inputs, split_inputs, wrap_factory, wrap_model
 
 __all__ = [
     "MAX_ABS_INPUT",
@@ -305,6 +306,22 @@ def _with_input_dtype(splits: dict[str, Split], modality: str) -> dict[str, Spli
     return out
 
 
+def _packed(values: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[InputPart, ...] | None]:
+    """Splits whose ``x`` is a mapping of named arrays, packed (:mod:`dlclinic.core.inputs`) with train's parts."""
+    out: dict[str, Any] = dict(values)
+    parts: tuple[InputPart, ...] | None = None
+    for name, value in values.items():
+        x = value[0] if isinstance(value, tuple) and value else value
+        named = split_inputs(x)
+        if named is None:
+            if parts is not None and value is not None:
+                raise InputError(f"split {name!r}: expected named inputs like train, found one array")
+            continue
+        packed, parts = pack_inputs(named, parts, what=f"split {name!r} x")
+        out[name] = (packed, *value[1:]) if isinstance(value, tuple) else packed
+    return out, parts
+
+
 def _splits_from(
     values: Mapping[str, Any],
     groups: Mapping[str, Any] | None,
@@ -402,7 +419,11 @@ class Case:
             >>> Case.from_arrays((x, y), (x, y)).n_classes
             2
         """
-        splits = _splits_from({"train": train, "test": test, "deploy": deploy}, groups, ids, texts)
+        values, parts = _packed({"train": train, "test": test, "deploy": deploy})
+        if parts is not None:  # a model whose forward takes several tensors: packed rows, a wrapped model
+            model, model_factory = wrap_model(model, parts), wrap_factory(model_factory, parts)
+            metadata = {**(metadata or {}), "inputs": [p.as_dict() for p in parts]}
+        splits = _splits_from(values, groups, ids, texts)
         if n_classes is None:
             if class_names is not None:
                 n_classes = len(class_names)

@@ -182,6 +182,8 @@ def attribute_tokens(
     baseline for text. Only the embedding outputs move along the path; the model still sees
     the row's ids, so a padding mask computed from ids stays that of the row. Padding
     positions get 0 (their embedding equals the baseline's, so IG gives them 0 anyway).
+    For packed inputs (ids followed by a mask, :mod:`dlclinic.core.inputs`) the result has
+    one column per embedded position, the first T columns of ``ids``.
 
     Args:
         ids: Token ids, N×T integers (``pad_id`` = padding).
@@ -202,7 +204,9 @@ def attribute_tokens(
             internal_batch_size=internal_batch_size,
         )
     per_token = out.detach().float().sum(-1).cpu().numpy()
-    return np.asarray(np.where(np.asarray(ids) == pad_id, 0.0, per_token), dtype=np.float32)
+    # several packed inputs (core.inputs): the embedded ids are the row's first T columns
+    real = np.asarray(ids)[:, : per_token.shape[1]] != pad_id
+    return np.asarray(np.where(real, per_token, 0.0), dtype=np.float32)
 
 
 def _probs(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -216,8 +216,13 @@ def corruption_names(modality: str) -> tuple[str, ...]:
     return tuple(_BY_MODALITY.get(modality, TABLE_CORRUPTIONS))
 
 
-def corrupt(x: np.ndarray, name: str, severity: int, stats: DataStats, *, seed: int = 0) -> np.ndarray:
+def corrupt(
+    x: np.ndarray, name: str, severity: int, stats: DataStats, *, seed: int = 0, width: int | None = None
+) -> np.ndarray:
     """A corrupted copy of ``x`` (same shape and dtype).
+
+    ``width``: only the first ``width`` columns are corrupted (the ids of packed inputs,
+    :mod:`dlclinic.core.inputs`; their masks or lengths stay as they are).
 
     Example:
         >>> x = np.zeros((2, 1, 8, 8), dtype=np.float32); x[:, :, 2:6, 2:6] = 1
@@ -234,6 +239,9 @@ def corrupt(x: np.ndarray, name: str, severity: int, stats: DataStats, *, seed: 
     first = sorted({**IMAGE_CORRUPTIONS, **TABLE_CORRUPTIONS})
     order = first + sorted(set(table) - set(first))
     rng = np.random.default_rng([seed, severity, order.index(name)])
+    if width is not None and x.ndim == 2 and width < x.shape[1]:
+        head = table[name](np.asarray(x[:, :width], dtype=np.float64), severity, rng, stats)
+        return np.concatenate([np.asarray(head, dtype=x.dtype), x[:, width:]], axis=1)
     out = table[name](np.asarray(x, dtype=np.float64), severity, rng, stats)
     return np.asarray(out, dtype=x.dtype)
 

@@ -44,6 +44,7 @@ from PIL import Image
 
 from dlclinic.core.case import Case, input_array
 from dlclinic.core.errors import InputError, MissingDependencyError, brief
+from dlclinic.core.inputs import InputPart, pack_inputs, wrap_model
 from dlclinic.io.columns import (
     MAX_CATEGORIES,
     TARGET_MAX_SHARE,
@@ -108,6 +109,7 @@ class LoadedSplit:
             (grayscale ↔ RGB), and were converted.
         source: The path this split was read from.
         texts: The raw texts of a ``text_col`` split (``x`` is then filled by the tokenizer).
+        input_parts: The named inputs packed into ``x`` (``inputs``), else ``None``.
     """
 
     x: np.ndarray
@@ -125,6 +127,7 @@ class LoadedSplit:
     n_converted: int = 0
     source: str = ""
     texts: np.ndarray | None = None
+    input_parts: tuple[InputPart, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -133,6 +136,7 @@ class LoadedSplit:
 # --------------------------------------------------------------------------- public API
 
 
+# long: the public loader, two thirds of it its signature and docstring
 def load_split(
     path: str | Path,
     *,
@@ -148,6 +152,7 @@ def load_split(
     numeric: Sequence[str] = (),
     target_mapping: Mapping[str, Mapping[str, Any]] | None = None,
     text_col: str | None = None,
+    inputs: Sequence[str] = (),
 ) -> LoadedSplit:
     """Read one split from an ``.npz``, ``.csv``, ``.parquet`` file or an image folder.
 
@@ -172,6 +177,9 @@ def load_split(
         target_mapping: The ``target_encoding`` of the train split, used with ``categorical_mapping``.
         text_col: Table column holding raw text: the split keeps the texts (``texts``) and no
             features; :func:`load_case` encodes them with the tokenizer.
+        inputs: ``.npz`` keys of a model that takes several tensors, in the order it takes
+            them (e.g. ``("input_ids", "attention_mask")``): packed into ``x``
+            (:mod:`dlclinic.core.inputs`), passed to ``forward`` by these names.
 
     Returns:
         The split's arrays and what was learned while reading them.
@@ -197,7 +205,7 @@ def load_split(
             )
         loaded = _load_image_folder(p, name, image_mode, image_size)
     elif p.suffix.lower() == ".npz":
-        loaded = _load_npz(p, name, label_col, group_col, id_col, labels_required)
+        loaded = _load_npz(p, name, label_col, group_col, id_col, labels_required, tuple(inputs))
     elif p.suffix.lower() in (".csv", ".parquet", ".pq"):
         df = _read_table(p, name)
         if text_col is not None:
@@ -232,6 +240,7 @@ def load_case(
     text_col: str | None = None,
     tokenizer: str | None = None,
     max_length: int | None = None,
+    inputs: Sequence[str] = (),
 ) -> Case:
     """Read train (labelled), test (labelled) and deploy (labels optional) into a :class:`Case`.
 
@@ -263,6 +272,9 @@ def load_case(
             :data:`~dlclinic.io.text.DEFAULT_MAX_LENGTH`), and each split keeps its texts.
         tokenizer: ``tokenizer.json`` (Hugging Face ``tokenizers``) or ``file.py:function``.
         max_length: Length rows are padded or cut to (text only).
+        inputs: ``.npz`` keys of a model whose ``forward`` takes several tensors (``--inputs``),
+            in its order: packed into one row, the model wrapped to unpack them
+            (:mod:`dlclinic.core.inputs`); ``case.metadata["inputs"]`` records them.
 
     Returns:
         The validated case; ``case.metadata["io"]["columns"]`` says which columns were
@@ -289,6 +301,7 @@ def load_case(
         categorical=categorical,
         numeric=numeric,
         text_col=text_col,
+        inputs=inputs,
     )
     loaded: dict[str, LoadedSplit] = {"train": tr}
     image_mode, image_size = _image_format(tr) if Path(train).is_dir() else (None, None)
@@ -307,6 +320,7 @@ def load_case(
             image_mode=image_mode,
             image_size=image_size,
             text_col=text_col,
+            inputs=inputs,
         )
         other = _align_features(tr, other, split_name)
         loaded[split_name] = _align_labels(tr, other, split_name)
@@ -319,14 +333,14 @@ def load_case(
         arrays["train"],
         arrays.get("test"),
         arrays.get("deploy"),
-        model=model,
+        model=wrap_model(model, tr.input_parts),
         class_names=tr.class_names,
         n_classes=len(tr.class_names) if tr.class_names is not None else None,
         name=name or _default_name(Path(train)),
         modality=modality or (tr.modality if tr.modality == "table" or Path(train).is_dir() else None),
         feature_names=tr.feature_names,
         model_source=model_source,
-        metadata={"io": {**_io_metadata(loaded), **text_meta}},
+        metadata={"io": {**_io_metadata(loaded), **text_meta}, **_inputs_metadata(loaded)},
         texts={k: s.texts for k, s in loaded.items()} if tokenizer is not None else None,
     )
     return _with_ids(case, loaded)
@@ -446,26 +460,40 @@ def _label_hint(path: Path, label_col: str | None) -> str:
 
 
 def _load_npz(
-    path: Path, name: str, label_col: str | None, group_col: str | None, id_col: str | None, required: bool = False
+    path: Path,
+    name: str,
+    label_col: str | None,
+    group_col: str | None,
+    id_col: str | None,
+    required: bool = False,
+    inputs: tuple[str, ...] = (),
 ) -> LoadedSplit:
-    """Read an ``.npz`` archive without unpickling anything."""
+    """Read an ``.npz`` archive without unpickling anything (``inputs``: named arrays packed into ``x``)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = sorted(archive.files)
             if required:
                 _npz_named_keys(keys, path, name, label_col=label_col, group_col=group_col, id_col=id_col)
-            arrays = {k: _npz_array(archive, k, path, name) for k in _npz_wanted(keys, label_col, group_col, id_col)}
+            wanted = _npz_wanted(keys, label_col, group_col, id_col) + [k for k in inputs if k in keys]
+            arrays = {k: _npz_array(archive, k, path, name) for k in wanted}
     except InputError:
         raise
     except Exception:
         raise InputError(
             f"split {name!r}: expected a NumPy .npz archive, found an unreadable or corrupt file {path}"
         ) from None
-    if "x" not in arrays:
+    parts = None
+    if inputs:
+        missing = [k for k in inputs if k not in arrays]
+        if missing:
+            raise InputError(f"split {name!r}: expected arrays {list(inputs)} in {path.name}, found keys {keys}")
+        x, parts = pack_inputs({k: arrays[k] for k in inputs}, what=f"split {name!r}")
+    elif "x" not in arrays:
         raise InputError(
             f"split {name!r}: expected an array 'x' in {path.name}, found keys {keys}; save with np.savez(path, x=..., y=...)"
         )
-    x = _npz_features(arrays["x"], name)
+    else:
+        x = _npz_features(arrays["x"], name)
     n = x.shape[0]
     y, class_names = _npz_labels(arrays.get(_pick(keys, label_col, "y")), arrays.get("class_names"), name)
     groups = arrays.get(_pick(keys, group_col, "group", "groups"))
@@ -482,6 +510,7 @@ def _load_npz(
         ids=None if ids is None else ids.reshape(-1),
         class_names=class_names,
         modality="image" if x.ndim >= 3 else "vector",
+        input_parts=parts,
     )
 
 
@@ -1070,6 +1099,19 @@ def _io_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
         "target_encoding": dict(loaded["train"].target_encoding),
         "columns": {k: dict(v) for k, v in loaded["train"].columns.items()},
     }
+
+
+def _inputs_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
+    """``{"inputs": [...]}`` for packed named inputs (every split with train's parts), else ``{}``."""
+    parts = loaded["train"].input_parts
+    if parts is None:
+        return {}
+    for name, s in loaded.items():
+        if s.input_parts is not None and [p.shape for p in s.input_parts] != [p.shape for p in parts]:
+            raise InputError(
+                f"split {name!r}: expected inputs of shapes {[p.shape for p in parts]} like train, found {[p.shape for p in s.input_parts]}"
+            )
+    return {"inputs": [p.as_dict() for p in parts]}
 
 
 def _with_ids(case: Case, loaded: Mapping[str, LoadedSplit]) -> Case:

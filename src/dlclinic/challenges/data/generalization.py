@@ -54,6 +54,7 @@ from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
+from dlclinic.core.inputs import parts_from_metadata, primary_width
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 from dlclinic.functional.corruptions import SEVERITIES, DataStats, corrupt, corruption_names, data_stats, paired_drop
@@ -479,12 +480,14 @@ def corruption_table(case: Case, model: object, names: tuple[str, ...], rows: in
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(test), size=min(rows, len(test)), replace=False))
     x, y = usable_inputs(test.x[idx]), test.y[idx]
-    stats = data_stats(usable_inputs(case.train.x))
+    width = primary_width(parts_from_metadata(case.metadata))  # packed inputs: corrupt the ids only
+    stats = data_stats(usable_inputs(case.train.x)[:, :width] if width else usable_inputs(case.train.x))
     clean = predict_logits(model, x).argmax(1) == y
     out = np.zeros((len(names), len(SEVERITIES), len(idx)), dtype=bool)
     for i, name in enumerate(names):
         for j, sev in enumerate(SEVERITIES):
-            out[i, j] = predict_logits(model, corrupt(x, name, sev, stats, seed=seed)).argmax(1) == y
+            bad = corrupt(x, name, sev, stats, seed=seed, width=width)
+            out[i, j] = predict_logits(model, bad).argmax(1) == y
     return {"rows": idx, "clean": clean, "corrupt": out}
 
 
@@ -687,7 +690,14 @@ class GeneralizationParams:
 
 
 def augment(
-    x: np.ndarray, y: np.ndarray, names: tuple[str, ...], *, copies: int, seed: int, stats: object
+    x: np.ndarray,
+    y: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    copies: int,
+    seed: int,
+    stats: object,
+    width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train rows plus ``copies`` corrupted copies; each copied row gets a random family and severity."""
     assert isinstance(stats, DataStats)
@@ -701,7 +711,7 @@ def augment(
             for j, s in enumerate(SEVERITIES):
                 rows = np.flatnonzero((fam == i) & (sev == j))
                 if len(rows):
-                    out[rows] = corrupt(x[rows], name, s, stats, seed=seed * 1000 + c * 10 + j)
+                    out[rows] = corrupt(x[rows], name, s, stats, seed=seed * 1000 + c * 10 + j, width=width)
         xs.append(out)
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
@@ -787,7 +797,9 @@ def treat_generalization(ctx: TreatContext, params: GeneralizationParams) -> Tre
     chosen = _chosen(params, before[ctx.challenge_id], names, case.modality)
     x_tr, y_tr = usable_inputs(case.train.x), case.train.y
     assert y_tr is not None
-    x_aug, y_aug = augment(x_tr, y_tr, chosen, copies=params.copies, seed=params.seed, stats=data_stats(x_tr))
+    width = primary_width(parts_from_metadata(case.metadata))  # packed inputs: augment the ids only
+    stats = data_stats(x_tr[:, :width] if width else x_tr)
+    x_aug, y_aug = augment(x_tr, y_tr, chosen, copies=params.copies, seed=params.seed, stats=stats, width=width)
     with ctx.progress.step("retraining with augmentation", total=2) as advance:
         reference = case.model if case.metadata.get("dlclinic_baseline") else ctx.retrain(x_tr, y_tr, cfg.seed)
         advance(1)

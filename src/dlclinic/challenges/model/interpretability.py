@@ -237,10 +237,13 @@ def _explained(case: Case, evidence: Evidence, options: InterpretabilityOptions)
     meta = json.loads(str(got["meta"]))
     pred = evidence.get("probs", meta["split"]).argmax(1)
     rows = np.asarray(got["rows"])
+    x = _inputs(case, meta["split"], rows)
+    if case.modality == "tokens":  # packed inputs: the explained ids are the first columns
+        x = np.ascontiguousarray(x[:, : got[f"attr.{meta['primary']}"].shape[1]])
     return _Explained(
         meta["split"],
         rows,
-        _inputs(case, meta["split"], rows),
+        x,
         pred,
         pred[rows],
         {m: got[f"attr.{m}"] for m in meta["faith"]},
@@ -274,20 +277,27 @@ def _explain_tokens(case: Case, evidence: Evidence, options: InterpretabilityOpt
         a = attribute_tokens(
             case.model, x, target, layer=options.embedding_layer, pad_id=PAD_ID, n_steps=options.ig_steps
         )
+        # several packed inputs: only the ids (the first columns) are deleted; masks / lengths stay
+        width = a.shape[1]
+        fixed = np.ones(x.shape, dtype=bool)
+        fixed[:, :width] = x[:, :width] == PAD_ID
+        full = np.zeros(x.shape, dtype=np.float32)
+        full[:, :width] = a
         faith = deletion_insertion(
             case.model,
             x,
             target,
-            a,
+            full,
             method=TOKEN_METHOD,
             steps=options.steps,
             baseline=PAD_ID,
             seed=options.seed,
-            fixed=x == PAD_ID,
+            fixed=fixed,
         )
         advance(1)
     m = TOKEN_METHOD
-    return _Explained(split, rows, x, pred, target, {m: a}, {m: faith}, {m: {}}, m, m, None)
+    ids = np.ascontiguousarray(x[:, :width])
+    return _Explained(split, rows, ids, pred, target, {m: a}, {m: faith}, {m: {}}, m, m, None)
 
 
 def _explain(case: Case, evidence: Evidence, options: InterpretabilityOptions) -> _Explained:
