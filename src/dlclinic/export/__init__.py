@@ -9,6 +9,13 @@
 
 from __future__ import annotations
 
-from dlclinic.export.verified import ExportResult, export_onnx, export_pt2, verify_export
+from dlclinic.export.verified import (
+    SEQUENCE_MODALITIES,
+    ExportResult,
+    export_onnx,
+    export_pt2,
+    length_axis_for,
+    verify_export,
+)
 
-__all__ = ["ExportResult", "export_onnx", "export_pt2", "verify_export"]
+__all__ = ["SEQUENCE_MODALITIES", "ExportResult", "export_onnx", "export_pt2", "length_axis_for", "verify_export"]

@@ -5,6 +5,14 @@
 * Static int8 QDQ with per-channel weights (``quantize_static``), calibrated (MinMax) on
   real train samples — the one that speeds up convolutions.
 
+Recurrent layers: dynamic int8 turns an ONNX ``LSTM`` into ``com.microsoft::DynamicQuantizeLSTM``
+(ONNX Runtime only) and leaves ``GRU``/``RNN`` float; static QDQ has no recurrent kernel and
+leaves them all float. Each file's note says which recurrent ops stayed float.
+
+Token and sequence models are exported with a dynamic, verified time axis when the model
+allows it (``length_axis``, :func:`dlclinic.export.export_onnx`); the quantized files keep
+the fp32 file's input shape.
+
 Files are written atomically (``core.atomic``). :func:`onnx_runner` builds the ONNX Runtime
 CPU session that :mod:`dlclinic.functional.latency` times like any other backend.
 """
@@ -19,7 +27,7 @@ import numpy as np
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.errors import brief
 from dlclinic.core.threads import thread_settings
-from dlclinic.export.verified import export_onnx
+from dlclinic.export.verified import ExportResult, LengthAxis, export_onnx
 from dlclinic.functional.compression import SweepConfig
 from dlclinic.functional.latency import Runner
 from dlclinic.io.models import onnx_feed
@@ -96,63 +104,85 @@ def quantize_onnx_static(
     return Path(dst)
 
 
-def _export_fp32(model: Any, x_sample: np.ndarray, fp32: Path, exporter: str) -> tuple[OnnxFile | None, list[str]]:
+def _length_text(result: ExportResult) -> str:
+    """How the exported time axis was verified, or why it is fixed ("" for non-sequences)."""
+    if result.dynamic_length is None:
+        return ""
+    if result.dynamic_length:
+        lengths = " and ".join(str(n) for n in result.verified_lengths)
+        return (
+            f"; length dynamic, verified at {lengths} (max |logit diff| {result.length_max_abs_logit_diff or 0.0:.1e})"
+        )
+    return f"; length fixed: {result.length_note}"
+
+
+def _export_fp32(
+    model: Any, x_sample: np.ndarray, fp32: Path, exporter: str, length_axis: LengthAxis
+) -> tuple[OnnxFile | None, list[str]]:
     """The verified fp32 export (TorchScript falling back to dynamo), or ``None`` and why."""
     notes: list[str] = []
     try:
-        result = export_onnx(model, x_sample[:256], fp32, exporter=exporter)  # type: ignore[arg-type]
+        result = export_onnx(model, x_sample[:256], fp32, exporter=exporter, length_axis=length_axis)  # type: ignore[arg-type]
     except Exception as exc:
         if exporter != "torchscript":
             return None, [f"ONNX export failed ({brief(exc)}); no ONNX Runtime variants"]
         try:  # the legacy tracer failed: the torch.export-based exporter may still succeed
-            result = export_onnx(model, x_sample[:256], fp32, exporter="dynamo")
+            result = export_onnx(model, x_sample[:256], fp32, exporter="dynamo", length_axis=length_axis)
             notes.append(f"TorchScript ONNX export failed ({brief(exc)}); exported with dynamo=True instead")
         except Exception as exc2:
             return None, [
                 f"ONNX export failed with both exporters ({brief(exc)}; {brief(exc2)}); no ONNX Runtime variants"
             ]
     note = f"{result.exporter}, max |logit diff| vs eager {result.max_abs_logit_diff:.1e}, argmax agreement {result.argmax_agreement:.1%}"
-    return ("onnx fp32", "onnx-fp32", fp32, note), notes
+    return ("onnx fp32", "onnx-fp32", fp32, note + _length_text(result)), notes
+
+
+def _recurrent_note(path: Path) -> str:
+    """Which recurrent ops of a quantized file stayed float, and which need ONNX Runtime's own operators."""
+    import onnx
+
+    ops = {(n.domain, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node}
+    left = sorted(op for domain, op in ops if domain in ("", "ai.onnx") and op in ("LSTM", "GRU", "RNN"))
+    custom = sorted(f"{domain}::{op}" for domain, op in ops if domain == "com.microsoft" and "LSTM" in op)
+    text = f"; {'/'.join(left)} left float (no int8 kernel in this mode)" if left else ""
+    return text + (f"; {', '.join(custom)} runs in ONNX Runtime only" if custom else "")
 
 
 def onnx_variants(
-    model: Any, x_train: np.ndarray, x_sample: np.ndarray, workdir: str | Path, config: SweepConfig | None = None
+    model: Any,
+    x_train: np.ndarray,
+    x_sample: np.ndarray,
+    workdir: str | Path,
+    config: SweepConfig | None = None,
+    *,
+    length_axis: LengthAxis = None,
 ) -> tuple[list[OnnxFile], list[str]]:
     """Export fp32 ONNX and quantize it: ``([(name, kind, path, note)], notes)``.
 
-    The first entry is the fp32 export (its note names the exporter and the verified
-    logit difference); int8 dynamic and static follow when asked for and possible.
+    The first entry is the fp32 export (its note names the exporter, the verified logit
+    difference and, with ``length_axis``, whether the time axis is dynamic); int8 dynamic
+    and static follow when asked for and possible.
     """
     cfg = config or SweepConfig()
     work = Path(workdir)
     fp32 = work / "model_fp32.onnx"
-    first, notes = _export_fp32(model, x_sample, fp32, cfg.exporter)
+    first, notes = _export_fp32(model, x_sample, fp32, cfg.exporter, length_axis)
     if first is None:
         return [], notes
     files = [first]
     if cfg.int8_dynamic:
         try:
-            files.append(
-                (
-                    "onnx int8 dynamic",
-                    "onnx-int8-dynamic",
-                    quantize_onnx_dynamic(fp32, work / "model_int8_dynamic.onnx"),
-                    "weights int8, activations quantized per call",
-                )
-            )
+            path = quantize_onnx_dynamic(fp32, work / "model_int8_dynamic.onnx")
+            note = "weights int8, activations quantized per call" + _recurrent_note(path)
+            files.append(("onnx int8 dynamic", "onnx-int8-dynamic", path, note))
         except Exception as exc:
             notes.append(f"int8 dynamic quantization failed ({brief(exc)})")
     if cfg.int8_static:
         calib = onnx_feed(x_train[: cfg.calibration_samples])
         try:
-            files.append(
-                (
-                    "onnx int8 static",
-                    "onnx-int8-static",
-                    quantize_onnx_static(fp32, work / "model_int8_static.onnx", calib),
-                    f"QDQ per-channel, MinMax calibration on {len(calib)} train samples",
-                )
-            )
+            path = quantize_onnx_static(fp32, work / "model_int8_static.onnx", calib)
+            note = f"QDQ per-channel, MinMax calibration on {len(calib)} train samples" + _recurrent_note(path)
+            files.append(("onnx int8 static", "onnx-int8-static", path, note))
         except Exception as exc:
             notes.append(f"int8 static quantization failed ({brief(exc)})")
     return files, notes

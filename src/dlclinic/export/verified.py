@@ -13,6 +13,15 @@ PyTorch 2.9. ``exporter="torchscript"`` selects the legacy TorchScript tracer
 recording why in :attr:`ExportResult.note`. The exporter actually used is always stated
 in :attr:`ExportResult.exporter`.
 
+Sequence length: for token ids (N×T) and sequences (N×T, N×C×T, N×T×F) pass
+``length_axis`` (``"auto"`` finds the time axis: the one the eager model accepts shortened)
+and the time axis is exported dynamic too. That is verified, not assumed: onnxruntime runs
+the file at the sample's length and at half of it and both are compared with PyTorch at the
+same length. A graph that fails or differs at the shorter length (a length the tracer baked
+in, e.g. ``x.view(n, 48 * d)`` or ``/ float(x.shape[1])``) is exported again with the length
+fixed, so the file declares only the length it computes correctly, and
+:attr:`ExportResult.length_note` says why.
+
 Example:
     >>> result = export_onnx(model, x_test[:256], "out/model.onnx")  # doctest: +SKIP
     >>> result.exporter, result.argmax_agreement  # doctest: +SKIP
@@ -28,7 +37,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +49,15 @@ from dlclinic.core.errors import InputError, ModelError, brief
 from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.io.models import OnnxModel
 
-__all__ = ["ExportResult", "export_onnx", "export_pt2", "verify_export"]
+__all__ = ["SEQUENCE_MODALITIES", "ExportResult", "export_onnx", "export_pt2", "length_axis_for", "verify_export"]
 
 Exporter = Literal["dynamo", "torchscript", "auto"]
+LengthAxis = int | Literal["auto"] | None
+
+#: Modalities whose inputs have a time axis that may vary: token ids N×T, sequences N×T / N×C×T.
+SEQUENCE_MODALITIES = ("tokens", "sequence")
+#: Logit difference (relative to the largest logit, at least 1) allowed at the shorter length.
+LENGTH_RTOL = 1e-3
 
 #: Inputs used to trace the model (a batch of >= 2 so the batch dimension is not specialised to 1).
 TRACE_BATCH = 8
@@ -67,6 +82,12 @@ class ExportResult:
         opset: ONNX opset of the graph (``None`` for ``.pt2``).
         seconds: Wall time of export plus verification.
         note: Fallbacks taken (e.g. why dynamo was not used under ``exporter="auto"``).
+        dynamic_length: Whether the time axis is dynamic and verified at two lengths;
+            ``None`` when no ``length_axis`` was asked for (not a sequence).
+        length_axis: The input axis exported dynamic (``None`` when the length is fixed).
+        verified_lengths: The lengths onnxruntime was compared with PyTorch at.
+        length_max_abs_logit_diff: Largest ``|exported - eager|`` at the shorter length.
+        length_note: Why the length is fixed, when it is.
     """
 
     path: Path
@@ -80,6 +101,11 @@ class ExportResult:
     opset: int | None = None
     seconds: float = 0.0
     note: str = ""
+    dynamic_length: bool | None = None
+    length_axis: int | None = None
+    verified_lengths: tuple[int, ...] = ()
+    length_max_abs_logit_diff: float | None = None
+    length_note: str = ""
 
     @property
     def size_mb(self) -> float:
@@ -92,7 +118,44 @@ class ExportResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["path"] = str(self.path)
+        out["verified_lengths"] = list(self.verified_lengths)
         return out
+
+
+@dataclass(frozen=True)
+class _Length:
+    """The time axis of a sequence export: which one, the lengths verified, or why it is fixed."""
+
+    axis: int | None
+    full: int
+    short: int | None
+    dynamic: bool
+    diff: float | None = None
+    note: str = ""
+
+    def fixed(self, why: str) -> _Length:
+        return replace(self, dynamic=False, diff=None, note=why)
+
+    def fields(self) -> dict[str, Any]:
+        """The :class:`ExportResult` fields it fills."""
+        lengths = (self.full, self.short) if self.dynamic and self.short else ()
+        return {
+            "dynamic_length": self.dynamic,
+            "length_axis": self.axis if self.dynamic else None,
+            "verified_lengths": tuple(int(n) for n in lengths),
+            "length_max_abs_logit_diff": self.diff,
+            "length_note": self.note,
+        }
+
+
+def length_axis_for(modality: str) -> Literal["auto"] | None:
+    """The ``length_axis`` to export a model of this modality with: ``"auto"`` for tokens and sequences.
+
+    Example:
+        >>> length_axis_for("tokens"), length_axis_for("image")
+        ('auto', None)
+    """
+    return "auto" if modality in SEQUENCE_MODALITIES else None
 
 
 # --------------------------------------------------------------------------- public API
@@ -104,6 +167,7 @@ def export_onnx(
     path: str | Path,
     *,
     dynamic_batch: bool = True,
+    length_axis: LengthAxis = None,
     opset: int | None = None,
     exporter: Exporter = "dynamo",
 ) -> ExportResult:
@@ -116,6 +180,12 @@ def export_onnx(
             model, the first ``VERIFY_MAX`` are compared with eager.
         path: Where to write the ``.onnx`` file (atomically, parents created).
         dynamic_batch: Make the batch dimension dynamic (any batch size at run time).
+        length_axis: Make this input axis (the time axis of token ids or sequences) dynamic
+            too; ``"auto"`` takes the last axis the eager model accepts at half its length
+            (N×T: 1; N×C×T: 2; N×T×F: 1). Verified with onnxruntime at the sample's length
+            and at half of it; when the graph fails or differs there, or the eager model
+            itself refuses another length, the length is fixed and
+            :attr:`ExportResult.length_note` says why (never an error).
         opset: ONNX opset; ``None`` = the exporter's recommended default.
         exporter: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, default),
             ``"torchscript"`` (``dynamo=False``) or ``"auto"`` (dynamo, else TorchScript).
@@ -133,27 +203,23 @@ def export_onnx(
     started = time.perf_counter()
     module = _as_module(model)
     reference = _eager_logits(module, x[:VERIFY_MAX])
+    probe = _length_probe(module, x, length_axis)
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     failures: list[str] = []
     target = Path(path)
     for choice in order:
         try:
             with atomic_path(target) as tmp:
-                used = _onnx_export(
-                    module,
-                    x[:TRACE_BATCH],
-                    tmp,
-                    dynamo=choice == "dynamo",
-                    dynamic_batch=dynamic_batch,
-                    opset=opset,
+                used, logits, graph_opset, length = _export_checked(
+                    module, x, tmp, _Settings(choice == "dynamo", dynamic_batch, opset), reference, probe
                 )
-                logits, graph_opset = _onnx_logits(tmp, x[:VERIFY_MAX])
         except ModelError as exc:
             failures.append(str(exc))
             continue
-        return _result(
+        result = _result(
             target, "onnx", used, reference, logits, dynamic_batch, graph_opset, started, "; ".join(failures)
         )
+        return replace(result, **length.fields()) if length is not None else result
     raise ModelError(" / ".join(failures))
 
 
@@ -256,40 +322,122 @@ def _quiet_export() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _onnx_export(module: Any, x: np.ndarray, tmp: Path, *, dynamo: bool, dynamic_batch: bool, opset: int | None) -> str:
-    """Write the ONNX graph to ``tmp``; return the exporter description."""
+@dataclass(frozen=True)
+class _Settings:
+    """How one ONNX export is made: the exporter, a dynamic batch, the opset."""
+
+    dynamo: bool
+    dynamic_batch: bool
+    opset: int | None
+
+
+def _length_probe(module: Any, x: np.ndarray, request: LengthAxis) -> _Length | None:
+    """The time axis: the first candidate the eager model accepts at half its length (``None`` if not asked)."""
+    if request is None:
+        return None
+    if request != "auto" and not (isinstance(request, int) and 0 < request < x.ndim):
+        raise InputError(f"length_axis: expected 'auto' or an axis in 1..{x.ndim - 1}, found {request!r}")
+    axes = tuple(range(x.ndim - 1, 0, -1)) if request == "auto" else (int(request),)
+    refused = []
+    for axis in axes:
+        full, short = int(x.shape[axis]), int(x.shape[axis]) // 2
+        if short < 1:
+            continue
+        try:
+            out = predict_logits(module, np.take(x[:4], np.arange(short), axis=axis))
+        except ModelError as exc:
+            refused.append(str(exc))
+            continue
+        if out.shape[0] == len(x[:4]):
+            return _Length(axis, full, short, True)
+    why = f"the PyTorch model itself accepts no other length ({'; '.join(refused)})" if refused else ""
+    return _Length(None, int(x.shape[axes[0]]), None, False, note=why or "the time axis has length 1")
+
+
+def _export_checked(
+    module: Any, x: np.ndarray, tmp: Path, how: _Settings, reference: np.ndarray, probe: _Length | None
+) -> tuple[str, np.ndarray, int | None, _Length | None]:
+    """Export, verify at the sample's length, and at half of it when the length is dynamic.
+
+    A dynamic length the exporter refuses, or one whose graph fails or differs at the
+    shorter length, is exported again with the length fixed.
+    """
+    axis = probe.axis if probe is not None and probe.dynamic else None
+    try:
+        used = _onnx_export(module, x[:TRACE_BATCH], tmp, how, axis)
+    except ModelError as exc:
+        if axis is None or probe is None:
+            raise
+        probe, axis = probe.fixed(f"the exporter refused a dynamic length ({exc})"), None
+        used = _onnx_export(module, x[:TRACE_BATCH], tmp, how, None)
+    logits, graph_opset = _onnx_logits(tmp, x[:VERIFY_MAX])
+    if axis is not None and probe is not None:
+        full_diff = float(np.max(np.abs(logits - reference))) if logits.shape == reference.shape else 0.0
+        probe = _verify_length(module, x, tmp, probe, full_diff)
+        if not probe.dynamic:
+            used = _onnx_export(module, x[:TRACE_BATCH], tmp, how, None)
+            logits, graph_opset = _onnx_logits(tmp, x[:VERIFY_MAX])
+    return used, logits, graph_opset, probe
+
+
+def _verify_length(module: Any, x: np.ndarray, path: Path, probe: _Length, full_diff: float) -> _Length:
+    """onnxruntime vs PyTorch at the shorter length: the probe, or a fixed length and why."""
+    if probe.axis is None or probe.short is None:
+        return probe
+    short = np.ascontiguousarray(np.take(x[:VERIFY_MAX], np.arange(probe.short), axis=probe.axis))
+    ref = predict_logits(module, short)
+    try:
+        got = OnnxModel(path).predict_logits(short)
+    except ModelError as exc:
+        return probe.fixed(f"onnxruntime fails at length {probe.short} ({brief(exc)}): the graph holds a fixed length")
+    if got.shape != ref.shape:
+        return probe.fixed(f"at length {probe.short} the ONNX graph returns shape {got.shape}, PyTorch {ref.shape}")
+    diff = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+    tol = max(LENGTH_RTOL * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0), 10 * full_diff)
+    if diff > tol:
+        return probe.fixed(
+            f"at length {probe.short} the ONNX graph differs from PyTorch by up to {diff:.2e} in logits (tolerance {tol:.1e}): the trace baked in length {probe.full}"
+        )
+    return replace(probe, diff=diff)
+
+
+def _onnx_export(module: Any, x: np.ndarray, tmp: Path, how: _Settings, length_axis: int | None) -> str:
+    """Write the ONNX graph to ``tmp`` (batch and ``length_axis`` dynamic as asked); return the exporter description."""
     dtype = _input_dtype(module)
     xb = input_tensor(x, dtype)
-    name = f"torch.onnx.export(dynamo={dynamo})"
+    name = f"torch.onnx.export(dynamo={how.dynamo})"
     with _eval(module), _quiet_export(), torch.no_grad():
         try:
-            if dynamo:
-                kwargs: dict[str, Any] = {}
-                if dynamic_batch:
-                    kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
+            if how.dynamo:
+                dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1 << 16)} if how.dynamic_batch else {}
+                if length_axis is not None:  # AUTO: torch.export keeps it dynamic or specialises it, never refuses
+                    dims[length_axis] = torch.export.Dim.AUTO
                 program = torch.onnx.export(
                     module,
                     (xb,),
                     None,
                     dynamo=True,
-                    opset_version=opset,
+                    opset_version=how.opset,
                     input_names=["input"],
                     output_names=["logits"],
                     external_data=False,
                     verbose=False,
-                    **kwargs,
+                    dynamic_shapes=(dims,) if dims else None,
                 )
                 if program is None:
                     raise RuntimeError("the exporter returned no program")
                 program.save(str(tmp))
             else:
-                axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+                in_axes = {0: "batch"} if how.dynamic_batch else {}
+                if length_axis is not None:
+                    in_axes[length_axis] = "length"
+                axes = {"input": in_axes, "logits": {0: "batch"} if how.dynamic_batch else {}} if in_axes else None
                 torch.onnx.export(
                     module,
                     (xb,),
                     str(tmp),
                     dynamo=False,
-                    opset_version=opset or 17,
+                    opset_version=how.opset or 17,
                     input_names=["input"],
                     output_names=["logits"],
                     dynamic_axes=axes,

@@ -3,6 +3,11 @@
 * ONNX Runtime int8 (dynamic, and static QDQ calibrated on train samples) is built by
   :mod:`dlclinic.export.onnx_variants`; the sweep over every variant, which writes and runs
   those files, is :func:`dlclinic.providers.compression_sweep.compression_sweep`.
+* int8 dynamic eager (:func:`quantize_dynamic_int8`, ``torch.ao.quantization.quantize_dynamic``)
+  for models with a recurrent layer: LSTM/GRU and Linear weights int8, activations quantized
+  per call; embedding tables 8-bit per row (weight-only). ONNX Runtime cannot static-quantize
+  an LSTM/GRU (it stays float in the QDQ file), so this and ONNX dynamic int8 are the
+  variants that shrink a recurrent model.
 * bf16 eager (``model.to(torch.bfloat16)``): half the weight bytes; on CPUs without bf16
   units it is usually slower, which the latency column then shows.
 * Magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with L1): zeros weights
@@ -29,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
+from dlclinic.core.errors import brief
 from dlclinic.core.inference import input_tensor, model_input_spec, predict_logits
 
 __all__ = [
@@ -56,6 +63,7 @@ __all__ = [
     "parameter_count",
     "pareto_front",
     "prune_plans",
+    "quantize_dynamic_int8",
     "remove_masks",
 ]
 
@@ -281,7 +289,8 @@ def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
     dtype = model_input_spec(model)[0]
     xb = input_tensor(sample_x[:2], dtype)
     net = copy.deepcopy(model).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # e.g. an LSTM's _flat_weights "assigned during export"
+        warnings.simplefilter("ignore")
         program = torch.export.export(net, (xb,))
     params = dict(program.graph_signature.inputs_to_parameters)
     buffers = dict(program.graph_signature.inputs_to_buffers)
@@ -355,6 +364,79 @@ def channel_prune(
                 else:
                     cons.in_channels = k
     return net, plans
+
+
+# --------------------------------------------------------------------------- int8 dynamic (eager)
+
+#: Layers with a dynamic int8 kernel in ``torch.ao.quantization`` (weights int8, activations per call).
+_DYNAMIC_INT8 = (
+    torch.nn.LSTM,
+    torch.nn.GRU,
+    torch.nn.LSTMCell,
+    torch.nn.GRUCell,
+    torch.nn.RNNCell,
+    torch.nn.Linear,
+)
+_RECURRENT = _DYNAMIC_INT8[:-1]
+_EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+
+
+def _quantize_dynamic(model: Any, embeddings: bool) -> Any:
+    """``quantize_dynamic`` on a copy; embedding tables 8-bit per row (weight-only) when ``embeddings``."""
+    # attribute access, not an import: torch loads torch.ao.quantization itself, and a torch
+    # without it (deprecated for torchao) makes this variant fail with a note, not the module
+    tq = torch.ao.quantization
+    spec: dict[Any, Any] = {t: tq.default_dynamic_qconfig for t in _DYNAMIC_INT8}
+    if embeddings:
+        spec.update({t: tq.float_qparams_weight_only_qconfig for t in _EMBEDDINGS})
+    with warnings.catch_warnings():  # deprecation warnings: the variant's note says what it is
+        warnings.simplefilter("ignore")
+        return tq.quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
+
+
+def quantize_dynamic_int8(model: Any, sample_x: np.ndarray) -> tuple[Any | None, str]:
+    """``(quantized copy, note)`` — int8 dynamic quantisation of a recurrent model — or ``(None, why not)``.
+
+    ``torch.ao.quantization.quantize_dynamic`` (Jacob et al., 2018, "Quantization and
+    Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"): the
+    LSTM/GRU (and their cells) and Linear weights are stored int8 per tensor and the
+    activations are quantized on the fly at each call, so no calibration data is needed.
+    Embedding tables are stored 8-bit per row with a float scale and offset
+    (``float_qparams_weight_only_qconfig``: weight-only, the lookup returns floats, the
+    padding row stays zero); when that conversion fails they stay float and the note says
+    so. Token ids still reach the embedding as int64. Plain ``nn.RNN`` has no dynamic int8
+    kernel and stays float.
+
+    Only models with a recurrent layer get this variant (``None`` otherwise): for
+    convolutional models ONNX Runtime's static int8 is the one that pays, and a Linear head
+    alone saves nothing. ``torch.ao.quantization`` is deprecated in favour of ``torchao``,
+    which does not quantize recurrent layers; ``None`` with the reason when it is gone. The
+    copy is run on ``sample_x`` before it is returned: a model whose forward does not
+    accept the quantized layers (e.g. one that reads ``self.lstm.weight_ih_l0``) gets
+    ``None`` and the error.
+    """
+    kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _RECURRENT)})
+    if not kinds:
+        return None, "int8 dynamic (eager) skipped: no LSTM/GRU layer (ONNX Runtime int8 covers the other layers)"
+    has_embedding = any(isinstance(m, _EMBEDDINGS) for m in model.modules())
+    failures: list[str] = []
+    for embeddings in (True, False) if has_embedding else (False,):
+        try:
+            net = _quantize_dynamic(model, embeddings)
+            predict_logits(net, np.asarray(sample_x)[:8])
+        except Exception as exc:
+            failures.append(brief(exc))
+            continue
+        float_left = sorted({type(m).__name__ for m in net.modules() if type(m) in (torch.nn.RNN, *_EMBEDDINGS)})
+        note = f"torch.ao.quantization.quantize_dynamic: {'/'.join(kinds)} and Linear weights int8, activations quantized per call"
+        if embeddings:
+            note += "; embedding tables 8-bit per row (weight-only)"
+        elif has_embedding:
+            note += f"; embedding tables left float (8-bit per-row conversion failed: {failures[0]})"
+        if float_left:
+            note += f"; left float: {', '.join(float_left)}"
+        return net.eval(), note
+    return None, f"int8 dynamic (eager) quantisation failed ({'; '.join(failures)})"
 
 
 # --------------------------------------------------------------------------- distillation
@@ -450,12 +532,19 @@ class Variant:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What :func:`dlclinic.providers.compression_sweep.compression_sweep` tries, and its budgets."""
+    """What :func:`dlclinic.providers.compression_sweep.compression_sweep` tries, and its budgets.
+
+    ``torch_int8_dynamic`` adds the eager int8 variant of :func:`quantize_dynamic_int8`
+    (models with a recurrent layer). Off by default: the module it makes has no ``.pt2``
+    or ONNX export, so only the check measures it; a remedy ships ONNX Runtime's int8
+    file, which quantizes the same LSTM, Linear and embedding weights.
+    """
 
     onnx: bool = True
     exporter: str = "dynamo"
     int8_dynamic: bool = True
     int8_static: bool = True
+    torch_int8_dynamic: bool = False
     calibration_samples: int = 128
     bf16: bool = True
     sparsities: tuple[float, ...] = (0.5, 0.9)

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlclinic.core.case import Case
+from dlclinic.core.case import Case, infer_modality
 from dlclinic.core.errors import ModelError, brief
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
 from dlclinic.core.results import CheckResult
-from dlclinic.export import ExportResult, export_pt2
+from dlclinic.export import ExportResult, export_pt2, length_axis_for
 from dlclinic.export.onnx_variants import OnnxFile, onnx_runner, onnx_variants
 from dlclinic.export.weights import state_dict_bytes
 from dlclinic.functional.compression import (
@@ -38,6 +38,7 @@ from dlclinic.functional.compression import (
     magnitude_prune,
     paired_accuracy_drop,
     parameter_count,
+    quantize_dynamic_int8,
     remove_masks,
 )
 from dlclinic.functional.latency import measure_interleaved, torch_runner
@@ -104,7 +105,9 @@ def onnx_core(case: Case, evidence: Evidence, exporter: str, calibration_samples
         work.mkdir(parents=True, exist_ok=True)
         with evidence.progress.step("ONNX export and int8 quantization", total=1) as advance:
             cfg = SweepConfig(exporter=exporter, calibration_samples=calibration_samples)
-            built = onnx_variants(torch_model(case), case.train.x, x, work, cfg)
+            built = onnx_variants(
+                torch_model(case), case.train.x, x, work, cfg, length_axis=length_axis_for(case.modality)
+            )
             advance(1)
         return built
 
@@ -344,9 +347,19 @@ def compression_sweep(
     found.add_torch("fp32 eager", "original", model)
     if cfg.onnx:
         step("ONNX export and int8 quantization")
-        onnx_files, onnx_notes = prebuilt if prebuilt is not None else onnx_variants(model, x_train, x_test, work, cfg)
+        length = length_axis_for(infer_modality(x_test, model))  # a token/sequence model ships with a dynamic length
+        onnx_files, onnx_notes = (
+            prebuilt if prebuilt is not None else onnx_variants(model, x_train, x_test, work, cfg, length_axis=length)
+        )
         found.notes.extend(onnx_notes)
         found.add_onnx(onnx_files, parameter_count(model))
+    if cfg.torch_int8_dynamic:
+        step("int8 dynamic (eager)")
+        int8, note = quantize_dynamic_int8(model, x_test)
+        if int8 is None:
+            found.notes.append(note)
+        else:
+            found.add_torch("int8 dynamic eager", "torch-int8-dynamic", int8, note)
     if cfg.bf16:
         step("bf16")
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()

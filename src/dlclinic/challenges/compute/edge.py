@@ -1,7 +1,9 @@
 """compute.edge: does the model fit the device it is meant for?
 
 Sizes (fp32 / fp16 / int8), parameters, peak inference memory at batch 1, ONNX operator
-support and ``.pt2`` exportability; a verdict against ``max_size_mb`` / ``max_memory_mb``
+support, which input axes of the ONNX file are dynamic (for token and sequence models the
+time axis, verified with onnxruntime at two lengths, or fixed with the reason) and ``.pt2``
+exportability; a verdict against ``max_size_mb`` / ``max_memory_mb``
 when given. The ONNX export and its int8 quantizations come from
 :mod:`dlclinic.providers.compression_sweep` (built once per checkup, shared with
 model.compression and compute.realtime).
@@ -26,6 +28,7 @@ from dlclinic.core.evidence import Evidence, machine
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
 from dlclinic.core.threads import on_threads
+from dlclinic.export import SEQUENCE_MODALITIES
 from dlclinic.export.onnx_variants import OnnxFile
 from dlclinic.export.weights import state_dict_bytes
 from dlclinic.functional.compression import parameter_count
@@ -83,11 +86,12 @@ def _measure(case: Case, evidence: Evidence, options: EdgeOptions, model: Any) -
     _, x, _ = eval_split(case)
     files, notes = onnx_core(case, evidence, options.exporter, options.calibration_samples)
     sz = _sizes(model, files)
-    ops, odd = _onnx_ops(files[0][2]) if files else ([], [])
+    ops, odd, dims = _onnx_graph(files[0][2]) if files else ([], [], [])
     pt2 = pt2_export(case, evidence)
     return {
         "files": [[name, kind, note] for name, kind, _, note in files],
         "notes": list(notes),
+        "input_dims": dims,
         "sizes": dataclasses.asdict(sz),
         "memory": peak_inference_memory(model, np.ascontiguousarray(x[:1])),
         "ops": ops,
@@ -102,11 +106,16 @@ def _measure(case: Case, evidence: Evidence, options: EdgeOptions, model: Any) -
     }
 
 
-def _onnx_ops(path: Path) -> tuple[list[str], list[str]]:
-    """``(op types, non-standard op types)`` of an ONNX graph (standard = in the ONNX default domain schema)."""
+def _onnx_graph(path: Path) -> tuple[list[str], list[str], list[int | str]]:
+    """``(op types, non-standard op types, input dims)`` of an ONNX graph.
+
+    Standard = in the ONNX default domain schema; a dim is its size, or its name when dynamic.
+    """
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False)
+    shape = graph.graph.input[0].type.tensor_type.shape
+    dims: list[int | str] = [d.dim_param or (int(d.dim_value) if d.HasField("dim_value") else "?") for d in shape.dim]
     ops = sorted({n.op_type for n in graph.graph.node})
     odd = sorted(
         {
@@ -115,7 +124,15 @@ def _onnx_ops(path: Path) -> tuple[list[str], list[str]]:
             if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)
         }
     )
-    return ops, odd
+    return ops, odd, dims
+
+
+def _dynamic_axes(case: Case, dims: list[int | str]) -> tuple[bool | None, bool | None]:
+    """``(batch dynamic, length dynamic)`` of the exported input; the length only for token/sequence models."""
+    if not dims:
+        return None, None
+    length = any(isinstance(d, str) for d in dims[1:]) if case.modality in SEQUENCE_MODALITIES else None
+    return isinstance(dims[0], str), length
 
 
 def _sizes(model: Any, files: list[OnnxFile]) -> _Sizes:
@@ -176,6 +193,13 @@ def _memory_verdict(options: EdgeOptions, mem: dict[str, float]) -> tuple[Status
     return "ok", None
 
 
+_LENGTH_TEXT = {
+    None: "",
+    True: " with a dynamic input length (verified at two lengths)",
+    False: " with a fixed input length (why: the ONNX fp32 row of the artifacts table)",
+}
+
+
 def _summary(
     options: EdgeOptions,
     sz: _Sizes,
@@ -183,6 +207,7 @@ def _summary(
     onnx_ok: bool,
     pt2: _Pt2 | str,
     verdicts: tuple[Status | None, Status | None],
+    dynamic_length: bool | None = None,
 ) -> str:
     size_verdict, mem_verdict = verdicts
     budget_text = []
@@ -193,7 +218,9 @@ def _summary(
     return (
         f"{sz.n_params:,} parameters; weights {sz.fp32_bytes / 1e6:.2f} MB fp32, {sz.fp16_bytes / 1e6:.2f} MB fp16"
         + (f", {sz.int8_bytes / 1e6:.2f} MB int8 ONNX" if sz.int8_bytes else "")
-        + f"; peak inference memory {mem['peak_bytes'] / 1e6:.2f} MB at batch 1; ONNX {'exports with standard operators' if onnx_ok else 'export has problems'}, .pt2 {'exports' if not isinstance(pt2, str) else 'fails'}."
+        + f"; peak inference memory {mem['peak_bytes'] / 1e6:.2f} MB at batch 1; ONNX {'exports with standard operators' if onnx_ok else 'export has problems'}"
+        + _LENGTH_TEXT[dynamic_length]
+        + f", .pt2 {'exports' if not isinstance(pt2, str) else 'fails'}."
         + (
             " " + "; ".join(budget_text) + "."
             if budget_text
@@ -233,7 +260,12 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
     missing = missing_onnx(cid)
     if missing is not None:
         return missing
-    params = {"exporter": options.exporter, "calibration": options.calibration_samples, "machine": machine()}
+    params = {
+        "exporter": options.exporter,
+        "calibration": options.calibration_samples,
+        "machine": machine(),
+        "format": 2,  # 2: the input dims of the ONNX file (dynamic length of sequence models)
+    }
     m = evidence.cached_json("compute.edge.measured", params, lambda: _measure(case, evidence, options, model))
     files: list[Any] = [(name, kind, None, note) for name, kind, note in m["files"]]
     notes, sz, mem, ops, odd = m["notes"], _Sizes(**m["sizes"]), m["memory"], m["ops"], m["odd"]
@@ -247,6 +279,7 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
             findings.append(finding)
     status = worst(statuses) if statuses else "ok"
     onnx_ok = bool(files) and not odd
+    dynamic_batch, dynamic_length = _dynamic_axes(case, m["input_dims"])
     remedy = None
     if status in ("warn", "fail"):
         remedy = Remedy(
@@ -256,7 +289,7 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
     return CheckResult(
         id=cid,
         status=status,
-        summary=_summary(options, sz, mem, onnx_ok, pt2, (size_verdict, mem_verdict)),
+        summary=_summary(options, sz, mem, onnx_ok, pt2, (size_verdict, mem_verdict), dynamic_length),
         metrics={
             "n_params": sz.n_params,
             "size_fp32_mb": sz.fp32_bytes / 1e6,
@@ -268,6 +301,8 @@ def _run_edge(case: Case, evidence: Evidence, options: EdgeOptions) -> CheckResu
             "activations_peak_mb": mem["activations_peak_bytes"] / 1e6,
             "onnx_exportable": bool(files),
             "onnx_nonstandard_ops": len(odd),
+            "onnx_dynamic_batch": dynamic_batch,
+            "onnx_dynamic_length": dynamic_length,
             "pt2_exportable": not isinstance(pt2, str),
         },
         thresholds={"max_size_mb": options.max_size_mb, "max_memory_mb": options.max_memory_mb},

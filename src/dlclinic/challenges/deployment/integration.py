@@ -3,7 +3,9 @@
 The model is served in-process (FastAPI ``TestClient``): the predictions from ``/predict``
 must equal the offline ones on real test rows and a malformed request must get a 422; the
 OpenAPI document's schemas must be valid JSON Schema and accept a real request; the ONNX
-export is loaded with plain ``onnxruntime`` and compared with eager; a file is batch-scored.
+export is loaded with plain ``onnxruntime`` and compared with eager (for token and sequence
+models with a dynamic time axis, verified at the data's length and at half of it, or fixed
+with the reason); a file is batch-scored.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dlclinic.core.case import Case
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
-from dlclinic.export import export_onnx
+from dlclinic.export import ExportResult, export_onnx, length_axis_for
 from dlclinic.io.models import onnx_feed
 from dlclinic.serve.app import ServeConfig, create_app, in_process_client
 from dlclinic.serve.backends import Backend, make_backend
@@ -180,7 +182,13 @@ def _onnx_parity(
         return "not examined: pip install 'dlclinic[onnx]'"
     try:
         t0 = time.perf_counter()
-        exported = export_onnx(case.model, x, tmp / "model.onnx", exporter=options.exporter)  # type: ignore[arg-type]
+        exported = export_onnx(
+            case.model,
+            x,
+            tmp / "model.onnx",
+            exporter=options.exporter,  # type: ignore[arg-type]
+            length_axis=length_axis_for(case.modality),
+        )
         metrics["onnx_export_seconds"] = time.perf_counter() - t0
         sess = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
@@ -194,9 +202,11 @@ def _onnx_parity(
                 "onnx_argmax_agreement": lagree,
                 "onnx_size_mb": exported.size_mb,
                 "onnx_dynamic_batch": exported.dynamic_batch,
+                "onnx_dynamic_length": exported.dynamic_length,
+                "onnx_length_max_abs_logit_diff": exported.length_max_abs_logit_diff,
             }
         )
-        note = f"{exported.exporter}, plain onnxruntime max |Δlogit| {ldiff:.1e}"
+        note = f"{exported.exporter}, plain onnxruntime max |Δlogit| {ldiff:.1e}" + _length_note(exported)
         if ldiff > options.logit_atol or lagree < 1.0:
             statuses.append("warn")
             findings.append(
@@ -213,6 +223,15 @@ def _onnx_parity(
 
 
 _NOT_TORCH = "the model is already a non-PyTorch runtime model"
+
+
+def _length_note(exported: ExportResult) -> str:
+    """The time axis of a token/sequence export: dynamic and where verified, or fixed and why."""
+    if exported.dynamic_length is None:
+        return ""
+    if exported.dynamic_length:
+        return f", input length dynamic (verified at {' and '.join(map(str, exported.verified_lengths))})"
+    return f", input length fixed ({exported.length_note})"
 
 
 def run_integration(case: Case, evidence: Evidence, options: IntegrationOptions) -> CheckResult:

@@ -1,7 +1,8 @@
 """model.compression: is the model shipped larger (or slower) than it needs to be?
 
 The check runs the compression sweep of :mod:`dlclinic.providers.compression_sweep` (ONNX
-int8, bf16, magnitude and channel pruning, a distilled narrower student): accuracy drop on
+int8, eager int8 dynamic for LSTM/GRU models, bf16, magnitude and channel pruning, a
+distilled narrower student): accuracy drop on
 test with a paired 95 % CI, size on disk, batch-1 latency, and the Pareto front. It warns
 when a variant at most half the size loses no more than ``max_accuracy_drop`` (upper CI
 end), i.e. the model ships uncompressed for nothing.
@@ -37,6 +38,11 @@ class CompressionOptions:
     rows; the false-alarm rate of "within tolerance" is ≤ 2.5 % per variant). Pruning
     and the student are measured without fine-tuning beyond ``distill_seconds``; the
     remedy (``dlclinic treat model.compression``) fine-tunes and verifies.
+
+    ``torch_int8_dynamic`` measures ``torch.ao.quantization.quantize_dynamic`` (LSTM/GRU
+    and Linear weights int8, embeddings 8-bit per row) for models with a recurrent layer;
+    the remedy ships the ONNX Runtime int8 file instead (the eager int8 module does not
+    export).
     """
 
     max_accuracy_drop: float = 0.01
@@ -48,6 +54,7 @@ class CompressionOptions:
     calibration_samples: int = 128
     exporter: str = "torchscript"
     bf16: bool = True
+    torch_int8_dynamic: bool = True
     threads: int | None = 1
 
 
@@ -55,6 +62,7 @@ def _sweep_config(o: CompressionOptions) -> SweepConfig:
     return SweepConfig(
         onnx=True,
         exporter=o.exporter,
+        torch_int8_dynamic=o.torch_int8_dynamic,
         calibration_samples=o.calibration_samples,
         bf16=o.bf16,
         sparsities=tuple(o.sparsities),
@@ -109,6 +117,9 @@ def _findings(
     return findings
 
 
+_REPORTED_KINDS = ("onnx-int8-static", "onnx-int8-dynamic", "onnx-fp32", "torch-int8-dynamic", "bf16", "distillation")
+
+
 def _metrics(
     variants: list[Variant], best_small: Variant | None, fastest: Variant | None
 ) -> dict[str, float | int | bool | None]:
@@ -124,7 +135,7 @@ def _metrics(
     }
     for v in variants[1:]:
         slug = v.kind.replace("-", "_")
-        if v.kind in ("onnx-int8-static", "onnx-int8-dynamic", "onnx-fp32", "bf16", "distillation"):
+        if v.kind in _REPORTED_KINDS:
             metrics[f"{slug}_drop"] = v.drop
             metrics[f"{slug}_size_mb"] = v.size_bytes / 1e6
             metrics[f"{slug}_p50_ms"] = v.p50_ms
@@ -254,7 +265,7 @@ CHECK = CheckSpec(
     requires=(),
     options=CompressionOptions,
     run=run_compression,
-    description="ONNX Runtime int8 (dynamic/static), bf16, magnitude and channel pruning, distillation: accuracy/size/latency Pareto front",
+    description="ONNX Runtime int8 (dynamic/static), eager int8 dynamic (LSTM/GRU), bf16, magnitude and channel pruning, distillation: accuracy/size/latency Pareto front",
 )
 REMEDY = RemedySpec(
     id="model.compression",
