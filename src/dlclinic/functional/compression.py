@@ -580,10 +580,26 @@ def choose_variant(
     (or smaller) variant: a 3 % larger file that runs twice as fast is the better choice.
 
     With ``conservative=True`` the upper end of the drop's 95 % CI must be within the
-    tolerance, not only the point estimate. The original is excluded.
+    tolerance, not only the point estimate. The original is excluded, and so is a variant
+    no smaller (``"size"``) or no faster (``"latency"``) than the original: an fp32 ONNX file
+    larger than a tiny model's weights is no compression.
+
+    Example:
+        >>> v = lambda name, kind, size, ms: Variant(name, kind, "x", 0.9, 0, 0, 0, size, size, 1, 1, ms, ms)
+        >>> choose_variant([v("original", "original", 100, 1.0), v("onnx", "onnx", 120, 0.9)], 0.01) is None
+        True
     """
+    orig = next((v for v in variants if v.kind == "original"), None)
+
+    def improves(v: Variant) -> bool:
+        if orig is None:
+            return True
+        return v.p50_ms < orig.p50_ms if objective == "latency" else v.size_bytes < orig.size_bytes
+
     ok = [
-        v for v in variants if v.kind != "original" and (v.drop_high if conservative else v.drop) <= max_accuracy_drop
+        v
+        for v in variants
+        if v.kind != "original" and (v.drop_high if conservative else v.drop) <= max_accuracy_drop and improves(v)
     ]
     if not ok:
         return None

@@ -202,7 +202,8 @@ def compress_and_verify(ctx: TreatContext, params: CompressParams) -> TreatOutco
             "size_bytes": base_bytes,
             "p50_ms": sweep.variants[0].p50_ms,
         }
-        action = f"no variant stays within {params.max_accuracy_drop:.1%} accuracy drop; nothing written (the original model is the best choice)"
+        better = "smaller" if params.objective == "size" else "faster"
+        action = f"no variant is {better} than the original within {params.max_accuracy_drop:.1%} accuracy drop; nothing written (the original model is the best choice)"
     else:
         if chosen.format == "onnx":
             run = _onnx_variant(ctx, chosen, model, test.x[ver], artifacts)
