@@ -168,7 +168,18 @@ def _case(model: nn.Module, data: tuple[np.ndarray, np.ndarray], **kw: object) -
 
 
 def test_security_check_on_tokens_names_the_threat_model_and_grades(tmp_path: Path) -> None:
-    opts = {"ethics.security": {"n_samples": 64}}
+    # by default the token attacks are information (no semantic constraint on substitutions)
+    info = dlclinic.checkup(
+        _case(brittle_model(), brittle_data(300, 6)),
+        only=["ethics.security"],
+        options={"ethics.security": {"n_samples": 64}},
+        cache_dir=tmp_path,
+    )["ethics.security"]
+    assert info.status == "ok" and "information, not graded" in info.summary, info.summary
+    assert {f.code for f in info.findings} >= {"substitution_flips", "not_robust"}  # still shown
+    assert info.metrics["token_attacks_graded"] is False
+    # declared as the user's threat model, they are graded
+    opts = {"ethics.security": {"n_samples": 64, "grade_tokens": True}}
     bad = dlclinic.checkup(
         _case(brittle_model(), brittle_data(300, 6)), only=["ethics.security"], options=opts, cache_dir=tmp_path
     )["ethics.security"]

@@ -123,6 +123,11 @@ class SecurityOptions:
             pass at each greedy step.
         embedding_layer: token models: the name of the embedding module attacked (default
             the first ``nn.Embedding``).
+        grade_tokens: token models: grade both attacks on retention. Off by default, when
+            they are information: the substitution attack has no semantic constraint (it
+            may swap the very words that make the class, changing the true label, not
+            fooling the model), and embedding-space perturbations are not text; set it when
+            this threat model is the one you defend against.
     """
 
     epsilon: float = 0.1
@@ -138,6 +143,7 @@ class SecurityOptions:
     substitution_budget: float = 0.1
     substitution_candidates: int = field(default=8, metadata={"min": 1})
     embedding_layer: str | None = None
+    grade_tokens: bool = False
 
     def __post_init__(self) -> None:
         b = self.substitution_budget
@@ -600,6 +606,7 @@ def _token_part(case: Case, evidence: Evidence, options: SecurityOptions, parts:
     except ValueError as exc:  # no per-token embedding layer (e.g. only an nn.EmbeddingBag)
         parts.notes.append(f"robustness not measured: {exc}")
         return
+    graded_from = len(parts.statuses)
     eps, n, clean = data["epsilons"], int(data["n"]), float(data["clean"])
     i = int(np.argmin(np.abs(eps - options.epsilon)))
     rob = float(data["robust_pgd_l2"][i])
@@ -622,6 +629,14 @@ def _token_part(case: Case, evidence: Evidence, options: SecurityOptions, parts:
         f"under embedding-space PGD-L2 at ε={options.epsilon:g} (× the median embedding norm, per token) accuracy falls from {clean:.1%} to {rob:.1%} ({n} test rows)"
     )
     _substitution_part(case, data, options, parts)
+    parts.metrics["token_attacks_graded"] = options.grade_tokens
+    if not options.grade_tokens:  # information unless the user declares this threat model
+        parts.statuses[graded_from:] = ["ok"] * (len(parts.statuses) - graded_from)
+        parts.headline.append(
+            "both token attacks are information, not graded: substitutions have no semantic constraint (they may change"
+            " the true class) and embedding perturbations are not text; `--option ethics.security.grade_tokens=true`"
+            " grades them when this is your threat model"
+        )
 
 
 def _summary(parts: _Parts, files: list[str]) -> str:
