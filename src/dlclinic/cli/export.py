@@ -32,7 +32,7 @@ from dlclinic.cli.options import (
     load_case,
 )
 from dlclinic.core.errors import ConfigError
-from dlclinic.export import export_onnx, export_pt2
+from dlclinic.export import export_onnx, export_pt2, length_axis_for
 
 __all__ = ["export"]
 
@@ -61,8 +61,8 @@ def export(
     static_batch: Annotated[
         bool, typer.Option("--static-batch", help="Fix the batch dimension instead of making it dynamic.")
     ] = False,
-    demo: DemoOpt = False,
-    clean_demo: CleanDemoOpt = False,
+    demo: DemoOpt = None,
+    clean_demo: CleanDemoOpt = None,
     train: TrainOpt = None,
     test: TestOpt = None,
     label_col: LabelOpt = None,
@@ -110,7 +110,10 @@ def export(
     split = case.get("test") or case.train
     x = split.x[:512]
     if fmt is Format.onnx:
-        result = export_onnx(case.model, x, out, dynamic_batch=not static_batch, exporter=exporter.value)
+        axis = length_axis_for(case.modality)  # tokens / sequences: a dynamic length where the model allows it
+        result = export_onnx(
+            case.model, x, out, dynamic_batch=not static_batch, exporter=exporter.value, length_axis=axis
+        )
     else:
         result = export_pt2(case.model, x, out, dynamic_batch=not static_batch)
     typer.echo(
@@ -118,6 +121,9 @@ def export(
         f"{f', opset {result.opset}' if result.opset else ''}; verified on {result.n_verified} {split.name} inputs:"
         f" max |logit diff| {result.max_abs_logit_diff:.2e}, argmax agreement {result.argmax_agreement:.2%}"
     )
+    if getattr(result, "length_axis", None) is not None or getattr(result, "length_note", ""):
+        length = "dynamic" if result.dynamic_length else f"fixed ({result.length_note})"
+        typer.echo(f"sequence length: {length}")
     if not result.agrees():
         typer.echo(
             "warning: the export differs from eager beyond fp32 tolerance (atol 1e-3); check custom ops and train-mode layers",
