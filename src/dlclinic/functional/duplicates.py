@@ -66,6 +66,7 @@ __all__ = [
     "one_hot_blocks",
     "pattern_ids",
     "pooled_counts",
+    "row_keys",
 ]
 
 
@@ -147,12 +148,30 @@ def _space(blocks: Blocks, reference: np.ndarray, *others: np.ndarray) -> tuple[
     return gower_features(reference, *others, categorical_blocks=blocks), "manhattan", 0.5 / max(p, 1) * (1 - 1e-6)
 
 
-def find_exact_duplicates(x: np.ndarray) -> list[np.ndarray]:
-    """Groups of byte-identical rows (each group sorted, groups of size ≥ 2)."""
-    flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+def row_keys(x: np.ndarray, *, pad_id: int | None = None) -> list[bytes]:
+    """One byte string per row: equal keys = identical rows.
+
+    Without ``pad_id`` a row is its values as float32. With ``pad_id`` (token ids) a row is
+    its ids other than ``pad_id``, in order, as int64: rows that hold the same text with more
+    or less padding, or padding on the other side, get the same key.
+
+    Example:
+        >>> a, b, c = row_keys(np.array([[5, 6, 0, 0], [0, 5, 6, 0], [5, 6, 7, 0]]), pad_id=0)
+        >>> a == b, a == c
+        (True, False)
+    """
+    if pad_id is None:
+        flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+        return [row.tobytes() for row in flat]
+    ids = np.asarray(x, dtype=np.int64).reshape(len(x), -1)
+    return [row[row != pad_id].tobytes() for row in ids]
+
+
+def find_exact_duplicates(x: np.ndarray, *, pad_id: int | None = None) -> list[np.ndarray]:
+    """Groups of identical rows (each group sorted, groups of size ≥ 2); ``pad_id`` as in :func:`row_keys`."""
     buckets: dict[bytes, list[int]] = {}
-    for i, row in enumerate(flat):
-        buckets.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), []).append(i)
+    for i, key in enumerate(row_keys(x, pad_id=pad_id)):
+        buckets.setdefault(hashlib.blake2b(key, digest_size=16).digest(), []).append(i)
     return [np.array(v) for v in buckets.values() if len(v) > 1]
 
 
@@ -261,8 +280,10 @@ def find_cross_duplicates(
     return DuplicatePairs(pairs=pairs.astype(np.int64), distances=d, scale=unit)
 
 
-def pattern_ids(*arrays: np.ndarray) -> list[np.ndarray]:
-    """One integer id per row, shared across ``arrays``: equal ids = byte-identical rows (as float32).
+def pattern_ids(*arrays: np.ndarray, pad_id: int | None = None) -> list[np.ndarray]:
+    """One integer id per row, shared across ``arrays``: equal ids = identical rows (:func:`row_keys`).
+
+    The arrays may differ in width when ``pad_id`` is given (token rows padded to different lengths).
 
     Example:
         >>> a = np.array([[1.0, 2.0], [3.0, 4.0]]); b = np.array([[3.0, 4.0], [5.0, 6.0]])
@@ -272,8 +293,7 @@ def pattern_ids(*arrays: np.ndarray) -> list[np.ndarray]:
     seen: dict[bytes, int] = {}
     out = []
     for x in arrays:
-        flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
-        out.append(np.array([seen.setdefault(row.tobytes(), len(seen)) for row in flat], dtype=np.int64))
+        out.append(np.array([seen.setdefault(k, len(seen)) for k in row_keys(x, pad_id=pad_id)], dtype=np.int64))
     return out
 
 

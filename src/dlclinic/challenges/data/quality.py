@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from dlclinic.core.case import MAX_ABS_INPUT, Case, unusable_rows, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.inference import predict_logits
+from dlclinic.core.inputs import parts_from_metadata, primary_width
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Report, Status, grade, worst
 from dlclinic.functional.duplicates import (
@@ -47,6 +49,7 @@ from dlclinic.functional.labels import (
 )
 from dlclinic.functional.profile import find_column_issues, find_image_issues, find_knn_outliers
 from dlclinic.functional.stats import paired_accuracy_ci
+from dlclinic.functional.text_duplicates import MinHashSettings, find_token_cross_duplicates, find_token_near_duplicates
 
 __all__ = [
     "CHECK",
@@ -70,6 +73,11 @@ class QualityOptions:
     vectors are drawn for the clean-label null. ``label_alpha`` is the family-wise false-alarm
     level of the label references together: each of the ``m`` references that apply is tested
     at ``label_alpha / m`` (Bonferroni), since the grade takes the largest of them.
+
+    On token ids (modality ``tokens``, 0 = padding) rows are compared as texts
+    (functional.text_duplicates): a near copy shares at least ``near_duplicate_jaccard`` of its
+    ``near_duplicate_ngram``-gram multiset with the other row (MinHash-LSH candidates verified by
+    the exact Jaccard); ``near_duplicate_rel_distance`` applies to the other modalities.
     """
 
     warn_label_issue_fraction: float = 0.03
@@ -82,6 +90,8 @@ class QualityOptions:
     fail_imbalance_ratio: float = 50.0
     near_duplicate_rel_distance: float = 0.1
     embedding_duplicate_rel_distance: float = 0.05
+    near_duplicate_jaccard: float = field(default=0.8, metadata={"max": 1.0})
+    near_duplicate_ngram: int = field(default=1, metadata={"min": 1})
     memorisation_agreement: float = field(default=0.995, metadata={"max": 1.0})
     label_null_draws: int = 30
     label_alpha: float = field(default=0.05, metadata={"max": 0.5})
@@ -103,6 +113,10 @@ class QualityOptions:
             raise ValueError(
                 f"`near_duplicate_rel_distance >= 0` must hold, but got {self.near_duplicate_rel_distance}"
             )
+        if not 0.0 < self.near_duplicate_jaccard <= 1.0:
+            raise ValueError(f"`0 < near_duplicate_jaccard <= 1` must hold, but got {self.near_duplicate_jaccard}")
+        if self.near_duplicate_ngram < 1:
+            raise ValueError(f"`near_duplicate_ngram >= 1` must hold, but got {self.near_duplicate_ngram}")
 
 
 def redundant_copies(n: int, pairs: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
@@ -528,7 +542,10 @@ def _chance_searches(case: Case) -> dict[str, np.ndarray]:
         other = case.get(split)
         if other is None or not len(other):
             continue
-        ref_ids, qry_ids = pattern_ids(usable_inputs(case.train.x), usable_inputs(other.x))
+        if case.modality == "tokens":  # token rows: the same text up to padding
+            ref_ids, qry_ids = pattern_ids(_token_ids(case, case.train.x), _token_ids(case, other.x), pad_id=0)
+        else:
+            ref_ids, qry_ids = pattern_ids(usable_inputs(case.train.x), usable_inputs(other.x))
         cross, redundant = chance_overlap(ref_ids, qry_ids)
         out[f"{split}.chance"] = np.array([getattr(cross, f) for f in _CHANCE_FIELDS], dtype=np.float64)
         out[f"{split}.pooled"] = pooled_counts(ref_ids, qry_ids)
@@ -539,8 +556,61 @@ def _chance_searches(case: Case) -> dict[str, np.ndarray]:
     return out
 
 
+def _exact_arrays(groups: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        "exact": np.concatenate(groups).astype(np.int64) if groups else np.zeros(0, dtype=np.int64),
+        "exact_sizes": np.array([len(g) for g in groups], dtype=np.int64),
+    }
+
+
+def _minhash_available() -> bool:
+    """Whether datasketch (extra ``text``) is installed: near duplicates of token rows need it."""
+    return find_spec("datasketch") is not None
+
+
+def _search_params(case: Case, options: QualityOptions) -> dict[str, Any]:
+    """What the cached searches depend on besides the data (token rows: the MinHash settings too)."""
+    params: dict[str, Any] = {"near": options.near_duplicate_rel_distance, "chance": 1, "gower": 1}
+    if case.modality == "tokens":
+        params["minhash"] = [options.near_duplicate_jaccard, options.near_duplicate_ngram, _minhash_available()]
+    return params
+
+
+def _token_ids(case: Case, x: np.ndarray) -> np.ndarray:
+    """The token ids of packed rows (the primary input: not the attention mask or lengths beside it)."""
+    width = primary_width(parts_from_metadata(case.metadata))
+    return x.reshape(len(x), -1)[:, :width] if width else x
+
+
+def _token_searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
+    """Token rows compared as texts (functional.text_duplicates): exact copies up to padding, and
+    near copies whose shingle Jaccard is ≥ ``near_duplicate_jaccard`` (MinHash-LSH candidates,
+    verified exactly; exact copies only without datasketch). Distances are 1 − Jaccard (unit 1).
+    """
+    ids = _token_ids(case, case.train.x)
+    settings = MinHashSettings(threshold=options.near_duplicate_jaccard, ngram=options.near_duplicate_ngram)
+    minhash = _minhash_available()
+    near = find_token_near_duplicates(ids, settings, near=minhash)
+    out = {
+        "scale": np.asarray(1.0),
+        **_exact_arrays(find_exact_duplicates(ids, pad_id=0)),
+        "near.pairs": near.pairs,
+        "near.distances": near.distances,
+        "minhash": np.asarray(minhash),
+        "minhash.miss": np.asarray(settings.layout().miss_probability),
+    }
+    for split in ("test", "deploy"):
+        other = case.get(split)
+        if other is not None:
+            leaks = find_token_cross_duplicates(ids, _token_ids(case, other.x), settings, near=minhash)
+            out[f"{split}.pairs"], out[f"{split}.distances"] = leaks.pairs, leaks.distances
+    return out
+
+
 def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
     """The input-space searches (exact and near duplicates in train, copies of train in test/deploy), as arrays."""
+    if case.modality == "tokens":
+        return {**_token_searches(case, options), **_chance_searches(case)}
     train = case.train
     blocks = _categorical_blocks(case)  # one-hot blocks of a mixed table: near duplicates by Gower distance
     scale = nn_distance_scale(train.x, categorical_blocks=blocks)
@@ -550,8 +620,7 @@ def _searches(case: Case, options: QualityOptions) -> dict[str, np.ndarray]:
     )
     out = {
         "scale": np.asarray(scale, dtype=np.float64),
-        "exact": np.concatenate(exact_groups).astype(np.int64) if exact_groups else np.zeros(0, dtype=np.int64),
-        "exact_sizes": np.array([len(g) for g in exact_groups], dtype=np.int64),
+        **_exact_arrays(exact_groups),
         "near.pairs": near.pairs,
         "near.distances": near.distances,
     }
@@ -606,7 +675,7 @@ def _graded_groups(exact_groups: list[np.ndarray], pooled: np.ndarray, excess: i
 
 
 def _chance_finding(code: str, split: str, what: str, chance: dict[str, float], n_distinct: int | None) -> Finding:
-    distinct = f" for a table with {n_distinct:,} distinct train rows" if n_distinct is not None else ""
+    distinct = f" with {n_distinct:,} distinct train rows" if n_distinct is not None else ""
     verdict = (
         f"excess {int(chance['excess'])} (p = {chance['p_value']:.3f})"
         if chance["excess"]
@@ -618,6 +687,39 @@ def _chance_finding(code: str, split: str, what: str, chance: dict[str, float], 
         split=split,
         extra={k: chance[k] for k in _CHANCE_FIELDS},
     )
+
+
+def _near_method(
+    searches: dict[str, np.ndarray],
+    options: QualityOptions,
+    metrics: dict[str, float | int | bool | None],
+    findings: list[Finding],
+) -> dict[str, Any]:
+    """How near copies were searched, for the findings; on token rows also as metrics, and a note when datasketch is missing.
+
+    ``near_duplicate_jaccard_threshold`` is present on token rows only (the MinHash Jaccard
+    method); ``near_duplicate_lsh_miss_probability`` is the chance that the LSH bands never
+    propose a pair exactly at the threshold (less above it), ``None`` when no MinHash ran.
+    """
+    if "minhash" not in searches:
+        return {}
+    minhash = bool(searches["minhash"])
+    metrics["near_duplicate_jaccard_threshold"] = options.near_duplicate_jaccard
+    metrics["near_duplicate_ngram"] = options.near_duplicate_ngram
+    metrics["near_duplicate_lsh_miss_probability"] = float(searches["minhash.miss"]) if minhash else None
+    if not minhash:
+        findings.append(
+            Finding(
+                "near_duplicates_not_searched",
+                "near copies of token rows were not searched (MinHash needs datasketch: pip install 'dlclinic[text]'); only exact copies (the same ids up to padding) were",
+                split="train",
+            )
+        )
+    return {
+        "method": "minhash_jaccard" if minhash else "exact_text",
+        "jaccard_threshold": options.near_duplicate_jaccard,
+        "ngram": options.near_duplicate_ngram,
+    }
 
 
 def _duplicates(
@@ -633,8 +735,10 @@ def _duplicates(
     (functional.duplicates.chance_overlap). Near (non-exact) copies are within
     ``near_duplicate_rel_distance`` × the median distance to the nearest distinct row, a
     distance chance rarely gives; on tables of coded columns no two distinct rows are that
-    close, so only exact repeats count there. Without a second split the chance cannot be
-    measured: repeats are then graded unless fewer than half of the train rows are distinct.
+    close, so only exact repeats count there. On token ids near copies are pairs of shingle
+    Jaccard ≥ ``near_duplicate_jaccard`` (:func:`_near_method`). Without a second split the
+    chance cannot be measured: repeats are then graded unless fewer than half of the train rows
+    are distinct.
     """
     train = case.train
     scale = float(searches["scale"])
@@ -644,6 +748,7 @@ def _duplicates(
         else []
     )
     near = _found(searches, "near")
+    method = _near_method(searches, options, metrics, findings)
     exact_copies = sum(len(g) - 1 for g in exact_groups)
     distinct_fraction = 1.0 - exact_copies / len(train)
     chance = _chance(searches, "dup")
@@ -685,7 +790,7 @@ def _duplicates(
                 f"{len(redundant)} train row(s) are (near-)copies of another train row beyond chance ({len(graded_groups)} exact group(s), {len(near)} near pair(s))",
                 split="train",
                 indices=tuple(int(j) for j in redundant),
-                extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale},
+                extra={"pairs": near.pairs[:1000].tolist(), "distance_unit": scale, **method},
             )
         )
     return status, _Duplicates(scale, exact_groups, near, redundant, natural)
@@ -922,7 +1027,7 @@ def run(case: Case, evidence: Evidence, options: QualityOptions) -> CheckResult:
     statuses.append(label_status)
     searches = evidence.cached(
         "data.quality.searches",
-        {"near": options.near_duplicate_rel_distance, "chance": 1, "gower": 1},
+        _search_params(case, options),
         lambda: _searches(case, options),
     )
     dup_status, dup = _duplicates(case, options, searches, metrics, findings)
