@@ -32,7 +32,7 @@ from dlclinic.cli.options import (
     load_case,
 )
 from dlclinic.core.errors import ConfigError
-from dlclinic.export import export_onnx, export_pt2, length_axis_for
+from dlclinic.export import ExportResult, export_onnx, export_pt2, length_axis_for
 
 __all__ = ["export"]
 
@@ -116,12 +116,17 @@ def export(
         )
     else:
         result = export_pt2(case.model, x, out, dynamic_batch=not static_batch)
+    _say(result, split.name)
+
+
+def _say(result: ExportResult, split: str) -> None:
+    """What was written and how it was verified (and, for sequences, whether the length is dynamic)."""
     typer.echo(
         f"wrote {result.path} ({result.size_bytes / 1e6:.3f} MB) with {result.exporter}"
-        f"{f', opset {result.opset}' if result.opset else ''}; verified on {result.n_verified} {split.name} inputs:"
+        f"{f', opset {result.opset}' if result.opset else ''}; verified on {result.n_verified} {split} inputs:"
         f" max |logit diff| {result.max_abs_logit_diff:.2e}, argmax agreement {result.argmax_agreement:.2%}"
     )
-    if getattr(result, "length_axis", None) is not None or getattr(result, "length_note", ""):
+    if result.dynamic_length is not None:
         length = "dynamic" if result.dynamic_length else f"fixed ({result.length_note})"
         typer.echo(f"sequence length: {length}")
     if not result.agrees():

@@ -71,6 +71,8 @@ class MissingDependencyError(DlclinicError, ImportError):
 EXTRA_OF: dict[str, str] = {
     "optuna": "tune",
     "captum": "explain",
+    "tokenizers": "text",
+    "datasketch": "text",
     "opacus": "privacy",
     "fairlearn": "fairness",
     "onnx": "onnx",

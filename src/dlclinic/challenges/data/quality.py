@@ -319,7 +319,8 @@ def _profile(
     if case.modality == "image":
         return worst([loader, _image_profile(case.train.x, metrics, findings, details)])
     if case.modality == "tokens":
-        return worst([loader, _token_profile(case.train.x, metrics, findings)])
+        width = primary_width(parts_from_metadata(case.metadata))  # packed inputs: the ids, not their mask
+        return worst([loader, _token_profile(case.train.x[:, :width] if width else case.train.x, metrics, findings)])
     return worst([loader, _column_profile(case, case.train.x, metrics, findings, details)])
 
 
