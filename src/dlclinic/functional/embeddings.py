@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dlclinic.core.case import usable_inputs
-from dlclinic.core.inference import eval_mode, first_output, model_input_spec
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec
 
 __all__ = ["logits_and_embeddings"]
 
@@ -33,13 +33,7 @@ def logits_and_embeddings(model: Any, x: np.ndarray, batch_size: int = 512) -> t
         with eval_mode(model), torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 captured.clear()
-                out = first_output(
-                    model(
-                        torch.from_numpy(np.ascontiguousarray(usable_inputs(x[i : i + batch_size]))).to(
-                            device=device, dtype=dtype
-                        )
-                    )
-                )
+                out = first_output(model(input_tensor(usable_inputs(x[i : i + batch_size]), dtype, device)))
                 logits.append(out.float().cpu().numpy())
                 embs.append((first_output(captured[-1]) if captured else out).float().flatten(1).cpu().numpy())
     finally:
