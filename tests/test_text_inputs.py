@@ -82,6 +82,8 @@ def test_a_tokenizers_json_file_is_used_without_any_download(tmp_path: Path) -> 
     assert case.modality == "tokens" and int(case.train.x.min()) == 0
     assert case.train.x[0, 0] == tok.token_to_id(texts[0].split()[0])
     assert "tokenizers file tokenizer.json" in case.metadata["io"]["text"]["tokenizer"]
+    first = int(case.train.x[0, 0])  # per-token attributions read as the tokenizer's words
+    assert case.metadata["vocabulary"][first] == texts[0].split()[0]
 
 
 def test_bad_text_inputs_are_one_line_errors(tmp_path: Path) -> None:

@@ -340,7 +340,7 @@ def load_case(
         modality=modality or (tr.modality if tr.modality == "table" or Path(train).is_dir() else None),
         feature_names=tr.feature_names,
         model_source=model_source,
-        metadata={"io": {**_io_metadata(loaded), **text_meta}, **_inputs_metadata(loaded)},
+        metadata=_case_metadata(loaded, text_meta),
         texts={k: s.texts for k, s in loaded.items()} if tokenizer is not None else None,
     )
     return _with_ids(case, loaded)
@@ -694,7 +694,7 @@ def _tokenized(
     loaded: Mapping[str, LoadedSplit], text_col: str, tokenizer: str, max_length: int | None
 ) -> tuple[dict[str, LoadedSplit], dict[str, Any]]:
     """Every split's texts encoded by the tokenizer, to train's length; and what was done, for ``metadata["io"]``."""
-    encode, described = load_tokenizer(tokenizer)
+    encode, described, vocabulary = load_tokenizer(tokenizer)
     out: dict[str, LoadedSplit] = {}
     cut: dict[str, int] = {}
     length = max_length
@@ -704,7 +704,9 @@ def _tokenized(
         )
         length = ids.shape[1]  # test / deploy are padded or cut to train's length
         out[name] = replace(s, x=ids)
-    meta = {"text": {"column": text_col, "tokenizer": described, "max_length": length, "rows_cut": cut}}
+    meta: dict[str, Any] = {"text": {"column": text_col, "tokenizer": described, "max_length": length, "rows_cut": cut}}
+    if vocabulary is not None:
+        meta["vocabulary"] = vocabulary
     return out, meta
 
 
@@ -1099,6 +1101,14 @@ def _io_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:
         "target_encoding": dict(loaded["train"].target_encoding),
         "columns": {k: dict(v) for k, v in loaded["train"].columns.items()},
     }
+
+
+def _case_metadata(loaded: Mapping[str, LoadedSplit], text_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``case.metadata``: what loading learned (``io``), the tokenizer's vocabulary and the packed inputs, if any."""
+    meta: dict[str, Any] = {"io": {**_io_metadata(loaded), **{k: v for k, v in text_meta.items() if k != "vocabulary"}}}
+    if "vocabulary" in text_meta:
+        meta["vocabulary"] = text_meta["vocabulary"]  # per-token attributions read as words
+    return {**meta, **_inputs_metadata(loaded)}
 
 
 def _inputs_metadata(loaded: Mapping[str, LoadedSplit]) -> dict[str, Any]:

@@ -39,11 +39,14 @@ PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>", "[pad]", "<|pad|>")
 Tokenize = Callable[[list[str]], list[list[int]]]
 
 
-def load_tokenizer(spec: str) -> tuple[Tokenize, str]:
-    """``(encode, description)`` for ``--tokenizer``: a ``tokenizers`` JSON file or ``file.py:function``.
+def load_tokenizer(spec: str) -> tuple[Tokenize, str, list[str] | None]:
+    """``(encode, description, vocabulary)`` for ``--tokenizer``: a ``tokenizers`` JSON file or ``file.py:function``.
+
+    ``vocabulary`` (each id's token, from a ``tokenizers`` file; ``None`` for a function) lets
+    the report show per-token attributions as words.
 
     Example:
-        >>> encode, what = load_tokenizer("my_tok.py:encode")  # doctest: +SKIP
+        >>> encode, what, vocabulary = load_tokenizer("my_tok.py:encode")  # doctest: +SKIP
     """
     spec = str(spec).strip()
     if spec.lower().endswith(".json") and ":" not in Path(spec).name:
@@ -57,10 +60,10 @@ def load_tokenizer(spec: str) -> tuple[Tokenize, str]:
     def encode(texts: list[str]) -> list[list[int]]:
         return [_ids_of(fn(t), spec) for t in texts]
 
-    return encode, f"function {spec}"
+    return encode, f"function {spec}", None
 
 
-def _hf_tokenizer(path: Path) -> tuple[Tokenize, str]:
+def _hf_tokenizer(path: Path) -> tuple[Tokenize, str, list[str] | None]:
     """A Hugging Face ``tokenizers`` file as an encoder (no special tokens added, no padding)."""
     if not path.is_file():
         raise InputError(f"tokenizer file not found: {path}; expected a tokenizers JSON file")
@@ -87,7 +90,9 @@ def _hf_tokenizer(path: Path) -> tuple[Tokenize, str]:
     def encode(texts: list[str]) -> list[list[int]]:
         return [list(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
 
-    return encode, f"tokenizers file {path.name} (vocabulary {tok.get_vocab_size()})"
+    size = tok.get_vocab_size()
+    vocabulary = [tok.id_to_token(i) or f"#{i}" for i in range(size)]
+    return encode, f"tokenizers file {path.name} (vocabulary {size})", vocabulary
 
 
 def _ids_of(out: Any, spec: str) -> list[int]:
