@@ -29,6 +29,7 @@ from dlclinic.cli.checkup import checkup
 from dlclinic.cli.demo import demo_app
 from dlclinic.cli.export import export
 from dlclinic.cli.monitor import monitor
+from dlclinic.cli.options import DemoArgsGroup
 from dlclinic.cli.predict import predict
 from dlclinic.cli.replay import replay
 from dlclinic.cli.scan_model import scan_model
@@ -45,6 +46,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="dlclinic",
+    cls=DemoArgsGroup,  # `--demo` alone still means the image demo (--demo [image|text|sequence])
     help="Measure, treat and verify the 31 classic challenges of deep learning on your own model and data.",
     no_args_is_help=True,
     add_completion=False,

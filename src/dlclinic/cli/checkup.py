@@ -64,8 +64,8 @@ __all__ = ["checkup"]
 # long: one Typer parameter per option; the body is short
 @expand_flags(CHECKUP_FLAGS)
 def checkup(
-    demo: DemoOpt = False,
-    clean_demo: CleanDemoOpt = False,
+    demo: DemoOpt = None,
+    clean_demo: CleanDemoOpt = None,
     train: TrainOpt = None,
     test: TestOpt = None,
     deploy: DeployOpt = None,

@@ -1,4 +1,4 @@
-"""``dlclinic demo export``: the embedded demo case as npz files, with its ground truth."""
+"""``dlclinic demo export``: an embedded demo case (image, text or sequence) as npz files, with its ground truth."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from dlclinic.cli.options import check_writable
-from dlclinic.demo import build_demo
+from dlclinic.cli.options import DemoKind, check_writable
+from dlclinic.demo import demo_case
 
 __all__ = ["demo_app"]
 
-demo_app = typer.Typer(help="The embedded demo case (5,000 MNIST digits with planted defects).", no_args_is_help=True)
+demo_app = typer.Typer(
+    help="The embedded demo cases (MNIST digits, fortunes quotes, MNIST-1D series) with planted defects.",
+    no_args_is_help=True,
+)
 
 
 def _stage(directory: Path, name: str, save: Any, staged: list[tuple[str, Path]]) -> None:
@@ -32,6 +35,10 @@ def _split_arrays(case: Any, split: Any) -> dict[str, np.ndarray]:
         arrays["y"] = split.y
     if split.groups is not None:
         arrays["group"] = split.groups.astype(str)
+    if split.texts is not None:
+        arrays["text"] = split.texts.astype(str)
+    if "vocabulary" in case.metadata:
+        arrays["vocabulary"] = np.array(case.metadata["vocabulary"])
     return arrays
 
 
@@ -41,10 +48,13 @@ def demo_export(
         Path, typer.Argument(help="Folder to write train.npz, test.npz, deploy.npz and truth.npz into.")
     ],
     clean: Annotated[bool, typer.Option("--clean", help="Export the control copy without planted defects.")] = False,
+    kind: Annotated[
+        DemoKind, typer.Option("--kind", help="Which demo: image, text (token ids + text) or sequence.")
+    ] = DemoKind.image,
 ) -> None:
-    """Write the demo case as npz files, with its ground truth (planted defects)."""
+    """Write a demo case as npz files, with its ground truth (planted defects)."""
     check_writable(directory, "DIRECTORY")
-    case, truth = build_demo(clean=clean)
+    case, truth = demo_case(kind.value, clean=clean)
     directory.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[str, Path]] = []
     try:
@@ -56,7 +66,7 @@ def demo_export(
             "original_labels": truth.original_labels,
             "duplicate_pairs": truth.duplicate_pairs,
             "leak_pairs": truth.leak_pairs,
-            "rare_class": np.array(truth.rare_class),
+            "rare_class": np.array(-1 if truth.rare_class is None else truth.rare_class),  # -1: none planted
         }
         _stage(directory, "truth.npz", lambda fh: np.savez(fh, **truth_arrays), staged)  # type: ignore[arg-type]
         for name, tmp_path in staged:

@@ -8,9 +8,10 @@ import shlex
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from dlclinic.cli.flags import column_list
 from dlclinic.core.case import Case, infer_modality
@@ -19,13 +20,15 @@ from dlclinic.core.evidence import EvidenceConfig
 from dlclinic.core.inference import check_label_range
 from dlclinic.core.inputs import parts_from_metadata, wrap_factory, wrap_model
 from dlclinic.core.recipe import FitConfig
-from dlclinic.demo import build_demo
+from dlclinic.demo import DEMO_KINDS, demo_case
 from dlclinic.io import load_case as load_files
 from dlclinic.io import load_factory, load_model
 
 __all__ = [
     "CleanMode",
     "DataOptions",
+    "DemoArgsGroup",
+    "DemoKind",
     "FailOn",
     "OofMethod",
     "check_writable",
@@ -87,8 +90,8 @@ def check_writable(out: Path, option: str = "--out") -> None:
 class DataOptions:
     """The data and model options of a command (``--demo``, ``--train`` ... ``--weights``)."""
 
-    demo: bool
-    clean_demo: bool
+    demo: str | None  # the demo's kind (image, text, sequence); True/False (older serve specs) read as image/None
+    clean_demo: str | None
     train: Path | None
     test: Path | None
     deploy: Path | None
@@ -106,9 +109,16 @@ class DataOptions:
     max_length: int | None = None
     inputs: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("demo", "clean_demo"):  # a DemoKind, a kind's name, or a bool of a serve spec written before kinds
+            value = getattr(self, name)
+            kind = "image" if value is True else None if value is False or value is None else DemoKind(value).value
+            object.__setattr__(self, name, kind)
+
     def cli_args(self) -> str:
         if self.demo or self.clean_demo:
-            return "--demo" if self.demo else "--clean-demo"
+            flag, kind = ("--clean-demo", self.clean_demo) if self.clean_demo else ("--demo", self.demo)
+            return flag if kind == "image" else f"{flag} {kind}"
         parts = []
         for flag, value in (
             ("--train", self.train),
@@ -153,7 +163,7 @@ def _data_case(opts: DataOptions) -> Case:
         )
         if any(v is not None for v in given):
             raise ConfigError("--demo brings its own splits: expected no --test/--deploy/--*-col with it")
-        return build_demo(clean=opts.clean_demo)[0]
+        return demo_case(str(opts.clean_demo or opts.demo), clean=bool(opts.clean_demo))[0]
     if opts.train is None:
         raise ConfigError("no data given: expected --train FILE (and usually --test FILE), or --demo")
     return load_files(
@@ -222,11 +232,52 @@ def configs(
     )
 
 
+class DemoKind(str, Enum):
+    """The embedded demo cases (``--demo`` alone is ``image``)."""
+
+    image = "image"
+    text = "text"
+    sequence = "sequence"
+
+
+def demo_argv(args: list[str]) -> list[str]:
+    """``--demo``/``--clean-demo`` not followed by a demo kind get ``image``: ``--demo`` alone keeps meaning the image demo.
+
+    Typer has no option with an optional value, so the command line is completed before parsing.
+
+    Example:
+        >>> demo_argv(["checkup", "--demo", "--out", "o"]), demo_argv(["checkup", "--demo", "text"])
+        (['checkup', '--demo', 'image', '--out', 'o'], ['checkup', '--demo', 'text'])
+    """
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(arg)
+        if arg in ("--demo", "--clean-demo") and (i + 1 == len(args) or args[i + 1] not in DEMO_KINDS):
+            out.append(DemoKind.image.value)
+    return out
+
+
+class DemoArgsGroup(TyperGroup):
+    """The ``dlclinic`` group: completes ``--demo``/``--clean-demo`` with no kind (:func:`demo_argv`) before parsing."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: the click Context typer vendors
+        return super().parse_args(ctx, demo_argv(args))
+
+
 DemoOpt = Annotated[
-    bool, typer.Option("--demo", help="Use the embedded demo case (MNIST digits with planted defects).")
+    DemoKind | None,
+    typer.Option(
+        "--demo",
+        help="Use an embedded demo case with planted defects: image (MNIST digits; the default when no kind follows), text (fortunes quotes, an LSTM; needs `apt-get install fortunes`) or sequence (MNIST-1D, a GRU).",
+    ),
 ]
 CleanDemoOpt = Annotated[
-    bool, typer.Option("--clean-demo", help="The demo images with no planted defects (a control case).")
+    DemoKind | None,
+    typer.Option(
+        "--clean-demo", help="The same demo data with no planted defects (a control case); kind as for --demo."
+    ),
 ]
 TrainOpt = Annotated[
     Path | None,

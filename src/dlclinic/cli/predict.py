@@ -12,7 +12,7 @@ from dlclinic.api import prepare_model
 from dlclinic.cli.options import CacheOpt, DemoOpt, IdOpt, ModelOpt, WeightsOpt, check_writable
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.inference import predict_logits
-from dlclinic.demo import build_demo
+from dlclinic.demo import demo_case
 from dlclinic.io import load_model
 from dlclinic.serve.backends import make_backend
 from dlclinic.serve.scoring import iter_batches, score_file
@@ -66,7 +66,7 @@ def predict(
     out: Annotated[
         Path, typer.Option("--out", help="Output .csv/.parquet (one input) or a folder (several inputs).")
     ] = Path("predictions.csv"),
-    demo: DemoOpt = False,
+    demo: DemoOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     input_shape: Annotated[
@@ -98,7 +98,7 @@ def predict(
     if demo:
         if model is not None:
             raise ConfigError("--demo brings its own model: expected no --model with it")
-        case = prepare_model(build_demo()[0], cache_dir=cache_dir)
+        case = prepare_model(demo_case(demo.value)[0], cache_dir=cache_dir)
         net, shape, names = case.model, case.input_shape, names or case.class_names
     else:
         net, shape = _user_model(model, weights, input_shape, inputs[0], read)

@@ -344,8 +344,8 @@ def _check_engine(engine: EngineKind, workers: int, replicas: int) -> None:
 
 # long: one Typer parameter per option (34 of them); the body is a dozen lines
 def serve(
-    demo: DemoOpt = False,
-    clean_demo: CleanDemoOpt = False,
+    demo: DemoOpt = None,
+    clean_demo: CleanDemoOpt = None,
     train: TrainOpt = None,
     test: TestOpt = None,
     deploy: DeployOpt = None,

@@ -98,8 +98,8 @@ def _launch(challenge: str, nproc: int, quiet: bool) -> None:
 @expand_flags(TREAT_FLAGS)
 def treat(
     challenge: Annotated[str, typer.Argument(help="The challenge to treat, e.g. data.quality.")],
-    demo: DemoOpt = False,
-    clean_demo: CleanDemoOpt = False,
+    demo: DemoOpt = None,
+    clean_demo: CleanDemoOpt = None,
     train: TrainOpt = None,
     test: TestOpt = None,
     deploy: DeployOpt = None,
