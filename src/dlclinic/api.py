@@ -27,10 +27,11 @@ from dlclinic.core import distributed
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.baselines import baseline_for
 from dlclinic.core.case import Case, usable_inputs
+from dlclinic.core.device import check_precision, device_info, move_model, resolve_device, use_precision
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
-from dlclinic.core.inference import check_label_range
+from dlclinic.core.inference import check_label_range, model_input_spec
 from dlclinic.core.progress import NullProgress, Progress, note
 from dlclinic.core.recipe import FitConfig, fit, seed_everything, warm_up
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
@@ -162,6 +163,8 @@ def prepare_model(
     source = f"baseline trained by dlclinic ({type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)"
     # several processes train together: the cache is used only when every rank sees it
     if distributed.agree(use_cache and path.exists()) and _load_cached(model, path):
+        if cfg.device is not None:  # fit trains on the recipe's device; a cached baseline goes there too
+            model.to(resolve_device(cfg.device))
         return _with_baseline(case, model, source + ", from cache", factory)
     if not train:
         return case
@@ -410,6 +413,45 @@ def _model_and_evidence(
     return made[0].case, made[0], model_s[0]
 
 
+def _placed(case: Case, fit_config: Any, device: str | None, precision: str | None) -> tuple[Case, FitConfig, Any]:
+    """``(case, fit_config, device)``: the case's model on ``device`` and the recipe training there in ``precision``.
+
+    ``device=None`` keeps the model where it is (the CPU for a model dlclinic loaded or trains);
+    the user's module is copied, never moved in place. The recipe names the device only when it
+    is not the CPU, so CPU recipes (and their cache keys) are unchanged.
+
+    Raises:
+        ConfigError: the device is not on this machine, or does not support ``precision`` (one line).
+    """
+    cfg = fit_config or FitConfig()
+    if device is None and cfg.device is None and hasattr(case.model, "parameters"):
+        dev = model_input_spec(case.model)[1]
+    else:
+        dev = resolve_device(device if device is not None else (cfg.device or "cpu"))
+    prec = check_precision(precision if precision is not None else cfg.precision, dev)
+    cfg = dataclasses.replace(cfg, device=None if dev.type == "cpu" else str(dev), precision=prec)
+    moved = move_model(case.model, dev)
+    if moved is not case.model:
+        case = dataclasses.replace(case, model=moved)
+    return case, cfg, dev
+
+
+def _checked_options(case: Case, selected: Sequence[str], options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options object of every selected check; unknown ids and values that do not fit the data fail here."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(CHECKS))
+    if unknown:
+        raise ConfigError(
+            f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}"
+        )
+    built = {cid: _build(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
+    for cid, opts in built.items():  # option values that depend on the data fail before any work
+        validate = CHECKS[cid].validate
+        if validate is not None:
+            validate(case, opts)
+    return built
+
+
 def checkup(
     case: Case,
     *,
@@ -419,6 +461,8 @@ def checkup(
     fit_config: Any = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> Report:
     """Examine a case for all 31 challenges and return the report.
 
@@ -431,6 +475,11 @@ def checkup(
         fit_config: the training recipe for the baseline and for K-fold retraining.
         cache_dir: where evidence and baseline weights are cached (default ``~/.cache/dlclinic``).
         progress: a :class:`~dlclinic.core.progress.Progress` (the CLI passes a rich one).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``: where the model, the
+            baseline and every retraining run (:func:`dlclinic.core.device.resolve_device`);
+            ``None`` keeps the model's own device. A device that is not here is a ``ConfigError``.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: mixed precision of the forward
+            passes and training where the device supports it; recorded in ``report.environment``.
 
     Example:
         >>> from dlclinic.demo import build_demo       # doctest: +SKIP
@@ -440,31 +489,23 @@ def checkup(
     """
     t0 = time.perf_counter()
     selected = resolve_ids(list(only) if only else None)
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(CHECKS))
-    if unknown:
-        raise ConfigError(
-            f"options given for {', '.join(unknown)}, which have no check; expected ids among: {', '.join(sorted(CHECKS))}"
-        )
-    built = {cid: _build(CHECKS[cid], options.get(cid)) for cid in selected if cid in CHECKS}
-    for cid, opts in built.items():  # option values that depend on the data fail before any work
-        validate = CHECKS[cid].validate
-        if validate is not None:
-            validate(case, opts)
+    built = _checked_options(case, selected, options)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ev_cfg = evidence_config or EvidenceConfig()
     progress = progress or NullProgress()
     timings: dict[str, float] = {}
+    case, fit_config, dev = _placed(case, fit_config, device, precision)
     _one_model(case)
 
     t = time.perf_counter()
     # K-fold retraining is cheap (and the default) only for the small baseline dlclinic trains itself
     baseline = case.model is None or bool(case.metadata.get("dlclinic_baseline"))
     # the small baseline gains little from intra-op threads: one thread per process, the cores run independent work
-    workers = default_workers() if baseline else 1
+    # (on a GPU one process: CUDA cannot be used again in a forked child)
+    workers = default_workers() if baseline and dev.type == "cpu" else 1
     threads = 1 if workers > 1 else None
     needs = [need for cid in built for need in CHECKS[cid].requires]
-    with torch_threads(threads):
+    with torch_threads(threads), use_precision(fit_config.precision):
         case, evidence, timings["model"] = _model_and_evidence(
             case, needs, fit_config, ev_cfg, cache, progress, workers
         )
@@ -481,6 +522,7 @@ def checkup(
         challenges=sequence_of_results(results),
         environment={
             **environment_info(),
+            **device_info(dev, fit_config.precision),
             "checkup_workers": workers,
             "checkup_torch_threads": threads or "default",
             **distributed.info(),
@@ -527,6 +569,8 @@ def treat(
     fit_config: Any = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> tuple[Any, Report, Report]:
     """Apply the remedy of ``challenge_id``, then measure the same check again.
 
@@ -536,6 +580,8 @@ def treat(
     and the remedy's ``params`` dataclass; or the object :func:`remedy_params` built);
     strings are converted to the declared types.
     ``mode`` is the older spelling of ``params={"mode": ...}`` for data.quality.
+    ``device`` and ``precision`` are those of :func:`checkup`: the remedy's retraining and both
+    measurements run there.
 
     Example:
         >>> treatment, before, after = treat(case, "data.quality", out_dir="treated/")  # doctest: +SKIP
@@ -547,7 +593,7 @@ def treat(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     progress = progress or NullProgress()
     ev_cfg = evidence_config or EvidenceConfig()
-    cfg = fit_config or FitConfig()
+    case, cfg, _ = _placed(case, fit_config, device, precision)
     case = prepare_model(case, fit_config=cfg, cache_dir=cache, progress=progress, use_cache=ev_cfg.cache)
     _one_model(case)
     retrain, recipe = retrainer(case, cfg)
@@ -576,5 +622,6 @@ def treat(
             recipe=recipe,
             measure=measure,
         )
-        outcome = spec.run(ctx, built)
+        with use_precision(cfg.precision):
+            outcome = spec.run(ctx, built)
     return outcome.treatment, outcome.before, outcome.after

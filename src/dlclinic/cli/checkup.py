@@ -13,14 +13,17 @@ from dlclinic.cli import launch
 from dlclinic.cli.flags import (
     CHECKUP_FLAGS,
     CategoricalOpt,
+    DeviceOpt,
     InputsOpt,
     MaxLengthOpt,
     ModalityOpt,
     NprocOpt,
     NumericOpt,
+    PrecisionOpt,
     TextColOpt,
     TokenizerOpt,
     check_flag_options,
+    check_placement,
     expand_flags,
 )
 from dlclinic.cli.options import (
@@ -106,6 +109,8 @@ def checkup(
     epochs: EpochsOpt = 15,
     seed: SeedOpt = 0,
     nproc: NprocOpt = 1,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Examine a model and its data for all 31 challenges; write report.html and report.json."""
@@ -114,6 +119,7 @@ def checkup(
     check_flag_options(options, flags or {})
     built = check_options(options)  # bad options fail before any work
     check_writable(out)
+    check_placement(device, precision)  # a device this machine lacks fails before any work
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
         DataOptions(
@@ -149,6 +155,8 @@ def checkup(
         fit_config=fit_cfg,
         cache_dir=cache_dir,
         progress=progress_for(quiet),
+        device=device,
+        precision=precision,
     )
     if not distributed.is_main():
         return

@@ -17,21 +17,25 @@ from typing import Annotated, Any
 
 import typer
 
+from dlclinic.core.device import check_precision, resolve_device
 from dlclinic.core.errors import ConfigError, InputError
 
 __all__ = [
     "CHECKUP_FLAGS",
     "TREAT_FLAGS",
     "CategoricalOpt",
+    "DeviceOpt",
     "Flag",
     "InputsOpt",
     "MaxLengthOpt",
     "ModalityOpt",
     "NprocOpt",
     "NumericOpt",
+    "PrecisionOpt",
     "TextColOpt",
     "TokenizerOpt",
     "check_flag_options",
+    "check_placement",
     "column_list",
     "expand_flags",
     "treat_flag_params",
@@ -99,6 +103,27 @@ NprocOpt = Annotated[
         help="Processes to train and score on (this machine): runs the command again under torchrun --standalone --nproc-per-node N; the trainings use DistributedDataParallel (gloo on CPU, NCCL on GPU), the evidence pass is sharded, rank 0 writes the report. Several machines: run torchrun yourself (docs/distributed.md).",
     ),
 ]
+
+# Where the model runs, and in which precision (checkup, treat, serve, export): dlclinic.core.device
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the model, the baseline and every retraining run: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. Default: cpu. A device this machine lacks is an error.",
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Mixed precision of forward passes and training (torch.autocast): fp32 (default), bf16 (cpu, cuda) or fp16 (cuda, mps); stated in the report's environment.",
+    ),
+]
+
+
+def check_placement(device: str | None, precision: str | None) -> None:
+    """Fail before any work when ``--device`` is not on this machine or does not support ``--precision`` (one line)."""
+    check_precision(precision or "fp32", resolve_device(device or "cpu"))
 
 
 def column_list(value: str | None) -> tuple[str, ...]:

@@ -24,12 +24,15 @@ import typer
 from dlclinic.api import prepare_model
 from dlclinic.cli.flags import (
     CategoricalOpt,
+    DeviceOpt,
     InputsOpt,
     MaxLengthOpt,
     ModalityOpt,
     NumericOpt,
+    PrecisionOpt,
     TextColOpt,
     TokenizerOpt,
+    check_placement,
 )
 from dlclinic.cli.options import (
     CacheOpt,
@@ -160,6 +163,8 @@ def _build_server(spec: dict[str, Any], make_batcher: BatcherFactory | None = No
         kind=spec["backend"],
         sample_x=sample,
         export_path=Path(spec["out"]) / "model.onnx",
+        device=spec.get("device"),
+        precision=spec.get("precision") or "fp32",
     )
     reference = Reference.load(spec["reference"]) if spec.get("reference") else None
     cfg = ServeConfig(**{**spec["config"], "token": os.environ.get(_TOKEN_ENV) or None})
@@ -384,10 +389,13 @@ def serve(
     cache_dir: CacheOpt = None,
     epochs: EpochsOpt = 15,
     seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Serve the model over HTTP: /predict, /feedback, /health, /ready, /metrics, /dashboard, /docs."""
     check_writable(out)
+    check_placement(device, precision)  # a device this machine lacks fails before any work
     _check_engine(engine, workers, replicas)
     if sync_log and log_mode is LogMode.async_:
         raise ConfigError("--sync-log and --log-mode async contradict each other; expected one of them")
@@ -430,6 +438,8 @@ def serve(
         "data": _data_spec(opts),
         "epochs": epochs,
         "seed": seed,
+        "device": device,
+        "precision": precision,
         "cache_dir": None if cache_dir is None else str(cache_dir.absolute()),
         "backend": backend.value,
         "out": str(out.absolute()),

@@ -17,13 +17,16 @@ from dlclinic.cli import launch
 from dlclinic.cli.flags import (
     TREAT_FLAGS,
     CategoricalOpt,
+    DeviceOpt,
     InputsOpt,
     MaxLengthOpt,
     ModalityOpt,
     NprocOpt,
     NumericOpt,
+    PrecisionOpt,
     TextColOpt,
     TokenizerOpt,
+    check_placement,
     expand_flags,
     treat_flag_params,
 )
@@ -139,6 +142,8 @@ def treat(
     epochs: EpochsOpt = 15,
     seed: SeedOpt = 0,
     nproc: NprocOpt = 1,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Apply the remedy of one challenge, retrain, and measure again (before/after in the report)."""
@@ -151,6 +156,7 @@ def treat(
     treat_flag_params(params, challenge, flags or {})
     built = remedy_params(challenge, params)  # bad parameters fail before any work
     check_writable(out)
+    check_placement(device, precision)  # a device this machine lacks fails before any work
     fit_cfg, ev_cfg = configs(epochs, seed, oof, embedding_layer, no_cache)
     case = load_case(
         DataOptions(
@@ -186,6 +192,8 @@ def treat(
         evidence_config=ev_cfg,
         cache_dir=cache_dir,
         progress=progress_for(quiet),
+        device=device,
+        precision=precision,
     )
     if not distributed.is_main():
         return

@@ -56,6 +56,7 @@ from torch import nn
 from dlclinic.core import distributed
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.case import Case, Split, unusable_rows, usable_inputs
+from dlclinic.core.device import active_precision, autocast
 from dlclinic.core.errors import ConfigError, InputError, ModelError
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
@@ -364,6 +365,7 @@ class Evidence:
                 "recipe": self.recipe,
                 "params": params,
                 "dlclinic": __version__,
+                **({"precision": active_precision()} if active_precision() != "fp32" else {}),
             }
         )
         path = self.cache_dir / "derived" / key[:2] / f"{key}.npz"
@@ -453,6 +455,8 @@ class Evidence:
     def _params(self, kind: str) -> dict[str, Any]:
 
         p: dict[str, Any] = {"kind": kind, "embedding_layer": self.config.embedding_layer, "dlclinic": __version__}
+        if active_precision() != "fp32":  # mixed precision gives other numbers (float32 keys are unchanged)
+            p["precision"] = active_precision()
         if kind == "embeddings" and not self._is_torch:
             p["pca_fitted_on"] = self._split_fp["train"]  # input-PCA embeddings depend on train
         if kind == "oof_probs":
@@ -543,7 +547,7 @@ class Evidence:
         emb_parts: list[np.ndarray] = []
         handle = self._embedding_hook(model, captured)
         try:
-            with eval_mode(model), torch.inference_mode():
+            with eval_mode(model), torch.inference_mode(), autocast(active_precision(), device.type):
                 for i in range(0, n, bs):
                     xb = input_tensor(x[i : i + bs], dtype, device)
                     captured.clear()

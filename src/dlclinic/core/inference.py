@@ -3,7 +3,8 @@
 ``predict_logits`` evaluates any classifier dlclinic accepts in batches, under
 ``inference_mode``, in eval mode (restored afterwards; ``torch.export`` modules that refuse
 ``.eval()`` are left as they are), with inputs cast to the model's dtype and device, and
-tuple/list outputs unwrapped to their first element.
+tuple/list outputs unwrapped to their first element. Mixed precision follows
+:func:`dlclinic.core.device.active_precision` (float32 by default); logits come back as CPU float32.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from dlclinic.core.case import Case, usable_inputs
+from dlclinic.core.device import active_precision, autocast
 from dlclinic.core.errors import InputError, ModelError
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "eval_mode",
     "first_output",
     "input_tensor",
+    "model_device",
     "model_input_spec",
+    "model_tensors",
     "predict_logits",
     "reads_token_ids",
 ]
@@ -68,12 +72,29 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 def model_input_spec(model: Any) -> tuple[Any, Any]:
-    """``(dtype, device)`` of the model's first floating parameter (float32/CPU when it has none)."""
+    """``(dtype, device)`` of the model's first floating parameter (float32/CPU when it has none).
+
+    The one place that says where a tensor meeting the model must live: every helper that makes
+    inputs, labels or noise for a model creates them on this device.
+    """
 
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype, p.device
     return torch.float32, torch.device("cpu")
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s first floating parameter (the CPU when it has none): where its inputs, labels and noise go."""
+    device: torch.device = model_input_spec(model)[1]
+    return device
+
+
+def model_tensors(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` for a training loop on ``model``: :func:`input_tensor` floats (float32) or
+    int64 ids, and int64 labels, both on the model's device."""
+    device = model_device(model)
+    return input_tensor(x, device=device), torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
 
 
 def first_output(out: Any) -> Any:
@@ -98,7 +119,7 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.nd
 
     dtype, device = model_input_spec(model)
     parts = []
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), autocast(active_precision(), device.type):
         for i in range(0, len(x), batch_size):
             xb = input_tensor(x[i : i + batch_size], dtype, device)
             try:

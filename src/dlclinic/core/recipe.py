@@ -11,6 +11,10 @@ trains on its strided share of each, with the loss scaled so that the averaged g
 the single-process gradient of the whole batch; the step count, the LR schedule and early
 stopping (on all-reduced validation sums) are those of one process. One process takes
 exactly the single-process path (no wrapper, no extra draws).
+
+``FitConfig.device`` puts the trained copy on that device (default: where the model given
+already is) and ``FitConfig.precision`` trains under ``torch.autocast`` (``bf16``; ``fp16``
+with a ``GradScaler`` on CUDA): :mod:`dlclinic.core.device`.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dlclinic.core import distributed
 from dlclinic.core.case import usable_inputs
+from dlclinic.core.device import PRECISIONS, autocast, check_precision, resolve_device
 from dlclinic.core.errors import ConfigError
-from dlclinic.core.inference import input_tensor
+from dlclinic.core.inference import input_tensor, model_input_spec
 
 __all__ = [
     "FitConfig",
@@ -66,6 +71,8 @@ class FitConfig:
     patience: int = 4
     seed: int = 0
     label_smoothing: float = 0.0
+    device: str | None = None  # "cpu", "cuda:0", ...; None: where the model given to fit already is
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (mixed precision, dlclinic.core.device)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -78,9 +85,18 @@ class FitConfig:
             raise ConfigError(f"`0 <= val_fraction < 0.5` must hold, but got val_fraction={self.val_fraction}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be 'cosine' or 'constant', but got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, but got {self.precision!r}")
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The recipe as plain values; ``device`` and ``precision`` only when not the defaults
+        (so that recipe fingerprints, and the caches they key, are those of earlier versions)."""
+        out = asdict(self)
+        if self.device is None:
+            del out["device"]
+        if self.precision == "fp32":
+            del out["precision"]
+        return out
 
 
 class FitMonitor(Protocol):
@@ -187,15 +203,19 @@ def fit(
     seed_everything(cfg.seed)
     net = copy.deepcopy(model)
     prepare_inputs(net, x)
+    if cfg.device is not None:
+        net.to(resolve_device(cfg.device))
+    device = model_input_spec(net)[1]
+    check_precision(cfg.precision, device)
     channels_last(net)
     gen = np.random.default_rng(cfg.seed)
     n = len(x)
     order = gen.permutation(n)
     n_val = int(round(cfg.val_fraction * n)) if cfg.val_fraction > 0 and n >= 20 else 0
     val_idx, tr_idx = order[:n_val], order[n_val:]
-    xt = input_tensor(x)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    wt = torch.from_numpy(np.asarray(sample_weight, dtype=np.float32)) if sample_weight is not None else None
+    xt = input_tensor(x, device=device)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
+    wt = torch.from_numpy(np.asarray(sample_weight, dtype=np.float32)).to(device) if sample_weight is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     steps_per_epoch = max(1, math.ceil(len(tr_idx) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -242,6 +262,18 @@ def _batch_loss(
     return mine / total * world
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and one optimizer step; through ``scaler`` (fp16 mixed precision) when there is one."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def _val_metrics(net: nn.Module, xt: torch.Tensor, yt: torch.Tensor, val_idx: np.ndarray) -> tuple[float, float]:
     """Validation loss and accuracy; with several processes each rank scores a strided share and the sums are all-reduced."""
     world = distributed.world_size()
@@ -274,25 +306,26 @@ def _train_epochs(
     """
     xt, yt, wt = data
     world, rank = distributed.world_size(), distributed.rank()
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none
+    scaler = torch.amp.GradScaler(xt.device.type) if cfg.precision == "fp16" else None
     best_state: dict[str, torch.Tensor] | None = None
     best_val, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
     for epoch in range(cfg.epochs):
         train_net.train()
-        perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=torch_gen)]
+        perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=torch_gen)].to(xt.device)
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2 * world and len(perm) > 2 * world:
                 continue  # a batch of one (per rank) breaks BatchNorm
             part = idx[rank::world] if world > 1 else idx
-            logits = train_net(xt[part])
-            losses = nn.functional.cross_entropy(
-                logits, yt[part], reduction="none", label_smoothing=cfg.label_smoothing
-            )
-            loss = _batch_loss(losses, wt, idx, part, world)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with autocast(cfg.precision, xt.device.type):
+                logits = train_net(xt[part])
+                losses = nn.functional.cross_entropy(
+                    logits, yt[part], reduction="none", label_smoothing=cfg.label_smoothing
+                )
+            loss = _batch_loss(losses.float(), wt, idx, part, world)
+            _step(opt, loss, scaler)
             sched.step()
             if monitor is not None:
                 monitor.on_step(loss)
@@ -307,7 +340,8 @@ def _train_epochs(
         history["lr"].append(float(opt.param_groups[0]["lr"]))
         distributed.broadcast_buffers(net)  # several processes: rank 0's BatchNorm statistics for everyone
         if len(val_idx):
-            vl, va = _val_metrics(net, xt, yt, val_idx)
+            with autocast(cfg.precision, xt.device.type):
+                vl, va = _val_metrics(net, xt, yt, val_idx)
             history["val_loss"].append(vl)
             history["val_acc"].append(va)
             if vl < best_val - 1e-4:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from threadpoolctl import threadpool_limits
 
 from dlclinic.core import distributed
@@ -44,8 +45,13 @@ _busy = False  # this process is a worker, or is already running tasks: nested c
 
 
 def can_fork() -> bool:
-    """Whether worker processes can be forked here (Linux: ``fork`` is safe for CPU-only torch)."""
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    """Whether worker processes can be forked here (Linux: ``fork`` is safe for CPU-only torch; not once
+    this process has used CUDA, which a forked child cannot use again: the tasks then run here)."""
+    return (
+        sys.platform.startswith("linux")
+        and "fork" in multiprocessing.get_all_start_methods()
+        and not torch.cuda.is_initialized()
+    )
 
 
 def default_workers() -> int:

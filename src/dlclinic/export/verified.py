@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from dlclinic.core.atomic import atomic_path
+from dlclinic.core.device import move_model, use_precision
 from dlclinic.core.errors import InputError, ModelError, brief
 from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.io.models import OnnxModel
@@ -288,7 +289,7 @@ def _as_module(model: Any) -> Any:
         raise ModelError(
             f"export: expected a torch.nn.Module, found {type(model).__name__} (ONNX/.pt2 models are already exported)"
         )
-    return model
+    return move_model(model, torch.device("cpu"))  # exports are CPU programs: a copy of a model on a GPU is exported
 
 
 def _input_dtype(module: Any) -> Any:
@@ -296,7 +297,8 @@ def _input_dtype(module: Any) -> Any:
 
 
 def _eager_logits(module: Any, x: np.ndarray) -> np.ndarray:
-    return predict_logits(module, x)
+    with use_precision("fp32"):  # the reference is the float32 model, whatever precision the checkup runs in
+        return predict_logits(module, x)
 
 
 @contextmanager

@@ -106,7 +106,7 @@ def attribute(
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
     f = _forward(model)
     xt = _tensor(x, model).requires_grad_(True)
-    tgt = torch.as_tensor(np.asarray(target, dtype=np.int64))
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.int64), device=xt.device)
     with eval_mode(model):
         if method == "integrated_gradients":
             out = IntegratedGradients(f).attribute(
@@ -194,7 +194,7 @@ def attribute_tokens(
 
     emb = embedding_layer(model, layer)
     xt = _tensor(np.asarray(ids), model)
-    tgt = torch.as_tensor(np.asarray(target, dtype=np.int64))
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.int64), device=xt.device)
     with eval_mode(model):
         out = LayerIntegratedGradients(_forward(model), emb).attribute(
             xt,
@@ -365,8 +365,8 @@ def robustness_metrics(
     torch.manual_seed(seed)
     f = _forward(model)
     xt = _tensor(x, model)
-    tgt = torch.as_tensor(np.asarray(target, dtype=np.int64))
-    at = torch.as_tensor(attributions, dtype=xt.dtype)
+    tgt = torch.as_tensor(np.asarray(target, dtype=np.int64), device=xt.device)
+    at = torch.as_tensor(attributions, dtype=xt.dtype, device=xt.device)
 
     def perturb(inputs: Any) -> tuple[Any, Any]:
         eps = torch.randn_like(inputs) * noise

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dlclinic.core.inference import input_tensor
+from dlclinic.core.inference import input_tensor, model_device
 
 __all__ = ["accuracy_in_train_mode", "bn_layers", "recalibrate_bn", "running_stat_shift", "samples_per_statistic"]
 
@@ -41,7 +41,7 @@ def _forward_batches(model: Any, x: np.ndarray, batch_size: int) -> None:
             chunk = x[i : i + batch_size]
             if len(chunk) < 2:
                 continue
-            model(input_tensor(chunk))
+            model(input_tensor(chunk, device=model_device(model)))
 
 
 def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict[str, tuple[float, float]]:
@@ -61,7 +61,12 @@ def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> d
             dims = [d for d in range(t.dim()) if d != 1]
             n = t.numel() / t.shape[1]
             acc = sums.setdefault(
-                name, [0.0, torch.zeros(t.shape[1], dtype=torch.float64), torch.zeros(t.shape[1], dtype=torch.float64)]
+                name,
+                [
+                    0.0,
+                    torch.zeros(t.shape[1], dtype=torch.float64, device=t.device),
+                    torch.zeros(t.shape[1], dtype=torch.float64, device=t.device),
+                ],
             )
             acc[0] += n
             acc[1] += t.sum(dim=dims)
@@ -115,8 +120,8 @@ def accuracy_in_train_mode(model: Any, x: np.ndarray, y: np.ndarray, batch_size:
             idx = order[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            out = net(input_tensor(x[idx]))
-            correct += int((out.argmax(1).numpy() == y[idx]).sum())
+            out = net(input_tensor(x[idx], device=model_device(net)))
+            correct += int((out.argmax(1).cpu().numpy() == y[idx]).sum())
             seen += len(idx)
     return correct / seen if seen else math.nan
 
@@ -141,7 +146,7 @@ def samples_per_statistic(model: Any, example: np.ndarray, batch_size: int) -> d
         for name, _ in layers:
             handles.append(mods[name].register_forward_pre_hook(hook(name)))
         with torch.no_grad():
-            net(input_tensor(example[:2]))
+            net(input_tensor(example[:2], device=model_device(net)))
     finally:
         for h in handles:
             h.remove()

@@ -286,8 +286,8 @@ def _plan_for(node: Any, producer: str, trace: _Trace) -> PrunePlan | None:
 
 def prune_plans(model: Any, sample_x: np.ndarray) -> list[PrunePlan]:
     """The layers :func:`channel_prune` can shrink, found on a ``torch.export`` trace."""
-    dtype = model_input_spec(model)[0]
-    xb = input_tensor(sample_x[:2], dtype)
+    dtype, device = model_input_spec(model)
+    xb = input_tensor(sample_x[:2], dtype, device)
     net = copy.deepcopy(model).eval()
     with torch.no_grad(), warnings.catch_warnings():  # e.g. an LSTM's _flat_weights "assigned during export"
         warnings.simplefilter("ignore")
@@ -357,7 +357,11 @@ def channel_prune(
             for name, block in plan.consumers:
                 cons = modules[name]
                 cw = cons.weight.detach()
-                idx = (keep[:, None] * block + torch.arange(block)[None, :]).reshape(-1) if block > 1 else keep
+                idx = (
+                    (keep[:, None] * block + torch.arange(block, device=keep.device)[None, :]).reshape(-1)
+                    if block > 1
+                    else keep
+                )
                 cons.weight = torch.nn.Parameter(cw[:, idx].clone())
                 if isinstance(cons, torch.nn.Linear):
                     cons.in_features = int(idx.numel())
@@ -466,9 +470,10 @@ def distill(
     """
     torch.manual_seed(seed)
     net = copy.deepcopy(student) if copy_student else student
-    teacher_logits = torch.from_numpy(predict_logits(teacher, x))
-    xt = input_tensor(x)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)) if y is not None else None
+    device = model_input_spec(net)[1]
+    teacher_logits = torch.from_numpy(predict_logits(teacher, x)).to(device)
+    xt = input_tensor(x, device=device)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device) if y is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * math.ceil(len(x) / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -476,7 +481,7 @@ def distill(
     started = time.perf_counter()
     for _ in range(epochs):
         net.train()
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:

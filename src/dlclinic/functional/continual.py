@@ -40,7 +40,7 @@ from torch import nn
 
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
-from dlclinic.core.inference import input_tensor
+from dlclinic.core.inference import input_tensor, model_device
 from dlclinic.core.recipe import seed_everything
 
 __all__ = [
@@ -191,7 +191,7 @@ def _masked(logits: Any, classes: np.ndarray | None) -> Any:
     if classes is None:
         return logits
     mask = torch.full_like(logits, float("-inf"))
-    mask[:, torch.as_tensor(classes)] = 0.0
+    mask[:, torch.as_tensor(classes, device=logits.device)] = 0.0
     return logits + mask
 
 
@@ -218,7 +218,7 @@ def _accuracy_rows(model: Any, x: Any, y: Any, classes: np.ndarray | None) -> np
     out = []
     with torch.no_grad():
         for i in range(0, len(x), 512):
-            out.append((_masked(model(x[i : i + 512]), classes).argmax(1) == y[i : i + 512]).numpy())
+            out.append((_masked(model(x[i : i + 512]), classes).argmax(1) == y[i : i + 512]).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
@@ -265,8 +265,8 @@ def _distillation(run: _Run, idx: Any, logits: Any) -> Any:
     """LwF: KL divergence between the previous model's and this model's outputs on the old classes."""
     cfg = run.cfg
     with torch.no_grad():
-        old = run.old_model(run.xt[idx])[:, torch.as_tensor(run.old_classes)]
-    new = logits[:, torch.as_tensor(run.old_classes)]
+        old = run.old_model(run.xt[idx])[:, torch.as_tensor(run.old_classes, device=logits.device)]
+    new = logits[:, torch.as_tensor(run.old_classes, device=logits.device)]
     temp = cfg.lwf_temperature
     return (
         nn.functional.kl_div(
@@ -321,7 +321,7 @@ def _train_task(run: _Run, t: int) -> None:
         else torch.optim.Adam(model.parameters(), lr=cfg.lr)
     )
     for epoch in range(cfg.epochs):
-        perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=run.gen)]
+        perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=run.gen)].to(run.xt.device)
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2:
@@ -371,8 +371,9 @@ def run_task_sequence(
     first = usable_inputs(x_train[tasks.train_rows[0]]).reshape(len(tasks.train_rows[0]), -1)
     if callable(setter):
         setter(torch.from_numpy(first.mean(0)), torch.from_numpy(first.std(0)))
-    xe = input_tensor(usable_inputs(x_test))
-    ye = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
+    device = model_device(model)  # the data follow the model
+    xe = input_tensor(usable_inputs(x_test), device=device)
+    ye = torch.from_numpy(np.asarray(y_test, dtype=np.int64)).to(device)
     task_index = np.zeros(len(x_train), dtype=np.int64)
     for k, r in enumerate(tasks.train_rows):
         task_index[r] = k
@@ -380,8 +381,8 @@ def run_task_sequence(
         model=model,
         cfg=cfg,
         tasks=tasks,
-        xt=input_tensor(usable_inputs(x_train)),
-        yt=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        xt=input_tensor(usable_inputs(x_train), device=device),
+        yt=torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(device),
         task_index=task_index,
         rng=np.random.default_rng(cfg.seed),
         gen=torch.Generator().manual_seed(cfg.seed),

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlclinic.core.inference import eval_mode, first_output, input_tensor
+from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_device
 
 __all__ = [
     "EnergyMeter",
@@ -69,7 +69,7 @@ def count_flops(model: Any, example: np.ndarray) -> FlopCount:
     from torch.utils.flop_counter import FlopCounterMode
 
     n = len(example)
-    xt = input_tensor(example)
+    xt = input_tensor(example, device=model_device(model)) if hasattr(model, "parameters") else input_tensor(example)
     params = int(sum(p.numel() for p in model.parameters())) if hasattr(model, "parameters") else 0
     net = copy.deepcopy(model)
     with eval_mode(net), torch.no_grad(), FlopCounterMode(display=False) as fwd:

@@ -212,7 +212,7 @@ def dead_relu_share(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict
                 handles.append(m.register_forward_hook(hook(name)))
         with eval_mode(model), torch.inference_mode():
             for i in range(0, len(x), batch_size):
-                model(input_tensor(x[i : i + batch_size]))
+                model(input_tensor(x[i : i + batch_size], device=model_input_spec(model)[1]))
     finally:
         for h in handles:
             h.remove()

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dlclinic.core.errors import ModelError
-from dlclinic.core.inference import eval_mode, input_tensor
+from dlclinic.core.inference import eval_mode, input_tensor, model_device
 
 __all__ = [
     "Barrier",
@@ -50,11 +50,13 @@ def make_loss(x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> Callabl
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     def loss(model: Any) -> Any:
+        device = model_device(model)  # the data follow the model (a no-op on its own device)
+        xs, ys = xt.to(device), yt.to(device)
         total: Any = 0.0
-        for i in range(0, len(xt), batch_size):
-            out = model(xt[i : i + batch_size])
-            total = total + nn.functional.cross_entropy(out, yt[i : i + batch_size], reduction="sum")
-        return total / len(xt)
+        for i in range(0, len(xs), batch_size):
+            out = model(xs[i : i + batch_size])
+            total = total + nn.functional.cross_entropy(out, ys[i : i + batch_size], reduction="sum")
+        return total / len(xs)
 
     return loss
 
@@ -68,7 +70,7 @@ def filter_normalized_direction(model: Any, *, seed: int = 0) -> list[Any]:
     gen = torch.Generator().manual_seed(seed)
     out = []
     for p in _params(model):
-        d = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+        d = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
         if p.dim() <= 1:
             d.zero_()
         else:
@@ -132,7 +134,7 @@ def hessian_top_eigenvalue(
     """
     params = _params(model)
     gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
     norm = math.sqrt(sum(float((t * t).sum()) for t in v))
     v = [t / norm for t in v]
     eig, it = 0.0, 0

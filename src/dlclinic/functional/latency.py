@@ -355,6 +355,7 @@ def torch_runner(model: Any, *, dtype: Any = None) -> Runner:
             inputs unless ``dtype`` is given.
     """
     in_dtype = dtype or model_input_spec(model)[0]
+    device = model_input_spec(model)[1]
     try:
         model.eval()
     except (NotImplementedError, AttributeError, RuntimeError):
@@ -362,7 +363,7 @@ def torch_runner(model: Any, *, dtype: Any = None) -> Runner:
 
     def run(batch: np.ndarray) -> Any:
         with torch.inference_mode():
-            return model(input_tensor(batch, in_dtype))
+            return model(input_tensor(batch, in_dtype, device))
 
     return run
 

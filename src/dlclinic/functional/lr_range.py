@@ -30,7 +30,7 @@ from torch import nn
 
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError
-from dlclinic.core.inference import input_tensor
+from dlclinic.core.inference import input_tensor, model_device
 
 __all__ = ["LossCurve", "LRRangeResult", "activation_scales", "analyse_loss_curve", "lr_range_test", "smooth"]
 
@@ -89,8 +89,9 @@ def lr_range_test(
         setter(flat.mean(0), flat.std(0))
     net.train()
     gen = torch.Generator().manual_seed(seed)
-    xt = input_tensor(x)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    device = model_device(net)
+    xt = input_tensor(x, device=device)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr_min, weight_decay=weight_decay)
     mult = (lr_max / lr_min) ** (1.0 / max(steps - 1, 1))
     lrs, losses = [], []
@@ -101,7 +102,7 @@ def lr_range_test(
         lr = lr_min * mult**i
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=gen)
+        idx = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=gen).to(device)
         loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
         value = float(loss.detach())
         lrs.append(lr)
@@ -206,7 +207,7 @@ def activation_scales(model: Any, x: np.ndarray) -> tuple[tuple[str, ...], np.nd
             if callable(setter):
                 flat = torch.from_numpy(usable_inputs(x.reshape(len(x), -1)))
                 setter(flat.mean(0), flat.std(0))
-            model(input_tensor(x))
+            model(input_tensor(x, device=model_device(model)))
             model.train(was)
     finally:
         for h in handles:

@@ -93,8 +93,9 @@ def train_eval(
     if callable(setter):
         flat = torch.from_numpy(usable_inputs(x_tr.reshape(len(x_tr), -1)))
         setter(flat.mean(0), flat.std(0))
-    xt = input_tensor(x_tr)
-    yt = torch.from_numpy(np.asarray(y_tr, dtype=np.int64))
+    device = model_input_spec(model)[1]
+    xt = input_tensor(x_tr, device=device)
+    yt = torch.from_numpy(np.asarray(y_tr, dtype=np.int64)).to(device)
     channels_last(model)  # faster on CPU; put back below
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     steps = max(1, epochs * math.ceil(len(x_tr) / batch_size))
@@ -111,7 +112,7 @@ def train_eval(
     run = 0
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
+        perm = torch.randperm(len(x_tr), generator=gen).to(device)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
@@ -518,7 +519,7 @@ def model_summary(model: Any, sample_x: np.ndarray) -> dict[str, Any]:
                     )
                 )
             )
-    xb = input_tensor(sample_x[:1], dtype)
+    xb = input_tensor(sample_x[:1], dtype, model_input_spec(model)[1])
     try:
         with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
             first_output(model(xb))
@@ -574,10 +575,10 @@ def redundancy(model: Any, x: np.ndarray) -> list[dict[str, Any]]:
                     dead[name] = alive if name not in dead else (dead[name] | alive)
 
             handles.append(module.register_forward_hook(hook))
-    dtype, _ = model_input_spec(model)
+    dtype, device = model_input_spec(model)
     try:
         with eval_mode(model), torch.no_grad():
-            model(input_tensor(x, dtype))
+            model(input_tensor(x, dtype, device))
     finally:
         for h in handles:
             h.remove()

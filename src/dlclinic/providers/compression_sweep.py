@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from dlclinic.core.case import Case, infer_modality
+from dlclinic.core.device import move_model, use_precision
 from dlclinic.core.errors import ModelError, brief
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.inference import predict_logits
+from dlclinic.core.inference import model_device, predict_logits
 from dlclinic.core.results import CheckResult
 from dlclinic.export import ExportResult, export_pt2, length_axis_for
 from dlclinic.export.onnx_variants import OnnxFile, onnx_runner, onnx_variants
@@ -314,6 +315,7 @@ def _add_student(
     )
 
 
+@use_precision("fp32")  # the variants are float32 CPU programs: the reference is too
 def compression_sweep(
     model: Any,
     x_train: np.ndarray,
@@ -330,14 +332,22 @@ def compression_sweep(
 
     ONNX variants are written to ``workdir`` (or taken from ``prebuilt``, the output of
     :func:`~dlclinic.export.onnx_variants.onnx_variants`); torch variants are kept in
-    memory (``Sweep.models``). Every variant is scored on all of ``x_test``.
+    memory (``Sweep.models``). Every variant is scored on all of ``x_test``, on the CPU and in
+    float32 whatever ``--device``/``--precision`` the checkup runs with (the variants are CPU programs).
     """
     cfg = config or SweepConfig()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     y_test = np.asarray(y_test)
+    on = model_device(model) if hasattr(model, "parameters") else torch.device("cpu")
+    # int8 kernels and ONNX Runtime run on the CPU: every variant is measured there
+    model = move_model(model, torch.device("cpu"))
     base_correct = predict_logits(model, x_test).argmax(1) == y_test
     found = _Variants(x_test, y_test)
+    if on.type != "cpu":
+        found.notes.append(
+            f"the variants are built and timed on the CPU (int8 and ONNX Runtime run there), not on {on}"
+        )
 
     def step(text: str) -> None:
         if progress is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from dlclinic.core.atomic import write_weights
 from dlclinic.core.case import usable_inputs
+from dlclinic.core.device import on_device
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.recipe import seed_everything
 from dlclinic.core.registry import TreatContext
@@ -34,11 +35,11 @@ def retrain_factory(ctx: TreatContext, what: str) -> Callable[[], Any]:
     """A factory of freshly initialised models of the case's architecture (a ConfigError when there is none)."""
     case = ctx.case
     if case.model_factory is not None:
-        return case.model_factory
+        return on_device(case.model_factory, ctx.fit_config.device)  # built where the recipe trains
     probe, how = fresh_model(case)
     if probe is None:
         raise ConfigError(f"treat {what} retrains the model, so it needs the architecture: {how}")
-    return lambda: fresh_model(case)[0]
+    return on_device(lambda: fresh_model(case)[0], ctx.fit_config.device)
 
 
 def suggest_lr(ctx: TreatContext, factory: Callable[[], Any], steps: int) -> float:

@@ -186,6 +186,8 @@ def _train(
         patience=10**6,
         seed=settings.seed,
         label_smoothing=cfg.label_smoothing,
+        device=cfg.device,
+        precision=cfg.precision,
     )
     monitor = TrainingMonitor(None, every=settings.every)
     with evidence.progress.step("monitored training run", total=epochs) as advance, EnergyMeter() as meter:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from dlclinic.core.device import autocast, check_precision, move_model, resolve_device
 from dlclinic.core.errors import ConfigError, ModelError
 from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, reads_token_ids
 from dlclinic.export import export_onnx
@@ -49,8 +50,17 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: Any, input_shape: tuple[int, ...], n_classes: int, *, embeddings: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        input_shape: tuple[int, ...],
+        n_classes: int,
+        *,
+        embeddings: bool = True,
+        precision: str = "fp32",
+    ) -> None:
         self.model = model
+        self.precision = precision  # mixed precision of the forward pass (dlclinic.core.device.autocast)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.n_classes = int(n_classes)
         self._dtype, self._device = model_input_spec(model)
@@ -69,7 +79,7 @@ class TorchBackend:
             else None
         )
         try:
-            with eval_mode(self.model), torch.inference_mode():
+            with eval_mode(self.model), torch.inference_mode(), autocast(self.precision, self._device.type):
                 xb = input_tensor(np.asarray(x, dtype=np.int64 if self._ids else np.float32), self._dtype, self._device)
                 try:
                     logits = first_output(self.model(xb)).float().cpu().numpy()
@@ -119,13 +129,17 @@ def make_backend(
     sample_x: np.ndarray | None = None,
     export_path: str | Path | None = None,
     exporter: str = "auto",
+    device: str | None = None,
+    precision: str = "fp32",
 ) -> tuple[Backend, str]:
     """A backend for ``model`` and a one-line description.
 
     ``kind``: ``"auto"`` (torch for an ``nn.Module``, ONNX Runtime for an ONNX model),
     ``"torch"`` or ``"onnx"``. ``"onnx"`` with an ``nn.Module`` exports it first
     (to ``export_path``, verified on ``sample_x``, with ``exporter`` as in
-    :func:`dlclinic.export.export_onnx`) and serves the export.
+    :func:`dlclinic.export.export_onnx`) and serves the export. ``device`` and ``precision``
+    (``--device``, ``--precision``) place the torch backend's model (a copy) and its autocast;
+    ONNX Runtime runs on the CPU.
     """
     is_torch = hasattr(model, "state_dict") and callable(model)
     if kind not in ("auto", "torch", "onnx"):
@@ -135,7 +149,12 @@ def make_backend(
             f"--backend torch: expected a PyTorch model, found {type(model).__name__}; use --backend onnx"
         )
     if kind in ("auto", "torch") and is_torch:
-        return TorchBackend(model, input_shape, n_classes), f"torch {type(model).__name__}"
+        where = resolve_device(device or "cpu")
+        backend = TorchBackend(
+            move_model(model, where), input_shape, n_classes, precision=check_precision(precision, where)
+        )
+        placed = (f" on {where}" if where.type != "cpu" else "") + (f" ({precision})" if precision != "fp32" else "")
+        return backend, f"torch {type(model).__name__}{placed}"
     if is_torch:
         if sample_x is None or export_path is None:
             raise ConfigError("--backend onnx with a PyTorch model needs sample inputs and a path to export to")

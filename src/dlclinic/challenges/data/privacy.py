@@ -49,9 +49,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from dlclinic.core import distributed
 from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case, usable_inputs
+from dlclinic.core.device import on_device
 from dlclinic.core.errors import ConfigError, MissingDependencyError
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.inference import input_tensor, predict_logits
+from dlclinic.core.inference import input_tensor, model_device, predict_logits
 from dlclinic.core.recipe import FitConfig, fit, prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
@@ -435,9 +436,10 @@ def dp_fit(
 
     notes: list[str] = []
     seed_everything(seed)
+    device = model_device(model)  # the batches go to the model's device (the loader draws on the CPU)
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
-        model = ModuleValidator.fix(model)
+        model = ModuleValidator.fix(model).to(device)  # the replacement layers are built on the CPU
         notes.append(
             f"opacus ModuleValidator.fix changed the architecture for per-sample gradients ({len(errors)} incompatible module(s), e.g. BatchNorm → GroupNorm)"
         )
@@ -464,7 +466,7 @@ def dp_fit(
                 if len(xb) == 0:
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(private(xb), yb)
+                loss = nn.functional.cross_entropy(private(xb.to(device)), yb.to(device))
                 loss.backward()
                 optimizer.step()
             if progress is not None:
@@ -538,7 +540,7 @@ def treat_privacy(ctx: TreatContext, params: DPParams) -> TreatOutcome:
         f"DP-SGD training (target ε={params.target_epsilon:g}, δ={delta:.1e})", total=epochs
     ) as advance:
         model, spent, notes = dp_fit(
-            case.model_factory(),
+            on_device(case.model_factory, ctx.fit_config.device)(),
             usable_inputs(case.train.x),
             case.train.y,
             target_epsilon=params.target_epsilon,

@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -154,13 +153,7 @@ def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityO
                     pred = clf.predict(e_te)
                 else:
                     model = evidence.retrain(train.x[rows], y_tr[rows], seed)  # type: ignore[misc]
-                    with torch.inference_mode():
-                        pred = np.concatenate(
-                            [
-                                model(torch.from_numpy(test.x[i : i + 512])).argmax(1).numpy()
-                                for i in range(0, len(test), 512)
-                            ]
-                        )
+                    pred = predict_logits(model, test.x).argmax(1)  # batches of 512 on the model's device
                 wrong = pred != y_te
                 ns.append(len(rows))
                 errs.append(float(wrong.mean()))

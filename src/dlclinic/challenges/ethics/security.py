@@ -64,9 +64,10 @@ from torch import nn
 
 from dlclinic.core.atomic import write_weights
 from dlclinic.core.case import Case, Split, usable_inputs
+from dlclinic.core.device import on_device
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.inference import first_output, input_tensor
+from dlclinic.core.inference import first_output, model_device, model_tensors
 from dlclinic.core.recipe import prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
@@ -760,14 +761,13 @@ def _adversarial_loop(
 
     ``gen`` draws the batch order (and the attack's random starts, in the caller).
     """
-    xt = input_tensor(x)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    xt, yt = model_tensors(model, x, y)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_total = epochs * math.ceil(len(x) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps_total, 1))
     for _epoch in range(epochs):
         model.train()
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(len(x), generator=gen).to(xt.device)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
@@ -804,14 +804,15 @@ def adversarial_fit(
     """Train ``model`` (in place; pass a fresh one) on adversarial examples; returns it in eval mode."""
     seed_everything(seed)
     prepare_inputs(model, x)
-    lo = torch.as_tensor(np.asarray(lower, dtype=np.float32))
-    hi = torch.as_tensor(np.asarray(upper, dtype=np.float32))
-    sc = torch.as_tensor(np.asarray(scale, dtype=np.float32))
+    device = model_device(model)
+    lo = torch.as_tensor(np.asarray(lower, dtype=np.float32), device=device)
+    hi = torch.as_tensor(np.asarray(upper, dtype=np.float32), device=device)
+    sc = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
     gen = torch.Generator().manual_seed(seed)
     bound = epsilon * sc
 
     def perturb(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        delta = (torch.rand(xb.shape, generator=gen) * 2 - 1) * bound
+        delta = (torch.rand(xb.shape, generator=gen).to(xb.device) * 2 - 1) * bound
         n_iter, alpha = (1, 1.25 * epsilon) if method == "fgsm_rs" else (steps, 2.5 * epsilon / steps)
         was = model.training
         model.eval()  # keep BatchNorm statistics clean while attacking
@@ -999,10 +1000,18 @@ def _fit_robust(ctx: TreatContext, params: AdversarialParams, eps: float, epochs
         "progress": advance,
     }
     if case.modality == "tokens":
-        return embedding_adversarial_fit(case.model_factory(), case.train.x, case.train.y, **common)
+        return embedding_adversarial_fit(
+            on_device(case.model_factory, ctx.fit_config.device)(), case.train.x, case.train.y, **common
+        )
     lo, hi, scale = input_bounds(case)
     return adversarial_fit(
-        case.model_factory(), usable_inputs(case.train.x), case.train.y, lower=lo, upper=hi, scale=scale, **common
+        on_device(case.model_factory, ctx.fit_config.device)(),
+        usable_inputs(case.train.x),
+        case.train.y,
+        lower=lo,
+        upper=hi,
+        scale=scale,
+        **common,
     )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.baselines import MLP, SmallCNN
 from dlclinic.core.case import Case
+from dlclinic.core.device import on_device
 from dlclinic.core.errors import ConfigError, brief
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.recipe import fit, seed_everything
@@ -167,6 +168,7 @@ def _widths(
     cfg, current, epochs = recipe
     factory = case.model_factory
     assert factory is not None
+    factory = on_device(factory, cfg.device)  # each width trains where the recipe does
     x_tr, y_tr, x_va, y_va = validation_subset(case, options.n_train, options.n_val, options.seed)
     widths = []
     with evidence.progress.step("width comparison", total=len(ratios)) as advance:
@@ -430,7 +432,7 @@ def _search(
     def objective(trial: Any) -> tuple[float, float]:
         factory = build(trial)
         factories[trial.number] = factory
-        net = factory()
+        net = on_device(factory, cfg.device)()
         out = train_eval(
             net,
             x[tr],

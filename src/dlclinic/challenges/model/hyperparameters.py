@@ -35,6 +35,7 @@ from scipy.stats import binom
 
 from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case
+from dlclinic.core.device import on_device
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.recipe import fit
@@ -172,6 +173,7 @@ def _short_study(
     cfg, current, epochs = recipe
     factory = case.model_factory
     assert factory is not None
+    factory = on_device(factory, cfg.device)  # trials train where the recipe does
     x_tr, y_tr, x_va, y_va = validation_subset(case, options.n_train, options.n_val, options.seed)
     # model.architecture's full-width run is this study's first trial when it ran all epochs within a trial's
     # budget (then this study would have trained exactly the same): its time counts against the study's
@@ -390,9 +392,10 @@ def _study(
     """The Optuna study on the train/validation rows, then the fresh-seed re-run of its winner."""
     case, cfg = ctx.case, ctx.fit_config
     assert case.model_factory is not None
+    factory = on_device(case.model_factory, cfg.device)  # trials train where the recipe does
     with ctx.progress.step("Optuna study", total=params.n_trials) as advance:
         result = hyperparameter_study(
-            case.model_factory,
+            factory,
             x[tr],
             y[tr],
             x[va],
@@ -410,7 +413,7 @@ def _study(
             workers=params.workers,
         )
     seed_gains = _seed_check(
-        case.model_factory,
+        factory,
         x[tr],
         y[tr],
         x[va],

@@ -22,7 +22,7 @@ from torch import nn
 from dlclinic.core.atomic import write_json
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.inference import input_tensor
+from dlclinic.core.inference import model_tensors
 from dlclinic.core.recipe import prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status, worst
@@ -349,8 +349,7 @@ def train_one_cycle(
     """Train ``model`` in place with AdamW and a one-cycle LR (30 % warm-up, cosine decay); return it and the per-step losses."""
     seed_everything(seed)
     prepare_inputs(model, x)
-    xt = input_tensor(x)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    xt, yt = model_tensors(model, x, y)
     per_epoch = max(1, math.ceil(len(xt) / batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -360,7 +359,7 @@ def train_one_cycle(
     losses: list[float] = []
     model.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
+        perm = torch.randperm(len(xt), generator=gen).to(xt.device)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:

@@ -38,6 +38,7 @@ import numpy as np
 
 from dlclinic.core.atomic import write_json
 from dlclinic.core.case import Case
+from dlclinic.core.device import on_device
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
@@ -130,6 +131,7 @@ def run_sequence(
     strategy: str | None = None,
     seed: int | None = None,
     progress: object = None,
+    device: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Train the case's architecture through the task sequence; the matrix and per-row correctness as arrays."""
     tasks = build_tasks(case, options)
@@ -142,8 +144,9 @@ def run_sequence(
         seed=options.seed if seed is None else seed,
     )
     test = case.splits["test"]
+    assert case.model_factory is not None
     res = run_task_sequence(
-        case.model_factory,
+        on_device(case.model_factory, device),  # FitConfig.device: where the recipe trains
         case.train.x,
         case.train.y,  # type: ignore[arg-type]
         test.x,
@@ -280,7 +283,7 @@ def run(case: Case, evidence: Evidence, options: ForgettingOptions) -> CheckResu
         with evidence.progress.step(
             f"forgetting: training through the task sequence ({options.strategy})", total=options.n_tasks
         ) as advance:
-            return run_sequence(case, options, progress=advance)
+            return run_sequence(case, options, progress=advance, device=getattr(evidence.fit_config, "device", None))
 
     r = evidence.cached("forgetting", params, compute)
     return result_from_arrays(r, options, options.strategy, graded=options.tasks != "auto")
@@ -363,7 +366,9 @@ def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcom
     with ctx.progress.step("forgetting: comparing strategies", total=len(strategies) * params.seeds) as advance:
         for strategy in strategies:
             for seed in range(params.seeds):
-                runs.setdefault(strategy, []).append(run_sequence(case, options, strategy=strategy, seed=seed))
+                runs.setdefault(strategy, []).append(
+                    run_sequence(case, options, strategy=strategy, seed=seed, device=ctx.fit_config.device)
+                )
                 advance(1)
     summary = {s: np.mean([r["summary"][:3] for r in rs], axis=0) for s, rs in runs.items()}  # avg acc, bwt, forgetting
     candidates = [s for s in strategies if s != "naive"]

@@ -20,7 +20,7 @@ from torch import nn
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
-from dlclinic.core.inference import input_tensor, predict_logits
+from dlclinic.core.inference import model_tensors, predict_logits
 from dlclinic.core.recipe import FitConfig, fit, prepare_inputs, seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy, Status
@@ -282,8 +282,7 @@ def train_sam(
         raise ConfigError(f"`rho >= 0` must hold, but got rho={rho}")
     seed_everything(seed)
     prepare_inputs(model, x)
-    xt = input_tensor(x)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    xt, yt = model_tensors(model, x, y)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = max(1, math.ceil(len(xt) / batch_size)) * epochs
@@ -291,7 +290,7 @@ def train_sam(
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
+        perm = torch.randperm(len(xt), generator=gen).to(xt.device)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
