@@ -70,9 +70,7 @@ def _hf_tokenizer(path: Path) -> tuple[Tokenize, str, list[str] | None]:
     try:
         import tokenizers
     except ImportError:
-        raise MissingDependencyError(
-            "a tokenizer.json needs the tokenizers library: pip install 'dlclinic[text]'"
-        ) from None
+        raise MissingDependencyError("tokenizers", "text") from None
     try:
         tok = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:
