@@ -66,8 +66,12 @@ def unusable_rows(x: np.ndarray) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind not in "fc":
         return np.zeros(len(a), dtype=bool)
+    out = np.zeros(len(a), dtype=bool)
     with np.errstate(invalid="ignore"):
-        return ~(np.abs(a.reshape(len(a), -1)) <= MAX_ABS_INPUT).all(axis=1)
+        for i in range(0, len(a), 4096):  # 4096 rows at a time: no temporary the size of x
+            rows = a[i : i + 4096]
+            out[i : i + len(rows)] = ~(np.abs(rows.reshape(len(rows), -1)) <= MAX_ABS_INPUT).all(axis=1)
+    return out
 
 
 def usable_inputs(x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn import config_context
 from sklearn.neighbors import NearestNeighbors
+
+from dlclinic.functional.duplicates import WORKING_MB
 
 __all__ = ["auroc", "auroc_ci", "fpr_at_tpr", "rejection_threshold", "score_energy", "score_knn", "score_max_softmax"]
 
@@ -36,7 +39,8 @@ def score_knn(reference: np.ndarray, query: np.ndarray, *, k: int = 10) -> np.nd
 
     ref = normed(reference)
     k = int(min(k, len(ref)))
-    dist, _ = NearestNeighbors(n_neighbors=k).fit(ref).kneighbors(normed(query))
+    with config_context(working_memory=WORKING_MB):
+        dist, _ = NearestNeighbors(n_neighbors=k).fit(ref).kneighbors(normed(query))
     return dist[:, -1].astype(np.float64)
 
 

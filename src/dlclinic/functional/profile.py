@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import skew
+from sklearn import config_context
 from sklearn.neighbors import NearestNeighbors
 
 from dlclinic.core.case import MAX_ABS_INPUT, usable_inputs
+from dlclinic.functional.duplicates import WORKING_MB
 
 __all__ = ["ColumnIssues", "ImageIssues", "find_column_issues", "find_image_issues", "find_knn_outliers", "tukey_upper"]
 
@@ -141,7 +143,8 @@ def find_knn_outliers(embeddings: np.ndarray, *, k: int = 10, fence: float = 3.0
     k = int(min(k, len(emb) - 1))
     if k < 1:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb)
+    with config_context(working_memory=WORKING_MB):
+        dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb)
     score = dist[:, -1]
     limit = tukey_upper(score, fence)
     rows = np.flatnonzero(score > limit)

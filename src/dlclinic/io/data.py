@@ -31,7 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -475,7 +477,10 @@ def _load_npz(
             if required:
                 _npz_named_keys(keys, path, name, label_col=label_col, group_col=group_col, id_col=id_col)
             wanted = _npz_wanted(keys, label_col, group_col, id_col) + [k for k in inputs if k in keys]
-            arrays = {k: _npz_array(archive, k, path, name) for k in wanted}
+            mapped = _npz_mapped(path, "x") if "x" in wanted else None  # a large uncompressed x: read lazily
+            arrays = {
+                k: mapped if k == "x" and mapped is not None else _npz_array(archive, k, path, name) for k in wanted
+            }
     except InputError:
         raise
     except Exception:
@@ -541,6 +546,39 @@ def _pick(keys: Sequence[str], preferred: str | None, *defaults: str) -> str:
         if key is not None and key in keys:
             return key
     return defaults[-1]
+
+
+def _npz_mapped(path: Path, key: str) -> np.ndarray | None:
+    """Member ``key`` of an uncompressed ``.npz`` (``np.savez``) as a copy-on-write memory map, or ``None``.
+
+    ``np.load(mmap_mode="r")`` maps ``.npy`` files but reads ``.npz`` members into memory
+    (numpy maps nothing inside a zip), so a large split would be read whole on load. A member
+    stored without compression is a plain ``.npy`` at a fixed offset of the file: its zip
+    local header gives the offset, numpy's own header reader the dtype and shape, and
+    ``np.memmap`` the array, read from disk only as rows are used (copy-on-write: a write
+    changes this process's pages, never the file). Compressed members, object
+    dtypes and anything unexpected return ``None`` (read the usual way).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size < 1 << 20:
+            return None
+        with path.open("rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if local[:4] != b"PK\x03\x04":
+                return None
+            fh.seek(info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])))
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            offset = fh.tell()
+        if dtype.hasobject or fortran or not shape:
+            return None
+        return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, struct.error):
+        return None
 
 
 def _npz_array(archive: Any, key: str, path: Path, name: str) -> np.ndarray:
