@@ -52,7 +52,7 @@ from sklearn import config_context
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from dlclinic.core.case import usable_inputs
+from dlclinic.core.case import unusable_rows, usable_inputs
 
 __all__ = [
     "ChanceCount",
@@ -89,7 +89,9 @@ WORKING_MB = 64
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
-    return usable_inputs(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    """Rows as float32 vectors, NaN/Inf read as 0; a view of ``x`` when nothing needs fixing (only read)."""
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    return usable_inputs(flat) if unusable_rows(flat).any() else flat
 
 
 def _project(ref: np.ndarray, *others: np.ndarray, dims: int = 64, seed: int = 0) -> list[np.ndarray]:
