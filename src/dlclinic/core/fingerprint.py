@@ -24,7 +24,7 @@ def fingerprint_array(*arrays: np.ndarray | None) -> str:
             a = a.astype(str).astype("U")
         h.update(str(a.dtype).encode())
         h.update(str(a.shape).encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8).data)  # the bytes of tobytes(), not a copy of them
     return h.hexdigest()
 
 
