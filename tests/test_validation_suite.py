@@ -189,7 +189,8 @@ def test_every_check_has_a_validation_plan_or_a_stated_reason() -> None:
                 d.name,
             )  # one strength: a yes/no defect (e.g. not exportable)
             assert set(d.quick_strengths or ()) <= set(d.strengths), (plan.check, d.name)
-            assert set(d.modalities or plan.modalities) <= {"image", "table", "mnist"}
+            assert set(d.modalities or plan.modalities) <= {"image", "table", "mnist", "tokens", "sequence"}
+        assert all(why for why in plan.not_validated.values()), plan.check  # a modality left out says why
 
 
 def test_labels_saved_on_a_common_target_ignores_a_lucky_last_round() -> None:
@@ -323,3 +324,17 @@ def test_reaggregated_checks_keep_the_date_each_modality_was_measured() -> None:
     _keep_measured_dates(checks, published, "2026-12-03T00:00:00Z")
     assert checks["c"]["measured_by_modality"] == {"image": "2026-11-25T00:00:00Z", "fair": "2026-12-03T00:00:00Z"}
     assert checks["c"]["generated"] == "2026-12-03T00:00:00Z"
+
+
+def test_a_modality_run_with_fewer_seeds_is_stated_per_modality() -> None:
+    from validation.report import _seeds
+
+    per = {
+        "image": {"seeds_clean": 30, "seeds_defect": 8, "all_strengths": True},
+        "fair": {"seeds_clean": 30, "seeds_defect": 0, "all_strengths": True},
+        "tokens": {"seeds_clean": 6, "seeds_defect": 2, "all_strengths": False},
+    }
+    assert _seeds({"seeds_clean": 30, "seeds_defect": 2, "by_modality": per}) == (
+        "image: 30 clean seeds, 8 per defect strength; fair: 30 clean seeds;"
+        " tokens: 6 clean seeds, 2 per defect strength (quick-mode strengths)"
+    )

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from validation.data import Splits, split
-from validation.plan import Defect, Plan, Trial, case_from, fast_fit
+from validation.plan import NEW_MODALITIES, Defect, Plan, Trial, baseline, case_from, fast_fit
 
 __all__ = ["PLANS"]
 
@@ -48,14 +48,13 @@ def _splits(modality: str, seed: int) -> Splits:
 
 def _model(s: Splits, modality: str, seed: int, *, train: bool = True) -> Any:
     """dlclinic's baseline for the modality, seeded, trained with the suite's fast recipe (or freshly initialised)."""
-    from dlclinic.core.baselines import baseline_for
     from dlclinic.core.recipe import fit, seed_everything
 
     seed_everything(seed)
-    net = baseline_for(tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, modality)
+    net = baseline(s, modality)
     if not train:
         return net.eval()
-    return fit(net, s.x_train, s.y_train, fast_fit()).model.eval()
+    return fit(net, s.x_train, s.y_train, fast_fit(modality)).model.eval()
 
 
 def _no_cache() -> Any:
@@ -74,7 +73,7 @@ def _reference(case: Any, check: str, options: dict[str, Any], metric: str) -> f
             case,
             only=[check],
             options={check: options},
-            fit_config=fast_fit(),
+            fit_config=fast_fit(case.modality),
             cache_dir=cache,
             evidence_config=_no_cache(),
         )[check]
@@ -179,7 +178,7 @@ def _branchy(net: Any) -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out = self.inner(x)
-            if x.mean() > 1e6:  # never true on real inputs: the prediction is the baseline's
+            if x.float().mean() > 1e6:  # never true on real inputs: the prediction is the baseline's
                 out = -out
             return out
 
@@ -226,7 +225,30 @@ _SWEEP_IMAGE = {"sparsities": (), "bf16": False}
 # Breast cancer is so easy that a half-width MLP (pruned or distilled) keeps the accuracy: the
 # structured variants are truly free there, so the table cases validate the int8 part of the rule.
 _SWEEP_TABLE = {"sparsities": (), "bf16": False, "keep_ratios": (), "distill_epochs": 0}
-_CLEAN_OUTLIER = {"image": 100.0, "table": 300.0}
+_CLEAN_OUTLIER = {"image": 100.0, "table": 300.0, "tokens": 300.0, "sequence": 100.0}
+
+
+def _outlier_pairs(net: Any, modality: str) -> list[tuple[Any, Any]]:
+    """(producer, consumer) pairs whose unit ``j`` is scaled by ``c`` and ``1/c``: each producer is followed by
+    a positively homogeneous map (ReLU, pooling, mean and max over tokens) and then by its consumer."""
+    if modality == "table":
+        return [(net.body[0], net.embedding[0]), (net.embedding[0], net.head)]
+    if modality == "tokens":  # TokenBag: embedding → mean ‖ max pools → Linear-ReLU → head
+        return [(net.tokens, net.embedding[0]), (net.embedding[0], net.head)]
+    f = net.features
+    if modality == "sequence":  # conv-BN-ReLU ×2, global average pool, Flatten-Linear-ReLU, head
+        return [(f[1], f[3]), (f[4], net.embedding[1]), (net.embedding[1], net.head)]
+    # image: conv-BN-ReLU-pool ×2, Flatten-Linear-ReLU, head: scale the BN's affine output
+    return [(f[1], f[4]), (f[5], net.embedding[1]), (net.embedding[1], net.head)]
+
+
+def _unit_activity(module: Any, out: Any) -> Any:
+    """Mean activity of each unit: after ReLU (channels of N×C×…) or, for an embedding, mean |value| per dimension."""
+    import torch
+
+    if isinstance(module, torch.nn.Embedding):
+        return out.abs().reshape(-1, out.shape[-1]).mean(0)
+    return out.clamp(min=0).transpose(0, 1).reshape(out.shape[1], -1).mean(1)
 
 
 def _with_outliers(model: Any, c: float, modality: str, x: np.ndarray) -> Any:
@@ -242,26 +264,25 @@ def _with_outliers(model: Any, c: float, modality: str, x: np.ndarray) -> Any:
     net = copy.deepcopy(model).eval()
     if c == 1.0:
         return net
-    if modality == "table":
-        pairs = [(net.body[0], net.embedding[0]), (net.embedding[0], net.head)]
-    else:  # conv-BN-ReLU-pool ×2, Flatten-Linear-ReLU, head: scale the BN's affine output
-        f = net.features
-        pairs = [(f[1], f[4]), (f[5], net.embedding[1]), (net.embedding[1], net.head)]
+    pairs = _outlier_pairs(net, modality)
     means: dict[int, torch.Tensor] = {}
     hooks = [
-        prod.register_forward_hook(
-            lambda _m, _i, out, i=i: means.__setitem__(
-                i, out.detach().clamp(min=0).transpose(0, 1).reshape(out.shape[1], -1).mean(1)
-            )
-        )
+        prod.register_forward_hook(lambda m, _i, out, i=i: means.__setitem__(i, _unit_activity(m, out.detach())))
         for i, (prod, _) in enumerate(pairs)
     ]
     with torch.no_grad():
-        net(torch.from_numpy(np.ascontiguousarray(x[:512], dtype=np.float32)))
+        net(torch.from_numpy(np.ascontiguousarray(x[:512], dtype=np.int64 if modality == "tokens" else np.float32)))
     for h in hooks:
         h.remove()
     with torch.no_grad():
         for i, (prod, cons) in enumerate(pairs):
+            if isinstance(prod, torch.nn.Embedding):  # one embedding dimension; the head reads [mean ‖ max]
+                j = int(means[i].argmax())
+                dim = prod.weight.shape[1]
+                prod.weight[:, j] *= c
+                cons.weight[:, j] /= c
+                cons.weight[:, dim + j] /= c
+                continue
             j = int(means[i].argmax())
             prod.weight[j] *= c
             prod.bias[j] *= c
@@ -273,6 +294,7 @@ def _with_outliers(model: Any, c: float, modality: str, x: np.ndarray) -> Any:
 def _compression_trial(modality: str, c: float, seed: int) -> Trial:
     s = _splits(modality, seed)
     model = _with_outliers(_model(s, modality, seed), c, modality, s.x_train)
+    # token and series baselines: int8 variants only, as on tables (their half-width networks are not the question)
     return Trial(
         case_from(s, modality, deploy=False, model=model), options=_SWEEP_IMAGE if modality == "image" else _SWEEP_TABLE
     )
@@ -327,6 +349,8 @@ def scalability_slow(modality: str, ratio: float, seed: int) -> Trial:
 
 # ----------------------------------------------------------------------------- plans
 
+_ALL = ("image", "table", *NEW_MODALITIES)
+
 _RATIOS = (1.1, 1.5, 3.0)
 _BUDGET_UNIT = "true cost ÷ budget"
 
@@ -335,7 +359,7 @@ PLANS: tuple[Plan, ...] = (
         "compute.training_cost",
         0.05,
         "default (input-bound when > 20 % of step time waits for data; over budget when the projected run exceeds budget_hours)",
-        ("image", "table"),
+        _ALL,
         training_cost_clean,
         (
             Defect(
@@ -354,7 +378,7 @@ PLANS: tuple[Plan, ...] = (
         "compute.energy",
         0.05,
         "default (warns when the projected full run exceeds warn_kwh)",
-        ("image", "table"),
+        _ALL,
         energy_clean,
         (
             Defect(
@@ -373,7 +397,7 @@ PLANS: tuple[Plan, ...] = (
         "compute.edge",
         0.05,
         "default (budgets compared with deterministic sizes; export failures warn)",
-        ("image", "table"),
+        _ALL,
         edge_clean,
         (
             Defect(
@@ -406,7 +430,7 @@ PLANS: tuple[Plan, ...] = (
         "compute.realtime",
         0.05,
         "default (verdict on the batch-1 p99 against latency_budget_ms)",
-        ("image", "table"),
+        _ALL,
         realtime_clean,
         (
             Defect(
@@ -424,7 +448,7 @@ PLANS: tuple[Plan, ...] = (
         "model.compression",
         0.05,
         "CompressionOptions: a variant ≤ 1/2 the size within 1 point at the upper 95 % CI end (≤ 2.5 % per variant)",
-        ("image", "table"),
+        _ALL,
         compression_clean,
         (
             Defect(
@@ -436,14 +460,14 @@ PLANS: tuple[Plan, ...] = (
                 expect=("free_compression",),
             ),
         ),
-        "trained baselines with activation outliers (function-preserving rescaling of one unit per hidden layer) that cost int8 2–50 points; tables: int8 variants only (a half-width MLP is truly free on breast cancer)",
+        "trained baselines with activation outliers (function-preserving rescaling of one unit per hidden layer; TokenBag: one embedding dimension and one hidden unit, c = 300; 1-D CNN: c = 100) that cost int8 2–50 points; tables, token ids and series: int8 variants only (a half-width MLP is truly free on breast cancer)",
         cost=2.0,
     ),
     Plan(
         "deployment.scalability",
         0.05,
         "ScalabilityOptions.warn_p99_ms = 250 (default budget on the batched p99)",
-        ("image", "table"),
+        _ALL,
         scalability_clean,
         (
             Defect(

@@ -36,7 +36,17 @@ import torch
 from torch import nn
 
 from validation.data import Splits, split
-from validation.plan import Defect, Plan, Trial, case_from, fast_fit, rng_for
+from validation.plan import (
+    FLOAT_MODALITIES,
+    NEW_MODALITIES,
+    Defect,
+    Plan,
+    Trial,
+    baseline,
+    case_from,
+    fast_fit,
+    rng_for,
+)
 
 __all__ = ["PLANS"]
 
@@ -147,8 +157,21 @@ def _epsilon_for(a: np.ndarray, c: np.ndarray, s: Splits, bounds: Any, target: f
     return b_
 
 
+def _token_security_trial(seed: int) -> Trial:
+    """Token ids: dlclinic's TokenBag trained on the split, the file scan only (``robustness=False``). No token
+    model has a closed-form worst case under greedy substitution, so the attack's verdict has no ground truth here."""
+    from dlclinic.core.recipe import fit, seed_everything
+
+    s = split("tokens", seed, (0.5, 0.5, 0.0))
+    seed_everything(seed)
+    model = fit(baseline(s, "tokens"), s.x_train, s.y_train, fast_fit("tokens")).model.eval()
+    return Trial(case_from(s, "tokens", deploy=False, model=model), options={"robustness": False})
+
+
 def _security_trial(modality: str, seed: int, target: float) -> Trial:
     """A logistic regression and the ε of interest at which its exact retention on the test split is ``target``."""
+    if modality == "tokens":
+        return _token_security_trial(seed)
     s, _, bounds = _security_setup(modality, seed)
     model, a, c = _logistic(s, seed)
     eps = _epsilon_for(a, c, s, bounds, target)
@@ -469,11 +492,37 @@ class _Served(nn.Module):
         return out
 
 
+class _ServedTokens(nn.Module):
+    """Token ids: the trained network with the two faults that apply to ids (there is no input
+    standardisation to give batch statistics): ``noise`` on the logits at inference, and
+    ``export_scale`` multiplying the logits by (1 + export_scale) only in the exported graph."""
+
+    def __init__(self, net: nn.Module, noise: float = 0.0, export_scale: float = 0.0) -> None:
+        super().__init__()
+        self.net = net
+        self.noise = float(noise)
+        self.export_scale = float(export_scale)
+
+    def extra_repr(self) -> str:
+        return f"noise={self.noise}, export_scale={self.export_scale}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.export_scale and torch.onnx.is_in_onnx_export():
+            out = out * (1.0 + self.export_scale)
+        if self.noise:
+            out = out + self.noise * torch.randn_like(out)
+        return out
+
+
 def _integration_trial(modality: str, seed: int, **fault: float) -> Trial:
-    from dlclinic.core.baselines import baseline_for
     from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.5, 0.5, 0.0))
+    if modality == "tokens":
+        seed_everything(seed)
+        served = _ServedTokens(fit(baseline(s, modality), s.x_train, s.y_train, fast_fit(modality)).model, **fault)
+        return Trial(case_from(s, modality, deploy=False, model=served.eval()))
     per_feature = modality not in ("image", "mnist")
     if per_feature:
         mean, std = s.x_train.mean(0), s.x_train.std(0) + 1e-6
@@ -481,9 +530,7 @@ def _integration_trial(modality: str, seed: int, **fault: float) -> Trial:
         mean, std = np.float32(s.x_train.mean()), np.float32(s.x_train.std())
     z = ((s.x_train - mean) / std).astype(np.float32)
     seed_everything(seed)
-    net = fit(
-        baseline_for(tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, modality), z, s.y_train, fast_fit()
-    ).model
+    net = fit(baseline(s, modality), z, s.y_train, fast_fit(modality)).model
     model = _Served(net, mean, std, per_feature, **fault)
     model.eval()
     return Trial(case_from(s, modality, deploy=False, model=model))
@@ -505,12 +552,14 @@ def _integration_defect(fault: str) -> Any:
 
 _CONTAINERS = "container (1 = bare pickle, 2 = torch.save zip archive, 3 = second pickle of a joblib-style stream)"
 
+_ALL = ("image", "table", *NEW_MODALITIES)
+
 PLANS: tuple[Plan, ...] = (
     Plan(
         "ethics.security",
         0.05,
         "default; the check warns only when the upper end of the 95 % Wilson interval of the retention is below 50 %",
-        ("image", "table"),
+        _ALL,
         security_clean,
         (
             Defect(
@@ -519,6 +568,8 @@ PLANS: tuple[Plan, ...] = (
                 (0.55, 0.75, 0.95),
                 security_not_robust,
                 quick_strengths=(0.75, 0.95),
+                # token ids: no token model has a closed-form worst case under greedy substitution (no ground truth)
+                modalities=FLOAT_MODALITIES,
                 expect=("not_robust",),
             ),
             Defect(
@@ -538,7 +589,7 @@ PLANS: tuple[Plan, ...] = (
                 expect=("pickle_dangerous",),
             ),
         ),
-        "logistic regressions on the real digits / breast-cancer data, whose exact worst case is closed-form: ε chosen so that the true retention on the whole test split is 0.65 (attack success 35 %, 0.7× the 50 % warn level); a state_dict checkpoint to scan",
+        "logistic regressions on the real digits / breast-cancer / MNIST-1D data, whose exact worst case is closed-form: ε chosen so that the true retention on the whole test split is 0.65 (attack success 35 %, 0.7× the 50 % warn level); a state_dict checkpoint to scan. Token ids: dlclinic's TokenBag, file scan only (robustness=false: on ids both attacks are information unless the user declares a threat model, and no token model has a closed-form worst case, so the attacks are not validated there)",
     ),
     Plan(
         "ethics.misuse",
@@ -575,6 +626,11 @@ PLANS: tuple[Plan, ...] = (
         ),
         "a card file (JSON / YAML / TOML by seed) with the four required fields written out and a random half of the optional ones; documentation only, so one modality",
         cost=0.5,
+        not_validated={
+            m: "documentation only: the check reads the card, audit trail and files, never the model's inputs, so the"
+            " table case stands for every modality"
+            for m in NEW_MODALITIES
+        },
     ),
     Plan(
         "ethics.compliance",
@@ -626,12 +682,17 @@ PLANS: tuple[Plan, ...] = (
         ),
         "a complete card (JSON / YAML / TOML by seed), an intact audit trail of 5–8 runs written by dlclinic, the train table scanned for PII with a lawful basis documented, per-sample ids and a retraining recipe; documentation only, so one modality",
         cost=0.5,
+        not_validated={
+            m: "documentation only: the check reads the card, audit trail and files, never the model's inputs, so the"
+            " table case stands for every modality"
+            for m in NEW_MODALITIES
+        },
     ),
     Plan(
         "deployment.integration",
         0.05,
         "default (deterministic parity: served / file-scored probabilities within 1e-4, ONNX logits within 1e-3)",
-        ("image", "table"),
+        _ALL,
         integration_clean,
         (
             Defect(
@@ -640,6 +701,7 @@ PLANS: tuple[Plan, ...] = (
                 (0.001, 0.01, 0.1, 1.0),
                 _integration_defect("batch_weight"),
                 quick_strengths=(0.01, 1.0),
+                modalities=FLOAT_MODALITIES,  # token ids are not standardised: there are no batch statistics to use
                 expect=("served_mismatch", "file_scoring"),
             ),
             Defect(
@@ -652,13 +714,13 @@ PLANS: tuple[Plan, ...] = (
             ),
             Defect(
                 "export_scaling",
-                "relative scaling of the standardised inputs in the exported graph only",
+                "relative scaling of the standardised inputs (token ids: of the logits) in the exported graph only",
                 (1e-4, 1e-3, 1e-2, 1e-1),
                 _integration_defect("export_scale"),
                 quick_strengths=(1e-3, 1e-1),
                 expect=("onnx_mismatch",),
             ),
         ),
-        "dlclinic's baselines (MLP; CNN) trained behind a frozen input standardisation: served, file-scored and ONNX-exported predictions must equal the offline ones",
+        "dlclinic's baselines (MLP; CNN; 1-D CNN) trained behind a frozen input standardisation (TokenBag on token ids: none): served, file-scored and ONNX-exported predictions must equal the offline ones",
     ),
 )

@@ -34,7 +34,18 @@ from typing import Any
 import numpy as np
 
 from validation.data import Splits, blobs, split
-from validation.plan import Defect, Plan, Trial, case_from, fast_fit, rng_for
+from validation.plan import (
+    FLOAT_MODALITIES,
+    NEW_MODALITIES,
+    Defect,
+    Plan,
+    Trial,
+    baseline,
+    case_from,
+    fast_fit,
+    rng_for,
+    token_lstm,
+)
 
 __all__ = ["PLANS"]
 
@@ -54,7 +65,15 @@ def _fit(**kw: Any) -> Any:
 # Near-optimal recipes at 8 epochs (mean validation accuracy over 6 splits, lr 1e-3..3e-2 scanned):
 # the digits CNN peaks at lr 4e-3..8e-3 (batch 32 adds steps), the breast-cancer MLP is flat
 # from 2e-3 to 3e-2, so dlclinic's default recipe is near-optimal there.
-_HP_RECIPE = {"image": {"lr": 8e-3, "batch_size": 32}, "table": {"lr": 2e-3, "batch_size": 64}}
+_HP_RECIPE = {
+    "image": {"lr": 8e-3, "batch_size": 32},
+    "table": {"lr": 2e-3, "batch_size": 64},
+    # token and series baselines at 8 epochs (3 splits, lr 2e-3..4e-2 × batch 32/64 scanned): TokenBag
+    # peaks at lr 5e-3..1e-2, batch 32 (98-99 %; 2e-2 diverges on some splits), the 1-D CNN on MNIST-1D
+    # climbs up to lr 4e-2, batch 32 (91 %)
+    "tokens": {"lr": 5e-3, "batch_size": 32},
+    "sequence": {"lr": 3e-2, "batch_size": 32},
+}
 # a fixed trial budget: the default 8 s timeout would let CPU load decide how many trials run
 _HP_OPTIONS = {"timeout_s": 120.0}
 
@@ -98,10 +117,22 @@ def _mlp(d: int, k: int, m: float) -> Any:
     return MLP(d, k, hidden=(max(1, round(256 * m)), max(1, round(128 * m))))
 
 
+def _lstm(k: int, m: float) -> Any:
+    """Token ids: a user's bidirectional LSTM (16 wide at m = 1); TokenBag's hidden ReLUs are mostly dead
+    after training, which the check rightly reports, so it cannot be a clean case here."""
+    return token_lstm(k, max(1, round(16 * m)))
+
+
+def _conv1d(k: int, m: float) -> Any:
+    from dlclinic.core.baselines import SmallConv1d
+
+    return SmallConv1d(1, k, channels=(max(1, round(32 * m)), max(1, round(64 * m))), hidden=max(1, round(64 * m)))
+
+
 def _arch_splits(modality: str, seed: int) -> Splits:
-    """Digits (all but 10 % in train); a non-linear table: 16 Gaussian clusters in 6-D, class = cluster mod 4."""
-    if modality == "image":
-        return split("image", seed, (0.9, 0.1, 0.0))
+    """Digits, token ids, MNIST-1D (all but 10 % in train); a non-linear table: 16 Gaussian clusters in 6-D, class = cluster mod 4."""
+    if modality in ("image", *NEW_MODALITIES):
+        return split(modality, seed, (0.9, 0.1, 0.0))
     x, c = blobs(2000, k=16, d=6, sep=3.0, seed=20 + 100 * seed)
     y = (c % 4).astype(np.int64)
     return Splits(x, y, x[:0], y[:0], x[:0], y[:0])
@@ -111,6 +142,10 @@ def _arch_factory(s: Splits, modality: str, m: float) -> Any:
     k = _n_classes(s)
     if modality == "image":
         return functools.partial(_cnn, k, m)
+    if modality == "tokens":
+        return functools.partial(_lstm, k, m)
+    if modality == "sequence":
+        return functools.partial(_conv1d, k, m)
     return functools.partial(_mlp, int(s.x_train.shape[1]), k, m)
 
 
@@ -135,10 +170,9 @@ def architecture_dead_units(modality: str, share: float, seed: int) -> Trial:
     s = _arch_splits(modality, seed)
     factory = _arch_factory(s, modality, 1.0)
     seed_everything(seed)
-    model: Any = fit(factory(), s.x_train, s.y_train, fast_fit()).model
-    layer: Any = (
-        model.features[1] if modality == "image" else model.body[0]
-    )  # BatchNorm2d / Linear before the first ReLU
+    model: Any = fit(factory(), s.x_train, s.y_train, fast_fit(modality)).model
+    # the layer before the first ReLU: BatchNorm2d/1d (CNNs), Linear (MLP body)
+    layer: Any = model.features[1] if modality in ("image", "sequence") else model.body[0]
     n = int(layer.bias.shape[0])
     rows = rng_for(seed, share, 21).choice(n, size=int(round(share * n)), replace=False)
     with torch.no_grad():
@@ -152,13 +186,11 @@ _NONCONVEX_OPTIONS = {"barrier": False}  # the seed barrier is reported, never g
 
 
 def _trained_baseline(modality: str, seed: int) -> tuple[Splits, Any]:
-    from dlclinic.core.baselines import baseline_for
     from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.5, 0.5, 0.0))
     seed_everything(seed)
-    net = baseline_for(tuple(s.x_train.shape[1:]), _n_classes(s), "image" if modality == "image" else "table")
-    return s, fit(net, s.x_train, s.y_train, fast_fit()).model.eval()
+    return s, fit(baseline(s, modality), s.x_train, s.y_train, fast_fit(modality)).model.eval()
 
 
 def _true_sharpness(model: Any, s: Splits) -> float:
@@ -175,7 +207,7 @@ def _sharpen(model: Any, modality: str, c: float) -> Any:
     import torch
 
     with torch.no_grad():
-        if modality == "image":
+        if modality in ("image", "sequence"):  # SmallCNN / SmallConv1d: conv, BN first
             conv, bn = model.features[0], model.features[1]
             conv.weight /= c
             if conv.bias is not None:
@@ -183,8 +215,10 @@ def _sharpen(model: Any, modality: str, c: float) -> Any:
             bn.running_mean /= c
             bn.running_var /= c * c
             bn.eps /= c * c
-        else:
-            first, second = model.body[0], model.embedding[0]
+        else:  # MLP: body[0] → ReLU → embedding[0]; TokenBag: embedding[0] → ReLU → (dropout) → head
+            first, second = (
+                (model.embedding[0], model.head) if modality == "tokens" else (model.body[0], model.embedding[0])
+            )
             first.weight /= c
             first.bias /= c
             second.weight *= c
@@ -231,7 +265,7 @@ def _forgetting_base(
     """Train/test (60/40; tables standardised) and a random task id (0/1) per row: two i.i.d. tasks."""
     s = split(modality, seed, (0.6, 0.4, 0.0))
     xtr, xte = s.x_train.copy(), s.x_test.copy()
-    if modality != "image":
+    if modality not in ("image", *NEW_MODALITIES):
         mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
         xtr, xte = ((xtr - mu) / sd).astype(np.float32), ((xte - mu) / sd).astype(np.float32)
     rng = rng_for(seed, 31)
@@ -259,8 +293,17 @@ def forgetting_conflict(modality: str, p: float, seed: int) -> Trial:
     beyond the (1 − p) quantile of a random projection): learning it overwrites task 1 there."""
     xtr, ytr, xte, yte, gtr, gte = _forgetting_base(modality, seed)
     k = int(max(ytr.max(), yte.max())) + 1
-    w = rng_for(seed, p, 32).normal(size=int(np.prod(xtr.shape[1:])))
-    ptr, pte = xtr.reshape(len(xtr), -1) @ w, xte.reshape(len(xte), -1) @ w
+    if (
+        modality == "tokens"
+    ):  # a random weight per vocabulary id, summed over the row's tokens (a bag model can learn it)
+        from validation.data import TOKEN_VOCAB
+
+        v = rng_for(seed, p, 32).normal(size=TOKEN_VOCAB)
+        v[0] = 0.0
+        ptr, pte = v[xtr].sum(1), v[xte].sum(1)
+    else:
+        w = rng_for(seed, p, 32).normal(size=int(np.prod(xtr.shape[1:])))
+        ptr, pte = xtr.reshape(len(xtr), -1) @ w, xte.reshape(len(xte), -1) @ w
     cut = np.quantile(ptr, 1.0 - p) if p < 1 else -np.inf
     for y, g, proj in ((ytr, gtr, ptr), (yte, gte, pte)):
         rows = (g == 1) & (proj >= cut)
@@ -269,8 +312,18 @@ def forgetting_conflict(modality: str, p: float, seed: int) -> Trial:
 
 
 def forgetting_permuted(modality: str, q: float, seed: int) -> Trial:
-    """Task 2's inputs have a share ``q`` of their pixels permuted (a fixed permutation: permuted-MNIST style)."""
+    """Task 2's inputs have a share ``q`` of their pixels (series: time steps) permuted (a fixed permutation:
+    permuted-MNIST style); token ids: a share ``q`` of the vocabulary remapped by a fixed permutation."""
     xtr, ytr, xte, yte, gtr, gte = _forgetting_base(modality, seed)
+    if modality == "tokens":
+        from validation.data import TOKEN_VOCAB
+
+        rng = rng_for(seed, q, 33)
+        ids = np.sort(rng.choice(np.arange(1, TOKEN_VOCAB), size=int(round(q * (TOKEN_VOCAB - 1))), replace=False))
+        table = np.arange(TOKEN_VOCAB)
+        table[ids] = ids[rng.permutation(len(ids))]
+        xtr[gtr == 1], xte[gte == 1] = table[xtr[gtr == 1]], table[xte[gte == 1]]
+        return Trial(_forgetting_case(modality, xtr, ytr, xte, yte, gtr, gte), options=_TASKS)
     shape = xtr.shape[1:]
     d = int(np.prod(shape))
     rng = rng_for(seed, q, 33)
@@ -291,12 +344,14 @@ def forgetting_class_incremental(modality: str, n_tasks: float, seed: int) -> Tr
     )
 
 
+_ALL = ("image", "table", *NEW_MODALITIES)
+
 PLANS: tuple[Plan, ...] = (
     Plan(
         "model.hyperparameters",
         0.05,
         "HyperparameterOptions.alpha = 0.05 (exact one-sided McNemar, Bonferroni over the trials the best was picked from; gain ≥ 2 points)",
-        ("image", "table"),
+        _ALL,
         hyperparameters_clean,
         (
             Defect(
@@ -318,14 +373,14 @@ PLANS: tuple[Plan, ...] = (
                 expect=("better_recipe",),
             ),
         ),
-        "near-optimal recipes at their own 8 epochs (digits CNN: lr 8e-3, batch 32; breast-cancer MLP: dlclinic's default lr 2e-3, batch 64); 90 % of the rows in train; 5 trials",
+        "near-optimal recipes at their own 8 epochs (digits CNN: lr 8e-3, batch 32; breast-cancer MLP: dlclinic's default lr 2e-3, batch 64; TokenBag: lr 5e-3, batch 32; MNIST-1D 1-D CNN: lr 3e-2, batch 32); 90 % of the rows in train; 5 trials",
         cost=3.0,
     ),
     Plan(
         "model.architecture",
         0.05,
         "default (oversized: upper 95 % bound of the paired drop ≤ 1 point at ≤ half the parameters, 2.5 % per width; ≥ 50 % dead ReLU channels; effective rank < 10 %)",
-        ("image", "table"),
+        _ALL,
         architecture_clean,
         (
             Defect(
@@ -347,22 +402,41 @@ PLANS: tuple[Plan, ...] = (
                 expect=("oversized", "dead_channels", "low_rank"),
             ),
             Defect(
+                "oversized_lstm",
+                "token LSTM width multiplier (1 = right-sized, 16 wide)",
+                (2.0, 4.0, 6.0),
+                architecture_wider,
+                quick_strengths=(4.0,),
+                modalities=("tokens",),
+                expect=("oversized", "dead_channels", "low_rank"),
+            ),
+            Defect(
+                "oversized_conv1d",
+                "1-D CNN width multiplier (1 = right-sized)",
+                (2.0, 4.0, 6.0),
+                architecture_wider,
+                quick_strengths=(4.0,),
+                modalities=("sequence",),
+                expect=("oversized", "dead_channels", "low_rank"),
+            ),
+            Defect(
                 "dead_units",
                 "share of the first hidden layer's units made dead",
                 (0.25, 0.5, 0.75),
                 architecture_dead_units,
                 quick_strengths=(0.5,),
+                modalities=FLOAT_MODALITIES,  # the token family is an LSTM: no ReLU unit to kill
                 expect=("dead_channels",),
             ),
         ),
-        "right-sized networks for the 8-epoch recipe: dlclinic's digits CNN (half width loses ≈ 9 points) and its MLP (256, 128) on a non-linear table (16 Gaussian clusters in 6-D, 4 classes; half width loses ≈ 3.5 points) — the breast-cancer table is nearly linear, so every MLP is oversized there",
+        "right-sized networks for the 8-epoch recipe: dlclinic's digits CNN (half width loses ≈ 9 points) and its MLP (256, 128) on a non-linear table (16 Gaussian clusters in 6-D, 4 classes; half width loses ≈ 3.5 points) — the breast-cancer table is nearly linear, so every MLP is oversized there; a user's bidirectional LSTM (16 wide) on token ids and dlclinic's 1-D CNN (32, 64) on MNIST-1D",
         cost=4.0,
     ),
     Plan(
         "optimization.nonconvex",
         0.05,
         "default (warns when sharpness × recipe LR > 2, the edge of stability)",
-        ("image", "table"),
+        _ALL,
         nonconvex_clean,
         (
             Defect(
@@ -389,7 +463,7 @@ PLANS: tuple[Plan, ...] = (
         "optimization.forgetting",
         0.05,
         "default (forgetting > 0.2 and the bootstrap 95 % BWT interval entirely below 0)",
-        ("image", "table"),
+        _ALL,
         forgetting_clean,
         (
             Defect(
@@ -402,11 +476,11 @@ PLANS: tuple[Plan, ...] = (
             ),
             Defect(
                 "permuted_inputs",
-                "share of task 2's pixels permuted",
+                "share of task 2's pixels (series: time steps; token ids: vocabulary ids) permuted",
                 (0.25, 0.5, 1.0),
                 forgetting_permuted,
                 quick_strengths=(1.0,),
-                modalities=("image",),
+                modalities=("image", *NEW_MODALITIES),  # the table is standardised features: no layout to permute
                 expect=("catastrophic_forgetting",),
             ),
             Defect(
@@ -414,7 +488,8 @@ PLANS: tuple[Plan, ...] = (
                 "disjoint class groups learnt in sequence",
                 (2.0,),
                 forgetting_class_incremental,
-                modalities=("image",),  # the binary table has no split-class sequence (2 classes per task)
+                # the binary table has no split-class sequence (2 classes per task); tokens have 4, MNIST-1D 10
+                modalities=("image", *NEW_MODALITIES),
                 expect=("catastrophic_forgetting",),
             ),
         ),

@@ -90,10 +90,31 @@ def _rate(r: Mapping[str, Any]) -> str:
     return s
 
 
+def _seeds(es: Mapping[str, Any]) -> str:
+    """How many seeds a check ran: one phrase, or one per group of modalities whose counts differ."""
+
+    def phrase(v: Mapping[str, Any]) -> str:
+        text = f"{v['seeds_clean']} clean seeds"
+        if v["seeds_defect"]:
+            text += f", {v['seeds_defect']} per defect strength"
+            text += "" if v.get("all_strengths", True) else " (quick-mode strengths)"
+        return text
+
+    per = es.get("by_modality")
+    if not per:
+        return f"{es['seeds_clean']} clean seeds per modality, {es['seeds_defect']} per defect strength"
+    groups: dict[str, list[str]] = {}
+    for m, v in per.items():
+        groups.setdefault(phrase(v), []).append(m)
+    return "; ".join(f"{', '.join(ms)}: {text}" for text, ms in groups.items())
+
+
 def _verdict(e: Mapping[str, Any]) -> str:
-    return {"no": "yes", "point": "**above** (not significant)", "significant": "**NO — above, significant**"}[
+    pooled = {"no": "yes", "point": "**above** (not significant)", "significant": "**NO — above, significant**"}[
         e["exceeds_level"]
     ]
+    on = e.get("significantly_above_on")
+    return pooled + (f"; **NO on {', '.join(on)}** (significantly above)" if on else "")
 
 
 def _fmt_strength(s: float) -> str:
@@ -117,6 +138,35 @@ DEFECT_NOTES: dict[tuple[str, str], str] = {
 }
 """Notes printed under a defect's table (a change of plan since its rows were measured)."""
 
+CHECK_NOTES: dict[str, str] = {
+    "model.overfitting": (
+        "On `sequence` the clean cases are not clean of what the check measures: dlclinic's 1-D CNN on 600 MNIST-1D"
+        " rows, trained with the default recipe (15 epochs, early stopping), is overconfident (test ECE 0.085–0.142,"
+        " calibration p-value 0.003 on every seed) and memorises (`memorization`), and on 5 of 12 seeds the"
+        " train/test gap is above 5 points. The figure is published as measured (no recipe was changed to hide it);"
+        " read it as what the check reports on that model, not as noise. On `tokens` 3 of 12 TokenBag runs were"
+        " flagged for miscalibration (ECE 0.06–0.17) and memorisation."
+    ),
+    "model.hyperparameters": (
+        "On `tokens` (8 of 12 flagged) every flagged clean case names the same Optuna trial (lr 8.5e-3, weight decay 0.022, batch 32)"
+        " winning by 2.4–5.6 points over the clean recipe (lr 5e-3, batch 32, from a coarse learning-rate scan"
+        " without weight decay): the clean recipe is probably not near-optimal for TokenBag, so these are likely"
+        " true findings rather than false alarms; the clean case was not re-tuned after the run."
+    ),
+    "research.theory": (
+        "On `sequence` every clean run flags the second convolution (`features.3`) of dlclinic's 1-D CNN"
+        " (mean α of the fitted layers ≈ 1.8) although the model is trained normally (test accuracy ≈ 70 %,"
+        " train/test gap 2–7 points): a systematic false alarm of the weight-spectrum rule on this 1-D"
+        " convolution, reported, not tuned."
+    ),
+    "data.quantity": (
+        "On `tokens` (3 of 12 flagged) two kinds of clean runs warn: TokenBag at lr 1e-2 fails to learn the binary"
+        " task on one seed (50 % error), and on two others the fitted curve still predicts a 1.5–1.6 point gain"
+        " at 1.3–1.7 % error, just above the 1-point rule."
+    ),
+}
+"""Notes printed under a check's false-alarm table (what fired on a modality's clean cases, and why)."""
+
 
 def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapping[str, str]) -> str:
     """``docs/validation.md``."""
@@ -128,8 +178,9 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "",
         "For every check that can warn, the validation suite (`validation/` at the repository root) runs the",
         "check on **clean cases** (no defect planted) and on cases with a **defect planted at several strengths**,",
-        "over several seeds (fresh random splits, fresh baseline training) and two data modalities (three checks",
-        "also on a real table, `fair`: clean cases only), and counts how often the status is `warn` or `fail`:",
+        "over several seeds (fresh random splits, fresh baseline training) and four data modalities — images, tables,",
+        "token ids and float sequences (three checks also on a real table, `fair`: clean cases only) — and counts how",
+        "often the status is `warn` or `fail`:",
         "",
         "* **false-alarm rate** = share of clean cases flagged. It should not exceed the level the check states",
         "  (5 % unless its documentation says otherwise);",
@@ -148,6 +199,14 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
         "two strengths at most; < 10 min on 2 cores; prints whether its rates agree with this table).",
         "Base data: scikit-learn's digits (1×8×8 images), breast-cancer and wine tables, and Gaussian-class",
         "generators (`validation/data.py`, shared with the tests; a non-linear 16-cluster table) where the ground truth must be controlled.",
+        "Token ids (`tokens`): `validation.data.token_sequences` (3,000 rows × 48 int64 ids, 0 = padding, vocabulary",
+        "300, 4 classes set by the majority of cue tokens among Zipf-distributed filler) with dlclinic's TokenBag baseline.",
+        "Float sequences (`sequence`): 1,200 series of MNIST-1D (N × 1 × 40, 10 classes; generated locally by the `mnist1d`",
+        "package, never downloaded) with dlclinic's 1-D CNN baseline. Both train at lr 1e-2 rather than the recipe's",
+        "2e-3 (on 2,100 train rows, 8 epochs at 2e-3 give 86 % and 68 %, at 1e-2 99 % and 85 %). Defects that have",
+        "no meaning for token ids (a mean shift, an L∞ ball, a named input region) are replaced by their token analogue",
+        "(a shift of the filler-token distribution) or left out, as each table says; a modality a plan does not run on",
+        "is listed with the reason. Where a modality ran fewer seeds or strengths, its section says so per modality.",
         "The real table `fair` is statsmodels' `fair` survey (6,366 women, 8 integer-coded columns, label",
         "`affairs > 0`; read from the installed wheel, nothing downloaded): its rows repeat by nature (76 % distinct)",
         "and its labels are ambiguous (best models ≈ 72 % accurate). The clean cases of `data.quality`,",
@@ -167,10 +226,15 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
             f"; above: {', '.join(f'`{c}`' for c, e in doc['checks'].items() if e['exceeds_level'] != 'no')}."
             if any(e["exceeds_level"] != "no" for e in doc["checks"].values())
             else "."
+        )
+        + "".join(
+            f" `{c}` is significantly above its level on {', '.join(e['significantly_above_on'])}."
+            for c, e in doc["checks"].items()
+            if e.get("significantly_above_on") and e["exceeds_level"] != "significant"
         ),
         "",
-        "| check | stated level | false alarms on clean cases [95 % CI] | within level | power at the strongest defect |",
-        "|---|---|---|---|---|",
+        "| check | stated level | false alarms on clean cases [95 % CI] | within level | by modality | power at the strongest defect |",
+        "|---|---|---|---|---|---|",
     ]
     for cid, e in _in_taxonomy_order(doc["checks"]):
         strongest = []
@@ -178,8 +242,9 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
             if d["rows"]:
                 last = d["rows"][-1]
                 strongest.append(f"{name} {_fmt_strength(last['strength'])}: {_pct(last['power']['rate'], 0)}")
+        by_mod = " · ".join(f"{m} {r['flagged']}/{r['n']}" for m, r in e["false_alarm_by_modality"].items() if r["n"])
         lines.append(
-            f"| [`{cid}`](#{cid.replace('.', '')}) | {_pct(e['level'], 0)} | {_rate(e['false_alarm'])} | {_verdict(e)} | {'; '.join(strongest) or '–'} |"
+            f"| [`{cid}`](#{cid.replace('.', '')}) | {_pct(e['level'], 0)} | {_rate(e['false_alarm'])} | {_verdict(e)} | {by_mod or '–'} | {'; '.join(strongest) or '–'} |"
         )
     qc = doc.get("quick_check")
     if qc:
@@ -208,15 +273,17 @@ def markdown(doc: Mapping[str, Any], figures: Mapping[str, str], uncovered: Mapp
             if len(by_date) > 1
             else e.get("generated", doc["generated"])
         )
-        lines += [
-            f"Measured {when} in {es['mode']} mode: {es['seeds_clean']} clean seeds per modality, {es['seeds_defect']} per defect strength.",
-            "",
-        ]
+        lines += [f"Measured {when} in {es['mode']} mode: {_seeds(es)}.", ""]
         lines.append("| modality | false alarms [95 % CI] |")
         lines.append("|---|---|")
         for m, r in e["false_alarm_by_modality"].items():
             lines.append(f"| {m} | {_rate(r)} |")
+        for m, why in (e.get("not_validated") or {}).items():
+            if m not in e["false_alarm_by_modality"]:
+                lines.append(f"| {m} | not validated: {why} |")
         lines.append(f"| **all** | **{_rate(e['false_alarm'])}** |")
+        if cid in CHECK_NOTES:
+            lines += ["", CHECK_NOTES[cid]]
         if e.get("clean_codes"):
             lines += [
                 "",

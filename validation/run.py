@@ -113,7 +113,7 @@ def run_job(job: Job, cache_dir: str) -> dict[str, Any]:
             trial = defect.build(job.modality, job.strength, job.seed)
             codes = defect.codes
             rec["expect"] = list(defect.expect)
-        kw: dict[str, Any] = {"fit_config": trial.fit or fast_fit(), "cache_dir": cache_dir}
+        kw: dict[str, Any] = {"fit_config": trial.fit or fast_fit(job.modality), "cache_dir": cache_dir}
         if trial.evidence is not None:
             kw["evidence_config"] = trial.evidence
         report = dlclinic.checkup(
@@ -224,6 +224,15 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "defects": {},
             "seconds_per_trial": round(sum(r["seconds"] for r in recs) / max(1, len(recs)), 2),
         }
+        above = {
+            m: exceeds_level(r["flagged"], r["n"], plan.level)
+            for m, r in entry["false_alarm_by_modality"].items()
+            if r["n"] and exceeds_level(r["flagged"], r["n"], plan.level) == "significant"
+        }
+        if above:  # a modality significantly above the level even where the pooled rate is not
+            entry["significantly_above_on"] = sorted(above)
+        if plan.not_validated:
+            entry["not_validated"] = dict(plan.not_validated)
         for d in plan.defects:
             rows = []
             present = {r["strength"] for r in recs if r["defect"] == d.name}
@@ -261,6 +270,50 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 }
         checks[cid] = entry
     return checks
+
+
+def recorded_settings(check: str, recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The seed counts a check's trials really had: clean seeds per modality (the most of any), seeds per
+    defect strength (the fewest of any), and, when the modalities differ, each modality's own counts and
+    whether it ran every strength of its defects (``by_modality``)."""
+    from validation.scenarios import plan_for
+
+    plan = plan_for(check)
+    per: dict[str, dict[str, Any]] = {}
+    for m in sorted({r["modality"] for r in recs}):
+        mine = [r for r in recs if r["modality"] == m]
+        keys = {(r["defect"], r["strength"]) for r in mine if r["defect"] != "clean"}
+        counts = [sum((r["defect"], r["strength"]) == k for r in mine) for k in keys]
+        every = all(
+            {float(v) for v in d.strengths} <= {s for n, s in keys if n == d.name}
+            for d in plan.defects
+            if m in (d.modalities or plan.modalities)
+        )
+        per[m] = {
+            "seeds_clean": sum(r["defect"] == "clean" for r in mine),
+            "seeds_defect": min(counts, default=0),
+            "all_strengths": every,
+        }
+    n_clean = max((v["seeds_clean"] for v in per.values()), default=0)
+    n_defect = min((v["seeds_defect"] for v in per.values() if v["seeds_defect"]), default=0)
+    full = all(  # a modality without defects (the real table) needs clean seeds only
+        v["seeds_clean"] >= FULL.seeds_clean
+        and (
+            v["seeds_defect"] >= FULL.seeds_defect
+            or not any(m in (d.modalities or plan.modalities) for d in plan.defects)
+        )
+        and v["all_strengths"]
+        for m, v in per.items()
+    )
+    out: dict[str, Any] = {
+        "mode": "full" if full else "reduced",
+        "seeds_clean": n_clean,
+        "seeds_defect": n_defect,
+        "all_strengths": all(v["all_strengths"] for v in per.values()),
+    }
+    if len({tuple(v.values()) for v in per.values()}) > 1:
+        out["by_modality"] = per
+    return out
 
 
 def compare(current: dict[str, Any], published: dict[str, Any]) -> list[str]:
@@ -303,10 +356,16 @@ def _keep_measured_dates(checks: dict[str, Any], published: Mapping[str, Any], n
         old_date = old.get("generated")
         dates: dict[str, str] = {}
         for m, rate in entry["false_alarm_by_modality"].items():
+            if not rate["n"] and not rate.get("not_graded"):
+                continue  # a planned modality without trials yet: nothing was measured
             same_clean = (old.get("false_alarm_by_modality") or {}).get(m) == rate
-            same_defects = all(
-                [r["by_modality"].get(m) for r in d["rows"]]
-                == [r["by_modality"].get(m) for r in (old.get("defects") or {}).get(name, {}).get("rows", [])]
+            same_defects = all(  # rows without this modality (a defect planted on others only) do not count
+                [r["by_modality"][m] for r in d["rows"] if m in r["by_modality"]]
+                == [
+                    r["by_modality"][m]
+                    for r in (old.get("defects") or {}).get(name, {}).get("rows", [])
+                    if m in r["by_modality"]
+                ]
                 for name, d in entry.get("defects", {}).items()
             )
             dates[m] = (old.get("measured_by_modality") or {}).get(m, old_date) if same_clean and same_defects else now
@@ -395,16 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks_agg = aggregate(records)
     if args.from_trials:  # each check keeps the seed counts its trials really had
         for cid, entry in checks_agg.items():
-            recs = [r for r in records if r["check"] == cid]
-            clean = [r for r in recs if r["defect"] == "clean"]
-            n_clean = max((sum(r["modality"] == m for r in clean) for m in {r["modality"] for r in clean}), default=0)
-            per = [
-                sum(1 for r in recs if (r["defect"], r["strength"], r["modality"]) == key)
-                for key in {(r["defect"], r["strength"], r["modality"]) for r in recs if r["defect"] != "clean"}
-            ]
-            n_defect = min(per, default=0)
-            mode = "full" if n_clean >= FULL.seeds_clean and n_defect >= FULL.seeds_defect else "reduced"
-            entry["settings"] = {"mode": mode, "seeds_clean": n_clean, "seeds_defect": n_defect, "all_strengths": True}
+            entry["settings"] = recorded_settings(cid, [r for r in records if r["check"] == cid])
 
     from validation import report
 

@@ -17,15 +17,19 @@ with strengths that span "barely there" to "obvious", and append a :class:`Plan`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
 
-from validation.data import Splits, blobs, redundant_pool, split
+from validation.data import Splits, blobs, redundant_pool, split, token_sequences
 from validation.plan import (
+    FLOAT_MODALITIES,
+    NEW_MODALITIES,
     Defect,
     Plan,
     Trial,
+    baseline,
     case_from,
     default_fit,
     fast_fit,
@@ -33,6 +37,8 @@ from validation.plan import (
     mean_shift,
     memorise_fit,
     rng_for,
+    token_lstm,
+    token_shift,
 )
 
 __all__ = ["NOT_VALIDATED", "PLANS", "Defect", "Plan", "Trial", "fast_fit", "plan_for"]
@@ -119,6 +125,15 @@ def generalization_shift(modality: str, sigma: float, seed: int) -> Trial:
     )
 
 
+def generalization_token_shift(modality: str, share: float, seed: int) -> Trial:
+    """Deploy rows whose filler tokens are redrawn (``share`` of them) from a reversed Zipf order."""
+    s = split(modality, seed)
+    xd = token_shift(s.x_deploy, share, rng_for(seed, share, 41))
+    return Trial(
+        case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality), options=_SHIFT_ONLY
+    )
+
+
 def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
     """A fraction of deploy rows replaced by rows of another data set (OOD), scored per row."""
     s = split(modality, seed)
@@ -127,6 +142,10 @@ def generalization_ood_rows(modality: str, p: float, seed: int) -> Trial:
     xd = s.x_deploy.copy()
     if modality == "image":  # inverted, transposed digits: same pixels statistics range, other shapes
         xd[rows] = 1.0 - np.swapaxes(xd[rows], 2, 3)
+    elif modality == "sequence":  # negated, time-reversed series: same value range, other shapes
+        xd[rows] = -xd[rows][..., ::-1]
+    elif modality == "tokens":  # every filler token from the reversed Zipf order: another source's vocabulary
+        xd[rows] = token_shift(xd[rows], 1.0, rng)
     else:  # rows whose features are permuted: every marginal in range, the joint broken
         for r in rows:
             xd[r] = xd[r][rng.permutation(xd.shape[1])]
@@ -156,6 +175,15 @@ def drift_shift(modality: str, sigma: float, seed: int) -> Trial:
     return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality))
 
 
+def drift_token_shift(modality: str, share: float, seed: int) -> Trial:
+    """From the middle of the stream, a ``share`` of the filler tokens redrawn from a reversed Zipf order."""
+    s = _drift_splits(modality, seed)
+    h = len(s.x_deploy) // 2
+    xd = s.x_deploy.copy()
+    xd[h:] = token_shift(xd[h:], share, rng_for(seed, share, 42))
+    return Trial(case_from(Splits(s.x_train, s.y_train, s.x_test, s.y_test, xd, s.y_deploy), modality))
+
+
 def drift_concept(modality: str, p: float, seed: int) -> Trial:
     """Concept drift: from the middle of the stream, a fraction ``p`` of the labels change meaning."""
     s = _drift_splits(modality, seed)
@@ -170,28 +198,32 @@ def drift_concept(modality: str, p: float, seed: int) -> Trial:
 
 
 def quantity_clean(modality: str, seed: int) -> Trial:
-    """A saturated task: more data cannot help (digits 0 vs 1; well-separated blobs)."""
-    if modality == "image":
-        s = split("image", seed, (0.6, 0.4, 0.0))
+    """A saturated task: more data cannot help (digits 0 vs 1; well-separated blobs; MNIST-1D classes 0 vs 1;
+    two token classes, 1,500 generated train rows)."""
+    if modality == "tokens":
+        x, y = token_sequences(2100, seed=3 + 100 * seed, k=2)
+        s = Splits(x[:1500], y[:1500], x[1500:], y[1500:], x[:0], y[:0])
+    elif modality in ("image", "sequence"):
+        s = split(modality, seed, (0.6, 0.4, 0.0))
         keep_tr, keep_te = s.y_train < 2, s.y_test < 2
         s = Splits(s.x_train[keep_tr], s.y_train[keep_tr], s.x_test[keep_te], s.y_test[keep_te], s.x_deploy, s.y_deploy)
     else:
         x, y = blobs(1500, d=4, sep=6.0, seed=3 + 100 * seed)
         xt, yt = blobs(600, d=4, sep=6.0, seed=4 + 100 * seed)
         s = Splits(x, y, xt, yt, x[:0], y[:0])
-    return Trial(case_from(s, modality, deploy=False), fit=default_fit())
+    return Trial(case_from(s, modality, deploy=False), fit=default_fit(modality))
 
 
 def quantity_scarce(modality: str, rows: float, seed: int) -> Trial:
     """A task far from saturation with only ``rows`` train rows: doubling them helps."""
-    if modality == "image":
-        s = split("image", seed, (0.6, 0.4, 0.0))
+    if modality in ("image", *NEW_MODALITIES):
+        s = split(modality, seed, (0.6, 0.4, 0.0))
         s = Splits(s.x_train[: int(rows)], s.y_train[: int(rows)], s.x_test, s.y_test, s.x_deploy, s.y_deploy)
     else:
         x, y = blobs(int(rows), d=40, sep=0.25, seed=1 + 100 * seed)
         xt, yt = blobs(600, d=40, sep=0.25, seed=2 + 100 * seed)
         s = Splits(x, y, xt, yt, x[:0], y[:0])
-    return Trial(case_from(s, modality, deploy=False), fit=default_fit())
+    return Trial(case_from(s, modality, deploy=False), fit=default_fit(modality))
 
 
 # ----------------------------------------------------------------------------- data.labeling_cost
@@ -218,19 +250,30 @@ def labeling_uninformative(modality: str, p: float, seed: int) -> Trial:
 # ----------------------------------------------------------------------------- deployment.monitoring
 
 
+def _monitoring_splits(modality: str, seed: int, hard: bool) -> Splits:
+    """600 train rows and a 1,000-row reference of an easy or a hard task. Tables: Gaussian classes 3σ or 1σ
+    apart; tokens: two cues per row, or one (then a third of the rows carry as many wrong cues as right
+    ones); sequences: MNIST-1D (10 classes, ≈ 60 % accuracy: the 10-point drop is visible, small windows blind)."""
+    if modality == "tokens":
+        x, y = token_sequences(600, seed=10 + 100 * seed, cues=1 if hard else 2)
+        xt, yt = token_sequences(1000, seed=11 + 100 * seed, cues=1 if hard else 2)
+        return Splits(x, y, xt, yt, x[:0], y[:0])
+    if modality == "sequence":
+        return split("sequence", seed, (0.35, 0.65, 0.0))
+    x, y = blobs(600, d=8, sep=1.0 if hard else 3.0, seed=10 + 100 * seed)
+    xt, yt = blobs(1000, d=8, sep=1.0 if hard else 3.0, seed=11 + 100 * seed)
+    return Splits(x, y, xt, yt, x[:0], y[:0])
+
+
 def monitoring_clean(modality: str, seed: int) -> Trial:
     """Windows of 400 predictions on a 1,000-row reference: a 10-point drop is visible."""
-    x, y = blobs(600, d=8, sep=3.0, seed=10 + 100 * seed)
-    xt, yt = blobs(1000, d=8, sep=3.0, seed=11 + 100 * seed)
-    return Trial(case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False), options={"window": 400})
+    return Trial(case_from(_monitoring_splits(modality, seed, False), modality, deploy=False), options={"window": 400})
 
 
 def monitoring_blind(modality: str, window: float, seed: int) -> Trial:
     """A hard task (accuracy far from 1) watched through windows of ``window`` predictions."""
-    x, y = blobs(600, d=8, sep=1.0, seed=10 + 100 * seed)
-    xt, yt = blobs(1000, d=8, sep=1.0, seed=11 + 100 * seed)
     return Trial(
-        case_from(Splits(x, y, xt, yt, x[:0], y[:0]), "table", deploy=False),
+        case_from(_monitoring_splits(modality, seed, True), modality, deploy=False),
         options={"window": int(window), "rows": max(40, int(window))},
     )
 
@@ -239,7 +282,7 @@ def monitoring_blind(modality: str, window: float, seed: int) -> Trial:
 
 
 def overfitting_clean(modality: str, seed: int) -> Trial:
-    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), fit=default_fit())
+    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), fit=default_fit(modality))
 
 
 def overfitting_memorised_noise(modality: str, p: float, seed: int) -> Trial:
@@ -300,15 +343,11 @@ def fairness_group_error(modality: str, p: float, seed: int) -> Trial:
 
 def privacy_clean(modality: str, seed: int) -> Trial:
     """The model never saw the train split (trained on disjoint rows): members and non-members are exchangeable."""
-    from dlclinic.core.baselines import baseline_for
     from dlclinic.core.recipe import fit, seed_everything
 
     s = split(modality, seed, (0.35, 0.3, 0.35))
-    shape = tuple(s.x_train.shape[1:])
-    k = int(s.y_train.max()) + 1
-    mod = "image" if modality in ("image", "mnist") else "table"
     seed_everything(seed)
-    model = fit(baseline_for(shape, k, mod), s.x_deploy, s.y_deploy, memorise_fit()).model
+    model = fit(baseline(s, modality), s.x_deploy, s.y_deploy, memorise_fit()).model
     return Trial(
         case_from(
             Splits(s.x_train, s.y_train, s.x_test, s.y_test, s.x_train[:0], s.y_train[:0]),
@@ -336,13 +375,22 @@ def privacy_membership(modality: str, rows: float, seed: int) -> Trial:
 # ----------------------------------------------------------------------------- model.gradients
 
 
-def _deep_sigmoid(in_shape: tuple[int, ...], k: int, depth: int) -> Any:
-    """A plain deep sigmoid MLP (no normalisation, no skips): the textbook vanishing-gradient net."""
+def _deep_sigmoid(in_shape: tuple[int, ...], k: int, depth: int, modality: str = "table") -> Any:
+    """A plain deep sigmoid MLP (no normalisation, no skips): the textbook vanishing-gradient net.
+    Token ids enter through an 8-wide embedding, series through one 4-channel 1-D convolution."""
     import torch
     from torch import nn
 
+    from validation.data import TOKEN_VOCAB
+
     d = int(np.prod(in_shape))
     layers: list[nn.Module] = [nn.Flatten()]
+    if modality == "tokens":
+        layers = [nn.Embedding(TOKEN_VOCAB, 8, padding_idx=0), nn.Flatten()]
+        d *= 8
+    elif modality == "sequence":
+        layers = [nn.Conv1d(int(in_shape[0]), 4, 3, padding=1), nn.Flatten()]
+        d = 4 * int(in_shape[-1])
     width = d
     for _ in range(depth):
         layers += [nn.Linear(width, 64), nn.Sigmoid()]
@@ -353,14 +401,19 @@ def _deep_sigmoid(in_shape: tuple[int, ...], k: int, depth: int) -> Any:
 
 
 def gradients_clean(modality: str, seed: int) -> Trial:
-    return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False))
+    """dlclinic's baselines; token ids: a user's bidirectional LSTM (TokenBag's hidden ReLUs are mostly dead)."""
+    s = split(modality, seed, (0.5, 0.5, 0.0))
+    if modality == "tokens":
+        factory = functools.partial(token_lstm, int(s.y_train.max()) + 1)
+        return Trial(case_from(s, modality, deploy=False, model=factory(), model_factory=factory))
+    return Trial(case_from(s, modality, deploy=False))
 
 
 def gradients_vanishing(modality: str, depth: float, seed: int) -> Trial:
-    import functools
-
     s = split(modality, seed, (0.5, 0.5, 0.0))
-    factory = functools.partial(_deep_sigmoid, tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, int(depth))
+    factory = functools.partial(
+        _deep_sigmoid, tuple(s.x_train.shape[1:]), int(s.y_train.max()) + 1, int(depth), modality
+    )
     return Trial(case_from(s, modality, deploy=False, model=factory(), model_factory=factory))
 
 
@@ -382,24 +435,43 @@ def _bn_mlp(d: int, k: int) -> Any:
     )
 
 
+def _bag_bn(k: int) -> Any:
+    """Token ids: a masked mean of 32-wide embeddings, then the BN-MLP."""
+    from torch import nn
+
+    from validation.data import TOKEN_VOCAB
+
+    class BagBN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens = nn.Embedding(TOKEN_VOCAB, 32, padding_idx=0)
+            self.mlp = _bn_mlp(32, k)
+
+        def forward(self, x: Any) -> Any:
+            mask = (x != 0).unsqueeze(-1).float()
+            return self.mlp((self.tokens(x) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+    return BagBN()
+
+
 def _bn_model(s: Splits, modality: str, seed: int) -> Any:
-    """A batch-norm network trained on the train split: the baseline CNN for images, a BN-MLP for tables."""
-    from dlclinic.core.baselines import baseline_for
+    """A batch-norm network trained on the train split: the baseline CNN for images, the baseline 1-D CNN
+    (conv-BN-ReLU) for sequences, a BN-MLP for tables and behind a mean of token embeddings."""
     from dlclinic.core.recipe import fit, seed_everything
 
     k = int(s.y_train.max()) + 1
     seed_everything(seed)
-    if modality in ("image", "mnist"):
-        net = baseline_for(tuple(s.x_train.shape[1:]), k, "image")
-        x = s.x_train
+    if modality in ("image", "mnist", "sequence"):
+        net = baseline(s, modality)
+    elif modality == "tokens":
+        net = _bag_bn(k)
     else:  # standardise outside the model: BN-MLP inputs
         net = _bn_mlp(s.x_train.shape[1], k)
-        x = s.x_train
-    return fit(net, x, s.y_train, fast_fit()).model
+    return fit(net, s.x_train, s.y_train, fast_fit(modality)).model
 
 
 def _standardised(s: Splits, modality: str) -> Splits:
-    if modality in ("image", "mnist"):
+    if modality in ("image", "mnist", *NEW_MODALITIES):
         return s
     mu, sd = s.x_train.mean(0), s.x_train.std(0) + 1e-6
     f = lambda a: ((a - mu) / sd).astype(np.float32)  # noqa: E731
@@ -435,10 +507,21 @@ def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Spl
     """A binary task whose real signal is degraded by noise, plus a marker (images: the 2×2 top-left
     corner; tables: an extra column) that equals the label on a ``share`` of the rows of every split and
     is a coin flip elsewhere (``share = 0``: pure noise, the clean case). A model takes the marker when
-    it is the easiest cue, which is what a shortcut is; the check must see that it leans on it."""
+    it is the easiest cue, which is what a shortcut is; the check must see that it leans on it.
+    Sequences: digit ≥ 5 of MNIST-1D with noise, the marker the first 4 steps (3 × the value).
+    Token ids: the split as it is (the check names no suspect token, so there is no shortcut to plant)."""
     rng = rng_for(seed, share, 9)
+    if modality == "tokens":
+        return s, {}
 
     def mark(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if modality == "sequence":
+            y = (y >= 5).astype(np.int64)
+            x = (x + rng.normal(0, 0.5, x.shape)).astype(np.float32)
+            informative = rng.random(len(y)) < share
+            value = np.where(informative, y, rng.integers(0, 2, len(y))).astype(np.float32)
+            x[:, :, :4] = 3.0 * value[:, None, None]
+            return x, y
         if modality in ("image", "mnist"):
             y = (y >= 5).astype(np.int64)
             x = np.clip(x + rng.normal(0, 0.35, x.shape), 0, 1).astype(np.float32)
@@ -459,6 +542,8 @@ def _with_marker(s: Splits, modality: str, share: float, seed: int) -> tuple[Spl
     opts = (
         {"suspect_region": "0:2,0:2"}
         if modality in ("image", "mnist")
+        else {"suspect_region": "0:1,0:4"}
+        if modality == "sequence"
         else {"suspect_feature": str(s.x_train.shape[1])}
     )
     return out, opts
@@ -486,12 +571,14 @@ def convergence_lr_high(modality: str, lr: float, seed: int) -> Trial:
     return Trial(case_from(split(modality, seed, (0.5, 0.5, 0.0)), modality, deploy=False), options={"lr": float(lr)})
 
 
+_ALL = ("image", "table", *NEW_MODALITIES)
+
 _OWN_PLANS: tuple[Plan, ...] = (
     Plan(
         "data.quality",
         0.05,
         "default (the check states no level)",
-        ("image", "table"),
+        _ALL,
         quality_clean,
         (
             Defect(
@@ -529,7 +616,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "data.generalization",
         0.05,
         "default; each test runs at α = 0.01",
-        ("image", "table"),
+        _ALL,
         generalization_clean,
         (
             Defect(
@@ -538,6 +625,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 (0.1, 0.25, 0.5, 1.0),
                 generalization_shift,
                 quick_strengths=(0.25, 1.0),
+                modalities=FLOAT_MODALITIES,  # token ids have no mean to move: token_shift is their shift
+                expect=("shift", "feature_shift", "ood"),
+            ),
+            Defect(
+                "token_shift",
+                "share of deploy filler tokens redrawn from the reversed Zipf order",
+                (0.05, 0.1, 0.25, 0.5),
+                generalization_token_shift,
+                quick_strengths=(0.1, 0.5),
+                modalities=("tokens",),
                 expect=("shift", "feature_shift", "ood"),
             ),
             Defect(
@@ -557,7 +654,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "deployment.drift",
         0.01,
         "DriftOptions.alpha = 0.01, family-wise over windows × tests",
-        ("image", "table"),
+        _ALL,
         drift_clean,
         (
             Defect(
@@ -566,6 +663,16 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 (0.1, 0.25, 0.5, 1.0),
                 drift_shift,
                 quick_strengths=(0.25, 1.0),
+                modalities=FLOAT_MODALITIES,  # token ids have no mean to move: token_shift is their shift
+                expect=("drift_window",),
+            ),
+            Defect(
+                "token_shift",
+                "share of filler tokens redrawn from the reversed Zipf order in the second half",
+                (0.05, 0.1, 0.25, 0.5),
+                drift_token_shift,
+                quick_strengths=(0.1, 0.5),
+                modalities=("tokens",),
                 expect=("drift_window",),
             ),
             Defect(
@@ -583,7 +690,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "data.quantity",
         0.05,
         "default (warns when doubling the data is projected to gain > 1 point)",
-        ("image", "table"),
+        _ALL,
         quantity_clean,
         (
             Defect(
@@ -595,7 +702,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 expect=("steep_learning_curve", "more_data_needed"),
             ),
         ),
-        "saturated tasks: digits 0 vs 1; three Gaussian classes 6σ apart (1,500 rows); dlclinic's default 15-epoch recipe",
+        "saturated tasks: digits 0 vs 1; three Gaussian classes 6σ apart (1,500 rows); MNIST-1D 0 vs 1; two token classes (1,500 generated rows); dlclinic's default 15-epoch recipe",
         cost=2.0,
     ),
     Plan(
@@ -616,12 +723,17 @@ _OWN_PLANS: tuple[Plan, ...] = (
         ),
         "a redundant pool where uncertainty sampling provably saves labels (tests/test_labeling_cost.py)",
         cost=2.0,
+        not_validated={
+            m: "the clean case needs a pool where uncertainty sampling provably saves labels; it is built from"
+            " Gaussian rows (validation.data.redundant_pool) and has no token or series form yet"
+            for m in NEW_MODALITIES
+        },
     ),
     Plan(
         "deployment.monitoring",
         0.05,
         "default (warns when a window cannot see a 10-point accuracy drop)",
-        ("table",),
+        ("table", *NEW_MODALITIES),
         monitoring_clean,
         (
             Defect(
@@ -633,13 +745,13 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 expect=("blind_windows",),
             ),
         ),
-        "easy task, windows of 400 predictions, 1,000-row reference",
+        "easy task, windows of 400 predictions, 1,000-row reference (tables: Gaussian classes 3σ apart; token ids: two cues per row; MNIST-1D: its 780 test rows, hard task for the defect too)",
     ),
     Plan(
         "model.overfitting",
         0.05,
         "OverfittingOptions.alpha = 0.05 (gap must be significant and above 5 points)",
-        ("image", "table"),
+        _ALL,
         overfitting_clean,
         (
             Defect(
@@ -658,7 +770,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "ethics.fairness",
         0.05,
         "FairnessOptions.alpha = 0.05, Holm over the graded disparities",
-        ("image", "table"),
+        _ALL,
         fairness_clean,
         (
             Defect(
@@ -677,7 +789,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "data.privacy",
         0.05,
         "PrivacyOptions.alpha = 0.05, Bonferroni over the two attacks",
-        ("image", "table"),
+        _ALL,
         privacy_clean,
         (
             Defect(
@@ -696,7 +808,7 @@ _OWN_PLANS: tuple[Plan, ...] = (
         "model.gradients",
         0.05,
         "default (vanishing when a layer's gradient is ≤ 1e-3 of the output layer's)",
-        ("image", "table"),
+        _ALL,
         gradients_clean,
         (
             Defect(
@@ -708,14 +820,14 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 expect=("vanishing",),
             ),
         ),
-        "dlclinic's baselines (ReLU MLP; conv-BN-ReLU CNN)",
+        "dlclinic's baselines (ReLU MLP; conv-BN-ReLU CNN; 1-D CNN on MNIST-1D); on token ids a user's bidirectional LSTM (dlclinic's TokenBag keeps most of its hidden ReLUs dead after training, which the check rightly reports)",
         cost=2.0,
     ),
     Plan(
         "optimization.batchnorm",
         0.01,
         "BatchNormOptions.alpha = 0.01 (McNemar test of the recalibration gain)",
-        ("image", "table"),
+        _ALL,
         batchnorm_clean,
         (
             Defect(
@@ -727,14 +839,14 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 expect=("stale_statistics",),
             ),
         ),
-        "batch-norm networks trained normally (baseline CNN; BN-MLP on standardised tables)",
+        "batch-norm networks trained normally (baseline CNN; BN-MLP on standardised tables; baseline 1-D CNN on MNIST-1D; BN-MLP behind a masked mean of token embeddings)",
         cost=2.0,
     ),
     Plan(
         "model.interpretability",
         0.05,
         "default (shortcut: attribution enrichment ≥ 3× or flip-rate lower bound ≥ 10 %)",
-        ("image", "table"),
+        _ALL,
         interpretability_clean,
         (
             Defect(
@@ -743,17 +855,19 @@ _OWN_PLANS: tuple[Plan, ...] = (
                 (0.25, 0.5, 0.9),
                 interpretability_shortcut,
                 quick_strengths=(0.9,),
+                # token ids: the check names no suspect token (suspect_region/feature are image/table options)
+                modalities=FLOAT_MODALITIES,
                 expect=("shortcut",),
             ),
         ),
-        "binary tasks (digit ≥ 5; malignant) with noise-degraded inputs; the named region/feature (2×2 image corner; an extra column) holds a coin flip",
+        "binary tasks (digit ≥ 5; malignant; MNIST-1D digit ≥ 5) with noise-degraded inputs; the named region/feature (2×2 image corner; an extra column; the first 4 steps of the series) holds a coin flip. Token ids: the unmodified 4-class split, clean cases only (the check takes no named region or feature on ids, so a shortcut cannot be scored there)",
         cost=2.0,
     ),
     Plan(
         "optimization.convergence",
         0.05,
         "default (plateau < 5 % progress, blow-up > 10× the start, LR beyond the range test's divergence)",
-        ("image", "table"),
+        _ALL,
         convergence_clean,
         (
             Defect(
