@@ -10,5 +10,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "   (chromium could not be installed: browser tests will be skipped)"
 fi
 . .venv/bin/activate
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-python -m pytest -q "$@"
+# two pytest workers, one thread each (the machine has 2 cores); a module's tests stay on one worker
+# (--dist loadfile), so module fixtures such as the demo report are built once
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m pytest -q -n "${DLCLINIC_TEST_WORKERS:-2}" --dist loadfile "$@"
