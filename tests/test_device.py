@@ -17,6 +17,7 @@ import torch
 import dlclinic
 from conftest import blobs
 from dlclinic import Case, EvidenceConfig, FitConfig
+from dlclinic.cli.options import OofMethod, record_recipe
 from dlclinic.core.baselines import MLP
 from dlclinic.core.device import active_precision, check_precision, move_model, resolve_device, use_precision
 from dlclinic.core.errors import ConfigError
@@ -148,3 +149,12 @@ def test_serving_backend_takes_the_device_and_precision() -> None:
     assert probs.shape == (2, 3) and "bf16" in desc
     with pytest.raises(ConfigError, match="fp16"):
         make_backend(net, (4,), 3, kind="torch", device="cpu", precision="fp16")
+
+
+def test_printed_remedy_commands_keep_the_device_and_precision() -> None:
+    x, y = blobs(40, d=4)
+    case = Case.from_arrays((x, y), metadata={"cli_args": "--train t.npz"})
+    kept = record_recipe(case, 15, 0, OofMethod.auto, None, "cpu", "bf16").metadata["cli_args"]
+    assert kept == "--train t.npz --device cpu --precision bf16"
+    default = record_recipe(case, 15, 0, OofMethod.auto, None).metadata["cli_args"]
+    assert default == "--train t.npz"

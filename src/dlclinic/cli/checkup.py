@@ -146,7 +146,7 @@ def checkup(
     # --nproc N: the command again under torchrun, once the data have loaded (bad files fail here, in one line)
     launch.relaunch(nproc)
     quiet = quiet or not distributed.is_main()  # ranks > 0 draw and write nothing
-    case = record_recipe(case, epochs, seed, oof, embedding_layer)
+    case = record_recipe(case, epochs, seed, oof, embedding_layer, device, precision)
     report = run_checkup(
         case,
         only=selected,

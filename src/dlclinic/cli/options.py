@@ -203,11 +203,20 @@ def load_case(opts: DataOptions) -> Case:
     return dataclasses.replace(case, metadata=meta)
 
 
-def record_recipe(case: Case, epochs: int, seed: int, oof: OofMethod, layer: str | None) -> Case:
+def record_recipe(
+    case: Case,
+    epochs: int,
+    seed: int,
+    oof: OofMethod,
+    layer: str | None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> Case:
     """Add the recipe options that differ from the defaults to the case's recorded arguments.
 
     The printed remedy commands carry them (:func:`dlclinic.core.results.remedy_command`), so
-    a treatment retrains with the same recipe as the checkup that recommended it.
+    a treatment retrains with the same recipe (and on the same ``--device`` / ``--precision``)
+    as the checkup that recommended it.
     """
     extra = [
         f"{flag} {shlex.quote(str(value))}"
@@ -216,6 +225,8 @@ def record_recipe(case: Case, epochs: int, seed: int, oof: OofMethod, layer: str
             ("--seed", seed, 0),
             ("--oof", oof.value, OofMethod.auto.value),
             ("--embedding-layer", layer, None),
+            ("--device", device, None),
+            ("--precision", precision, None),
         )
         if value != default
     ]
