@@ -31,24 +31,10 @@ from dlclinic.export import export_onnx
 from dlclinic.export.onnx_variants import onnx_variants
 from dlclinic.functional.compression import SweepConfig, quantize_dynamic_int8
 from dlclinic.io.models import OnnxModel
+from test_tokens import LSTMClassifier  # the token LSTM of issue 19
 from validation.data import token_sequences
 
 T_TOKENS, T_WAVES, VOCAB, K = 24, 32, 300, 4
-
-
-class LSTMClassifier(nn.Module):
-    """Embedding → bidirectional LSTM → masked mean over time → linear head (as in test_tokens.py)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, 32, padding_idx=0)
-        self.lstm = nn.LSTM(32, 32, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(64, K)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.lstm(self.emb(x))
-        mask = (x != 0).unsqueeze(-1).float()
-        return self.head((h * mask).sum(1) / mask.sum(1).clamp(min=1))
 
 
 class GRUNet(nn.Module):

@@ -131,9 +131,11 @@ class PackedInputs(nn.Module):
         float_dtype = packed.dtype if packed.is_floating_point() else torch.float32
         for p in self.parts:
             t = packed[:, start : start + p.width].reshape(packed.shape[0], *p.shape)
-            out.append(
-                t.round().long() if p.integer and t.is_floating_point() else t.to(float_dtype) if not p.integer else t
-            )
+            if not p.integer:
+                t = t.to(float_dtype)
+            elif t.is_floating_point():  # ids packed beside float parts: exact below 2**24
+                t = t.round().long()
+            out.append(t)
             start += p.width
         return out
 
