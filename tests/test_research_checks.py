@@ -202,6 +202,34 @@ def test_theory_flags_untrained_layers_and_not_trained_ones(tmp_path: Path) -> N
     assert "generalization gap" in res_t.summary and res_t.metrics["layers_fitted"] == 2
 
 
+def _heavy_tailed(model: MLP, alpha: float = 1.4) -> MLP:
+    """``body.0``'s singular values replaced by Pareto quantiles (eigenvalue tail exponent ``alpha``)."""
+    layer = model.body[0]
+    u, sv, vt = np.linalg.svd(layer.weight.detach().double().numpy(), full_matrices=False)
+    new = np.sqrt((np.arange(1, len(sv) + 1) / len(sv)) ** (-1.0 / (alpha - 1.0)))
+    new *= np.linalg.norm(sv) / np.linalg.norm(new)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy((u * new) @ vt).float())
+    return model
+
+
+def test_theory_grades_a_heavy_tail_only_when_the_measured_gap_agrees(tmp_path: Path) -> None:
+    """α < 2 is a proxy for over-fitting: with a labelled test split and no gap it is information; alone, a warning."""
+    x, y = blobs(600, k=4, d=64, sep=1.0)
+    xt, yt = blobs(200, k=4, d=64, sep=1.0, seed=1)
+    model = _heavy_tailed(fit(_wide(), x, y, FitConfig(epochs=10)).model)
+    labelled = Case.from_arrays((x, y), (xt, yt), model=model)
+    res = run_theory(labelled, _evidence(labelled, tmp_path / "l"), TheoryOptions())
+    assert abs(res.metrics["generalization_gap"]) < 0.05, res.summary
+    assert res.status == "ok", res.summary
+    assert [f.extra["layer"] for f in res.findings if f.code == "heavy_tail_uncorroborated"] == ["body.0"]
+    assert "not graded" in res.summary and res.metrics["layers_heavy_tail_uncorroborated"] == 1
+    unlabelled = Case.from_arrays((x, y), (xt, None), model=model)
+    res_u = run_theory(unlabelled, _evidence(unlabelled, tmp_path / "u"), TheoryOptions())
+    assert res_u.status == "warn", res_u.summary
+    assert [f.extra["layer"] for f in res_u.findings if f.code == "layer_flagged"] == ["body.0"]
+
+
 # -- open-ended ----------------------------------------------------------------------------------
 def _open_case(overlap: bool) -> tuple[Case, Any]:
     from dlclinic.api import retrainer
