@@ -14,6 +14,8 @@
 * :func:`compare_predictions` — both, and the verdict "significant / not significant".
 * :func:`benjamini_hochberg` — false-discovery-rate control over many tests.
 * :func:`wilson_interval` — binomial interval of a proportion (via ``scipy.stats``).
+* :func:`proportion_difference_z` — z statistic of the difference of two independent
+  proportions (a train/test accuracy gap), shared by model.overfitting and research.theory.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "mcnemar_test",
     "paired_bootstrap_difference",
     "paired_difference_bounds",
+    "proportion_difference_z",
     "wilson_interval",
 ]
 
@@ -131,6 +134,17 @@ def bootstrap_metrics(
         low, high = np.nanpercentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
         out[name] = MetricCI(name, float(point[name][0]), float(low), float(high), len(y))
     return out
+
+
+def proportion_difference_z(p_a: float, n_a: int, p_b: float, n_b: int) -> float:
+    """z statistic of ``p_a − p_b`` for two independent proportions (unpooled standard error).
+
+    Example:
+        >>> round(proportion_difference_z(0.75, 600, 0.69, 600), 2)
+        2.32
+    """
+    se = math.sqrt(max(p_a * (1 - p_a), 1e-12) / n_a + max(p_b * (1 - p_b), 1e-12) / n_b)
+    return (p_a - p_b) / se
 
 
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:

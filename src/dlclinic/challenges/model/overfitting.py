@@ -45,7 +45,7 @@ from dlclinic.functional.calibration import (
     fit_temperature,
     reliability_bins,
 )
-from dlclinic.functional.stats import wilson_interval
+from dlclinic.functional.stats import proportion_difference_z, wilson_interval
 from dlclinic.providers.retraining import retrain_factory, save_weights
 from dlclinic.providers.training_run import fresh_model, history_of, monitored_run, recipe, run_settings, subsample
 
@@ -132,12 +132,6 @@ def _memorization(case: Case, evidence: Evidence, options: OverfittingOptions) -
         }
 
     return evidence.cached("training.memorization", params, compute)
-
-
-def _gap_z(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float:
-    """z statistic of the difference of two independent proportions (unpooled SE)."""
-    se = math.sqrt(max(acc_a * (1 - acc_a), 1e-12) / n_a + max(acc_b * (1 - acc_b), 1e-12) / n_b)
-    return (acc_a - acc_b) / se
 
 
 def _curve_evidence(
@@ -359,7 +353,7 @@ def run(case: Case, evidence: Evidence, options: OverfittingOptions) -> CheckRes
     loss_tr = float(evidence.get("losses", "train").mean())
     loss_te = float(evidence.get("losses", held).mean())
     gap = acc_tr - acc_te
-    z = _gap_z(acc_tr, len(train), acc_te, len(test))
+    z = proportion_difference_z(acc_tr, len(train), acc_te, len(test))
     rel = reliability_bins(p_te, test.y, options.bins)
     ece = rel.ece
     statuses: list[Status] = []
