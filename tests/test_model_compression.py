@@ -97,6 +97,15 @@ def test_compression_finds_free_int8_and_flags_over_pruning(blob_case) -> None: 
     assert res.remedy is not None and res.remedy.command.startswith("dlclinic treat model.compression")
 
 
+def test_compression_scores_a_large_test_split_on_a_sample(blob_case) -> None:  # type: ignore[no-untyped-def]
+    """``max_test_rows``: the sweep's cost does not grow with the split; the report says it sampled."""
+    case, cache = blob_case
+    res = _run(case, cache, "model.compression", max_test_rows=200, sparsities="0.5", keep_ratios="", distill_epochs=0)
+    assert any("200 of the 300 test rows" in note for note in res.details["notes"]), res.details["notes"]
+    whole = _run(case, cache, "model.compression", max_test_rows=0, sparsities="0.5", keep_ratios="", distill_epochs=0)
+    assert not any("seeded sample" in note for note in whole.details["notes"])
+
+
 def test_edge_budget_verdicts(blob_case) -> None:  # type: ignore[no-untyped-def]
     case, cache = blob_case
     too_small = _run(case, cache, "compute.edge", max_size_mb=0.001)

@@ -26,6 +26,8 @@ from dlclinic.challenges import CHECKS, PENDING, get_remedy
 from dlclinic.core import distributed
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.baselines import baseline_for
+from dlclinic.core.budget import Scheduler, parse_budget
+from dlclinic.core.budget import window as budget_window
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.device import check_precision, device_info, move_model, resolve_device, use_precision
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
@@ -267,20 +269,34 @@ def _tasks(ids: Sequence[str]) -> list[tuple[str, ...]]:
     return tasks
 
 
-def _run_task(case: Case, evidence: Evidence, built: Mapping[str, Any], task: tuple[str, ...]) -> list[Any]:
+def _run_task(
+    case: Case, evidence: Evidence, built: Mapping[str, Any], task: tuple[str, ...], scheduler: Scheduler | None
+) -> list[Any]:
     """``(result, evidence changes, pid)`` per check of the task; the global RNGs are seeded per check,
-    so a result does not depend on which checks ran before it (or in which worker)."""
+    so a result does not depend on which checks ran before it (or in which worker). Under a time
+    budget each check runs in its window of the budget and reports it (``CheckResult.budget``)."""
     out = []
     for cid in task:
         seed_everything(zlib.crc32(cid.encode()))
         mark = evidence.mark()
-        result = _run_one(CHECKS[cid], case, evidence, built[cid])
+        if scheduler is None:
+            result = _run_one(CHECKS[cid], case, evidence, built[cid])
+        else:
+            with budget_window(scheduler.share(cid)) as win:
+                result = _run_one(CHECKS[cid], case, evidence, built[cid])
+            result = dataclasses.replace(result, budget=win.report(result.seconds))
         out.append((result, evidence.changes_since(mark), os.getpid()))
     return out
 
 
 def _run_checks(
-    case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress, workers: int
+    case: Case,
+    evidence: Evidence,
+    selected: Sequence[str],
+    built: Mapping[str, Any],
+    progress: Progress,
+    workers: int,
+    budget_s: float | None = None,
 ) -> list[CheckResult]:
     """One result per challenge, in taxonomy order; a line per finished check goes to ``progress.note``.
 
@@ -310,9 +326,10 @@ def _run_checks(
 
         if workers > 1:
             evidence.workdir()  # one scratch folder, made (and removed) by this process
+        scheduler = Scheduler(budget_s, ids, workers) if budget_s is not None else None
         run_tasks(
             _tasks(ids),
-            lambda task: _run_task(case, evidence, built, task),
+            lambda task: _run_task(case, evidence, built, task, scheduler),
             workers=workers,
             on_result=finished,
             setup=setup,
@@ -325,15 +342,13 @@ def _run_checks(
     ]
 
 
-def _checks_on_rank0(
-    case: Case, evidence: Evidence, selected: Sequence[str], built: Mapping[str, Any], progress: Progress, workers: int
-) -> list[CheckResult]:
-    """:func:`_run_checks`; with several processes on rank 0 alone, its results then sent to every rank
-    (a remedy runs on every rank and must take the same decisions there)."""
+def _checks_on_rank0(*args: Any) -> list[CheckResult]:
+    """:func:`_run_checks` (same arguments); with several processes on rank 0 alone, its results then sent
+    to every rank (a remedy runs on every rank and must take the same decisions there)."""
     results = None
     if distributed.rank() == 0:
         with distributed.local():
-            results = _run_checks(case, evidence, selected, built, progress, workers)
+            results = _run_checks(*args)
     return list(distributed.broadcast(results))
 
 
@@ -463,6 +478,7 @@ def checkup(
     progress: Progress | None = None,
     device: str | None = None,
     precision: str | None = None,
+    budget: str | float | None = None,
 ) -> Report:
     """Examine a case for all 31 challenges and return the report.
 
@@ -480,6 +496,9 @@ def checkup(
             ``None`` keeps the model's own device. A device that is not here is a ``ConfigError``.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: mixed precision of the forward
             passes and training where the device supports it; recorded in ``report.environment``.
+        budget: the whole checkup's time, e.g. ``"10m"``, ``"90s"`` or seconds
+            (:mod:`dlclinic.core.budget`): the evidence pass first, then each check gets a share
+            and reports what it sampled or skipped (``CheckResult.budget``). ``None``: the defaults.
 
     Example:
         >>> from dlclinic.demo import build_demo       # doctest: +SKIP
@@ -488,6 +507,7 @@ def checkup(
         'fail'
     """
     t0 = time.perf_counter()
+    budget_s = parse_budget(budget) if budget is not None else None
     selected = resolve_ids(list(only) if only else None)
     built = _checked_options(case, selected, options)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -512,7 +532,8 @@ def checkup(
         evidence.ensure(needs)  # with a baseline trained here, the folds and forward passes overlapped its training
         timings["evidence"] = time.perf_counter() - t - timings["model"]
         t = time.perf_counter()
-        results = _checks_on_rank0(case, evidence, selected, built, progress, workers)
+        left = None if budget_s is None else budget_s - (time.perf_counter() - t0)
+        results = _checks_on_rank0(case, evidence, selected, built, progress, workers, left)
         timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(
@@ -520,15 +541,23 @@ def checkup(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         case=_case_summary(case, evidence),
         challenges=sequence_of_results(results),
-        environment={
-            **environment_info(),
-            **device_info(dev, fit_config.precision),
-            "checkup_workers": workers,
-            "checkup_torch_threads": threads or "default",
-            **distributed.info(),
-        },
+        environment=_environment(dev, fit_config.precision, workers, threads, budget_s),
         timings=timings,
     )
+
+
+def _environment(
+    dev: torch.device, precision: str, workers: int, threads: int | None, budget_s: float | None
+) -> dict[str, Any]:
+    """The report's ``environment``: machine, device and precision, processes, and the time budget if any."""
+    return {
+        **environment_info(),
+        **device_info(dev, precision),
+        "checkup_workers": workers,
+        "checkup_torch_threads": threads or "default",
+        **distributed.info(),
+        **({"budget_s": budget_s} if budget_s is not None else {}),
+    }
 
 
 def _model_facts(model: Any) -> dict[str, Any]:

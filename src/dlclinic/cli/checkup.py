@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from dlclinic.api import checkup as run_checkup
 from dlclinic.cli import launch
 from dlclinic.cli.flags import (
     CHECKUP_FLAGS,
+    BudgetOpt,
     CategoricalOpt,
     DeviceOpt,
     InputsOpt,
@@ -57,6 +59,7 @@ from dlclinic.cli.options import (
 )
 from dlclinic.cli.progress import progress_for
 from dlclinic.core import distributed
+from dlclinic.core.budget import parse_budget
 from dlclinic.core.registry import parse_assignments
 from dlclinic.report import render_terminal, write_report
 from dlclinic.taxonomy import resolve_ids
@@ -111,9 +114,12 @@ def checkup(
     nproc: NprocOpt = 1,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    budget: BudgetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Examine a model and its data for all 31 challenges; write report.html and report.json."""
+    started = time.perf_counter()
+    budget_s = parse_budget(budget) if budget is not None else None  # a bad duration fails before any work
     selected = resolve_ids(only) if only else None  # unknown ids fail before any work
     options = parse_assignments(option or [], scoped=True)
     check_flag_options(options, flags or {})
@@ -157,6 +163,7 @@ def checkup(
         progress=progress_for(quiet),
         device=device,
         precision=precision,
+        budget=None if budget_s is None else max(budget_s - (time.perf_counter() - started), 1.0),
     )
     if not distributed.is_main():
         return

@@ -121,6 +121,15 @@ PrecisionOpt = Annotated[
 ]
 
 
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--budget",
+        help="Time for the whole checkup, e.g. 10m, 90s, 1h30m: the evidence pass first, then each check gets a share of what is left and the report says per check what it sampled or cut (dlclinic.core.budget). Default: none (every check at its defaults).",
+    ),
+]
+
+
 def check_placement(device: str | None, precision: str | None) -> None:
     """Fail before any work when ``--device`` is not on this machine or does not support ``--precision`` (one line)."""
     check_precision(precision or "fp32", resolve_device(device or "cpu"))

@@ -53,7 +53,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from dlclinic.core import distributed
+from dlclinic.core import budget, distributed
 from dlclinic.core.atomic import atomic_path
 from dlclinic.core.case import Case, Split, unusable_rows, usable_inputs
 from dlclinic.core.device import active_precision, autocast
@@ -374,11 +374,12 @@ class Evidence:
             assert stored is not None
             self.stats.cached.append(name)
             return stored
-        start = time.perf_counter()
+        start, cuts = time.perf_counter(), budget.cuts_so_far()
         out = compute()
         self.stats.seconds += time.perf_counter() - start
         self.stats.computed.append(name)
-        if self.config.cache and distributed.is_main():
+        # a result a time budget cut short is this checkup's only: never cached for a later one
+        if self.config.cache and distributed.is_main() and budget.cuts_so_far() == cuts:
             try:
                 _atomic_savez(path, **out)
             except OSError:

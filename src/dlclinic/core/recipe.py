@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dlclinic.core import distributed
+from dlclinic.core import budget, distributed
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.device import PRECISIONS, autocast, check_precision, resolve_device
 from dlclinic.core.errors import ConfigError
@@ -314,7 +314,12 @@ def _train_epochs(
         train_net.train()
         perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=torch_gen)].to(xt.device)
         loss_sum, correct, seen = 0.0, 0, 0
+        out_of_time = False
         for i in range(0, len(perm), cfg.batch_size):
+            # one process only (no rank may stop alone under torchrun); at least one batch, so the epoch has a history
+            if world == 1 and seen and budget.expired():
+                out_of_time = True
+                break
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2 * world and len(perm) > 2 * world:
                 continue  # a batch of one (per rank) breaks BatchNorm
@@ -353,6 +358,9 @@ def _train_epochs(
             monitor.on_epoch_end(epoch, {k: v[-1] for k, v in history.items() if v})
         if progress is not None:
             progress(epoch + 1, cfg.epochs)
+        if out_of_time:
+            budget.cut(f"training stopped by the time budget in epoch {epoch + 1} of {cfg.epochs}")
+            return best_state, best_epoch, True
         if len(val_idx) and bad_epochs >= cfg.patience:
             stopped = True
             break

@@ -111,7 +111,9 @@ class CheckResult:
 
     ``metrics`` are the numbers that decided ``status``; ``thresholds`` the limits they
     were compared with. ``details`` holds plain data for plots (histograms, reliability
-    bins, per-class tables); it is not part of the schema's required fields.
+    bins, per-class tables); it is not part of the schema's required fields. ``budget`` is set
+    when the checkup ran under a time budget: the check's share, the seconds it used and
+    what it sampled or skipped to stay inside it (:mod:`dlclinic.core.budget`).
     """
 
     id: str
@@ -123,6 +125,7 @@ class CheckResult:
     remedy: Remedy | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    budget: Mapping[str, Any] | None = None
 
     @property
     def category(self) -> str:
@@ -152,6 +155,8 @@ class CheckResult:
             out["remedy"] = self.remedy.to_dict()
         if self.details:
             out["details"] = _jsonable(self.details)
+        if self.budget is not None:
+            out["budget"] = _jsonable(self.budget)
         return out
 
 

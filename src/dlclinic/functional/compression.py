@@ -543,6 +543,8 @@ class SweepConfig:
     (models with a recurrent layer). Off by default: the module it makes has no ``.pt2``
     or ONNX export, so only the check measures it; a remedy ships ONNX Runtime's int8
     file, which quantizes the same LSTM, Linear and embedding weights.
+    ``max_eval_rows`` > 0 scores the variants on a seeded sample of that many rows of the
+    scored split (0: all rows), so the sweep's cost does not grow with the split.
     """
 
     onnx: bool = True
@@ -561,6 +563,7 @@ class SweepConfig:
     latency_rounds: int = 15
     latency_seconds: float = 1.0
     seed: int = 0
+    max_eval_rows: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ batch 1 with the backends interleaved.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlclinic.core import budget
 from dlclinic.core.case import Case, infer_modality
 from dlclinic.core.device import move_model, use_precision
 from dlclinic.core.errors import ModelError, brief
@@ -125,19 +127,27 @@ def sweep_for(case: Case, evidence: Evidence, cfg: SweepConfig) -> Sweep:
             if missing_onnx("model.compression") is None
             else ([], ["onnx/onnxruntime not installed: no ONNX Runtime variants"])
         )
-        _, x, y = eval_split(case)
+        split, x, y = eval_split(case)
+        y = np.asarray(y)
+        n = len(y)
+        if 0 < cfg.max_eval_rows < n:  # the variants' accuracies on a seeded sample: the cost does not grow with N
+            rows = np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.max_eval_rows, replace=False))
+            x, y = x[rows], y[rows]
         with evidence.progress.step("compression sweep", total=1) as advance:
             sweep = compression_sweep(
                 torch_model(case),
                 case.train.x,
                 case.train.y,
                 x,
-                np.asarray(y),
+                y,
                 evidence.workdir() / "sweep",
                 cfg,
                 prebuilt=prebuilt,
             )
             advance(1)
+        if len(y) < n:
+            note = f"variants scored on a seeded sample of {len(y):,} of the {n:,} {split} rows (option max_test_rows)"
+            sweep = dataclasses.replace(sweep, notes=(*sweep.notes, note))
         return sweep
 
     return evidence.memo(f"compression.sweep|{cfg!r}", build)
@@ -234,6 +244,15 @@ class _Variants:
                 )
             )
         return tuple(variants)
+
+
+def _out_of_time(found: _Variants, what: str) -> bool:
+    """Whether the check's window of a time budget is over; then ``what`` is skipped and said so."""
+    if not budget.expired():
+        return False
+    found.notes.append(f"{what} not built: the check's share of the time budget was spent")
+    budget.cut(f"compression sweep: {what} skipped")
+    return True
 
 
 def _add_pruned(
@@ -355,6 +374,8 @@ def compression_sweep(
 
     step("original (fp32 eager)")
     found.add_torch("fp32 eager", "original", model)
+    if _out_of_time(found, "ONNX variants"):
+        return Sweep(found.measured(base_correct, cfg), int(len(y_test)), found.models, tuple(found.notes))
     if cfg.onnx:
         step("ONNX export and int8 quantization")
         length = length_axis_for(infer_modality(x_test, model))  # a token/sequence model ships with a dynamic length
@@ -377,7 +398,9 @@ def compression_sweep(
             found.add_torch("bf16 eager", "bf16", bf16, "weights and compute in bfloat16")
         except ModelError as exc:  # e.g. a forward that casts to float32 itself (a float mask times bf16 states)
             found.notes.append(f"bf16 variant skipped: {exc}")
-    _add_pruned(found, model, x_train, y_train, cfg, step)
-    _add_student(found, model, x_train, y_train, cfg, step)
+    if not _out_of_time(found, "pruned variants"):
+        _add_pruned(found, model, x_train, y_train, cfg, step)
+    if not _out_of_time(found, "the distilled student"):
+        _add_student(found, model, x_train, y_train, cfg, step)
     step("latency at batch 1 (interleaved)")
     return Sweep(found.measured(base_correct, cfg), int(len(y_test)), found.models, tuple(found.notes))

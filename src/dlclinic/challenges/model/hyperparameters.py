@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.stats import binom
 
+from dlclinic.core import budget
 from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case
 from dlclinic.core.device import on_device
@@ -181,6 +182,10 @@ def _short_study(
     if shared is not None and (shared.epochs_run < epochs or shared.seconds > options.timeout_s / 2):
         shared = None
     timeout = options.timeout_s - (shared.seconds if shared is not None else 0.0)
+    left = budget.time_left()
+    if left is not None and left < timeout:
+        budget.cut(f"Optuna study: {max(left, 0.0):.0f} s of the {timeout:.0f} s it would take (time budget)")
+        timeout = left
     with evidence.progress.step("short Optuna study", total=options.n_trials) as advance:
         return hyperparameter_study(
             factory,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlclinic.core import budget
 from dlclinic.core.atomic import write_weights
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.determinism import (
@@ -171,7 +172,10 @@ def _seed_spread(
     models = [first]
     with evidence.progress.step("reproducibility: seed spread", total=max(options.seeds - 1, 0)) as advance:
         for s in range(1, options.seeds):
-            if time.perf_counter() - t0 + per_run > options.budget_seconds:
+            left = budget.time_left()
+            if time.perf_counter() - t0 + per_run > options.budget_seconds or (left is not None and left < per_run):
+                if left is not None and left < per_run:
+                    budget.cut(f"seed spread: {len(models)} of {options.seeds} seeds within the time budget")
                 break
             models.append(evidence.retrain(x, y, options.seed + s))  # type: ignore[misc]
             advance(1)
@@ -192,7 +196,8 @@ def _reproducibility_compute(case: Case, evidence: Evidence, options: Reproducib
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     try:
         t0 = time.perf_counter()
-        with evidence.progress.step("reproducibility: same-seed retraining", total=2) as advance:
+        # the pair is compared bit for bit: a time budget must not stop one run earlier than the other
+        with budget.suspended(), evidence.progress.step("reproducibility: same-seed retraining", total=2) as advance:
             _scramble_global_rngs(11)
             a = evidence.retrain(x, y, options.seed)  # type: ignore[misc]
             advance(1)
