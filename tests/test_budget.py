@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import dlclinic
 from conftest import blobs
@@ -124,3 +125,21 @@ def test_a_result_cut_by_the_budget_is_not_cached(tmp_path) -> None:
     again.cached("cut", {}, lambda: {"value": np.zeros(1)})
     again.cached("whole", {}, lambda: {"value": np.ones(1)})
     assert again.stats.computed == ["cut"] and again.stats.cached == ["whole"]
+
+
+def test_trainings_compared_with_each_other_stop_at_the_same_batch() -> None:
+    """research.reproducibility's same-seed pair: the clock cuts the first, the second trains as many batches."""
+    x, y = blobs(600, d=6, sep=2.0, seed=0)
+    cfg = FitConfig(epochs=20, batch_size=32, patience=10**6)
+    with budget.window(0.0), budget.same_steps():
+        torch.manual_seed(0)
+        a = fit(MLP(6, 3), x, y, cfg)
+        time.sleep(0.01)
+        torch.manual_seed(0)
+        b = fit(MLP(6, 3), x, y, cfg)
+    assert len(a.history["train_loss"]) == len(b.history["train_loss"]) == 1
+    assert a.history["train_loss"] == b.history["train_loss"]  # same seed, same batches: the same run
+    with budget.window(60.0), budget.same_steps():  # time enough: both whole
+        c = fit(MLP(6, 3), x, y, FitConfig(epochs=3, batch_size=32, patience=10**6))
+        d = fit(MLP(6, 3), x, y, FitConfig(epochs=3, batch_size=32, patience=10**6))
+    assert len(c.history["train_loss"]) == len(d.history["train_loss"]) == 3

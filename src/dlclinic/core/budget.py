@@ -37,8 +37,11 @@ __all__ = [
     "cuts_so_far",
     "expired",
     "parse_budget",
+    "same_steps",
+    "stop_training",
     "suspended",
     "time_left",
+    "training_ended",
     "window",
 ]
 
@@ -100,6 +103,8 @@ class CheckWindow:
     seconds: float
     end: float
     cuts: list[str] = field(default_factory=list)
+    pairing: str | None = None  # inside same_steps(): "first" run, then "rest"
+    first_steps: int | None = None  # batches the first run trained when the clock cut it
 
     def report(self, used: float) -> dict[str, Any]:
         return {"share_s": round(self.seconds, 2), "used_s": round(used, 2), "cut": list(self.cuts)}
@@ -122,6 +127,38 @@ def cut(what: str) -> None:
     """Record what the running check sampled or skipped to stay in its window (no-op without a budget)."""
     if _current is not None and what not in _current.cuts:
         _current.cuts.append(what)
+
+
+def stop_training(steps: int) -> bool:
+    """Whether a training that has run ``steps`` batches must stop now: at the end of the window,
+    or inside :func:`same_steps` after as many batches as the first run trained."""
+    if _current is None:
+        return False
+    if _current.pairing == "rest":
+        return _current.first_steps is not None and steps >= _current.first_steps
+    return time.monotonic() >= _current.end
+
+
+def training_ended(steps: int, cut_short: bool) -> None:
+    """Called by :func:`dlclinic.core.recipe.fit` after each training (the first one of a pair sets the cap)."""
+    if _current is not None and _current.pairing == "first":
+        _current.first_steps = steps if cut_short else None
+        _current.pairing = "rest"
+
+
+@contextlib.contextmanager
+def same_steps() -> Iterator[None]:
+    """Trainings compared with each other (e.g. two runs with one seed, bit for bit): the first
+    runs under the window's clock, the others train exactly as many batches as it did — never
+    cut by the clock, so they stop at the same point and stay comparable."""
+    if _current is None:
+        yield
+        return
+    _current.pairing, _current.first_steps = "first", None
+    try:
+        yield
+    finally:
+        _current.pairing, _current.first_steps = None, None
 
 
 def cuts_so_far() -> int:

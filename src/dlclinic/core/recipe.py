@@ -309,7 +309,7 @@ def _train_epochs(
     # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none
     scaler = torch.amp.GradScaler(xt.device.type) if cfg.precision == "fp16" else None
     best_state: dict[str, torch.Tensor] | None = None
-    best_val, best_epoch, bad_epochs, stopped = math.inf, 0, 0, False
+    best_val, best_epoch, bad_epochs, stopped, steps = math.inf, 0, 0, False, 0
     for epoch in range(cfg.epochs):
         train_net.train()
         perm = torch.from_numpy(tr_idx)[torch.randperm(len(tr_idx), generator=torch_gen)].to(xt.device)
@@ -317,9 +317,10 @@ def _train_epochs(
         out_of_time = False
         for i in range(0, len(perm), cfg.batch_size):
             # one process only (no rank may stop alone under torchrun); at least one batch, so the epoch has a history
-            if world == 1 and seen and budget.expired():
+            if world == 1 and seen and budget.stop_training(steps):
                 out_of_time = True
                 break
+            steps += 1
             idx = perm[i : i + cfg.batch_size]
             if len(idx) < 2 * world and len(perm) > 2 * world:
                 continue  # a batch of one (per rank) breaks BatchNorm
@@ -360,8 +361,10 @@ def _train_epochs(
             progress(epoch + 1, cfg.epochs)
         if out_of_time:
             budget.cut(f"training stopped by the time budget in epoch {epoch + 1} of {cfg.epochs}")
+            budget.training_ended(steps, True)
             return best_state, best_epoch, True
         if len(val_idx) and bad_epochs >= cfg.patience:
             stopped = True
             break
+    budget.training_ended(steps, False)
     return best_state, best_epoch, stopped

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlclinic.core import budget
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.inference import input_tensor, model_device
@@ -321,6 +322,9 @@ def _train_task(run: _Run, t: int) -> None:
         else torch.optim.Adam(model.parameters(), lr=cfg.lr)
     )
     for epoch in range(cfg.epochs):
+        if epoch and budget.expired():  # a time budget: the task trains at least one epoch
+            budget.cut(f"continual learning: task {t + 1} trained {epoch} of {cfg.epochs} epochs (time budget)")
+            break
         perm = torch.from_numpy(rows)[torch.randperm(len(rows), generator=run.gen)].to(run.xt.device)
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]

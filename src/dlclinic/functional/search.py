@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dlclinic.core import budget
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.database import with_driver
 from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
@@ -125,7 +126,7 @@ def train_eval(
             opt.step()
             sched.step()
         run = epoch + 1
-        over = max_seconds is not None and time.perf_counter() - started > max_seconds
+        over = (max_seconds is not None and time.perf_counter() - started > max_seconds) or budget.expired()
         if trial is None and run < epochs and not over:
             continue  # nothing to report to: only the final weights are scored
         correct = predict_logits(model, x_val).argmax(1) == y_val
@@ -136,6 +137,9 @@ def train_eval(
 
                 raise optuna.TrialPruned()
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            break
+        if budget.expired():
+            budget.cut(f"a search trial stopped by the time budget after {run} of {epochs} epochs")
             break
     contiguous(model)
     return TrialOutcome(float(correct.mean()), correct, run, time.perf_counter() - started)

@@ -185,7 +185,7 @@ def _short_study(
     left = budget.time_left()
     if left is not None and left < timeout:
         budget.cut(f"Optuna study: {max(left, 0.0):.0f} s of the {timeout:.0f} s it would take (time budget)")
-        timeout = left
+        timeout = max(left, 1e-3)  # Optuna starts no trial at 0 s: the current recipe's trial always runs
     with evidence.progress.step("short Optuna study", total=options.n_trials) as advance:
         return hyperparameter_study(
             factory,

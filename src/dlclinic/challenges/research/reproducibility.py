@@ -196,8 +196,8 @@ def _reproducibility_compute(case: Case, evidence: Evidence, options: Reproducib
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     try:
         t0 = time.perf_counter()
-        # the pair is compared bit for bit: a time budget must not stop one run earlier than the other
-        with budget.suspended(), evidence.progress.step("reproducibility: same-seed retraining", total=2) as advance:
+        # the pair is compared bit for bit: under a time budget both train exactly as many batches
+        with budget.same_steps(), evidence.progress.step("reproducibility: same-seed retraining", total=2) as advance:
             _scramble_global_rngs(11)
             a = evidence.retrain(x, y, options.seed)  # type: ignore[misc]
             advance(1)
