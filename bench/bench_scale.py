@@ -21,7 +21,9 @@ largest of the kernel's ``ru_maxrss`` of the process and the sum of the process 
 ratio of the evidence phase to the bare loop. Data: the Debian package
 ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
 
-    python bench/bench_scale.py [--sizes 10k,60k] [--only CHECKS] [--workdir DIR] [--json out.json]
+    python bench/bench_scale.py [--sizes 10k,60k] [--only CHECKS] [--budget 2m] [--workdir DIR] [--json out.json]
+
+``--budget`` passes ``dlclinic checkup --budget``; each check's share, time used and cuts land in the JSON.
 
 ``--only data.privacy`` (a check that needs only the forward pass on both splits and takes
 a second) measures loading plus the evidence pass: the floor of any checkup's memory.
@@ -180,13 +182,14 @@ def _measure(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, dic
     return wall, mb, log.with_suffix(".out").read_text()
 
 
-def _checkup(work: Path, size: str, py: Path, weights: Path, env: dict[str, str], only: str) -> dict:  # type: ignore[type-arg]
+def _checkup(work: Path, size: str, py: Path, weights: Path, env: dict[str, str], only: str, budget: str) -> dict:  # type: ignore[type-arg]
     train, test = _data(work, size, _FASHION)
     out = work / f"report-{size}"
     script = Path(sys.executable).with_name("dlclinic")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "dlclinic.cli"]
     cmd = [*base, "checkup", "--train", str(train), "--test", str(test), "--model", f"{py}:make"]
     cmd += ["--weights", str(weights), "--no-cache", "--quiet", "--out", str(out)] + (["--only", only] if only else [])
+    cmd += ["--budget", budget] if budget else []
     bare = [sys.executable, "-c", BARE, str(py), str(weights), str(train), str(test)]
     bare_s, bare_mb, bare_out = _measure(bare, env, work / f"bare-{size}.log")
     wall, rss, _ = _measure(cmd, env, work / f"checkup-{size}.log")
@@ -196,6 +199,7 @@ def _checkup(work: Path, size: str, py: Path, weights: Path, env: dict[str, str]
     return {
         "size": size,
         "only": only or "all checks",
+        "budget": budget or None,
         "train_rows": int(np.load(train, mmap_mode="r")["y"].shape[0]),
         "data_mb": round((train.stat().st_size + test.stat().st_size) / 2**20, 1),
         "wall_s": round(wall, 1),
@@ -203,7 +207,10 @@ def _checkup(work: Path, size: str, py: Path, weights: Path, env: dict[str, str]
         "bare": {"wall_s": round(bare_s, 1), "loop_s": round(loop, 2), "peak_mb": bare_mb},
         "timings": report.get("timings", {}),
         "evidence_over_bare": round(evidence / loop, 2),
-        "checks": {c["id"]: {"status": c["status"], "seconds": c.get("seconds")} for c in report["challenges"]},
+        "checks": {
+            c["id"]: {"status": c["status"], "seconds": c.get("seconds"), "budget": c.get("budget")}
+            for c in report["challenges"]
+        },
     }
 
 
@@ -213,7 +220,7 @@ _FASHION: tuple[np.ndarray, ...] = ()
 def _print(row: dict) -> None:  # type: ignore[type-arg]
     t = row["timings"]
     print(
-        f"{row['size']:>5} ({row['only']}): {row['train_rows']} train rows, {row['data_mb']} MB on disk | checkup {row['wall_s']} s, "
+        f"{row['size']:>5} ({row['only']}{', budget ' + row['budget'] if row['budget'] else ''}): {row['train_rows']} train rows, {row['data_mb']} MB on disk | checkup {row['wall_s']} s, "
         f"peak RSS {_mb(row['peak_mb'])} ({row['peak_mb']['rss'] / row['data_mb']:.1f}x the data) | "
         f"evidence {t.get('evidence', float('nan')):.1f} s vs bare loop {row['bare']['loop_s']} s = "
         f"{row['evidence_over_bare']}x (bare process: peak {_mb(row['bare']['peak_mb'])})"
@@ -237,6 +244,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dlclinic-bench-scale"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", default="", help="checks to run (dlclinic checkup --only); default all 31")
+    parser.add_argument("--budget", default="", help="dlclinic checkup --budget (e.g. 2m); default none")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
@@ -249,7 +257,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, load {_load()}")
     rows = []
     for size in sizes:
-        row = _checkup(args.workdir, size, py, weights, env, args.only)
+        row = _checkup(args.workdir, size, py, weights, env, args.only, args.budget)
         row["load_after"] = _load()
         rows.append(row)
         _print(row)
