@@ -159,3 +159,20 @@ def test_ece_null_keeps_calibrated_small_samples_quiet() -> None:
     wrong = np.where(rng.random(300) < 0.7, 0, 1)  # 70 % accurate at 95 % confidence
     null = ece_calibrated_null(over, resamples=200)
     assert estimate_ece(over, wrong) > null.max()
+
+
+def test_knn_scores_on_a_sampled_reference_keep_their_verdicts() -> None:
+    """Beyond ``reference_rows`` the kNN scores use a seeded sample of the reference (cost O(N × sample), not N²)."""
+    from dlclinic.functional.profile import find_knn_outliers
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3000, 8)) + np.repeat(np.eye(8)[:3] * 6, 1000, axis=0)
+    emb[[5, 1500, 2999]] = rng.normal(size=(3, 8)) * 0.2 + np.eye(8)[6] * 6  # three far from every cluster
+    full, _ = find_knn_outliers(emb)
+    sampled, _ = find_knn_outliers(emb, reference_rows=400)
+    assert {5, 1500, 2999} <= set(full[:3].tolist()) and {5, 1500, 2999} <= set(sampled[:3].tolist())
+    assert len(sampled) <= 3 * max(len(full), 3)  # the fence adapts to the sampled scores: no flood
+    near = rng.normal(size=(200, 8)) + np.eye(8)[0] * 6
+    far = rng.normal(size=(200, 8)) + np.eye(8)[7] * 6
+    s_near, s_far = score_knn(emb, near, reference_rows=400), score_knn(emb, far, reference_rows=400)
+    assert s_far.min() > s_near.max()

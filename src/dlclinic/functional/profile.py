@@ -132,19 +132,31 @@ def find_image_issues(x: np.ndarray, *, k: float = 3.0) -> ImageIssues:
     return ImageIssues(blank=blank, dark=dark, bright=bright, brightness=brightness, contrast=contrast)
 
 
-def find_knn_outliers(embeddings: np.ndarray, *, k: int = 10, fence: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def find_knn_outliers(
+    embeddings: np.ndarray, *, k: int = 10, fence: float = 3.0, reference_rows: int = 20_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows whose distance to their k-th nearest *other* row is beyond the far-out fence.
 
     Returns ``(indices, scores)`` sorted worst first; scores are the kNN distances on
-    L2-normalised embeddings.
+    L2-normalised embeddings. Beyond ``reference_rows`` rows every row is scored against a
+    seeded sample of that many rows (itself excluded), so the cost is O(N × reference_rows)
+    rather than O(N²): subsampled kNN outlier scores rank outliers as well as the full ones
+    (Zimek, Gaudet, Campello & Sander, KDD 2013), and the fence is taken on the same scores.
     """
     emb = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     k = int(min(k, len(emb) - 1))
     if k < 1:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
+    ref_idx = np.arange(len(emb))
+    if len(emb) > reference_rows:
+        ref_idx = np.sort(np.random.default_rng(seed).choice(len(emb), reference_rows, replace=False))
     with config_context(working_memory=WORKING_MB):
-        dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb)
+        dist, nbr = NearestNeighbors(n_neighbors=k + 1).fit(emb[ref_idx]).kneighbors(emb)
+    # a row of the reference finds itself (distance 0): its k-th *other* neighbour is the last column;
+    # a row outside the reference has no self-match: its k-th neighbour is column k − 1
+    is_self = (ref_idx[nbr] == np.arange(len(emb))[:, None]).any(axis=1)
+    dist = np.where(is_self[:, None], dist, np.concatenate([dist[:, :k], dist[:, k - 1 : k]], axis=1))
     score = dist[:, -1]
     limit = tukey_upper(score, fence)
     rows = np.flatnonzero(score > limit)
