@@ -59,7 +59,7 @@ def find_column_issues(x: np.ndarray, *, near_constant_share: float = 0.99, robu
     extremes.
 
     Example:
-        >>> x = np.c_[np.arange(100.0), np.ones(100), np.r_[np.zeros(99), 1e6]]
+        >>> x = np.c_[np.arange(100.0), np.ones(100), np.r_[np.arange(99.0) % 10, 1e6]]
         >>> r = find_column_issues(x); r.constant, r.extreme_rows.tolist()
         ((1,), [99])
     """
