@@ -260,7 +260,7 @@ def attack(
         >>> import torch
         >>> net = torch.nn.Linear(2, 2)
         >>> x = np.random.rand(8, 2).astype("float32"); y = np.zeros(8, dtype=int)
-        >>> attack(net, x, y, method="fgsm", epsilon=0.0).fooled.sum()
+        >>> int(attack(net, x, y, method="fgsm", epsilon=0.0).fooled.sum())
         0
     """
     if method not in METHODS:

@@ -52,8 +52,8 @@ def layer_depth_ratios(grad_rms: np.ndarray) -> np.ndarray:
     """Median over sampled steps of each layer's RMS gradient / the output layer's (NaN-safe).
 
     Example:
-        >>> layer_depth_ratios(np.array([[1e-6, 1e-3, 1.0], [2e-6, 1e-3, 2.0]]))
-        array([1.e-06, 7.5e-04, 1.e+00])
+        >>> layer_depth_ratios(np.array([[1e-6, 1e-3, 1.0], [2e-6, 1e-3, 2.0]])).tolist()
+        [1e-06, 0.00075, 1.0]
     """
     g = np.asarray(grad_rms, dtype=np.float64)
     if g.ndim != 2 or g.shape[1] == 0 or g.shape[0] == 0:
