@@ -176,3 +176,19 @@ def test_knn_scores_on_a_sampled_reference_keep_their_verdicts() -> None:
     far = rng.normal(size=(200, 8)) + np.eye(8)[7] * 6
     s_near, s_far = score_knn(emb, near, reference_rows=400), score_knn(emb, far, reference_rows=400)
     assert s_far.min() > s_near.max()
+
+
+@pytest.mark.parametrize("width", [8, 300])  # raw coordinates; a PCA projection (wide inputs)
+def test_near_copies_by_ball_tree_equal_the_brute_force_search(width: int) -> None:
+    """Beyond ``tree_rows`` the search is a radius query on a ball tree: the same pairs, never N² work."""
+    from dlclinic.functional.duplicates import find_cross_duplicates, find_near_duplicates
+
+    rng = np.random.default_rng(3)
+    x = rng.random((1500, width)).astype(np.float32)
+    copies = rng.choice(1500, 40, replace=False)
+    x[copies[20:]] = x[copies[:20]] + rng.normal(0, 1e-3, (20, width)).astype(np.float32)
+    brute, tree = find_near_duplicates(x), find_near_duplicates(x, tree_rows=0)
+    assert len(brute.pairs) >= 20 and brute.pairs.tolist() == tree.pairs.tolist()
+    q = np.concatenate([x[:10] + 1e-4, rng.random((50, width)).astype(np.float32)])
+    leaks, leaks_tree = find_cross_duplicates(x, q), find_cross_duplicates(x, q, tree_rows=0)
+    assert sorted(leaks.pairs[:, 1].tolist()) == list(range(10)) and leaks.pairs.tolist() == leaks_tree.pairs.tolist()

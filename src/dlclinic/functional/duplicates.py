@@ -5,7 +5,9 @@ duplicates when their Euclidean distance is at most ``rel_threshold`` times the 
 nearest-neighbour distance of the reference split. The threshold is therefore
 scale-free (the same default works for pixels in [0, 1] or [0, 255] and for
 standardised tables). For wide inputs the neighbour search runs on a PCA projection and
-the candidates are then verified with exact distances in the full space.
+the candidates are then verified with exact distances in the full space. Beyond
+:data:`TREE_ROWS` rows the search is a radius query on a ball tree (O(N log N) plus the few
+candidates a near copy's tiny radius gives) instead of brute-force neighbours (O(N²)).
 
 Mixed tables (Gower). On a table with one-hot categorical blocks, Euclidean distance
 counts a changed category as √2 whatever the numeric columns' units are, so it is the
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import config_context
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
+from sklearn.neighbors import BallTree, NearestNeighbors
 
 from dlclinic.core.case import unusable_rows, usable_inputs
 
@@ -231,6 +233,40 @@ def _neighbours(
         return NearestNeighbors(n_neighbors=k, metric=search).fit(proj).kneighbors(query)
 
 
+TREE_ROWS = 50_000
+"""Beyond this many reference rows the neighbour search is a radius query on a ball tree
+(:func:`_radius_neighbours`) instead of brute-force k nearest neighbours, whose cost is
+O(N²): at 600,000 images the brute search alone would take hours on two cores."""
+
+
+def _radius_neighbours(
+    proj: np.ndarray, full: np.ndarray, metric: str, k: int, query: np.ndarray, limit: float, dims: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``k`` nearest rows within ``limit`` of each query row, as ``(distance, index)`` arrays
+    padded with ``inf`` / the row itself, like :func:`_neighbours`.
+
+    A ball tree over the first ``dims`` coordinates of the projection (a coordinate subset of
+    an orthonormal projection never lengthens a distance, so no pair within ``limit`` is
+    missed; the caller verifies the candidates in the full space). Cost O(N log N) plus the
+    candidates, which the tiny radius of a near copy keeps few.
+    """
+    search = metric if proj.shape[1] == full.shape[1] else "euclidean"
+    tree = BallTree(np.ascontiguousarray(proj[:, :dims]), metric=search)
+    dist = np.full((len(query), k), np.inf)
+    nbr = (
+        np.tile(np.arange(len(query))[:, None], (1, k))
+        if len(query) == len(proj)
+        else np.zeros((len(query), k), np.int64)
+    )
+    for start in range(0, len(query), 8192):
+        ind, dd = tree.query_radius(
+            np.ascontiguousarray(query[start : start + 8192, :dims]), r=limit, return_distance=True, sort_results=True
+        )
+        for row, (i, d) in enumerate(zip(ind, dd), start):
+            dist[row, : min(k, len(i))], nbr[row, : min(k, len(i))] = d[:k], i[:k]
+    return dist, nbr
+
+
 def find_near_duplicates(
     x: np.ndarray,
     *,
@@ -238,6 +274,7 @@ def find_near_duplicates(
     scale: float | None = None,
     neighbours: int = 5,
     categorical_blocks: Blocks = None,
+    tree_rows: int = TREE_ROWS,
 ) -> DuplicatePairs:
     """Pairs of rows within one split closer than ``rel_threshold`` × the NN-distance scale.
 
@@ -254,7 +291,10 @@ def find_near_duplicates(
     limit = min(rel_threshold * unit, cap)
     (proj,) = _project(flat)
     k = min(neighbours + 1, len(flat))
-    dist, nbr = _neighbours(proj, flat, metric, k, proj)
+    if len(flat) > tree_rows:
+        dist, nbr = _radius_neighbours(proj, flat, metric, k, proj, limit)
+    else:
+        dist, nbr = _neighbours(proj, flat, metric, k, proj)
     qi = np.repeat(np.arange(len(flat)), k)
     ni = nbr.reshape(-1)
     # a pair may be found from either end (large groups overflow a row's neighbour list): keep both, normalised
@@ -277,6 +317,7 @@ def find_cross_duplicates(
     rel_threshold: float = 0.1,
     scale: float | None = None,
     categorical_blocks: Blocks = None,
+    tree_rows: int = TREE_ROWS,
 ) -> DuplicatePairs:
     """Rows of ``query`` with a near copy in ``reference`` (train/test leakage): pairs ``(ref_row, query_row)``.
 
@@ -286,7 +327,10 @@ def find_cross_duplicates(
     unit = nn_distance_scale(reference, categorical_blocks=categorical_blocks) if scale is None else scale
     limit = min(rel_threshold * unit, cap)
     pref, pqry = _project(ref, qry)
-    dist, nbr = _neighbours(pref, ref, metric, min(3, len(ref)), pqry)
+    if len(ref) > tree_rows:
+        dist, nbr = _radius_neighbours(pref, ref, metric, min(3, len(ref)), pqry, limit)
+    else:
+        dist, nbr = _neighbours(pref, ref, metric, min(3, len(ref)), pqry)
     qi = np.repeat(np.arange(len(qry)), dist.shape[1])
     ri = nbr.reshape(-1)
     cand = dist.reshape(-1) <= limit
