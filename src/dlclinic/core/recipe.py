@@ -19,11 +19,13 @@ with a ``GradScaler`` on CUDA): :mod:`dlclinic.core.device`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +46,7 @@ __all__ = [
     "channels_last",
     "contiguous",
     "fit",
+    "patience_at_most",
     "prepare_inputs",
     "seed_everything",
     "warm_up",
@@ -97,6 +100,27 @@ class FitConfig:
         if self.precision == "fp32":
             del out["precision"]
         return out
+
+
+_PATIENCE_CAP: contextvars.ContextVar[int | None] = contextvars.ContextVar("dlclinic_patience_cap", default=None)
+
+
+@contextlib.contextmanager
+def patience_at_most(patience: int) -> Iterator[None]:
+    """Within: every :func:`fit` stops after at most ``patience`` epochs without improvement.
+
+    For trainings whose caller holds only an opaque ``retrain(x, y, seed)`` (the K-fold
+    out-of-fold models: :func:`dlclinic.core.evidence.fold_result`), so it cannot hand
+    :func:`fit` another recipe. Such a model keeps its best checkpoint anyway; a shorter
+    wait only gives up later, rarer improvements for the epochs they cost.
+    """
+    if patience < 1:
+        raise ConfigError(f"`patience >= 1` must hold, but got patience={patience}")
+    token = _PATIENCE_CAP.set(patience)
+    try:
+        yield
+    finally:
+        _PATIENCE_CAP.reset(token)
 
 
 class FitMonitor(Protocol):
@@ -198,6 +222,9 @@ def fit(
         True
     """
     cfg = config or FitConfig()
+    cap = _PATIENCE_CAP.get()
+    if cap is not None and cap < cfg.patience:  # inside patience_at_most
+        cfg = replace(cfg, patience=cap)
     if len(x) != len(y):
         raise ConfigError(f"x has {len(x)} rows but y has {len(y)}; expected equal lengths")
     seed_everything(cfg.seed)
