@@ -71,7 +71,13 @@ CID = "optimization.forgetting"
 
 @dataclass(frozen=True)
 class ForgettingOptions:
-    """Task sequence, strategy and budget of the forgetting harness."""
+    """Task sequence, strategy and budget of the forgetting harness.
+
+    ``max_test_rows_per_task`` (0: all) caps the rows each task is evaluated on after every
+    task (a seeded stratified sample): the accuracy matrix is evaluated T(T+1)/2 times, so
+    on a large test split the evaluation, not the training, would grow with N; the BWT
+    interval is computed on the rows used.
+    """
 
     tasks: str = (
         "auto"  # "auto" (what-if split classes, not graded) | "classes" | "groups" (train/test groups as task ids)
@@ -83,6 +89,7 @@ class ForgettingOptions:
     lr: float = 0.01
     memory: int = 200
     max_rows_per_task: int = 300
+    max_test_rows_per_task: int = 1000
     warn_forgetting: float = 0.2
     seed: int = 0
 
@@ -121,7 +128,9 @@ def build_tasks(case: Case, options: ForgettingOptions) -> TaskSequence:
             raise InputError(_too_few_classes(len(present)))
         seq = tasks_from_classes(train.y, test.y, split_classes(present.tolist(), n_tasks))
     capped = tuple(r[stratified_rows(train.y[r], options.max_rows_per_task, options.seed)] for r in seq.train_rows)
-    return TaskSequence(capped, seq.test_rows, seq.classes, seq.names)
+    cap_test = options.max_test_rows_per_task or max(len(r) for r in seq.test_rows)
+    tested = tuple(r[stratified_rows(test.y[r], cap_test, options.seed)] for r in seq.test_rows)
+    return TaskSequence(capped, tested, seq.classes, seq.names)
 
 
 def run_sequence(
@@ -276,7 +285,10 @@ def run(case: Case, evidence: Evidence, options: ForgettingOptions) -> CheckResu
             return CheckResult(id=CID, status="not_examined", summary=_too_few_classes(present))
     params = {
         k: getattr(options, k)
-        for k in ("tasks", "n_tasks", "strategy", "scenario", "epochs", "lr", "memory", "max_rows_per_task", "seed")
+        for k in (
+            *("tasks", "n_tasks", "strategy", "scenario", "epochs", "lr", "memory"),
+            *("max_rows_per_task", "max_test_rows_per_task", "seed"),
+        )
     }
 
     def compute() -> dict[str, np.ndarray]:
@@ -359,7 +371,11 @@ def treat_forgetting(ctx: TreatContext, params: ForgettingParams) -> TreatOutcom
         )
     before = ctx.measure(case)
     options = ForgettingOptions(
-        tasks=params.tasks, memory=params.memory, epochs=params.epochs, max_rows_per_task=params.max_rows_per_task
+        tasks=params.tasks,
+        memory=params.memory,
+        epochs=params.epochs,
+        max_rows_per_task=params.max_rows_per_task,
+        max_test_rows_per_task=0,  # the treatment compares strategies on every test row
     )
     runs: dict[str, list[dict[str, np.ndarray]]] = {}
     strategies = ("naive", *[s for s in params.strategies if s != "naive"])
