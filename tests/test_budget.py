@@ -143,3 +143,30 @@ def test_trainings_compared_with_each_other_stop_at_the_same_batch() -> None:
         c = fit(MLP(6, 3), x, y, FitConfig(epochs=3, batch_size=32, patience=10**6))
         d = fit(MLP(6, 3), x, y, FitConfig(epochs=3, batch_size=32, patience=10**6))
     assert len(c.history["train_loss"]) == len(d.history["train_loss"]) == 3
+
+
+def test_a_budget_too_small_for_every_row_examines_a_sample_and_names_the_users_rows(tmp_path) -> None:
+    """When one forward pass over every row would take more than 35 % of the budget, the splits are
+    sampled (stratified, seeded); findings still name rows of the user's splits."""
+    from dlclinic.api import _original_rows, _sampled_for_budget
+    from dlclinic.core.results import CheckResult, Finding
+
+    x, y = blobs(3000, d=6, sep=3.0, seed=0)
+    xt, yt = blobs(1000, d=6, sep=3.0, seed=1)
+    case = Case.from_arrays((x, y), (xt, yt), model=fit(MLP(6, 3), x, y, FitConfig(epochs=2)).model)
+    same, none = _sampled_for_budget(case, 3600.0, 256)
+    assert none == {} and same is case  # an hour is plenty for 4,000 rows
+    small, rows = _sampled_for_budget(case, 1e-4, 256)
+    assert set(rows) == {"train", "test"} and len(small.train) == len(rows["train"]) == 200
+    assert np.bincount(small.train.y).min() >= 60  # stratified: every class kept
+    np.testing.assert_array_equal(small.train.x, x[rows["train"]])
+    result = CheckResult(
+        "data.quality", "warn", "s", findings=(Finding("label_issue", "m", split="train", indices=(0, 7)),)
+    )
+    (mapped,) = _original_rows([result], {"train": (rows["train"], 3000)})
+    assert mapped.findings[0].indices == (int(rows["train"][0]), int(rows["train"][7]))
+    report = dlclinic.checkup(
+        case, only=["data.quality"], budget=1e-4, cache_dir=tmp_path, evidence_config=EvidenceConfig(oof="embeddings")
+    )
+    assert report.case["sampled_by_budget"] == {"train": {"rows": 200, "of": 3000}, "test": {"rows": 200, "of": 1000}}
+    assert report.case["splits"] == {"train": 200, "test": 200}

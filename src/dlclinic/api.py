@@ -33,7 +33,7 @@ from dlclinic.core.device import check_precision, device_info, move_model, resol
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
-from dlclinic.core.inference import check_label_range, model_input_spec
+from dlclinic.core.inference import check_label_range, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress, note
 from dlclinic.core.recipe import FitConfig, fit, seed_everything, warm_up
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
@@ -41,6 +41,7 @@ from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of
 from dlclinic.core.threads import torch_threads
 from dlclinic.core.version import __version__
 from dlclinic.core.workers import default_workers, run_tasks
+from dlclinic.functional.sampling import stratified_rows
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
 __all__ = [
@@ -352,8 +353,12 @@ def _checks_on_rank0(*args: Any) -> list[CheckResult]:
     return list(distributed.broadcast(results))
 
 
-def _case_summary(case: Case, evidence: Evidence) -> dict[str, Any]:
+def _case_summary(
+    case: Case, evidence: Evidence, sampled: Mapping[str, tuple[np.ndarray, int]] | None = None
+) -> dict[str, Any]:
     summary = case.summary()
+    if sampled:  # --budget examined a sample: finding indices are the user's rows, the counts here the sample's
+        summary["sampled_by_budget"] = {n: {"rows": len(r), "of": total} for n, (r, total) in sampled.items()}
     summary["model"] = {"source": case.model_source, **_model_facts(case.model)}
     summary["fingerprints"] = evidence.fingerprints()
     summary["evidence"] = evidence.describe()
@@ -426,6 +431,73 @@ def _model_and_evidence(
     )
     made[0].put_kfold(rows, results)
     return made[0].case, made[0], model_s[0]
+
+
+EVIDENCE_SHARE = 0.35
+"""Under ``--budget``, the share of the budget the evidence pass may take: beyond it the splits are sampled."""
+
+
+def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[Case, dict[str, np.ndarray]]:
+    """The case with each split cut to a seeded (stratified) sample when one forward pass over every row
+    would take more than :data:`EVIDENCE_SHARE` of the budget, and the rows kept per sampled split.
+
+    The forward speed is measured on a probe of the train split (two batches, the first one
+    untimed). Only a given model is probed: a baseline dlclinic trains is sized by its training.
+    """
+    if case.model is None or not len(case.train):
+        return case, {}
+    probe = case.train.x[: min(len(case.train), 2 * batch_size)]
+    predict_logits(case.model, probe[:batch_size], batch_size=batch_size)  # warm-up, untimed
+    t = time.perf_counter()
+    predict_logits(case.model, probe, batch_size=batch_size)
+    per_row = (time.perf_counter() - t) / len(probe)
+    total = sum(len(split) for split in case.splits.values())
+    affordable = int(EVIDENCE_SHARE * budget_s / max(per_row, 1e-9))
+    if total <= affordable:
+        return case, {}
+    share = max(affordable, 1) / total
+    rows: dict[str, np.ndarray] = {}
+    for name, split in case.splits.items():
+        keep = max(min(len(split), 200), int(share * len(split)))
+        if keep < len(split):
+            rows[name] = (
+                stratified_rows(split.y, keep, seed=0)
+                if split.y is not None
+                else np.sort(np.random.default_rng(0).choice(len(split), keep, replace=False))
+            )
+            case = case.with_split_rows(name, rows[name])
+    return case, rows
+
+
+def _budget_sample(
+    case: Case, budget_s: float | None, batch_size: int, progress: Progress
+) -> tuple[Case, dict[str, tuple[np.ndarray, int]]]:
+    """:func:`_sampled_for_budget` under a budget (said on the progress log): the case and, per sampled
+    split, the rows kept and the split's full length."""
+    if budget_s is None:
+        return case, {}
+    full = {name: len(split) for name, split in case.splits.items()}
+    case, rows = _sampled_for_budget(case, budget_s, batch_size)
+    if rows:
+        note(progress, "budget: examining " + ", ".join(f"{len(r):,} of {full[n]:,} {n} rows" for n, r in rows.items()))
+    return case, {n: (r, full[n]) for n, r in rows.items()}
+
+
+def _original_rows(results: list[CheckResult], sampled: Mapping[str, tuple[np.ndarray, int]]) -> list[CheckResult]:
+    """Findings that name rows of a sampled split, renumbered to the rows of the user's split."""
+    if not sampled:
+        return results
+    rows = {n: r for n, (r, _) in sampled.items()}
+    out = []
+    for r in results:
+        findings = tuple(
+            dataclasses.replace(f, indices=tuple(int(rows[f.split][i]) for i in f.indices))
+            if f.split in rows and f.indices
+            else f
+            for f in r.findings
+        )
+        out.append(dataclasses.replace(r, findings=findings))
+    return out
 
 
 def _placed(case: Case, fit_config: Any, device: str | None, precision: str | None) -> tuple[Case, FitConfig, Any]:
@@ -516,6 +588,7 @@ def checkup(
     timings: dict[str, float] = {}
     case, fit_config, dev = _placed(case, fit_config, device, precision)
     _one_model(case)
+    case, sampled = _budget_sample(case, budget_s, ev_cfg.batch_size, progress)
 
     t = time.perf_counter()
     # K-fold retraining is cheap (and the default) only for the small baseline dlclinic trains itself
@@ -533,13 +606,13 @@ def checkup(
         timings["evidence"] = time.perf_counter() - t - timings["model"]
         t = time.perf_counter()
         left = None if budget_s is None else budget_s - (time.perf_counter() - t0)
-        results = _checks_on_rank0(case, evidence, selected, built, progress, workers, left)
+        results = _original_rows(_checks_on_rank0(case, evidence, selected, built, progress, workers, left), sampled)
         timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(
         dlclinic_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        case=_case_summary(case, evidence),
+        case=_case_summary(case, evidence, sampled),
         challenges=sequence_of_results(results),
         environment=_environment(dev, fit_config.precision, workers, threads, budget_s),
         timings=timings,
