@@ -148,10 +148,19 @@ CHECK_NOTES: dict[str, str] = {
         " flagged for miscalibration (ECE 0.06–0.17) and memorisation."
     ),
     "model.hyperparameters": (
-        "On `tokens` (8 of 12 flagged) every flagged clean case names the same Optuna trial (lr 8.5e-3, weight decay 0.022, batch 32)"
-        " winning by 2.4–5.6 points over the clean recipe (lr 5e-3, batch 32, from a coarse learning-rate scan"
-        " without weight decay): the clean recipe is probably not near-optimal for TokenBag, so these are likely"
-        " true findings rather than false alarms; the clean case was not re-tuned after the run."
+        "On `tokens` the published run flagged 8 of 12 clean cases, each naming the same Optuna trial (lr 8.5e-3,"
+        " weight decay 0.022, batch 32) 2.4–5.6 points ahead of the clean recipe (lr 5e-3, batch 32, from a coarse"
+        " learning-rate scan): the clean recipe was not near-optimal. It is now lr 9e-3, batch 32, weight decay"
+        " 1e-4, the best mean of a grid that does not use the check (lr 3e-3..3e-2 × weight decay 1e-4..1e-1 ×"
+        " batch 32..256 on seeds 100-105, then lr 7e-3..1.1e-2 on seeds 100-123; 800 train / 500 held-out rows,"
+        " 8 epochs, as the check's study): batch 32 wins at every lr, weight decay moves the mean by ≤ 0.6 points"
+        " (batch 32, lr ≤ 1e-2), lr 5e-3 scores 0.872 (seeds 100-105) and 9e-3 has the best mean, 0.919 over"
+        " seeds 100-123 (8e-3 0.916, 1e-2 0.869: more runs collapse from 1e-2 on). Rerun on tokens"
+        " (quick, 12 clean seeds): 1/12 clean cases flagged (95 % CI 0.2–38 %, not significantly above 5 %);"
+        " lr_too_low ×3: 1/2, ×30: 2/2. The one alarm (seed 9: the recipe 0.908, the lr 8.5e-3 trial 0.946) is"
+        " TokenBag's training-seed chaos near the best learning rate: in the grid, neighbouring learning rates"
+        " (7e-3..1.1e-2) on the same seed differ by > 10 points on 9 of 24 seeds (seed 107: 0.920 at 8e-3, 0.792"
+        " at 9e-3), a variance the McNemar test, which only resamples validation rows, does not model."
     ),
     "research.theory": (
         "Since 2026-12-04 a very heavy-tailed layer (α < 2) must agree with the measured train/test gap (≥ 5 points"
