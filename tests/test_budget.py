@@ -85,6 +85,8 @@ def test_a_checkup_under_a_tiny_budget_examines_every_check_and_says_what_it_cut
         assert r.budget is not None and r.budget["share_s"] >= 0 and r.budget["used_s"] >= 0, r.id
         assert r.to_dict()["budget"]["cut"] == r.budget["cut"]
     assert any(r.budget["cut"] for r in ran), "a 4-second budget for every check must cut something"
+    for r in ran:  # a check that was cut says so in its summary
+        assert ("Under the time budget:" in r.summary) == bool(r.budget["cut"]), (r.id, r.summary)
     without = dlclinic.checkup(
         case, only=["data.quality"], cache_dir=tmp_path, evidence_config=EvidenceConfig(oof="embeddings")
     )

@@ -270,6 +270,15 @@ def _tasks(ids: Sequence[str]) -> list[tuple[str, ...]]:
     return tasks
 
 
+def _with_cuts(result: CheckResult, cuts: Sequence[str]) -> str:
+    """The summary of a check the time budget cut, saying so: its verdict is a first look (a training
+    cut short can look unconverged, fewer trials find less), not one to act on."""
+    if not cuts or result.status in ("not_examined", "error"):
+        return result.summary
+    more = f" (and {len(cuts) - 1} more cut)" if len(cuts) > 1 else ""
+    return f"{result.summary} Under the time budget: {cuts[0]}{more}; rerun without --budget before acting on it."
+
+
 def _run_task(
     case: Case, evidence: Evidence, built: Mapping[str, Any], task: tuple[str, ...], scheduler: Scheduler | None
 ) -> list[Any]:
@@ -285,7 +294,9 @@ def _run_task(
         else:
             with budget_window(scheduler.share(cid)) as win:
                 result = _run_one(CHECKS[cid], case, evidence, built[cid])
-            result = dataclasses.replace(result, budget=win.report(result.seconds))
+            result = dataclasses.replace(
+                result, budget=win.report(result.seconds), summary=_with_cuts(result, win.cuts)
+            )
         out.append((result, evidence.changes_since(mark), os.getpid()))
     return out
 
