@@ -170,7 +170,7 @@ def _gap(case: Case, evidence: Evidence, metrics: dict[str, Any]) -> str:
     acc_tr = float((evidence.get("probs", "train").argmax(1) == case.train.y).mean())
     acc_te = float((evidence.get("probs", "test").argmax(1) == test.y).mean())
     loss_gap = float(evidence.get("losses", "test").mean() - evidence.get("losses", "train").mean())
-    z = proportion_difference_z(acc_tr, len(case.train.y), acc_te, len(test.y))
+    z = proportion_difference_z(acc_tr, len(case.train), acc_te, len(test))
     metrics.update(
         train_accuracy=acc_tr,
         test_accuracy=acc_te,
