@@ -95,7 +95,9 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, *, filter_by: str =
         inner = find_label_issues(remap[labels], sub, filter_by=filter_by)
         return LabelIssues(inner.indices, inner.scores, present[inner.suggested], inner.quality, inner.noise_rate)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    flagged = cl_find(labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab otherwise starts a process pool per call, which costs more than the work
+    # here (data.quality calls this 36 times: 2.4-2.7 s → 0.3-0.4 s for its clean-label null, same result)
+    flagged = cl_find(labels, probs, filter_by=filter_by, return_indices_ranked_by="self_confidence", n_jobs=1)
     flagged = np.asarray(flagged, dtype=np.int64)
     joint = estimate_joint(labels, probs, confident_joint=compute_confident_joint(labels, probs))
     noise_rate = float(1.0 - np.trace(joint))
