@@ -354,13 +354,13 @@ def _run_checks(
     ]
 
 
-def _checks_on_rank0(*args: Any) -> list[CheckResult]:
-    """:func:`_run_checks` (same arguments); with several processes on rank 0 alone, its results then sent
+def _checks_on_rank0(run: Callable[[], list[CheckResult]]) -> list[CheckResult]:
+    """``run()`` (:func:`_run_checks`); with several processes on rank 0 alone, its results then sent
     to every rank (a remedy runs on every rank and must take the same decisions there)."""
     results = None
     if distributed.rank() == 0:
         with distributed.local():
-            results = _run_checks(*args)
+            results = run()
     return list(distributed.broadcast(results))
 
 
@@ -461,7 +461,8 @@ def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[C
     predict_logits(case.model, probe[:batch_size], batch_size=batch_size)  # warm-up, untimed
     t = time.perf_counter()
     predict_logits(case.model, probe, batch_size=batch_size)
-    per_row = (time.perf_counter() - t) / len(probe)
+    # several processes: rank 0's timing on every rank, so that all of them sample the same rows
+    per_row = distributed.broadcast((time.perf_counter() - t) / len(probe))
     total = sum(len(split) for split in case.splits.values())
     affordable = int(EVIDENCE_SHARE * budget_s / max(per_row, 1e-9))
     if total <= affordable:
@@ -617,7 +618,9 @@ def checkup(
         timings["evidence"] = time.perf_counter() - t - timings["model"]
         t = time.perf_counter()
         left = None if budget_s is None else budget_s - (time.perf_counter() - t0)
-        results = _original_rows(_checks_on_rank0(case, evidence, selected, built, progress, workers, left), sampled)
+        results = _original_rows(
+            _checks_on_rank0(lambda: _run_checks(case, evidence, selected, built, progress, workers, left)), sampled
+        )
         timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(
