@@ -444,16 +444,30 @@ def _model_and_evidence(
     return made[0].case, made[0], model_s[0]
 
 
-EVIDENCE_SHARE = 0.35
-"""Under ``--budget``, the share of the budget the evidence pass may take: beyond it the splits are sampled."""
+ROW_PASSES = 6.0
+"""Under ``--budget``: the checkup's least work per examined row, in forward passes of one row — the
+evidence pass (about one) and the checks whose work grows with the rows (fold heads, near-copy
+search, learning curves, one epoch per continual task). Measured: see :data:`FIXED_PASSES`."""
+
+FIXED_PASSES = 20_000.0
+"""Under ``--budget``: the checks' least work that does not grow with the rows (latency runs,
+attributions, the learning-rate range test, the shortest trainings), in forward passes of one row.
+Both constants come from whole checkups of the issue-21 CNN at two budgets (docs/benchmarks.md,
+"--budget"): the checkup's time is about ``per_row × (ROW_PASSES × n + FIXED_PASSES)``."""
+
+BUDGET_FILL = 0.85
+"""The share of the budget the estimate plans for: the rest absorbs its error, the report and the plots."""
 
 
 def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[Case, dict[str, np.ndarray]]:
-    """The case with each split cut to a seeded (stratified) sample when one forward pass over every row
-    would take more than :data:`EVIDENCE_SHARE` of the budget, and the rows kept per sampled split.
+    """The case with each split cut to a seeded (stratified) sample when the checkup's least work over
+    every row would not fit the budget, and the rows kept per sampled split.
 
     The forward speed is measured on a probe of the train split (two batches, the first one
-    untimed). Only a given model is probed: a baseline dlclinic trains is sized by its training.
+    untimed); the least work is ``per_row × (ROW_PASSES × rows + FIXED_PASSES)``, and the rows
+    examined are the most for which it fits :data:`BUDGET_FILL` of the budget (at least 200 per
+    split: below that the checks' windows cut deeper instead). Only a given model is probed: a
+    baseline dlclinic trains is sized by its training.
     """
     if case.model is None or not len(case.train):
         return case, {}
@@ -464,7 +478,7 @@ def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[C
     # several processes: rank 0's timing on every rank, so that all of them sample the same rows
     per_row = distributed.broadcast((time.perf_counter() - t) / len(probe))
     total = sum(len(split) for split in case.splits.values())
-    affordable = int(EVIDENCE_SHARE * budget_s / max(per_row, 1e-9))
+    affordable = int((BUDGET_FILL * budget_s / max(per_row, 1e-9) - FIXED_PASSES) / ROW_PASSES)
     if total <= affordable:
         return case, {}
     share = max(affordable, 1) / total

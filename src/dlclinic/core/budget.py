@@ -39,7 +39,6 @@ __all__ = [
     "parse_budget",
     "same_steps",
     "stop_training",
-    "suspended",
     "time_left",
     "training_ended",
     "window",
@@ -175,19 +174,6 @@ def window(seconds: float) -> Iterator[CheckWindow]:
     _current = CheckWindow(seconds, time.monotonic() + max(0.0, seconds))
     try:
         yield _current
-    finally:
-        _current = outer
-
-
-@contextlib.contextmanager
-def suspended() -> Iterator[None]:
-    """No time cut inside the body: for work that must run whole to mean anything (two trainings
-    compared bit for bit). Its time still counts against the check's window."""
-    global _current
-    outer = _current
-    _current = None
-    try:
-        yield
     finally:
         _current = outer
 

@@ -9,6 +9,7 @@ tuple/list outputs unwrapped to their first element. Mixed precision follows
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,7 +50,9 @@ def input_tensor(x: np.ndarray, dtype: Any = torch.float32, device: Any = None) 
         >>> input_tensor(np.array([[1, 2]])).dtype, input_tensor(np.array([[1.0]]), torch.float64).dtype
         (torch.int64, torch.float64)
     """
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    with warnings.catch_warnings():  # a read-only array (usable_inputs' view): the tensor is only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.from_numpy(np.ascontiguousarray(x))
     if t.is_floating_point() or t.dtype == torch.bool:
         return t.to(device=device, dtype=dtype)
     return t.to(device=device, dtype=torch.int64)

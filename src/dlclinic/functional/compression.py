@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.nn.utils import prune
 
 from dlclinic.core.errors import brief
-from dlclinic.core.inference import input_tensor, model_input_spec, predict_logits
+from dlclinic.core.inference import eval_mode, input_tensor, model_input_spec, predict_logits
 
 __all__ = [
     "PrunePlan",
@@ -467,13 +467,22 @@ def distill(
     (labels optional). AdamW with a cosine schedule; stops early at ``max_seconds``.
     ``copy_student=False`` trains ``student`` itself (needed for modules carrying pruning
     masks, which cannot be deep-copied).
+
+    The teacher's logits and the input tensors are made batch by batch, for the rows a step
+    uses: a student trained for two seconds on 60,000 rows sees a few thousand of them, and
+    ``x`` may be a memory map larger than memory (nothing of size N is built but the order).
+
+    Example:
+        >>> from torch import nn
+        >>> x = np.random.default_rng(0).random((32, 4), dtype=np.float32)
+        >>> teacher = nn.Linear(4, 3)
+        >>> distill(teacher, nn.Linear(4, 3), x, epochs=1, batch_size=8).training
+        False
     """
     torch.manual_seed(seed)
     net = copy.deepcopy(student) if copy_student else student
-    device = model_input_spec(net)[1]
-    teacher_logits = torch.from_numpy(predict_logits(teacher, x)).to(device)
-    xt = input_tensor(x, device=device)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device) if y is not None else None
+    device, teacher_device = model_input_spec(net)[1], model_input_spec(teacher)[1]
+    y_all = np.asarray(y, dtype=np.int64) if y is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * math.ceil(len(x) / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -481,21 +490,18 @@ def distill(
     started = time.perf_counter()
     for _ in range(epochs):
         net.train()
-        perm = torch.randperm(len(x), generator=gen).to(device)
+        perm = torch.randperm(len(x), generator=gen).numpy()
         for i in range(0, len(perm), batch_size):
-            idx = perm[i : i + batch_size]
+            idx = np.sort(perm[i : i + batch_size])  # sorted: sequential reads from a memory map
             if len(idx) < 2:
                 continue
-            out = net(xt[idx])
-            soft = (
-                F.kl_div(
-                    F.log_softmax(out / temperature, 1),
-                    F.softmax(teacher_logits[idx] / temperature, 1),
-                    reduction="batchmean",
-                )
-                * temperature**2
-            )
-            loss = alpha * soft + ((1 - alpha) * F.cross_entropy(out, yt[idx]) if yt is not None else 0.0)
+            xb = input_tensor(x[idx], device=device)
+            with torch.no_grad(), eval_mode(teacher):
+                soft_target = F.softmax(teacher(xb.to(teacher_device)).float().to(device) / temperature, 1)
+            out = net(xb)
+            soft = F.kl_div(F.log_softmax(out / temperature, 1), soft_target, reduction="batchmean") * temperature**2
+            hard = F.cross_entropy(out, torch.from_numpy(y_all[idx]).to(device)) if y_all is not None else 0.0
+            loss = alpha * soft + (1 - alpha) * hard
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -198,12 +198,14 @@ class _Variants:
         )
         self.runners[name] = runner
 
-    def add_torch(self, name: str, kind: str, net: Any, note: str = "") -> None:
+    def add_torch(self, name: str, kind: str, net: Any, note: str = "") -> np.ndarray:
+        """Measure a torch variant; returns which test rows it gets right."""
         blob = state_dict_bytes(net)
         correct = predict_logits(net, self.x_test).argmax(1) == self.y_test
         sizes = (len(blob), deflate_size_bytes(blob), parameter_count(net), parameter_count(net, nonzero=True))
         self.add(name, kind, "torch", correct, sizes, torch_runner(net), note=note)
         self.models[name] = net
+        return correct
 
     def add_onnx(self, files: list[OnnxFile], n_params: int) -> None:
         x_test = self.x_test
@@ -270,7 +272,7 @@ def _add_pruned(
             distill(
                 model,
                 net,
-                np.asarray(x_train),
+                x_train,
                 np.asarray(y_train),
                 epochs=cfg.finetune_epochs,
                 lr=2e-4,
@@ -320,7 +322,7 @@ def _add_student(
     trained = distill(
         model,
         student,
-        np.asarray(x_train),
+        x_train,
         np.asarray(y_train),
         epochs=cfg.distill_epochs,
         seed=cfg.seed,
@@ -361,7 +363,6 @@ def compression_sweep(
     on = model_device(model) if hasattr(model, "parameters") else torch.device("cpu")
     # int8 kernels and ONNX Runtime run on the CPU: every variant is measured there
     model = move_model(model, torch.device("cpu"))
-    base_correct = predict_logits(model, x_test).argmax(1) == y_test
     found = _Variants(x_test, y_test)
     if on.type != "cpu":
         found.notes.append(
@@ -373,7 +374,7 @@ def compression_sweep(
             progress(text)
 
     step("original (fp32 eager)")
-    found.add_torch("fp32 eager", "original", model)
+    base_correct = found.add_torch("fp32 eager", "original", model)
     if _out_of_time(found, "ONNX variants"):
         return Sweep(found.measured(base_correct, cfg), int(len(y_test)), found.models, tuple(found.notes))
     if cfg.onnx:
