@@ -167,3 +167,17 @@ def test_options_are_validated_with_the_allowed_values() -> None:
     assert simulation_plan(3118, 10, LabelingCostOptions()) == (62, 110, 935)
     assert simulation_plan(150, 10, LabelingCostOptions()) == (20, 4, 45)  # at least 2 per class
     assert simulation_plan(100_000, 10, LabelingCostOptions()) == (300, 150, 1500)  # initial ≤ budget / 5
+
+
+def test_a_pool_beyond_max_pool_is_a_stratified_sample_and_still_finds_the_saving(
+    planted: tuple[Case, Case],
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    case, _ = planted
+    res = run(case, Evidence(case, cache_dir=tmp_path), LabelingCostOptions(max_pool=1000))
+    assert res.status == "ok", res.summary
+    assert res.metrics["budget"] == 300  # the plan of a 1,000-row pool, not of the 1,500-row split
+    assert float(res.metrics["best_labels_saved_mean"] or 0) > 0
+    assert "sample of 1,000 of the 1,500 train rows" in res.summary
+    with pytest.raises(ValueError, match="max_pool >= 0"):
+        LabelingCostOptions(max_pool=-1)
