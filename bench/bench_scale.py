@@ -207,6 +207,7 @@ def _checkup(work: Path, size: str, py: Path, weights: Path, env: dict[str, str]
         "bare": {"wall_s": round(bare_s, 1), "loop_s": round(loop, 2), "peak_mb": bare_mb},
         "timings": report.get("timings", {}),
         "evidence_over_bare": round(evidence / loop, 2),
+        "sampled_by_budget": report.get("case", {}).get("sampled_by_budget"),
         "checks": {
             c["id"]: {"status": c["status"], "seconds": c.get("seconds"), "budget": c.get("budget")}
             for c in report["challenges"]
@@ -225,6 +226,11 @@ def _print(row: dict) -> None:  # type: ignore[type-arg]
         f"evidence {t.get('evidence', float('nan')):.1f} s vs bare loop {row['bare']['loop_s']} s = "
         f"{row['evidence_over_bare']}x (bare process: peak {_mb(row['bare']['peak_mb'])})"
     )
+    if row.get("sampled_by_budget"):
+        print(
+            "       examined: "
+            + ", ".join(f"{v['rows']:,} of {v['of']:,} {k} rows" for k, v in row["sampled_by_budget"].items())
+        )
     slow = sorted(row["checks"].items(), key=lambda kv: -(kv[1]["seconds"] or 0))
     print("       slowest checks: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in slow[:8]))
 
