@@ -40,7 +40,7 @@ from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_op
 from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results, with_case_args
 from dlclinic.core.threads import torch_threads
 from dlclinic.core.version import __version__
-from dlclinic.core.workers import default_workers, run_tasks
+from dlclinic.core.workers import default_workers, release_freed_memory, run_tasks
 from dlclinic.functional.sampling import stratified_rows
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
@@ -298,6 +298,7 @@ def _run_task(
                 result, budget=win.report(result.seconds), summary=_with_cuts(result, win.cuts)
             )
         out.append((result, evidence.changes_since(mark), os.getpid()))
+        release_freed_memory()
     return out
 
 

@@ -19,6 +19,8 @@ process takes which task depends on timing, so no task may wait for another rank
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import pickle
@@ -35,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from dlclinic.core import distributed
 
-__all__ = ["can_fork", "default_workers", "run_tasks"]
+__all__ = ["can_fork", "default_workers", "release_freed_memory", "run_tasks"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -52,6 +54,28 @@ def can_fork() -> bool:
         and "fork" in multiprocessing.get_all_start_methods()
         and not torch.cuda.is_initialized()
     )
+
+
+def release_freed_memory() -> bool:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``); ``False`` where there is none.
+
+    A check's tensors and arrays are freed when it ends, but glibc keeps the pages of its arenas,
+    so a long checkup's resident memory climbed check after check (0.7 → 1.5 GB over the first
+    sixteen checks at 60k rows) although nothing was held. Called between checks; a no-op off glibc.
+
+    Example:
+        >>> release_freed_memory() in (True, False)
+        True
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # musl, macOS: no malloc_trim
+        return False
+    trim(0)
+    return True
 
 
 def default_workers() -> int:
