@@ -378,7 +378,9 @@ def robustness_metrics(
     if method in ("saliency", "integrated_gradients"):
         explainer = Saliency(f) if method == "saliency" else IntegratedGradients(f)
         kwargs: dict[str, Any] = {"target": tgt}
-        if method == "integrated_gradients":  # chunked: rows × perturbations × steps images at once held ~0.6 GB at 28×28
+        if (
+            method == "integrated_gradients"
+        ):  # chunked: rows × perturbations × steps images at once held ~0.6 GB at 28×28
             kwargs.update(n_steps=8, internal_batch_size=64)
         out["sensitivity_max"] = float(
             sensitivity_max(
