@@ -131,6 +131,13 @@ def test_mixed_table_near_copy_found_with_gower() -> None:
     assert (3, 17) in pairs and (5, 40) not in pairs
     cross = find_cross_duplicates(x[:200], x[[3, 5]] + np.r_[0.01, 0.0, np.zeros(32)], categorical_blocks=blocks)
     assert sorted(cross.pairs[:, 1].tolist()) == [0, 1]
+    # the k-d tree search of large tables (Gower's L1 searched as L2 on principal axes) finds the same pairs
+    tree = find_near_duplicates(x, categorical_blocks=blocks, tree_rows=0)
+    assert tree.pairs.tolist() == found.pairs.tolist() and np.allclose(tree.distances, found.distances)
+    q = x[[3, 5]] + np.r_[0.01, 0.0, np.zeros(32)]
+    assert (
+        find_cross_duplicates(x[:200], q, categorical_blocks=blocks, tree_rows=0).pairs.tolist() == cross.pairs.tolist()
+    )
 
 
 def test_one_categorical_of_eight_is_not_near_where_that_is_common() -> None:

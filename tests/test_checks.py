@@ -52,6 +52,51 @@ def test_quality_finds_planted_flips_duplicates_and_leaks(tmp_path) -> None:  # 
     assert sorted(leak.indices) == [0, 1, 2, 3, 4]
 
 
+def test_embedding_oof_heads_fit_on_a_capped_stratified_sample_and_still_find_flips(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dlclinic.core import evidence as ev
+
+    y = np.repeat([0, 1, 2], [600, 300, 100])
+    monkeypatch.setattr(ev, "OOF_HEAD_ROWS", 200)
+    picked = ev._head_rows(np.arange(0, 1000, 2), y, seed=0)  # 500 fit rows -> 200, by class
+    assert len(picked) == 200 and set(picked) <= set(range(0, 1000, 2))
+    assert np.bincount(y[picked]).tolist() == [120, 60, 20]
+    assert ev._head_rows(np.arange(150), y, seed=0).tolist() == list(range(150))  # under the cap: all
+    x, y = blobs(900, d=10, sep=3.0, seed=0)
+    flipped = np.random.default_rng(0).choice(900, 60, replace=False)
+    y[flipped] = (y[flipped] + 1) % 3
+    monkeypatch.setattr(ev, "OOF_HEAD_ROWS", 300)  # each fold fits 675 rows: capped
+    res = dlclinic.checkup(
+        _case((x, y), blobs(300, d=10, sep=3.0, seed=1)),
+        only=["data.quality"],
+        fit_config=FAST,
+        evidence_config=EvidenceConfig(oof="embeddings"),
+        cache_dir=tmp_path,
+    )["data.quality"]
+    found, truth = set(next(f for f in res.findings if f.code == "label_issue").indices), set(flipped.tolist())
+    assert len(found & truth) / len(found) >= 0.8 and len(found & truth) / len(truth) >= 0.8
+
+
+def test_clean_label_null_on_a_row_sample_keeps_the_grade(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = blobs(3000, d=10, sep=3.0, seed=0)
+    test = blobs(600, d=10, sep=3.0, seed=1)
+    flipped = np.random.default_rng(0).choice(3000, 300, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + 1) % 3
+    opts = {"data.quality": {"label_null_rows": 1000}}
+    res = {
+        name: dlclinic.checkup(
+            _case((x, labels), test), only=["data.quality"], options=opts, fit_config=FAST, cache_dir=tmp_path
+        )["data.quality"]
+        for name, labels in (("clean", y), ("noisy", noisy))
+    }
+    assert res["noisy"].metrics["label_null_rows"] == 1000
+    assert res["noisy"].metrics["label_excess_fraction"] > 0.03, res["noisy"].summary
+    assert (
+        "on a random 1,000 of 3,000 rows" in next(f for f in res["noisy"].findings if f.code == "label_issue").message
+    )
+    assert res["clean"].metrics["label_excess_fraction"] < 0.03, res["clean"].summary
+
+
 def test_quality_stays_quiet_on_clean_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
     x, y = blobs(900, d=10, sep=3.0, seed=0)
     xt, yt = blobs(300, d=10, sep=3.0, seed=1)
@@ -278,6 +323,32 @@ def test_quantity_says_steep_when_data_is_scarce_and_flat_when_saturated(tmp_pat
     )["data.quantity"]
     assert flat.status == "ok", flat.summary
     assert flat.metrics["gain_from_doubling"] < 0.01
+
+
+def test_quantity_proxy_curve_is_capped_and_extrapolated_beyond_max_proxy_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dlclinic.challenges.data.quantity import QuantityOptions, proxy_pool
+
+    y = np.repeat([0, 1, 2], [3000, 1500, 500])
+    pool = proxy_pool(y, QuantityOptions(max_proxy_rows=1000))
+    assert len(pool) == 1000 and np.bincount(y[pool]).tolist() == [600, 300, 100]
+    assert len(proxy_pool(y, QuantityOptions())) == len(y)  # under the cap: every row
+    case = _case(blobs(3000, d=4, sep=6.0, seed=3), blobs(600, d=4, sep=6.0, seed=4))
+    full, capped = (
+        dlclinic.checkup(
+            case,
+            only=["data.quantity"],
+            options={"data.quantity": {"mode": "proxy", "max_proxy_rows": cap}},
+            fit_config=FAST,
+            cache_dir=tmp_path,
+        )["data.quantity"]
+        for cap in (50_000, 1000)
+    )
+    assert not full.metrics["curve_extrapolated"] and full.metrics["curve_max_rows"] == 3000
+    # the pool is rounded per class
+    assert capped.metrics["curve_extrapolated"] and abs(capped.metrics["curve_max_rows"] - 1000) <= 3
+    assert capped.metrics["train_size"] == 3000 and "of the 3,000 train rows (max_proxy_rows)" in capped.summary
+    assert capped.status == full.status == "ok", capped.summary
+    assert abs(capped.metrics["gain_from_doubling"] - full.metrics["gain_from_doubling"]) < 0.01
 
 
 def test_power_law_recovers_known_parameters() -> None:

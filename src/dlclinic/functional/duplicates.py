@@ -6,7 +6,7 @@ nearest-neighbour distance of the reference split. The threshold is therefore
 scale-free (the same default works for pixels in [0, 1] or [0, 255] and for
 standardised tables). For wide inputs the neighbour search runs on a PCA projection and
 the candidates are then verified with exact distances in the full space. Beyond
-:data:`TREE_ROWS` rows the search is a radius query on a ball tree (O(N log N) plus the few
+:data:`TREE_ROWS` rows the search is a radius query on a k-d tree (O(N log N) plus the few
 candidates a near copy's tiny radius gives) instead of brute-force neighbours (O(N²)).
 
 Mixed tables (Gower). On a table with one-hot categorical blocks, Euclidean distance
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import config_context
 from sklearn.decomposition import PCA
-from sklearn.neighbors import BallTree, NearestNeighbors
+from sklearn.neighbors import KDTree, NearestNeighbors
 
 from dlclinic.core.case import unusable_rows, usable_inputs
 
@@ -234,24 +234,48 @@ def _neighbours(
 
 
 TREE_ROWS = 50_000
-"""Beyond this many reference rows the neighbour search is a radius query on a ball tree
+"""Beyond this many reference rows the neighbour search is a radius query on a k-d tree
 (:func:`_radius_neighbours`) instead of brute-force k nearest neighbours, whose cost is
 O(N²): at 600,000 images the brute search alone would take hours on two cores."""
 
 
+def _tree_coordinates(
+    proj: np.ndarray, query: np.ndarray, metric: str, dims: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The rows and queries on the top ``dims`` principal axes of ``proj``, and the metric to search them with.
+
+    An orthonormal projection never lengthens an L2 distance, and L2 ≤ L1, so a pair within
+    the limit in the searched space (L2, or Gower's L1) is within it on these axes too. The top
+    axes, not the first raw coordinates: on raw embeddings the first coordinates are arbitrary
+    and prune poorly. Inputs of at most ``dims`` columns are searched as they are.
+    """
+    if proj.shape[1] <= dims:
+        return np.ascontiguousarray(proj), np.ascontiguousarray(query), metric
+    sample = proj[np.random.default_rng(0).choice(len(proj), size=min(len(proj), 20_000), replace=False)]
+    pca = PCA(n_components=dims, random_state=0).fit(sample)
+    axes = (pca.components_.T).astype(np.float32)  # orthonormal columns
+    return (
+        np.ascontiguousarray((proj - pca.mean_) @ axes, dtype=np.float32),
+        np.ascontiguousarray((query - pca.mean_) @ axes, dtype=np.float32),
+        "euclidean",
+    )
+
+
 def _radius_neighbours(
-    proj: np.ndarray, full: np.ndarray, metric: str, k: int, query: np.ndarray, limit: float, dims: int = 16
+    proj: np.ndarray, metric: str, k: int, query: np.ndarray, limit: float, dims: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``k`` nearest rows within ``limit`` of each query row, as ``(distance, index)`` arrays
     padded with ``inf`` / the row itself, like :func:`_neighbours`.
 
-    A ball tree over the first ``dims`` coordinates of the projection (a coordinate subset of
-    an orthonormal projection never lengthens a distance, so no pair within ``limit`` is
-    missed; the caller verifies the candidates in the full space). Cost O(N log N) plus the
-    candidates, which the tiny radius of a near copy keeps few.
+    A k-d tree over the top ``dims`` principal axes of the searched rows
+    (:func:`_tree_coordinates`: no pair within ``limit`` is missed; the caller verifies the
+    candidates in the full space). Cost O(N log N) plus the candidates, which the tiny radius
+    of a near copy keeps few. A k-d tree, not a ball tree: on 600,000 Fashion-MNIST rows (16
+    coordinates, 1.3 candidates per row) the ball tree's queries took 14× longer (157 s
+    against 11 s; 4.8 s against 0.4 s on 60,000 rows).
     """
-    search = metric if proj.shape[1] == full.shape[1] else "euclidean"
-    tree = BallTree(np.ascontiguousarray(proj[:, :dims]), metric=search)
+    rows, queries, search = _tree_coordinates(proj, query, metric, dims)
+    tree = KDTree(rows, metric=search)
     dist = np.full((len(query), k), np.inf)
     nbr = (
         np.tile(np.arange(len(query))[:, None], (1, k))
@@ -259,9 +283,7 @@ def _radius_neighbours(
         else np.zeros((len(query), k), np.int64)
     )
     for start in range(0, len(query), 8192):
-        ind, dd = tree.query_radius(
-            np.ascontiguousarray(query[start : start + 8192, :dims]), r=limit, return_distance=True, sort_results=True
-        )
+        ind, dd = tree.query_radius(queries[start : start + 8192], r=limit, return_distance=True, sort_results=True)
         for row, (i, d) in enumerate(zip(ind, dd), start):
             dist[row, : min(k, len(i))], nbr[row, : min(k, len(i))] = d[:k], i[:k]
     return dist, nbr
@@ -292,7 +314,7 @@ def find_near_duplicates(
     (proj,) = _project(flat)
     k = min(neighbours + 1, len(flat))
     if len(flat) > tree_rows:
-        dist, nbr = _radius_neighbours(proj, flat, metric, k, proj, limit)
+        dist, nbr = _radius_neighbours(proj, metric, k, proj, limit)
     else:
         dist, nbr = _neighbours(proj, flat, metric, k, proj)
     qi = np.repeat(np.arange(len(flat)), k)
@@ -328,7 +350,7 @@ def find_cross_duplicates(
     limit = min(rel_threshold * unit, cap)
     pref, pqry = _project(ref, qry)
     if len(ref) > tree_rows:
-        dist, nbr = _radius_neighbours(pref, ref, metric, min(3, len(ref)), pqry, limit)
+        dist, nbr = _radius_neighbours(pref, metric, min(3, len(ref)), pqry, limit)
     else:
         dist, nbr = _neighbours(pref, ref, metric, min(3, len(ref)), pqry)
     qi = np.repeat(np.arange(len(qry)), dist.shape[1])
