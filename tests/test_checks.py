@@ -351,6 +351,22 @@ def test_quantity_proxy_curve_is_capped_and_extrapolated_beyond_max_proxy_rows(t
     assert abs(capped.metrics["gain_from_doubling"] - full.metrics["gain_from_doubling"]) < 0.01
 
 
+def test_warm_started_proxy_head_predicts_as_a_cold_fit() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from dlclinic.challenges.data.quantity import _proxy_predict
+
+    x, y = blobs(4000, k=4, d=16, sep=1.0, seed=5)
+    xt, _ = blobs(1000, k=4, d=16, sep=1.0, seed=6)
+    head = LogisticRegression(max_iter=300, warm_start=True)
+    _proxy_predict(head, x[:800], y[:800], xt)
+    cold_iters = LogisticRegression(max_iter=300)
+    warm = _proxy_predict(head, x, y, xt)
+    cold = _proxy_predict(cold_iters, x, y, xt)
+    assert (warm == cold).mean() >= 0.995
+    assert head.n_iter_[0] < cold_iters.n_iter_[0]  # it started near the optimum
+
+
 def test_power_law_recovers_known_parameters() -> None:
     from dlclinic.functional.learning_curve import fit_power_law, samples_for_error
 

@@ -178,6 +178,19 @@ def test_knn_scores_on_a_sampled_reference_keep_their_verdicts() -> None:
     assert s_far.min() > s_near.max()
 
 
+@pytest.mark.parametrize("rank", [20, 200])  # the projection keeps every distance; it shrinks many (brute fallback)
+def test_projected_neighbours_give_the_brute_force_scale(monkeypatch: pytest.MonkeyPatch, rank: int) -> None:
+    """Beyond ``PROJECTED_SCALE_ROWS`` wide rows the scale's neighbours come through a projection: the same unit."""
+    from dlclinic.functional import duplicates
+
+    rng = np.random.default_rng(4)
+    x = (rng.random((1200, rank)) @ rng.random((rank, 200))).astype(np.float32)
+    x[5] = x[9]  # a copy is not the unit of nearness
+    brute = duplicates.nn_distance_scale(x, sample=300)
+    monkeypatch.setattr(duplicates, "PROJECTED_SCALE_ROWS", 100)
+    assert duplicates.nn_distance_scale(x, sample=300) == pytest.approx(brute, rel=1e-5)
+
+
 @pytest.mark.parametrize("width", [8, 40, 300])  # raw coordinates; rotated to principal axes; a PCA projection
 def test_near_copies_by_kd_tree_equal_the_brute_force_search(width: int) -> None:
     """Beyond ``tree_rows`` the search is a radius query on a k-d tree: the same pairs, never N² work."""

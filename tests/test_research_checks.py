@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,18 @@ def test_reproducibility_deterministic_recipe_is_bit_identical(tmp_path: Path) -
     assert res.status == "ok", res.summary
     assert res.metrics["bit_identical"] is True and res.metrics["seeds_run"] == 3
     assert res.metrics["accuracy_min"] <= res.metrics["accuracy_mean"] <= res.metrics["accuracy_max"]
+
+
+def test_reproducibility_scores_the_seed_spread_on_a_test_sample(tmp_path: Path) -> None:
+    case = _case()  # 240 test rows
+    opts = ReproducibilityOptions(max_train_rows=200, max_test_rows=100, seeds=2, budget_seconds=60)
+    res = run_reproducibility(case, _evidence(case, tmp_path, _recipe(_factory)), opts)
+    assert res.metrics["test_rows_used"] == 100 and res.metrics["seeds_run"] == 2
+    assert "(on 100 of 240 test rows)" in res.summary
+    every = run_reproducibility(
+        case, _evidence(case, tmp_path / "all", _recipe(_factory)), dataclasses.replace(opts, max_test_rows=0)
+    )
+    assert every.metrics["test_rows_used"] == 240 and "test rows)" not in every.summary
 
 
 def test_reproducibility_names_an_unseeded_shuffle(tmp_path: Path) -> None:

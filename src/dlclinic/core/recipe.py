@@ -37,7 +37,7 @@ from dlclinic.core import budget, distributed
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.device import PRECISIONS, autocast, check_precision, resolve_device
 from dlclinic.core.errors import ConfigError
-from dlclinic.core.inference import input_tensor, model_input_spec
+from dlclinic.core.inference import inference_batch, input_tensor, model_input_spec
 
 __all__ = [
     "FitConfig",
@@ -180,7 +180,8 @@ def contiguous(net: nn.Module) -> nn.Module:
     return net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # the stubs lack memory_format
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    batch_size = inference_batch(x.device)
     model.eval()
     total_loss, correct = 0.0, 0
     with torch.no_grad():

@@ -197,6 +197,12 @@ def find_exact_duplicates(x: np.ndarray, *, pad_id: int | None = None) -> list[n
     return [np.array(v) for v in buckets.values() if len(v) > 1]
 
 
+PROJECTED_SCALE_ROWS = 150_000
+"""Beyond this many wide rows :func:`nn_distance_scale` finds neighbours through a PCA projection
+(:func:`_projected_knn`, the same distances): measured on Fashion-MNIST, 4.1 s against the brute
+search's 2.1 s at 60,000 rows (the projection's fixed cost) and 5.2 s against 21.0 s at 600,000."""
+
+
 def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0, categorical_blocks: Blocks = None) -> float:
     """Median distance from a row to its nearest *distinct* neighbour (the unit of nearness; Gower with ``categorical_blocks``)."""
     (flat,), metric, _ = _space(categorical_blocks, x)
@@ -204,15 +210,40 @@ def nn_distance_scale(x: np.ndarray, *, sample: int = 2000, seed: int = 0, categ
         return 0.0
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(flat), size=min(sample, len(flat)), replace=False)
-    nn = NearestNeighbors(n_neighbors=min(6, len(flat)), metric=metric).fit(flat)
-    with config_context(working_memory=WORKING_MB):
-        dist, nbr = nn.kneighbors(flat[idx])
+    k = min(6, len(flat))
+    if len(flat) > PROJECTED_SCALE_ROWS and metric == "euclidean" and flat.shape[1] > 128:
+        dist, nbr = _projected_knn(flat, idx, k)
+    else:
+        nn = NearestNeighbors(n_neighbors=k, metric=metric).fit(flat)
+        with config_context(working_memory=WORKING_MB):
+            dist, nbr = nn.kneighbors(flat[idx])
     dist = np.where(nbr == idx[:, None], np.inf, dist)  # never the row itself
     # copies (distance ~0 up to float error) are not the unit of nearness: skip them
     tiny = 1e-6 * float(np.median(dist[np.isfinite(dist)])) if np.isfinite(dist).any() else 0.0
     distinct = [d[(d > tiny) & np.isfinite(d)] for d in dist]
     positive = [float(d.min()) for d in distinct if d.size]
     return float(np.median(positive)) if positive else 0.0
+
+
+def _projected_knn(flat: np.ndarray, idx: np.ndarray, k: int, candidates: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest rows of ``flat[idx]`` (L2), found through a PCA projection.
+
+    Candidates are the ``candidates`` nearest in the 64-d projection, ranked by their full
+    distances. A projection never lengthens a distance, so when the last candidate's projected
+    distance is at least the k-th full distance no other row can be nearer; the rows where
+    that does not hold are searched by brute force (:data:`PROJECTED_SCALE_ROWS`).
+    """
+    proj, query = _project(flat, flat[idx])
+    with config_context(working_memory=WORKING_MB):
+        pdist, cand = NearestNeighbors(n_neighbors=min(candidates, len(flat))).fit(proj).kneighbors(query)
+    full = np.linalg.norm(flat[cand] - flat[idx][:, None, :], axis=2)
+    order = np.argsort(full, axis=1, kind="stable")[:, :k]
+    dist, nbr = np.take_along_axis(full, order, 1), np.take_along_axis(cand, order, 1)
+    unsure = np.flatnonzero(pdist[:, -1] < dist[:, -1])
+    if len(unsure):
+        with config_context(working_memory=WORKING_MB):
+            dist[unsure], nbr[unsure] = NearestNeighbors(n_neighbors=k).fit(flat).kneighbors(flat[idx[unsure]])
+    return dist, nbr
 
 
 def _verified(
