@@ -205,3 +205,14 @@ def test_near_copies_by_kd_tree_equal_the_brute_force_search(width: int) -> None
     q = np.concatenate([x[:10] + 1e-4, rng.random((50, width)).astype(np.float32)])
     leaks, leaks_tree = find_cross_duplicates(x, q), find_cross_duplicates(x, q, tree_rows=0)
     assert sorted(leaks.pairs[:, 1].tolist()) == list(range(10)) and leaks.pairs.tolist() == leaks_tree.pairs.tolist()
+
+
+def test_image_moments_in_chunks_equal_the_whole_array_scaled() -> None:
+    from dlclinic.functional.profile import _row_moments
+
+    x = np.random.default_rng(5).integers(0, 256, size=(50, 1, 6, 6)).astype(np.uint8)  # raw 8-bit images
+    flat = x.reshape(50, -1).astype(np.float32)
+    scaled = (flat - flat.min()) / (flat.max() - flat.min())
+    mean, std = _row_moments(x, chunk=7)
+    assert np.allclose(mean, scaled.mean(1), atol=1e-6) and np.allclose(std, scaled.std(1), atol=1e-6)
+    assert not _row_moments(np.ones((3, 4), np.float32))[1].any()  # a constant array: no contrast anywhere
