@@ -38,10 +38,10 @@ from dlclinic.core.progress import NullProgress, Progress, note
 from dlclinic.core.recipe import FitConfig, fit, seed_everything, warm_up
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
 from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results, with_case_args
+from dlclinic.core.sampling import stratified_rows
 from dlclinic.core.threads import torch_threads
 from dlclinic.core.version import __version__
 from dlclinic.core.workers import default_workers, release_freed_memory, run_tasks
-from dlclinic.functional.sampling import stratified_rows
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
 __all__ = [

@@ -63,6 +63,7 @@ from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fing
 from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress
 from dlclinic.core.recipe import patience_at_most
+from dlclinic.core.sampling import stratified_rows
 from dlclinic.core.version import __version__
 from dlclinic.core.workers import run_tasks
 
@@ -112,15 +113,7 @@ bare forward loop. At 60,000 rows (45,000 per fit) nothing changes.
 
 def _head_rows(fit_idx: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     """``fit_idx``, or a seeded class-stratified sample of :data:`OOF_HEAD_ROWS` of them."""
-    if len(fit_idx) <= OOF_HEAD_ROWS:
-        return fit_idx
-    share = OOF_HEAD_ROWS / len(fit_idx)
-    rng = np.random.default_rng(seed)
-    picked = [
-        rng.choice(rows, size=max(1, round(share * len(rows))), replace=False)
-        for rows in (fit_idx[y[fit_idx] == c] for c in np.unique(y[fit_idx]))
-    ]
-    return np.sort(np.concatenate(picked))
+    return fit_idx[stratified_rows(y[fit_idx], OOF_HEAD_ROWS, seed)]
 
 
 def machine() -> dict[str, Any]:

@@ -43,6 +43,7 @@ from dlclinic.core.errors import ConfigError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy
+from dlclinic.core.sampling import stratified_rows
 from dlclinic.functional.active_learning import (
     STRATEGIES,
     common_target,
@@ -55,7 +56,6 @@ from dlclinic.functional.active_learning import (
     select_kcenter,
     simulate,
 )
-from dlclinic.functional.sampling import stratified_rows
 from dlclinic.io import load_like
 
 __all__ = [

@@ -43,6 +43,7 @@ from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy
+from dlclinic.core.sampling import stratified_rows
 from dlclinic.functional.continual import (
     STRATEGIES,
     ContinualConfig,
@@ -52,7 +53,6 @@ from dlclinic.functional.continual import (
     tasks_from_classes,
     tasks_from_ids,
 )
-from dlclinic.functional.sampling import stratified_rows
 
 __all__ = [
     "CHECK",

@@ -29,11 +29,11 @@ from dlclinic.core.errors import ConfigError, InputError
 from dlclinic.core.evidence import Evidence
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy
+from dlclinic.core.sampling import stratified_rows
 from dlclinic.functional.continual import ContinualConfig, TaskSequence, run_task_sequence, tasks_from_classes
 from dlclinic.functional.embeddings import logits_and_embeddings
 from dlclinic.functional.ood import score_energy, score_knn, score_max_softmax
 from dlclinic.functional.openset import calibrate_rejection, cluster_rejected, novelty_auroc
-from dlclinic.functional.sampling import stratified_rows
 from dlclinic.io.data import load_like
 
 __all__ = [

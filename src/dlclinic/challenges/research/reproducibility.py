@@ -36,7 +36,7 @@ from dlclinic.core.manifest import build_manifest, write_manifest
 from dlclinic.core.recipe import seed_everything
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
 from dlclinic.core.results import CheckResult, Finding, Remedy
-from dlclinic.functional.sampling import stratified_rows
+from dlclinic.core.sampling import stratified_rows
 from dlclinic.functional.stats import bootstrap_metrics
 
 __all__ = [
