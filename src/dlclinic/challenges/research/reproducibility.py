@@ -86,14 +86,6 @@ def _labelled_test(case: Case) -> Any:
     return test if test is not None and test.labelled else None
 
 
-def _test_rows(case: Case, options: ReproducibilityOptions) -> int:
-    """How many test rows the seed spread scores (0 without a labelled test split)."""
-    test = _labelled_test(case)
-    if test is None:
-        return 0
-    return min(len(test), options.max_test_rows or len(test))
-
-
 def _scramble_global_rngs(value: int) -> None:
     random.seed(value)
     np.random.seed(value)
@@ -173,8 +165,9 @@ def _seed_spread(
     data: tuple[np.ndarray, np.ndarray],
     first: Any,
     timing: tuple[float, float],
-) -> tuple[list[float], list[float], list[int]]:
-    """Test accuracy and macro-F1 of the same-seed model and of further seeds, within the time budget."""
+) -> tuple[list[float], list[float], list[int], int]:
+    """Test accuracy and macro-F1 of the same-seed model and of further seeds, within the time budget;
+    the seeds run and how many test rows scored them."""
     test = _labelled_test(case)
     x, y = data
     t0, per_run = timing
@@ -182,7 +175,7 @@ def _seed_spread(
     f1s: list[float] = []
     seeds_run: list[int] = []
     if test is None:
-        return accs, f1s, seeds_run
+        return accs, f1s, seeds_run, 0
     models = [first]
     with evidence.progress.step("reproducibility: seed spread", total=max(options.seeds - 1, 0)) as advance:
         for s in range(1, options.seeds):
@@ -201,7 +194,7 @@ def _seed_spread(
         accs.append(ci["accuracy"].value)
         f1s.append(ci["macro_f1"].value)
         seeds_run.append(options.seed + s)
-    return accs, f1s, seeds_run
+    return accs, f1s, seeds_run, len(rows)
 
 
 def _reproducibility_compute(case: Case, evidence: Evidence, options: ReproducibilityOptions) -> dict[str, np.ndarray]:
@@ -225,7 +218,7 @@ def _reproducibility_compute(case: Case, evidence: Evidence, options: Reproducib
         cause, sites = "", []  # type: tuple[str, list[str]]
         if not diff.identical:
             cause, sites = _diagnose(case, evidence, x, y, options.seed)
-        accs, f1s, seeds_run = _seed_spread(case, evidence, options, (x, y), a, (t0, per_run))
+        accs, f1s, seeds_run, test_rows = _seed_spread(case, evidence, options, (x, y), a, (t0, per_run))
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
@@ -243,7 +236,7 @@ def _reproducibility_compute(case: Case, evidence: Evidence, options: Reproducib
         "macro_f1": np.array(f1s, dtype=np.float64),
         "seeds": np.array(seeds_run, dtype=np.int64),
         "rows": np.array(len(rows)),
-        "test_rows": np.array(_test_rows(case, options)),
+        "test_rows": np.array(test_rows),
         "seconds_per_run": np.array(per_run),
     }
 
@@ -252,7 +245,7 @@ def _reproducibility_compute(case: Case, evidence: Evidence, options: Reproducib
 def _on_rows(r: dict[str, np.ndarray], case: Case) -> str:
     """`` (on 5,000 of 100,000 test rows)`` when the seed spread scored a sample, else nothing."""
     test = _labelled_test(case)
-    used = int(r["test_rows"]) if "test_rows" in r else 0
+    used = int(r["test_rows"])
     return f" (on {used:,} of {len(test):,} test rows)" if test is not None and 0 < used < len(test) else ""
 
 
@@ -264,7 +257,7 @@ def _metrics(r: dict[str, np.ndarray], flags: dict[str, Any]) -> dict[str, float
         "tensors_differing": int(r["n_differing"]),
         "max_abs_weight_diff": float(r["max_abs_diff"]),
         "train_rows_used": int(r["rows"]),
-        "test_rows_used": int(r["test_rows"]) if "test_rows" in r else None,
+        "test_rows_used": int(r["test_rows"]),
         "seconds_per_run": float(r["seconds_per_run"]),
         "seeds_run": int(len(accs)),
         "deterministic_algorithms": bool(flags["deterministic_algorithms"]),
