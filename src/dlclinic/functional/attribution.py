@@ -214,8 +214,8 @@ def attribute_tokens(
     return np.asarray(np.where(real, per_token, 0.0), dtype=np.float32)
 
 
-def _probs(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    logits = predict_logits(model, x, batch_size=batch_size)
+def _probs(model: Any, x: np.ndarray) -> np.ndarray:
+    logits = predict_logits(model, x)
     z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)
     return np.asarray(e / e.sum(1, keepdims=True))

@@ -44,7 +44,7 @@ def _forward_batches(model: Any, x: np.ndarray, batch_size: int) -> None:
             model(input_tensor(chunk, device=model_device(model)))
 
 
-def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> dict[str, tuple[float, float]]:
+def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 128) -> dict[str, tuple[float, float]]:
     """Per BN layer ``(mean shift in running σ, mean |log variance ratio|)`` on data ``x``."""
     layers = bn_layers(model)
     if not layers:
@@ -57,7 +57,7 @@ def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> d
 
     def hook(name: str) -> Any:
         def fn(_m: Any, inp: Any) -> None:
-            t = inp[0].detach().double()
+            t = inp[0].detach()  # summed in float64 without a float64 copy of the activations
             dims = [d for d in range(t.dim()) if d != 1]
             n = t.numel() / t.shape[1]
             acc = sums.setdefault(
@@ -69,8 +69,8 @@ def running_stat_shift(model: Any, x: np.ndarray, *, batch_size: int = 256) -> d
                 ],
             )
             acc[0] += n
-            acc[1] += t.sum(dim=dims)
-            acc[2] += (t * t).sum(dim=dims)
+            acc[1] += t.sum(dim=dims, dtype=torch.float64)
+            acc[2] += (t * t).sum(dim=dims, dtype=torch.float64)
 
         return fn
 

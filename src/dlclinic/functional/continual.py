@@ -41,8 +41,8 @@ from torch import nn
 from dlclinic.core import budget
 from dlclinic.core.case import usable_inputs
 from dlclinic.core.errors import ConfigError, InputError
-from dlclinic.core.inference import input_tensor, model_device
-from dlclinic.core.recipe import seed_everything
+from dlclinic.core.inference import inference_batch, input_tensor, model_device
+from dlclinic.core.recipe import channels_last, seed_everything
 
 __all__ = [
     "ContinualConfig",
@@ -217,9 +217,10 @@ def _fisher(model: Any, x: Any, y: Any, classes: np.ndarray | None) -> dict[str,
 def _accuracy_rows(model: Any, x: Any, y: Any, classes: np.ndarray | None) -> np.ndarray:
     model.eval()
     out = []
+    step = inference_batch(x.device)
     with torch.no_grad():
-        for i in range(0, len(x), 512):
-            out.append((_masked(model(x[i : i + 512]), classes).argmax(1) == y[i : i + 512]).cpu().numpy())
+        for i in range(0, len(x), step):
+            out.append((_masked(model(x[i : i + step]), classes).argmax(1) == y[i : i + step]).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
@@ -371,6 +372,7 @@ def run_task_sequence(
         raise ConfigError(f"a task sequence needs at least 2 tasks, found {len(tasks)}")
     seed_everything(cfg.seed)
     model = make_model()
+    channels_last(model)  # faster convolutions on a CPU; the model is this run's own
     setter = getattr(model, "set_input_stats", None)
     first = usable_inputs(x_train[tasks.train_rows[0]]).reshape(len(tasks.train_rows[0]), -1)
     if callable(setter):
