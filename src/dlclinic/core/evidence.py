@@ -60,7 +60,7 @@ from dlclinic.core.case import Case, Split, unusable_rows, usable_inputs
 from dlclinic.core.device import active_precision, autocast
 from dlclinic.core.errors import ConfigError, InputError, ModelError
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
-from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
+from dlclinic.core.inference import conv_layout, eval_mode, first_output, input_tensor, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress
 from dlclinic.core.recipe import patience_at_most
 from dlclinic.core.sampling import stratified_rows
@@ -600,7 +600,12 @@ class Evidence:
         embeddings: np.ndarray | None = None
         handle = self._embedding_hook(model, captured)
         try:
-            with eval_mode(model), torch.inference_mode(), autocast(active_precision(), device.type):
+            with (
+                eval_mode(model),
+                conv_layout(model),
+                torch.inference_mode(),
+                autocast(active_precision(), device.type),
+            ):
                 for i in range(0, n, bs):
                     xb = input_tensor(x[i : i + bs], dtype, device)
                     captured.clear()

@@ -568,6 +568,7 @@ class SweepConfig:
     finetune_epochs: int = 0
     latency_rounds: int = 15
     latency_seconds: float = 1.0
+    latency_threads: int | None = 1
     seed: int = 0
     max_eval_rows: int = 0
 

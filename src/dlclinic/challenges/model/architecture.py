@@ -87,7 +87,7 @@ class ArchitectureOptions:
     weight_decay: float | None = None
     batch_size: int | None = None
     seed: int = 0
-    threads: int | None = 1
+    threads: int | None = None  # torch threads; None: the checkup's (one per worker process when there are several)
 
 
 def run(case: Case, evidence: Evidence, options: ArchitectureOptions) -> CheckResult:

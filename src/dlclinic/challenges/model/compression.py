@@ -47,6 +47,11 @@ class CompressionOptions:
     ``max_test_rows`` (0: all) scores the variants on a seeded sample of the test split: the
     paired CI of an accuracy drop needs a few thousand rows, not all of a large split, so
     the sweep costs the same at 10k and at 1M rows; the report says when it sampled.
+
+    ``threads``: torch threads for scoring, pruning and distillation (``None``: the
+    checkup's, which is one per process when checks run in several worker processes);
+    ``latency_threads``: threads of the batch-1 timing, torch and onnxruntime alike (one by
+    default: the p50 column is a one-core latency, comparable across machines and runs).
     """
 
     max_accuracy_drop: float = 0.01
@@ -59,7 +64,8 @@ class CompressionOptions:
     exporter: str = "torchscript"
     bf16: bool = True
     torch_int8_dynamic: bool = True
-    threads: int | None = 1
+    threads: int | None = None
+    latency_threads: int | None = 1
     max_test_rows: int = 5000
 
 
@@ -76,6 +82,7 @@ def _sweep_config(o: CompressionOptions) -> SweepConfig:
         distill_keep_ratio=0.5 if o.distill_epochs > 0 else None,
         distill_epochs=o.distill_epochs,
         distill_seconds=o.distill_seconds,
+        latency_threads=o.latency_threads,
     )
 
 

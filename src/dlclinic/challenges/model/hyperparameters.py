@@ -88,7 +88,7 @@ class HyperparameterOptions:
     min_gain: float = 0.02
     alpha: float = 0.05
     seed: int = 0
-    threads: int | None = 1
+    threads: int | None = None  # torch threads; None: the checkup's (one per worker process when there are several)
 
 
 def _better_p(discordant: tuple[int, int] | None) -> float:

@@ -92,7 +92,7 @@ class InterpretabilityOptions:
     sanity_max: float = 0.8
     steps: int = 10
     seed: int = 0
-    threads: int | None = 1
+    threads: int | None = None  # torch threads; None: the checkup's (one per worker process when there are several)
     embedding_layer: str | None = None
 
     def __post_init__(self) -> None:

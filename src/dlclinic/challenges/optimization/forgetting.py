@@ -74,9 +74,12 @@ class ForgettingOptions:
     """Task sequence, strategy and budget of the forgetting harness.
 
     ``max_test_rows_per_task`` (0: all) caps the rows each task is evaluated on after every
-    task (a seeded stratified sample): the accuracy matrix is evaluated T(T+1)/2 times, so
-    on a large test split the evaluation, not the training, would grow with N; the BWT
-    interval is computed on the rows used.
+    task (a seeded stratified sample): the accuracy matrix is evaluated T² times, so on a
+    large test split the evaluation, not the training, would grow with N; the BWT interval
+    is computed on the rows used. 500 rows put a task's accuracy within ±4.4 points (95 %,
+    at 50 %) and the mean over tasks within about half that, a tenth of the 20-point
+    ``warn_forgetting``; 1,000 rows doubled the evaluation (half of the check's time on
+    the issue-21 CNN) for a margin the verdict does not need.
     """
 
     tasks: str = (
@@ -89,7 +92,7 @@ class ForgettingOptions:
     lr: float = 0.01
     memory: int = 200
     max_rows_per_task: int = 300
-    max_test_rows_per_task: int = 1000
+    max_test_rows_per_task: int = 500
     warn_forgetting: float = 0.2
     seed: int = 0
 
