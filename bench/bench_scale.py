@@ -12,7 +12,9 @@ the full 60,000 / 10,000; ``600k`` = the full data replicated ×10 with Gaussian
 Per size it runs, each as a fresh subprocess with the same environment (threads included):
 
 * the bare floor: load the two ``.npz`` files and run the model over every train and test
-  row in batches of 256 under ``torch.inference_mode()`` — the least any evidence pass can take;
+  row in batches of 256 under ``torch.inference_mode()``, the model as loaded — what a user's
+  plain loop takes (dlclinic's evidence pass runs a CPU conv model channels-last, so it can
+  take less: ``core.inference.conv_layout``);
 * ``dlclinic checkup --train --test --model --weights --no-cache`` (all 31 checks).
 
 It prints and writes (``--json``) the wall time and peak RSS of each (peak RSS: the
