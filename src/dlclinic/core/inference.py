@@ -22,7 +22,9 @@ from dlclinic.core.device import active_precision, autocast
 from dlclinic.core.errors import InputError, ModelError
 
 __all__ = [
+    "channels_last",
     "check_label_range",
+    "contiguous",
     "conv_layout",
     "eval_mode",
     "first_output",
@@ -111,30 +113,49 @@ def first_output(out: Any) -> Any:
     return out
 
 
+def channels_last(net: torch.nn.Module) -> bool:
+    """Put a CPU model with 4-D (convolution) weights in channels-last layout, in place; whether it did.
+
+    On CPU, oneDNN's convolutions and max-pooling run much faster on channels-last tensors (a
+    small image CNN trains ~30 % faster on one thread); the values are the same, only the
+    layout of the weights changes. :func:`contiguous` puts them back after training.
+    """
+    params = list(net.parameters())
+    if not params or any(p.device.type != "cpu" for p in params) or not any(p.dim() == 4 for p in params):
+        return False
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs lack memory_format
+    return True
+
+
+def contiguous(net: torch.nn.Module) -> torch.nn.Module:
+    """The model with its weights back in the default (contiguous) layout, in place."""
+    return net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # the stubs lack memory_format
+
+
 @contextmanager
 def conv_layout(model: Any) -> Iterator[None]:
-    """Within: a CPU model's 4-D (convolution) weights in channels-last layout; as they were, after.
+    """Within: :func:`channels_last` on the model; its default layout back, after.
 
     oneDNN's CPU convolutions run on channels-last weights without the reorders the default
     layout costs them: the issue-21 CNN (Conv 1→32→64 on 28×28) scored 4,096 rows in 0.90 s
     instead of 1.57 s on two threads, and 1.57 s instead of 2.46 s on one, the same logits up
-    to float rounding. Inputs may stay in the default layout. A model on an accelerator,
-    one without 4-D weights, one already channels-last, or one that refuses ``.to``
-    (``torch.export`` modules) is left as it is.
+    to float rounding. Inputs may stay in the default layout. A model that is not a module,
+    one already channels-last, or one that refuses ``.to`` (``torch.export`` modules) is left
+    as it is.
     """
-    params = list(model.parameters()) if callable(getattr(model, "parameters", None)) else []
-    four = [p for p in params if p.dim() == 4]
-    switch = bool(four) and all(p.device.type == "cpu" for p in params) and all(p.is_contiguous() for p in four)
-    if switch:
+    switch = False
+    if callable(getattr(model, "parameters", None)) and all(
+        p.is_contiguous() for p in model.parameters() if p.dim() == 4
+    ):
         try:
-            model.to(memory_format=torch.channels_last)
+            switch = channels_last(model)
         except (AttributeError, NotImplementedError, RuntimeError, TypeError):
             switch = False
     try:
         yield
     finally:
         if switch:
-            model.to(memory_format=torch.contiguous_format)
+            contiguous(model)
 
 
 def inference_batch(device: torch.device) -> int:
