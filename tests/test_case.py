@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dlclinic import Case, FitConfig, InputError, fit
+from dlclinic.core import case as case_module
 from dlclinic.core.baselines import MLP, SmallCNN, baseline_for
 from dlclinic.core.errors import ConfigError
 
@@ -88,3 +89,21 @@ def test_baselines_match_the_data() -> None:
     assert isinstance(baseline_for((12,), 3, "table"), MLP)
     out = baseline_for((3, 16, 16), 4, "image")(torch.randn(2, 3, 16, 16))
     assert out.shape == (2, 4)
+
+
+def test_a_large_split_is_scanned_for_unusable_values_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    scans: list[int] = []
+    real = case_module.unusable_rows
+    monkeypatch.setattr(case_module, "unusable_rows", lambda x: scans.append(len(x)) or real(x))
+    big = np.zeros((17_000, 1_000), dtype=np.float32)  # 68 MB: a split
+    small = np.zeros((10, 4), dtype=np.float32)
+    for _ in range(3):
+        case_module.usable_inputs(big)
+        case_module.usable_inputs(small)
+    assert scans == [17_000, 10, 10, 10]  # the split once, small arrays every time
+    shifted = big[1:]  # another array (a view with its own layout): scanned on its own
+    case_module.usable_inputs(shifted)
+    assert scans[-1] == 16_999
+    dirty = np.zeros((17_000, 1_000), dtype=np.float32)
+    dirty[5, 3] = np.nan
+    assert case_module.usable_inputs(dirty)[5, 3] == 0 and case_module.usable_inputs(dirty)[5, 3] == 0

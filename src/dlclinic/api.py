@@ -41,7 +41,7 @@ from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of
 from dlclinic.core.sampling import stratified_rows
 from dlclinic.core.threads import torch_threads
 from dlclinic.core.version import __version__
-from dlclinic.core.workers import default_workers, release_freed_memory, run_tasks
+from dlclinic.core.workers import default_workers, release_freed_memory, release_mapped_pages, run_tasks
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
 __all__ = [
@@ -298,8 +298,16 @@ def _run_task(
                 result, budget=win.report(result.seconds), summary=_with_cuts(result, win.cuts)
             )
         out.append((result, evidence.changes_since(mark), os.getpid()))
-        release_freed_memory()
+        _release_memory(case)
     return out
+
+
+def _release_memory(case: Case) -> None:
+    """Between checks: the C heap's free pages and the memory-mapped splits' pages go back to the system
+    (:func:`~dlclinic.core.workers.release_freed_memory`, :func:`~dlclinic.core.workers.release_mapped_pages`):
+    a check reads the rows it uses again, most read a sample."""
+    release_freed_memory()
+    release_mapped_pages(*(split.x for split in case.splits.values()))
 
 
 def _run_checks(
@@ -634,6 +642,7 @@ def checkup(
         )
         evidence.ensure(needs)  # with a baseline trained here, the folds and forward passes overlapped its training
         timings["evidence"] = time.perf_counter() - t - timings["model"]
+        _release_memory(case)
         t = time.perf_counter()
         left = None if budget_s is None else budget_s - (time.perf_counter() - t0)
         results = _original_rows(

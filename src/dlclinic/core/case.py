@@ -11,6 +11,7 @@ yielding ``(x, y)`` or ``(x, y, group)``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -74,6 +75,39 @@ def unusable_rows(x: np.ndarray) -> np.ndarray:
     return out
 
 
+_SCANNED_BYTES = 1 << 26  # arrays from 64 MB on: a split, not a batch
+_usable: dict[int, tuple[weakref.ref[Any], tuple[Any, ...]]] = {}
+
+
+def _layout(x: Any) -> tuple[Any, ...]:
+    a = x.__array_interface__
+    return (a["data"][0], a["shape"], a["strides"], a["typestr"])
+
+
+def _known_usable(x: Any) -> bool:
+    """Whether this very array (same object, memory and layout) was scanned and found usable before.
+
+    Checks hand whole splits to :func:`usable_inputs` again and again; scanning a memory-mapped
+    split reads every page back into memory (210 MB at 60k images) that
+    :func:`~dlclinic.core.workers.release_mapped_pages` had just given back. The arrays a
+    checkup holds are not written to (``usable_inputs``' contract), so one scan per array is enough.
+    """
+    if not isinstance(x, np.ndarray) or x.nbytes < _SCANNED_BYTES:
+        return False
+    known = _usable.get(id(x))
+    return known is not None and known[0]() is x and known[1] == _layout(x)
+
+
+def _remember_usable(x: Any) -> None:
+    if isinstance(x, np.ndarray) and x.nbytes >= _SCANNED_BYTES:
+        key = id(x)
+
+        def forget(_ref: weakref.ref[Any]) -> None:
+            _usable.pop(key, None)
+
+        _usable[key] = (weakref.ref(x, forget), _layout(x))
+
+
 def usable_inputs(x: np.ndarray) -> np.ndarray:
     """``x`` with its unusable values (NaN, ±Inf, beyond ±:data:`MAX_ABS_INPUT`) set to 0.
 
@@ -88,7 +122,8 @@ def usable_inputs(x: np.ndarray) -> np.ndarray:
         >>> usable_inputs(np.ones(3)).flags.writeable
         False
     """
-    if not unusable_rows(x).any():
+    if _known_usable(x) or not unusable_rows(x).any():
+        _remember_usable(x)
         view = np.asarray(x).view()
         view.flags.writeable = False
         return view

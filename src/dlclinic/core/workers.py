@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -38,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from dlclinic.core import distributed
 
-__all__ = ["can_fork", "default_workers", "release_freed_memory", "run_tasks"]
+__all__ = ["can_fork", "default_workers", "release_freed_memory", "release_mapped_pages", "run_tasks"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -73,6 +74,50 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4 (not in Python's mmap module): reclaim these pages now, keep their contents
+
+
+def release_mapped_pages(*arrays: Any) -> int:
+    """Let the kernel take back the pages of memory-mapped inputs this process has read; the bytes advised.
+
+    A split read through a memory map (``np.memmap``, ``.npy``/``.npz`` opened by
+    :mod:`dlclinic.io.data`) stays resident once the evidence pass has read every row: 210 MB
+    at 60k images, 2.1 GB at 600k, for the whole checkup, although most checks then read a
+    sample of the rows. ``madvise(MADV_PAGEOUT)`` reclaims the clean pages (read again from the
+    file, or the page cache, when a row is used again); pages a copy-on-write map has changed
+    are kept, so no content changes (unlike ``MADV_DONTNEED``, which would drop such changes).
+    Arrays that are not memory-mapped, and kernels without ``MADV_PAGEOUT``, are left alone.
+
+    Example:
+        >>> import numpy as np
+        >>> release_mapped_pages(np.zeros(4))
+        0
+    """
+    done: dict[int, int] = {}
+    for array in arrays:
+        mapping = _mapping_of(array)
+        if mapping is None or id(mapping) in done or mapping.closed:
+            continue
+        try:
+            mapping.madvise(MADV_PAGEOUT)
+        except (OSError, ValueError):  # an older kernel (EINVAL), a mapping being closed
+            continue
+        done[id(mapping)] = len(mapping)
+    return sum(done.values())
+
+
+def _mapping_of(array: Any) -> mmap.mmap | None:
+    """The ``mmap`` under an array (``np.memmap`` and its views keep it in ``_mmap``), or ``None``."""
+    for _ in range(32):  # a chain of views is short; guard against a cycle of odd objects
+        if array is None or isinstance(array, mmap.mmap):
+            return array
+        mapping = getattr(array, "_mmap", None)
+        if isinstance(mapping, mmap.mmap):
+            return mapping
+        array = getattr(array, "base", None)
+    return None
 
 
 @functools.cache
@@ -210,6 +255,7 @@ def _run_tasks(
         ctx.Process(target=_child, args=(tasks, run, counter, folder, setup)) for _ in range(min(workers, n) - 1)
     ]
     _busy = True
+    release_freed_memory()  # a forked child starts with a copy of every resident heap page's mapping: fewer, smaller
     try:
         for child in children:
             child.start()

@@ -32,7 +32,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dlclinic.core.inference import eval_mode, first_output, input_tensor, model_input_spec, predict_logits
+from dlclinic.core.inference import (
+    eval_mode,
+    first_output,
+    gradient_batch,
+    input_tensor,
+    model_input_spec,
+    predict_logits,
+)
 
 __all__ = ["METHODS", "AttackResult", "RobustCurve", "attack", "multi_targeted_accuracy", "robust_accuracy_curve"]
 
@@ -231,7 +238,7 @@ def attack(
     step_size: float | None = None,
     random_start: bool = False,
     early_stop: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     seed: int = 0,
     keep_inputs: bool = False,
     targets: np.ndarray | None = None,
@@ -250,7 +257,7 @@ def attack(
             (default ``2.5 ε / steps``, Madry et al.).
         random_start: start PGD from a uniform point in the ball.
         early_stop: freeze samples once misclassified (their first adversarial input is kept).
-        batch_size: rows per batch.
+        batch_size: rows per batch; ``None``: :func:`~dlclinic.core.inference.gradient_batch` (64 on a CPU).
         seed: seed of the random start.
         keep_inputs: return the adversarial inputs (memory: one copy of ``x``).
         targets: a class per sample (``(N,)``, ≠ ``y``): maximise the margin ``z_t − z_y``
@@ -266,6 +273,7 @@ def attack(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, but got {method!r}")
     dtype, device = model_input_spec(model)
+    batch_size = batch_size or gradient_batch(device)
     n = len(x)
     clean_correct = np.zeros(n, dtype=bool)
     fooled = np.zeros(n, dtype=bool)
@@ -362,7 +370,7 @@ def robust_accuracy_curve(
     scale: float | np.ndarray = 1.0,
     steps: int = 10,
     random_start: bool = False,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> RobustCurve:
     """Robust accuracy of every method at every ε (the clean accuracy at ε = 0).
