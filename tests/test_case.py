@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -91,19 +93,23 @@ def test_baselines_match_the_data() -> None:
     assert out.shape == (2, 4)
 
 
-def test_a_large_split_is_scanned_for_unusable_values_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_memory_mapped_split_is_scanned_for_unusable_values_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     scans: list[int] = []
     real = case_module.unusable_rows
     monkeypatch.setattr(case_module, "unusable_rows", lambda x: scans.append(len(x)) or real(x))
-    big = np.zeros((17_000, 1_000), dtype=np.float32)  # 68 MB: a split
+    np.save(tmp_path / "x.npy", np.zeros((17_000, 1_000), dtype=np.float32))  # 68 MB: a split
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="c")
     small = np.zeros((10, 4), dtype=np.float32)
     for _ in range(3):
-        case_module.usable_inputs(big)
+        case_module.usable_inputs(mapped)
         case_module.usable_inputs(small)
-    assert scans == [17_000, 10, 10, 10]  # the split once, small arrays every time
-    shifted = big[1:]  # another array (a view with its own layout): scanned on its own
-    case_module.usable_inputs(shifted)
+    assert scans == [17_000, 10, 10, 10]  # the mapped split once, small arrays every time
+    case_module.usable_inputs(mapped[1:])  # another array (a view with its own layout): scanned on its own
     assert scans[-1] == 16_999
-    dirty = np.zeros((17_000, 1_000), dtype=np.float32)
-    dirty[5, 3] = np.nan
-    assert case_module.usable_inputs(dirty)[5, 3] == 0 and case_module.usable_inputs(dirty)[5, 3] == 0
+    in_memory = np.zeros((17_000, 1_000), dtype=np.float32)
+    assert case_module.usable_inputs(in_memory).flags.writeable is False
+    in_memory[5, 3] = np.nan  # changed between two calls (a user between two checkups): seen
+    assert case_module.usable_inputs(in_memory)[5, 3] == 0
+    assert scans[-2:] == [17_000, 17_000]
