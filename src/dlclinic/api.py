@@ -327,6 +327,7 @@ def _run_checks(
     ids = [c.id for c in CHALLENGES if c.id in selected and c.id in CHECKS]
     ran: dict[str, CheckResult] = {}
     noted: list[str] = []
+    _release_memory(case)  # the evidence pass read every row
     with progress.step("running checks", total=len(CHALLENGES)) as advance:
         advance(len(CHALLENGES) - len(ids))
 
@@ -642,7 +643,6 @@ def checkup(
         )
         evidence.ensure(needs)  # with a baseline trained here, the folds and forward passes overlapped its training
         timings["evidence"] = time.perf_counter() - t - timings["model"]
-        _release_memory(case)
         t = time.perf_counter()
         left = None if budget_s is None else budget_s - (time.perf_counter() - t0)
         results = _original_rows(
