@@ -299,6 +299,8 @@ def _run_task(
             )
         out.append((result, evidence.changes_since(mark), os.getpid()))
         _release_memory(case)
+    evidence.forget_memos()  # the checks sharing a memo are this task's (_SHARED_WORK)
+    release_freed_memory()
     return out
 
 

@@ -89,8 +89,17 @@ def _join() -> None:
 
 
 def _leave() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait for the other ranks, then leave the group. A rank that tore its gloo
+    connections down while the other was still sending aborted now and then ("terminate called
+    without an active exception", exit code -6) although all its work was done."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if os.getpid() == _OWNER:  # not in a forked worker, which never joined
+        try:
+            dist.barrier()
+        except Exception:  # a rank already gone: leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def active() -> bool:

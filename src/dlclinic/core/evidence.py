@@ -448,6 +448,23 @@ class Evidence:
             self._memo[key] = compute()
         return typing.cast(_T, self._memo[key])
 
+    def forget_memos(self) -> int:
+        """Drop every :meth:`memo` value (how many); the checkup calls it after each task.
+
+        The checks that share a memo run in one task (``api._SHARED_WORK``: in several worker
+        processes no other task could see it anyway), so after the task nothing reads it again,
+        while it held the monitored run's arrays, the ONNX variants with their sessions and the
+        compression sweep's models until the end of the checkup.
+
+        Example:
+            >>> ev = Evidence.__new__(Evidence); ev._memo = {"a": 1}
+            >>> ev.forget_memos(), ev._memo
+            (1, {})
+        """
+        n = len(self._memo)
+        self._memo.clear()
+        return n
+
     def mark(self) -> tuple[int, int]:
         """A bookmark in what this object computed and loaded, for :meth:`changes_since`."""
         return len(self.stats.computed), len(self.stats.cached)
