@@ -31,6 +31,7 @@ __all__ = [
     "as_array",
     "infer_modality",
     "input_array",
+    "memory_map_of",
     "unusable_rows",
     "usable_inputs",
 ]
@@ -100,18 +101,26 @@ def _known_usable(x: Any) -> bool:
     return known is not None and known[0]() is x and known[1] == _layout(x)
 
 
+def memory_map_of(array: Any) -> mmap.mmap | None:
+    """The ``mmap`` under an array (``np.memmap`` and its views keep it in ``_mmap``), or ``None``.
+
+    Example:
+        >>> memory_map_of(np.zeros(3)) is None
+        True
+    """
+    for _ in range(32):  # a chain of views is short; guard against a cycle of odd objects
+        if array is None or isinstance(array, mmap.mmap):
+            return array
+        mapping = getattr(array, "_mmap", None)
+        if isinstance(mapping, mmap.mmap):
+            return mapping
+        array = getattr(array, "base", None)
+    return None
+
+
 def _mapped_split(x: Any) -> bool:
-    """A memory-mapped array (``np.memmap`` or a view of one) of at least :data:`_SCANNED_BYTES`."""
-    if not isinstance(x, np.ndarray) or x.nbytes < _SCANNED_BYTES:
-        return False
-    base: Any = x
-    for _ in range(32):  # a chain of views is short
-        if isinstance(base, (np.memmap, mmap.mmap)):
-            return True
-        base = getattr(base, "base", None)
-        if base is None:
-            return False
-    return False
+    """A memory-mapped array (:func:`memory_map_of`) of at least :data:`_SCANNED_BYTES`."""
+    return isinstance(x, np.ndarray) and x.nbytes >= _SCANNED_BYTES and memory_map_of(x) is not None
 
 
 def _remember_usable(x: Any) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import mmap
 import multiprocessing
 import os
 import pickle
@@ -38,6 +37,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from dlclinic.core import distributed
+from dlclinic.core.case import memory_map_of
 
 __all__ = ["can_fork", "default_workers", "release_freed_memory", "release_mapped_pages", "run_tasks"]
 
@@ -97,7 +97,7 @@ def release_mapped_pages(*arrays: Any) -> int:
     """
     done: dict[int, int] = {}
     for array in arrays:
-        mapping = _mapping_of(array)
+        mapping = memory_map_of(array)
         if mapping is None or id(mapping) in done or mapping.closed:
             continue
         try:
@@ -106,18 +106,6 @@ def release_mapped_pages(*arrays: Any) -> int:
             continue
         done[id(mapping)] = len(mapping)
     return sum(done.values())
-
-
-def _mapping_of(array: Any) -> mmap.mmap | None:
-    """The ``mmap`` under an array (``np.memmap`` and its views keep it in ``_mmap``), or ``None``."""
-    for _ in range(32):  # a chain of views is short; guard against a cycle of odd objects
-        if array is None or isinstance(array, mmap.mmap):
-            return array
-        mapping = getattr(array, "_mmap", None)
-        if isinstance(mapping, mmap.mmap):
-            return mapping
-        array = getattr(array, "base", None)
-    return None
 
 
 @functools.cache
