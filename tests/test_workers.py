@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,49 @@ def test_released_mapped_pages_leave_the_resident_set_and_keep_their_contents(tm
     assert _rss_file_mb() < resident - 16  # MADV_PAGEOUT: Linux >= 5.4
     assert float(mapped[0, 0]) == -1.0
     assert float(view.sum(dtype=np.float64)) == before
+
+
+_LEFT: list[int] = []  # what a task leaves behind in its process
+
+
+def _leave_state(x: int) -> tuple[int, int, int]:
+    _LEFT.append(x)
+    return x, os.getpid(), len(_LEFT)
+
+
+@needs_fork
+def test_fresh_tasks_each_run_in_a_process_that_ends_with_them() -> None:
+    out = run_tasks([1, 2, 3], _leave_state, workers=1, fresh=True)
+    assert [x for x, _, _ in out] == [1, 2, 3]
+    pids = {pid for _, pid, _ in out}
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert [left for _, _, left in out] == [1, 1, 1]  # no task saw what the one before it left
+    assert _LEFT == [] and not workers._busy
+
+
+@needs_fork
+def test_a_fresh_task_whose_process_dies_is_run_here() -> None:
+    out = run_tasks([(os.getpid(), 5), (os.getpid(), 6)], _die_in_a_child, workers=2, fresh=True)
+    assert out == [6, 7]
+
+
+_PROBE = """
+import sys, torch
+from dlclinic.core.workers import threads_survive_fork
+torch.set_num_threads(2)
+print(threads_survive_fork(2, timeout_s=5.0))
+x = torch.randn(512, 512)
+for _ in range(4):
+    (x @ x).relu_().sum()  # this process's OpenMP pool, on two threads
+print(threads_survive_fork(2, timeout_s=5.0), threads_survive_fork(1))
+"""
+
+
+@needs_fork
+def test_threads_survive_fork_until_the_parent_starts_an_openmp_pool() -> None:
+    """GNU OpenMP is not fork-safe: a child forked after its parent ran a parallel region on two
+    threads hangs in its own first one. The probe sees it (and its stuck child is killed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "True"]

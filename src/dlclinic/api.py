@@ -12,11 +12,13 @@ import os
 import platform
 import tempfile
 import time
+import traceback
+import typing
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,14 +36,21 @@ from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
 from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 from dlclinic.core.inference import check_label_range, model_input_spec, predict_logits
-from dlclinic.core.progress import NullProgress, Progress, note
+from dlclinic.core.progress import NullProgress, Progress, note, relayed
 from dlclinic.core.recipe import FitConfig, fit, seed_everything, warm_up
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, build_options
 from dlclinic.core.results import CheckResult, Report, not_examined, sequence_of_results, with_case_args
 from dlclinic.core.sampling import stratified_rows
-from dlclinic.core.threads import torch_threads
+from dlclinic.core.threads import native_threads, torch_threads
 from dlclinic.core.version import __version__
-from dlclinic.core.workers import default_workers, release_freed_memory, release_mapped_pages, run_tasks
+from dlclinic.core.workers import (
+    can_fork,
+    default_workers,
+    release_freed_memory,
+    release_mapped_pages,
+    run_tasks,
+    threads_survive_fork,
+)
 from dlclinic.taxonomy import CHALLENGES, resolve_ids
 
 __all__ = [
@@ -53,6 +62,8 @@ __all__ = [
     "retrainer",
     "treat",
 ]
+
+_R = TypeVar("_R")
 
 
 def environment_info() -> dict[str, Any]:
@@ -312,6 +323,87 @@ def _release_memory(case: Case) -> None:
     release_mapped_pages(*(split.x for split in case.splits.values()))
 
 
+def _isolation(workers: int, dev: torch.device) -> int | None:
+    """Threads of the processes the evidence pass and each check task run in, each forked for it
+    and gone when it ends; ``None``: they run in this process.
+
+    With a model of the user's, one process used to run the evidence pass and then every check,
+    and kept what each left: the libraries it imported, its caches, the C heap's fragments.
+    At 60k Fashion-MNIST rows that took the heap from 282 MB after the evidence pass to 652 MB by
+    the last check, and the peak, reached in a late check, from 1.3 to 1.8 GB between runs. In a
+    process of its own, each check starts from what the evidence pass left (docs/benchmarks.md).
+    Only on a CPU (CUDA cannot be used again in a forked child), in one process with ``fork``,
+    where a forked child can run the native thread pools
+    (:func:`~dlclinic.core.workers.threads_survive_fork`: not after this process ran OpenMP on
+    several threads), and unless ``DLCLINIC_ISOLATE=0``. Several workers (the small baseline)
+    already run the checks in forked processes.
+    """
+    if workers > 1 or dev.type != "cpu" or distributed.active() or not can_fork():
+        return None
+    if os.environ.get("DLCLINIC_ISOLATE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    threads = torch.get_num_threads()
+    if not threads_survive_fork(threads):
+        return None
+    for name in _PRELOADED:  # imported once here rather than again in each process that needs them
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    return threads
+
+
+_PRELOADED = ("torch._dynamo", "onnx")
+"""Modules several checks import and that take seconds, imported before the checks' processes are
+forked (:func:`_isolation`). Any training imports ``torch._dynamo`` (1.3 s and 70 MB on the 2-core
+machine, with torch.export and sympy): a dozen check processes each importing it again cost ~15 s
+of a 60k checkup, and as many private copies. ``onnx`` (an extra: skipped when absent) serves the export, latency and compression checks."""
+
+
+def _in_child(isolated: int | None, fn: Callable[[], _R], setup: Callable[[], None] | None = None) -> _R:
+    """``fn()``: here, or on ``isolated`` threads in a process forked for it (:func:`_isolation`);
+    its exception is raised here, with the child's traceback as a note."""
+    if isolated is None:
+        return fn()
+    out = run_tasks([fn], _outcome, workers=1, fresh=True, threads=isolated, setup=setup)[0]
+    if isinstance(out, _Raised):
+        out.error.add_note(out.trace)
+        raise out.error
+    return typing.cast(_R, out)
+
+
+@dataclasses.dataclass
+class _Raised:
+    error: Exception
+    trace: str
+
+
+def _outcome(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # raised again in the parent (_in_child)
+        return _Raised(exc, traceback.format_exc())
+
+
+def _evidence_pass(evidence: Evidence, needs: Sequence[tuple[str, str]], isolated: int | None) -> None:
+    """``evidence.ensure(needs)``, here or in a forked child (:func:`_isolation`) whose arrays it takes."""
+    if isolated is None:
+        evidence.ensure(needs)
+        return
+    with relayed(evidence.progress) as relay:
+        shown = evidence.progress
+
+        def setup() -> None:
+            evidence.progress = relay
+
+        done = _in_child(isolated, functools.partial(_ensured, evidence, needs), setup)
+        evidence.progress = shown
+    evidence.adopt(done)
+
+
+def _ensured(evidence: Evidence, needs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    evidence.ensure(needs)
+    return evidence.computed_here()
+
+
 def _run_checks(
     case: Case,
     evidence: Evidence,
@@ -320,10 +412,12 @@ def _run_checks(
     progress: Progress,
     workers: int,
     budget_s: float | None = None,
+    isolated: int | None = None,
 ) -> list[CheckResult]:
     """One result per challenge, in taxonomy order; a line per finished check goes to ``progress.note``.
 
-    The checks run as independent tasks on ``workers`` processes (:func:`dlclinic.core.workers.run_tasks`).
+    The checks run as independent tasks on ``workers`` processes (:func:`dlclinic.core.workers.run_tasks`),
+    or (``isolated`` threads) each task in a process forked for it (:func:`_isolation`).
     """
     case_args = case.metadata.get("cli_args") if isinstance(case.metadata.get("cli_args"), str) else None
     ids = [c.id for c in CHALLENGES if c.id in selected and c.id in CHECKS]
@@ -344,20 +438,25 @@ def _run_checks(
                 noted.append(done.id)
                 note(progress, f"[{len(noted)}/{len(selected)}] {done.id} {done.status} {done.seconds:.1f} s")
 
-        def setup() -> None:  # in each forked worker: one torch thread, no progress drawing
-            torch.set_num_threads(1)
-            evidence.progress = NullProgress()
-
-        if workers > 1:
+        if workers > 1 or isolated is not None:
             evidence.workdir()  # one scratch folder, made (and removed) by this process
         scheduler = Scheduler(budget_s, ids, workers) if budget_s is not None else None
-        run_tasks(
-            _tasks(ids),
-            lambda task: _run_task(case, evidence, built, task, scheduler),
-            workers=workers,
-            on_result=finished,
-            setup=setup,
-        )
+        with relayed(progress if isolated is not None else NullProgress()) as relay:
+
+            def setup() -> None:  # in each forked process: a worker on one torch thread draws nothing
+                if isolated is None:
+                    torch.set_num_threads(1)
+                evidence.progress = relay
+
+            run_tasks(
+                _tasks(ids),
+                lambda task: _run_task(case, evidence, built, task, scheduler),
+                workers=workers,
+                on_result=finished,
+                setup=setup,
+                fresh=isolated is not None,
+                threads=isolated or 1,
+            )
     return [
         ran[c.id]
         if c.id in ran
@@ -479,7 +578,9 @@ def _seconds_per_row(model: Any, x: np.ndarray, batch_size: int) -> float:
     return float(np.median(times))
 
 
-def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[Case, dict[str, np.ndarray]]:
+def _sampled_for_budget(
+    case: Case, budget_s: float, batch_size: int, isolated: int | None = None
+) -> tuple[Case, dict[str, np.ndarray]]:
     """The case with each split cut to a seeded (stratified) sample when one forward pass over every row
     would take more than :data:`EVIDENCE_SHARE` of the budget, and the rows kept per sampled split
     (at least 200 per split: below that the checks' windows cut deeper instead).
@@ -491,7 +592,8 @@ def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[C
     if case.model is None or not len(case.train):
         return case, {}
     # several processes: rank 0's timing on every rank, so that all of them sample the same rows
-    per_row = distributed.broadcast(_seconds_per_row(case.model, case.train.x, batch_size))
+    model, x = case.model, case.train.x
+    per_row = distributed.broadcast(_in_child(isolated, lambda: _seconds_per_row(model, x, batch_size)))
     total = sum(len(split) for split in case.splits.values())
     affordable = int(EVIDENCE_SHARE * budget_s / max(per_row, 1e-9))
     if total <= affordable:
@@ -511,14 +613,14 @@ def _sampled_for_budget(case: Case, budget_s: float, batch_size: int) -> tuple[C
 
 
 def _budget_sample(
-    case: Case, budget_s: float | None, batch_size: int, progress: Progress
+    case: Case, budget_s: float | None, batch_size: int, progress: Progress, isolated: int | None = None
 ) -> tuple[Case, dict[str, tuple[np.ndarray, int]]]:
     """:func:`_sampled_for_budget` under a budget (said on the progress log): the case and, per sampled
     split, the rows kept and the split's full length."""
     if budget_s is None:
         return case, {}
     full = {name: len(split) for name, split in case.splits.items()}
-    case, rows = _sampled_for_budget(case, budget_s, batch_size)
+    case, rows = _sampled_for_budget(case, budget_s, batch_size, isolated)
     if rows:
         note(progress, "budget: examining " + ", ".join(f"{len(r):,} of {full[n]:,} {n} rows" for n, r in rows.items()))
     return case, {n: (r, full[n]) for n, r in rows.items()}
@@ -629,27 +731,26 @@ def checkup(
     timings: dict[str, float] = {}
     case, fit_config, dev = _placed(case, fit_config, device, precision)
     _one_model(case)
-    case, sampled = _budget_sample(case, budget_s, ev_cfg.batch_size, progress)
-
-    t = time.perf_counter()
     # K-fold retraining is cheap (and the default) only for the small baseline dlclinic trains itself
     baseline = case.model is None or bool(case.metadata.get("dlclinic_baseline"))
     # the small baseline gains little from intra-op threads: one thread per process, the cores run independent work
     # (on a GPU one process: CUDA cannot be used again in a forked child)
     workers = default_workers() if baseline and dev.type == "cpu" else 1
-    threads = 1 if workers > 1 else None
+    isolated = _isolation(workers, dev)  # asked before this process computes anything
+    threads = 1 if workers > 1 or isolated is not None else None
     needs = [need for cid in built for need in CHECKS[cid].requires]
-    with torch_threads(threads), use_precision(fit_config.precision):
+    with torch_threads(threads), native_threads(threads), use_precision(fit_config.precision):
+        case, sampled = _budget_sample(case, budget_s, ev_cfg.batch_size, progress, isolated)
+        t = time.perf_counter()
         case, evidence, timings["model"] = _model_and_evidence(
             case, needs, fit_config, ev_cfg, cache, progress, workers
         )
-        evidence.ensure(needs)  # with a baseline trained here, the folds and forward passes overlapped its training
+        _evidence_pass(evidence, needs, isolated)  # with a baseline trained here, it overlapped the training
         timings["evidence"] = time.perf_counter() - t - timings["model"]
         t = time.perf_counter()
         left = None if budget_s is None else budget_s - (time.perf_counter() - t0)
-        results = _original_rows(
-            _checks_on_rank0(lambda: _run_checks(case, evidence, selected, built, progress, workers, left)), sampled
-        )
+        run = functools.partial(_run_checks, case, evidence, selected, built, progress, workers, left, isolated)
+        results = _original_rows(_checks_on_rank0(run), sampled)
         timings["checks"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return Report(
@@ -657,20 +758,26 @@ def checkup(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         case=_case_summary(case, evidence, sampled),
         challenges=sequence_of_results(results),
-        environment=_environment(dev, fit_config.precision, workers, threads, budget_s),
+        environment=_environment(dev, fit_config.precision, workers, threads, budget_s, isolated),
         timings=timings,
     )
 
 
 def _environment(
-    dev: torch.device, precision: str, workers: int, threads: int | None, budget_s: float | None
+    dev: torch.device,
+    precision: str,
+    workers: int,
+    threads: int | None,
+    budget_s: float | None,
+    isolated: int | None,
 ) -> dict[str, Any]:
     """The report's ``environment``: machine, device and precision, processes, and the time budget if any."""
     return {
         **environment_info(),
         **device_info(dev, precision),
         "checkup_workers": workers,
-        "checkup_torch_threads": threads or "default",
+        "checkup_torch_threads": isolated or threads or "default",
+        "checkup_isolation": "a process per check" if isolated is not None else "in the checkup's process",
         **distributed.info(),
         **({"budget_s": budget_s} if budget_s is not None else {}),
     }

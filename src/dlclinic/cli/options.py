@@ -20,6 +20,7 @@ from dlclinic.core.evidence import EvidenceConfig
 from dlclinic.core.inference import check_label_range
 from dlclinic.core.inputs import parts_from_metadata, wrap_factory, wrap_model
 from dlclinic.core.recipe import FitConfig
+from dlclinic.core.threads import native_threads, torch_threads
 from dlclinic.demo import DEMO_KINDS, demo_case
 from dlclinic.io import load_case as load_files
 from dlclinic.io import load_factory, load_model
@@ -184,7 +185,17 @@ def _data_case(opts: DataOptions) -> Case:
 
 
 def load_case(opts: DataOptions) -> Case:
-    """The case the data options describe, with the user's model when ``--model`` is given."""
+    """The case the data options describe, with the user's model when ``--model`` is given.
+
+    Loaded on one thread: torch or scikit-learn run here on several would start an OpenMP pool
+    in this process, and the checkup's forked processes could then use one thread only
+    (:func:`dlclinic.core.workers.threads_survive_fork`).
+    """
+    with torch_threads(1), native_threads(1):
+        return _load_case(opts)
+
+
+def _load_case(opts: DataOptions) -> Case:
     case = _data_case(opts)
     if opts.weights is not None and opts.model is None:
         raise ConfigError("--weights needs --model file.py:factory to load them into")

@@ -483,6 +483,23 @@ class Evidence:
         self.stats.cached.extend(x for x in changes["cached"] if x not in self.stats.cached)
         self.nonfinite_rows.update(changes["nonfinite_rows"])
 
+    def computed_here(self) -> dict[str, Any]:
+        """The arrays this object holds and what it did to get them (plain, picklable): what a forked
+        child that ran the evidence pass sends back for :meth:`adopt`."""
+        return {
+            "mem": dict(self._mem),
+            "folds": dict(self._folds),
+            "seconds": self.stats.seconds,
+            **self.changes_since((0, 0)),
+        }
+
+    def adopt(self, computed: dict[str, Any]) -> None:
+        """Take the :meth:`computed_here` of a copy of this object (the evidence pass ran in a forked child)."""
+        self._mem.update(computed["mem"])
+        self._folds.update(computed["folds"])
+        self.stats.seconds = computed["seconds"]  # the copy started from this object's seconds
+        self.absorb(computed)
+
     def workdir(self) -> Path:
         """A scratch directory for files the checks write (exported models); removed with this object."""
         if self._workdir is None:

@@ -20,6 +20,7 @@ import torch
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.device import active_precision, autocast
 from dlclinic.core.errors import InputError, ModelError
+from dlclinic.core.threads import torch_threads
 
 __all__ = [
     "channels_last",
@@ -209,7 +210,9 @@ def predict_logits(model: Any, x: np.ndarray, *, batch_size: int | None = None) 
 def check_label_range(case: Case) -> None:
     """A label the model cannot output is a data problem, found before any work: label 12 for a 10-class model.
 
-    The model is run on one train row for its output width; a model that fails on it is left
+    The model is run on one train row for its output width, on one thread: a process that
+    ran torch on several threads keeps an OpenMP pool its forked children cannot use
+    (:func:`dlclinic.core.workers.threads_survive_fork`). A model that fails on it is left
     for the checkup to report (with the batch shape).
 
     Raises:
@@ -218,7 +221,8 @@ def check_label_range(case: Case) -> None:
     if case.model is None:
         return
     try:
-        width = int(predict_logits(case.model, usable_inputs(case.train.x[:1])).shape[1])
+        with torch_threads(1):
+            width = int(predict_logits(case.model, usable_inputs(case.train.x[:1])).shape[1])
     except Exception:  # the forward pass fails: the checkup says why, with the batch shape
         return
     for split in case.splits.values():

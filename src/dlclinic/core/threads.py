@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
+from threadpoolctl import threadpool_limits
 
-__all__ = ["on_threads", "thread_settings", "torch_threads"]
+__all__ = ["native_threads", "on_threads", "thread_settings", "torch_threads"]
 
 _O = TypeVar("_O")
 _R = TypeVar("_R")
@@ -32,6 +33,16 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def native_threads(n: int | None) -> Iterator[None]:
+    """Limit the native thread pools (BLAS, OpenMP: threadpoolctl) to ``n`` threads for the block (``None``: unchanged)."""
+    if n is None:
+        yield
+        return
+    with threadpool_limits(max(1, int(n))):
+        yield
 
 
 def on_threads(run: Callable[[Any, Any, _O], _R], case: Any, evidence: Any, options: _O) -> _R:

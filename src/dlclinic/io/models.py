@@ -40,6 +40,7 @@ from safetensors.torch import load_file
 
 from dlclinic.core.case import input_array
 from dlclinic.core.errors import MissingDependencyError, ModelError, brief
+from dlclinic.core.threads import torch_threads
 from dlclinic.io.pickle_scan import scan_file
 
 __all__ = ["ACCEPTED_MODELS", "OnnxModel", "file_sha256", "load_function", "load_model", "onnx_feed"]
@@ -100,7 +101,10 @@ def load_model(spec: str, *, weights: str | Path | None = None, allow_pickle: bo
     spec = str(spec).strip()
     factory = _split_factory_spec(spec)
     if factory is not None:
-        return _load_factory(*factory, weights=weights)
+        # on one thread: building and loading the weights on several would start torch's OpenMP pool
+        # here, and a checkup's forked processes could not then use several (threads_survive_fork)
+        with torch_threads(1):
+            return _load_factory(*factory, weights=weights)
     path = Path(spec)
     suffix = path.suffix.lower()
     if weights is not None:
