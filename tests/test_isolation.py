@@ -3,8 +3,14 @@ them (issue 21: the checkup's memory no longer grows check after check). Same nu
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +113,44 @@ def test_an_error_in_a_forked_step_is_raised_here_with_its_traceback() -> None:
     assert any("_bad_input" in note for note in err.value.__notes__)  # where the child raised it
     assert _in_child(1, lambda: os.getpid()) != os.getpid()
     assert _in_child(None, lambda: os.getpid()) == os.getpid()
+
+
+MODEL_PY = """
+from torch import nn
+
+
+def make():
+    return nn.Sequential(nn.Linear(8, 4096), nn.ReLU(), nn.Linear(4096, 3))  # 32,768+ weights: copied on a thread pool
+"""
+
+
+@needs_fork
+def test_the_cli_loads_on_one_thread_so_its_checks_run_isolated_on_two(tmp_path: Path) -> None:
+    """Loading the weights on two threads (``load_state_dict`` copies big tensors with ATen's
+    parallel_for) started torch's OpenMP pool in the CLI's process, and no forked child could then
+    use two threads: the checkup silently ran in one process."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    namespace: dict[str, Any] = {}
+    exec(compile(MODEL_PY, "model.py", "exec"), namespace)
+    torch.manual_seed(0)
+    save_file(namespace["make"]().state_dict(), str(tmp_path / "w.safetensors"))
+    for name, seed in (("train", 0), ("test", 1)):
+        x, y = blobs(300 if name == "train" else 120, d=8, sep=2.5, seed=seed)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    argv = ["checkup", "--train", "train.npz", "--test", "test.npz", "--model", "model.py:make"]
+    argv += ["--weights", "w.safetensors", "--only", "data.privacy", "--no-cache", "--quiet", "--out", "out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "DLCLINIC_ISOLATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dlclinic.cli", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    environment = json.loads((tmp_path / "out" / "report.json").read_text())["environment"]
+    assert environment["checkup_isolation"] == "a process per check"
+    assert environment["checkup_torch_threads"] == 2

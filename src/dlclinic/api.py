@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import functools
@@ -335,10 +336,10 @@ def _isolation(workers: int, dev: torch.device) -> int | None:
     Only on a CPU (CUDA cannot be used again in a forked child), in one process with ``fork``,
     where a forked child can run the native thread pools
     (:func:`~dlclinic.core.workers.threads_survive_fork`: not after this process ran OpenMP on
-    several threads), and unless ``DLCLINIC_ISOLATE=0``. Several workers (the small baseline)
-    already run the checks in forked processes.
+    several threads), unless ``DLCLINIC_ISOLATE=0``, and not while :func:`treat` measures. Several
+    workers (the small baseline) already run the checks in forked processes.
     """
-    if workers > 1 or dev.type != "cpu" or distributed.active() or not can_fork():
+    if workers > 1 or dev.type != "cpu" or distributed.active() or not can_fork() or not _ISOLATE.get():
         return None
     if os.environ.get("DLCLINIC_ISOLATE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
@@ -351,11 +352,15 @@ def _isolation(workers: int, dev: torch.device) -> int | None:
     return threads
 
 
+_ISOLATE: contextvars.ContextVar[bool] = contextvars.ContextVar("dlclinic_isolate", default=True)
+"""False while :func:`treat` measures: its one check runs in the process that trains the remedy."""
+
 _PRELOADED = ("torch._dynamo", "onnx")
 """Modules several checks import and that take seconds, imported before the checks' processes are
 forked (:func:`_isolation`). Any training imports ``torch._dynamo`` (1.3 s and 70 MB on the 2-core
 machine, with torch.export and sympy): a dozen check processes each importing it again cost ~15 s
-of a 60k checkup, and as many private copies. ``onnx`` (an extra: skipped when absent) serves the export, latency and compression checks."""
+of a 60k checkup, and as many private copies. ``onnx`` (an extra: skipped when absent) serves the
+export, latency and compression checks."""
 
 
 def _in_child(isolated: int | None, fn: Callable[[], _R], setup: Callable[[], None] | None = None) -> _R:
@@ -388,6 +393,9 @@ def _evidence_pass(evidence: Evidence, needs: Sequence[tuple[str, str]], isolate
     if isolated is None:
         evidence.ensure(needs)
         return
+    for split in evidence.case.splits.values():  # scanned here once: every child inherits that a mapped split is usable
+        usable_inputs(split.x)
+    _release_memory(evidence.case)  # what the fingerprints and that scan read here, the child reads again
     with relayed(evidence.progress) as relay:
         shown = evidence.progress
 
@@ -851,15 +859,20 @@ def treat(
     retrain, recipe = retrainer(case, cfg)
 
     def measure(c: Case, *, options: Mapping[str, Any] | None = None, only: Sequence[str] | None = None) -> Report:
-        return checkup(
-            c,
-            only=list(only) if only else [challenge_id],
-            options={challenge_id: dict(options)} if options else None,
-            evidence_config=ev_cfg,
-            fit_config=cfg,
-            cache_dir=cache,
-            progress=progress,
-        )
+        # one check, in this process: the remedy trains here on every thread (no fork could use them after)
+        token = _ISOLATE.set(False)
+        try:
+            return checkup(
+                c,
+                only=list(only) if only else [challenge_id],
+                options={challenge_id: dict(options)} if options else None,
+                evidence_config=ev_cfg,
+                fit_config=cfg,
+                cache_dir=cache,
+                progress=progress,
+            )
+        finally:
+            _ISOLATE.reset(token)
 
     with _rank_out_dir(out_dir) as out:
         ctx = TreatContext(

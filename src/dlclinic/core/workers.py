@@ -28,10 +28,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import multiprocessing
 import os
 import pickle
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -212,6 +214,7 @@ def _child(
     global _busy
     _busy = True
     _fresh_stdio()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops its children
     # GNU OpenMP (libgomp, bundled by scikit-learn and torch) is not fork-safe: a child that opens a
     # parallel region of the thread pool its parent had started hangs for ever. With one thread per
     # library it never touches that pool (tests/test_workers.py plants the parent's pool).
@@ -229,6 +232,7 @@ def _one_shot(
     global _busy
     _busy = True
     _fresh_stdio()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops its children
     _settled_allocator()
     threadpool_limits(threads)
     torch.set_num_threads(threads)
@@ -340,6 +344,10 @@ def _run_fresh(
     results: dict[int, Any] = {}
     _busy = True
     release_freed_memory()
+    # this heap's objects go to gc's permanent generation while children are forked: a collection in a
+    # child wrote to every object's header and so copied every page of it (measured with the checks'
+    # modules loaded: 0.24 s and 109 MB of private pages per child; frozen, 8 ms and 1 MB)
+    gc.freeze()
     try:
         while todo or running:
             while todo and len(running) < max(1, workers):
@@ -356,6 +364,7 @@ def _run_fresh(
                         on_result(i, results[i])
     finally:
         _busy = False
+        gc.unfreeze()
         for child in running.values():
             child.kill()
             child.join()
@@ -391,9 +400,11 @@ def _run_tasks(
     ]
     _busy = True
     release_freed_memory()  # a forked child starts with a copy of every resident heap page's mapping: fewer, smaller
+    gc.freeze()  # as in _run_fresh: the children's collections leave the inherited heap unwritten
     try:
         for child in children:
             child.start()
+        gc.unfreeze()  # the children have theirs: this process collects as before while it runs tasks
         if before is not None:
             before()
         while (k := _take(counter, n)) is not None:
