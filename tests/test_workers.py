@@ -154,3 +154,17 @@ def test_threads_survive_fork_until_the_parent_starts_an_openmp_pool() -> None:
     done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False", "True"]
+
+
+class _Odd(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickled with args=("12",): does not rebuild
+        super().__init__(f"{a}{b}")
+
+
+def _odd_in_a_child(parent: int) -> object:
+    return _Odd(1, 2) if os.getpid() != parent else "run here"
+
+
+@needs_fork
+def test_a_result_that_does_not_unpickle_is_computed_again_here() -> None:
+    assert run_tasks([os.getpid()], _odd_in_a_child, workers=1, fresh=True) == ["run here"]

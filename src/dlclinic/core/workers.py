@@ -287,8 +287,8 @@ def _collect(folder: Path, results: dict[int, Any], on_result: Callable[[int, An
         try:
             with open(path, "rb") as fh:
                 results[i] = pickle.load(fh)
-        except (OSError, EOFError, pickle.UnpicklingError):
-            continue  # rerun here below
+        except Exception:  # a torn file, or an object that does not rebuild here (an exception class
+            continue  # whose __init__ wants other arguments): the task is run again here below
         if on_result is not None:
             on_result(i, results[i])
 
