@@ -211,30 +211,32 @@ def _child(
     folder: Path,
     setup: Callable[[], None] | None,
 ) -> None:
-    global _busy
-    _busy = True
-    _fresh_stdio()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops its children
     # GNU OpenMP (libgomp, bundled by scikit-learn and torch) is not fork-safe: a child that opens a
     # parallel region of the thread pool its parent had started hangs for ever. With one thread per
     # library it never touches that pool (tests/test_workers.py plants the parent's pool).
-    threadpool_limits(1)
+    _enter_child(threads=1)
     if setup is not None:
         setup()
     while (i := _take(counter, len(tasks))) is not None:
         _write(folder, i, run(tasks[i]))
 
 
+def _enter_child(*, threads: int) -> None:
+    """The start of every forked child: it runs nested tasks in order, writes through new stdio
+    objects, leaves Ctrl-C to the parent (which stops its children) and caps the native pools."""
+    global _busy
+    _busy = True
+    _fresh_stdio()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threadpool_limits(threads)
+
+
 def _one_shot(
     task: Any, i: int, run: Callable[[Any], Any], folder: Path, setup: Callable[[], None] | None, threads: int
 ) -> None:
     """A ``fresh`` child: ``run(task)`` on ``threads`` threads, its result written; the process then ends."""
-    global _busy
-    _busy = True
-    _fresh_stdio()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops its children
+    _enter_child(threads=threads)
     _settled_allocator()
-    threadpool_limits(threads)
     torch.set_num_threads(threads)
     if setup is not None:
         setup()
