@@ -1,7 +1,9 @@
-"""The K fold models of the out-of-fold probabilities wait at most FOLD_PATIENCE epochs after their best.
+"""The K fold models of the out-of-fold probabilities: the first FOLD_PROBES stop early, waiting
+at most FOLD_PATIENCE epochs after their best; the others train as many epochs as the longest
+of them, on all their fit rows, with the LR annealed to zero.
 
-They still train only on their fit rows (out-of-fold stays out-of-fold), and every other
-training keeps the recipe's own patience.
+Every fold model trains only on its fit rows (out-of-fold stays out-of-fold), and every other
+training keeps the recipe's own patience and length.
 """
 
 from __future__ import annotations
@@ -12,8 +14,15 @@ import pytest
 from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError
-from dlclinic.core.evidence import FOLD_PATIENCE, EvidenceConfig, fold_result, kfold_rows
-from dlclinic.core.recipe import FitConfig, fit, patience_at_most, seed_everything
+from dlclinic.core.evidence import FOLD_PATIENCE, EvidenceConfig, fold_result, kfold_rows, train_folds
+from dlclinic.core.recipe import (
+    FitConfig,
+    annealed_within,
+    epochs_recorded,
+    fit,
+    patience_at_most,
+    seed_everything,
+)
 
 
 def _noisy(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +77,65 @@ def test_fold_models_train_with_the_capped_patience_on_their_fit_rows_only() -> 
         return res.model
 
     for fold, (fit_idx, held) in enumerate(rows):
-        probs, labels = fold_result(case, retrain, 0, (fold, (fit_idx, held)))
+        probs, labels, epochs = fold_result(case, retrain, 0, (fold, (fit_idx, held)))
         assert probs.shape == (len(held), 2) and labels["test"].shape == (40,)
+        assert epochs is not None and epochs < 60
     assert [n for _, n in seen] == [len(f) for f, _ in rows]
     assert all(wait <= FOLD_PATIENCE for wait, _ in seen)
+
+
+def test_annealed_within_trains_every_row_for_the_horizon_and_ends_at_lr_zero() -> None:
+    x, y = _noisy()
+    cfg = FitConfig(epochs=60, patience=8, lr=1e-2, schedule="constant")
+    with annealed_within(5), epochs_recorded() as ran:
+        res = fit(MLP(4, 2), x, y, cfg)
+    assert ran == [5] and len(res.history["train_loss"]) == 5 and not res.history["val_loss"]
+    assert res.history["lr"][-1] < 1e-6 < res.history["lr"][0]  # cosine to zero within the 5 epochs
+    assert res.best_epoch == 4 and not res.stopped_early  # the last weights
+    with annealed_within(99):  # never longer than the recipe
+        assert len(fit(MLP(4, 2), x, y, FitConfig(epochs=3)).history["train_loss"]) == 3
+    with epochs_recorded() as ran:  # undone on exit: the recipe again (held-out rows, patience)
+        res = fit(MLP(4, 2), x, y, cfg)
+    assert res.history["val_loss"] and ran == [len(res.history["val_loss"])] and ran[0] < 60
+    with pytest.raises(ConfigError), annealed_within(0):
+        pass
+
+
+def test_the_folds_after_the_probes_train_as_long_as_the_longest_on_all_their_fit_rows() -> None:
+    x, y = _noisy(320, seed=1)
+    case = Case.from_arrays((x, y), (x[:40], y[:40]), class_names=["a", "b"], modality="vector")
+    rows = kfold_rows(case, EvidenceConfig(folds=4))
+    seen: list[dict[str, object]] = []
+
+    def retrain(xf: np.ndarray, yf: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
+        res = fit(MLP(4, 2), xf, yf, FitConfig(epochs=60, patience=8, lr=1e-2, seed=seed))
+        seen.append({"rows": len(xf), "epochs": len(res.history["train_loss"]), "val": bool(res.history["val_loss"])})
+        seen[-1]["lr_end"] = res.history["lr"][-1]
+        return res.model
+
+    phases: list[tuple[list[int], bool]] = []
+
+    def run(tasks, one, first):  # type: ignore[no-untyped-def]
+        phases.append(([k for k, _ in tasks], first))
+        return [one(t) for t in tasks]
+
+    results = train_folds(case, retrain, 0, rows, run)
+    assert phases == [([0, 1], True), ([2, 3], False)]  # FOLD_PROBES first, then the others
+    probes, others = seen[:2], seen[2:]
+    assert all(p["val"] and int(p["epochs"]) < 60 for p in probes)  # stopped early on a held-out tenth
+    longest = max(int(p["epochs"]) for p in probes)  # type: ignore[call-overload]
+    assert all(not o["val"] and o["epochs"] == longest and float(o["lr_end"]) < 1e-6 for o in others)
+    assert [r[2] for r in results] == [p["epochs"] for p in probes] + [longest] * 2
+    assert [probs.shape[0] for probs, _, _ in results] == [len(held) for _, held in rows]
+
+
+def test_every_fold_stops_early_when_retrain_does_not_say_how_long_it_trained() -> None:
+    x, y = _noisy(320, seed=1)
+    case = Case.from_arrays((x, y), (x[:40], y[:40]), class_names=["a", "b"], modality="vector")
+    rows = kfold_rows(case, EvidenceConfig(folds=4))
+
+    def retrain(xf: np.ndarray, yf: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
+        return MLP(4, 2).eval()  # a recipe of the user's own, not dlclinic's fit
+
+    results = train_folds(case, retrain, 0, rows, lambda tasks, one, first: [one(t) for t in tasks])
+    assert [r[2] for r in results] == [None] * 4

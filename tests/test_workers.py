@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -36,6 +37,22 @@ def test_one_worker_runs_here_in_order() -> None:
     assert [r for r, _ in out] == [9, 1, 4]
     assert order == [0, 1, 2]
     assert {pid for _, pid in out} == {os.getpid()}
+
+
+@needs_fork
+def test_a_single_task_runs_in_a_worker_while_this_process_does_its_other_work() -> None:
+    started = multiprocessing.get_context("fork").Event()
+    here: list[bool] = []
+
+    def task(x: int) -> tuple[int, int]:
+        started.set()
+        return _square_and_pid(x)
+
+    out = run_tasks([5], task, workers=2, before=lambda: here.append(started.wait(30)))
+    assert here == [True] and out[0][0] == 25  # `before` ran here while the task ran
+    assert out[0][1] != os.getpid()  # the task overlapped `before` in a worker
+    alone = run_tasks([5], _square_and_pid, workers=2)  # nothing else to do: no process to fork for one task
+    assert alone == [(25, os.getpid())]
 
 
 def _die_in_a_child(parent_and_x: tuple[int, int]) -> int:

@@ -34,7 +34,15 @@ from dlclinic.core.budget import window as budget_window
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.device import check_precision, device_info, move_model, resolve_device, use_precision
 from dlclinic.core.errors import ConfigError, DlclinicError, missing_extra
-from dlclinic.core.evidence import Evidence, EvidenceConfig, default_cache_dir, fold_result, kfold_rows
+from dlclinic.core.evidence import (
+    Evidence,
+    EvidenceConfig,
+    FoldResult,
+    FoldTask,
+    default_cache_dir,
+    kfold_rows,
+    train_folds,
+)
 from dlclinic.core.fingerprint import fingerprint_array, fingerprint_model, fingerprint_params
 from dlclinic.core.inference import check_label_range, model_input_spec, predict_logits
 from dlclinic.core.progress import NullProgress, Progress, note, relayed
@@ -552,13 +560,11 @@ def _model_and_evidence(
         model_s.append(time.perf_counter() - t)
         made[0].ensure([need for need in needs if need[0] != "oof_probs"])
 
-    results = run_tasks(
-        list(enumerate(rows)),
-        lambda task: fold_result(case, retrain, ev_cfg.seed, task),
-        workers=workers,
-        before=baseline_first,
-        setup=lambda: torch.set_num_threads(1),
-    )
+    def run(tasks: list[FoldTask], one: Callable[[FoldTask], FoldResult], first: bool) -> list[FoldResult]:
+        before = baseline_first if first else None  # the baseline trains here while a worker trains the first folds
+        return run_tasks(tasks, one, workers=workers, before=before, setup=lambda: torch.set_num_threads(1))
+
+    results = train_folds(case, retrain, ev_cfg.seed, rows, run)
     made[0].put_kfold(rows, results)
     return made[0].case, made[0], model_s[0]
 

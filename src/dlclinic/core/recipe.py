@@ -26,7 +26,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -43,8 +43,10 @@ __all__ = [
     "FitConfig",
     "FitMonitor",
     "FitResult",
+    "annealed_within",
     "channels_last",
     "contiguous",
+    "epochs_recorded",
     "fit",
     "patience_at_most",
     "prepare_inputs",
@@ -102,7 +104,18 @@ class FitConfig:
         return out
 
 
+_V = TypeVar("_V")
 _PATIENCE_CAP: contextvars.ContextVar[int | None] = contextvars.ContextVar("dlclinic_patience_cap", default=None)
+
+
+@contextlib.contextmanager
+def _set_within(var: contextvars.ContextVar[_V], value: _V) -> Iterator[None]:
+    """``var`` set to ``value`` within, and back to what it was after (also when the body raises)."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
 
 
 @contextlib.contextmanager
@@ -116,11 +129,47 @@ def patience_at_most(patience: int) -> Iterator[None]:
     """
     if patience < 1:
         raise ConfigError(f"`patience >= 1` must hold, but got patience={patience}")
-    token = _PATIENCE_CAP.set(patience)
-    try:
+    with _set_within(_PATIENCE_CAP, patience):
         yield
-    finally:
-        _PATIENCE_CAP.reset(token)
+
+
+_HORIZON: contextvars.ContextVar[int | None] = contextvars.ContextVar("dlclinic_horizon", default=None)
+_EPOCHS_LOG: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("dlclinic_epochs_log", default=None)
+
+
+@contextlib.contextmanager
+def annealed_within(epochs: int) -> Iterator[None]:
+    """Within: every :func:`fit` trains on all its rows for at most ``epochs`` epochs, with the
+    LR annealed to zero over them (cosine), and keeps its last weights.
+
+    No rows are held out and nothing stops early: the length of the run is known beforehand,
+    and a schedule that ends at zero within the run it is given trains better in that run
+    than the recipe's longer schedule cut short (Li, Yumer & Ramanan, "Budgeted Training",
+    ICLR 2020). For trainings whose caller holds only an opaque ``retrain(x, y, seed)`` and has
+    learnt the length from a first one (the K-fold models after the first:
+    :func:`dlclinic.core.evidence.fold_result`).
+    """
+    if epochs < 1:
+        raise ConfigError(f"`epochs >= 1` must hold, but got epochs={epochs}")
+    with _set_within(_HORIZON, epochs):
+        yield
+
+
+@contextlib.contextmanager
+def epochs_recorded() -> Iterator[list[int]]:
+    """Within: every :func:`fit` appends the number of epochs it trained to the list yielded.
+
+    Example:
+        >>> from dlclinic.core.baselines import MLP
+        >>> x = np.random.rand(64, 4).astype("float32"); y = (x[:, 0] > .5).astype(int)
+        >>> with epochs_recorded() as ran:
+        ...     _ = fit(MLP(4, 2), x, y, FitConfig(epochs=3))
+        >>> ran
+        [3]
+    """
+    log: list[int] = []
+    with _set_within(_EPOCHS_LOG, log):
+        yield log
 
 
 class FitMonitor(Protocol):
@@ -203,10 +252,7 @@ def fit(
         >>> fit(MLP(4, 2), x, y, FitConfig(epochs=2)).history["train_loss"][0] > 0
         True
     """
-    cfg = config or FitConfig()
-    cap = _PATIENCE_CAP.get()
-    if cap is not None and cap < cfg.patience:  # inside patience_at_most
-        cfg = replace(cfg, patience=cap)
+    cfg = _as_the_context_says(config or FitConfig())
     if len(x) != len(y):
         raise ConfigError(f"x has {len(x)} rows but y has {len(y)}; expected equal lengths")
     seed_everything(cfg.seed)
@@ -252,7 +298,20 @@ def fit(
     else:
         best_epoch = len(history["train_loss"]) - 1
     contiguous(net).eval()
+    if (log := _EPOCHS_LOG.get()) is not None:  # inside epochs_recorded
+        log.append(len(history["train_loss"]))
     return FitResult(model=net, history=history, best_epoch=best_epoch, stopped_early=stopped)
+
+
+def _as_the_context_says(cfg: FitConfig) -> FitConfig:
+    """The recipe, as an enclosing :func:`patience_at_most` or :func:`annealed_within` changes it."""
+    cap = _PATIENCE_CAP.get()
+    if cap is not None and cap < cfg.patience:
+        cfg = replace(cfg, patience=cap)
+    horizon = _HORIZON.get()
+    if horizon is not None:
+        cfg = replace(cfg, epochs=min(cfg.epochs, horizon), val_fraction=0.0, schedule="cosine")
+    return cfg
 
 
 def _batch_loss(

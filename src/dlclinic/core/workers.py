@@ -386,7 +386,9 @@ def _run_tasks(
     global _busy
     n = len(tasks)
     results: dict[int, Any] = {}
-    if workers <= 1 or n <= 1 or _busy or not can_fork():
+    # the children besides this process; with `before`, this process starts on that, so one task is enough for one
+    forks = min(workers - 1, n if before is not None else n - 1)
+    if forks < 1 or _busy or not can_fork():
         if before is not None:
             before()
         for i, task in enumerate(tasks):
@@ -397,9 +399,7 @@ def _run_tasks(
     ctx = multiprocessing.get_context("fork")
     counter = ctx.Value("i", 0)
     folder = Path(tempfile.mkdtemp(prefix="dlclinic-workers-"))
-    children = [
-        ctx.Process(target=_child, args=(tasks, run, counter, folder, setup)) for _ in range(min(workers, n) - 1)
-    ]
+    children = [ctx.Process(target=_child, args=(tasks, run, counter, folder, setup)) for _ in range(forks)]
     _busy = True
     release_freed_memory()  # a forked child starts with a copy of every resident heap page's mapping: fewer, smaller
     gc.freeze()  # as in _run_fresh: the children's collections leave the inherited heap unwritten
