@@ -79,9 +79,9 @@ __all__ = [
     "EvidenceConfig",
     "default_cache_dir",
     "fold_result",
-    "train_folds",
     "kfold_rows",
     "machine",
+    "train_folds",
 ]
 
 _T = TypeVar("_T")
@@ -282,8 +282,8 @@ def train_folds(
     tasks = list(enumerate(rows))
     probes = min(FOLD_PROBES, len(tasks) - 1)
     first = run(tasks[:probes], lambda task: fold_result(case, retrain, seed, task), True)
-    ran = [epochs for _, _, epochs in first]
-    horizon = max(ran) if ran and None not in ran else None  # type: ignore[type-var]
+    ran = [epochs for _, _, epochs in first if epochs is not None]
+    horizon = max(ran) if len(ran) == len(first) else None
     return first + run(tasks[probes:], lambda task: fold_result(case, retrain, seed, task, horizon), False)
 
 
@@ -603,7 +603,7 @@ class Evidence:
             if self.oof_method == "kfold":
                 # entry format 2 also holds the fold models' probabilities on the other splits
                 # (fold_probabilities): an older entry is a cache miss, not a silently weaker check;
-                # so is one whose fold models waited with another patience
+                # so is one whose fold models waited with another patience or were planned otherwise
                 p.update(recipe=self.recipe, fold_outputs=2, fold_patience=FOLD_PATIENCE, fold_probes=FOLD_PROBES)
         return p
 
