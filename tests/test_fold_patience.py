@@ -8,13 +8,24 @@ training keeps the recipe's own patience and length.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from dlclinic.challenges.data.quantity import _fold_point
 from dlclinic.core.baselines import MLP
 from dlclinic.core.case import Case
 from dlclinic.core.errors import ConfigError
-from dlclinic.core.evidence import FOLD_PATIENCE, EvidenceConfig, fold_result, kfold_rows, train_folds
+from dlclinic.core.evidence import (
+    FOLD_PATIENCE,
+    FOLD_PROBES,
+    Evidence,
+    EvidenceConfig,
+    fold_result,
+    kfold_rows,
+    train_folds,
+)
 from dlclinic.core.recipe import (
     FitConfig,
     annealed_within,
@@ -77,9 +88,9 @@ def test_fold_models_train_with_the_capped_patience_on_their_fit_rows_only() -> 
         return res.model
 
     for fold, (fit_idx, held) in enumerate(rows):
-        probs, labels, epochs = fold_result(case, retrain, 0, (fold, (fit_idx, held)))
+        probs, labels, epochs, annealed = fold_result(case, retrain, 0, (fold, (fit_idx, held)))
         assert probs.shape == (len(held), 2) and labels["test"].shape == (40,)
-        assert epochs is not None and epochs < 60
+        assert epochs is not None and epochs < 60 and not annealed
     assert [n for _, n in seen] == [len(f) for f, _ in rows]
     assert all(wait <= FOLD_PATIENCE for wait, _ in seen)
 
@@ -125,8 +136,9 @@ def test_the_folds_after_the_probes_train_as_long_as_the_longest_on_all_their_fi
     assert all(p["val"] and int(p["epochs"]) < 60 for p in probes)  # stopped early on a held-out tenth
     longest = max(int(p["epochs"]) for p in probes)  # type: ignore[call-overload]
     assert all(not o["val"] and o["epochs"] == longest and float(o["lr_end"]) < 1e-6 for o in others)
-    assert [r[2] for r in results] == [p["epochs"] for p in probes] + [longest] * 2
-    assert [probs.shape[0] for probs, _, _ in results] == [len(held) for _, held in rows]
+    assert [r.epochs for r in results] == [p["epochs"] for p in probes] + [longest] * 2
+    assert [r.annealed for r in results] == [False, False, True, True]
+    assert [probs.shape[0] for probs, *_ in results] == [len(held) for _, held in rows]
 
 
 def test_every_fold_stops_early_when_retrain_does_not_say_how_long_it_trained() -> None:
@@ -138,4 +150,21 @@ def test_every_fold_stops_early_when_retrain_does_not_say_how_long_it_trained() 
         return MLP(4, 2).eval()  # a recipe of the user's own, not dlclinic's fit
 
     results = train_folds(case, retrain, 0, rows, lambda tasks, one, first: [one(t) for t in tasks])
-    assert [r[2] for r in results] == [None] * 4
+    assert [r.epochs for r in results] == [None] * 4 and not any(r.annealed for r in results)
+
+
+def test_the_learning_curve_takes_only_the_fold_models_trained_as_the_recipe_trains(tmp_path: Path) -> None:
+    x, y = _noisy(320, seed=1)
+    case = Case.from_arrays((x, y), (x[:40], y[:40]), model=MLP(4, 2).eval(), class_names=["a", "b"])
+
+    def retrain(xf: np.ndarray, yf: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
+        return fit(MLP(4, 2), xf, yf, FitConfig(epochs=30, patience=8, lr=1e-2, seed=seed)).model
+
+    ev = Evidence(case, EvidenceConfig(oof="kfold", folds=4), retrain=retrain, cache_dir=tmp_path)
+    fit_rows, labels = ev.fold_predictions("test")  # type: ignore[misc]
+    assert len(fit_rows) == 4 and labels.shape == (4, 40)
+    recipe_rows, recipe_labels = ev.fold_predictions("test", as_the_recipe_trains=True)  # type: ignore[misc]
+    assert len(recipe_rows) == FOLD_PROBES and (recipe_labels == labels[:FOLD_PROBES]).all()
+    point = _fold_point(ev, "model", 0.75)  # data.quantity's (K-1)/K point: the curve's other points retrain the recipe
+    assert point is not None and len(point[0]) == FOLD_PROBES
+    assert _fold_point(ev, "model", 0.5) is None

@@ -548,20 +548,23 @@ def _model_and_evidence(
     case = prepare(case, train=not (kfold and workers > 1) or distributed.active())
     if case.model is not None:
         return case, evidence_for(case), time.perf_counter() - t
-    # no cached baseline: train it here while the workers train the folds; then its forward passes
+    # no cached baseline: train it here while the workers train the first folds; then its forward
+    # passes while they train the others
     retrain, _ = retrainer(case, fit_config)
     rows = kfold_rows(case, ev_cfg)
     warm_up()
     made: list[Evidence] = []
     model_s: list[float] = []
 
-    def baseline_first() -> None:
+    def train_baseline() -> None:
         made.append(evidence_for(prepare(case)))
         model_s.append(time.perf_counter() - t)
+
+    def forward_passes() -> None:
         made[0].ensure([need for need in needs if need[0] != "oof_probs"])
 
     def run(tasks: list[FoldTask], one: Callable[[FoldTask], FoldResult], first: bool) -> list[FoldResult]:
-        before = baseline_first if first else None  # the baseline trains here while a worker trains the first folds
+        before = train_baseline if first else forward_passes
         return run_tasks(tasks, one, workers=workers, before=before, setup=lambda: torch.set_num_threads(1))
 
     results = train_folds(case, retrain, ev_cfg.seed, rows, run)

@@ -9,8 +9,9 @@ launches it) starts N copies of the same program. They run *the same steps in th
   weights;
 * the evidence pass scores each rank's contiguous run of batches and :func:`gather_rows` puts
   the arrays back in row order on every rank (a remedy running on every rank reads them);
-* the K folds of out-of-fold probabilities are dealt to the ranks in turn (the first
-  ``FOLD_PROBES``, then the others: :func:`dlclinic.core.evidence.train_folds`) and gathered;
+* the K folds of out-of-fold probabilities are split over the ranks (fold ``k`` on rank
+  ``k mod N``; the first ``FOLD_PROBES`` before the others: :func:`dlclinic.core.evidence.train_folds`)
+  and gathered;
 * the checks and the report run on rank 0 only, inside :func:`local`; the results are
   :func:`broadcast` so the ranks continue in step.
 

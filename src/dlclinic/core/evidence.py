@@ -28,7 +28,7 @@ recomputes nothing.
 Under ``torchrun`` with several processes (:mod:`dlclinic.core.distributed`) the forward pass
 is sharded: each rank scores its contiguous run of batches (the same batches as one process,
 so the same numbers) and the arrays are gathered in row order on every rank; the K-fold
-retraining's folds are dealt to the ranks in turn, the first ``FOLD_PROBES`` before the
+retraining's fold ``k`` trains on rank ``k mod N``, the first ``FOLD_PROBES`` folds before the
 others. Whether to use a cache entry is decided by all ranks together, and only rank 0 writes
 the cache.
 """
@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -92,10 +92,12 @@ Retrain = Callable[[np.ndarray, np.ndarray, int], Any]
 """``retrain(x, y, seed) -> trained nn.Module``: the recipe, for K-fold out-of-fold probabilities."""
 
 FOLD_PATIENCE = 2
-"""Early-stopping patience of the K fold models, when the recipe's is longer.
+"""Early-stopping patience of the fold models that stop early (the first :data:`FOLD_PROBES`),
+when the recipe's is longer.
 
 They only score their held-out rows and keep their best checkpoint, so a longer wait buys
-rare late improvements for about a quarter of the K-fold time. Measured (fold assignment
+rare late improvements for about a quarter of the K-fold time. Measured (when every fold
+model stopped early; fold assignment
 and fold seeds 0-4, 15-epoch recipe): on the image demo (8 % planted flips) 143 fold
 epochs instead of 200, label-issue F1 0.890 vs 0.893 with the recipe's patience 4 (the
 seeds alone spread it over 0.876-0.909), fold models' test error 0.109 vs 0.107; on
@@ -116,6 +118,11 @@ stopping early (fold seeds 0-4, two threads): label-issue F1 on the image demo (
 flips) 0.901 against 0.889, higher for every seed; one probe gave 0.903 but a third round on
 two workers (evidence 13 s instead of 9). On the sequence and text demos' data the folds run
 the recipe's 15 epochs or stop within 1-2 of each other: F1 within the seeds' spread.
+
+The length is the longest probe's run, its wait after the best epoch included: the probes
+saw a tenth fewer rows per epoch, and their best epoch + 1 gave 0.898. The cost: with as
+many workers or ranks as folds, the K folds took one round and now take two. With two
+folds (a class with fewer than four rows) one probe sets the length of the other.
 """
 
 
@@ -230,8 +237,19 @@ def kfold_rows(case: Case, config: EvidenceConfig) -> list[tuple[np.ndarray, np.
 
 FoldTask = tuple[int, tuple[np.ndarray, np.ndarray]]
 """``(fold, (fit rows, held-out rows))``, from :func:`kfold_rows`."""
-FoldResult = tuple[np.ndarray, dict[str, np.ndarray], "int | None"]
-"""What :func:`fold_result` returns: held-out probabilities, predictions on the other splits, epochs trained."""
+
+
+class FoldResult(NamedTuple):
+    """What :func:`fold_result` returns for one fold."""
+
+    held: np.ndarray
+    """Probabilities on the fold's held-out train rows."""
+    labels: dict[str, np.ndarray]
+    """Predicted classes (``name``) and probabilities (``name.probs``) on every other labelled split."""
+    epochs: int | None
+    """Epochs the fold model trained; ``None`` when ``retrain`` does not use :func:`dlclinic.core.recipe.fit`."""
+    annealed: bool
+    """Trained for a given length on all its fit rows (:func:`train_folds`), not as the recipe trains."""
 
 
 def fold_result(
@@ -260,7 +278,7 @@ def fold_result(
         if name != "train" and split.labelled:
             probs = _softmax(predict_logits(model, usable_inputs(split.x)).astype(np.float64)).astype(np.float32)
             labels[name], labels[f"{name}.probs"] = probs.argmax(1).astype(np.int64), probs
-    return held, labels, (ran[-1] if ran else None)
+    return FoldResult(held, labels, ran[-1] if ran else None, horizon is not None)
 
 
 def train_folds(
@@ -277,12 +295,12 @@ def train_folds(
     ranks, alongside other work when ``first``). The first fold models stop early on a held-out
     tenth of their rows; the others then train as many epochs as the longest of them, on all
     their fit rows, with the LR annealed to zero, and keep their last weights. When ``retrain``
-    does not say how long it trained, every fold stops early.
+    does not say how long it trained (not dlclinic's ``fit``), every fold trains as it does.
     """
     tasks = list(enumerate(rows))
     probes = min(FOLD_PROBES, len(tasks) - 1)
     first = run(tasks[:probes], lambda task: fold_result(case, retrain, seed, task), True)
-    ran = [epochs for _, _, epochs in first if epochs is not None]
+    ran = [r.epochs for r in first if r.epochs is not None]
     horizon = max(ran) if len(ran) == len(first) else None
     return first + run(tasks[probes:], lambda task: fold_result(case, retrain, seed, task, horizon), False)
 
@@ -429,20 +447,30 @@ class Evidence:
         self.stats.seconds += time.perf_counter() - start
         return self._mem[key]
 
-    def fold_predictions(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def fold_predictions(
+        self, split: str, *, as_the_recipe_trains: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(fit_rows, labels)`` of the K models of the K-fold out-of-fold probabilities on ``split``.
 
-        ``fit_rows[k]`` is the number of train rows fold model ``k`` was trained on (a stratified
-        ``(K−1)/K`` of train, the recipe with seed ``seed + k``), ``labels[k]`` its predicted
-        classes on ``split``. ``None`` when the out-of-fold method is not ``kfold``, the split is
-        ``train`` or unlabelled. Computes the out-of-fold probabilities when needed.
+        ``fit_rows[k]`` is the number of train rows fold model ``k`` was given (a stratified
+        ``(K−1)/K`` of train; seed ``seed + k``), ``labels[k]`` its predicted classes on
+        ``split``. With ``as_the_recipe_trains``, only the fold models trained as the recipe
+        trains (early stopping on a held-out tenth of those rows: the first
+        :data:`FOLD_PROBES`, not those :func:`train_folds` trained for a given length on all
+        of them), for comparisons with other trainings of the recipe (a learning curve).
+        ``None`` when the out-of-fold method is not ``kfold``, the split is ``train`` or
+        unlabelled. Computes the out-of-fold probabilities when needed.
         """
         if self.oof_method != "kfold" or split == "train" or not self.available("losses", split):
             return None
         self.get("oof_probs", "train")
         if f"fold.pred.{split}" not in self._folds:  # a cache entry written before fold predictions were kept
             return None
-        return self._folds["fold.fit_rows"], self._folds[f"fold.pred.{split}"]
+        fit_rows, labels = self._folds["fold.fit_rows"], self._folds[f"fold.pred.{split}"]
+        if as_the_recipe_trains and "fold.annealed" in self._folds:
+            keep = ~self._folds["fold.annealed"]
+            return fit_rows[keep], labels[keep]
+        return fit_rows, labels
 
     def fold_probabilities(self, split: str) -> np.ndarray | None:
         """``K × N × classes`` probabilities of the K fold models on ``split`` (unseen by every one
@@ -781,13 +809,13 @@ class Evidence:
         return oof
 
     def _fold_results(self, rows: list[tuple[np.ndarray, np.ndarray]], advance: Callable[[int], None]) -> list[Any]:
-        """:func:`train_folds` on this process's workers; with several processes each phase's folds are
-        dealt to the ranks in turn, each trained alone (without DDP), and the results gathered."""
+        """:func:`train_folds` on this process's workers; with several processes fold ``k`` is trained
+        (alone, without DDP) on rank ``k mod N``, phase after phase, and the results are gathered."""
         size, me = distributed.world_size(), distributed.rank()
         workers = distributed.per_rank(self.workers)
 
         def run(tasks: list[FoldTask], one: Callable[[FoldTask], FoldResult], _first: bool) -> list[FoldResult]:
-            mine = tasks[me::size]
+            mine = [task for task in tasks if task[0] % size == me]  # fold k on rank k mod N, phase after phase
             with distributed.local():
                 results = run_tasks(
                     mine, one, workers=workers, on_result=lambda _i, _r: advance(1), setup=self._quiet_worker
@@ -801,11 +829,14 @@ class Evidence:
     def _assemble(self, rows: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> np.ndarray:
         """The out-of-fold probabilities from the :func:`fold_result` of each fold; keeps the folds' predictions."""
         oof = np.zeros((len(self.case.train), self.case.n_classes), dtype=np.float32)
-        for (_, held_idx), (p, _, _) in zip(rows, results):
-            oof[held_idx] = p
-        self._folds = {"fold.fit_rows": np.array([len(fit) for fit, _ in rows], dtype=np.int64)}
-        for name in results[0][1]:
-            self._folds[f"fold.pred.{name}"] = np.stack([labels[name] for _, labels, _ in results])
+        for (_, held_idx), result in zip(rows, results):
+            oof[held_idx] = result.held
+        self._folds = {
+            "fold.fit_rows": np.array([len(fit) for fit, _ in rows], dtype=np.int64),
+            "fold.annealed": np.array([result.annealed for result in results], dtype=bool),
+        }
+        for name in results[0].labels:
+            self._folds[f"fold.pred.{name}"] = np.stack([result.labels[name] for result in results])
         return oof
 
     def put_kfold(self, rows: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> None:

@@ -123,7 +123,7 @@ def patience_at_most(patience: int) -> Iterator[None]:
     """Within: every :func:`fit` stops after at most ``patience`` epochs without improvement.
 
     For trainings whose caller holds only an opaque ``retrain(x, y, seed)`` (the K-fold
-    out-of-fold models: :func:`dlclinic.core.evidence.fold_result`), so it cannot hand
+    out-of-fold models that stop early: :func:`dlclinic.core.evidence.fold_result`), so it cannot hand
     :func:`fit` another recipe. Such a model keeps its best checkpoint anyway; a shorter
     wait only gives up later, rarer improvements for the epochs they cost.
     """
@@ -146,8 +146,8 @@ def annealed_within(epochs: int) -> Iterator[None]:
     and a schedule that ends at zero within the run it is given trains better in that run
     than the recipe's longer schedule cut short (Li, Yumer & Ramanan, "Budgeted Training",
     ICLR 2020). For trainings whose caller holds only an opaque ``retrain(x, y, seed)`` and has
-    learnt the length from a first one (the K-fold models after the first:
-    :func:`dlclinic.core.evidence.fold_result`).
+    learnt the length from earlier ones (the K-fold models after the first
+    ``FOLD_PROBES``: :func:`dlclinic.core.evidence.train_folds`).
     """
     if epochs < 1:
         raise ConfigError(f"`epochs >= 1` must hold, but got epochs={epochs}")

@@ -119,13 +119,14 @@ def resolve_mode(options: QuantityOptions, evidence: Evidence) -> str:
 
 
 def _fold_point(evidence: Evidence, mode: str, frac: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The K-fold models' ``(train rows, test predictions)`` when ``frac`` is their ``(K−1)/K`` share of train."""
+    """The K-fold models' ``(train rows, test predictions)`` when ``frac`` is their ``(K−1)/K`` share of
+    train: those trained as the recipe trains, like the curve's other points."""
     if mode != "model" or frac >= 1:
         return None
     got = evidence.fold_predictions("test")
     if got is None or abs(frac - (len(got[0]) - 1) / len(got[0])) > 1e-9:
         return None
-    return got
+    return evidence.fold_predictions("test", as_the_recipe_trains=True)
 
 
 def proxy_pool(y: np.ndarray, options: QuantityOptions) -> np.ndarray:
