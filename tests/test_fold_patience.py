@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from dlclinic.challenges.data.quantity import _fold_point
 from dlclinic.core.baselines import MLP
@@ -22,6 +25,7 @@ from dlclinic.core.evidence import (
     FOLD_PROBES,
     Evidence,
     EvidenceConfig,
+    _fit_head,
     fold_result,
     kfold_rows,
     train_folds,
@@ -168,3 +172,20 @@ def test_the_learning_curve_takes_only_the_fold_models_trained_as_the_recipe_tra
     point = _fold_point(ev, "model", 0.75)  # data.quantity's (K-1)/K point: the curve's other points retrain the recipe
     assert point is not None and len(point[0]) == FOLD_PROBES
     assert _fold_point(ev, "model", 0.5) is None
+
+
+def test_out_of_fold_heads_start_from_the_previous_fold_and_reach_the_same_optimum() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 4000)
+    x = (rng.normal(size=(4000, 16)) + y[:, None] * rng.normal(size=16)).astype(np.float32)
+    rows = kfold_rows(Case.from_arrays((x, y), class_names=list("abcd")), EvidenceConfig(folds=4))
+    head = None
+    for fit_idx, held in rows:
+        warm, head = _fit_head(x[fit_idx], y[fit_idx], head)
+        cold = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x[fit_idx], y[fit_idx])
+        diff = np.abs(warm.predict_proba(x[held]) - cold.predict_proba(x[held]))
+        assert diff.mean() < 1e-3 and diff.max() < 0.02  # the same optimum, to the solver's tolerance
+    assert head is not None and head.n_iter_[0] < cold[-1].n_iter_[0]  # started near the optimum
+    three = y < 3  # a fold without class 3: the previous head does not fit, the fit starts cold
+    clf, fresh = _fit_head(x[three], y[three], head)
+    assert fresh is not head and list(clf.classes_) == [0, 1, 2]
