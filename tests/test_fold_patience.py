@@ -25,7 +25,7 @@ from dlclinic.core.evidence import (
     FOLD_PROBES,
     Evidence,
     EvidenceConfig,
-    _fit_head,
+    fit_head,
     fold_result,
     kfold_rows,
     train_folds,
@@ -179,13 +179,15 @@ def test_out_of_fold_heads_start_from_the_previous_fold_and_reach_the_same_optim
     y = rng.integers(0, 4, 4000)
     x = (rng.normal(size=(4000, 16)) + y[:, None] * rng.normal(size=16)).astype(np.float32)
     rows = kfold_rows(Case.from_arrays((x, y), class_names=list("abcd")), EvidenceConfig(folds=4))
-    head = None
+    head = LogisticRegression(max_iter=500, warm_start=True)
     for fit_idx, held in rows:
-        warm, head = _fit_head(x[fit_idx], y[fit_idx], head)
+        warm = fit_head(head, x[fit_idx], y[fit_idx])
         cold = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x[fit_idx], y[fit_idx])
         diff = np.abs(warm.predict_proba(x[held]) - cold.predict_proba(x[held]))
         assert diff.mean() < 1e-3 and diff.max() < 0.02  # the same optimum, to the solver's tolerance
-    assert head is not None and head.n_iter_[0] < cold[-1].n_iter_[0]  # started near the optimum
+    assert head.n_iter_[0] < cold[-1].n_iter_[0]  # started near the optimum
     three = y < 3  # a fold without class 3: the previous head does not fit, the fit starts cold
-    clf, fresh = _fit_head(x[three], y[three], head)
-    assert fresh is not head and list(clf.classes_) == [0, 1, 2]
+    clf = fit_head(head, x[three], y[three])
+    cold = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x[three], y[three])
+    assert list(clf.classes_) == [0, 1, 2] and head.coef_.shape == (3, 16)
+    assert np.abs(clf.predict_proba(x[three]) - cold.predict_proba(x[three])).max() < 0.02

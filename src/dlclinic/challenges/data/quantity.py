@@ -58,13 +58,11 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from dlclinic.core.atomic import write_json, write_weights
 from dlclinic.core.case import Case, usable_inputs
 from dlclinic.core.errors import ConfigError
-from dlclinic.core.evidence import Evidence
+from dlclinic.core.evidence import Evidence, fit_head
 from dlclinic.core.fingerprint import fingerprint_array
 from dlclinic.core.inference import predict_logits
 from dlclinic.core.registry import CheckSpec, RemedySpec, TreatContext, TreatOutcome, conclude
@@ -185,21 +183,15 @@ def learning_curve(case: Case, evidence: Evidence, mode: str, options: QuantityO
 def _proxy_predict(head: LogisticRegression, x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     """Fit the proxy head (standardised logistic regression) on ``x, y``; its predicted test classes.
 
-    ``head`` keeps its coefficients between the sizes of one seed (``warm_start``): L-BFGS then
-    starts near the optimum of the previous, smaller subset. The objective is strictly convex,
-    so the fitted head is the same up to the solver's tolerance. Measured on 32-d features of
-    Fashion-MNIST: a 45,000-row fit started from a neighbouring fit's head took 24–31 L-BFGS
-    iterations instead of 85–91.
+    ``head`` keeps its coefficients between the sizes of one seed (``warm_start``,
+    :func:`~dlclinic.core.evidence.fit_head`): L-BFGS then starts near the optimum of the
+    previous, smaller subset, and the fitted head is the same up to the solver's tolerance.
+    Measured on 32-d features of Fashion-MNIST: a 45,000-row fit started from a neighbouring
+    fit's head took 24–31 L-BFGS iterations instead of 85–91.
     """
-    clf = make_pipeline(StandardScaler(), head)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            clf.fit(x, y)
-        except ValueError:  # classes differ from the previous size's: start cold
-            head.coef_ = head.intercept_ = None  # type: ignore[assignment]
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=head.max_iter))
-            clf.fit(x, y)
+        clf = fit_head(head, x, y)
     return np.asarray(clf.predict(x_test))
 
 
